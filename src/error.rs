@@ -1,0 +1,116 @@
+//! One typed error for the whole crate.
+//!
+//! Every variant maps one-to-one onto a C status code ([`Error::status`]); the codes are
+//! append-only, so a host compiled against an older header still understands every code it knows.
+
+use std::fmt;
+
+/// What went wrong. Carries enough context for a message a simulation developer can act on.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// An argument is outside its valid range (a count, a tolerance, a kernel setting).
+    InvalidArgument { what: String },
+    /// An array or configuration has the wrong size.
+    DimensionMismatch {
+        what: String,
+        expected: usize,
+        found: usize,
+    },
+    /// A NaN or infinity where a finite number is required.
+    NonFinite { what: String },
+    /// An iterative solve (the exact-discrete inverse, an adaptive integration) did not reach
+    /// its tolerance; the result would be wrong, so none is returned.
+    NotConverged { what: String, residual: f64 },
+    /// A map that must be a bijection is not locally invertible here (a step Jacobian with
+    /// non-positive determinant).
+    NotInvertible { what: String },
+    /// A call that is valid only in another state (accept without propose).
+    InvalidState { what: String },
+    /// A host callback reported failure or returned an unusable value.
+    Callback { what: String },
+    /// A file could not be read or written.
+    Io { what: String },
+    /// A file was read but its contents are malformed.
+    Format { what: String },
+    /// A NULL pointer where an object or array was required (C ABI only).
+    NullPointer { what: String },
+    /// A bug inside eqflow: a panic caught at the C boundary.
+    Internal { what: String },
+}
+
+/// Shorthand used across the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The C status code of this error (`EQF_ERR_*` in `eqflow.h`). Never 0.
+    #[must_use]
+    pub fn status(&self) -> i32 {
+        match self {
+            Error::NullPointer { .. } => 1,
+            Error::InvalidArgument { .. } => 2,
+            Error::DimensionMismatch { .. } => 3,
+            Error::NonFinite { .. } => 4,
+            Error::NotConverged { .. } => 5,
+            Error::NotInvertible { .. } => 6,
+            Error::InvalidState { .. } => 7,
+            Error::Callback { .. } => 8,
+            Error::Io { .. } => 9,
+            Error::Format { .. } => 10,
+            Error::Internal { .. } => 11,
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>) -> Self {
+        Error::InvalidArgument { what: what.into() }
+    }
+
+    pub(crate) fn non_finite(what: impl Into<String>) -> Self {
+        Error::NonFinite { what: what.into() }
+    }
+
+    pub(crate) fn size(what: impl Into<String>, expected: usize, found: usize) -> Self {
+        Error::DimensionMismatch {
+            what: what.into(),
+            expected,
+            found,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
+            Error::DimensionMismatch {
+                what,
+                expected,
+                found,
+            } => write!(f, "{what}: expected {expected}, found {found}"),
+            Error::NonFinite { what } => write!(f, "non-finite value: {what}"),
+            Error::NotConverged { what, residual } => {
+                write!(f, "not converged: {what} (residual {residual:e})")
+            }
+            Error::NotInvertible { what } => write!(f, "not invertible: {what}"),
+            Error::InvalidState { what } => write!(f, "invalid state: {what}"),
+            Error::Callback { what } => write!(f, "host callback failed: {what}"),
+            Error::Io { what } => write!(f, "i/o error: {what}"),
+            Error::Format { what } => write!(f, "malformed file: {what}"),
+            Error::NullPointer { what } => write!(f, "null pointer: {what}"),
+            Error::Internal { what } => write!(f, "internal error (please report): {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Fails with [`Error::NonFinite`] if any element of `values` is NaN or infinite.
+pub(crate) fn check_finite(values: &[f64], what: &str) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::non_finite(format!(
+            "{what}[{i}] = {}",
+            values[i]
+        ))),
+    }
+}

@@ -1,0 +1,7 @@
+//! eqflow: equivariant kernel normalizing flows as exact Boltzmann-generator Monte Carlo moves.
+//!
+//! (Crate documentation is written in full once the modules exist.)
+
+pub mod error;
+
+pub use error::{Error, Result};
