@@ -3,5 +3,11 @@
 //! (Crate documentation is written in full once the modules exist.)
 
 pub mod error;
+pub mod field;
+pub mod flow;
+pub mod geometry;
+pub mod integrate;
+pub mod prior;
 
 pub use error::{Error, Result};
+pub use flow::Flow;
