@@ -2,6 +2,8 @@
 //!
 //! (Crate documentation is written in full once the modules exist.)
 
+pub mod energy;
 pub mod error;
 
+pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
