@@ -2,6 +2,7 @@
 //!
 //! (Crate documentation is written in full once the modules exist.)
 
+pub mod energy;
 pub mod error;
 pub mod field;
 pub mod flow;
@@ -9,5 +10,6 @@ pub mod geometry;
 pub mod integrate;
 pub mod prior;
 
+pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
 pub use flow::Flow;
