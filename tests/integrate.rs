@@ -19,8 +19,8 @@ impl VectorField for Linear {
         self.n
     }
     fn velocity_into(&self, x: &[f64], _t: f64, v: &mut [f64]) -> f64 {
-        for i in 0..self.n {
-            v[i] = (0..self.n).map(|j| self.a[i * self.n + j] * x[j]).sum();
+        for (v, row) in v.iter_mut().zip(self.a.chunks_exact(self.n)) {
+            *v = row.iter().zip(x).map(|(a, x)| a * x).sum();
         }
         (0..self.n).map(|i| self.a[i * self.n + i]).sum()
     }

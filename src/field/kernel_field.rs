@@ -9,7 +9,7 @@ use super::VectorField;
 use super::exp::exp_nonpositive;
 use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
 use super::params::ParamLayout;
-use super::radial::{LANES, NORM_EPS, TimeSlice, radial};
+use super::radial::{LANES, NORM_EPS, Scratch, TimeSlice, radial};
 use crate::error::{Error, Result, check_finite};
 use crate::geometry::{Layout, MAX_DIM};
 
@@ -33,6 +33,10 @@ pub struct KernelField {
     mu_pad: Vec<f64>,
     a_pad: Vec<f64>,
     a_time: Vec<f64>,
+    // W transposed and padded (R rows of the padded K), and s², so that folding the time basis
+    // is a few vector AXPYs.
+    w_t: Vec<f64>,
+    s_sq: Vec<f64>,
 }
 
 impl KernelField {
@@ -48,6 +52,8 @@ impl KernelField {
             mu_pad: vec![PAD_MU; padded],
             a_pad: vec![1.0; padded],
             a_time: vec![0.0; kernels.n_time()],
+            w_t: vec![0.0; kernels.n_time() * padded],
+            s_sq: vec![0.0; padded],
             kernels,
         };
         field.mu_pad[..field.kernels.n_dist()].copy_from_slice(&field.kernels.mu_dist);
@@ -111,6 +117,16 @@ impl KernelField {
         for (a, p) in self.a_time.iter_mut().zip(&params[pl.log_inv_gamma_time()]) {
             *a = inv_sq(*p);
         }
+        let padded = self.mu_pad.len();
+        let w = &params[pl.w()];
+        for k in 0..pl.n_dist {
+            for r in 0..pl.n_time {
+                self.w_t[r * padded + k] = w[k * pl.n_time + r];
+            }
+        }
+        for (sq, s) in self.s_sq.iter_mut().zip(&params[pl.s()]) {
+            *sq = s * s;
+        }
         Ok(())
     }
 
@@ -150,30 +166,33 @@ impl KernelField {
     #[must_use]
     pub fn time_slice(&self, t: f64) -> TimeSlice {
         let pl = self.param_layout;
-        let (k_n, r_n) = (pl.n_dist, pl.n_time);
         let mut tau = [0.0; MAX_TIME_KERNELS];
-        let tau = &mut tau[..r_n];
+        let tau = &mut tau[..pl.n_time];
         self.time_basis_into(t, tau);
         let mut slice = TimeSlice::zeroed();
-        let w = &self.params[pl.w()];
-        let s = &self.params[pl.s()];
-        let mut c = 0.0;
-        for k in 0..k_n {
-            let row = &w[k * r_n..(k + 1) * r_n];
-            let wk: f64 = row.iter().zip(tau.iter()).map(|(w, t)| w * t).sum();
-            slice.w[k] = wk;
-            c += s[k] * s[k] * wk;
+        let padded = self.mu_pad.len();
+        let w = &mut slice.w[..padded];
+        for (row, tau) in self.w_t.chunks_exact(padded).zip(tau.iter()) {
+            for (w, x) in w.iter_mut().zip(row) {
+                *w += tau * x;
+            }
         }
+        let c: f64 = w.iter().zip(&self.s_sq).map(|(w, s)| w * s).sum();
         let b = &self.params[pl.b()];
-        c += b.iter().zip(tau.iter()).map(|(b, t)| b * t).sum::<f64>();
-        slice.c = c;
+        slice.c = c + b.iter().zip(tau.iter()).map(|(b, t)| b * t).sum::<f64>();
         slice
     }
 
     /// `(φ(d, t), ∂φ/∂d)` at one distance (`d` is the softened distance).
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
-        radial(d, &self.mu_pad, &self.a_pad, &self.time_slice(t))
+        radial(
+            d,
+            &self.mu_pad,
+            &self.a_pad,
+            &self.time_slice(t),
+            &mut Scratch::new(),
+        )
     }
 }
 
@@ -235,11 +254,12 @@ fn velocity_pairs(
     let n = x.len() / dim;
     v.fill(0.0);
     let mut div = 0.0;
+    let mut scratch = Scratch::new();
     for i in 0..n {
         for j in i + 1..n {
             let (r, r2) = separation(x, dim, i, j);
             let d = (r2 + EPS_D).sqrt();
-            let (phi, dphi) = radial(d, mu, a, slice);
+            let (phi, dphi) = radial(d, mu, a, slice, &mut scratch);
             for k in 0..dim {
                 v[i * dim + k] += phi * r[k];
                 v[j * dim + k] -= phi * r[k];
@@ -266,11 +286,12 @@ fn velocity_jacobian_pairs(
     v.fill(0.0);
     jac.fill(0.0);
     let mut div = 0.0;
+    let mut scratch = Scratch::new();
     for i in 0..n {
         for j in i + 1..n {
             let (r, r2) = separation(x, dim, i, j);
             let d = (r2 + EPS_D).sqrt();
-            let (phi, dphi) = radial(d, mu, a, slice);
+            let (phi, dphi) = radial(d, mu, a, slice, &mut scratch);
             let q = dphi / d;
             for k in 0..dim {
                 v[i * dim + k] += phi * r[k];

@@ -35,15 +35,35 @@ impl TimeSlice {
     }
 }
 
+/// Per-kernel buffers of [`radial`], created once per field evaluation rather than per pair.
+pub(crate) struct Scratch {
+    g: [f64; MAX_PADDED],
+    ea: [f64; MAX_PADDED],
+}
+
+impl Scratch {
+    pub(crate) fn new() -> Self {
+        Scratch {
+            g: [0.0; MAX_PADDED],
+            ea: [0.0; MAX_PADDED],
+        }
+    }
+}
+
 /// Returns `(φ(d), ∂φ/∂d)` for the folded slice. `mu` and `a` (= 1/γ²) are the padded distance
 /// basis; padding entries have a centre so far away that their Gaussian is exactly 0.
 #[inline(always)]
-pub(crate) fn radial(d: f64, mu: &[f64], a: &[f64], slice: &TimeSlice) -> (f64, f64) {
+pub(crate) fn radial(
+    d: f64,
+    mu: &[f64],
+    a: &[f64],
+    slice: &TimeSlice,
+    scratch: &mut Scratch,
+) -> (f64, f64) {
     // Two passes: a plain element-wise map (which the loop vectoriser turns into SIMD exp)
     // and lane-wise sums in a fixed order.
     let kp = mu.len();
-    let mut g = [0.0; MAX_PADDED];
-    let mut ea = [0.0; MAX_PADDED];
+    let Scratch { g, ea } = scratch;
     for (((g, ea), mu), a) in g[..kp].iter_mut().zip(&mut ea[..kp]).zip(mu).zip(a) {
         let e = d - mu;
         *ea = e * a;

@@ -1,7 +1,11 @@
 //! Small dense linear algebra on flat row-major buffers, allocation-free, for the step
 //! Jacobians of the exact-discrete mode (at most a few hundred rows).
 
-/// `c += alpha · a · b` for n × n row-major matrices.
+use multiversion::multiversion;
+
+/// `c += alpha · a · b` for n × n row-major matrices. Compiled for several instruction sets;
+/// no version fuses multiply-adds, so all give the same bits.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
 pub(crate) fn gemm_acc(n: usize, alpha: f64, a: &[f64], b: &[f64], c: &mut [f64]) {
     for i in 0..n {
         let c_row = &mut c[i * n..(i + 1) * n];
@@ -22,6 +26,7 @@ pub(crate) fn gemm_acc(n: usize, alpha: f64, a: &[f64], b: &[f64], c: &mut [f64]
 ///
 /// Returns `(log|det a|, sign of det a)`; sign 0 means singular (a zero pivot). `piv[i]` is the
 /// row swapped into row i.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
 pub(crate) fn lu_factor(n: usize, a: &mut [f64], piv: &mut [usize]) -> (f64, f64) {
     let mut log_abs = 0.0;
     let mut sign = 1.0;
@@ -68,8 +73,8 @@ pub(crate) fn lu_factor(n: usize, a: &mut [f64], piv: &mut [usize]) -> (f64, f64
 
 /// Solves `a x = b` in place (`b` becomes x) with the factors from [`lu_factor`].
 pub(crate) fn lu_solve(n: usize, lu: &[f64], piv: &[usize], b: &mut [f64]) {
-    for i in 0..n {
-        b.swap(i, piv[i]);
+    for (i, &p) in piv.iter().enumerate().take(n) {
+        b.swap(i, p);
     }
     for i in 0..n {
         let mut s = b[i];
