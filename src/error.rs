@@ -108,9 +108,6 @@ impl std::error::Error for Error {}
 pub(crate) fn check_finite(values: &[f64], what: &str) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(Error::non_finite(format!(
-            "{what}[{i}] = {}",
-            values[i]
-        ))),
+        Some(i) => Err(Error::non_finite(format!("{what}[{i}] = {}", values[i]))),
     }
 }

@@ -2,6 +2,13 @@
 //!
 //! (Crate documentation is written in full once the modules exist.)
 
+#![deny(unsafe_code)]
+
 pub mod error;
+
+// The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
+// attribute above denies everywhere else.
+#[allow(unsafe_code)]
+pub mod ffi;
 
 pub use error::{Error, Result};
