@@ -5,6 +5,11 @@
 #![deny(unsafe_code)]
 
 pub mod error;
+pub mod field;
+pub mod flow;
+pub mod geometry;
+pub mod integrate;
+pub mod prior;
 
 // The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
 // attribute above denies everywhere else.
@@ -12,3 +17,4 @@ pub mod error;
 pub mod ffi;
 
 pub use error::{Error, Result};
+pub use flow::Flow;

@@ -1,0 +1,296 @@
+//! `KernelField`: the equivariant RBF field with its trainable parameters.
+
+use multiversion::multiversion;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rand_distr::{Distribution, Normal};
+
+use super::VectorField;
+use super::exp::exp_nonpositive;
+use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
+use super::params::ParamLayout;
+use super::radial::{LANES, NORM_EPS, TimeSlice, radial};
+use crate::error::{Error, Result, check_finite};
+use crate::geometry::{Layout, MAX_DIM};
+
+/// Softening of pair distances in the field, `d = sqrt(|r|² + EPS_D)` (not used by energies).
+pub const EPS_D: f64 = 1e-6;
+
+// A padding kernel's centre: (d − μ)²·a overflows the exp range, so its Gaussian is exactly 0.
+const PAD_MU: f64 = 1e100;
+
+/// The equivariant RBF kernel field of DESIGN.md §1 for a fixed particle layout.
+///
+/// Immutable once built; changing parameters goes through [`KernelField::set_params`], which
+/// re-derives the cached bandwidths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelField {
+    layout: Layout,
+    kernels: KernelConfig,
+    param_layout: ParamLayout,
+    params: Vec<f64>,
+    // Derived from `kernels` and `params`: padded centres and inverse squared bandwidths.
+    mu_pad: Vec<f64>,
+    a_pad: Vec<f64>,
+    a_time: Vec<f64>,
+}
+
+impl KernelField {
+    /// A field with explicit parameters (length [`ParamLayout::len`]).
+    pub fn new(layout: Layout, kernels: KernelConfig, params: Vec<f64>) -> Result<Self> {
+        kernels.validate()?;
+        let param_layout = ParamLayout::new(kernels.n_dist(), kernels.n_time());
+        let padded = kernels.n_dist().div_ceil(LANES) * LANES;
+        let mut field = KernelField {
+            layout,
+            param_layout,
+            params: Vec::new(),
+            mu_pad: vec![PAD_MU; padded],
+            a_pad: vec![1.0; padded],
+            a_time: vec![0.0; kernels.n_time()],
+            kernels,
+        };
+        field.mu_pad[..field.kernels.n_dist()].copy_from_slice(&field.kernels.mu_dist);
+        field.set_params(&params)?;
+        Ok(field)
+    }
+
+    /// The paper's initialisation: `W ~ N(0, 1/K)` from `seed`, `b = s = 0`, bandwidths from
+    /// the kernel configuration.
+    pub fn initialise(layout: Layout, kernels: KernelConfig, seed: u64) -> Result<Self> {
+        kernels.validate()?;
+        let pl = ParamLayout::new(kernels.n_dist(), kernels.n_time());
+        let mut params = vec![0.0; pl.len()];
+        let normal = Normal::new(0.0, 1.0 / (kernels.n_dist() as f64).sqrt())
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        for w in &mut params[pl.w()] {
+            *w = normal.sample(&mut rng);
+        }
+        for (p, g) in params[pl.log_inv_gamma_dist()]
+            .iter_mut()
+            .zip(&kernels.gamma_dist)
+        {
+            *p = -g.ln();
+        }
+        for (p, g) in params[pl.log_inv_gamma_time()]
+            .iter_mut()
+            .zip(&kernels.gamma_time)
+        {
+            *p = -g.ln();
+        }
+        Self::new(layout, kernels, params)
+    }
+
+    /// Replaces the parameters, validating length and finiteness. On error `self` is unchanged.
+    pub fn set_params(&mut self, params: &[f64]) -> Result<()> {
+        if params.len() != self.param_layout.len() {
+            return Err(Error::size(
+                "field parameters",
+                self.param_layout.len(),
+                params.len(),
+            ));
+        }
+        check_finite(params, "field parameters")?;
+        // a = 1/γ² = exp(2·(−log γ)); reject bandwidths whose square overflows or vanishes.
+        let inv_sq = |p: f64| (2.0 * p).exp();
+        let pl = self.param_layout;
+        if let Some(p) = params[pl.log_inv_gamma_dist().start..pl.log_inv_gamma_time().end]
+            .iter()
+            .find(|p| !(inv_sq(**p).is_normal()))
+        {
+            return Err(Error::invalid(format!(
+                "log inverse bandwidth {p} gives an unusable 1/γ²"
+            )));
+        }
+        self.params.clear();
+        self.params.extend_from_slice(params);
+        for (a, p) in self.a_pad.iter_mut().zip(&params[pl.log_inv_gamma_dist()]) {
+            *a = inv_sq(*p);
+        }
+        for (a, p) in self.a_time.iter_mut().zip(&params[pl.log_inv_gamma_time()]) {
+            *a = inv_sq(*p);
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    #[must_use]
+    pub fn kernels(&self) -> &KernelConfig {
+        &self.kernels
+    }
+
+    #[must_use]
+    pub fn param_layout(&self) -> ParamLayout {
+        self.param_layout
+    }
+
+    #[must_use]
+    pub fn params(&self) -> &[f64] {
+        &self.params
+    }
+
+    /// Normalised time basis `τ_r(t)` into `tau` (length R).
+    pub fn time_basis_into(&self, t: f64, tau: &mut [f64]) {
+        let mut total = 0.0;
+        for ((tau, mu), a) in tau.iter_mut().zip(&self.kernels.mu_time).zip(&self.a_time) {
+            let e = t - mu;
+            *tau = exp_nonpositive(-(e * e * a));
+            total += *tau;
+        }
+        let inv = 1.0 / (NORM_EPS + total);
+        tau.iter_mut().for_each(|v| *v *= inv);
+    }
+
+    /// Folds the time basis at `t` into per-kernel weights and a constant.
+    #[must_use]
+    pub fn time_slice(&self, t: f64) -> TimeSlice {
+        let pl = self.param_layout;
+        let (k_n, r_n) = (pl.n_dist, pl.n_time);
+        let mut tau = [0.0; MAX_TIME_KERNELS];
+        let tau = &mut tau[..r_n];
+        self.time_basis_into(t, tau);
+        let mut slice = TimeSlice::zeroed();
+        let w = &self.params[pl.w()];
+        let s = &self.params[pl.s()];
+        let mut c = 0.0;
+        for k in 0..k_n {
+            let row = &w[k * r_n..(k + 1) * r_n];
+            let wk: f64 = row.iter().zip(tau.iter()).map(|(w, t)| w * t).sum();
+            slice.w[k] = wk;
+            c += s[k] * s[k] * wk;
+        }
+        let b = &self.params[pl.b()];
+        c += b.iter().zip(tau.iter()).map(|(b, t)| b * t).sum::<f64>();
+        slice.c = c;
+        slice
+    }
+
+    /// `(φ(d, t), ∂φ/∂d)` at one distance (`d` is the softened distance).
+    #[must_use]
+    pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
+        radial(d, &self.mu_pad, &self.a_pad, &self.time_slice(t))
+    }
+}
+
+impl VectorField for KernelField {
+    fn state_len(&self) -> usize {
+        self.layout.len()
+    }
+
+    fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
+        debug_assert_eq!(x.len(), self.layout.len());
+        let slice = self.time_slice(t);
+        velocity_pairs(x, self.layout.dim, &self.mu_pad, &self.a_pad, &slice, v)
+    }
+
+    fn velocity_jacobian_into(
+        &self,
+        x: &[f64],
+        t: f64,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+    ) -> f64 {
+        debug_assert_eq!(jacobian.len(), x.len() * x.len());
+        let slice = self.time_slice(t);
+        velocity_jacobian_pairs(
+            x,
+            self.layout.dim,
+            &self.mu_pad,
+            &self.a_pad,
+            &slice,
+            v,
+            jacobian,
+        )
+    }
+}
+
+/// `r = x_i − x_j` and `|r|²`.
+#[inline(always)]
+fn separation(x: &[f64], dim: usize, i: usize, j: usize) -> ([f64; MAX_DIM], f64) {
+    let mut r = [0.0; MAX_DIM];
+    let mut r2 = 0.0;
+    for k in 0..dim {
+        r[k] = x[i * dim + k] - x[j * dim + k];
+        r2 += r[k] * r[k];
+    }
+    (r, r2)
+}
+
+// Compiled for several instruction sets and dispatched at run time; every version performs the
+// same operations in the same order (no FMA contraction in Rust), so results are identical.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+fn velocity_pairs(
+    x: &[f64],
+    dim: usize,
+    mu: &[f64],
+    a: &[f64],
+    slice: &TimeSlice,
+    v: &mut [f64],
+) -> f64 {
+    let n = x.len() / dim;
+    v.fill(0.0);
+    let mut div = 0.0;
+    for i in 0..n {
+        for j in i + 1..n {
+            let (r, r2) = separation(x, dim, i, j);
+            let d = (r2 + EPS_D).sqrt();
+            let (phi, dphi) = radial(d, mu, a, slice);
+            for k in 0..dim {
+                v[i * dim + k] += phi * r[k];
+                v[j * dim + k] -= phi * r[k];
+            }
+            // Both ordered pairs contribute D·φ + φ'·|r|²/d to the trace.
+            div += 2.0 * (dim as f64 * phi + dphi * r2 / d);
+        }
+    }
+    div
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+fn velocity_jacobian_pairs(
+    x: &[f64],
+    dim: usize,
+    mu: &[f64],
+    a: &[f64],
+    slice: &TimeSlice,
+    v: &mut [f64],
+    jac: &mut [f64],
+) -> f64 {
+    let len = x.len();
+    let n = len / dim;
+    v.fill(0.0);
+    jac.fill(0.0);
+    let mut div = 0.0;
+    for i in 0..n {
+        for j in i + 1..n {
+            let (r, r2) = separation(x, dim, i, j);
+            let d = (r2 + EPS_D).sqrt();
+            let (phi, dphi) = radial(d, mu, a, slice);
+            let q = dphi / d;
+            for k in 0..dim {
+                v[i * dim + k] += phi * r[k];
+                v[j * dim + k] -= phi * r[k];
+            }
+            // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j loses it, and symmetrically for j.
+            for p in 0..dim {
+                for s in 0..dim {
+                    let mut b = q * r[p] * r[s];
+                    if p == s {
+                        b += phi;
+                    }
+                    jac[(i * dim + p) * len + i * dim + s] += b;
+                    jac[(j * dim + p) * len + j * dim + s] += b;
+                    jac[(i * dim + p) * len + j * dim + s] -= b;
+                    jac[(j * dim + p) * len + i * dim + s] -= b;
+                }
+            }
+            div += 2.0 * (dim as f64 * phi + dphi * r2 / d);
+        }
+    }
+    div
+}

@@ -1,0 +1,33 @@
+//! The equivariant RBF vector field (DESIGN.md §1) and the interface integrators see.
+//!
+//! `v_i(x, t) = Σ_{j≠i} φ(d_ij, t)·r_ij` with `r_ij = x_i − x_j`, `d_ij = sqrt(|r_ij|² + ε_d)`:
+//! a sum of radial pair forces, hence equivariant under permutations, rotations, reflections and
+//! translations, with `Σ_i v_i = 0` (the centre of mass is conserved). Its divergence and its
+//! Jacobian are computed in closed form from `φ` and `∂φ/∂d`, the exact derivatives of the
+//! field as implemented (ε_d and the underflow rule of [`exp`] included).
+
+pub mod exp;
+mod kernel_field;
+mod kernels;
+mod params;
+mod radial;
+
+pub use kernel_field::{EPS_D, KernelField};
+pub use kernels::{KernelConfig, MAX_DIST_KERNELS, MAX_TIME_KERNELS};
+pub use params::ParamLayout;
+pub use radial::TimeSlice;
+
+/// A time-dependent vector field on R^n with its exact divergence and Jacobian: what an
+/// integrator needs. Implementations must be deterministic and allocation-free.
+pub trait VectorField: Sync {
+    /// Length n of the state vector.
+    fn state_len(&self) -> usize;
+
+    /// Writes `v(x, t)` into `v` and returns `div v(x, t)`.
+    fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64;
+
+    /// Writes `v(x, t)` into `v` and the dense Jacobian `∂v_a/∂x_b` into `jacobian` (row-major,
+    /// n × n, entry `a*n + b`) and returns `div v(x, t)` (the Jacobian's trace).
+    fn velocity_jacobian_into(&self, x: &[f64], t: f64, v: &mut [f64], jacobian: &mut [f64])
+    -> f64;
+}
