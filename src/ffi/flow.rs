@@ -25,12 +25,12 @@ pub struct eqf_flow {
 /// Same arguments, same flow.
 ///
 /// @param n_particles  N, number of particles (at least 2)
-/// @param dim          D, spatial dimension (at least 1)
+/// @param dim          D, spatial dimension (1, 2 or 3)
 /// @param seed         seed of the random initial weights
 /// @param out          on success receives the new flow, to be released with `eqf_flow_free`;
 ///                     untouched on failure
-/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_INVALID_ARGUMENT (counts
-///         negative or unsupported)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_INVALID_ARGUMENT (n_particles
+///         or dim out of range)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_new(
     n_particles: i64,

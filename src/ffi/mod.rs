@@ -20,9 +20,11 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-// `energy` and `flow` are enabled once the `energy` and `flow` modules of the crate exist.
+// Declaration order is the order of the header: basics first.
 mod status;
 mod version;
+// `energy` is enabled once the crate's `energy` module exists.
+mod flow;
 
 pub use status::*;
 
