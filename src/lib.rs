@@ -4,6 +4,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod energy;
 pub mod error;
 pub mod field;
 pub mod flow;
@@ -16,5 +17,6 @@ pub mod prior;
 #[allow(unsafe_code)]
 pub mod ffi;
 
+pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
 pub use flow::Flow;
