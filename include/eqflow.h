@@ -98,6 +98,15 @@
 #define EQF_ERR_INTERNAL 11
 
 /**
+ * An energy function U(x) of N particles in D dimensions (opaque).
+ *
+ * Created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`, owned by the caller and
+ * released with `eqf_energy_free`. An energy is immutable: one handle may be used from several
+ * threads at the same time.
+ */
+typedef struct eqf_energy eqf_energy;
+
+/**
  * An equivariant normalizing flow over configurations of N particles in D dimensions (opaque).
  *
  * Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. A flow is
@@ -111,40 +120,93 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * Version of the C ABI described by this header: 1.
+ * Creates the pairwise double-well energy of the DW-2 / DW-4 benchmarks (reduced units):
  *
- * It changes only when an existing function changes its signature or meaning (functions are
- * only ever added within one ABI version). A host can compare it with the value it was
- * compiled against to detect a mismatched shared library.
+ *     U(x) = sum over unordered pairs i < j of  a (d - d0) + b (d - d0)^2 + c (d - d0)^4,
+ *
+ * with d = |x_i - x_j| the plain Euclidean distance. The benchmark parameters are a = 0,
+ * b = -4, c = 0.9, d0 = 4 (with kT = 1).
+ *
+ * @param n_particles  N, number of particles (at least 1; a single particle has U = 0)
+ * @param dim          D, spatial dimension (at least 1)
+ * @param a, b, c, d0  the polynomial coefficients and the reference distance
+ * @param out          on success receives a new energy, to be released with
+ *                     `eqf_energy_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_INVALID_ARGUMENT (n_particles
+ *         or dim negative, zero or too large); EQF_ERR_NON_FINITE (a parameter is NaN or
+ *         infinite)
  */
-int32_t eqf_abi_version(void);
+int32_t eqf_energy_double_well(int64_t n_particles,
+                               int64_t dim,
+                               double a,
+                               double b,
+                               double c,
+                               double d0,
+                               eqf_energy **out);
 
 /**
- * The eqflow library version, e.g. "0.1.0", as a static NUL-terminated string.
+ * Creates the Lennard-Jones cluster energy of the LJ-13 benchmark (reduced units):
  *
- * The string is owned by the library and valid for the lifetime of the program: do not free
- * or modify it.
+ *     U(x) = epsilon * sum over i < j of [ (r_m/d)^12 - 2 (r_m/d)^6 ]
+ *            + (oscillator_k / 2) * sum over i of |x_i - x_mean|^2,
+ *
+ * with d = |x_i - x_j|; the harmonic term holds the cluster together around its centre of mass.
+ * The LJ-13 benchmark uses epsilon = 2, r_m = 1, oscillator_k = 1 (kT = 1): epsilon = 2
+ * reproduces the convention of the published LJ-13 data sets.
+ *
+ * @param n_particles   N, number of particles (at least 1)
+ * @param dim           D, spatial dimension (at least 1)
+ * @param epsilon       well depth (> 0)
+ * @param r_m           distance of the pair minimum (> 0)
+ * @param oscillator_k  spring constant of the centre-of-mass oscillator (>= 0)
+ * @param out           on success receives a new energy, to be released with
+ *                      `eqf_energy_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_NON_FINITE (a parameter is NaN
+ *         or infinite); EQF_ERR_INVALID_ARGUMENT (n_particles or dim negative, zero or too
+ *         large, or a parameter out of range)
  */
-const char *eqf_version(void);
+int32_t eqf_energy_lennard_jones(int64_t n_particles,
+                                 int64_t dim,
+                                 double epsilon,
+                                 double r_m,
+                                 double oscillator_k,
+                                 eqf_energy **out);
 
 /**
- * Copies the message of the calling thread's last failed eqflow call into `buf`.
+ * Evaluates the energy, and optionally its gradient, of `n` configurations.
  *
- * snprintf-style: at most `len - 1` bytes of the message are copied, followed by a NUL byte
- * (nothing is written when `len` is 0, and `buf` may then be NULL). The return value is the
- * full length of the message in bytes, excluding the NUL, so a return value `>= len` means the
- * message was truncated; call again with a buffer of at least `return value + 1` bytes to get
- * all of it.
+ * Layout: `x` holds n configurations of N particles in D dimensions, particle-major and
+ * contiguous: coordinate k of particle i of configuration s is `x[(s*N + i)*D + k]` (C
+ * `double x[n][N][D]`, Fortran `x(D, N, n)`). `gradient` has the same layout and receives
+ * +dU/dx (the gradient, not the force).
  *
- * The message is empty (return value 0) if no call has failed on this thread. Messages are
- * kept per thread and are not cleared by successful calls: read the message right after a
- * call returned a status other than `EQF_OK`. Never fails.
+ * All arrays are owned by the caller. Nothing is written unless the call succeeds. With
+ * `n == 0` nothing is read or written and the arrays may be NULL. Thread-safe: several threads
+ * may evaluate the same energy at once.
  *
- * @param buf  caller-owned buffer of `len` bytes, or NULL when `len` is 0
- * @param len  size of `buf` in bytes, including room for the terminating NUL
- * @return     length of the full message in bytes, excluding the terminating NUL
+ * @param energy    the energy (not NULL)
+ * @param n         number of configurations (>= 0)
+ * @param x         input, n*N*D doubles, finite
+ * @param U         output, n doubles: U[s] is the energy of configuration s (may be +infinity
+ *                  where the energy is singular, e.g. two coincident Lennard-Jones particles)
+ * @param gradient  output, n*N*D doubles, or NULL to skip the gradient
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
+ *         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity)
  */
-size_t eqf_last_error_message(char *buf, size_t len);
+int32_t eqf_energy_eval(const eqf_energy *energy,
+                        int64_t n,
+                        const double *x,
+                        double *U,
+                        double *gradient);
+
+/**
+ * Releases an energy created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`.
+ *
+ * NULL is accepted and does nothing. The handle must not be used afterwards, nor freed twice.
+ *
+ * @return EQF_OK
+ */
+int32_t eqf_energy_free(eqf_energy *energy);
 
 /**
  * Creates an untrained flow for `n_particles` particles in `dim` dimensions.
@@ -233,6 +295,42 @@ int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *
  *         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration
  */
 int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, double *log_q);
+
+/**
+ * Version of the C ABI described by this header: 1.
+ *
+ * It changes only when an existing function changes its signature or meaning (functions are
+ * only ever added within one ABI version). A host can compare it with the value it was
+ * compiled against to detect a mismatched shared library.
+ */
+int32_t eqf_abi_version(void);
+
+/**
+ * The eqflow library version, e.g. "0.1.0", as a static NUL-terminated string.
+ *
+ * The string is owned by the library and valid for the lifetime of the program: do not free
+ * or modify it.
+ */
+const char *eqf_version(void);
+
+/**
+ * Copies the message of the calling thread's last failed eqflow call into `buf`.
+ *
+ * snprintf-style: at most `len - 1` bytes of the message are copied, followed by a NUL byte
+ * (nothing is written when `len` is 0, and `buf` may then be NULL). The return value is the
+ * full length of the message in bytes, excluding the NUL, so a return value `>= len` means the
+ * message was truncated; call again with a buffer of at least `return value + 1` bytes to get
+ * all of it.
+ *
+ * The message is empty (return value 0) if no call has failed on this thread. Messages are
+ * kept per thread and are not cleared by successful calls: read the message right after a
+ * call returned a status other than `EQF_OK`. Never fails.
+ *
+ * @param buf  caller-owned buffer of `len` bytes, or NULL when `len` is 0
+ * @param len  size of `buf` in bytes, including room for the terminating NUL
+ * @return     length of the full message in bytes, excluding the terminating NUL
+ */
+size_t eqf_last_error_message(char *buf, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

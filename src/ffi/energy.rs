@@ -1,7 +1,7 @@
 //! Built-in benchmark energies behind an opaque `eqf_energy` handle.
 
-use crate::energy::{DoubleWell, Energy, LennardJones, energies_gradients_into, energies_into};
 use crate::Result;
+use crate::energy::{DoubleWell, Energy, LennardJones, energies_gradients_into, energies_into};
 
 use super::{
     array_len, catch, check_not_null, check_output, count, free_handle, handle, input_array,
@@ -27,7 +27,10 @@ fn shape(n_particles: i64, dim: i64) -> Result<(usize, usize)> {
 ///
 /// # Safety
 /// `out` must be NULL or valid for one pointer write.
-unsafe fn create(out: *mut *mut eqf_energy, build: impl FnOnce() -> Result<Box<dyn Energy>>) -> i32 {
+unsafe fn create(
+    out: *mut *mut eqf_energy,
+    build: impl FnOnce() -> Result<Box<dyn Energy>>,
+) -> i32 {
     catch(|| {
         check_not_null(out, "out")?;
         let inner = build()?;
@@ -45,13 +48,14 @@ unsafe fn create(out: *mut *mut eqf_energy, build: impl FnOnce() -> Result<Box<d
 /// with d = |x_i - x_j| the plain Euclidean distance. The benchmark parameters are a = 0,
 /// b = -4, c = 0.9, d0 = 4 (with kT = 1).
 ///
-/// @param n_particles  N, number of particles (at least 2)
+/// @param n_particles  N, number of particles (at least 1; a single particle has U = 0)
 /// @param dim          D, spatial dimension (at least 1)
-/// @param a, b, c, d0  the polynomial coefficients and the reference distance (finite)
+/// @param a, b, c, d0  the polynomial coefficients and the reference distance
 /// @param out          on success receives a new energy, to be released with
 ///                     `eqf_energy_free`; untouched on failure
-/// @return EQF_OK, EQF_ERR_NULL_POINTER (out is NULL), EQF_ERR_INVALID_ARGUMENT (bad counts or
-///         parameters) or another EQF_ERR_* status
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_INVALID_ARGUMENT (n_particles
+///         or dim negative, zero or too large); EQF_ERR_NON_FINITE (a parameter is NaN or
+///         infinite)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_energy_double_well(
     n_particles: i64,
@@ -81,15 +85,16 @@ pub unsafe extern "C" fn eqf_energy_double_well(
 /// The LJ-13 benchmark uses epsilon = 2, r_m = 1, oscillator_k = 1 (kT = 1): epsilon = 2
 /// reproduces the convention of the published LJ-13 data sets.
 ///
-/// @param n_particles   N, number of particles (at least 2)
+/// @param n_particles   N, number of particles (at least 1)
 /// @param dim           D, spatial dimension (at least 1)
-/// @param epsilon       well depth (finite)
-/// @param r_m           distance of the pair minimum (finite, positive)
-/// @param oscillator_k  spring constant of the centre-of-mass oscillator (finite, >= 0)
+/// @param epsilon       well depth (> 0)
+/// @param r_m           distance of the pair minimum (> 0)
+/// @param oscillator_k  spring constant of the centre-of-mass oscillator (>= 0)
 /// @param out           on success receives a new energy, to be released with
 ///                      `eqf_energy_free`; untouched on failure
-/// @return EQF_OK, EQF_ERR_NULL_POINTER (out is NULL), EQF_ERR_INVALID_ARGUMENT (bad counts or
-///         parameters) or another EQF_ERR_* status
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_NON_FINITE (a parameter is NaN
+///         or infinite); EQF_ERR_INVALID_ARGUMENT (n_particles or dim negative, zero or too
+///         large, or a parameter out of range)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_energy_lennard_jones(
     n_particles: i64,
@@ -149,7 +154,7 @@ pub unsafe extern "C" fn eqf_energy_eval(
         let energy = unsafe { handle(energy, "energy") }?;
         let n = count(n, "n")?;
         let inner = energy.inner.as_ref();
-        let len = array_len(n, inner.n_particles() * inner.dim(), "x")?;
+        let len = array_len(n, inner.n_particles().saturating_mul(inner.dim()), "x")?;
         check_output(U, n, "U")?;
         if !gradient.is_null() {
             check_output(gradient, len, "gradient")?;

@@ -124,7 +124,7 @@ pub unsafe extern "C" fn eqf_flow_sample(
         let flow = unsafe { handle(flow, "flow") }?;
         let flow = &flow.inner;
         let n = count(n, "n")?;
-        let len = array_len(n, flow.n_particles() * flow.dim(), "x")?;
+        let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
         check_output(x, len, "x")?;
         check_output(log_q, n, "log_q")?;
         let mut samples = scratch(len, "x")?;
@@ -170,7 +170,7 @@ pub unsafe extern "C" fn eqf_flow_log_density(
         let flow = unsafe { handle(flow, "flow") }?;
         let flow = &flow.inner;
         let n = count(n, "n")?;
-        let len = array_len(n, flow.n_particles() * flow.dim(), "x")?;
+        let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
         check_output(log_q, n, "log_q")?;
         // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
         // modify during the call (this function's contract).

@@ -21,10 +21,10 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 // Declaration order is the order of the header: basics first.
+mod energy;
+mod flow;
 mod status;
 mod version;
-// `energy` is enabled once the crate's `energy` module exists.
-mod flow;
 
 pub use status::*;
 
