@@ -96,7 +96,9 @@ fn declared_names(header: &str) -> Vec<String> {
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .map_or(0, |p| p + 1);
         let name = &before[start..];
-        if !name.is_empty() && !before[..start].trim_start().starts_with('#') {
+        let line_start = before[..start].rfind('\n').map_or(0, |p| p + 1);
+        let is_directive = before[line_start..start].trim_start().starts_with('#');
+        if !name.is_empty() && !is_directive {
             names.push(name.to_owned());
         }
     }
