@@ -193,3 +193,56 @@ pub unsafe extern "C" fn eqf_energy_free(energy: *mut eqf_energy) -> i32 {
     // (this function's contract).
     unsafe { free_handle(energy) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::{EQF_ERR_NON_FINITE, EQF_OK};
+
+    fn lennard_jones() -> *mut eqf_energy {
+        let mut energy = std::ptr::null_mut();
+        // SAFETY: `energy` is a valid pointer slot.
+        let status = unsafe { eqf_energy_lennard_jones(3, 3, 2.0, 1.0, 1.0, &raw mut energy) };
+        assert_eq!(status, EQF_OK);
+        energy
+    }
+
+    #[test]
+    fn eval_matches_the_rust_api() {
+        let energy = lennard_jones();
+        let x: Vec<f64> = (0..18).map(|i| (f64::from(i) * 0.7).sin() * 1.3).collect();
+        let mut u = [0.0; 2];
+        let mut gradient = [0.0; 18];
+        // SAFETY: live handle; x of 2*N*D doubles, outputs of 2 and 2*N*D doubles.
+        let status = unsafe {
+            eqf_energy_eval(energy, 2, x.as_ptr(), u.as_mut_ptr(), gradient.as_mut_ptr())
+        };
+        assert_eq!(status, EQF_OK);
+        let reference = LennardJones::new(3, 3, 2.0, 1.0, 1.0).unwrap();
+        let mut u_rust = [0.0; 2];
+        let mut gradient_rust = [0.0; 18];
+        energies_gradients_into(&reference, &x, &mut u_rust, &mut gradient_rust).unwrap();
+        assert_eq!(u, u_rust);
+        assert_eq!(gradient, gradient_rust);
+        // SAFETY: created above, freed once.
+        assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+    }
+
+    #[test]
+    fn failed_eval_writes_nothing() {
+        let energy = lennard_jones();
+        let mut x = [0.5; 9];
+        x[4] = f64::NAN;
+        let mut u = [7.0];
+        let mut gradient = [7.0; 9];
+        // SAFETY: live handle; arrays of N*D, 1 and N*D doubles.
+        let status = unsafe {
+            eqf_energy_eval(energy, 1, x.as_ptr(), u.as_mut_ptr(), gradient.as_mut_ptr())
+        };
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert_eq!(u, [7.0]);
+        assert_eq!(gradient, [7.0; 9]);
+        // SAFETY: created above, freed once.
+        assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+    }
+}

@@ -183,3 +183,105 @@ pub unsafe extern "C" fn eqf_flow_log_density(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::{EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_OK};
+
+    /// A flow handle for N = 3, D = 2, freed on drop.
+    struct Handle(*mut eqf_flow);
+
+    impl Handle {
+        fn new(seed: u64) -> Handle {
+            let mut flow = std::ptr::null_mut();
+            // SAFETY: `flow` is a valid pointer slot.
+            assert_eq!(unsafe { eqf_flow_new(3, 2, seed, &raw mut flow) }, EQF_OK);
+            Handle(flow)
+        }
+
+        fn sample(&self, seed: u64, n: usize) -> (i32, Vec<f64>, Vec<f64>) {
+            let mut x = vec![f64::NAN; n * 6];
+            let mut log_q = vec![f64::NAN; n];
+            // SAFETY: live handle; buffers of n*N*D and n doubles.
+            let status = unsafe {
+                eqf_flow_sample(self.0, seed, n as i64, x.as_mut_ptr(), log_q.as_mut_ptr())
+            };
+            (status, x, log_q)
+        }
+    }
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: created by `eqf_flow_new`, freed once.
+            assert_eq!(unsafe { eqf_flow_free(self.0) }, EQF_OK);
+        }
+    }
+
+    #[test]
+    fn sampling_matches_the_rust_api_and_extends_with_n() {
+        let flow = Handle::new(5);
+        let (status, x, log_q) = flow.sample(9, 4);
+        assert_eq!(status, EQF_OK);
+        let (x_rust, log_q_rust) = Flow::new(3, 2, 5).unwrap().sample(9, 4).unwrap();
+        assert_eq!(x, x_rust);
+        assert_eq!(log_q, log_q_rust);
+        // Sample s depends only on (seed, s): a shorter batch is a prefix (documented).
+        let (_, x_short, log_q_short) = flow.sample(9, 2);
+        assert_eq!(x_short, x[..12]);
+        assert_eq!(log_q_short, log_q[..2]);
+        // SAFETY: live handle.
+        unsafe {
+            assert_eq!(eqf_flow_n_particles(flow.0), 3);
+            assert_eq!(eqf_flow_dim(flow.0), 2);
+        }
+    }
+
+    #[test]
+    fn one_flow_is_shared_by_threads() {
+        let flow = Handle::new(1);
+        let (_, x, log_q) = flow.sample(3, 5);
+        let address = flow.0 as usize;
+        let results: Vec<(Vec<f64>, Vec<f64>)> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let flow = address as *const eqf_flow;
+                    let mut x = vec![0.0; 30];
+                    let mut log_q = vec![0.0; 5];
+                    // SAFETY: the handle outlives the threads (joined below); flows are
+                    // immutable and Sync.
+                    let status = unsafe {
+                        eqf_flow_sample(flow, 3, 5, x.as_mut_ptr(), log_q.as_mut_ptr())
+                    };
+                    assert_eq!(status, EQF_OK);
+                    (x, log_q)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect();
+        for (x_thread, log_q_thread) in results {
+            assert_eq!(x_thread, x);
+            assert_eq!(log_q_thread, log_q);
+        }
+    }
+
+    #[test]
+    fn failed_calls_write_nothing() {
+        let flow = Handle::new(2);
+        let (_, mut x, _) = flow.sample(4, 2);
+        x[7] = f64::INFINITY;
+        let mut log_q = [-1.0; 2];
+        // SAFETY: live handle; buffers of 2*N*D and 2 doubles.
+        let status = unsafe { eqf_flow_log_density(flow.0, 2, x.as_ptr(), log_q.as_mut_ptr()) };
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert_eq!(log_q, [-1.0; 2]);
+
+        let mut out = std::ptr::dangling_mut::<eqf_flow>();
+        // SAFETY: `out` is a valid pointer slot.
+        let status = unsafe { eqf_flow_new(1, 2, 0, &raw mut out) };
+        assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+        assert_eq!(out, std::ptr::dangling_mut::<eqf_flow>());
+    }
+}

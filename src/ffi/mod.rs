@@ -321,11 +321,8 @@ mod tests {
         assert_eq!(error.status(), EQF_ERR_NULL_POINTER);
         assert_eq!(error.to_string(), "null pointer: x");
         // SAFETY: a zero-length array is never dereferenced.
-        assert!(
-            unsafe { input_array(std::ptr::null(), 0, "x") }
-                .unwrap()
-                .is_empty()
-        );
+        let empty = unsafe { input_array(std::ptr::null(), 0, "x") }.unwrap();
+        assert!(empty.is_empty());
         let misaligned = values.as_ptr().cast::<u8>().wrapping_add(1).cast::<f64>();
         // SAFETY: the misaligned pointer is rejected before being dereferenced.
         let error = unsafe { input_array(misaligned, 1, "x") }.unwrap_err();
