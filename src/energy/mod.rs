@@ -13,8 +13,9 @@
 //!   `N·D`, particle-major: component `k` of particle `i` is `x[i*D + k]` (C `double x[N][D]`,
 //!   Fortran `x(D,N)`). A batch of `n` configurations is `n` such blocks one after another.
 //! - **Infinite energies.** `U = +∞` is a legitimate value (overlapping Lennard-Jones particles):
-//!   the Metropolis step always rejects it. Implementations never return NaN for finite input;
-//!   where `U` is infinite the gradient is finite but carries no meaning.
+//!   the Metropolis step always rejects it. [`DoubleWell`] and [`LennardJones`] never return NaN
+//!   for finite coordinates below ~1e150 in magnitude (beyond that, squared distances overflow);
+//!   where `U` is infinite their gradient is finite but carries no meaning.
 //!
 //! The single-configuration methods trust their caller on sizes (they are the inner loop); the
 //! batch helpers [`energies_into`] and [`energies_gradients_into`] are the checked entry points.
