@@ -122,7 +122,9 @@ extern "C" {
 /**
  * Creates the pairwise double-well energy of the DW-2 / DW-4 benchmarks (reduced units):
  *
- *     U(x) = sum over unordered pairs i < j of  a (d - d0) + b (d - d0)^2 + c (d - d0)^4,
+ * ```text
+ * U(x) = sum over unordered pairs i < j of  a (d - d0) + b (d - d0)^2 + c (d - d0)^4,
+ * ```
  *
  * with d = |x_i - x_j| the plain Euclidean distance. The benchmark parameters are a = 0,
  * b = -4, c = 0.9, d0 = 4 (with kT = 1).
@@ -147,8 +149,10 @@ int32_t eqf_energy_double_well(int64_t n_particles,
 /**
  * Creates the Lennard-Jones cluster energy of the LJ-13 benchmark (reduced units):
  *
- *     U(x) = epsilon * sum over i < j of [ (r_m/d)^12 - 2 (r_m/d)^6 ]
- *            + (oscillator_k / 2) * sum over i of |x_i - x_mean|^2,
+ * ```text
+ * U(x) = epsilon * sum over i < j of [ (r_m/d)^12 - 2 (r_m/d)^6 ]
+ *        + (oscillator_k / 2) * sum over i of |x_i - x_mean|^2,
+ * ```
  *
  * with d = |x_i - x_j|; the harmonic term holds the cluster together around its centre of mass.
  * The LJ-13 benchmark uses epsilon = 2, r_m = 1, oscillator_k = 1 (kT = 1): epsilon = 2

@@ -250,9 +250,8 @@ mod tests {
                     let mut log_q = vec![0.0; 5];
                     // SAFETY: the handle outlives the threads (joined below); flows are
                     // immutable and Sync.
-                    let status = unsafe {
-                        eqf_flow_sample(flow, 3, 5, x.as_mut_ptr(), log_q.as_mut_ptr())
-                    };
+                    let status =
+                        unsafe { eqf_flow_sample(flow, 3, 5, x.as_mut_ptr(), log_q.as_mut_ptr()) };
                     assert_eq!(status, EQF_OK);
                     (x, log_q)
                 })
