@@ -39,6 +39,8 @@
 //! A [`Flow`] is immutable and `Sync`. Batches run in parallel with rayon; sample `i` of a call
 //! with seed `s` uses its own random stream, so results are bit-identical for any thread count.
 
+#![deny(unsafe_code)]
+
 pub mod boltzmann;
 pub mod energy;
 pub mod error;
@@ -47,6 +49,11 @@ pub mod flow;
 pub mod geometry;
 pub mod integrate;
 pub mod prior;
+
+// The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
+// attribute above denies everywhere else.
+#[allow(unsafe_code)]
+pub mod ffi;
 
 pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};

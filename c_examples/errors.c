@@ -1,0 +1,311 @@
+/*
+ * errors.c: the error contract of the eqflow C API, checked from C.
+ *
+ * Every failing call must return the documented EQF_ERR_* status, leave a message naming the
+ * problem for eqf_last_error_message, and write nothing: out-pointers and output arrays are
+ * pre-filled with sentinels here and must still hold them afterwards. Also checks the
+ * snprintf-like truncation of eqf_last_error_message, that _free(NULL) is fine, that n = 0 is
+ * a valid no-op, and that the library keeps working after failures.
+ *
+ * Valid C99 and C++17. Exit status 0 when every check passes, 1 otherwise (each failed check is
+ * reported on stderr).
+ */
+#include <eqflow.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define N_PARTICLES 4
+#define DIM 2
+#define PER_SAMPLE (N_PARTICLES * DIM)
+#define N_SAMPLES 3
+#define SENTINEL -12345.0
+
+static int n_failed = 0;
+static int n_checks = 0;
+
+static void check(int ok, const char *what, int line) {
+    n_checks++;
+    if (!ok) {
+        n_failed++;
+        fprintf(stderr, "errors.c:%d: check failed: %s\n", line, what);
+    }
+}
+
+#define CHECK(condition) check((condition) ? 1 : 0, #condition, __LINE__)
+
+/* The calling thread's last error message (static buffer, valid until the next call). */
+static const char *last_message(void) {
+    static char buffer[1024];
+    eqf_last_error_message(buffer, sizeof buffer);
+    return buffer;
+}
+
+/* Checks a failed call: its status, and that the message contains `needle`. */
+static void check_failure(int32_t status, int32_t expected, const char *needle, const char *call,
+                          int line) {
+    const char *message = last_message();
+    n_checks++;
+    if (status != expected || strstr(message, needle) == NULL) {
+        n_failed++;
+        fprintf(stderr,
+                "errors.c:%d: %s returned status %d with message \"%s\"; expected status %d "
+                "and a message containing \"%s\"\n",
+                line, call, (int)status, message, (int)expected, needle);
+    }
+}
+
+#define CHECK_FAILS(call, expected, needle) \
+    check_failure((call), (expected), (needle), #call, __LINE__)
+
+static void fill(double *values, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        values[i] = SENTINEL;
+    }
+}
+
+static int untouched(const double *values, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (values[i] != SENTINEL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Addresses used as "untouched" markers for out-pointers; never dereferenced. */
+static char flow_marker, energy_marker;
+#define FLOW_SENTINEL ((eqf_flow *)(void *)&flow_marker)
+#define ENERGY_SENTINEL ((eqf_energy *)(void *)&energy_marker)
+
+static void versions(void) {
+    const char *version = eqf_version();
+    CHECK(eqf_abi_version() == 1);
+    CHECK(version != NULL && strlen(version) > 0);
+#ifdef EQF_EXPECTED_VERSION
+    CHECK(version != NULL && strcmp(version, EQF_EXPECTED_VERSION) == 0);
+#endif
+    CHECK(EQF_OK == 0 && EQF_ERR_NULL_POINTER == 1 && EQF_ERR_INVALID_ARGUMENT == 2 &&
+          EQF_ERR_DIMENSION_MISMATCH == 3 && EQF_ERR_NON_FINITE == 4 &&
+          EQF_ERR_INTERNAL == 11);
+    CHECK(EQF_MAX_ELEMENTS == ((int64_t)1 << 40));
+}
+
+/* Before any failure on this thread the message is empty. */
+static void no_error_yet(void) {
+    char buffer[8];
+    memset(buffer, 'x', sizeof buffer);
+    CHECK(eqf_last_error_message(NULL, 0) == 0);
+    CHECK(eqf_last_error_message(buffer, sizeof buffer) == 0);
+    CHECK(buffer[0] == '\0' && buffer[1] == 'x');
+}
+
+static void last_error_truncation(void) {
+    char full[1024], small[6], one[1];
+    size_t length;
+    eqf_flow *flow = NULL;
+
+    CHECK_FAILS(eqf_flow_new(N_PARTICLES, DIM, 1, NULL), EQF_ERR_NULL_POINTER, "out");
+    length = eqf_last_error_message(NULL, 0); /* NULL is fine with len 0 */
+    CHECK(length > sizeof small);
+
+    memset(full, 'x', sizeof full);
+    CHECK(eqf_last_error_message(full, sizeof full) == length);
+    CHECK(strlen(full) == length);
+    CHECK(full[length + 1] == 'x'); /* nothing written past the NUL */
+
+    memset(small, 'x', sizeof small);
+    CHECK(eqf_last_error_message(small, sizeof small) == length); /* full length, not copied */
+    CHECK(small[sizeof small - 1] == '\0');
+    CHECK(strncmp(small, full, sizeof small - 1) == 0);
+
+    one[0] = 'x';
+    CHECK(eqf_last_error_message(one, 1) == length);
+    CHECK(one[0] == '\0');
+
+    /* A successful call does not clear the last failure's message. */
+    CHECK(eqf_flow_new(N_PARTICLES, DIM, 1, &flow) == EQF_OK);
+    CHECK(eqf_last_error_message(NULL, 0) == length);
+    CHECK(eqf_flow_free(flow) == EQF_OK);
+}
+
+static void free_null(void) {
+    CHECK(eqf_flow_free(NULL) == EQF_OK);
+    CHECK(eqf_energy_free(NULL) == EQF_OK);
+}
+
+static void flow_creation(void) {
+    eqf_flow *flow = FLOW_SENTINEL;
+    CHECK_FAILS(eqf_flow_new(N_PARTICLES, DIM, 1, NULL), EQF_ERR_NULL_POINTER, "out");
+    CHECK_FAILS(eqf_flow_new(-1, DIM, 1, &flow), EQF_ERR_INVALID_ARGUMENT, "n_particles");
+    CHECK(flow == FLOW_SENTINEL);
+    CHECK_FAILS(eqf_flow_new(N_PARTICLES, -2, 1, &flow), EQF_ERR_INVALID_ARGUMENT, "dim");
+    CHECK(flow == FLOW_SENTINEL);
+    CHECK_FAILS(eqf_flow_new(1, DIM, 1, &flow), EQF_ERR_INVALID_ARGUMENT, "n_particles");
+    CHECK(flow == FLOW_SENTINEL);
+    CHECK_FAILS(eqf_flow_new(N_PARTICLES, 0, 1, &flow), EQF_ERR_INVALID_ARGUMENT, "dim");
+    CHECK(flow == FLOW_SENTINEL);
+    CHECK_FAILS(eqf_flow_new(INT64_MAX, DIM, 1, &flow), EQF_ERR_INVALID_ARGUMENT, "n_particles");
+    CHECK(flow == FLOW_SENTINEL);
+}
+
+static void flow_calls(const eqf_flow *flow) {
+    double x[N_SAMPLES * PER_SAMPLE], log_q[N_SAMPLES], log_q_ok[N_SAMPLES];
+
+    /* NULL flow. */
+    fill(x, N_SAMPLES * PER_SAMPLE);
+    fill(log_q, N_SAMPLES);
+    CHECK_FAILS(eqf_flow_sample(NULL, 1, N_SAMPLES, x, log_q), EQF_ERR_NULL_POINTER, "flow");
+    CHECK_FAILS(eqf_flow_log_density(NULL, N_SAMPLES, x, log_q), EQF_ERR_NULL_POINTER, "flow");
+    CHECK(eqf_flow_n_particles(NULL) == -1);
+    CHECK(strstr(last_message(), "flow") != NULL);
+    CHECK(eqf_flow_dim(NULL) == -1);
+    CHECK(eqf_flow_n_particles(flow) == N_PARTICLES);
+    CHECK(eqf_flow_dim(flow) == DIM);
+
+    /* NULL arrays. */
+    CHECK_FAILS(eqf_flow_sample(flow, 1, N_SAMPLES, NULL, log_q), EQF_ERR_NULL_POINTER, "x");
+    CHECK_FAILS(eqf_flow_sample(flow, 1, N_SAMPLES, x, NULL), EQF_ERR_NULL_POINTER, "log_q");
+    CHECK_FAILS(eqf_flow_log_density(flow, N_SAMPLES, NULL, log_q), EQF_ERR_NULL_POINTER, "x");
+    CHECK_FAILS(eqf_flow_log_density(flow, N_SAMPLES, x, NULL), EQF_ERR_NULL_POINTER,
+                "log_q");
+    CHECK(untouched(x, N_SAMPLES * PER_SAMPLE) && untouched(log_q, N_SAMPLES));
+
+    /* Negative and absurd counts. */
+    CHECK_FAILS(eqf_flow_sample(flow, 1, -1, x, log_q), EQF_ERR_INVALID_ARGUMENT, "negative");
+    CHECK_FAILS(eqf_flow_sample(flow, 1, INT64_MIN, x, log_q), EQF_ERR_INVALID_ARGUMENT,
+                "negative");
+    CHECK_FAILS(eqf_flow_sample(flow, 1, INT64_MAX, x, log_q), EQF_ERR_INVALID_ARGUMENT,
+                "EQF_MAX_ELEMENTS");
+    /* n itself is in range but n*N*D doubles are not. */
+    CHECK_FAILS(eqf_flow_sample(flow, 1, EQF_MAX_ELEMENTS, x, log_q), EQF_ERR_INVALID_ARGUMENT,
+                "EQF_MAX_ELEMENTS");
+    CHECK_FAILS(eqf_flow_log_density(flow, -5, x, log_q), EQF_ERR_INVALID_ARGUMENT, "negative");
+    CHECK_FAILS(eqf_flow_log_density(flow, EQF_MAX_ELEMENTS + 1, x, log_q),
+                EQF_ERR_INVALID_ARGUMENT, "EQF_MAX_ELEMENTS");
+    CHECK(untouched(x, N_SAMPLES * PER_SAMPLE) && untouched(log_q, N_SAMPLES));
+
+    /* n = 0 is a valid no-op, even with NULL arrays. */
+    CHECK(eqf_flow_sample(flow, 1, 0, NULL, NULL) == EQF_OK);
+    CHECK(eqf_flow_log_density(flow, 0, NULL, NULL) == EQF_OK);
+    CHECK(eqf_flow_sample(flow, 1, 0, x, log_q) == EQF_OK);
+    CHECK(untouched(x, N_SAMPLES * PER_SAMPLE) && untouched(log_q, N_SAMPLES));
+
+    /* NaN or infinity in x: nothing written. */
+    CHECK(eqf_flow_sample(flow, 3, N_SAMPLES, x, log_q_ok) == EQF_OK);
+    x[PER_SAMPLE + 3] = NAN;
+    fill(log_q, N_SAMPLES);
+    CHECK_FAILS(eqf_flow_log_density(flow, N_SAMPLES, x, log_q), EQF_ERR_NON_FINITE, "NaN");
+    CHECK(untouched(log_q, N_SAMPLES));
+    x[PER_SAMPLE + 3] = INFINITY;
+    CHECK_FAILS(eqf_flow_log_density(flow, N_SAMPLES, x, log_q), EQF_ERR_NON_FINITE, "inf");
+    CHECK(untouched(log_q, N_SAMPLES));
+
+    /* Still usable after failures, and deterministic: same seed, same bits. */
+    {
+        double x_again[N_SAMPLES * PER_SAMPLE], log_q_again[N_SAMPLES];
+        double shift[N_SAMPLES * PER_SAMPLE];
+        int i;
+        CHECK(eqf_flow_sample(flow, 3, N_SAMPLES, x, log_q) == EQF_OK);
+        CHECK(eqf_flow_sample(flow, 3, N_SAMPLES, x_again, log_q_again) == EQF_OK);
+        CHECK(memcmp(x, x_again, sizeof x) == 0 && memcmp(log_q, log_q_again, sizeof log_q) == 0);
+        CHECK(memcmp(log_q, log_q_ok, sizeof log_q) == 0);
+        /* Any centre of mass: translating every configuration leaves log q unchanged. */
+        for (i = 0; i < N_SAMPLES * PER_SAMPLE; i++) {
+            shift[i] = x[i] + ((i % DIM) == 0 ? 10.0 : -3.0);
+        }
+        CHECK(eqf_flow_log_density(flow, N_SAMPLES, shift, log_q_again) == EQF_OK);
+        for (i = 0; i < N_SAMPLES; i++) {
+            CHECK(fabs(log_q_again[i] - log_q[i]) <= 1e-8);
+        }
+    }
+}
+
+static void energy_creation(void) {
+    eqf_energy *energy = ENERGY_SENTINEL;
+    CHECK_FAILS(eqf_energy_double_well(N_PARTICLES, DIM, 0.0, -4.0, 0.9, 4.0, NULL),
+                EQF_ERR_NULL_POINTER, "out");
+    CHECK_FAILS(eqf_energy_double_well(0, DIM, 0.0, -4.0, 0.9, 4.0, &energy),
+                EQF_ERR_INVALID_ARGUMENT, "n_particles");
+    CHECK(energy == ENERGY_SENTINEL);
+    CHECK_FAILS(eqf_energy_double_well(N_PARTICLES, 0, 0.0, -4.0, 0.9, 4.0, &energy),
+                EQF_ERR_INVALID_ARGUMENT, "dim");
+    CHECK(energy == ENERGY_SENTINEL);
+    CHECK_FAILS(eqf_energy_double_well(-4, DIM, 0.0, -4.0, 0.9, 4.0, &energy),
+                EQF_ERR_INVALID_ARGUMENT, "n_particles");
+    CHECK(energy == ENERGY_SENTINEL);
+    CHECK_FAILS(eqf_energy_double_well(N_PARTICLES, DIM, NAN, -4.0, 0.9, 4.0, &energy),
+                EQF_ERR_NON_FINITE, "a = NaN");
+    CHECK(energy == ENERGY_SENTINEL);
+    CHECK_FAILS(eqf_energy_lennard_jones(0, 3, 2.0, 1.0, 1.0, &energy),
+                EQF_ERR_INVALID_ARGUMENT, "n_particles");
+    CHECK(energy == ENERGY_SENTINEL);
+    CHECK_FAILS(eqf_energy_lennard_jones(13, 3, -2.0, 1.0, 1.0, &energy),
+                EQF_ERR_INVALID_ARGUMENT, "epsilon");
+    CHECK(energy == ENERGY_SENTINEL);
+    CHECK_FAILS(eqf_energy_lennard_jones(13, 3, 2.0, 1.0, 1.0, NULL), EQF_ERR_NULL_POINTER,
+                "out");
+}
+
+static void energy_calls(const eqf_energy *energy, const eqf_flow *flow) {
+    double x[N_SAMPLES * PER_SAMPLE], U[N_SAMPLES], gradient[N_SAMPLES * PER_SAMPLE];
+    double log_q[N_SAMPLES];
+
+    CHECK(eqf_flow_sample(flow, 5, N_SAMPLES, x, log_q) == EQF_OK);
+    fill(U, N_SAMPLES);
+    fill(gradient, N_SAMPLES * PER_SAMPLE);
+
+    CHECK_FAILS(eqf_energy_eval(NULL, N_SAMPLES, x, U, NULL), EQF_ERR_NULL_POINTER, "energy");
+    CHECK_FAILS(eqf_energy_eval(energy, N_SAMPLES, NULL, U, NULL), EQF_ERR_NULL_POINTER, "x");
+    CHECK_FAILS(eqf_energy_eval(energy, N_SAMPLES, x, NULL, gradient), EQF_ERR_NULL_POINTER,
+                "U");
+    CHECK_FAILS(eqf_energy_eval(energy, -1, x, U, gradient), EQF_ERR_INVALID_ARGUMENT,
+                "negative");
+    CHECK_FAILS(eqf_energy_eval(energy, INT64_MAX, x, U, gradient), EQF_ERR_INVALID_ARGUMENT,
+                "EQF_MAX_ELEMENTS");
+    CHECK(untouched(U, N_SAMPLES) && untouched(gradient, N_SAMPLES * PER_SAMPLE));
+
+    CHECK(eqf_energy_eval(energy, 0, NULL, NULL, NULL) == EQF_OK);
+
+    x[2 * PER_SAMPLE] = NAN;
+    CHECK_FAILS(eqf_energy_eval(energy, N_SAMPLES, x, U, NULL), EQF_ERR_NON_FINITE, "NaN");
+    CHECK_FAILS(eqf_energy_eval(energy, N_SAMPLES, x, U, gradient), EQF_ERR_NON_FINITE, "NaN");
+    CHECK(untouched(U, N_SAMPLES) && untouched(gradient, N_SAMPLES * PER_SAMPLE));
+
+    /* After the failures the energy still works; the gradient is optional. */
+    x[2 * PER_SAMPLE] = 0.5;
+    CHECK(eqf_energy_eval(energy, N_SAMPLES, x, U, NULL) == EQF_OK);
+    CHECK(untouched(gradient, N_SAMPLES * PER_SAMPLE));
+    CHECK(isfinite(U[0]) && isfinite(U[1]) && isfinite(U[2]));
+    CHECK(eqf_energy_eval(energy, N_SAMPLES, x, U, gradient) == EQF_OK);
+    CHECK(!untouched(gradient, N_SAMPLES * PER_SAMPLE));
+}
+
+int main(void) {
+    eqf_flow *flow = NULL;
+    eqf_energy *energy = NULL;
+
+    versions();
+    no_error_yet();
+    last_error_truncation();
+    free_null();
+    flow_creation();
+    energy_creation();
+
+    if (eqf_flow_new(N_PARTICLES, DIM, 11, &flow) != EQF_OK ||
+        eqf_energy_double_well(N_PARTICLES, DIM, 0.0, -4.0, 0.9, 4.0, &energy) != EQF_OK) {
+        fprintf(stderr, "cannot create the flow or the energy: %s\n", last_message());
+        return 1;
+    }
+    flow_calls(flow);
+    energy_calls(energy, flow);
+    CHECK(eqf_flow_free(flow) == EQF_OK);
+    CHECK(eqf_energy_free(energy) == EQF_OK);
+
+    printf("errors: %d checks, %d failed\n", n_checks, n_failed);
+    return n_failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,252 @@
+//! Built-in benchmark energies behind an opaque `eqf_energy` handle.
+
+use crate::Result;
+use crate::energy::{DoubleWell, Energy, LennardJones, energies_gradients_into, energies_into};
+
+use super::{
+    array_len, catch, check_not_null, check_output, count, free_handle, handle, input_array,
+    scratch, write_handle, write_output,
+};
+
+/// An energy function U(x) of N particles in D dimensions (opaque).
+///
+/// Created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`, owned by the caller and
+/// released with `eqf_energy_free`. An energy is immutable: one handle may be used from several
+/// threads at the same time.
+#[allow(non_camel_case_types)]
+pub struct eqf_energy {
+    inner: Box<dyn Energy>,
+}
+
+/// Converts the (particles, dimensions) pair of a constructor into `usize`.
+fn shape(n_particles: i64, dim: i64) -> Result<(usize, usize)> {
+    Ok((count(n_particles, "n_particles")?, count(dim, "dim")?))
+}
+
+/// Validates `out`, builds the energy, and hands it to the caller.
+///
+/// # Safety
+/// `out` must be NULL or valid for one pointer write.
+unsafe fn create(
+    out: *mut *mut eqf_energy,
+    build: impl FnOnce() -> Result<Box<dyn Energy>>,
+) -> i32 {
+    catch(|| {
+        check_not_null(out, "out")?;
+        let inner = build()?;
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (the caller's
+        // contract); it is written only now that the energy was built successfully.
+        unsafe { write_handle(out, eqf_energy { inner }) };
+        Ok(())
+    })
+}
+
+/// Creates the pairwise double-well energy of the DW-2 / DW-4 benchmarks (reduced units):
+///
+/// ```text
+/// U(x) = sum over unordered pairs i < j of  a (d - d0) + b (d - d0)^2 + c (d - d0)^4,
+/// ```
+///
+/// with d = |x_i - x_j| the plain Euclidean distance. The benchmark parameters are a = 0,
+/// b = -4, c = 0.9, d0 = 4 (with kT = 1).
+///
+/// @param n_particles  N, number of particles (at least 1; a single particle has U = 0)
+/// @param dim          D, spatial dimension (at least 1)
+/// @param a, b, c, d0  the polynomial coefficients and the reference distance
+/// @param out          on success receives a new energy, to be released with
+///                     `eqf_energy_free`; untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_INVALID_ARGUMENT (n_particles
+///         or dim negative, zero or too large); EQF_ERR_NON_FINITE (a parameter is NaN or
+///         infinite)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_energy_double_well(
+    n_particles: i64,
+    dim: i64,
+    a: f64,
+    b: f64,
+    c: f64,
+    d0: f64,
+    out: *mut *mut eqf_energy,
+) -> i32 {
+    // SAFETY: `out` is NULL (rejected by `create`) or valid for one write (this function's
+    // contract).
+    unsafe {
+        create(out, || {
+            let (n_particles, dim) = shape(n_particles, dim)?;
+            Ok(Box::new(DoubleWell::new(n_particles, dim, a, b, c, d0)?))
+        })
+    }
+}
+
+/// Creates the Lennard-Jones cluster energy of the LJ-13 benchmark (reduced units):
+///
+/// ```text
+/// U(x) = epsilon * sum over i < j of [ (r_m/d)^12 - 2 (r_m/d)^6 ]
+///        + (oscillator_k / 2) * sum over i of |x_i - x_mean|^2,
+/// ```
+///
+/// with d = |x_i - x_j|; the harmonic term holds the cluster together around its centre of mass.
+/// The LJ-13 benchmark uses epsilon = 2, r_m = 1, oscillator_k = 1 (kT = 1): epsilon = 2
+/// reproduces the convention of the published LJ-13 data sets.
+///
+/// @param n_particles   N, number of particles (at least 1)
+/// @param dim           D, spatial dimension (at least 1)
+/// @param epsilon       well depth (> 0)
+/// @param r_m           distance of the pair minimum (> 0)
+/// @param oscillator_k  spring constant of the centre-of-mass oscillator (>= 0)
+/// @param out           on success receives a new energy, to be released with
+///                      `eqf_energy_free`; untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_NON_FINITE (a parameter is NaN
+///         or infinite); EQF_ERR_INVALID_ARGUMENT (n_particles or dim negative, zero or too
+///         large, or a parameter out of range)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_energy_lennard_jones(
+    n_particles: i64,
+    dim: i64,
+    epsilon: f64,
+    r_m: f64,
+    oscillator_k: f64,
+    out: *mut *mut eqf_energy,
+) -> i32 {
+    // SAFETY: `out` is NULL (rejected by `create`) or valid for one write (this function's
+    // contract).
+    unsafe {
+        create(out, || {
+            let (n_particles, dim) = shape(n_particles, dim)?;
+            Ok(Box::new(LennardJones::new(
+                n_particles,
+                dim,
+                epsilon,
+                r_m,
+                oscillator_k,
+            )?))
+        })
+    }
+}
+
+/// Evaluates the energy, and optionally its gradient, of `n` configurations.
+///
+/// Layout: `x` holds n configurations of N particles in D dimensions, particle-major and
+/// contiguous: coordinate k of particle i of configuration s is `x[(s*N + i)*D + k]` (C
+/// `double x[n][N][D]`, Fortran `x(D, N, n)`). `gradient` has the same layout and receives
+/// +dU/dx (the gradient, not the force).
+///
+/// All arrays are owned by the caller. Nothing is written unless the call succeeds. With
+/// `n == 0` nothing is read or written and the arrays may be NULL. Thread-safe: several threads
+/// may evaluate the same energy at once.
+///
+/// @param energy    the energy (not NULL)
+/// @param n         number of configurations (>= 0)
+/// @param x         input, n*N*D doubles, finite
+/// @param U         output, n doubles: U[s] is the energy of configuration s (may be +infinity
+///                  where the energy is singular, e.g. two coincident Lennard-Jones particles)
+/// @param gradient  output, n*N*D doubles, or NULL to skip the gradient
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
+///         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity)
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn eqf_energy_eval(
+    energy: *const eqf_energy,
+    n: i64,
+    x: *const f64,
+    U: *mut f64,
+    gradient: *mut f64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `energy` is NULL (rejected) or a live handle from an `eqf_energy_*`
+        // constructor (this function's contract); energies are never mutated.
+        let energy = unsafe { handle(energy, "energy") }?;
+        let n = count(n, "n")?;
+        let inner = energy.inner.as_ref();
+        let len = array_len(n, inner.n_particles().saturating_mul(inner.dim()), "x")?;
+        check_output(U, n, "U")?;
+        if !gradient.is_null() {
+            check_output(gradient, len, "gradient")?;
+        }
+        // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
+        // modify during the call (this function's contract).
+        let x = unsafe { input_array(x, len, "x") }?;
+        let mut energies = scratch(n, "U")?;
+        if gradient.is_null() {
+            energies_into(inner, x, &mut energies)?;
+            // SAFETY: `U` was checked (non-NULL, aligned) for n doubles and is writable for n
+            // doubles (this function's contract).
+            unsafe { write_output(U, &energies) };
+        } else {
+            let mut gradients = scratch(len, "gradient")?;
+            energies_gradients_into(inner, x, &mut energies, &mut gradients)?;
+            // SAFETY: both outputs were checked (non-NULL, aligned) for n and n*N*D doubles and
+            // are writable for that many (this function's contract).
+            unsafe {
+                write_output(U, &energies);
+                write_output(gradient, &gradients);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Releases an energy created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`.
+///
+/// NULL is accepted and does nothing. The handle must not be used afterwards, nor freed twice.
+///
+/// @return EQF_OK
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_energy_free(energy: *mut eqf_energy) -> i32 {
+    // SAFETY: `energy` is NULL or a handle from an `eqf_energy_*` constructor not freed yet
+    // (this function's contract).
+    unsafe { free_handle(energy) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::{EQF_ERR_NON_FINITE, EQF_OK};
+
+    fn lennard_jones() -> *mut eqf_energy {
+        let mut energy = std::ptr::null_mut();
+        // SAFETY: `energy` is a valid pointer slot.
+        let status = unsafe { eqf_energy_lennard_jones(3, 3, 2.0, 1.0, 1.0, &raw mut energy) };
+        assert_eq!(status, EQF_OK);
+        energy
+    }
+
+    #[test]
+    fn eval_matches_the_rust_api() {
+        let energy = lennard_jones();
+        let x: Vec<f64> = (0..18).map(|i| (f64::from(i) * 0.7).sin() * 1.3).collect();
+        let mut u = [0.0; 2];
+        let mut gradient = [0.0; 18];
+        // SAFETY: live handle; x of 2*N*D doubles, outputs of 2 and 2*N*D doubles.
+        let status = unsafe {
+            eqf_energy_eval(energy, 2, x.as_ptr(), u.as_mut_ptr(), gradient.as_mut_ptr())
+        };
+        assert_eq!(status, EQF_OK);
+        let reference = LennardJones::new(3, 3, 2.0, 1.0, 1.0).unwrap();
+        let mut u_rust = [0.0; 2];
+        let mut gradient_rust = [0.0; 18];
+        energies_gradients_into(&reference, &x, &mut u_rust, &mut gradient_rust).unwrap();
+        assert_eq!(u, u_rust);
+        assert_eq!(gradient, gradient_rust);
+        // SAFETY: created above, freed once.
+        assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+    }
+
+    #[test]
+    fn failed_eval_writes_nothing() {
+        let energy = lennard_jones();
+        let mut x = [0.5; 9];
+        x[4] = f64::NAN;
+        let mut u = [7.0];
+        let mut gradient = [7.0; 9];
+        // SAFETY: live handle; arrays of N*D, 1 and N*D doubles.
+        let status = unsafe {
+            eqf_energy_eval(energy, 1, x.as_ptr(), u.as_mut_ptr(), gradient.as_mut_ptr())
+        };
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert_eq!(u, [7.0]);
+        assert_eq!(gradient, [7.0; 9]);
+        // SAFETY: created above, freed once.
+        assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+    }
+}

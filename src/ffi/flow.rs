@@ -1,0 +1,286 @@
+//! Normalizing flows behind an opaque `eqf_flow` handle.
+
+use crate::flow::Flow;
+
+use super::{
+    array_len, catch, catch_value, check_not_null, check_output, count, free_handle, handle,
+    input_array, scratch, write_handle, write_output,
+};
+
+/// An equivariant normalizing flow over configurations of N particles in D dimensions (opaque).
+///
+/// Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. A flow is
+/// immutable: one handle may be shared by any number of threads, which may sample and evaluate
+/// densities concurrently without locking.
+#[allow(non_camel_case_types)]
+pub struct eqf_flow {
+    inner: Flow,
+}
+
+/// Creates an untrained flow for `n_particles` particles in `dim` dimensions.
+///
+/// The flow uses the default kernel settings of the double-well benchmarks (50 distance RBFs
+/// with centres in [0, 8], 10 time RBFs) with weights drawn from N(0, 1/K) using `seed`; it is
+/// integrated with 20 fixed RK4 steps and reports the exact density of that discrete map.
+/// Same arguments, same flow.
+///
+/// @param n_particles  N, number of particles (at least 2)
+/// @param dim          D, spatial dimension (1, 2 or 3)
+/// @param seed         seed of the random initial weights
+/// @param out          on success receives the new flow, to be released with `eqf_flow_free`;
+///                     untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL); EQF_ERR_INVALID_ARGUMENT (n_particles
+///         or dim out of range)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_new(
+    n_particles: i64,
+    dim: i64,
+    seed: u64,
+    out: *mut *mut eqf_flow,
+) -> i32 {
+    catch(|| {
+        check_not_null(out, "out")?;
+        let n_particles = count(n_particles, "n_particles")?;
+        let dim = count(dim, "dim")?;
+        let inner = Flow::new(n_particles, dim, seed)?;
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
+        // contract); it is written only now that the flow was built successfully.
+        unsafe { write_handle(out, eqf_flow { inner }) };
+        Ok(())
+    })
+}
+
+/// Releases a flow created by `eqf_flow_new`.
+///
+/// NULL is accepted and does nothing. The handle must not be used afterwards (by any thread),
+/// nor freed twice.
+///
+/// @return EQF_OK
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_free(flow: *mut eqf_flow) -> i32 {
+    // SAFETY: `flow` is NULL or a handle from `eqf_flow_new` not freed yet (this function's
+    // contract).
+    unsafe { free_handle(flow) }
+}
+
+/// The number of particles N of a flow, or -1 if `flow` is NULL (the message is then recorded
+/// for `eqf_last_error_message`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_n_particles(flow: *const eqf_flow) -> i64 {
+    catch_value(-1, || {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract).
+        let flow = unsafe { handle(flow, "flow") }?;
+        Ok(i64::try_from(flow.inner.n_particles()).unwrap_or(i64::MAX))
+    })
+}
+
+/// The spatial dimension D of a flow, or -1 if `flow` is NULL (the message is then recorded for
+/// `eqf_last_error_message`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_dim(flow: *const eqf_flow) -> i64 {
+    catch_value(-1, || {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract).
+        let flow = unsafe { handle(flow, "flow") }?;
+        Ok(i64::try_from(flow.inner.dim()).unwrap_or(i64::MAX))
+    })
+}
+
+/// Draws `n` independent samples from the flow, with their exact log-densities.
+///
+/// Layout: `x` receives n configurations of N particles in D dimensions, particle-major and
+/// contiguous: coordinate k of particle i of sample s is `x[(s*N + i)*D + k]` (C
+/// `double x[n][N][D]`, Fortran `x(D, N, n)`). Samples have their centre of mass at the
+/// origin. `log_q[s]` is the natural log of the flow's density at sample s, with respect to
+/// Lebesgue measure on the centre-of-mass-free subspace, normalising constant included; it
+/// equals what `eqf_flow_log_density` returns for the same configuration (to round-off).
+///
+/// Deterministic: the same flow, seed and n give bit-identical output whatever the number of
+/// threads. Sample s depends only on (seed, s), so a larger n extends a smaller one.
+///
+/// The arrays are owned by the caller; nothing is written unless the call succeeds. With
+/// `n == 0` nothing is written and the arrays may be NULL. Thread-safe.
+///
+/// @param flow   the flow (not NULL)
+/// @param seed   seed of the random stream
+/// @param n      number of samples (>= 0)
+/// @param x      output, n*N*D doubles
+/// @param log_q  output, n doubles
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
+///         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
+///         sample (a badly trained flow)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_sample(
+    flow: *const eqf_flow,
+    seed: u64,
+    n: i64,
+    x: *mut f64,
+    log_q: *mut f64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract); flows are never mutated.
+        let flow = unsafe { handle(flow, "flow") }?;
+        let flow = &flow.inner;
+        let n = count(n, "n")?;
+        let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
+        check_output(x, len, "x")?;
+        check_output(log_q, n, "log_q")?;
+        let mut samples = scratch(len, "x")?;
+        let mut log_densities = scratch(n, "log_q")?;
+        flow.sample_into(seed, &mut samples, &mut log_densities)?;
+        // SAFETY: both outputs were checked (non-NULL, aligned) for n*N*D and n doubles and are
+        // writable for that many (this function's contract).
+        unsafe {
+            write_output(x, &samples);
+            write_output(log_q, &log_densities);
+        }
+        Ok(())
+    })
+}
+
+/// Evaluates the flow's exact log-density at `n` configurations.
+///
+/// Layout of `x` as in `eqf_flow_sample`: `x[(s*N + i)*D + k]`, C `double x[n][N][D]`. The
+/// configurations may have any centre of mass: the density is that of the centre-of-mass-free
+/// part (the flow is translation invariant), so translating a sample does not change its
+/// log-density.
+///
+/// The arrays are owned by the caller; `log_q` is written only if the call succeeds. With
+/// `n == 0` nothing is read or written and the arrays may be NULL. Thread-safe.
+///
+/// @param flow   the flow (not NULL)
+/// @param n      number of configurations (>= 0)
+/// @param x      input, n*N*D doubles, finite
+/// @param log_q  output, n doubles
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
+///         EQF_ERR_NON_FINITE (x contains NaN or infinity); EQF_ERR_NOT_CONVERGED or
+///         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_log_density(
+    flow: *const eqf_flow,
+    n: i64,
+    x: *const f64,
+    log_q: *mut f64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract); flows are never mutated.
+        let flow = unsafe { handle(flow, "flow") }?;
+        let flow = &flow.inner;
+        let n = count(n, "n")?;
+        let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
+        check_output(log_q, n, "log_q")?;
+        // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
+        // modify during the call (this function's contract).
+        let x = unsafe { input_array(x, len, "x") }?;
+        let mut log_densities = scratch(n, "log_q")?;
+        flow.log_density_into(x, &mut log_densities)?;
+        // SAFETY: `log_q` was checked (non-NULL, aligned) for n doubles and is writable for n
+        // doubles (this function's contract).
+        unsafe { write_output(log_q, &log_densities) };
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::{EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_OK};
+
+    /// A flow handle for N = 3, D = 2, freed on drop.
+    struct Handle(*mut eqf_flow);
+
+    impl Handle {
+        fn new(seed: u64) -> Handle {
+            let mut flow = std::ptr::null_mut();
+            // SAFETY: `flow` is a valid pointer slot.
+            assert_eq!(unsafe { eqf_flow_new(3, 2, seed, &raw mut flow) }, EQF_OK);
+            Handle(flow)
+        }
+
+        fn sample(&self, seed: u64, n: usize) -> (i32, Vec<f64>, Vec<f64>) {
+            let mut x = vec![f64::NAN; n * 6];
+            let mut log_q = vec![f64::NAN; n];
+            // SAFETY: live handle; buffers of n*N*D and n doubles.
+            let status = unsafe {
+                eqf_flow_sample(self.0, seed, n as i64, x.as_mut_ptr(), log_q.as_mut_ptr())
+            };
+            (status, x, log_q)
+        }
+    }
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: created by `eqf_flow_new`, freed once.
+            assert_eq!(unsafe { eqf_flow_free(self.0) }, EQF_OK);
+        }
+    }
+
+    #[test]
+    fn sampling_matches_the_rust_api_and_extends_with_n() {
+        let flow = Handle::new(5);
+        let (status, x, log_q) = flow.sample(9, 4);
+        assert_eq!(status, EQF_OK);
+        let (x_rust, log_q_rust) = Flow::new(3, 2, 5).unwrap().sample(9, 4).unwrap();
+        assert_eq!(x, x_rust);
+        assert_eq!(log_q, log_q_rust);
+        // Sample s depends only on (seed, s): a shorter batch is a prefix (documented).
+        let (_, x_short, log_q_short) = flow.sample(9, 2);
+        assert_eq!(x_short, x[..12]);
+        assert_eq!(log_q_short, log_q[..2]);
+        // SAFETY: live handle.
+        unsafe {
+            assert_eq!(eqf_flow_n_particles(flow.0), 3);
+            assert_eq!(eqf_flow_dim(flow.0), 2);
+        }
+    }
+
+    #[test]
+    fn one_flow_is_shared_by_threads() {
+        let flow = Handle::new(1);
+        let (_, x, log_q) = flow.sample(3, 5);
+        let address = flow.0 as usize;
+        let results: Vec<(Vec<f64>, Vec<f64>)> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let flow = address as *const eqf_flow;
+                    let mut x = vec![0.0; 30];
+                    let mut log_q = vec![0.0; 5];
+                    // SAFETY: the handle outlives the threads (joined below); flows are
+                    // immutable and Sync.
+                    let status =
+                        unsafe { eqf_flow_sample(flow, 3, 5, x.as_mut_ptr(), log_q.as_mut_ptr()) };
+                    assert_eq!(status, EQF_OK);
+                    (x, log_q)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect();
+        for (x_thread, log_q_thread) in results {
+            assert_eq!(x_thread, x);
+            assert_eq!(log_q_thread, log_q);
+        }
+    }
+
+    #[test]
+    fn failed_calls_write_nothing() {
+        let flow = Handle::new(2);
+        let (_, mut x, _) = flow.sample(4, 2);
+        x[7] = f64::INFINITY;
+        let mut log_q = [-1.0; 2];
+        // SAFETY: live handle; buffers of 2*N*D and 2 doubles.
+        let status = unsafe { eqf_flow_log_density(flow.0, 2, x.as_ptr(), log_q.as_mut_ptr()) };
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert_eq!(log_q, [-1.0; 2]);
+
+        let mut out = std::ptr::dangling_mut::<eqf_flow>();
+        // SAFETY: `out` is a valid pointer slot.
+        let status = unsafe { eqf_flow_new(1, 2, 0, &raw mut out) };
+        assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+        assert_eq!(out, std::ptr::dangling_mut::<eqf_flow>());
+    }
+}
