@@ -10,18 +10,34 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result, check_finite};
-use crate::field::{KernelConfig, KernelField};
+use std::sync::Arc;
+
+use crate::field::{KernelConfig, KernelField, TabulatedField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
-use crate::integrate::{Integrator, Stats, Workspace};
+use crate::integrate::{Integrator, Method, Stats, Workspace};
 use crate::prior::Prior;
 
 /// An equivariant kernel flow for N particles in D dimensions. Immutable and `Sync`: share it
 /// across threads freely.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// With a fixed-grid method the field is evaluated through per-time tables of the radial
+/// function ([`TabulatedField`]), built when the flow is assembled or its parameters change;
+/// densities are exact for the tabulated field, which is what the flow integrates.
+#[derive(Debug, Clone)]
 pub struct Flow {
     prior: Prior,
     field: KernelField,
     integrator: Integrator,
+    tabulated: Option<Arc<TabulatedField>>,
+}
+
+impl PartialEq for Flow {
+    /// Equal definitions (the tables are derived from them).
+    fn eq(&self, other: &Flow) -> bool {
+        self.prior == other.prior
+            && self.field == other.field
+            && self.integrator == other.integrator
+    }
 }
 
 /// The random stream of sample `index` for a call with `seed`.
@@ -50,11 +66,32 @@ impl Flow {
                 field.layout()
             )));
         }
-        Ok(Flow {
+        let mut flow = Flow {
             prior,
             field,
             integrator,
-        })
+            tabulated: None,
+        };
+        flow.retabulate();
+        Ok(flow)
+    }
+
+    /// Rebuilds the radial tables for the current field and integrator.
+    fn retabulate(&mut self) {
+        self.tabulated = match self.integrator.method() {
+            Method::Rk4 { n_steps } => {
+                TabulatedField::new(&self.field, &TabulatedField::rk4_times(n_steps)).map(Arc::new)
+            }
+            Method::Dopri5(_) => None,
+        };
+    }
+
+    /// The field the integrator actually runs: tabulated where tables exist.
+    fn dynamics(&self) -> &dyn VectorField {
+        match &self.tabulated {
+            Some(t) => t.as_ref(),
+            None => &self.field,
+        }
     }
 
     #[must_use]
@@ -90,11 +127,23 @@ impl Flow {
     /// Replaces the integrator (method and density mode).
     pub fn set_integrator(&mut self, integrator: Integrator) {
         self.integrator = integrator;
+        self.retabulate();
     }
 
     /// Replaces the field parameters; on error the flow is unchanged.
     pub fn set_params(&mut self, params: &[f64]) -> Result<()> {
-        self.field.set_params(params)
+        self.field.set_params(params)?;
+        self.retabulate();
+        Ok(())
+    }
+
+    /// `(φ(d, t), ∂φ/∂d)` of the field as integrated (tabulated at grid times).
+    #[must_use]
+    pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
+        match &self.tabulated {
+            Some(table) => table.radial(d, t),
+            None => self.field.radial(d, t),
+        }
     }
 
     /// A workspace sized for this flow (one per thread when calling the single-sample methods).
@@ -107,7 +156,7 @@ impl Flow {
     /// `log q(x) = log ρ(z) − log|det ∂x/∂z|`.
     pub fn push_forward(&self, z: &mut [f64], ws: &mut Workspace) -> Result<(f64, Stats)> {
         let log_prior = self.prior.log_density(z);
-        let (log_det, stats) = self.integrator.forward(&self.field, z, ws)?;
+        let (log_det, stats) = self.integrator.forward(self.dynamics(), z, ws)?;
         Ok((log_prior - log_det, stats))
     }
 
@@ -119,7 +168,7 @@ impl Flow {
         }
         check_finite(x, "configuration")?;
         remove_center_of_mass(x, self.dim());
-        let (log_det, stats) = self.integrator.inverse(&self.field, x, ws)?;
+        let (log_det, stats) = self.integrator.inverse(self.dynamics(), x, ws)?;
         Ok((self.prior.log_density(x) + log_det, stats))
     }
 

@@ -1,6 +1,5 @@
 //! `KernelField`: the equivariant RBF field with its trainable parameters.
 
-use multiversion::multiversion;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
@@ -8,13 +7,11 @@ use rand_distr::{Distribution, Normal};
 use super::VectorField;
 use super::exp::exp_nonpositive;
 use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
+use super::pairs::{velocity_jacobian_pairs, velocity_pairs};
 use super::params::ParamLayout;
-use super::radial::{LANES, NORM_EPS, Scratch, TimeSlice, radial};
+use super::radial::{ExactRadial, LANES, NORM_EPS, Scratch, TimeSlice, radial};
 use crate::error::{Error, Result, check_finite};
-use crate::geometry::{Layout, MAX_DIM};
-
-/// Softening of pair distances in the field, `d = sqrt(|r|² + EPS_D)` (not used by energies).
-pub const EPS_D: f64 = 1e-6;
+use crate::geometry::Layout;
 
 // A padding kernel's centre: (d − μ)²·a overflows the exp range, so its Gaussian is exactly 0.
 const PAD_MU: f64 = 1e100;
@@ -183,6 +180,15 @@ impl KernelField {
         slice
     }
 
+    /// The exact radial function at the time folded into `slice`.
+    pub(crate) fn exact_radial<'a>(&'a self, slice: &'a TimeSlice) -> ExactRadial<'a> {
+        ExactRadial {
+            mu: &self.mu_pad,
+            a: &self.a_pad,
+            slice,
+        }
+    }
+
     /// `(φ(d, t), ∂φ/∂d)` at one distance (`d` is the softened distance).
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
@@ -204,7 +210,7 @@ impl VectorField for KernelField {
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         debug_assert_eq!(x.len(), self.layout.len());
         let slice = self.time_slice(t);
-        velocity_pairs(x, self.layout.dim, &self.mu_pad, &self.a_pad, &slice, v)
+        velocity_pairs(x, self.layout.dim, &self.exact_radial(&slice), v)
     }
 
     fn velocity_jacobian_into(
@@ -216,102 +222,6 @@ impl VectorField for KernelField {
     ) -> f64 {
         debug_assert_eq!(jacobian.len(), x.len() * x.len());
         let slice = self.time_slice(t);
-        velocity_jacobian_pairs(
-            x,
-            self.layout.dim,
-            &self.mu_pad,
-            &self.a_pad,
-            &slice,
-            v,
-            jacobian,
-        )
+        velocity_jacobian_pairs(x, self.layout.dim, &self.exact_radial(&slice), v, jacobian)
     }
-}
-
-/// `r = x_i − x_j` and `|r|²`.
-#[inline(always)]
-fn separation(x: &[f64], dim: usize, i: usize, j: usize) -> ([f64; MAX_DIM], f64) {
-    let mut r = [0.0; MAX_DIM];
-    let mut r2 = 0.0;
-    for k in 0..dim {
-        r[k] = x[i * dim + k] - x[j * dim + k];
-        r2 += r[k] * r[k];
-    }
-    (r, r2)
-}
-
-// Compiled for several instruction sets and dispatched at run time; every version performs the
-// same operations in the same order (no FMA contraction in Rust), so results are identical.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_pairs(
-    x: &[f64],
-    dim: usize,
-    mu: &[f64],
-    a: &[f64],
-    slice: &TimeSlice,
-    v: &mut [f64],
-) -> f64 {
-    let n = x.len() / dim;
-    v.fill(0.0);
-    let mut div = 0.0;
-    let mut scratch = Scratch::new();
-    for i in 0..n {
-        for j in i + 1..n {
-            let (r, r2) = separation(x, dim, i, j);
-            let d = (r2 + EPS_D).sqrt();
-            let (phi, dphi) = radial(d, mu, a, slice, &mut scratch);
-            for k in 0..dim {
-                v[i * dim + k] += phi * r[k];
-                v[j * dim + k] -= phi * r[k];
-            }
-            // Both ordered pairs contribute D·φ + φ'·|r|²/d to the trace.
-            div += 2.0 * (dim as f64 * phi + dphi * r2 / d);
-        }
-    }
-    div
-}
-
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_jacobian_pairs(
-    x: &[f64],
-    dim: usize,
-    mu: &[f64],
-    a: &[f64],
-    slice: &TimeSlice,
-    v: &mut [f64],
-    jac: &mut [f64],
-) -> f64 {
-    let len = x.len();
-    let n = len / dim;
-    v.fill(0.0);
-    jac.fill(0.0);
-    let mut div = 0.0;
-    let mut scratch = Scratch::new();
-    for i in 0..n {
-        for j in i + 1..n {
-            let (r, r2) = separation(x, dim, i, j);
-            let d = (r2 + EPS_D).sqrt();
-            let (phi, dphi) = radial(d, mu, a, slice, &mut scratch);
-            let q = dphi / d;
-            for k in 0..dim {
-                v[i * dim + k] += phi * r[k];
-                v[j * dim + k] -= phi * r[k];
-            }
-            // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j loses it, and symmetrically for j.
-            for p in 0..dim {
-                for s in 0..dim {
-                    let mut b = q * r[p] * r[s];
-                    if p == s {
-                        b += phi;
-                    }
-                    jac[(i * dim + p) * len + i * dim + s] += b;
-                    jac[(j * dim + p) * len + j * dim + s] += b;
-                    jac[(i * dim + p) * len + j * dim + s] -= b;
-                    jac[(j * dim + p) * len + i * dim + s] -= b;
-                }
-            }
-            div += 2.0 * (dim as f64 * phi + dphi * r2 / d);
-        }
-    }
-    div
 }

@@ -9,13 +9,17 @@
 pub mod exp;
 mod kernel_field;
 mod kernels;
+mod pairs;
 mod params;
 mod radial;
+mod table;
 
-pub use kernel_field::{EPS_D, KernelField};
+pub use kernel_field::KernelField;
 pub use kernels::{KernelConfig, MAX_DIST_KERNELS, MAX_TIME_KERNELS};
+pub use pairs::EPS_D;
 pub use params::ParamLayout;
 pub use radial::TimeSlice;
+pub use table::TabulatedField;
 
 /// A time-dependent vector field on R^n with its exact divergence and Jacobian: what an
 /// integrator needs. Implementations must be deterministic and allocation-free.

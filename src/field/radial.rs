@@ -35,6 +35,25 @@ impl TimeSlice {
     }
 }
 
+/// A radial function `d ↦ (φ(d), ∂φ/∂d)` at one fixed time: what the pair loops need.
+pub(crate) trait RadialFn {
+    fn eval(&self, d: f64, scratch: &mut Scratch) -> (f64, f64);
+}
+
+/// The exact RBF radial function at the time folded into `slice`.
+pub(crate) struct ExactRadial<'a> {
+    pub(crate) mu: &'a [f64],
+    pub(crate) a: &'a [f64],
+    pub(crate) slice: &'a TimeSlice,
+}
+
+impl RadialFn for ExactRadial<'_> {
+    #[inline(always)]
+    fn eval(&self, d: f64, scratch: &mut Scratch) -> (f64, f64) {
+        radial(d, self.mu, self.a, self.slice, scratch)
+    }
+}
+
 /// Per-kernel buffers of [`radial`], created once per field evaluation rather than per pair.
 pub(crate) struct Scratch {
     g: [f64; MAX_PADDED],

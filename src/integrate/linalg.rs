@@ -2,24 +2,15 @@
 //! Jacobians of the exact-discrete mode (at most a few hundred rows).
 
 use multiversion::multiversion;
+use nalgebra::{DMatrixView, DMatrixViewMut};
 
-/// `c += alpha · a · b` for n × n row-major matrices. Compiled for several instruction sets;
-/// no version fuses multiply-adds, so all give the same bits.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+/// `c += alpha · a · b` for n × n row-major matrices, through nalgebra (which hands sizes above
+/// 5 to the `matrixmultiply` kernels). nalgebra is column-major, and a row-major buffer read
+/// column-major is the transpose, so this computes `cᵀ += alpha · bᵀ · aᵀ`.
 pub(crate) fn gemm_acc(n: usize, alpha: f64, a: &[f64], b: &[f64], c: &mut [f64]) {
-    for i in 0..n {
-        let c_row = &mut c[i * n..(i + 1) * n];
-        for k in 0..n {
-            let aik = alpha * a[i * n + k];
-            if aik == 0.0 {
-                continue;
-            }
-            let b_row = &b[k * n..(k + 1) * n];
-            for (c, b) in c_row.iter_mut().zip(b_row) {
-                *c += aik * b;
-            }
-        }
-    }
+    let a_t = DMatrixView::from_slice(a, n, n);
+    let b_t = DMatrixView::from_slice(b, n, n);
+    DMatrixViewMut::from_slice(c, n, n).gemm(alpha, &b_t, &a_t, 1.0);
 }
 
 /// In-place LU factorisation with partial pivoting of the n × n row-major matrix `a`.

@@ -31,7 +31,8 @@ pub struct Stats {
     pub n_steps: u64,
     /// Rejected steps (adaptive solver).
     pub n_rejected: u64,
-    /// Newton iterations (exact-discrete inverse).
+    /// Full step Jacobians evaluated while inverting (exact-discrete inverse; one per step
+    /// when the chord iteration converges).
     pub n_newton: u64,
 }
 
