@@ -301,6 +301,33 @@ int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *
 int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, double *log_q);
 
 /**
+ * Loads a flow from a model file written by `eqf_flow_save` or the `eqflow` command line.
+ *
+ * The file is validated completely (format name and version, sizes, finiteness, kernel and
+ * integrator settings) before anything is returned; a corrupt or truncated file gives a status
+ * and a message naming what is wrong.
+ *
+ * @param path  NUL-terminated file path
+ * @param out   on success receives the new flow, to be released with `eqf_flow_free`;
+ *              untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot read); EQF_ERR_FORMAT (not a valid
+ *         model file); EQF_ERR_INVALID_ARGUMENT, EQF_ERR_DIMENSION_MISMATCH or
+ *         EQF_ERR_NON_FINITE (invalid contents)
+ */
+int32_t eqf_flow_load(const char *path, eqf_flow **out);
+
+/**
+ * Saves a flow to a model file (JSON; the parameters are written so that loading them back is
+ * bit-exact). The file is written to a temporary name and renamed into place, so a failed
+ * save never leaves a truncated model behind.
+ *
+ * @param flow  the flow
+ * @param path  NUL-terminated file path
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot write)
+ */
+int32_t eqf_flow_save(const eqf_flow *flow, const char *path);
+
+/**
  * Version of the C ABI described by this header: 1.
  *
  * It changes only when an existing function changes its signature or meaning (functions are

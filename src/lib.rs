@@ -48,7 +48,9 @@ pub mod field;
 pub mod flow;
 pub mod geometry;
 pub mod integrate;
+pub mod io;
 pub mod prior;
+pub mod system;
 
 // The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
 // attribute above denies everywhere else.

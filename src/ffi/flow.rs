@@ -17,6 +17,16 @@ pub struct eqf_flow {
     inner: Flow,
 }
 
+impl eqf_flow {
+    pub(crate) fn from_flow(inner: Flow) -> Self {
+        eqf_flow { inner }
+    }
+
+    pub(crate) fn flow(&self) -> &Flow {
+        &self.inner
+    }
+}
+
 /// Creates an untrained flow for `n_particles` particles in `dim` dimensions.
 ///
 /// The flow uses the default kernel settings of the double-well benchmarks (50 distance RBFs

@@ -23,6 +23,7 @@
 // Declaration order is the order of the header: basics first.
 mod energy;
 mod flow;
+mod model;
 mod status;
 mod version;
 

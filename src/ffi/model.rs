@@ -1,0 +1,77 @@
+//! Model files through the C ABI: `eqf_flow_load` and `eqf_flow_save`.
+
+use std::ffi::{CStr, c_char};
+use std::path::PathBuf;
+
+use super::flow::eqf_flow;
+use super::{catch, check_not_null, handle, write_handle};
+use crate::error::{Error, Result};
+use crate::io::model;
+
+/// Reads a NUL-terminated path.
+///
+/// # Safety
+/// `path` must be NULL or point to a NUL-terminated string valid for the call.
+unsafe fn path_arg(path: *const c_char) -> Result<PathBuf> {
+    check_not_null(path, "path")?;
+    // SAFETY: non-NULL (checked above) and NUL-terminated (this module's functions' contract).
+    let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
+    if bytes.is_empty() {
+        return Err(Error::invalid("path is empty"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        std::str::from_utf8(bytes)
+            .map(PathBuf::from)
+            .map_err(|_| Error::invalid("path is not valid UTF-8"))
+    }
+}
+
+/// Loads a flow from a model file written by `eqf_flow_save` or the `eqflow` command line.
+///
+/// The file is validated completely (format name and version, sizes, finiteness, kernel and
+/// integrator settings) before anything is returned; a corrupt or truncated file gives a status
+/// and a message naming what is wrong.
+///
+/// @param path  NUL-terminated file path
+/// @param out   on success receives the new flow, to be released with `eqf_flow_free`;
+///              untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot read); EQF_ERR_FORMAT (not a valid
+///         model file); EQF_ERR_INVALID_ARGUMENT, EQF_ERR_DIMENSION_MISMATCH or
+///         EQF_ERR_NON_FINITE (invalid contents)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_load(path: *const c_char, out: *mut *mut eqf_flow) -> i32 {
+    catch(|| {
+        check_not_null(out, "out")?;
+        // SAFETY: `path` is NULL (rejected) or NUL-terminated (this function's contract).
+        let path = unsafe { path_arg(path) }?;
+        let (flow, _) = model::load(&path)?;
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
+        // contract); it is written only now that the flow was loaded successfully.
+        unsafe { write_handle(out, eqf_flow::from_flow(flow)) };
+        Ok(())
+    })
+}
+
+/// Saves a flow to a model file (JSON; the parameters are written so that loading them back is
+/// bit-exact). The file is written to a temporary name and renamed into place, so a failed
+/// save never leaves a truncated model behind.
+///
+/// @param flow  the flow
+/// @param path  NUL-terminated file path
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot write)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_save(flow: *const eqf_flow, path: *const c_char) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle (this function's contract).
+        let flow = unsafe { handle(flow, "flow") }?;
+        // SAFETY: `path` is NULL (rejected) or NUL-terminated (this function's contract).
+        let path = unsafe { path_arg(path) }?;
+        model::save(flow.flow(), None, None, &path)
+    })
+}

@@ -1,0 +1,3 @@
+//! Files: model files (JSON).
+
+pub mod model;

@@ -1,0 +1,337 @@
+//! Model files: a versioned, human-readable JSON description of a trained flow.
+//!
+//! ```json
+//! { "format": "eqflow-model", "version": 1, "n_particles": 4, "dim": 2,
+//!   "prior_sigma": 1.0, "kernels": { "mu_dist": [...], ... },
+//!   "param_order": ["w", "b", "s", "log_inv_gamma_dist", "log_inv_gamma_time"],
+//!   "params": [...], "integrator": { "method": "rk4", "n_steps": 20, "density": "exact_discrete" },
+//!   "system": { ... } | null, "training": { ... } | null }
+//! ```
+//!
+//! Numbers are written in the shortest form that reads back to the same `f64`, and read with
+//! exact rounding, so save → load is bit-exact. Loading validates everything (format, version,
+//! sizes, finiteness, kernel and integrator settings) and says what is wrong.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::field::{KernelConfig, KernelField, ParamLayout};
+use crate::flow::Flow;
+use crate::geometry::Layout;
+use crate::integrate::{DensityMode, Dopri5Config, Integrator, Method};
+use crate::prior::Prior;
+use crate::system::System;
+
+/// The `format` field of every model file.
+pub const FORMAT: &str = "eqflow-model";
+/// The newest format version this build reads and the one it writes.
+pub const VERSION: u32 = 1;
+
+/// Integrator settings as stored in a model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum IntegratorSpec {
+    Rk4 {
+        n_steps: usize,
+        density: DensitySpec,
+    },
+    Dopri5 {
+        rtol: f64,
+        atol: f64,
+        max_steps: usize,
+    },
+}
+
+/// Density mode as stored in a model file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DensitySpec {
+    ExactDiscrete,
+    Continuous,
+}
+
+impl IntegratorSpec {
+    fn from_integrator(i: &Integrator) -> Self {
+        match i.method() {
+            Method::Rk4 { n_steps } => IntegratorSpec::Rk4 {
+                n_steps,
+                density: match i.mode() {
+                    DensityMode::ExactDiscrete => DensitySpec::ExactDiscrete,
+                    DensityMode::Continuous => DensitySpec::Continuous,
+                },
+            },
+            Method::Dopri5(c) => IntegratorSpec::Dopri5 {
+                rtol: c.rtol,
+                atol: c.atol,
+                max_steps: c.max_steps,
+            },
+        }
+    }
+
+    fn to_integrator(&self) -> Result<Integrator> {
+        match *self {
+            IntegratorSpec::Rk4 { n_steps, density } => Integrator::new(
+                Method::Rk4 { n_steps },
+                match density {
+                    DensitySpec::ExactDiscrete => DensityMode::ExactDiscrete,
+                    DensitySpec::Continuous => DensityMode::Continuous,
+                },
+            ),
+            IntegratorSpec::Dopri5 {
+                rtol,
+                atol,
+                max_steps,
+            } => Integrator::new(
+                Method::Dopri5(Dopri5Config {
+                    rtol,
+                    atol,
+                    max_steps,
+                }),
+                DensityMode::Continuous,
+            ),
+        }
+    }
+}
+
+/// Kernel centres and initial bandwidths as stored in a model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelSpec {
+    pub mu_dist: Vec<f64>,
+    pub gamma_dist: Vec<f64>,
+    pub mu_time: Vec<f64>,
+    pub gamma_time: Vec<f64>,
+}
+
+/// Everything in a model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub format: String,
+    pub version: u32,
+    pub n_particles: usize,
+    pub dim: usize,
+    pub prior_sigma: f64,
+    pub kernels: KernelSpec,
+    pub param_order: Vec<String>,
+    pub params: Vec<f64>,
+    pub integrator: IntegratorSpec,
+    /// The system (energy, kT, units) the flow was trained for, if any.
+    pub system: Option<System>,
+    /// A free-form training summary (losses per epoch, settings, timings), if any.
+    pub training: Option<serde_json::Value>,
+}
+
+impl ModelFile {
+    /// Describes `flow`, with the optional system and training summary.
+    #[must_use]
+    pub fn from_flow(
+        flow: &Flow,
+        system: Option<System>,
+        training: Option<serde_json::Value>,
+    ) -> Self {
+        let k = flow.field().kernels();
+        ModelFile {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            n_particles: flow.n_particles(),
+            dim: flow.dim(),
+            prior_sigma: flow.prior().sigma(),
+            kernels: KernelSpec {
+                mu_dist: k.mu_dist.clone(),
+                gamma_dist: k.gamma_dist.clone(),
+                mu_time: k.mu_time.clone(),
+                gamma_time: k.gamma_time.clone(),
+            },
+            param_order: flow
+                .field()
+                .param_layout()
+                .blocks()
+                .iter()
+                .map(|(name, _)| name.to_string())
+                .collect(),
+            params: flow.field().params().to_vec(),
+            integrator: IntegratorSpec::from_integrator(&flow.integrator()),
+            system,
+            training,
+        }
+    }
+
+    /// Validates the description and builds the flow.
+    pub fn to_flow(&self) -> Result<Flow> {
+        let bad = |what: String| Error::Format { what };
+        if self.format != FORMAT {
+            return Err(bad(format!(
+                "format is '{}', expected '{FORMAT}'",
+                self.format
+            )));
+        }
+        if self.version == 0 || self.version > VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported by this build (reads 1..={VERSION})",
+                self.version
+            )));
+        }
+        let layout = Layout::new(self.n_particles, self.dim)?;
+        let kernels = KernelConfig {
+            mu_dist: self.kernels.mu_dist.clone(),
+            gamma_dist: self.kernels.gamma_dist.clone(),
+            mu_time: self.kernels.mu_time.clone(),
+            gamma_time: self.kernels.gamma_time.clone(),
+        };
+        kernels.validate()?;
+        let pl = ParamLayout::new(kernels.n_dist(), kernels.n_time());
+        let expected: Vec<String> = pl.blocks().iter().map(|(n, _)| n.to_string()).collect();
+        if self.param_order != expected {
+            return Err(bad(format!(
+                "param_order is {:?}, expected {expected:?}",
+                self.param_order
+            )));
+        }
+        if self.params.len() != pl.len() {
+            return Err(Error::size("params", pl.len(), self.params.len()));
+        }
+        if let Some(system) = &self.system {
+            system.validate()?;
+            if system.energy.shape() != (self.n_particles, self.dim) {
+                return Err(bad(format!(
+                    "system '{}' is for {:?} particles×dims, the flow for ({}, {})",
+                    system.name,
+                    system.energy.shape(),
+                    self.n_particles,
+                    self.dim
+                )));
+            }
+        }
+        let field = KernelField::new(layout, kernels, self.params.clone())?;
+        let prior = Prior::new(layout, self.prior_sigma)?;
+        Flow::from_parts(prior, field, self.integrator.to_integrator()?)
+    }
+
+    /// Parses JSON text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Format {
+            what: format!("model file: {e}"),
+        })
+    }
+
+    /// Pretty-printed JSON text.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        // Serialising plain data with finite floats cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Reads and parses a model file (does not build the flow; see [`load`]).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            what: format!("cannot read model file {}: {e}", path.display()),
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Writes the model file (atomically: a temporary file renamed into place).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let io = |e: std::io::Error| Error::Io {
+            what: format!("cannot write model file {}: {e}", path.display()),
+        };
+        std::fs::write(&tmp, self.to_json()).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+/// Loads a flow and its description from a model file.
+pub fn load(path: &Path) -> Result<(Flow, ModelFile)> {
+    let file = ModelFile::read(path)?;
+    let flow = file.to_flow()?;
+    Ok((flow, file))
+}
+
+/// Saves `flow` (with optional system and training summary) to `path`.
+pub fn save(
+    flow: &Flow,
+    system: Option<System>,
+    training: Option<serde_json::Value>,
+    path: &Path,
+) -> Result<()> {
+    ModelFile::from_flow(flow, system, training).write(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_file() -> ModelFile {
+        let flow = Flow::new(4, 2, 3).unwrap();
+        ModelFile::from_flow(&flow, Some(System::preset("dw4").unwrap()), None)
+    }
+
+    #[test]
+    fn json_round_trip_is_bit_exact() {
+        let mut flow = Flow::new(13, 3, 5).unwrap();
+        // Awkward numbers: every bit must survive.
+        let mut p = flow.field().params().to_vec();
+        p[0] = 0.1 + 0.2;
+        p[1] = 1.0 / 3.0;
+        p[2] = -5e-300;
+        flow.set_params(&p).unwrap();
+        let file = ModelFile::from_flow(&flow, None, Some(serde_json::json!({"epochs": 3})));
+        let back = ModelFile::from_json(&file.to_json()).unwrap();
+        assert_eq!(back, file);
+        let flow_back = back.to_flow().unwrap();
+        assert_eq!(flow_back, flow);
+        for (a, b) in flow_back.field().params().iter().zip(flow.field().params()) {
+            assert_eq!(a.to_bits(), b.to_bits());
+        }
+    }
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let expect_err = |f: ModelFile, needle: &str| {
+            let e = f.to_flow().unwrap_err().to_string();
+            assert!(e.contains(needle), "'{e}' should mention '{needle}'");
+        };
+        let mut f = sample_file();
+        f.format = "other".into();
+        expect_err(f, "format");
+        let mut f = sample_file();
+        f.version = 99;
+        expect_err(f, "version");
+        let mut f = sample_file();
+        f.params.pop();
+        expect_err(f, "params");
+        let mut f = sample_file();
+        f.params[10] = f64::NAN;
+        expect_err(f, "non-finite");
+        let mut f = sample_file();
+        f.kernels.gamma_dist[0] = -1.0;
+        expect_err(f, "gamma_dist");
+        let mut f = sample_file();
+        f.n_particles = 5;
+        expect_err(f, "system");
+        let mut f = sample_file();
+        f.param_order.swap(0, 1);
+        expect_err(f, "param_order");
+        let mut f = sample_file();
+        f.integrator = IntegratorSpec::Rk4 {
+            n_steps: 0,
+            density: DensitySpec::Continuous,
+        };
+        expect_err(f, "n_steps");
+    }
+
+    #[test]
+    fn corrupt_and_truncated_text_is_a_format_error() {
+        let text = sample_file().to_json();
+        for cut in [0, 1, text.len() / 3, text.len() - 2] {
+            let err = ModelFile::from_json(&text[..cut]).unwrap_err();
+            assert!(matches!(err, Error::Format { .. }), "{err}");
+        }
+        let err = ModelFile::from_json(&text.replace("\"params\"", "\"parameters\"")).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }));
+        // NaN is not JSON.
+        assert!(ModelFile::from_json(&text.replacen("0.", "NaN", 1)).is_err());
+    }
+}
