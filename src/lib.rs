@@ -49,6 +49,7 @@ pub mod flow;
 pub mod geometry;
 pub mod integrate;
 pub mod io;
+pub mod mcmc;
 pub mod prior;
 
 // The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
