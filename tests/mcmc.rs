@@ -295,8 +295,9 @@ fn dw4_mean_energy_matches_the_validation_set() {
     let Some(dir) = shared_data() else { return };
     let energy = DoubleWell::dw4();
     let (data_mean, data_se) = validation_energy(&dir.join("dw4_val_10000.npy"), &energy);
-    // 150,000 steps per chain; energy autocorrelation times are a few hundred steps, and the
-    // slowest mode (how many pairs sit in the inner well) is crossed many times per chain.
+    // 150,000 steps per chain. The slowest mode, switching between the configurations with two
+    // and with four pairs in the inner well, happens every ~5,000 steps (measured: about 20
+    // switches in each production chain), so burn-in forgets the start and the chains mix.
     let config = McmcConfig {
         n_chains: 64,
         n_samples: 64 * 500,
