@@ -49,6 +49,7 @@ pub mod flow;
 pub mod geometry;
 pub mod integrate;
 pub mod io;
+pub mod mcmc;
 pub mod prior;
 pub mod system;
 
