@@ -224,7 +224,7 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     let bar = progress(1000, a.common.quiet, "mcmc");
     let start = Instant::now();
     let out = mcmc::run_with_progress(energy.as_ref(), &config, &|p| {
-        bar.set_position(1000 * p.steps_done as u64 / p.steps_total.max(1) as u64);
+        bar.set_position(1000 * p.steps_done / p.steps_total.max(1));
     })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
@@ -270,11 +270,11 @@ fn run_sample(a: SampleArgs) -> Result<()> {
         energies_into(energy.as_ref(), &x, &mut u)?;
         log_weights_into(&u, &log_q, system.kt, &mut log_w)?;
         ess = Some(kish_ess(&log_w));
-        io::write_values(&sidecar(&a.out, "log_w"), &log_w, Dtype::F64)?;
+        io::write_values(sidecar(&a.out, "log_w"), &log_w, Dtype::F64)?;
         props.push(("log_w", &log_w));
     }
     write_data(&a.out, &x, flow.layout(), &props)?;
-    io::write_values(&sidecar(&a.out, "log_q"), &log_q, Dtype::F64)?;
+    io::write_values(sidecar(&a.out, "log_q"), &log_q, Dtype::F64)?;
     let ess_text = ess.map_or(String::new(), |e| {
         format!("Kish ESS {e:.1} ({:.2}% of n)\n", 100.0 * e / a.n as f64)
     });
