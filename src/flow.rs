@@ -10,7 +10,7 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result, check_finite};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::field::{KernelConfig, KernelField, TabulatedField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
@@ -21,14 +21,15 @@ use crate::prior::Prior;
 /// across threads freely.
 ///
 /// With a fixed-grid method the field is evaluated through per-time tables of the radial
-/// function ([`TabulatedField`]), built when the flow is assembled or its parameters change;
-/// densities are exact for the tabulated field, which is what the flow integrates.
+/// function ([`TabulatedField`]), built on first use after the flow is assembled or its
+/// parameters change (so a training loop that sets parameters every step never pays for
+/// them); densities are exact for the tabulated field, which is what the flow integrates.
 #[derive(Debug, Clone)]
 pub struct Flow {
     prior: Prior,
     field: KernelField,
     integrator: Integrator,
-    tabulated: Option<Arc<TabulatedField>>,
+    tabulated: OnceLock<Option<Arc<TabulatedField>>>,
 }
 
 impl PartialEq for Flow {
@@ -66,30 +67,37 @@ impl Flow {
                 field.layout()
             )));
         }
-        let mut flow = Flow {
+        Ok(Flow {
             prior,
             field,
             integrator,
-            tabulated: None,
-        };
-        flow.retabulate();
-        Ok(flow)
+            tabulated: OnceLock::new(),
+        })
     }
 
-    /// Rebuilds the radial tables for the current field and integrator.
+    /// Drops the radial tables; they are rebuilt on next use.
     fn retabulate(&mut self) {
-        self.tabulated = match self.integrator.method() {
-            Method::Rk4 { n_steps } => {
-                TabulatedField::new(&self.field, &TabulatedField::rk4_times(n_steps)).map(Arc::new)
-            }
-            Method::Dopri5(_) => None,
-        };
+        self.tabulated = OnceLock::new();
     }
 
-    /// The field the integrator actually runs: tabulated where tables exist.
+    /// The radial tables for the current field and integrator, built on first use.
+    fn tables(&self) -> Option<&TabulatedField> {
+        self.tabulated
+            .get_or_init(|| match self.integrator.method() {
+                Method::Rk4 { n_steps } => {
+                    TabulatedField::new(&self.field, &TabulatedField::rk4_times(n_steps))
+                        .map(Arc::new)
+                }
+                Method::Dopri5(_) => None,
+            })
+            .as_deref()
+    }
+
+    /// The field the integrator actually runs: tabulated where tables exist. Batch methods call
+    /// it once before going parallel, so tables are built by the calling thread.
     fn dynamics(&self) -> &dyn VectorField {
-        match &self.tabulated {
-            Some(t) => t.as_ref(),
+        match self.tables() {
+            Some(t) => t,
             None => &self.field,
         }
     }
@@ -140,7 +148,7 @@ impl Flow {
     /// `(φ(d, t), ∂φ/∂d)` of the field as integrated (tabulated at grid times).
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
-        match &self.tabulated {
+        match self.tables() {
             Some(table) => table.radial(d, t),
             None => self.field.radial(d, t),
         }
@@ -193,6 +201,7 @@ impl Flow {
         if let Some(z) = &z {
             layout.check_batch("sample output z", z, n)?;
         }
+        self.dynamics();
         let results: Vec<Result<Stats>> = x
             .par_chunks_mut(len)
             .zip(log_q.par_iter_mut())
@@ -248,6 +257,7 @@ impl Flow {
             }
         };
         z.copy_from_slice(x);
+        self.dynamics();
         let results: Vec<Result<Stats>> = z
             .par_chunks_mut(len)
             .zip(log_q.par_iter_mut())
