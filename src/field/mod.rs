@@ -4,18 +4,21 @@
 //! a sum of radial pair forces, hence equivariant under permutations, rotations, reflections and
 //! translations, with `Σ_i v_i = 0` (the centre of mass is conserved). Its divergence and its
 //! Jacobian are computed in closed form from `φ` and `∂φ/∂d`, the exact derivatives of the
-//! field as implemented (ε_d and the underflow rule of [`exp`] included).
+//! field as implemented (ε_d and the underflow rule of [`exp`] included); the reverse pass
+//! ([`KernelField::vjp_into`]) differentiates one evaluation with respect to x and the parameters.
 
 pub mod exp;
 mod kernel_field;
 mod kernels;
 mod params;
 mod radial;
+mod reverse;
 
 pub use kernel_field::{EPS_D, KernelField};
 pub use kernels::{KernelConfig, MAX_DIST_KERNELS, MAX_TIME_KERNELS};
 pub use params::ParamLayout;
 pub use radial::TimeSlice;
+pub use reverse::{Cotangent, VjpScratch};
 
 /// A time-dependent vector field on R^n with its exact divergence and Jacobian: what an
 /// integrator needs. Implementations must be deterministic and allocation-free.
