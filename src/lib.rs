@@ -34,6 +34,9 @@
 //!
 //! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems.
 //!
+//! **Training** ([`train`]): maximum likelihood, reverse KL and their mix, with exact gradients
+//! through the fixed-grid RK4 map (discretize-then-optimize) and AdamW.
+//!
 //! # Determinism and threads
 //!
 //! A [`Flow`] is immutable and `Sync`. Batches run in parallel with rayon; sample `i` of a call
@@ -49,6 +52,7 @@ pub mod flow;
 pub mod geometry;
 pub mod integrate;
 pub mod prior;
+pub mod train;
 
 // The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
 // attribute above denies everywhere else.
