@@ -14,7 +14,7 @@
 //!   = U(x)/kT − ℓ_forward`, x = F(z) by forward RK4. It differs from `−log w(x) = u(x) + log q(x)`
 //!   by `−log ρ(z)`, which does not depend on the parameters; its expectation is
 //!   `KL(q‖p) − log Z + H(ρ)`.
-//! * **Mixed**: `λ·L_ML + (1 − λ)·L_KL` with a per-epoch λ schedule.
+//! * **Mixed**: `λ·L_ML + (1 − λ)·L_KL` with λ from a [`LambdaSchedule`] (per epoch).
 //!
 //! # Gradients: discretize-then-optimize
 //!
@@ -48,8 +48,12 @@
 //! for any number of threads. Nothing allocates per pair or per step: tapes and kernel buffers
 //! are sized once per thread.
 
+mod adamw;
 mod losses;
 mod reverse;
+mod schedule;
 
+pub use adamw::{AdamW, AdamWConfig};
 pub use losses::{KlTarget, LossWorkspace, Losses, kl_sample, ml_sample};
 pub use reverse::Rk4Tape;
+pub use schedule::LambdaSchedule;
