@@ -52,8 +52,10 @@ mod adamw;
 mod losses;
 mod reverse;
 mod schedule;
+mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use losses::{KlTarget, LossWorkspace, Losses, kl_sample, ml_sample};
 pub use reverse::Rk4Tape;
 pub use schedule::LambdaSchedule;
+pub use trainer::{EpochReport, TrainConfig, TrainSummary, Trainer};
