@@ -161,6 +161,16 @@ impl KernelField {
         &self.a_pad
     }
 
+    /// W transposed and padded, R rows of the padded K (`w_t[r*Kp + k] = W_kr`).
+    pub(crate) fn w_transposed(&self) -> &[f64] {
+        &self.w_t
+    }
+
+    /// `s_k²`, padded with zeros.
+    pub(crate) fn s_squared_padded(&self) -> &[f64] {
+        &self.s_sq
+    }
+
     /// `a_r = 1/γ_r²` of the time basis (length R).
     pub(crate) fn inv_gamma_sq_time(&self) -> &[f64] {
         &self.a_time

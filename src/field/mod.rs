@@ -19,6 +19,7 @@ pub use kernels::{KernelConfig, MAX_DIST_KERNELS, MAX_TIME_KERNELS};
 pub use params::ParamLayout;
 pub use radial::TimeSlice;
 pub use reverse::{Cotangent, VjpScratch};
+pub(crate) use reverse::{ParamAccumulator, TimePoint};
 
 /// A time-dependent vector field on R^n with its exact divergence and Jacobian: what an
 /// integrator needs. Implementations must be deterministic and allocation-free.

@@ -65,9 +65,14 @@
 //!
 //! # Cost
 //!
-//! Per pair: one pass over the kernels that recomputes the Gaussians (as the forward loop does)
-//! and six lane-wise sums, and one element-wise pass that accumulates `w̄` and `ā`. No allocation:
-//! per-kernel buffers live in a [`VjpScratch`] reused across evaluations.
+//! Per pair: one element-wise pass over the kernels that recomputes the Gaussians (bit-identical
+//! to the forward loop's) with the products `g·e·a` and `g''`, six one-accumulator lane sums,
+//! and one element-wise pass that accumulates `w̄` and `ā`. The `ā` sum needs no time factor,
+//! so it runs across evaluations; since the rest of the parameter part is linear in `(w̄, c̄)`
+//! at a fixed time, the reverse pass through an integration sums those per distinct stage time
+//! and undoes the time fold once per time point (about 2n + 1 for n RK4 steps) rather than once
+//! per evaluation. No allocation: per-kernel buffers live in a [`VjpScratch`] reused across
+//! evaluations.
 
 use multiversion::multiversion;
 
@@ -93,27 +98,30 @@ pub struct Cotangent<'a> {
 }
 
 /// Reusable buffers of [`KernelField::vjp_into`]: per-kernel values of the pair being processed
-/// and the per-evaluation accumulators `w̄`, `ā`. Create one per thread and reuse it; its
-/// contents between calls carry no meaning.
+/// and a parameter accumulator. Create one per thread and
+/// reuse it; its contents between calls carry no meaning.
 #[derive(Clone)]
 pub struct VjpScratch {
     e: [f64; MAX_PADDED],
     ea: [f64; MAX_PADDED],
     g: [f64; MAX_PADDED],
-    w_bar: [f64; MAX_PADDED],
-    a_bar: [f64; MAX_PADDED],
+    gea: [f64; MAX_PADDED],
+    g2: [f64; MAX_PADDED],
+    acc: ParamAccumulator,
 }
 
 impl VjpScratch {
-    /// Zeroed buffers (about 5 KiB, sized for the largest supported kernel count).
+    /// Buffers sized for the largest supported kernel count (the parameter accumulator grows to
+    /// the field's size on first use).
     #[must_use]
     pub fn new() -> Self {
         VjpScratch {
             e: [0.0; MAX_PADDED],
             ea: [0.0; MAX_PADDED],
             g: [0.0; MAX_PADDED],
-            w_bar: [0.0; MAX_PADDED],
-            a_bar: [0.0; MAX_PADDED],
+            gea: [0.0; MAX_PADDED],
+            g2: [0.0; MAX_PADDED],
+            acc: ParamAccumulator::default(),
         }
     }
 }
@@ -127,6 +135,99 @@ impl Default for VjpScratch {
 impl std::fmt::Debug for VjpScratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("VjpScratch { .. }")
+    }
+}
+
+/// The time basis at one flow time, precomputed for the reverse pass: the folded slice (the
+/// same bits as [`KernelField::time_slice`]), `τ_r`, `1/S_t` and `∂h_r/∂q_r`. An integration
+/// visits few distinct times, so the reverse pass computes these once per parameter set rather
+/// than once per evaluation.
+#[derive(Clone)]
+pub(crate) struct TimePoint {
+    slice: TimeSlice,
+    tau: [f64; MAX_TIME_KERNELS],
+    inv_t: f64,
+    /// `∂h_r/∂q_r = −(t − μ_r)² h_r · 2 a_r`, with `q_r = −log γ_r`, `a_r = exp(2 q_r)`.
+    dh_dq: [f64; MAX_TIME_KERNELS],
+}
+
+impl std::fmt::Debug for TimePoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TimePoint { .. }")
+    }
+}
+
+impl std::fmt::Debug for ParamAccumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ParamAccumulator { .. }")
+    }
+}
+
+/// θ̄ summed over evaluations, in a layout that keeps the per-evaluation work contiguous:
+/// `W̄` transposed and padded like the field's `w_t`, and the `s` and `−log γ_dist` parts before
+/// their per-parameter factors `2 s_k` and `2 a_k`, applied once by [`ParamAccumulator::add_to`].
+#[derive(Clone, Default)]
+pub(crate) struct ParamAccumulator {
+    padded: usize,
+    /// `Σ w̄_k τ_r`, R × padded K.
+    w_t: Vec<f64>,
+    /// `Σ c̄ τ_r`.
+    b: Vec<f64>,
+    /// `Σ c̄ w_k(t)`; `s̄_k = 2 s_k ·` this.
+    s: Vec<f64>,
+    /// `Σ ā_k` (pair sums of `∂L/∂a_k`); `p̄_k = 2 a_k ·` this.
+    a: Vec<f64>,
+    /// `Σ h̄_r ∂h_r/∂q_r`.
+    q: Vec<f64>,
+}
+
+impl ParamAccumulator {
+    /// Sizes the buffers for `field` and zeroes them.
+    pub(crate) fn reset(&mut self, field: &KernelField) {
+        let pl = field.param_layout();
+        let padded = field.mu_padded().len();
+        self.padded = padded;
+        for (v, n) in [
+            (&mut self.w_t, pl.n_time * padded),
+            (&mut self.b, pl.n_time),
+            (&mut self.s, padded),
+            (&mut self.a, padded),
+            (&mut self.q, pl.n_time),
+        ] {
+            v.clear();
+            v.resize(n, 0.0);
+        }
+    }
+
+    /// Adds the accumulated cotangent to `theta_bar` in the flat [`ParamLayout`].
+    pub(crate) fn add_to(&self, field: &KernelField, theta_bar: &mut [f64]) {
+        let pl = field.param_layout();
+        let (nk, nr, kp) = (pl.n_dist, pl.n_time, self.padded);
+        let params = field.params();
+        let w_bar = &mut theta_bar[pl.w()];
+        for k in 0..nk {
+            for r in 0..nr {
+                w_bar[k * nr + r] += self.w_t[r * kp + k];
+            }
+        }
+        for (t, v) in theta_bar[pl.b()].iter_mut().zip(&self.b) {
+            *t += v;
+        }
+        let s_start = pl.s().start;
+        for k in 0..nk {
+            theta_bar[s_start + k] += 2.0 * params[s_start + k] * self.s[k];
+        }
+        let a_pad = field.inv_gamma_sq_padded();
+        for ((t, a), v) in theta_bar[pl.log_inv_gamma_dist()]
+            .iter_mut()
+            .zip(a_pad)
+            .zip(&self.a)
+        {
+            *t += 2.0 * a * v;
+        }
+        for (t, v) in theta_bar[pl.log_inv_gamma_time()].iter_mut().zip(&self.q) {
+            *t += v;
+        }
     }
 }
 
@@ -168,60 +269,33 @@ impl KernelField {
                 theta_bar.len(),
             ));
         }
-        self.vjp_unchecked(x, t, cotangent, x_bar, theta_bar, scratch);
+        let point = self.time_point(t);
+        // The accumulator is moved out so the scratch's per-pair buffers can be borrowed too.
+        let mut acc = std::mem::take(&mut scratch.acc);
+        acc.reset(self);
+        let kp = self.mu_padded().len();
+        let mut w_bar = [0.0; MAX_PADDED];
+        let c_bar = self.vjp_pairs_at(
+            x,
+            &point,
+            cotangent,
+            x_bar,
+            &mut w_bar[..kp],
+            &mut acc,
+            scratch,
+        );
+        self.unfold_time(&point, c_bar, &mut w_bar[..kp], &mut acc);
+        acc.add_to(self, theta_bar);
+        scratch.acc = acc;
         Ok(())
     }
 
-    /// [`KernelField::vjp_into`] without the size checks, for the reverse pass through the
-    /// integrator whose buffers are sized once.
-    pub(crate) fn vjp_unchecked(
-        &self,
-        x: &[f64],
-        t: f64,
-        cotangent: Cotangent<'_>,
-        x_bar: &mut [f64],
-        theta_bar: &mut [f64],
-        scratch: &mut VjpScratch,
-    ) {
-        debug_assert_eq!(x.len(), self.layout().len());
-        debug_assert_eq!(theta_bar.len(), self.param_layout().len());
-        let slice = self.time_slice(t);
-        let kp = self.mu_padded().len();
-        scratch.w_bar[..kp].fill(0.0);
-        scratch.a_bar[..kp].fill(0.0);
-        let c_bar = vjp_pairs(
-            x,
-            self.layout().dim,
-            self.param_layout().n_dist,
-            self.mu_padded(),
-            self.inv_gamma_sq_padded(),
-            &slice,
-            cotangent,
-            x_bar,
-            scratch,
-        );
-        self.unfold_time(t, &slice, c_bar, scratch, theta_bar);
-    }
-
-    /// Turns the per-evaluation accumulators `w̄_k`, `ā_k`, `c̄` into parameter cotangents: the
-    /// reverse of the time fold and of `a = exp(2p)` (module docs, "once per evaluation").
-    fn unfold_time(
-        &self,
-        t: f64,
-        slice: &TimeSlice,
-        c_bar: f64,
-        scratch: &mut VjpScratch,
-        theta_bar: &mut [f64],
-    ) {
-        let pl = self.param_layout();
-        let (nk, nr) = (pl.n_dist, pl.n_time);
-        let params = self.params();
-        let w = &params[pl.w()];
-        let b = &params[pl.b()];
-        let s = &params[pl.s()];
-        // The time basis exactly as `time_basis_into` computes it, keeping h_r and S_t.
+    /// The time basis at `t` with what the reverse pass needs of it.
+    pub(crate) fn time_point(&self, t: f64) -> TimePoint {
+        let nr = self.param_layout().n_time;
         let mu_t = &self.kernels().mu_time;
         let a_t = self.inv_gamma_sq_time();
+        // h_r and S_t exactly as `time_basis_into` computes them.
         let mut h = [0.0; MAX_TIME_KERNELS];
         let mut total = 0.0;
         for r in 0..nr {
@@ -230,37 +304,126 @@ impl KernelField {
             total += h[r];
         }
         let inv_t = 1.0 / (NORM_EPS + total);
-        let mut tau = [0.0; MAX_TIME_KERNELS];
+        let mut point = TimePoint {
+            slice: self.time_slice(t),
+            tau: [0.0; MAX_TIME_KERNELS],
+            inv_t,
+            dh_dq: [0.0; MAX_TIME_KERNELS],
+        };
         for r in 0..nr {
-            tau[r] = h[r] * inv_t;
+            let e = t - mu_t[r];
+            point.tau[r] = h[r] * inv_t;
+            point.dh_dq[r] = -(e * e) * h[r] * 2.0 * a_t[r];
         }
+        point
+    }
 
-        let w_bar = &mut scratch.w_bar;
-        let a_pad = self.inv_gamma_sq_padded();
+    /// The pair part of the VJP at a precomputed time point: accumulates `x_bar`, the time-local
+    /// `w̄` (length padded K; it may already hold other evaluations at the same time, since the
+    /// time unfold is linear) and `ā` into `acc`, and returns this evaluation's `c̄`. Finish
+    /// with [`KernelField::unfold_time`] once per time point. No size checks: the caller sized
+    /// everything.
+    #[allow(clippy::too_many_arguments)] // internal: the reverse pass's buffers, unpacked
+    pub(crate) fn vjp_pairs_at(
+        &self,
+        x: &[f64],
+        point: &TimePoint,
+        cotangent: Cotangent<'_>,
+        x_bar: &mut [f64],
+        w_bar: &mut [f64],
+        acc: &mut ParamAccumulator,
+        scratch: &mut VjpScratch,
+    ) -> f64 {
+        debug_assert_eq!(x.len(), self.layout().len());
+        debug_assert_eq!(acc.padded, self.mu_padded().len());
+        debug_assert_eq!(w_bar.len(), self.mu_padded().len());
+        vjp_pairs(
+            x,
+            self.layout().dim,
+            self.param_layout().n_dist,
+            self.mu_padded(),
+            self.inv_gamma_sq_padded(),
+            &point.slice,
+            cotangent,
+            x_bar,
+            scratch,
+            w_bar,
+            &mut acc.a,
+        )
+    }
+
+    /// Turns the `w̄_k` and `c̄` of the evaluations at one time point into parameter cotangents:
+    /// the reverse of the time fold (module docs, "once per evaluation"). `w_bar` is used as
+    /// scratch.
+    pub(crate) fn unfold_time(
+        &self,
+        point: &TimePoint,
+        c_bar: f64,
+        w_bar: &mut [f64],
+        acc: &mut ParamAccumulator,
+    ) {
+        let pl = self.param_layout();
+        let nr = pl.n_time;
+        let b = &self.params()[pl.b()];
         let mut tau_bar = [0.0; MAX_TIME_KERNELS];
+        unfold_lanes(
+            &point.slice.w[..w_bar.len()],
+            &point.tau[..nr],
+            c_bar,
+            self.s_squared_padded(),
+            self.w_transposed(),
+            w_bar,
+            acc,
+            &mut tau_bar[..nr],
+        );
         for r in 0..nr {
-            tau_bar[r] = c_bar * b[r];
-            theta_bar[pl.b().start + r] += c_bar * tau[r];
+            tau_bar[r] += c_bar * b[r];
+            acc.b[r] += c_bar * point.tau[r];
         }
-        for k in 0..nk {
-            theta_bar[pl.s().start + k] += 2.0 * c_bar * s[k] * slice.w[k];
-            theta_bar[pl.log_inv_gamma_dist().start + k] += 2.0 * a_pad[k] * scratch.a_bar[k];
-            // c = Σ_k s_k² w_k + …: its cotangent reaches w_k too.
-            let wb = w_bar[k] + c_bar * s[k] * s[k];
-            let row = &w[k * nr..(k + 1) * nr];
-            let row_bar = &mut theta_bar[k * nr..(k + 1) * nr];
-            for r in 0..nr {
-                row_bar[r] += wb * tau[r];
-                tau_bar[r] += wb * row[r];
+        let tau_bar = &tau_bar[..nr];
+        let mean: f64 = tau_bar.iter().zip(&point.tau).map(|(a, b)| a * b).sum();
+        for ((q, tb), dh) in acc.q.iter_mut().zip(tau_bar).zip(&point.dh_dq) {
+            *q += (tb - mean) * point.inv_t * dh;
+        }
+    }
+}
+
+/// The kernel-sized part of [`KernelField::unfold_time`], in lanes over the padded kernels
+/// (padding entries carry zeros): `w̄ += c̄ s²`, `s̄ += c̄ w(t)`, `W̄ᵀ_r += w̄ τ_r` and
+/// `τ̄_r = Σ_k w̄_k W_kr` (without the `b` term).
+#[allow(clippy::too_many_arguments)] // the hot loop takes the field's arrays unpacked
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+fn unfold_lanes(
+    w_t_now: &[f64],
+    tau: &[f64],
+    c_bar: f64,
+    s_sq: &[f64],
+    w_transposed: &[f64],
+    w_bar: &mut [f64],
+    acc: &mut ParamAccumulator,
+    tau_bar: &mut [f64],
+) {
+    let kp = w_bar.len();
+    // c = Σ_k s_k² w_k + …: its cotangent reaches w_k too.
+    for (wb, sq) in w_bar.iter_mut().zip(s_sq) {
+        *wb += c_bar * sq;
+    }
+    for (s, w) in acc.s.iter_mut().zip(w_t_now) {
+        *s += c_bar * w;
+    }
+    for (r, (tau, tau_bar)) in tau.iter().zip(tau_bar.iter_mut()).enumerate() {
+        let mut dot = [0.0; LANES];
+        for ((acc_row, w_row), wb) in acc.w_t[r * kp..(r + 1) * kp]
+            .chunks_exact_mut(LANES)
+            .zip(w_transposed[r * kp..(r + 1) * kp].chunks_exact(LANES))
+            .zip(w_bar.chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                acc_row[l] += wb[l] * tau;
+                dot[l] += wb[l] * w_row[l];
             }
         }
-        let mean: f64 = (0..nr).map(|r| tau_bar[r] * tau[r]).sum();
-        let q_start = pl.log_inv_gamma_time().start;
-        for r in 0..nr {
-            let h_bar = (tau_bar[r] - mean) * inv_t;
-            let e = t - mu_t[r];
-            theta_bar[q_start + r] += h_bar * (-(e * e) * h[r]) * 2.0 * a_t[r];
-        }
+        *tau_bar = reduce(&dot);
     }
 }
 
@@ -273,8 +436,8 @@ struct Radial2 {
     gamma: f64,
 }
 
-/// The pair loop of the reverse pass. Accumulates `x_bar` and the scratch's `w̄`, `ā`; returns
-/// `c̄`. Compiled for several instruction sets like the forward loop; every version performs the
+/// The pair loop of the reverse pass. Accumulates `x_bar`, the scratch's `w̄` and `a_bar` (ā);
+/// returns `c̄`. Compiled for several instruction sets like the forward loop; every version performs the
 /// same operations in the same order, so results do not depend on the machine.
 #[allow(clippy::too_many_arguments)] // the hot loop takes the field's arrays unpacked
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
@@ -288,6 +451,8 @@ fn vjp_pairs(
     cotangent: Cotangent<'_>,
     x_bar: &mut [f64],
     scratch: &mut VjpScratch,
+    w_bar: &mut [f64],
+    a_bar: &mut [f64],
 ) -> f64 {
     let n = x.len() / dim;
     let dim_f = dim as f64;
@@ -331,59 +496,51 @@ fn vjp_pairs(
             let alpha = p + 2.0 * dim_f * div_bar;
             let beta = 2.0 * div_bar * m;
             c_bar += alpha;
-            accumulate_kernels(n_dist, w, alpha, beta, &rad, scratch);
+            accumulate_kernels(n_dist, w, alpha, beta, &rad, scratch, w_bar, a_bar);
         }
     }
     c_bar
 }
 
-/// Pass 1 over the padded kernels: the Gaussians (bit-identical to the forward loop's), kept in
-/// the scratch, and the six sums that give φ, φ', φ''.
+/// Pass 1 over the padded kernels: the Gaussians (bit-identical to the forward loop's) and the
+/// per-kernel products `g·e·a` and `g'' = g (4 e² a² − 2 a)`, kept in the scratch, then the six
+/// sums that give φ, φ', φ''. Each sum is its own one-accumulator lane loop: with several sums
+/// in one loop the vectoriser pairs unrelated sums and falls back to 2-wide code.
 #[inline(always)]
 fn radial_second(d: f64, mu: &[f64], a: &[f64], w: &[f64], scratch: &mut VjpScratch) -> Radial2 {
     let kp = mu.len();
-    let VjpScratch { e, ea, g, .. } = scratch;
-    for ((((e, ea), g), mu), a) in e[..kp]
+    let VjpScratch {
+        e, ea, g, gea, g2, ..
+    } = scratch;
+    for ((((((e, ea), g), gea), g2), mu), a) in e[..kp]
         .iter_mut()
         .zip(&mut ea[..kp])
         .zip(&mut g[..kp])
+        .zip(&mut gea[..kp])
+        .zip(&mut g2[..kp])
         .zip(mu)
         .zip(a)
     {
         *e = d - mu;
         *ea = *e * a;
         *g = exp_nonpositive(-(*e * *ea));
+        *gea = *g * *ea;
+        // Padding lanes have g = 0 and finite factors.
+        *g2 = *g * (4.0 * *ea * *ea - 2.0 * a);
     }
-    let mut s_g = [0.0; LANES];
-    let mut s_gw = [0.0; LANES];
-    let mut s_gea = [0.0; LANES];
-    let mut s_geaw = [0.0; LANES];
-    let mut s_g2 = [0.0; LANES];
-    let mut s_g2w = [0.0; LANES];
-    for (((g, ea), a), w) in g[..kp]
-        .chunks_exact(LANES)
-        .zip(ea[..kp].chunks_exact(LANES))
-        .zip(a.chunks_exact(LANES))
-        .zip(w.chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            let gea = g[l] * ea[l];
-            // g''/… = g (4 e² a² − 2 a); padding lanes have g = 0 and finite factors.
-            let g2 = g[l] * (4.0 * ea[l] * ea[l] - 2.0 * a[l]);
-            s_g[l] += g[l];
-            s_gw[l] += g[l] * w[l];
-            s_gea[l] += gea;
-            s_geaw[l] += gea * w[l];
-            s_g2[l] += g2;
-            s_g2w[l] += g2 * w[l];
-        }
-    }
-    let inv_s = 1.0 / (NORM_EPS + reduce(&s_g));
-    let big_a = reduce(&s_gw);
-    let dg = -2.0 * reduce(&s_gea);
-    let da = -2.0 * reduce(&s_geaw);
-    let d2g = reduce(&s_g2);
-    let d2a = reduce(&s_g2w);
+    let (g, gea, g2) = (&g[..kp], &gea[..kp], &g2[..kp]);
+    let s_g = lane_sum(g);
+    let s_gw = lane_dot(g, w);
+    let s_gea = lane_sum(gea);
+    let s_geaw = lane_dot(gea, w);
+    let s_g2 = lane_sum(g2);
+    let s_g2w = lane_dot(g2, w);
+    let inv_s = 1.0 / (NORM_EPS + s_g);
+    let big_a = s_gw;
+    let dg = -2.0 * s_gea;
+    let da = -2.0 * s_geaw;
+    let d2g = s_g2;
+    let d2a = s_g2w;
     let phi0 = big_a * inv_s;
     let dphi = (da - phi0 * dg) * inv_s;
     let d2phi = (d2a - phi0 * d2g - 2.0 * dphi * dg) * inv_s;
@@ -397,7 +554,15 @@ fn radial_second(d: f64, mu: &[f64], a: &[f64], w: &[f64], scratch: &mut VjpScra
 }
 
 /// Pass 2 over the real kernels: `w̄_k += α ∂φ/∂w_k + β ∂φ'/∂w_k` and the same for `a_k`.
+/// With the per-pair scalars folded (`g_k/S` factored out, `δ_k = w_k − φ₀`, `Γ = G'/S`):
+///
+/// ```text
+/// w̄_k += g_k · [(α − βΓ) − 2β e_k a_k] / S
+/// ā_k += g_k · [β φ' e_k² + δ_k ((βΓ − α) e_k² + 2β (e_k² · e_k a_k − e_k))] / S
+/// ```
+///
 /// Padding lanes are skipped: their `e` is ~1e100, and `0 · e³` could overflow to NaN.
+#[allow(clippy::too_many_arguments)] // inlined into the pair loop
 #[inline(always)]
 fn accumulate_kernels(
     n_dist: usize,
@@ -405,25 +570,56 @@ fn accumulate_kernels(
     alpha: f64,
     beta: f64,
     rad: &Radial2,
-    scratch: &mut VjpScratch,
+    scratch: &VjpScratch,
+    w_bar: &mut [f64],
+    a_bar: &mut [f64],
 ) {
-    let VjpScratch {
-        e,
-        ea,
-        g,
-        w_bar,
-        a_bar,
-    } = scratch;
-    let (phi0, dphi, gamma, inv_s) = (rad.phi0, rad.dphi, rad.gamma, rad.inv_s);
-    for k in 0..n_dist {
-        let gs = g[k] * inv_s;
-        let (e, ea) = (e[k], ea[k]);
-        let delta = w[k] - phi0;
-        w_bar[k] += gs * (alpha - beta * (2.0 * ea + gamma));
-        a_bar[k] += gs
-            * (e * e * (beta * (delta * gamma + dphi) - alpha * delta)
-                + 2.0 * beta * e * (e * ea - 1.0) * delta);
+    let VjpScratch { e, ea, g, .. } = scratch;
+    let inv_s = rad.inv_s;
+    let c_w0 = (alpha - beta * rad.gamma) * inv_s;
+    let c_w1 = -2.0 * beta * inv_s;
+    let c_e2 = beta * rad.dphi * inv_s;
+    let c_d0 = -c_w0;
+    let c_d1 = -c_w1;
+    let phi0 = rad.phi0;
+    // Zipped slices of one length: no bounds checks, so the loop vectorises.
+    for (((((wb, ab), g), e), ea), w) in w_bar[..n_dist]
+        .iter_mut()
+        .zip(&mut a_bar[..n_dist])
+        .zip(&g[..n_dist])
+        .zip(&e[..n_dist])
+        .zip(&ea[..n_dist])
+        .zip(&w[..n_dist])
+    {
+        let e2 = e * e;
+        let delta = w - phi0;
+        *wb += g * (c_w0 + c_w1 * ea);
+        *ab += g * (c_e2 * e2 + delta * (c_d0 * e2 + c_d1 * (e2 * ea - e)));
     }
+}
+
+/// `Σ a` over whole lanes, in a fixed order.
+#[inline(always)]
+fn lane_sum(a: &[f64]) -> f64 {
+    let mut acc = [0.0; LANES];
+    for a in a.chunks_exact(LANES) {
+        for l in 0..LANES {
+            acc[l] += a[l];
+        }
+    }
+    reduce(&acc)
+}
+
+/// `Σ a·b` over whole lanes, in a fixed order.
+#[inline(always)]
+fn lane_dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; LANES];
+    for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    reduce(&acc)
 }
 
 /// Pairwise sum in a fixed order, as in the forward loop: the same bits whatever the SIMD width.

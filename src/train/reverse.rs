@@ -25,9 +25,15 @@
 //! the stage points `y2, y3, y4` (reconstructed bit for bit from the stage velocities the step
 //! left in its workspace), 4·N·D numbers per step, so the reverse pass evaluates the field only
 //! through its VJP and never re-integrates.
+//!
+//! The field's time basis at the distinct stage times (about 2n + 1 of them) is computed once
+//! per parameter set and direction and kept in the tape (re-derived when the field's parameters
+//! change), so that a batch of samples pays for it once per thread rather than per evaluation.
+//! Since the parameter part of the VJP is linear in the per-evaluation `(w̄, c̄)` at a fixed
+//! time, these are summed per distinct time and the time fold is undone once per time point.
 
 use crate::error::{Error, Result};
-use crate::field::{Cotangent, KernelField, VjpScratch};
+use crate::field::{Cotangent, KernelField, ParamAccumulator, TimePoint, VjpScratch};
 use crate::integrate::{Workspace, axpy_into, grid_time, rk4_step};
 
 /// Records a continuous-mode RK4 integration and runs its reverse pass. Sized once for a state
@@ -47,6 +53,20 @@ pub struct Rk4Tape {
     y_bar: Vec<f64>,
     k_bar: Vec<f64>,
     vjp: VjpScratch,
+    acc: ParamAccumulator,
+    /// Time basis at the distinct stage times of the recorded steps (equal bits, one entry),
+    /// valid for the parameters and time centres in `grid_key` and the direction
+    /// `grid_forward`; `grid_index[3s + j]` locates `t`, `t + h/2`, `t + h` of step s.
+    grid: Vec<TimePoint>,
+    grid_times: Vec<u64>,
+    grid_index: Vec<usize>,
+    /// Per grid time: `Σ w̄` (padded K) and `Σ c̄` of the evaluations at that time, unfolded
+    /// once per time at the end of the reverse pass (the unfold is linear).
+    w_sums: Vec<f64>,
+    c_sums: Vec<f64>,
+    grid_key: Vec<f64>,
+    grid_forward: Option<bool>,
+    forward: bool,
 }
 
 impl Rk4Tape {
@@ -78,6 +98,15 @@ impl Rk4Tape {
             y_bar: v(),
             k_bar: v(),
             vjp: VjpScratch::new(),
+            acc: ParamAccumulator::default(),
+            grid: Vec::with_capacity(3 * n_steps),
+            grid_times: Vec::with_capacity(3 * n_steps),
+            grid_index: Vec::with_capacity(3 * n_steps),
+            w_sums: Vec::new(),
+            c_sums: Vec::new(),
+            grid_key: Vec::new(),
+            grid_forward: None,
+            forward: true,
         })
     }
 
@@ -109,6 +138,7 @@ impl Rk4Tape {
             return Err(Error::size("RK4 tape state", self.len, x.len()));
         }
         self.recorded = false;
+        self.forward = forward;
         let n = self.n_steps;
         let len = self.len;
         let h = 1.0 / n as f64;
@@ -175,11 +205,18 @@ impl Rk4Tape {
                 theta_bar.len(),
             ));
         }
+        self.prepare_grid(field);
+        self.acc.reset(field);
+        let kp = field.mu_padded().len();
+        self.w_sums.clear();
+        self.w_sums.resize(self.grid.len() * kp, 0.0);
+        self.c_sums.clear();
+        self.c_sums.resize(self.grid.len(), 0.0);
         let len = self.len;
         self.x_bar.copy_from_slice(x_bar_end);
         let lb = log_det_bar;
         for s in (0..self.n_steps).rev() {
-            let (t, h) = self.steps[s];
+            let (_, h) = self.steps[s];
             let half = 0.5 * h;
             let sixth = h / 6.0;
             let third = 2.0 * sixth;
@@ -188,17 +225,18 @@ impl Rk4Tape {
             let (x0, rest) = states.split_at(len);
             let (y2, rest) = rest.split_at(len);
             let (y3, y4) = rest.split_at(len);
+            let [i_t, i_half, i_end] = [0, 1, 2].map(|j| self.grid_index[3 * s + j]);
             self.x_acc.copy_from_slice(&self.x_bar);
             // Stage 4 has no later stage: its k̄ reads ȳ = 0.
             self.y_bar.fill(0.0);
-            // (stage point, stage time, weight of k̄ in x̄', weight of the previous ȳ, div̄)
-            let stages: [(&[f64], f64, f64, f64, f64); 4] = [
-                (y4, t + h, sixth, 0.0, sixth * lb),
-                (y3, t + half, third, h, third * lb),
-                (y2, t + half, third, half, third * lb),
-                (x0, t, sixth, half, sixth * lb),
+            // (stage point, time index, weight of x̄' in k̄, weight of the later stage's ȳ, div̄)
+            let stages: [(&[f64], usize, f64, f64, f64); 4] = [
+                (y4, i_end, sixth, 0.0, sixth * lb),
+                (y3, i_half, third, h, third * lb),
+                (y2, i_half, third, half, third * lb),
+                (x0, i_t, sixth, half, sixth * lb),
             ];
-            for (y, ts, wx, wy, div_bar) in stages {
+            for (y, i, wx, wy, div_bar) in stages {
                 for ((k, xb), yb) in self.k_bar.iter_mut().zip(&self.x_bar).zip(&self.y_bar) {
                     *k = wx * xb + wy * yb;
                 }
@@ -207,13 +245,69 @@ impl Rk4Tape {
                     v: &self.k_bar,
                     div: div_bar,
                 };
-                field.vjp_unchecked(y, ts, cot, &mut self.y_bar, theta_bar, &mut self.vjp);
+                self.c_sums[i] += field.vjp_pairs_at(
+                    y,
+                    &self.grid[i],
+                    cot,
+                    &mut self.y_bar,
+                    &mut self.w_sums[i * kp..(i + 1) * kp],
+                    &mut self.acc,
+                    &mut self.vjp,
+                );
                 for (a, yb) in self.x_acc.iter_mut().zip(&self.y_bar) {
                     *a += yb;
                 }
             }
             std::mem::swap(&mut self.x_bar, &mut self.x_acc);
         }
+        for (i, point) in self.grid.iter().enumerate() {
+            let w_sum = &mut self.w_sums[i * kp..(i + 1) * kp];
+            field.unfold_time(point, self.c_sums[i], w_sum, &mut self.acc);
+        }
+        self.acc.add_to(field, theta_bar);
         Ok(&self.x_bar)
+    }
+
+    /// Makes `grid` hold the time basis at the stage times of the recorded steps for `field`'s
+    /// current parameters, recomputing it only when they (or the direction) changed.
+    fn prepare_grid(&mut self, field: &KernelField) {
+        let params = field.params();
+        let mu_t = &field.kernels().mu_time;
+        // Bitwise, so that a reused grid is exactly the one these parameters would give.
+        let same = self.grid_forward == Some(self.forward)
+            && self.grid_key.len() == params.len() + mu_t.len()
+            && self
+                .grid_key
+                .iter()
+                .zip(params.iter().chain(mu_t))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        if same {
+            return;
+        }
+        self.grid.clear();
+        self.grid_times.clear();
+        self.grid_index.clear();
+        for &(t, h) in &self.steps {
+            // The stage times exactly as `rk4::step` forms them.
+            let half = 0.5 * h;
+            for ts in [t, t + half, t + h] {
+                let bits = ts.to_bits();
+                // Few distinct times (about 2n + 1): a linear search from the back finds the
+                // neighbouring step's shared grid point at once.
+                let i = match self.grid_times.iter().rposition(|&b| b == bits) {
+                    Some(i) => i,
+                    None => {
+                        self.grid_times.push(bits);
+                        self.grid.push(field.time_point(ts));
+                        self.grid.len() - 1
+                    }
+                };
+                self.grid_index.push(i);
+            }
+        }
+        self.grid_key.clear();
+        self.grid_key.extend_from_slice(params);
+        self.grid_key.extend_from_slice(mu_t);
+        self.grid_forward = Some(self.forward);
     }
 }
