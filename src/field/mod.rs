@@ -12,7 +12,7 @@ mod kernel_field;
 mod kernels;
 mod params;
 mod radial;
-mod reverse;
+pub mod reverse;
 
 pub use kernel_field::{EPS_D, KernelField};
 pub use kernels::{KernelConfig, MAX_DIST_KERNELS, MAX_TIME_KERNELS};

@@ -237,7 +237,7 @@ impl KernelField {
     /// `x_bar += v̄ᵀ ∂v/∂x + div̄ ∂div v/∂x` and `theta_bar += v̄ᵀ ∂v/∂θ + div̄ ∂div v/∂θ`,
     /// `theta_bar` in the flat layout of [`ParamLayout`] (derivatives with respect to `W`, `b`,
     /// `s` and the log inverse bandwidths `−log γ` of both bases). See the [module
-    /// docs](self) for the derivation. Nothing is overwritten: callers zero the accumulators.
+    /// docs](crate::field::reverse) for the derivation. Nothing is overwritten: callers zero the accumulators.
     ///
     /// # Errors
     ///

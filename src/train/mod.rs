@@ -50,7 +50,7 @@
 
 mod adamw;
 mod losses;
-mod reverse;
+pub mod reverse;
 mod schedule;
 mod trainer;
 
