@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::reverse::Rk4Tape;
+use super::reverse::{Rk4Tape, check_n_steps};
 use crate::energy::Energy;
 use crate::error::{Error, Result, check_finite};
 use crate::field::KernelField;
@@ -168,7 +168,7 @@ impl<'a> Losses<'a> {
     ///
     /// [`Error::InvalidArgument`] if `n_steps` is outside `1..=100000`.
     pub fn new(flow: &'a Flow, n_steps: usize) -> Result<Self> {
-        Rk4Tape::new(1, n_steps)?;
+        check_n_steps(n_steps)?;
         Ok(Losses {
             field: flow.field(),
             prior: flow.prior(),

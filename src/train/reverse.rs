@@ -80,11 +80,7 @@ impl Rk4Tape {
         if len == 0 {
             return Err(Error::invalid("RK4 tape: state length must be positive"));
         }
-        if n_steps == 0 || n_steps > 100_000 {
-            return Err(Error::invalid(format!(
-                "RK4 n_steps must be in 1..=100000, got {n_steps}"
-            )));
-        }
+        check_n_steps(n_steps)?;
         let v = || vec![0.0; len];
         Ok(Rk4Tape {
             len,
@@ -310,4 +306,14 @@ impl Rk4Tape {
         self.grid_key.extend_from_slice(mu_t);
         self.grid_forward = Some(self.forward);
     }
+}
+
+/// The step counts a tape accepts, those of [`crate::integrate::Integrator`]: `1..=100000`.
+pub(crate) fn check_n_steps(n_steps: usize) -> Result<()> {
+    if n_steps == 0 || n_steps > 100_000 {
+        return Err(Error::invalid(format!(
+            "RK4 n_steps must be in 1..=100000, got {n_steps}"
+        )));
+    }
+    Ok(())
 }

@@ -68,12 +68,7 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size must be at least 1"));
         }
-        if self.n_rk4_steps == 0 || self.n_rk4_steps > 100_000 {
-            return Err(Error::invalid(format!(
-                "n_rk4_steps must be in 1..=100000, got {}",
-                self.n_rk4_steps
-            )));
-        }
+        super::reverse::check_n_steps(self.n_rk4_steps)?;
         self.optimizer.validate()?;
         self.lambda.validate()?;
         if self.lambda.needs_kl() && self.n_kl_samples == 0 {
