@@ -200,11 +200,12 @@ fn check_gradient(
 
 #[test]
 fn ml_loss_gradient_matches_finite_differences_of_flow_log_density() {
-    for (n, dim, kernels, n_samples, full) in [
-        (4, 2, KernelConfig::double_well(), 6, true),
-        (13, 3, KernelConfig::lennard_jones(), 3, false),
+    // (N, D, kernels, samples, prior σ, every parameter?): σ ≠ 1 checks the prior's gradient.
+    for (n, dim, kernels, n_samples, sigma, full) in [
+        (4, 2, KernelConfig::double_well(), 6, 1.0, true),
+        (13, 3, KernelConfig::lennard_jones(), 3, 1.3, false),
     ] {
-        let flow = continuous_flow(n, dim, kernels, 17);
+        let flow = continuous_flow_sigma(n, dim, kernels, 17, sigma);
         // Data: flow samples moved off the flow's own manifold a little and given a CoM, so
         // the CoM removal and a generic z are exercised.
         let (mut x, _) = flow.sample(5, n_samples).unwrap();
@@ -482,6 +483,25 @@ fn training_is_bit_identical_for_one_and_two_threads() {
         assert!(a.train_kl.is_some());
     }
     assert_eq!(s1.epochs[1].lambda, 0.5);
+
+    // Pure reverse KL (λ = 0) trains too: the NLL is still reported, from the forward pass.
+    let kl_only = TrainConfig {
+        n_epochs: 1,
+        lambda: LambdaSchedule::Constant(0.0),
+        ..config
+    };
+    let mut flow = Flow::new(4, 2, 3).unwrap();
+    let summary = Trainer::new(kl_only, &data)
+        .with_energy(&energy)
+        .run(&mut flow, |_| true)
+        .unwrap();
+    let report = &summary.epochs[0];
+    assert!(report.train_kl.is_some() && report.train_nll.is_finite());
+    assert_eq!(report.train_loss, report.train_kl.unwrap());
+    assert_ne!(
+        flow.field().params(),
+        Flow::new(4, 2, 3).unwrap().field().params()
+    );
 }
 
 #[test]
