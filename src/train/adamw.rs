@@ -102,6 +102,7 @@ impl AdamW {
         })
     }
 
+    /// The hyper-parameters.
     #[must_use]
     pub fn config(&self) -> &AdamWConfig {
         &self.config

@@ -42,7 +42,9 @@ impl LossWorkspace {
 /// `kT` (same energy units), so that `u = U/kT`.
 #[derive(Clone, Copy)]
 pub struct KlTarget<'a> {
+    /// The potential energy `U(x)`, with gradient `+∂U/∂x`.
     pub energy: &'a dyn Energy,
+    /// kT in the energy's units (> 0).
     pub kt: f64,
 }
 
@@ -164,6 +166,8 @@ pub struct Losses<'a> {
 }
 
 impl<'a> Losses<'a> {
+    /// The losses of `flow`'s prior and field under continuous RK4 with `n_steps` steps.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] if `n_steps` is outside `1..=100000`.

@@ -92,6 +92,7 @@ impl TrainConfig {
 pub struct EpochReport {
     /// 0-based epoch index.
     pub epoch: usize,
+    /// Epochs the run was configured for.
     pub n_epochs: usize,
     /// ML weight λ of this epoch.
     pub lambda: f64,
