@@ -29,6 +29,7 @@ pub struct Flow {
     prior: Prior,
     field: KernelField,
     integrator: Integrator,
+    tabulate: bool,
     tabulated: OnceLock<Option<Arc<TabulatedField>>>,
 }
 
@@ -71,6 +72,7 @@ impl Flow {
             prior,
             field,
             integrator,
+            tabulate: true,
             tabulated: OnceLock::new(),
         })
     }
@@ -84,11 +86,11 @@ impl Flow {
     fn tables(&self) -> Option<&TabulatedField> {
         self.tabulated
             .get_or_init(|| match self.integrator.method() {
-                Method::Rk4 { n_steps } => {
+                Method::Rk4 { n_steps } if self.tabulate => {
                     TabulatedField::new(&self.field, &TabulatedField::rk4_times(n_steps))
                         .map(Arc::new)
                 }
-                Method::Dopri5(_) => None,
+                _ => None,
             })
             .as_deref()
     }
@@ -136,6 +138,20 @@ impl Flow {
     pub fn set_integrator(&mut self, integrator: Integrator) {
         self.integrator = integrator;
         self.retabulate();
+    }
+
+    /// Chooses between the tabulated radial function (the default with RK4: fast, and exact
+    /// densities for the tabulated field) and the exact RBF sums everywhere (what training
+    /// differentiates; for comparisons with the training code).
+    pub fn set_tabulated(&mut self, tabulate: bool) {
+        self.tabulate = tabulate;
+        self.retabulate();
+    }
+
+    /// Whether fixed-grid integration uses radial tables (see [`Flow::set_tabulated`]).
+    #[must_use]
+    pub fn is_tabulated(&self) -> bool {
+        self.tabulate
     }
 
     /// Replaces the field parameters; on error the flow is unchanged.

@@ -34,6 +34,9 @@
 //!
 //! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems.
 //!
+//! **Training** ([`train`]): maximum likelihood, reverse KL and their mix, with exact gradients
+//! through the fixed-grid RK4 map (discretize-then-optimize) and AdamW.
+//!
 //! # Determinism and threads
 //!
 //! A [`Flow`] is immutable and `Sync`. Batches run in parallel with rayon; sample `i` of a call
@@ -52,6 +55,7 @@ pub mod io;
 pub mod mcmc;
 pub mod prior;
 pub mod system;
+pub mod train;
 
 // The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
 // attribute above denies everywhere else.

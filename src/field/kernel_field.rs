@@ -147,6 +147,32 @@ impl KernelField {
         &self.params
     }
 
+    /// Padded distance centres μ_k; padding entries sit so far away that their Gaussians are
+    /// exactly 0. For the reverse pass, which must see the same kernels as the forward loop.
+    pub(crate) fn mu_padded(&self) -> &[f64] {
+        &self.mu_pad
+    }
+
+    /// Padded `a_k = 1/γ_k² = exp(2·(−log γ_k))` of the distance basis (padding entries 1).
+    pub(crate) fn inv_gamma_sq_padded(&self) -> &[f64] {
+        &self.a_pad
+    }
+
+    /// W transposed and padded, R rows of the padded K (`w_t[r*Kp + k] = W_kr`).
+    pub(crate) fn w_transposed(&self) -> &[f64] {
+        &self.w_t
+    }
+
+    /// `s_k²`, padded with zeros.
+    pub(crate) fn s_squared_padded(&self) -> &[f64] {
+        &self.s_sq
+    }
+
+    /// `a_r = 1/γ_r²` of the time basis (length R).
+    pub(crate) fn inv_gamma_sq_time(&self) -> &[f64] {
+        &self.a_time
+    }
+
     /// Normalised time basis `τ_r(t)` into `tau` (length R).
     pub fn time_basis_into(&self, t: f64, tau: &mut [f64]) {
         let mut total = 0.0;

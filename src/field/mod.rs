@@ -4,7 +4,8 @@
 //! a sum of radial pair forces, hence equivariant under permutations, rotations, reflections and
 //! translations, with `Σ_i v_i = 0` (the centre of mass is conserved). Its divergence and its
 //! Jacobian are computed in closed form from `φ` and `∂φ/∂d`, the exact derivatives of the
-//! field as implemented (ε_d and the underflow rule of [`exp`] included).
+//! field as implemented (ε_d and the underflow rule of [`exp`] included); the reverse pass
+//! ([`KernelField::vjp_into`]) differentiates one evaluation with respect to x and the parameters.
 
 pub mod exp;
 mod kernel_field;
@@ -12,6 +13,7 @@ mod kernels;
 mod pairs;
 mod params;
 mod radial;
+pub mod reverse;
 mod table;
 
 pub use kernel_field::KernelField;
@@ -19,6 +21,8 @@ pub use kernels::{KernelConfig, MAX_DIST_KERNELS, MAX_TIME_KERNELS};
 pub use pairs::EPS_D;
 pub use params::ParamLayout;
 pub use radial::TimeSlice;
+pub use reverse::{Cotangent, VjpScratch};
+pub(crate) use reverse::{ParamAccumulator, TimePoint};
 pub use table::TabulatedField;
 
 /// A time-dependent vector field on R^n with its exact divergence and Jacobian: what an

@@ -1,0 +1,319 @@
+//! The reverse pass through fixed-grid RK4 on the augmented state (x, ℓ), `dℓ/dt = div v`
+//! (discretize-then-optimize: the exact derivative of the discrete map the flow applies).
+//!
+//! One RK4 step from `(x, t)` with signed step `h` (negative when integrating from t = 1 to 0):
+//!
+//! ```text
+//! k1 = v(x, t)              y2 = x + h/2·k1      k2 = v(y2, t + h/2)
+//! y3 = x + h/2·k2           k3 = v(y3, t + h/2)  y4 = x + h·k3         k4 = v(y4, t + h)
+//! x' = x + h/6·(k1 + 2k2 + 2k3 + k4)             ℓ' = ℓ + h/6·(div1 + 2div2 + 2div3 + div4)
+//! ```
+//!
+//! Given `x̄'` and `ℓ̄` (ℓ enters every loss linearly, so `ℓ̄` is the same at every step), the
+//! adjoint runs the stages backwards, each through the field's vector–Jacobian product
+//! ([`KernelField::vjp_into`]) with cotangent `(k̄_s, div̄_s)`:
+//!
+//! ```text
+//! k̄4 = h/6·x̄'                 div̄4 = h/6·ℓ̄     → ȳ4 = VJP at (y4, t + h)
+//! k̄3 = h/3·x̄' + h·ȳ4          div̄3 = h/3·ℓ̄     → ȳ3 = VJP at (y3, t + h/2)
+//! k̄2 = h/3·x̄' + h/2·ȳ3        div̄2 = h/3·ℓ̄     → ȳ2 = VJP at (y2, t + h/2)
+//! k̄1 = h/6·x̄' + h/2·ȳ2        div̄1 = h/6·ℓ̄     → ȳ1 = VJP at (x, t)
+//! x̄ = x̄' + ȳ1 + ȳ2 + ȳ3 + ȳ4
+//! ```
+//!
+//! and every VJP adds its parameter part to θ̄. The forward pass records the step start `x` and
+//! the stage points `y2, y3, y4` (reconstructed bit for bit from the stage velocities the step
+//! left in its workspace), 4·N·D numbers per step, so the reverse pass evaluates the field only
+//! through its VJP and never re-integrates.
+//!
+//! The field's time basis at the distinct stage times (about 2n + 1 of them) is computed once
+//! per parameter set and direction and kept in the tape (re-derived when the field's parameters
+//! change), so that a batch of samples pays for it once per thread rather than per evaluation.
+//! Since the parameter part of the VJP is linear in the per-evaluation `(w̄, c̄)` at a fixed
+//! time, these are summed per distinct time and the time fold is undone once per time point.
+
+use crate::error::{Error, Result};
+use crate::field::{Cotangent, KernelField, ParamAccumulator, TimePoint, VjpScratch};
+use crate::integrate::{Workspace, axpy_into, grid_time, rk4_step};
+
+/// Records a continuous-mode RK4 integration and runs its reverse pass. Sized once for a state
+/// length and a step count; reuse one per thread: neither pass allocates.
+#[derive(Debug, Clone)]
+pub struct Rk4Tape {
+    len: usize,
+    n_steps: usize,
+    recorded: bool,
+    ws: Workspace,
+    /// Per executed step: t, signed h.
+    steps: Vec<(f64, f64)>,
+    /// Per executed step: `x`, `y2`, `y3`, `y4`, each of length `len`.
+    states: Vec<f64>,
+    x_bar: Vec<f64>,
+    x_acc: Vec<f64>,
+    y_bar: Vec<f64>,
+    k_bar: Vec<f64>,
+    vjp: VjpScratch,
+    acc: ParamAccumulator,
+    /// Time basis at the distinct stage times of the recorded steps (equal bits, one entry),
+    /// valid for the parameters and time centres in `grid_key` and the direction
+    /// `grid_forward`; `grid_index[3s + j]` locates `t`, `t + h/2`, `t + h` of step s.
+    grid: Vec<TimePoint>,
+    grid_times: Vec<u64>,
+    grid_index: Vec<usize>,
+    /// Per grid time: `Σ w̄` (padded K) and `Σ c̄` of the evaluations at that time, unfolded
+    /// once per time at the end of the reverse pass (the unfold is linear).
+    w_sums: Vec<f64>,
+    c_sums: Vec<f64>,
+    grid_key: Vec<f64>,
+    grid_forward: Option<bool>,
+    forward: bool,
+}
+
+impl Rk4Tape {
+    /// A tape for states of length `len` (N·D) and `n_steps` equal RK4 steps on [0, 1].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `len` is 0 or `n_steps` is outside `1..=100000` (the range
+    /// [`crate::integrate::Integrator`] accepts).
+    pub fn new(len: usize, n_steps: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::invalid("RK4 tape: state length must be positive"));
+        }
+        check_n_steps(n_steps)?;
+        let v = || vec![0.0; len];
+        Ok(Rk4Tape {
+            len,
+            n_steps,
+            recorded: false,
+            ws: Workspace::new(len),
+            steps: vec![(0.0, 0.0); n_steps],
+            states: vec![0.0; 4 * n_steps * len],
+            x_bar: v(),
+            x_acc: v(),
+            y_bar: v(),
+            k_bar: v(),
+            vjp: VjpScratch::new(),
+            acc: ParamAccumulator::default(),
+            grid: Vec::with_capacity(3 * n_steps),
+            grid_times: Vec::with_capacity(3 * n_steps),
+            grid_index: Vec::with_capacity(3 * n_steps),
+            w_sums: Vec::new(),
+            c_sums: Vec::new(),
+            grid_key: Vec::new(),
+            grid_forward: None,
+            forward: true,
+        })
+    }
+
+    /// Number of RK4 steps on [0, 1].
+    #[must_use]
+    pub fn n_steps(&self) -> usize {
+        self.n_steps
+    }
+
+    /// State length N·D.
+    #[must_use]
+    pub fn state_len(&self) -> usize {
+        self.len
+    }
+
+    /// Integrates `x` in place from t = 0 to 1 (`forward`) or from 1 to 0, recording the
+    /// trajectory, and returns ℓ(end) − ℓ(start): `log|det ∂x(1)/∂x(0)|` forward,
+    /// `log|det ∂x(0)/∂x(1)|` backward. The arithmetic is that of the flow's continuous RK4
+    /// mode, so the result is bit-identical to [`crate::integrate::Integrator`] with
+    /// `Method::Rk4` and `DensityMode::Continuous`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DimensionMismatch`] for a wrong `x` or field size; [`Error::NonFinite`] if the
+    /// trajectory or ℓ is not finite (the tape is then unusable until the next integration).
+    pub fn integrate(&mut self, field: &KernelField, x: &mut [f64], forward: bool) -> Result<f64> {
+        use crate::field::VectorField;
+        if x.len() != self.len || field.state_len() != self.len {
+            return Err(Error::size("RK4 tape state", self.len, x.len()));
+        }
+        self.recorded = false;
+        self.forward = forward;
+        let n = self.n_steps;
+        let len = self.len;
+        let h = 1.0 / n as f64;
+        let mut log_det = 0.0;
+        for s in 0..n {
+            // The same grid points and order as `rk4::integrate`.
+            let (t, hs) = if forward {
+                (grid_time(s, n), h)
+            } else {
+                (grid_time(n - s, n), -h)
+            };
+            self.steps[s] = (t, hs);
+            let base = 4 * s * len;
+            self.states[base..base + len].copy_from_slice(x);
+            log_det += rk4_step(field, x, t, hs, &mut self.ws);
+            let half = 0.5 * hs;
+            let (x0, rest) = self.states[base..base + 4 * len].split_at_mut(len);
+            let (y2, rest) = rest.split_at_mut(len);
+            let (y3, y4) = rest.split_at_mut(len);
+            axpy_into(y2, x0, half, &self.ws.k[0]);
+            axpy_into(y3, x0, half, &self.ws.k[1]);
+            axpy_into(y4, x0, hs, &self.ws.k[2]);
+        }
+        if !log_det.is_finite() {
+            return Err(Error::non_finite("log-determinant of the flow map"));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::non_finite(format!(
+                "flow output coordinate {i} (the field blew up)"
+            )));
+        }
+        self.recorded = true;
+        Ok(log_det)
+    }
+
+    /// The reverse pass of the last [`Rk4Tape::integrate`]: given the cotangent `x_bar_end` of
+    /// the end state and `log_det_bar` of the returned ℓ(end) − ℓ(start), adds `∂L/∂θ` to
+    /// `theta_bar` (flat parameter layout of `field`, which must be the field that was
+    /// integrated) and returns `∂L/∂x` at the start state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] if nothing was recorded; [`Error::DimensionMismatch`] for wrong
+    /// sizes.
+    pub fn backward(
+        &mut self,
+        field: &KernelField,
+        x_bar_end: &[f64],
+        log_det_bar: f64,
+        theta_bar: &mut [f64],
+    ) -> Result<&[f64]> {
+        if !self.recorded {
+            return Err(Error::InvalidState {
+                what: "RK4 tape: backward without a successful integrate".into(),
+            });
+        }
+        if x_bar_end.len() != self.len {
+            return Err(Error::size("RK4 tape x_bar", self.len, x_bar_end.len()));
+        }
+        if theta_bar.len() != field.param_layout().len() {
+            return Err(Error::size(
+                "RK4 tape theta_bar",
+                field.param_layout().len(),
+                theta_bar.len(),
+            ));
+        }
+        self.prepare_grid(field);
+        self.acc.reset(field);
+        let kp = field.mu_padded().len();
+        self.w_sums.clear();
+        self.w_sums.resize(self.grid.len() * kp, 0.0);
+        self.c_sums.clear();
+        self.c_sums.resize(self.grid.len(), 0.0);
+        let len = self.len;
+        self.x_bar.copy_from_slice(x_bar_end);
+        let lb = log_det_bar;
+        for s in (0..self.n_steps).rev() {
+            let (_, h) = self.steps[s];
+            let half = 0.5 * h;
+            let sixth = h / 6.0;
+            let third = 2.0 * sixth;
+            let base = 4 * s * len;
+            let states = &self.states[base..base + 4 * len];
+            let (x0, rest) = states.split_at(len);
+            let (y2, rest) = rest.split_at(len);
+            let (y3, y4) = rest.split_at(len);
+            let [i_t, i_half, i_end] = [0, 1, 2].map(|j| self.grid_index[3 * s + j]);
+            self.x_acc.copy_from_slice(&self.x_bar);
+            // Stage 4 has no later stage: its k̄ reads ȳ = 0.
+            self.y_bar.fill(0.0);
+            // (stage point, time index, weight of x̄' in k̄, weight of the later stage's ȳ, div̄)
+            let stages: [(&[f64], usize, f64, f64, f64); 4] = [
+                (y4, i_end, sixth, 0.0, sixth * lb),
+                (y3, i_half, third, h, third * lb),
+                (y2, i_half, third, half, third * lb),
+                (x0, i_t, sixth, half, sixth * lb),
+            ];
+            for (y, i, wx, wy, div_bar) in stages {
+                for ((k, xb), yb) in self.k_bar.iter_mut().zip(&self.x_bar).zip(&self.y_bar) {
+                    *k = wx * xb + wy * yb;
+                }
+                self.y_bar.fill(0.0);
+                let cot = Cotangent {
+                    v: &self.k_bar,
+                    div: div_bar,
+                };
+                self.c_sums[i] += field.vjp_pairs_at(
+                    y,
+                    &self.grid[i],
+                    cot,
+                    &mut self.y_bar,
+                    &mut self.w_sums[i * kp..(i + 1) * kp],
+                    &mut self.acc,
+                    &mut self.vjp,
+                );
+                for (a, yb) in self.x_acc.iter_mut().zip(&self.y_bar) {
+                    *a += yb;
+                }
+            }
+            std::mem::swap(&mut self.x_bar, &mut self.x_acc);
+        }
+        for (i, point) in self.grid.iter().enumerate() {
+            let w_sum = &mut self.w_sums[i * kp..(i + 1) * kp];
+            field.unfold_time(point, self.c_sums[i], w_sum, &mut self.acc);
+        }
+        self.acc.add_to(field, theta_bar);
+        Ok(&self.x_bar)
+    }
+
+    /// Makes `grid` hold the time basis at the stage times of the recorded steps for `field`'s
+    /// current parameters, recomputing it only when they (or the direction) changed.
+    fn prepare_grid(&mut self, field: &KernelField) {
+        let params = field.params();
+        let mu_t = &field.kernels().mu_time;
+        // Bitwise, so that a reused grid is exactly the one these parameters would give.
+        let same = self.grid_forward == Some(self.forward)
+            && self.grid_key.len() == params.len() + mu_t.len()
+            && self
+                .grid_key
+                .iter()
+                .zip(params.iter().chain(mu_t))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        if same {
+            return;
+        }
+        self.grid.clear();
+        self.grid_times.clear();
+        self.grid_index.clear();
+        for &(t, h) in &self.steps {
+            // The stage times exactly as `rk4::step` forms them.
+            let half = 0.5 * h;
+            for ts in [t, t + half, t + h] {
+                let bits = ts.to_bits();
+                // Few distinct times (about 2n + 1): a linear search from the back finds the
+                // neighbouring step's shared grid point at once.
+                let i = match self.grid_times.iter().rposition(|&b| b == bits) {
+                    Some(i) => i,
+                    None => {
+                        self.grid_times.push(bits);
+                        self.grid.push(field.time_point(ts));
+                        self.grid.len() - 1
+                    }
+                };
+                self.grid_index.push(i);
+            }
+        }
+        self.grid_key.clear();
+        self.grid_key.extend_from_slice(params);
+        self.grid_key.extend_from_slice(mu_t);
+        self.grid_forward = Some(self.forward);
+    }
+}
+
+/// The step counts a tape accepts, those of [`crate::integrate::Integrator`]: `1..=100000`.
+pub(crate) fn check_n_steps(n_steps: usize) -> Result<()> {
+    if n_steps == 0 || n_steps > 100_000 {
+        return Err(Error::invalid(format!(
+            "RK4 n_steps must be in 1..=100000, got {n_steps}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! The training loop: epochs of shuffled minibatches, the mixed loss with its λ schedule, AdamW,
+//! validation NLL per epoch and the best parameters kept.
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::losses::{KlTarget, Losses};
+use super::schedule::LambdaSchedule;
+use crate::energy::Energy;
+use crate::error::{Error, Result, check_finite};
+use crate::flow::{Flow, sample_rng};
+
+// Shuffles use their own key so they never share a stream with the KL latents (which use `seed`).
+const SHUFFLE_KEY: u64 = 0x5348_5546_464c_4521;
+
+/// Settings of a training run. `Default` is the paper's DW-4 protocol (DESIGN.md §2): 50 epochs,
+/// batch 64, RK4 with 20 steps, AdamW lr 5e-3 with AMSGrad and weight decay 1e-12, pure ML
+/// (λ = 1); for the ML+KL phase set `lambda` to [`LambdaSchedule::paper_ml_kl`] and give an
+/// energy (64 prior samples per KL term).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    /// Passes over the training set (≥ 1).
+    pub n_epochs: usize,
+    /// Training configurations per optimiser step (≥ 1); the last batch of an epoch may be
+    /// smaller.
+    pub batch_size: usize,
+    /// RK4 steps on [0, 1] of the map the losses differentiate (continuous mode).
+    pub n_rk4_steps: usize,
+    /// The optimiser.
+    pub optimizer: AdamWConfig,
+    /// ML weight λ of the mixed loss per epoch.
+    pub lambda: LambdaSchedule,
+    /// Prior samples per KL term (≥ 1 when some λ < 1).
+    pub n_kl_samples: usize,
+    /// Temperature of the KL target, in the energy's units (> 0).
+    pub kt: f64,
+    /// Seeds the shuffles and the KL latents; the whole run is a function of it.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            n_epochs: 50,
+            batch_size: 64,
+            n_rk4_steps: 20,
+            optimizer: AdamWConfig::default(),
+            lambda: LambdaSchedule::default(),
+            n_kl_samples: 64,
+            kt: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the offending setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_epochs == 0 {
+            return Err(Error::invalid("n_epochs must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size must be at least 1"));
+        }
+        super::reverse::check_n_steps(self.n_rk4_steps)?;
+        self.optimizer.validate()?;
+        self.lambda.validate()?;
+        if self.lambda.needs_kl() && self.n_kl_samples == 0 {
+            return Err(Error::invalid(
+                "n_kl_samples must be at least 1 when λ < 1 in some epoch",
+            ));
+        }
+        if !(self.kt.is_finite() && self.kt > 0.0) {
+            return Err(Error::invalid(format!(
+                "kT must be positive and finite, got {}",
+                self.kt
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one epoch did; passed to the progress callback and kept in the [`TrainSummary`].
+/// Losses are in nats (per configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// 0-based epoch index.
+    pub epoch: usize,
+    /// Epochs the run was configured for.
+    pub n_epochs: usize,
+    /// ML weight λ of this epoch.
+    pub lambda: f64,
+    /// Optimiser steps taken in this epoch.
+    pub n_steps: usize,
+    /// Mean `−log q` of the training configurations over the epoch's minibatches, each taken
+    /// with the parameters of its step (the parameters move during the epoch).
+    pub train_nll: f64,
+    /// Mean KL loss `u(F(z)) − log|det ∂F/∂z|` over the epoch's steps, if λ < 1.
+    pub train_kl: Option<f64>,
+    /// Mean mixed loss `λ·NLL + (1 − λ)·KL` over the epoch's steps.
+    pub train_loss: f64,
+    /// Mean `−log q` of the validation set with the parameters at the end of the epoch, if a
+    /// validation set was given.
+    pub validation_nll: Option<f64>,
+    /// Wall time since training started.
+    pub elapsed: Duration,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// One report per completed epoch.
+    pub epochs: Vec<EpochReport>,
+    /// Validation NLL of the parameters before training, if a validation set was given.
+    pub initial_validation_nll: Option<f64>,
+    /// The epoch whose parameters were left in the flow: the lowest validation NLL (earliest
+    /// on ties) if a validation set was given, else the last completed epoch.
+    pub best_epoch: usize,
+    /// True if the progress callback stopped the run.
+    pub stopped_early: bool,
+    /// Total optimiser steps.
+    pub n_steps: u64,
+    /// Wall time of the whole run.
+    pub wall_time: Duration,
+}
+
+/// A training run over a data set, optionally with a validation set and a KL target energy.
+///
+/// Deterministic: for a given flow, data, energy and config, the parameters after training are
+/// bit-identical for any number of rayon threads (samples of a batch run in parallel, each
+/// sequentially, and gradients are reduced in index order; shuffles and KL latents come from
+/// streams derived from `config.seed`).
+#[derive(Clone, Copy)]
+pub struct Trainer<'a> {
+    config: TrainConfig,
+    train: &'a [f64],
+    validation: Option<&'a [f64]>,
+    energy: Option<&'a dyn Energy>,
+}
+
+impl std::fmt::Debug for Trainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.config)
+            .field("train_len", &self.train.len())
+            .field("validation_len", &self.validation.map(<[f64]>::len))
+            .field("energy", &self.energy.is_some())
+            .finish()
+    }
+}
+
+impl<'a> Trainer<'a> {
+    /// A run on the training configurations `train` (n·N·D, particle-major, any centres of
+    /// mass: each is removed before use).
+    #[must_use]
+    pub fn new(config: TrainConfig, train: &'a [f64]) -> Self {
+        Trainer {
+            config,
+            train,
+            validation: None,
+            energy: None,
+        }
+    }
+
+    /// Adds a held-out set, evaluated after every epoch; the best epoch's parameters are kept.
+    #[must_use]
+    pub fn with_validation(mut self, validation: &'a [f64]) -> Self {
+        self.validation = Some(validation);
+        self
+    }
+
+    /// Adds the target energy of the KL term (needed when some λ < 1); `u = U/config.kt`.
+    #[must_use]
+    pub fn with_energy(mut self, energy: &'a dyn Energy) -> Self {
+        self.energy = Some(energy);
+        self
+    }
+
+    /// Trains `flow` and leaves the best parameters in it (see [`TrainSummary::best_epoch`]).
+    /// `progress` is called after every epoch; returning `false` stops the run (the summary
+    /// then says `stopped_early`). The flow's integrator is not changed: training always
+    /// differentiates continuous-mode RK4 with `config.n_rk4_steps` steps.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an invalid config, a missing or mismatched energy;
+    /// [`Error::DimensionMismatch`] / [`Error::NonFinite`] for malformed data; any error of the
+    /// losses during training (e.g. a KL sample with `U = +∞`), or parameters the field
+    /// rejects after a step. On error the flow is unchanged.
+    pub fn run<F>(&self, flow: &mut Flow, mut progress: F) -> Result<TrainSummary>
+    where
+        F: FnMut(&EpochReport) -> bool,
+    {
+        let start = Instant::now();
+        let c = self.config;
+        c.validate()?;
+        let len = flow.layout().len();
+        let n_train = check_data(self.train, len, "training set")?;
+        if let Some(v) = self.validation {
+            check_data(v, len, "validation set")?;
+        }
+        let energy = match (self.energy, c.lambda.needs_kl()) {
+            (Some(e), _) => Some(e),
+            (None, false) => None,
+            (None, true) => {
+                return Err(Error::invalid(
+                    "the λ schedule has λ < 1, so the KL term needs an energy (with_energy)",
+                ));
+            }
+        };
+        if let Some(e) = energy {
+            if e.n_particles() != flow.n_particles() || e.dim() != flow.dim() {
+                return Err(Error::invalid(format!(
+                    "energy is for {} particles in {} dimensions, the flow for {} in {}",
+                    e.n_particles(),
+                    e.dim(),
+                    flow.n_particles(),
+                    flow.dim()
+                )));
+            }
+        }
+
+        let mut work = flow.clone();
+        let mut params = work.field().params().to_vec();
+        let n_params = params.len();
+        let mut opt = AdamW::new(c.optimizer, n_params)?;
+        let validation_nll = |f: &Flow| -> Result<Option<f64>> {
+            self.validation
+                .map(|v| Losses::new(f, c.n_rk4_steps)?.nll(v))
+                .transpose()
+        };
+        let initial_validation_nll = validation_nll(&work)?;
+
+        let mut order: Vec<usize> = Vec::with_capacity(n_train);
+        let mut batch = vec![0.0; c.batch_size.min(n_train) * len];
+        let mut g_ml = vec![0.0; n_params];
+        let mut g_kl = vec![0.0; n_params];
+        let mut g = vec![0.0; n_params];
+        let mut epochs = Vec::with_capacity(c.n_epochs);
+        let mut best: Option<(f64, usize, Vec<f64>)> = None;
+        let mut step_index: u64 = 0;
+        let mut stopped_early = false;
+
+        for epoch in 0..c.n_epochs {
+            let lambda = c.lambda.at(epoch, c.n_epochs);
+            shuffled_order(&mut order, n_train, c.seed, epoch as u64);
+            let (mut sum_nll, mut sum_kl, mut sum_loss, mut n_steps) = (0.0, 0.0, 0.0, 0);
+            for chunk in order.chunks(c.batch_size) {
+                let xb = &mut batch[..chunk.len() * len];
+                for (dst, &i) in xb.chunks_exact_mut(len).zip(chunk) {
+                    dst.copy_from_slice(&self.train[i * len..(i + 1) * len]);
+                }
+                let losses = Losses::new(&work, c.n_rk4_steps)?;
+                let nll = if lambda > 0.0 {
+                    losses.ml_gradient_into(xb, &mut g_ml)?
+                } else {
+                    losses.nll(xb)?
+                };
+                let kl = match energy {
+                    Some(energy) if lambda < 1.0 => {
+                        let target = KlTarget { energy, kt: c.kt };
+                        let first = step_index.wrapping_mul(c.n_kl_samples as u64);
+                        Some(losses.kl_gradient_into(
+                            target,
+                            c.seed,
+                            first,
+                            c.n_kl_samples,
+                            &mut g_kl,
+                        )?)
+                    }
+                    _ => None,
+                };
+                match kl {
+                    None => g.copy_from_slice(&g_ml),
+                    Some(_) if lambda == 0.0 => g.copy_from_slice(&g_kl),
+                    Some(_) => {
+                        for ((g, a), b) in g.iter_mut().zip(&g_ml).zip(&g_kl) {
+                            *g = lambda * a + (1.0 - lambda) * b;
+                        }
+                    }
+                }
+                opt.step(&mut params, &g)?;
+                work.set_params(&params)?;
+                sum_nll += nll * chunk.len() as f64;
+                let kl_value = kl.unwrap_or(0.0);
+                sum_kl += kl_value;
+                sum_loss += match kl {
+                    Some(k) => lambda * nll + (1.0 - lambda) * k,
+                    None => nll,
+                };
+                n_steps += 1;
+                step_index += 1;
+            }
+            let validation_nll = validation_nll(&work)?;
+            let report = EpochReport {
+                epoch,
+                n_epochs: c.n_epochs,
+                lambda,
+                n_steps,
+                train_nll: sum_nll / n_train as f64,
+                train_kl: (energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
+                train_loss: sum_loss / n_steps as f64,
+                validation_nll,
+                elapsed: start.elapsed(),
+            };
+            // Keep the best parameters by validation NLL; without a validation set, the last.
+            let better = match (validation_nll, &best) {
+                (Some(v), Some((b, _, _))) => v < *b,
+                _ => true,
+            };
+            if better {
+                best = Some((validation_nll.unwrap_or(f64::NAN), epoch, params.clone()));
+            }
+            let keep_going = progress(&report);
+            epochs.push(report);
+            if !keep_going {
+                stopped_early = true;
+                break;
+            }
+        }
+        let (_, best_epoch, best_params) = best.expect("at least one epoch ran");
+        flow.set_params(&best_params)?;
+        Ok(TrainSummary {
+            epochs,
+            initial_validation_nll,
+            best_epoch,
+            stopped_early,
+            n_steps: step_index,
+            wall_time: start.elapsed(),
+        })
+    }
+}
+
+/// Number of configurations in `x`, after checking it holds whole, finite configurations.
+fn check_data(x: &[f64], len: usize, what: &str) -> Result<usize> {
+    if x.is_empty() || x.len() % len != 0 {
+        return Err(Error::size(
+            format!("{what} (a positive multiple of N·D)"),
+            len * (x.len() / len).max(1),
+            x.len(),
+        ));
+    }
+    check_finite(x, what)?;
+    Ok(x.len() / len)
+}
+
+/// `order` becomes a permutation of `0..n` that depends only on `(seed, epoch)` (Fisher–Yates).
+fn shuffled_order(order: &mut Vec<usize>, n: usize, seed: u64, epoch: u64) {
+    order.clear();
+    order.extend(0..n);
+    let mut rng = sample_rng(seed ^ SHUFFLE_KEY, epoch);
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffles_are_permutations_fixed_by_seed_and_epoch() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        shuffled_order(&mut a, 100, 7, 3);
+        shuffled_order(&mut b, 100, 7, 3);
+        assert_eq!(a, b);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        shuffled_order(&mut b, 100, 7, 4);
+        assert_ne!(a, b);
+        shuffled_order(&mut b, 100, 8, 3);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn default_config_is_the_paper_protocol_and_validation_catches_bad_settings() {
+        let c = TrainConfig::default();
+        c.validate().unwrap();
+        assert_eq!((c.n_epochs, c.batch_size, c.n_rk4_steps), (50, 64, 20));
+        assert_eq!(c.optimizer.lr, 5e-3);
+        assert!(c.optimizer.amsgrad);
+        assert_eq!(c.optimizer.weight_decay, 1e-12);
+        assert_eq!(c.n_kl_samples, 64);
+        for bad in [
+            TrainConfig { n_epochs: 0, ..c },
+            TrainConfig { batch_size: 0, ..c },
+            TrainConfig {
+                n_rk4_steps: 0,
+                ..c
+            },
+            TrainConfig { kt: 0.0, ..c },
+            TrainConfig {
+                lambda: LambdaSchedule::paper_ml_kl(),
+                n_kl_samples: 0,
+                ..c
+            },
+            TrainConfig {
+                lambda: LambdaSchedule::Constant(2.0),
+                ..c
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
