@@ -68,7 +68,11 @@ pub fn energy_histograms(
     let series = [
         ("MCMC", histogram(mcmc_u, None, lo, hi, n_bins), BLACK),
         ("flow", histogram(flow_u, None, lo, hi, n_bins), BLUE),
-        ("flow, reweighted", histogram(flow_u, Some(&w), lo, hi, n_bins), RED),
+        (
+            "flow, reweighted",
+            histogram(flow_u, Some(&w), lo, hi, n_bins),
+            RED,
+        ),
     ];
     let y_max = series
         .iter()
@@ -99,18 +103,20 @@ pub fn energy_histograms(
     }
     let width = (hi - lo) / n_bins as f64;
     for (name, h, color) in &series {
-        let points = h
-            .iter()
-            .enumerate()
-            .flat_map(|(i, v)| [(lo + i as f64 * width, *v), (lo + (i + 1) as f64 * width, *v)]);
+        let points = h.iter().enumerate().flat_map(|(i, v)| {
+            [
+                (lo + i as f64 * width, *v),
+                (lo + (i + 1) as f64 * width, *v),
+            ]
+        });
         let drawn = chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| err(&e))?;
         if labels {
             let c = *color;
-            drawn
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            drawn.label(*name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+            });
         }
     }
     if labels {
