@@ -48,6 +48,7 @@ pub mod field;
 pub mod flow;
 pub mod geometry;
 pub mod integrate;
+pub mod mc_move;
 pub mod prior;
 
 // The C ABI (`include/eqflow.h`): the only module allowed to use `unsafe`, which the crate
@@ -58,3 +59,4 @@ pub mod ffi;
 pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
 pub use flow::Flow;
+pub use mc_move::FlowMove;
