@@ -516,3 +516,60 @@ fn examples_are_clean_under_valgrind() {
         }
     });
 }
+
+/// Function names declared in the committed header (identifiers followed by `(`, excluding
+/// function-pointer typedefs and comments).
+fn header_functions() -> Vec<String> {
+    let header = std::fs::read_to_string(manifest_dir().join("include").join("eqflow.h"))
+        .expect("read include/eqflow.h");
+    let mut names = Vec::new();
+    for line in header.lines() {
+        let code = line.trim_start();
+        if code.starts_with('*') || code.starts_with("/*") || code.starts_with("//") {
+            continue;
+        }
+        for (start, _) in code.match_indices("eqf_") {
+            let rest = &code[start..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let preceded_by_pointer = code[..start].ends_with("(*");
+            if rest[end..].starts_with('(') && !preceded_by_pointer {
+                names.push(rest[..end].to_owned());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The shared library exports exactly the functions of the header: nothing of Rust's standard
+/// library or of the dependencies leaks into the host's symbol namespace, and no declared
+/// function is missing.
+#[test]
+fn shared_library_exports_exactly_the_header_functions() {
+    let mut command = Command::new("nm");
+    command
+        .args(["-D", "--defined-only"])
+        .arg(&libraries().shared);
+    let Ok(output) = command.output() else {
+        println!("skipped: nm is not installed");
+        return;
+    };
+    assert!(output.status.success(), "{}", describe(&command, &output));
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let mut exported: Vec<String> = listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().last().map(str::to_owned))
+        .collect();
+    exported.sort();
+    let foreign: Vec<&String> = exported.iter().filter(|s| !s.starts_with("eqf_")).collect();
+    assert!(foreign.is_empty(), "non-eqf_ symbols exported: {foreign:?}");
+    let declared = header_functions();
+    assert!(declared.len() > 20, "header scan found only {declared:?}");
+    assert_eq!(
+        exported, declared,
+        "exported functions differ from the header's"
+    );
+}
