@@ -127,10 +127,36 @@ pub extern "C" fn eqf_num_threads() -> i64 {
 mod tests {
     use super::*;
     use crate::ffi::EQF_ERR_INVALID_ARGUMENT;
+    use crate::ffi::flow::{
+        eqf_flow, eqf_flow_free, eqf_flow_log_density, eqf_flow_new, eqf_flow_sample,
+    };
+    use crate::ffi::log::eqf_set_log_callback;
+    use crate::ffi::log::tests::{INSTALLS, RECEIVED, record};
+
+    /// Samples and log-densities through the C API with the current pool.
+    fn sample_and_evaluate(flow: *const eqf_flow) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let n = 37;
+        let (mut x, mut log_q, mut again) = (vec![0.0; n * 6], vec![0.0; n], vec![0.0; n]);
+        // SAFETY: live flow handle; buffers of n*N*D and n doubles.
+        unsafe {
+            let status = eqf_flow_sample(flow, 11, n as i64, x.as_mut_ptr(), log_q.as_mut_ptr());
+            assert_eq!(status, 0);
+            let status = eqf_flow_log_density(flow, n as i64, x.as_ptr(), again.as_mut_ptr());
+            assert_eq!(status, 0);
+        }
+        (x, log_q, again)
+    }
 
     #[test]
-    fn thread_counts_are_validated_and_applied() {
+    fn thread_counts_are_validated_applied_logged_and_change_no_result() {
         // Tests in this binary run concurrently and share the pool: only this test changes it.
+        let _guard = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut flow = std::ptr::null_mut();
+        // SAFETY: a valid pointer slot.
+        assert_eq!(unsafe { eqf_flow_new(3, 2, 4, &raw mut flow) }, 0);
+        // SAFETY: `record` is thread-safe; the user pointer is never dereferenced.
+        unsafe { eqf_set_log_callback(Some(record), std::ptr::null_mut()) };
+
         assert_eq!(eqf_set_num_threads(-1), EQF_ERR_INVALID_ARGUMENT);
         assert_eq!(
             eqf_set_num_threads(MAX_THREADS + 1),
@@ -140,9 +166,25 @@ mod tests {
         assert_eq!(eqf_num_threads(), 3);
         let inside = install(|| Ok(rayon::current_num_threads())).unwrap();
         assert_eq!(inside, 3);
+        let three = sample_and_evaluate(flow);
         assert_eq!(eqf_set_num_threads(1), 0);
         assert_eq!(eqf_num_threads(), 1);
+        let one = sample_and_evaluate(flow);
+        assert_eq!(one, three, "results depend on the number of threads");
         assert_eq!(eqf_set_num_threads(0), 0);
         assert!(eqf_num_threads() >= 1);
+
+        // SAFETY: removing the callback is always allowed; the flow is freed once.
+        unsafe {
+            eqf_set_log_callback(None, std::ptr::null_mut());
+            assert_eq!(eqf_flow_free(flow), 0);
+        }
+        let received = RECEIVED.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            received.iter().any(
+                |(_, level, text)| *level == EQF_LOG_INFO && text.contains("pool of 1 threads")
+            ),
+            "{received:?}"
+        );
     }
 }
