@@ -109,7 +109,10 @@ pub(crate) mod tests {
         let text = unsafe { CStr::from_ptr(message) }
             .to_string_lossy()
             .into_owned();
-        RECEIVED.lock().unwrap().push((user as usize, level, text));
+        RECEIVED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((user as usize, level, text));
     }
 
     #[test]
