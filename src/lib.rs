@@ -34,6 +34,10 @@
 //!
 //! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems.
 //!
+//! **Monte Carlo move** ([`mc_move`]): independence Metropolis–Hastings with the flow as
+//! proposal, `x' = F(z) + c(x)` accepted with probability `min(1, exp(log w(x') − log w(x)))`,
+//! `log w = −U/kT − log q` ([`boltzmann`]).
+//!
 //! # Determinism and threads
 //!
 //! A [`Flow`] is immutable and `Sync`. Batches run in parallel with rayon; sample `i` of a call
