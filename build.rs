@@ -11,6 +11,20 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=EQFLOW_UPDATE_HEADER");
+    println!("cargo:rerun-if-env-changed=EQFLOW_SONAME");
+
+    // `make install` links the shared library with a soname (libeqflow.so.<ABI version>), so
+    // that programs record the ABI they were built against. Plain cargo builds leave it out:
+    // programs linked against target/*/libeqflow.so then find that very file at run time.
+    if let Ok(soname) = env::var("EQFLOW_SONAME") {
+        let elf = env::var("CARGO_CFG_TARGET_OBJECT_FORMAT").map_or_else(
+            |_| env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os != "macos" && os != "windows"),
+            |format| format == "elf",
+        );
+        if elf && !soname.is_empty() {
+            println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+        }
+    }
 
     let root =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

@@ -2,7 +2,8 @@
  * dw4_basic.c: a Boltzmann-generator estimate for the DW-4 system through the eqflow C API.
  *
  * Creates an (untrained) flow for N = 4 particles in D = 2 dimensions and the DW-4 double-well
- * energy (a = 0, b = -4, c = 0.9, d0 = 4), draws 1000 samples with their log-densities, checks
+ * energy (a = 0, b = -4, c = 0.9, d0 = 4), draws 1000 samples (or as many as the first
+ * argument says) with their log-densities, checks
  * that eqf_flow_log_density returns the same log q for them, evaluates the energies and reports
  * the Kish effective sample size of the importance weights w = exp(-U/kT - log q), kT = 1.
  *
@@ -17,7 +18,7 @@
 
 #define N_PARTICLES 4
 #define DIM 2
-#define N_SAMPLES 1000
+#define DEFAULT_SAMPLES 1000
 #define SEED_FLOW 7
 #define SEED_SAMPLES 2020
 #define KT 1.0
@@ -48,7 +49,9 @@ static void fail(const char *call, int32_t status) {
         }                                                                                \
     } while (0)
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* Optional sample count; the valgrind test passes a small one. */
+    const int64_t n_samples = argc > 1 ? (int64_t)strtol(argv[1], NULL, 10) : DEFAULT_SAMPLES;
     const int64_t per_sample = N_PARTICLES * DIM;
     int exit_code = 1;
     eqf_flow *flow = NULL;
@@ -59,13 +62,14 @@ int main(void) {
     double sum_w = 0.0, sum_w2 = 0.0, ess = 0.0;
     int64_t s, i, k;
 
-    x = (double *)malloc(sizeof(double) * N_SAMPLES * per_sample);
-    gradient = (double *)malloc(sizeof(double) * N_SAMPLES * per_sample);
-    log_q = (double *)malloc(sizeof(double) * N_SAMPLES);
-    log_q_again = (double *)malloc(sizeof(double) * N_SAMPLES);
-    energies = (double *)malloc(sizeof(double) * N_SAMPLES);
-    energies_again = (double *)malloc(sizeof(double) * N_SAMPLES);
-    log_w = (double *)malloc(sizeof(double) * N_SAMPLES);
+    REQUIRE(n_samples >= 1, "the sample count must be positive");
+    x = (double *)malloc(sizeof(double) * n_samples * per_sample);
+    gradient = (double *)malloc(sizeof(double) * n_samples * per_sample);
+    log_q = (double *)malloc(sizeof(double) * n_samples);
+    log_q_again = (double *)malloc(sizeof(double) * n_samples);
+    energies = (double *)malloc(sizeof(double) * n_samples);
+    energies_again = (double *)malloc(sizeof(double) * n_samples);
+    log_w = (double *)malloc(sizeof(double) * n_samples);
     REQUIRE(x && gradient && log_q && log_q_again && energies && energies_again && log_w,
             "out of memory");
 
@@ -76,8 +80,8 @@ int main(void) {
     CHECK(eqf_energy_double_well(N_PARTICLES, DIM, 0.0, -4.0, 0.9, 4.0, &energy));
 
     /* Samples x[s][i][k] = x[(s*N + i)*D + k], centre of mass at the origin. */
-    CHECK(eqf_flow_sample(flow, SEED_SAMPLES, N_SAMPLES, x, log_q));
-    for (s = 0; s < N_SAMPLES; s++) {
+    CHECK(eqf_flow_sample(flow, SEED_SAMPLES, n_samples, x, log_q));
+    for (s = 0; s < n_samples; s++) {
         REQUIRE(isfinite(log_q[s]), "log_q[%lld] = %g", (long long)s, log_q[s]);
         for (k = 0; k < DIM; k++) {
             double com = 0.0;
@@ -91,8 +95,8 @@ int main(void) {
     }
 
     /* The density of a proposal and the density evaluated later must agree (exact-discrete). */
-    CHECK(eqf_flow_log_density(flow, N_SAMPLES, x, log_q_again));
-    for (s = 0; s < N_SAMPLES; s++) {
+    CHECK(eqf_flow_log_density(flow, n_samples, x, log_q_again));
+    for (s = 0; s < n_samples; s++) {
         double difference = fabs(log_q[s] - log_q_again[s]);
         /* Written so that a NaN difference fails too. */
         REQUIRE(difference <= 1e-8, "sample %lld: log q %.17g from sampling, %.17g evaluated",
@@ -103,9 +107,9 @@ int main(void) {
     }
 
     /* Energies, once without and once with the gradient: the values must be identical. */
-    CHECK(eqf_energy_eval(energy, N_SAMPLES, x, energies, NULL));
-    CHECK(eqf_energy_eval(energy, N_SAMPLES, x, energies_again, gradient));
-    for (s = 0; s < N_SAMPLES; s++) {
+    CHECK(eqf_energy_eval(energy, n_samples, x, energies, NULL));
+    CHECK(eqf_energy_eval(energy, n_samples, x, energies_again, gradient));
+    for (s = 0; s < n_samples; s++) {
         double net[DIM] = {0.0};
         REQUIRE(energies[s] == energies_again[s], "U[%lld] differs with the gradient",
                 (long long)s);
@@ -124,7 +128,7 @@ int main(void) {
 
     /* log w = -U/kT - log q; Kish ESS = (sum w)^2 / sum w^2, computed with w scaled by
      * exp(-max log w) so that nothing overflows (the scale cancels in the ratio). */
-    for (s = 0; s < N_SAMPLES; s++) {
+    for (s = 0; s < n_samples; s++) {
         log_w[s] = -energies[s] / KT - log_q[s];
         REQUIRE(isfinite(log_w[s]), "log_w[%lld] = %g", (long long)s, log_w[s]);
         if (log_w[s] > max_log_w) {
@@ -133,21 +137,21 @@ int main(void) {
         sum_log_q += log_q[s];
         sum_energy += energies[s];
     }
-    for (s = 0; s < N_SAMPLES; s++) {
+    for (s = 0; s < n_samples; s++) {
         double w = exp(log_w[s] - max_log_w);
         sum_w += w;
         sum_w2 += w * w;
     }
     ess = sum_w * sum_w / sum_w2;
-    REQUIRE(ess >= 1.0 - 1e-12 && ess <= N_SAMPLES * (1.0 + 1e-12), "ESS = %g", ess);
+    REQUIRE(ess >= 1.0 - 1e-12 && ess <= n_samples * (1.0 + 1e-12), "ESS = %g", ess);
 
     printf("eqflow %s (C ABI %d)\n", eqf_version(), (int)eqf_abi_version());
-    printf("DW-4, untrained flow, %d samples\n", N_SAMPLES);
+    printf("DW-4, untrained flow, %lld samples\n", (long long)n_samples);
     printf("max |log q difference| = %.3e\n", max_difference);
-    printf("mean log q             = %.6f\n", sum_log_q / N_SAMPLES);
-    printf("mean energy            = %.6f\n", sum_energy / N_SAMPLES);
+    printf("mean log q             = %.6f\n", sum_log_q / n_samples);
+    printf("mean energy            = %.6f\n", sum_energy / n_samples);
     printf("ESS                    = %.3f\n", ess);
-    printf("ESS / n                = %.6f\n", ess / N_SAMPLES);
+    printf("ESS / n                = %.6f\n", ess / n_samples);
     exit_code = 0;
 
 cleanup:

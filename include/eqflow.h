@@ -30,6 +30,56 @@
 #define EQF_MAX_ELEMENTS 1099511627776
 
 /**
+ * Integration method: fixed-grid classical Runge–Kutta 4 with `n_steps` equal steps (the
+ * default, 20 steps). The only method that supports `EQF_DENSITY_EXACT_DISCRETE`.
+ */
+#define EQF_METHOD_RK4 0
+
+/**
+ * Integration method: adaptive Dormand–Prince 5(4) with relative and absolute tolerances (the
+ * paper's evaluation setting is rtol = 1e-5, atol = 1e-10). Requires `EQF_DENSITY_CONTINUOUS`.
+ */
+#define EQF_METHOD_DOPRI5 1
+
+/**
+ * Density mode: the exact density of the discrete RK4 map that produces the samples (the
+ * default). The log-density of a proposal and the log-density evaluated later for the same
+ * configuration agree to round-off, which makes Metropolis acceptance and importance weights
+ * exact. Costs an N·D × N·D Jacobian per RK4 stage.
+ */
+#define EQF_DENSITY_EXACT_DISCRETE 0
+
+/**
+ * Density mode: the continuous-time change of variables, `log q = log ρ(z) − ∫ div v dt`
+ * integrated by the chosen method. Cheaper for large N·D, but exact only in the limit of
+ * infinitely fine steps: a Monte Carlo move using it is biased at the level of the integration
+ * error. For comparisons with the paper and for training.
+ */
+#define EQF_DENSITY_CONTINUOUS 1
+
+/**
+ * Log level of a message that reports a failure the library could not recover from on its own
+ * (for example a caught internal panic).
+ */
+#define EQF_LOG_ERROR 1
+
+/**
+ * Log level of a message about a questionable setting that was ignored (for example an
+ * unparsable `EQFLOW_NUM_THREADS`).
+ */
+#define EQF_LOG_WARNING 2
+
+/**
+ * Log level of an informational message (for example the size of the thread pool).
+ */
+#define EQF_LOG_INFO 3
+
+/**
+ * Log level of a diagnostic message: every failed call, with its status and message.
+ */
+#define EQF_LOG_DEBUG 4
+
+/**
  * The call succeeded. Every other status is a failure; the calling thread's message is then
  * available from `eqf_last_error_message`.
  */
@@ -114,6 +164,55 @@ typedef struct eqf_energy eqf_energy;
  * densities concurrently without locking.
  */
 typedef struct eqf_flow eqf_flow;
+
+/**
+ * A Boltzmann-generator Monte Carlo move (opaque): independence Metropolis–Hastings with a flow
+ * as the proposal.
+ *
+ * From the current state x with energy U(x), the move proposes x' = F(z) + c(x), a flow sample
+ * translated to the centre of mass c(x) of the current state (the move never changes the
+ * centre of mass), and accepts it with probability min(1, exp(log w(x') - log w(x))), where
+ * `log w = -U/kT - log q`. In the flow's default density mode (exact-discrete) log q of a
+ * proposal and of the same configuration evaluated later agree to round-off, so the chain
+ * samples exp(-U/kT) exactly.
+ *
+ * Particle labels of a proposal are arbitrary: the flow is permutation equivariant, so
+ * particle i of x' has no relation to particle i of x. Hosts that track particle identity must
+ * not rely on labels surviving an accepted flow move.
+ *
+ * A move keeps its own copy of the flow (freeing the flow first is safe), a cache of log q of
+ * the current state (recomputed only when the coordinates differ, bit for bit, from the last
+ * ones it saw), and acceptance statistics. A move belongs to one thread at a time; give each
+ * thread (chain) its own move. Created by `eqf_move_new`, released with `eqf_move_free`.
+ */
+typedef struct eqf_move eqf_move;
+
+/**
+ * A log callback: receives the `user` pointer given to `eqf_set_log_callback`, a level
+ * (`EQF_LOG_ERROR` … `EQF_LOG_DEBUG`) and a NUL-terminated UTF-8 message that is valid only
+ * during the call.
+ */
+typedef void (*eqf_log_fn)(void *user, int32_t level, const char *message);
+
+/**
+ * An energy callback supplied by the host: writes U(x) of one configuration into `*U` and
+ * returns 0, or returns any non-zero value to report failure (eqflow then fails with
+ * EQF_ERR_CALLBACK and changes nothing).
+ *
+ * `x` holds `n_particles * dim` doubles, particle-major (`x[i*dim + k]`, C `double x[N][D]`,
+ * Fortran `x(D, N)`), and is valid only during the call. `*U` is in the same energy units as
+ * the kT of the move; +infinity is a valid energy (always rejected), NaN and -infinity are
+ * errors (EQF_ERR_NON_FINITE). `user` is passed through unchanged from `eqf_move_step`.
+ *
+ * The callback runs on the thread that called `eqf_move_step`. It must not use the same move
+ * (it may use flows, energies and other moves), and must not unwind through eqflow (no C++
+ * exception, no longjmp): catch exceptions in the callback and return non-zero instead.
+ */
+typedef int32_t (*eqf_energy_fn)(void *user,
+                                 int64_t n_particles,
+                                 int64_t dim,
+                                 const double *x,
+                                 double *U);
 
 #ifdef __cplusplus
 extern "C" {
@@ -301,6 +400,183 @@ int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *
 int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, double *log_q);
 
 /**
+ * Creates a copy of `flow` (same parameters) that integrates with another method and/or
+ * reports another density.
+ *
+ * Flows are immutable and shared between threads, so the integrator is not changed in place:
+ * the new flow is independent of the old one (either may be freed first). Moves created from
+ * the new flow (`eqf_move_new`) propose and evaluate with its integrator.
+ *
+ * @param flow          the flow to copy (not NULL)
+ * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
+ * @param n_steps       RK4: number of equal steps on [0, 1], 1 to 100000 (default 20).
+ *                      Dormand–Prince: maximum number of attempted steps before failing with
+ *                      EQF_ERR_NOT_CONVERGED, 0 for the default (100000)
+ * @param rtol, atol    Dormand–Prince: relative and absolute tolerances (> 0, finite); ignored
+ *                      by RK4
+ * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
+ * @param out           on success receives the new flow, to be released with
+ *                      `eqf_flow_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown method or mode,
+ *         steps or tolerances out of range, exact-discrete with Dormand–Prince)
+ */
+int32_t eqf_flow_with_integrator(const eqf_flow *flow,
+                                 int32_t method,
+                                 int64_t n_steps,
+                                 double rtol,
+                                 double atol,
+                                 int32_t density_mode,
+                                 eqf_flow **out);
+
+/**
+ * Reports the integrator and density mode of a flow. Any output pointer may be NULL to skip
+ * it. For RK4, `rtol` and `atol` receive 0; for Dormand–Prince, `n_steps` receives the maximum
+ * number of attempted steps.
+ *
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL)
+ */
+int32_t eqf_flow_integrator(const eqf_flow *flow,
+                            int32_t *method,
+                            int64_t *n_steps,
+                            double *rtol,
+                            double *atol,
+                            int32_t *density_mode);
+
+/**
+ * Installs `callback` as the receiver of eqflow's diagnostic messages, or removes it when
+ * `callback` is NULL (the default: eqflow never prints anything).
+ *
+ * Messages: every failed call at `EQF_LOG_DEBUG` (with the status; the same text is available
+ * from `eqf_last_error_message`), caught internal panics at `EQF_LOG_ERROR`, an ignored
+ * `EQFLOW_NUM_THREADS` at `EQF_LOG_WARNING`, thread pool (re)configuration at `EQF_LOG_INFO`.
+ *
+ * The setting is process-wide. The callback may be called from any thread, concurrently, for
+ * as long as it is installed, so it must be thread-safe; `user` is passed back unchanged and
+ * never dereferenced by eqflow. The message string is valid only during the call. The callback
+ * must not unwind (no C++ exception, no longjmp) through eqflow. eqflow calls made from inside
+ * the callback work, but their own messages are not logged. Replacing the callback while
+ * another thread is logging is safe; that message goes to either the old or the new callback.
+ *
+ * @param callback  the receiver, or NULL to disable logging
+ * @param user      opaque pointer passed as the first argument of every call
+ */
+void eqf_set_log_callback(eqf_log_fn callback, void *user);
+
+/**
+ * Creates a Monte Carlo move that proposes from `flow` at temperature `kT`.
+ *
+ * The random stream of proposal number k (counting decided proposals) is derived from
+ * (`seed`, k): same flow, seed and sequence of calls, same chain, bit for bit, on any machine
+ * and thread count. A failed call does not advance the stream, so it can be retried
+ * identically. Give independent chains different seeds.
+ *
+ * @param flow  the proposal flow (not NULL); the move keeps its own copy, so the flow may be
+ *              freed before the move. Its integrator and density mode are those of the move
+ *              (see `eqf_flow_with_integrator`)
+ * @param kT    temperature in the energy units of U (> 0, finite)
+ * @param seed  seed of the move's random streams
+ * @param out   on success receives the new move, to be released with `eqf_move_free`;
+ *              untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (kT not positive and finite)
+ */
+int32_t eqf_move_new(const eqf_flow *flow, double kT, uint64_t seed, eqf_move **out);
+
+/**
+ * Phase one of the two-phase protocol: proposes a new configuration from the current state.
+ *
+ * The host passes its current configuration and energy; eqflow writes the proposal x' (same
+ * layout, same centre of mass, arbitrary particle labels) into `x_proposed`. The host then
+ * evaluates U(x') and calls `eqf_move_accept`; if that reports acceptance, the host copies
+ * `x_proposed` into its state (bit for bit, so that the next move reuses the cached log q).
+ *
+ * Calling `eqf_move_propose` again before `eqf_move_accept` replaces the pending proposal (by
+ * the same proposal, translated to the new current centre of mass: the random stream advances
+ * only when a proposal is decided).
+ *
+ * Layout: N*D doubles, `x[i*D + k]` (C `double x[N][D]`, Fortran `x(D, N)`).
+ *
+ * @param move        the move (not NULL)
+ * @param x_current   input, N*D finite doubles: the current configuration (any centre of mass)
+ * @param U_current   its energy (+infinity allowed; NaN and -infinity are errors)
+ * @param x_proposed  output, N*D doubles, distinct from x_current; written only on success
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_NON_FINITE (NaN or infinite coordinates, U
+ *         NaN or -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
+ *         (the flow cannot evaluate the current state or produce a proposal). On failure the
+ *         move is unchanged (including its random stream, statistics and pending proposal)
+ */
+int32_t eqf_move_propose(eqf_move *move,
+                         const double *x_current,
+                         double U_current,
+                         double *x_proposed);
+
+/**
+ * Phase two of the two-phase protocol: decides the pending proposal given its energy.
+ *
+ * Accepts with probability min(1, exp(log w(x') - log w(x))), `log w = -U/kT - log q`. A
+ * proposal with `U_proposed = +infinity` is always rejected; if the current state had
+ * `U_current = +infinity`, any proposal with finite energy is accepted. Either way the
+ * proposal is no longer pending and the statistics count it.
+ *
+ * @param move        the move (not NULL)
+ * @param U_proposed  the energy of the configuration written by `eqf_move_propose`
+ * @param accepted    output: 1 if accepted (copy x_proposed into your state), 0 if rejected
+ *                    (keep x_current); written only on success
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_STATE (no proposal is pending);
+ *         EQF_ERR_NON_FINITE (U_proposed is NaN or -infinity; the proposal stays pending and
+ *         nothing changes)
+ */
+int32_t eqf_move_accept(eqf_move *move, double U_proposed, int32_t *accepted);
+
+/**
+ * One complete move: proposes from (x, U), calls `energy` once for the proposal, and decides.
+ *
+ * On acceptance `x` and `*U` are overwritten with the proposal and its energy; on rejection
+ * they are left as they were. Equivalent to `eqf_move_propose`, the energy, and
+ * `eqf_move_accept`, and produces the same chain; a pending proposal of `eqf_move_propose` is
+ * discarded.
+ *
+ * @param move      the move (not NULL)
+ * @param x         input/output, N*D finite doubles (`x[i*D + k]`, Fortran `x(D, N)`)
+ * @param U         input/output, the energy of x (+infinity allowed)
+ * @param energy    the host's energy function (not NULL), called exactly once per successful
+ *                  step, on the thread of the caller
+ * @param user      passed unchanged to `energy`
+ * @param accepted  output: 1 if accepted, 0 if rejected; written only on success
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_CALLBACK (energy returned non-zero);
+ *         EQF_ERR_NON_FINITE (NaN or infinite coordinates, an energy that is NaN or
+ *         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE (the
+ *         flow cannot evaluate the current state or produce a proposal). On failure x, U,
+ *         accepted and the move (random stream and statistics included) are unchanged, so the
+ *         step can be retried and gives the same proposal
+ */
+int32_t eqf_move_step(eqf_move *move,
+                      double *x,
+                      double *U,
+                      eqf_energy_fn energy,
+                      void *user,
+                      int32_t *accepted);
+
+/**
+ * Reports how many proposals the move has decided and how many it accepted. The acceptance
+ * rate is `n_accepted / n_proposed`. A proposal replaced by a new `eqf_move_propose` before
+ * it was decided, and a failed call, count for nothing.
+ *
+ * @param move        the move (not NULL)
+ * @param n_proposed  output, number of decided proposals
+ * @param n_accepted  output, number of accepted proposals
+ * @return EQF_OK; EQF_ERR_NULL_POINTER
+ */
+int32_t eqf_move_stats(const eqf_move *move, int64_t *n_proposed, int64_t *n_accepted);
+
+/**
+ * Releases a move created by `eqf_move_new`. NULL is accepted and does nothing. The flow the
+ * move was created from is not affected.
+ *
+ * @return EQF_OK
+ */
+int32_t eqf_move_free(eqf_move *move);
+
+/**
  * Loads a flow from a model file written by `eqf_flow_save` or the `eqflow` command line.
  *
  * The file is validated completely (format name and version, sizes, finiteness, kernel and
@@ -326,6 +602,33 @@ int32_t eqf_flow_load(const char *path, eqf_flow **out);
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot write)
  */
 int32_t eqf_flow_save(const eqf_flow *flow, const char *path);
+
+/**
+ * Sets the number of threads that batch calls (`eqf_flow_sample`, `eqf_flow_log_density`,
+ * `eqf_energy_eval`) may use.
+ *
+ * `n >= 1` uses exactly n threads; `n == 0` restores the default, which is the environment
+ * variable `EQFLOW_NUM_THREADS` (read once, at the first batch call or the first
+ * `eqf_set_num_threads(0)`), else one thread per core. A host that runs several MPI ranks or
+ * its own OpenMP threads per node should call `eqf_set_num_threads(1)` (or set
+ * `EQFLOW_NUM_THREADS=1`) so that eqflow does not oversubscribe the cores. Results are
+ * bit-identical for any number of threads.
+ *
+ * The setting is process-wide; it is meant to be made once at start-up. Calling it while batch
+ * calls run in other threads is safe: those calls finish on the previous pool. Moves
+ * (`eqf_move_*`) always run on the calling thread and are not affected.
+ *
+ * @param n  number of threads (0 = default, at most 4096)
+ * @return EQF_OK; EQF_ERR_INVALID_ARGUMENT (n negative or above 4096, or the threads cannot be
+ *         started)
+ */
+int32_t eqf_set_num_threads(int64_t n);
+
+/**
+ * The number of threads batch calls use now (starting the pool if needed), or -1 if the pool
+ * cannot be started (the message is then recorded for `eqf_last_error_message`).
+ */
+int64_t eqf_num_threads(void);
 
 /**
  * Version of the C ABI described by this header: 1.
@@ -362,6 +665,42 @@ const char *eqf_version(void);
  * @return     length of the full message in bytes, excluding the terminating NUL
  */
 size_t eqf_last_error_message(char *buf, size_t len);
+
+/**
+ * Computes the log importance weights `log_w[s] = -U[s]/kT - log_q[s]` of n configurations
+ * drawn from a flow (`log_q` from `eqf_flow_sample` or `eqf_flow_log_density`, `U` from the
+ * host's energy or `eqf_energy_eval`, in the same energy units as kT).
+ *
+ * Self-normalised estimates of an observable O are then `sum_s w_s O_s / sum_s w_s`; compute
+ * them with `exp(log_w[s] - max log_w)` to avoid overflow. An energy of +infinity is valid and
+ * gives weight 0 (`log_w = -infinity`).
+ *
+ * Nothing is written unless the call succeeds; with n == 0 the arrays may be NULL.
+ * `log_w` may be the same array as `U` or `log_q`.
+ *
+ * @param n      number of configurations (>= 0)
+ * @param U      input, n energies (not NaN, not -infinity)
+ * @param log_q  input, n finite log-densities
+ * @param kT     temperature in energy units (> 0, finite)
+ * @param log_w  output, n log weights
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, kT
+ *         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite)
+ */
+int32_t eqf_log_weights(int64_t n, const double *U, const double *log_q, double kT, double *log_w);
+
+/**
+ * Computes the Kish effective sample size `ESS = (sum w)^2 / sum w^2` of n log importance
+ * weights, stably (the weights are shifted by their maximum). ESS lies between 1 and n; report
+ * `ESS / n` as the sampling efficiency. The ESS of n == 0 weights, or of weights that are all
+ * zero (every `log_w` = -infinity), is 0.
+ *
+ * @param n      number of weights (>= 0)
+ * @param log_w  input, n log weights (-infinity allowed, NaN and +infinity not)
+ * @param ess    output, one double; written only on success
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
+ *         EQF_ERR_NON_FINITE (a log weight is NaN or +infinity)
+ */
+int32_t eqf_kish_ess(int64_t n, const double *log_w, double *ess);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -36,6 +36,9 @@
 //!
 //! **Training** ([`train`]): maximum likelihood, reverse KL and their mix, with exact gradients
 //! through the fixed-grid RK4 map (discretize-then-optimize) and AdamW.
+//! **Monte Carlo move** ([`mc_move`]): independence Metropolis–Hastings with the flow as
+//! proposal, `x' = F(z) + c(x)` accepted with probability `min(1, exp(log w(x') − log w(x)))`,
+//! `log w = −U/kT − log q` ([`boltzmann`]).
 //!
 //! # Determinism and threads
 //!
@@ -52,6 +55,7 @@ pub mod flow;
 pub mod geometry;
 pub mod integrate;
 pub mod io;
+pub mod mc_move;
 pub mod mcmc;
 pub mod prior;
 pub mod system;
@@ -65,3 +69,4 @@ pub mod ffi;
 pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
 pub use flow::Flow;
+pub use mc_move::FlowMove;

@@ -1,6 +1,10 @@
 //! Builds every program in `c_examples/` as C99 and as C++17, links each once against the shared
 //! library (`libeqflow.so`, found through an rpath) and once against the static library
-//! (`libeqflow.a`), runs it and requires exit status 0.
+//! (`libeqflow.a`), runs it and requires exit status 0. C++ programs (`.cpp`, using the RAII
+//! wrapper `include/eqflow.hpp`) are built as C++17 only; Fortran programs (`.f90`, using the
+//! module in `include/eqflow.f90`) with gfortran when it is installed, and skipped (with a
+//! message) otherwise. When valgrind is installed, every program also runs once under
+//! `valgrind --leak-check=full` with small iteration counts, and must be clean.
 //!
 //! The libraries are the ones this `cargo test` run built: cargo compiles the crate's lib
 //! target with all its crate types (rlib, cdylib, staticlib) in `target/<profile>/deps/`, the
@@ -12,19 +16,69 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-const C_FLAGS: &[&str] = &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"];
-const CXX_FLAGS: &[&str] = &["-std=c++17", "-x", "c++", "-Wall", "-Wextra", "-Werror"];
+// `-pthread` for threads.c (harmless elsewhere).
+const C_FLAGS: &[&str] = &[
+    "-std=c99",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pedantic",
+    "-pthread",
+];
+const CXX_FLAGS: &[&str] = &[
+    "-std=c++17",
+    "-x",
+    "c++",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pthread",
+];
+const CXX_SOURCE_FLAGS: &[&str] = &[
+    "-std=c++17",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pedantic",
+    "-pthread",
+];
+const FORTRAN_FLAGS: &[&str] = &["-std=f2018", "-fcheck=all", "-Wall", "-Werror"];
 /// What a Rust staticlib needs from the system besides libc.
 const STATIC_SYSTEM_LIBS: &[&str] = &["-lpthread", "-ldl", "-lm"];
 
-/// The programs in `c_examples/`; `every_example_is_tested` keeps this list complete.
-const EXAMPLES: &[&str] = &["dw4_basic", "errors"];
+/// The programs in `c_examples/` (file names); `every_example_is_tested` keeps this list
+/// complete.
+const EXAMPLES: &[&str] = &[
+    "cpp_move.cpp",
+    "dw4_basic.c",
+    "errors.c",
+    "fortran_dw4.f90",
+    "mc_dw4.c",
+    "threads.c",
+];
 
 #[derive(Clone, Copy, Debug)]
 enum Language {
+    /// A `.c` program as C99.
     C,
+    /// A `.c` program as C++17.
     Cxx,
+    /// A `.cpp` program (C++17).
+    CxxSource,
+    /// A `.f90` program, compiled together with `include/eqflow.f90`.
+    Fortran,
+}
+
+impl Language {
+    fn extension(self) -> &'static str {
+        match self {
+            Language::C | Language::Cxx => "c",
+            Language::CxxSource => "cpp",
+            Language::Fortran => "f90",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -134,29 +188,54 @@ fn libraries() -> &'static Libraries {
     LIBRARIES.get_or_init(find_libraries)
 }
 
-/// Compiles, links and runs one example; panics with the full output on any failure.
-fn build_and_run(example: &str, language: Language, link: Link) -> String {
+fn has_program(name: &str) -> bool {
+    Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Compiles and links one example; panics with the full output on any failure. Returns the
+/// path of the program.
+fn build(example: &str, language: Language, link: Link) -> PathBuf {
     let libraries = libraries();
     let source = manifest_dir()
         .join("c_examples")
-        .join(format!("{example}.c"));
+        .join(format!("{example}.{}", language.extension()));
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_examples");
     std::fs::create_dir_all(&out_dir).expect("create the build directory");
-    let binary = out_dir.join(format!("{example}-{language:?}-{link:?}").to_lowercase());
+    // Tests run in parallel and several build the same example: one file per build.
+    static BUILDS: AtomicUsize = AtomicUsize::new(0);
+    let build_id = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let binary = out_dir.join(format!("{example}-{language:?}-{link:?}-{build_id}").to_lowercase());
 
     let (compiler, flags) = match language {
         Language::C => ("cc", C_FLAGS),
         Language::Cxx => ("c++", CXX_FLAGS),
+        Language::CxxSource => ("c++", CXX_SOURCE_FLAGS),
+        Language::Fortran => ("gfortran", FORTRAN_FLAGS),
     };
     let mut command = Command::new(compiler);
+    command.args(flags);
+    if let Language::Fortran = language {
+        // The module is shipped as source: compile it with the program, its .mod file into a
+        // directory of this build only (tests run in parallel).
+        let module_dir = binary.with_extension("mod.d");
+        std::fs::create_dir_all(&module_dir).expect("create the module directory");
+        command
+            .arg("-J")
+            .arg(&module_dir)
+            .arg(manifest_dir().join("include").join("eqflow.f90"));
+    } else {
+        command
+            .arg(format!(
+                "-DEQF_EXPECTED_VERSION=\"{}\"",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .arg("-I")
+            .arg(manifest_dir().join("include"));
+    }
     command
-        .args(flags)
-        .arg(format!(
-            "-DEQF_EXPECTED_VERSION=\"{}\"",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .arg("-I")
-        .arg(manifest_dir().join("include"))
         .arg(&source)
         // Back to guessing the language from the extension, so libraries are not read as C++.
         .args(["-x", "none"])
@@ -209,18 +288,44 @@ fn build_and_run(example: &str, language: Language, link: Link) -> String {
             ),
         }
     }
+    binary
+}
 
-    let mut command = Command::new(&binary);
-    command.env_remove("LD_LIBRARY_PATH");
+/// Runs a built program (under `valgrind` if given) and requires exit status 0; returns stdout.
+fn run_program(binary: &Path, args: &[&str], valgrind: Option<&[String]>) -> String {
+    let mut command = match valgrind {
+        Some(valgrind_args) => {
+            let mut command = Command::new("valgrind");
+            command.args(valgrind_args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    command.args(args).env_remove("LD_LIBRARY_PATH");
     let output = run(&mut command);
     assert!(
         output.status.success(),
-        "{example} ({language:?}, {link:?}) failed\n{}",
+        "{} failed\n{}",
+        binary.display(),
         describe(&command, &output)
     );
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    println!("{example} ({language:?}, {link:?}):\n{stdout}");
+    println!("{command:?}:\n{stdout}");
     stdout
+}
+
+/// Compiles, links and runs one example; panics with the full output on any failure.
+fn build_and_run(example: &str, language: Language, link: Link) -> String {
+    run_program(&build(example, language, link), &[], None)
+}
+
+/// Builds and runs a Fortran example, or says why it was skipped.
+fn fortran(example: &str, link: Link) -> Option<String> {
+    if !has_program("gfortran") {
+        println!("skipped {example} ({link:?}): gfortran is not installed");
+        return None;
+    }
+    Some(build_and_run(example, Language::Fortran, link))
 }
 
 #[test]
@@ -229,7 +334,10 @@ fn every_example_is_tested() {
         .expect("read c_examples/")
         .filter_map(|entry| {
             let path = entry.expect("directory entry").path();
-            (path.extension()? == "c").then(|| path.file_stem()?.to_str().map(str::to_owned))?
+            let extension = path.extension()?.to_str()?;
+            ["c", "cpp", "f90"]
+                .contains(&extension)
+                .then(|| path.file_name()?.to_str().map(str::to_owned))?
         })
         .collect();
     found.sort();
@@ -276,4 +384,192 @@ fn errors_cxx_shared() {
 #[test]
 fn errors_cxx_static() {
     build_and_run("errors", Language::Cxx, Link::Static);
+}
+
+#[test]
+fn mc_dw4_c_shared() {
+    let stdout = build_and_run("mc_dw4", Language::C, Link::Shared);
+    assert!(stdout.contains("flow moves:"), "{stdout}");
+    assert!(stdout.contains("short pairs"), "{stdout}");
+}
+
+#[test]
+fn mc_dw4_c_static() {
+    build_and_run("mc_dw4", Language::C, Link::Static);
+}
+
+#[test]
+fn mc_dw4_cxx_shared() {
+    build_and_run("mc_dw4", Language::Cxx, Link::Shared);
+}
+
+#[test]
+fn mc_dw4_cxx_static() {
+    build_and_run("mc_dw4", Language::Cxx, Link::Static);
+}
+
+#[test]
+fn mc_dw4_rejects_a_model_until_models_can_be_loaded() {
+    let binary = build("mc_dw4", Language::C, Link::Shared);
+    let output = Command::new(&binary)
+        .args(["--model", "/nonexistent/model", "--cycles", "1"])
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run mc_dw4");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--model"));
+}
+
+#[test]
+fn threads_c_shared() {
+    let stdout = build_and_run("threads", Language::C, Link::Shared);
+    assert!(
+        stdout.contains("identical to the sequential run"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn threads_c_static() {
+    build_and_run("threads", Language::C, Link::Static);
+}
+
+#[test]
+fn threads_cxx_shared() {
+    build_and_run("threads", Language::Cxx, Link::Shared);
+}
+
+#[test]
+fn threads_cxx_static() {
+    build_and_run("threads", Language::Cxx, Link::Static);
+}
+
+#[test]
+fn cpp_move_shared() {
+    let stdout = build_and_run("cpp_move", Language::CxxSource, Link::Shared);
+    assert!(stdout.contains("cpp_move: 0 failed"), "{stdout}");
+}
+
+#[test]
+fn cpp_move_static() {
+    build_and_run("cpp_move", Language::CxxSource, Link::Static);
+}
+
+#[test]
+fn fortran_dw4_shared() {
+    if let Some(stdout) = fortran("fortran_dw4", Link::Shared) {
+        assert!(stdout.contains("fortran_dw4: ok"), "{stdout}");
+    }
+}
+
+#[test]
+fn fortran_dw4_static() {
+    fortran("fortran_dw4", Link::Static);
+}
+
+/// Every example under memcheck (shared library, small iteration counts): no invalid reads or
+/// writes, no use of uninitialised values, no leaks. tests/valgrind.supp suppresses glibc's
+/// per-thread TLS blocks of threads alive at exit, which memcheck calls "possibly lost".
+#[test]
+fn examples_are_clean_under_valgrind() {
+    if !has_program("valgrind") {
+        println!("skipped: valgrind is not installed");
+        return;
+    }
+    let valgrind_args: Vec<String> = vec![
+        "--error-exitcode=1".into(),
+        "--leak-check=full".into(),
+        "--quiet".into(),
+        format!(
+            "--suppressions={}",
+            manifest_dir().join("tests").join("valgrind.supp").display()
+        ),
+    ];
+    let mut programs: Vec<(&str, Language, &[&str])> = vec![
+        ("dw4_basic", Language::C, &["20"]),
+        ("errors", Language::C, &[]),
+        ("mc_dw4", Language::C, &["--cycles", "5"]),
+        ("threads", Language::C, &["--steps", "2"]),
+        ("cpp_move", Language::CxxSource, &["5"]),
+    ];
+    if has_program("gfortran") {
+        programs.push(("fortran_dw4", Language::Fortran, &["5"]));
+    } else {
+        println!("fortran_dw4 skipped under valgrind: gfortran is not installed");
+    }
+    // Two at a time: the machine may have few cores, and valgrind serialises each program.
+    std::thread::scope(|scope| {
+        for pair in programs.chunks(2) {
+            let handles: Vec<_> = pair
+                .iter()
+                .map(|&(example, language, args)| {
+                    let valgrind_args = &valgrind_args;
+                    scope.spawn(move || {
+                        let binary = build(example, language, Link::Shared);
+                        run_program(&binary, args, Some(valgrind_args))
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().expect("a program failed under valgrind");
+            }
+        }
+    });
+}
+
+/// Function names declared in the committed header (identifiers followed by `(`, excluding
+/// function-pointer typedefs and comments).
+fn header_functions() -> Vec<String> {
+    let header = std::fs::read_to_string(manifest_dir().join("include").join("eqflow.h"))
+        .expect("read include/eqflow.h");
+    let mut names = Vec::new();
+    for line in header.lines() {
+        let code = line.trim_start();
+        if code.starts_with('*') || code.starts_with("/*") || code.starts_with("//") {
+            continue;
+        }
+        for (start, _) in code.match_indices("eqf_") {
+            let rest = &code[start..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let preceded_by_pointer = code[..start].ends_with("(*");
+            if rest[end..].starts_with('(') && !preceded_by_pointer {
+                names.push(rest[..end].to_owned());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The shared library exports exactly the functions of the header: nothing of Rust's standard
+/// library or of the dependencies leaks into the host's symbol namespace, and no declared
+/// function is missing.
+#[test]
+fn shared_library_exports_exactly_the_header_functions() {
+    let mut command = Command::new("nm");
+    command
+        .args(["-D", "--defined-only"])
+        .arg(&libraries().shared);
+    let Ok(output) = command.output() else {
+        println!("skipped: nm is not installed");
+        return;
+    };
+    assert!(output.status.success(), "{}", describe(&command, &output));
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let mut exported: Vec<String> = listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().last().map(str::to_owned))
+        .collect();
+    exported.sort();
+    let foreign: Vec<&String> = exported.iter().filter(|s| !s.starts_with("eqf_")).collect();
+    assert!(foreign.is_empty(), "non-eqf_ symbols exported: {foreign:?}");
+    let declared = header_functions();
+    assert!(declared.len() > 20, "header scan found only {declared:?}");
+    assert_eq!(
+        exported, declared,
+        "exported functions differ from the header's"
+    );
 }

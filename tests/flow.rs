@@ -255,3 +255,33 @@ fn latents_returned_by_sampling_and_density_agree() {
     assert!(max_abs_diff(&z, &z_back) < 1e-12);
     assert!(stats.n_newton >= 20 * n as u64);
 }
+
+#[test]
+fn concurrent_first_use_of_a_flow_from_many_threads_does_not_deadlock() {
+    // Tables are built lazily inside a OnceLock; several host threads hitting a fresh flow at
+    // once (each going through the rayon pool) once deadlocked through work stealing.
+    // The C ABI runs every batch call inside its own pool: do the same here.
+    let flow = std::sync::Arc::new(Flow::new(13, 3, 1).unwrap());
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    for t in 0..4u64 {
+        let flow = flow.clone();
+        let pool = pool.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let result = pool.install(|| flow.sample(t, 16).map(|(_, log_q)| log_q.len()));
+            done.send(result).ok();
+        });
+    }
+    for _ in 0..4 {
+        let result = finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a sampling thread did not finish: deadlock");
+        assert_eq!(result.unwrap(), 16);
+    }
+}

@@ -85,7 +85,12 @@ fn declared_names(header: &str) -> Vec<String> {
                     .to_owned(),
             );
         } else if let Some(rest) = line.strip_prefix("typedef ") {
-            let name = rest.trim_end_matches(';').split_whitespace().last();
+            // A function-pointer typedef, `typedef int32_t (*name)(args...`, may wrap its
+            // arguments over several lines: its name is the one between `(*` and `)`.
+            let name = match rest.split_once("(*") {
+                Some((_, after)) => after.split(')').next(),
+                None => rest.trim_end_matches(';').split_whitespace().last(),
+            };
             names.push(name.unwrap_or_default().to_owned());
         }
     }
@@ -117,6 +122,13 @@ fn header_declares_only_eqf_names() {
         "eqf_abi_version",
         "eqf_version",
         "eqf_last_error_message",
+        "eqf_energy_fn",
+        "eqf_move_new",
+        "eqf_move_propose",
+        "eqf_move_accept",
+        "eqf_move_step",
+        "eqf_move_stats",
+        "eqf_move_free",
     ];
     for name in expected_some {
         assert!(
@@ -150,4 +162,36 @@ fn name_scanner_finds_functions_and_macros() {
         "/* f( */\n#define EQF_A 1\ntypedef struct foo foo;\nint32_t bar(int x);\n// baz(\n",
     );
     assert_eq!(names, ["EQF_A", "foo", "bar"]);
+    // Function-pointer typedefs, also when their arguments wrap onto further lines.
+    let names = declared_names(
+        "typedef int32_t (*cb_fn)(void *user,\n                        double *U);\n\
+         typedef void (*eqf_log_fn)(void *user, int32_t level);\n",
+    );
+    assert_eq!(names, ["cb_fn", "eqf_log_fn"]);
+}
+
+/// The move's C signatures exactly as DESIGN.md §4 publishes them (external programs are
+/// written against these argument types and orders).
+#[test]
+fn move_prototypes_match_the_published_contract() {
+    let header = strip_comments(&committed());
+    let normalised: String = header.split_whitespace().collect::<Vec<_>>().join(" ");
+    let normalised = normalised.replace("( ", "(");
+    for prototype in [
+        "typedef int32_t (*eqf_energy_fn)(void *user, int64_t n_particles, int64_t dim, \
+         const double *x, double *U);",
+        "int32_t eqf_move_new(const eqf_flow *flow, double kT, uint64_t seed, eqf_move **out);",
+        "int32_t eqf_move_propose(eqf_move *move, const double *x_current, double U_current, \
+         double *x_proposed);",
+        "int32_t eqf_move_accept(eqf_move *move, double U_proposed, int32_t *accepted);",
+        "int32_t eqf_move_step(eqf_move *move, double *x, double *U, eqf_energy_fn energy, \
+         void *user, int32_t *accepted);",
+        "int32_t eqf_move_stats(const eqf_move *move, int64_t *n_proposed, int64_t *n_accepted);",
+        "int32_t eqf_move_free(eqf_move *move);",
+    ] {
+        assert!(
+            normalised.contains(prototype),
+            "the header lacks `{prototype}`"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use crate::energy::{DoubleWell, Energy, LennardJones, energies_gradients_into, e
 
 use super::{
     array_len, catch, check_not_null, check_output, count, free_handle, handle, input_array,
-    scratch, write_handle, write_output,
+    scratch, threads, write_handle, write_output,
 };
 
 /// An energy function U(x) of N particles in D dimensions (opaque).
@@ -168,13 +168,13 @@ pub unsafe extern "C" fn eqf_energy_eval(
         let x = unsafe { input_array(x, len, "x") }?;
         let mut energies = scratch(n, "U")?;
         if gradient.is_null() {
-            energies_into(inner, x, &mut energies)?;
+            threads::install(|| energies_into(inner, x, &mut energies))?;
             // SAFETY: `U` was checked (non-NULL, aligned) for n doubles and is writable for n
             // doubles (this function's contract).
             unsafe { write_output(U, &energies) };
         } else {
             let mut gradients = scratch(len, "gradient")?;
-            energies_gradients_into(inner, x, &mut energies, &mut gradients)?;
+            threads::install(|| energies_gradients_into(inner, x, &mut energies, &mut gradients))?;
             // SAFETY: both outputs were checked (non-NULL, aligned) for n and n*N*D doubles and
             // are writable for that many (this function's contract).
             unsafe {

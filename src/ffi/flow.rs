@@ -4,7 +4,7 @@ use crate::flow::Flow;
 
 use super::{
     array_len, catch, catch_value, check_not_null, check_output, count, free_handle, handle,
-    input_array, scratch, write_handle, write_output,
+    input_array, scratch, threads, write_handle, write_output,
 };
 
 /// An equivariant normalizing flow over configurations of N particles in D dimensions (opaque).
@@ -14,7 +14,7 @@ use super::{
 /// densities concurrently without locking.
 #[allow(non_camel_case_types)]
 pub struct eqf_flow {
-    inner: Flow,
+    pub(super) inner: Flow,
 }
 
 impl eqf_flow {
@@ -139,7 +139,7 @@ pub unsafe extern "C" fn eqf_flow_sample(
         check_output(log_q, n, "log_q")?;
         let mut samples = scratch(len, "x")?;
         let mut log_densities = scratch(n, "log_q")?;
-        flow.sample_into(seed, &mut samples, &mut log_densities)?;
+        threads::install(|| flow.sample_into(seed, &mut samples, &mut log_densities))?;
         // SAFETY: both outputs were checked (non-NULL, aligned) for n*N*D and n doubles and are
         // writable for that many (this function's contract).
         unsafe {
@@ -186,7 +186,7 @@ pub unsafe extern "C" fn eqf_flow_log_density(
         // modify during the call (this function's contract).
         let x = unsafe { input_array(x, len, "x") }?;
         let mut log_densities = scratch(n, "log_q")?;
-        flow.log_density_into(x, &mut log_densities)?;
+        threads::install(|| flow.log_density_into(x, &mut log_densities))?;
         // SAFETY: `log_q` was checked (non-NULL, aligned) for n doubles and is writable for n
         // doubles (this function's contract).
         unsafe { write_output(log_q, &log_densities) };

@@ -23,9 +23,14 @@
 // Declaration order is the order of the header: basics first.
 mod energy;
 mod flow;
+mod integrator;
+mod log;
+mod mc_move;
 mod model;
 mod status;
+mod threads;
 mod version;
+mod weights;
 
 pub use status::*;
 
@@ -76,9 +81,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs the body of an exported function: `Ok` becomes `EQF_OK`, an error its status code, a
 /// panic `EQF_ERR_INTERNAL`; the message of a failure is stored for `eqf_last_error_message`.
 ///
-/// `AssertUnwindSafe` is sound here because no state survives a panic: handles are immutable,
-/// results go to temporaries that are dropped, and caller buffers are written only at the very
-/// end of a successful call.
+/// `AssertUnwindSafe` is sound here because no state survives a panic: flows and energies are
+/// immutable, results go to temporaries that are dropped, caller buffers are written only at the
+/// very end of a successful call, and a move (the one mutable handle) changes its state only in
+/// an infallible commit after all fallible work is done.
+///
+/// Failures are also reported to the log callback (`eqf_set_log_callback`): errors at
+/// `EQF_LOG_DEBUG` (the host sees the status anyway), caught panics at `EQF_LOG_ERROR`.
 pub(crate) fn catch(f: impl FnOnce() -> Result<()>) -> i32 {
     let error = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => return EQF_OK,
@@ -88,7 +97,16 @@ pub(crate) fn catch(f: impl FnOnce() -> Result<()>) -> i32 {
         },
     };
     let status = error.status();
-    set_last_error(error.to_string());
+    let message = error.to_string();
+    let level = if status == EQF_ERR_INTERNAL {
+        log::EQF_LOG_ERROR
+    } else {
+        log::EQF_LOG_DEBUG
+    };
+    log::log(level, || {
+        format!("call failed with status {status}: {message}")
+    });
+    set_last_error(message);
     status
 }
 
@@ -127,6 +145,18 @@ pub(crate) unsafe fn handle<'a, T>(ptr: *const T, what: &str) -> Result<&'a T> {
     // SAFETY: non-NULL was checked just above; liveness and the absence of mutation are the
     // caller's contract (a handle is used between its `_new` and its `_free`).
     Ok(unsafe { &*ptr })
+}
+
+/// Borrows the object behind a handle mutably, failing on NULL.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a live `T` (one returned by the matching `_new` and not yet
+/// freed) that nobody else accesses for `'a`.
+pub(crate) unsafe fn handle_mut<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T> {
+    check_not_null(ptr, what)?;
+    // SAFETY: non-NULL was checked just above; liveness and exclusive access are the caller's
+    // contract (a move belongs to one thread at a time and is used between `_new` and `_free`).
+    Ok(unsafe { &mut *ptr })
 }
 
 /// Converts a C count into a `usize`: negative counts and counts above [`EQF_MAX_ELEMENTS`]

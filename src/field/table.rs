@@ -11,8 +11,6 @@
 //! Beyond the table's last node (`d_max`, several bandwidths past the last centre) the exact
 //! function is evaluated instead.
 
-use rayon::prelude::*;
-
 use super::VectorField;
 use super::kernel_field::KernelField;
 use super::pairs::{velocity_jacobian_pairs, velocity_pairs};
@@ -89,8 +87,10 @@ impl TabulatedField {
         let mut times = times.to_vec();
         times.sort_by(f64::total_cmp);
         times.dedup_by(|a, b| a.to_bits() == b.to_bits());
+        // Sequential on purpose: flows build their tables inside a `OnceLock` initialiser, and
+        // a rayon join there could steal a job that waits on the same lock (a deadlock).
         let tables = times
-            .par_iter()
+            .iter()
             .map(|&t| build_table(field, t, h, n_intervals))
             .collect();
         Some(TabulatedField {

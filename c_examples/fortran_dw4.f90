@@ -1,0 +1,183 @@
+! fortran_dw4.f90: a DW-4 Monte Carlo simulation in Fortran through the eqflow module.
+!
+! The host owns the state x(D, N) and its energy, computed in Fortran by a bind(C) callback
+! that eqflow calls for every flow proposal; `user` points to the potential's parameters. Each
+! cycle does N_LOCAL local random-walk moves (the host's own Metropolis) and one flow move
+! (eqflow_move%step); every tenth cycle the flow move uses the two-phase protocol (propose,
+! host energy, accept) instead. Prints acceptance rates and the populations of the states,
+! labelled by the number of pairs closer than d0. Also checks the thin layer's status handling.
+!
+! Build: gfortran -std=f2018 -fcheck=all -Wall -Werror eqflow.f90 fortran_dw4.f90 -leqflow
+! Usage: fortran_dw4 [cycles]. Exit status 0 on success.
+module dw4_host
+    use, intrinsic :: iso_c_binding, only: c_double, c_int32_t, c_int64_t, c_ptr, c_f_pointer
+    implicit none
+    private
+    public :: double_well, dw_energy, dw_callback, short_pairs
+
+    type, bind(C) :: double_well
+        real(c_double) :: a, b, c, d0
+    end type double_well
+
+contains
+
+    pure function dw_energy(p, x) result(U)
+        type(double_well), intent(in) :: p
+        real(c_double), intent(in) :: x(:, :)
+        real(c_double) :: U, s
+        integer :: i, j
+        U = 0.0_c_double
+        do i = 1, size(x, 2)
+            do j = i + 1, size(x, 2)
+                s = norm2(x(:, i) - x(:, j)) - p%d0
+                U = U + p%a*s + p%b*s**2 + p%c*s**4
+            end do
+        end do
+    end function dw_energy
+
+    ! eqf_energy_fn: eqflow calls this for every flow proposal.
+    function dw_callback(user, n_particles, dim, x, U) bind(C) result(status)
+        type(c_ptr), value :: user
+        integer(c_int64_t), value :: n_particles, dim
+        real(c_double), intent(in) :: x(dim, n_particles)
+        real(c_double), intent(out) :: U
+        integer(c_int32_t) :: status
+        type(double_well), pointer :: p
+        call c_f_pointer(user, p)
+        U = dw_energy(p, x)
+        status = 0
+    end function dw_callback
+
+    integer function short_pairs(x, d0)
+        real(c_double), intent(in) :: x(:, :), d0
+        integer :: i, j
+        short_pairs = 0
+        do i = 1, size(x, 2)
+            do j = i + 1, size(x, 2)
+                if (norm2(x(:, i) - x(:, j)) < d0) short_pairs = short_pairs + 1
+            end do
+        end do
+    end function short_pairs
+
+end module dw4_host
+
+program fortran_dw4
+    use, intrinsic :: iso_c_binding, only: c_double, c_int32_t, c_int64_t, c_loc
+    use eqflow
+    use dw4_host
+    implicit none
+
+    integer, parameter :: N = 4, D = 2, N_LOCAL = 8, N_PAIRS = N*(N - 1)/2
+    real(c_double), parameter :: KT = 1.0_c_double, STEP = 0.6_c_double
+    type(eqflow_flow) :: flow
+    type(eqflow_move) :: move
+    type(double_well), target :: potential
+    real(c_double) :: x(D, N), trial(D, N), proposal(D, N), samples(D, N, 1), log_q(1)
+    real(c_double) :: U, U_trial, r(D + 2), com(D)
+    integer(c_int64_t) :: n_proposed, n_accepted
+    integer(c_int32_t) :: status
+    integer :: cycle, s, p, n_cycles, local_accepted, populations(0:N_PAIRS), seed_size
+    integer, allocatable :: seed(:)
+    character(len=32) :: argument
+    logical :: accepted
+
+    n_cycles = 500
+    if (command_argument_count() >= 1) then
+        call get_command_argument(1, argument)
+        read (argument, *) n_cycles
+    end if
+    potential = double_well(0.0_c_double, -4.0_c_double, 0.9_c_double, 4.0_c_double)
+
+    ! The host's random numbers, seeded reproducibly.
+    call random_seed(size=seed_size)
+    allocate (seed(seed_size))
+    seed = 20240 + [(s, s=1, seed_size)]
+    call random_seed(put=seed)
+    deallocate (seed)
+
+    call flow%create(N, D, 7_c_int64_t)
+    call move%create(flow, KT, 2024_c_int64_t)
+    ! The move keeps its own copy of the flow.
+    call flow%free()
+
+    ! The thin layer reports failures through `status` when it is present.
+    call flow%create(1, D, 0_c_int64_t, status)
+    call expect(status == EQF_ERR_INVALID_ARGUMENT, 'eqf_flow_new(1 particle) fails')
+    call expect(len(eqflow_last_error()) > 0, 'the message is available')
+    call move%accept(0.0_c_double, accepted, status)
+    call expect(status == EQF_ERR_INVALID_STATE, 'accept without propose: EQF_ERR_INVALID_STATE')
+    call flow%create(N, D, 7_c_int64_t)
+
+    ! Start: a square of side 2.6 centred at (10, -5).
+    x = reshape([0.0_c_double, 0.0_c_double, 2.6_c_double, 0.0_c_double, &
+                 0.0_c_double, 2.6_c_double, 2.6_c_double, 2.6_c_double], [D, N])
+    x(1, :) = x(1, :) + 10.0_c_double
+    x(2, :) = x(2, :) - 5.0_c_double
+    U = dw_energy(potential, x)
+    local_accepted = 0
+    populations = 0
+
+    do cycle = 1, n_cycles
+        do s = 1, N_LOCAL
+            call random_number(r)
+            p = 1 + min(N - 1, int(r(1)*N))
+            trial = x
+            trial(:, p) = trial(:, p) + STEP*(2.0_c_double*r(2:D + 1) - 1.0_c_double)
+            U_trial = dw_energy(potential, trial)
+            if (r(D + 2) < exp(-(U_trial - U)/KT)) then
+                x = trial
+                U = U_trial
+                local_accepted = local_accepted + 1
+            end if
+        end do
+        com = sum(x, dim=2)/N
+        if (mod(cycle, 10) == 0) then
+            call move%propose(x, U, proposal)
+            U_trial = dw_energy(potential, proposal)
+            call move%accept(U_trial, accepted)
+            if (accepted) then
+                x = proposal
+                U = U_trial
+            end if
+        else
+            call move%step(x, U, dw_callback, c_loc(potential), accepted)
+        end if
+        call expect(all(abs(sum(x, dim=2)/N - com) < 1.0e-9_c_double), &
+                    'the flow move keeps the centre of mass')
+        populations(short_pairs(x, potential%d0)) = populations(short_pairs(x, potential%d0)) + 1
+    end do
+
+    call move%stats(n_proposed, n_accepted)
+    call expect(n_proposed == n_cycles, 'one decided proposal per cycle')
+    call expect(abs(U - dw_energy(potential, x)) < 1.0e-9_c_double*(1 + abs(U)), &
+                'the tracked energy is the energy of the state')
+    samples(:, :, 1) = x
+    call flow%log_density(samples, log_q)
+
+    write (*, '(a, i0, a, i0, a)') 'DW-4 Monte Carlo in Fortran: ', n_cycles, ' cycles of ', &
+        N_LOCAL, ' local moves + 1 flow move'
+    write (*, '(a, f6.3)') 'local moves accepted: ', &
+        real(local_accepted, c_double)/real(n_cycles*N_LOCAL, c_double)
+    write (*, '(a, i0, a, i0)') 'flow moves accepted:  ', n_accepted, ' / ', n_proposed
+    write (*, '(a, f12.6, a, f12.6)') 'final U = ', U, ', log q = ', log_q(1)
+    do s = 0, N_PAIRS
+        write (*, '(i3, a, f8.4)') s, ' short pairs: ', &
+            real(populations(s), c_double)/real(n_cycles, c_double)
+    end do
+
+    call move%free()
+    call flow%free()
+    write (*, '(a)') 'fortran_dw4: ok'
+
+contains
+
+    subroutine expect(condition, what)
+        logical, intent(in) :: condition
+        character(len=*), intent(in) :: what
+        if (.not. condition) then
+            write (*, '(a, a)') 'check failed: ', what
+            error stop 1
+        end if
+    end subroutine expect
+
+end program fortran_dw4

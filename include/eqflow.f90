@@ -1,0 +1,645 @@
+! eqflow.f90: Fortran 2018 binding of eqflow (module eqflow), shipped as source because .mod
+! files are compiler-specific: compile it with your code, e.g.
+!
+!     gfortran -c eqflow.f90 && gfortran my_code.f90 eqflow.o -leqflow
+!
+! Written by hand over the C API in eqflow.h (not generated). Two layers:
+!
+! 1. Raw interfaces, bind(C) to the C functions of the same names (eqf_flow_new, eqf_move_step,
+!    ...), with handles as type(c_ptr) and callbacks as type(c_funptr). Same arguments, same
+!    meaning as in eqflow.h.
+! 2. A thin derived-type layer: eqflow_flow, eqflow_energy and eqflow_move each hold a private
+!    c_ptr; type-bound procedures take an optional `status` argument. If `status` is present it
+!    receives EQF_OK or the EQF_ERR_* code (the message is then available from
+!    eqflow_last_error()); if it is absent, a failure prints the message to the error unit and
+!    stops the program with `error stop`.
+!
+! Layout: a configuration of N particles in D dimensions is x(D, N) (coordinate k of particle i
+! is x(k, i)); a batch of n configurations is x(D, N, n). These are exactly the bytes of the C
+! layout x[i*D + k], so no copy or transposition is made. Arrays must be contiguous (the
+! wrappers declare them `contiguous`, so a non-contiguous actual argument is copied in and out).
+!
+! Seeds are uint64_t in C; pass them as integer(c_int64_t) (the same 64 bits).
+!
+! Thread contract: as in eqflow.h. Flows and energies are immutable and may be shared between
+! threads (OpenMP); a move belongs to one thread at a time. An energy callback must be
+! bind(C) with the interface eqf_energy_fn below and return 0 on success.
+module eqflow
+    use, intrinsic :: iso_c_binding, only: c_int32_t, c_int64_t, c_double, c_size_t, c_char, &
+        c_ptr, c_funptr, c_null_ptr, c_associated, c_funloc, c_loc
+    use, intrinsic :: iso_fortran_env, only: error_unit
+    implicit none
+    private
+
+    ! Status codes (eqflow.h).
+    integer(c_int32_t), parameter, public :: EQF_OK = 0
+    integer(c_int32_t), parameter, public :: EQF_ERR_NULL_POINTER = 1
+    integer(c_int32_t), parameter, public :: EQF_ERR_INVALID_ARGUMENT = 2
+    integer(c_int32_t), parameter, public :: EQF_ERR_DIMENSION_MISMATCH = 3
+    integer(c_int32_t), parameter, public :: EQF_ERR_NON_FINITE = 4
+    integer(c_int32_t), parameter, public :: EQF_ERR_NOT_CONVERGED = 5
+    integer(c_int32_t), parameter, public :: EQF_ERR_NOT_INVERTIBLE = 6
+    integer(c_int32_t), parameter, public :: EQF_ERR_INVALID_STATE = 7
+    integer(c_int32_t), parameter, public :: EQF_ERR_CALLBACK = 8
+    integer(c_int32_t), parameter, public :: EQF_ERR_IO = 9
+    integer(c_int32_t), parameter, public :: EQF_ERR_FORMAT = 10
+    integer(c_int32_t), parameter, public :: EQF_ERR_INTERNAL = 11
+
+    ! Integrators and density modes (eqf_flow_with_integrator).
+    integer(c_int32_t), parameter, public :: EQF_METHOD_RK4 = 0
+    integer(c_int32_t), parameter, public :: EQF_METHOD_DOPRI5 = 1
+    integer(c_int32_t), parameter, public :: EQF_DENSITY_EXACT_DISCRETE = 0
+    integer(c_int32_t), parameter, public :: EQF_DENSITY_CONTINUOUS = 1
+
+    ! ---------------------------------------------------------------------------------------
+    ! Layer 1: raw bind(C) interfaces.
+    ! ---------------------------------------------------------------------------------------
+
+    public :: eqf_energy_fn
+    abstract interface
+        ! The host's energy: U of one configuration x(dim, n_particles); return 0, or non-zero
+        ! to report failure. See eqf_energy_fn in eqflow.h.
+        function eqf_energy_fn(user, n_particles, dim, x, U) bind(C) result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t
+            type(c_ptr), value :: user
+            integer(c_int64_t), value :: n_particles, dim
+            real(c_double), intent(in) :: x(dim, n_particles)
+            real(c_double), intent(out) :: U
+            integer(c_int32_t) :: status
+        end function eqf_energy_fn
+    end interface
+
+    public :: eqf_abi_version, eqf_last_error_message, eqf_set_num_threads, eqf_num_threads
+    public :: eqf_flow_new, eqf_flow_free, eqf_flow_n_particles, eqf_flow_dim
+    public :: eqf_flow_sample, eqf_flow_log_density, eqf_flow_with_integrator
+    public :: eqf_energy_double_well, eqf_energy_lennard_jones, eqf_energy_eval, eqf_energy_free
+    public :: eqf_move_new, eqf_move_propose, eqf_move_accept, eqf_move_step, eqf_move_stats
+    public :: eqf_move_free, eqf_log_weights, eqf_kish_ess
+    interface
+        function eqf_abi_version() bind(C, name="eqf_abi_version") result(version)
+            import :: c_int32_t
+            integer(c_int32_t) :: version
+        end function eqf_abi_version
+
+        function eqf_last_error_message(buf, len) bind(C, name="eqf_last_error_message") &
+                result(length)
+            import :: c_ptr, c_size_t
+            type(c_ptr), value :: buf
+            integer(c_size_t), value :: len
+            integer(c_size_t) :: length
+        end function eqf_last_error_message
+
+        function eqf_set_num_threads(n) bind(C, name="eqf_set_num_threads") result(status)
+            import :: c_int64_t, c_int32_t
+            integer(c_int64_t), value :: n
+            integer(c_int32_t) :: status
+        end function eqf_set_num_threads
+
+        function eqf_num_threads() bind(C, name="eqf_num_threads") result(n)
+            import :: c_int64_t
+            integer(c_int64_t) :: n
+        end function eqf_num_threads
+
+        function eqf_flow_new(n_particles, dim, seed, out) bind(C, name="eqf_flow_new") &
+                result(status)
+            import :: c_int64_t, c_ptr, c_int32_t
+            integer(c_int64_t), value :: n_particles, dim, seed
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_flow_new
+
+        function eqf_flow_free(flow) bind(C, name="eqf_flow_free") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: flow
+            integer(c_int32_t) :: status
+        end function eqf_flow_free
+
+        function eqf_flow_n_particles(flow) bind(C, name="eqf_flow_n_particles") result(n)
+            import :: c_ptr, c_int64_t
+            type(c_ptr), value :: flow
+            integer(c_int64_t) :: n
+        end function eqf_flow_n_particles
+
+        function eqf_flow_dim(flow) bind(C, name="eqf_flow_dim") result(n)
+            import :: c_ptr, c_int64_t
+            type(c_ptr), value :: flow
+            integer(c_int64_t) :: n
+        end function eqf_flow_dim
+
+        function eqf_flow_sample(flow, seed, n, x, log_q) bind(C, name="eqf_flow_sample") &
+                result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t
+            type(c_ptr), value :: flow
+            integer(c_int64_t), value :: seed, n
+            real(c_double), intent(inout) :: x(*), log_q(*)
+            integer(c_int32_t) :: status
+        end function eqf_flow_sample
+
+        function eqf_flow_log_density(flow, n, x, log_q) bind(C, name="eqf_flow_log_density") &
+                result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t
+            type(c_ptr), value :: flow
+            integer(c_int64_t), value :: n
+            real(c_double), intent(in) :: x(*)
+            real(c_double), intent(inout) :: log_q(*)
+            integer(c_int32_t) :: status
+        end function eqf_flow_log_density
+
+        function eqf_flow_with_integrator(flow, method, n_steps, rtol, atol, density_mode, &
+                out) bind(C, name="eqf_flow_with_integrator") result(status)
+            import :: c_ptr, c_int32_t, c_int64_t, c_double
+            type(c_ptr), value :: flow
+            integer(c_int32_t), value :: method, density_mode
+            integer(c_int64_t), value :: n_steps
+            real(c_double), value :: rtol, atol
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_flow_with_integrator
+
+        function eqf_energy_double_well(n_particles, dim, a, b, c, d0, out) &
+                bind(C, name="eqf_energy_double_well") result(status)
+            import :: c_int64_t, c_double, c_ptr, c_int32_t
+            integer(c_int64_t), value :: n_particles, dim
+            real(c_double), value :: a, b, c, d0
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_energy_double_well
+
+        function eqf_energy_lennard_jones(n_particles, dim, epsilon, r_m, oscillator_k, out) &
+                bind(C, name="eqf_energy_lennard_jones") result(status)
+            import :: c_int64_t, c_double, c_ptr, c_int32_t
+            integer(c_int64_t), value :: n_particles, dim
+            real(c_double), value :: epsilon, r_m, oscillator_k
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_energy_lennard_jones
+
+        function eqf_energy_eval(energy, n, x, U, gradient) bind(C, name="eqf_energy_eval") &
+                result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t
+            type(c_ptr), value :: energy
+            integer(c_int64_t), value :: n
+            real(c_double), intent(in) :: x(*)
+            real(c_double), intent(inout) :: U(*)
+            type(c_ptr), value :: gradient
+            integer(c_int32_t) :: status
+        end function eqf_energy_eval
+
+        function eqf_energy_free(energy) bind(C, name="eqf_energy_free") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: energy
+            integer(c_int32_t) :: status
+        end function eqf_energy_free
+
+        function eqf_move_new(flow, kT, seed, out) bind(C, name="eqf_move_new") result(status)
+            import :: c_ptr, c_double, c_int64_t, c_int32_t
+            type(c_ptr), value :: flow
+            real(c_double), value :: kT
+            integer(c_int64_t), value :: seed
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_move_new
+
+        function eqf_move_propose(move, x_current, U_current, x_proposed) &
+                bind(C, name="eqf_move_propose") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: move
+            real(c_double), intent(in) :: x_current(*)
+            real(c_double), value :: U_current
+            real(c_double), intent(inout) :: x_proposed(*)
+            integer(c_int32_t) :: status
+        end function eqf_move_propose
+
+        function eqf_move_accept(move, U_proposed, accepted) bind(C, name="eqf_move_accept") &
+                result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: move
+            real(c_double), value :: U_proposed
+            integer(c_int32_t), intent(inout) :: accepted
+            integer(c_int32_t) :: status
+        end function eqf_move_accept
+
+        function eqf_move_step(move, x, U, energy, user, accepted) &
+                bind(C, name="eqf_move_step") result(status)
+            import :: c_ptr, c_double, c_funptr, c_int32_t
+            type(c_ptr), value :: move
+            real(c_double), intent(inout) :: x(*)
+            real(c_double), intent(inout) :: U
+            type(c_funptr), value :: energy
+            type(c_ptr), value :: user
+            integer(c_int32_t), intent(inout) :: accepted
+            integer(c_int32_t) :: status
+        end function eqf_move_step
+
+        function eqf_move_stats(move, n_proposed, n_accepted) bind(C, name="eqf_move_stats") &
+                result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: move
+            integer(c_int64_t), intent(inout) :: n_proposed, n_accepted
+            integer(c_int32_t) :: status
+        end function eqf_move_stats
+
+        function eqf_move_free(move) bind(C, name="eqf_move_free") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: move
+            integer(c_int32_t) :: status
+        end function eqf_move_free
+
+        function eqf_log_weights(n, U, log_q, kT, log_w) bind(C, name="eqf_log_weights") &
+                result(status)
+            import :: c_int64_t, c_double, c_int32_t
+            integer(c_int64_t), value :: n
+            real(c_double), intent(in) :: U(*), log_q(*)
+            real(c_double), value :: kT
+            real(c_double), intent(inout) :: log_w(*)
+            integer(c_int32_t) :: status
+        end function eqf_log_weights
+
+        function eqf_kish_ess(n, log_w, ess) bind(C, name="eqf_kish_ess") result(status)
+            import :: c_int64_t, c_double, c_int32_t
+            integer(c_int64_t), value :: n
+            real(c_double), intent(in) :: log_w(*)
+            real(c_double), intent(inout) :: ess
+            integer(c_int32_t) :: status
+        end function eqf_kish_ess
+    end interface
+
+    ! ---------------------------------------------------------------------------------------
+    ! Layer 2: derived types owning the handles.
+    ! ---------------------------------------------------------------------------------------
+
+    public :: eqflow_last_error, eqflow_log_weights, eqflow_kish_ess
+
+    ! An equivariant normalizing flow. Immutable once created: share it between threads.
+    type, public :: eqflow_flow
+        private
+        type(c_ptr) :: ptr = c_null_ptr
+    contains
+        procedure :: create => flow_create
+        procedure :: with_integrator => flow_with_integrator
+        procedure :: n_particles => flow_n_particles
+        procedure :: n_dim => flow_n_dim
+        procedure :: sample => flow_sample
+        procedure :: log_density => flow_log_density
+        procedure :: handle => flow_handle
+        procedure :: free => flow_free
+    end type eqflow_flow
+
+    ! A built-in energy (double well, Lennard-Jones). Immutable once created.
+    type, public :: eqflow_energy
+        private
+        type(c_ptr) :: ptr = c_null_ptr
+        integer(c_int64_t) :: n_coords = 0
+    contains
+        procedure :: double_well => energy_double_well
+        procedure :: lennard_jones => energy_lennard_jones
+        procedure :: eval => energy_eval
+        procedure :: free => energy_free
+    end type eqflow_energy
+
+    ! The Boltzmann-generator Monte Carlo move. One thread at a time.
+    type, public :: eqflow_move
+        private
+        type(c_ptr) :: ptr = c_null_ptr
+        integer(c_int64_t) :: n_coords = 0
+    contains
+        procedure :: create => move_create
+        procedure :: propose => move_propose
+        procedure :: accept => move_accept
+        procedure :: step => move_step
+        procedure :: stats => move_stats
+        procedure :: free => move_free
+    end type eqflow_move
+
+contains
+
+    ! The calling thread's last eqflow error message ('' if none).
+    function eqflow_last_error() result(message)
+        character(len=:), allocatable :: message
+        character(kind=c_char), allocatable, target :: buffer(:)
+        integer(c_size_t) :: length, i
+        length = eqf_last_error_message(c_null_ptr, 0_c_size_t)
+        allocate (buffer(length + 1))
+        length = eqf_last_error_message(c_loc(buffer), size(buffer, kind=c_size_t))
+        allocate (character(len=length) :: message)
+        do i = 1, length
+            message(i:i) = buffer(i)
+        end do
+    end function eqflow_last_error
+
+    ! Reports `code` through `status` if present, else stops with the message on failure.
+    subroutine finish(code, status, context)
+        integer(c_int32_t), intent(in) :: code
+        integer(c_int32_t), intent(out), optional :: status
+        character(len=*), intent(in) :: context
+        if (present(status)) then
+            status = code
+        else if (code /= EQF_OK) then
+            write (error_unit, '(a, a, i0, a, a)') context, ' failed with status ', code, ': ', &
+                eqflow_last_error()
+            error stop 'eqflow error'
+        end if
+    end subroutine finish
+
+    ! Checks an array dimension in the wrappers (the C API cannot see Fortran shapes).
+    logical function shape_ok(found, expected, what, status)
+        integer, intent(in) :: found
+        integer(c_int64_t), intent(in) :: expected
+        character(len=*), intent(in) :: what
+        integer(c_int32_t), intent(out), optional :: status
+        shape_ok = int(found, c_int64_t) == expected
+        if (.not. shape_ok) then
+            if (present(status)) then
+                status = EQF_ERR_DIMENSION_MISMATCH
+            else
+                write (error_unit, '(a, a, i0, a, i0)') what, ': extent ', found, &
+                    ', expected ', expected
+                error stop 'eqflow error'
+            end if
+        end if
+    end function shape_ok
+
+    ! log_w = -U/kT - log_q, see eqf_log_weights.
+    subroutine eqflow_log_weights(U, log_q, kT, log_w, status)
+        real(c_double), intent(in), contiguous :: U(:), log_q(:)
+        real(c_double), intent(in) :: kT
+        real(c_double), intent(inout), contiguous :: log_w(:)
+        integer(c_int32_t), intent(out), optional :: status
+        integer(c_int64_t) :: n
+        n = size(U, kind=c_int64_t)
+        if (.not. shape_ok(size(log_q), n, 'eqflow_log_weights: log_q', status)) return
+        if (.not. shape_ok(size(log_w), n, 'eqflow_log_weights: log_w', status)) return
+        call finish(eqf_log_weights(n, U, log_q, kT, log_w), status, 'eqf_log_weights')
+    end subroutine eqflow_log_weights
+
+    ! Kish effective sample size of log weights, see eqf_kish_ess.
+    function eqflow_kish_ess(log_w, status) result(ess)
+        real(c_double), intent(in), contiguous :: log_w(:)
+        integer(c_int32_t), intent(out), optional :: status
+        real(c_double) :: ess
+        ess = 0.0_c_double
+        call finish(eqf_kish_ess(size(log_w, kind=c_int64_t), log_w, ess), status, &
+            'eqf_kish_ess')
+    end function eqflow_kish_ess
+
+    ! ----- flows ---------------------------------------------------------------------------
+
+    ! An untrained flow for n_particles particles in dim dimensions (eqf_flow_new). Frees a
+    ! flow this object held before.
+    subroutine flow_create(this, n_particles, dim, seed, status)
+        class(eqflow_flow), intent(inout) :: this
+        integer, intent(in) :: n_particles, dim
+        integer(c_int64_t), intent(in) :: seed
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_flow_new(int(n_particles, c_int64_t), int(dim, c_int64_t), seed, out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+        end if
+        call finish(code, status, 'eqf_flow_new')
+    end subroutine flow_create
+
+    ! A new flow with this flow's parameters and another integrator (eqf_flow_with_integrator).
+    subroutine flow_with_integrator(this, method, n_steps, rtol, atol, density_mode, new, status)
+        class(eqflow_flow), intent(in) :: this
+        integer(c_int32_t), intent(in) :: method, density_mode
+        integer, intent(in) :: n_steps
+        real(c_double), intent(in) :: rtol, atol
+        type(eqflow_flow), intent(inout) :: new
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_flow_with_integrator(this%ptr, method, int(n_steps, c_int64_t), rtol, atol, &
+            density_mode, out)
+        if (code == EQF_OK) then
+            call new%free()
+            new%ptr = out
+        end if
+        call finish(code, status, 'eqf_flow_with_integrator')
+    end subroutine flow_with_integrator
+
+    integer function flow_n_particles(this)
+        class(eqflow_flow), intent(in) :: this
+        flow_n_particles = int(eqf_flow_n_particles(this%ptr))
+    end function flow_n_particles
+
+    integer function flow_n_dim(this)
+        class(eqflow_flow), intent(in) :: this
+        flow_n_dim = int(eqf_flow_dim(this%ptr))
+    end function flow_n_dim
+
+    ! n = size(log_q) samples into x(D, N, n) with their log-densities (eqf_flow_sample).
+    subroutine flow_sample(this, seed, x, log_q, status)
+        class(eqflow_flow), intent(in) :: this
+        integer(c_int64_t), intent(in) :: seed
+        real(c_double), intent(inout), contiguous :: x(:, :, :)
+        real(c_double), intent(inout), contiguous :: log_q(:)
+        integer(c_int32_t), intent(out), optional :: status
+        if (.not. batch_shape_ok(this, x, size(log_q), 'sample: x', status)) return
+        call finish(eqf_flow_sample(this%ptr, seed, size(log_q, kind=c_int64_t), x, log_q), &
+            status, 'eqf_flow_sample')
+    end subroutine flow_sample
+
+    ! log q of the n = size(log_q) configurations x(D, N, n) (eqf_flow_log_density).
+    subroutine flow_log_density(this, x, log_q, status)
+        class(eqflow_flow), intent(in) :: this
+        real(c_double), intent(in), contiguous :: x(:, :, :)
+        real(c_double), intent(inout), contiguous :: log_q(:)
+        integer(c_int32_t), intent(out), optional :: status
+        if (.not. batch_shape_ok(this, x, size(log_q), 'log_density: x', status)) return
+        call finish(eqf_flow_log_density(this%ptr, size(log_q, kind=c_int64_t), x, log_q), &
+            status, 'eqf_flow_log_density')
+    end subroutine flow_log_density
+
+    logical function batch_shape_ok(flow, x, n, what, status)
+        class(eqflow_flow), intent(in) :: flow
+        real(c_double), intent(in) :: x(:, :, :)
+        integer, intent(in) :: n
+        character(len=*), intent(in) :: what
+        integer(c_int32_t), intent(out), optional :: status
+        batch_shape_ok = shape_ok(size(x, 1), eqf_flow_dim(flow%ptr), what//'(D,:,:)', status)
+        if (batch_shape_ok) then
+            batch_shape_ok = shape_ok(size(x, 2), eqf_flow_n_particles(flow%ptr), &
+                what//'(:,N,:)', status)
+        end if
+        if (batch_shape_ok) then
+            batch_shape_ok = shape_ok(size(x, 3), int(n, c_int64_t), what//'(:,:,n)', status)
+        end if
+    end function batch_shape_ok
+
+    ! The C handle (still owned by this object), for the raw interfaces.
+    function flow_handle(this) result(ptr)
+        class(eqflow_flow), intent(in) :: this
+        type(c_ptr) :: ptr
+        ptr = this%ptr
+    end function flow_handle
+
+    ! Releases the flow (no-op if none). Moves created from it stay valid.
+    subroutine flow_free(this)
+        class(eqflow_flow), intent(inout) :: this
+        integer(c_int32_t) :: code
+        if (c_associated(this%ptr)) code = eqf_flow_free(this%ptr)
+        this%ptr = c_null_ptr
+    end subroutine flow_free
+
+    ! ----- energies ------------------------------------------------------------------------
+
+    ! The pairwise double well of DW-2/DW-4 (eqf_energy_double_well).
+    subroutine energy_double_well(this, n_particles, dim, a, b, c, d0, status)
+        class(eqflow_energy), intent(inout) :: this
+        integer, intent(in) :: n_particles, dim
+        real(c_double), intent(in) :: a, b, c, d0
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_energy_double_well(int(n_particles, c_int64_t), int(dim, c_int64_t), a, b, &
+            c, d0, out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+            this%n_coords = int(n_particles, c_int64_t) * int(dim, c_int64_t)
+        end if
+        call finish(code, status, 'eqf_energy_double_well')
+    end subroutine energy_double_well
+
+    ! The Lennard-Jones cluster of LJ-13 (eqf_energy_lennard_jones).
+    subroutine energy_lennard_jones(this, n_particles, dim, epsilon, r_m, oscillator_k, status)
+        class(eqflow_energy), intent(inout) :: this
+        integer, intent(in) :: n_particles, dim
+        real(c_double), intent(in) :: epsilon, r_m, oscillator_k
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_energy_lennard_jones(int(n_particles, c_int64_t), int(dim, c_int64_t), &
+            epsilon, r_m, oscillator_k, out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+            this%n_coords = int(n_particles, c_int64_t) * int(dim, c_int64_t)
+        end if
+        call finish(code, status, 'eqf_energy_lennard_jones')
+    end subroutine energy_lennard_jones
+
+    ! U(s) of the configurations x(D, N, s), and the gradient +dU/dx (same shape) if present
+    ! (eqf_energy_eval).
+    subroutine energy_eval(this, x, U, gradient, status)
+        class(eqflow_energy), intent(in) :: this
+        real(c_double), intent(in), contiguous :: x(:, :, :)
+        real(c_double), intent(inout), contiguous :: U(:)
+        real(c_double), intent(inout), contiguous, target, optional :: gradient(:, :, :)
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: gradient_ptr
+        if (.not. shape_ok(size(x, 1) * size(x, 2), this%n_coords, 'eval: x(D,N,:)', &
+            status)) return
+        if (.not. shape_ok(size(x, 3), size(U, kind=c_int64_t), 'eval: x(:,:,n)', status)) return
+        gradient_ptr = c_null_ptr
+        if (present(gradient)) then
+            if (.not. shape_ok(size(gradient), size(x, kind=c_int64_t), 'eval: gradient', &
+                status)) return
+            gradient_ptr = c_loc(gradient)
+        end if
+        call finish(eqf_energy_eval(this%ptr, size(U, kind=c_int64_t), x, U, gradient_ptr), &
+            status, 'eqf_energy_eval')
+    end subroutine energy_eval
+
+    subroutine energy_free(this)
+        class(eqflow_energy), intent(inout) :: this
+        integer(c_int32_t) :: code
+        if (c_associated(this%ptr)) code = eqf_energy_free(this%ptr)
+        this%ptr = c_null_ptr
+        this%n_coords = 0
+    end subroutine energy_free
+
+    ! ----- moves ---------------------------------------------------------------------------
+
+    ! A Monte Carlo move proposing from `flow` at temperature kT (eqf_move_new). The move keeps
+    ! its own copy of the flow.
+    subroutine move_create(this, flow, kT, seed, status)
+        class(eqflow_move), intent(inout) :: this
+        type(eqflow_flow), intent(in) :: flow
+        real(c_double), intent(in) :: kT
+        integer(c_int64_t), intent(in) :: seed
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_move_new(flow%ptr, kT, seed, out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+            this%n_coords = eqf_flow_n_particles(flow%ptr) * eqf_flow_dim(flow%ptr)
+        end if
+        call finish(code, status, 'eqf_move_new')
+    end subroutine move_create
+
+    ! Phase one: x_proposed(D, N) from the current state x_current(D, N) with energy U_current
+    ! (eqf_move_propose).
+    subroutine move_propose(this, x_current, U_current, x_proposed, status)
+        class(eqflow_move), intent(inout) :: this
+        real(c_double), intent(in), contiguous :: x_current(:, :)
+        real(c_double), intent(in) :: U_current
+        real(c_double), intent(inout), contiguous :: x_proposed(:, :)
+        integer(c_int32_t), intent(out), optional :: status
+        if (.not. shape_ok(size(x_current), this%n_coords, 'propose: x_current', status)) return
+        if (.not. shape_ok(size(x_proposed), this%n_coords, 'propose: x_proposed', status)) return
+        call finish(eqf_move_propose(this%ptr, x_current, U_current, x_proposed), status, &
+            'eqf_move_propose')
+    end subroutine move_propose
+
+    ! Phase two: decides the pending proposal given its energy (eqf_move_accept).
+    subroutine move_accept(this, U_proposed, accepted, status)
+        class(eqflow_move), intent(inout) :: this
+        real(c_double), intent(in) :: U_proposed
+        logical, intent(out) :: accepted
+        integer(c_int32_t), intent(out), optional :: status
+        integer(c_int32_t) :: flag, code
+        flag = 0
+        code = eqf_move_accept(this%ptr, U_proposed, flag)
+        accepted = flag /= 0
+        call finish(code, status, 'eqf_move_accept')
+    end subroutine move_accept
+
+    ! One move on x(D, N) with energy U, calling `energy` once for the proposal (eqf_move_step);
+    ! on acceptance x and U hold the proposal and its energy. `user` is passed to `energy`.
+    subroutine move_step(this, x, U, energy, user, accepted, status)
+        class(eqflow_move), intent(inout) :: this
+        real(c_double), intent(inout), contiguous :: x(:, :)
+        real(c_double), intent(inout) :: U
+        procedure(eqf_energy_fn) :: energy
+        type(c_ptr), intent(in) :: user
+        logical, intent(out) :: accepted
+        integer(c_int32_t), intent(out), optional :: status
+        integer(c_int32_t) :: flag, code
+        accepted = .false.
+        if (.not. shape_ok(size(x), this%n_coords, 'step: x', status)) return
+        flag = 0
+        code = eqf_move_step(this%ptr, x, U, c_funloc(energy), user, flag)
+        accepted = flag /= 0
+        call finish(code, status, 'eqf_move_step')
+    end subroutine move_step
+
+    ! Decided and accepted proposals so far (eqf_move_stats).
+    subroutine move_stats(this, n_proposed, n_accepted, status)
+        class(eqflow_move), intent(in) :: this
+        integer(c_int64_t), intent(out) :: n_proposed, n_accepted
+        integer(c_int32_t), intent(out), optional :: status
+        n_proposed = 0
+        n_accepted = 0
+        call finish(eqf_move_stats(this%ptr, n_proposed, n_accepted), status, 'eqf_move_stats')
+    end subroutine move_stats
+
+    subroutine move_free(this)
+        class(eqflow_move), intent(inout) :: this
+        integer(c_int32_t) :: code
+        if (c_associated(this%ptr)) code = eqf_move_free(this%ptr)
+        this%ptr = c_null_ptr
+        this%n_coords = 0
+    end subroutine move_free
+
+end module eqflow

@@ -1,0 +1,532 @@
+//! The Boltzmann-generator Monte Carlo move behind an opaque `eqf_move` handle.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use crate::Error;
+use crate::mc_move::FlowMove;
+
+use super::flow::eqf_flow;
+use super::{
+    catch, check_not_null, check_output, free_handle, handle, handle_mut, input_array,
+    write_handle, write_output,
+};
+
+/// An energy callback supplied by the host: writes U(x) of one configuration into `*U` and
+/// returns 0, or returns any non-zero value to report failure (eqflow then fails with
+/// EQF_ERR_CALLBACK and changes nothing).
+///
+/// `x` holds `n_particles * dim` doubles, particle-major (`x[i*dim + k]`, C `double x[N][D]`,
+/// Fortran `x(D, N)`), and is valid only during the call. `*U` is in the same energy units as
+/// the kT of the move; +infinity is a valid energy (always rejected), NaN and -infinity are
+/// errors (EQF_ERR_NON_FINITE). `user` is passed through unchanged from `eqf_move_step`.
+///
+/// The callback runs on the thread that called `eqf_move_step`. It must not use the same move
+/// (it may use flows, energies and other moves), and must not unwind through eqflow (no C++
+/// exception, no longjmp): catch exceptions in the callback and return non-zero instead.
+#[allow(non_camel_case_types, non_snake_case)]
+pub type eqf_energy_fn = Option<
+    unsafe extern "C" fn(
+        user: *mut c_void,
+        n_particles: i64,
+        dim: i64,
+        x: *const f64,
+        U: *mut f64,
+    ) -> i32,
+>;
+
+/// A Boltzmann-generator Monte Carlo move (opaque): independence Metropolis–Hastings with a flow
+/// as the proposal.
+///
+/// From the current state x with energy U(x), the move proposes x' = F(z) + c(x), a flow sample
+/// translated to the centre of mass c(x) of the current state (the move never changes the
+/// centre of mass), and accepts it with probability min(1, exp(log w(x') - log w(x))), where
+/// `log w = -U/kT - log q`. In the flow's default density mode (exact-discrete) log q of a
+/// proposal and of the same configuration evaluated later agree to round-off, so the chain
+/// samples exp(-U/kT) exactly.
+///
+/// Particle labels of a proposal are arbitrary: the flow is permutation equivariant, so
+/// particle i of x' has no relation to particle i of x. Hosts that track particle identity must
+/// not rely on labels surviving an accepted flow move.
+///
+/// A move keeps its own copy of the flow (freeing the flow first is safe), a cache of log q of
+/// the current state (recomputed only when the coordinates differ, bit for bit, from the last
+/// ones it saw), and acceptance statistics. A move belongs to one thread at a time; give each
+/// thread (chain) its own move. Created by `eqf_move_new`, released with `eqf_move_free`.
+#[allow(non_camel_case_types)]
+pub struct eqf_move {
+    inner: FlowMove,
+    /// The host's coordinates during `eqf_move_step`, reused to avoid an allocation per step.
+    buffer: Vec<f64>,
+}
+
+/// Creates a Monte Carlo move that proposes from `flow` at temperature `kT`.
+///
+/// The random stream of proposal number k (counting decided proposals) is derived from
+/// (`seed`, k): same flow, seed and sequence of calls, same chain, bit for bit, on any machine
+/// and thread count. A failed call does not advance the stream, so it can be retried
+/// identically. Give independent chains different seeds.
+///
+/// @param flow  the proposal flow (not NULL); the move keeps its own copy, so the flow may be
+///              freed before the move. Its integrator and density mode are those of the move
+///              (see `eqf_flow_with_integrator`)
+/// @param kT    temperature in the energy units of U (> 0, finite)
+/// @param seed  seed of the move's random streams
+/// @param out   on success receives the new move, to be released with `eqf_move_free`;
+///              untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (kT not positive and finite)
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn eqf_move_new(
+    flow: *const eqf_flow,
+    kT: f64,
+    seed: u64,
+    out: *mut *mut eqf_move,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract); flows are never mutated.
+        let flow = unsafe { handle(flow, "flow") }?;
+        check_not_null(out, "out")?;
+        let inner = FlowMove::new(Arc::new(flow.inner.clone()), kT, seed)?;
+        let buffer = vec![0.0; flow.inner.layout().len()];
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
+        // contract); it is written only now that the move exists.
+        unsafe { write_handle(out, eqf_move { inner, buffer }) };
+        Ok(())
+    })
+}
+
+/// Phase one of the two-phase protocol: proposes a new configuration from the current state.
+///
+/// The host passes its current configuration and energy; eqflow writes the proposal x' (same
+/// layout, same centre of mass, arbitrary particle labels) into `x_proposed`. The host then
+/// evaluates U(x') and calls `eqf_move_accept`; if that reports acceptance, the host copies
+/// `x_proposed` into its state (bit for bit, so that the next move reuses the cached log q).
+///
+/// Calling `eqf_move_propose` again before `eqf_move_accept` replaces the pending proposal (by
+/// the same proposal, translated to the new current centre of mass: the random stream advances
+/// only when a proposal is decided).
+///
+/// Layout: N*D doubles, `x[i*D + k]` (C `double x[N][D]`, Fortran `x(D, N)`).
+///
+/// @param move        the move (not NULL)
+/// @param x_current   input, N*D finite doubles: the current configuration (any centre of mass)
+/// @param U_current   its energy (+infinity allowed; NaN and -infinity are errors)
+/// @param x_proposed  output, N*D doubles, distinct from x_current; written only on success
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_NON_FINITE (NaN or infinite coordinates, U
+///         NaN or -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
+///         (the flow cannot evaluate the current state or produce a proposal). On failure the
+///         move is unchanged (including its random stream, statistics and pending proposal)
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn eqf_move_propose(
+    r#move: *mut eqf_move,
+    x_current: *const f64,
+    U_current: f64,
+    x_proposed: *mut f64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
+        // thread uses during the call (this function's contract).
+        let mv = unsafe { handle_mut(r#move, "move") }?;
+        let len = mv.buffer.len();
+        check_output(x_proposed, len, "x_proposed")?;
+        // SAFETY: `x_current` is NULL (rejected) or points to N*D doubles that the caller does
+        // not modify during the call (this function's contract).
+        let x = unsafe { input_array(x_current, len, "x_current") }?;
+        let proposal = mv.inner.propose(x, U_current)?;
+        // SAFETY: `x_proposed` was checked (non-NULL, aligned) for N*D doubles and is writable
+        // for N*D doubles (this function's contract); `proposal` is the move's own buffer.
+        unsafe { write_output(x_proposed, proposal) };
+        Ok(())
+    })
+}
+
+/// Phase two of the two-phase protocol: decides the pending proposal given its energy.
+///
+/// Accepts with probability min(1, exp(log w(x') - log w(x))), `log w = -U/kT - log q`. A
+/// proposal with `U_proposed = +infinity` is always rejected; if the current state had
+/// `U_current = +infinity`, any proposal with finite energy is accepted. Either way the
+/// proposal is no longer pending and the statistics count it.
+///
+/// @param move        the move (not NULL)
+/// @param U_proposed  the energy of the configuration written by `eqf_move_propose`
+/// @param accepted    output: 1 if accepted (copy x_proposed into your state), 0 if rejected
+///                    (keep x_current); written only on success
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_STATE (no proposal is pending);
+///         EQF_ERR_NON_FINITE (U_proposed is NaN or -infinity; the proposal stays pending and
+///         nothing changes)
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn eqf_move_accept(
+    r#move: *mut eqf_move,
+    U_proposed: f64,
+    accepted: *mut i32,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
+        // thread uses during the call (this function's contract).
+        let mv = unsafe { handle_mut(r#move, "move") }?;
+        check_not_null(accepted, "accepted")?;
+        let decision = mv.inner.accept(U_proposed)?;
+        // SAFETY: `accepted` is non-NULL (checked above) and valid for one write (this
+        // function's contract).
+        unsafe { accepted.write(i32::from(decision)) };
+        Ok(())
+    })
+}
+
+/// One complete move: proposes from (x, U), calls `energy` once for the proposal, and decides.
+///
+/// On acceptance `x` and `*U` are overwritten with the proposal and its energy; on rejection
+/// they are left as they were. Equivalent to `eqf_move_propose`, the energy, and
+/// `eqf_move_accept`, and produces the same chain; a pending proposal of `eqf_move_propose` is
+/// discarded.
+///
+/// @param move      the move (not NULL)
+/// @param x         input/output, N*D finite doubles (`x[i*D + k]`, Fortran `x(D, N)`)
+/// @param U         input/output, the energy of x (+infinity allowed)
+/// @param energy    the host's energy function (not NULL), called exactly once per successful
+///                  step, on the thread of the caller
+/// @param user      passed unchanged to `energy`
+/// @param accepted  output: 1 if accepted, 0 if rejected; written only on success
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_CALLBACK (energy returned non-zero);
+///         EQF_ERR_NON_FINITE (NaN or infinite coordinates, an energy that is NaN or
+///         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE (the
+///         flow cannot evaluate the current state or produce a proposal). On failure x, U,
+///         accepted and the move (random stream and statistics included) are unchanged, so the
+///         step can be retried and gives the same proposal
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn eqf_move_step(
+    r#move: *mut eqf_move,
+    x: *mut f64,
+    U: *mut f64,
+    energy: eqf_energy_fn,
+    user: *mut c_void,
+    accepted: *mut i32,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
+        // thread uses during the call (this function's contract).
+        let mv = unsafe { handle_mut(r#move, "move") }?;
+        let len = mv.buffer.len();
+        check_not_null(U, "U")?;
+        check_not_null(accepted, "accepted")?;
+        let Some(energy) = energy else {
+            return Err(Error::NullPointer {
+                what: "energy".to_owned(),
+            });
+        };
+        check_output(x, len, "x")?;
+        // SAFETY: `x` is non-NULL and aligned (checked above) and points to N*D doubles (this
+        // function's contract); the borrow ends with the copy.
+        mv.buffer
+            .copy_from_slice(unsafe { input_array(x, len, "x") }?);
+        // SAFETY: `U` is non-NULL (checked above) and points to a readable double.
+        let mut u = unsafe { U.read() };
+        let (n_particles, dim) = (mv.inner.flow().n_particles(), mv.inner.flow().dim());
+        let (n_particles, dim) = (n_particles as i64, dim as i64);
+        let decision = mv.inner.step(&mut mv.buffer, &mut u, |proposal| {
+            let mut value = f64::NAN;
+            // SAFETY: `energy` and `user` come from the host, which guarantees that `energy`
+            // accepts `user` and reads N*D doubles from `x`; `proposal` holds N*D doubles and
+            // `value` is a live local double.
+            let status =
+                unsafe { energy(user, n_particles, dim, proposal.as_ptr(), &raw mut value) };
+            if status == 0 {
+                Ok(value)
+            } else {
+                Err(Error::Callback {
+                    what: format!("the energy callback returned {status}"),
+                })
+            }
+        })?;
+        if decision {
+            // SAFETY: `x` and `U` were checked non-NULL (and `x` aligned) for N*D doubles and
+            // one double, writable (this function's contract); `buffer` is the move's own.
+            unsafe {
+                write_output(x, &mv.buffer);
+                U.write(u);
+            }
+        }
+        // SAFETY: `accepted` is non-NULL (checked above) and valid for one write.
+        unsafe { accepted.write(i32::from(decision)) };
+        Ok(())
+    })
+}
+
+/// Reports how many proposals the move has decided and how many it accepted. The acceptance
+/// rate is `n_accepted / n_proposed`. A proposal replaced by a new `eqf_move_propose` before
+/// it was decided, and a failed call, count for nothing.
+///
+/// @param move        the move (not NULL)
+/// @param n_proposed  output, number of decided proposals
+/// @param n_accepted  output, number of accepted proposals
+/// @return EQF_OK; EQF_ERR_NULL_POINTER
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_move_stats(
+    r#move: *const eqf_move,
+    n_proposed: *mut i64,
+    n_accepted: *mut i64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` (this
+        // function's contract).
+        let mv = unsafe { handle(r#move, "move") }?;
+        check_not_null(n_proposed, "n_proposed")?;
+        check_not_null(n_accepted, "n_accepted")?;
+        let stats = mv.inner.stats();
+        // SAFETY: both pointers are non-NULL (checked above) and valid for one write each
+        // (this function's contract).
+        unsafe {
+            n_proposed.write(i64::try_from(stats.n_proposed).unwrap_or(i64::MAX));
+            n_accepted.write(i64::try_from(stats.n_accepted).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    })
+}
+
+/// Releases a move created by `eqf_move_new`. NULL is accepted and does nothing. The flow the
+/// move was created from is not affected.
+///
+/// @return EQF_OK
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_move_free(r#move: *mut eqf_move) -> i32 {
+    // SAFETY: `move` is NULL or a handle from `eqf_move_new` not freed yet (this function's
+    // contract).
+    unsafe { free_handle(r#move) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::energy::{DoubleWell, Energy};
+    use crate::ffi::flow::{eqf_flow_free, eqf_flow_new};
+    use crate::ffi::{
+        EQF_ERR_CALLBACK, EQF_ERR_INVALID_ARGUMENT, EQF_ERR_INVALID_STATE, EQF_ERR_NON_FINITE,
+        EQF_ERR_NULL_POINTER, EQF_OK,
+    };
+
+    /// DW-4 energy for the callback; `user` points to a `DoubleWell`.
+    unsafe extern "C" fn dw4(
+        user: *mut c_void,
+        n_particles: i64,
+        dim: i64,
+        x: *const f64,
+        u: *mut f64,
+    ) -> i32 {
+        // SAFETY: the tests pass a live `DoubleWell` as `user`, and eqflow passes N*D doubles
+        // and a writable double.
+        unsafe {
+            let energy = &*user.cast::<DoubleWell>();
+            let x = std::slice::from_raw_parts(x, (n_particles * dim) as usize);
+            u.write(energy.energy(x));
+        }
+        0
+    }
+
+    unsafe extern "C" fn failing(
+        _: *mut c_void,
+        _: i64,
+        _: i64,
+        _: *const f64,
+        _: *mut f64,
+    ) -> i32 {
+        -3
+    }
+
+    unsafe extern "C" fn nan(_: *mut c_void, _: i64, _: i64, _: *const f64, u: *mut f64) -> i32 {
+        // SAFETY: eqflow passes a writable double.
+        unsafe { u.write(f64::NAN) };
+        0
+    }
+
+    /// A DW-4 move whose flow handle is freed right away (the move keeps its own copy).
+    fn new_move(seed: u64) -> *mut eqf_move {
+        let mut flow = std::ptr::null_mut();
+        let mut mv = std::ptr::null_mut();
+        // SAFETY: valid pointer slots; the flow is freed once.
+        unsafe {
+            assert_eq!(eqf_flow_new(4, 2, 5, &raw mut flow), EQF_OK);
+            assert_eq!(eqf_move_new(flow, 1.0, seed, &raw mut mv), EQF_OK);
+            assert_eq!(eqf_flow_free(flow), EQF_OK);
+        }
+        mv
+    }
+
+    fn stats(mv: *const eqf_move) -> (i64, i64) {
+        let (mut p, mut a) = (-1, -1);
+        // SAFETY: live move, valid outputs.
+        assert_eq!(unsafe { eqf_move_stats(mv, &mut p, &mut a) }, EQF_OK);
+        (p, a)
+    }
+
+    #[test]
+    fn failed_steps_change_nothing_and_retry_identically() {
+        let mut energy = DoubleWell::dw4();
+        let user = (&raw mut energy).cast::<c_void>();
+        // A flow sample of high energy (U ≈ 300), so that the first proposals are accepted.
+        let start: [f64; 8] = crate::Flow::new(4, 2, 5).unwrap().sample(1, 1).unwrap().0[..]
+            .try_into()
+            .unwrap();
+        let (reference, disturbed) = (new_move(9), new_move(9));
+        let mut x_ref = start;
+        let mut u_ref = energy.energy(&start);
+        let mut x = x_ref;
+        let mut u = u_ref;
+        let mut accepted = 7;
+        // SAFETY: live moves; arrays of N*D doubles; valid outputs.
+        unsafe {
+            for step in 0..20 {
+                let mut acc_ref = 0;
+                let status = eqf_move_step(
+                    reference,
+                    x_ref.as_mut_ptr(),
+                    &mut u_ref,
+                    Some(dw4),
+                    user,
+                    &mut acc_ref,
+                );
+                assert_eq!(status, EQF_OK);
+                // Every kind of failure, then the real step.
+                let status = eqf_move_step(
+                    disturbed,
+                    x.as_mut_ptr(),
+                    &mut u,
+                    Some(failing),
+                    user,
+                    &mut accepted,
+                );
+                assert_eq!(status, EQF_ERR_CALLBACK);
+                let status = eqf_move_step(
+                    disturbed,
+                    x.as_mut_ptr(),
+                    &mut u,
+                    Some(nan),
+                    user,
+                    &mut accepted,
+                );
+                assert_eq!(status, EQF_ERR_NON_FINITE);
+                let mut bad = x;
+                bad[step % 8] = f64::NAN;
+                let mut u_bad = u;
+                let status = eqf_move_step(
+                    disturbed,
+                    bad.as_mut_ptr(),
+                    &mut u_bad,
+                    Some(dw4),
+                    user,
+                    &mut accepted,
+                );
+                assert_eq!(status, EQF_ERR_NON_FINITE);
+                let mut u_nan = f64::NAN;
+                let status = eqf_move_step(
+                    disturbed,
+                    x.as_mut_ptr(),
+                    &mut u_nan,
+                    Some(dw4),
+                    user,
+                    &mut accepted,
+                );
+                assert_eq!(status, EQF_ERR_NON_FINITE);
+                let status =
+                    eqf_move_step(disturbed, x.as_mut_ptr(), &mut u, None, user, &mut accepted);
+                assert_eq!(status, EQF_ERR_NULL_POINTER);
+                assert_eq!(
+                    eqf_move_accept(disturbed, 0.0, &mut accepted),
+                    EQF_ERR_INVALID_STATE
+                );
+                assert_eq!(accepted, 7, "a failed call wrote `accepted`");
+                let status = eqf_move_step(
+                    disturbed,
+                    x.as_mut_ptr(),
+                    &mut u,
+                    Some(dw4),
+                    user,
+                    &mut accepted,
+                );
+                assert_eq!(status, EQF_OK);
+                assert_eq!(accepted, acc_ref);
+                accepted = 7;
+                assert_eq!(x, x_ref);
+                assert_eq!(u.to_bits(), u_ref.to_bits());
+                assert_eq!(stats(disturbed), stats(reference));
+            }
+            assert!(stats(reference).1 > 0, "{:?}", stats(reference));
+            assert_eq!(eqf_move_free(reference), EQF_OK);
+            assert_eq!(eqf_move_free(disturbed), EQF_OK);
+            assert_eq!(eqf_move_free(std::ptr::null_mut()), EQF_OK);
+        }
+    }
+
+    #[test]
+    fn two_phase_protocol_through_the_c_api() {
+        let energy = DoubleWell::dw4();
+        let mv = new_move(3);
+        let x = [0.3, 0.1, 2.9, -0.4, -0.2, 2.7, 2.6, 2.8];
+        let mut proposal = [f64::NAN; 8];
+        let mut accepted = 7;
+        // SAFETY: live move; arrays of N*D doubles; valid outputs; NULLs are rejected.
+        unsafe {
+            assert_eq!(
+                eqf_move_accept(mv, 0.0, &mut accepted),
+                EQF_ERR_INVALID_STATE
+            );
+            let u = energy.energy(&x);
+            let status = eqf_move_propose(mv, x.as_ptr(), u, std::ptr::null_mut());
+            assert_eq!(status, EQF_ERR_NULL_POINTER);
+            let status = eqf_move_propose(mv, std::ptr::null(), u, proposal.as_mut_ptr());
+            assert_eq!(status, EQF_ERR_NULL_POINTER);
+            let status = eqf_move_propose(mv, x.as_ptr(), f64::NAN, proposal.as_mut_ptr());
+            assert_eq!(status, EQF_ERR_NON_FINITE);
+            assert!(proposal.iter().all(|v| v.is_nan()), "written on failure");
+            assert_eq!(
+                eqf_move_propose(mv, x.as_ptr(), u, proposal.as_mut_ptr()),
+                EQF_OK
+            );
+            assert_eq!(
+                eqf_move_accept(mv, f64::NAN, &mut accepted),
+                EQF_ERR_NON_FINITE
+            );
+            assert_eq!(
+                eqf_move_accept(mv, 0.0, std::ptr::null_mut()),
+                EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(accepted, 7);
+            assert_eq!(stats(mv), (0, 0));
+            let status = eqf_move_accept(mv, energy.energy(&proposal), &mut accepted);
+            assert_eq!(status, EQF_OK);
+            assert!(accepted == 0 || accepted == 1);
+            assert_eq!(stats(mv), (1, i64::from(accepted)));
+            let mut out = std::ptr::dangling_mut::<eqf_move>();
+            let mut flow = std::ptr::null_mut();
+            assert_eq!(eqf_flow_new(4, 2, 5, &raw mut flow), EQF_OK);
+            assert_eq!(
+                eqf_move_new(flow, 0.0, 1, &raw mut out),
+                EQF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                eqf_move_new(std::ptr::null(), 1.0, 1, &raw mut out),
+                EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(
+                eqf_move_new(flow, 1.0, 1, std::ptr::null_mut()),
+                EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(out, std::ptr::dangling_mut::<eqf_move>());
+            let (mut p, mut a) = (0, 0);
+            assert_eq!(
+                eqf_move_stats(std::ptr::null(), &mut p, &mut a),
+                EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(
+                eqf_move_stats(mv, std::ptr::null_mut(), &mut a),
+                EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(eqf_flow_free(flow), EQF_OK);
+            assert_eq!(eqf_move_free(mv), EQF_OK);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Boltzmann-generator importance weights and their effective sample size, for batches.
+
+use crate::boltzmann::{kish_ess, log_weights_into};
+use crate::{Error, Result};
+
+use super::{catch, check_not_null, check_output, count, input_array, scratch, write_output};
+
+/// Computes the log importance weights `log_w[s] = -U[s]/kT - log_q[s]` of n configurations
+/// drawn from a flow (`log_q` from `eqf_flow_sample` or `eqf_flow_log_density`, `U` from the
+/// host's energy or `eqf_energy_eval`, in the same energy units as kT).
+///
+/// Self-normalised estimates of an observable O are then `sum_s w_s O_s / sum_s w_s`; compute
+/// them with `exp(log_w[s] - max log_w)` to avoid overflow. An energy of +infinity is valid and
+/// gives weight 0 (`log_w = -infinity`).
+///
+/// Nothing is written unless the call succeeds; with n == 0 the arrays may be NULL.
+/// `log_w` may be the same array as `U` or `log_q`.
+///
+/// @param n      number of configurations (>= 0)
+/// @param U      input, n energies (not NaN, not -infinity)
+/// @param log_q  input, n finite log-densities
+/// @param kT     temperature in energy units (> 0, finite)
+/// @param log_w  output, n log weights
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, kT
+///         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite)
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn eqf_log_weights(
+    n: i64,
+    U: *const f64,
+    log_q: *const f64,
+    kT: f64,
+    log_w: *mut f64,
+) -> i32 {
+    catch(|| {
+        let n = count(n, "n")?;
+        check_output(log_w, n, "log_w")?;
+        // SAFETY: `U` and `log_q` are NULL (rejected) or point to n doubles that the caller does
+        // not modify during the call (this function's contract). The borrows end before
+        // `log_w`, which may alias them, is written.
+        let (energies, log_densities) =
+            unsafe { (input_array(U, n, "U")?, input_array(log_q, n, "log_q")?) };
+        let mut weights = scratch(n, "log_w")?;
+        log_weights_into(energies, log_densities, kT, &mut weights)?;
+        // SAFETY: `log_w` was checked (non-NULL, aligned) for n doubles and is writable for n
+        // doubles (this function's contract); `weights` is our own temporary.
+        unsafe { write_output(log_w, &weights) };
+        Ok(())
+    })
+}
+
+/// Computes the Kish effective sample size `ESS = (sum w)^2 / sum w^2` of n log importance
+/// weights, stably (the weights are shifted by their maximum). ESS lies between 1 and n; report
+/// `ESS / n` as the sampling efficiency. The ESS of n == 0 weights, or of weights that are all
+/// zero (every `log_w` = -infinity), is 0.
+///
+/// @param n      number of weights (>= 0)
+/// @param log_w  input, n log weights (-infinity allowed, NaN and +infinity not)
+/// @param ess    output, one double; written only on success
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
+///         EQF_ERR_NON_FINITE (a log weight is NaN or +infinity)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_kish_ess(n: i64, log_w: *const f64, ess: *mut f64) -> i32 {
+    catch(|| {
+        let n = count(n, "n")?;
+        check_not_null(ess, "ess")?;
+        // SAFETY: `log_w` is NULL (rejected) or points to n doubles that the caller does not
+        // modify during the call (this function's contract).
+        let weights = unsafe { input_array(log_w, n, "log_w") }?;
+        check_log_weights(weights)?;
+        let value = kish_ess(weights);
+        // SAFETY: `ess` is non-NULL (checked above) and valid for one write of a double (this
+        // function's contract).
+        unsafe { write_output(ess, &[value]) };
+        Ok(())
+    })
+}
+
+fn check_log_weights(log_w: &[f64]) -> Result<()> {
+    match log_w.iter().position(|w| w.is_nan() || *w == f64::INFINITY) {
+        None => Ok(()),
+        Some(i) => Err(Error::non_finite(format!("log_w[{i}] = {}", log_w[i]))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::{EQF_ERR_NON_FINITE, EQF_ERR_NULL_POINTER, EQF_OK};
+
+    #[test]
+    fn weights_and_ess_match_the_rust_api_and_fail_cleanly() {
+        let u = [1.0, f64::INFINITY, -2.0];
+        let log_q = [-0.5, 0.25, 3.0];
+        let mut log_w = [7.0; 3];
+        // SAFETY: arrays of 3 doubles.
+        let status =
+            unsafe { eqf_log_weights(3, u.as_ptr(), log_q.as_ptr(), 2.0, log_w.as_mut_ptr()) };
+        assert_eq!(status, EQF_OK);
+        assert_eq!(log_w, [-0.5 + 0.5, f64::NEG_INFINITY, 1.0 - 3.0]);
+        let mut ess = -1.0;
+        // SAFETY: 3 log weights, one output double.
+        assert_eq!(unsafe { eqf_kish_ess(3, log_w.as_ptr(), &mut ess) }, EQF_OK);
+        assert_eq!(ess, kish_ess(&log_w));
+
+        let bad_u = [f64::NAN, 0.0, 0.0];
+        let mut untouched = [7.0; 3];
+        // SAFETY: arrays of 3 doubles.
+        let status = unsafe {
+            eqf_log_weights(
+                3,
+                bad_u.as_ptr(),
+                log_q.as_ptr(),
+                1.0,
+                untouched.as_mut_ptr(),
+            )
+        };
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert_eq!(untouched, [7.0; 3]);
+        // SAFETY: a NULL input is rejected before use.
+        let status = unsafe {
+            eqf_log_weights(
+                3,
+                std::ptr::null(),
+                log_q.as_ptr(),
+                1.0,
+                untouched.as_mut_ptr(),
+            )
+        };
+        assert_eq!(status, EQF_ERR_NULL_POINTER);
+        let mut ess = -1.0;
+        let (nan, inf) = ([0.0, f64::NAN], [0.0, f64::INFINITY]);
+        // SAFETY: 2 log weights and one output double each; n = 0 touches no array.
+        let statuses = unsafe {
+            [
+                eqf_kish_ess(2, nan.as_ptr(), &mut ess),
+                eqf_kish_ess(2, inf.as_ptr(), &mut ess),
+            ]
+        };
+        assert_eq!(statuses, [EQF_ERR_NON_FINITE; 2]);
+        assert_eq!(ess, -1.0);
+        // SAFETY: n = 0 touches no array.
+        let status = unsafe { eqf_kish_ess(0, std::ptr::null(), &mut ess) };
+        assert_eq!(status, EQF_OK);
+        assert_eq!(ess, 0.0);
+    }
+}
