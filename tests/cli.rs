@@ -1,0 +1,136 @@
+//! The `eqflow` command line end to end: reference data, training, evaluation, sampling, errors.
+
+use std::path::Path;
+use std::process::Command;
+
+fn eqflow(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_eqflow"))
+        .args(args)
+        .output()
+        .expect("eqflow runs")
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "eqflow failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+}
+
+#[test]
+fn mcmc_train_eval_sample_pipeline() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_pipeline");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("dw4.npy");
+    let model = dir.join("dw4.json");
+    let samples = dir.join("s.npy");
+    let (data_s, model_s, samples_s) = (
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        samples.to_str().unwrap(),
+    );
+
+    let m = json(&eqflow(&[
+        "mcmc", "--system", "dw4", "-n", "400", "--out", data_s, "--seed", "3", "--json", "-q",
+    ]));
+    assert_eq!(m["n_samples"], 400);
+    let u = m["mean_energy"].as_f64().unwrap();
+    assert!((-24.0..-21.0).contains(&u), "mean energy {u}");
+
+    let t = json(&eqflow(&[
+        "train",
+        "--system",
+        "dw4",
+        "--data",
+        data_s,
+        "--out",
+        model_s,
+        "--n-train",
+        "300",
+        "--n-val",
+        "100",
+        "--epochs",
+        "3",
+        "--json",
+        "-q",
+    ]));
+    let best = t["best_validation_nll"].as_f64().unwrap();
+    assert!(best.is_finite() && best < 15.0, "validation NLL {best}");
+    let saved = eqflow::io::model::ModelFile::read(&model).unwrap();
+    assert_eq!(saved.system.unwrap().name, "dw4");
+    assert!(saved.training.is_some());
+
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model_s,
+        "--data",
+        data_s,
+        "--system",
+        "dw4",
+        "--n-samples",
+        "500",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(e["n_data"], 400);
+    let nll = e["nll"].as_f64().unwrap();
+    assert!(nll.is_finite() && e["nll_se"].as_f64().unwrap() > 0.0);
+    let ess = e["ess"].as_f64().unwrap();
+    assert!(ess >= 1.0 && ess <= 500.0);
+
+    let s = json(&eqflow(&[
+        "sample", "--model", model_s, "-n", "50", "--out", samples_s, "--json", "-q",
+    ]));
+    assert_eq!(s["n_samples"], 50);
+    let x = eqflow::io::read_configurations(&samples, eqflow::geometry::Layout::new(4, 2).unwrap())
+        .unwrap();
+    assert_eq!(x.len(), 50 * 8);
+    let log_q = eqflow::io::read_values(dir.join("s_log_q.npy")).unwrap();
+    let log_w = eqflow::io::read_values(dir.join("s_log_w.npy")).unwrap();
+    assert_eq!((log_q.len(), log_w.len()), (50, 50));
+    // The written log q is the density of the written samples.
+    let (flow, _) = eqflow::io::model::load(&model).unwrap();
+    let again = flow.log_density(&x).unwrap();
+    for (a, b) in log_q.iter().zip(&again) {
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn errors_are_messages_and_exit_codes_not_panics() {
+    let out = eqflow(&["mcmc", "--system", "argon", "--out", "/tmp/never.npy"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown system"), "{err}");
+    assert!(!err.contains("panicked"));
+    let out = eqflow(&[
+        "eval",
+        "--model",
+        "/nonexistent/model.json",
+        "--data",
+        "x.npy",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read model file"));
+    let help = eqflow(&["train", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--kl-weight-schedule"));
+}
+
+#[test]
+fn shipped_models_load_and_match_their_systems() {
+    for (name, n, d) in [("dw4", 4, 2), ("lj13", 13, 3)] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{name}.json"));
+        let (flow, file) = eqflow::io::model::load(&path).unwrap();
+        assert_eq!((flow.n_particles(), flow.dim()), (n, d));
+        assert_eq!(file.system.unwrap().name, name);
+        let (x, log_q) = flow.sample(1, 8).unwrap();
+        let again = flow.log_density(&x).unwrap();
+        for (a, b) in log_q.iter().zip(&again) {
+            assert!((a - b).abs() < 1e-9);
+        }
+    }
+}
