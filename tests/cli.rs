@@ -79,7 +79,7 @@ fn mcmc_train_eval_sample_pipeline() {
     let nll = e["nll"].as_f64().unwrap();
     assert!(nll.is_finite() && e["nll_se"].as_f64().unwrap() > 0.0);
     let ess = e["ess"].as_f64().unwrap();
-    assert!(ess >= 1.0 && ess <= 500.0);
+    assert!((1.0..=500.0).contains(&ess), "ESS {ess}");
 
     let s = json(&eqflow(&[
         "sample", "--model", model_s, "-n", "50", "--out", samples_s, "--json", "-q",
