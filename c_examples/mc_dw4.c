@@ -5,9 +5,9 @@
  *
  * The energy is the host's (computed here in C, as a simulation code would), handed to eqflow
  * through an eqf_energy_fn callback. Every cycle does N_LOCAL single-particle random-walk moves
- * and one flow move (eqf_move_step). The flow is untrained for now, so its moves are rarely
- * accepted on DW-4; with a trained model (`--model PATH`, once eqflow can load model files) the
- * same program uses it unchanged.
+ * and one flow move (eqf_move_step). Without --model the flow is untrained and its moves are
+ * rarely accepted on DW-4; with a trained model (`--model models/dw4.json`, loaded with
+ * eqf_flow_load) the same program makes frequent global moves.
  *
  * Prints the acceptance rates of both kinds of move and the populations of the states, labelled
  * by the number of short pairs (pair distance below d0 = 4).
@@ -80,13 +80,18 @@ static void report(const char *call, int32_t status) {
     fprintf(stderr, "%s failed with status %d: %s\n", call, (int)status, message);
 }
 
-/* The flow used for proposals: an untrained one for now. Once eqflow can load trained models,
- * this is the only place that changes (eqf_flow_load(model_path, out)). */
+/* The flow used for proposals: a trained model if one is given, else an untrained flow. */
 static int32_t create_flow(const char *model_path, eqf_flow **out) {
     if (model_path != NULL) {
-        fprintf(stderr, "--model %s: this eqflow version cannot load model files yet\n",
-                model_path);
-        return EQF_ERR_INVALID_ARGUMENT;
+        int32_t status = eqf_flow_load(model_path, out);
+        if (status == EQF_OK &&
+            (eqf_flow_n_particles(*out) != N_PARTICLES || eqf_flow_dim(*out) != DIM)) {
+            fprintf(stderr, "--model %s is not a DW-4 model\n", model_path);
+            eqf_flow_free(*out);
+            *out = NULL;
+            return EQF_ERR_INVALID_ARGUMENT;
+        }
+        return status;
     }
     return eqf_flow_new(N_PARTICLES, DIM, SEED_FLOW, out);
 }
@@ -222,9 +227,10 @@ int main(int argc, char **argv) {
            n_cycles, N_LOCAL);
     printf("local moves: %ld / %ld accepted (%.3f)\n", local_accepted, local_tried,
            (double)local_accepted / (double)local_tried);
-    printf("flow moves:  %lld / %lld accepted (%.4f), untrained flow\n",
+    printf("flow moves:  %lld / %lld accepted (%.4f), %s\n",
            (long long)flow_accepted, (long long)flow_proposed,
-           (double)flow_accepted / (double)flow_proposed);
+           (double)flow_accepted / (double)flow_proposed,
+           model_path != NULL ? model_path : "untrained flow");
     printf("final U = %.6f, log q = %.6f\n", U, log_q);
     printf("state populations (number of pairs with d < d0):\n");
     for (i = 0; i <= N_PAIRS; i++) {
