@@ -396,3 +396,142 @@ fn moves_sharing_one_flow_on_threads_match_a_sequential_run() {
     // Different seeds, different chains.
     assert_ne!(sequential[0].0, sequential[1].0);
 }
+
+/// DW-4 state: number of the six pair distances in the inner well (d < d0 = 4).
+fn dw4_state(x: &[f64]) -> usize {
+    let mut k = 0;
+    for i in 0..4 {
+        for j in i + 1..4 {
+            let d2 = (x[2 * i] - x[2 * j]).powi(2) + (x[2 * i + 1] - x[2 * j + 1]).powi(2);
+            k += usize::from(d2 < 16.0);
+        }
+    }
+    k
+}
+
+/// Mean and standard error over independent chains of each state's population.
+fn populations_with_errors(per_chain: &[[f64; 7]]) -> ([f64; 7], [f64; 7]) {
+    let n = per_chain.len() as f64;
+    let mut mean = [0.0; 7];
+    let mut se = [0.0; 7];
+    for s in 0..7 {
+        mean[s] = per_chain.iter().map(|p| p[s]).sum::<f64>() / n;
+        let var = per_chain
+            .iter()
+            .map(|p| (p[s] - mean[s]).powi(2))
+            .sum::<f64>()
+            / (n - 1.0);
+        se[s] = (var / n).sqrt();
+    }
+    (mean, se)
+}
+
+#[test]
+fn dw4_local_plus_shipped_flow_moves_reproduce_long_mcmc_state_populations() {
+    use rand::{RngExt, SeedableRng};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");
+    let (flow, _) = eqflow::io::model::load(std::path::Path::new(path)).unwrap();
+    let flow = Arc::new(flow);
+    let energy = DoubleWell::dw4();
+
+    // Host chains: 8 single-particle random-walk moves, then one flow move, per cycle.
+    let (n_chains, n_cycles) = (8usize, 6_000usize);
+    let results: Vec<([f64; 7], u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n_chains)
+            .map(|c| {
+                let flow = flow.clone();
+                let energy = &energy;
+                scope.spawn(move || {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1000 + c as u64);
+                    let mut mv = FlowMove::new(flow.clone(), 1.0, c as u64).unwrap();
+                    let (mut x, _) = flow.sample(500 + c as u64, 1).unwrap();
+                    let mut u = energy.energy(&x);
+                    let mut counts = [0.0; 7];
+                    for _ in 0..n_cycles {
+                        for _ in 0..8 {
+                            let i = rng.random_range(0..4);
+                            let old = [x[2 * i], x[2 * i + 1]];
+                            x[2 * i] += rng.random_range(-0.6..0.6);
+                            x[2 * i + 1] += rng.random_range(-0.6..0.6);
+                            let u_new = energy.energy(&x);
+                            if rng.random::<f64>() < (u - u_new).exp() {
+                                u = u_new;
+                            } else {
+                                x[2 * i] = old[0];
+                                x[2 * i + 1] = old[1];
+                            }
+                        }
+                        mv.step(&mut x, &mut u, |y| Ok(energy.energy(y))).unwrap();
+                        counts[dw4_state(&x)] += 1.0;
+                    }
+                    counts.iter_mut().for_each(|p| *p /= n_cycles as f64);
+                    let stats = mv.stats();
+                    (counts, stats.n_accepted, stats.n_proposed)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (accepted, proposed) = results.iter().fold((0, 0), |(a, p), r| (a + r.1, p + r.2));
+    let acceptance = accepted as f64 / proposed as f64;
+    let per_chain: Vec<[f64; 7]> = results.iter().map(|r| r.0).collect();
+    let (p_mixed, se_mixed) = populations_with_errors(&per_chain);
+
+    // Reference: long plain random-walk MCMC, errors from groups of independent chains.
+    let config = eqflow::mcmc::McmcConfig {
+        n_chains: 64,
+        n_burnin: 5_000,
+        n_samples: 64 * 2_000,
+        thin: 50,
+        seed: 7,
+        initial: eqflow::mcmc::InitialState::Lattice {
+            spacing: 3.0,
+            jitter: 0.1,
+        },
+        ..eqflow::mcmc::McmcConfig::default()
+    };
+    let reference = eqflow::mcmc::run(&energy, &config).unwrap();
+    let per_group: Vec<[f64; 7]> = (0..16)
+        .map(|g| {
+            let start = reference.stats.chain_samples(4 * g).start;
+            let end = reference.stats.chain_samples(4 * g + 3).end;
+            let mut p = [0.0; 7];
+            for x in reference.x[start * 8..end * 8].chunks_exact(8) {
+                p[dw4_state(x)] += 1.0;
+            }
+            p.iter_mut().for_each(|v| *v /= (end - start) as f64);
+            p
+        })
+        .collect();
+    let (p_mcmc, se_mcmc) = populations_with_errors(&per_group);
+
+    eprintln!(
+        "DW-4 flow-move acceptance {acceptance:.3}; populations (states 2, 3, 4): mixed \
+         {:.4}±{:.4} {:.4}±{:.4} {:.4}±{:.4}, MCMC {:.4}±{:.4} {:.4}±{:.4} {:.4}±{:.4}",
+        p_mixed[2],
+        se_mixed[2],
+        p_mixed[3],
+        se_mixed[3],
+        p_mixed[4],
+        se_mixed[4],
+        p_mcmc[2],
+        se_mcmc[2],
+        p_mcmc[3],
+        se_mcmc[3],
+        p_mcmc[4],
+        se_mcmc[4]
+    );
+    assert!(
+        acceptance > 0.05,
+        "the trained flow should be accepted often: {acceptance}"
+    );
+    for s in 0..7 {
+        let tol = 4.0 * (se_mixed[s].powi(2) + se_mcmc[s].powi(2)).sqrt() + 1e-3;
+        assert!(
+            (p_mixed[s] - p_mcmc[s]).abs() < tol,
+            "state {s}: mixed {} vs MCMC {} (tolerance {tol})",
+            p_mixed[s],
+            p_mcmc[s]
+        );
+    }
+}
