@@ -191,6 +191,8 @@ static void scatter_x(void *lmp, double *x) { lammps_scatter_atoms(lmp, NAME_X, 
 static double lammps_pe(void *lmp) { return lammps_get_thermo(lmp, "pe"); }
 
 /* The reference: eqflow's own LJ-13 energy, and the largest relative difference seen. */
+static int sorted_distances(const double *x, double *d);
+
 typedef struct {
     eqf_energy *energy;
     double max_rel;
@@ -199,8 +201,13 @@ typedef struct {
 
 static int check_energy(energy_check *check, const double *x, double u_lammps,
                         const char *what) {
-    double u_eqflow, rel;
+    double u_eqflow, rel, d[N_PAIRS];
     int32_t status = eqf_energy_eval(check->energy, 1, x, &u_eqflow, NULL);
+    /* The LAMMPS cutoff must never cut: every checked configuration is within its range. */
+    if (sorted_distances(x, d) != 0) {
+        fprintf(stderr, "%s: the cluster is wider than the pair cutoff allows\n", what);
+        return 1;
+    }
     if (status != EQF_OK) {
         report("eqf_energy_eval", status);
         return 1;
