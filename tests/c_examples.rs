@@ -599,3 +599,120 @@ fn shared_library_exports_exactly_the_header_functions() {
         "exported functions differ from the header's"
     );
 }
+
+/// The compiler and linker flags of Debian's LAMMPS library (`pkg-config liblammps`), or `None`
+/// when it is not installed.
+fn lammps_flags() -> Option<Vec<String>> {
+    let output = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "liblammps"])
+        .output()
+        .ok()?;
+    output.status.success().then(|| {
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// Builds `c_examples/lammps/lj13_lammps.c` (C99, against LAMMPS and the shared eqflow
+/// library), or returns `None` when LAMMPS is not installed.
+fn build_lj13_lammps() -> Option<PathBuf> {
+    let lammps = lammps_flags()?;
+    let dir = libraries().shared.parent().expect("library directory");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_examples");
+    std::fs::create_dir_all(&out_dir).expect("create the build directory");
+    let binary = out_dir.join("lj13_lammps");
+    let mut command = Command::new("cc");
+    command
+        .args(C_FLAGS)
+        .arg("-I")
+        .arg(manifest_dir().join("include"))
+        .arg(
+            manifest_dir()
+                .join("c_examples")
+                .join("lammps")
+                .join("lj13_lammps.c"),
+        )
+        .arg("-o")
+        .arg(&binary)
+        .args(&lammps)
+        .arg("-L")
+        .arg(dir)
+        .arg("-leqflow")
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .arg("-lm");
+    let output = run(&mut command);
+    assert!(
+        output.status.success(),
+        "compiling lj13_lammps failed\n{}",
+        describe(&command, &output)
+    );
+    Some(binary)
+}
+
+/// The number in parentheses on the line starting with `prefix`.
+fn number_in_parentheses(stdout: &str, prefix: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{stdout}"));
+    line.split('(')
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number in parentheses: {line}"))
+}
+
+/// Flow moves inside LAMMPS (LJ-13, energies from LAMMPS, cross-checked by the program against
+/// eqflow's own LJ-13 energy to 1e-9 relative): a short run. The program fails by itself on
+/// any energy disagreement; here its report must be complete and the trained flow's moves must
+/// sometimes be accepted.
+#[test]
+fn lj13_lammps_flow_moves_with_lammps_energies() {
+    let Some(binary) = build_lj13_lammps() else {
+        println!("skipped: LAMMPS not installed");
+        return;
+    };
+    let model = manifest_dir().join("models").join("lj13.json");
+    let model = model.to_str().expect("UTF-8 path");
+    let stdout = run_program(
+        &binary,
+        &[
+            "--segments",
+            "40",
+            "--steps",
+            "200",
+            "--moves",
+            "5",
+            "--model",
+            model,
+        ],
+        None,
+    );
+    let rate = number_in_parentheses(&stdout, "flow moves:");
+    assert!(rate > 0.0, "{stdout}");
+    // "energy check: n LAMMPS energies vs eqflow, max relative difference X (tolerance 1e-09)"
+    let difference: f64 = stdout
+        .lines()
+        .find(|l| l.starts_with("energy check:"))
+        .and_then(|l| l.split("max relative difference ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no energy check line:\n{stdout}"));
+    assert!(difference <= 1e-9, "{stdout}");
+    assert!(stdout.contains("distinct minima, MD + flow:"), "{stdout}");
+    assert!(
+        stdout.contains("distinct minima, plain MD, same wall time:"),
+        "{stdout}"
+    );
+
+    // Invalid arguments are refused before LAMMPS sees any command.
+    let output = Command::new(&binary)
+        .args(["--segments", "0"])
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run lj13_lammps");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--segments"));
+}
