@@ -285,6 +285,53 @@ static void energy_calls(const eqf_energy *energy, const eqf_flow *flow) {
     CHECK(!untouched(gradient, N_SAMPLES * PER_SAMPLE));
 }
 
+/* Model files: a save/load round trip, and corrupt, truncated, missing and NULL paths. Files go
+ * to /tmp under a name made unique per process by the address of a local (ASLR), since the
+ * test harness runs several builds of this program at once. */
+static void model_files(const eqf_flow *flow) {
+    char path[256], bad[256];
+    char text[1 << 16];
+    size_t length;
+    int local = 0;
+    FILE *file;
+    eqf_flow *loaded = FLOW_SENTINEL;
+    sprintf(path, "/tmp/eqflow-errors-%p.json", (void *)&local);
+    sprintf(bad, "/tmp/eqflow-errors-%p-truncated.json", (void *)&local);
+
+    CHECK(eqf_flow_save(flow, path) == EQF_OK);
+    CHECK(eqf_flow_load(path, &loaded) == EQF_OK && loaded != FLOW_SENTINEL);
+    CHECK(eqf_flow_n_particles(loaded) == N_PARTICLES && eqf_flow_dim(loaded) == DIM);
+    CHECK(eqf_flow_free(loaded) == EQF_OK);
+
+    file = fopen(path, "rb");
+    CHECK(file != NULL);
+    if (file == NULL) {
+        return;
+    }
+    length = fread(text, 1, sizeof text, file);
+    fclose(file);
+    CHECK(length > 100 && length < sizeof text);
+    file = fopen(bad, "wb");
+    CHECK(file != NULL);
+    if (file == NULL) {
+        return;
+    }
+    fwrite(text, 1, length / 2, file);
+    fclose(file);
+
+    loaded = FLOW_SENTINEL;
+    CHECK_FAILS(eqf_flow_load(bad, &loaded), EQF_ERR_FORMAT, "model file");
+    CHECK(loaded == FLOW_SENTINEL);
+    CHECK_FAILS(eqf_flow_load("/nonexistent-dir/model.json", &loaded), EQF_ERR_IO, "cannot read");
+    CHECK_FAILS(eqf_flow_load(NULL, &loaded), EQF_ERR_NULL_POINTER, "path");
+    CHECK_FAILS(eqf_flow_load(path, NULL), EQF_ERR_NULL_POINTER, "out");
+    CHECK_FAILS(eqf_flow_save(NULL, path), EQF_ERR_NULL_POINTER, "flow");
+    CHECK_FAILS(eqf_flow_save(flow, "/nonexistent-dir/model.json"), EQF_ERR_IO, "cannot write");
+    CHECK(loaded == FLOW_SENTINEL);
+    remove(path);
+    remove(bad);
+}
+
 int main(void) {
     eqf_flow *flow = NULL;
     eqf_energy *energy = NULL;
@@ -303,6 +350,7 @@ int main(void) {
     }
     flow_calls(flow);
     energy_calls(energy, flow);
+    model_files(flow);
     CHECK(eqf_flow_free(flow) == EQF_OK);
     CHECK(eqf_energy_free(energy) == EQF_OK);
 
