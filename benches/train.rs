@@ -1,0 +1,47 @@
+//! One maximum-likelihood training step (loss and exact gradient of all 620 parameters through
+//! RK4-20, plus the AdamW update) on DW-4 at batch 256, on one and two threads.
+//! Run: `cargo bench --bench train`. Target: ≥ 20× bgflow's 0.94 s, i.e. ≤ 47 ms on one core.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use eqflow::Flow;
+use eqflow::train::{AdamW, AdamWConfig, Losses};
+use std::hint::black_box;
+use std::time::Duration;
+
+fn bench(c: &mut Criterion) {
+    let batch = 256;
+    let flow = Flow::new(4, 2, 0).unwrap();
+    // Training-like configurations: flow samples (any configurations exercise the same code).
+    let (x, _) = flow.sample(1, batch).unwrap();
+    let mut group = c.benchmark_group("train_dw4");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let losses = Losses::new(&flow, 20).unwrap();
+        let mut params = flow.field().params().to_vec();
+        let mut gradient = vec![0.0; losses.n_params()];
+        let mut adam = AdamW::new(AdamWConfig::default(), params.len()).unwrap();
+        group.bench_function(
+            BenchmarkId::new("ml_step_batch256", format!("{threads}t")),
+            |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        let loss = losses
+                            .ml_gradient_into(black_box(&x), &mut gradient)
+                            .unwrap();
+                        adam.step(&mut params, &gradient).unwrap();
+                        black_box(loss)
+                    })
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(train_benches, bench);
+criterion_main!(train_benches);
