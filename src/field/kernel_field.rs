@@ -215,6 +215,17 @@ impl KernelField {
         }
     }
 
+    /// `v(x, t)` into `v` and `div v`, with the time basis already folded into `slice` (as
+    /// [`KernelField::time_slice`] gives it): the same bits as `velocity_into` at that time.
+    pub(crate) fn velocity_with_slice_into(
+        &self,
+        x: &[f64],
+        slice: &TimeSlice,
+        v: &mut [f64],
+    ) -> f64 {
+        velocity_pairs(x, self.layout.dim, &self.exact_radial(slice), v)
+    }
+
     /// `(φ(d, t), ∂φ/∂d)` at one distance (`d` is the softened distance).
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {

@@ -151,6 +151,13 @@ pub(crate) struct TimePoint {
     dh_dq: [f64; MAX_TIME_KERNELS],
 }
 
+impl TimePoint {
+    /// The folded time basis at this time.
+    pub(crate) fn slice(&self) -> &TimeSlice {
+        &self.slice
+    }
+}
+
 impl std::fmt::Debug for TimePoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TimePoint { .. }")

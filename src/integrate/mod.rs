@@ -18,7 +18,7 @@ pub use dopri5::Dopri5Config;
 pub use workspace::Workspace;
 // The exact RK4 step and grid the continuous mode uses, for the reverse pass of training, which
 // must differentiate the very map the flow applies.
-pub(crate) use rk4::{axpy_into, grid_time, step as rk4_step};
+pub(crate) use rk4::{axpy_into, grid_time, step_with as rk4_step_with};
 
 use crate::error::{Error, Result};
 use crate::field::VectorField;

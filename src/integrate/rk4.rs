@@ -12,16 +12,29 @@ pub(crate) fn step<F: VectorField + ?Sized>(
     h: f64,
     ws: &mut Workspace,
 ) -> f64 {
+    let times = [t, t + 0.5 * h, t + h];
+    step_with(x, h, ws, |y, stage_time, v| {
+        field.velocity_into(y, times[stage_time], v)
+    })
+}
+
+/// One RK4 step with the field evaluations supplied by `eval(y, i, v) -> div`, where `i`
+/// indexes the stage times `[t, t + h/2, t + h]`: lets a caller reuse per-time work (the
+/// training tape's folded time bases) while doing exactly the arithmetic of [`step`].
+pub(crate) fn step_with<E>(x: &mut [f64], h: f64, ws: &mut Workspace, mut eval: E) -> f64
+where
+    E: FnMut(&[f64], usize, &mut [f64]) -> f64,
+{
     let [k1, k2, k3, k4, ..] = &mut ws.k;
     let stage = &mut ws.stage;
     let half = 0.5 * h;
-    let div1 = field.velocity_into(x, t, k1);
+    let div1 = eval(x, 0, k1);
     axpy_into(stage, x, half, k1);
-    let div2 = field.velocity_into(stage, t + half, k2);
+    let div2 = eval(stage, 1, k2);
     axpy_into(stage, x, half, k2);
-    let div3 = field.velocity_into(stage, t + half, k3);
+    let div3 = eval(stage, 1, k3);
     axpy_into(stage, x, h, k3);
-    let div4 = field.velocity_into(stage, t + h, k4);
+    let div4 = eval(stage, 2, k4);
     let sixth = h / 6.0;
     for i in 0..x.len() {
         x[i] += sixth * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);

@@ -34,7 +34,7 @@
 
 use crate::error::{Error, Result};
 use crate::field::{Cotangent, KernelField, ParamAccumulator, TimePoint, VjpScratch};
-use crate::integrate::{Workspace, axpy_into, grid_time, rk4_step};
+use crate::integrate::{Workspace, axpy_into, grid_time, rk4_step_with};
 
 /// Records a continuous-mode RK4 integration and runs its reverse pass. Sized once for a state
 /// length and a step count; reuse one per thread: neither pass allocates.
@@ -141,15 +141,24 @@ impl Rk4Tape {
         let mut log_det = 0.0;
         for s in 0..n {
             // The same grid points and order as `rk4::integrate`.
-            let (t, hs) = if forward {
+            self.steps[s] = if forward {
                 (grid_time(s, n), h)
             } else {
                 (grid_time(n - s, n), -h)
             };
-            self.steps[s] = (t, hs);
+        }
+        // The folded time bases of the grid, cached across samples with the same parameters:
+        // the forward pass then skips re-folding them at every field evaluation.
+        self.prepare_grid(field);
+        for s in 0..n {
+            let (_, hs) = self.steps[s];
             let base = 4 * s * len;
             self.states[base..base + len].copy_from_slice(x);
-            log_det += rk4_step(field, x, t, hs, &mut self.ws);
+            let stage_points = &self.grid_index[3 * s..3 * s + 3];
+            let grid = &self.grid;
+            log_det += rk4_step_with(x, hs, &mut self.ws, |y, i, v| {
+                field.velocity_with_slice_into(y, grid[stage_points[i]].slice(), v)
+            });
             let half = 0.5 * hs;
             let (x0, rest) = self.states[base..base + 4 * len].split_at_mut(len);
             let (y2, rest) = rest.split_at_mut(len);
