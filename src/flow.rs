@@ -39,6 +39,7 @@ impl PartialEq for Flow {
         self.prior == other.prior
             && self.field == other.field
             && self.integrator == other.integrator
+            && self.tabulate == other.tabulate
     }
 }
 
