@@ -9,7 +9,7 @@ use super::exp::exp_nonpositive;
 use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
 use super::pairs::{velocity_jacobian_pairs, velocity_pairs};
 use super::params::ParamLayout;
-use super::radial::{ExactRadial, LANES, NORM_EPS, Scratch, TimeSlice, radial};
+use super::radial::{ExactRadial, LANES, NORM_EPS, RadialFn, Scratch, TimeSlice};
 use crate::error::{Error, Result, check_finite};
 use crate::geometry::Layout;
 
@@ -229,13 +229,8 @@ impl KernelField {
     /// `(φ(d, t), ∂φ/∂d)` at one distance (`d` is the softened distance).
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
-        radial(
-            d,
-            &self.mu_pad,
-            &self.a_pad,
-            &self.time_slice(t),
-            &mut Scratch::new(),
-        )
+        self.exact_radial(&self.time_slice(t))
+            .eval(d, &mut Scratch::new())
     }
 }
 
@@ -246,8 +241,7 @@ impl VectorField for KernelField {
 
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         debug_assert_eq!(x.len(), self.layout.len());
-        let slice = self.time_slice(t);
-        velocity_pairs(x, self.layout.dim, &self.exact_radial(&slice), v)
+        self.velocity_with_slice_into(x, &self.time_slice(t), v)
     }
 
     fn velocity_jacobian_into(

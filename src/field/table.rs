@@ -123,23 +123,24 @@ impl TabulatedField {
         &self.field
     }
 
-    /// The table for `t`, if `t` is one of the tabulated times (bitwise).
-    fn table(&self, t: f64) -> Option<&RadialTable> {
-        self.times
+    /// The tabulated radial function at `t`, if `t` is one of the tabulated times (bitwise).
+    fn table_radial(&self, t: f64) -> Option<TableRadial<'_>> {
+        let i = self
+            .times
             .binary_search_by(|probe| probe.total_cmp(&t))
-            .ok()
-            .map(|i| &self.tables[i])
+            .ok()?;
+        let table = &self.tables[i];
+        Some(TableRadial {
+            table,
+            exact: self.field.exact_radial(&table.slice),
+        })
     }
 
     /// `(φ, φ')` of the field as implemented at `(d, t)`: the table where there is one.
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
-        match self.table(t) {
-            Some(table) => TableRadial {
-                table,
-                exact: self.field.exact_radial(&table.slice),
-            }
-            .eval(d, &mut Scratch::new()),
+        match self.table_radial(t) {
+            Some(radial) => radial.eval(d, &mut Scratch::new()),
             None => self.field.radial(d, t),
         }
     }
@@ -151,14 +152,8 @@ impl VectorField for TabulatedField {
     }
 
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
-        match self.table(t) {
-            Some(table) => {
-                let radial = TableRadial {
-                    table,
-                    exact: self.field.exact_radial(&table.slice),
-                };
-                velocity_pairs(x, self.field.layout().dim, &radial, v)
-            }
+        match self.table_radial(t) {
+            Some(radial) => velocity_pairs(x, self.field.layout().dim, &radial, v),
             None => self.field.velocity_into(x, t, v),
         }
     }
@@ -170,12 +165,8 @@ impl VectorField for TabulatedField {
         v: &mut [f64],
         jacobian: &mut [f64],
     ) -> f64 {
-        match self.table(t) {
-            Some(table) => {
-                let radial = TableRadial {
-                    table,
-                    exact: self.field.exact_radial(&table.slice),
-                };
+        match self.table_radial(t) {
+            Some(radial) => {
                 velocity_jacobian_pairs(x, self.field.layout().dim, &radial, v, jacobian)
             }
             None => self.field.velocity_jacobian_into(x, t, v, jacobian),
