@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::field::{KernelConfig, KernelField, TabulatedField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
-use crate::integrate::{Integrator, Method, Stats, Workspace};
+use crate::integrate::{Integrator, Method, Stats, Workspace, rk4_stage_times};
 use crate::prior::Prior;
 
 /// An equivariant kernel flow for N particles in D dimensions. Immutable and `Sync`: share it
@@ -88,8 +88,7 @@ impl Flow {
         self.tabulated
             .get_or_init(|| match self.integrator.method() {
                 Method::Rk4 { n_steps } if self.tabulate => {
-                    TabulatedField::new(&self.field, &TabulatedField::rk4_times(n_steps))
-                        .map(Arc::new)
+                    TabulatedField::new(&self.field, &rk4_stage_times(n_steps)).map(Arc::new)
                 }
                 _ => None,
             })

@@ -143,7 +143,7 @@ fn tabulated_field_is_close_to_the_exact_one_and_its_derivatives_are_its_own() {
     let mut r = rng(41);
     for (n, dim, kernels) in systems() {
         let field = random_field(n, dim, kernels, 43);
-        let times = TabulatedField::rk4_times(20);
+        let times = eqflow::integrate::rk4_stage_times(20);
         let tab = TabulatedField::new(&field, &times).expect("table fits");
         // Close to the exact radial function at every tabulated time, across the range.
         let (mut worst_phi, mut worst_dphi) = (0.0f64, 0.0f64);

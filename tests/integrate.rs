@@ -293,3 +293,67 @@ fn a_step_that_is_not_a_bijection_is_reported_not_integrated() {
     // Where it is monotone, the same call succeeds.
     assert!(integ.forward(&Riccati, &mut [0.1], &mut ws).is_ok());
 }
+
+/// Records every time at which it is evaluated (the field itself is the breathing one).
+struct TimeRecorder {
+    inner: Breathing,
+    times: std::sync::Mutex<Vec<f64>>,
+}
+
+impl TimeRecorder {
+    fn record(&self, t: f64) {
+        self.times.lock().unwrap().push(t);
+    }
+}
+
+impl VectorField for TimeRecorder {
+    fn state_len(&self) -> usize {
+        self.inner.state_len()
+    }
+    fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
+        self.record(t);
+        self.inner.velocity_into(x, t, v)
+    }
+    fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
+        self.record(t);
+        self.inner.velocity_into(x, t, v);
+    }
+    fn velocity_jacobian_into(&self, x: &[f64], t: f64, v: &mut [f64], jac: &mut [f64]) -> f64 {
+        self.record(t);
+        self.inner.velocity_jacobian_into(x, t, v, jac)
+    }
+}
+
+#[test]
+fn fixed_grid_solves_evaluate_the_field_only_at_the_tabulated_times() {
+    // The tabulated field has tables at `rk4_stage_times` only; an evaluation anywhere else
+    // (even one ulp away) silently takes the slow exact path. Every RK4 solve, in both
+    // directions and both modes, must stay on the table times, and there are 2n + 1 of them.
+    for n_steps in [1, 3, 7, 20, 33] {
+        let tabulated = eqflow::integrate::rk4_stage_times(n_steps);
+        assert_eq!(tabulated.len(), 2 * n_steps + 1);
+        for mode in [DensityMode::Continuous, DensityMode::ExactDiscrete] {
+            let field = TimeRecorder {
+                inner: Breathing { n: 3 },
+                times: std::sync::Mutex::new(Vec::new()),
+            };
+            let integ = rk4(n_steps, mode);
+            let mut ws = Workspace::new(3);
+            let mut x = vec![0.3, -0.2, 0.5];
+            integ.forward(&field, &mut x, &mut ws).unwrap();
+            integ.inverse(&field, &mut x, &mut ws).unwrap();
+            let times = field.times.into_inner().unwrap();
+            assert!(
+                times.len() >= 8 * n_steps,
+                "{mode:?}: {} evaluations",
+                times.len()
+            );
+            for t in times {
+                assert!(
+                    tabulated.iter().any(|s| s.to_bits() == t.to_bits()),
+                    "{mode:?}, {n_steps} steps: evaluated at t = {t:e}, not a table time"
+                );
+            }
+        }
+    }
+}

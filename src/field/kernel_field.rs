@@ -7,7 +7,7 @@ use rand_distr::{Distribution, Normal};
 use super::VectorField;
 use super::exp::exp_nonpositive;
 use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
-use super::pairs::{velocity_jacobian_pairs, velocity_pairs};
+use super::pairs::{velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs};
 use super::params::ParamLayout;
 use super::radial::{ExactRadial, LANES, NORM_EPS, RadialFn, Scratch, TimeSlice};
 use crate::error::{Error, Result, check_finite};
@@ -242,6 +242,16 @@ impl VectorField for KernelField {
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         debug_assert_eq!(x.len(), self.layout.len());
         self.velocity_with_slice_into(x, &self.time_slice(t), v)
+    }
+
+    fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
+        debug_assert_eq!(x.len(), self.layout.len());
+        velocity_only_pairs(
+            x,
+            self.layout.dim,
+            &self.exact_radial(&self.time_slice(t)),
+            v,
+        );
     }
 
     fn velocity_jacobian_into(

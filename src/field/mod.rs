@@ -34,6 +34,12 @@ pub trait VectorField: Sync {
     /// Writes `v(x, t)` into `v` and returns `div v(x, t)`.
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64;
 
+    /// Writes `v(x, t)` into `v`, the same bits as [`VectorField::velocity_into`], without the
+    /// divergence (for iterative solves, which need values only).
+    fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
+        self.velocity_into(x, t, v);
+    }
+
     /// Writes `v(x, t)` into `v` and the dense Jacobian `∂v_a/∂x_b` into `jacobian` (row-major,
     /// n × n, entry `a*n + b`) and returns `div v(x, t)` (the Jacobian's trace).
     fn velocity_jacobian_into(&self, x: &[f64], t: f64, v: &mut [f64], jacobian: &mut [f64])

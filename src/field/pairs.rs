@@ -48,7 +48,30 @@ pub(crate) fn velocity_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: 
     div
 }
 
+/// Writes `v` only: what an iterative solve needs, without the divergence (which costs a
+/// division and `φ'` per pair). `v` has the same bits as from [`velocity_pairs`].
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+pub(crate) fn velocity_only_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) {
+    let n = x.len() / dim;
+    v.fill(0.0);
+    let mut scratch = Scratch::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let (r, r2) = separation(x, dim, i, j);
+            let d = (r2 + EPS_D).sqrt();
+            let phi = radial.value(d, &mut scratch);
+            for k in 0..dim {
+                v[i * dim + k] += phi * r[k];
+                v[j * dim + k] -= phi * r[k];
+            }
+        }
+    }
+}
+
 /// Writes `v` and the dense row-major Jacobian `∂v/∂x`, and returns `div v`.
+///
+/// Every off-diagonal block belongs to exactly one pair and is written once (no zeroing of the
+/// n × n matrix first); only the diagonal blocks accumulate.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
 pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
     x: &[f64],
@@ -60,7 +83,12 @@ pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
     let len = x.len();
     let n = len / dim;
     v.fill(0.0);
-    jac.fill(0.0);
+    for i in 0..n {
+        for p in 0..dim {
+            let row = (i * dim + p) * len + i * dim;
+            jac[row..row + dim].fill(0.0);
+        }
+    }
     let mut div = 0.0;
     let mut scratch = Scratch::new();
     for i in 0..n {
@@ -73,7 +101,7 @@ pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
                 v[i * dim + k] += phi * r[k];
                 v[j * dim + k] -= phi * r[k];
             }
-            // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j loses it, and symmetrically for j.
+            // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
             for p in 0..dim {
                 for s in 0..dim {
                     let mut b = q * r[p] * r[s];
@@ -82,8 +110,8 @@ pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
                     }
                     jac[(i * dim + p) * len + i * dim + s] += b;
                     jac[(j * dim + p) * len + j * dim + s] += b;
-                    jac[(i * dim + p) * len + j * dim + s] -= b;
-                    jac[(j * dim + p) * len + i * dim + s] -= b;
+                    jac[(i * dim + p) * len + j * dim + s] = -b;
+                    jac[(j * dim + p) * len + i * dim + s] = -b;
                 }
             }
             div += 2.0 * (dim as f64 * phi + dphi * r2 / d);

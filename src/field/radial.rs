@@ -37,7 +37,15 @@ impl TimeSlice {
 
 /// A radial function `d ↦ (φ(d), ∂φ/∂d)` at one fixed time: what the pair loops need.
 pub(crate) trait RadialFn {
+    /// `(φ(d), ∂φ/∂d)`.
     fn eval(&self, d: f64, scratch: &mut Scratch) -> (f64, f64);
+
+    /// `φ(d)` alone, the same bits as `eval(d).0`; implementations override it when skipping
+    /// the derivative saves work.
+    #[inline(always)]
+    fn value(&self, d: f64, scratch: &mut Scratch) -> f64 {
+        self.eval(d, scratch).0
+    }
 }
 
 /// The exact RBF radial function at the time folded into `slice`.

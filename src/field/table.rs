@@ -13,7 +13,7 @@
 
 use super::VectorField;
 use super::kernel_field::KernelField;
-use super::pairs::{velocity_jacobian_pairs, velocity_pairs};
+use super::pairs::{velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs};
 use super::radial::{ExactRadial, RadialFn, Scratch, TimeSlice};
 
 /// Node spacing as a fraction of the smallest distance bandwidth: the Hermite error scales as
@@ -55,10 +55,22 @@ impl RadialFn for TableRadial<'_> {
         let dphi = (c1 + u * (2.0 * c2 + u * (3.0 * c3))) * self.table.inv_h;
         (phi, dphi)
     }
+
+    #[inline(always)]
+    fn value(&self, d: f64, scratch: &mut Scratch) -> f64 {
+        let s = d * self.table.inv_h;
+        let j = s as usize;
+        if j >= self.table.n_intervals {
+            return self.exact.eval(d, scratch).0;
+        }
+        let u = s - j as f64;
+        let [c0, c1, c2, c3] = self.table.coef[j];
+        c0 + u * (c1 + u * (c2 + u * c3))
+    }
 }
 
-/// The field with tables at a fixed set of times (the stage times of a fixed-grid integrator);
-/// other times use the exact field.
+/// The field with tables at a fixed set of times (the stage times of a fixed-grid integrator,
+/// [`crate::integrate::rk4_stage_times`]); other times use the exact field.
 #[derive(Clone)]
 pub struct TabulatedField {
     field: KernelField,
@@ -100,23 +112,6 @@ impl TabulatedField {
         })
     }
 
-    /// The stage times of `n_steps` RK4 steps on [0, 1], bit-identical to the integrator's.
-    #[must_use]
-    pub fn rk4_times(n_steps: usize) -> Vec<f64> {
-        let h = 1.0 / n_steps as f64;
-        let mut times = Vec::with_capacity(3 * n_steps + 1);
-        for i in 0..=n_steps {
-            let t = i as f64 / n_steps as f64;
-            times.push(t);
-            // Forward steps evaluate at t + h/2 and t + h; backward steps from t at t − h/2.
-            times.push(t + 0.5 * h);
-            times.push(t - 0.5 * h);
-            times.push(t + h);
-            times.push(t - h);
-        }
-        times
-    }
-
     /// The exact field the tables approximate.
     #[must_use]
     pub fn field(&self) -> &KernelField {
@@ -155,6 +150,13 @@ impl VectorField for TabulatedField {
         match self.table_radial(t) {
             Some(radial) => velocity_pairs(x, self.field.layout().dim, &radial, v),
             None => self.field.velocity_into(x, t, v),
+        }
+    }
+
+    fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
+        match self.table_radial(t) {
+            Some(radial) => velocity_only_pairs(x, self.field.layout().dim, &radial, v),
+            None => self.field.velocity_only_into(x, t, v),
         }
     }
 

@@ -15,10 +15,11 @@ mod rk4;
 mod workspace;
 
 pub use dopri5::Dopri5Config;
+pub use rk4::rk4_stage_times;
 pub use workspace::Workspace;
 // The exact RK4 step and grid the continuous mode uses, for the reverse pass of training, which
 // must differentiate the very map the flow applies.
-pub(crate) use rk4::{axpy_into, grid_time, step_with as rk4_step_with};
+pub(crate) use rk4::{axpy_into, grid_stage_times, step_with as rk4_step_with};
 
 use crate::error::{Error, Result};
 use crate::field::VectorField;

@@ -3,19 +3,65 @@
 use super::Workspace;
 use crate::field::VectorField;
 
-/// One RK4 step from `(x, t)` with step `h` (negative integrates backwards), in place.
+/// One RK4 step with step `h` (negative integrates backwards), in place, evaluating the field
+/// at `times` = (start, middle, end) of the step (see [`grid_stage_times`]).
 /// Returns the increment of ℓ, `h/6·(div₁ + 2div₂ + 2div₃ + div₄)`.
 pub(crate) fn step<F: VectorField + ?Sized>(
     field: &F,
     x: &mut [f64],
-    t: f64,
+    times: [f64; 3],
     h: f64,
     ws: &mut Workspace,
 ) -> f64 {
-    let times = [t, t + 0.5 * h, t + h];
     step_with(x, h, ws, |y, stage_time, v| {
         field.velocity_into(y, times[stage_time], v)
     })
+}
+
+/// As [`step`] for `x` alone, without the divergences: the same bits in `x`, cheaper. For the
+/// iterative solves of the exact-discrete inverse.
+pub(crate) fn step_values<F: VectorField + ?Sized>(
+    field: &F,
+    x: &mut [f64],
+    times: [f64; 3],
+    h: f64,
+    ws: &mut Workspace,
+) {
+    step_with(x, h, ws, |y, stage_time, v| {
+        field.velocity_only_into(y, times[stage_time], v);
+        0.0
+    });
+}
+
+/// The times at which step `i` of a grid of `n_steps` RK4 steps on [0, 1] evaluates the field,
+/// in the order of integration: forward `[t_i, t_i + h/2, t_{i+1}]`, backward the reverse.
+///
+/// Every fixed-grid solve in either direction and mode (and the training tape) takes its times
+/// from here, so one step's times are the same bits whichever way it is taken, and the end of
+/// one step is the start of the next: a grid has only `2·n_steps + 1` distinct times, the
+/// tables of the tabulated field.
+#[inline]
+pub(crate) fn grid_stage_times(i: usize, n_steps: usize, forward: bool) -> [f64; 3] {
+    let start = grid_time(i, n_steps);
+    let end = grid_time(i + 1, n_steps);
+    let middle = start + 0.5 / n_steps as f64;
+    if forward {
+        [start, middle, end]
+    } else {
+        [end, middle, start]
+    }
+}
+
+/// Every time at which the RK4 integrations of a grid of `n_steps` steps on [0, 1] evaluate the
+/// field, sorted and without duplicates: the times worth tabulating.
+#[must_use]
+pub fn rk4_stage_times(n_steps: usize) -> Vec<f64> {
+    let mut times: Vec<f64> = (0..n_steps)
+        .flat_map(|i| grid_stage_times(i, n_steps, true))
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times.dedup_by(|a, b| a.to_bits() == b.to_bits());
+    times
 }
 
 /// One RK4 step with the field evaluations supplied by `eval(y, i, v) -> div`, where `i`
@@ -68,11 +114,11 @@ pub(crate) fn integrate<F: VectorField + ?Sized>(
     let mut log_det = 0.0;
     if forward {
         for i in 0..n_steps {
-            log_det += step(field, x, grid_time(i, n_steps), h, ws);
+            log_det += step(field, x, grid_stage_times(i, n_steps, true), h, ws);
         }
     } else {
-        for i in (1..=n_steps).rev() {
-            log_det += step(field, x, grid_time(i, n_steps), -h, ws);
+        for i in (0..n_steps).rev() {
+            log_det += step(field, x, grid_stage_times(i, n_steps, false), -h, ws);
         }
     }
     log_det

@@ -34,7 +34,7 @@
 
 use crate::error::{Error, Result};
 use crate::field::{Cotangent, KernelField, ParamAccumulator, TimePoint, VjpScratch};
-use crate::integrate::{Workspace, axpy_into, grid_time, rk4_step_with};
+use crate::integrate::{Workspace, axpy_into, grid_stage_times, rk4_step_with};
 
 /// Records a continuous-mode RK4 integration and runs its reverse pass. Sized once for a state
 /// length and a step count; reuse one per thread: neither pass allocates.
@@ -45,7 +45,7 @@ pub struct Rk4Tape {
     recorded: bool,
     ws: Workspace,
     /// Per executed step: t, signed h.
-    steps: Vec<(f64, f64)>,
+    steps: Vec<([f64; 3], f64)>,
     /// Per executed step: `x`, `y2`, `y3`, `y4`, each of length `len`.
     states: Vec<f64>,
     x_bar: Vec<f64>,
@@ -56,7 +56,7 @@ pub struct Rk4Tape {
     acc: ParamAccumulator,
     /// Time basis at the distinct stage times of the recorded steps (equal bits, one entry),
     /// valid for the parameters and time centres in `grid_key` and the direction
-    /// `grid_forward`; `grid_index[3s + j]` locates `t`, `t + h/2`, `t + h` of step s.
+    /// `grid_forward`; `grid_index[3s + j]` locates stage time j of step s.
     grid: Vec<TimePoint>,
     grid_times: Vec<u64>,
     grid_index: Vec<usize>,
@@ -87,7 +87,7 @@ impl Rk4Tape {
             n_steps,
             recorded: false,
             ws: Workspace::new(len),
-            steps: vec![(0.0, 0.0); n_steps],
+            steps: vec![([0.0; 3], 0.0); n_steps],
             states: vec![0.0; 4 * n_steps * len],
             x_bar: v(),
             x_acc: v(),
@@ -142,9 +142,9 @@ impl Rk4Tape {
         for s in 0..n {
             // The same grid points and order as `rk4::integrate`.
             self.steps[s] = if forward {
-                (grid_time(s, n), h)
+                (grid_stage_times(s, n, true), h)
             } else {
-                (grid_time(n - s, n), -h)
+                (grid_stage_times(n - 1 - s, n, false), -h)
             };
         }
         // The folded time bases of the grid, cached across samples with the same parameters:
@@ -292,10 +292,8 @@ impl Rk4Tape {
         self.grid.clear();
         self.grid_times.clear();
         self.grid_index.clear();
-        for &(t, h) in &self.steps {
-            // The stage times exactly as `rk4::step` forms them.
-            let half = 0.5 * h;
-            for ts in [t, t + half, t + h] {
+        for &(times, _) in &self.steps {
+            for ts in times {
                 let bits = ts.to_bits();
                 // Few distinct times (about 2n + 1): a linear search from the back finds the
                 // neighbouring step's shared grid point at once.
