@@ -7,7 +7,7 @@
 
 use multiversion::multiversion;
 
-use super::radial::{RadialFn, Scratch};
+use super::radial::RadialFn;
 use crate::geometry::MAX_DIM;
 
 /// Softening of pair distances in the field, `d = sqrt(|r|² + EPS_D)` (not used by energies).
@@ -31,7 +31,7 @@ pub(crate) fn velocity_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: 
     let n = x.len() / dim;
     v.fill(0.0);
     let mut div = 0.0;
-    let mut scratch = Scratch::new();
+    let mut scratch = radial.scratch();
     for i in 0..n {
         for j in i + 1..n {
             let (r, r2) = separation(x, dim, i, j);
@@ -54,7 +54,7 @@ pub(crate) fn velocity_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: 
 pub(crate) fn velocity_only_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) {
     let n = x.len() / dim;
     v.fill(0.0);
-    let mut scratch = Scratch::new();
+    let mut scratch = radial.scratch();
     for i in 0..n {
         for j in i + 1..n {
             let (r, r2) = separation(x, dim, i, j);
@@ -90,7 +90,7 @@ pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
         }
     }
     let mut div = 0.0;
-    let mut scratch = Scratch::new();
+    let mut scratch = radial.scratch();
     for i in 0..n {
         for j in i + 1..n {
             let (r, r2) = separation(x, dim, i, j);

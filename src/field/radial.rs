@@ -37,13 +37,18 @@ impl TimeSlice {
 
 /// A radial function `d ↦ (φ(d), ∂φ/∂d)` at one fixed time: what the pair loops need.
 pub(crate) trait RadialFn {
+    /// Per-evaluation buffers, created once per field evaluation (not per pair).
+    type Scratch;
+
+    fn scratch(&self) -> Self::Scratch;
+
     /// `(φ(d), ∂φ/∂d)`.
-    fn eval(&self, d: f64, scratch: &mut Scratch) -> (f64, f64);
+    fn eval(&self, d: f64, scratch: &mut Self::Scratch) -> (f64, f64);
 
     /// `φ(d)` alone, the same bits as `eval(d).0`; implementations override it when skipping
     /// the derivative saves work.
     #[inline(always)]
-    fn value(&self, d: f64, scratch: &mut Scratch) -> f64 {
+    fn value(&self, d: f64, scratch: &mut Self::Scratch) -> f64 {
         self.eval(d, scratch).0
     }
 }
@@ -56,6 +61,12 @@ pub(crate) struct ExactRadial<'a> {
 }
 
 impl RadialFn for ExactRadial<'_> {
+    type Scratch = Scratch;
+
+    fn scratch(&self) -> Scratch {
+        Scratch::new()
+    }
+
     #[inline(always)]
     fn eval(&self, d: f64, scratch: &mut Scratch) -> (f64, f64) {
         radial(d, self.mu, self.a, self.slice, scratch)

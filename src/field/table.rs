@@ -42,12 +42,18 @@ pub(crate) struct TableRadial<'a> {
 }
 
 impl RadialFn for TableRadial<'_> {
+    // The exact function's 2 KiB of kernel buffers are needed only past the table, which pair
+    // distances rarely reach: created there, not zeroed for every evaluation.
+    type Scratch = ();
+
+    fn scratch(&self) {}
+
     #[inline(always)]
-    fn eval(&self, d: f64, scratch: &mut Scratch) -> (f64, f64) {
+    fn eval(&self, d: f64, _: &mut ()) -> (f64, f64) {
         let s = d * self.table.inv_h;
         let j = s as usize;
         if j >= self.table.n_intervals {
-            return self.exact.eval(d, scratch);
+            return self.exact.eval(d, &mut Scratch::new());
         }
         let u = s - j as f64;
         let [c0, c1, c2, c3] = self.table.coef[j];
@@ -57,11 +63,11 @@ impl RadialFn for TableRadial<'_> {
     }
 
     #[inline(always)]
-    fn value(&self, d: f64, scratch: &mut Scratch) -> f64 {
+    fn value(&self, d: f64, _: &mut ()) -> f64 {
         let s = d * self.table.inv_h;
         let j = s as usize;
         if j >= self.table.n_intervals {
-            return self.exact.eval(d, scratch).0;
+            return self.exact.eval(d, &mut Scratch::new()).0;
         }
         let u = s - j as f64;
         let [c0, c1, c2, c3] = self.table.coef[j];
@@ -135,7 +141,7 @@ impl TabulatedField {
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
         match self.table_radial(t) {
-            Some(radial) => radial.eval(d, &mut Scratch::new()),
+            Some(radial) => radial.eval(d, &mut ()),
             None => self.field.radial(d, t),
         }
     }
