@@ -51,6 +51,28 @@ pub(crate) trait RadialFn {
     fn value(&self, d: f64, scratch: &mut Self::Scratch) -> f64 {
         self.eval(d, scratch).0
     }
+
+    /// `eval` for every distance of a block (same bits per element).
+    #[inline(always)]
+    fn eval_block(
+        &self,
+        d: &[f64],
+        phi: &mut [f64],
+        dphi: &mut [f64],
+        scratch: &mut Self::Scratch,
+    ) {
+        for ((d, phi), dphi) in d.iter().zip(phi.iter_mut()).zip(dphi.iter_mut()) {
+            (*phi, *dphi) = self.eval(*d, scratch);
+        }
+    }
+
+    /// `value` for every distance of a block (same bits per element).
+    #[inline(always)]
+    fn value_block(&self, d: &[f64], phi: &mut [f64], scratch: &mut Self::Scratch) {
+        for (d, phi) in d.iter().zip(phi.iter_mut()) {
+            *phi = self.value(*d, scratch);
+        }
+    }
 }
 
 /// The exact RBF radial function at the time folded into `slice`.

@@ -63,6 +63,57 @@ impl RadialFn for TableRadial<'_> {
     }
 
     #[inline(always)]
+    fn eval_block(&self, d: &[f64], phi: &mut [f64], dphi: &mut [f64], _: &mut ()) {
+        // Branch-free over the block (the index is clamped, so the loop vectorises with
+        // gathers); distances past the table are redone exactly afterwards. In range, the
+        // arithmetic is that of `eval`, so the bits are too.
+        let n = self.table.n_intervals;
+        let coef = &self.table.coef[..n];
+        let inv_h = self.table.inv_h;
+        let mut past = false;
+        let last = n as i32 - 1;
+        for ((d, phi), dphi) in d.iter().zip(phi.iter_mut()).zip(dphi.iter_mut()) {
+            let s = d * inv_h;
+            let j = s as i32;
+            past |= j > last;
+            let j = j.min(last);
+            let u = s - j as f64;
+            let j = j as usize;
+            let [c0, c1, c2, c3] = coef[j];
+            *phi = c0 + u * (c1 + u * (c2 + u * c3));
+            *dphi = (c1 + u * (2.0 * c2 + u * (3.0 * c3))) * inv_h;
+        }
+        if past {
+            self.redo_past_table(d, |p, (v, dv)| {
+                phi[p] = v;
+                dphi[p] = dv;
+            });
+        }
+    }
+
+    #[inline(always)]
+    fn value_block(&self, d: &[f64], phi: &mut [f64], _: &mut ()) {
+        let n = self.table.n_intervals;
+        let coef = &self.table.coef[..n];
+        let inv_h = self.table.inv_h;
+        let mut past = false;
+        let last = n as i32 - 1;
+        for (d, phi) in d.iter().zip(phi.iter_mut()) {
+            let s = d * inv_h;
+            let j = s as i32;
+            past |= j > last;
+            let j = j.min(last);
+            let u = s - j as f64;
+            let j = j as usize;
+            let [c0, c1, c2, c3] = coef[j];
+            *phi = c0 + u * (c1 + u * (c2 + u * c3));
+        }
+        if past {
+            self.redo_past_table(d, |p, (v, _)| phi[p] = v);
+        }
+    }
+
+    #[inline(always)]
     fn value(&self, d: f64, _: &mut ()) -> f64 {
         let s = d * self.table.inv_h;
         let j = s as usize;
@@ -72,6 +123,19 @@ impl RadialFn for TableRadial<'_> {
         let u = s - j as f64;
         let [c0, c1, c2, c3] = self.table.coef[j];
         c0 + u * (c1 + u * (c2 + u * c3))
+    }
+}
+
+impl TableRadial<'_> {
+    /// Calls `set(p, exact (φ, φ'))` for the distances of a block that lie past the table.
+    #[cold]
+    fn redo_past_table(&self, d: &[f64], mut set: impl FnMut(usize, (f64, f64))) {
+        let mut scratch = Scratch::new();
+        for (p, &d) in d.iter().enumerate() {
+            if (d * self.table.inv_h) as usize >= self.table.n_intervals {
+                set(p, self.exact.eval(d, &mut scratch));
+            }
+        }
     }
 }
 
