@@ -291,3 +291,46 @@ fn build_table(field: &KernelField, t: f64, h: f64, n_intervals: usize) -> Radia
         slice,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::KernelConfig;
+    use crate::geometry::Layout;
+
+    #[test]
+    fn block_evaluation_has_the_bits_of_single_evaluation_inside_and_past_the_table() {
+        let layout = Layout::new(4, 2).unwrap();
+        let field = KernelField::initialise(layout, KernelConfig::double_well(), 3).unwrap();
+        let tab = TabulatedField::new(&field, &[0.25]).unwrap();
+        let radial = tab.table_radial(0.25).unwrap();
+        let d_max = radial.table.n_intervals as f64 / radial.table.inv_h;
+        // Inside, exactly on nodes, and past the end (the exact fallback), mixed in one block.
+        let d: Vec<f64> = (0..40)
+            .map(|i| match i % 4 {
+                0 => 1e-3 + 0.37 * i as f64,
+                1 => (i / 4) as f64 / radial.table.inv_h,
+                2 => d_max * (1.0 + 0.01 * i as f64),
+                _ => 0.5 * d_max + 0.013 * i as f64,
+            })
+            .collect();
+        assert!(d.iter().any(|&d| d > d_max) && d.iter().any(|&d| d < d_max));
+        let (mut phi, mut dphi, mut value) = (vec![0.0; 40], vec![0.0; 40], vec![0.0; 40]);
+        radial.eval_block(&d, &mut phi, &mut dphi, &mut ());
+        radial.value_block(&d, &mut value, &mut ());
+        for (k, &d) in d.iter().enumerate() {
+            let (p, dp) = radial.eval(d, &mut ());
+            assert_eq!(phi[k].to_bits(), p.to_bits(), "φ at d = {d}");
+            assert_eq!(dphi[k].to_bits(), dp.to_bits(), "φ' at d = {d}");
+            assert_eq!(value[k].to_bits(), p.to_bits(), "value at d = {d}");
+            if d > d_max {
+                let exact = field.radial(d, 0.25);
+                assert_eq!(
+                    (p, dp),
+                    exact,
+                    "past the table the function is the exact one"
+                );
+            }
+        }
+    }
+}
