@@ -91,10 +91,15 @@ fn field_vjp_matches_finite_differences_for_x_and_every_parameter_block() {
 }
 
 use eqflow::energy::Energy;
+use eqflow::energy::SerialEnergy;
+use eqflow::flow::sample_rng;
 use eqflow::geometry::Layout;
 use eqflow::integrate::{DensityMode, Integrator, Method};
 use eqflow::prior::Prior;
-use eqflow::train::{AdamWConfig, KlTarget, LambdaSchedule, Losses, Rk4Tape, TrainConfig, Trainer};
+use eqflow::train::{
+    AdamWConfig, EpochReport, KlTarget, LambdaSchedule, LossWorkspace, Losses, Rk4Tape,
+    TrainConfig, Trainer, kl_sample,
+};
 use eqflow::{DoubleWell, Error, Flow, LennardJones};
 
 const N_STEPS: usize = 20;
@@ -604,5 +609,184 @@ fn trainer_rejects_bad_input_and_leaves_the_flow_unchanged() {
             .run(&mut flow, |_| true)
             .is_err()
     );
+    assert_eq!(flow, before);
+}
+
+/// A DW-4 energy seen through the `SerialEnergy` trait, recording the threads it was called
+/// on (a `Cell`: serial energies need not be `Sync`) and failing at call `fail_at`.
+struct SerialDw4 {
+    energy: DoubleWell,
+    calls: std::cell::Cell<usize>,
+    threads: std::cell::RefCell<Vec<std::thread::ThreadId>>,
+    fail_at: usize,
+}
+
+impl SerialDw4 {
+    fn new(fail_at: usize) -> Self {
+        SerialDw4 {
+            energy: DoubleWell::dw4(),
+            calls: std::cell::Cell::new(0),
+            threads: std::cell::RefCell::new(Vec::new()),
+            fail_at,
+        }
+    }
+
+    fn only_on_this_thread(&self) -> bool {
+        let me = std::thread::current().id();
+        self.threads.borrow().iter().all(|&t| t == me)
+    }
+}
+
+impl SerialEnergy for SerialDw4 {
+    fn n_particles(&self) -> usize {
+        4
+    }
+    fn dim(&self) -> usize {
+        2
+    }
+    fn energy_gradient_into(&self, x: &[f64], gradient: &mut [f64]) -> Result<f64, Error> {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        self.threads.borrow_mut().push(std::thread::current().id());
+        if call == self.fail_at {
+            return Err(Error::Callback {
+                what: "host energy failed".into(),
+            });
+        }
+        Ok(self.energy.energy_gradient_into(x, gradient))
+    }
+}
+
+/// The three-phase KL batch (forward, energies, reverse) must give exactly what the fused
+/// per-sample loss `kl_sample` gives, summed in index order, whatever the thread count and
+/// whether the energy is evaluated in parallel or serially on the calling thread.
+#[test]
+fn kl_batch_equals_the_per_sample_loss_bit_for_bit_for_both_kinds_of_energy() {
+    let flow = continuous_flow(4, 2, KernelConfig::double_well(), 31);
+    let energy = DoubleWell::dw4();
+    let target = KlTarget {
+        energy: &energy,
+        kt: 1.3,
+    };
+    let (seed, first, n) = (17, 5, 7);
+    let losses = Losses::new(&flow, 9).unwrap();
+    let p = losses.n_params();
+
+    let mut ws = LossWorkspace::new(8, 9).unwrap();
+    let (mut total, mut sum) = (0.0, vec![0.0; p]);
+    let mut per_sample = vec![vec![0.0; p]; n];
+    let mut z = vec![0.0; 8];
+    for (i, g) in per_sample.iter_mut().enumerate() {
+        flow.prior()
+            .sample_into(&mut sample_rng(seed, first + i as u64), &mut z);
+        total += kl_sample(flow.field(), target, &z, &mut ws, Some(g)).unwrap();
+    }
+    for g in &per_sample {
+        for (a, b) in sum.iter_mut().zip(g) {
+            *a += b;
+        }
+    }
+    let reference_loss = total / n as f64;
+    let reference_gradient: Vec<f64> = sum.iter().map(|a| a * (1.0 / n as f64)).collect();
+
+    for threads in [1, 2] {
+        pool(threads).install(|| {
+            let mut g = vec![0.0; p];
+            let loss = losses
+                .kl_gradient_into(target, seed, first, n, &mut g)
+                .unwrap();
+            assert_eq!(loss.to_bits(), reference_loss.to_bits());
+            assert_eq!(g, reference_gradient);
+            assert_eq!(losses.kl(target, seed, first, n).unwrap(), loss);
+
+            let serial = SerialDw4::new(usize::MAX);
+            let mut g = vec![0.0; p];
+            let loss = losses
+                .kl_serial_gradient_into(&serial, 1.3, seed, first, n, &mut g)
+                .unwrap();
+            assert_eq!(loss.to_bits(), reference_loss.to_bits());
+            assert_eq!(g, reference_gradient);
+            assert_eq!(serial.calls.get(), n);
+            assert!(serial.only_on_this_thread());
+        });
+    }
+}
+
+#[test]
+fn trainer_with_a_serial_energy_equals_the_parallel_one_and_stops_at_its_first_error() {
+    let data = dw4_mcmc(40, 21);
+    let validation = dw4_mcmc(10, 22);
+    let energy = DoubleWell::dw4();
+    let config = TrainConfig {
+        n_epochs: 2,
+        batch_size: 16,
+        n_rk4_steps: 6,
+        lambda: LambdaSchedule::Linear {
+            start: 0.8,
+            end: 0.4,
+        },
+        n_kl_samples: 5,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let mut parallel = Flow::new(4, 2, 6).unwrap();
+    let expected = Trainer::new(config, &data)
+        .with_validation(&validation)
+        .with_energy(&energy)
+        .run(&mut parallel, |_| true)
+        .unwrap();
+    for threads in [1, 2] {
+        let mut flow = Flow::new(4, 2, 6).unwrap();
+        // A serial energy is not `Sync`: it lives on the thread that runs the trainer.
+        let summary = pool(threads).install(|| {
+            let serial = SerialDw4::new(usize::MAX);
+            let summary = Trainer::new(config, &data)
+                .with_validation(&validation)
+                .with_serial_energy(&serial)
+                .run(&mut flow, |_| true)
+                .unwrap();
+            assert_eq!(
+                serial.calls.get(),
+                6 * 5,
+                "3 steps per epoch, 5 KL samples each"
+            );
+            assert!(serial.only_on_this_thread());
+            summary
+        });
+        assert_eq!(flow.field().params(), parallel.field().params());
+        // Everything but the wall times is identical.
+        let without_time = |r: &EpochReport| {
+            let bits = |v: Option<f64>| v.map(f64::to_bits);
+            (
+                (r.epoch, r.n_steps, r.lambda.to_bits()),
+                (
+                    r.train_nll.to_bits(),
+                    bits(r.train_kl),
+                    r.train_loss.to_bits(),
+                ),
+                bits(r.validation_nll),
+            )
+        };
+        let a: Vec<_> = summary.epochs.iter().map(without_time).collect();
+        let b: Vec<_> = expected.epochs.iter().map(without_time).collect();
+        assert_eq!(a, b);
+        assert_eq!(summary.best_epoch, expected.best_epoch);
+    }
+
+    // An error of the serial energy stops the run at once and leaves the flow unchanged.
+    let failing = SerialDw4::new(7);
+    let mut flow = Flow::new(4, 2, 6).unwrap();
+    let before = flow.clone();
+    let result = Trainer::new(config, &data)
+        .with_serial_energy(&failing)
+        .run(&mut flow, |_| true);
+    match result {
+        Err(Error::Callback { what }) => {
+            assert!(what.contains("host energy failed"), "{what}");
+            assert!(what.contains("index 7"), "{what}");
+        }
+        other => panic!("expected a callback error, got {other:?}"),
+    }
+    assert_eq!(failing.calls.get(), 8);
     assert_eq!(flow, before);
 }

@@ -22,9 +22,11 @@
 
 mod double_well;
 mod lennard_jones;
+mod serial;
 
 pub use double_well::DoubleWell;
 pub use lennard_jones::LennardJones;
+pub use serial::SerialEnergy;
 
 use rayon::prelude::*;
 

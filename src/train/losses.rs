@@ -2,10 +2,11 @@
 //!
 //! See the [module docs](super) for the definitions and sign conventions.
 
+use rayon::ThreadPool;
 use rayon::prelude::*;
 
 use super::reverse::{Rk4Tape, check_n_steps};
-use crate::energy::Energy;
+use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::field::KernelField;
 use crate::flow::{Flow, sample_rng};
@@ -55,6 +56,25 @@ impl std::fmt::Debug for KlTarget<'_> {
             .field("dim", &self.energy.dim())
             .field("kt", &self.kt)
             .finish()
+    }
+}
+
+/// Where the reverse-KL loss gets the energies of its batch from.
+#[derive(Clone, Copy)]
+pub(crate) enum KlEnergy<'a> {
+    /// A thread-safe Rust energy: the batch is evaluated in parallel, one sample per task.
+    Parallel(&'a dyn Energy),
+    /// A serial energy (a host callback): the batch is evaluated sample by sample, in index
+    /// order, on the thread that called the loss, stopping at the first failing sample.
+    Serial(&'a dyn SerialEnergy),
+}
+
+impl KlEnergy<'_> {
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        match self {
+            KlEnergy::Parallel(e) => (e.n_particles(), e.dim()),
+            KlEnergy::Serial(e) => (e.n_particles(), e.dim()),
+        }
     }
 }
 
@@ -136,20 +156,52 @@ pub fn kl_sample(
         Some(_) => target.energy.energy_gradient_into(&ws.state, &mut ws.x_bar),
         None => target.energy.energy(&ws.state),
     };
+    let x_bar = theta_bar.is_some().then_some(&mut ws.x_bar[..]);
+    let loss = kl_value(u, target.kt, log_det, x_bar)?;
+    if let Some(theta_bar) = theta_bar {
+        ws.tape.backward(field, &ws.x_bar, -1.0, theta_bar)?;
+    }
+    Ok(loss)
+}
+
+/// The KL loss `U/kT − ℓ` of a flow sample from its energy `u` and log-determinant `log_det`;
+/// with `x_bar` (the energy gradient `+∂U/∂x` of the sample) it becomes the cotangent of the
+/// sample, `+∂U/∂x / kT`, in place. Shared by [`kl_sample`] and the batch so that both do the
+/// same arithmetic.
+fn kl_value(u: f64, kt: f64, log_det: f64, x_bar: Option<&mut [f64]>) -> Result<f64> {
     if !u.is_finite() {
         return Err(Error::non_finite(format!(
             "energy U(F(z)) = {u} of a flow sample in the KL loss (overlapping particles?); \
              the KL gradient is undefined there"
         )));
     }
-    let loss = u / target.kt - log_det;
-    if let Some(theta_bar) = theta_bar {
-        let inv_kt = 1.0 / target.kt;
-        ws.x_bar.iter_mut().for_each(|g| *g *= inv_kt);
-        check_finite(&ws.x_bar, "energy gradient of a flow sample in the KL loss")?;
-        ws.tape.backward(field, &ws.x_bar, -1.0, theta_bar)?;
+    let loss = u / kt - log_det;
+    if let Some(x_bar) = x_bar {
+        let inv_kt = 1.0 / kt;
+        x_bar.iter_mut().for_each(|g| *g *= inv_kt);
+        check_finite(x_bar, "energy gradient of a flow sample in the KL loss")?;
     }
     Ok(loss)
+}
+
+/// What the forward phase of a KL batch keeps of one sample until its energy is known.
+struct KlForward {
+    /// `x = F(z)`.
+    x: Vec<f64>,
+    /// `log|det ∂F/∂z|`.
+    log_det: f64,
+    /// The RK4 trajectory for the reverse pass (empty without gradient).
+    trajectory: Vec<f64>,
+}
+
+/// Names the prior sample in the message of an error of the KL loss.
+fn name_sample(error: Error, seed: u64, index: u64) -> Error {
+    let name = |what: String| format!("{what} (prior sample seed {seed}, index {index})");
+    match error {
+        Error::NonFinite { what } => Error::NonFinite { what: name(what) },
+        Error::Callback { what } => Error::Callback { what: name(what) },
+        other => other,
+    }
 }
 
 /// Batch losses of one flow with continuous-mode RK4 of `n_steps` steps. The flow's own
@@ -163,6 +215,8 @@ pub struct Losses<'a> {
     field: &'a KernelField,
     prior: &'a Prior,
     n_steps: usize,
+    /// Where the parallel work runs; `None`: the current rayon pool.
+    pool: Option<&'a ThreadPool>,
 }
 
 impl<'a> Losses<'a> {
@@ -177,7 +231,25 @@ impl<'a> Losses<'a> {
             field: flow.field(),
             prior: flow.prior(),
             n_steps,
+            pool: None,
         })
+    }
+
+    /// Runs the parallel work in `pool` (installed around each parallel section only) instead
+    /// of the current rayon pool, while everything else — serial energies included — stays on
+    /// the calling thread. For the C API, whose host threads are not rayon workers.
+    #[must_use]
+    pub(crate) fn in_pool(mut self, pool: Option<&'a ThreadPool>) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Runs `f` in the pool of [`Losses::in_pool`], or right here.
+    fn parallel<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
     }
 
     /// Number of trainable parameters (length of gradients).
@@ -232,7 +304,31 @@ impl<'a> Losses<'a> {
         n: usize,
         gradient: &mut [f64],
     ) -> Result<f64> {
-        self.kl_batch(target, seed, first_index, n, Some(gradient))
+        let energy = KlEnergy::Parallel(target.energy);
+        self.kl_batch(energy, target.kt, seed, first_index, n, Some(gradient))
+    }
+
+    /// As [`Losses::kl_gradient_into`], with an energy that is evaluated sample by sample, in
+    /// index order, on the calling thread (never concurrently): a host callback that is not
+    /// thread-safe. The integrations and reverse passes still run in parallel, and the result
+    /// is bit-identical to [`Losses::kl_gradient_into`] with an [`Energy`] that computes the
+    /// same numbers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Losses::kl_gradient_into`], plus the errors `energy` returns (the first failing
+    /// sample stops the batch; later samples are not evaluated).
+    pub fn kl_serial_gradient_into(
+        &self,
+        energy: &dyn SerialEnergy,
+        kt: f64,
+        seed: u64,
+        first_index: u64,
+        n: usize,
+        gradient: &mut [f64],
+    ) -> Result<f64> {
+        let energy = KlEnergy::Serial(energy);
+        self.kl_batch(energy, kt, seed, first_index, n, Some(gradient))
     }
 
     /// The mean reverse-KL loss alone (see [`Losses::kl_gradient_into`]).
@@ -241,36 +337,140 @@ impl<'a> Losses<'a> {
     ///
     /// As [`Losses::kl_gradient_into`].
     pub fn kl(&self, target: KlTarget<'_>, seed: u64, first_index: u64, n: usize) -> Result<f64> {
-        self.kl_batch(target, seed, first_index, n, None)
+        let energy = KlEnergy::Parallel(target.energy);
+        self.kl_batch(energy, target.kt, seed, first_index, n, None)
     }
 
-    fn kl_batch(
+    /// The KL batch in three phases, so that a serial energy is only ever called from this
+    /// thread: (a) the forward integrations, in parallel, keeping each sample's trajectory;
+    /// (b) the energies and gradients of the whole batch, in parallel for an [`Energy`] and in
+    /// index order on this thread for a [`SerialEnergy`]; (c) the reverse passes, in parallel.
+    /// Each sample's arithmetic is that of [`kl_sample`], and the per-sample gradients are
+    /// reduced in index order, so results are bit-identical for any number of threads and
+    /// either kind of energy. The first failing sample in index order decides the error.
+    ///
+    /// Memory: the trajectories of the batch, `n·4·n_steps·N·D` numbers.
+    pub(crate) fn kl_batch(
         &self,
-        target: KlTarget<'_>,
+        energy: KlEnergy<'_>,
+        kt: f64,
         seed: u64,
         first_index: u64,
         n: usize,
         gradient: Option<&mut [f64]>,
     ) -> Result<f64> {
-        check_target(self.prior, target)?;
+        check_target(self.prior, energy.shape(), kt)?;
         if n == 0 {
             return Err(Error::invalid("KL loss needs at least one prior sample"));
         }
-        self.batch(n, gradient, |i, ws, g| {
-            let index = first_index.wrapping_add(i as u64);
-            // The latent buffer is taken out of the workspace so that it can be read while the
-            // workspace is borrowed mutably, and put back afterwards.
-            let mut z = std::mem::take(&mut ws.latent);
-            self.prior.sample_into(&mut sample_rng(seed, index), &mut z);
-            let result = kl_sample(self.field, target, &z, ws, g);
-            ws.latent = z;
-            result.map_err(|e| match e {
-                Error::NonFinite { what } => Error::NonFinite {
-                    what: format!("{what} (prior sample seed {seed}, index {index})"),
-                },
-                other => other,
-            })
-        })
+        let p = self.n_params();
+        if let Some(g) = &gradient {
+            if g.len() != p {
+                return Err(Error::size("loss gradient", p, g.len()));
+            }
+        }
+        let with_gradient = gradient.is_some();
+        let len = self.prior.layout().len();
+        let index = |i: usize| first_index.wrapping_add(i as u64);
+        let init = || LossWorkspace::new(len, self.n_steps);
+
+        // (a) x = F(z) and log|det ∂F/∂z| of every sample, with the trajectory if needed.
+        let forward: Vec<Result<KlForward>> = self.parallel(|| {
+            (0..n)
+                .into_par_iter()
+                .map_init(init, |ws, i| {
+                    let ws = ws.as_mut().map_err(|e| e.clone())?;
+                    self.prior
+                        .sample_into(&mut sample_rng(seed, index(i)), &mut ws.latent);
+                    ws.state.copy_from_slice(&ws.latent);
+                    let log_det = ws.tape.integrate(self.field, &mut ws.state, true)?;
+                    let trajectory = if with_gradient {
+                        ws.tape.trajectory()?.to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(KlForward {
+                        x: ws.state.clone(),
+                        log_det,
+                        trajectory,
+                    })
+                })
+                .collect()
+        });
+        // Energies are needed only up to the first sample whose integration failed: its error
+        // is reported unless an earlier sample fails in (b).
+        let n_ok = forward.iter().position(Result::is_err).unwrap_or(n);
+        let samples: Vec<&KlForward> = forward[..n_ok].iter().flatten().collect();
+
+        // (b) U and +∂U/∂x / kT of every sample, and its loss.
+        let mut x_bar = vec![0.0; if with_gradient { n_ok * len } else { 0 }];
+        let mut losses = vec![0.0; n_ok];
+        {
+            // Each sample's cotangent, none without a gradient.
+            let mut cotangents: Vec<Option<&mut [f64]>> = if with_gradient {
+                x_bar.chunks_exact_mut(len).map(Some).collect()
+            } else {
+                (0..n_ok).map(|_| None).collect()
+            };
+            let loss_of = |i: usize, u: f64, x_bar: Option<&mut [f64]>| {
+                kl_value(u, kt, samples[i].log_det, x_bar)
+                    .map_err(|e| name_sample(e, seed, index(i)))
+            };
+            match energy {
+                KlEnergy::Parallel(energy) => {
+                    let mut u = vec![0.0; n_ok];
+                    self.parallel(|| {
+                        u.par_iter_mut()
+                            .zip(samples.par_iter())
+                            .zip(cotangents.par_iter_mut())
+                            .for_each(|((u, s), g)| {
+                                *u = match g {
+                                    Some(g) => energy.energy_gradient_into(&s.x, g),
+                                    None => energy.energy(&s.x),
+                                };
+                            });
+                    });
+                    for (i, g) in cotangents.into_iter().enumerate() {
+                        losses[i] = loss_of(i, u[i], g)?;
+                    }
+                }
+                KlEnergy::Serial(energy) => {
+                    // A serial energy always writes a gradient; without one it goes here.
+                    let mut scratch = vec![0.0; if with_gradient { 0 } else { len }];
+                    for (i, mut g) in cotangents.into_iter().enumerate() {
+                        let gradient = g.as_deref_mut().unwrap_or(&mut scratch);
+                        let u = energy
+                            .energy_gradient_into(&samples[i].x, gradient)
+                            .map_err(|e| name_sample(e, seed, index(i)))?;
+                        losses[i] = loss_of(i, u, g)?;
+                    }
+                }
+            }
+        }
+        if let Some(Err(e)) = forward.get(n_ok) {
+            return Err(name_sample(e.clone(), seed, index(n_ok)));
+        }
+
+        // (c) the reverse passes, reduced in index order.
+        if let Some(gradient) = gradient {
+            let mut per_sample = vec![0.0; n * p];
+            let results: Vec<Result<()>> = self.parallel(|| {
+                per_sample
+                    .par_chunks_mut(p)
+                    .zip(x_bar.par_chunks(len))
+                    .zip(samples.par_iter())
+                    .map_init(init, |ws, ((g, x_bar), s)| {
+                        let ws = ws.as_mut().map_err(|e| e.clone())?;
+                        ws.tape.restore(true, &s.trajectory)?;
+                        ws.tape.backward(self.field, x_bar, -1.0, g)?;
+                        Ok(())
+                    })
+                    .collect()
+            });
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+            reduce_mean(&per_sample, gradient);
+        }
+        Ok(losses.iter().sum::<f64>() / n as f64)
     }
 
     fn check_data(&self, x: &[f64]) -> Result<usize> {
@@ -302,56 +502,65 @@ impl<'a> Losses<'a> {
                 return Err(Error::size("loss gradient", p, gradient.len()));
             }
             let mut per_sample = vec![0.0; n * p];
-            let results = per_sample
-                .par_chunks_mut(p)
-                .zip(losses.par_iter_mut())
-                .enumerate()
-                .map_init(init, |ws, (i, (g, l))| {
-                    let ws = ws.as_mut().map_err(|e| e.clone())?;
-                    *l = f(i, ws, Some(g))?;
-                    Ok(())
-                })
-                .collect();
-            gradient.fill(0.0);
-            for g in per_sample.chunks_exact(p) {
-                for (a, b) in gradient.iter_mut().zip(g) {
-                    *a += b;
-                }
-            }
-            let inv = 1.0 / n as f64;
-            gradient.iter_mut().for_each(|a| *a *= inv);
+            let results = self.parallel(|| {
+                per_sample
+                    .par_chunks_mut(p)
+                    .zip(losses.par_iter_mut())
+                    .enumerate()
+                    .map_init(init, |ws, (i, (g, l))| {
+                        let ws = ws.as_mut().map_err(|e| e.clone())?;
+                        *l = f(i, ws, Some(g))?;
+                        Ok(())
+                    })
+                    .collect()
+            });
+            reduce_mean(&per_sample, gradient);
             results
         } else {
-            losses
-                .par_iter_mut()
-                .enumerate()
-                .map_init(init, |ws, (i, l)| {
-                    let ws = ws.as_mut().map_err(|e| e.clone())?;
-                    *l = f(i, ws, None)?;
-                    Ok(())
-                })
-                .collect()
+            self.parallel(|| {
+                losses
+                    .par_iter_mut()
+                    .enumerate()
+                    .map_init(init, |ws, (i, l)| {
+                        let ws = ws.as_mut().map_err(|e| e.clone())?;
+                        *l = f(i, ws, None)?;
+                        Ok(())
+                    })
+                    .collect()
+            })
         };
         results.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(losses.iter().sum::<f64>() / n as f64)
     }
 }
 
-fn check_target(prior: &Prior, target: KlTarget<'_>) -> Result<()> {
-    if !(target.kt.is_finite() && target.kt > 0.0) {
+/// Writes the mean of the per-sample gradients (`gradient.len()` numbers each) into
+/// `gradient`, summed in index order.
+fn reduce_mean(per_sample: &[f64], gradient: &mut [f64]) {
+    let p = gradient.len();
+    gradient.fill(0.0);
+    for g in per_sample.chunks_exact(p) {
+        for (a, b) in gradient.iter_mut().zip(g) {
+            *a += b;
+        }
+    }
+    let inv = 1.0 / (per_sample.len() / p) as f64;
+    gradient.iter_mut().for_each(|a| *a *= inv);
+}
+
+/// Checks the temperature and that the energy, of shape `(n_particles, dim)`, is for the
+/// flow's particles.
+fn check_target(prior: &Prior, (n_particles, dim): (usize, usize), kt: f64) -> Result<()> {
+    if !(kt.is_finite() && kt > 0.0) {
         return Err(Error::invalid(format!(
-            "kT must be positive and finite, got {}",
-            target.kt
+            "kT must be positive and finite, got {kt}"
         )));
     }
     let layout = prior.layout();
-    if target.energy.n_particles() != layout.n_particles || target.energy.dim() != layout.dim {
+    if n_particles != layout.n_particles || dim != layout.dim {
         return Err(Error::invalid(format!(
-            "KL energy is for {} particles in {} dimensions, the flow for {} in {}",
-            target.energy.n_particles(),
-            target.energy.dim(),
-            layout.n_particles,
-            layout.dim
+            "KL energy is for {n_particles} particles in {dim} dimensions, the flow for {} in {}",
+            layout.n_particles, layout.dim
         )));
     }
     Ok(())

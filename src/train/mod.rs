@@ -47,6 +47,18 @@
 //! own buffers and per-sample gradients are reduced in index order, so results are bit-identical
 //! for any number of threads. Nothing allocates per pair or per step: tapes and kernel buffers
 //! are sized once per thread.
+//!
+//! # Energies of the KL term: parallel or serial
+//!
+//! A KL batch runs in three phases: the forward integrations of all latents in parallel, each
+//! keeping its RK4 trajectory ([`Rk4Tape::trajectory`]); the energies and gradients of the whole
+//! batch; the reverse passes in parallel ([`Rk4Tape::restore`]). A thread-safe
+//! [`crate::Energy`] ([`Trainer::with_energy`]) is evaluated in parallel; a
+//! [`crate::energy::SerialEnergy`] ([`Trainer::with_serial_energy`], a host callback that is not
+//! thread-safe) sample by sample on the thread that called the loss or the trainer, never
+//! concurrently, stopping at its first error. Every sample does the arithmetic of [`kl_sample`]
+//! either way, so the two give bit-identical results. The cost is memory: the trajectories of
+//! one KL batch, `n_kl_samples·4·n_rk4_steps·N·D` numbers.
 
 mod adamw;
 mod losses;

@@ -133,20 +133,10 @@ impl Rk4Tape {
         if x.len() != self.len || field.state_len() != self.len {
             return Err(Error::size("RK4 tape state", self.len, x.len()));
         }
-        self.recorded = false;
-        self.forward = forward;
+        self.set_direction(forward);
         let n = self.n_steps;
         let len = self.len;
-        let h = 1.0 / n as f64;
         let mut log_det = 0.0;
-        for s in 0..n {
-            // The same grid points and order as `rk4::integrate`.
-            self.steps[s] = if forward {
-                (grid_stage_times(s, n, true), h)
-            } else {
-                (grid_stage_times(n - 1 - s, n, false), -h)
-            };
-        }
         // The folded time bases of the grid, cached across samples with the same parameters:
         // the forward pass then skips re-folding them at every field evaluation.
         self.prepare_grid(field);
@@ -271,6 +261,71 @@ impl Rk4Tape {
         }
         self.acc.add_to(field, theta_bar);
         Ok(&self.x_bar)
+    }
+
+    /// The trajectory recorded by the last successful [`Rk4Tape::integrate`]: per step its
+    /// start state and the stage points `y2, y3, y4` ([`Rk4Tape::trajectory_len`] numbers).
+    ///
+    /// With [`Rk4Tape::restore`] it lets one tape per thread integrate many samples, keep their
+    /// trajectories, and run their reverse passes later: the reverse-KL loss evaluates the
+    /// energies of a whole batch between the two passes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] if nothing was recorded.
+    pub fn trajectory(&self) -> Result<&[f64]> {
+        if !self.recorded {
+            return Err(Error::InvalidState {
+                what: "RK4 tape: no recorded trajectory".into(),
+            });
+        }
+        Ok(&self.states)
+    }
+
+    /// Length of a recorded trajectory: `4·n_steps·N·D`.
+    #[must_use]
+    pub fn trajectory_len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Makes `trajectory` — from [`Rk4Tape::trajectory`] of a tape with the same state length
+    /// and step count after an integration in direction `forward` — the recorded integration,
+    /// so that [`Rk4Tape::backward`] runs the reverse pass of that integration, bit for bit
+    /// what the recording tape would have computed (the pass depends only on the trajectory,
+    /// the direction and the field).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DimensionMismatch`] if `trajectory` has the wrong length.
+    pub fn restore(&mut self, forward: bool, trajectory: &[f64]) -> Result<()> {
+        if trajectory.len() != self.states.len() {
+            return Err(Error::size(
+                "RK4 tape trajectory",
+                self.states.len(),
+                trajectory.len(),
+            ));
+        }
+        self.set_direction(forward);
+        self.states.copy_from_slice(trajectory);
+        self.recorded = true;
+        Ok(())
+    }
+
+    /// Forgets the recording and sets the step times and signed steps of an integration in
+    /// direction `forward`.
+    fn set_direction(&mut self, forward: bool) {
+        self.recorded = false;
+        self.forward = forward;
+        let n = self.n_steps;
+        let h = 1.0 / n as f64;
+        for s in 0..n {
+            // The same grid points and order as `rk4::integrate`.
+            self.steps[s] = if forward {
+                (grid_stage_times(s, n, true), h)
+            } else {
+                (grid_stage_times(n - 1 - s, n, false), -h)
+            };
+        }
     }
 
     /// Makes `grid` hold the time basis at the stage times of the recorded steps for `field`'s

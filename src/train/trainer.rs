@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
+use rayon::ThreadPool;
 
 use super::adamw::{AdamW, AdamWConfig};
-use super::losses::{KlTarget, Losses};
+use super::losses::{KlEnergy, Losses};
 use super::schedule::LambdaSchedule;
-use crate::energy::Energy;
+use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::flow::{Flow, sample_rng};
 
@@ -135,13 +136,18 @@ pub struct TrainSummary {
 /// Deterministic: for a given flow, data, energy and config, the parameters after training are
 /// bit-identical for any number of rayon threads (samples of a batch run in parallel, each
 /// sequentially, and gradients are reduced in index order; shuffles and KL latents come from
-/// streams derived from `config.seed`).
+/// streams derived from `config.seed`), and for either kind of KL energy
+/// ([`Trainer::with_energy`], [`Trainer::with_serial_energy`]) computing the same numbers.
+///
+/// The loop itself (optimiser steps, the progress callback, a serial energy) runs on the thread
+/// that calls [`Trainer::run`]; only the per-sample work of each batch runs in parallel.
 #[derive(Clone, Copy)]
 pub struct Trainer<'a> {
     config: TrainConfig,
     train: &'a [f64],
     validation: Option<&'a [f64]>,
-    energy: Option<&'a dyn Energy>,
+    energy: Option<KlEnergy<'a>>,
+    pool: Option<&'a ThreadPool>,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -165,6 +171,7 @@ impl<'a> Trainer<'a> {
             train,
             validation: None,
             energy: None,
+            pool: None,
         }
     }
 
@@ -175,10 +182,31 @@ impl<'a> Trainer<'a> {
         self
     }
 
-    /// Adds the target energy of the KL term (needed when some λ < 1); `u = U/config.kt`.
+    /// Adds the target energy of the KL term (needed when some λ < 1); `u = U/config.kt`. The
+    /// energies of a KL batch are evaluated in parallel. Replaces an energy set before.
     #[must_use]
     pub fn with_energy(mut self, energy: &'a dyn Energy) -> Self {
-        self.energy = Some(energy);
+        self.energy = Some(KlEnergy::Parallel(energy));
+        self
+    }
+
+    /// Adds the target energy of the KL term as a [`SerialEnergy`] (a host callback that is not
+    /// thread-safe): it is called only on the thread that calls [`Trainer::run`], one sample
+    /// at a time, in index order, never concurrently, and the first error it returns stops the
+    /// run (the flow unchanged). Training is otherwise as with [`Trainer::with_energy`], bit
+    /// for bit. Replaces an energy set before.
+    #[must_use]
+    pub fn with_serial_energy(mut self, energy: &'a dyn SerialEnergy) -> Self {
+        self.energy = Some(KlEnergy::Serial(energy));
+        self
+    }
+
+    /// Runs the parallel sections in `pool` (each installed separately) rather than the current
+    /// rayon pool, keeping the loop on the calling thread: the C API uses it so that host
+    /// callbacks run on the host's thread while the work uses eqflow's pool.
+    #[must_use]
+    pub(crate) fn in_pool(mut self, pool: &'a ThreadPool) -> Self {
+        self.pool = Some(pool);
         self
     }
 
@@ -215,11 +243,11 @@ impl<'a> Trainer<'a> {
             }
         };
         if let Some(e) = energy {
-            if e.n_particles() != flow.n_particles() || e.dim() != flow.dim() {
+            let (n_particles, dim) = e.shape();
+            if n_particles != flow.n_particles() || dim != flow.dim() {
                 return Err(Error::invalid(format!(
-                    "energy is for {} particles in {} dimensions, the flow for {} in {}",
-                    e.n_particles(),
-                    e.dim(),
+                    "energy is for {n_particles} particles in {dim} dimensions, the flow for {} \
+                     in {}",
                     flow.n_particles(),
                     flow.dim()
                 )));
@@ -232,7 +260,7 @@ impl<'a> Trainer<'a> {
         let mut opt = AdamW::new(c.optimizer, n_params)?;
         let validation_nll = |f: &Flow| -> Result<Option<f64>> {
             self.validation
-                .map(|v| Losses::new(f, c.n_rk4_steps)?.nll(v))
+                .map(|v| Losses::new(f, c.n_rk4_steps)?.in_pool(self.pool).nll(v))
                 .transpose()
         };
         let initial_validation_nll = validation_nll(&work)?;
@@ -256,7 +284,7 @@ impl<'a> Trainer<'a> {
                 for (dst, &i) in xb.chunks_exact_mut(len).zip(chunk) {
                     dst.copy_from_slice(&self.train[i * len..(i + 1) * len]);
                 }
-                let losses = Losses::new(&work, c.n_rk4_steps)?;
+                let losses = Losses::new(&work, c.n_rk4_steps)?.in_pool(self.pool);
                 let nll = if lambda > 0.0 {
                     losses.ml_gradient_into(xb, &mut g_ml)?
                 } else {
@@ -264,14 +292,14 @@ impl<'a> Trainer<'a> {
                 };
                 let kl = match energy {
                     Some(energy) if lambda < 1.0 => {
-                        let target = KlTarget { energy, kt: c.kt };
                         let first = step_index.wrapping_mul(c.n_kl_samples as u64);
-                        Some(losses.kl_gradient_into(
-                            target,
+                        Some(losses.kl_batch(
+                            energy,
+                            c.kt,
                             c.seed,
                             first,
                             c.n_kl_samples,
-                            &mut g_kl,
+                            Some(&mut g_kl),
                         )?)
                     }
                     _ => None,
