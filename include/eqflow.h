@@ -11,7 +11,8 @@
  * particle-major: coordinate k of particle i of configuration s is x[(s*N + i)*D + k]
  * (C double x[n][N][D], Fortran x(D, N, n)). Results are written only when a call succeeds.
  * Handles are created by eqf_*_new-style functions and released by the matching eqf_*_free.
- * Flows and energies are immutable and may be shared between threads.
+ * Flows and energies are immutable and may be shared between threads; the one exception is
+ * eqf_flow_train, which retrains a flow in place while no other thread uses it.
  */
 
 #ifndef EQFLOW_H
@@ -161,7 +162,9 @@ typedef struct eqf_energy eqf_energy;
  *
  * Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. A flow is
  * immutable: one handle may be shared by any number of threads, which may sample and evaluate
- * densities concurrently without locking.
+ * densities concurrently without locking. The one exception is `eqf_flow_train`, which
+ * replaces the parameters of the flow it is given: no other thread may use that flow during
+ * the call.
  */
 typedef struct eqf_flow eqf_flow;
 
@@ -186,6 +189,17 @@ typedef struct eqf_flow eqf_flow;
  * thread (chain) its own move. Created by `eqf_move_new`, released with `eqf_move_free`.
  */
 typedef struct eqf_move eqf_move;
+
+/**
+ * Settings of a training run (opaque), created by `eqf_train_options_new` with the defaults of
+ * the paper's DW-4 maximum-likelihood protocol and changed by the `eqf_train_options_set_*`
+ * functions, each of which validates its value at once (a rejected value leaves the options
+ * unchanged). Released with `eqf_train_options_free`.
+ *
+ * One options object may be used for any number of `eqf_flow_train` calls and flows; it must
+ * not be modified while a training call that uses it runs. It belongs to one thread at a time.
+ */
+typedef struct eqf_train_options eqf_train_options;
 
 /**
  * A log callback: receives the `user` pointer given to `eqf_set_log_callback`, a level
@@ -213,6 +227,157 @@ typedef int32_t (*eqf_energy_fn)(void *user,
                                  int64_t dim,
                                  const double *x,
                                  double *U);
+
+/**
+ * The report of one training epoch, passed to an `eqf_train_progress_fn`.
+ *
+ * Filled by the library; `size` is `sizeof(eqf_train_epoch)` of the library that filled it.
+ * Later versions only append fields, so a program compiled against a newer header reads a
+ * field only if it lies within `size` (`offsetof(eqf_train_epoch, field) + 8 <= size`).
+ * Losses are in nats per configuration.
+ */
+typedef struct {
+    /**
+     * Size in bytes of this struct as filled by the library.
+     */
+    uint64_t size;
+    /**
+     * 0-based index of the epoch that just finished.
+     */
+    int64_t epoch;
+    /**
+     * Number of epochs the run was configured for.
+     */
+    int64_t n_epochs;
+    /**
+     * Optimiser steps taken in this epoch.
+     */
+    int64_t n_steps;
+    /**
+     * ML weight lambda of this epoch (loss = lambda NLL + (1 - lambda) KL).
+     */
+    double lambda;
+    /**
+     * Mean -log q of the training configurations over the epoch's minibatches (each with the
+     * parameters of its step).
+     */
+    double train_nll;
+    /**
+     * Mean reverse-KL loss u(F(z)) - log|det dF/dz| over the epoch's steps; NaN when the
+     * epoch had no KL term (lambda = 1).
+     */
+    double train_kl;
+    /**
+     * Mean mixed loss over the epoch's steps.
+     */
+    double train_loss;
+    /**
+     * Mean -log q of the validation set with the parameters at the end of the epoch; NaN
+     * without a validation set.
+     */
+    double validation_nll;
+    /**
+     * Wall time since the training call started, in seconds.
+     */
+    double elapsed_seconds;
+} eqf_train_epoch;
+
+/**
+ * A progress callback, called after every training epoch with that epoch's report (valid only
+ * during the call). Return 0 to continue, any other value to stop training after this epoch:
+ * stopping early is not an error, `eqf_flow_train` then returns EQF_OK with
+ * `stopped_early = 1` in the summary and the best parameters so far in the flow.
+ *
+ * Called on the thread that called `eqf_flow_train`, never concurrently. It may use other
+ * eqflow objects and read the flow being trained (which still holds its parameters from
+ * before the call), but must not train, free or otherwise modify that flow, and must not
+ * unwind through eqflow (no C++ exception, no longjmp). `user` is passed through unchanged
+ * from `eqf_train_options_set_progress`.
+ */
+typedef int32_t (*eqf_train_progress_fn)(void *user, const eqf_train_epoch *report);
+
+/**
+ * An energy-and-gradient callback supplied by the host, the target of the reverse-KL term of
+ * training: writes U(x) of one configuration into `*U` and the gradient +dU/dx (not the
+ * force; same layout as x) into `gradient`, and returns 0, or any non-zero value to report
+ * failure.
+ *
+ * `x` holds `n_particles * dim` doubles, particle-major (`x[i*dim + k]`, C `double x[N][D]`,
+ * Fortran `x(D, N)`); `gradient` has room for as many (never NULL); both are valid only during
+ * the call. `*U` is in the energy units of the kT set with `eqf_train_options_set_kT`.
+ *
+ * Failures stop training with EQF_ERR_CALLBACK (flow unchanged, message naming the prior
+ * sample): a non-zero return, `*U` NaN, or, with a finite `*U`, a gradient component that is
+ * NaN or infinite (or not written). `*U = +infinity` (overlapping particles) is not a callback
+ * failure but stops training with EQF_ERR_NON_FINITE, as for built-in energies: the KL
+ * gradient does not exist there.
+ *
+ * Called **only on the thread that called `eqf_flow_train`, one configuration at a time, never
+ * concurrently**, while eqflow's own threads wait: a non-thread-safe energy (Fortran with
+ * global state, MPI initialised with MPI_THREAD_FUNNELED) is safe. It must not train, free or
+ * modify the flow being trained, and must not unwind through eqflow (no C++ exception, no
+ * longjmp). `user` is passed through unchanged from `eqf_train_options_set_kl_energy_fn`.
+ */
+typedef int32_t (*eqf_energy_grad_fn)(void *user,
+                                      int64_t n_particles,
+                                      int64_t dim,
+                                      const double *x,
+                                      double *U,
+                                      double *gradient);
+
+/**
+ * What a training run did, written by `eqf_flow_train`.
+ *
+ * The caller sets `size = sizeof(eqf_train_summary)` before the call; the library writes only
+ * the fields that fit in that many bytes (so a program compiled against an older header is
+ * never overrun) and sets `size` to the number of bytes it wrote (so a program compiled against
+ * a newer header can tell which fields an older library filled). `size` must be at least 80,
+ * the size of the first version of this struct.
+ */
+typedef struct {
+    /**
+     * In: the size of the caller's struct in bytes. Out: the number of bytes written.
+     */
+    uint64_t size;
+    /**
+     * Epochs completed (the number of progress reports).
+     */
+    int64_t n_epochs;
+    /**
+     * The 0-based epoch whose parameters are now in the flow: the lowest validation NLL
+     * (earliest on ties) with a validation set, else the last completed epoch.
+     */
+    int64_t best_epoch;
+    /**
+     * Optimiser steps taken in total.
+     */
+    int64_t n_steps;
+    /**
+     * 1 if the progress callback stopped the run early, else 0.
+     */
+    int64_t stopped_early;
+    /**
+     * Validation NLL of the flow before training; NaN without a validation set.
+     */
+    double initial_validation_nll;
+    /**
+     * Validation NLL of the best epoch (the parameters now in the flow); NaN without a
+     * validation set.
+     */
+    double best_validation_nll;
+    /**
+     * Validation NLL after the last completed epoch; NaN without a validation set.
+     */
+    double final_validation_nll;
+    /**
+     * Training NLL of the last completed epoch (see `eqf_train_epoch.train_nll`).
+     */
+    double final_train_nll;
+    /**
+     * Wall time of the training call in seconds.
+     */
+    double wall_seconds;
+} eqf_train_summary;
 
 #ifdef __cplusplus
 extern "C" {
@@ -629,6 +794,226 @@ int32_t eqf_set_num_threads(int64_t n);
  * cannot be started (the message is then recorded for `eqf_last_error_message`).
  */
 int64_t eqf_num_threads(void);
+
+/**
+ * Creates training options with the defaults of the paper's DW-4 protocol, maximum-likelihood
+ * phase: 50 epochs, batch size 64, RK4 with 20 steps (the map training differentiates),
+ * AdamW with learning rate 5e-3, AMSGrad and weight decay 1e-12, lambda = 1 (pure maximum
+ * likelihood), 64 prior samples per KL term (used when lambda < 1), kT = 1, seed 0, no
+ * progress callback and no KL target energy.
+ *
+ * For the paper's second phase set `eqf_train_options_set_lambda_linear(options, 1.0, 0.5)`
+ * and a KL target energy.
+ *
+ * @param out  on success receives the new options, to be released with
+ *             `eqf_train_options_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL)
+ */
+int32_t eqf_train_options_new(eqf_train_options **out);
+
+/**
+ * Releases options created by `eqf_train_options_new`. NULL is accepted and does nothing. A
+ * built-in KL energy the options kept is released with them if its handle was freed before.
+ *
+ * @return EQF_OK
+ */
+int32_t eqf_train_options_free(eqf_train_options *options);
+
+/**
+ * Sets the number of epochs (passes over the training set).
+ *
+ * @param options   the options (not NULL)
+ * @param n_epochs  at least 1
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_epochs(eqf_train_options *options, int64_t n_epochs);
+
+/**
+ * Sets the number of training configurations per optimiser step (the last minibatch of an
+ * epoch may be smaller).
+ *
+ * @param options     the options (not NULL)
+ * @param batch_size  at least 1
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_batch_size(eqf_train_options *options, int64_t batch_size);
+
+/**
+ * Sets the number of fixed RK4 steps of the map that training differentiates (continuous
+ * density mode; the flow's own integrator is not changed by training).
+ *
+ * @param options  the options (not NULL)
+ * @param n_steps  in 1..=100000
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_rk4_steps(eqf_train_options *options, int64_t n_steps);
+
+/**
+ * Sets the AdamW learning rate.
+ *
+ * @param options        the options (not NULL)
+ * @param learning_rate  positive and finite, with learning_rate * weight_decay < 1
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_learning_rate(eqf_train_options *options, double learning_rate);
+
+/**
+ * Sets the AdamW decoupled weight decay (each step multiplies the parameters by
+ * `1 - learning_rate * weight_decay`).
+ *
+ * @param options       the options (not NULL)
+ * @param weight_decay  finite and >= 0, with learning_rate * weight_decay < 1
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_weight_decay(eqf_train_options *options, double weight_decay);
+
+/**
+ * Sets the seed of the run: the minibatch shuffles and the KL latents derive from it, so the
+ * same flow, data, options and seed give bit-identical parameters for any thread count.
+ *
+ * @param options  the options (not NULL)
+ * @param seed     any value
+ * @return EQF_OK; EQF_ERR_NULL_POINTER
+ */
+int32_t eqf_train_options_set_seed(eqf_train_options *options, uint64_t seed);
+
+/**
+ * Sets the temperature of the KL target, u = U/kT, in the energy units of the KL energy.
+ *
+ * @param options  the options (not NULL)
+ * @param kT       positive and finite
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_kT(eqf_train_options *options, double kT);
+
+/**
+ * Sets the number of prior samples per KL term (per optimiser step with lambda < 1). The KL
+ * energy is evaluated that many times per step; eqflow keeps the RK4 trajectory of each
+ * (4 * n_rk4_steps * N * D doubles) between the forward and the reverse pass.
+ *
+ * @param options    the options (not NULL)
+ * @param n_samples  at least 1
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_kl_samples(eqf_train_options *options, int64_t n_samples);
+
+/**
+ * Sets a constant ML weight: every epoch minimises `lambda * NLL + (1 - lambda) * KL`.
+ * lambda = 1 is pure maximum likelihood (no KL energy needed), lambda = 0 pure reverse KL.
+ *
+ * @param options  the options (not NULL)
+ * @param lambda   in [0, 1]
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_lambda(eqf_train_options *options, double lambda);
+
+/**
+ * Sets a linear ML-weight schedule: lambda moves from `start` in the first epoch to `end` in
+ * the last, `lambda(e) = start + (end - start) * e / (n_epochs - 1)` (`start` with a single
+ * epoch). The paper's ML+KL phase is (1, 0.5).
+ *
+ * @param options  the options (not NULL)
+ * @param start    in [0, 1]
+ * @param end      in [0, 1]
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_lambda_linear(eqf_train_options *options, double start, double end);
+
+/**
+ * Sets the progress callback, called after every epoch (see `eqf_train_progress_fn`); NULL
+ * removes it.
+ *
+ * @param options   the options (not NULL)
+ * @param progress  the callback, or NULL
+ * @param user      passed unchanged to `progress`
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+ */
+int32_t eqf_train_options_set_progress(eqf_train_options *options,
+                                       eqf_train_progress_fn progress,
+                                       void *user);
+
+/**
+ * Sets a built-in energy (from `eqf_energy_double_well` or `eqf_energy_lennard_jones`) as the
+ * target of the KL term, replacing a KL target set before; NULL removes the target. The
+ * options keep the energy alive, so its handle may be freed right after this call. Its
+ * particles must be those of the flow that is trained (checked by `eqf_flow_train`). Built-in
+ * energies are evaluated in eqflow's thread pool.
+ *
+ * @param options  the options (not NULL)
+ * @param energy   the energy, or NULL
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+ */
+int32_t eqf_train_options_set_kl_energy(eqf_train_options *options, const eqf_energy *energy);
+
+/**
+ * Sets a host energy-and-gradient callback as the target of the KL term, replacing a KL
+ * target set before; NULL removes the target. The callback is called only on the thread that
+ * calls `eqf_flow_train`, never concurrently (see `eqf_energy_grad_fn`).
+ *
+ * @param options  the options (not NULL)
+ * @param energy   the callback, or NULL
+ * @param user     passed unchanged to `energy`; must stay valid while the options are used
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+ */
+int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
+                                           eqf_energy_grad_fn energy,
+                                           void *user);
+
+/**
+ * Trains `flow` in place: maximum likelihood on the host's configurations `x_train`, mixed
+ * with the reverse KL divergence to exp(-U/kT) when the options' lambda is below 1 (see the
+ * `eqf_train_options_set_*` functions). Minibatches are drawn by shuffling the training set
+ * every epoch; after every epoch the validation NLL is evaluated (if a validation set is
+ * given) and the progress callback is called. When training ends, the flow holds the
+ * parameters of the epoch with the lowest validation NLL (without a validation set: of the
+ * last epoch).
+ *
+ * Layout: `x_train` holds n_train configurations, `x_train[(s*N + i)*D + k]` (C
+ * `double x[n][N][D]`, Fortran `x(D, N, n)`), finite, with any centres of mass (each is
+ * removed; the flow's densities are centre-of-mass free). Likewise `x_validation`. At least
+ * one training configuration is required, also for pure reverse-KL training (lambda = 0),
+ * where the training set still sets the number of steps per epoch (ceil(n_train/batch_size))
+ * and the reported NLL.
+ *
+ * Training differentiates continuous-mode RK4 with the options' step count; the flow's own
+ * integrator and density mode (what sampling, densities and moves use) are kept. Afterwards
+ * every call on the flow uses the new parameters; moves created from the flow before the
+ * call keep their own copy of the old flow.
+ *
+ * Deterministic: the same flow, data, options and seed give bit-identical parameters for any
+ * number of threads (`eqf_set_num_threads`), and a host callback that computes the same
+ * numbers as a built-in energy gives the same parameters as that energy.
+ *
+ * Threads: the per-sample work runs in eqflow's thread pool; the loop, the progress callback
+ * and a host KL energy callback run on the calling thread only. Unlike the other flow
+ * functions, this one **modifies the flow**: no other thread may use the flow during the call
+ * (the callbacks may read it; they see the parameters from before the call).
+ *
+ * On failure the flow is unchanged, `summary` is not written, and the message says what
+ * failed (for a failed KL energy: which prior sample and how).
+ *
+ * @param flow          the flow to train (not NULL)
+ * @param options       the settings (not NULL), not modified by the call
+ * @param n_train       number of training configurations (>= 1)
+ * @param x_train       input, n_train*N*D doubles
+ * @param n_validation  number of validation configurations (>= 0)
+ * @param x_validation  input, n_validation*N*D doubles (may be NULL when n_validation = 0)
+ * @param summary       output, or NULL: the caller sets `summary->size` to
+ *                      `sizeof(eqf_train_summary)`; written only on success
+ * @return EQF_OK (also when the progress callback stopped training early);
+ *         EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (a count out of range, no training
+ *         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
+ *         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
+ *         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
+ *         callback failed); other codes from the losses. The flow is unchanged on failure
+ */
+int32_t eqf_flow_train(eqf_flow *flow,
+                       const eqf_train_options *options,
+                       int64_t n_train,
+                       const double *x_train,
+                       int64_t n_validation,
+                       const double *x_validation,
+                       eqf_train_summary *summary);
 
 /**
  * Version of the C ABI described by this header: 1.

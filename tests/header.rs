@@ -75,9 +75,18 @@ fn strip_comments(text: &str) -> String {
 fn declared_names(header: &str) -> Vec<String> {
     let code = strip_comments(header);
     let mut names = Vec::new();
+    let mut in_struct = false;
     for line in code.lines() {
         let line = line.trim();
-        if let Some(rest) = line.strip_prefix("#define ") {
+        if in_struct {
+            // `typedef struct { ... } name;`: the name follows the closing brace.
+            if let Some(rest) = line.strip_prefix('}') {
+                names.push(rest.trim().trim_end_matches(';').to_owned());
+                in_struct = false;
+            }
+        } else if line == "typedef struct {" {
+            in_struct = true;
+        } else if let Some(rest) = line.strip_prefix("#define ") {
             names.push(
                 rest.split_whitespace()
                     .next()
@@ -129,6 +138,11 @@ fn header_declares_only_eqf_names() {
         "eqf_move_step",
         "eqf_move_stats",
         "eqf_move_free",
+        "eqf_train_epoch",
+        "eqf_train_summary",
+        "eqf_train_progress_fn",
+        "eqf_energy_grad_fn",
+        "eqf_flow_train",
     ];
     for name in expected_some {
         assert!(

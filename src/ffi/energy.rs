@@ -1,5 +1,7 @@
 //! Built-in benchmark energies behind an opaque `eqf_energy` handle.
 
+use std::sync::Arc;
+
 use crate::Result;
 use crate::energy::{DoubleWell, Energy, LennardJones, energies_gradients_into, energies_into};
 
@@ -15,7 +17,8 @@ use super::{
 /// threads at the same time.
 #[allow(non_camel_case_types)]
 pub struct eqf_energy {
-    inner: Box<dyn Energy>,
+    /// Shared, so that training options can keep the energy after the handle is freed.
+    pub(super) inner: Arc<dyn Energy>,
 }
 
 /// Converts the (particles, dimensions) pair of a constructor into `usize`.
@@ -29,7 +32,7 @@ fn shape(n_particles: i64, dim: i64) -> Result<(usize, usize)> {
 /// `out` must be NULL or valid for one pointer write.
 unsafe fn create(
     out: *mut *mut eqf_energy,
-    build: impl FnOnce() -> Result<Box<dyn Energy>>,
+    build: impl FnOnce() -> Result<Arc<dyn Energy>>,
 ) -> i32 {
     catch(|| {
         check_not_null(out, "out")?;
@@ -73,7 +76,7 @@ pub unsafe extern "C" fn eqf_energy_double_well(
     unsafe {
         create(out, || {
             let (n_particles, dim) = shape(n_particles, dim)?;
-            Ok(Box::new(DoubleWell::new(n_particles, dim, a, b, c, d0)?))
+            Ok(Arc::new(DoubleWell::new(n_particles, dim, a, b, c, d0)?))
         })
     }
 }
@@ -113,7 +116,7 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones(
     unsafe {
         create(out, || {
             let (n_particles, dim) = shape(n_particles, dim)?;
-            Ok(Box::new(LennardJones::new(
+            Ok(Arc::new(LennardJones::new(
                 n_particles,
                 dim,
                 epsilon,

@@ -11,7 +11,9 @@ use super::{
 ///
 /// Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. A flow is
 /// immutable: one handle may be shared by any number of threads, which may sample and evaluate
-/// densities concurrently without locking.
+/// densities concurrently without locking. The one exception is `eqf_flow_train`, which
+/// replaces the parameters of the flow it is given: no other thread may use that flow during
+/// the call.
 #[allow(non_camel_case_types)]
 pub struct eqf_flow {
     pub(super) inner: Flow,

@@ -29,6 +29,7 @@ mod mc_move;
 mod model;
 mod status;
 mod threads;
+mod train;
 mod version;
 mod weights;
 

@@ -65,7 +65,7 @@ fn build(n: usize) -> Result<Arc<ThreadPool>> {
 }
 
 /// The current pool, built with the default size on first use.
-fn pool() -> Result<Arc<ThreadPool>> {
+pub(super) fn pool() -> Result<Arc<ThreadPool>> {
     if let Some(pool) = POOL.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
         return Ok(Arc::clone(pool));
     }
