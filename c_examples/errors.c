@@ -5,7 +5,9 @@
  * problem for eqf_last_error_message, and write nothing: out-pointers and output arrays are
  * pre-filled with sentinels here and must still hold them afterwards. Also checks the
  * snprintf-like truncation of eqf_last_error_message, that _free(NULL) is fine, that n = 0 is
- * a valid no-op, and that the library keeps working after failures.
+ * a valid no-op, that training options reject bad values and leave themselves unchanged, that
+ * a failing training call (bad sizes, a failing KL callback) leaves the flow unchanged, and
+ * that the library keeps working after failures.
  *
  * Valid C99 and C++17. Exit status 0 when every check passes, 1 otherwise (each failed check is
  * reported on stderr).
@@ -78,9 +80,10 @@ static int untouched(const double *values, size_t n) {
 }
 
 /* Addresses used as "untouched" markers for out-pointers; never dereferenced. */
-static char flow_marker, energy_marker;
+static char flow_marker, energy_marker, options_marker;
 #define FLOW_SENTINEL ((eqf_flow *)(void *)&flow_marker)
 #define ENERGY_SENTINEL ((eqf_energy *)(void *)&energy_marker)
+#define OPTIONS_SENTINEL ((eqf_train_options *)(void *)&options_marker)
 
 static void versions(void) {
     const char *version = eqf_version();
@@ -136,6 +139,7 @@ static void last_error_truncation(void) {
 static void free_null(void) {
     CHECK(eqf_flow_free(NULL) == EQF_OK);
     CHECK(eqf_energy_free(NULL) == EQF_OK);
+    CHECK(eqf_train_options_free(NULL) == EQF_OK);
 }
 
 static void flow_creation(void) {
@@ -332,6 +336,158 @@ static void model_files(const eqf_flow *flow) {
     remove(bad);
 }
 
+/* A KL energy callback that always fails. */
+static int32_t failing_energy(void *user, int64_t n_particles, int64_t dim, const double *x,
+                              double *U, double *gradient) {
+    (void)user;
+    (void)n_particles;
+    (void)dim;
+    (void)x;
+    (void)U;
+    (void)gradient;
+    return 5;
+}
+
+/* A KL energy callback that returns a finite U but never writes the gradient. */
+static int32_t no_gradient_energy(void *user, int64_t n_particles, int64_t dim,
+                                  const double *x, double *U, double *gradient) {
+    (void)user;
+    (void)n_particles;
+    (void)dim;
+    (void)x;
+    (void)gradient;
+    *U = 1.0;
+    return 0;
+}
+
+static void fill_summary(eqf_train_summary *summary) {
+    summary->size = sizeof *summary;
+    summary->n_epochs = -1;
+    summary->best_epoch = -1;
+    summary->n_steps = -1;
+    summary->stopped_early = -1;
+    summary->initial_validation_nll = SENTINEL;
+    summary->best_validation_nll = SENTINEL;
+    summary->final_validation_nll = SENTINEL;
+    summary->final_train_nll = SENTINEL;
+    summary->wall_seconds = SENTINEL;
+}
+
+static int summary_untouched(const eqf_train_summary *summary) {
+    return summary->size == sizeof *summary && summary->n_epochs == -1 &&
+           summary->n_steps == -1 && summary->best_validation_nll == SENTINEL &&
+           summary->wall_seconds == SENTINEL;
+}
+
+/* Training from C: options and their setters (a rejected value leaves the options unchanged,
+ * seen through the run they configure), wrong sizes and counts, and failing KL callbacks that
+ * leave the flow unchanged (its log-densities stay bit-identical). */
+static void training(const eqf_flow *source) {
+    double x[N_SAMPLES * PER_SAMPLE], log_q[N_SAMPLES], before[N_SAMPLES], after[N_SAMPLES];
+    double bad[N_SAMPLES * PER_SAMPLE];
+    eqf_train_options *options = OPTIONS_SENTINEL;
+    eqf_train_summary summary;
+    eqf_flow *flow = NULL;
+    eqf_energy *other = NULL;
+    int i;
+
+    CHECK_FAILS(eqf_train_options_new(NULL), EQF_ERR_NULL_POINTER, "out");
+    CHECK_FAILS(eqf_train_options_set_epochs(NULL, 1), EQF_ERR_NULL_POINTER, "options");
+    CHECK_FAILS(eqf_train_options_set_kl_energy_fn(NULL, failing_energy, NULL),
+                EQF_ERR_NULL_POINTER, "options");
+    CHECK(eqf_train_options_new(&options) == EQF_OK && options != OPTIONS_SENTINEL);
+    CHECK(eqf_flow_new(N_PARTICLES, DIM, 5, &flow) == EQF_OK);
+    if (options == OPTIONS_SENTINEL || flow == NULL) {
+        return;
+    }
+    /* Training data: samples of another flow, translated (any centre of mass is fine). */
+    CHECK(eqf_flow_sample(source, 3, N_SAMPLES, x, log_q) == EQF_OK);
+    for (i = 0; i < N_SAMPLES * PER_SAMPLE; i++) {
+        x[i] += i % DIM == 0 ? 5.0 : -1.0;
+    }
+    CHECK(eqf_flow_log_density(flow, N_SAMPLES, x, before) == EQF_OK);
+
+    /* Setters: valid values pass, invalid ones fail and change nothing. */
+    CHECK(eqf_train_options_set_epochs(options, 2) == EQF_OK);
+    CHECK(eqf_train_options_set_rk4_steps(options, 4) == EQF_OK);
+    CHECK_FAILS(eqf_train_options_set_epochs(options, 0), EQF_ERR_INVALID_ARGUMENT, "n_epochs");
+    CHECK_FAILS(eqf_train_options_set_epochs(options, -5), EQF_ERR_INVALID_ARGUMENT,
+                "negative");
+    CHECK_FAILS(eqf_train_options_set_batch_size(options, 0), EQF_ERR_INVALID_ARGUMENT,
+                "batch_size");
+    CHECK_FAILS(eqf_train_options_set_rk4_steps(options, 0), EQF_ERR_INVALID_ARGUMENT,
+                "n_steps");
+    CHECK_FAILS(eqf_train_options_set_learning_rate(options, NAN), EQF_ERR_INVALID_ARGUMENT,
+                "lr");
+    CHECK_FAILS(eqf_train_options_set_weight_decay(options, -1.0), EQF_ERR_INVALID_ARGUMENT,
+                "weight_decay");
+    CHECK_FAILS(eqf_train_options_set_kT(options, 0.0), EQF_ERR_INVALID_ARGUMENT, "kT");
+    CHECK_FAILS(eqf_train_options_set_kl_samples(options, 0), EQF_ERR_INVALID_ARGUMENT,
+                "n_kl_samples");
+    CHECK_FAILS(eqf_train_options_set_lambda(options, 1.5), EQF_ERR_INVALID_ARGUMENT, "[0, 1]");
+    CHECK_FAILS(eqf_train_options_set_lambda_linear(options, 1.0, -0.5),
+                EQF_ERR_INVALID_ARGUMENT, "[0, 1]");
+
+    /* Wrong sizes and counts: nothing is trained, the summary is not written. */
+    fill_summary(&summary);
+    summary.size = 8;
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 0, NULL, &summary),
+                EQF_ERR_INVALID_ARGUMENT, "sizeof(eqf_train_summary)");
+    CHECK(summary.size == 8 && summary.n_epochs == -1);
+    fill_summary(&summary);
+    CHECK_FAILS(eqf_flow_train(NULL, options, N_SAMPLES, x, 0, NULL, &summary),
+                EQF_ERR_NULL_POINTER, "flow");
+    CHECK_FAILS(eqf_flow_train(flow, NULL, N_SAMPLES, x, 0, NULL, &summary),
+                EQF_ERR_NULL_POINTER, "options");
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, NULL, 0, NULL, &summary),
+                EQF_ERR_NULL_POINTER, "x_train");
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 2, NULL, &summary),
+                EQF_ERR_NULL_POINTER, "x_validation");
+    CHECK_FAILS(eqf_flow_train(flow, options, 0, x, 0, NULL, &summary),
+                EQF_ERR_INVALID_ARGUMENT, "n_train = 0");
+    CHECK_FAILS(eqf_flow_train(flow, options, -1, x, 0, NULL, &summary),
+                EQF_ERR_INVALID_ARGUMENT, "n_train");
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, -4, x, &summary),
+                EQF_ERR_INVALID_ARGUMENT, "n_validation");
+    CHECK_FAILS(eqf_flow_train(flow, options, INT64_MAX, x, 0, NULL, &summary),
+                EQF_ERR_INVALID_ARGUMENT, "n_train");
+    memcpy(bad, x, sizeof x);
+    bad[3] = NAN;
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, bad, 0, NULL, &summary),
+                EQF_ERR_NON_FINITE, "training");
+    CHECK(summary_untouched(&summary));
+
+    /* KL targets: missing, for other particles, failing callbacks. */
+    CHECK(eqf_train_options_set_lambda(options, 0.5) == EQF_OK);
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 0, NULL, &summary),
+                EQF_ERR_INVALID_ARGUMENT, "eqf_train_options_set_kl_energy");
+    CHECK(eqf_energy_double_well(3, DIM, 0.0, -4.0, 0.9, 4.0, &other) == EQF_OK);
+    CHECK(eqf_train_options_set_kl_energy(options, other) == EQF_OK);
+    CHECK(eqf_energy_free(other) == EQF_OK); /* the options keep it */
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 0, NULL, &summary),
+                EQF_ERR_INVALID_ARGUMENT, "3 particles");
+    CHECK(eqf_train_options_set_kl_energy_fn(options, failing_energy, NULL) == EQF_OK);
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 0, NULL, &summary),
+                EQF_ERR_CALLBACK, "returned 5");
+    CHECK(eqf_train_options_set_kl_energy_fn(options, no_gradient_energy, NULL) == EQF_OK);
+    CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 0, NULL, &summary),
+                EQF_ERR_CALLBACK, "non-finite gradient");
+    CHECK(summary_untouched(&summary));
+    CHECK(eqf_flow_log_density(flow, N_SAMPLES, x, after) == EQF_OK);
+    CHECK(memcmp(before, after, sizeof before) == 0);
+
+    /* Back to pure ML: the run has the 2 epochs set before the rejected values. */
+    CHECK(eqf_train_options_set_lambda(options, 1.0) == EQF_OK);
+    CHECK(eqf_train_options_set_kl_energy_fn(options, NULL, NULL) == EQF_OK);
+    CHECK(eqf_flow_train(flow, options, N_SAMPLES, x, N_SAMPLES, x, &summary) == EQF_OK);
+    CHECK(summary.size == sizeof summary && summary.n_epochs == 2 && summary.n_steps == 2);
+    CHECK(summary.stopped_early == 0 && isfinite(summary.best_validation_nll));
+    CHECK(eqf_flow_log_density(flow, N_SAMPLES, x, after) == EQF_OK);
+    CHECK(memcmp(before, after, sizeof before) != 0);
+    CHECK(eqf_train_options_free(options) == EQF_OK);
+    CHECK(eqf_flow_free(flow) == EQF_OK);
+}
+
 int main(void) {
     eqf_flow *flow = NULL;
     eqf_energy *energy = NULL;
@@ -351,6 +507,7 @@ int main(void) {
     flow_calls(flow);
     energy_calls(energy, flow);
     model_files(flow);
+    training(flow);
     CHECK(eqf_flow_free(flow) == EQF_OK);
     CHECK(eqf_energy_free(energy) == EQF_OK);
 

@@ -57,6 +57,7 @@ const EXAMPLES: &[&str] = &[
     "fortran_dw4.f90",
     "mc_dw4.c",
     "threads.c",
+    "train_dw4.c",
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -471,6 +472,30 @@ fn threads_cxx_static() {
 }
 
 #[test]
+fn train_dw4_c_shared() {
+    let stdout = build_and_run("train_dw4", Language::C, Link::Shared);
+    assert!(stdout.contains("train_dw4: ok"), "{stdout}");
+    // The progress callback printed every epoch of both phases on the program's stdout.
+    assert!(stdout.contains("ML     epoch  8/8"), "{stdout}");
+    assert!(stdout.contains("train KL"), "{stdout}");
+}
+
+#[test]
+fn train_dw4_c_static() {
+    build_and_run("train_dw4", Language::C, Link::Static);
+}
+
+#[test]
+fn train_dw4_cxx_shared() {
+    build_and_run("train_dw4", Language::Cxx, Link::Shared);
+}
+
+#[test]
+fn train_dw4_cxx_static() {
+    build_and_run("train_dw4", Language::Cxx, Link::Static);
+}
+
+#[test]
 fn cpp_move_shared() {
     let stdout = build_and_run("cpp_move", Language::CxxSource, Link::Shared);
     assert!(stdout.contains("cpp_move: 0 failed"), "{stdout}");
@@ -516,6 +541,7 @@ fn examples_are_clean_under_valgrind() {
         ("errors", Language::C, &[]),
         ("mc_dw4", Language::C, &["--cycles", "5"]),
         ("threads", Language::C, &["--steps", "2"]),
+        ("train_dw4", Language::C, &["--quick"]),
         ("cpp_move", Language::CxxSource, &["5"]),
     ];
     if has_program("gfortran") {
