@@ -3,7 +3,8 @@
 // Flow, Energy and Move own their C handles (move-only); failures throw eqflow::Error with the
 // status and message. Shows the two-phase protocol with the built-in double-well energy, the
 // one-call step with a lambda (and what happens when the lambda throws), a flow with another
-// integrator, and importance weights. Built with -std=c++17 -Wall -Wextra -Werror.
+// integrator, importance weights, and training (TrainOptions with progress and KL-energy
+// lambdas; an exception from the energy is rethrown and the flow is unchanged). Built with -std=c++17 -Wall -Wextra -Werror.
 // Usage: cpp_move [n_steps] (default 100). Exit status 0 on success.
 
 #include <eqflow.hpp>
@@ -135,6 +136,53 @@ int main(int argc, char **argv) {
         energy.eval(static_cast<int64_t>(n_batch), batch.data(), batch_U.data());
         const double ess = eqflow::kish_ess(eqflow::log_weights(batch_U, batch_log_q, 1.0));
         require(ess >= 1.0 && ess <= static_cast<double>(n_batch), "1 <= ESS <= n");
+
+        // Training from C++: chained options, a progress lambda that stops early, a KL energy
+        // lambda, and an exception from it rethrown with the flow unchanged.
+        eqflow::Flow student(4, 2, 11);
+        auto [data, data_log_q] = flow.sample(5, 32);
+        (void)data_log_q;
+        const std::vector<double> untrained = student.log_density(data);
+        int n_reports = 0;
+        eqflow::TrainOptions options;
+        options.epochs(3).batch_size(16).rk4_steps(8).seed(4).progress(
+            [&](const eqf_train_epoch &report) {
+                n_reports++;
+                return report.epoch < 1; // stop after the second epoch
+            });
+        try {
+            options.epochs(0);
+            require(false, "epochs(0) throws");
+        } catch (const eqflow::Error &error) {
+            require(error.status() == EQF_ERR_INVALID_ARGUMENT, "epochs(0): status");
+        }
+        const eqf_train_summary ml = student.train(options, data);
+        require(ml.stopped_early == 1 && ml.n_epochs == 2 && n_reports == 2,
+                "the progress lambda stops training");
+        require(student.log_density(data) != untrained, "training changed the flow");
+
+        long n_energy_calls = 0;
+        options.lambda(0.5).kl_samples(4).kl_energy([&](const double *y, double *gradient) {
+            n_energy_calls++;
+            double U_y = 0.0;
+            energy.eval(1, y, &U_y, gradient);
+            return U_y;
+        });
+        const eqf_train_summary mixed = student.train(options, data, data);
+        require(n_energy_calls == 4 * mixed.n_steps, "one KL energy call per KL sample");
+        require(!std::isnan(mixed.best_validation_nll), "a validation NLL");
+
+        const std::vector<double> trained = student.log_density(data);
+        options.kl_energy([](const double *, double *) -> double {
+            throw std::runtime_error("host gradient failed");
+        });
+        try {
+            student.train(options, data);
+            require(false, "the KL energy's exception propagates");
+        } catch (const std::runtime_error &error) {
+            require(std::string(error.what()) == "host gradient failed", "the host's exception");
+        }
+        require(student.log_density(data) == trained, "a failed training changes nothing");
 
         std::printf("eqflow %s from C++: %lld / %lld flow moves accepted, ESS = %.2f of %zu, "
                     "log q (RK4 exact) %.6f vs (Dormand-Prince) %.6f\n",

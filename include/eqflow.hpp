@@ -5,7 +5,8 @@
  * and releases its handle in the destructor. A failed call throws eqflow::Error, which carries
  * the EQF_ERR_* status and the library's message. The thread contract is that of the C API:
  * Flow and Energy objects are immutable and may be shared between threads (as const
- * references); a Move belongs to one thread at a time.
+ * references), except that Flow::train retrains a flow in place while no other thread uses it;
+ * a Move and a TrainOptions belong to one thread at a time.
  *
  * Layout of configurations (as in eqflow.h): particle-major, x[i*D + k] (C double x[N][D]), a
  * batch of n configurations adds the slowest index, x[(s*N + i)*D + k].
@@ -18,6 +19,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -83,7 +86,10 @@ inline double kish_ess(const std::vector<double> &log_w) {
     return ess;
 }
 
-/* An equivariant normalizing flow (eqf_flow). Immutable: share it between threads freely. */
+class TrainOptions;
+
+/* An equivariant normalizing flow (eqf_flow). Immutable: share it between threads freely (only
+ * Flow::train changes it). */
 class Flow {
 public:
     /* An untrained flow for n_particles particles in dim dimensions; see eqf_flow_new. */
@@ -147,8 +153,19 @@ public:
         return log_q;
     }
 
+    /* Trains this flow in place (see eqf_flow_train): maximum likelihood on x_train (a whole
+     * number of configurations of N*D doubles), with a KL term if the options say so; an
+     * empty x_validation means no validation set. On failure the flow is unchanged and the
+     * error is thrown: eqflow::Error, or the exception a callback threw (an exception from the
+     * KL energy fails the call; one from the progress callback stops training, the flow
+     * keeping the best parameters so far, and is rethrown). Defined after TrainOptions. */
+    eqf_train_summary train(const TrainOptions &options,
+                            const std::vector<double> &x_train,
+                            const std::vector<double> &x_validation = {});
+
     /* The C handle, still owned by this object. */
     const eqf_flow *get() const noexcept { return raw_; }
+    eqf_flow *get() noexcept { return raw_; }
 
 private:
     static int64_t checked_size(int64_t value) {
@@ -211,6 +228,164 @@ public:
 private:
     eqf_energy *raw_ = nullptr;
 };
+
+/* Settings of a training run (eqf_train_options): defaults of the paper's DW-4 ML protocol;
+ * every setter validates its value (throwing eqflow::Error, the options unchanged) and returns
+ * *this, so settings chain: TrainOptions().epochs(10).batch_size(32). Move-only. Callbacks are
+ * any callables; the options own them, and they run on the thread that calls Flow::train. */
+class TrainOptions {
+public:
+    TrainOptions() { detail::check(eqf_train_options_new(&raw_)); }
+    TrainOptions(TrainOptions &&other) noexcept
+        : raw_(std::exchange(other.raw_, nullptr)), progress_(std::move(other.progress_)),
+          energy_(std::move(other.energy_)) {}
+    TrainOptions &operator=(TrainOptions &&other) noexcept {
+        if (this != &other) {
+            eqf_train_options_free(raw_);
+            raw_ = std::exchange(other.raw_, nullptr);
+            progress_ = std::move(other.progress_);
+            energy_ = std::move(other.energy_);
+        }
+        return *this;
+    }
+    TrainOptions(const TrainOptions &) = delete;
+    TrainOptions &operator=(const TrainOptions &) = delete;
+    ~TrainOptions() { eqf_train_options_free(raw_); }
+
+    TrainOptions &epochs(int64_t n) { return set(eqf_train_options_set_epochs(raw_, n)); }
+    TrainOptions &batch_size(int64_t n) { return set(eqf_train_options_set_batch_size(raw_, n)); }
+    TrainOptions &rk4_steps(int64_t n) { return set(eqf_train_options_set_rk4_steps(raw_, n)); }
+    TrainOptions &learning_rate(double lr) {
+        return set(eqf_train_options_set_learning_rate(raw_, lr));
+    }
+    TrainOptions &weight_decay(double wd) {
+        return set(eqf_train_options_set_weight_decay(raw_, wd));
+    }
+    TrainOptions &seed(uint64_t seed) { return set(eqf_train_options_set_seed(raw_, seed)); }
+    TrainOptions &kT(double kT) { return set(eqf_train_options_set_kT(raw_, kT)); }
+    TrainOptions &kl_samples(int64_t n) { return set(eqf_train_options_set_kl_samples(raw_, n)); }
+    /* A constant ML weight lambda in [0, 1] (1: pure ML, 0: pure reverse KL). */
+    TrainOptions &lambda(double lambda) { return set(eqf_train_options_set_lambda(raw_, lambda)); }
+    /* lambda from `start` in the first epoch to `end` in the last. */
+    TrainOptions &lambda_linear(double start, double end) {
+        return set(eqf_train_options_set_lambda_linear(raw_, start, end));
+    }
+
+    /* Called after every epoch with its report; return true to continue, false to stop early
+     * (not an error). */
+    template <class F>
+    TrainOptions &progress(F &&progress) {
+        auto holder = std::make_unique<ProgressHolder>();
+        holder->callback = std::forward<F>(progress);
+        set(eqf_train_options_set_progress(raw_, &ProgressHolder::call, holder.get()));
+        progress_ = std::move(holder);
+        return *this;
+    }
+
+    /* A built-in energy as the KL target (the options keep it alive). */
+    TrainOptions &kl_energy(const Energy &energy) {
+        set(eqf_train_options_set_kl_energy(raw_, energy.get()));
+        energy_.reset();
+        return *this;
+    }
+
+    /* The host's energy as the KL target: any callable `double energy(const double *x, double
+     * *gradient)` that returns U(x) and writes +dU/dx (N*D doubles each). It is called only on
+     * the thread that calls Flow::train, never concurrently. */
+    template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Energy>>>
+    TrainOptions &kl_energy(F &&energy) {
+        auto holder = std::make_unique<EnergyHolder>();
+        holder->callback = std::forward<F>(energy);
+        set(eqf_train_options_set_kl_energy_fn(raw_, &EnergyHolder::call, holder.get()));
+        energy_ = std::move(holder);
+        return *this;
+    }
+
+    const eqf_train_options *get() const noexcept { return raw_; }
+
+private:
+    friend class Flow;
+
+    struct ProgressHolder {
+        std::function<bool(const eqf_train_epoch &)> callback;
+        std::exception_ptr error;
+
+        static int32_t call(void *user, const eqf_train_epoch *report) noexcept {
+            ProgressHolder *self = static_cast<ProgressHolder *>(user);
+            try {
+                return self->callback(*report) ? 0 : 1;
+            } catch (...) {
+                self->error = std::current_exception();
+                return 1;
+            }
+        }
+    };
+
+    struct EnergyHolder {
+        std::function<double(const double *, double *)> callback;
+        std::exception_ptr error;
+
+        static int32_t call(void *user, int64_t, int64_t, const double *x, double *U,
+                            double *gradient) noexcept {
+            EnergyHolder *self = static_cast<EnergyHolder *>(user);
+            try {
+                *U = self->callback(x, gradient);
+                return 0;
+            } catch (...) {
+                self->error = std::current_exception();
+                return 1;
+            }
+        }
+    };
+
+    TrainOptions &set(int32_t status) {
+        detail::check(status);
+        return *this;
+    }
+
+    /* Clears exceptions a previous run left, so that only this run's are rethrown. */
+    void clear_errors() const noexcept {
+        if (progress_) {
+            progress_->error = nullptr;
+        }
+        if (energy_) {
+            energy_->error = nullptr;
+        }
+    }
+
+    void rethrow_errors() const {
+        if (energy_ && energy_->error) {
+            std::rethrow_exception(std::exchange(energy_->error, nullptr));
+        }
+        if (progress_ && progress_->error) {
+            std::rethrow_exception(std::exchange(progress_->error, nullptr));
+        }
+    }
+
+    eqf_train_options *raw_ = nullptr;
+    std::unique_ptr<ProgressHolder> progress_;
+    std::unique_ptr<EnergyHolder> energy_;
+};
+
+inline eqf_train_summary Flow::train(const TrainOptions &options,
+                                     const std::vector<double> &x_train,
+                                     const std::vector<double> &x_validation) {
+    const std::size_t per = size();
+    if (x_train.size() % per != 0 || x_validation.size() % per != 0) {
+        throw Error(EQF_ERR_DIMENSION_MISMATCH,
+                    "train: data are not a whole number of configurations");
+    }
+    eqf_train_summary summary{};
+    summary.size = sizeof summary;
+    options.clear_errors();
+    const int32_t status = eqf_flow_train(
+        raw_, options.get(), detail::count(x_train.size() / per), x_train.data(),
+        detail::count(x_validation.size() / per),
+        x_validation.empty() ? nullptr : x_validation.data(), &summary);
+    options.rethrow_errors();
+    detail::check(status);
+    return summary;
+}
 
 /* Decided and accepted proposals of a move. */
 struct MoveStats {
