@@ -6,14 +6,22 @@
 ! (eqflow_move%step); every tenth cycle the flow move uses the two-phase protocol (propose,
 ! host energy, accept) instead. Prints acceptance rates and the populations of the states,
 ! labelled by the number of pairs closer than d0. Also checks the thin layer's status handling.
+! Then trains the flow on the chain's states (flow%train): maximum likelihood with a progress
+! callback, ML+KL with the host's energy-and-gradient callback, and a failing callback that
+! leaves the flow unchanged.
 !
 ! Build: gfortran -std=f2018 -fcheck=all -Wall -Werror eqflow.f90 fortran_dw4.f90 -leqflow
 ! Usage: fortran_dw4 [cycles]. Exit status 0 on success.
 module dw4_host
     use, intrinsic :: iso_c_binding, only: c_double, c_int32_t, c_int64_t, c_ptr, c_f_pointer
+    use eqflow, only: eqf_train_epoch
     implicit none
     private
-    public :: double_well, dw_energy, dw_callback, short_pairs
+    public :: double_well, dw_energy, dw_callback, short_pairs, dw_gradient_callback
+    public :: failing_gradient_callback, count_epochs, n_gradient_calls
+
+    ! Calls of the gradient callback (training calls it on this thread only).
+    integer, save :: n_gradient_calls = 0
 
     type, bind(C) :: double_well
         real(c_double) :: a, b, c, d0
@@ -48,6 +56,62 @@ contains
         status = 0
     end function dw_callback
 
+    ! eqf_energy_grad_fn: U and its gradient +dU/dx, the KL target of training.
+    function dw_gradient_callback(user, n_particles, dim, x, U, gradient) bind(C) result(status)
+        type(c_ptr), value :: user
+        integer(c_int64_t), value :: n_particles, dim
+        real(c_double), intent(in) :: x(dim, n_particles)
+        real(c_double), intent(out) :: U
+        real(c_double), intent(out) :: gradient(dim, n_particles)
+        integer(c_int32_t) :: status
+        type(double_well), pointer :: p
+        real(c_double) :: r(dim), d, s, dudd
+        integer :: i, j
+        call c_f_pointer(user, p)
+        n_gradient_calls = n_gradient_calls + 1
+        U = dw_energy(p, x)
+        gradient = 0.0_c_double
+        do i = 1, int(n_particles)
+            do j = i + 1, int(n_particles)
+                r = x(:, i) - x(:, j)
+                d = norm2(r)
+                s = d - p%d0
+                dudd = p%a + 2.0_c_double*p%b*s + 4.0_c_double*p%c*s**3
+                gradient(:, i) = gradient(:, i) + dudd*r/d
+                gradient(:, j) = gradient(:, j) - dudd*r/d
+            end do
+        end do
+        status = 0
+    end function dw_gradient_callback
+
+    ! An eqf_energy_grad_fn whose host computes U but then reports a failure (status 3).
+    function failing_gradient_callback(user, n_particles, dim, x, U, gradient) bind(C) &
+            result(status)
+        type(c_ptr), value :: user
+        integer(c_int64_t), value :: n_particles, dim
+        real(c_double), intent(in) :: x(dim, n_particles)
+        real(c_double), intent(out) :: U
+        real(c_double), intent(out) :: gradient(dim, n_particles)
+        integer(c_int32_t) :: status
+        type(double_well), pointer :: p
+        call c_f_pointer(user, p)
+        U = dw_energy(p, x)
+        gradient = 0.0_c_double
+        status = 3
+    end function failing_gradient_callback
+
+    ! eqf_train_progress_fn: counts epochs in the integer `user` points to; never stops.
+    function count_epochs(user, report) bind(C) result(stop)
+        type(c_ptr), value :: user
+        type(eqf_train_epoch), intent(in) :: report
+        integer(c_int32_t) :: stop
+        integer, pointer :: n_reports
+        call c_f_pointer(user, n_reports)
+        n_reports = n_reports + 1
+        stop = 0
+        if (report%epoch + 1 /= n_reports) stop = 1
+    end function count_epochs
+
     integer function short_pairs(x, d0)
         real(c_double), intent(in) :: x(:, :), d0
         integer :: i, j
@@ -71,8 +135,12 @@ program fortran_dw4
     real(c_double), parameter :: KT = 1.0_c_double, STEP = 0.6_c_double
     type(eqflow_flow) :: flow
     type(eqflow_move) :: move
+    type(eqflow_train_options) :: options
+    type(eqf_train_summary) :: summary
     type(double_well), target :: potential
     real(c_double) :: x(D, N), trial(D, N), proposal(D, N), samples(D, N, 1), log_q(1)
+    real(c_double), allocatable :: chain(:, :, :), chain_log_q(:), chain_log_q_after(:)
+    integer, target :: n_reports
     real(c_double) :: U, U_trial, r(D + 2), com(D)
     integer(c_int64_t) :: n_proposed, n_accepted
     integer(c_int32_t) :: status
@@ -116,6 +184,7 @@ program fortran_dw4
     U = dw_energy(potential, x)
     local_accepted = 0
     populations = 0
+    allocate (chain(D, N, n_cycles), chain_log_q(n_cycles), chain_log_q_after(n_cycles))
 
     do cycle = 1, n_cycles
         do s = 1, N_LOCAL
@@ -145,6 +214,7 @@ program fortran_dw4
         call expect(all(abs(sum(x, dim=2)/N - com) < 1.0e-9_c_double), &
                     'the flow move keeps the centre of mass')
         populations(short_pairs(x, potential%d0)) = populations(short_pairs(x, potential%d0)) + 1
+        chain(:, :, cycle) = x
     end do
 
     call move%stats(n_proposed, n_accepted)
@@ -165,8 +235,47 @@ program fortran_dw4
             real(populations(s), c_double)/real(n_cycles, c_double)
     end do
 
+    ! Training from Fortran on the chain's states (any centre of mass).
+    call options%create()
+    call options%set_epochs(2)
+    call options%set_batch_size(16)
+    call options%set_rk4_steps(8)
+    call options%set_epochs(0, status)
+    call expect(status == EQF_ERR_INVALID_ARGUMENT, 'zero epochs are rejected')
+    n_reports = 0
+    call options%set_progress(count_epochs, c_loc(n_reports))
+    call flow%log_density(chain, chain_log_q)
+    call flow%train(options, chain, summary=summary)
+    call expect(summary%n_epochs == 2 .and. n_reports == 2, 'two epochs, two reports')
+    call expect(summary%stopped_early == 0, 'not stopped early')
+    call flow%log_density(chain, chain_log_q_after)
+    call expect(any(chain_log_q_after /= chain_log_q), 'training changed the flow')
+
+    call options%set_lambda_linear(1.0_c_double, 0.5_c_double)
+    call options%set_kl_samples(4)
+    call options%set_kl_energy_fn(dw_gradient_callback, c_loc(potential))
+    n_reports = 0
+    call flow%train(options, chain, chain, summary)
+    call expect(n_gradient_calls == 4*(summary%n_steps/2), 'one call per KL sample of epoch 2')
+    call expect(summary%best_validation_nll == summary%best_validation_nll, 'a validation NLL')
+
+    ! A failing callback: EQF_ERR_CALLBACK, the flow unchanged.
+    call flow%log_density(chain, chain_log_q)
+    call options%set_lambda(0.5_c_double)
+    call options%set_kl_energy_fn(failing_gradient_callback, c_loc(potential))
+    call flow%train(options, chain, status=status)
+    call expect(status == EQF_ERR_CALLBACK, 'a failing KL callback: EQF_ERR_CALLBACK')
+    call flow%log_density(chain, chain_log_q_after)
+    call expect(all(chain_log_q_after == chain_log_q), 'a failed training changes nothing')
+    call flow%save('/nonexistent-dir/model.json', status)
+    call expect(status == EQF_ERR_IO, 'saving to a missing directory: EQF_ERR_IO')
+    write (*, '(a, i0, a, f10.4)') 'trained on the chain: ', n_gradient_calls, &
+        ' KL energy calls, best validation NLL ', summary%best_validation_nll
+
+    call options%free()
     call move%free()
     call flow%free()
+    deallocate (chain, chain_log_q, chain_log_q_after)
     write (*, '(a)') 'fortran_dw4: ok'
 
 contains

@@ -8,11 +8,11 @@
 ! 1. Raw interfaces, bind(C) to the C functions of the same names (eqf_flow_new, eqf_move_step,
 !    ...), with handles as type(c_ptr) and callbacks as type(c_funptr). Same arguments, same
 !    meaning as in eqflow.h.
-! 2. A thin derived-type layer: eqflow_flow, eqflow_energy and eqflow_move each hold a private
-!    c_ptr; type-bound procedures take an optional `status` argument. If `status` is present it
-!    receives EQF_OK or the EQF_ERR_* code (the message is then available from
-!    eqflow_last_error()); if it is absent, a failure prints the message to the error unit and
-!    stops the program with `error stop`.
+! 2. A thin derived-type layer: eqflow_flow, eqflow_energy, eqflow_move and
+!    eqflow_train_options each hold a private c_ptr; type-bound procedures take an optional
+!    `status` argument. If `status` is present it receives EQF_OK or the EQF_ERR_* code (the
+!    message is then available from eqflow_last_error()); if it is absent, a failure prints the
+!    message to the error unit and stops the program with `error stop`.
 !
 ! Layout: a configuration of N particles in D dimensions is x(D, N) (coordinate k of particle i
 ! is x(k, i)); a batch of n configurations is x(D, N, n). These are exactly the bytes of the C
@@ -22,11 +22,14 @@
 ! Seeds are uint64_t in C; pass them as integer(c_int64_t) (the same 64 bits).
 !
 ! Thread contract: as in eqflow.h. Flows and energies are immutable and may be shared between
-! threads (OpenMP); a move belongs to one thread at a time. An energy callback must be
-! bind(C) with the interface eqf_energy_fn below and return 0 on success.
+! threads (OpenMP), except that flow%train retrains a flow in place while no other thread uses
+! it; a move and training options belong to one thread at a time. An energy callback must be
+! bind(C) with the interface eqf_energy_fn below and return 0 on success; the training callbacks
+! (eqf_energy_grad_fn, eqf_train_progress_fn) likewise. Training calls them only on the thread
+! that called flow%train, never concurrently, so they may use non-thread-safe code.
 module eqflow
     use, intrinsic :: iso_c_binding, only: c_int32_t, c_int64_t, c_double, c_size_t, c_char, &
-        c_ptr, c_funptr, c_null_ptr, c_associated, c_funloc, c_loc
+        c_ptr, c_funptr, c_null_ptr, c_null_char, c_associated, c_funloc, c_loc, c_sizeof
     use, intrinsic :: iso_fortran_env, only: error_unit
     implicit none
     private
@@ -69,12 +72,58 @@ module eqflow
         end function eqf_energy_fn
     end interface
 
+    ! One training epoch's report and a training run's summary (eqflow.h). Both begin with
+    ! their size in bytes; later versions only append fields.
+    type, bind(C), public :: eqf_train_epoch
+        integer(c_int64_t) :: size, epoch, n_epochs, n_steps
+        real(c_double) :: lambda, train_nll, train_kl, train_loss, validation_nll, &
+            elapsed_seconds
+    end type eqf_train_epoch
+
+    type, bind(C), public :: eqf_train_summary
+        integer(c_int64_t) :: size, n_epochs, best_epoch, n_steps, stopped_early
+        real(c_double) :: initial_validation_nll, best_validation_nll, final_validation_nll, &
+            final_train_nll, wall_seconds
+    end type eqf_train_summary
+
+    public :: eqf_energy_grad_fn, eqf_train_progress_fn
+    abstract interface
+        ! The host's energy and gradient +dU/dx (not the force) of one configuration
+        ! x(dim, n_particles), the KL target of training; return 0, or non-zero to report
+        ! failure. See eqf_energy_grad_fn in eqflow.h.
+        function eqf_energy_grad_fn(user, n_particles, dim, x, U, gradient) bind(C) &
+                result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t
+            type(c_ptr), value :: user
+            integer(c_int64_t), value :: n_particles, dim
+            real(c_double), intent(in) :: x(dim, n_particles)
+            real(c_double), intent(out) :: U
+            real(c_double), intent(out) :: gradient(dim, n_particles)
+            integer(c_int32_t) :: status
+        end function eqf_energy_grad_fn
+
+        ! Called after every training epoch; return 0 to continue, non-zero to stop early.
+        function eqf_train_progress_fn(user, report) bind(C) result(stop)
+            import :: c_ptr, c_int32_t, eqf_train_epoch
+            type(c_ptr), value :: user
+            type(eqf_train_epoch), intent(in) :: report
+            integer(c_int32_t) :: stop
+        end function eqf_train_progress_fn
+    end interface
+
     public :: eqf_abi_version, eqf_last_error_message, eqf_set_num_threads, eqf_num_threads
     public :: eqf_flow_new, eqf_flow_free, eqf_flow_n_particles, eqf_flow_dim
     public :: eqf_flow_sample, eqf_flow_log_density, eqf_flow_with_integrator
     public :: eqf_energy_double_well, eqf_energy_lennard_jones, eqf_energy_eval, eqf_energy_free
     public :: eqf_move_new, eqf_move_propose, eqf_move_accept, eqf_move_step, eqf_move_stats
-    public :: eqf_move_free, eqf_log_weights, eqf_kish_ess
+    public :: eqf_move_free, eqf_log_weights, eqf_kish_ess, eqf_flow_save
+    public :: eqf_train_options_new, eqf_train_options_free, eqf_train_options_set_epochs
+    public :: eqf_train_options_set_batch_size, eqf_train_options_set_rk4_steps
+    public :: eqf_train_options_set_learning_rate, eqf_train_options_set_weight_decay
+    public :: eqf_train_options_set_seed, eqf_train_options_set_kT
+    public :: eqf_train_options_set_kl_samples, eqf_train_options_set_lambda
+    public :: eqf_train_options_set_lambda_linear, eqf_train_options_set_progress
+    public :: eqf_train_options_set_kl_energy, eqf_train_options_set_kl_energy_fn, eqf_flow_train
     interface
         function eqf_abi_version() bind(C, name="eqf_abi_version") result(version)
             import :: c_int32_t
@@ -262,6 +311,142 @@ module eqflow
             real(c_double), intent(inout) :: ess
             integer(c_int32_t) :: status
         end function eqf_kish_ess
+
+        function eqf_flow_save(flow, path) bind(C, name="eqf_flow_save") result(status)
+            import :: c_ptr, c_char, c_int32_t
+            type(c_ptr), value :: flow
+            character(kind=c_char), intent(in) :: path(*)
+            integer(c_int32_t) :: status
+        end function eqf_flow_save
+
+        function eqf_train_options_new(out) bind(C, name="eqf_train_options_new") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_train_options_new
+
+        function eqf_train_options_free(options) bind(C, name="eqf_train_options_free") &
+                result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int32_t) :: status
+        end function eqf_train_options_free
+
+        function eqf_train_options_set_epochs(options, n_epochs) &
+                bind(C, name="eqf_train_options_set_epochs") result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: n_epochs
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_epochs
+
+        function eqf_train_options_set_batch_size(options, batch_size) &
+                bind(C, name="eqf_train_options_set_batch_size") result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: batch_size
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_batch_size
+
+        function eqf_train_options_set_rk4_steps(options, n_steps) &
+                bind(C, name="eqf_train_options_set_rk4_steps") result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: n_steps
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_rk4_steps
+
+        function eqf_train_options_set_learning_rate(options, learning_rate) &
+                bind(C, name="eqf_train_options_set_learning_rate") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: learning_rate
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_learning_rate
+
+        function eqf_train_options_set_weight_decay(options, weight_decay) &
+                bind(C, name="eqf_train_options_set_weight_decay") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: weight_decay
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_weight_decay
+
+        function eqf_train_options_set_seed(options, seed) &
+                bind(C, name="eqf_train_options_set_seed") result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: seed
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_seed
+
+        function eqf_train_options_set_kT(options, kT) bind(C, name="eqf_train_options_set_kT") &
+                result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: kT
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_kT
+
+        function eqf_train_options_set_kl_samples(options, n_samples) &
+                bind(C, name="eqf_train_options_set_kl_samples") result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: n_samples
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_kl_samples
+
+        function eqf_train_options_set_lambda(options, lambda) &
+                bind(C, name="eqf_train_options_set_lambda") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: lambda
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_lambda
+
+        function eqf_train_options_set_lambda_linear(options, start, end) &
+                bind(C, name="eqf_train_options_set_lambda_linear") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: start, end
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_lambda_linear
+
+        function eqf_train_options_set_progress(options, progress, user) &
+                bind(C, name="eqf_train_options_set_progress") result(status)
+            import :: c_ptr, c_funptr, c_int32_t
+            type(c_ptr), value :: options
+            type(c_funptr), value :: progress
+            type(c_ptr), value :: user
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_progress
+
+        function eqf_train_options_set_kl_energy(options, energy) &
+                bind(C, name="eqf_train_options_set_kl_energy") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: options, energy
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_kl_energy
+
+        function eqf_train_options_set_kl_energy_fn(options, energy, user) &
+                bind(C, name="eqf_train_options_set_kl_energy_fn") result(status)
+            import :: c_ptr, c_funptr, c_int32_t
+            type(c_ptr), value :: options
+            type(c_funptr), value :: energy
+            type(c_ptr), value :: user
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_kl_energy_fn
+
+        function eqf_flow_train(flow, options, n_train, x_train, n_validation, x_validation, &
+                summary) bind(C, name="eqf_flow_train") result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t, eqf_train_summary
+            type(c_ptr), value :: flow, options
+            integer(c_int64_t), value :: n_train, n_validation
+            real(c_double), intent(in) :: x_train(*)
+            type(c_ptr), value :: x_validation
+            type(eqf_train_summary), intent(inout) :: summary
+            integer(c_int32_t) :: status
+        end function eqf_flow_train
     end interface
 
     ! ---------------------------------------------------------------------------------------
@@ -281,6 +466,8 @@ module eqflow
         procedure :: n_dim => flow_n_dim
         procedure :: sample => flow_sample
         procedure :: log_density => flow_log_density
+        procedure :: train => flow_train
+        procedure :: save => flow_save
         procedure :: handle => flow_handle
         procedure :: free => flow_free
     end type eqflow_flow
@@ -296,6 +483,29 @@ module eqflow
         procedure :: eval => energy_eval
         procedure :: free => energy_free
     end type eqflow_energy
+
+    ! Settings of a training run (defaults: the paper's DW-4 ML protocol). Every setter
+    ! validates its value; a rejected value leaves the options unchanged. One thread at a time.
+    type, public :: eqflow_train_options
+        private
+        type(c_ptr) :: ptr = c_null_ptr
+    contains
+        procedure :: create => options_create
+        procedure :: set_epochs => options_set_epochs
+        procedure :: set_batch_size => options_set_batch_size
+        procedure :: set_rk4_steps => options_set_rk4_steps
+        procedure :: set_learning_rate => options_set_learning_rate
+        procedure :: set_weight_decay => options_set_weight_decay
+        procedure :: set_seed => options_set_seed
+        procedure :: set_kT => options_set_kT
+        procedure :: set_kl_samples => options_set_kl_samples
+        procedure :: set_lambda => options_set_lambda
+        procedure :: set_lambda_linear => options_set_lambda_linear
+        procedure :: set_progress => options_set_progress
+        procedure :: set_kl_energy => options_set_kl_energy
+        procedure :: set_kl_energy_fn => options_set_kl_energy_fn
+        procedure :: free => options_free
+    end type eqflow_train_options
 
     ! The Boltzmann-generator Monte Carlo move. One thread at a time.
     type, public :: eqflow_move
@@ -471,6 +681,56 @@ contains
         end if
     end function batch_shape_ok
 
+    ! Trains the flow in place (eqf_flow_train): maximum likelihood on x_train(D, N, n), with a
+    ! KL term if the options say so; x_validation(D, N, m) is optional. `summary` receives what
+    ! the run did (only on success). On failure the flow is unchanged.
+    subroutine flow_train(this, options, x_train, x_validation, summary, status)
+        class(eqflow_flow), intent(inout) :: this
+        type(eqflow_train_options), intent(in) :: options
+        real(c_double), intent(in), contiguous :: x_train(:, :, :)
+        real(c_double), intent(in), contiguous, target, optional :: x_validation(:, :, :)
+        type(eqf_train_summary), intent(inout), optional :: summary
+        integer(c_int32_t), intent(out), optional :: status
+        type(eqf_train_summary) :: result
+        type(c_ptr) :: validation_ptr
+        integer(c_int64_t) :: n_validation
+        integer(c_int32_t) :: code
+        if (.not. batch_shape_ok(this, x_train, size(x_train, 3), 'train: x_train', status)) &
+            return
+        validation_ptr = c_null_ptr
+        n_validation = 0
+        if (present(x_validation)) then
+            if (.not. batch_shape_ok(this, x_validation, size(x_validation, 3), &
+                'train: x_validation', status)) return
+            n_validation = size(x_validation, 3, kind=c_int64_t)
+            if (n_validation > 0) validation_ptr = c_loc(x_validation)
+        end if
+        result%size = int(c_sizeof(result), c_int64_t)
+        code = eqf_flow_train(this%ptr, options%ptr, size(x_train, 3, kind=c_int64_t), x_train, &
+            n_validation, validation_ptr, result)
+        if (code == EQF_OK .and. present(summary)) summary = result
+        call finish(code, status, 'eqf_flow_train')
+    end subroutine flow_train
+
+    ! Saves the flow to a model file (eqf_flow_save).
+    subroutine flow_save(this, path, status)
+        class(eqflow_flow), intent(in) :: this
+        character(len=*), intent(in) :: path
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_save(this%ptr, c_string(path)), status, 'eqf_flow_save')
+    end subroutine flow_save
+
+    ! A NUL-terminated copy of a Fortran string.
+    pure function c_string(text) result(chars)
+        character(len=*), intent(in) :: text
+        character(kind=c_char) :: chars(len(text) + 1)
+        integer :: i
+        do i = 1, len(text)
+            chars(i) = text(i:i)
+        end do
+        chars(len(text) + 1) = c_null_char
+    end function c_string
+
     ! The C handle (still owned by this object), for the raw interfaces.
     function flow_handle(this) result(ptr)
         class(eqflow_flow), intent(in) :: this
@@ -555,6 +815,140 @@ contains
         this%ptr = c_null_ptr
         this%n_coords = 0
     end subroutine energy_free
+
+    ! ----- training options ----------------------------------------------------------------
+
+    ! Options with the defaults of eqf_train_options_new. Frees options this object held before.
+    subroutine options_create(this, status)
+        class(eqflow_train_options), intent(inout) :: this
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_train_options_new(out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+        end if
+        call finish(code, status, 'eqf_train_options_new')
+    end subroutine options_create
+
+    subroutine options_set_epochs(this, n_epochs, status)
+        class(eqflow_train_options), intent(inout) :: this
+        integer, intent(in) :: n_epochs
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_epochs(this%ptr, int(n_epochs, c_int64_t)), status, &
+            'eqf_train_options_set_epochs')
+    end subroutine options_set_epochs
+
+    subroutine options_set_batch_size(this, batch_size, status)
+        class(eqflow_train_options), intent(inout) :: this
+        integer, intent(in) :: batch_size
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_batch_size(this%ptr, int(batch_size, c_int64_t)), &
+            status, 'eqf_train_options_set_batch_size')
+    end subroutine options_set_batch_size
+
+    subroutine options_set_rk4_steps(this, n_steps, status)
+        class(eqflow_train_options), intent(inout) :: this
+        integer, intent(in) :: n_steps
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_rk4_steps(this%ptr, int(n_steps, c_int64_t)), status, &
+            'eqf_train_options_set_rk4_steps')
+    end subroutine options_set_rk4_steps
+
+    subroutine options_set_learning_rate(this, learning_rate, status)
+        class(eqflow_train_options), intent(inout) :: this
+        real(c_double), intent(in) :: learning_rate
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_learning_rate(this%ptr, learning_rate), status, &
+            'eqf_train_options_set_learning_rate')
+    end subroutine options_set_learning_rate
+
+    subroutine options_set_weight_decay(this, weight_decay, status)
+        class(eqflow_train_options), intent(inout) :: this
+        real(c_double), intent(in) :: weight_decay
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_weight_decay(this%ptr, weight_decay), status, &
+            'eqf_train_options_set_weight_decay')
+    end subroutine options_set_weight_decay
+
+    subroutine options_set_seed(this, seed, status)
+        class(eqflow_train_options), intent(inout) :: this
+        integer(c_int64_t), intent(in) :: seed
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_seed(this%ptr, seed), status, &
+            'eqf_train_options_set_seed')
+    end subroutine options_set_seed
+
+    subroutine options_set_kT(this, kT, status)
+        class(eqflow_train_options), intent(inout) :: this
+        real(c_double), intent(in) :: kT
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_kT(this%ptr, kT), status, 'eqf_train_options_set_kT')
+    end subroutine options_set_kT
+
+    subroutine options_set_kl_samples(this, n_samples, status)
+        class(eqflow_train_options), intent(inout) :: this
+        integer, intent(in) :: n_samples
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_kl_samples(this%ptr, int(n_samples, c_int64_t)), &
+            status, 'eqf_train_options_set_kl_samples')
+    end subroutine options_set_kl_samples
+
+    ! A constant ML weight lambda in [0, 1] (1: pure maximum likelihood).
+    subroutine options_set_lambda(this, lambda, status)
+        class(eqflow_train_options), intent(inout) :: this
+        real(c_double), intent(in) :: lambda
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_lambda(this%ptr, lambda), status, &
+            'eqf_train_options_set_lambda')
+    end subroutine options_set_lambda
+
+    ! lambda from `start` in the first epoch to `end` in the last.
+    subroutine options_set_lambda_linear(this, start, end, status)
+        class(eqflow_train_options), intent(inout) :: this
+        real(c_double), intent(in) :: start, end
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_lambda_linear(this%ptr, start, end), status, &
+            'eqf_train_options_set_lambda_linear')
+    end subroutine options_set_lambda_linear
+
+    ! The progress callback (interface eqf_train_progress_fn), called after every epoch.
+    subroutine options_set_progress(this, progress, user, status)
+        class(eqflow_train_options), intent(inout) :: this
+        procedure(eqf_train_progress_fn) :: progress
+        type(c_ptr), intent(in) :: user
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_progress(this%ptr, c_funloc(progress), user), status, &
+            'eqf_train_options_set_progress')
+    end subroutine options_set_progress
+
+    ! A built-in energy as the KL target (the options keep it: it may be freed afterwards).
+    subroutine options_set_kl_energy(this, energy, status)
+        class(eqflow_train_options), intent(inout) :: this
+        type(eqflow_energy), intent(in) :: energy
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_kl_energy(this%ptr, energy%ptr), status, &
+            'eqf_train_options_set_kl_energy')
+    end subroutine options_set_kl_energy
+
+    ! The host's energy and gradient (interface eqf_energy_grad_fn) as the KL target.
+    subroutine options_set_kl_energy_fn(this, energy, user, status)
+        class(eqflow_train_options), intent(inout) :: this
+        procedure(eqf_energy_grad_fn) :: energy
+        type(c_ptr), intent(in) :: user
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_kl_energy_fn(this%ptr, c_funloc(energy), user), &
+            status, 'eqf_train_options_set_kl_energy_fn')
+    end subroutine options_set_kl_energy_fn
+
+    subroutine options_free(this)
+        class(eqflow_train_options), intent(inout) :: this
+        integer(c_int32_t) :: code
+        if (c_associated(this%ptr)) code = eqf_train_options_free(this%ptr)
+        this%ptr = c_null_ptr
+    end subroutine options_free
 
     ! ----- moves ---------------------------------------------------------------------------
 
