@@ -84,8 +84,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 ///
 /// `AssertUnwindSafe` is sound here because no state survives a panic: flows and energies are
 /// immutable, results go to temporaries that are dropped, caller buffers are written only at the
-/// very end of a successful call, and a move (the one mutable handle) changes its state only in
-/// an infallible commit after all fallible work is done.
+/// very end of a successful call, and the mutable handles change only in an infallible commit
+/// after all fallible work is done (a move's state; a flow trained by `eqf_flow_train`, which
+/// trains a copy; training options, whose setters validate a copy).
 ///
 /// Failures are also reported to the log callback (`eqf_set_log_callback`): errors at
 /// `EQF_LOG_DEBUG` (the host sees the status anyway), caught panics at `EQF_LOG_ERROR`.
