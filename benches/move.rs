@@ -9,8 +9,13 @@
 //! * `cache_miss`: the host changes the state before every move (alternating between two
 //!   configurations, in both measurements), so the move pulls it back.
 //!
-//! Overhead = step / components − 1 (target < 5 %). The smallest systems are the worst case,
-//! since the bookkeeping is O(N·D) and the flow O(N²·…). Run: `cargo bench --bench move`.
+//! The two are timed in interleaved rounds (components, then step, in every round; each
+//! benchmark reports its own half), so that the machine's drift over a run cannot masquerade as
+//! overhead. The step's proposal uses other latents than the components' one, but in the
+//! exact-discrete mode a proposal costs the same for every latent, and both pull back the same
+//! configurations. Overhead = step / components − 1 (target < 5 %). The smallest systems are the
+//! worst case, since the bookkeeping is O(N·D) and the flow O(N²·…).
+//! Run: `cargo bench --bench move`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use eqflow::flow::sample_rng;
@@ -18,7 +23,7 @@ use eqflow::geometry::{MAX_DIM, center_of_mass_into, translate};
 use eqflow::{DoubleWell, Energy, Flow, FlowMove};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The unavoidable work of one move, without the move: proposal, optional pull-back, energy.
 struct Components {
@@ -66,46 +71,71 @@ impl Components {
     }
 }
 
+/// One interleaved round: the host's work, then the components, then a move step, each timed
+/// on its own. Both measurements share every round, so drifts of the machine (frequency,
+/// neighbours, caches) hit both equally.
+struct Round<'a> {
+    flow: &'a Arc<Flow>,
+    energy: &'a DoubleWell,
+    states: &'a [Vec<f64>; 2],
+    host_changes_state: bool,
+}
+
+impl Round<'_> {
+    /// Runs `iters` rounds and returns the summed (components, step) times.
+    fn run(&self, iters: u64) -> (Duration, Duration) {
+        let mut components = Components::new(Arc::clone(self.flow));
+        let mut mv = FlowMove::new(Arc::clone(self.flow), 1.0, 1).unwrap();
+        let mut x_c = self.states[0].clone();
+        let mut x_s = self.states[0].clone();
+        let mut u_s = self.energy.energy(&x_s);
+        let (mut t_components, mut t_step) = (Duration::ZERO, Duration::ZERO);
+        for i in 0..iters {
+            if self.host_changes_state {
+                // The host's own work is outside both timings.
+                let next = &self.states[(i % 2) as usize];
+                x_c.copy_from_slice(next);
+                x_s.copy_from_slice(next);
+                u_s = self.energy.energy(&x_s);
+            }
+            let t0 = Instant::now();
+            black_box(components.run(black_box(&x_c), self.host_changes_state, self.energy));
+            let t1 = Instant::now();
+            black_box(
+                mv.step(&mut x_s, &mut u_s, |y| Ok(self.energy.energy(y)))
+                    .unwrap(),
+            );
+            let t2 = Instant::now();
+            t_components += t1 - t0;
+            t_step += t2 - t1;
+        }
+        (t_components, t_step)
+    }
+}
+
 fn bench_system(c: &mut Criterion, name: &str, flow: Flow, energy: DoubleWell) {
     let flow = Arc::new(flow);
     let (samples, _) = flow.sample(5, 2).unwrap();
     let len = flow.layout().len();
     let states = [samples[..len].to_vec(), samples[len..].to_vec()];
     let mut group = c.benchmark_group(name);
-    group.sample_size(30);
-    group.measurement_time(Duration::from_secs(6));
+    group.sample_size(50);
+    group.measurement_time(Duration::from_secs(8));
     group.warm_up_time(Duration::from_secs(2));
 
     for (regime, host_changes_state) in [("cache_hit", false), ("cache_miss", true)] {
-        let mut components = Components::new(Arc::clone(&flow));
-        let mut x = states[0].clone();
-        let mut i = 0usize;
+        let round = Round {
+            flow: &flow,
+            energy: &energy,
+            states: &states,
+            host_changes_state,
+        };
+        // Each benchmark reports its own half of the same interleaved rounds.
         group.bench_function(BenchmarkId::new("components", regime), |b| {
-            b.iter(|| {
-                let mut u = 0.0;
-                if host_changes_state {
-                    // The same host work as in the `step` measurement below.
-                    i += 1;
-                    x.copy_from_slice(&states[i % 2]);
-                    u = energy.energy(&x);
-                }
-                black_box(components.run(black_box(&x), host_changes_state, &energy) + u)
-            });
+            b.iter_custom(|iters| round.run(iters).0);
         });
-
-        let mut mv = FlowMove::new(Arc::clone(&flow), 1.0, 1).unwrap();
-        let mut x = states[0].clone();
-        let mut u = energy.energy(&x);
-        let mut i = 0usize;
         group.bench_function(BenchmarkId::new("step", regime), |b| {
-            b.iter(|| {
-                if host_changes_state {
-                    i += 1;
-                    x.copy_from_slice(&states[i % 2]);
-                    u = energy.energy(&x);
-                }
-                black_box(mv.step(&mut x, &mut u, |y| Ok(energy.energy(y))).unwrap())
-            });
+            b.iter_custom(|iters| round.run(iters).1);
         });
     }
     group.finish();
