@@ -156,5 +156,10 @@ fn benches(c: &mut Criterion) {
     );
 }
 
-criterion_group!(move_benches, benches);
+// No plots: criterion's plotters backend needs a system font, which CI machines lack.
+criterion_group! {
+    name = move_benches;
+    config = Criterion::default().without_plots();
+    targets = benches
+}
 criterion_main!(move_benches);

@@ -43,5 +43,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(train_benches, bench);
+// No plots: criterion's plotters backend needs a system font, which CI machines lack.
+criterion_group! {
+    name = train_benches;
+    config = Criterion::default().without_plots();
+    targets = bench
+}
 criterion_main!(train_benches);
