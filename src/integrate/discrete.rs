@@ -126,12 +126,17 @@ pub(crate) fn step<F: VectorField + ?Sized>(
 /// with `f64::INFINITY`): when the residual times the expected contraction is already at
 /// round-off, the iteration stops without evaluating the map once more, because the full step
 /// that follows evaluates it anyway. A wrong guess costs a Newton step, never accuracy.
+///
+/// `first_stage_cached` says that `ws.k[0]` holds `v(x, t + h)` from the full step that
+/// completed the inverse of the following step (whose solution `x` is): the predictor then
+/// starts from it instead of evaluating it again.
 pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     field: &F,
     x: &mut [f64],
     times: [f64; 3],
     h: f64,
     rate: &mut f64,
+    first_stage_cached: bool,
     ws: &mut Workspace,
 ) -> Result<(f64, Stats)> {
     let n = x.len();
@@ -149,7 +154,20 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     let floor = 64.0 * f64::EPSILON * scale;
     // A stop on a predicted residual must leave room for the prediction's error.
     let predicted_floor = 0.25 * floor;
-    rk4::step_values(field, x, [times[2], times[1], times[0]], -h, ws);
+    let back = [times[2], times[1], times[0]];
+    if first_stage_cached {
+        // ws.k[0] holds v(x, t + h), the first stage of the full step that ended the inversion
+        // of the next step (its solution is this step's x): the same bits as evaluating it.
+        stats.n_eval -= 1;
+        rk4::step_with(x, -h, ws, |y, stage, v| {
+            if stage > 0 {
+                field.velocity_only_into(y, back[stage], v);
+            }
+            0.0
+        });
+    } else {
+        rk4::step_values(field, x, back, -h, ws);
+    }
 
     // Chord iteration with the approximate inverse P = I − A + A²/2 of the step Jacobian.
     {
@@ -296,7 +314,8 @@ pub(crate) fn inverse<F: VectorField + ?Sized>(
     let mut rate = f64::INFINITY;
     for i in (0..n_steps).rev() {
         let times = grid_stage_times(i, n_steps, true);
-        let (ld, step_stats) = inverse_step(field, x, times, h, &mut rate, ws)?;
+        let cached = i + 1 < n_steps;
+        let (ld, step_stats) = inverse_step(field, x, times, h, &mut rate, cached, ws)?;
         log_det += ld;
         stats += step_stats;
     }
