@@ -8,6 +8,7 @@ use eqflow::field::{KernelConfig, KernelField};
 use eqflow::geometry::Layout;
 use eqflow::integrate::{DensityMode, Integrator, Method};
 use eqflow::prior::Prior;
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -26,16 +27,19 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 }
 
 /// The four measurements of one system and mode, taken in interleaved rounds: sample and
-/// log-density on 1 thread, then on 2. Each criterion benchmark reports its own quarter of the
-/// same rounds, so the ratios the targets are about (density / sampling time, 2 threads / 1)
-/// compare work done within the same fraction of a second. On this VM the throughput of a
-/// single-threaded run moves by up to 40% over seconds (host neighbours); measured back to
-/// back, those drifts showed up as scaling from 1.2× to 2.3×.
+/// log-density on 1 thread, then on 2. Each criterion benchmark reports its own quarter of its
+/// rounds; the ratios the targets are about (density / sampling time, 2 threads / 1) are
+/// printed from the summed quarters of *all* rounds of the four benchmarks, which compare work
+/// done within the same fraction of a second. On this VM the throughput of a single-threaded
+/// run moves by up to 40% over seconds (host neighbours); measured back to back, those drifts
+/// showed up as 2-thread scaling anywhere from 1.2× to 2.3×.
 struct Rounds {
     flow: Flow,
     x: Vec<f64>,
     batch: usize,
     pools: [rayon::ThreadPool; 2],
+    /// Summed times of the four measurements over every call, and the number of rounds.
+    total: ([Duration; 4], u64),
 }
 
 /// Lets the workers of the pool that just ran finish spinning and fall asleep (rayon workers
@@ -48,7 +52,7 @@ fn settle() {
 impl Rounds {
     /// Runs `iters` rounds; returns the summed time of each measurement, in the order
     /// (sample 1t, density 1t, sample 2t, density 2t).
-    fn run(&self, iters: u64) -> [Duration; 4] {
+    fn run(&mut self, iters: u64) -> [Duration; 4] {
         let mut total = [Duration::ZERO; 4];
         for _ in 0..iters {
             for (p, pool) in self.pools.iter().enumerate() {
@@ -64,6 +68,10 @@ impl Rounds {
                 total[2 * p + 1] += t3 - t2;
             }
         }
+        for (sum, t) in self.total.0.iter_mut().zip(total) {
+            *sum += t;
+        }
+        self.total.1 += iters;
         total
     }
 }
@@ -87,12 +95,13 @@ fn bench_system(
     ] {
         let flow = flow(n, dim, kernels.clone(), mode);
         let (x, _) = flow.sample(1, batch).unwrap();
-        let rounds = Rounds {
+        let rounds = RefCell::new(Rounds {
             flow,
             x,
             batch,
             pools: [pool(1), pool(2)],
-        };
+            total: ([Duration::ZERO; 4], 0),
+        });
         let names = [
             ("sample", "1t"),
             ("log_density", "1t"),
@@ -103,17 +112,32 @@ fn bench_system(
             group.bench_function(
                 BenchmarkId::new(format!("{op}/{mode_name}"), threads),
                 |b| {
-                    b.iter_custom(|iters| rounds.run(iters)[which]);
+                    b.iter_custom(|iters| rounds.borrow_mut().run(iters)[which]);
                 },
             );
         }
+        let ([s1, d1, s2, d2], n) = rounds.borrow().total;
+        let rate = |t: Duration| (batch as u64 * n) as f64 / t.as_secs_f64();
+        println!(
+            "{name}/{mode_name}: paired over {n} rounds: sample {:.0}/s, density {:.0}/s on 1 \
+             thread; density/sample time {:.2} (1t) {:.2} (2t); 2t/1t {:.2} (sample) {:.2} \
+             (density)",
+            rate(s1),
+            rate(d1),
+            d1.as_secs_f64() / s1.as_secs_f64(),
+            d2.as_secs_f64() / s2.as_secs_f64(),
+            s1.as_secs_f64() / s2.as_secs_f64(),
+            d1.as_secs_f64() / d2.as_secs_f64(),
+        );
     }
     group.finish();
 }
 
 fn benches(c: &mut Criterion) {
-    bench_system(c, "dw4", 4, 2, KernelConfig::double_well(), 1000);
-    bench_system(c, "lj13", 13, 3, KernelConfig::lennard_jones(), 100);
+    // Batches of 70–500 ms on one thread: waking rayon's sleeping workers costs 70–160 µs per
+    // call on this VM, 5% of a 1,000-sample DW-4 batch on two threads (see BENCHMARKS.md).
+    bench_system(c, "dw4", 4, 2, KernelConfig::double_well(), 10_000);
+    bench_system(c, "lj13", 13, 3, KernelConfig::lennard_jones(), 1_000);
 }
 
 // No plots: criterion's plotters backend needs a system font, which CI machines lack.
