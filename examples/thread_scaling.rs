@@ -34,8 +34,12 @@ fn main() {
     let field = KernelField::initialise(layout, kernels, 0).unwrap();
     let integrator = Integrator::new(Method::Rk4 { n_steps: 20 }, mode).unwrap();
     let flow = Flow::from_parts(Prior::new(layout, 1.0).unwrap(), field, integrator).unwrap();
-    let pools =
-        [1, 2].map(|t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap());
+    let pools = [1, 2].map(|t| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    });
     flow.sample(1, 4).unwrap(); // builds the tables
     let mut best = [f64::INFINITY; 2];
     let mut ratios = Vec::with_capacity(rounds);

@@ -84,6 +84,16 @@ impl<const B: usize> PairBlock<B> {
         }
         m > 0
     }
+
+    /// Adds pair `p`'s terms `±φ·r` to the velocities of its two particles.
+    #[inline(always)]
+    fn add_velocity(&self, p: usize, dim: usize, v: &mut [f64]) {
+        let (i, j, phi) = (self.i[p] as usize, self.j[p] as usize, self.phi[p]);
+        for k in 0..dim {
+            v[i * dim + k] += phi * self.r[k][p];
+            v[j * dim + k] -= phi * self.r[k][p];
+        }
+    }
 }
 
 /// Writes `v` and returns `div v`.
@@ -114,11 +124,7 @@ fn velocity_pairs_in<R: RadialFn, const B: usize>(
             *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
         }
         for p in 0..m {
-            let (i, j, phi) = (b.i[p] as usize, b.j[p] as usize, b.phi[p]);
-            for k in 0..dim {
-                v[i * dim + k] += phi * b.r[k][p];
-                v[j * dim + k] -= phi * b.r[k][p];
-            }
+            b.add_velocity(p, dim, v);
             div += b.dphi[p];
         }
     }
@@ -143,11 +149,7 @@ fn velocity_only_pairs_in<R: RadialFn, const B: usize>(
         let m = b.len;
         radial.value_block(&b.d[..m], &mut b.phi[..m], &mut scratch);
         for p in 0..m {
-            let (i, j, phi) = (b.i[p] as usize, b.j[p] as usize, b.phi[p]);
-            for k in 0..dim {
-                v[i * dim + k] += phi * b.r[k][p];
-                v[j * dim + k] -= phi * b.r[k][p];
-            }
+            b.add_velocity(p, dim, v);
         }
     }
 }
@@ -194,12 +196,11 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize>(
             *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
         }
         for p in 0..m {
+            b.add_velocity(p, dim, v);
             let (i, j, phi, q) = (b.i[p] as usize, b.j[p] as usize, b.phi[p], q[p]);
             let mut r = [0.0; MAX_DIM];
             for k in 0..dim {
                 r[k] = b.r[k][p];
-                v[i * dim + k] += phi * r[k];
-                v[j * dim + k] -= phi * r[k];
             }
             // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
             for p in 0..dim {

@@ -35,6 +35,21 @@ pub(crate) struct RadialTable {
     slice: TimeSlice,
 }
 
+impl RadialTable {
+    /// The interval of `d`, clamped to the table, and the position `u` in it (as `eval`
+    /// computes them inside the table); sets `past` if `d` lies beyond the table. Branch-free,
+    /// for the block loops.
+    #[inline(always)]
+    fn interval(&self, d: f64, past: &mut bool) -> (usize, f64) {
+        let last = self.n_intervals as i32 - 1;
+        let s = d * self.inv_h;
+        let j = s as i32;
+        *past |= j > last;
+        let j = j.min(last);
+        (j as usize, s - j as f64)
+    }
+}
+
 /// The radial function of a table, with the exact fallback.
 pub(crate) struct TableRadial<'a> {
     table: &'a RadialTable,
@@ -67,18 +82,10 @@ impl RadialFn for TableRadial<'_> {
         // Branch-free over the block (the index is clamped, so the loop vectorises with
         // gathers); distances past the table are redone exactly afterwards. In range, the
         // arithmetic is that of `eval`, so the bits are too.
-        let n = self.table.n_intervals;
-        let coef = &self.table.coef[..n];
-        let inv_h = self.table.inv_h;
+        let (coef, inv_h) = (&self.table.coef[..self.table.n_intervals], self.table.inv_h);
         let mut past = false;
-        let last = n as i32 - 1;
         for ((d, phi), dphi) in d.iter().zip(phi.iter_mut()).zip(dphi.iter_mut()) {
-            let s = d * inv_h;
-            let j = s as i32;
-            past |= j > last;
-            let j = j.min(last);
-            let u = s - j as f64;
-            let j = j as usize;
+            let (j, u) = self.table.interval(*d, &mut past);
             let [c0, c1, c2, c3] = coef[j];
             *phi = c0 + u * (c1 + u * (c2 + u * c3));
             *dphi = (c1 + u * (2.0 * c2 + u * (3.0 * c3))) * inv_h;
@@ -93,18 +100,10 @@ impl RadialFn for TableRadial<'_> {
 
     #[inline(always)]
     fn value_block(&self, d: &[f64], phi: &mut [f64], _: &mut ()) {
-        let n = self.table.n_intervals;
-        let coef = &self.table.coef[..n];
-        let inv_h = self.table.inv_h;
+        let coef = &self.table.coef[..self.table.n_intervals];
         let mut past = false;
-        let last = n as i32 - 1;
         for (d, phi) in d.iter().zip(phi.iter_mut()) {
-            let s = d * inv_h;
-            let j = s as i32;
-            past |= j > last;
-            let j = j.min(last);
-            let u = s - j as f64;
-            let j = j as usize;
+            let (j, u) = self.table.interval(*d, &mut past);
             let [c0, c1, c2, c3] = coef[j];
             *phi = c0 + u * (c1 + u * (c2 + u * c3));
         }
