@@ -198,10 +198,7 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize>(
         for p in 0..m {
             b.add_velocity(p, dim, v);
             let (i, j, phi, q) = (b.i[p] as usize, b.j[p] as usize, b.phi[p], q[p]);
-            let mut r = [0.0; MAX_DIM];
-            for k in 0..dim {
-                r[k] = b.r[k][p];
-            }
+            let r: [f64; MAX_DIM] = std::array::from_fn(|k| b.r[k][p]);
             // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
             for p in 0..dim {
                 for s in 0..dim {
