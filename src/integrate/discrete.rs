@@ -196,7 +196,7 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
         if norm <= floor || !norm.is_finite() || norm >= 0.5 * previous {
             break;
         }
-        apply_inverse_exp(n, &ws.jac, &mut residual, &mut ws.stage, &mut ws.predictor);
+        apply_inverse_exp(n, &ws.jac, &mut residual, &mut ws.stage, &mut ws.product);
         for i in 0..n {
             x[i] -= residual[i];
         }

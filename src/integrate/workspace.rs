@@ -12,8 +12,8 @@ pub struct Workspace {
     pub(crate) trial: Vec<f64>,
     pub(crate) error: Vec<f64>,
     pub(crate) target: Vec<f64>,
-    /// Scratch vector of the exact-discrete inverse.
-    pub(crate) predictor: Vec<f64>,
+    /// Matrix–vector products of the exact-discrete inverse.
+    pub(crate) product: Vec<f64>,
     /// n × n: a stage Jacobian of v, the previous and current stage derivative, the step Jacobian.
     pub(crate) jac: Vec<f64>,
     pub(crate) dk_prev: Vec<f64>,
@@ -36,7 +36,7 @@ impl Workspace {
             trial: v(),
             error: v(),
             target: v(),
-            predictor: v(),
+            product: v(),
             jac: m(),
             dk_prev: m(),
             dk: m(),
