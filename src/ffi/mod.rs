@@ -1,12 +1,12 @@
 //! The C ABI (`include/eqflow.h`, generated from this module by cbindgen).
 //!
 //! This is the only module of the crate that contains `unsafe` code. Its shape follows
-//! metatensor-core: every exported function runs its body inside [`catch`], which
+//! metatensor-core: every exported function runs its body inside `catch`, which
 //!
 //! * catches panics (a panic must never unwind into C, and the host must never be aborted), turning
 //!   them into [`Error::Internal`];
 //! * turns a [`crate::Error`] into its `int32_t` status ([`Error::status`], mirrored by the
-//!   `EQF_ERR_*` constants of [`status`]);
+//!   `EQF_ERR_*` constants of `status`);
 //! * stores the message in a thread-local, read back by `eqf_last_error_message`.
 //!
 //! Conventions shared by every function, stated once here and in the header's doc comments:
