@@ -45,13 +45,6 @@ pub(crate) trait RadialFn {
     /// `(φ(d), ∂φ/∂d)`.
     fn eval(&self, d: f64, scratch: &mut Self::Scratch) -> (f64, f64);
 
-    /// `φ(d)` alone, the same bits as `eval(d).0`; implementations override it when skipping
-    /// the derivative saves work.
-    #[inline(always)]
-    fn value(&self, d: f64, scratch: &mut Self::Scratch) -> f64 {
-        self.eval(d, scratch).0
-    }
-
     /// `eval` for every distance of a block (same bits per element).
     #[inline(always)]
     fn eval_block(
@@ -66,11 +59,12 @@ pub(crate) trait RadialFn {
         }
     }
 
-    /// `value` for every distance of a block (same bits per element).
+    /// `φ` alone for every distance of a block, the same bits as `eval(d).0`; implementations
+    /// override it when skipping the derivative saves work.
     #[inline(always)]
     fn value_block(&self, d: &[f64], phi: &mut [f64], scratch: &mut Self::Scratch) {
         for (d, phi) in d.iter().zip(phi.iter_mut()) {
-            *phi = self.value(*d, scratch);
+            *phi = self.eval(*d, scratch).0;
         }
     }
 }

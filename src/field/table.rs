@@ -29,6 +29,22 @@ const REACH_IN_BANDWIDTHS: f64 = 8.0;
 #[repr(C, align(32))]
 struct Cubic([f64; 4]);
 
+impl Cubic {
+    /// `φ` at position `u` in the interval.
+    #[inline(always)]
+    fn value(&self, u: f64) -> f64 {
+        let [c0, c1, c2, c3] = self.0;
+        c0 + u * (c1 + u * (c2 + u * c3))
+    }
+
+    /// `∂φ/∂u` at `u` (times `1/h` is `∂φ/∂d`).
+    #[inline(always)]
+    fn slope(&self, u: f64) -> f64 {
+        let [_, c1, c2, c3] = self.0;
+        c1 + u * (2.0 * c2 + u * (3.0 * c3))
+    }
+}
+
 /// The radial function at one time as a piecewise cubic in `u = d/h − j` on interval `j`.
 #[derive(Clone)]
 pub(crate) struct RadialTable {
@@ -41,9 +57,9 @@ pub(crate) struct RadialTable {
 }
 
 impl RadialTable {
-    /// The interval of `d`, clamped to the table, and the position `u` in it (as `eval`
-    /// computes them inside the table); sets `past` if `d` lies beyond the table. Branch-free,
-    /// for the block loops.
+    /// The interval of `d`, clamped to the table, and the position `u` in it; sets `past` if
+    /// `d` lies beyond the table (where the exact function is used instead). Branch-free, for
+    /// the block loops.
     #[inline(always)]
     fn interval(&self, d: f64, past: &mut bool) -> (usize, f64) {
         let last = self.n_intervals as i32 - 1;
@@ -70,30 +86,26 @@ impl RadialFn for TableRadial<'_> {
 
     #[inline(always)]
     fn eval(&self, d: f64, _: &mut ()) -> (f64, f64) {
-        let s = d * self.table.inv_h;
-        let j = s as usize;
-        if j >= self.table.n_intervals {
+        let mut past = false;
+        let (j, u) = self.table.interval(d, &mut past);
+        if past {
             return self.exact.eval(d, &mut Scratch::new());
         }
-        let u = s - j as f64;
-        let Cubic([c0, c1, c2, c3]) = self.table.coef[j];
-        let phi = c0 + u * (c1 + u * (c2 + u * c3));
-        let dphi = (c1 + u * (2.0 * c2 + u * (3.0 * c3))) * self.table.inv_h;
-        (phi, dphi)
+        let cubic = self.table.coef[j];
+        (cubic.value(u), cubic.slope(u) * self.table.inv_h)
     }
 
     #[inline(always)]
     fn eval_block(&self, d: &[f64], phi: &mut [f64], dphi: &mut [f64], _: &mut ()) {
-        // Branch-free over the block (the index is clamped, so the loop vectorises with
-        // gathers); distances past the table are redone exactly afterwards. In range, the
-        // arithmetic is that of `eval`, so the bits are too.
+        // Branch-free over the block (the index is clamped), so the pairs' lookups overlap;
+        // distances past the table are redone exactly afterwards. The arithmetic is that of
+        // `eval`, so the bits are too.
         let (coef, inv_h) = (&self.table.coef[..self.table.n_intervals], self.table.inv_h);
         let mut past = false;
         for ((d, phi), dphi) in d.iter().zip(phi.iter_mut()).zip(dphi.iter_mut()) {
             let (j, u) = self.table.interval(*d, &mut past);
-            let Cubic([c0, c1, c2, c3]) = coef[j];
-            *phi = c0 + u * (c1 + u * (c2 + u * c3));
-            *dphi = (c1 + u * (2.0 * c2 + u * (3.0 * c3))) * inv_h;
+            *phi = coef[j].value(u);
+            *dphi = coef[j].slope(u) * inv_h;
         }
         if past {
             self.redo_past_table(d, |p, (v, dv)| {
@@ -109,24 +121,11 @@ impl RadialFn for TableRadial<'_> {
         let mut past = false;
         for (d, phi) in d.iter().zip(phi.iter_mut()) {
             let (j, u) = self.table.interval(*d, &mut past);
-            let Cubic([c0, c1, c2, c3]) = coef[j];
-            *phi = c0 + u * (c1 + u * (c2 + u * c3));
+            *phi = coef[j].value(u);
         }
         if past {
             self.redo_past_table(d, |p, (v, _)| phi[p] = v);
         }
-    }
-
-    #[inline(always)]
-    fn value(&self, d: f64, _: &mut ()) -> f64 {
-        let s = d * self.table.inv_h;
-        let j = s as usize;
-        if j >= self.table.n_intervals {
-            return self.exact.eval(d, &mut Scratch::new()).0;
-        }
-        let u = s - j as f64;
-        let Cubic([c0, c1, c2, c3]) = self.table.coef[j];
-        c0 + u * (c1 + u * (c2 + u * c3))
     }
 }
 
@@ -136,7 +135,9 @@ impl TableRadial<'_> {
     fn redo_past_table(&self, d: &[f64], mut set: impl FnMut(usize, (f64, f64))) {
         let mut scratch = Scratch::new();
         for (p, &d) in d.iter().enumerate() {
-            if (d * self.table.inv_h) as usize >= self.table.n_intervals {
+            let mut past = false;
+            self.table.interval(d, &mut past);
+            if past {
                 set(p, self.exact.eval(d, &mut scratch));
             }
         }
