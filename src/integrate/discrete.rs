@@ -156,18 +156,17 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     let predicted_floor = 0.25 * floor;
     let back = [times[2], times[1], times[0]];
     if first_stage_cached {
-        // ws.k[0] holds v(x, t + h), the first stage of the full step that ended the inversion
-        // of the next step (its solution is this step's x): the same bits as evaluating it.
         stats.n_eval -= 1;
-        rk4::step_with(x, -h, ws, |y, stage, v| {
-            if stage > 0 {
-                field.velocity_only_into(y, back[stage], v);
-            }
-            0.0
-        });
-    } else {
-        rk4::step_values(field, x, back, -h, ws);
     }
+    rk4::step_with(x, -h, ws, |y, stage, v| {
+        // With `first_stage_cached`, ws.k[0] (which `v` is at stage 0) already holds v(x, t + h),
+        // the first stage of the full step that ended the inversion of the next step (its
+        // solution is this step's x): the same bits as evaluating it.
+        if stage > 0 || !first_stage_cached {
+            field.velocity_only_into(y, back[stage], v);
+        }
+        0.0
+    });
 
     // Chord iteration with the approximate inverse P = I − A + A²/2 of the step Jacobian.
     {
