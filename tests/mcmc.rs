@@ -142,6 +142,25 @@ fn validation_energy<E: Energy>(path: &std::path::Path, energy: &E) -> (f64, f64
     (mean, block_se.max(cluster_se))
 }
 
+/// The chains' mean energy, its standard error and the standard error of its difference from
+/// the validation set's mean, printed beside the latter.
+fn mcmc_mean_energy(
+    label: &str,
+    out: &McmcOutput,
+    data_mean: f64,
+    data_se: f64,
+) -> (f64, f64, f64) {
+    let (mean, se) = chain_mean_and_se(out, &out.energies);
+    let combined = (se * se + data_se * data_se).sqrt();
+    eprintln!(
+        "{label}: validation set <U> = {data_mean:.3} ± {data_se:.3}; MCMC <U> = {mean:.3} ± \
+         {se:.3} (acceptance {:.3}); difference {:.2} standard errors",
+        out.stats.acceptance(),
+        (mean - data_mean) / combined
+    );
+    (mean, se, combined)
+}
+
 fn bits(v: &[f64]) -> Vec<u64> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -312,14 +331,7 @@ fn dw4_mean_energy_matches_the_validation_set() {
         ..McmcConfig::default()
     };
     let out = mcmc::run(&energy, &config).unwrap();
-    let (mean, se) = chain_mean_and_se(&out, &out.energies);
-    let combined = (se * se + data_se * data_se).sqrt();
-    eprintln!(
-        "DW-4: validation set <U> = {data_mean:.3} ± {data_se:.3}; MCMC <U> = {mean:.3} ± {se:.3} \
-         (acceptance {:.3}); difference {:.2} standard errors",
-        out.stats.acceptance(),
-        (mean - data_mean) / combined
-    );
+    let (mean, se, combined) = mcmc_mean_energy("DW-4", &out, data_mean, data_se);
     // Our energy is the data's convention (the issue quotes ≈ −22.46 for this set).
     assert!((data_mean + 22.46).abs() < 3.0 * data_se, "{data_mean}");
     assert!((mean - data_mean).abs() < 4.0 * combined);
@@ -352,14 +364,7 @@ fn lj13_mean_energy_matches_the_validation_set() {
         ..McmcConfig::default()
     };
     let out = mcmc::run(&energy, &config).unwrap();
-    let (mean, se) = chain_mean_and_se(&out, &out.energies);
-    let combined = (se * se + data_se * data_se).sqrt();
-    eprintln!(
-        "LJ-13: validation set <U> = {data_mean:.3} ± {data_se:.3}; MCMC <U> = {mean:.3} ± \
-         {se:.3} (acceptance {:.3}); difference {:.2} standard errors",
-        out.stats.acceptance(),
-        (mean - data_mean) / combined
-    );
+    let (mean, se, combined) = mcmc_mean_energy("LJ-13", &out, data_mean, data_se);
     // The benchmark convention (ε = 2 over unordered pairs); ε = 1 would give about half.
     assert!((data_mean + 43.1).abs() < 3.0 * data_se, "{data_mean}");
     assert!((mean - data_mean).abs() < 4.0 * combined);
