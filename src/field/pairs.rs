@@ -28,25 +28,28 @@ const SMALL_BLOCK: usize = 8;
 /// pairs' latency chains overlap; then the accumulation into v (and the Jacobian), pair by
 /// pair in the same order as a plain double loop. Each pair's values are computed by the same
 /// operations as in a scalar loop, so the results have the same bits.
-struct PairBlock<const B: usize> {
+///
+/// The dimension `D` is a constant so that the per-component loops unroll (the dispatchers at
+/// the end of this file pick it from the layout, which allows 1 ≤ D ≤ MAX_DIM).
+struct PairBlock<const B: usize, const D: usize> {
     len: usize,
     i: [u32; B],
     j: [u32; B],
     /// Components of `r = x_i − x_j`.
-    r: [[f64; B]; MAX_DIM],
+    r: [[f64; B]; D],
     r2: [f64; B],
     d: [f64; B],
     phi: [f64; B],
     dphi: [f64; B],
 }
 
-impl<const B: usize> PairBlock<B> {
+impl<const B: usize, const D: usize> PairBlock<B, D> {
     fn new() -> Self {
         PairBlock {
             len: 0,
             i: [0; B],
             j: [0; B],
-            r: [[0.0; B]; MAX_DIM],
+            r: [[0.0; B]; D],
             r2: [0.0; B],
             d: [0.0; B],
             phi: [0.0; B],
@@ -57,19 +60,23 @@ impl<const B: usize> PairBlock<B> {
     /// Fills the block with the pairs from the cursor `(i, j)` on, advancing it; returns false
     /// when there were none left.
     #[inline(always)]
-    fn fill(&mut self, x: &[f64], dim: usize, n: usize, cursor: &mut (usize, usize)) -> bool {
+    fn fill(&mut self, x: &[f64], n: usize, cursor: &mut (usize, usize)) -> bool {
         let (mut i, mut j) = *cursor;
         let mut m = 0;
         while m < B && i + 1 < n {
             self.i[m] = i as u32;
             self.j[m] = j as u32;
             let mut r2 = 0.0;
-            for k in 0..dim {
-                let r = x[i * dim + k] - x[j * dim + k];
+            for k in 0..D {
+                let r = x[i * D + k] - x[j * D + k];
                 self.r[k][m] = r;
                 r2 += r * r;
             }
             self.r2[m] = r2;
+            // Here rather than in a loop over the block afterwards: that loop reloads `r2`
+            // from the stack as a vector after scalar stores (a store-forwarding stall), or
+            // runs serially when the block is not full (DW-4: 6 pairs in 8 lanes).
+            self.d[m] = (r2 + EPS_D).sqrt();
             m += 1;
             j += 1;
             if j == n {
@@ -79,39 +86,35 @@ impl<const B: usize> PairBlock<B> {
         }
         *cursor = (i, j);
         self.len = m;
-        for (d, r2) in self.d[..m].iter_mut().zip(&self.r2[..m]) {
-            *d = (r2 + EPS_D).sqrt();
-        }
         m > 0
     }
 
     /// Adds pair `p`'s terms `±φ·r` to the velocities of its two particles.
     #[inline(always)]
-    fn add_velocity(&self, p: usize, dim: usize, v: &mut [f64]) {
+    fn add_velocity(&self, p: usize, v: &mut [f64]) {
         let (i, j, phi) = (self.i[p] as usize, self.j[p] as usize, self.phi[p]);
-        for k in 0..dim {
-            v[i * dim + k] += phi * self.r[k][p];
-            v[j * dim + k] -= phi * self.r[k][p];
+        for k in 0..D {
+            v[i * D + k] += phi * self.r[k][p];
+            v[j * D + k] -= phi * self.r[k][p];
         }
     }
 }
 
 /// Writes `v` and returns `div v`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_pairs_in<R: RadialFn, const B: usize>(
+fn velocity_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     x: &[f64],
-    dim: usize,
     radial: &R,
     v: &mut [f64],
 ) -> f64 {
-    let n = x.len() / dim;
+    let n = x.len() / D;
     v.fill(0.0);
     let mut div = 0.0;
     let mut scratch = radial.scratch();
-    let mut b = PairBlock::<B>::new();
+    let mut b = PairBlock::<B, D>::new();
     let mut cursor = (0, 1);
-    let dim_f = dim as f64;
-    while b.fill(x, dim, n, &mut cursor) {
+    let dim_f = D as f64;
+    while b.fill(x, n, &mut cursor) {
         let m = b.len;
         radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
         // Both ordered pairs contribute D·φ + φ'·|r|²/d to the trace (kept in `dphi`'s place).
@@ -124,7 +127,7 @@ fn velocity_pairs_in<R: RadialFn, const B: usize>(
             *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
         }
         for p in 0..m {
-            b.add_velocity(p, dim, v);
+            b.add_velocity(p, v);
             div += b.dphi[p];
         }
     }
@@ -134,22 +137,21 @@ fn velocity_pairs_in<R: RadialFn, const B: usize>(
 /// Writes `v` only: what an iterative solve needs, without the divergence (which costs a
 /// division and `φ'` per pair). `v` has the same bits as from [`velocity_pairs`].
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_only_pairs_in<R: RadialFn, const B: usize>(
+fn velocity_only_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     x: &[f64],
-    dim: usize,
     radial: &R,
     v: &mut [f64],
 ) {
-    let n = x.len() / dim;
+    let n = x.len() / D;
     v.fill(0.0);
     let mut scratch = radial.scratch();
-    let mut b = PairBlock::<B>::new();
+    let mut b = PairBlock::<B, D>::new();
     let mut cursor = (0, 1);
-    while b.fill(x, dim, n, &mut cursor) {
+    while b.fill(x, n, &mut cursor) {
         let m = b.len;
         radial.value_block(&b.d[..m], &mut b.phi[..m], &mut scratch);
         for p in 0..m {
-            b.add_velocity(p, dim, v);
+            b.add_velocity(p, v);
         }
     }
 }
@@ -159,30 +161,29 @@ fn velocity_only_pairs_in<R: RadialFn, const B: usize>(
 /// Every off-diagonal block belongs to exactly one pair and is written once (no zeroing of the
 /// n × n matrix first); only the diagonal blocks accumulate.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize>(
+fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     x: &[f64],
-    dim: usize,
     radial: &R,
     v: &mut [f64],
     jac: &mut [f64],
 ) -> f64 {
     let len = x.len();
-    let n = len / dim;
+    let n = len / D;
     v.fill(0.0);
     for i in 0..n {
-        for p in 0..dim {
-            let row = (i * dim + p) * len + i * dim;
-            jac[row..row + dim].fill(0.0);
+        for p in 0..D {
+            let row = (i * D + p) * len + i * D;
+            jac[row..row + D].fill(0.0);
         }
     }
     let mut div = 0.0;
     let mut scratch = radial.scratch();
-    let mut b = PairBlock::<B>::new();
+    let mut b = PairBlock::<B, D>::new();
     let mut cursor = (0, 1);
-    let dim_f = dim as f64;
+    let dim_f = D as f64;
     // φ'/d per pair, then the divergence term in `dphi`'s place.
     let mut q = [0.0; B];
-    while b.fill(x, dim, n, &mut cursor) {
+    while b.fill(x, n, &mut cursor) {
         let m = b.len;
         radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
         for ((((q, dphi), phi), r2), d) in q[..m]
@@ -196,20 +197,20 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize>(
             *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
         }
         for p in 0..m {
-            b.add_velocity(p, dim, v);
+            b.add_velocity(p, v);
             let (i, j, phi, q) = (b.i[p] as usize, b.j[p] as usize, b.phi[p], q[p]);
-            let r: [f64; MAX_DIM] = std::array::from_fn(|k| b.r[k][p]);
+            let r: [f64; D] = std::array::from_fn(|k| b.r[k][p]);
             // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
-            for p in 0..dim {
-                for s in 0..dim {
+            for p in 0..D {
+                for s in 0..D {
                     let mut b = q * r[p] * r[s];
                     if p == s {
                         b += phi;
                     }
-                    jac[(i * dim + p) * len + i * dim + s] += b;
-                    jac[(j * dim + p) * len + j * dim + s] += b;
-                    jac[(i * dim + p) * len + j * dim + s] = -b;
-                    jac[(j * dim + p) * len + i * dim + s] = -b;
+                    jac[(i * D + p) * len + i * D + s] += b;
+                    jac[(j * D + p) * len + j * D + s] += b;
+                    jac[(i * D + p) * len + j * D + s] = -b;
+                    jac[(j * D + p) * len + i * D + s] = -b;
                 }
             }
             div += b.dphi[p];
@@ -218,29 +219,33 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize>(
     div
 }
 
-/// True if the system is small enough for [`SMALL_BLOCK`].
-#[inline]
-fn few_pairs(len: usize, dim: usize) -> bool {
-    let n = len / dim;
-    n * n.saturating_sub(1) / 2 <= SMALL_BLOCK
+/// Calls `$f::<R, B, D>(x, ...)` with the block size for the system's pair count and the
+/// dimension as a constant.
+macro_rules! dispatch {
+    ($f:ident, $x:expr, $dim:expr, $($arg:expr),*) => {{
+        let (x, dim) = ($x, $dim);
+        let n = x.len() / dim;
+        let few = n * n.saturating_sub(1) / 2 <= SMALL_BLOCK;
+        match (few, dim) {
+            (true, 1) => $f::<R, SMALL_BLOCK, 1>(x, $($arg),*),
+            (true, 2) => $f::<R, SMALL_BLOCK, 2>(x, $($arg),*),
+            (true, 3) => $f::<R, SMALL_BLOCK, 3>(x, $($arg),*),
+            (false, 1) => $f::<R, BLOCK, 1>(x, $($arg),*),
+            (false, 2) => $f::<R, BLOCK, 2>(x, $($arg),*),
+            (false, 3) => $f::<R, BLOCK, 3>(x, $($arg),*),
+            _ => unreachable!("Layout admits 1 ≤ dim ≤ {MAX_DIM}, not {dim}"),
+        }
+    }};
 }
 
 /// Writes `v` and returns `div v`.
 pub(crate) fn velocity_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) -> f64 {
-    if few_pairs(x.len(), dim) {
-        velocity_pairs_in::<R, SMALL_BLOCK>(x, dim, radial, v)
-    } else {
-        velocity_pairs_in::<R, BLOCK>(x, dim, radial, v)
-    }
+    dispatch!(velocity_pairs_in, x, dim, radial, v)
 }
 
 /// Writes `v` only (see [`velocity_only_pairs_in`]).
 pub(crate) fn velocity_only_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) {
-    if few_pairs(x.len(), dim) {
-        velocity_only_pairs_in::<R, SMALL_BLOCK>(x, dim, radial, v);
-    } else {
-        velocity_only_pairs_in::<R, BLOCK>(x, dim, radial, v);
-    }
+    dispatch!(velocity_only_pairs_in, x, dim, radial, v)
 }
 
 /// Writes `v` and the dense Jacobian and returns `div v` (see [`velocity_jacobian_pairs_in`]).
@@ -251,9 +256,5 @@ pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
     v: &mut [f64],
     jac: &mut [f64],
 ) -> f64 {
-    if few_pairs(x.len(), dim) {
-        velocity_jacobian_pairs_in::<R, SMALL_BLOCK>(x, dim, radial, v, jac)
-    } else {
-        velocity_jacobian_pairs_in::<R, BLOCK>(x, dim, radial, v, jac)
-    }
+    dispatch!(velocity_jacobian_pairs_in, x, dim, radial, v, jac)
 }

@@ -207,9 +207,11 @@ impl TabulatedField {
     fn table_radial(&self, t: f64) -> Option<TableRadial<'_>> {
         // Called once per field evaluation: a binary search was 5–10% of a DW-4 evaluation.
         let first = *self.times.first()?;
-        let guess = ((t - first) * self.index_scale).round();
-        let i = match self.times.get(guess as usize) {
-            Some(g) if guess >= 0.0 && g.to_bits() == t.to_bits() => guess as usize,
+        // Rounded by a saturating cast (`f64::round` is a library call on baseline x86-64);
+        // a wrong guess, whatever its cause, fails the bitwise check below.
+        let guess = ((t - first) * self.index_scale + 0.5) as usize;
+        let i = match self.times.get(guess) {
+            Some(g) if g.to_bits() == t.to_bits() => guess,
             _ => self
                 .times
                 .binary_search_by(|probe| probe.total_cmp(&t))
