@@ -268,6 +268,62 @@ fn round_trips_in_every_mode() {
     }
 }
 
+/// The exact-discrete inverse takes its chord matrix from the previous step's stage Jacobians
+/// where the contraction is strong (DW-4) and evaluates it where it is not (LJ-13, narrow time
+/// kernels); either way it must stay as cheap as measured and exact. A wrong extrapolation
+/// shows up as more map evaluations (or as the evaluated path taking over).
+#[test]
+fn exact_inverse_reuses_the_extrapolated_chord_matrix_only_where_it_costs_nothing() {
+    let mut r = rng(37);
+    let n_steps = 20;
+    let integ = rk4(n_steps, DensityMode::ExactDiscrete);
+    // (system, Jacobians of v per step at most, field values per step at most); measured on
+    // these samples: DW-4 4.05 and 11.25 (4.99 and 12.19 when the chord matrix is J at the
+    // step's end alone), LJ-13 5.00 and 19.43.
+    for (n, dim, kernels, max_jac, max_eval) in [
+        (4, 2, KernelConfig::double_well(), 4.2, 11.6),
+        (13, 3, KernelConfig::lennard_jones(), 5.0, 20.0),
+    ] {
+        let field = eqflow::field::KernelField::initialise(
+            eqflow::geometry::Layout::new(n, dim).unwrap(),
+            kernels,
+            0,
+        )
+        .unwrap();
+        let len = n * dim;
+        let mut ws = Workspace::new(len);
+        let (mut n_jac, mut n_eval) = (0, 0);
+        let samples = 20;
+        for _ in 0..samples {
+            let z = random_config(&mut r, len, 1.0);
+            let mut x = z.clone();
+            let (fwd, _) = integ.forward(&field, &mut x, &mut ws).unwrap();
+            let (inv, stats) = integ.inverse(&field, &mut x, &mut ws).unwrap();
+            assert!(max_abs_diff(&x, &z) < 1e-12);
+            assert!((fwd + inv).abs() < 1e-11, "{fwd} vs {inv}");
+            n_jac += stats.n_jacobian;
+            n_eval += stats.n_eval;
+        }
+        let per_step = |c: u64| c as f64 / (samples * n_steps) as f64;
+        eprintln!(
+            "{n} particles: {:.2} Jacobians and {:.2} values per step",
+            per_step(n_jac),
+            per_step(n_eval)
+        );
+        // Every step's full step costs 4 Jacobians; a chord matrix evaluated costs one more.
+        assert!(
+            per_step(n_jac) <= max_jac,
+            "{n} particles: {} Jacobians per step",
+            per_step(n_jac)
+        );
+        assert!(
+            per_step(n_eval) <= max_eval,
+            "{n} particles: {} values per step",
+            per_step(n_eval)
+        );
+    }
+}
+
 #[test]
 fn a_step_that_is_not_a_bijection_is_reported_not_integrated() {
     // One RK4 step of size 1 on v = y² is a polynomial map of degree 16 that folds over

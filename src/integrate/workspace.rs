@@ -19,6 +19,8 @@ pub struct Workspace {
     pub(crate) dk_prev: Vec<f64>,
     pub(crate) dk: Vec<f64>,
     pub(crate) step_jac: Vec<f64>,
+    /// n × n: `h·∂v/∂x` extrapolated to the middle of the next inverse step (its chord matrix).
+    pub(crate) chord: Vec<f64>,
     pub(crate) pivots: Vec<usize>,
 }
 
@@ -41,6 +43,7 @@ impl Workspace {
             dk_prev: m(),
             dk: m(),
             step_jac: m(),
+            chord: m(),
             pivots: vec![0; n],
         }
     }
