@@ -33,7 +33,7 @@ fn dw4_samples(n: usize, seed: u64) -> Vec<f64> {
             x[2 * i + 1] = old[1];
         }
         step += 1;
-        if step > 5_000 && step % 50 == 0 {
+        if step > 5_000 && step.is_multiple_of(50) {
             out.extend_from_slice(&x);
         }
     }

@@ -40,7 +40,7 @@ fn configurations(n: usize, len: usize) -> Vec<f64> {
 /// A `.npy` file assembled by hand: header dict padded as numpy pads it, then `data`.
 fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut text = dict.to_string();
-    while (10 + text.len() + 1) % 64 != 0 {
+    while !(10 + text.len() + 1).is_multiple_of(64) {
         text.push(' ');
     }
     text.push('\n');

@@ -559,14 +559,14 @@ impl SerialEnergy for HostEnergy {
             return fail("the KL energy callback returned U = NaN".to_owned());
         }
         // Where U is infinite the gradient carries no meaning; the loss reports U itself.
-        if u.is_finite() {
-            if let Some(k) = gradient.iter().position(|g| !g.is_finite()) {
-                return fail(format!(
-                    "the KL energy callback returned a non-finite gradient (component {k} is {}) \
+        if u.is_finite()
+            && let Some(k) = gradient.iter().position(|g| !g.is_finite())
+        {
+            return fail(format!(
+                "the KL energy callback returned a non-finite gradient (component {k} is {}) \
                      with U = {u}",
-                    gradient[k]
-                ));
-            }
+                gradient[k]
+            ));
         }
         Ok(u)
     }

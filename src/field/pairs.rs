@@ -60,15 +60,17 @@ impl<const B: usize, const D: usize> PairBlock<B, D> {
     /// Fills the block with the pairs from the cursor `(i, j)` on, advancing it; returns false
     /// when there were none left.
     #[inline(always)]
-    fn fill(&mut self, x: &[f64], n: usize, cursor: &mut (usize, usize)) -> bool {
+    fn fill(&mut self, x: &[[f64; D]], cursor: &mut (usize, usize)) -> bool {
+        let n = x.len();
         let (mut i, mut j) = *cursor;
         let mut m = 0;
         while m < B && i + 1 < n {
             self.i[m] = i as u32;
             self.j[m] = j as u32;
             let mut r2 = 0.0;
+            let (xi, xj) = (&x[i], &x[j]);
             for k in 0..D {
-                let r = x[i * D + k] - x[j * D + k];
+                let r = xi[k] - xj[k];
                 self.r[k][m] = r;
                 r2 += r * r;
             }
@@ -91,11 +93,12 @@ impl<const B: usize, const D: usize> PairBlock<B, D> {
 
     /// Adds pair `p`'s terms `±φ·r` to the velocities of its two particles.
     #[inline(always)]
-    fn add_velocity(&self, p: usize, v: &mut [f64]) {
+    fn add_velocity(&self, p: usize, v: &mut [[f64; D]]) {
         let (i, j, phi) = (self.i[p] as usize, self.j[p] as usize, self.phi[p]);
-        for k in 0..D {
-            v[i * D + k] += phi * self.r[k][p];
-            v[j * D + k] -= phi * self.r[k][p];
+        for (k, r) in self.r.iter().enumerate() {
+            let term = phi * r[p];
+            v[i][k] += term;
+            v[j][k] -= term;
         }
     }
 }
@@ -107,14 +110,16 @@ fn velocity_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     radial: &R,
     v: &mut [f64],
 ) -> f64 {
-    let n = x.len() / D;
     v.fill(0.0);
+    // Per particle, so that a pair costs one bounds check per particle, not per component.
+    let (x_p, _) = x.as_chunks::<D>();
+    let (v_p, _) = v.as_chunks_mut::<D>();
     let mut div = 0.0;
     let mut scratch = radial.scratch();
     let mut b = PairBlock::<B, D>::new();
     let mut cursor = (0, 1);
     let dim_f = D as f64;
-    while b.fill(x, n, &mut cursor) {
+    while b.fill(x_p, &mut cursor) {
         let m = b.len;
         radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
         // Both ordered pairs contribute D·φ + φ'·|r|²/d to the trace (kept in `dphi`'s place).
@@ -127,7 +132,7 @@ fn velocity_pairs_in<R: RadialFn, const B: usize, const D: usize>(
             *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
         }
         for p in 0..m {
-            b.add_velocity(p, v);
+            b.add_velocity(p, v_p);
             div += b.dphi[p];
         }
     }
@@ -142,16 +147,18 @@ fn velocity_only_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     radial: &R,
     v: &mut [f64],
 ) {
-    let n = x.len() / D;
     v.fill(0.0);
+    // Per particle, so that a pair costs one bounds check per particle, not per component.
+    let (x_p, _) = x.as_chunks::<D>();
+    let (v_p, _) = v.as_chunks_mut::<D>();
     let mut scratch = radial.scratch();
     let mut b = PairBlock::<B, D>::new();
     let mut cursor = (0, 1);
-    while b.fill(x, n, &mut cursor) {
+    while b.fill(x_p, &mut cursor) {
         let m = b.len;
         radial.value_block(&b.d[..m], &mut b.phi[..m], &mut scratch);
         for p in 0..m {
-            b.add_velocity(p, v);
+            b.add_velocity(p, v_p);
         }
     }
 }
@@ -170,10 +177,13 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     let len = x.len();
     let n = len / D;
     v.fill(0.0);
+    let (x_p, _) = x.as_chunks::<D>();
+    let (v_p, _) = v.as_chunks_mut::<D>();
+    // The Jacobian as n·D rows of n blocks of D: entry (row, j·D + s) is jac_p[row·n + j][s].
+    let (jac_p, _) = jac[..len * len].as_chunks_mut::<D>();
     for i in 0..n {
         for p in 0..D {
-            let row = (i * D + p) * len + i * D;
-            jac[row..row + D].fill(0.0);
+            jac_p[(i * D + p) * n + i] = [0.0; D];
         }
     }
     let mut div = 0.0;
@@ -183,7 +193,7 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     let dim_f = D as f64;
     // φ'/d per pair, then the divergence term in `dphi`'s place.
     let mut q = [0.0; B];
-    while b.fill(x, n, &mut cursor) {
+    while b.fill(x_p, &mut cursor) {
         let m = b.len;
         radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
         for ((((q, dphi), phi), r2), d) in q[..m]
@@ -197,20 +207,21 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
             *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
         }
         for p in 0..m {
-            b.add_velocity(p, v);
+            b.add_velocity(p, v_p);
             let (i, j, phi, q) = (b.i[p] as usize, b.j[p] as usize, b.phi[p], q[p]);
             let r: [f64; D] = std::array::from_fn(|k| b.r[k][p]);
             // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
             for p in 0..D {
+                let (row_i, row_j) = ((i * D + p) * n, (j * D + p) * n);
                 for s in 0..D {
                     let mut b = q * r[p] * r[s];
                     if p == s {
                         b += phi;
                     }
-                    jac[(i * D + p) * len + i * D + s] += b;
-                    jac[(j * D + p) * len + j * D + s] += b;
-                    jac[(i * D + p) * len + j * D + s] = -b;
-                    jac[(j * D + p) * len + i * D + s] = -b;
+                    jac_p[row_i + i][s] += b;
+                    jac_p[row_j + j][s] += b;
+                    jac_p[row_i + j][s] = -b;
+                    jac_p[row_j + i][s] = -b;
                 }
             }
             div += b.dphi[p];

@@ -302,7 +302,7 @@ pub fn write_configurations(
 ) -> Result<()> {
     let path = path.as_ref();
     let len = layout.len();
-    if x.len() % len != 0 {
+    if !x.len().is_multiple_of(len) {
         return Err(in_file(
             path,
             Error::size(

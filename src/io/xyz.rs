@@ -241,7 +241,7 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
 
 fn check_frames(x: &[f64], layout: Layout, properties: &[(&str, &[f64])]) -> Result<()> {
     let len = layout.len();
-    if x.len() % len != 0 {
+    if !x.len().is_multiple_of(len) {
         return Err(Error::size(
             format!("XYZ configurations: a multiple of N·D = {len} values"),
             x.len() / len * len,
@@ -409,7 +409,7 @@ fn parse_comment(line: &str) -> std::result::Result<Comment, String> {
 /// value such as `species:S:1:pos:R:3:forces:R:3`.
 fn columns_of(spec: &str) -> std::result::Result<(usize, usize), String> {
     let parts: Vec<&str> = spec.split(':').collect();
-    if parts.len() % 3 != 0 {
+    if !parts.len().is_multiple_of(3) {
         return Err(format!(
             "Properties={spec:?} is not a list of name:type:count triples"
         ));

@@ -364,10 +364,10 @@ impl<'a> Losses<'a> {
             return Err(Error::invalid("KL loss needs at least one prior sample"));
         }
         let p = self.n_params();
-        if let Some(g) = &gradient {
-            if g.len() != p {
-                return Err(Error::size("loss gradient", p, g.len()));
-            }
+        if let Some(g) = &gradient
+            && g.len() != p
+        {
+            return Err(Error::size("loss gradient", p, g.len()));
         }
         let with_gradient = gradient.is_some();
         let len = self.prior.layout().len();
@@ -475,7 +475,7 @@ impl<'a> Losses<'a> {
 
     fn check_data(&self, x: &[f64]) -> Result<usize> {
         let len = self.prior.layout().len();
-        if x.is_empty() || x.len() % len != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(len) {
             return Err(Error::size(
                 "training configurations (a positive multiple of N·D)",
                 len * (x.len() / len).max(1),

@@ -367,7 +367,7 @@ impl<'a> Trainer<'a> {
 
 /// Number of configurations in `x`, after checking it holds whole, finite configurations.
 fn check_data(x: &[f64], len: usize, what: &str) -> Result<usize> {
-    if x.is_empty() || x.len() % len != 0 {
+    if x.is_empty() || !x.len().is_multiple_of(len) {
         return Err(Error::size(
             format!("{what} (a positive multiple of N·D)"),
             len * (x.len() / len).max(1),
