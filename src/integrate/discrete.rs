@@ -13,7 +13,7 @@
 //! log-determinant is taken at the converged point, so that the density of a proposal and the
 //! density evaluated later for the same configuration agree to round-off.
 
-use super::linalg::{gemm_acc, lu_factor, lu_solve, matvec};
+use super::linalg::{axpy, gemm_acc, lu_factor, lu_solve, matvec, scale, scale_into};
 use super::rk4::{axpy_into, grid_stage_times};
 use super::{Stats, Workspace, rk4};
 use crate::error::{Error, Result};
@@ -69,10 +69,7 @@ fn step_and_jacobian<F: VectorField + ?Sized>(
     step_jac.copy_from_slice(dk_prev);
 
     if extrapolate_chord {
-        let w = h * CHORD_EXTRAPOLATION[0];
-        for (c, j) in chord.iter_mut().zip(dk_prev.iter()) {
-            *c = w * j;
-        }
+        scale_into(h * CHORD_EXTRAPOLATION[0], dk_prev, chord);
     }
 
     // (stage offset, stage time, weight in Φ): y + shift·k_prev at the stage time.
@@ -86,23 +83,16 @@ fn step_and_jacobian<F: VectorField + ?Sized>(
         axpy_into(stage, y, shift, k_prev);
         field.velocity_jacobian_into(stage, time, k_cur, jac);
         if extrapolate_chord {
-            let w = h * chord_weight;
-            for (c, j) in chord.iter_mut().zip(jac.iter()) {
-                *c += w * j;
-            }
+            axpy(h * chord_weight, jac, chord);
         }
         // dk = J + shift·J·dk_prev
         dk.copy_from_slice(jac);
         gemm_acc(n, shift, jac, dk_prev, dk);
-        for (acc, d) in step_jac.iter_mut().zip(dk.iter()) {
-            *acc += weight * d;
-        }
+        axpy(weight, dk, step_jac);
         std::mem::swap(dk_prev, dk);
         k_prev = k_cur;
     }
-    for v in step_jac.iter_mut() {
-        *v *= sixth;
-    }
+    scale(sixth, step_jac);
     for i in 0..n {
         step_jac[i * n + i] += 1.0;
     }

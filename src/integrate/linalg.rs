@@ -134,6 +134,31 @@ pub(crate) fn matvec(n: usize, a: &[f64], x: &[f64], y: &mut [f64]) {
     }
 }
 
+/// `y ← y + a·x`, element-wise: the n × n accumulations of the step Jacobian, compiled for the
+/// machine's vector width (each element's operations are the same on every machine).
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+pub(crate) fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// `y ← a·x`, element-wise (see [`axpy`]).
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+pub(crate) fn scale_into(a: f64, x: &[f64], y: &mut [f64]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = a * x;
+    }
+}
+
+/// `y ← a·y`, element-wise (see [`axpy`]).
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+pub(crate) fn scale(a: f64, y: &mut [f64]) {
+    for y in y.iter_mut() {
+        *y *= a;
+    }
+}
+
 /// Solves `a x = b` in place (`b` becomes x) with the factors from [`lu_factor`].
 pub(crate) fn lu_solve(n: usize, lu: &[f64], piv: &[usize], b: &mut [f64]) {
     for (i, &p) in piv.iter().enumerate().take(n) {
@@ -231,6 +256,25 @@ mod tests {
         let serial = row.iter().zip(&col).fold(0.0, |s, (a, b)| s + a * b);
         assert_eq!(c[0].to_bits(), serial.to_bits());
         assert_eq!(c[8 * n + 8].to_bits(), serial.to_bits());
+    }
+
+    #[test]
+    fn element_wise_kernels_have_the_bits_of_scalar_loops() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        for n in [1, 7, 8, 64, 1521] {
+            let x: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let y0: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let a = rng.random_range(-2.0..2.0);
+            let (mut y1, mut y2, mut y3) = (y0.clone(), y0.clone(), y0.clone());
+            axpy(a, &x, &mut y1);
+            scale_into(a, &x, &mut y2);
+            scale(a, &mut y3);
+            for i in 0..n {
+                assert_eq!(y1[i].to_bits(), (y0[i] + a * x[i]).to_bits());
+                assert_eq!(y2[i].to_bits(), (a * x[i]).to_bits());
+                assert_eq!(y3[i].to_bits(), (y0[i] * a).to_bits());
+            }
+        }
     }
 
     #[test]
