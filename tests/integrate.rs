@@ -279,7 +279,7 @@ fn exact_inverse_reuses_the_extrapolated_chord_matrix_only_where_it_costs_nothin
     let integ = rk4(n_steps, DensityMode::ExactDiscrete);
     // (system, Jacobians of v per step at most, field values per step at most); measured on
     // these samples: DW-4 4.05 and 11.25 (4.99 and 12.19 when the chord matrix is J at the
-    // step's end alone), LJ-13 5.00 and 19.43.
+    // step's end alone), LJ-13 5.00 and 19.39.
     for (n, dim, kernels, max_jac, max_eval) in [
         (4, 2, KernelConfig::double_well(), 4.2, 11.6),
         (13, 3, KernelConfig::lennard_jones(), 5.0, 20.0),

@@ -162,8 +162,8 @@ impl InverseCarry {
 /// The step Jacobian is needed once, at the solution, for the log-determinant. Getting there
 /// costs field values and at most one Jacobian of v: from a backward RK4 step (O(h⁵) away, values
 /// only) a chord iteration `y ← y − P·(Φ_h(y) − x)` with a fixed approximate inverse of the
-/// step Jacobian, `P = I − A + A²/2`, `A = h·∂v/∂x` at the step's midpoint estimate
-/// `((y₀ + x)/2, t + h/2)`. The step Jacobian is `exp(A) + O(h³)` and P is `exp(−A) + O(h³)`,
+/// step Jacobian, `P = I − A + A²/2`, `A = h·∂v/∂x` at the predictor's second middle stage
+/// (time `t + h/2`). The step Jacobian is `exp(A) + O(h³)` and P is `exp(−A) + O(h³)`,
 /// so each iteration gains about three digits (measured: 1e−3…1e−4 per iteration on LJ-13)
 /// and P is applied by two matrix–vector products, with no factorisation. Newton steps with
 /// the full step Jacobian take over only if the chord iteration stalls.
@@ -207,31 +207,30 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     // A stop on a predicted residual must leave room for the prediction's error.
     let predicted_floor = 0.25 * floor;
     let back = [times[2], times[1], times[0]];
-    rk4::step_with(x, -h, ws, |y, stage, v| {
-        // `v` is ws.k[0] at stage 0.
-        if stage > 0 || !cached_stage {
-            field.velocity_only_into(y, back[stage], v);
+    // Without a cached chord matrix, the predictor's second middle stage evaluates the
+    // Jacobian with its value (one field value fewer than a separate evaluation): its point is
+    // O(h²) from the step's middle, so `h·J` there is O(h³) from `h·J` at the middle, the
+    // order of P's own error. Measured on LJ-13: 395 field values per sample, against 396
+    // with J at `((y₀ + x)/2, t + h/2)` and 410 at the first middle stage.
+    let mut jac = std::mem::take(&mut ws.jac);
+    let mut jacobian_pending = !cached_chord;
+    let mut middle_seen = false;
+    rk4::step_with(x, -h, ws, |y, time, v| {
+        // `v` is ws.k[0] at time index 0.
+        let second_middle = time == 1 && std::mem::replace(&mut middle_seen, true);
+        if second_middle && jacobian_pending {
+            field.velocity_jacobian_into(y, back[1], v, &mut jac);
+            jacobian_pending = false;
+        } else if time > 0 || !cached_stage {
+            field.velocity_only_into(y, back[time], v);
         }
         0.0
     });
-
-    // Chord iteration with the approximate inverse P = I − A + A²/2 of the step Jacobian.
     if !cached_chord {
-        let Workspace {
-            k,
-            stage,
-            jac,
-            chord,
-            ..
-        } = &mut *ws;
-        for i in 0..n {
-            stage[i] = 0.5 * (x[i] + target[i]);
-        }
-        field.velocity_jacobian_into(stage, times[1], &mut k[0], jac);
-        for (c, j) in chord.iter_mut().zip(jac.iter()) {
-            *c = h * j;
-        }
+        scale_into(h, &jac, &mut ws.chord);
     }
+    ws.jac = jac;
+
     let mut previous = f64::INFINITY;
     for _ in 0..MAX_NEWTON {
         image.copy_from_slice(x);
