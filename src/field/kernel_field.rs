@@ -239,6 +239,12 @@ impl VectorField for KernelField {
         self.layout.len()
     }
 
+    /// v is the gradient of a pair potential and the pair loops assemble its Jacobian
+    /// symmetrically (tested in `tests/field.rs`).
+    fn symmetric_jacobian(&self) -> bool {
+        true
+    }
+
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         debug_assert_eq!(x.len(), self.layout.len());
         self.velocity_with_slice_into(x, &self.time_slice(t), v)

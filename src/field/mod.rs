@@ -44,4 +44,11 @@ pub trait VectorField: Sync {
     /// n × n, entry `a*n + b`) and returns `div v(x, t)` (the Jacobian's trace).
     fn velocity_jacobian_into(&self, x: &[f64], t: f64, v: &mut [f64], jacobian: &mut [f64])
     -> f64;
+
+    /// True if the Jacobian written by [`VectorField::velocity_jacobian_into`] is symmetric
+    /// bit for bit (v is a gradient field, assembled symmetrically). The exact-discrete inverse
+    /// then applies its chord matrix by the faster transposed product. Default: false.
+    fn symmetric_jacobian(&self) -> bool {
+        false
+    }
 }

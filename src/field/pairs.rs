@@ -211,10 +211,12 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
             let (i, j, phi, q) = (b.i[p] as usize, b.j[p] as usize, b.phi[p], q[p]);
             let r: [f64; D] = std::array::from_fn(|k| b.r[k][p]);
             // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
+            // `q·(r_p·r_s)` is the same bits for (p, s) and (s, p): the assembled Jacobian is
+            // exactly symmetric, as the exact-discrete inverse's chord products assume.
             for p in 0..D {
                 let (row_i, row_j) = ((i * D + p) * n, (j * D + p) * n);
                 for s in 0..D {
-                    let mut b = q * r[p] * r[s];
+                    let mut b = q * (r[p] * r[s]);
                     if p == s {
                         b += phi;
                     }

@@ -239,6 +239,12 @@ impl VectorField for TabulatedField {
         self.field.state_len()
     }
 
+    /// v is the gradient of a pair potential and the pair loops assemble its Jacobian
+    /// symmetrically (tested in `tests/field.rs`).
+    fn symmetric_jacobian(&self) -> bool {
+        true
+    }
+
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         match self.table_radial(t) {
             Some(radial) => velocity_pairs(x, self.field.layout().dim, &radial, v),

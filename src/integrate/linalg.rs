@@ -159,6 +159,21 @@ pub(crate) fn scale(a: f64, y: &mut [f64]) {
     }
 }
 
+/// `y = aᵀ·x` for the n × n row-major `a`, as `Σ_k x_k·(row k of a)`: contiguous rows, sums
+/// over k in order for every element, vectorised across y. For a symmetric `a` it is `a·x`
+/// without the horizontal sums of [`matvec`]'s row dot products (perf, LJ-13 exact density:
+/// 5.9% of the time with `matvec`, 3.8% with this).
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+pub(crate) fn matvec_transposed(n: usize, a: &[f64], x: &[f64], y: &mut [f64]) {
+    let y = &mut y[..n];
+    y.fill(0.0);
+    for (row, xk) in a.chunks_exact(n).zip(&x[..n]) {
+        for (y, a) in y.iter_mut().zip(row) {
+            *y += a * xk;
+        }
+    }
+}
+
 /// Solves `a x = b` in place (`b` becomes x) with the factors from [`lu_factor`].
 pub(crate) fn lu_solve(n: usize, lu: &[f64], piv: &[usize], b: &mut [f64]) {
     for (i, &p) in piv.iter().enumerate().take(n) {
@@ -273,6 +288,22 @@ mod tests {
                 assert_eq!(y1[i].to_bits(), (y0[i] + a * x[i]).to_bits());
                 assert_eq!(y2[i].to_bits(), (a * x[i]).to_bits());
                 assert_eq!(y3[i].to_bits(), (y0[i] * a).to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_matvec_matches_nalgebra() {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        for n in [1, 3, 8, 13, 39] {
+            let a: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut y = vec![0.0; n];
+            matvec_transposed(n, &a, &x, &mut y);
+            let expected =
+                DMatrix::from_row_slice(n, n, &a).transpose() * nalgebra::DVector::from_vec(x);
+            for (y, e) in y.iter().zip(expected.iter()) {
+                assert!((y - e).abs() < 1e-13, "n = {n}: {y} vs {e}");
             }
         }
     }
