@@ -23,11 +23,11 @@ const SMALL_BLOCK: usize = 8;
 /// A block of consecutive pairs `i < j` in row order, in structure-of-arrays form.
 ///
 /// The loops run in two phases per block: first everything that depends on one pair only (the
-/// separation, the distance with its square root, the table lookup and the polynomial of φ,
-/// the divergence term), element-wise over the block so that the compiler vectorises it and the
-/// pairs' latency chains overlap; then the accumulation into v (and the Jacobian), pair by
-/// pair in the same order as a plain double loop. Each pair's values are computed by the same
-/// operations as in a scalar loop, so the results have the same bits.
+/// separation and the distance while filling, then the table lookup and the polynomial of φ,
+/// the divergence term), element-wise over the block so that the pairs' latency chains overlap
+/// and the compiler vectorises what it can; then the accumulation into v (and the Jacobian),
+/// pair by pair in the same order as a plain double loop. Each pair's values are computed by
+/// the same operations as in a scalar loop, so the results have the same bits.
 ///
 /// The dimension `D` is a constant so that the per-component loops unroll (the dispatchers at
 /// the end of this file pick it from the layout, which allows 1 ≤ D ≤ MAX_DIM).
