@@ -239,11 +239,7 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
         image.copy_from_slice(x);
         rk4::step_values(field, &mut image, times, h, ws);
         stats.n_eval += 4;
-        let mut norm = 0.0f64;
-        for i in 0..n {
-            residual[i] = image[i] - target[i];
-            norm = norm.max(residual[i].abs());
-        }
+        let norm = residual_into(&image, &target, &mut residual);
         if previous.is_finite() && norm < 0.5 * previous {
             *rate = norm / previous;
         }
@@ -282,11 +278,7 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
         stats.n_eval += 4;
         stats.n_jacobian += 4;
         stats.n_newton += 1;
-        let mut norm = 0.0f64;
-        for i in 0..n {
-            residual[i] = image[i] - target[i];
-            norm = norm.max(residual[i].abs());
-        }
+        let norm = residual_into(&image, &target, &mut residual);
         let log_det = match factor_step(ws, times[0]) {
             Ok(v) => v,
             Err(e) => {
@@ -330,6 +322,17 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     ws.trial = image;
     ws.error = residual;
     result
+}
+
+/// `residual = image − target`, returning its max norm: the convergence test of both loops of
+/// [`inverse_step`].
+fn residual_into(image: &[f64], target: &[f64], residual: &mut [f64]) -> f64 {
+    let mut norm = 0.0f64;
+    for ((r, y), t) in residual.iter_mut().zip(image).zip(target) {
+        *r = y - t;
+        norm = norm.max(r.abs());
+    }
+    norm
 }
 
 /// `r ← (I − A + A²/2)·r`, the truncated series of `exp(−A)`, by two products with the
