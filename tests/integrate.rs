@@ -350,6 +350,75 @@ fn a_step_that_is_not_a_bijection_is_reported_not_integrated() {
     assert!(integ.forward(&Riccati, &mut [0.1], &mut ws).is_ok());
 }
 
+/// v = x where x₀ ≤ 1. Where x₀ > 1 the field has blown up: with `values`, v₀ and ∂v₀/∂x₀
+/// are NaN; without, only ∂v₀/∂x₁ is (an entry above the diagonal, which a partially pivoted
+/// LU of the upper-triangular step Jacobian would never touch).
+struct Poisoned {
+    values: bool,
+}
+
+impl VectorField for Poisoned {
+    fn state_len(&self) -> usize {
+        2
+    }
+    fn velocity_into(&self, x: &[f64], _t: f64, v: &mut [f64]) -> f64 {
+        let bad = self.values && x[0] > 1.0;
+        v[0] = if bad { f64::NAN } else { x[0] };
+        v[1] = x[1];
+        if bad { f64::NAN } else { 2.0 }
+    }
+    fn velocity_jacobian_into(&self, x: &[f64], t: f64, v: &mut [f64], jac: &mut [f64]) -> f64 {
+        let nan_if = |bad: bool, v: f64| if bad && x[0] > 1.0 { f64::NAN } else { v };
+        jac.copy_from_slice(&[
+            nan_if(self.values, 1.0),
+            nan_if(!self.values, 0.0),
+            0.0,
+            1.0,
+        ]);
+        self.velocity_into(x, t, v)
+    }
+}
+
+#[test]
+fn a_field_that_blows_up_is_reported_as_non_finite_in_every_mode_and_direction() {
+    // Where the field is finite (x₀ stays below 1 from 0.1 within a factor e), every solve
+    // succeeds; where it is not, every solve that uses the failing part reports `NonFinite`:
+    // never a "not invertible" fold, nor a converged inverse built on the finite components, nor
+    // a log-determinant that skipped the NaN entry.
+    let mut ws = Workspace::new(2);
+    for values in [true, false] {
+        let field = Poisoned { values };
+        let integrators = if values {
+            vec![
+                rk4(20, DensityMode::ExactDiscrete),
+                rk4(20, DensityMode::Continuous),
+                dopri(1e-8, 1e-10),
+            ]
+        } else {
+            // A Jacobian entry alone matters only to the exact-discrete mode.
+            vec![rk4(20, DensityMode::ExactDiscrete)]
+        };
+        for integ in integrators {
+            for forward in [true, false] {
+                let solve = |x: &mut [f64], ws: &mut Workspace| {
+                    if forward {
+                        integ.forward(&field, x, ws)
+                    } else {
+                        integ.inverse(&field, x, ws)
+                    }
+                };
+                assert!(solve(&mut [0.1, 0.2], &mut ws).is_ok());
+                let err = solve(&mut [2.0, 0.2], &mut ws).unwrap_err();
+                assert!(
+                    matches!(err, eqflow::Error::NonFinite { .. }),
+                    "NaN values {values}, {:?}, forward {forward}: {err}",
+                    integ.mode()
+                );
+            }
+        }
+    }
+}
+
 /// Records every time at which it is evaluated (the field itself is the breathing one).
 struct TimeRecorder {
     inner: Breathing,

@@ -151,12 +151,17 @@ pub(crate) fn scale_into(a: f64, x: &[f64], y: &mut [f64]) {
     }
 }
 
-/// `y ← a·y`, element-wise (see [`axpy`]).
+/// `y ← a·y`, element-wise (see [`axpy`]), returning whether every result is finite: the
+/// step Jacobian's finiteness check rides on the pass that scales it, instead of a pass of its
+/// own (the LU alone would not notice every NaN: it skips rows whose multiplier is 0).
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-pub(crate) fn scale(a: f64, y: &mut [f64]) {
+pub(crate) fn scale(a: f64, y: &mut [f64]) -> bool {
+    let mut finite = true;
     for y in y.iter_mut() {
         *y *= a;
+        finite &= y.is_finite();
     }
+    finite
 }
 
 /// `y = aᵀ·x` for the n × n row-major `a`, as `Σ_k x_k·(row k of a)`: contiguous rows, sums
@@ -283,11 +288,17 @@ mod tests {
             let (mut y1, mut y2, mut y3) = (y0.clone(), y0.clone(), y0.clone());
             axpy(a, &x, &mut y1);
             scale_into(a, &x, &mut y2);
-            scale(a, &mut y3);
+            assert!(scale(a, &mut y3));
             for i in 0..n {
                 assert_eq!(y1[i].to_bits(), (y0[i] + a * x[i]).to_bits());
                 assert_eq!(y2[i].to_bits(), (a * x[i]).to_bits());
                 assert_eq!(y3[i].to_bits(), (y0[i] * a).to_bits());
+            }
+            // Any non-finite element, wherever it sits, is reported.
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let mut y4 = y0.clone();
+                y4[n / 2] = bad;
+                assert!(!scale(a, &mut y4), "n = {n}, {bad}");
             }
         }
     }
