@@ -141,6 +141,14 @@ pub type eqf_energy_grad_fn = Option<
     ) -> i32,
 >;
 
+/// The non-NULL [`eqf_energy_grad_fn`], as stored. (The public alias spells the signature out
+/// with parameter names, for the generated header.)
+type EnergyGradFn =
+    unsafe extern "C" fn(*mut c_void, i64, i64, *const f64, *mut f64, *mut f64) -> i32;
+
+/// The non-NULL [`eqf_train_progress_fn`], as stored.
+type ProgressFn = unsafe extern "C" fn(*mut c_void, *const eqf_train_epoch) -> i32;
+
 /// The target energy of the KL term, as the options hold it.
 #[derive(Clone)]
 enum KlTargetEnergy {
@@ -148,7 +156,7 @@ enum KlTargetEnergy {
     Builtin(Arc<dyn Energy>),
     /// A host callback with its user pointer.
     Callback {
-        energy: unsafe extern "C" fn(*mut c_void, i64, i64, *const f64, *mut f64, *mut f64) -> i32,
+        energy: EnergyGradFn,
         user: *mut c_void,
     },
 }
@@ -163,10 +171,7 @@ enum KlTargetEnergy {
 #[allow(non_camel_case_types)]
 pub struct eqf_train_options {
     config: TrainConfig,
-    progress: Option<(
-        unsafe extern "C" fn(*mut c_void, *const eqf_train_epoch) -> i32,
-        *mut c_void,
-    )>,
+    progress: Option<(ProgressFn, *mut c_void)>,
     kl_energy: Option<KlTargetEnergy>,
 }
 
@@ -517,7 +522,7 @@ pub unsafe extern "C" fn eqf_train_options_set_kl_energy_fn(
 /// The host's energy callback as a [`SerialEnergy`] for the trainer, which calls it only on
 /// the thread of `eqf_flow_train`.
 struct HostEnergy {
-    energy: unsafe extern "C" fn(*mut c_void, i64, i64, *const f64, *mut f64, *mut f64) -> i32,
+    energy: EnergyGradFn,
     user: *mut c_void,
     n_particles: usize,
     dim: usize,
