@@ -8,12 +8,12 @@
 //! Run: `cargo run --release --example density_ratio -- [dw4|lj13|both] [ROUNDS]`
 //! (default both, 10 rounds; batches of 2,000 DW-4 / 200 LJ-13 samples of untrained flows).
 
+use cpu_time::ThreadTime;
 use eqflow::Flow;
 use eqflow::field::{KernelConfig, KernelField};
 use eqflow::geometry::Layout;
 use eqflow::integrate::{DensityMode, Integrator, Method};
 use eqflow::prior::Prior;
-use cpu_time::ThreadTime;
 
 fn main() -> eqflow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

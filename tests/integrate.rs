@@ -351,8 +351,7 @@ fn a_step_that_is_not_a_bijection_is_reported_not_integrated() {
 }
 
 /// v = x where x₀ ≤ 1. Where x₀ > 1 the field has blown up: with `values`, v₀ and ∂v₀/∂x₀
-/// are NaN; without, only ∂v₀/∂x₁ is (an entry above the diagonal, which a partially pivoted
-/// LU of the upper-triangular step Jacobian would never touch).
+/// are NaN; without, only the off-diagonal ∂v₀/∂x₁ is, and the values stay finite.
 struct Poisoned {
     values: bool,
 }
