@@ -520,7 +520,8 @@ fn fortran_dw4_static() {
 
 /// Every example under memcheck (shared library, small iteration counts): no invalid reads or
 /// writes, no use of uninitialised values, no leaks. tests/valgrind.supp suppresses glibc's
-/// per-thread TLS blocks of threads alive at exit, which memcheck calls "possibly lost".
+/// per-thread TLS blocks of threads alive at exit and crossbeam-epoch's per-thread registration
+/// of rayon's workers, which memcheck calls "possibly lost" (the latter intermittently).
 #[test]
 fn examples_are_clean_under_valgrind() {
     if !has_program("valgrind") {
