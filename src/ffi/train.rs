@@ -569,7 +569,7 @@ impl SerialEnergy for HostEnergy {
         {
             return fail(format!(
                 "the KL energy callback returned a non-finite gradient (component {k} is {}) \
-                     with U = {u}",
+                 with U = {u}",
                 gradient[k]
             ));
         }

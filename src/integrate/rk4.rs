@@ -65,8 +65,9 @@ pub fn rk4_stage_times(n_steps: usize) -> Vec<f64> {
 }
 
 /// One RK4 step with the field evaluations supplied by `eval(y, i, v) -> div`, where `i`
-/// indexes the step's stage times (start, middle, end; see [`grid_stage_times`]): lets a caller reuse per-time work (the
-/// training tape's folded time bases) while doing exactly the arithmetic of [`step`].
+/// indexes the step's stage times (start, middle, end; see [`grid_stage_times`]): lets a
+/// caller reuse per-time work (the training tape's folded time bases) while doing exactly the
+/// arithmetic of [`step`].
 pub(crate) fn step_with<E>(x: &mut [f64], h: f64, ws: &mut Workspace, mut eval: E) -> f64
 where
     E: FnMut(&[f64], usize, &mut [f64]) -> f64,
