@@ -62,6 +62,57 @@ fn jacobian_and_divergence_match_finite_differences() {
     }
 }
 
+/// `∇ div v`, from `φ''`, against central differences of the divergence, for the exact and the
+/// tabulated field, at tabulated times and between them (the exact fallback), with one
+/// particle far out so that some pairs lie past the table (its exact fallback); and the same
+/// bits in v, the Jacobian and the divergence as `velocity_jacobian_into`.
+#[test]
+fn divergence_gradient_matches_finite_differences() {
+    let mut r = rng(21);
+    for (n, dim, kernels) in systems() {
+        let field = random_field(n, dim, kernels, 22);
+        let times = eqflow::integrate::rk4_stage_times(4);
+        let tabulated = eqflow::field::TabulatedField::new(&field, &times).unwrap();
+        let len = n * dim;
+        for far in [false, true] {
+            let mut x = random_config(&mut r, len, 2.0);
+            if far {
+                x[0] += 60.0;
+            }
+            for f in [&field as &dyn VectorField, &tabulated] {
+                for t in [times[3], 0.5 * (times[3] + times[4])] {
+                    let (mut v, mut jac, mut grad) =
+                        (vec![0.0; len], vec![0.0; len * len], vec![0.0; len]);
+                    let div = f
+                        .velocity_jacobian_divgrad_into(&x, t, &mut v, &mut jac, &mut grad)
+                        .expect("the RBF field provides ∇ div v");
+                    let (mut v2, mut jac2) = (vec![0.0; len], vec![0.0; len * len]);
+                    let div2 = f.velocity_jacobian_into(&x, t, &mut v2, &mut jac2);
+                    assert_eq!(div.to_bits(), div2.to_bits());
+                    assert_eq!(v, v2);
+                    assert_eq!(jac, jac2);
+                    let h = 1e-6;
+                    let mut y = x.clone();
+                    let mut scratch = vec![0.0; len];
+                    for b in 0..len {
+                        y[b] = x[b] + h;
+                        let up = f.velocity_into(&y, t, &mut scratch);
+                        y[b] = x[b] - h;
+                        let down = f.velocity_into(&y, t, &mut scratch);
+                        y[b] = x[b];
+                        let fd = (up - down) / (2.0 * h);
+                        assert!(
+                            (grad[b] - fd).abs() < 1e-6 * fd.abs().max(1.0),
+                            "{n}x{dim}, far {far}, t {t}, component {b}: {} vs {fd}",
+                            grad[b]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// v is the gradient of a pair potential, so ∂v/∂x is symmetric; the assembled Jacobian is so
 /// bit for bit, for the exact and the tabulated field, as both declare
 /// (`symmetric_jacobian`, on which the exact-discrete inverse applies its chord matrix as Aᵀ·r).

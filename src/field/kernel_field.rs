@@ -7,7 +7,9 @@ use rand_distr::{Distribution, Normal};
 use super::VectorField;
 use super::exp::exp_nonpositive;
 use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
-use super::pairs::{velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs};
+use super::pairs::{
+    velocity_jacobian_divgrad_pairs, velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs,
+};
 use super::params::ParamLayout;
 use super::radial::{ExactRadial, LANES, NORM_EPS, RadialFn, Scratch, TimeSlice};
 use crate::error::{Error, Result, check_finite};
@@ -270,5 +272,26 @@ impl VectorField for KernelField {
         debug_assert_eq!(jacobian.len(), x.len() * x.len());
         let slice = self.time_slice(t);
         velocity_jacobian_pairs(x, self.layout.dim, &self.exact_radial(&slice), v, jacobian)
+    }
+
+    fn velocity_jacobian_divgrad_into(
+        &self,
+        x: &[f64],
+        t: f64,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+        div_gradient: &mut [f64],
+    ) -> Option<f64> {
+        debug_assert_eq!(jacobian.len(), x.len() * x.len());
+        let slice = self.time_slice(t);
+        let radial = self.exact_radial(&slice);
+        Some(velocity_jacobian_divgrad_pairs(
+            x,
+            self.layout.dim,
+            &radial,
+            v,
+            jacobian,
+            div_gradient,
+        ))
     }
 }

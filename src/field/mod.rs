@@ -45,6 +45,25 @@ pub trait VectorField: Sync {
     fn velocity_jacobian_into(&self, x: &[f64], t: f64, v: &mut [f64], jacobian: &mut [f64])
     -> f64;
 
+    /// As [`VectorField::velocity_jacobian_into`], also writing the gradient of the
+    /// divergence, `∂(div v)/∂x_b`, into `div_gradient` (length n); the same bits in `v`, the
+    /// Jacobian and the returned divergence.
+    ///
+    /// `None`, with nothing written, if the field does not provide it (the default). The
+    /// exact-discrete inverse uses it for a first-order correction of the step log-determinant
+    /// (see `integrate::discrete`); without it, that inverse iterates to round-off instead.
+    fn velocity_jacobian_divgrad_into(
+        &self,
+        x: &[f64],
+        t: f64,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+        div_gradient: &mut [f64],
+    ) -> Option<f64> {
+        let _ = (x, t, v, jacobian, div_gradient);
+        None
+    }
+
     /// True if the Jacobian written by [`VectorField::velocity_jacobian_into`] is symmetric
     /// bit for bit (v is a gradient field, assembled symmetrically). The exact-discrete inverse
     /// then applies its chord matrix by the faster transposed product. Default: false.

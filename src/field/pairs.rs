@@ -163,22 +163,33 @@ fn velocity_only_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     }
 }
 
-/// Writes `v` and the dense row-major Jacobian `∂v/∂x`, and returns `div v`.
+/// Writes `v` and the dense row-major Jacobian `∂v/∂x`, and returns `div v`; with `GRAD`,
+/// also `∇(div v)` into `div_gradient` (untouched otherwise). `v`, the Jacobian and the
+/// divergence have the same bits either way.
 ///
 /// Every off-diagonal block belongs to exactly one pair and is written once (no zeroing of the
 /// n × n matrix first); only the diagonal blocks accumulate.
+///
+/// The gradient: a pair contributes `T(d) = 2·(D·φ + φ'·|r|²/d)` to the divergence, with
+/// `|r|² = d² − ε_d`, so `T'(d)/d = 2·((D + 1)·q + φ'' + (ε_d/d²)·(q − φ''))` with `q = φ'/d`,
+/// and `±(T'/d)·r` to the gradient at its two particles.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
+fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize, const GRAD: bool>(
     x: &[f64],
     radial: &R,
     v: &mut [f64],
     jac: &mut [f64],
+    div_gradient: &mut [f64],
 ) -> f64 {
     let len = x.len();
     let n = len / D;
     v.fill(0.0);
     let (x_p, _) = x.as_chunks::<D>();
     let (v_p, _) = v.as_chunks_mut::<D>();
+    let (grad_p, _) = div_gradient.as_chunks_mut::<D>();
+    if GRAD {
+        grad_p[..n].fill([0.0; D]);
+    }
     // The Jacobian as n·D rows of n blocks of D: entry (row, j·D + s) is jac_p[row·n + j][s].
     let (jac_p, _) = jac[..len * len].as_chunks_mut::<D>();
     for i in 0..n {
@@ -191,19 +202,36 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     let mut b = PairBlock::<B, D>::new();
     let mut cursor = (0, 1);
     let dim_f = D as f64;
-    // φ'/d per pair, then the divergence term in `dphi`'s place.
+    // φ'/d per pair, then the divergence term in `dphi`'s place; with GRAD, φ'' and then T'/d.
     let mut q = [0.0; B];
+    let mut g = [0.0; B];
     while b.fill(x_p, &mut cursor) {
         let m = b.len;
-        radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
-        for ((((q, dphi), phi), r2), d) in q[..m]
+        if GRAD {
+            radial.eval2_block(
+                &b.d[..m],
+                &mut b.phi[..m],
+                &mut b.dphi[..m],
+                &mut g[..m],
+                &mut scratch,
+            );
+        } else {
+            radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
+        }
+        for (((((q, g), dphi), phi), r2), d) in q[..m]
             .iter_mut()
+            .zip(&mut g[..m])
             .zip(&mut b.dphi[..m])
             .zip(&b.phi[..m])
             .zip(&b.r2[..m])
             .zip(&b.d[..m])
         {
             *q = *dphi / d;
+            if GRAD {
+                // `g` holds φ''.
+                let e = EPS_D / (r2 + EPS_D);
+                *g = 2.0 * ((dim_f + 1.0) * *q + *g + e * (*q - *g));
+            }
             *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
         }
         for p in 0..m {
@@ -226,26 +254,33 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize>(
                     jac_p[row_j + i][s] = -b;
                 }
             }
+            if GRAD {
+                for (k, r) in r.iter().enumerate() {
+                    let term = g[p] * r;
+                    grad_p[i][k] += term;
+                    grad_p[j][k] -= term;
+                }
+            }
             div += b.dphi[p];
         }
     }
     div
 }
 
-/// Calls `$f::<R, B, D>(x, ...)` with the block size for the system's pair count and the
-/// dimension as a constant.
+/// Calls `$f::<R, B, D>(x, ...)` (or `$f::<R, B, D, $flag>`) with the block size for the
+/// system's pair count and the dimension as a constant.
 macro_rules! dispatch {
-    ($f:ident, $x:expr, $dim:expr, $($arg:expr),*) => {{
+    ($f:ident $(, $flag:literal)?; $x:expr, $dim:expr, $($arg:expr),*) => {{
         let (x, dim) = ($x, $dim);
         let n = x.len() / dim;
         let few = n * n.saturating_sub(1) / 2 <= SMALL_BLOCK;
         match (few, dim) {
-            (true, 1) => $f::<R, SMALL_BLOCK, 1>(x, $($arg),*),
-            (true, 2) => $f::<R, SMALL_BLOCK, 2>(x, $($arg),*),
-            (true, 3) => $f::<R, SMALL_BLOCK, 3>(x, $($arg),*),
-            (false, 1) => $f::<R, BLOCK, 1>(x, $($arg),*),
-            (false, 2) => $f::<R, BLOCK, 2>(x, $($arg),*),
-            (false, 3) => $f::<R, BLOCK, 3>(x, $($arg),*),
+            (true, 1) => $f::<R, SMALL_BLOCK, 1 $(, $flag)?>(x, $($arg),*),
+            (true, 2) => $f::<R, SMALL_BLOCK, 2 $(, $flag)?>(x, $($arg),*),
+            (true, 3) => $f::<R, SMALL_BLOCK, 3 $(, $flag)?>(x, $($arg),*),
+            (false, 1) => $f::<R, BLOCK, 1 $(, $flag)?>(x, $($arg),*),
+            (false, 2) => $f::<R, BLOCK, 2 $(, $flag)?>(x, $($arg),*),
+            (false, 3) => $f::<R, BLOCK, 3 $(, $flag)?>(x, $($arg),*),
             _ => unreachable!("Layout admits 1 ≤ dim ≤ {MAX_DIM}, not {dim}"),
         }
     }};
@@ -253,12 +288,12 @@ macro_rules! dispatch {
 
 /// Writes `v` and returns `div v`.
 pub(crate) fn velocity_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) -> f64 {
-    dispatch!(velocity_pairs_in, x, dim, radial, v)
+    dispatch!(velocity_pairs_in; x, dim, radial, v)
 }
 
 /// Writes `v` only (see [`velocity_only_pairs_in`]).
 pub(crate) fn velocity_only_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) {
-    dispatch!(velocity_only_pairs_in, x, dim, radial, v)
+    dispatch!(velocity_only_pairs_in; x, dim, radial, v)
 }
 
 /// Writes `v` and the dense Jacobian and returns `div v` (see [`velocity_jacobian_pairs_in`]).
@@ -269,5 +304,17 @@ pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
     v: &mut [f64],
     jac: &mut [f64],
 ) -> f64 {
-    dispatch!(velocity_jacobian_pairs_in, x, dim, radial, v, jac)
+    dispatch!(velocity_jacobian_pairs_in, false; x, dim, radial, v, jac, &mut [])
+}
+
+/// As [`velocity_jacobian_pairs`], also writing `∇(div v)` (see [`velocity_jacobian_pairs_in`]).
+pub(crate) fn velocity_jacobian_divgrad_pairs<R: RadialFn>(
+    x: &[f64],
+    dim: usize,
+    radial: &R,
+    v: &mut [f64],
+    jac: &mut [f64],
+    div_gradient: &mut [f64],
+) -> f64 {
+    dispatch!(velocity_jacobian_pairs_in, true; x, dim, radial, v, jac, div_gradient)
 }

@@ -59,6 +59,25 @@ pub(crate) trait RadialFn {
         }
     }
 
+    /// `(φ(d), ∂φ/∂d, ∂²φ/∂d²)`, the first two the same bits as `eval`: for the gradient of
+    /// the divergence (see [`crate::field::VectorField::velocity_jacobian_divgrad_into`]).
+    fn eval2(&self, d: f64, scratch: &mut Self::Scratch) -> (f64, f64, f64);
+
+    /// `eval2` for every distance of a block (same bits per element).
+    #[inline(always)]
+    fn eval2_block(
+        &self,
+        d: &[f64],
+        phi: &mut [f64],
+        dphi: &mut [f64],
+        d2phi: &mut [f64],
+        scratch: &mut Self::Scratch,
+    ) {
+        for (((d, phi), dphi), d2phi) in d.iter().zip(phi).zip(dphi).zip(d2phi) {
+            (*phi, *dphi, *d2phi) = self.eval2(*d, scratch);
+        }
+    }
+
     /// `φ` alone for every distance of a block, the same bits as `eval(d).0`; implementations
     /// override it when skipping the derivative saves work.
     #[inline(always)]
@@ -86,6 +105,11 @@ impl RadialFn for ExactRadial<'_> {
     #[inline(always)]
     fn eval(&self, d: f64, scratch: &mut Scratch) -> (f64, f64) {
         radial(d, self.mu, self.a, self.slice, scratch)
+    }
+
+    fn eval2(&self, d: f64, scratch: &mut Scratch) -> (f64, f64, f64) {
+        let (phi, dphi) = radial(d, self.mu, self.a, self.slice, scratch);
+        (phi, dphi, curvature(self.a, self.slice, scratch))
     }
 }
 
@@ -150,6 +174,34 @@ pub(crate) fn radial(
     let phi = sw * inv + slice.c;
     let dphi = -2.0 * (seaw - sw * sea * inv) * inv;
     (phi, dphi)
+}
+
+/// `∂²φ/∂d²` at the distance whose kernel terms [`radial`] just left in `scratch`.
+///
+/// With `S = ε + Σ g_k`, `W = Σ g_k·w_k`, `g_k' = −2·e_k·g_k` and
+/// `g_k'' = (4·e_k² − 2·a_k)·g_k` (`e_k = (d − μ_k)·a_k`), `φ = W/S + c` gives
+/// `φ'' = W''/S − 2·W'·S'/S² − W·S''/S² + 2·W·S'²/S³`. Off the hot paths (distances past a
+/// table, untabulated fields), so plain sums.
+fn curvature(a: &[f64], slice: &TimeSlice, scratch: &Scratch) -> f64 {
+    let kp = a.len();
+    let (mut s, mut s1, mut s2, mut w0, mut w1, mut w2) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (((g, ea), a), w) in scratch.g[..kp]
+        .iter()
+        .zip(&scratch.ea[..kp])
+        .zip(a)
+        .zip(&slice.w[..kp])
+    {
+        let g1 = -2.0 * ea * g;
+        let g2 = (4.0 * ea * ea - 2.0 * a) * g;
+        s += g;
+        s1 += g1;
+        s2 += g2;
+        w0 += g * w;
+        w1 += g1 * w;
+        w2 += g2 * w;
+    }
+    let inv = 1.0 / (NORM_EPS + s);
+    w2 * inv - (2.0 * w1 * s1 + w0 * s2) * inv * inv + 2.0 * w0 * s1 * s1 * inv * inv * inv
 }
 
 /// Pairwise sum in a fixed order: the same bits whatever the SIMD width.

@@ -13,7 +13,9 @@
 
 use super::VectorField;
 use super::kernel_field::KernelField;
-use super::pairs::{velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs};
+use super::pairs::{
+    velocity_jacobian_divgrad_pairs, velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs,
+};
 use super::radial::{ExactRadial, RadialFn, Scratch, TimeSlice};
 
 /// Node spacing as a fraction of the smallest distance bandwidth: the Hermite error scales as
@@ -42,6 +44,14 @@ impl Cubic {
     fn slope(&self, u: f64) -> f64 {
         let [_, c1, c2, c3] = self.0;
         c1 + u * (2.0 * c2 + u * (3.0 * c3))
+    }
+
+    /// `∂²φ/∂u²` at `u` (times `1/h²` is `∂²φ/∂d²`; the interpolant is C¹, so this jumps at
+    /// nodes, where either side's value is an exact derivative of the field integrated).
+    #[inline(always)]
+    fn curvature(&self, u: f64) -> f64 {
+        let [_, _, c2, c3] = self.0;
+        2.0 * c2 + u * (6.0 * c3)
     }
 }
 
@@ -112,6 +122,50 @@ impl RadialFn for TableRadial<'_> {
                 phi[p] = v;
                 dphi[p] = dv;
             });
+        }
+    }
+
+    fn eval2(&self, d: f64, _: &mut ()) -> (f64, f64, f64) {
+        let mut past = false;
+        let (j, u) = self.table.interval(d, &mut past);
+        if past {
+            return self.exact.eval2(d, &mut Scratch::new());
+        }
+        let (cubic, inv_h) = (self.table.coef[j], self.table.inv_h);
+        (
+            cubic.value(u),
+            cubic.slope(u) * inv_h,
+            cubic.curvature(u) * (inv_h * inv_h),
+        )
+    }
+
+    #[inline(always)]
+    fn eval2_block(
+        &self,
+        d: &[f64],
+        phi: &mut [f64],
+        dphi: &mut [f64],
+        d2phi: &mut [f64],
+        _: &mut (),
+    ) {
+        // As `eval_block`, with the same bits as `eval2`.
+        let (coef, inv_h) = (&self.table.coef[..self.table.n_intervals], self.table.inv_h);
+        let mut past = false;
+        for (((d, phi), dphi), d2phi) in d.iter().zip(&mut *phi).zip(&mut *dphi).zip(&mut *d2phi) {
+            let (j, u) = self.table.interval(*d, &mut past);
+            *phi = coef[j].value(u);
+            *dphi = coef[j].slope(u) * inv_h;
+            *d2phi = coef[j].curvature(u) * (inv_h * inv_h);
+        }
+        if past {
+            let mut scratch = Scratch::new();
+            for (p, &d) in d.iter().enumerate() {
+                let mut past = false;
+                self.table.interval(d, &mut past);
+                if past {
+                    (phi[p], dphi[p], d2phi[p]) = self.exact.eval2(d, &mut scratch);
+                }
+            }
         }
     }
 
@@ -273,6 +327,29 @@ impl VectorField for TabulatedField {
             None => self.field.velocity_jacobian_into(x, t, v, jacobian),
         }
     }
+
+    fn velocity_jacobian_divgrad_into(
+        &self,
+        x: &[f64],
+        t: f64,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+        div_gradient: &mut [f64],
+    ) -> Option<f64> {
+        match self.table_radial(t) {
+            Some(radial) => Some(velocity_jacobian_divgrad_pairs(
+                x,
+                self.field.layout().dim,
+                &radial,
+                v,
+                jacobian,
+                div_gradient,
+            )),
+            None => self
+                .field
+                .velocity_jacobian_divgrad_into(x, t, v, jacobian, div_gradient),
+        }
+    }
 }
 
 /// Node spacing and interval count for the current bandwidths.
@@ -347,17 +424,68 @@ mod tests {
         let (mut phi, mut dphi, mut value) = (vec![0.0; 40], vec![0.0; 40], vec![0.0; 40]);
         radial.eval_block(&d, &mut phi, &mut dphi, &mut ());
         radial.value_block(&d, &mut value, &mut ());
+        let (mut phi2, mut dphi2, mut d2phi2) = (vec![0.0; 40], vec![0.0; 40], vec![0.0; 40]);
+        radial.eval2_block(&d, &mut phi2, &mut dphi2, &mut d2phi2, &mut ());
+        let exact = field.exact_radial(&radial.table.slice);
         for (k, &d) in d.iter().enumerate() {
             let (p, dp) = radial.eval(d, &mut ());
             assert_eq!(phi[k].to_bits(), p.to_bits(), "φ at d = {d}");
             assert_eq!(dphi[k].to_bits(), dp.to_bits(), "φ' at d = {d}");
             assert_eq!(value[k].to_bits(), p.to_bits(), "value at d = {d}");
+            let (p2, dp2, ddp2) = radial.eval2(d, &mut ());
+            assert_eq!((p2.to_bits(), dp2.to_bits()), (p.to_bits(), dp.to_bits()));
+            assert_eq!(phi2[k].to_bits(), p.to_bits(), "eval2_block φ at d = {d}");
+            assert_eq!(
+                dphi2[k].to_bits(),
+                dp.to_bits(),
+                "eval2_block φ' at d = {d}"
+            );
+            assert_eq!(d2phi2[k].to_bits(), ddp2.to_bits(), "φ'' at d = {d}");
+            if d > d_max {
+                assert_eq!(ddp2, exact.eval2(d, &mut Scratch::new()).2);
+            }
             if d > d_max {
                 let exact = field.radial(d, 0.25);
                 assert_eq!(
                     (p, dp),
                     exact,
                     "past the table the function is the exact one"
+                );
+            }
+        }
+    }
+
+    /// `φ''` of the table (inside an interval: the interpolant is C¹, its curvature jumps at
+    /// nodes) and of the exact function (past the table) against central differences of `φ'`.
+    #[test]
+    fn curvature_matches_finite_differences_of_the_slope() {
+        let layout = Layout::new(4, 2).unwrap();
+        for kernels in [KernelConfig::double_well(), KernelConfig::lennard_jones()] {
+            let field = KernelField::initialise(layout, kernels, 7).unwrap();
+            let tab = TabulatedField::new(&field, &[0.3]).unwrap();
+            let radial = tab.table_radial(0.3).unwrap();
+            let node = 1.0 / radial.table.inv_h;
+            let d_max = radial.table.n_intervals as f64 * node;
+            let exact = field.exact_radial(&radial.table.slice);
+            // Mid-interval points inside the table, then points past it.
+            let inside = (1..12).map(|i| (0.37 + 97.0 * i as f64).floor() * node + 0.5 * node);
+            let past = (1..6).map(|i| d_max * (1.0 + 0.2 * i as f64));
+            for d in inside.chain(past) {
+                let h = 1e-3 * node;
+                let slope = |d: f64| radial.eval(d, &mut ()).1;
+                let fd = (slope(d + h) - slope(d - h)) / (2.0 * h);
+                let (_, _, curvature) = radial.eval2(d, &mut ());
+                assert!(
+                    (curvature - fd).abs() < 1e-6 * fd.abs().max(1.0),
+                    "d = {d} (table ends at {d_max}): {curvature} vs {fd}"
+                );
+                let fd_exact = (exact.eval(d + h, &mut Scratch::new()).1
+                    - exact.eval(d - h, &mut Scratch::new()).1)
+                    / (2.0 * h);
+                let (_, _, exact_curvature) = exact.eval2(d, &mut Scratch::new());
+                assert!(
+                    (exact_curvature - fd_exact).abs() < 1e-6 * fd_exact.abs().max(1.0),
+                    "exact, d = {d}: {exact_curvature} vs {fd_exact}"
                 );
             }
         }
