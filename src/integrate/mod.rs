@@ -38,6 +38,9 @@ pub struct Stats {
     /// Full step Jacobians evaluated while inverting (exact-discrete inverse; one per step
     /// when the chord iteration converges).
     pub n_newton: u64,
+    /// Inverse steps whose log-determinant was taken one Newton step from the solution and
+    /// corrected to first order (exact-discrete inverse; see `integrate::discrete`).
+    pub n_corrected: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -47,6 +50,7 @@ impl std::ops::AddAssign for Stats {
         self.n_steps += o.n_steps;
         self.n_rejected += o.n_rejected;
         self.n_newton += o.n_newton;
+        self.n_corrected += o.n_corrected;
     }
 }
 

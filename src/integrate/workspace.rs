@@ -22,6 +22,11 @@ pub struct Workspace {
     /// n × n: `h·∂v/∂x` extrapolated to the middle of the next inverse step (its chord matrix).
     pub(crate) chord: Vec<f64>,
     pub(crate) pivots: Vec<usize>,
+    /// The exact-discrete inverse's first-order log-determinant correction: `∇ div v` at a
+    /// stage, the gradient of the step's divergence quadrature, the predictor's point.
+    pub(crate) div_gradient: Vec<f64>,
+    pub(crate) quadrature_gradient: Vec<f64>,
+    pub(crate) predicted: Vec<f64>,
 }
 
 impl Workspace {
@@ -45,6 +50,9 @@ impl Workspace {
             step_jac: m(),
             chord: m(),
             pivots: vec![0; n],
+            div_gradient: v(),
+            quadrature_gradient: v(),
+            predicted: v(),
         }
     }
 
