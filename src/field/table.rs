@@ -118,9 +118,8 @@ impl RadialFn for TableRadial<'_> {
             *dphi = coef[j].slope(u) * inv_h;
         }
         if past {
-            self.redo_past_table(d, |p, (v, dv)| {
-                phi[p] = v;
-                dphi[p] = dv;
+            self.redo_past_table(d, |p, d, scratch| {
+                (phi[p], dphi[p]) = self.exact.eval(d, scratch);
             });
         }
     }
@@ -158,14 +157,9 @@ impl RadialFn for TableRadial<'_> {
             *d2phi = coef[j].curvature(u) * (inv_h * inv_h);
         }
         if past {
-            let mut scratch = Scratch::new();
-            for (p, &d) in d.iter().enumerate() {
-                let mut past = false;
-                self.table.interval(d, &mut past);
-                if past {
-                    (phi[p], dphi[p], d2phi[p]) = self.exact.eval2(d, &mut scratch);
-                }
-            }
+            self.redo_past_table(d, |p, d, scratch| {
+                (phi[p], dphi[p], d2phi[p]) = self.exact.eval2(d, scratch);
+            });
         }
     }
 
@@ -178,21 +172,22 @@ impl RadialFn for TableRadial<'_> {
             *phi = coef[j].value(u);
         }
         if past {
-            self.redo_past_table(d, |p, (v, _)| phi[p] = v);
+            self.redo_past_table(d, |p, d, scratch| phi[p] = self.exact.eval(d, scratch).0);
         }
     }
 }
 
 impl TableRadial<'_> {
-    /// Calls `set(p, exact (φ, φ'))` for the distances of a block that lie past the table.
+    /// Calls `redo(p, d, scratch)` for the distances `d` of a block that lie past the table
+    /// (where the exact function stands in for it), `p` their index in the block.
     #[cold]
-    fn redo_past_table(&self, d: &[f64], mut set: impl FnMut(usize, (f64, f64))) {
+    fn redo_past_table(&self, d: &[f64], mut redo: impl FnMut(usize, f64, &mut Scratch)) {
         let mut scratch = Scratch::new();
         for (p, &d) in d.iter().enumerate() {
             let mut past = false;
             self.table.interval(d, &mut past);
             if past {
-                set(p, self.exact.eval(d, &mut scratch));
+                redo(p, d, &mut scratch);
             }
         }
     }
