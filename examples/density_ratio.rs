@@ -5,8 +5,9 @@
 //! takes the vCPU, which a longer call (density) meets more often. Pin the process
 //! (`taskset -c 1`) for A/B runs.
 //!
-//! Run: `cargo run --release --example density_ratio -- [dw4|lj13|both] [ROUNDS]`
-//! (default both, 10 rounds; batches of 2,000 DW-4 / 200 LJ-13 samples of untrained flows).
+//! Run: `cargo run --release --example density_ratio -- [dw4|lj13|both|MODEL.json] [ROUNDS]`
+//! (default both, 10 rounds; batches of 2,000 DW-4 / 200 LJ-13 samples of untrained flows, or
+//! of a saved model such as `models/dw4.json`: 2,000 samples for up to 4 particles, else 200).
 
 use cpu_time::ThreadTime;
 use eqflow::Flow;
@@ -24,6 +25,12 @@ fn main() -> eqflow::Result<()> {
         .build()
         .expect("a one-thread pool");
     pool.install(|| {
+        let mut flows = Vec::new();
+        if which.ends_with(".json") {
+            let (flow, _) = eqflow::io::model::load(std::path::Path::new(which))?;
+            let batch = if flow.n_particles() <= 4 { 2000 } else { 200 };
+            flows.push((which.to_string(), flow, batch));
+        }
         for (name, n, dim, kernels, batch) in [
             ("dw4", 4, 2, KernelConfig::double_well(), 2000),
             ("lj13", 13, 3, KernelConfig::lennard_jones(), 200),
@@ -35,6 +42,10 @@ fn main() -> eqflow::Result<()> {
             let field = KernelField::initialise(layout, kernels, 0)?;
             let integrator = Integrator::new(Method::Rk4 { n_steps: 20 }, DensityMode::ExactDiscrete)?;
             let flow = Flow::from_parts(Prior::new(layout, 1.0)?, field, integrator)?;
+            flows.push((name.to_string(), flow, batch));
+        }
+        for (name, flow, batch) in flows {
+            let layout = flow.layout();
             let mut x = vec![0.0; batch * layout.len()];
             let (mut sampled, mut evaluated) = (vec![0.0; batch], vec![0.0; batch]);
             let sample_stats = flow.sample_full_into(1, None, &mut x, &mut sampled)?;
