@@ -45,7 +45,8 @@ const MAX_RATE_FOR_EXTRAPOLATED_CHORD: f64 = 1e-4;
 /// `(∇ log det − ∇L)·Δ`, at most `ρ·‖∇L‖₁·‖Δ‖∞` with ρ the relative error of the quadrature
 /// gradient, O(h⁴): measured at most 5e−7 on DW-4 and 2e−4 on LJ-13, whose time kernels are
 /// narrow (`quadrature_gradient_approximates_the_log_determinant_gradient`), so at most
-/// 2e−16 and 6e−14 nats per step. Measured (`examples/density_ratio`): a sampled and a
+/// 2e−16 and 6e−14 nats per step; on the shipped trained models, more nonlinear, up to
+/// 1.6e−2 and 2.7e−3, so at most 5e−12 and 8e−13. Measured (`examples/density_ratio`): a sampled and a
 /// re-evaluated log q agree to 1.2e−14 (DW-4) and 2.1e−14 (LJ-13), against 1.3e−12 and
 /// 8e−13 when every step iterated to round-off without it. DW-4, whose predictor alone has to
 /// meet the bound, misses it on 2.6% of its steps with a bound of 1e−10 (each a full step
