@@ -46,9 +46,9 @@ const MAX_RATE_FOR_EXTRAPOLATED_CHORD: f64 = 1e-4;
 /// gradient, O(h⁴): measured at most 5e−7 on DW-4 and 2e−4 on LJ-13, whose time kernels are
 /// narrow (`quadrature_gradient_approximates_the_log_determinant_gradient`), so at most
 /// 2e−16 and 6e−14 nats per step; on the shipped trained models, more nonlinear, up to
-/// 1.6e−2 and 2.7e−3, so at most 5e−12 and 8e−13. Measured (`examples/density_ratio`): a sampled and a
-/// re-evaluated log q agree to 1.2e−14 (DW-4) and 2.1e−14 (LJ-13), against 1.3e−12 and
-/// 8e−13 when every step iterated to round-off without it. DW-4, whose predictor alone has to
+/// 1.6e−2 and 2.7e−3, so at most 5e−12 and 8e−13. Measured (`examples/density_ratio`): a
+/// sampled and a re-evaluated log q agree to 1.2e−14 (DW-4) and 2.1e−14 (LJ-13), against
+/// 1.3e−12 and 8e−13 when every step iterated to round-off without it. DW-4, whose predictor alone has to
 /// meet the bound, misses it on 2.6% of its steps with a bound of 1e−10 (each a full step
 /// more), 0.45% with this one and none with 1e−9.
 const MAX_CORRECTION: f64 = 3e-10;
@@ -104,14 +104,17 @@ fn step_and_jacobian<F: VectorField + ?Sized>(
 
     // ∇L = h/6·Σ_s w_s·(∂y_s/∂y)ᵀ·∇ div v(y_s), with ∂y_s/∂y = I + shift_s·dk_{s−1}: the
     // stage derivatives the step Jacobian is built from anyway.
-    let mut with_gradient = quadrature_gradient
-        && field
-            .velocity_jacobian_divgrad_into(y, times[0], k1, dk_prev, div_gradient)
-            .is_some();
+    let mut with_gradient = stage_jacobian(
+        field,
+        y,
+        times[0],
+        k1,
+        dk_prev,
+        div_gradient,
+        quadrature_gradient,
+    );
     if with_gradient {
         gradient.copy_from_slice(div_gradient);
-    } else {
-        field.velocity_jacobian_into(y, times[0], k1, dk_prev);
     }
     // step_jac accumulates dk₁ + 2dk₂ + 2dk₃ + dk₄.
     step_jac.copy_from_slice(dk_prev);
@@ -129,10 +132,7 @@ fn step_and_jacobian<F: VectorField + ?Sized>(
         .zip(&CHORD_EXTRAPOLATION[1..])
     {
         axpy_into(stage, y, shift, k_prev);
-        with_gradient = with_gradient
-            && field
-                .velocity_jacobian_divgrad_into(stage, time, k_cur, jac, div_gradient)
-                .is_some();
+        with_gradient = stage_jacobian(field, stage, time, k_cur, jac, div_gradient, with_gradient);
         if with_gradient {
             matvec_transposed(n, dk_prev, div_gradient, product);
             for ((g, d), p) in gradient
@@ -142,8 +142,6 @@ fn step_and_jacobian<F: VectorField + ?Sized>(
             {
                 *g += weight * (d + shift * p);
             }
-        } else {
-            field.velocity_jacobian_into(stage, time, k_cur, jac);
         }
         if extrapolate_chord {
             axpy(h * chord_weight, jac, chord);
@@ -173,6 +171,27 @@ fn step_and_jacobian<F: VectorField + ?Sized>(
         )));
     }
     Ok(with_gradient)
+}
+
+/// One stage's `v` and Jacobian, and `∇ div v` too if `with_gradient` and the field provides
+/// it; returns whether it did.
+fn stage_jacobian<F: VectorField + ?Sized>(
+    field: &F,
+    y: &[f64],
+    t: f64,
+    v: &mut [f64],
+    jacobian: &mut [f64],
+    div_gradient: &mut [f64],
+    with_gradient: bool,
+) -> bool {
+    let computed = with_gradient
+        && field
+            .velocity_jacobian_divgrad_into(y, t, v, jacobian, div_gradient)
+            .is_some();
+    if !computed {
+        field.velocity_jacobian_into(y, t, v, jacobian);
+    }
+    computed
 }
 
 /// LU-factors `ws.step_jac` (finite: see [`step_and_jacobian`]) in place and returns its
@@ -427,22 +446,19 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
         let correct = has_gradient
             && step <= MAX_CORRECTED_STEP * scale
             && gradient_norm * step <= MAX_CORRECTION;
-        if correct {
-            for i in 0..n {
-                x[i] -= residual[i];
-            }
-            stats.n_corrected += 1;
-            carry.sensitivity = gradient_norm;
-            result = Ok((log_det - c, stats));
-            break;
-        }
-        if converged {
+        if converged && !correct {
             // At round-off but too steep a log-determinant to correct: taken where it is.
             result = Ok((log_det, stats));
             break;
         }
         for i in 0..n {
             x[i] -= residual[i];
+        }
+        if correct {
+            stats.n_corrected += 1;
+            carry.sensitivity = gradient_norm;
+            result = Ok((log_det - c, stats));
+            break;
         }
         result = Err(Error::NotConverged {
             what: format!(
