@@ -12,25 +12,37 @@ use rayon::prelude::*;
 use crate::error::{Error, Result, check_finite};
 use std::sync::{Arc, OnceLock};
 
-use crate::field::{KernelConfig, KernelField, TabulatedField, VectorField};
+use crate::field::{Field, KernelConfig, KernelField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::{Integrator, Method, Stats, Workspace, rk4_stage_times};
 use crate::prior::Prior;
 
-/// An equivariant kernel flow for N particles in D dimensions. Immutable and `Sync`: share it
-/// across threads freely.
+/// An equivariant flow for N particles in D dimensions, with a field of any registered family
+/// ([`Field`]). Immutable and `Sync`: share it across threads freely.
 ///
-/// With a fixed-grid method the field is evaluated through per-time tables of the radial
-/// function ([`TabulatedField`]), built on first use after the flow is assembled or its
+/// With a fixed-grid method the field may be evaluated through a faster form at the grid's
+/// stage times ([`crate::field::FieldFamily::grid_dynamics`]: for the kernel field, per-time
+/// tables of the radial function), built on first use after the flow is assembled or its
 /// parameters change (so a training loop that sets parameters every step never pays for
-/// them); densities are exact for the tabulated field, which is what the flow integrates.
-#[derive(Debug, Clone)]
+/// them); densities are exact for that form, which is what the flow integrates.
+#[derive(Clone)]
 pub struct Flow {
     prior: Prior,
-    field: KernelField,
+    field: Field,
     integrator: Integrator,
     tabulate: bool,
-    tabulated: OnceLock<Option<Arc<TabulatedField>>>,
+    tabulated: OnceLock<Option<Arc<dyn VectorField + Send>>>,
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flow")
+            .field("prior", &self.prior)
+            .field("field", &self.field)
+            .field("integrator", &self.integrator)
+            .field("tabulate", &self.tabulate)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartialEq for Flow {
@@ -61,7 +73,12 @@ impl Flow {
     }
 
     /// Assembles a flow, checking that prior and field describe the same particles.
-    pub fn from_parts(prior: Prior, field: KernelField, integrator: Integrator) -> Result<Flow> {
+    pub fn from_parts(
+        prior: Prior,
+        field: impl Into<Field>,
+        integrator: Integrator,
+    ) -> Result<Flow> {
+        let field = field.into();
         if prior.layout() != field.layout() {
             return Err(Error::invalid(format!(
                 "prior is for {:?} but the field for {:?}",
@@ -83,24 +100,25 @@ impl Flow {
         self.tabulated = OnceLock::new();
     }
 
-    /// The radial tables for the current field and integrator, built on first use.
-    fn tables(&self) -> Option<&TabulatedField> {
+    /// The field's grid form for the current field and integrator, built on first use.
+    fn tables(&self) -> Option<&dyn VectorField> {
         self.tabulated
             .get_or_init(|| match self.integrator.method() {
                 Method::Rk4 { n_steps } if self.tabulate => {
-                    TabulatedField::new(&self.field, &rk4_stage_times(n_steps)).map(Arc::new)
+                    self.field.grid_dynamics(&rk4_stage_times(n_steps))
                 }
                 _ => None,
             })
             .as_deref()
+            .map(|t| t as &dyn VectorField)
     }
 
-    /// The field the integrator actually runs: tabulated where tables exist. Batch methods call
-    /// it once before going parallel, so tables are built by the calling thread.
+    /// The field the integrator actually runs: the grid form where there is one. Batch methods
+    /// call it once before going parallel, so the grid form is built by the calling thread.
     fn dynamics(&self) -> &dyn VectorField {
         match self.tables() {
             Some(t) => t,
-            None => &self.field,
+            None => self.field.as_vector_field(),
         }
     }
 
@@ -125,7 +143,7 @@ impl Flow {
     }
 
     #[must_use]
-    pub fn field(&self) -> &KernelField {
+    pub fn field(&self) -> &Field {
         &self.field
     }
 
@@ -159,15 +177,6 @@ impl Flow {
         self.field.set_params(params)?;
         self.retabulate();
         Ok(())
-    }
-
-    /// `(φ(d, t), ∂φ/∂d)` of the field as integrated (tabulated at grid times).
-    #[must_use]
-    pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
-        match self.tables() {
-            Some(table) => table.radial(d, t),
-            None => self.field.radial(d, t),
-        }
     }
 
     /// A workspace sized for this flow (one per thread when calling the single-sample methods).

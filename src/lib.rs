@@ -19,7 +19,10 @@
 //! **Prior** ([`prior`]): an isotropic Gaussian on the centre-of-mass-free subspace U of
 //! dimension (N−1)·D, `log ρ(z) = −|z|²/(2σ²) − ((N−1)D/2)·log(2πσ²)`.
 //!
-//! **Field** ([`field`]): with `r_ij = x_i − x_j` and `d_ij = sqrt(|r_ij|² + ε_d)`, ε_d = 1e−6,
+//! **Field** ([`field`]): any registered field family ([`field::Field`]); each is equivariant,
+//! conserves the centre of mass, and gives its exact divergence, Jacobian, reverse pass and a
+//! global Lipschitz bound. The paper's kernel family ([`field::kernel`]):
+//! with `r_ij = x_i − x_j` and `d_ij = sqrt(|r_ij|² + ε_d)`, ε_d = 1e−6,
 //! `v_i(x, t) = Σ_{j≠i} φ(d_ij, t)·r_ij`, `φ(d, t) = Σ_r τ_r(t)·[Σ_k (ρ_k(d) + s_k²)·W_kr + b_r]`,
 //! where `ρ_k` and `τ_r` are normalised Gaussian RBFs in distance and time. The field is
 //! equivariant under permutations, rotations, reflections and translations, and conserves the
@@ -39,6 +42,15 @@
 //! **Monte Carlo move** ([`mc_move`]): independence Metropolis–Hastings with the flow as
 //! proposal, `x' = F(z) + c(x)` accepted with probability `min(1, exp(log w(x') − log w(x)))`,
 //! `log w = −U/kT − log q` ([`boltzmann`]).
+//!
+//! # Layers
+//!
+//! Data flows one way (DESIGN.md §3): [`energy`] and [`field`] know nothing of flows; the
+//! integrators ([`integrate`]) see a field only as a [`field::VectorField`], never the prior;
+//! [`flow`] composes prior, field and integrator; [`train`] (through [`field::TrainableField`])
+//! and [`mc_move`] use the flow; [`boltzmann`] holds the Boltzmann rules they share;
+//! [`io`], [`ffi`] and the CLI only adapt. A new field family is a folder under `src/field/`
+//! plus its registration in `src/field/registry.rs`.
 //!
 //! # Determinism and threads
 //!

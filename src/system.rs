@@ -5,7 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::energy::{DoubleWell, Energy, LennardJones};
 use crate::error::{Error, Result};
-use crate::field::KernelConfig;
+use crate::field::{KernelConfig, KernelField};
+use crate::flow::Flow;
+use crate::geometry::Layout;
+use crate::integrate::Integrator;
+use crate::prior::Prior;
 
 /// A potential energy by its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +130,20 @@ impl System {
             EnergySpec::DoubleWell { .. } => KernelConfig::double_well(),
             EnergySpec::LennardJones { .. } => KernelConfig::lennard_jones(),
         }
+    }
+
+    /// An untrained flow for this system: the paper's kernel field with this system's kernel
+    /// preset and its initialisation from `seed`, a unit prior, and the default integrator
+    /// (what `eqflow train` starts from).
+    ///
+    /// # Errors
+    ///
+    /// An invalid system shape.
+    pub fn untrained_flow(&self, seed: u64) -> Result<Flow> {
+        let (n_particles, dim) = self.energy.shape();
+        let layout = Layout::new(n_particles, dim)?;
+        let field = KernelField::initialise(layout, self.kernels(), seed)?;
+        Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())
     }
 
     /// Checks kT and the energy parameters.

@@ -191,7 +191,10 @@ fn results_are_bit_identical_for_any_thread_count_and_seed_dependent() {
 fn untrained_flow_constructor_uses_the_dw_preset() {
     let flow = Flow::new(4, 2, 0).unwrap();
     assert_eq!((flow.n_particles(), flow.dim()), (4, 2));
-    assert_eq!(flow.field().kernels(), &KernelConfig::double_well());
+    assert_eq!(
+        flow.field().as_kernel().unwrap().kernels(),
+        &KernelConfig::double_well()
+    );
     assert_eq!(flow.integrator(), Integrator::default());
     assert_eq!(flow.integrator().method(), Method::Rk4 { n_steps: 20 });
     assert_eq!(flow.integrator().mode(), DensityMode::ExactDiscrete);

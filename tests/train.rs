@@ -179,7 +179,7 @@ fn check_gradient(
         let lm = loss(&with_params(flow, &p));
         (lp - lm) / (2.0 * h)
     };
-    for (block, range) in flow.field().param_layout().blocks() {
+    for (block, range) in flow.field().param_blocks() {
         let g = &gradient[range.clone()];
         let scale = g.iter().fold(1e-8f64, |m, v| m.max(v.abs()));
         let mut worst = 0.0f64;
@@ -303,7 +303,7 @@ fn kl_loss_gradient_matches_finite_differences_for_dw4_and_lj13() {
         let flow = continuous_flow_sigma(n, dim, kernels, 23, sigma);
         // W, b and s scaled: every block still nonzero, bandwidths still perturbed.
         let mut p = flow.field().params().to_vec();
-        let pl = flow.field().param_layout();
+        let pl = flow.field().as_kernel().unwrap().param_layout();
         p[..pl.s().end].iter_mut().for_each(|v| *v *= scale);
         let flow = with_params(&flow, &p);
         let target = KlTarget { energy, kt };
@@ -334,14 +334,14 @@ fn kl_loss_gradient_matches_finite_differences_for_dw4_and_lj13() {
 #[test]
 fn tape_gradient_with_respect_to_the_start_state_matches_finite_differences() {
     let flow = continuous_flow(4, 2, KernelConfig::double_well(), 8);
-    let field = flow.field();
+    let field = flow.field().as_kernel().unwrap();
     let mut r = rng(3);
     let x0 = random_config(&mut r, 8, 2.0);
     let c: Vec<f64> = (0..8).map(|_| r.random_range(-1.0..1.0)).collect();
     let c_ell = 0.7;
     for forward in [true, false] {
         let mut tape = Rk4Tape::new(8, 7).unwrap();
-        let objective = |tape: &mut Rk4Tape, x: &[f64]| {
+        let objective = |tape: &mut Rk4Tape<KernelField>, x: &[f64]| {
             let mut y = x.to_vec();
             let ell = tape.integrate(field, &mut y, forward).unwrap();
             y.iter().zip(&c).map(|(a, b)| a * b).sum::<f64>() + c_ell * ell
@@ -679,7 +679,14 @@ fn kl_batch_equals_the_per_sample_loss_bit_for_bit_for_both_kinds_of_energy() {
     for (i, g) in per_sample.iter_mut().enumerate() {
         flow.prior()
             .sample_into(&mut sample_rng(seed, first + i as u64), &mut z);
-        total += kl_sample(flow.field(), target, &z, &mut ws, Some(g)).unwrap();
+        total += kl_sample(
+            flow.field().as_kernel().unwrap(),
+            target,
+            &z,
+            &mut ws,
+            Some(g),
+        )
+        .unwrap();
     }
     for g in &per_sample {
         for (a, b) in sum.iter_mut().zip(g) {

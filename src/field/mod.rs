@@ -1,29 +1,36 @@
-//! The equivariant RBF vector field (DESIGN.md §1) and the interface integrators see.
+//! Vector fields: the interface integrators see ([`VectorField`]), the interface a field family
+//! implements ([`FieldFamily`], [`TrainableField`]), and the registered families ([`Field`]).
 //!
-//! `v_i(x, t) = Σ_{j≠i} φ(d_ij, t)·r_ij` with `r_ij = x_i − x_j`, `d_ij = sqrt(|r_ij|² + ε_d)`:
-//! a sum of radial pair forces, hence equivariant under permutations, rotations, reflections and
-//! translations, with `Σ_i v_i = 0` (the centre of mass is conserved). Its divergence and its
-//! Jacobian are computed in closed form from `φ` and `∂φ/∂d`, the exact derivatives of the
-//! field as implemented (ε_d and the underflow rule of [`exp`] included); the reverse pass
-//! ([`KernelField::vjp_into`]) differentiates one evaluation with respect to x and the parameters.
+//! Every family is equivariant under permutations, rotations/reflections and translations and
+//! conserves the centre of mass (`Σ_i v_i = 0`), and gives its *exact* divergence and Jacobian
+//! (DESIGN.md §1): no stochastic trace anywhere. One folder per family:
+//!
+//! | family | folder | what |
+//! |---|---|---|
+//! | `kernel` | [`kernel`] | the paper's pairwise RBF field `v_i = Σ_j φ(d_ij, t) r_ij`, 620 parameters |
 
 pub mod exp;
-mod kernel_field;
-mod kernels;
-mod pairs;
-mod params;
-mod radial;
-pub mod reverse;
-mod table;
+mod family;
+pub mod kernel;
+mod registry;
 
-pub use kernel_field::KernelField;
-pub use kernels::{KernelConfig, MAX_DIST_KERNELS, MAX_TIME_KERNELS};
-pub use pairs::EPS_D;
-pub use params::ParamLayout;
-pub use radial::TimeSlice;
-pub use reverse::{Cotangent, VjpScratch};
-pub(crate) use reverse::{ParamAccumulator, TimePoint};
-pub use table::TabulatedField;
+pub use family::{FieldFamily, TrainableField};
+pub use kernel::{
+    EPS_D, KernelConfig, KernelField, MAX_DIST_KERNELS, MAX_TIME_KERNELS, ParamLayout,
+    TabulatedField, TimeSlice, VjpScratch,
+};
+pub(crate) use registry::with_family;
+pub use registry::{Field, FieldSpec};
+
+/// The cotangent of one field evaluation's outputs: `v̄` for `v(x, t)` (length N·D,
+/// particle-major like `x`) and `div̄` for `div v(x, t)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Cotangent<'a> {
+    /// `∂L/∂v`, length N·D.
+    pub v: &'a [f64],
+    /// `∂L/∂(div v)`.
+    pub div: f64,
+}
 
 /// A time-dependent vector field on R^n with its exact divergence and Jacobian: what an
 /// integrator needs. Implementations must be deterministic and allocation-free.

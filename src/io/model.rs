@@ -1,12 +1,18 @@
 //! Model files: a versioned, human-readable JSON description of a trained flow.
 //!
 //! ```json
-//! { "format": "eqflow-model", "version": 1, "n_particles": 4, "dim": 2,
-//!   "prior_sigma": 1.0, "kernels": { "mu_dist": [...], ... },
+//! { "format": "eqflow-model", "version": 2, "n_particles": 4, "dim": 2,
+//!   "prior_sigma": 1.0,
+//!   "field": { "family": "kernel", "config": { "mu_dist": [...], ... } },
 //!   "param_order": ["w", "b", "s", "log_inv_gamma_dist", "log_inv_gamma_time"],
 //!   "params": [...], "integrator": { "method": "rk4", "n_steps": 20, "density": "exact_discrete" },
 //!   "system": { ... } | null, "training": { ... } | null }
 //! ```
+//!
+//! Version 1 (written before field families existed) had the kernel field's settings in a
+//! top-level `"kernels"` object instead of `"field"`; it is still read, as the `kernel`
+//! family. `param_order` names the family's parameter blocks
+//! ([`crate::field::FieldFamily::param_blocks`]).
 //!
 //! Numbers are written in the shortest form that reads back to the same `f64`, and read with
 //! exact rounding, so save → load is bit-exact. Loading validates everything (format, version,
@@ -17,7 +23,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::field::{KernelConfig, KernelField, ParamLayout};
+use crate::field::{Field, FieldFamily, FieldSpec, KernelConfig, KernelField};
 use crate::flow::Flow;
 use crate::geometry::Layout;
 use crate::integrate::{DensityMode, Dopri5Config, Integrator, Method};
@@ -27,7 +33,7 @@ use crate::system::System;
 /// The `format` field of every model file.
 pub const FORMAT: &str = "eqflow-model";
 /// The newest format version this build reads and the one it writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Integrator settings as stored in a model file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,15 +101,6 @@ impl IntegratorSpec {
     }
 }
 
-/// Kernel centres and initial bandwidths as stored in a model file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KernelSpec {
-    pub mu_dist: Vec<f64>,
-    pub gamma_dist: Vec<f64>,
-    pub mu_time: Vec<f64>,
-    pub gamma_time: Vec<f64>,
-}
-
 /// Everything in a model file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +110,12 @@ pub struct ModelFile {
     pub n_particles: usize,
     pub dim: usize,
     pub prior_sigma: f64,
-    pub kernels: KernelSpec,
+    /// The field family and its settings (version ≥ 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<FieldSpec>,
+    /// Version 1 only: the kernel field's settings. Read, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<KernelConfig>,
     pub param_order: Vec<String>,
     pub params: Vec<f64>,
     pub integrator: IntegratorSpec,
@@ -131,23 +133,17 @@ impl ModelFile {
         system: Option<System>,
         training: Option<serde_json::Value>,
     ) -> Self {
-        let k = flow.field().kernels();
         ModelFile {
             format: FORMAT.to_string(),
             version: VERSION,
             n_particles: flow.n_particles(),
             dim: flow.dim(),
             prior_sigma: flow.prior().sigma(),
-            kernels: KernelSpec {
-                mu_dist: k.mu_dist.clone(),
-                gamma_dist: k.gamma_dist.clone(),
-                mu_time: k.mu_time.clone(),
-                gamma_time: k.gamma_time.clone(),
-            },
+            field: Some(flow.field().spec()),
+            kernels: None,
             param_order: flow
                 .field()
-                .param_layout()
-                .blocks()
+                .param_blocks()
                 .iter()
                 .map(|(name, _)| name.to_string())
                 .collect(),
@@ -174,23 +170,31 @@ impl ModelFile {
             )));
         }
         let layout = Layout::new(self.n_particles, self.dim)?;
-        let kernels = KernelConfig {
-            mu_dist: self.kernels.mu_dist.clone(),
-            gamma_dist: self.kernels.gamma_dist.clone(),
-            mu_time: self.kernels.mu_time.clone(),
-            gamma_time: self.kernels.gamma_time.clone(),
+        let field = match (self.version, &self.field, &self.kernels) {
+            (1, None, Some(kernels)) => Field::Kernel(KernelField::from_config(
+                layout,
+                kernels.clone(),
+                self.params.clone(),
+            )?),
+            (1, _, _) => {
+                return Err(bad(
+                    "a version 1 model file has a \"kernels\" object and no \"field\"".into(),
+                ));
+            }
+            (_, Some(spec), None) => Field::from_spec(layout, spec, self.params.clone())?,
+            _ => {
+                return Err(bad(format!(
+                    "a version {} model file has a \"field\" object and no \"kernels\"",
+                    self.version
+                )));
+            }
         };
-        kernels.validate()?;
-        let pl = ParamLayout::new(kernels.n_dist(), kernels.n_time());
-        let expected: Vec<String> = pl.blocks().iter().map(|(n, _)| n.to_string()).collect();
+        let expected: Vec<&str> = field.param_blocks().iter().map(|(n, _)| *n).collect();
         if self.param_order != expected {
             return Err(bad(format!(
                 "param_order is {:?}, expected {expected:?}",
                 self.param_order
             )));
-        }
-        if self.params.len() != pl.len() {
-            return Err(Error::size("params", pl.len(), self.params.len()));
         }
         if let Some(system) = &self.system {
             system.validate()?;
@@ -204,7 +208,6 @@ impl ModelFile {
                 )));
             }
         }
-        let field = KernelField::new(layout, kernels, self.params.clone())?;
         let prior = Prior::new(layout, self.prior_sigma)?;
         Flow::from_parts(prior, field, self.integrator.to_integrator()?)
     }
@@ -306,8 +309,14 @@ mod tests {
         f.params[10] = f64::NAN;
         expect_err(f, "non-finite");
         let mut f = sample_file();
-        f.kernels.gamma_dist[0] = -1.0;
+        f.field.as_mut().unwrap().config["gamma_dist"][0] = (-1.0).into();
         expect_err(f, "gamma_dist");
+        let mut f = sample_file();
+        f.field.as_mut().unwrap().family = "no-such-family".into();
+        expect_err(f, "unknown field family");
+        let mut f = sample_file();
+        f.version = 1;
+        expect_err(f, "kernels");
         let mut f = sample_file();
         f.n_particles = 5;
         expect_err(f, "system");

@@ -5,10 +5,10 @@
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
-use super::reverse::{Rk4Tape, check_n_steps};
+use super::tape::{Rk4Tape, check_n_steps};
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
-use crate::field::KernelField;
+use crate::field::{Field, TrainableField, with_family};
 use crate::flow::{Flow, sample_rng};
 use crate::geometry::{MAX_DIM, remove_center_of_mass};
 use crate::prior::Prior;
@@ -16,14 +16,14 @@ use crate::prior::Prior;
 /// Buffers of one sample's loss and gradient: the RK4 tape and state-sized scratch. One per
 /// thread; nothing allocates after creation.
 #[derive(Debug, Clone)]
-pub struct LossWorkspace {
-    tape: Rk4Tape,
+pub struct LossWorkspace<F: TrainableField> {
+    tape: Rk4Tape<F>,
     state: Vec<f64>,
     x_bar: Vec<f64>,
     latent: Vec<f64>,
 }
 
-impl LossWorkspace {
+impl<F: TrainableField> LossWorkspace<F> {
     /// Buffers for states of length `len` (N·D) and `n_steps` RK4 steps.
     ///
     /// # Errors
@@ -86,11 +86,11 @@ impl KlEnergy<'_> {
 ///
 /// [`Error::DimensionMismatch`] for wrong sizes, [`Error::NonFinite`] if the integration or
 /// `log q` is not finite.
-pub fn ml_sample(
-    field: &KernelField,
+pub fn ml_sample<F: TrainableField>(
+    field: &F,
     prior: &Prior,
     x: &[f64],
-    ws: &mut LossWorkspace,
+    ws: &mut LossWorkspace<F>,
     theta_bar: Option<&mut [f64]>,
 ) -> Result<f64> {
     if x.len() != ws.state.len() {
@@ -140,11 +140,11 @@ pub fn ml_sample(
 /// the flow placed on top of each other: training does not clamp it, it stops and says so),
 /// if its gradient is not finite, or if the integration fails; [`Error::DimensionMismatch`] for
 /// wrong sizes.
-pub fn kl_sample(
-    field: &KernelField,
+pub fn kl_sample<F: TrainableField>(
+    field: &F,
     target: KlTarget<'_>,
     z: &[f64],
-    ws: &mut LossWorkspace,
+    ws: &mut LossWorkspace<F>,
     theta_bar: Option<&mut [f64]>,
 ) -> Result<f64> {
     if z.len() != ws.state.len() {
@@ -212,7 +212,7 @@ fn name_sample(error: Error, seed: u64, index: u64) -> Error {
 /// for any number of threads.
 #[derive(Debug, Clone, Copy)]
 pub struct Losses<'a> {
-    field: &'a KernelField,
+    field: &'a Field,
     prior: &'a Prior,
     n_steps: usize,
     /// Where the parallel work runs; `None`: the current rayon pool.
@@ -265,11 +265,7 @@ impl<'a> Losses<'a> {
     ///
     /// As [`Losses::ml_gradient_into`].
     pub fn nll(&self, x: &[f64]) -> Result<f64> {
-        let n = self.check_data(x)?;
-        let len = self.prior.layout().len();
-        self.batch(n, None, |i, ws, g| {
-            ml_sample(self.field, self.prior, &x[i * len..(i + 1) * len], ws, g)
-        })
+        self.ml_batch(x, None)
     }
 
     /// Mean ML loss of the configurations in `x`, with its mean gradient written to `gradient`
@@ -281,11 +277,16 @@ impl<'a> Losses<'a> {
     /// has the wrong length; [`Error::NonFinite`] for non-finite input or results. The first
     /// failing sample in index order decides the error. `gradient` is unspecified on error.
     pub fn ml_gradient_into(&self, x: &[f64], gradient: &mut [f64]) -> Result<f64> {
+        self.ml_batch(x, Some(gradient))
+    }
+
+    /// The ML batch for whatever family the field is.
+    fn ml_batch(&self, x: &[f64], gradient: Option<&mut [f64]>) -> Result<f64> {
         let n = self.check_data(x)?;
         let len = self.prior.layout().len();
-        self.batch(n, Some(gradient), |i, ws, g| {
-            ml_sample(self.field, self.prior, &x[i * len..(i + 1) * len], ws, g)
-        })
+        with_family!(self.field, field => self.batch(field, n, gradient, |i, ws, g| {
+            ml_sample(field, self.prior, &x[i * len..(i + 1) * len], ws, g)
+        }))
     }
 
     /// Mean reverse-KL loss of `n` prior samples and its mean gradient (overwritten). Sample
@@ -359,6 +360,23 @@ impl<'a> Losses<'a> {
         n: usize,
         gradient: Option<&mut [f64]>,
     ) -> Result<f64> {
+        with_family!(self.field, field => {
+            self.kl_batch_of(field, energy, kt, seed, first_index, n, gradient)
+        })
+    }
+
+    /// [`Losses::kl_batch`] for a field of family `F`.
+    #[allow(clippy::too_many_arguments)] // kl_batch's arguments and the concrete field
+    fn kl_batch_of<F: TrainableField>(
+        &self,
+        field: &F,
+        energy: KlEnergy<'_>,
+        kt: f64,
+        seed: u64,
+        first_index: u64,
+        n: usize,
+        gradient: Option<&mut [f64]>,
+    ) -> Result<f64> {
         check_target(self.prior, energy.shape(), kt)?;
         if n == 0 {
             return Err(Error::invalid("KL loss needs at least one prior sample"));
@@ -372,7 +390,7 @@ impl<'a> Losses<'a> {
         let with_gradient = gradient.is_some();
         let len = self.prior.layout().len();
         let index = |i: usize| first_index.wrapping_add(i as u64);
-        let init = || LossWorkspace::new(len, self.n_steps);
+        let init = || LossWorkspace::<F>::new(len, self.n_steps);
 
         // (a) x = F(z) and log|det ∂F/∂z| of every sample, with the trajectory if needed.
         let forward: Vec<Result<KlForward>> = self.parallel(|| {
@@ -383,7 +401,7 @@ impl<'a> Losses<'a> {
                     self.prior
                         .sample_into(&mut sample_rng(seed, index(i)), &mut ws.latent);
                     ws.state.copy_from_slice(&ws.latent);
-                    let log_det = ws.tape.integrate(self.field, &mut ws.state, true)?;
+                    let log_det = ws.tape.integrate(field, &mut ws.state, true)?;
                     let trajectory = if with_gradient {
                         ws.tape.trajectory()?.to_vec()
                     } else {
@@ -462,7 +480,7 @@ impl<'a> Losses<'a> {
                     .map_init(init, |ws, ((g, x_bar), s)| {
                         let ws = ws.as_mut().map_err(|e| e.clone())?;
                         ws.tape.restore(true, &s.trajectory)?;
-                        ws.tape.backward(self.field, x_bar, -1.0, g)?;
+                        ws.tape.backward(field, x_bar, -1.0, g)?;
                         Ok(())
                     })
                     .collect()
@@ -488,14 +506,15 @@ impl<'a> Losses<'a> {
 
     /// Runs `f(i, ws, gradient_i)` for samples `0..n` in parallel; returns the mean loss and
     /// writes the mean gradient, both reduced in index order.
-    fn batch<F>(&self, n: usize, gradient: Option<&mut [f64]>, f: F) -> Result<f64>
+    fn batch<F, G>(&self, _field: &F, n: usize, gradient: Option<&mut [f64]>, f: G) -> Result<f64>
     where
-        F: Fn(usize, &mut LossWorkspace, Option<&mut [f64]>) -> Result<f64> + Sync,
+        F: TrainableField,
+        G: Fn(usize, &mut LossWorkspace<F>, Option<&mut [f64]>) -> Result<f64> + Sync,
     {
         let p = self.n_params();
         let len = self.prior.layout().len();
         let n_steps = self.n_steps;
-        let init = || LossWorkspace::new(len, n_steps);
+        let init = || LossWorkspace::<F>::new(len, n_steps);
         let mut losses = vec![0.0; n];
         let results: Vec<Result<()>> = if let Some(gradient) = gradient {
             if gradient.len() != p {

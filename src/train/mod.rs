@@ -62,12 +62,12 @@
 
 mod adamw;
 mod losses;
-pub mod reverse;
 mod schedule;
+pub mod tape;
 mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use losses::{KlTarget, LossWorkspace, Losses, kl_sample, ml_sample};
-pub use reverse::Rk4Tape;
 pub use schedule::LambdaSchedule;
+pub use tape::Rk4Tape;
 pub use trainer::{EpochReport, TrainConfig, TrainSummary, Trainer};

@@ -4,16 +4,14 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use eqflow::Result;
 use eqflow::boltzmann::{kish_ess, log_weights_into};
 use eqflow::energy::energies_into;
 use eqflow::geometry::Layout;
-use eqflow::integrate::Integrator;
 use eqflow::io::{ConfigShape, Dtype, model};
 use eqflow::mcmc::{self, InitialState, McmcConfig};
-use eqflow::prior::Prior;
 use eqflow::system::System;
 use eqflow::train::TrainConfig;
-use eqflow::{Flow, Result};
 
 use super::{DemoArgs, mean_and_se, plot, progress, report, summary_json, train_phase};
 
@@ -94,8 +92,7 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     let (train, validation) = data.x.split_at(1_000 * 8);
 
     // 2. Training: the paper's protocol, 50 epochs of maximum likelihood.
-    let field = eqflow::field::KernelField::initialise(layout, system.kernels(), a.seed)?;
-    let mut flow = Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())?;
+    let mut flow = system.untrained_flow(a.seed)?;
     let config = TrainConfig {
         seed: a.seed,
         ..TrainConfig::default()

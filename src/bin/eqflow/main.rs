@@ -490,12 +490,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let train = &data[..a.n_train * len];
     let n_val = a.n_val.min(n_total - a.n_train);
     let validation = (n_val > 0).then(|| &data[a.n_train * len..(a.n_train + n_val) * len]);
-    let field = eqflow::field::KernelField::initialise(layout, system.kernels(), a.seed)?;
-    let mut flow = Flow::from_parts(
-        eqflow::prior::Prior::new(layout, 1.0)?,
-        field,
-        eqflow::integrate::Integrator::default(),
-    )?;
+    let mut flow = system.untrained_flow(a.seed)?;
     let mut config = TrainConfig {
         n_epochs: a.epochs,
         batch_size: a.batch_size,

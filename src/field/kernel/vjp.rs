@@ -77,25 +77,16 @@
 use multiversion::multiversion;
 
 use super::KernelField;
-use super::exp::exp_nonpositive;
 use super::kernels::MAX_TIME_KERNELS;
 use super::pairs::EPS_D;
 use super::radial::{LANES, MAX_PADDED, NORM_EPS, TimeSlice};
 use crate::error::{Error, Result};
+use crate::field::Cotangent;
+use crate::field::exp::exp_nonpositive;
 use crate::geometry::MAX_DIM;
 
 #[cfg(doc)]
 use super::ParamLayout;
-
-/// The cotangent of one field evaluation's outputs: `v̄` for `v(x, t)` (length N·D,
-/// particle-major like `x`) and `div̄` for `div v(x, t)`.
-#[derive(Debug, Clone, Copy)]
-pub struct Cotangent<'a> {
-    /// `∂L/∂v`, length N·D.
-    pub v: &'a [f64],
-    /// `∂L/∂(div v)`.
-    pub div: f64,
-}
 
 /// Reusable buffers of [`KernelField::vjp_into`]: per-kernel values of the pair being processed
 /// and a parameter accumulator. Create one per thread and
@@ -143,7 +134,7 @@ impl std::fmt::Debug for VjpScratch {
 /// visits few distinct times, so the reverse pass computes these once per parameter set rather
 /// than once per evaluation.
 #[derive(Clone)]
-pub(crate) struct TimePoint {
+pub struct TimePoint {
     slice: TimeSlice,
     tau: [f64; MAX_TIME_KERNELS],
     inv_t: f64,
@@ -244,7 +235,7 @@ impl KernelField {
     /// `x_bar += v̄ᵀ ∂v/∂x + div̄ ∂div v/∂x` and `theta_bar += v̄ᵀ ∂v/∂θ + div̄ ∂div v/∂θ`,
     /// `theta_bar` in the flat layout of [`ParamLayout`] (derivatives with respect to `W`, `b`,
     /// `s` and the log inverse bandwidths `−log γ` of both bases). See the [module
-    /// docs](crate::field::reverse) for the derivation. Nothing is overwritten: callers zero the accumulators.
+    /// docs](crate::field::kernel::vjp) for the derivation. Nothing is overwritten: callers zero the accumulators.
     ///
     /// # Errors
     ///

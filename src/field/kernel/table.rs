@@ -11,12 +11,12 @@
 //! Beyond the table's last node (`d_max`, several bandwidths past the last centre) the exact
 //! function is evaluated instead.
 
-use super::VectorField;
 use super::kernel_field::KernelField;
 use super::pairs::{
     velocity_jacobian_divgrad_pairs, velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs,
 };
 use super::radial::{ExactRadial, RadialFn, Scratch, TimeSlice};
+use crate::field::VectorField;
 
 /// Node spacing as a fraction of the smallest distance bandwidth: the Hermite error scales as
 /// (h/γ)⁴, and 1/50 keeps it near 1e−9 of the weights.

@@ -6,8 +6,8 @@
 //! over lanes of [`LANES`] so the compiler emits SIMD code; lanes are reduced in a fixed order,
 //! so the result does not depend on the vector width of the machine.
 
-use super::exp::exp_nonpositive;
 use super::kernels::MAX_DIST_KERNELS;
+use crate::field::exp::exp_nonpositive;
 
 /// Width of the kernel loop; kernel arrays are padded to a multiple of it.
 pub const LANES: usize = 8;

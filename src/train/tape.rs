@@ -11,7 +11,7 @@
 //!
 //! Given `x̄'` and `ℓ̄` (ℓ enters every loss linearly, so `ℓ̄` is the same at every step), the
 //! adjoint runs the stages backwards, each through the field's vector–Jacobian product
-//! ([`KernelField::vjp_into`]) with cotangent `(k̄_s, div̄_s)`:
+//! ([`TrainableField::vjp_at`]) with cotangent `(k̄_s, div̄_s)`:
 //!
 //! ```text
 //! k̄4 = h/6·x̄'                 div̄4 = h/6·ℓ̄     → ȳ4 = VJP at (y4, t + h)
@@ -26,20 +26,21 @@
 //! left in its workspace), 4·N·D numbers per step, so the reverse pass evaluates the field only
 //! through its VJP and never re-integrates.
 //!
-//! The field's time basis at the distinct stage times (about 2n + 1 of them) is computed once
-//! per parameter set and direction and kept in the tape (re-derived when the field's parameters
-//! change), so that a batch of samples pays for it once per thread rather than per evaluation.
-//! Since the parameter part of the VJP is linear in the per-evaluation `(w̄, c̄)` at a fixed
-//! time, these are summed per distinct time and the time fold is undone once per time point.
+//! The tape works for any [`TrainableField`]. The field's precomputation at the distinct stage
+//! times (about 2n + 1 of them, [`TrainableField::time_point`]) is computed once per parameter
+//! set and direction and kept in the tape (re-derived when [`TrainableField::time_point_key`]
+//! changes), so that a batch of samples pays for it once per thread rather than per
+//! evaluation; the family accumulates its parameter cotangents per time point and finishes
+//! them once per pass ([`TrainableField::adjoint_finish`]).
 
 use crate::error::{Error, Result};
-use crate::field::{Cotangent, KernelField, ParamAccumulator, TimePoint, VjpScratch};
+use crate::field::{Cotangent, TrainableField};
 use crate::integrate::{Workspace, axpy_into, grid_stage_times, rk4_step_with};
 
 /// Records a continuous-mode RK4 integration and runs its reverse pass. Sized once for a state
 /// length and a step count; reuse one per thread: neither pass allocates.
 #[derive(Debug, Clone)]
-pub struct Rk4Tape {
+pub struct Rk4Tape<F: TrainableField> {
     len: usize,
     n_steps: usize,
     recorded: bool,
@@ -52,24 +53,22 @@ pub struct Rk4Tape {
     x_acc: Vec<f64>,
     y_bar: Vec<f64>,
     k_bar: Vec<f64>,
-    vjp: VjpScratch,
-    acc: ParamAccumulator,
-    /// Time basis at the distinct stage times of the recorded steps (equal bits, one entry),
-    /// valid for the parameters and time centres in `grid_key` and the direction
-    /// `grid_forward`; `grid_index[3s + j]` locates stage time j of step s.
-    grid: Vec<TimePoint>,
+    /// The field's VJP buffers, created on first use (the tape is sized before it sees a field).
+    vjp: Option<F::Scratch>,
+    adjoint: F::Adjoint,
+    /// The field's time points at the distinct stage times of the recorded steps (equal bits,
+    /// one entry), valid for the key `grid_key` and the direction `grid_forward`;
+    /// `grid_index[3s + j]` locates stage time j of step s.
+    grid: Vec<F::TimePoint>,
     grid_times: Vec<u64>,
     grid_index: Vec<usize>,
-    /// Per grid time: `Σ w̄` (padded K) and `Σ c̄` of the evaluations at that time, unfolded
-    /// once per time at the end of the reverse pass (the unfold is linear).
-    w_sums: Vec<f64>,
-    c_sums: Vec<f64>,
     grid_key: Vec<f64>,
+    key_scratch: Vec<f64>,
     grid_forward: Option<bool>,
     forward: bool,
 }
 
-impl Rk4Tape {
+impl<F: TrainableField> Rk4Tape<F> {
     /// A tape for states of length `len` (N·D) and `n_steps` equal RK4 steps on [0, 1].
     ///
     /// # Errors
@@ -93,14 +92,13 @@ impl Rk4Tape {
             x_acc: v(),
             y_bar: v(),
             k_bar: v(),
-            vjp: VjpScratch::new(),
-            acc: ParamAccumulator::default(),
+            vjp: None,
+            adjoint: F::Adjoint::default(),
             grid: Vec::with_capacity(3 * n_steps),
             grid_times: Vec::with_capacity(3 * n_steps),
             grid_index: Vec::with_capacity(3 * n_steps),
-            w_sums: Vec::new(),
-            c_sums: Vec::new(),
             grid_key: Vec::new(),
+            key_scratch: Vec::new(),
             grid_forward: None,
             forward: true,
         })
@@ -128,8 +126,7 @@ impl Rk4Tape {
     ///
     /// [`Error::DimensionMismatch`] for a wrong `x` or field size; [`Error::NonFinite`] if the
     /// trajectory or ℓ is not finite (the tape is then unusable until the next integration).
-    pub fn integrate(&mut self, field: &KernelField, x: &mut [f64], forward: bool) -> Result<f64> {
-        use crate::field::VectorField;
+    pub fn integrate(&mut self, field: &F, x: &mut [f64], forward: bool) -> Result<f64> {
         if x.len() != self.len || field.state_len() != self.len {
             return Err(Error::size("RK4 tape state", self.len, x.len()));
         }
@@ -147,7 +144,7 @@ impl Rk4Tape {
             let stage_points = &self.grid_index[3 * s..3 * s + 3];
             let grid = &self.grid;
             log_det += rk4_step_with(x, hs, &mut self.ws, |y, i, v| {
-                field.velocity_with_slice_into(y, grid[stage_points[i]].slice(), v)
+                field.velocity_at_into(y, &grid[stage_points[i]], v)
             });
             let half = 0.5 * hs;
             let (x0, rest) = self.states[base..base + 4 * len].split_at_mut(len);
@@ -180,7 +177,7 @@ impl Rk4Tape {
     /// sizes.
     pub fn backward(
         &mut self,
-        field: &KernelField,
+        field: &F,
         x_bar_end: &[f64],
         log_det_bar: f64,
         theta_bar: &mut [f64],
@@ -193,20 +190,13 @@ impl Rk4Tape {
         if x_bar_end.len() != self.len {
             return Err(Error::size("RK4 tape x_bar", self.len, x_bar_end.len()));
         }
-        if theta_bar.len() != field.param_layout().len() {
-            return Err(Error::size(
-                "RK4 tape theta_bar",
-                field.param_layout().len(),
-                theta_bar.len(),
-            ));
+        let n_params = field.params().len();
+        if theta_bar.len() != n_params {
+            return Err(Error::size("RK4 tape theta_bar", n_params, theta_bar.len()));
         }
         self.prepare_grid(field);
-        self.acc.reset(field);
-        let kp = field.mu_padded().len();
-        self.w_sums.clear();
-        self.w_sums.resize(self.grid.len() * kp, 0.0);
-        self.c_sums.clear();
-        self.c_sums.resize(self.grid.len(), 0.0);
+        field.adjoint_reset(&mut self.adjoint, self.grid.len());
+        let scratch = self.vjp.get_or_insert_with(|| field.new_scratch());
         let len = self.len;
         self.x_bar.copy_from_slice(x_bar_end);
         let lb = log_det_bar;
@@ -240,14 +230,14 @@ impl Rk4Tape {
                     v: &self.k_bar,
                     div: div_bar,
                 };
-                self.c_sums[i] += field.vjp_pairs_at(
+                field.vjp_at(
                     y,
                     &self.grid[i],
+                    i,
                     cot,
                     &mut self.y_bar,
-                    &mut self.w_sums[i * kp..(i + 1) * kp],
-                    &mut self.acc,
-                    &mut self.vjp,
+                    &mut self.adjoint,
+                    scratch,
                 );
                 for (a, yb) in self.x_acc.iter_mut().zip(&self.y_bar) {
                     *a += yb;
@@ -255,11 +245,7 @@ impl Rk4Tape {
             }
             std::mem::swap(&mut self.x_bar, &mut self.x_acc);
         }
-        for (i, point) in self.grid.iter().enumerate() {
-            let w_sum = &mut self.w_sums[i * kp..(i + 1) * kp];
-            field.unfold_time(point, self.c_sums[i], w_sum, &mut self.acc);
-        }
-        self.acc.add_to(field, theta_bar);
+        field.adjoint_finish(&self.grid, &mut self.adjoint, theta_bar);
         Ok(&self.x_bar)
     }
 
@@ -328,18 +314,18 @@ impl Rk4Tape {
         }
     }
 
-    /// Makes `grid` hold the time basis at the stage times of the recorded steps for `field`'s
-    /// current parameters, recomputing it only when they (or the direction) changed.
-    fn prepare_grid(&mut self, field: &KernelField) {
-        let params = field.params();
-        let mu_t = &field.kernels().mu_time;
-        // Bitwise, so that a reused grid is exactly the one these parameters would give.
+    /// Makes `grid` hold the field's time points at the stage times of the recorded steps,
+    /// recomputing them only when the field's time-point key (or the direction) changed.
+    fn prepare_grid(&mut self, field: &F) {
+        self.key_scratch.clear();
+        field.time_point_key(&mut self.key_scratch);
+        // Bitwise, so that a reused grid is exactly the one this field would give.
         let same = self.grid_forward == Some(self.forward)
-            && self.grid_key.len() == params.len() + mu_t.len()
+            && self.grid_key.len() == self.key_scratch.len()
             && self
                 .grid_key
                 .iter()
-                .zip(params.iter().chain(mu_t))
+                .zip(&self.key_scratch)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
         if same {
             return;
@@ -363,9 +349,7 @@ impl Rk4Tape {
                 self.grid_index.push(i);
             }
         }
-        self.grid_key.clear();
-        self.grid_key.extend_from_slice(params);
-        self.grid_key.extend_from_slice(mu_t);
+        std::mem::swap(&mut self.grid_key, &mut self.key_scratch);
         self.grid_forward = Some(self.forward);
     }
 }

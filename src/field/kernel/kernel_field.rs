@@ -4,8 +4,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::VectorField;
-use super::exp::exp_nonpositive;
 use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
 use super::pairs::{
     velocity_jacobian_divgrad_pairs, velocity_jacobian_pairs, velocity_only_pairs, velocity_pairs,
@@ -13,6 +11,8 @@ use super::pairs::{
 use super::params::ParamLayout;
 use super::radial::{ExactRadial, LANES, NORM_EPS, RadialFn, Scratch, TimeSlice};
 use crate::error::{Error, Result, check_finite};
+use crate::field::VectorField;
+use crate::field::exp::exp_nonpositive;
 use crate::geometry::Layout;
 
 // A padding kernel's centre: (d − μ)²·a overflows the exp range, so its Gaussian is exactly 0.
@@ -91,7 +91,7 @@ impl KernelField {
     pub fn set_params(&mut self, params: &[f64]) -> Result<()> {
         if params.len() != self.param_layout.len() {
             return Err(Error::size(
-                "field parameters",
+                "field params",
                 self.param_layout.len(),
                 params.len(),
             ));

@@ -1,6 +1,8 @@
 //! Kernel configurations: centres and initial bandwidths of the distance and time RBF bases,
 //! with the presets of the paper's code (DESIGN.md §2).
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// The largest number of distance kernels (K) a field may have; bounds the stack buffers of
@@ -10,7 +12,8 @@ pub const MAX_DIST_KERNELS: usize = 128;
 pub const MAX_TIME_KERNELS: usize = 64;
 
 /// Centres `μ` (fixed) and initial bandwidths `γ` (trainable through `−log γ`) of both bases.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KernelConfig {
     /// Distance centres μ_k (K of them), in length units.
     pub mu_dist: Vec<f64>,

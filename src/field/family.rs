@@ -1,0 +1,134 @@
+//! What a field family provides: the contract between one folder under `src/field/` and the
+//! rest of the crate (flow, model files, training, the step certificate).
+//!
+//! A family is a concrete type implementing [`VectorField`] (what integrators see),
+//! [`FieldFamily`] (parameters, model-file section, Lipschitz bound, grid dynamics) and
+//! [`TrainableField`] (the reverse pass the training tape drives). It becomes selectable by one
+//! registration line in [`super::registry`].
+
+use std::fmt::Debug;
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Cotangent, VectorField};
+use crate::error::Result;
+use crate::geometry::Layout;
+
+/// A family of equivariant vector fields for a fixed particle layout, with its trainable
+/// parameters in one flat vector.
+///
+/// Contract for every family: `v` is equivariant under permutations of identical particles
+/// and under rotations and reflections, translation invariant, and `Σ_i v_i = 0` (the centre of
+/// mass is conserved); [`VectorField`] gives the exact divergence and Jacobian of the field as
+/// implemented, and [`TrainableField`] its exact reverse pass.
+pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + 'static {
+    /// The family's name in model files (`"field": {"family": NAME, …}`); never changes once
+    /// released, so that old model files stay loadable.
+    const NAME: &'static str;
+
+    /// Everything that defines a field of this family except the layout and the trainable
+    /// parameters (kernel centres, sizes, …), as stored in a model file.
+    type Config: Serialize + DeserializeOwned + Clone + Debug + PartialEq;
+
+    /// The particle layout the field is for.
+    fn layout(&self) -> Layout;
+
+    /// The family settings of this field.
+    fn config(&self) -> Self::Config;
+
+    /// A field from its settings and parameters, validating both (the model-file loader's
+    /// entry point).
+    ///
+    /// # Errors
+    ///
+    /// A typed error naming the setting or parameter block that is wrong.
+    fn from_config(layout: Layout, config: Self::Config, params: Vec<f64>) -> Result<Self>;
+
+    /// The trainable parameters, one flat vector (the layout of [`FieldFamily::param_blocks`]).
+    fn params(&self) -> &[f64];
+
+    /// Replaces the parameters; on error the field is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// A wrong length, non-finite values, or values outside the family's valid range.
+    fn set_params(&mut self, params: &[f64]) -> Result<()>;
+
+    /// Names and ranges of the parameter blocks, in order, covering `0..params().len()`.
+    fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)>;
+
+    /// An upper bound `L(t)` on the spectral norm of the Jacobian `∂v/∂x` of `self` at time
+    /// `t`, valid for every configuration x (a global Lipschitz constant of `v(·, t)`); the
+    /// grid form of [`FieldFamily::grid_dynamics`] agrees with it to its own approximation
+    /// error. An RK4 step of size h is a bijection when `h·L` is small enough: the family's
+    /// part of the step certificate.
+    fn lipschitz_bound(&self, t: f64) -> f64;
+
+    /// A faster field that agrees with `self` at the flow times `times` (the stage times of a
+    /// fixed grid) and is what a fixed-grid flow integrates there: e.g. tabulated radial
+    /// functions. `None` (the default): integrate `self`.
+    fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {
+        let _ = times;
+        None
+    }
+}
+
+/// The reverse pass of a field family, in the shape the RK4 training tape drives it.
+///
+/// An integration visits few distinct flow times (about 2n + 1 for n RK4 steps), so a family
+/// may precompute per time ([`TrainableField::TimePoint`]) and may sum the parameter
+/// cotangents of all evaluations at one time before turning them into θ̄ (when that part is
+/// linear), once per time at [`TrainableField::adjoint_finish`].
+pub trait TrainableField: FieldFamily {
+    /// What an evaluation at one flow time needs precomputed (forward and reverse).
+    type TimePoint: Clone + Debug + Send + Sync;
+    /// The parameter cotangents of one reverse pass, accumulated over its evaluations.
+    type Adjoint: Clone + Debug + Send + Default;
+    /// Per-thread buffers of one vector–Jacobian product.
+    type Scratch: Clone + Debug + Send;
+
+    /// The precomputation at flow time `t`.
+    fn time_point(&self, t: f64) -> Self::TimePoint;
+
+    /// Appends to `key` the numbers that [`TrainableField::time_point`] depends on (bitwise),
+    /// so that a tape can reuse its time points across samples while they stay the same.
+    fn time_point_key(&self, key: &mut Vec<f64>);
+
+    /// Fresh scratch for [`TrainableField::vjp_at`].
+    fn new_scratch(&self) -> Self::Scratch;
+
+    /// `v(x, t)` into `v`, returning `div v(x, t)`: the same bits as
+    /// [`VectorField::velocity_into`] at the point's time.
+    fn velocity_at_into(&self, x: &[f64], point: &Self::TimePoint, v: &mut [f64]) -> f64;
+
+    /// Starts a reverse pass whose evaluations happen at `n_times` distinct time points.
+    fn adjoint_reset(&self, adjoint: &mut Self::Adjoint, n_times: usize);
+
+    /// The vector–Jacobian product of one evaluation at `x` and time point `time_index` (of the
+    /// points given to [`TrainableField::adjoint_finish`]): adds `v̄ᵀ∂v/∂x + div̄ ∂div/∂x` to
+    /// `x_bar` and accumulates the parameter part in `adjoint`. No size checks: the tape sized
+    /// everything.
+    #[allow(clippy::too_many_arguments)] // the reverse pass's buffers, unpacked
+    fn vjp_at(
+        &self,
+        x: &[f64],
+        point: &Self::TimePoint,
+        time_index: usize,
+        cotangent: Cotangent<'_>,
+        x_bar: &mut [f64],
+        adjoint: &mut Self::Adjoint,
+        scratch: &mut Self::Scratch,
+    );
+
+    /// Ends a reverse pass: adds the accumulated parameter cotangent to `theta_bar` (flat
+    /// parameter layout). `points` are the time points the evaluations used, by index.
+    fn adjoint_finish(
+        &self,
+        points: &[Self::TimePoint],
+        adjoint: &mut Self::Adjoint,
+        theta_bar: &mut [f64],
+    );
+}

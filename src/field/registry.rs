@@ -1,0 +1,200 @@
+//! The registered field families: [`Field`], one variant per family, and the dispatch that lets
+//! the flow, model files and training use any of them.
+//!
+//! Adding a family is one folder under `src/field/` (a type implementing [`VectorField`],
+//! [`FieldFamily`] and [`TrainableField`], with its tests) plus its line in each of the two
+//! lists below: the enum variant and the arm of `with_family!`. Nothing outside `src/field/`
+//! names a family except where a user chooses one.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::VectorField;
+use super::family::FieldFamily;
+use super::kernel::KernelField;
+use crate::error::{Error, Result};
+use crate::geometry::Layout;
+
+/// A vector field of any registered family.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Field {
+    /// The paper's pairwise RBF kernel field (Köhler, Klein & Noé 2020).
+    Kernel(KernelField),
+}
+
+/// Runs `$body` with `$f` bound to the concrete field of whatever family `$field` holds, so
+/// that generic code (`fn g<F: TrainableField>(f: &F)`) is monomorphised per family.
+macro_rules! with_family {
+    ($field:expr, $f:ident => $body:expr) => {
+        match $field {
+            $crate::field::Field::Kernel($f) => $body,
+        }
+    };
+}
+pub(crate) use with_family;
+
+/// The family part of a model file: `{"family": NAME, "config": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// [`FieldFamily::NAME`] of the family.
+    pub family: String,
+    /// The family's [`FieldFamily::Config`], as JSON.
+    pub config: serde_json::Value,
+}
+
+/// Builds a field of family `F` from a spec whose family name matched.
+fn from_spec_of<F: FieldFamily>(layout: Layout, spec: &FieldSpec, params: Vec<f64>) -> Result<F> {
+    let config: F::Config =
+        serde_json::from_value(spec.config.clone()).map_err(|e| Error::Format {
+            what: format!("field config of family '{}': {e}", F::NAME),
+        })?;
+    F::from_config(layout, config, params)
+}
+
+fn spec_of<F: FieldFamily>(field: &F) -> FieldSpec {
+    FieldSpec {
+        family: F::NAME.to_string(),
+        // Plain data with finite floats: serialising cannot fail.
+        config: serde_json::to_value(field.config()).unwrap_or_default(),
+    }
+}
+
+impl Field {
+    /// The names of all registered families, for messages and `--help`.
+    pub const FAMILIES: &'static [&'static str] = &[KernelField::NAME];
+
+    /// A field from a model file's family section and parameters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Format`] for an unknown family or a config that does not parse; the family's
+    /// own validation errors otherwise.
+    pub fn from_spec(layout: Layout, spec: &FieldSpec, params: Vec<f64>) -> Result<Field> {
+        match spec.family.as_str() {
+            KernelField::NAME => Ok(Field::Kernel(from_spec_of(layout, spec, params)?)),
+            other => Err(Error::Format {
+                what: format!(
+                    "unknown field family '{other}' (this build knows {:?})",
+                    Field::FAMILIES
+                ),
+            }),
+        }
+    }
+
+    /// The family section of a model file for this field.
+    #[must_use]
+    pub fn spec(&self) -> FieldSpec {
+        with_family!(self, f => spec_of(f))
+    }
+
+    /// The family's model-file name.
+    #[must_use]
+    pub fn family(&self) -> &'static str {
+        fn name<F: FieldFamily>(_: &F) -> &'static str {
+            F::NAME
+        }
+        with_family!(self, f => name(f))
+    }
+
+    /// The particle layout.
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        with_family!(self, f => FieldFamily::layout(f))
+    }
+
+    /// The trainable parameters (flat).
+    #[must_use]
+    pub fn params(&self) -> &[f64] {
+        with_family!(self, f => FieldFamily::params(f))
+    }
+
+    /// Replaces the parameters; on error the field is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// As the family's [`FieldFamily::set_params`].
+    pub fn set_params(&mut self, params: &[f64]) -> Result<()> {
+        with_family!(self, f => FieldFamily::set_params(f, params))
+    }
+
+    /// Names and ranges of the parameter blocks.
+    #[must_use]
+    pub fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)> {
+        with_family!(self, f => f.param_blocks())
+    }
+
+    /// See [`FieldFamily::lipschitz_bound`].
+    #[must_use]
+    pub fn lipschitz_bound(&self, t: f64) -> f64 {
+        with_family!(self, f => f.lipschitz_bound(t))
+    }
+
+    /// See [`FieldFamily::grid_dynamics`].
+    #[must_use]
+    pub fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {
+        with_family!(self, f => f.grid_dynamics(times))
+    }
+
+    /// The paper's kernel field, if this is one.
+    #[must_use]
+    pub fn as_kernel(&self) -> Option<&KernelField> {
+        match self {
+            Field::Kernel(k) => Some(k),
+        }
+    }
+
+    /// The field as the integrators see it.
+    #[must_use]
+    pub fn as_vector_field(&self) -> &dyn VectorField {
+        with_family!(self, f => f)
+    }
+}
+
+impl From<KernelField> for Field {
+    fn from(f: KernelField) -> Field {
+        Field::Kernel(f)
+    }
+}
+
+// Forwarded so that the enum can be integrated directly; `symmetric_jacobian` and the
+// divergence gradient must be forwarded too, or the exact-discrete inverse would take its
+// slower generic path for every family.
+impl VectorField for Field {
+    fn state_len(&self) -> usize {
+        self.as_vector_field().state_len()
+    }
+    fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
+        self.as_vector_field().velocity_into(x, t, v)
+    }
+    fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
+        self.as_vector_field().velocity_only_into(x, t, v);
+    }
+    fn velocity_jacobian_into(
+        &self,
+        x: &[f64],
+        t: f64,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+    ) -> f64 {
+        self.as_vector_field()
+            .velocity_jacobian_into(x, t, v, jacobian)
+    }
+    fn velocity_jacobian_divgrad_into(
+        &self,
+        x: &[f64],
+        t: f64,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+        div_gradient: &mut [f64],
+    ) -> Option<f64> {
+        self.as_vector_field()
+            .velocity_jacobian_divgrad_into(x, t, v, jacobian, div_gradient)
+    }
+    fn symmetric_jacobian(&self) -> bool {
+        self.as_vector_field().symmetric_jacobian()
+    }
+}

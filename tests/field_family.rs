@@ -1,0 +1,139 @@
+//! The field-family interface: the registry, the model-file section, and every family's
+//! Lipschitz bound checked against the spectral norm of its exact Jacobian.
+
+mod common;
+
+use common::*;
+use eqflow::field::{Field, KernelConfig, VectorField};
+use eqflow::io::model;
+use nalgebra::{DMatrix, SymmetricEigen};
+
+/// Spectral norm of a symmetric Jacobian (row-major, n × n).
+fn spectral_norm(jac: &[f64], n: usize) -> f64 {
+    let m = DMatrix::from_row_slice(n, n, jac);
+    let m = (&m + m.transpose()) * 0.5;
+    SymmetricEigen::new(m)
+        .eigenvalues
+        .iter()
+        .fold(0.0f64, |a, e| a.max(e.abs()))
+}
+
+fn jacobian_norm(field: &dyn VectorField, x: &[f64], t: f64) -> f64 {
+    let n = x.len();
+    let mut v = vec![0.0; n];
+    let mut jac = vec![0.0; n * n];
+    field.velocity_jacobian_into(x, t, &mut v, &mut jac);
+    spectral_norm(&jac, n)
+}
+
+fn fields() -> Vec<(String, Field)> {
+    let mut out: Vec<(String, Field)> = vec![
+        (
+            "dw4 random".into(),
+            random_field(4, 2, KernelConfig::double_well(), 7).into(),
+        ),
+        (
+            "lj13 random".into(),
+            random_field(13, 3, KernelConfig::lennard_jones(), 8).into(),
+        ),
+    ];
+    for name in ["dw4", "lj13"] {
+        let (flow, _) = model::load(format!("models/{name}.json").as_ref()).unwrap();
+        out.push((format!("models/{name}.json"), flow.field().clone()));
+    }
+    out
+}
+
+#[test]
+fn lipschitz_bound_dominates_the_jacobian_everywhere() {
+    let mut r = rng(11);
+    for (name, field) in fields() {
+        let len = field.layout().len();
+        for t in [0.0, 0.37, 1.0] {
+            let bound = field.lipschitz_bound(t);
+            assert!(bound.is_finite() && bound > 0.0, "{name}: {bound}");
+            // Random clouds from compressed to spread out, so pair distances cover the
+            // kernels' range and the cliff past the last centre.
+            for spread in [0.3, 1.0, 2.5, 5.0, 9.0] {
+                for _ in 0..8 {
+                    let x = random_config(&mut r, len, spread);
+                    let norm = jacobian_norm(&field, &x, t);
+                    assert!(norm <= bound, "{name} t={t}: ‖J‖ = {norm} > bound {bound}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lipschitz_bound_is_attained_by_two_particles() {
+    // For two particles the Jacobian is [[B, −B], [−B, B]] (up to sign) with the pair block
+    // B, so ‖J‖ = 2·max(|φ|, |φ + φ'r²/d|) at their distance: the bound is exact in the
+    // supremum over d. Sweep d on a grid unrelated to the bound's own.
+    for kernels in [KernelConfig::double_well(), KernelConfig::lennard_jones()] {
+        let field: Field = random_field(2, 3, kernels, 5).into();
+        for t in [0.1, 0.9] {
+            let bound = field.lipschitz_bound(t);
+            let mut best = 0.0f64;
+            for i in 0..6000 {
+                let d = 1e-3 + i as f64 * 0.00371;
+                let x = [0.0, 0.0, 0.0, d, 0.0, 0.0];
+                best = best.max(jacobian_norm(&field, &x, t));
+            }
+            assert!(best <= bound, "{best} > {bound}");
+            assert!(
+                best >= 0.98 * bound,
+                "bound {bound} is loose: max ‖J‖ {best}"
+            );
+        }
+    }
+}
+
+#[test]
+fn shipped_dw4_model_bound_sees_the_cliff_past_the_last_centre() {
+    // REFERENCES.md: |φ + rφ'| of models/dw4.json reaches 22 at t = 1, r ≈ 10.3, where the
+    // normalised kernels fall off; the global bound must include it (N = 4).
+    let (flow, _) = model::load("models/dw4.json".as_ref()).unwrap();
+    let bound = flow.field().lipschitz_bound(1.0);
+    assert!(bound >= 4.0 * 21.0, "{bound}");
+}
+
+#[test]
+fn registry_round_trips_a_field_through_its_model_file_section() {
+    for (name, field) in fields() {
+        assert_eq!(field.family(), "kernel");
+        assert!(Field::FAMILIES.contains(&field.family()));
+        let spec = field.spec();
+        let back = Field::from_spec(field.layout(), &spec, field.params().to_vec()).unwrap();
+        assert_eq!(back, field, "{name}");
+        let blocks = field.param_blocks();
+        assert_eq!(blocks.first().unwrap().1.start, 0);
+        assert_eq!(blocks.last().unwrap().1.end, field.params().len());
+        for w in blocks.windows(2) {
+            assert_eq!(
+                w[0].1.end, w[1].1.start,
+                "{name}: blocks must tile the parameters"
+            );
+        }
+    }
+}
+
+#[test]
+fn version_1_model_files_load_and_are_saved_as_version_2() {
+    let (flow, file) = model::load("models/dw4.json".as_ref()).unwrap();
+    assert_eq!(file.version, 1, "the shipped model is a version 1 file");
+    assert!(file.kernels.is_some() && file.field.is_none());
+    let dir = std::env::temp_dir().join(format!("eqflow-family-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dw4_v2.json");
+    model::save(&flow, file.system.clone(), None, &path).unwrap();
+    let (back, file2) = model::load(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(file2.version, 2);
+    assert_eq!(file2.field.as_ref().unwrap().family, "kernel");
+    assert!(file2.kernels.is_none());
+    assert_eq!(back, flow);
+    for (a, b) in back.field().params().iter().zip(flow.field().params()) {
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
+}
