@@ -34,23 +34,21 @@ const CHORD_EXTRAPOLATION: [f64; 4] = [3.0, -1.5, -1.5, 1.0];
 
 /// The extrapolated chord matrix replaces the evaluated one only while the chord iteration
 /// contracts at least this strongly: then its extra error (O(h⁴), against P's O(h³)) costs no
-/// iterations. Measured median contraction, evaluated / extrapolated: DW-4 1e−5.1 / 1e−5.1
-/// (the same iterations, one Jacobian fewer per step); LJ-13, whose time kernels are narrow,
-/// 1e−2.9 / 1e−2.3 (0.8 more map evaluations per step than the Jacobian saves).
+/// iterations. DW-4 qualifies (one Jacobian fewer per step); LJ-13's narrow time kernels make
+/// the extrapolation contract worse than the Jacobian it saves is worth (see
+/// docs/numerics.md §"Exact density of the discrete RK4 map", inverse step 2).
 const MAX_RATE_FOR_EXTRAPOLATED_CHORD: f64 = 1e-4;
 
 /// The largest first-order correction of a step log-determinant that may be applied, in nats:
 /// the bound `‖∇L‖₁·‖Δ‖∞` on `|∇L·Δ|` for a Newton step `Δ` (see [`inverse_step`]), so that
 /// what decides is the step's size, not its direction. The correction is off by
 /// `(∇ log det − ∇L)·Δ`, at most `ρ·‖∇L‖₁·‖Δ‖∞` with ρ the relative error of the quadrature
-/// gradient, O(h⁴): measured at most 5e−7 on DW-4 and 2e−4 on LJ-13, whose time kernels are
-/// narrow (`quadrature_gradient_approximates_the_log_determinant_gradient`), so at most
-/// 2e−16 and 6e−14 nats per step; on the shipped trained models, more nonlinear, up to
-/// 1.6e−2 and 2.7e−3, so at most 5e−12 and 8e−13. Measured (`examples/density_ratio`): a
-/// sampled and a re-evaluated log q agree to 1.2e−14 (DW-4) and 2.1e−14 (LJ-13), against
-/// 1.3e−12 and 8e−13 when every step iterated to round-off without it. DW-4, whose predictor alone has to
-/// meet the bound, misses it on 2.6% of its steps with a bound of 1e−10 (each a full step
-/// more), 0.45% with this one and none with 1e−9.
+/// gradient, O(h⁴) (`quadrature_gradient_approximates_the_log_determinant_gradient`), which
+/// keeps the correction's error at round-off on the presets and far below it on the shipped
+/// trained models. A lower bound makes more steps miss it (each a full step more: DW-4's
+/// predictor alone has to meet it); a higher one lets a larger error through (ρ times the
+/// bound). The measured ρ, log q agreement and miss rates per bound are in docs/numerics.md
+/// §"Exact density of the discrete RK4 map", inverse step 4.
 const MAX_CORRECTION: f64 = 3e-10;
 
 /// The largest Newton step, relative to the state's scale, that the first-order correction is
@@ -59,9 +57,9 @@ const MAX_CORRECTED_STEP: f64 = 1e-8;
 
 /// How far below the correctable step the chord iteration aims, for the error of its own
 /// prediction (its contraction varies from step to step). A miss costs a full step more;
-/// aiming lower, a chord evaluation (4 field values) more now and then. Measured on LJ-13
-/// (field values / full steps per sample): margin 1: 310 / 20.2; 3: 316 / 20.0;
-/// 30: 334 / 20.0. DW-4 skips the chord altogether.
+/// aiming lower, a chord evaluation (4 field values) more now and then; chosen from LJ-13's
+/// counts at margins 1, 3 and 30 (see docs/numerics.md §"Exact density of the discrete RK4
+/// map"). DW-4 skips the chord altogether.
 const CHORD_MARGIN: f64 = 3.0;
 
 /// Computes `Φ_h(y)` into `out` and the step Jacobian into `ws.step_jac`, for the forward step
@@ -267,7 +265,7 @@ impl InverseCarry {
 /// values only) a chord iteration `y ← y − P·(Φ_h(y) − x)` with a fixed approximate inverse of
 /// the step Jacobian, `P = I − A + A²/2`, `A = h·∂v/∂x` at the predictor's second middle stage
 /// (time `t + h/2`). The step Jacobian is `exp(A) + O(h³)` and P is `exp(−A) + O(h³)`,
-/// so each iteration gains about three digits (measured: 1e−3…1e−4 per iteration on LJ-13)
+/// so each iteration gains about three digits (see docs/numerics.md, inverse step 2)
 /// and P is applied by two matrix–vector products, with no factorisation. The full step (with
 /// the step Jacobian) then ends the solve in one of two ways:
 /// - its residual is at round-off: the log-determinant is the one at the solution;
@@ -334,8 +332,8 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     // Without a cached chord matrix, the predictor's second middle stage evaluates the
     // Jacobian with its value (one field value fewer than a separate evaluation): its point is
     // O(h²) from the step's middle, so `h·J` there is O(h³) from `h·J` at the middle, the
-    // order of P's own error. Measured on LJ-13: 395 field values per sample, against 396
-    // with J at `((y₀ + x)/2, t + h/2)` and 410 at the first middle stage.
+    // order of P's own error. Other points for J cost more or contract worse (see
+    // docs/numerics.md §"Exact density of the discrete RK4 map", inverse step 2).
     let mut jac = std::mem::take(&mut ws.jac);
     let mut jacobian_pending = !cached_chord && !skip_chord;
     let mut middle_seen = false;
@@ -497,7 +495,8 @@ fn newton_correction(delta: &[f64], gradient: &[f64]) -> (f64, f64, f64) {
 /// `residual = image − target`, returning its max norm: the convergence test of both loops of
 /// [`inverse_step`]. With `strict`, NaN if any component is NaN (`f64::max` alone skips NaNs,
 /// and a residual of NaNs would pass for converged): the full step's acceptance test. The chord
-/// loop does without (2% of DW-4 density time): a NaN there reaches the full step that follows.
+/// loop does without (the check costs density time; see docs/numerics.md §"Exact density of
+/// the discrete RK4 map"): a NaN there reaches the full step that follows.
 fn residual_into(image: &[f64], target: &[f64], residual: &mut [f64], strict: bool) -> f64 {
     let mut norm = 0.0f64;
     for ((r, y), t) in residual.iter_mut().zip(image).zip(target) {
@@ -524,8 +523,8 @@ fn apply_inverse_exp(
     u: &mut [f64],
 ) {
     let product = if symmetric { matvec_transposed } else { matvec };
-    // Horner: r − A(r − A r/2). (The cubic term −A³/6 was measured to save no iterations:
-    // the O(h³) variation of J along the step dominates.)
+    // Horner: r − A(r − A r/2). (No cubic term −A³/6: the O(h³) variation of J along the
+    // step dominates P's error; see docs/numerics.md, inverse step 2.)
     product(n, a, r, u);
     for i in 0..n {
         s[i] = r[i] - 0.5 * u[i];
@@ -671,7 +670,8 @@ mod tests {
 
     /// ρ = ‖∇ log det − ∇L‖₁ / ‖∇L‖₁, the relative error of the first-order correction per
     /// unit step (see [`MAX_CORRECTION`]), on both presets: O(h⁴) small, larger for LJ-13's
-    /// narrow time kernels. Measured maxima: DW-4 4.6e−7, LJ-13 2.0e−4.
+    /// narrow time kernels. The bounds are about ten times the maxima measured (see
+    /// docs/numerics.md, inverse step 4).
     #[test]
     fn quadrature_gradient_approximates_the_log_determinant_gradient() {
         let mut rng = ChaCha8Rng::seed_from_u64(6);

@@ -166,10 +166,9 @@ pub(crate) fn scale(a: f64, y: &mut [f64]) -> bool {
 
 /// `y = aᵀ·x` for the n × n row-major `a`, as `Σ_k x_k·(row k of a)`: contiguous rows, sums
 /// over k in order for every element, vectorised across y. For a symmetric `a` it is `a·x`
-/// without the horizontal sums of [`matvec`]'s row dot products (perf, LJ-13 exact density:
-/// 5.9% of the time with `matvec`, 3.8% with this). Blocks of 8 elements of y stay in
-/// registers over the whole sum (perf, DW-4: 33 ns per 8 × 8 product when y went through
-/// memory for every row).
+/// without the horizontal sums of [`matvec`]'s row dot products. Blocks of 8 elements of y stay
+/// in registers over the whole sum instead of going through memory for every row (timings in
+/// docs/numerics.md §"Exact density of the discrete RK4 map").
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
 pub(crate) fn matvec_transposed(n: usize, a: &[f64], x: &[f64], y: &mut [f64]) {
     const NR: usize = 8;
@@ -241,7 +240,7 @@ const SMALL: usize = 8;
 
 /// [`lu_solve`] for n = [`SMALL`]: with constant bounds the loops unroll and the unknowns stay
 /// in registers, where the general loops pass each one through memory (a store-to-load
-/// latency per update; perf, DW-4 exact density: 71 ns per solve, against ~35 ns here). The
+/// latency per update; timings in docs/numerics.md §"Exact density of the discrete RK4 map"). The
 /// same operations in the same order as [`lu_solve_general`], so the same bits.
 fn lu_solve_small(lu: &[f64], piv: &[usize], b: &mut [f64]) {
     let (rows, _) = lu.as_chunks::<SMALL>();

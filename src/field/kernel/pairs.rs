@@ -14,10 +14,11 @@ use crate::geometry::MAX_DIM;
 pub const EPS_D: f64 = 1e-6;
 
 /// Pairs per block of the pair loops: two AVX-512 vectors, enough for the pairs' latency chains
-/// to overlap (measured: 8 gains nothing on LJ-13, 32 nothing more than 16).
+/// to overlap (other sizes: see docs/numerics.md §"Pair loops").
 const BLOCK: usize = 16;
 /// The block for systems with at most this many pairs (DW-4 has 6): the block's buffers are
-/// zeroed once per field evaluation, which costs 10% of a DW-4 evaluation at 16.
+/// zeroed once per field evaluation, a visible cost for DW-4 at 16 (docs/numerics.md
+/// §"Pair loops").
 const SMALL_BLOCK: usize = 8;
 
 /// A block of consecutive pairs `i < j` in row order, in structure-of-arrays form.

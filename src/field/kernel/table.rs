@@ -254,7 +254,8 @@ impl TabulatedField {
 
     /// The tabulated radial function at `t`, if `t` is one of the tabulated times (bitwise).
     fn table_radial(&self, t: f64) -> Option<TableRadial<'_>> {
-        // Called once per field evaluation: a binary search was 5–10% of a DW-4 evaluation.
+        // Called once per field evaluation, so the index is computed from `t` first and
+        // searched for only if that misses (see docs/numerics.md §"Per-time tables").
         let first = *self.times.first()?;
         // Rounded by a saturating cast (`f64::round` is a library call on baseline x86-64);
         // a wrong guess, whatever its cause, fails the bitwise check below.
