@@ -11,7 +11,7 @@
 mod discrete;
 mod dopri5;
 mod linalg;
-mod rk4;
+pub(crate) mod rk4;
 mod workspace;
 
 pub use dopri5::Dopri5Config;
@@ -19,7 +19,7 @@ pub use rk4::rk4_stage_times;
 pub use workspace::Workspace;
 // The exact RK4 step and grid the continuous mode uses, for the reverse pass of training, which
 // must differentiate the very map the flow applies.
-pub(crate) use rk4::{axpy_into, grid_stage_times, step_with as rk4_step_with};
+pub(crate) use rk4::axpy_into;
 
 use crate::error::{Error, Result};
 use crate::field::VectorField;
@@ -82,6 +82,24 @@ pub enum DensityMode {
     Continuous,
 }
 
+/// The largest RK4 step count any solve or training tape accepts.
+pub const MAX_RK4_STEPS: usize = 100_000;
+
+/// The RK4 step counts every fixed-grid solve and the training tape accept:
+/// `1..=`[`MAX_RK4_STEPS`].
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] outside that range.
+pub fn check_rk4_steps(n_steps: usize) -> Result<()> {
+    if n_steps == 0 || n_steps > MAX_RK4_STEPS {
+        return Err(Error::invalid(format!(
+            "RK4 n_steps must be in 1..={MAX_RK4_STEPS}, got {n_steps}"
+        )));
+    }
+    Ok(())
+}
+
 /// A validated method and density mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Integrator {
@@ -94,11 +112,7 @@ impl Integrator {
     pub fn new(method: Method, mode: DensityMode) -> Result<Self> {
         match method {
             Method::Rk4 { n_steps } => {
-                if n_steps == 0 || n_steps > 100_000 {
-                    return Err(Error::invalid(format!(
-                        "RK4 n_steps must be in 1..=100000, got {n_steps}"
-                    )));
-                }
+                check_rk4_steps(n_steps)?;
             }
             Method::Dopri5(cfg) => {
                 cfg.validate()?;

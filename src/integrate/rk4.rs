@@ -5,7 +5,9 @@ use crate::field::VectorField;
 
 /// One RK4 step with step `h` (negative integrates backwards), in place, evaluating the field
 /// at `times` = (start, middle, end) of the step (see [`grid_stage_times`]).
-/// Returns the increment of ℓ, `h/6·(div₁ + 2div₂ + 2div₃ + div₄)`.
+/// Returns the increment of ℓ, `h/6·(div₁ + 2div₂ + 2div₃ + div₄)`. (Solves go through
+/// [`integrate_with`]; tests take single steps.)
+#[cfg(test)]
 pub(crate) fn step<F: VectorField + ?Sized>(
     field: &F,
     x: &mut [f64],
@@ -103,6 +105,63 @@ pub(crate) fn grid_time(i: usize, n_steps: usize) -> f64 {
     i as f64 / n_steps as f64
 }
 
+/// The steps of a fixed-grid integration of `n_steps` steps in the order they are taken:
+/// each step's stage times ([`grid_stage_times`]) and its signed step size (negative
+/// backwards, from t = 1 to 0).
+pub(crate) fn grid_steps(n_steps: usize, forward: bool) -> impl Iterator<Item = ([f64; 3], f64)> {
+    let h = 1.0 / n_steps as f64;
+    (0..n_steps).map(move |s| {
+        if forward {
+            (grid_stage_times(s, n_steps, true), h)
+        } else {
+            (grid_stage_times(n_steps - 1 - s, n_steps, false), -h)
+        }
+    })
+}
+
+/// Watches a fixed-grid RK4 integration step by step, in the order the steps are taken (the
+/// training tape records the trajectory it later differentiates).
+pub(crate) trait StepObserver {
+    /// Before step `s` (0-based, in order of execution), with the state at its start.
+    fn before_step(&mut self, s: usize, x: &[f64]);
+    /// After step `s` of signed size `h`, with the step's stage velocities `k1…k4`.
+    fn after_step(&mut self, s: usize, h: f64, k: &[Vec<f64>]);
+}
+
+/// Observes nothing.
+pub(crate) struct Unobserved;
+
+impl StepObserver for Unobserved {
+    fn before_step(&mut self, _: usize, _: &[f64]) {}
+    fn after_step(&mut self, _: usize, _: f64, _: &[Vec<f64>]) {}
+}
+
+/// The one fixed-grid RK4 loop: integrates from t = 0 to 1 (`forward`) or from 1 to 0 over
+/// [`grid_steps`], evaluating the field by `eval(y, s, times, i, v) -> div` (step `s` in order
+/// of execution, its stage times, the stage-time index `i` as in [`step_with`]) and telling
+/// `observer` about every step. Returns ℓ(end) − ℓ(start). The continuous mode and the
+/// training tape both run this loop, so they apply the same map bit for bit by construction.
+pub(crate) fn integrate_with<E, O>(
+    x: &mut [f64],
+    n_steps: usize,
+    forward: bool,
+    ws: &mut Workspace,
+    mut eval: E,
+    observer: &mut O,
+) -> f64
+where
+    E: FnMut(&[f64], usize, [f64; 3], usize, &mut [f64]) -> f64,
+    O: StepObserver + ?Sized,
+{
+    let mut log_det = 0.0;
+    for (s, (times, h)) in grid_steps(n_steps, forward).enumerate() {
+        observer.before_step(s, x);
+        log_det += step_with(x, h, ws, |y, i, v| eval(y, s, times, i, v));
+        observer.after_step(s, h, &ws.k);
+    }
+    log_det
+}
+
 /// Integrates from t = 0 to 1 (`forward`) or from 1 to 0, returning ℓ(end) − ℓ(start).
 pub(crate) fn integrate<F: VectorField + ?Sized>(
     field: &F,
@@ -111,16 +170,12 @@ pub(crate) fn integrate<F: VectorField + ?Sized>(
     forward: bool,
     ws: &mut Workspace,
 ) -> f64 {
-    let h = 1.0 / n_steps as f64;
-    let mut log_det = 0.0;
-    if forward {
-        for i in 0..n_steps {
-            log_det += step(field, x, grid_stage_times(i, n_steps, true), h, ws);
-        }
-    } else {
-        for i in (0..n_steps).rev() {
-            log_det += step(field, x, grid_stage_times(i, n_steps, false), -h, ws);
-        }
-    }
-    log_det
+    integrate_with(
+        x,
+        n_steps,
+        forward,
+        ws,
+        |y, _, times, i, v| field.velocity_into(y, times[i], v),
+        &mut Unobserved,
+    )
 }

@@ -5,12 +5,13 @@
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
-use super::tape::{Rk4Tape, check_n_steps};
+use super::tape::Rk4Tape;
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::field::{Field, TrainableField, with_family};
 use crate::flow::{Flow, sample_rng};
 use crate::geometry::{MAX_DIM, remove_center_of_mass};
+use crate::integrate::check_rk4_steps;
 use crate::prior::Prior;
 
 /// Buffers of one sample's loss and gradient: the RK4 tape and state-sized scratch. One per
@@ -226,7 +227,7 @@ impl<'a> Losses<'a> {
     ///
     /// [`Error::InvalidArgument`] if `n_steps` is outside `1..=100000`.
     pub fn new(flow: &'a Flow, n_steps: usize) -> Result<Self> {
-        check_n_steps(n_steps)?;
+        check_rk4_steps(n_steps)?;
         Ok(Losses {
             field: flow.field(),
             prior: flow.prior(),

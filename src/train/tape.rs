@@ -35,7 +35,7 @@
 
 use crate::error::{Error, Result};
 use crate::field::{Cotangent, TrainableField};
-use crate::integrate::{Workspace, axpy_into, grid_stage_times, rk4_step_with};
+use crate::integrate::{Workspace, axpy_into, check_rk4_steps, rk4};
 
 /// Records a continuous-mode RK4 integration and runs its reverse pass. Sized once for a state
 /// length and a step count; reuse one per thread: neither pass allocates.
@@ -79,7 +79,7 @@ impl<F: TrainableField> Rk4Tape<F> {
         if len == 0 {
             return Err(Error::invalid("RK4 tape: state length must be positive"));
         }
-        check_n_steps(n_steps)?;
+        check_rk4_steps(n_steps)?;
         let v = || vec![0.0; len];
         Ok(Rk4Tape {
             len,
@@ -118,9 +118,10 @@ impl<F: TrainableField> Rk4Tape<F> {
 
     /// Integrates `x` in place from t = 0 to 1 (`forward`) or from 1 to 0, recording the
     /// trajectory, and returns ℓ(end) − ℓ(start): `log|det ∂x(1)/∂x(0)|` forward,
-    /// `log|det ∂x(0)/∂x(1)|` backward. The arithmetic is that of the flow's continuous RK4
-    /// mode, so the result is bit-identical to [`crate::integrate::Integrator`] with
-    /// `Method::Rk4` and `DensityMode::Continuous`.
+    /// `log|det ∂x(0)/∂x(1)|` backward. It runs the integrator's own RK4 loop
+    /// (`integrate::rk4::integrate_with`) and only observes its steps, so the result is
+    /// bit-identical to [`crate::integrate::Integrator`] with `Method::Rk4` and
+    /// `DensityMode::Continuous` by construction.
     ///
     /// # Errors
     ///
@@ -133,27 +134,22 @@ impl<F: TrainableField> Rk4Tape<F> {
         self.set_direction(forward);
         let n = self.n_steps;
         let len = self.len;
-        let mut log_det = 0.0;
-        // The folded time bases of the grid, cached across samples with the same parameters:
-        // the forward pass then skips re-folding them at every field evaluation.
+        // The field's time points of the grid, cached across samples with the same parameters:
+        // the forward pass then skips recomputing them at every field evaluation.
         self.prepare_grid(field);
-        for s in 0..n {
-            let (_, hs) = self.steps[s];
-            let base = 4 * s * len;
-            self.states[base..base + len].copy_from_slice(x);
-            let stage_points = &self.grid_index[3 * s..3 * s + 3];
-            let grid = &self.grid;
-            log_det += rk4_step_with(x, hs, &mut self.ws, |y, i, v| {
-                field.velocity_at_into(y, &grid[stage_points[i]], v)
-            });
-            let half = 0.5 * hs;
-            let (x0, rest) = self.states[base..base + 4 * len].split_at_mut(len);
-            let (y2, rest) = rest.split_at_mut(len);
-            let (y3, y4) = rest.split_at_mut(len);
-            axpy_into(y2, x0, half, &self.ws.k[0]);
-            axpy_into(y3, x0, half, &self.ws.k[1]);
-            axpy_into(y4, x0, hs, &self.ws.k[2]);
-        }
+        let (grid, grid_index) = (&self.grid, &self.grid_index);
+        let mut recorder = Recorder {
+            states: &mut self.states,
+            len,
+        };
+        let log_det = rk4::integrate_with(
+            x,
+            n,
+            forward,
+            &mut self.ws,
+            |y, s, _, i, v| field.velocity_at_into(y, &grid[grid_index[3 * s + i]], v),
+            &mut recorder,
+        );
         if !log_det.is_finite() {
             return Err(Error::non_finite("log-determinant of the flow map"));
         }
@@ -298,19 +294,16 @@ impl<F: TrainableField> Rk4Tape<F> {
     }
 
     /// Forgets the recording and sets the step times and signed steps of an integration in
-    /// direction `forward`.
+    /// direction `forward`: those of the integrator's loop ([`rk4::grid_steps`]).
     fn set_direction(&mut self, forward: bool) {
         self.recorded = false;
         self.forward = forward;
-        let n = self.n_steps;
-        let h = 1.0 / n as f64;
-        for s in 0..n {
-            // The same grid points and order as `rk4::integrate`.
-            self.steps[s] = if forward {
-                (grid_stage_times(s, n, true), h)
-            } else {
-                (grid_stage_times(n - 1 - s, n, false), -h)
-            };
+        for (slot, step) in self
+            .steps
+            .iter_mut()
+            .zip(rk4::grid_steps(self.n_steps, forward))
+        {
+            *slot = step;
         }
     }
 
@@ -354,12 +347,28 @@ impl<F: TrainableField> Rk4Tape<F> {
     }
 }
 
-/// The step counts a tape accepts, those of [`crate::integrate::Integrator`]: `1..=100000`.
-pub(crate) fn check_n_steps(n_steps: usize) -> Result<()> {
-    if n_steps == 0 || n_steps > 100_000 {
-        return Err(Error::invalid(format!(
-            "RK4 n_steps must be in 1..=100000, got {n_steps}"
-        )));
+/// Records what the tape's reverse pass needs of each step of the integrator's loop: the start
+/// state, and the stage points `y2, y3, y4` rebuilt bit for bit from the stage velocities.
+struct Recorder<'a> {
+    states: &'a mut [f64],
+    len: usize,
+}
+
+impl rk4::StepObserver for Recorder<'_> {
+    fn before_step(&mut self, s: usize, x: &[f64]) {
+        let base = 4 * s * self.len;
+        self.states[base..base + self.len].copy_from_slice(x);
     }
-    Ok(())
+
+    fn after_step(&mut self, s: usize, h: f64, k: &[Vec<f64>]) {
+        let len = self.len;
+        let base = 4 * s * len;
+        let half = 0.5 * h;
+        let (x0, rest) = self.states[base..base + 4 * len].split_at_mut(len);
+        let (y2, rest) = rest.split_at_mut(len);
+        let (y3, y4) = rest.split_at_mut(len);
+        axpy_into(y2, x0, half, &k[0]);
+        axpy_into(y3, x0, half, &k[1]);
+        axpy_into(y4, x0, h, &k[2]);
+    }
 }

@@ -69,7 +69,7 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size must be at least 1"));
         }
-        super::tape::check_n_steps(self.n_rk4_steps)?;
+        crate::integrate::check_rk4_steps(self.n_rk4_steps)?;
         self.optimizer.validate()?;
         self.lambda.validate()?;
         if self.lambda.needs_kl() && self.n_kl_samples == 0 {
