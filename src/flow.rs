@@ -5,7 +5,6 @@
 //! (key from `s`, stream `i`) and is computed sequentially by one thread, so results are
 //! bit-identical for any number of threads and any batch split.
 
-use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
@@ -16,6 +15,7 @@ use crate::field::{Field, KernelConfig, KernelField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::{Integrator, Method, Stats, Workspace, rk4_stage_times};
 use crate::prior::Prior;
+use crate::rng::{self, Stream};
 
 /// An equivariant flow for N particles in D dimensions, with a field of any registered family
 /// ([`Field`]). Immutable and `Sync`: share it across threads freely.
@@ -55,12 +55,10 @@ impl PartialEq for Flow {
     }
 }
 
-/// The random stream of sample `index` for a call with `seed`.
+/// The random stream of sample `index` for a call with `seed`: [`rng::Stream::Sample`].
 #[must_use]
 pub fn sample_rng(seed: u64, index: u64) -> ChaCha20Rng {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    rng.set_stream(index);
-    rng
+    rng::stream(seed, Stream::Sample(index))
 }
 
 impl Flow {
@@ -185,6 +183,24 @@ impl Flow {
         Workspace::new(self.layout().len())
     }
 
+    /// Draws a latent `z` (CoM-free, from the prior) from `rng` into `z`: the one latent
+    /// draw of sampling, the move and the reverse-KL loss.
+    pub fn draw_latent_into(&self, rng: &mut ChaCha20Rng, z: &mut [f64]) {
+        self.prior.sample_into(rng, z);
+    }
+
+    /// Draws a latent from `rng` into `x` and pushes it through the flow in place: one flow
+    /// sample with its `log q` (see [`Flow::push_forward`]).
+    pub fn sample_one_into(
+        &self,
+        rng: &mut ChaCha20Rng,
+        x: &mut [f64],
+        ws: &mut Workspace,
+    ) -> Result<(f64, Stats)> {
+        self.draw_latent_into(rng, x);
+        self.push_forward(x, ws)
+    }
+
     /// Pushes a CoM-free latent `z` through the flow in place (it becomes x) and returns
     /// `log q(x) = log ρ(z) − log|det ∂x/∂z|`.
     pub fn push_forward(&self, z: &mut [f64], ws: &mut Workspace) -> Result<(f64, Stats)> {
@@ -234,9 +250,8 @@ impl Flow {
             .map_init(
                 || self.workspace(),
                 |ws, (i, (xi, lq))| {
-                    let mut rng = sample_rng(seed, i as u64);
-                    self.prior.sample_into(&mut rng, xi);
-                    let (value, stats) = self.push_forward(xi, ws)?;
+                    let (value, stats) =
+                        self.sample_one_into(&mut sample_rng(seed, i as u64), xi, ws)?;
                     *lq = value;
                     Ok(stats)
                 },
@@ -246,7 +261,7 @@ impl Flow {
         if let Some(z) = z {
             // Latents are regenerated rather than stored per sample: the same streams, cheap.
             z.par_chunks_mut(len).enumerate().for_each(|(i, zi)| {
-                self.prior.sample_into(&mut sample_rng(seed, i as u64), zi);
+                self.draw_latent_into(&mut sample_rng(seed, i as u64), zi);
             });
         }
         Ok(stats)

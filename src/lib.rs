@@ -70,6 +70,7 @@ pub mod io;
 pub mod mc_move;
 pub mod mcmc;
 pub mod prior;
+pub mod rng;
 pub mod system;
 pub mod train;
 

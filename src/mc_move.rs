@@ -61,14 +61,11 @@ use std::sync::Arc;
 use rand::RngExt;
 
 use crate::error::{Error, Result, check_finite};
-use crate::flow::{Flow, sample_rng};
+use crate::flow::Flow;
 use crate::geometry::{MAX_DIM, center_of_mass_into, translate};
 use crate::integrate::Workspace;
 
-/// Random streams of the move are `sample_rng(seed, MOVE_STREAMS + k)`: disjoint from the streams
-/// `0, 1, …` of [`Flow::sample_into`], so a move and a batch sample with the same seed do not
-/// produce the same configurations.
-const MOVE_STREAMS: u64 = 1 << 63;
+use crate::rng::{self, Stream};
 
 /// Counters of a move.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -306,11 +303,12 @@ impl FlowMove {
         };
         let log_w_current = -u / self.kt - log_q_current;
 
-        let mut rng = sample_rng(self.seed, MOVE_STREAMS | self.stats.n_proposed);
-        self.flow.prior().sample_into(&mut rng, &mut self.trial);
-        let (log_q_proposed, _) = self
-            .flow
-            .push_forward(&mut self.trial, &mut self.workspace)?;
+        // Proposal k draws its latent and then its uniform from its own stream, disjoint from
+        // every batch sample's (rng module docs).
+        let mut rng = rng::stream(self.seed, Stream::MoveProposal(self.stats.n_proposed));
+        let (log_q_proposed, _) =
+            self.flow
+                .sample_one_into(&mut rng, &mut self.trial, &mut self.workspace)?;
         check_log_q(log_q_proposed, "log q of the proposal")?;
         let uniform: f64 = rng.random();
 

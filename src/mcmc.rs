@@ -44,8 +44,8 @@ use rayon::prelude::*;
 
 use crate::energy::Energy;
 use crate::error::{Error, Result, check_finite};
-use crate::flow::sample_rng;
 use crate::geometry::{Layout, remove_center_of_mass};
+use crate::rng::{self, Stream};
 
 /// Where each chain starts. Whatever the start, its centre of mass is removed first.
 #[derive(Debug, Clone, PartialEq)]
@@ -401,7 +401,7 @@ struct Chain<'e, E: ?Sized> {
 impl<'e, E: Energy + ?Sized> Chain<'e, E> {
     fn start(energy: &'e E, layout: Layout, config: &McmcConfig, index: usize) -> Result<Self> {
         let len = layout.len();
-        let mut rng = sample_rng(config.seed, index as u64);
+        let mut rng = rng::stream(config.seed, Stream::McmcChain(index as u64));
         let mut x = vec![0.0; len];
         match &config.initial {
             InitialState::Lattice { spacing, jitter } => {

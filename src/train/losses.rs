@@ -213,6 +213,7 @@ fn name_sample(error: Error, seed: u64, index: u64) -> Error {
 /// for any number of threads.
 #[derive(Debug, Clone, Copy)]
 pub struct Losses<'a> {
+    flow: &'a Flow,
     field: &'a Field,
     prior: &'a Prior,
     n_steps: usize,
@@ -229,6 +230,7 @@ impl<'a> Losses<'a> {
     pub fn new(flow: &'a Flow, n_steps: usize) -> Result<Self> {
         check_rk4_steps(n_steps)?;
         Ok(Losses {
+            flow,
             field: flow.field(),
             prior: flow.prior(),
             n_steps,
@@ -399,8 +401,8 @@ impl<'a> Losses<'a> {
                 .into_par_iter()
                 .map_init(init, |ws, i| {
                     let ws = ws.as_mut().map_err(|e| e.clone())?;
-                    self.prior
-                        .sample_into(&mut sample_rng(seed, index(i)), &mut ws.latent);
+                    self.flow
+                        .draw_latent_into(&mut sample_rng(seed, index(i)), &mut ws.latent);
                     ws.state.copy_from_slice(&ws.latent);
                     let log_det = ws.tape.integrate(field, &mut ws.state, true)?;
                     let trajectory = if with_gradient {

@@ -11,10 +11,8 @@ use super::losses::{KlEnergy, Losses};
 use super::schedule::LambdaSchedule;
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
-use crate::flow::{Flow, sample_rng};
-
-// Shuffles use their own key so they never share a stream with the KL latents (which use `seed`).
-const SHUFFLE_KEY: u64 = 0x5348_5546_464c_4521;
+use crate::flow::Flow;
+use crate::rng::{self, Stream};
 
 /// Settings of a training run. `Default` is the paper's DW-4 protocol (DESIGN.md §2): 50 epochs,
 /// batch 64, RK4 with 20 steps, AdamW lr 5e-3 with AMSGrad and weight decay 1e-12, pure ML
@@ -382,7 +380,7 @@ fn check_data(x: &[f64], len: usize, what: &str) -> Result<usize> {
 fn shuffled_order(order: &mut Vec<usize>, n: usize, seed: u64, epoch: u64) {
     order.clear();
     order.extend(0..n);
-    let mut rng = sample_rng(seed ^ SHUFFLE_KEY, epoch);
+    let mut rng = rng::stream(seed, Stream::Shuffle(epoch));
     for i in (1..n).rev() {
         let j = rng.random_range(0..=i);
         order.swap(i, j);

@@ -1,7 +1,5 @@
 //! `KernelField`: the equivariant RBF field with its trainable parameters.
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::kernels::{KernelConfig, MAX_TIME_KERNELS};
@@ -14,6 +12,7 @@ use crate::error::{Error, Result, check_finite};
 use crate::field::VectorField;
 use crate::field::exp::exp_nonpositive;
 use crate::geometry::Layout;
+use crate::rng::{self, Stream};
 
 // A padding kernel's centre: (d − μ)²·a overflows the exp range, so its Gaussian is exactly 0.
 const PAD_MU: f64 = 1e100;
@@ -68,7 +67,7 @@ impl KernelField {
         let mut params = vec![0.0; pl.len()];
         let normal = Normal::new(0.0, 1.0 / (kernels.n_dist() as f64).sqrt())
             .map_err(|e| Error::invalid(e.to_string()))?;
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut rng = rng::stream(seed, Stream::FieldInit);
         for w in &mut params[pl.w()] {
             *w = normal.sample(&mut rng);
         }
