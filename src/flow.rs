@@ -13,7 +13,10 @@ use std::sync::{Arc, OnceLock};
 
 use crate::field::{Field, KernelConfig, KernelField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
-use crate::integrate::{Integrator, Method, Stats, Workspace, rk4_stage_times};
+use crate::integrate::{
+    Integrator, MAX_RK4_STEPS, Method, Stats, StepCertificate, Workspace, certify_rk4,
+    rk4_stage_times, steps_needed,
+};
 use crate::prior::Prior;
 use crate::rng::{self, Stream};
 
@@ -175,6 +178,27 @@ impl Flow {
         self.field.set_params(params)?;
         self.retabulate();
         Ok(())
+    }
+
+    /// The certificate that every step of this flow's fixed-grid RK4 map is a bijection
+    /// (see [`crate::integrate::certify_rk4`]), from the field family's Lipschitz bound;
+    /// `None` for an adaptive method, which is not a fixed map. Costs 2·n_steps + 1 bound
+    /// evaluations (about a millisecond each for the kernel field).
+    #[must_use]
+    pub fn certificate(&self) -> Option<StepCertificate> {
+        match self.integrator.method() {
+            Method::Rk4 { n_steps } => {
+                Some(certify_rk4(&|t| self.field.lipschitz_bound(t), n_steps))
+            }
+            Method::Dopri5(_) => None,
+        }
+    }
+
+    /// The smallest RK4 step count (up to [`MAX_RK4_STEPS`]) whose grid this flow's field
+    /// certifies, if any.
+    #[must_use]
+    pub fn certified_step_count(&self) -> Option<usize> {
+        steps_needed(&|t| self.field.lipschitz_bound(t), MAX_RK4_STEPS)
     }
 
     /// A workspace sized for this flow (one per thread when calling the single-sample methods).

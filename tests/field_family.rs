@@ -137,3 +137,25 @@ fn version_1_model_files_load_and_are_saved_as_version_2() {
         assert_eq!(a.to_bits(), b.to_bits());
     }
 }
+
+#[test]
+fn certificate_of_the_shipped_models() {
+    // REFERENCES.md measured on these models: the cliff past the last distance centre makes
+    // a global certificate need ~160 RK4 steps, against the 20 they run with.
+    for name in ["dw4", "lj13"] {
+        let (flow, _) = model::load(format!("models/{name}.json").as_ref()).unwrap();
+        let cert = flow.certificate().unwrap();
+        let needed = flow.certified_step_count().unwrap();
+        eprintln!("{name}: {cert:?}, certified from {needed} steps");
+        assert!(!cert.is_certified());
+        let mut at_needed = flow.clone();
+        at_needed.set_integrator(
+            eqflow::integrate::Integrator::new(
+                eqflow::integrate::Method::Rk4 { n_steps: needed },
+                eqflow::integrate::DensityMode::ExactDiscrete,
+            )
+            .unwrap(),
+        );
+        assert!(at_needed.certificate().unwrap().is_certified());
+    }
+}

@@ -8,12 +8,14 @@
 //!
 //! The integrator knows a [`VectorField`], nothing of priors or flows.
 
+mod certificate;
 mod discrete;
 mod dopri5;
 mod linalg;
 pub(crate) mod rk4;
 mod workspace;
 
+pub use certificate::{StepCertificate, certify_rk4, increment_bound, steps_needed};
 pub use dopri5::Dopri5Config;
 pub use rk4::rk4_stage_times;
 pub use workspace::Workspace;

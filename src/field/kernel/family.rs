@@ -48,13 +48,13 @@ impl FieldFamily for KernelField {
     /// `φ + φ' r²/d`, so `|uᵀ J u| ≤ M Σ_{i<j} |u_i − u_j|² ≤ M N |u|²` (the complete graph's
     /// Laplacian has norm N) and J is symmetric.
     ///
-    /// The maximum over d is taken on a grid of spacing `γ_min/64` from `d = √ε_d` to the
+    /// The maximum over d is taken on a grid of spacing `γ_min/32` from `d = √ε_d` to the
     /// distance past which every Gaussian underflows to exactly 0 (φ is constant there, so
     /// that last point covers the tail). Between two grid points `f = max(|φ|, |φ + φ'r²/d|)`
     /// is bounded by the larger end value plus half the largest change of f over that interval
     /// and its two neighbours (a first-order margin from the local slope, where the error of
     /// the plain grid maximum is second order). This is sound for an f that is smooth on the
-    /// grid's scale, which the Gaussians of width ≥ 64 grid spacings make it; it is not an
+    /// grid's scale, which the Gaussians of width ≥ 32 grid spacings make it; it is not an
     /// interval-arithmetic enclosure.
     fn lipschitz_bound(&self, t: f64) -> f64 {
         let slice = self.time_slice(t);
@@ -71,7 +71,7 @@ impl FieldFamily for KernelField {
             .zip(&a[..n_dist])
             .map(|(mu, a)| mu + (-UNDERFLOW / a).sqrt())
             .fold(0.0, f64::max);
-        let step = gamma_min / 64.0;
+        let step = gamma_min / 32.0;
         let n_points = ((d_end - EPS_D.sqrt()) / step).ceil() as usize + 2;
         let mut scratch = Scratch::new();
         let f: Vec<f64> = (0..n_points)
