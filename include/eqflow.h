@@ -679,8 +679,11 @@ int32_t eqf_move_propose(eqf_move *move,
  *
  * Accepts with probability min(1, exp(log w(x') - log w(x))), `log w = -U/kT - log q`. A
  * proposal with `U_proposed = +infinity` is always rejected; if the current state had
- * `U_current = +infinity`, any proposal with finite energy is accepted. Either way the
- * proposal is no longer pending and the statistics count it.
+ * `U_current = +infinity` (weight 0, log w = -infinity), any proposal with finite energy is
+ * accepted. Either way the proposal is no longer pending and the statistics count it. The
+ * test is evaluated in log space and stays correct at any positive kT: where U/kT overflows
+ * (kT = 1e-300, 5e-324) a proposal of lower energy is accepted and one of higher energy
+ * rejected.
  *
  * @param move        the move (not NULL)
  * @param U_proposed  the energy of the configuration written by `eqf_move_propose`
