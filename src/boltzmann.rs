@@ -254,6 +254,19 @@ pub fn metropolis(log_acceptance: f64, uniform: f64) -> Metropolis {
     }
 }
 
+/// Fails with [`Error::NonFinite`] ("log_w[i] = …") if a log weight is NaN or `+∞`; `−∞`
+/// (weight zero) is a valid log weight.
+///
+/// # Errors
+///
+/// [`Error::NonFinite`] for the first NaN or `+∞`.
+pub fn check_log_weights(log_w: &[f64]) -> Result<()> {
+    match log_w.iter().position(|w| w.is_nan() || *w == f64::INFINITY) {
+        None => Ok(()),
+        Some(i) => Err(Error::non_finite(format!("log_w[{i}] = {}", log_w[i]))),
+    }
+}
+
 /// Writes the weights relative to the largest, `w_i = exp(log w_i − max_j log w_j)` in [0, 1],
 /// for self-normalised estimates `Σ w O / Σ w` (which do not depend on the scale of w). Weights
 /// that are all zero (every `log w = −∞`), or an empty slice, give zeros.
@@ -266,9 +279,7 @@ pub fn relative_weights_into(log_w: &[f64], weights: &mut [f64]) -> Result<()> {
     if weights.len() != log_w.len() {
         return Err(Error::size("weights", log_w.len(), weights.len()));
     }
-    if let Some(i) = log_w.iter().position(|w| w.is_nan() || *w == f64::INFINITY) {
-        return Err(Error::non_finite(format!("log_w[{i}] = {}", log_w[i])));
-    }
+    check_log_weights(log_w)?;
     let max = log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         weights.fill(0.0);

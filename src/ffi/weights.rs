@@ -1,7 +1,6 @@
 //! Boltzmann-generator importance weights and their effective sample size, for batches.
 
-use crate::boltzmann::{kish_ess, log_weights_into};
-use crate::{Error, Result};
+use crate::boltzmann::{check_log_weights, kish_ess, log_weights_into};
 
 use super::{catch, check_not_null, check_output, count, input_array, scratch, write_output};
 
@@ -77,13 +76,6 @@ pub unsafe extern "C" fn eqf_kish_ess(n: i64, log_w: *const f64, ess: *mut f64) 
         unsafe { write_output(ess, &[value]) };
         Ok(())
     })
-}
-
-fn check_log_weights(log_w: &[f64]) -> Result<()> {
-    match log_w.iter().position(|w| w.is_nan() || *w == f64::INFINITY) {
-        None => Ok(()),
-        Some(i) => Err(Error::non_finite(format!("log_w[{i}] = {}", log_w[i]))),
-    }
 }
 
 #[cfg(test)]
