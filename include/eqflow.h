@@ -679,8 +679,11 @@ int32_t eqf_move_propose(eqf_move *move,
  *
  * Accepts with probability min(1, exp(log w(x') - log w(x))), `log w = -U/kT - log q`. A
  * proposal with `U_proposed = +infinity` is always rejected; if the current state had
- * `U_current = +infinity`, any proposal with finite energy is accepted. Either way the
- * proposal is no longer pending and the statistics count it.
+ * `U_current = +infinity` (weight 0, log w = -infinity), any proposal with finite energy is
+ * accepted. Either way the proposal is no longer pending and the statistics count it. The
+ * test is evaluated in log space and stays correct at any positive kT: where U/kT overflows
+ * (kT = 1e-300, 5e-324) a proposal of lower energy is accepted and one of higher energy
+ * rejected.
  *
  * @param move        the move (not NULL)
  * @param U_proposed  the energy of the configuration written by `eqf_move_propose`
@@ -1058,7 +1061,9 @@ size_t eqf_last_error_message(char *buf, size_t len);
  *
  * Self-normalised estimates of an observable O are then `sum_s w_s O_s / sum_s w_s`; compute
  * them with `exp(log_w[s] - max log_w)` to avoid overflow. An energy of +infinity is valid and
- * gives weight 0 (`log_w = -infinity`).
+ * gives weight 0 (`log_w = -infinity`). A finite energy whose log weight is not representable
+ * as a finite double (e.g. U = -1e308 at kT = 1e-10, where -U/kT = 1e318) is an error rather
+ * than a log weight of +-infinity, which would claim a weight of infinity or exactly zero.
  *
  * Nothing is written unless the call succeeds; with n == 0 the arrays may be NULL.
  * `log_w` may be the same array as `U` or `log_q`.
@@ -1069,7 +1074,8 @@ size_t eqf_last_error_message(char *buf, size_t len);
  * @param kT     temperature in energy units (> 0, finite)
  * @param log_w  output, n log weights
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, kT
- *         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite)
+ *         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite,
+ *         a log weight not representable)
  */
 int32_t eqf_log_weights(int64_t n, const double *U, const double *log_q, double kT, double *log_w);
 

@@ -34,11 +34,21 @@
 //! state is pulled back through the flow once. `U` of the current state is taken as given on every
 //! call and enters only `log w`, so a host may change its Hamiltonian between moves.
 //!
-//! # Special energies
+//! # Special energies and temperatures
 //!
-//! `U = +∞` is a valid energy: a proposal with `U(x') = +∞` is always rejected, and a current
-//! state with `U(x) = +∞` (weight 0) accepts any proposal with finite energy. `U = NaN` and
-//! `U = −∞` are errors.
+//! The rules are those of [`crate::boltzmann`]; the decision is
+//! [`metropolis`]`(`[`log_weight_ratio`]`(…), uniform)`.
+//!
+//! * `U = +∞` is a valid energy: a proposal with `U(x') = +∞` is always rejected, even from a
+//!   current state of infinite energy (the chain then stays where it is).
+//! * A current state with `U(x) = +∞` has weight 0, `log w(x) = −∞`, and that is the only way
+//!   its log weight is −∞: the ratio w(x')/w(x) is infinite and any proposal with finite
+//!   energy is accepted with certainty, whatever its `log q`. This lets a host start from an
+//!   overlapping configuration.
+//! * `U = NaN` and `U = −∞` are errors.
+//! * Any positive finite kT works. At a tiny kT (1e-300, 5e-324) `U/kT` overflows for
+//!   ordinary energies; the test then compares the states through `−(U' − U)/kT`, so a
+//!   downhill proposal is accepted and an uphill one rejected, never decided by an overflow.
 //!
 //! # Errors leave everything untouched
 //!
@@ -60,6 +70,7 @@ use std::sync::Arc;
 
 use rand::RngExt;
 
+use crate::boltzmann::{Kt, check_energy, log_weight_ratio, metropolis};
 use crate::error::{Error, Result, check_finite};
 use crate::flow::Flow;
 use crate::geometry::{MAX_DIM, center_of_mass_into, translate};
@@ -95,8 +106,8 @@ struct Prepared {
     /// `log q` of the current state, and whether it was computed now (a cache miss).
     log_q_current: f64,
     cache_miss: bool,
-    /// `log w` of the current state (−∞ when `U = +∞`).
-    log_w_current: f64,
+    /// `U` of the current state, as the host gave it (admissible).
+    u_current: f64,
     /// `log q` of the proposal (in `FlowMove::trial`).
     log_q_proposed: f64,
     /// The uniform variate of the Metropolis test, from the proposal's stream.
@@ -116,7 +127,7 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct FlowMove {
     flow: Arc<Flow>,
-    kt: f64,
+    kt: Kt,
     seed: u64,
     stats: MoveStats,
     workspace: Workspace,
@@ -140,11 +151,7 @@ impl FlowMove {
     ///
     /// [`Error::InvalidArgument`] if `kt` is not positive and finite.
     pub fn new(flow: Arc<Flow>, kt: f64, seed: u64) -> Result<FlowMove> {
-        if !(kt.is_finite() && kt > 0.0) {
-            return Err(Error::invalid(format!(
-                "kT must be positive and finite, got {kt}"
-            )));
-        }
+        let kt = Kt::new(kt)?;
         let len = flow.layout().len();
         Ok(FlowMove {
             workspace: flow.workspace(),
@@ -170,7 +177,7 @@ impl FlowMove {
     /// The temperature kT, in the energy units of U.
     #[must_use]
     pub fn kt(&self) -> f64 {
-        self.kt
+        self.kt.get()
     }
 
     #[must_use]
@@ -301,7 +308,6 @@ impl FlowMove {
             check_log_q(log_q, "log q of the current state")?;
             log_q
         };
-        let log_w_current = -u / self.kt - log_q_current;
 
         // Proposal k draws its latent and then its uniform from its own stream, disjoint from
         // every batch sample's (rng module docs).
@@ -321,26 +327,22 @@ impl FlowMove {
         Ok(Prepared {
             log_q_current,
             cache_miss: !cache_hit,
-            log_w_current,
+            u_current: u,
             log_q_proposed,
             uniform,
         })
     }
 
-    /// The Metropolis decision for a prepared proposal with energy `u_proposed` (not NaN, not −∞).
+    /// The Metropolis decision for a prepared proposal with energy `u_proposed` (admissible).
     fn decide(&self, prepared: &Prepared, u_proposed: f64) -> bool {
-        let log_w_proposed = -u_proposed / self.kt - prepared.log_q_proposed;
-        if log_w_proposed == f64::NEG_INFINITY {
-            // U = +∞ (or an energy so large that U/kT overflows): weight 0, never accepted.
-            false
-        } else if prepared.log_w_current == f64::NEG_INFINITY {
-            // The current state has weight 0: any proposal of positive weight is accepted.
-            true
-        } else {
-            // u < exp(Δ) with u ∈ [0, 1) accepts with probability min(1, exp(Δ)); a NaN Δ
-            // (both weights +∞, energies near −f64::MAX) rejects.
-            prepared.uniform < (log_w_proposed - prepared.log_w_current).exp()
-        }
+        let log_acceptance = log_weight_ratio(
+            self.kt,
+            prepared.u_current,
+            prepared.log_q_current,
+            u_proposed,
+            prepared.log_q_proposed,
+        );
+        metropolis(log_acceptance, prepared.uniform).accepted
     }
 
     /// Caches the current state after a successful prepare.
@@ -358,14 +360,6 @@ impl FlowMove {
             self.stats.n_accepted += 1;
         }
     }
-}
-
-/// Energies may be +∞ (weight 0) but not NaN or −∞.
-fn check_energy(u: f64, what: &str) -> Result<()> {
-    if u.is_nan() || u == f64::NEG_INFINITY {
-        return Err(Error::non_finite(format!("{what}: U = {u}")));
-    }
-    Ok(())
 }
 
 fn check_log_q(log_q: f64, what: &str) -> Result<()> {

@@ -18,7 +18,9 @@
 //! conditional distribution at CoM = 0.
 //!
 //! `U = +∞` (overlapping particles) is a valid energy and is always rejected. A NaN energy, or
-//! `U = −∞` (an improper distribution), is an error.
+//! `U = −∞` (an improper distribution), is an error. The rules, the log ratio and the test are
+//! those of [`crate::boltzmann`] ([`log_boltzmann_ratio`], [`metropolis`]), which the flow
+//! move shares; they stay correct at any positive kT, however small.
 //!
 //! # Burn-in, adaptation, thinning
 //!
@@ -42,6 +44,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
+use crate::boltzmann::{Kt, Metropolis, is_admissible_energy, log_boltzmann_ratio, metropolis};
 use crate::energy::Energy;
 use crate::error::{Error, Result, check_finite};
 use crate::geometry::{Layout, remove_center_of_mass};
@@ -131,12 +134,10 @@ impl McmcConfig {
     /// infinite initial coordinates, [`Error::DimensionMismatch`] for initial configurations of
     /// the wrong length.
     pub fn validate(&self, layout: Layout) -> Result<()> {
-        if !(self.kt.is_finite() && self.kt > 0.0) {
-            return Err(Error::invalid(format!(
-                "mcmc: kT must be positive and finite, got {}",
-                self.kt
-            )));
-        }
+        Kt::new(self.kt).map_err(|e| match e {
+            Error::InvalidArgument { what } => Error::invalid(format!("mcmc: {what}")),
+            other => other,
+        })?;
         if self.n_chains == 0 {
             return Err(Error::invalid("mcmc: n_chains must be at least 1"));
         }
@@ -391,7 +392,7 @@ struct Chain<'e, E: ?Sized> {
     energy: &'e E,
     index: usize,
     dim: usize,
-    beta: f64,
+    kt: Kt,
     rng: ChaCha20Rng,
     x: Vec<f64>,
     u: f64,
@@ -434,7 +435,7 @@ impl<'e, E: Energy + ?Sized> Chain<'e, E> {
             energy,
             index,
             dim: layout.dim,
-            beta: 1.0 / config.kt,
+            kt: Kt::new(config.kt)?,
             rng,
             y: vec![0.0; len],
             x,
@@ -452,23 +453,24 @@ impl<'e, E: Energy + ?Sized> Chain<'e, E> {
         // and doing it on y keeps round-off from accumulating a CoM drift over long chains.
         remove_center_of_mass(&mut self.y, self.dim);
         let u_new = self.energy.energy(&self.y);
-        if u_new.is_nan() || u_new == f64::NEG_INFINITY {
+        if !is_admissible_energy(u_new) {
             return Err(Error::non_finite(format!(
                 "mcmc: energy of a proposal in chain {} is {u_new}",
                 self.index
             )));
         }
-        // u is always finite (the start is checked and +∞ is never accepted), so no ∞ − ∞.
-        let log_alpha = -(u_new - self.u) * self.beta;
-        let alpha = log_alpha.exp().min(1.0);
+        let log_alpha = log_boltzmann_ratio(self.kt, self.u, u_new);
         // One uniform per step, used or not, so the stream position depends only on the step.
         let r: f64 = self.rng.random();
-        let accepted = r < alpha;
+        let Metropolis {
+            accepted,
+            probability,
+        } = metropolis(log_alpha, r);
         if accepted {
             std::mem::swap(&mut self.x, &mut self.y);
             self.u = u_new;
         }
-        Ok((accepted, alpha))
+        Ok((accepted, probability))
     }
 
     fn run(

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::boltzmann::Kt;
 use crate::energy::{DoubleWell, Energy, LennardJones};
 use crate::error::{Error, Result};
 use crate::field::{KernelConfig, KernelField};
@@ -148,12 +149,7 @@ impl System {
 
     /// Checks kT and the energy parameters.
     pub fn validate(&self) -> Result<()> {
-        if !(self.kt.is_finite() && self.kt > 0.0) {
-            return Err(Error::invalid(format!(
-                "kT must be positive and finite, got {}",
-                self.kt
-            )));
-        }
+        Kt::new(self.kt)?;
         self.energy.build().map(|_| ())
     }
 }

@@ -535,3 +535,48 @@ fn dw4_local_plus_shipped_flow_moves_reproduce_long_mcmc_state_populations() {
         );
     }
 }
+
+/// Issue 14: at a tiny kT, `U/kT` overflows for ordinary energies (at kT = 5e-324 already for
+/// U = 1), and the move used to compare two infinite log weights: a downhill proposal whose log
+/// weight overflowed to −∞ was rejected, and one between two +∞ log weights gave NaN and was
+/// rejected too. Whatever the proposal and its `log q`, downhill must be accepted and uphill
+/// rejected.
+#[test]
+fn tiny_temperatures_accept_downhill_and_reject_uphill() {
+    let flow = Arc::new(Flow::new(4, 2, 3).unwrap());
+    let (x0, _) = flow.sample(1, 1).unwrap();
+    for kt in [1e-300, 5e-324] {
+        for (u_from, u_to) in [(1e10, 1e9), (-1e9, -1e10), (1.0, 0.5), (-0.5, -1.0)] {
+            for seed in 0..4 {
+                // One call: downhill accepted, then straight back uphill rejected.
+                let mut mv = FlowMove::new(Arc::clone(&flow), kt, seed).unwrap();
+                let (mut x, mut u) = (x0.clone(), u_from);
+                let accepted = mv.step(&mut x, &mut u, |_| Ok(u_to)).unwrap();
+                assert!(
+                    accepted,
+                    "kT {kt:e}, seed {seed}: {u_from} -> {u_to} rejected"
+                );
+                assert_eq!(u, u_to);
+                let accepted = mv.step(&mut x, &mut u, |_| Ok(u_from)).unwrap();
+                assert!(
+                    !accepted,
+                    "kT {kt:e}, seed {seed}: {u_to} -> {u_from} accepted"
+                );
+                assert_eq!(u, u_to);
+
+                // Two phases: the same decisions.
+                let mut mv = FlowMove::new(Arc::clone(&flow), kt, seed).unwrap();
+                mv.propose(&x0, u_from).unwrap();
+                assert!(
+                    mv.accept(u_to).unwrap(),
+                    "two-phase, kT {kt:e}, seed {seed}"
+                );
+                mv.propose(&x0, u_to).unwrap();
+                assert!(
+                    !mv.accept(u_from).unwrap(),
+                    "two-phase, kT {kt:e}, seed {seed}"
+                );
+            }
+        }
+    }
+}

@@ -678,3 +678,29 @@ fn bad_energies_are_errors() {
     // +∞ beyond the outer well is merely a wall: fine.
     assert!(run(6.5, f64::INFINITY).is_ok());
 }
+
+/// At a kT so small that β = 1/kT overflows (5e-324), random-walk Metropolis is a descent: no
+/// proposal that raises the energy may be accepted, and equal energies (0·∞ in the old
+/// formula) must not produce NaN. A pin of the shared `boltzmann` test, not a regression: the
+/// old code got this right by accident (`NaN.min(1.0)` is 1).
+#[test]
+fn tiny_temperature_chains_never_go_uphill() {
+    for kt in [1e-300, 5e-324] {
+        let config = McmcConfig {
+            kt,
+            n_chains: 2,
+            n_burnin: 200,
+            n_samples: 400,
+            thin: 1,
+            initial_step: 0.3,
+            initial: InitialState::Configurations(vec![0.0, 0.0, 3.0, 0.5]),
+            ..McmcConfig::default()
+        };
+        let out = mcmc::run(&DoubleWell::dw2(), &config).unwrap();
+        for c in 0..2 {
+            let u = &out.energies[out.stats.chain_samples(c)];
+            assert!(u.windows(2).all(|w| w[1] <= w[0]), "kT {kt:e}: {u:?}");
+        }
+        assert!(out.stats.acceptance() > 0.0, "kT {kt:e}");
+    }
+}

@@ -147,8 +147,11 @@ pub unsafe extern "C" fn eqf_move_propose(
 ///
 /// Accepts with probability min(1, exp(log w(x') - log w(x))), `log w = -U/kT - log q`. A
 /// proposal with `U_proposed = +infinity` is always rejected; if the current state had
-/// `U_current = +infinity`, any proposal with finite energy is accepted. Either way the
-/// proposal is no longer pending and the statistics count it.
+/// `U_current = +infinity` (weight 0, log w = -infinity), any proposal with finite energy is
+/// accepted. Either way the proposal is no longer pending and the statistics count it. The
+/// test is evaluated in log space and stays correct at any positive kT: where U/kT overflows
+/// (kT = 1e-300, 5e-324) a proposal of lower energy is accepted and one of higher energy
+/// rejected.
 ///
 /// @param move        the move (not NULL)
 /// @param U_proposed  the energy of the configuration written by `eqf_move_propose`
@@ -527,6 +530,78 @@ mod tests {
             );
             assert_eq!(eqf_flow_free(flow), EQF_OK);
             assert_eq!(eqf_move_free(mv), EQF_OK);
+        }
+    }
+
+    /// Writes the energy `*user` (a double) whatever the configuration.
+    unsafe extern "C" fn constant(
+        user: *mut c_void,
+        _: i64,
+        _: i64,
+        _: *const f64,
+        u: *mut f64,
+    ) -> i32 {
+        // SAFETY: the tests pass a live double as `user`; eqflow passes a writable double.
+        unsafe { u.write(*user.cast::<f64>()) };
+        0
+    }
+
+    /// Issue 14 through the C ABI: at kT = 1e-300 and 5e-324, `U/kT` overflows for these
+    /// energies; downhill must still be accepted and uphill rejected, in one call and in two.
+    #[test]
+    fn tiny_kt_accepts_downhill_and_rejects_uphill() {
+        let start: [f64; 8] = crate::Flow::new(4, 2, 5).unwrap().sample(1, 1).unwrap().0[..]
+            .try_into()
+            .unwrap();
+        for kt in [1e-300, 5e-324] {
+            for (u_from, u_to) in [(1e10, 1e9), (-1e9, -1e10)] {
+                let mut flow = std::ptr::null_mut();
+                let mut mv = std::ptr::null_mut();
+                let mut proposal = [0.0; 8];
+                let (mut x, mut u, mut u_next) = (start, u_from, u_to);
+                let user = (&raw mut u_next).cast::<c_void>();
+                let mut accepted = 7;
+                // SAFETY: valid pointer slots; live move; arrays of N*D doubles; `user` is a
+                // live double for `constant`.
+                unsafe {
+                    assert_eq!(eqf_flow_new(4, 2, 5, &raw mut flow), EQF_OK);
+                    assert_eq!(eqf_move_new(flow, kt, 1, &raw mut mv), EQF_OK);
+                    let status = eqf_move_step(
+                        mv,
+                        x.as_mut_ptr(),
+                        &mut u,
+                        Some(constant),
+                        user,
+                        &mut accepted,
+                    );
+                    assert_eq!(status, EQF_OK);
+                    assert_eq!((accepted, u), (1, u_to), "kT {kt:e}: {u_from} -> {u_to}");
+                    user.cast::<f64>().write(u_from);
+                    let status = eqf_move_step(
+                        mv,
+                        x.as_mut_ptr(),
+                        &mut u,
+                        Some(constant),
+                        user,
+                        &mut accepted,
+                    );
+                    assert_eq!(status, EQF_OK);
+                    assert_eq!((accepted, u), (0, u_to), "kT {kt:e}: {u_to} -> {u_from}");
+
+                    let status =
+                        eqf_move_propose(mv, start.as_ptr(), u_from, proposal.as_mut_ptr());
+                    assert_eq!(status, EQF_OK);
+                    assert_eq!(eqf_move_accept(mv, u_to, &mut accepted), EQF_OK);
+                    assert_eq!(accepted, 1, "two-phase, kT {kt:e}: {u_from} -> {u_to}");
+                    let status = eqf_move_propose(mv, start.as_ptr(), u_to, proposal.as_mut_ptr());
+                    assert_eq!(status, EQF_OK);
+                    assert_eq!(eqf_move_accept(mv, u_from, &mut accepted), EQF_OK);
+                    assert_eq!(accepted, 0, "two-phase, kT {kt:e}: {u_to} -> {u_from}");
+                    assert_eq!(stats(mv), (4, 2));
+                    assert_eq!(eqf_move_free(mv), EQF_OK);
+                    assert_eq!(eqf_flow_free(flow), EQF_OK);
+                }
+            }
         }
     }
 }

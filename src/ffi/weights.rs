@@ -1,7 +1,6 @@
 //! Boltzmann-generator importance weights and their effective sample size, for batches.
 
-use crate::boltzmann::{kish_ess, log_weights_into};
-use crate::{Error, Result};
+use crate::boltzmann::{check_log_weights, kish_ess, log_weights_into};
 
 use super::{catch, check_not_null, check_output, count, input_array, scratch, write_output};
 
@@ -11,7 +10,9 @@ use super::{catch, check_not_null, check_output, count, input_array, scratch, wr
 ///
 /// Self-normalised estimates of an observable O are then `sum_s w_s O_s / sum_s w_s`; compute
 /// them with `exp(log_w[s] - max log_w)` to avoid overflow. An energy of +infinity is valid and
-/// gives weight 0 (`log_w = -infinity`).
+/// gives weight 0 (`log_w = -infinity`). A finite energy whose log weight is not representable
+/// as a finite double (e.g. U = -1e308 at kT = 1e-10, where -U/kT = 1e318) is an error rather
+/// than a log weight of +-infinity, which would claim a weight of infinity or exactly zero.
 ///
 /// Nothing is written unless the call succeeds; with n == 0 the arrays may be NULL.
 /// `log_w` may be the same array as `U` or `log_q`.
@@ -22,7 +23,8 @@ use super::{catch, check_not_null, check_output, count, input_array, scratch, wr
 /// @param kT     temperature in energy units (> 0, finite)
 /// @param log_w  output, n log weights
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, kT
-///         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite)
+///         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite,
+///         a log weight not representable)
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn eqf_log_weights(
@@ -74,13 +76,6 @@ pub unsafe extern "C" fn eqf_kish_ess(n: i64, log_w: *const f64, ess: *mut f64) 
         unsafe { write_output(ess, &[value]) };
         Ok(())
     })
-}
-
-fn check_log_weights(log_w: &[f64]) -> Result<()> {
-    match log_w.iter().position(|w| w.is_nan() || *w == f64::INFINITY) {
-        None => Ok(()),
-        Some(i) => Err(Error::non_finite(format!("log_w[{i}] = {}", log_w[i]))),
-    }
 }
 
 #[cfg(test)]
@@ -143,5 +138,32 @@ mod tests {
         let status = unsafe { eqf_kish_ess(0, std::ptr::null(), &mut ess) };
         assert_eq!(status, EQF_OK);
         assert_eq!(ess, 0.0);
+    }
+
+    /// Issue 14: `−U/kT` of U = −1e308 at kT = 1e-10 is +1e318, not representable. The call
+    /// used to succeed with log_w = +infinity (a weight that swallows every other); it must fail
+    /// with EQF_ERR_NON_FINITE, a message naming the sample, and nothing written. So must a
+    /// finite energy whose log weight overflows to -infinity; U = +infinity stays valid.
+    #[test]
+    fn unrepresentable_log_weights_fail_cleanly() {
+        let log_q = [0.0, 0.0];
+        for u in [[1.0, -1e308], [1.0, 1e308]] {
+            let mut log_w = [7.0; 2];
+            // SAFETY: arrays of 2 doubles.
+            let status = unsafe {
+                eqf_log_weights(2, u.as_ptr(), log_q.as_ptr(), 1e-10, log_w.as_mut_ptr())
+            };
+            assert_eq!(status, EQF_ERR_NON_FINITE, "U = {u:?}");
+            assert_eq!(log_w, [7.0; 2]);
+            let message = crate::ffi::with_last_error(str::to_owned);
+            assert!(message.contains("sample 1"), "{message}");
+        }
+        let u = [1.0, f64::INFINITY];
+        let mut log_w = [7.0; 2];
+        // SAFETY: arrays of 2 doubles.
+        let status =
+            unsafe { eqf_log_weights(2, u.as_ptr(), log_q.as_ptr(), 1e-10, log_w.as_mut_ptr()) };
+        assert_eq!(status, EQF_OK);
+        assert_eq!(log_w, [-1e10, f64::NEG_INFINITY]);
     }
 }

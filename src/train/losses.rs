@@ -6,6 +6,7 @@ use rayon::ThreadPool;
 use rayon::prelude::*;
 
 use super::tape::Rk4Tape;
+use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::field::{Field, TrainableField, with_family};
@@ -573,11 +574,7 @@ fn reduce_mean(per_sample: &[f64], gradient: &mut [f64]) {
 /// Checks the temperature and that the energy, of shape `(n_particles, dim)`, is for the
 /// flow's particles.
 fn check_target(prior: &Prior, (n_particles, dim): (usize, usize), kt: f64) -> Result<()> {
-    if !(kt.is_finite() && kt > 0.0) {
-        return Err(Error::invalid(format!(
-            "kT must be positive and finite, got {kt}"
-        )));
-    }
+    Kt::new(kt)?;
     let layout = prior.layout();
     if n_particles != layout.n_particles || dim != layout.dim {
         return Err(Error::invalid(format!(

@@ -9,6 +9,7 @@ use rayon::ThreadPool;
 use super::adamw::{AdamW, AdamWConfig};
 use super::losses::{KlEnergy, Losses};
 use super::schedule::LambdaSchedule;
+use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::flow::Flow;
@@ -75,12 +76,7 @@ impl TrainConfig {
                 "n_kl_samples must be at least 1 when λ < 1 in some epoch",
             ));
         }
-        if !(self.kt.is_finite() && self.kt > 0.0) {
-            return Err(Error::invalid(format!(
-                "kT must be positive and finite, got {}",
-                self.kt
-            )));
-        }
+        Kt::new(self.kt)?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use eqflow::Result;
-use eqflow::boltzmann::{kish_ess, log_weights_into};
+use eqflow::boltzmann::{kish_ess, log_weights_into, relative_weights_into};
 use eqflow::energy::energies_into;
 use eqflow::geometry::Layout;
 use eqflow::io::{ConfigShape, Dtype, model};
@@ -129,8 +129,8 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
 
     // 4. Free-energy difference between the two most populated states.
     let p_mcmc = populations(&long.x, &vec![1.0; long.energies.len()]);
-    let max_lw = log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = log_w.iter().map(|l| (l - max_lw).exp()).collect();
+    let mut w = vec![0.0; n];
+    relative_weights_into(&log_w, &mut w)?;
     let p_flow = populations(&x, &w);
     let mut order: Vec<usize> = (0..7).collect();
     order.sort_by(|&i, &j| p_mcmc[j].total_cmp(&p_mcmc[i]));

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use eqflow::boltzmann::relative_weights_into;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -63,8 +64,8 @@ pub fn energy_histograms(
     let pad = 0.25 * (hi - lo).max(1e-6);
     let (lo, hi) = (lo - pad, hi + pad);
     let n_bins = 60;
-    let max_lw = log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = log_w.iter().map(|l| (l - max_lw).exp()).collect();
+    let mut w = vec![0.0; log_w.len()];
+    relative_weights_into(log_w, &mut w).map_err(|e| e.to_string())?;
     let series = [
         ("MCMC", histogram(mcmc_u, None, lo, hi, n_bins), BLACK),
         ("flow", histogram(flow_u, None, lo, hi, n_bins), BLUE),
