@@ -12,6 +12,7 @@
 //! exact rounding, so save → load is bit-exact. Loading validates everything (format, version,
 //! sizes, finiteness, kernel and integrator settings) and says what is wrong.
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -223,22 +224,23 @@ impl ModelFile {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Reads and parses a model file (does not build the flow; see [`load`]).
+    /// Reads and parses a model file (does not build the flow; see [`load`]). Only a regular
+    /// file is read (see [`super::open_regular`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            what: format!("cannot read model file {}: {e}", path.display()),
-        })?;
+        let mut text = String::new();
+        super::open_regular(path, "model file")?
+            .read_to_string(&mut text)
+            .map_err(|e| Error::Io {
+                what: format!("cannot read model file {}: {e}", path.display()),
+            })?;
         Self::from_json(&text)
     }
 
-    /// Writes the model file (atomically: a temporary file renamed into place).
+    /// Writes the model file atomically (see [`super::write_atomically`]): a reader sees the old
+    /// file or the whole new one, and a failed write leaves `path` as it was.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let io = |e: std::io::Error| Error::Io {
-            what: format!("cannot write model file {}: {e}", path.display()),
-        };
-        std::fs::write(&tmp, self.to_json()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let json = self.to_json();
+        super::write_atomically(path, "model file", |w| w.write_all(json.as_bytes()))
     }
 }
 
