@@ -16,7 +16,7 @@ mod workspace;
 
 pub use dopri5::Dopri5Config;
 pub use rk4::rk4_stage_times;
-pub use workspace::Workspace;
+pub use workspace::{MAX_WORKSPACE_BYTES, Workspace};
 // The exact RK4 step and grid the continuous mode uses, for the reverse pass of training, which
 // must differentiate the very map the flow applies.
 pub(crate) use rk4::{axpy_into, grid_stage_times, step_with as rk4_step_with};

@@ -26,7 +26,8 @@
 //! The radial bound `B = max_r [ max_k |W_kr| + Σ_k s_k² |W_kr| + |b_r| ]` bounds `|φ(d, t)|` for
 //! every d and t (the normalised bases ρ and τ are non-negative and sum to at most 1), so
 //! `(N − 1)·B` bounds the rate at which the field can stretch a configuration. The step strength
-//! is `h·(N − 1)·B` with `h = 1/n_steps` for RK4 and `h = 1/20` for Dormand–Prince (whose steps
+//! is `h·min(N − 1, 12)·B` (the cap, [`MAX_NEIGHBOURS`], keeps large systems with ordinary weights
+//! loadable: their kernels reach only nearby particles) with `h = 1/n_steps` for RK4 and `h = 1/20` for Dormand–Prince (whose steps
 //! adapt, but whose output must not overflow either). RK4 on `y' = λy` is stable for
 //! `h·|λ| < 2.785`; measured on DW-4 and LJ-13 with every `b_r = c`, proposal and evaluated
 //! log-densities agree to 1e-13 at strength 1.5 and by nothing at strength 3 and above, while the
@@ -61,7 +62,10 @@ pub const MAX_KERNEL_CENTRE: f64 = 1e6;
 pub const MAX_PARAM: f64 = 1e6;
 /// Largest magnitude of a log inverse bandwidth `−log γ`.
 pub const MAX_LOG_INV_GAMMA: f64 = 10.0;
-/// Largest step strength `h·(N − 1)·max_r [max_k |W_kr| + Σ_k s_k² |W_kr| + |b_r|]` (see the
+/// The neighbour count `N − 1` of the step strength is capped here (the kissing number in 3-D),
+/// so that a large system's flow saved with ordinary weights loads back.
+pub const MAX_NEIGHBOURS: usize = 12;
+/// Largest step strength `h·min(N − 1, 12)·max_r [max_k |W_kr| + Σ_k s_k² |W_kr| + |b_r|]` (see the
 /// module documentation).
 pub const MAX_STEP_STRENGTH: f64 = 2.5;
 
@@ -297,7 +301,7 @@ impl ModelFile {
             IntegratorSpec::Rk4 { n_steps, .. } => 1.0 / n_steps.max(1) as f64,
             IntegratorSpec::Dopri5 { .. } => 1.0 / 20.0,
         };
-        let pairs = self.n_particles.saturating_sub(1) as f64;
+        let pairs = self.n_particles.saturating_sub(1).min(MAX_NEIGHBOURS) as f64;
         for r in 0..pl.n_time {
             let column = (0..pl.n_dist).map(|k| w[k * pl.n_time + r].abs());
             let max_w = column.clone().fold(0.0, f64::max);
@@ -307,7 +311,7 @@ impl ModelFile {
             if !(strength <= MAX_STEP_STRENGTH) {
                 return out_of_range(format!(
                     "params w, b, s: time kernel r = {r} has the radial bound max_k |W_kr| + \
-                     Σ_k s_k² |W_kr| + |b_r| = {radial:e}, so the step strength h·(N − 1)·bound \
+                     Σ_k s_k² |W_kr| + |b_r| = {radial:e}, so the step strength h·min(N − 1, 12)·bound \
                      = {strength:e} exceeds {MAX_STEP_STRENGTH}: a field this strong makes the \
                      integrator's flow map meaningless (use more steps or smaller weights)"
                 ));
