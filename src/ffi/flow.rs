@@ -299,10 +299,8 @@ mod tests {
     fn oversized_flows_fail_with_a_resource_error_instead_of_aborting() {
         let mut flow = std::ptr::null_mut();
         // SAFETY: `flow` is a valid pointer slot.
-        assert_eq!(
-            unsafe { eqf_flow_new(100_000, 2, 0, &raw mut flow) },
-            EQF_OK
-        );
+        let status = unsafe { eqf_flow_new(100_000, 2, 0, &raw mut flow) };
+        assert_eq!(status, EQF_OK);
         let flow = Handle(flow);
         let mut x = vec![f64::NAN; 200_000];
         let mut log_q = [f64::NAN];

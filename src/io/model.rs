@@ -266,7 +266,7 @@ impl ModelFile {
             if let Some((i, m)) = values
                 .iter()
                 .enumerate()
-                .find(|(_, m)| !(m.abs() <= MAX_KERNEL_CENTRE))
+                .find(|(_, m)| m.abs() > MAX_KERNEL_CENTRE)
             {
                 return out_of_range(format!(
                     "{name}[{i}] = {m:e} exceeds {MAX_KERNEL_CENTRE:e} in magnitude"
@@ -308,7 +308,7 @@ impl ModelFile {
             let offsets: f64 = column.zip(s).map(|(w, s)| s * s * w).sum();
             let radial = max_w + offsets + b[r].abs();
             let strength = h * pairs * radial;
-            if !(strength <= MAX_STEP_STRENGTH) {
+            if strength.is_nan() || strength > MAX_STEP_STRENGTH {
                 return out_of_range(format!(
                     "params w, b, s: time kernel r = {r} has the radial bound max_k |W_kr| + \
                      Σ_k s_k² |W_kr| + |b_r| = {radial:e}, so the step strength h·min(N − 1, 12)·bound \
