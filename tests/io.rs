@@ -839,7 +839,8 @@ fn concurrent_saves_to_one_folder_never_mix_their_files() {
     let dir = scratch("concurrent_saves");
     let flows = [Flow::new(4, 2, 1).unwrap(), Flow::new(4, 2, 2).unwrap()];
     assert_ne!(flows[0], flows[1]);
-    let paths = [dir.join("a.json"), dir.join("b.json")];
+    // The same stem: the old writer's temporary (`with_extension("json.tmp")`) was shared.
+    let paths = [dir.join("flow.first"), dir.join("flow.second")];
     std::thread::scope(|s| {
         for (flow, path) in flows.iter().zip(&paths) {
             s.spawn(move || {
@@ -855,27 +856,34 @@ fn concurrent_saves_to_one_folder_never_mix_their_files() {
         assert_eq!(&model::load(path).unwrap().0, flow);
     }
     // No temporaries left behind.
-    assert_eq!(listing(&dir), ["a.json", "b.json"]);
+    assert_eq!(listing(&dir), ["flow.first", "flow.second"]);
 }
 
 #[test]
-fn concurrent_trajectory_saves_never_mix_their_files() {
-    let dir = scratch("concurrent_trajectory_saves");
+fn readers_see_the_old_or_the_new_file_never_a_partial_one() {
+    let dir = scratch("atomic_replacement");
     let l = layout(3, 2);
-    let data = [configurations(5, 6), configurations(7, 6)];
-    let paths = [dir.join("x.npy"), dir.join("y.xyz")];
+    let data = [configurations(400, 6), configurations(300, 6)];
+    let (npy_path, xyz_path) = (dir.join("x.npy"), dir.join("y.xyz"));
+    let write = |i: usize| {
+        npy::write_configurations(&npy_path, &data[i], l, Dtype::F64, ConfigShape::Flat).unwrap();
+        xyz::write_xyz(&xyz_path, &data[i], l, &[]).unwrap();
+    };
+    write(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
-            for _ in 0..100 {
-                npy::write_configurations(&paths[0], &data[0], l, Dtype::F64, ConfigShape::Flat)
-                    .unwrap();
-                assert_eq!(npy::read_configurations(&paths[0], l).unwrap(), data[0]);
+            for k in 0..100 {
+                write(k % 2);
             }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         s.spawn(|| {
-            for _ in 0..100 {
-                xyz::write_xyz(&paths[1], &data[1], l, &[]).unwrap();
-                assert_eq!(xyz::read_xyz(&paths[1], 2).unwrap().x, data[1]);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let x = npy::read_configurations(&npy_path, l).unwrap();
+                assert!(x == data[0] || x == data[1], "a partial .npy file");
+                let x = xyz::read_xyz(&xyz_path, 2).unwrap().x;
+                assert!(x == data[0] || x == data[1], "a partial XYZ file");
             }
         });
     });
@@ -957,7 +965,9 @@ fn readers_refuse_a_folder() {
         xyz::read_xyz(&dir, 3).map(|_| ()),
     ] {
         match r {
-            Err(Error::Io { what }) => assert!(what.contains("directory"), "{what}"),
+            Err(Error::Io { what }) => {
+                assert!(what.contains("a directory, not a regular file"), "{what}")
+            }
             other => panic!("expected an i/o error, got {other:?}"),
         }
     }
