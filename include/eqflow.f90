@@ -47,6 +47,7 @@ module eqflow
     integer(c_int32_t), parameter, public :: EQF_ERR_IO = 9
     integer(c_int32_t), parameter, public :: EQF_ERR_FORMAT = 10
     integer(c_int32_t), parameter, public :: EQF_ERR_INTERNAL = 11
+    integer(c_int32_t), parameter, public :: EQF_ERR_RESOURCE = 12
 
     ! Integrators and density modes (eqf_flow_with_integrator).
     integer(c_int32_t), parameter, public :: EQF_METHOD_RK4 = 0

@@ -31,6 +31,21 @@
 #define EQF_MAX_ELEMENTS 1099511627776
 
 /**
+ * Largest memory one workspace of the exact-discrete density (the default mode) may take: 4 GiB
+ * (`40·(N·D)²` bytes for five dense `N·D × N·D` matrices, so N·D ≤ 10,362). One workspace is
+ * used per thread that samples, evaluates densities or runs a move. Calls that would need more
+ * fail with `EQF_ERR_RESOURCE`, with the need and the limit in the message, before allocating;
+ * larger systems need the continuous density mode (`eqf_flow_with_integrator`).
+ */
+#define EQF_MAX_WORKSPACE_BYTES 4294967296
+
+/**
+ * Largest number of particles of a flow or an energy: 1,000,000. Larger counts are rejected
+ * with `EQF_ERR_INVALID_ARGUMENT`.
+ */
+#define EQF_MAX_PARTICLES 1000000
+
+/**
  * Integration method: fixed-grid classical Runge–Kutta 4 with `n_steps` equal steps (the
  * default, 20 steps). The only method that supports `EQF_DENSITY_EXACT_DISCRETE`.
  */
@@ -147,6 +162,13 @@
  * message from `eqf_last_error_message`. The library stays usable.
  */
 #define EQF_ERR_INTERNAL 11
+
+/**
+ * The call would need more memory than eqflow allows for it (see `EQF_MAX_WORKSPACE_BYTES`)
+ * or than the system could provide. The message gives the need and the limit in bytes. Nothing
+ * was allocated and every object is as it was.
+ */
+#define EQF_ERR_RESOURCE 12
 
 /**
  * An energy function U(x) of N particles in D dimensions (opaque).
@@ -484,7 +506,7 @@ int32_t eqf_energy_free(eqf_energy *energy);
  * integrated with 20 fixed RK4 steps and reports the exact density of that discrete map.
  * Same arguments, same flow.
  *
- * @param n_particles  N, number of particles (at least 2)
+ * @param n_particles  N, number of particles (2 to EQF_MAX_PARTICLES)
  * @param dim          D, spatial dimension (1, 2 or 3)
  * @param seed         seed of the random initial weights
  * @param out          on success receives the new flow, to be released with `eqf_flow_free`;
@@ -539,7 +561,8 @@ int64_t eqf_flow_dim(const eqf_flow *flow);
  * @param log_q  output, n doubles
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
  *         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
- *         sample (a badly trained flow)
+ *         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
+ *         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
  */
 int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *x, double *log_q);
 
@@ -560,7 +583,9 @@ int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *
  * @param log_q  output, n doubles
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
  *         EQF_ERR_NON_FINITE (x contains NaN or infinity); EQF_ERR_NOT_CONVERGED or
- *         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration
+ *         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration;
+ *         EQF_ERR_RESOURCE if the exact-discrete workspace would exceed
+ *         EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
  */
 int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, double *log_q);
 
@@ -642,7 +667,9 @@ void eqf_set_log_callback(eqf_log_fn callback, void *user);
  * @param seed  seed of the move's random streams
  * @param out   on success receives the new move, to be released with `eqf_move_free`;
  *              untouched on failure
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (kT not positive and finite)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (kT not positive and finite);
+ *         EQF_ERR_RESOURCE (the flow's exact-discrete workspace would exceed
+ *         EQF_MAX_WORKSPACE_BYTES, or memory is refused)
  */
 int32_t eqf_move_new(const eqf_flow *flow, double kT, uint64_t seed, eqf_move **out);
 
@@ -749,7 +776,11 @@ int32_t eqf_move_free(eqf_move *move);
  *
  * The file is validated completely (format name and version, sizes, finiteness, kernel and
  * integrator settings) before anything is returned; a corrupt or truncated file gives a status
- * and a message naming what is wrong.
+ * and a message naming what is wrong. Finite values outside the ranges in which the solvers'
+ * guarantees hold are refused with EQF_ERR_INVALID_ARGUMENT naming the field: `prior_sigma` in
+ * [1e-6, 1e6], kernel centres and parameters of magnitude at most 1e6, log inverse bandwidths
+ * of magnitude at most 10, and a field weak enough for the step (see docs/embedding.md). Only
+ * regular files are read (a FIFO, device or folder is EQF_ERR_IO, without blocking).
  *
  * @param path  NUL-terminated file path
  * @param out   on success receives the new flow, to be released with `eqf_flow_free`;

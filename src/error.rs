@@ -37,6 +37,14 @@ pub enum Error {
     NullPointer { what: String },
     /// A bug inside eqflow: a panic caught at the C boundary.
     Internal { what: String },
+    /// A call would need more memory than eqflow allows for it (or than the system could
+    /// give): nothing was allocated. `need_bytes` saturates at `u128::MAX` when the need does not
+    /// even fit a number.
+    Resource {
+        what: String,
+        need_bytes: u128,
+        limit_bytes: u64,
+    },
 }
 
 /// Shorthand used across the crate.
@@ -58,6 +66,7 @@ impl Error {
             Error::Io { .. } => 9,
             Error::Format { .. } => 10,
             Error::Internal { .. } => 11,
+            Error::Resource { .. } => 12,
         }
     }
 
@@ -67,6 +76,14 @@ impl Error {
 
     pub(crate) fn non_finite(what: impl Into<String>) -> Self {
         Error::NonFinite { what: what.into() }
+    }
+
+    pub(crate) fn resource(what: impl Into<String>, need_bytes: u128, limit_bytes: u64) -> Self {
+        Error::Resource {
+            what: what.into(),
+            need_bytes,
+            limit_bytes,
+        }
     }
 
     pub(crate) fn size(what: impl Into<String>, expected: usize, found: usize) -> Self {
@@ -98,6 +115,20 @@ impl fmt::Display for Error {
             Error::Format { what } => write!(f, "malformed file: {what}"),
             Error::NullPointer { what } => write!(f, "null pointer: {what}"),
             Error::Internal { what } => write!(f, "internal error (please report): {what}"),
+            Error::Resource {
+                what,
+                need_bytes,
+                limit_bytes,
+            } => {
+                const GIB: f64 = (1u64 << 30) as f64;
+                write!(
+                    f,
+                    "resource limit: {what} needs {need_bytes} bytes ({:.3} GiB), the limit is \
+                     {limit_bytes} bytes ({:.3} GiB)",
+                    *need_bytes as f64 / GIB,
+                    *limit_bytes as f64 / GIB
+                )
+            }
         }
     }
 }

@@ -338,9 +338,15 @@ impl Flow {
     }
 
     /// Allocating convenience: `(x, log_q)` of `n` samples.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Resource`] if the memory for `n` samples cannot be had (checked and allocated
+    /// fallibly); those of [`Flow::sample_into`].
     pub fn sample(&self, seed: u64, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-        let mut x = vec![0.0; n * self.layout().len()];
-        let mut log_q = vec![0.0; n];
+        let len = self.layout().len();
+        let mut x = zeroed(n.checked_mul(len), "sample output x")?;
+        let mut log_q = zeroed(Some(n), "sample output log_q")?;
         self.sample_into(seed, &mut x, &mut log_q)?;
         Ok((x, log_q))
     }
@@ -352,6 +358,18 @@ impl Flow {
         self.log_density_into(x, &mut log_q)?;
         Ok(log_q)
     }
+}
+
+/// `len` zeros (`None`: a length that overflowed), or [`Error::Resource`] instead of an abort.
+fn zeroed(len: Option<usize>, what: &str) -> Result<Vec<f64>> {
+    let limit = isize::MAX as u64;
+    let fail = |need: u128| Error::resource(what, need, limit);
+    let len = len.ok_or_else(|| fail(u128::MAX))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| fail(len as u128 * 8))?;
+    v.resize(len, 0.0);
+    Ok(v)
 }
 
 /// The first error in index order (deterministic whatever the scheduling), else summed stats.

@@ -6,6 +6,11 @@ use crate::error::{Error, Result};
 /// The largest spatial dimension eqflow supports (1, 2 and 3 are physical).
 pub const MAX_DIM: usize = 3;
 
+/// The largest number of particles eqflow accepts. Pair fields and energies cost O(N²) per
+/// evaluation (10¹² pairs here), and each per-thread buffer of one configuration stays below
+/// 24 MB; larger counts are almost always a corrupted input.
+pub const MAX_PARTICLES: usize = 1_000_000;
+
 /// Number of particles and spatial dimension of one configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -14,11 +19,12 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Validates `n_particles ≥ 2` (a pair field needs pairs) and `1 ≤ dim ≤ MAX_DIM`.
+    /// Validates `2 ≤ n_particles ≤ MAX_PARTICLES` (a pair field needs pairs) and
+    /// `1 ≤ dim ≤ MAX_DIM`.
     pub fn new(n_particles: usize, dim: usize) -> Result<Self> {
-        if n_particles < 2 {
+        if !(2..=MAX_PARTICLES).contains(&n_particles) {
             return Err(Error::invalid(format!(
-                "n_particles must be at least 2, got {n_particles}"
+                "n_particles must be between 2 and {MAX_PARTICLES}, got {n_particles}"
             )));
         }
         if dim == 0 || dim > MAX_DIM {

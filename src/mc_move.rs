@@ -149,12 +149,18 @@ impl FlowMove {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] if `kt` is not positive and finite.
+    /// [`Error::InvalidArgument`] if `kt` is not positive and finite; [`Error::Resource`] if the
+    /// exact-discrete workspace would exceed [`crate::integrate::MAX_WORKSPACE_BYTES`].
     pub fn new(flow: Arc<Flow>, kt: f64, seed: u64) -> Result<FlowMove> {
         let kt = Kt::new(kt)?;
         let len = flow.layout().len();
+        let mut workspace = flow.workspace();
+        if flow.integrator().mode() == crate::integrate::DensityMode::ExactDiscrete {
+            // Up front, so that an oversized flow fails here rather than at the first proposal.
+            workspace.reserve_exact_discrete()?;
+        }
         Ok(FlowMove {
-            workspace: flow.workspace(),
+            workspace,
             flow,
             kt,
             seed,

@@ -134,3 +134,85 @@ fn shipped_models_load_and_match_their_systems() {
         }
     }
 }
+
+#[test]
+fn sample_counts_beyond_the_memory_limit_are_errors_not_aborts() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_limits");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dw4.json");
+    let model = model.to_str().unwrap();
+    let out = dir.join("s.npy");
+    let out = out.to_str().unwrap();
+    for n in [
+        "4611686018427387904",
+        "1099511627776",
+        "18446744073709551615",
+    ] {
+        for args in [
+            vec!["sample", "--model", model, "-n", n, "--out", out, "-q"],
+            vec!["mcmc", "--system", "dw4", "-n", n, "--out", out, "-q"],
+        ] {
+            let r = eqflow(&args);
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert_eq!(r.status.code(), Some(1), "{args:?}: {err}");
+            assert!(
+                err.contains("resource limit") && err.contains("17179869184"),
+                "{err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    // The ESS samples of eval too.
+    let data = dir.join("one.npy");
+    eqflow::io::write_configurations(
+        &data,
+        &[0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+        eqflow::geometry::Layout::new(4, 2).unwrap(),
+        eqflow::io::Dtype::F64,
+        eqflow::io::ConfigShape::Flat,
+    )
+    .unwrap();
+    let r = eqflow(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        data.to_str().unwrap(),
+        "--system",
+        "dw4",
+        "--n-samples",
+        "1099511627776",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("resource limit"), "{err}");
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| {
+        let name = e.unwrap().file_name();
+        name == "one.npy"
+    }));
+}
+
+#[test]
+fn eval_on_an_empty_data_file_fails_with_a_message() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_empty_eval");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dw4.json");
+    let data = dir.join("empty.npy");
+    eqflow::io::write_array(&data, &[0, 8], &[], eqflow::io::Dtype::F64).unwrap();
+    let r = eqflow(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success(),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    assert!(err.contains("no configurations"), "{err}");
+    assert!(!String::from_utf8_lossy(&r.stdout).contains("NaN"));
+}

@@ -819,3 +819,156 @@ fn xyz_non_finite_and_invalid_inputs() {
         Err(Error::NonFinite { .. })
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Atomic, independent saves; only regular files are read
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn concurrent_saves_to_one_folder_never_mix_their_files() {
+    use eqflow::Flow;
+    use eqflow::io::model;
+    let dir = scratch("concurrent_saves");
+    let flows = [Flow::new(4, 2, 1).unwrap(), Flow::new(4, 2, 2).unwrap()];
+    assert_ne!(flows[0], flows[1]);
+    // The same stem: the old writer's temporary (`with_extension("json.tmp")`) was shared.
+    let paths = [dir.join("flow.first"), dir.join("flow.second")];
+    std::thread::scope(|s| {
+        for (flow, path) in flows.iter().zip(&paths) {
+            s.spawn(move || {
+                for _ in 0..200 {
+                    model::save(flow, None, None, path).unwrap();
+                    let (back, _) = model::load(path).unwrap();
+                    assert_eq!(&back, flow, "{} holds another flow", path.display());
+                }
+            });
+        }
+    });
+    for (flow, path) in flows.iter().zip(&paths) {
+        assert_eq!(&model::load(path).unwrap().0, flow);
+    }
+    // No temporaries left behind.
+    assert_eq!(listing(&dir), ["flow.first", "flow.second"]);
+}
+
+#[test]
+fn readers_see_the_old_or_the_new_file_never_a_partial_one() {
+    let dir = scratch("atomic_replacement");
+    let l = layout(3, 2);
+    let data = [configurations(400, 6), configurations(300, 6)];
+    let (npy_path, xyz_path) = (dir.join("x.npy"), dir.join("y.xyz"));
+    let write = |i: usize| {
+        npy::write_configurations(&npy_path, &data[i], l, Dtype::F64, ConfigShape::Flat).unwrap();
+        xyz::write_xyz(&xyz_path, &data[i], l, &[]).unwrap();
+    };
+    write(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for k in 0..100 {
+                write(k % 2);
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let x = npy::read_configurations(&npy_path, l).unwrap();
+                assert!(x == data[0] || x == data[1], "a partial .npy file");
+                let x = xyz::read_xyz(&xyz_path, 2).unwrap().x;
+                assert!(x == data[0] || x == data[1], "a partial XYZ file");
+            }
+        });
+    });
+    assert_eq!(listing(&dir), ["x.npy", "y.xyz"]);
+}
+
+#[test]
+fn saving_to_a_folder_fails_and_leaves_the_folder_as_it_was() {
+    use eqflow::Flow;
+    use eqflow::io::model;
+    let dir = scratch("save_to_folder");
+    let target = dir.join("a_folder.json");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(dir.join("other.json"), "keep me").unwrap();
+    let before = listing(&dir);
+    let flow = Flow::new(4, 2, 1).unwrap();
+    let l = layout(4, 2);
+    let x = configurations(2, 8);
+    let results = [
+        model::save(&flow, None, None, &target),
+        npy::write_configurations(&target, &x, l, Dtype::F64, ConfigShape::Flat),
+        xyz::write_xyz(&target, &x, l, &[]),
+    ];
+    for r in results {
+        match r {
+            Err(Error::Io { what }) => assert!(what.contains("a_folder.json"), "{what}"),
+            other => panic!("expected an i/o error, got {other:?}"),
+        }
+    }
+    assert_eq!(listing(&dir), before);
+    assert!(listing(&target).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("other.json")).unwrap(),
+        "keep me"
+    );
+}
+
+/// Runs `read` on a FIFO that nobody writes to, in a thread; it must fail within seconds
+/// rather than block in `open`.
+#[cfg(unix)]
+fn fails_promptly_on_a_fifo(test: &str, read: fn(&Path) -> eqflow::Result<()>) {
+    let dir = scratch(test);
+    let fifo = dir.join("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    // A reader that hangs would keep this thread blocked; the test then fails on the timeout
+    // (and the thread is leaked, which ends with the test process).
+    std::thread::spawn(move || {
+        let _ = tx.send(read(&path));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Err(Error::Io { what })) => {
+            assert!(what.contains("not a regular file"), "{what}")
+        }
+        Ok(other) => panic!("expected an i/o error, got {other:?}"),
+        Err(_) => panic!("reading a FIFO with no writer blocked"),
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn readers_refuse_a_fifo_without_blocking() {
+    fails_promptly_on_a_fifo("fifo_model", |p| eqflow::io::model::load(p).map(|_| ()));
+    fails_promptly_on_a_fifo("fifo_npy", |p| npy::read_array(p).map(|_| ()));
+    fails_promptly_on_a_fifo("fifo_xyz", |p| xyz::read_xyz(p, 3).map(|_| ()));
+}
+
+#[test]
+fn readers_refuse_a_folder() {
+    let dir = scratch("read_folder");
+    for r in [
+        eqflow::io::model::load(&dir).map(|_| ()),
+        npy::read_array(&dir).map(|_| ()),
+        xyz::read_xyz(&dir, 3).map(|_| ()),
+    ] {
+        match r {
+            Err(Error::Io { what }) => {
+                assert!(what.contains("a directory, not a regular file"), "{what}")
+            }
+            other => panic!("expected an i/o error, got {other:?}"),
+        }
+    }
+}

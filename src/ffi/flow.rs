@@ -36,7 +36,7 @@ impl eqf_flow {
 /// integrated with 20 fixed RK4 steps and reports the exact density of that discrete map.
 /// Same arguments, same flow.
 ///
-/// @param n_particles  N, number of particles (at least 2)
+/// @param n_particles  N, number of particles (2 to EQF_MAX_PARTICLES)
 /// @param dim          D, spatial dimension (1, 2 or 3)
 /// @param seed         seed of the random initial weights
 /// @param out          on success receives the new flow, to be released with `eqf_flow_free`;
@@ -121,7 +121,8 @@ pub unsafe extern "C" fn eqf_flow_dim(flow: *const eqf_flow) -> i64 {
 /// @param log_q  output, n doubles
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
 ///         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
-///         sample (a badly trained flow)
+///         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
+///         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_sample(
     flow: *const eqf_flow,
@@ -168,7 +169,9 @@ pub unsafe extern "C" fn eqf_flow_sample(
 /// @param log_q  output, n doubles
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
 ///         EQF_ERR_NON_FINITE (x contains NaN or infinity); EQF_ERR_NOT_CONVERGED or
-///         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration
+///         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration;
+///         EQF_ERR_RESOURCE if the exact-discrete workspace would exceed
+///         EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_log_density(
     flow: *const eqf_flow,
@@ -276,6 +279,79 @@ mod tests {
             assert_eq!(x_thread, x);
             assert_eq!(log_q_thread, log_q);
         }
+    }
+
+    /// The last error message of this thread.
+    fn last_message() -> String {
+        crate::ffi::with_last_error(str::to_owned)
+    }
+
+    fn assert_resource_error(status: i32) {
+        assert_eq!(status, crate::ffi::EQF_ERR_RESOURCE, "{}", last_message());
+        let message = last_message();
+        assert!(
+            message.contains("needs") && message.contains("limit is 4294967296 bytes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn oversized_flows_fail_with_a_resource_error_instead_of_aborting() {
+        let mut flow = std::ptr::null_mut();
+        // SAFETY: `flow` is a valid pointer slot.
+        let status = unsafe { eqf_flow_new(100_000, 2, 0, &raw mut flow) };
+        assert_eq!(status, EQF_OK);
+        let flow = Handle(flow);
+        let mut x = vec![f64::NAN; 200_000];
+        let mut log_q = [f64::NAN];
+        // SAFETY: live handle; buffers of N*D and 1 doubles.
+        let status = unsafe { eqf_flow_sample(flow.0, 0, 1, x.as_mut_ptr(), log_q.as_mut_ptr()) };
+        assert_resource_error(status);
+        // 5 matrices of (2·10⁵)² doubles.
+        assert!(
+            last_message().contains("needs 1600000000000 bytes"),
+            "{}",
+            last_message()
+        );
+        assert!(log_q[0].is_nan(), "nothing written on failure");
+        let mut mv = std::ptr::dangling_mut();
+        // SAFETY: live handle; `mv` is a valid pointer slot.
+        let status = unsafe { crate::ffi::mc_move::eqf_move_new(flow.0, 1.0, 0, &raw mut mv) };
+        assert_resource_error(status);
+        assert_eq!(mv, std::ptr::dangling_mut());
+
+        let mut flow = std::ptr::null_mut();
+        // SAFETY: `flow` is a valid pointer slot.
+        assert_eq!(unsafe { eqf_flow_new(50_000, 3, 0, &raw mut flow) }, EQF_OK);
+        let flow = Handle(flow);
+        let x: Vec<f64> = (0..150_000).map(|i| f64::from(i % 977) * 0.37).collect();
+        // SAFETY: live handle; buffers of N*D and 1 doubles.
+        let status = unsafe { eqf_flow_log_density(flow.0, 1, x.as_ptr(), log_q.as_mut_ptr()) };
+        assert_resource_error(status);
+        assert!(log_q[0].is_nan());
+    }
+
+    #[test]
+    fn an_oversized_model_file_fails_with_a_resource_error() {
+        let dir = std::env::temp_dir().join(format!("eqflow-ffi-resource-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.json");
+        let mut file =
+            crate::io::model::ModelFile::from_flow(&Flow::new(4, 2, 0).unwrap(), None, None);
+        file.n_particles = 60_000;
+        std::fs::write(&path, file.to_json()).unwrap();
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut flow = std::ptr::null_mut();
+        // SAFETY: NUL-terminated path; `flow` is a valid pointer slot.
+        let status = unsafe { crate::ffi::model::eqf_flow_load(c_path.as_ptr(), &raw mut flow) };
+        assert_eq!(status, EQF_OK, "{}", last_message());
+        let flow = Handle(flow);
+        let mut x = vec![0.0; 120_000];
+        let mut log_q = [0.0];
+        // SAFETY: live handle; buffers of N*D and 1 doubles.
+        let status = unsafe { eqf_flow_sample(flow.0, 0, 1, x.as_mut_ptr(), log_q.as_mut_ptr()) };
+        assert_resource_error(status);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -74,7 +74,9 @@ pub struct eqf_move {
 /// @param seed  seed of the move's random streams
 /// @param out   on success receives the new move, to be released with `eqf_move_free`;
 ///              untouched on failure
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (kT not positive and finite)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (kT not positive and finite);
+///         EQF_ERR_RESOURCE (the flow's exact-discrete workspace would exceed
+///         EQF_MAX_WORKSPACE_BYTES, or memory is refused)
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn eqf_move_new(

@@ -46,6 +46,17 @@ use crate::{Error, Result};
 // Written out (not `1 << 40`, which cbindgen would copy into C, where it overflows `int`).
 pub const EQF_MAX_ELEMENTS: i64 = 1_099_511_627_776;
 
+/// Largest memory one workspace of the exact-discrete density (the default mode) may take: 4 GiB
+/// (`40·(N·D)²` bytes for five dense `N·D × N·D` matrices, so N·D ≤ 10,362). One workspace is
+/// used per thread that samples, evaluates densities or runs a move. Calls that would need more
+/// fail with `EQF_ERR_RESOURCE`, with the need and the limit in the message, before allocating;
+/// larger systems need the continuous density mode (`eqf_flow_with_integrator`).
+pub const EQF_MAX_WORKSPACE_BYTES: i64 = 4_294_967_296;
+
+/// Largest number of particles of a flow or an energy: 1,000,000. Larger counts are rejected
+/// with `EQF_ERR_INVALID_ARGUMENT`.
+pub const EQF_MAX_PARTICLES: i64 = 1_000_000;
+
 thread_local! {
     /// The message of the last failed call on this thread; empty until a call fails.
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -322,6 +333,11 @@ mod tests {
     #[test]
     fn max_elements_is_two_to_the_forty() {
         assert_eq!(EQF_MAX_ELEMENTS, 1_i64 << 40);
+        assert_eq!(
+            EQF_MAX_WORKSPACE_BYTES as u64,
+            crate::integrate::MAX_WORKSPACE_BYTES
+        );
+        assert_eq!(EQF_MAX_PARTICLES as usize, crate::geometry::MAX_PARTICLES);
     }
 
     #[test]

@@ -36,7 +36,11 @@ unsafe fn path_arg(path: *const c_char) -> Result<PathBuf> {
 ///
 /// The file is validated completely (format name and version, sizes, finiteness, kernel and
 /// integrator settings) before anything is returned; a corrupt or truncated file gives a status
-/// and a message naming what is wrong.
+/// and a message naming what is wrong. Finite values outside the ranges in which the solvers'
+/// guarantees hold are refused with EQF_ERR_INVALID_ARGUMENT naming the field: `prior_sigma` in
+/// [1e-6, 1e6], kernel centres and parameters of magnitude at most 1e6, log inverse bandwidths
+/// of magnitude at most 10, and a field weak enough for the step (see docs/embedding.md). Only
+/// regular files are read (a FIFO, device or folder is EQF_ERR_IO, without blocking).
 ///
 /// @param path  NUL-terminated file path
 /// @param out   on success receives the new flow, to be released with `eqf_flow_free`;

@@ -48,6 +48,11 @@ pub const EQF_ERR_FORMAT: i32 = 10;
 /// message from `eqf_last_error_message`. The library stays usable.
 pub const EQF_ERR_INTERNAL: i32 = 11;
 
+/// The call would need more memory than eqflow allows for it (see `EQF_MAX_WORKSPACE_BYTES`)
+/// or than the system could provide. The message gives the need and the limit in bytes. Nothing
+/// was allocated and every object is as it was.
+pub const EQF_ERR_RESOURCE: i32 = 12;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +73,7 @@ mod tests {
             Error::Io { .. } => EQF_ERR_IO,
             Error::Format { .. } => EQF_ERR_FORMAT,
             Error::Internal { .. } => EQF_ERR_INTERNAL,
+            Error::Resource { .. } => EQF_ERR_RESOURCE,
         }
     }
 
@@ -92,6 +98,11 @@ mod tests {
             Error::Io { what: what() },
             Error::Format { what: what() },
             Error::Internal { what: what() },
+            Error::Resource {
+                what: what(),
+                need_bytes: 2,
+                limit_bytes: 1,
+            },
         ]
     }
 
@@ -127,8 +138,9 @@ mod tests {
                 EQF_ERR_IO,
                 EQF_ERR_FORMAT,
                 EQF_ERR_INTERNAL,
+                EQF_ERR_RESOURCE,
             ],
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
         );
     }
 }

@@ -60,6 +60,18 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
     /// Names and ranges of the parameter blocks, in order, covering `0..params().len()`.
     fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)>;
 
+    /// Refuses settings and parameters that are finite but so extreme that a flow integrated
+    /// with steps of size `h` would be meaningless (the model-file loader calls it). Default:
+    /// everything [`FieldFamily::from_config`] accepts is usable.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] naming the setting or parameter.
+    fn check_usable(&self, h: f64) -> Result<()> {
+        let _ = h;
+        Ok(())
+    }
+
     /// An upper bound `L(t)` on the spectral norm of the Jacobian `∂v/∂x` of `self` at time
     /// `t`, valid for every configuration x (a global Lipschitz constant of `v(·, t)`); the
     /// grid form of [`FieldFamily::grid_dynamics`] agrees with it to its own approximation

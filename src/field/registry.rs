@@ -127,6 +127,15 @@ impl Field {
         with_family!(self, f => f.param_blocks())
     }
 
+    /// See [`FieldFamily::check_usable`].
+    ///
+    /// # Errors
+    ///
+    /// As the family's.
+    pub fn check_usable(&self, h: f64) -> Result<()> {
+        with_family!(self, f => f.check_usable(h))
+    }
+
     /// See [`FieldFamily::lipschitz_bound`].
     #[must_use]
     pub fn lipschitz_bound(&self, t: f64) -> f64 {

@@ -81,6 +81,7 @@ fn step_and_jacobian<F: VectorField + ?Sized>(
     quadrature_gradient: bool,
     ws: &mut Workspace,
 ) -> Result<bool> {
+    ws.reserve_exact_discrete()?;
     let n = y.len();
     let half = 0.5 * h;
     let sixth = h / 6.0;
@@ -217,6 +218,7 @@ pub(crate) fn step<F: VectorField + ?Sized>(
     h: f64,
     ws: &mut Workspace,
 ) -> Result<f64> {
+    ws.reserve_exact_discrete()?;
     let mut next = std::mem::take(&mut ws.trial);
     let computed = step_and_jacobian(field, x, times, h, &mut next, false, false, ws);
     ws.trial = next;
@@ -306,6 +308,7 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     carry: &mut InverseCarry,
     ws: &mut Workspace,
 ) -> Result<(f64, Stats)> {
+    ws.reserve_exact_discrete()?;
     let n = x.len();
     let cached_stage = std::mem::take(&mut carry.first_stage);
     let cached_chord = std::mem::take(&mut carry.chord);

@@ -18,7 +18,7 @@ mod workspace;
 pub use certificate::{StepCertificate, certify_rk4, increment_bound, steps_needed};
 pub use dopri5::Dopri5Config;
 pub use rk4::rk4_stage_times;
-pub use workspace::Workspace;
+pub use workspace::{MAX_WORKSPACE_BYTES, Workspace};
 // The exact RK4 step and grid the continuous mode uses, for the reverse pass of training, which
 // must differentiate the very map the flow applies.
 pub(crate) use rk4::axpy_into;

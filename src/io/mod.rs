@@ -10,14 +10,29 @@
 //! [`crate::Error::Format`] for malformed or truncated contents, [`crate::Error::DimensionMismatch`]
 //! for a well-formed array of the wrong shape, [`crate::Error::NonFinite`] for NaN or infinite
 //! coordinates. Writers validate their input before creating the file.
+//!
+//! Only regular files (or symbolic links to them) are read: a FIFO, a device or a directory is
+//! refused with [`crate::Error::Io`] before anything is read, and files are opened without
+//! blocking, so a path that is swapped for a FIFO between the check and the open cannot hang the
+//! caller ([`open_regular`]).
+//!
+//! Every writer is atomic and independent of every other save ([`write_atomically`]): the data
+//! go to a temporary file with a name unique to this save (process id and a process-wide
+//! counter), created exclusively next to the target, written, flushed to disk and renamed over
+//! the target; the folder is then flushed too where the platform allows. A reader therefore sees
+//! either the old file or the complete new one, concurrent saves to different paths never share
+//! a temporary, and a failed save removes its own temporary and touches nothing else.
 
 pub mod model;
 pub mod npy;
 pub mod xyz;
 
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 
 pub use npy::{
     ConfigShape, NpyArray, read_array, read_configurations, read_values, write_array,
@@ -45,11 +60,135 @@ impl Dtype {
     }
 }
 
-/// An I/O failure on `path`, as [`Error::Io`].
-fn io_error(path: &Path, action: &str, e: &std::io::Error) -> Error {
-    Error::Io {
-        what: format!("cannot {action} {}: {e}", path.display()),
+/// Opens `path` for reading, accepting only a regular file (following symbolic links).
+///
+/// The type is checked before opening, and the file is opened non-blocking on unix and its type
+/// checked again through the open descriptor: opening a FIFO without a writer would otherwise
+/// block forever, and a check by path alone races with a path swapped in between. Reads from a
+/// regular file never block, so the flag changes nothing for the files accepted here.
+///
+/// # Errors
+///
+/// [`Error::Io`] naming the file if it cannot be opened or is not a regular file.
+pub(crate) fn open_regular(path: &Path, what: &str) -> Result<File> {
+    let not_regular = |kind: &str| Error::Io {
+        what: format!(
+            "cannot read {what} {}: it is {kind}, not a regular file",
+            path.display()
+        ),
+    };
+    let cannot = |e: &std::io::Error| Error::Io {
+        what: format!("cannot read {what} {}: {e}", path.display()),
+    };
+    let kind = |meta: &std::fs::Metadata| {
+        let t = meta.file_type();
+        if t.is_dir() {
+            "a directory"
+        } else {
+            "a special file (FIFO, socket or device)"
+        }
+    };
+    let meta = std::fs::metadata(path).map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(not_regular(kind(&meta)));
     }
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| cannot(&e))?;
+    let meta = file.metadata().map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(not_regular(kind(&meta)));
+    }
+    Ok(file)
+}
+
+/// Distinguishes the temporaries of the saves of this process (with the process id, those of
+/// all processes).
+static SAVE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How many unique names a save tries before giving up (a name is only taken if a file of that
+/// name already exists, for example left over by a crashed process with the same id).
+const TEMPORARY_ATTEMPTS: u32 = 64;
+
+/// Creates a new temporary file next to `target` under a name no other save uses, exclusively
+/// (`create_new`: an existing file is never opened, let alone truncated).
+fn create_temporary(dir: &Path, target_name: &str) -> std::io::Result<(PathBuf, File)> {
+    // A short, recognisable prefix of the target's name; the suffix makes it unique.
+    let stem: String = target_name.chars().take(48).collect();
+    let pid = std::process::id();
+    let mut last_error = None;
+    for _ in 0..TEMPORARY_ATTEMPTS {
+        let id = SAVE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{stem}.eqflow-{pid}-{id}.tmp"));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+/// Writes a file atomically: `write` fills a new temporary file in the target's folder, which is
+/// flushed to disk and renamed over `path`; the folder is flushed afterwards where possible.
+///
+/// On any failure the temporary this call created is removed, and `path` is as it was. A `path`
+/// that is a folder (or has no file name) is refused before anything is created.
+///
+/// # Errors
+///
+/// [`Error::Io`] naming `path` and `what` it was to hold.
+pub(crate) fn write_atomically(
+    path: &Path,
+    what: &str,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let fail = |reason: &dyn std::fmt::Display| Error::Io {
+        what: format!("cannot write {what} {}: {reason}", path.display()),
+    };
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(fail(&"it is a directory"));
+    }
+    let Some(name) = path.file_name() else {
+        return Err(fail(&"the path has no file name"));
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let (tmp, file) = create_temporary(dir, &name.to_string_lossy()).map_err(|e| fail(&e))?;
+    let written = (|| {
+        let mut writer = BufWriter::new(&file);
+        write(&mut writer)?;
+        writer.flush()?;
+        drop(writer);
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // Only the temporary this call created; never the target or anything else.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(&e));
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Flushes a folder's entries (the rename) to disk; best effort, as not every platform or file
+/// system can open a folder for this.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 /// Prefixes the message of `e` with the file it is about, so that a host juggling several files

@@ -17,7 +17,15 @@
 //! Numbers are written in the shortest form that reads back to the same `f64`, and read with
 //! exact rounding, so save → load is bit-exact. Loading validates everything (format, version,
 //! sizes, finiteness, kernel and integrator settings) and says what is wrong.
+//!
+//! Numbers that are finite but far outside the range in which the solvers' guarantees mean
+//! anything are refused too, naming the field ([`Error::InvalidArgument`]): `prior_sigma` in
+//! [`MIN_PRIOR_SIGMA`]..=[`MAX_PRIOR_SIGMA`] (so that `σ²` and `log 2πσ²` stay normal numbers),
+//! and the family's own ranges for its settings and parameters at the model's step size
+//! ([`crate::field::FieldFamily::check_usable`]; for the kernel field see
+//! [`crate::field::kernel`]'s limits).
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +43,10 @@ pub const FORMAT: &str = "eqflow-model";
 /// The newest format version this build reads and the one it writes.
 pub const VERSION: u32 = 2;
 
+/// Smallest `prior_sigma` a model file may have.
+pub const MIN_PRIOR_SIGMA: f64 = 1e-6;
+/// Largest `prior_sigma` a model file may have.
+pub const MAX_PRIOR_SIGMA: f64 = 1e6;
 /// Integrator settings as stored in a model file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
@@ -208,8 +220,26 @@ impl ModelFile {
                 )));
             }
         }
+        self.check_prior_sigma()?;
+        let h = match self.integrator {
+            IntegratorSpec::Rk4 { n_steps, .. } => 1.0 / n_steps.max(1) as f64,
+            // Dormand–Prince adapts its steps, but its output must not overflow either.
+            IntegratorSpec::Dopri5 { .. } => 1.0 / 20.0,
+        };
+        field.check_usable(h)?;
         let prior = Prior::new(layout, self.prior_sigma)?;
         Flow::from_parts(prior, field, self.integrator.to_integrator()?)
+    }
+
+    /// Refuses a prior width whose `σ²` or `log 2πσ²` would not be a normal number.
+    fn check_prior_sigma(&self) -> Result<()> {
+        let sigma = self.prior_sigma;
+        if !(MIN_PRIOR_SIGMA..=MAX_PRIOR_SIGMA).contains(&sigma) {
+            return Err(Error::invalid(format!(
+                "prior_sigma = {sigma:e} is outside [{MIN_PRIOR_SIGMA:e}, {MAX_PRIOR_SIGMA:e}]"
+            )));
+        }
+        Ok(())
     }
 
     /// Parses JSON text.
@@ -226,22 +256,23 @@ impl ModelFile {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Reads and parses a model file (does not build the flow; see [`load`]).
+    /// Reads and parses a model file (does not build the flow; see [`load`]). Only a regular
+    /// file is read (see [`super::open_regular`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            what: format!("cannot read model file {}: {e}", path.display()),
-        })?;
+        let mut text = String::new();
+        super::open_regular(path, "model file")?
+            .read_to_string(&mut text)
+            .map_err(|e| Error::Io {
+                what: format!("cannot read model file {}: {e}", path.display()),
+            })?;
         Self::from_json(&text)
     }
 
-    /// Writes the model file (atomically: a temporary file renamed into place).
+    /// Writes the model file atomically (see [`super::write_atomically`]): a reader sees the old
+    /// file or the whole new one, and a failed write leaves `path` as it was.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let io = |e: std::io::Error| Error::Io {
-            what: format!("cannot write model file {}: {e}", path.display()),
-        };
-        std::fs::write(&tmp, self.to_json()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let json = self.to_json();
+        super::write_atomically(path, "model file", |w| w.write_all(json.as_bytes()))
     }
 }
 
@@ -265,6 +296,8 @@ pub fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::field::ParamLayout;
+    use crate::field::kernel::limits::{MAX_LOG_INV_GAMMA, MAX_PARAM, MAX_STEP_STRENGTH};
 
     fn sample_file() -> ModelFile {
         let flow = Flow::new(4, 2, 3).unwrap();
@@ -329,6 +362,81 @@ mod tests {
             density: DensitySpec::Continuous,
         };
         expect_err(f, "n_steps");
+    }
+
+    #[test]
+    fn finite_but_meaningless_values_are_refused_naming_the_field() {
+        let expect_invalid = |f: ModelFile, needle: &str| match f.to_flow() {
+            Err(Error::InvalidArgument { what }) => {
+                assert!(what.contains(needle), "'{what}' should mention '{needle}'");
+            }
+            other => panic!("expected an invalid argument about {needle}, got {other:?}"),
+        };
+        for sigma in [1e-300, 5e-7, 2e6, 1e300] {
+            let mut f = sample_file();
+            f.prior_sigma = sigma;
+            expect_invalid(f, "prior_sigma");
+        }
+        let pl = ParamLayout::new(50, 10);
+        // One weight of 1e6 (the case: sampling and density disagreed by 1e19) or 1.8e19.
+        for w in [1e6, 1.8e19, -1e3] {
+            let mut f = sample_file();
+            f.params[pl.w().start] = w;
+            expect_invalid(
+                f,
+                if w.abs() > MAX_PARAM {
+                    "exceeds"
+                } else {
+                    "step strength"
+                },
+            );
+        }
+        let mut f = sample_file();
+        f.params[pl.b().start + 3] = 20.0;
+        expect_invalid(f, "time kernel r = 3");
+        // More steps allow a stronger field.
+        let mut f = sample_file();
+        f.params[pl.b().start + 3] = 20.0;
+        f.integrator = IntegratorSpec::Rk4 {
+            n_steps: 40,
+            density: DensitySpec::ExactDiscrete,
+        };
+        f.to_flow().unwrap();
+        // s enters squared and multiplies every weight of the column.
+        let mut f = sample_file();
+        f.params[pl.s().start] = 30.0;
+        expect_invalid(f, "step strength");
+        for block in [pl.log_inv_gamma_dist(), pl.log_inv_gamma_time()] {
+            let mut f = sample_file();
+            f.params[block.start] = -11.0;
+            expect_invalid(f, "log_inv_gamma");
+        }
+        let mut f = sample_file();
+        f.field.as_mut().unwrap().config["mu_dist"][2] = 1e300.into();
+        expect_invalid(f, "kernels.mu_dist[2]");
+        let mut f = sample_file();
+        f.field.as_mut().unwrap().config["mu_time"][0] = (-2e6).into();
+        expect_invalid(f, "kernels.mu_time[0]");
+    }
+
+    #[test]
+    fn the_accepted_ranges_include_their_edges_and_the_shipped_models() {
+        let mut f = sample_file();
+        f.prior_sigma = MIN_PRIOR_SIGMA;
+        f.to_flow().unwrap();
+        f.prior_sigma = MAX_PRIOR_SIGMA;
+        f.to_flow().unwrap();
+        let pl = ParamLayout::new(50, 10);
+        let mut f = sample_file();
+        f.params[pl.w()].fill(0.0);
+        // DW-4 with 20 steps: h·(N − 1) = 0.15.
+        f.params[pl.b()].fill(MAX_STEP_STRENGTH / 0.15 * (1.0 - 1e-12));
+        f.params[pl.log_inv_gamma_dist()].fill(MAX_LOG_INV_GAMMA);
+        f.to_flow().unwrap();
+        for name in ["dw4", "lj13"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{name}.json"));
+            load(&path).unwrap();
+        }
     }
 
     #[test]

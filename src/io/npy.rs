@@ -12,11 +12,10 @@
 //! on a header whose shape overflows the element count and reports truncation as "failed to fill
 //! whole buffer", and eqflow must never panic on a malformed file.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
-use super::{Dtype, format_error, in_file, io_error};
+use super::{Dtype, format_error, in_file};
 use crate::error::{Error, Result, check_finite};
 use crate::geometry::Layout;
 
@@ -130,7 +129,7 @@ impl NpyArray {
 /// Fortran order, fewer data bytes than the shape needs, or bytes after the data.
 pub fn read_array(path: impl AsRef<Path>) -> Result<NpyArray> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| io_error(path, "open", &e))?;
+    let file = super::open_regular(path, ".npy file")?;
     read_array_from(BufReader::new(file)).map_err(|e| in_file(path, e))
 }
 
@@ -252,11 +251,9 @@ pub fn write_array(
 ) -> Result<()> {
     let path = path.as_ref();
     check_writable(shape, data, dtype).map_err(|e| in_file(path, e))?;
-    let file = File::create(path).map_err(|e| io_error(path, "create", &e))?;
-    let mut writer = BufWriter::new(file);
-    write_unchecked(&mut writer, shape, data, dtype)
-        .and_then(|()| writer.flush())
-        .map_err(|e| io_error(path, "write", &e))
+    super::write_atomically(path, ".npy file", |mut w| {
+        write_unchecked(&mut w, shape, data, dtype)
+    })
 }
 
 /// As [`write_array`], to any writer.

@@ -23,11 +23,10 @@
 //! bit-identical.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
-use super::{format_error, in_file, io_error};
+use super::{format_error, in_file};
 use crate::error::{Error, Result, check_finite};
 use crate::geometry::{Layout, MAX_DIM};
 
@@ -84,11 +83,9 @@ pub fn write_xyz(
 ) -> Result<()> {
     let path = path.as_ref();
     check_frames(x, layout, properties).map_err(|e| in_file(path, e))?;
-    let file = File::create(path).map_err(|e| io_error(path, "create", &e))?;
-    let mut writer = BufWriter::new(file);
-    write_unchecked(&mut writer, x, layout, properties)
-        .and_then(|()| writer.flush())
-        .map_err(|e| io_error(path, "write", &e))
+    super::write_atomically(path, "XYZ file", |mut w| {
+        write_unchecked(&mut w, x, layout, properties)
+    })
 }
 
 /// As [`write_xyz`], to any writer.
@@ -120,7 +117,7 @@ pub fn write_xyz_to<W: Write>(
 /// [`Error::NonFinite`] for a NaN or infinite coordinate or a NaN property.
 pub fn read_xyz(path: impl AsRef<Path>, dim: usize) -> Result<XyzTrajectory> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| io_error(path, "open", &e))?;
+    let file = super::open_regular(path, "XYZ file")?;
     read_xyz_from(BufReader::new(file), dim).map_err(|e| in_file(path, e))
 }
 

@@ -1,6 +1,10 @@
 //! The `eqflow` command line: reference data, training, evaluation and sampling of
 //! equivariant-flow Boltzmann generators. Every subcommand has `--help`; `--json` prints a
 //! machine-readable summary on stdout instead of the human-readable one.
+//!
+//! Counts that size memory (`mcmc -n`, `sample -n`, `eval --n-samples`) are checked before
+//! anything is allocated: a run that would hold more than [`MAX_MEMORY_BYTES`] of samples fails
+//! with a message giving the need and the limit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +25,26 @@ use eqflow::{Flow, Result};
 
 mod demo;
 mod plot;
+
+/// Largest memory the samples of one command may take: 16 GiB (for DW-4, about 190 million
+/// samples; for LJ-13, 44 million).
+const MAX_MEMORY_BYTES: u64 = 16 * (1 << 30);
+
+/// Checks that `n` items of `doubles_per_item` doubles each fit in [`MAX_MEMORY_BYTES`]
+/// (overflow-checked, before anything is allocated).
+fn check_memory(what: &str, n: usize, doubles_per_item: usize) -> Result<()> {
+    let need = (n as u128)
+        .saturating_mul(doubles_per_item as u128)
+        .saturating_mul(8);
+    if need > u128::from(MAX_MEMORY_BYTES) {
+        return Err(eqflow::Error::Resource {
+            what: format!("{what} = {n} ({doubles_per_item} doubles each)"),
+            need_bytes: need,
+            limit_bytes: MAX_MEMORY_BYTES,
+        });
+    }
+    Ok(())
+}
 
 #[derive(Parser)]
 #[command(
@@ -114,7 +138,7 @@ struct McmcArgs {
     /// Benchmark system: dw2, dw4 or lj13.
     #[arg(long)]
     system: String,
-    /// Number of samples to write.
+    /// Number of samples to write (at most 16 GiB of samples and energies).
     #[arg(short = 'n', long = "n-samples", default_value_t = 10_000)]
     n: usize,
     /// Output file (.npy, float64, shape (n, N·D); or .xyz).
@@ -141,7 +165,7 @@ struct SampleArgs {
     /// Model file (JSON) written by `eqflow train` or `eqf_flow_save`.
     #[arg(long)]
     model: PathBuf,
-    /// Number of samples.
+    /// Number of samples (at most 16 GiB of samples, log q, energies and log w).
     #[arg(short = 'n', long = "n-samples", default_value_t = 10_000)]
     n: usize,
     /// Output file for the configurations (.npy or .xyz); log q goes to `<stem>_log_q.npy` and,
@@ -170,7 +194,7 @@ struct EvalArgs {
     /// system's energy (dw2, dw4, lj13).
     #[arg(long)]
     system: Option<String>,
-    /// Fresh samples for the ESS.
+    /// Fresh samples for the ESS (at most 16 GiB of samples, log q, energies and log w).
     #[arg(long, default_value_t = 10_000)]
     n_samples: usize,
     /// Seed of the fresh samples.
@@ -269,6 +293,7 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     let system = System::preset(&a.system)?;
     let energy = system.energy.build()?;
     let layout = Layout::new(energy.n_particles(), energy.dim())?;
+    check_memory("mcmc -n", a.n, layout.len() + 1)?;
     let spacing = if a.system == "lj13" { 1.0 } else { 3.0 };
     let config = McmcConfig {
         kt: system.kt,
@@ -320,6 +345,7 @@ fn system_for(name: Option<&str>, file: &model::ModelFile) -> Result<Option<Syst
 fn run_sample(a: SampleArgs) -> Result<()> {
     let (flow, file) = model::load(&a.model)?;
     let system = system_for(a.system.as_deref(), &file)?;
+    check_memory("sample -n", a.n, flow.layout().len() + 3)?;
     let start = Instant::now();
     let (x, log_q) = flow.sample(a.seed, a.n)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -383,7 +409,18 @@ fn evaluate(
 fn run_eval(a: EvalArgs) -> Result<()> {
     let (flow, _) = model::load(&a.model)?;
     let data = read_data(&a.data, flow.layout())?;
+    if data.is_empty() {
+        return Err(eqflow::Error::InvalidArgument {
+            what: format!(
+                "{} holds no configurations: nothing to evaluate",
+                a.data.display()
+            ),
+        });
+    }
     let system = a.system.as_deref().map(System::preset).transpose()?;
+    if system.is_some() {
+        check_memory("eval --n-samples", a.n_samples, flow.layout().len() + 3)?;
+    }
     let start = Instant::now();
     let (nll, se, ess) = evaluate(&flow, &data, system.as_ref(), a.n_samples, a.seed)?;
     let seconds = start.elapsed().as_secs_f64();

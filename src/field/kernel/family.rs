@@ -96,6 +96,10 @@ impl FieldFamily for KernelField {
         self.layout().n_particles as f64 * m
     }
 
+    fn check_usable(&self, h: f64) -> Result<()> {
+        super::limits::check_usable(self, h)
+    }
+
     fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {
         TabulatedField::new(self, times).map(|t| Arc::new(t) as Arc<dyn VectorField + Send>)
     }

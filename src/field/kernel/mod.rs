@@ -12,6 +12,7 @@
 mod family;
 mod kernel_field;
 mod kernels;
+pub mod limits;
 mod pairs;
 mod params;
 mod radial;
