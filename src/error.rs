@@ -51,25 +51,6 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    /// The C status code of this error (`EQF_ERR_*` in `eqflow.h`). Never 0.
-    #[must_use]
-    pub fn status(&self) -> i32 {
-        match self {
-            Error::NullPointer { .. } => 1,
-            Error::InvalidArgument { .. } => 2,
-            Error::DimensionMismatch { .. } => 3,
-            Error::NonFinite { .. } => 4,
-            Error::NotConverged { .. } => 5,
-            Error::NotInvertible { .. } => 6,
-            Error::InvalidState { .. } => 7,
-            Error::Callback { .. } => 8,
-            Error::Io { .. } => 9,
-            Error::Format { .. } => 10,
-            Error::Internal { .. } => 11,
-            Error::Resource { .. } => 12,
-        }
-    }
-
     pub(crate) fn invalid(what: impl Into<String>) -> Self {
         Error::InvalidArgument { what: what.into() }
     }

@@ -109,7 +109,7 @@ pub(crate) fn catch(f: impl FnOnce() -> Result<()>) -> i32 {
             what: panic_message(payload.as_ref()),
         },
     };
-    let status = error.status();
+    let status = status::status_of(&error);
     let message = error.to_string();
     let level = if status == EQF_ERR_INTERNAL {
         log::EQF_LOG_ERROR
@@ -345,11 +345,11 @@ mod tests {
         assert_eq!(count(0, "n").unwrap(), 0);
         assert_eq!(count(12, "n").unwrap(), 12);
         assert_eq!(
-            count(-1, "n").unwrap_err().status(),
+            status_of(&count(-1, "n").unwrap_err()),
             EQF_ERR_INVALID_ARGUMENT
         );
         assert_eq!(
-            count(i64::MAX, "n").unwrap_err().status(),
+            status_of(&count(i64::MAX, "n").unwrap_err()),
             EQF_ERR_INVALID_ARGUMENT
         );
         assert_eq!(count(EQF_MAX_ELEMENTS, "n").unwrap(), 1 << 40);
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(slice, &values);
         // SAFETY: NULL is rejected before being dereferenced.
         let error = unsafe { input_array(std::ptr::null(), 2, "x") }.unwrap_err();
-        assert_eq!(error.status(), EQF_ERR_NULL_POINTER);
+        assert_eq!(status_of(&error), EQF_ERR_NULL_POINTER);
         assert_eq!(error.to_string(), "null pointer: x");
         // SAFETY: a zero-length array is never dereferenced.
         let empty = unsafe { input_array(std::ptr::null(), 0, "x") }.unwrap();
@@ -375,7 +375,7 @@ mod tests {
         let misaligned = values.as_ptr().cast::<u8>().wrapping_add(1).cast::<f64>();
         // SAFETY: the misaligned pointer is rejected before being dereferenced.
         let error = unsafe { input_array(misaligned, 1, "x") }.unwrap_err();
-        assert_eq!(error.status(), EQF_ERR_INVALID_ARGUMENT);
+        assert_eq!(status_of(&error), EQF_ERR_INVALID_ARGUMENT);
         assert!(check_output(std::ptr::null_mut(), 0, "U").is_ok());
         assert!(check_output(std::ptr::null_mut(), 1, "U").is_err());
     }
@@ -400,6 +400,6 @@ mod tests {
     fn scratch_reports_impossible_allocations() {
         assert_eq!(scratch(3, "x").unwrap(), vec![0.0; 3]);
         let error = scratch(usize::MAX / 8, "x").unwrap_err();
-        assert_eq!(error.status(), EQF_ERR_INVALID_ARGUMENT);
+        assert_eq!(status_of(&error), EQF_ERR_INVALID_ARGUMENT);
     }
 }
