@@ -95,6 +95,9 @@ int main(int argc, char **argv) {
         const eqflow::MoveStats stats = moves[0].stats();
         require(stats.n_proposed == 2 * n_steps, "a decided proposal per step");
         require(stats.n_accepted >= accepted_two_phase, "statistics include both phases");
+        const eqf_solver_stats work = moves[0].solver_stats();
+        require(work.n_steps >= 2 * n_steps * 20, "a 20-step push-forward per decided proposal");
+        require(work.n_eval > 0 && work.n_jacobian > 0, "the exact-discrete solver's work");
 
         // An exception in the energy is rethrown; x, U and the move are unchanged.
         const std::vector<double> x_before = x;
@@ -109,6 +112,9 @@ int main(int argc, char **argv) {
         }
         require(x == x_before && U == U_before, "a failed step changes nothing");
         require(moves[0].stats().n_proposed == 2 * n_steps, "a failed step is not counted");
+        require(moves[0].solver_stats().n_steps == work.n_steps &&
+                    moves[0].solver_stats().n_eval == work.n_eval,
+                "a failed step adds no solver work");
         try {
             moves[0].step(x, U, [](const double *) { return std::nan(""); });
             require(false, "NaN energy throws");

@@ -251,6 +251,38 @@ typedef int32_t (*eqf_energy_fn)(void *user,
                                  double *U);
 
 /**
+ * The work of the solvers behind a move, summed over its decided proposals: what a host
+ * reads to see what its flow moves cost (and, with `n_newton`, how hard the exact-discrete
+ * inverse worked on the states its chain visited).
+ */
+typedef struct {
+    /**
+     * Evaluations of the field (each with its divergence).
+     */
+    int64_t n_eval;
+    /**
+     * Evaluations of the field's Jacobian (exact-discrete mode).
+     */
+    int64_t n_jacobian;
+    /**
+     * Integration steps taken.
+     */
+    int64_t n_steps;
+    /**
+     * Rejected steps (adaptive Dormand–Prince).
+     */
+    int64_t n_rejected;
+    /**
+     * Full step Jacobians evaluated while inverting (exact-discrete inverse).
+     */
+    int64_t n_newton;
+    /**
+     * Inverted steps whose log-determinant took the first-order correction.
+     */
+    int64_t n_corrected;
+} eqf_solver_stats;
+
+/**
  * The report of one training epoch, passed to an `eqf_train_progress_fn`.
  *
  * Filled by the library; `size` is `sizeof(eqf_train_epoch)` of the library that filled it.
@@ -762,6 +794,16 @@ int32_t eqf_move_step(eqf_move *move,
  * @return EQF_OK; EQF_ERR_NULL_POINTER
  */
 int32_t eqf_move_stats(const eqf_move *move, int64_t *n_proposed, int64_t *n_accepted);
+
+/**
+ * Reports the solver work of the move's decided proposals (push-forwards of the proposals
+ * and pull-backs of current states that were not cached); failed calls count for nothing.
+ *
+ * @param move   the move (not NULL)
+ * @param stats  output (not NULL)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER
+ */
+int32_t eqf_move_solver_stats(const eqf_move *move, eqf_solver_stats *stats);
 
 /**
  * Releases a move created by `eqf_move_new`. NULL is accepted and does nothing. The flow the

@@ -475,6 +475,13 @@ public:
         return stats;
     }
 
+    /// The solver work of the decided proposals (eqf_move_solver_stats).
+    eqf_solver_stats solver_stats() const {
+        eqf_solver_stats stats{};
+        detail::check(eqf_move_solver_stats(raw_, &stats));
+        return stats;
+    }
+
     const eqf_move *get() const noexcept { return raw_; }
     eqf_move *get() noexcept { return raw_; }
 

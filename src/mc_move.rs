@@ -74,7 +74,7 @@ use crate::boltzmann::{Kt, check_energy, log_weight_ratio, metropolis};
 use crate::error::{Error, Result, check_finite};
 use crate::flow::Flow;
 use crate::geometry::{MAX_DIM, center_of_mass_into, translate};
-use crate::integrate::Workspace;
+use crate::integrate::{Stats, Workspace};
 
 use crate::rng::{self, Stream};
 
@@ -86,6 +86,9 @@ pub struct MoveStats {
     pub n_proposed: u64,
     /// Proposals that were accepted.
     pub n_accepted: u64,
+    /// The solver work of the decided proposals, summed: the proposals' push-forwards and
+    /// the pull-backs of current states that were not cached.
+    pub solver: Stats,
 }
 
 impl MoveStats {
@@ -112,6 +115,8 @@ struct Prepared {
     log_q_proposed: f64,
     /// The uniform variate of the Metropolis test, from the proposal's stream.
     uniform: f64,
+    /// The solver work of this proposal (and of the current state's pull-back on a miss).
+    solver: Stats,
 }
 
 /// An undecided proposal (in `FlowMove::pending_x`).
@@ -257,7 +262,7 @@ impl FlowMove {
             self.current_valid = true;
         }
         self.pending = None;
-        self.record(accepted);
+        self.record(accepted, prepared.solver);
         Ok(accepted)
     }
 
@@ -289,7 +294,7 @@ impl FlowMove {
             self.commit_current(x, prepared);
         }
         self.pending = None;
-        self.record(accepted);
+        self.record(accepted, prepared.solver);
         Ok(accepted)
     }
 
@@ -304,23 +309,26 @@ impl FlowMove {
         check_energy(u, "energy of the current state")?;
 
         let cache_hit = self.current_valid && same_bits(&self.current_x, x);
+        let mut solver = Stats::default();
         let log_q_current = if cache_hit {
             self.current_log_q
         } else {
             self.scratch.copy_from_slice(x);
-            let (log_q, _) = self
+            let (log_q, stats) = self
                 .flow
                 .pull_back(&mut self.scratch, &mut self.workspace)?;
             check_log_q(log_q, "log q of the current state")?;
+            solver += stats;
             log_q
         };
 
         // Proposal k draws its latent and then its uniform from its own stream, disjoint from
         // every batch sample's (rng module docs).
         let mut rng = rng::stream(self.seed, Stream::MoveProposal(self.stats.n_proposed));
-        let (log_q_proposed, _) =
+        let (log_q_proposed, stats) =
             self.flow
                 .sample_one_into(&mut rng, &mut self.trial, &mut self.workspace)?;
+        solver += stats;
         check_log_q(log_q_proposed, "log q of the proposal")?;
         let uniform: f64 = rng.random();
 
@@ -336,6 +344,7 @@ impl FlowMove {
             u_current: u,
             log_q_proposed,
             uniform,
+            solver,
         })
     }
 
@@ -360,7 +369,8 @@ impl FlowMove {
         }
     }
 
-    fn record(&mut self, accepted: bool) {
+    fn record(&mut self, accepted: bool, solver: Stats) {
+        self.stats.solver += solver;
         self.stats.n_proposed += 1;
         if accepted {
             self.stats.n_accepted += 1;

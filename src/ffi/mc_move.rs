@@ -293,6 +293,64 @@ pub unsafe extern "C" fn eqf_move_stats(
     })
 }
 
+/// The work of the solvers behind a move, summed over its decided proposals: what a host
+/// reads to see what its flow moves cost (and, with `n_newton`, how hard the exact-discrete
+/// inverse worked on the states its chain visited).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct eqf_solver_stats {
+    /// Evaluations of the field (each with its divergence).
+    pub n_eval: i64,
+    /// Evaluations of the field's Jacobian (exact-discrete mode).
+    pub n_jacobian: i64,
+    /// Integration steps taken.
+    pub n_steps: i64,
+    /// Rejected steps (adaptive Dormand–Prince).
+    pub n_rejected: i64,
+    /// Full step Jacobians evaluated while inverting (exact-discrete inverse).
+    pub n_newton: i64,
+    /// Inverted steps whose log-determinant took the first-order correction.
+    pub n_corrected: i64,
+}
+
+impl From<crate::integrate::Stats> for eqf_solver_stats {
+    fn from(s: crate::integrate::Stats) -> Self {
+        let c = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        eqf_solver_stats {
+            n_eval: c(s.n_eval),
+            n_jacobian: c(s.n_jacobian),
+            n_steps: c(s.n_steps),
+            n_rejected: c(s.n_rejected),
+            n_newton: c(s.n_newton),
+            n_corrected: c(s.n_corrected),
+        }
+    }
+}
+
+/// Reports the solver work of the move's decided proposals (push-forwards of the proposals
+/// and pull-backs of current states that were not cached); failed calls count for nothing.
+///
+/// @param move   the move (not NULL)
+/// @param stats  output (not NULL)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_move_solver_stats(
+    r#move: *const eqf_move,
+    stats: *mut eqf_solver_stats,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` (this
+        // function's contract).
+        let mv = unsafe { handle(r#move, "move") }?;
+        check_not_null(stats, "stats")?;
+        let value = eqf_solver_stats::from(mv.inner.stats().solver);
+        // SAFETY: `stats` is non-NULL (checked above) and valid for one write (this
+        // function's contract).
+        unsafe { stats.write(value) };
+        Ok(())
+    })
+}
+
 /// Releases a move created by `eqf_move_new`. NULL is accepted and does nothing. The flow the
 /// move was created from is not affected.
 ///
@@ -346,6 +404,59 @@ mod tests {
         // SAFETY: eqflow passes a writable double.
         unsafe { u.write(f64::NAN) };
         0
+    }
+
+    #[test]
+    fn solver_stats_count_the_decided_proposals_work() {
+        let mv = new_move(3);
+        let mut x = [0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0];
+        let dw4_energy = DoubleWell::dw4();
+        let user = (&raw const dw4_energy).cast_mut().cast::<c_void>();
+        let mut u = dw4_energy.energy(&x);
+        let mut accepted = 0;
+        let mut before = eqf_solver_stats::default();
+        let mut after = eqf_solver_stats::default();
+        // SAFETY: live move, valid buffers; the move is freed once.
+        unsafe {
+            assert_eq!(eqf_move_solver_stats(mv, &raw mut before), EQF_OK);
+            assert_eq!(before, eqf_solver_stats::default());
+            assert_eq!(
+                eqf_move_step(
+                    mv,
+                    x.as_mut_ptr(),
+                    &raw mut u,
+                    Some(dw4),
+                    user,
+                    &raw mut accepted
+                ),
+                EQF_OK
+            );
+            assert_eq!(eqf_move_solver_stats(mv, &raw mut after), EQF_OK);
+            // First step: a pull-back of the (uncached) current state and one proposal, 20
+            // exact-discrete steps each.
+            assert_eq!(after.n_steps, 40, "{after:?}");
+            assert!(after.n_eval >= 80 && after.n_jacobian > 0, "{after:?}");
+            // A failed call adds nothing.
+            assert_ne!(
+                eqf_move_step(
+                    mv,
+                    x.as_mut_ptr(),
+                    &raw mut u,
+                    Some(nan),
+                    std::ptr::null_mut(),
+                    &raw mut accepted
+                ),
+                EQF_OK
+            );
+            let mut again = eqf_solver_stats::default();
+            assert_eq!(eqf_move_solver_stats(mv, &raw mut again), EQF_OK);
+            assert_eq!(again, after);
+            assert_eq!(
+                eqf_move_solver_stats(mv, std::ptr::null_mut()),
+                EQF_ERR_NULL_POINTER
+            );
+            eqf_move_free(mv);
+        }
     }
 
     /// A DW-4 move whose flow handle is freed right away (the move keeps its own copy).
