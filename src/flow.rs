@@ -183,12 +183,12 @@ impl Flow {
     /// The certificate that every step of this flow's fixed-grid RK4 map is a bijection
     /// (see [`crate::integrate::certify_rk4`]), from the field family's Lipschitz bound;
     /// `None` for an adaptive method, which is not a fixed map. Costs 2·n_steps + 1 bound
-    /// evaluations (about a millisecond each for the kernel field).
+    /// evaluations, batched (a few milliseconds for the kernel field).
     #[must_use]
     pub fn certificate(&self) -> Option<StepCertificate> {
         match self.integrator.method() {
             Method::Rk4 { n_steps } => {
-                Some(certify_rk4(&|t| self.field.lipschitz_bound(t), n_steps))
+                Some(certify_rk4(&|t| self.field.lipschitz_bounds(t), n_steps))
             }
             Method::Dopri5(_) => None,
         }
@@ -198,7 +198,7 @@ impl Flow {
     /// certifies, if any.
     #[must_use]
     pub fn certified_step_count(&self) -> Option<usize> {
-        steps_needed(&|t| self.field.lipschitz_bound(t), MAX_RK4_STEPS)
+        steps_needed(&|t| self.field.lipschitz_bounds(t), MAX_RK4_STEPS)
     }
 
     /// A workspace sized for this flow (one per thread when calling the single-sample methods).

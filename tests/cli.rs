@@ -117,6 +117,7 @@ fn errors_are_messages_and_exit_codes_not_panics() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read model file"));
     let help = eqflow(&["train", "--help"]);
     assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--lambda-schedule"));
     assert!(String::from_utf8_lossy(&help.stdout).contains("--kl-weight-schedule"));
 }
 
@@ -215,4 +216,69 @@ fn eval_on_an_empty_data_file_fails_with_a_message() {
     );
     assert!(err.contains("no configurations"), "{err}");
     assert!(!String::from_utf8_lossy(&r.stdout).contains("NaN"));
+}
+
+#[test]
+fn lambda_schedule_takes_lambda_and_the_deprecated_flag_takes_one_minus_lambda() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_lambda");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("dw4.npy");
+    let data_s = data.to_str().unwrap();
+    json(&eqflow(&[
+        "mcmc", "--system", "dw4", "-n", "120", "--out", data_s, "--seed", "4", "--json", "-q",
+    ]));
+    let train = |name: &str, flag: &[&str]| {
+        let model = dir.join(name);
+        let mut args = vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            data_s,
+            "--out",
+            model.to_str().unwrap(),
+            "--n-train",
+            "100",
+            "--n-val",
+            "20",
+            "--epochs",
+            "1",
+            "--kl-epochs",
+            "2",
+            "--batch-size",
+            "50",
+            "--json",
+            "-q",
+        ];
+        args.extend_from_slice(flag);
+        let out = eqflow(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        json(&out);
+        let text = std::fs::read_to_string(&model).unwrap();
+        let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (file["params"].clone(), stderr)
+    };
+    let (new, new_err) = train("new.json", &["--lambda-schedule", "linear:1:0.5"]);
+    let (old, old_err) = train("old.json", &["--kl-weight-schedule", "linear:0:0.5"]);
+    let (default, _) = train("default.json", &[]);
+    let (other, _) = train("other.json", &["--lambda-schedule", "const:0.5"]);
+    assert_eq!(new, old, "λ = 1 − KL weight: the same training");
+    assert_eq!(new, default, "the default is the paper's linear:1:0.5");
+    assert_ne!(new, other);
+    assert!(old_err.contains("deprecated"), "{old_err}");
+    assert!(!new_err.contains("deprecated"), "{new_err}");
+    let both = eqflow(&[
+        "train",
+        "--system",
+        "dw4",
+        "--data",
+        data_s,
+        "--out",
+        "x.json",
+        "--lambda-schedule",
+        "const:1",
+        "--kl-weight-schedule",
+        "const:0",
+    ]);
+    assert!(!both.status.success());
 }

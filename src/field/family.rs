@@ -72,12 +72,18 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
         Ok(())
     }
 
-    /// An upper bound `L(t)` on the spectral norm of the Jacobian `∂v/∂x` of `self` at time
-    /// `t`, valid for every configuration x (a global Lipschitz constant of `v(·, t)`); the
-    /// grid form of [`FieldFamily::grid_dynamics`] agrees with it to its own approximation
+    /// Upper bounds `L(t)` on the spectral norm of the Jacobian `∂v/∂x` of `self` at each of
+    /// `times`, valid for every configuration x (a global Lipschitz constant of `v(·, t)`);
+    /// the grid form of [`FieldFamily::grid_dynamics`] agrees with it to its own approximation
     /// error. An RK4 step of size h is a bijection when `h·L` is small enough: the family's
-    /// part of the step certificate.
-    fn lipschitz_bound(&self, t: f64) -> f64;
+    /// part of the step certificate (`integrate::certify_rk4`). Batched because a family may
+    /// share work across times.
+    fn lipschitz_bounds(&self, times: &[f64]) -> Vec<f64>;
+
+    /// [`FieldFamily::lipschitz_bounds`] at one time.
+    fn lipschitz_bound(&self, t: f64) -> f64 {
+        self.lipschitz_bounds(&[t])[0]
+    }
 
     /// A faster field that agrees with `self` at the flow times `times` (the stage times of a
     /// fixed grid) and is what a fixed-grid flow integrates there: e.g. tabulated radial

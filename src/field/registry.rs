@@ -142,6 +142,12 @@ impl Field {
         with_family!(self, f => f.lipschitz_bound(t))
     }
 
+    /// See [`FieldFamily::lipschitz_bounds`].
+    #[must_use]
+    pub fn lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
+        with_family!(self, f => f.lipschitz_bounds(times))
+    }
+
     /// See [`FieldFamily::grid_dynamics`].
     #[must_use]
     pub fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {

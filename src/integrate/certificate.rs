@@ -20,6 +20,9 @@
 //! What it proves depends on the bound: for the kernel field `L(t)` comes from a sampled
 //! maximum with a slope margin (see `field::kernel`), not interval arithmetic.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use super::rk4::grid_stage_times;
 
 /// The certificate of an RK4 grid: the largest increment contraction bound over its steps.
@@ -55,54 +58,68 @@ pub fn increment_bound(l_start: f64, l_middle: f64, l_end: f64, h: f64) -> f64 {
     h / 6.0 * (l1 + 2.0 * l2 + 2.0 * l3 + l4)
 }
 
-/// Certifies the RK4 grid of `n_steps` steps on [0, 1] for a field whose bound at time t is
-/// `lipschitz(t)`. Evaluates the bound once per distinct stage time (2·n_steps + 1).
+/// Certifies the RK4 grid of `n_steps` steps on [0, 1] for a field whose bounds at a list of
+/// times are `bounds(times)`; asks for the 2·n_steps + 1 distinct stage times at once.
 #[must_use]
-pub fn certify_rk4(lipschitz: &dyn Fn(f64) -> f64, n_steps: usize) -> StepCertificate {
+pub fn certify_rk4(bounds: &dyn Fn(&[f64]) -> Vec<f64>, n_steps: usize) -> StepCertificate {
     let n = n_steps.max(1);
     let h = 1.0 / n as f64;
+    // Step s starts at times[2s], has its middle at times[2s + 1] and ends at times[2s + 2].
+    let mut times = Vec::with_capacity(2 * n + 1);
+    for s in 0..n {
+        let [t0, tm, _] = grid_stage_times(s, n, true);
+        times.extend([t0, tm]);
+    }
+    times.push(grid_stage_times(n - 1, n, true)[2]);
+    let l = bounds(&times);
     let mut cert = StepCertificate {
         n_steps: n,
         max_contraction: 0.0,
         worst_step_start: 0.0,
         max_lipschitz: 0.0,
     };
-    let mut l_end_prev = None;
     for s in 0..n {
-        let [t0, tm, t1] = grid_stage_times(s, n, true);
-        // Consecutive steps share a grid point: reuse its bound.
-        let l0 = l_end_prev.unwrap_or_else(|| lipschitz(t0));
-        let (lm, l1) = (lipschitz(tm), lipschitz(t1));
-        l_end_prev = Some(l1);
+        let (l0, lm, l1) = (l[2 * s], l[2 * s + 1], l[2 * s + 2]);
         let c = increment_bound(l0, lm, l1, h);
         cert.max_lipschitz = cert.max_lipschitz.max(l0).max(lm).max(l1);
         // NaN never certifies: it must not be skipped by max().
         if c.is_nan() || c > cert.max_contraction {
             cert.max_contraction = if c.is_nan() { f64::INFINITY } else { c };
-            cert.worst_step_start = t0;
+            cert.worst_step_start = times[2 * s];
         }
     }
     cert
 }
 
-/// The smallest step count in `1..=max_steps` whose grid is certified, if any. Since finer
-/// grids need not be certified monotonically (their stage times differ), this searches by
-/// doubling and then bisection on certified/uncertified counts and returns a count that is
-/// certified.
+/// The smallest step count in `1..=max_steps` whose grid is certified, if any. Finer grids
+/// need not be certified monotonically (their stage times differ), so this searches by
+/// doubling and then bisection between an uncertified and a certified count, and returns a
+/// count that is certified. Bounds are computed once per distinct time.
 #[must_use]
-pub fn steps_needed(lipschitz: &dyn Fn(f64) -> f64, max_steps: usize) -> Option<usize> {
-    // Grids of different counts share many times (all of a count's when it doubles): each
-    // bound is computed once.
-    let cache = std::cell::RefCell::new(std::collections::HashMap::new());
-    let cached = |t: f64| {
-        *cache
-            .borrow_mut()
-            .entry(t.to_bits())
-            .or_insert_with(|| lipschitz(t))
+pub fn steps_needed(bounds: &dyn Fn(&[f64]) -> Vec<f64>, max_steps: usize) -> Option<usize> {
+    let cache = RefCell::new(HashMap::<u64, f64>::new());
+    let cached = |times: &[f64]| {
+        let missing: Vec<f64> = {
+            let cache = cache.borrow();
+            times
+                .iter()
+                .copied()
+                .filter(|t| !cache.contains_key(&t.to_bits()))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let values = bounds(&missing);
+            let mut cache = cache.borrow_mut();
+            for (t, v) in missing.iter().zip(values) {
+                cache.insert(t.to_bits(), v);
+            }
+        }
+        let cache = cache.borrow();
+        times.iter().map(|t| cache[&t.to_bits()]).collect()
     };
-    let lipschitz = &cached;
+    let certified = |n: usize| certify_rk4(&cached, n).is_certified();
     let mut hi = 1;
-    while !certify_rk4(lipschitz, hi).is_certified() {
+    while !certified(hi) {
         if hi >= max_steps {
             return None;
         }
@@ -111,7 +128,7 @@ pub fn steps_needed(lipschitz: &dyn Fn(f64) -> f64, max_steps: usize) -> Option<
     let mut lo = hi / 2; // uncertified (or 0)
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if certify_rk4(lipschitz, mid).is_certified() {
+        if certified(mid) {
             hi = mid;
         } else {
             lo = mid;
@@ -130,26 +147,33 @@ mod tests {
         // (p(−hL) − 1)·x with p the degree-4 Taylor polynomial of exp; the bound c is
         // hL + (hL)²/2 + (hL)³/6 + (hL)⁴/24 = p(hL) − 1 ≥ |p(−hL) − 1|: exact for v = +L·x.
         for l in [0.5, 3.0, 40.0] {
-            let cert = certify_rk4(&|_| l, 10);
+            let cert = certify_rk4(&|t: &[f64]| vec![l; t.len()], 10);
             let x = l / 10.0;
             let expected = x + x * x / 2.0 + x * x * x / 6.0 + x * x * x * x / 24.0;
             assert!((cert.max_contraction - expected).abs() < 1e-12 * expected);
             assert_eq!(cert.max_lipschitz, l);
         }
         // hL + … = 1 at hL ≈ 0.6964: L = 6.9 needs 10 steps, L = 7.0 needs 11.
-        assert!(certify_rk4(&|_| 6.9, 10).is_certified());
-        assert!(!certify_rk4(&|_| 7.0, 10).is_certified());
-        assert_eq!(steps_needed(&|_| 7.0, 1000), Some(11));
-        assert_eq!(steps_needed(&|_| 0.1, 1000), Some(1));
-        assert_eq!(steps_needed(&|_| 1e9, 1000), None);
+        assert!(certify_rk4(&|t: &[f64]| vec![6.9; t.len()], 10).is_certified());
+        assert!(!certify_rk4(&|t: &[f64]| vec![7.0; t.len()], 10).is_certified());
+        assert_eq!(
+            steps_needed(&|t: &[f64]| vec![7.0; t.len()], 1000),
+            Some(11)
+        );
+        assert_eq!(steps_needed(&|t: &[f64]| vec![0.1; t.len()], 1000), Some(1));
+        assert_eq!(steps_needed(&|t: &[f64]| vec![1e9; t.len()], 1000), None);
     }
 
     #[test]
     fn the_worst_step_is_where_the_field_is_stiff_and_nan_never_certifies() {
-        let l = |t: f64| if t > 0.5 { 50.0 } else { 1.0 };
+        let l = |t: &[f64]| {
+            t.iter()
+                .map(|&t| if t > 0.5 { 50.0 } else { 1.0 })
+                .collect()
+        };
         let cert = certify_rk4(&l, 20);
         assert!(cert.worst_step_start >= 0.45, "{cert:?}");
         assert_eq!(cert.max_lipschitz, 50.0);
-        assert!(!certify_rk4(&|_| f64::NAN, 5).is_certified());
+        assert!(!certify_rk4(&|t: &[f64]| vec![f64::NAN; t.len()], 5).is_certified());
     }
 }

@@ -95,9 +95,14 @@ struct TrainArgs {
     /// Further epochs of the mixed loss λ·ML + (1−λ)·KL (needs the energy's gradient).
     #[arg(long, default_value_t = 0)]
     kl_epochs: usize,
-    /// KL weight 1−λ over the KL epochs: `const:W` or `linear:W0:W1` (the paper: linear:0:0.5).
-    #[arg(long, default_value = "linear:0:0.5")]
-    kl_weight_schedule: String,
+    /// ML weight λ of the mixed loss over the KL epochs, as in the library and the C API:
+    /// `const:L` or `linear:L0:L1` (the paper: linear:1:0.5).
+    #[arg(long, default_value = "linear:1:0.5")]
+    lambda_schedule: String,
+    /// Deprecated spelling that takes the KL weight 1−λ instead of λ (`const:W` or
+    /// `linear:W0:W1`); use --lambda-schedule.
+    #[arg(long, conflicts_with = "lambda_schedule")]
+    kl_weight_schedule: Option<String>,
     /// Minibatch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -443,25 +448,42 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Parses `const:W` or `linear:W0:W1` (KL weights) into a λ schedule (λ = 1 − KL weight).
-fn kl_schedule(text: &str) -> Result<LambdaSchedule> {
+/// Parses `const:A` or `linear:A0:A1` into a λ schedule: the numbers are λ itself, or with
+/// `kl_weights` the KL weights 1 − λ (the deprecated `--kl-weight-schedule`).
+fn parse_schedule(flag: &str, text: &str, kl_weights: bool) -> Result<LambdaSchedule> {
     let bad = || eqflow::Error::InvalidArgument {
-        what: format!(
-            "--kl-weight-schedule '{text}': expected const:W or linear:W0:W1 with weights in [0, 1]"
-        ),
+        what: format!("{flag} '{text}': expected const:A or linear:A0:A1 with numbers in [0, 1]"),
     };
     let parts: Vec<&str> = text.split(':').collect();
-    let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
+    let num = |s: &str| {
+        let a = s.parse::<f64>().map_err(|_| bad())?;
+        Ok::<f64, eqflow::Error>(if kl_weights { 1.0 - a } else { a })
+    };
     let schedule = match parts.as_slice() {
-        ["const", w] => LambdaSchedule::Constant(1.0 - num(w)?),
-        ["linear", w0, w1] => LambdaSchedule::Linear {
-            start: 1.0 - num(w0)?,
-            end: 1.0 - num(w1)?,
+        ["const", a] => LambdaSchedule::Constant(num(a)?),
+        ["linear", a0, a1] => LambdaSchedule::Linear {
+            start: num(a0)?,
+            end: num(a1)?,
         },
         _ => return Err(bad()),
     };
     schedule.validate().map_err(|_| bad())?;
     Ok(schedule)
+}
+
+/// The λ schedule of the KL epochs from `--lambda-schedule`, or from the deprecated
+/// `--kl-weight-schedule` (with a note on stderr).
+fn lambda_schedule(a: &TrainArgs) -> Result<LambdaSchedule> {
+    match &a.kl_weight_schedule {
+        Some(text) => {
+            eprintln!(
+                "note: --kl-weight-schedule is deprecated (it takes 1−λ); use --lambda-schedule, \
+                 which takes λ like the library and the C API"
+            );
+            parse_schedule("--kl-weight-schedule", text, true)
+        }
+        None => parse_schedule("--lambda-schedule", &a.lambda_schedule, false),
+    }
 }
 
 /// Trains `flow` on `train` (validation optional) with one phase of the protocol, showing an
@@ -551,7 +573,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if a.kl_epochs > 0 {
         let kl_config = TrainConfig {
             n_epochs: a.kl_epochs,
-            lambda: kl_schedule(&a.kl_weight_schedule)?,
+            lambda: lambda_schedule(&a)?,
             seed: a.seed.wrapping_add(1),
             ..config
         };
@@ -564,7 +586,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
             a.common.quiet,
             "ML+KL",
         )?;
-        phases.push(json!({"phase": "ml_kl", "schedule": a.kl_weight_schedule,
+        let lambda = match kl_config.lambda {
+            LambdaSchedule::Constant(l) => format!("const:{l}"),
+            LambdaSchedule::Linear { start, end } => format!("linear:{start}:{end}"),
+        };
+        phases.push(json!({"phase": "ml_kl", "lambda_schedule": lambda,
                            "summary": summary_json(&kl)}));
         last = kl;
     }
