@@ -1,17 +1,20 @@
-use super::*;
 use std::cell::Cell;
+use std::ffi::c_void;
 use std::sync::PoisonError;
 
+use super::options::*;
+use super::run::eqf_flow_train;
+use super::summary::{SUMMARY_V1_SIZE, eqf_train_epoch, eqf_train_summary};
 use crate::energy::DoubleWell;
 use crate::ffi::energy::{eqf_energy_double_well, eqf_energy_free, eqf_energy_lennard_jones};
-use crate::ffi::flow::{eqf_flow_free, eqf_flow_new, eqf_flow_sample};
+use crate::ffi::flow::{eqf_flow, eqf_flow_free, eqf_flow_new, eqf_flow_sample};
 use crate::ffi::threads::eqf_set_num_threads;
 use crate::ffi::{
     EQF_ERR_CALLBACK, EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_ERR_NULL_POINTER, EQF_OK,
     with_last_error,
 };
 use crate::mcmc::{McmcConfig, run};
-use crate::train::AdamWConfig;
+use crate::train::{AdamWConfig, LambdaSchedule, TrainConfig, Trainer};
 use crate::{Energy, Flow};
 
 /// DW-4 configurations from random-walk Metropolis at kT = 1, centres of mass left in place.
