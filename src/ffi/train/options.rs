@@ -1,0 +1,383 @@
+//! The training options: the opaque `eqf_train_options` object, its constructor and
+//! destructor, and one validating setter per setting.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use crate::energy::Energy;
+use crate::train::{LambdaSchedule, TrainConfig};
+use crate::{Error, Result};
+
+use super::callback::{EnergyGradFn, ProgressFn, eqf_energy_grad_fn, eqf_train_progress_fn};
+use crate::ffi::energy::eqf_energy;
+use crate::ffi::{catch, check_not_null, count, free_handle, handle, handle_mut, write_handle};
+
+/// The target energy of the KL term, as the options hold it.
+#[derive(Clone)]
+pub(super) enum KlTargetEnergy {
+    /// A built-in energy, kept alive by the options (the handle may be freed).
+    Builtin(Arc<dyn Energy>),
+    /// A host callback with its user pointer.
+    Callback {
+        energy: EnergyGradFn,
+        user: *mut c_void,
+    },
+}
+
+/// Settings of a training run (opaque), created by `eqf_train_options_new` with the defaults of
+/// the paper's DW-4 maximum-likelihood protocol and changed by the `eqf_train_options_set_*`
+/// functions, each of which validates its value at once (a rejected value leaves the options
+/// unchanged). Released with `eqf_train_options_free`.
+///
+/// One options object may be used for any number of `eqf_flow_train` calls and flows; it must
+/// not be modified while a training call that uses it runs. It belongs to one thread at a time.
+#[allow(non_camel_case_types)]
+pub struct eqf_train_options {
+    pub(super) config: TrainConfig,
+    pub(super) progress: Option<(ProgressFn, *mut c_void)>,
+    pub(super) kl_energy: Option<KlTargetEnergy>,
+}
+
+/// Creates training options with the defaults of the paper's DW-4 protocol, maximum-likelihood
+/// phase: 50 epochs, batch size 64, RK4 with 20 steps (the map training differentiates),
+/// AdamW with learning rate 5e-3, AMSGrad and weight decay 1e-12, lambda = 1 (pure maximum
+/// likelihood), 64 prior samples per KL term (used when lambda < 1), kT = 1, seed 0, no
+/// progress callback and no KL target energy.
+///
+/// For the paper's second phase set `eqf_train_options_set_lambda_linear(options, 1.0, 0.5)`
+/// and a KL target energy.
+///
+/// @param out  on success receives the new options, to be released with
+///             `eqf_train_options_free`; untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_new(out: *mut *mut eqf_train_options) -> i32 {
+    catch(|| {
+        check_not_null(out, "out")?;
+        let options = eqf_train_options {
+            config: TrainConfig::default(),
+            progress: None,
+            kl_energy: None,
+        };
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
+        // contract).
+        unsafe { write_handle(out, options) };
+        Ok(())
+    })
+}
+
+/// Releases options created by `eqf_train_options_new`. NULL is accepted and does nothing. A
+/// built-in KL energy the options kept is released with them if its handle was freed before.
+///
+/// @return EQF_OK
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_free(options: *mut eqf_train_options) -> i32 {
+    // SAFETY: `options` is NULL or a handle from `eqf_train_options_new` not freed yet (this
+    // function's contract).
+    unsafe { free_handle(options) }
+}
+
+/// Applies `change` to a copy of the options' settings and keeps the copy only if the whole
+/// configuration is still valid, so a rejected value leaves the options unchanged.
+///
+/// # Safety
+/// `options` must be NULL or a live handle from `eqf_train_options_new` that no other thread
+/// uses during the call.
+unsafe fn update(
+    options: *mut eqf_train_options,
+    change: impl FnOnce(&mut TrainConfig) -> Result<()>,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (the
+        // caller's contract).
+        let options = unsafe { handle_mut(options, "options") }?;
+        let mut config = options.config;
+        change(&mut config)?;
+        config.validate()?;
+        options.config = config;
+        Ok(())
+    })
+}
+
+/// Converts a count setting, which must be at least 1.
+fn positive(value: i64, what: &str) -> Result<usize> {
+    let n = count(value, what)?;
+    if n == 0 {
+        return Err(Error::invalid(format!("{what} must be at least 1, got 0")));
+    }
+    Ok(n)
+}
+
+/// Sets the number of epochs (passes over the training set).
+///
+/// @param options   the options (not NULL)
+/// @param n_epochs  at least 1
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_epochs(
+    options: *mut eqf_train_options,
+    n_epochs: i64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.n_epochs = positive(n_epochs, "n_epochs")?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the number of training configurations per optimiser step (the last minibatch of an
+/// epoch may be smaller).
+///
+/// @param options     the options (not NULL)
+/// @param batch_size  at least 1
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_batch_size(
+    options: *mut eqf_train_options,
+    batch_size: i64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.batch_size = positive(batch_size, "batch_size")?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the number of fixed RK4 steps of the map that training differentiates (continuous
+/// density mode; the flow's own integrator is not changed by training).
+///
+/// @param options  the options (not NULL)
+/// @param n_steps  in 1..=100000
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_rk4_steps(
+    options: *mut eqf_train_options,
+    n_steps: i64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.n_rk4_steps = positive(n_steps, "n_steps")?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the AdamW learning rate.
+///
+/// @param options        the options (not NULL)
+/// @param learning_rate  positive and finite, with learning_rate * weight_decay < 1
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_learning_rate(
+    options: *mut eqf_train_options,
+    learning_rate: f64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.optimizer.lr = learning_rate;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the AdamW decoupled weight decay (each step multiplies the parameters by
+/// `1 - learning_rate * weight_decay`).
+///
+/// @param options       the options (not NULL)
+/// @param weight_decay  finite and >= 0, with learning_rate * weight_decay < 1
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_weight_decay(
+    options: *mut eqf_train_options,
+    weight_decay: f64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.optimizer.weight_decay = weight_decay;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the seed of the run: the minibatch shuffles and the KL latents derive from it, so the
+/// same flow, data, options and seed give bit-identical parameters for any thread count.
+///
+/// @param options  the options (not NULL)
+/// @param seed     any value
+/// @return EQF_OK; EQF_ERR_NULL_POINTER
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_seed(
+    options: *mut eqf_train_options,
+    seed: u64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.seed = seed;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the temperature of the KL target, u = U/kT, in the energy units of the KL energy.
+///
+/// @param options  the options (not NULL)
+/// @param kT       positive and finite
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn eqf_train_options_set_kT(options: *mut eqf_train_options, kT: f64) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.kt = kT;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the number of prior samples per KL term (per optimiser step with lambda < 1). The KL
+/// energy is evaluated that many times per step; eqflow keeps the RK4 trajectory of each
+/// (4 * n_rk4_steps * N * D doubles) between the forward and the reverse pass.
+///
+/// @param options    the options (not NULL)
+/// @param n_samples  at least 1
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_kl_samples(
+    options: *mut eqf_train_options,
+    n_samples: i64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.n_kl_samples = positive(n_samples, "n_kl_samples")?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets a constant ML weight: every epoch minimises `lambda * NLL + (1 - lambda) * KL`.
+/// lambda = 1 is pure maximum likelihood (no KL energy needed), lambda = 0 pure reverse KL.
+///
+/// @param options  the options (not NULL)
+/// @param lambda   in [0, 1]
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_lambda(
+    options: *mut eqf_train_options,
+    lambda: f64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.lambda = LambdaSchedule::Constant(lambda);
+            Ok(())
+        })
+    }
+}
+
+/// Sets a linear ML-weight schedule: lambda moves from `start` in the first epoch to `end` in
+/// the last, `lambda(e) = start + (end - start) * e / (n_epochs - 1)` (`start` with a single
+/// epoch). The paper's ML+KL phase is (1, 0.5).
+///
+/// @param options  the options (not NULL)
+/// @param start    in [0, 1]
+/// @param end      in [0, 1]
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_lambda_linear(
+    options: *mut eqf_train_options,
+    start: f64,
+    end: f64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.lambda = LambdaSchedule::Linear { start, end };
+            Ok(())
+        })
+    }
+}
+
+/// Sets the progress callback, called after every epoch (see `eqf_train_progress_fn`); NULL
+/// removes it.
+///
+/// @param options   the options (not NULL)
+/// @param progress  the callback, or NULL
+/// @param user      passed unchanged to `progress`
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_progress(
+    options: *mut eqf_train_options,
+    progress: eqf_train_progress_fn,
+    user: *mut c_void,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (this
+        // function's contract).
+        let options = unsafe { handle_mut(options, "options") }?;
+        options.progress = progress.map(|f| (f, user));
+        Ok(())
+    })
+}
+
+/// Sets a built-in energy (from `eqf_energy_double_well` or `eqf_energy_lennard_jones`) as the
+/// target of the KL term, replacing a KL target set before; NULL removes the target. The
+/// options keep the energy alive, so its handle may be freed right after this call. Its
+/// particles must be those of the flow that is trained (checked by `eqf_flow_train`). Built-in
+/// energies are evaluated in eqflow's thread pool.
+///
+/// @param options  the options (not NULL)
+/// @param energy   the energy, or NULL
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_kl_energy(
+    options: *mut eqf_train_options,
+    energy: *const eqf_energy,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (this
+        // function's contract).
+        let options = unsafe { handle_mut(options, "options") }?;
+        options.kl_energy = if energy.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, so a live handle from an `eqf_energy_*` constructor (this
+            // function's contract); energies are never mutated.
+            let energy = unsafe { handle(energy, "energy") }?;
+            Some(KlTargetEnergy::Builtin(Arc::clone(&energy.inner)))
+        };
+        Ok(())
+    })
+}
+
+/// Sets a host energy-and-gradient callback as the target of the KL term, replacing a KL
+/// target set before; NULL removes the target. The callback is called only on the thread that
+/// calls `eqf_flow_train`, never concurrently (see `eqf_energy_grad_fn`).
+///
+/// @param options  the options (not NULL)
+/// @param energy   the callback, or NULL
+/// @param user     passed unchanged to `energy`; must stay valid while the options are used
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_kl_energy_fn(
+    options: *mut eqf_train_options,
+    energy: eqf_energy_grad_fn,
+    user: *mut c_void,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (this
+        // function's contract).
+        let options = unsafe { handle_mut(options, "options") }?;
+        options.kl_energy = energy.map(|energy| KlTargetEnergy::Callback { energy, user });
+        Ok(())
+    })
+}

@@ -1,0 +1,158 @@
+//! The training run, `eqf_flow_train`: checks the host's arrays, runs the trainer and commits
+//! the trained parameters and the summary only on success.
+
+use crate::Error;
+use crate::train::{EpochReport, Trainer};
+
+use super::callback::HostEnergy;
+use super::options::{KlTargetEnergy, eqf_train_options};
+use super::summary::{eqf_train_epoch, eqf_train_summary, summary_bytes};
+use crate::ffi::flow::eqf_flow;
+use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, threads};
+
+/// Trains `flow` in place: maximum likelihood on the host's configurations `x_train`, mixed
+/// with the reverse KL divergence to exp(-U/kT) when the options' lambda is below 1 (see the
+/// `eqf_train_options_set_*` functions). Minibatches are drawn by shuffling the training set
+/// every epoch; after every epoch the validation NLL is evaluated (if a validation set is
+/// given) and the progress callback is called. When training ends, the flow holds the
+/// parameters of the epoch with the lowest validation NLL (without a validation set: of the
+/// last epoch).
+///
+/// Layout: `x_train` holds n_train configurations, `x_train[(s*N + i)*D + k]` (C
+/// `double x[n][N][D]`, Fortran `x(D, N, n)`), finite, with any centres of mass (each is
+/// removed; the flow's densities are centre-of-mass free). Likewise `x_validation`. At least
+/// one training configuration is required, also for pure reverse-KL training (lambda = 0),
+/// where the training set still sets the number of steps per epoch (ceil(n_train/batch_size))
+/// and the reported NLL.
+///
+/// Training differentiates continuous-mode RK4 with the options' step count; the flow's own
+/// integrator and density mode (what sampling, densities and moves use) are kept. Afterwards
+/// every call on the flow uses the new parameters; moves created from the flow before the
+/// call keep their own copy of the old flow.
+///
+/// Deterministic: the same flow, data, options and seed give bit-identical parameters for any
+/// number of threads (`eqf_set_num_threads`), and a host callback that computes the same
+/// numbers as a built-in energy gives the same parameters as that energy.
+///
+/// Threads: the per-sample work runs in eqflow's thread pool; the loop, the progress callback
+/// and a host KL energy callback run on the calling thread only. Unlike the other flow
+/// functions, this one **modifies the flow**: no other thread may use the flow during the call
+/// (the callbacks may read it; they see the parameters from before the call).
+///
+/// On failure the flow is unchanged, `summary` is not written, and the message says what
+/// failed (for a failed KL energy: which prior sample and how).
+///
+/// @param flow          the flow to train (not NULL)
+/// @param options       the settings (not NULL), not modified by the call
+/// @param n_train       number of training configurations (>= 1)
+/// @param x_train       input, n_train*N*D doubles
+/// @param n_validation  number of validation configurations (>= 0)
+/// @param x_validation  input, n_validation*N*D doubles (may be NULL when n_validation = 0)
+/// @param summary       output, or NULL: the caller sets `summary->size` to
+///                      `sizeof(eqf_train_summary)`; written only on success
+/// @return EQF_OK (also when the progress callback stopped training early);
+///         EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (a count out of range, no training
+///         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
+///         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
+///         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
+///         callback failed); other codes from the losses. The flow is unchanged on failure
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_train(
+    flow: *mut eqf_flow,
+    options: *const eqf_train_options,
+    n_train: i64,
+    x_train: *const f64,
+    n_validation: i64,
+    x_validation: *const f64,
+    summary: *mut eqf_train_summary,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle that no other thread uses during
+        // the call (this function's contract). Only shared access until the final commit, so
+        // callbacks may read the flow.
+        let current = unsafe { handle(flow.cast_const(), "flow") }?;
+        // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
+        // (this function's contract).
+        let options = unsafe { handle(options, "options") }?;
+        // SAFETY: `summary` is NULL or points to a struct whose first field is its size (this
+        // function's contract).
+        let summary_bytes = unsafe { summary_bytes(summary) }?;
+        let len = current.inner.layout().len();
+        let n_train = count(n_train, "n_train")?;
+        if n_train == 0 {
+            return Err(Error::invalid(
+                "n_train = 0: training needs at least one configuration (with lambda = 0 too: \
+                 the training set sets the steps per epoch and the reported NLL)",
+            ));
+        }
+        let train_len = array_len(n_train, len, "x_train")?;
+        // SAFETY: `x_train` is NULL (rejected) or points to n_train*N*D doubles that the
+        // caller does not modify during the call (this function's contract).
+        let train = unsafe { input_array(x_train, train_len, "x_train") }?;
+        let n_validation = count(n_validation, "n_validation")?;
+        let validation_len = array_len(n_validation, len, "x_validation")?;
+        // SAFETY: `x_validation` is NULL (rejected unless n_validation = 0) or points to
+        // n_validation*N*D doubles not modified during the call (this function's contract).
+        let validation = unsafe { input_array(x_validation, validation_len, "x_validation") }?;
+        let config = options.config;
+        if config.lambda.needs_kl() && options.kl_energy.is_none() {
+            return Err(Error::invalid(
+                "lambda < 1 needs a KL target energy: set one with \
+                 eqf_train_options_set_kl_energy or eqf_train_options_set_kl_energy_fn",
+            ));
+        }
+        let host_energy = match &options.kl_energy {
+            Some(KlTargetEnergy::Callback { energy, user }) => Some(HostEnergy {
+                energy: *energy,
+                user: *user,
+                n_particles: current.inner.n_particles(),
+                dim: current.inner.dim(),
+            }),
+            _ => None,
+        };
+
+        let pool = threads::pool()?;
+        let mut trainer = Trainer::new(config, train).in_pool(&pool);
+        if n_validation > 0 {
+            trainer = trainer.with_validation(validation);
+        }
+        match (&options.kl_energy, &host_energy) {
+            (_, Some(host)) => trainer = trainer.with_serial_energy(host),
+            (Some(KlTargetEnergy::Builtin(energy)), None) => {
+                trainer = trainer.with_energy(energy.as_ref());
+            }
+            _ => {}
+        }
+        let progress = |report: &EpochReport| match options.progress {
+            None => true,
+            Some((progress, user)) => {
+                let report = eqf_train_epoch::from(report);
+                // SAFETY: `progress` and `user` come from the host, which guarantees that
+                // `progress` accepts `user`; `report` is a live local read during the call.
+                unsafe { progress(user, &raw const report) == 0 }
+            }
+        };
+        let mut trained = current.inner.clone();
+        let result = trainer.run(&mut trained, progress)?;
+
+        // SAFETY: a live handle that no other thread uses during the call (this function's
+        // contract); the shared borrow `current` is no longer used. The commit cannot fail.
+        let flow = unsafe { handle_mut(flow, "flow") }?;
+        flow.inner = trained;
+        if let Some(bytes) = summary_bytes {
+            let mut written = eqf_train_summary::from(&result);
+            written.size = bytes as u64;
+            // SAFETY: `summary` is non-NULL and aligned (checked before training) and the
+            // caller's struct has room for `bytes` bytes (its `size` field says at least that
+            // many; this function's contract); `written` is a local, so the ranges are disjoint.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (&raw const written).cast::<u8>(),
+                    summary.cast::<u8>(),
+                    bytes,
+                );
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,800 @@
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::sync::PoisonError;
+
+use super::options::*;
+use super::run::eqf_flow_train;
+use super::summary::{SUMMARY_V1_SIZE, eqf_train_epoch, eqf_train_summary};
+use crate::energy::DoubleWell;
+use crate::ffi::energy::{eqf_energy_double_well, eqf_energy_free, eqf_energy_lennard_jones};
+use crate::ffi::flow::{eqf_flow, eqf_flow_free, eqf_flow_new, eqf_flow_sample};
+use crate::ffi::threads::eqf_set_num_threads;
+use crate::ffi::{
+    EQF_ERR_CALLBACK, EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_ERR_NULL_POINTER, EQF_OK,
+    with_last_error,
+};
+use crate::mcmc::{McmcConfig, run};
+use crate::train::{AdamWConfig, LambdaSchedule, TrainConfig, Trainer};
+use crate::{Energy, Flow};
+
+/// DW-4 configurations from random-walk Metropolis at kT = 1, centres of mass left in place.
+fn dw4_data(n_samples: usize, seed: u64) -> Vec<f64> {
+    let config = McmcConfig {
+        n_chains: 4,
+        n_burnin: 500,
+        n_samples,
+        thin: 5,
+        seed,
+        ..McmcConfig::default()
+    };
+    run(&DoubleWell::dw4(), &config).unwrap().x
+}
+
+/// Owned options, freed on drop.
+struct Options(*mut eqf_train_options);
+
+impl Options {
+    fn new() -> Options {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: a valid pointer slot.
+        assert_eq!(unsafe { eqf_train_options_new(&raw mut out) }, EQF_OK);
+        Options(out)
+    }
+
+    /// Small DW-4 settings: 2 epochs of batch 16, RK4 with 6 steps.
+    fn small() -> Options {
+        let options = Options::new();
+        // SAFETY: live options.
+        unsafe {
+            assert_eq!(eqf_train_options_set_epochs(options.0, 2), EQF_OK);
+            assert_eq!(eqf_train_options_set_batch_size(options.0, 16), EQF_OK);
+            assert_eq!(eqf_train_options_set_rk4_steps(options.0, 6), EQF_OK);
+            assert_eq!(eqf_train_options_set_seed(options.0, 21), EQF_OK);
+        }
+        options
+    }
+
+    fn config(&self) -> TrainConfig {
+        // SAFETY: live options, not modified concurrently.
+        unsafe { (*self.0).config }
+    }
+}
+
+impl Drop for Options {
+    fn drop(&mut self) {
+        // SAFETY: created by `eqf_train_options_new`, freed once.
+        assert_eq!(unsafe { eqf_train_options_free(self.0) }, EQF_OK);
+    }
+}
+
+/// An owned DW-4 flow handle, freed on drop.
+struct FlowHandle(*mut eqf_flow);
+
+impl FlowHandle {
+    fn new(seed: u64) -> FlowHandle {
+        let mut flow = std::ptr::null_mut();
+        // SAFETY: a valid pointer slot.
+        assert_eq!(unsafe { eqf_flow_new(4, 2, seed, &raw mut flow) }, EQF_OK);
+        FlowHandle(flow)
+    }
+
+    fn params(&self) -> Vec<f64> {
+        // SAFETY: live handle, not used by other threads.
+        unsafe { (*self.0).inner.field().params().to_vec() }
+    }
+
+    /// Trains with `data` (and `validation`), returning the status and the summary.
+    fn train(
+        &self,
+        options: &Options,
+        data: &[f64],
+        validation: &[f64],
+    ) -> (i32, eqf_train_summary) {
+        let mut summary = sentinel_summary();
+        // SAFETY: live handles; arrays of whole DW-4 configurations; a full summary.
+        let status = unsafe {
+            eqf_flow_train(
+                self.0,
+                options.0,
+                (data.len() / 8) as i64,
+                data.as_ptr(),
+                (validation.len() / 8) as i64,
+                validation.as_ptr(),
+                &raw mut summary,
+            )
+        };
+        (status, summary)
+    }
+}
+
+impl Drop for FlowHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by `eqf_flow_new`, freed once.
+        assert_eq!(unsafe { eqf_flow_free(self.0) }, EQF_OK);
+    }
+}
+
+/// A summary whose size is set and whose other fields hold a recognisable sentinel.
+fn sentinel_summary() -> eqf_train_summary {
+    eqf_train_summary {
+        size: size_of::<eqf_train_summary>() as u64,
+        n_epochs: -7,
+        best_epoch: -7,
+        n_steps: -7,
+        stopped_early: -7,
+        initial_validation_nll: -7.0,
+        best_validation_nll: -7.0,
+        final_validation_nll: -7.0,
+        final_train_nll: -7.0,
+        wall_seconds: -7.0,
+    }
+}
+
+fn message() -> String {
+    with_last_error(str::to_owned)
+}
+
+/// Records every progress report; stops when `stop_after` epochs are done.
+struct Progress {
+    reports: Vec<eqf_train_epoch>,
+    stop_after: usize,
+}
+
+unsafe extern "C" fn progress(user: *mut c_void, report: *const eqf_train_epoch) -> i32 {
+    // SAFETY: the tests pass a live `Progress`; eqflow passes a live report.
+    let (progress, report) = unsafe { (&mut *user.cast::<Progress>(), *report) };
+    progress.reports.push(report);
+    i32::from(progress.reports.len() >= progress.stop_after)
+}
+
+/// The host energy of the tests: DW-4, with a record of its calls and a failure mode.
+struct Host {
+    energy: DoubleWell,
+    thread: std::thread::ThreadId,
+    calls: Cell<usize>,
+    in_call: Cell<bool>,
+    foreign_thread_or_reentrant: Cell<bool>,
+    /// After this many good calls, misbehave as `failure` says.
+    fail_after: usize,
+    failure: Failure,
+}
+
+#[derive(Clone, Copy)]
+enum Failure {
+    Status,
+    NanEnergy,
+    NanGradient,
+    MissingGradient,
+    InfiniteEnergy,
+}
+
+impl Host {
+    fn new(fail_after: usize, failure: Failure) -> Host {
+        Host {
+            energy: DoubleWell::dw4(),
+            thread: std::thread::current().id(),
+            calls: Cell::new(0),
+            in_call: Cell::new(false),
+            foreign_thread_or_reentrant: Cell::new(false),
+            fail_after,
+            failure,
+        }
+    }
+
+    fn user(&self) -> *mut c_void {
+        std::ptr::from_ref(self).cast_mut().cast()
+    }
+}
+
+unsafe extern "C" fn host_energy(
+    user: *mut c_void,
+    n_particles: i64,
+    dim: i64,
+    x: *const f64,
+    u: *mut f64,
+    gradient: *mut f64,
+) -> i32 {
+    // SAFETY: the tests pass a live `Host`. Its `Cell`s are only touched here; if eqflow
+    // called from another thread the thread check below records it.
+    let host = unsafe { &*user.cast::<Host>() };
+    if std::thread::current().id() != host.thread || host.in_call.replace(true) {
+        host.foreign_thread_or_reentrant.set(true);
+    }
+    let len = (n_particles * dim) as usize;
+    // SAFETY: eqflow passes N*D readable and writable doubles and one writable double.
+    let (x, gradient) = unsafe {
+        (
+            std::slice::from_raw_parts(x, len),
+            std::slice::from_raw_parts_mut(gradient, len),
+        )
+    };
+    let calls = host.calls.get();
+    host.calls.set(calls + 1);
+    let failing = calls >= host.fail_after;
+    let mut value = if failing && matches!(host.failure, Failure::MissingGradient) {
+        host.energy.energy(x)
+    } else {
+        host.energy.energy_gradient_into(x, gradient)
+    };
+    let mut status = 0;
+    if failing {
+        match host.failure {
+            Failure::Status => status = 3,
+            Failure::NanEnergy => value = f64::NAN,
+            Failure::NanGradient => gradient[5] = f64::NAN,
+            Failure::MissingGradient => {}
+            Failure::InfiniteEnergy => value = f64::INFINITY,
+        }
+    }
+    // SAFETY: a writable double (see above).
+    unsafe { u.write(value) };
+    host.in_call.set(false);
+    status
+}
+
+/// A setter call that must fail with EQF_ERR_INVALID_ARGUMENT and a message containing
+/// `needle`.
+#[track_caller]
+fn rejected(status: i32, needle: &str) {
+    assert_eq!(status, EQF_ERR_INVALID_ARGUMENT, "{needle}");
+    let message = message();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+}
+
+#[test]
+fn options_start_at_the_paper_defaults_and_setters_validate() {
+    let options = Options::new();
+    assert_eq!(options.config(), TrainConfig::default());
+    let o = options.0;
+    let null = std::ptr::null_mut();
+    // SAFETY: live options or NULL (rejected).
+    unsafe {
+        assert_eq!(
+            eqf_train_options_new(std::ptr::null_mut()),
+            EQF_ERR_NULL_POINTER
+        );
+        assert_eq!(eqf_train_options_free(std::ptr::null_mut()), EQF_OK);
+
+        // Valid values are applied.
+        assert_eq!(eqf_train_options_set_epochs(o, 3), EQF_OK);
+        assert_eq!(eqf_train_options_set_batch_size(o, 5), EQF_OK);
+        assert_eq!(eqf_train_options_set_rk4_steps(o, 7), EQF_OK);
+        assert_eq!(eqf_train_options_set_learning_rate(o, 1e-3), EQF_OK);
+        assert_eq!(eqf_train_options_set_weight_decay(o, 0.5), EQF_OK);
+        assert_eq!(eqf_train_options_set_seed(o, u64::MAX), EQF_OK);
+        assert_eq!(eqf_train_options_set_kT(o, 2.5), EQF_OK);
+        assert_eq!(eqf_train_options_set_kl_samples(o, 9), EQF_OK);
+        assert_eq!(eqf_train_options_set_lambda_linear(o, 1.0, 0.25), EQF_OK);
+        let expected = TrainConfig {
+            n_epochs: 3,
+            batch_size: 5,
+            n_rk4_steps: 7,
+            optimizer: AdamWConfig {
+                lr: 1e-3,
+                weight_decay: 0.5,
+                ..AdamWConfig::default()
+            },
+            lambda: LambdaSchedule::Linear {
+                start: 1.0,
+                end: 0.25,
+            },
+            n_kl_samples: 9,
+            kt: 2.5,
+            seed: u64::MAX,
+        };
+        assert_eq!(options.config(), expected);
+        assert_eq!(eqf_train_options_set_lambda(o, 0.0), EQF_OK);
+        assert_eq!(options.config().lambda, LambdaSchedule::Constant(0.0));
+
+        // Every rejected value names the setting and leaves the options unchanged. (The
+        // status argument is evaluated right before `rejected` reads the message.)
+        let before = options.config();
+        rejected(
+            eqf_train_options_set_epochs(o, 0),
+            "n_epochs must be at least 1",
+        );
+        rejected(
+            eqf_train_options_set_epochs(o, -2),
+            "n_epochs = -2 is negative",
+        );
+        rejected(eqf_train_options_set_batch_size(o, 0), "batch_size");
+        rejected(
+            eqf_train_options_set_batch_size(o, i64::MAX),
+            "EQF_MAX_ELEMENTS",
+        );
+        rejected(eqf_train_options_set_rk4_steps(o, 0), "n_steps");
+        rejected(eqf_train_options_set_rk4_steps(o, 100_001), "1..=100000");
+        rejected(eqf_train_options_set_learning_rate(o, 0.0), "lr");
+        rejected(eqf_train_options_set_learning_rate(o, f64::NAN), "lr");
+        rejected(eqf_train_options_set_learning_rate(o, f64::INFINITY), "lr");
+        // lr · weight_decay must stay below 1 (the weight decay is 0.5 here).
+        rejected(eqf_train_options_set_learning_rate(o, 2.0), "weight_decay");
+        rejected(eqf_train_options_set_weight_decay(o, -1e-3), "weight_decay");
+        rejected(
+            eqf_train_options_set_weight_decay(o, f64::NAN),
+            "weight_decay",
+        );
+        rejected(eqf_train_options_set_weight_decay(o, 1e4), "weight_decay");
+        rejected(eqf_train_options_set_kT(o, 0.0), "kT must be positive");
+        rejected(eqf_train_options_set_kT(o, -1.0), "kT must be positive");
+        rejected(
+            eqf_train_options_set_kT(o, f64::INFINITY),
+            "kT must be positive",
+        );
+        rejected(eqf_train_options_set_kl_samples(o, 0), "n_kl_samples");
+        rejected(eqf_train_options_set_kl_samples(o, -1), "n_kl_samples");
+        rejected(
+            eqf_train_options_set_lambda(o, 1.5),
+            "λ must lie in [0, 1], got 1.5",
+        );
+        rejected(
+            eqf_train_options_set_lambda(o, -0.1),
+            "λ must lie in [0, 1]",
+        );
+        rejected(eqf_train_options_set_lambda(o, f64::NAN), "got NaN");
+        rejected(
+            eqf_train_options_set_lambda_linear(o, 1.0, f64::NAN),
+            "got NaN",
+        );
+        rejected(eqf_train_options_set_lambda_linear(o, 1.2, 0.5), "got 1.2");
+        assert_eq!(options.config(), before);
+
+        // NULL options are rejected by every setter.
+        for status in [
+            eqf_train_options_set_epochs(null, 1),
+            eqf_train_options_set_batch_size(null, 1),
+            eqf_train_options_set_rk4_steps(null, 1),
+            eqf_train_options_set_learning_rate(null, 1e-3),
+            eqf_train_options_set_weight_decay(null, 0.0),
+            eqf_train_options_set_seed(null, 1),
+            eqf_train_options_set_kT(null, 1.0),
+            eqf_train_options_set_kl_samples(null, 1),
+            eqf_train_options_set_lambda(null, 1.0),
+            eqf_train_options_set_lambda_linear(null, 1.0, 0.5),
+            eqf_train_options_set_progress(null, Some(progress), null.cast()),
+            eqf_train_options_set_kl_energy(null, std::ptr::null()),
+            eqf_train_options_set_kl_energy_fn(null, Some(host_energy), null.cast()),
+        ] {
+            assert_eq!(status, EQF_ERR_NULL_POINTER);
+        }
+        assert!(message().contains("options"));
+
+        // Callbacks and energies are set and removed (NULL).
+        assert_eq!(
+            eqf_train_options_set_progress(o, Some(progress), null.cast()),
+            EQF_OK
+        );
+        assert!((*o).progress.is_some());
+        assert_eq!(eqf_train_options_set_progress(o, None, null.cast()), EQF_OK);
+        assert!((*o).progress.is_none());
+        let fn_set = eqf_train_options_set_kl_energy_fn(o, Some(host_energy), null.cast());
+        assert_eq!(fn_set, EQF_OK);
+        assert!(matches!(
+            (*o).kl_energy,
+            Some(KlTargetEnergy::Callback { .. })
+        ));
+        assert_eq!(eqf_train_options_set_kl_energy(o, std::ptr::null()), EQF_OK);
+        assert!((*o).kl_energy.is_none());
+    }
+}
+
+#[test]
+fn ml_training_matches_the_rust_trainer_and_fills_the_summary() {
+    let data = dw4_data(48, 1);
+    let validation = dw4_data(16, 2);
+    let options = Options::small();
+    let flow = FlowHandle::new(3);
+    let before = flow.params();
+    let (status, summary) = flow.train(&options, &data, &validation);
+    assert_eq!(status, EQF_OK, "{}", message());
+
+    let mut reference = Flow::new(4, 2, 3).unwrap();
+    let expected = Trainer::new(options.config(), &data)
+        .with_validation(&validation)
+        .run(&mut reference, |_| true)
+        .unwrap();
+    assert_eq!(flow.params(), reference.field().params());
+    assert_ne!(flow.params(), before);
+    assert_eq!(summary.size, size_of::<eqf_train_summary>() as u64);
+    assert_eq!(summary.n_epochs, 2);
+    assert_eq!(summary.n_steps, 6, "2 epochs of ceil(48/16) steps");
+    assert_eq!(summary.stopped_early, 0);
+    assert_eq!(summary.best_epoch, expected.best_epoch as i64);
+    let best = &expected.epochs[expected.best_epoch];
+    assert_eq!(summary.best_validation_nll, best.validation_nll.unwrap());
+    assert_eq!(
+        summary.initial_validation_nll,
+        expected.initial_validation_nll.unwrap()
+    );
+    assert_eq!(
+        summary.final_validation_nll,
+        expected.epochs[1].validation_nll.unwrap()
+    );
+    assert_eq!(summary.final_train_nll, expected.epochs[1].train_nll);
+    assert!(summary.wall_seconds > 0.0);
+
+    // Without a validation set its NLLs are NaN and the last epoch is kept.
+    let flow = FlowHandle::new(3);
+    let (status, summary) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_OK);
+    assert!(summary.initial_validation_nll.is_nan());
+    assert!(summary.best_validation_nll.is_nan());
+    assert!(summary.final_validation_nll.is_nan());
+    assert_eq!(summary.best_epoch, 1);
+}
+
+#[test]
+fn summary_sizes_are_honoured_in_both_directions() {
+    let data = dw4_data(16, 3);
+    let options = Options::small();
+    // SAFETY: live options.
+    unsafe { assert_eq!(eqf_train_options_set_epochs(options.0, 1), EQF_OK) };
+    let flow = FlowHandle::new(4);
+    let n = (data.len() / 8) as i64;
+
+    // A caller compiled against a newer header: a larger struct. Only this library's
+    // fields are written, and `size` says how many bytes.
+    let mut bigger = [f64::to_bits(-7.0); 14];
+    bigger[0] = 14 * 8;
+    // SAFETY: live handles; `bigger` is an aligned buffer of 112 bytes whose first 8 hold
+    // its size, as eqflow reads them.
+    let status = unsafe {
+        eqf_flow_train(
+            flow.0,
+            options.0,
+            n,
+            data.as_ptr(),
+            0,
+            std::ptr::null(),
+            bigger.as_mut_ptr().cast(),
+        )
+    };
+    assert_eq!(status, EQF_OK, "{}", message());
+    assert_eq!(bigger[0], 80);
+    assert_eq!(bigger[1], 1, "n_epochs");
+    assert!(
+        bigger[10..].iter().all(|&b| b == f64::to_bits(-7.0)),
+        "overrun"
+    );
+
+    // Too small a size is rejected before any work: flow and struct unchanged.
+    let before = flow.params();
+    let mut small = sentinel_summary();
+    small.size = 72;
+    // SAFETY: as above, with a full summary.
+    let status = unsafe {
+        eqf_flow_train(
+            flow.0,
+            options.0,
+            n,
+            data.as_ptr(),
+            0,
+            std::ptr::null(),
+            &raw mut small,
+        )
+    };
+    assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+    assert!(
+        message().contains("sizeof(eqf_train_summary)"),
+        "{}",
+        message()
+    );
+    assert_eq!(small.n_epochs, -7);
+    assert_eq!(flow.params(), before);
+
+    // NULL: no summary wanted.
+    // SAFETY: live handles and data.
+    let status = unsafe {
+        eqf_flow_train(
+            flow.0,
+            options.0,
+            n,
+            data.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(status, EQF_OK);
+    assert_ne!(flow.params(), before);
+    assert_eq!(SUMMARY_V1_SIZE, size_of::<eqf_train_summary>());
+    assert_eq!(size_of::<eqf_train_epoch>(), 80);
+}
+
+#[test]
+fn progress_reports_every_epoch_and_can_stop_early() {
+    let data = dw4_data(32, 4);
+    let validation = dw4_data(8, 5);
+    let options = Options::small();
+    let mut record = Progress {
+        reports: Vec::new(),
+        stop_after: usize::MAX,
+    };
+    // SAFETY: live options; `record` outlives the training calls below.
+    unsafe {
+        assert_eq!(eqf_train_options_set_epochs(options.0, 3), EQF_OK);
+        let user = (&raw mut record).cast();
+        assert_eq!(
+            eqf_train_options_set_progress(options.0, Some(progress), user),
+            EQF_OK
+        );
+    }
+    let flow = FlowHandle::new(5);
+    let (status, summary) = flow.train(&options, &data, &validation);
+    assert_eq!(status, EQF_OK);
+    assert_eq!(summary.stopped_early, 0);
+    assert_eq!(record.reports.len(), 3);
+    for (e, report) in record.reports.iter().enumerate() {
+        assert_eq!(report.size, size_of::<eqf_train_epoch>() as u64);
+        assert_eq!(
+            (report.epoch, report.n_epochs, report.n_steps),
+            (e as i64, 3, 2)
+        );
+        assert_eq!(report.lambda, 1.0);
+        assert!(report.train_kl.is_nan(), "no KL term with λ = 1");
+        assert_eq!(report.train_loss, report.train_nll);
+        assert!(report.validation_nll.is_finite());
+        assert!(report.elapsed_seconds >= 0.0);
+    }
+    assert_eq!(
+        summary.final_validation_nll,
+        record.reports[2].validation_nll
+    );
+
+    // Non-zero from the callback stops after that epoch: a success, not an error.
+    record.reports.clear();
+    record.stop_after = 2;
+    let flow = FlowHandle::new(5);
+    let (status, summary) = flow.train(&options, &data, &validation);
+    assert_eq!(status, EQF_OK);
+    assert_eq!(record.reports.len(), 2);
+    assert_eq!(
+        (summary.stopped_early, summary.n_epochs, summary.n_steps),
+        (1, 2, 4)
+    );
+}
+
+/// Options for a short ML+KL run on DW-4.
+fn ml_kl_options() -> Options {
+    let options = Options::small();
+    // SAFETY: live options.
+    unsafe {
+        assert_eq!(
+            eqf_train_options_set_lambda_linear(options.0, 0.9, 0.5),
+            EQF_OK
+        );
+        assert_eq!(eqf_train_options_set_kl_samples(options.0, 8), EQF_OK);
+    }
+    options
+}
+
+#[test]
+fn kl_callback_runs_on_the_calling_thread_and_matches_the_builtin_energy_bit_for_bit() {
+    let data = dw4_data(32, 6);
+    let validation = dw4_data(8, 7);
+    let options = ml_kl_options();
+    // λ < 1 without a KL energy is refused, naming the setters.
+    let flow = FlowHandle::new(8);
+    let (status, _) = flow.train(&options, &data, &validation);
+    assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+    assert!(
+        message().contains("eqf_train_options_set_kl_energy"),
+        "{}",
+        message()
+    );
+
+    // The built-in energy, its handle freed at once (the options keep it alive).
+    let mut energy = std::ptr::null_mut();
+    // SAFETY: valid pointer slot; live options; the energy handle is freed once.
+    unsafe {
+        let status = eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut energy);
+        assert_eq!(status, EQF_OK);
+        assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
+        assert_eq!(eqf_energy_free(energy), EQF_OK);
+    }
+    let builtin = FlowHandle::new(8);
+    let (status, builtin_summary) = builtin.train(&options, &data, &validation);
+    assert_eq!(status, EQF_OK, "{}", message());
+
+    // The same numbers from a host callback.
+    let host = Host::new(usize::MAX, Failure::Status);
+    // SAFETY: live options; `host` outlives the training call.
+    let status =
+        unsafe { eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), host.user()) };
+    assert_eq!(status, EQF_OK);
+    let callback = FlowHandle::new(8);
+    let (status, callback_summary) = callback.train(&options, &data, &validation);
+    assert_eq!(status, EQF_OK, "{}", message());
+    assert_eq!(callback.params(), builtin.params());
+    assert_eq!(
+        callback_summary.final_train_nll.to_bits(),
+        builtin_summary.final_train_nll.to_bits()
+    );
+    assert_eq!(
+        host.calls.get(),
+        4 * 8,
+        "one call per KL sample of 2 epochs of 2 steps"
+    );
+    assert!(
+        !host.foreign_thread_or_reentrant.get(),
+        "the callback ran on another thread or concurrently"
+    );
+
+    // And both are the Rust trainer's result with the Rust energy.
+    let mut reference = Flow::new(4, 2, 8).unwrap();
+    Trainer::new(options.config(), &data)
+        .with_validation(&validation)
+        .with_energy(&DoubleWell::dw4())
+        .run(&mut reference, |_| true)
+        .unwrap();
+    assert_eq!(callback.params(), reference.field().params());
+}
+
+#[test]
+fn callback_failures_stop_training_and_leave_the_flow_and_summary_unchanged() {
+    let data = dw4_data(32, 8);
+    let options = ml_kl_options();
+    let cases = [
+        (Failure::Status, EQF_ERR_CALLBACK, "callback returned 3"),
+        (Failure::NanEnergy, EQF_ERR_CALLBACK, "U = NaN"),
+        (Failure::NanGradient, EQF_ERR_CALLBACK, "component 5 is NaN"),
+        (
+            Failure::MissingGradient,
+            EQF_ERR_CALLBACK,
+            "non-finite gradient",
+        ),
+        (Failure::InfiniteEnergy, EQF_ERR_NON_FINITE, "U(F(z)) = inf"),
+    ];
+    for (failure, expected, needle) in cases {
+        // Fail in the second step, on its third sample (index 8 + 2 = 10).
+        let host = Host::new(10, failure);
+        // SAFETY: live options; `host` outlives the training call.
+        unsafe {
+            let user = host.user();
+            let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
+            assert_eq!(status, EQF_OK);
+        }
+        let flow = FlowHandle::new(9);
+        let before = flow.params();
+        let (status, summary) = flow.train(&options, &data, &[]);
+        assert_eq!(status, expected, "{}", message());
+        let message = message();
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        assert!(message.contains("index 10"), "{message}");
+        assert_eq!(host.calls.get(), 11, "no call after the failing sample");
+        assert_eq!(flow.params(), before);
+        assert_eq!(summary, sentinel_summary());
+    }
+}
+
+#[test]
+fn bad_arguments_are_rejected_before_training() {
+    let data = dw4_data(16, 9);
+    let options = Options::small();
+    let flow = FlowHandle::new(10);
+    let before = flow.params();
+    let n = (data.len() / 8) as i64;
+    let x = data.as_ptr();
+    let null = std::ptr::null::<f64>();
+    let no_summary = std::ptr::null_mut();
+    // SAFETY: live handles and arrays, or NULLs (rejected); counts never exceed the data.
+    unsafe {
+        let train = |flow: *mut eqf_flow,
+                     options: *const eqf_train_options,
+                     n_train: i64,
+                     x_train: *const f64,
+                     n_val: i64,
+                     x_val: *const f64| {
+            eqf_flow_train(flow, options, n_train, x_train, n_val, x_val, no_summary)
+        };
+        let null_flow = std::ptr::null_mut();
+        let status = train(null_flow, options.0.cast_const(), n, x, 0, null);
+        assert_eq!(status, EQF_ERR_NULL_POINTER);
+        assert!(message().contains("flow"));
+        let status = train(flow.0, std::ptr::null(), n, x, 0, null);
+        assert_eq!(status, EQF_ERR_NULL_POINTER);
+        assert!(message().contains("options"));
+        let status = train(flow.0, options.0, n, null, 0, null);
+        assert_eq!(status, EQF_ERR_NULL_POINTER);
+        assert!(message().contains("x_train"));
+        let status = train(flow.0, options.0, n, x, 2, null);
+        assert_eq!(status, EQF_ERR_NULL_POINTER);
+        assert!(message().contains("x_validation"));
+        assert_eq!(
+            train(flow.0, options.0, 0, x, 0, null),
+            EQF_ERR_INVALID_ARGUMENT
+        );
+        assert!(message().contains("n_train = 0"));
+        assert_eq!(
+            train(flow.0, options.0, -1, x, 0, null),
+            EQF_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            train(flow.0, options.0, n, x, -1, null),
+            EQF_ERR_INVALID_ARGUMENT
+        );
+        let status = train(flow.0, options.0, i64::MAX, x, 0, null);
+        assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+        let mut bad = data.clone();
+        bad[13] = f64::NAN;
+        let status = train(flow.0, options.0, n, bad.as_ptr(), 0, null);
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        let status = train(flow.0, options.0, n, x, 1, bad[8..].as_ptr());
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert!(message().contains("validation"), "{}", message());
+
+        // A KL energy for other particles.
+        let mut lj = std::ptr::null_mut();
+        assert_eq!(
+            eqf_energy_lennard_jones(13, 3, 2.0, 1.0, 1.0, &raw mut lj),
+            EQF_OK
+        );
+        assert_eq!(eqf_train_options_set_kl_energy(options.0, lj), EQF_OK);
+        assert_eq!(eqf_energy_free(lj), EQF_OK);
+        assert_eq!(eqf_train_options_set_lambda(options.0, 0.5), EQF_OK);
+        assert_eq!(
+            train(flow.0, options.0, n, x, 0, null),
+            EQF_ERR_INVALID_ARGUMENT
+        );
+        assert!(message().contains("13 particles"), "{}", message());
+
+        // A misaligned summary.
+        let mut buffer = [0_u64; 12];
+        let misaligned = buffer.as_mut_ptr().cast::<u8>().wrapping_add(4).cast();
+        let status = eqf_flow_train(flow.0, options.0, n, x, 0, null, misaligned);
+        assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+    }
+    assert_eq!(flow.params(), before);
+}
+
+#[test]
+fn training_is_bit_identical_for_one_and_two_threads() {
+    // The pool size is process-wide: hold the lock the thread-count tests share.
+    let _guard = crate::ffi::log::tests::INSTALLS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let data = dw4_data(32, 10);
+    let validation = dw4_data(8, 11);
+    let options = ml_kl_options();
+    let host = Host::new(usize::MAX, Failure::Status);
+    // SAFETY: live options; `host` outlives the training calls.
+    unsafe {
+        let user = host.user();
+        let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
+        assert_eq!(status, EQF_OK);
+    }
+    let mut results = Vec::new();
+    for threads in [1, 2] {
+        assert_eq!(eqf_set_num_threads(threads), EQF_OK);
+        let flow = FlowHandle::new(11);
+        let (status, summary) = flow.train(&options, &data, &validation);
+        assert_eq!(status, EQF_OK, "{}", message());
+        results.push((flow.params(), summary.best_validation_nll.to_bits()));
+    }
+    assert_eq!(eqf_set_num_threads(0), EQF_OK);
+    assert_eq!(results[0], results[1]);
+    assert!(!host.foreign_thread_or_reentrant.get());
+}
+
+#[test]
+fn sampling_after_training_uses_the_new_parameters() {
+    let data = dw4_data(32, 12);
+    let options = Options::small();
+    let flow = FlowHandle::new(13);
+    let sample = |flow: &FlowHandle| {
+        let (mut x, mut log_q) = (vec![0.0; 5 * 8], vec![0.0; 5]);
+        // SAFETY: live handle; buffers of 5 configurations and 5 doubles.
+        let status = unsafe { eqf_flow_sample(flow.0, 4, 5, x.as_mut_ptr(), log_q.as_mut_ptr()) };
+        assert_eq!(status, EQF_OK);
+        (x, log_q)
+    };
+    // Sampling first builds the flow's radial tables for the untrained parameters.
+    let untrained = sample(&flow);
+    let (status, _) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_OK);
+    let trained = sample(&flow);
+    assert_ne!(trained, untrained);
+    let mut reference = Flow::new(4, 2, 13).unwrap();
+    reference.set_params(&flow.params()).unwrap();
+    assert_eq!(trained, reference.sample(4, 5).unwrap());
+}
