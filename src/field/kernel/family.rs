@@ -78,7 +78,7 @@ impl FieldFamily for KernelField {
             .fold(0.0, f64::max);
         let step = gamma_min / 32.0;
         let n_points = ((d_end - EPS_D.sqrt()) / step).ceil() + 2.0;
-        if !(n_points <= MAX_BOUND_POINTS) {
+        if n_points.is_nan() || n_points > MAX_BOUND_POINTS {
             return vec![f64::INFINITY; times.len()];
         }
         let n_points = n_points as usize;
