@@ -571,6 +571,27 @@ int64_t eqf_flow_n_particles(const eqf_flow *flow);
 int64_t eqf_flow_dim(const eqf_flow *flow);
 
 /**
+ * Whether every step of the flow's fixed-grid RK4 map is certified to be a bijection, so
+ * that the exact-discrete density is the density of what the flow proposes (one preimage per
+ * configuration). The certificate bounds the Lipschitz constant of each step's increment by
+ * the field's global Lipschitz bound (see docs/embedding.md, "Step certificate"); it is
+ * certified when that bound is below 1 for every step.
+ *
+ * @param flow            the flow (not NULL)
+ * @param certified       output: 1 if certified, 0 if not (also 0 for an adaptive method)
+ * @param max_contraction output: the worst step's increment bound (certified when < 1);
+ *                        +infinity for an adaptive method
+ * @param n_steps_needed  output or NULL: the smallest RK4 step count the field certifies, or
+ *                        -1 if none up to the largest step count (this search costs more:
+ *                        pass NULL if you only need the verdict)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER
+ */
+int32_t eqf_flow_certificate(const eqf_flow *flow,
+                             int32_t *certified,
+                             double *max_contraction,
+                             int64_t *n_steps_needed);
+
+/**
  * Draws `n` independent samples from the flow, with their exact log-densities.
  *
  * Layout: `x` receives n configurations of N particles in D dimensions, particle-major and

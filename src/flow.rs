@@ -337,6 +337,35 @@ impl Flow {
         first_error(results)
     }
 
+    /// `log q` of each configuration in `x` (n·N·D, any centre of mass), each with its own
+    /// outcome: a configuration that cannot be evaluated (non-finite coordinates, an inverse
+    /// that fails) gives its error without failing the others. For a data set that must be
+    /// evaluated whole, use [`Flow::log_density_into`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DimensionMismatch`] if `x` is not whole configurations.
+    pub fn log_density_each(&self, x: &[f64]) -> Result<Vec<Result<f64>>> {
+        let len = self.layout().len();
+        if !x.len().is_multiple_of(len) {
+            return Err(Error::size(
+                "log_density input x (whole configurations)",
+                len * (x.len() / len + 1),
+                x.len(),
+            ));
+        }
+        self.dynamics();
+        Ok(x.par_chunks(len)
+            .map_init(
+                || (self.workspace(), vec![0.0; len]),
+                |(ws, z), xi| {
+                    z.copy_from_slice(xi);
+                    self.pull_back(z, ws).map(|(log_q, _)| log_q)
+                },
+            )
+            .collect())
+    }
+
     /// Allocating convenience: `(x, log_q)` of `n` samples.
     ///
     /// # Errors

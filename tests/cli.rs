@@ -282,3 +282,60 @@ fn lambda_schedule_takes_lambda_and_the_deprecated_flag_takes_one_minus_lambda()
     ]);
     assert!(!both.status.success());
 }
+
+#[test]
+fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_certificate() {
+    use eqflow::geometry::Layout;
+    use eqflow::io::{ConfigShape, Dtype, npy};
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_eval_failures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("dw4.npy");
+    let data_s = data.to_str().unwrap();
+    json(&eqflow(&[
+        "mcmc", "--system", "dw4", "-n", "50", "--out", data_s, "--seed", "5", "--json", "-q",
+    ]));
+    let layout = Layout::new(4, 2).unwrap();
+    let mut x = npy::read_configurations(&data, layout).unwrap();
+    // Pair distances of 1e160 square to +∞: this configuration's pull-back is non-finite.
+    x.extend_from_slice(&[0.0, 0.0, 1e160, 0.0, 0.0, 1e160, 1e160, 1e160]);
+    let bad = dir.join("with_bad.npy");
+    npy::write_configurations(&bad, &x, layout, Dtype::F64, ConfigShape::Flat).unwrap();
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        bad.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(e["n_data"], 51);
+    assert_eq!(e["n_evaluated"], 50);
+    assert_eq!(e["n_failed"], 1);
+    let clean = json(&eqflow(&[
+        "eval", "--model", model, "--data", data_s, "--json", "-q",
+    ]));
+    assert_eq!(clean["n_failed"], 0);
+    assert_eq!(
+        clean["nll"], e["nll"],
+        "the NLL is over the configurations that evaluate"
+    );
+    let cert = &clean["certificate"];
+    assert_eq!(cert["n_steps"], 20);
+    assert_eq!(cert["certified"], false);
+    assert!(cert["max_step_contraction"].as_f64().unwrap() > 1.0);
+    assert!(cert["certified_from_steps"].as_u64().unwrap() > 20);
+    let strict = eqflow(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        bad.to_str().unwrap(),
+        "--strict",
+        "-q",
+    ]);
+    assert!(!strict.status.success());
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(err.contains("configuration 50"), "{err}");
+}

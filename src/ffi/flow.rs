@@ -99,6 +99,53 @@ pub unsafe extern "C" fn eqf_flow_dim(flow: *const eqf_flow) -> i64 {
     })
 }
 
+/// Whether every step of the flow's fixed-grid RK4 map is certified to be a bijection, so
+/// that the exact-discrete density is the density of what the flow proposes (one preimage per
+/// configuration). The certificate bounds the Lipschitz constant of each step's increment by
+/// the field's global Lipschitz bound (see docs/embedding.md, "Step certificate"); it is
+/// certified when that bound is below 1 for every step.
+///
+/// @param flow            the flow (not NULL)
+/// @param certified       output: 1 if certified, 0 if not (also 0 for an adaptive method)
+/// @param max_contraction output: the worst step's increment bound (certified when < 1);
+///                        +infinity for an adaptive method
+/// @param n_steps_needed  output or NULL: the smallest RK4 step count the field certifies, or
+///                        -1 if none up to the largest step count (this search costs more:
+///                        pass NULL if you only need the verdict)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_certificate(
+    flow: *const eqf_flow,
+    certified: *mut i32,
+    max_contraction: *mut f64,
+    n_steps_needed: *mut i64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract).
+        let flow = unsafe { handle(flow, "flow") }?;
+        check_not_null(certified, "certified")?;
+        check_not_null(max_contraction, "max_contraction")?;
+        let cert = flow.inner.certificate();
+        let needed = (!n_steps_needed.is_null()).then(|| {
+            flow.inner
+                .certified_step_count()
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+        });
+        // SAFETY: `certified` and `max_contraction` are non-NULL (checked above) and valid for
+        // one write each; `n_steps_needed` is written only when non-NULL (this function's
+        // contract).
+        unsafe {
+            certified.write(i32::from(cert.is_some_and(|c| c.is_certified())));
+            max_contraction.write(cert.map_or(f64::INFINITY, |c| c.max_contraction));
+            if let Some(needed) = needed {
+                n_steps_needed.write(needed);
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Draws `n` independent samples from the flow, with their exact log-densities.
 ///
 /// Layout: `x` receives n configurations of N particles in D dimensions, particle-major and
@@ -223,6 +270,59 @@ mod tests {
                 eqf_flow_sample(self.0, seed, n as i64, x.as_mut_ptr(), log_q.as_mut_ptr())
             };
             (status, x, log_q)
+        }
+    }
+
+    #[test]
+    fn certificate_agrees_with_the_rust_flow_and_rejects_null() {
+        let h = Handle::new(4);
+        let (mut certified, mut contraction, mut needed) = (-7, f64::NAN, -7);
+        // SAFETY: live handle, valid output slots.
+        let status = unsafe {
+            eqf_flow_certificate(
+                h.0,
+                &raw mut certified,
+                &raw mut contraction,
+                &raw mut needed,
+            )
+        };
+        assert_eq!(status, EQF_OK);
+        // SAFETY: live handle.
+        let flow = unsafe { &(*h.0).inner };
+        let cert = flow.certificate().unwrap();
+        assert_eq!(certified, i32::from(cert.is_certified()));
+        assert_eq!(contraction.to_bits(), cert.max_contraction.to_bits());
+        assert_eq!(needed, flow.certified_step_count().unwrap() as i64);
+        // NULL for the step count is allowed; NULL for the verdict is not.
+        // SAFETY: live handle, valid or NULL slots as the contract allows.
+        unsafe {
+            assert_eq!(
+                eqf_flow_certificate(
+                    h.0,
+                    &raw mut certified,
+                    &raw mut contraction,
+                    std::ptr::null_mut()
+                ),
+                EQF_OK
+            );
+            assert_eq!(
+                eqf_flow_certificate(
+                    h.0,
+                    std::ptr::null_mut(),
+                    &raw mut contraction,
+                    &raw mut needed
+                ),
+                crate::ffi::EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(
+                eqf_flow_certificate(
+                    std::ptr::null(),
+                    &raw mut certified,
+                    &raw mut contraction,
+                    &raw mut needed
+                ),
+                crate::ffi::EQF_ERR_NULL_POINTER
+            );
         }
     }
 

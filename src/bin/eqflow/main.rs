@@ -205,6 +205,10 @@ struct EvalArgs {
     /// Seed of the fresh samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Fail if any configuration cannot be evaluated (by default such configurations are
+    /// counted and reported, and the NLL is over the others).
+    #[arg(long)]
+    strict: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -385,16 +389,53 @@ fn run_sample(a: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// Mean NLL with standard error, and (with a system) the Kish ESS of fresh samples.
+/// What `eqflow eval` measures.
+struct Evaluation {
+    /// Mean NLL and its standard error over the configurations that could be evaluated.
+    nll: f64,
+    nll_se: f64,
+    /// Configurations evaluated, and those that could not be (with the first error).
+    n_evaluated: usize,
+    n_failed: usize,
+    first_failure: Option<eqflow::Error>,
+    /// Kish ESS of fresh samples against the system's energy, if a system was given.
+    ess: Option<f64>,
+}
+
+/// Mean NLL with standard error, and (with a system) the Kish ESS of fresh samples. With
+/// `strict`, a configuration that cannot be evaluated fails the whole evaluation.
 fn evaluate(
     flow: &Flow,
     data: &[f64],
     system: Option<&System>,
     n_samples: usize,
     seed: u64,
-) -> Result<(f64, f64, Option<f64>)> {
-    let log_q = flow.log_density(data)?;
-    let nll: Vec<f64> = log_q.iter().map(|l| -l).collect();
+    strict: bool,
+) -> Result<Evaluation> {
+    let mut nll = Vec::new();
+    let (mut n_failed, mut first_failure) = (0, None);
+    for (i, outcome) in flow.log_density_each(data)?.into_iter().enumerate() {
+        match outcome {
+            Ok(log_q) => nll.push(-log_q),
+            Err(e) if strict => {
+                return Err(eqflow::Error::InvalidArgument {
+                    what: format!("configuration {i} cannot be evaluated (--strict): {e}"),
+                });
+            }
+            Err(e) => {
+                n_failed += 1;
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    if nll.is_empty() {
+        return Err(eqflow::Error::InvalidArgument {
+            what: format!(
+                "none of the {n_failed} configurations could be evaluated; the first: {}",
+                first_failure.map_or(String::new(), |e| e.to_string())
+            ),
+        });
+    }
     let (mean, se) = mean_and_se(&nll);
     let ess = match system {
         Some(system) => {
@@ -408,7 +449,42 @@ fn evaluate(
         }
         None => None,
     };
-    Ok((mean, se, ess))
+    Ok(Evaluation {
+        nll: mean,
+        nll_se: se,
+        n_evaluated: nll.len(),
+        n_failed,
+        first_failure,
+        ess,
+    })
+}
+
+/// The step certificate of `flow` for the report: JSON and a line of text.
+fn certificate_report(flow: &Flow) -> (serde_json::Value, String) {
+    let Some(cert) = flow.certificate() else {
+        return (
+            json!(null),
+            "step certificate: none (adaptive method)\n".to_string(),
+        );
+    };
+    let needed = flow.certified_step_count();
+    let verdict = if cert.is_certified() { "yes" } else { "no" };
+    let needed_text = needed.map_or("no step count up to the maximum".to_string(), |n| {
+        format!("{n} steps")
+    });
+    (
+        json!({"n_steps": cert.n_steps, "certified": cert.is_certified(),
+               "max_step_contraction": cert.max_contraction,
+               "worst_step_start": cert.worst_step_start,
+               "max_lipschitz_bound": cert.max_lipschitz,
+               "certified_from_steps": needed}),
+        format!(
+            "step certificate ({} RK4 steps): every step a bijection: {verdict} (worst step's \
+             increment bound {:.3} at t = {:.3}, needs < 1; field Lipschitz bound up to {:.3}); \
+             certified from {needed_text}\n",
+            cert.n_steps, cert.max_contraction, cert.worst_step_start, cert.max_lipschitz
+        ),
+    )
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
@@ -427,9 +503,10 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         check_memory("eval --n-samples", a.n_samples, flow.layout().len() + 3)?;
     }
     let start = Instant::now();
-    let (nll, se, ess) = evaluate(&flow, &data, system.as_ref(), a.n_samples, a.seed)?;
+    let e = evaluate(&flow, &data, system.as_ref(), a.n_samples, a.seed, a.strict)?;
     let seconds = start.elapsed().as_secs_f64();
-    let n = data.len() / flow.layout().len();
+    let (certificate, certificate_text) = certificate_report(&flow);
+    let (nll, se, ess, n) = (e.nll, e.nll_se, e.ess, e.n_evaluated);
     let ess_text = ess.map_or(String::new(), |e| {
         format!(
             "Kish ESS of {} fresh samples: {e:.1} ({:.2}%)\n",
@@ -437,12 +514,22 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             100.0 * e / a.n_samples as f64
         )
     });
+    let failed_text = match &e.first_failure {
+        Some(first) => format!(
+            "{} configurations could not be evaluated (not in the NLL); the first: {first}\n",
+            e.n_failed
+        ),
+        None => String::new(),
+    };
     report(
         &a.common,
-        json!({"command": "eval", "n_data": n, "nll": nll, "nll_se": se, "ess": ess,
-               "ess_fraction": ess.map(|e| e / a.n_samples as f64), "seconds": seconds}),
+        json!({"command": "eval", "n_data": n + e.n_failed, "n_evaluated": n,
+               "n_failed": e.n_failed, "nll": nll, "nll_se": se,
+               "ess": ess, "ess_fraction": ess.map(|e| e / a.n_samples as f64),
+               "certificate": certificate, "seconds": seconds}),
         format!(
-            "NLL per sample {nll:.4} ± {se:.4} (−log q with normaliser, CoM removed, n = {n})\n{ess_text}"
+            "NLL per sample {nll:.4} ± {se:.4} (−log q with normaliser, CoM removed, n = {n})\n\
+             {failed_text}{ess_text}{certificate_text}"
         ),
     );
     Ok(())
