@@ -13,7 +13,7 @@ use std::sync::Arc;
 use eqflow::energy::Energy;
 use eqflow::integrate::{DensityMode, Integrator, Method};
 use eqflow::io::model;
-use eqflow::mcmc::{self, McmcConfig};
+use eqflow::reference_mcmc::{self, McmcConfig};
 use eqflow::train::{LambdaSchedule, TrainConfig, Trainer};
 use eqflow::{DoubleWell, Flow, FlowMove, LennardJones};
 
@@ -71,7 +71,7 @@ fn main() -> eqflow::Result<()> {
             seed: 5,
             ..McmcConfig::default()
         };
-        mcmc::run(energy, &config).map(|out| out.x)
+        reference_mcmc::run(energy, &config).map(|out| out.x)
     };
     let data = reference(&dw4, 1200, 0.5)?;
     line("dw4 mcmc", &data);

@@ -224,13 +224,6 @@ typedef struct eqf_move eqf_move;
 typedef struct eqf_train_options eqf_train_options;
 
 /**
- * A log callback: receives the `user` pointer given to `eqf_set_log_callback`, a level
- * (`EQF_LOG_ERROR` … `EQF_LOG_DEBUG`) and a NUL-terminated UTF-8 message that is valid only
- * during the call.
- */
-typedef void (*eqf_log_fn)(void *user, int32_t level, const char *message);
-
-/**
  * An energy callback supplied by the host: writes U(x) of one configuration into `*U` and
  * returns 0, or returns any non-zero value to report failure (eqflow then fails with
  * EQF_ERR_CALLBACK and changes nothing).
@@ -281,6 +274,13 @@ typedef struct {
      */
     int64_t n_corrected;
 } eqf_solver_stats;
+
+/**
+ * A log callback: receives the `user` pointer given to `eqf_set_log_callback`, a level
+ * (`EQF_LOG_ERROR` … `EQF_LOG_DEBUG`) and a NUL-terminated UTF-8 message that is valid only
+ * during the call.
+ */
+typedef void (*eqf_log_fn)(void *user, int32_t level, const char *message);
 
 /**
  * The report of one training epoch, passed to an `eqf_train_progress_fn`.
@@ -643,69 +643,6 @@ int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *
 int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, double *log_q);
 
 /**
- * Creates a copy of `flow` (same parameters) that integrates with another method and/or
- * reports another density.
- *
- * Flows are immutable and shared between threads, so the integrator is not changed in place:
- * the new flow is independent of the old one (either may be freed first). Moves created from
- * the new flow (`eqf_move_new`) propose and evaluate with its integrator.
- *
- * @param flow          the flow to copy (not NULL)
- * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
- * @param n_steps       RK4: number of equal steps on [0, 1], 1 to 100000 (default 20).
- *                      Dormand–Prince: maximum number of attempted steps before failing with
- *                      EQF_ERR_NOT_CONVERGED, 0 for the default (100000)
- * @param rtol, atol    Dormand–Prince: relative and absolute tolerances (> 0, finite); ignored
- *                      by RK4
- * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
- * @param out           on success receives the new flow, to be released with
- *                      `eqf_flow_free`; untouched on failure
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown method or mode,
- *         steps or tolerances out of range, exact-discrete with Dormand–Prince)
- */
-int32_t eqf_flow_with_integrator(const eqf_flow *flow,
-                                 int32_t method,
-                                 int64_t n_steps,
-                                 double rtol,
-                                 double atol,
-                                 int32_t density_mode,
-                                 eqf_flow **out);
-
-/**
- * Reports the integrator and density mode of a flow. Any output pointer may be NULL to skip
- * it. For RK4, `rtol` and `atol` receive 0; for Dormand–Prince, `n_steps` receives the maximum
- * number of attempted steps.
- *
- * @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL)
- */
-int32_t eqf_flow_integrator(const eqf_flow *flow,
-                            int32_t *method,
-                            int64_t *n_steps,
-                            double *rtol,
-                            double *atol,
-                            int32_t *density_mode);
-
-/**
- * Installs `callback` as the receiver of eqflow's diagnostic messages, or removes it when
- * `callback` is NULL (the default: eqflow never prints anything).
- *
- * Messages: every failed call at `EQF_LOG_DEBUG` (with the status; the same text is available
- * from `eqf_last_error_message`), caught internal panics at `EQF_LOG_ERROR`, an ignored
- * `EQFLOW_NUM_THREADS` at `EQF_LOG_WARNING`, thread pool (re)configuration at `EQF_LOG_INFO`.
- *
- * The setting is process-wide. The callback may be called from any thread, concurrently, for
- * as long as it is installed, so it must be thread-safe; `user` is passed back unchanged and
- * never dereferenced by eqflow. The message string is valid only during the call. The callback
- * must not unwind (no C++ exception, no longjmp) through eqflow. eqflow calls made from inside
- * the callback work, but their own messages are not logged. Replacing the callback while
- * another thread is logging is safe; that message goes to either the old or the new callback.
- *
- * @param callback  the receiver, or NULL to disable logging
- * @param user      opaque pointer passed as the first argument of every call
- */
-void eqf_set_log_callback(eqf_log_fn callback, void *user);
-
-/**
  * Creates a Monte Carlo move that proposes from `flow` at temperature `kT`.
  *
  * The random stream of proposal number k (counting decided proposals) is derived from
@@ -833,6 +770,69 @@ int32_t eqf_move_solver_stats(const eqf_move *move, eqf_solver_stats *stats);
  * @return EQF_OK
  */
 int32_t eqf_move_free(eqf_move *move);
+
+/**
+ * Creates a copy of `flow` (same parameters) that integrates with another method and/or
+ * reports another density.
+ *
+ * Flows are immutable and shared between threads, so the integrator is not changed in place:
+ * the new flow is independent of the old one (either may be freed first). Moves created from
+ * the new flow (`eqf_move_new`) propose and evaluate with its integrator.
+ *
+ * @param flow          the flow to copy (not NULL)
+ * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
+ * @param n_steps       RK4: number of equal steps on [0, 1], 1 to 100000 (default 20).
+ *                      Dormand–Prince: maximum number of attempted steps before failing with
+ *                      EQF_ERR_NOT_CONVERGED, 0 for the default (100000)
+ * @param rtol, atol    Dormand–Prince: relative and absolute tolerances (> 0, finite); ignored
+ *                      by RK4
+ * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
+ * @param out           on success receives the new flow, to be released with
+ *                      `eqf_flow_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown method or mode,
+ *         steps or tolerances out of range, exact-discrete with Dormand–Prince)
+ */
+int32_t eqf_flow_with_integrator(const eqf_flow *flow,
+                                 int32_t method,
+                                 int64_t n_steps,
+                                 double rtol,
+                                 double atol,
+                                 int32_t density_mode,
+                                 eqf_flow **out);
+
+/**
+ * Reports the integrator and density mode of a flow. Any output pointer may be NULL to skip
+ * it. For RK4, `rtol` and `atol` receive 0; for Dormand–Prince, `n_steps` receives the maximum
+ * number of attempted steps.
+ *
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL)
+ */
+int32_t eqf_flow_integrator(const eqf_flow *flow,
+                            int32_t *method,
+                            int64_t *n_steps,
+                            double *rtol,
+                            double *atol,
+                            int32_t *density_mode);
+
+/**
+ * Installs `callback` as the receiver of eqflow's diagnostic messages, or removes it when
+ * `callback` is NULL (the default: eqflow never prints anything).
+ *
+ * Messages: every failed call at `EQF_LOG_DEBUG` (with the status; the same text is available
+ * from `eqf_last_error_message`), caught internal panics at `EQF_LOG_ERROR`, an ignored
+ * `EQFLOW_NUM_THREADS` at `EQF_LOG_WARNING`, thread pool (re)configuration at `EQF_LOG_INFO`.
+ *
+ * The setting is process-wide. The callback may be called from any thread, concurrently, for
+ * as long as it is installed, so it must be thread-safe; `user` is passed back unchanged and
+ * never dereferenced by eqflow. The message string is valid only during the call. The callback
+ * must not unwind (no C++ exception, no longjmp) through eqflow. eqflow calls made from inside
+ * the callback work, but their own messages are not logged. Replacing the callback while
+ * another thread is logging is safe; that message goes to either the old or the new callback.
+ *
+ * @param callback  the receiver, or NULL to disable logging
+ * @param user      opaque pointer passed as the first argument of every call
+ */
+void eqf_set_log_callback(eqf_log_fn callback, void *user);
 
 /**
  * Loads a flow from a model file written by `eqf_flow_save` or the `eqflow` command line.

@@ -39,7 +39,7 @@
 //!
 //! **Training** ([`train`]): maximum likelihood, reverse KL and their mix, with exact gradients
 //! through the fixed-grid RK4 map (discretize-then-optimize) and AdamW.
-//! **Monte Carlo move** ([`mc_move`]): independence Metropolis–Hastings with the flow as
+//! **Monte Carlo move** ([`flow_move`]): independence Metropolis–Hastings with the flow as
 //! proposal, `x' = F(z) + c(x)` accepted with probability `min(1, exp(log w(x') − log w(x)))`,
 //! `log w = −U/kT − log q` ([`boltzmann`]).
 //!
@@ -48,7 +48,7 @@
 //! Data flows one way (DESIGN.md §3): [`energy`] and [`field`] know nothing of flows; the
 //! integrators ([`integrate`]) see a field only as a [`field::VectorField`], never the prior;
 //! [`flow`] composes prior, field and integrator; [`train`] (through [`field::TrainableField`])
-//! and [`mc_move`] use the flow; [`boltzmann`] holds the Boltzmann rules they share;
+//! and [`flow_move`] use the flow; [`boltzmann`] holds the Boltzmann rules they share;
 //! [`io`], [`ffi`] and the CLI only adapt. A new field family is a folder under `src/field/`
 //! plus its registration in `src/field/registry.rs`.
 //!
@@ -64,12 +64,12 @@ pub mod energy;
 pub mod error;
 pub mod field;
 pub mod flow;
+pub mod flow_move;
 pub mod geometry;
 pub mod integrate;
 pub mod io;
-pub mod mc_move;
-pub mod mcmc;
 pub mod prior;
+pub mod reference_mcmc;
 pub mod rng;
 pub mod system;
 pub mod train;
@@ -82,4 +82,4 @@ pub mod ffi;
 pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
 pub use flow::Flow;
-pub use mc_move::FlowMove;
+pub use flow_move::FlowMove;

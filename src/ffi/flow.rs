@@ -416,7 +416,7 @@ mod tests {
         assert!(log_q[0].is_nan(), "nothing written on failure");
         let mut mv = std::ptr::dangling_mut();
         // SAFETY: live handle; `mv` is a valid pointer slot.
-        let status = unsafe { crate::ffi::mc_move::eqf_move_new(flow.0, 1.0, 0, &raw mut mv) };
+        let status = unsafe { crate::ffi::flow_move::eqf_move_new(flow.0, 1.0, 0, &raw mut mv) };
         assert_resource_error(status);
         assert_eq!(mv, std::ptr::dangling_mut());
 

@@ -23,9 +23,9 @@
 // Declaration order is the order of the header: basics first.
 mod energy;
 mod flow;
+mod flow_move;
 mod integrator;
 mod log;
-mod mc_move;
 mod model;
 mod status;
 mod threads;

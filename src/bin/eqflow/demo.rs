@@ -9,7 +9,7 @@ use eqflow::boltzmann::{kish_ess, log_weights_into, relative_weights_into};
 use eqflow::energy::energies_into;
 use eqflow::geometry::Layout;
 use eqflow::io::{ConfigShape, Dtype, model};
-use eqflow::mcmc::{self, InitialState, McmcConfig};
+use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::system::System;
 use eqflow::train::TrainConfig;
 
@@ -47,7 +47,7 @@ fn mcmc_run(
     thin: usize,
     seed: u64,
     quiet: bool,
-) -> Result<mcmc::McmcOutput> {
+) -> Result<reference_mcmc::McmcOutput> {
     let config = McmcConfig {
         n_chains: 64,
         n_burnin: 5_000,
@@ -61,7 +61,7 @@ fn mcmc_run(
         ..McmcConfig::default()
     };
     let bar = progress(1000, quiet, "mcmc");
-    let out = mcmc::run_with_progress(energy, &config, &|p| {
+    let out = reference_mcmc::run_with_progress(energy, &config, &|p| {
         bar.set_position(1000 * p.steps_done / p.steps_total.max(1));
     })?;
     bar.finish_and_clear();

@@ -18,7 +18,7 @@ use eqflow::boltzmann::{kish_ess, log_weights_into};
 use eqflow::energy::energies_into;
 use eqflow::geometry::Layout;
 use eqflow::io::{self, ConfigShape, Dtype, model};
-use eqflow::mcmc::{self, InitialState, McmcConfig};
+use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::system::System;
 use eqflow::train::{LambdaSchedule, TrainConfig, TrainSummary, Trainer};
 use eqflow::{Flow, Result};
@@ -319,7 +319,7 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     };
     let bar = progress(1000, a.common.quiet, "mcmc");
     let start = Instant::now();
-    let out = mcmc::run_with_progress(energy.as_ref(), &config, &|p| {
+    let out = reference_mcmc::run_with_progress(energy.as_ref(), &config, &|p| {
         bar.set_position(1000 * p.steps_done / p.steps_total.max(1));
     })?;
     bar.finish_and_clear();

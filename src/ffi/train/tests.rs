@@ -13,7 +13,7 @@ use crate::ffi::{
     EQF_ERR_CALLBACK, EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_ERR_NULL_POINTER, EQF_OK,
     with_last_error,
 };
-use crate::mcmc::{McmcConfig, run};
+use crate::reference_mcmc::{McmcConfig, run};
 use crate::train::{AdamWConfig, LambdaSchedule, TrainConfig, Trainer};
 use crate::{Energy, Flow};
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use eqflow::energy::energies_into;
 use eqflow::geometry::Layout;
-use eqflow::mcmc::{self, InitialState, McmcConfig, McmcOutput, McmcProgress};
+use eqflow::reference_mcmc::{self, InitialState, McmcConfig, McmcOutput, McmcProgress};
 use eqflow::{DoubleWell, Energy, Error, LennardJones};
 
 // ---------------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ fn dw2_pair_distance_of_independent_chains_passes_ks_against_quadrature() {
         },
         ..McmcConfig::default()
     };
-    let out = mcmc::run(&DoubleWell::dw2(), &config).unwrap();
+    let out = reference_mcmc::run(&DoubleWell::dw2(), &config).unwrap();
     let d = pair_distances(&out);
     let exact = RadialCdf::dw2(true);
     let ks = ks_statistic(&d, |x| exact.at(x));
@@ -241,7 +241,7 @@ fn dw2_thinned_production_chains_match_quadrature() {
         },
         ..McmcConfig::default()
     };
-    let out = mcmc::run(&DoubleWell::dw2(), &config).unwrap();
+    let out = reference_mcmc::run(&DoubleWell::dw2(), &config).unwrap();
     let d = pair_distances(&out);
     let exact = RadialCdf::dw2(true);
 
@@ -294,7 +294,7 @@ fn infinite_energies_are_always_rejected() {
         initial: InitialState::Configurations(vec![0.0, 0.0, 5.0, 0.0]),
         ..McmcConfig::default()
     };
-    let out = mcmc::run(&HardCore(DoubleWell::dw2()), &config).unwrap();
+    let out = reference_mcmc::run(&HardCore(DoubleWell::dw2()), &config).unwrap();
     let d = pair_distances(&out);
     assert!(
         d.iter().all(|&x| x >= 3.5),
@@ -330,7 +330,7 @@ fn dw4_mean_energy_matches_the_validation_set() {
         },
         ..McmcConfig::default()
     };
-    let out = mcmc::run(&energy, &config).unwrap();
+    let out = reference_mcmc::run(&energy, &config).unwrap();
     let (mean, se, combined) = mcmc_mean_energy("DW-4", &out, data_mean, data_se);
     // Our energy is the data's convention (the issue quotes ≈ −22.46 for this set).
     assert!((data_mean + 22.46).abs() < 3.0 * data_se, "{data_mean}");
@@ -363,7 +363,7 @@ fn lj13_mean_energy_matches_the_validation_set() {
         },
         ..McmcConfig::default()
     };
-    let out = mcmc::run(&energy, &config).unwrap();
+    let out = reference_mcmc::run(&energy, &config).unwrap();
     let (mean, se, combined) = mcmc_mean_energy("LJ-13", &out, data_mean, data_se);
     // The benchmark convention (ε = 2 over unordered pairs); ε = 1 would give about half.
     assert!((data_mean + 43.1).abs() < 3.0 * data_se, "{data_mean}");
@@ -390,7 +390,7 @@ fn burnin_adapts_the_step_towards_the_target_then_freezes_it() {
             thin: 4,
             ..small_dw4()
         };
-        let out = mcmc::run(&energy, &config).unwrap();
+        let out = reference_mcmc::run(&energy, &config).unwrap();
         for c in &out.stats.chains {
             assert_eq!(c.n_burnin, 5000);
             assert_eq!(c.n_proposed, c.n_samples as u64 * 4);
@@ -420,7 +420,7 @@ fn samples_are_com_free_chain_major_with_their_energies() {
         initial: InitialState::Configurations(start),
         ..small_dw4()
     };
-    let out = mcmc::run(&energy, &config).unwrap();
+    let out = reference_mcmc::run(&energy, &config).unwrap();
     assert_eq!(out.layout, Layout::new(4, 2).unwrap());
     assert_eq!((out.x.len(), out.energies.len()), (80, 10));
     let counts: Vec<usize> = out.stats.chains.iter().map(|c| c.n_samples).collect();
@@ -448,7 +448,7 @@ fn per_chain_starting_configurations_are_used() {
         initial: InitialState::Configurations(vec![0.0, 0.0, 2.5, 0.0, 0.0, 0.0, 0.0, 5.5]),
         ..McmcConfig::default()
     };
-    let out = mcmc::run(&energy, &config).unwrap();
+    let out = reference_mcmc::run(&energy, &config).unwrap();
     let d = pair_distances(&out);
     assert!(
         (d[0] - 2.5).abs() < 1e-4 && (d[1] - 5.5).abs() < 1e-4,
@@ -463,7 +463,7 @@ fn progress_reports_every_step_exactly_once() {
         n_burnin: 5000,
         ..small_dw4()
     };
-    let out = mcmc::run_with_progress(&DoubleWell::dw4(), &config, &|p: McmcProgress| {
+    let out = reference_mcmc::run_with_progress(&DoubleWell::dw4(), &config, &|p: McmcProgress| {
         calls.lock().unwrap().push(p);
     })
     .unwrap();
@@ -475,7 +475,10 @@ fn progress_reports_every_step_exactly_once() {
     // Intermediate reports, not just one per chain.
     assert!(calls.len() > 6, "{}", calls.len());
     // The callback does not change the result.
-    assert_identical(&out, &mcmc::run(&DoubleWell::dw4(), &config).unwrap());
+    assert_identical(
+        &out,
+        &reference_mcmc::run(&DoubleWell::dw4(), &config).unwrap(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,7 +493,7 @@ fn results_are_bit_identical_for_one_and_two_threads() {
             .build()
             .unwrap()
             .install(|| {
-                mcmc::run(
+                reference_mcmc::run(
                     &LennardJones::lj13(),
                     &McmcConfig {
                         initial_step: 0.05,
@@ -510,10 +513,10 @@ fn results_are_bit_identical_for_one_and_two_threads() {
 #[test]
 fn same_seed_same_samples_other_seed_other_samples() {
     let energy = DoubleWell::dw4();
-    let a = mcmc::run(&energy, &small_dw4()).unwrap();
-    let b = mcmc::run(&energy, &small_dw4()).unwrap();
+    let a = reference_mcmc::run(&energy, &small_dw4()).unwrap();
+    let b = reference_mcmc::run(&energy, &small_dw4()).unwrap();
     assert_identical(&a, &b);
-    let c = mcmc::run(
+    let c = reference_mcmc::run(
         &energy,
         &McmcConfig {
             seed: 12,
@@ -533,8 +536,12 @@ fn same_seed_same_samples_other_seed_other_samples() {
 fn invalid_configurations_are_errors_not_panics() {
     let energy = DoubleWell::dw4();
     let base = small_dw4();
-    let invalid =
-        |c: McmcConfig| matches!(mcmc::run(&energy, &c), Err(Error::InvalidArgument { .. }));
+    let invalid = |c: McmcConfig| {
+        matches!(
+            reference_mcmc::run(&energy, &c),
+            Err(Error::InvalidArgument { .. })
+        )
+    };
     for kt in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert!(invalid(McmcConfig { kt, ..base.clone() }), "kt {kt}");
     }
@@ -591,7 +598,7 @@ fn invalid_configurations_are_errors_not_panics() {
     }
     // Wrong number of starting values: neither one configuration nor one per chain.
     assert!(matches!(
-        mcmc::run(
+        reference_mcmc::run(
             &energy,
             &McmcConfig {
                 initial: InitialState::Configurations(vec![0.0; 9]),
@@ -607,7 +614,7 @@ fn invalid_configurations_are_errors_not_panics() {
     let mut nan_start = vec![0.0, 0.0, 3.0, 0.0, 3.0, 3.0, 0.0, 3.0];
     nan_start[5] = f64::NAN;
     assert!(matches!(
-        mcmc::run(
+        reference_mcmc::run(
             &energy,
             &McmcConfig {
                 initial: InitialState::Configurations(nan_start),
@@ -619,7 +626,7 @@ fn invalid_configurations_are_errors_not_panics() {
     // A system that is not one: a single particle.
     let lonely = DoubleWell::new(1, 2, 0.0, -4.0, 0.9, 4.0).unwrap();
     assert!(matches!(
-        mcmc::run(&lonely, &base),
+        reference_mcmc::run(&lonely, &base),
         Err(Error::InvalidArgument { .. })
     ));
 }
@@ -658,7 +665,7 @@ fn bad_energies_are_errors() {
         initial: InitialState::Configurations(vec![0.0, 0.0, 3.0, 0.0]),
         ..McmcConfig::default()
     };
-    let run = |nan_beyond, value| mcmc::run(&Broken { nan_beyond, value }, &config);
+    let run = |nan_beyond, value| reference_mcmc::run(&Broken { nan_beyond, value }, &config);
     // NaN once a proposal wanders beyond d = 4.5 (the outer well): an error naming a proposal.
     match run(4.5, f64::NAN) {
         Err(Error::NonFinite { what }) => assert!(what.contains("proposal"), "{what}"),
@@ -696,7 +703,7 @@ fn tiny_temperature_chains_never_go_uphill() {
             initial: InitialState::Configurations(vec![0.0, 0.0, 3.0, 0.5]),
             ..McmcConfig::default()
         };
-        let out = mcmc::run(&DoubleWell::dw2(), &config).unwrap();
+        let out = reference_mcmc::run(&DoubleWell::dw2(), &config).unwrap();
         for c in 0..2 {
             let u = &out.energies[out.stats.chain_samples(c)];
             assert!(u.windows(2).all(|w| w[1] <= w[0]), "kT {kt:e}: {u:?}");

@@ -1,4 +1,4 @@
-//! The Boltzmann-generator Monte Carlo move (`eqflow::mc_move`): statistical exactness on DW-2,
+//! The Boltzmann-generator Monte Carlo move (`eqflow::flow_move`): statistical exactness on DW-2,
 //! consistency of the densities it uses, conservation of the centre of mass, and the promise that
 //! a failed call changes nothing.
 
@@ -478,19 +478,19 @@ fn dw4_local_plus_shipped_flow_moves_reproduce_long_mcmc_state_populations() {
     let (p_mixed, se_mixed) = populations_with_errors(&per_chain);
 
     // Reference: long plain random-walk MCMC, errors from groups of independent chains.
-    let config = eqflow::mcmc::McmcConfig {
+    let config = eqflow::reference_mcmc::McmcConfig {
         n_chains: 64,
         n_burnin: 5_000,
         n_samples: 64 * 2_000,
         thin: 50,
         seed: 7,
-        initial: eqflow::mcmc::InitialState::Lattice {
+        initial: eqflow::reference_mcmc::InitialState::Lattice {
             spacing: 3.0,
             jitter: 0.1,
         },
-        ..eqflow::mcmc::McmcConfig::default()
+        ..eqflow::reference_mcmc::McmcConfig::default()
     };
-    let reference = eqflow::mcmc::run(&energy, &config).unwrap();
+    let reference = eqflow::reference_mcmc::run(&energy, &config).unwrap();
     let per_group: Vec<[f64; 7]> = (0..16)
         .map(|g| {
             let start = reference.stats.chain_samples(4 * g).start;

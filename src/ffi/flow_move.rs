@@ -4,7 +4,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use crate::Error;
-use crate::mc_move::FlowMove;
+use crate::flow_move::FlowMove;
 
 use super::flow::eqf_flow;
 use super::{
