@@ -61,13 +61,15 @@
 //! one KL batch, `n_kl_samples·4·n_rk4_steps·N·D` numbers.
 
 mod adamw;
+pub mod assignment;
 mod losses;
+pub mod pairing;
 mod schedule;
 pub mod tape;
 mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use losses::{KlTarget, LossWorkspace, Losses, kl_sample, ml_sample};
+pub use losses::{KlTarget, LossWorkspace, Losses, flow_matching_sample, kl_sample, ml_sample};
 pub use schedule::LambdaSchedule;
 pub use tape::Rk4Tape;
 pub use trainer::{EpochReport, TrainConfig, TrainSummary, Trainer};
