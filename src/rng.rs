@@ -13,6 +13,7 @@
 //! | [`Stream::MoveProposal`]`(k)` | seed | 2⁶³ + k | the flow move's k-th proposal (latent, then its uniform) |
 //! | [`Stream::Shuffle`]`(e)` | seed ⊕ `SHUFFLE_KEY` | e | the training data order of epoch `e` |
 //! | [`Stream::FieldInit`] | seed | 0 | a field's initial weights |
+//! | [`Stream::FlowMatching`]`(k)` | seed ⊕ `FLOW_MATCHING_KEY` | k | step k's prior samples and times |
 //!
 //! The reverse-KL loss shares [`Stream::Sample`] with sampling on purpose: KL sample `i` with
 //! seed `s` is the flow sample `i` with seed `s`. Move proposals are disjoint from every
@@ -26,6 +27,9 @@ use rand_chacha::ChaCha20Rng;
 /// The key mixed into the user's seed for the training shuffles, so that they never share a
 /// stream with the KL latents of the same seed.
 const SHUFFLE_KEY: u64 = 0x5348_5546_464c_4521;
+
+/// The key mixed into the user's seed for flow matching's prior samples and times.
+const FLOW_MATCHING_KEY: u64 = 0x464c_4f57_4d41_5443;
 
 /// The first stream number of the move's proposals.
 const MOVE_STREAMS: u64 = 1 << 63;
@@ -43,6 +47,8 @@ pub enum Stream {
     Shuffle(u64),
     /// The initial parameters of a field.
     FieldInit,
+    /// The prior samples and times of flow-matching step `k`.
+    FlowMatching(u64),
 }
 
 /// The generator of `stream` for the user's `seed`.
@@ -54,6 +60,7 @@ pub fn stream(seed: u64, stream: Stream) -> ChaCha20Rng {
         Stream::MoveProposal(k) => (seed, MOVE_STREAMS | k),
         Stream::Shuffle(epoch) => (seed ^ SHUFFLE_KEY, epoch),
         Stream::FieldInit => (seed, 0),
+        Stream::FlowMatching(k) => (seed ^ FLOW_MATCHING_KEY, k),
     };
     let mut rng = ChaCha20Rng::seed_from_u64(key);
     rng.set_stream(number);

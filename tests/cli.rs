@@ -339,3 +339,70 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
     let err = String::from_utf8_lossy(&strict.stderr);
     assert!(err.contains("configuration 50"), "{err}");
 }
+
+#[test]
+fn flow_matching_objective_trains_and_fine_tunes() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_flow_matching");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("dw4.npy");
+    let data_s = data.to_str().unwrap();
+    json(&eqflow(&[
+        "mcmc", "--system", "dw4", "-n", "150", "--out", data_s, "--seed", "6", "--json", "-q",
+    ]));
+    let model = dir.join("fm.json");
+    let t = json(&eqflow(&[
+        "train",
+        "--system",
+        "dw4",
+        "--data",
+        data_s,
+        "--out",
+        model.to_str().unwrap(),
+        "--n-train",
+        "100",
+        "--n-val",
+        "50",
+        "--epochs",
+        "2",
+        "--objective",
+        "fm-ot",
+        "--finetune-epochs",
+        "1",
+        "--batch-size",
+        "25",
+        "--json",
+        "-q",
+    ]));
+    assert!(t["best_validation_nll"].as_f64().unwrap().is_finite());
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    let phases: Vec<&str> = file["training"]["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["flow_matching_ot", "ml"]);
+    for (args, needle) in [
+        (vec!["--objective", "xyz"], "expected ml, fm or fm-ot"),
+        (vec!["--finetune-epochs", "1"], "--finetune-epochs follows"),
+    ] {
+        let mut all = vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            data_s,
+            "--out",
+            "x.json",
+            "--n-train",
+            "100",
+            "-q",
+        ];
+        all.extend(args);
+        let out = eqflow(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+    }
+}

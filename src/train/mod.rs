@@ -62,6 +62,7 @@
 
 mod adamw;
 pub mod assignment;
+mod flow_matching;
 mod losses;
 pub mod pairing;
 mod schedule;
@@ -72,4 +73,4 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use losses::{KlTarget, LossWorkspace, Losses, flow_matching_sample, kl_sample, ml_sample};
 pub use schedule::LambdaSchedule;
 pub use tape::Rk4Tape;
-pub use trainer::{EpochReport, TrainConfig, TrainSummary, Trainer};
+pub use trainer::{EpochReport, Objective, TrainConfig, TrainSummary, Trainer};

@@ -7,6 +7,7 @@ use rand::RngExt;
 use rayon::ThreadPool;
 
 use super::adamw::{AdamW, AdamWConfig};
+use super::flow_matching::flow_matching_step;
 use super::losses::{KlEnergy, Losses};
 use super::schedule::LambdaSchedule;
 use crate::boltzmann::Kt;
@@ -38,6 +39,23 @@ pub struct TrainConfig {
     pub kt: f64,
     /// Seeds the shuffles and the KL latents; the whole run is a function of it.
     pub seed: u64,
+    /// What the data term minimises: maximum likelihood (the default) or flow matching.
+    pub objective: Objective,
+}
+
+/// The data term of training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Objective {
+    /// Maximum likelihood through the RK4 map, mixed with reverse KL by the λ schedule.
+    #[default]
+    MaximumLikelihood,
+    /// Conditional flow matching from the prior: each step draws one prior sample and one
+    /// time per data configuration of the batch (stream [`Stream::FlowMatching`]) and regresses
+    /// the field on the straight path between them; with `equivariant_ot` the batch is paired
+    /// by [`crate::train::pairing::equivariant_ot_pairs_into`]. Trains without integrating;
+    /// the epoch's `train_nll` is NaN (no likelihood is computed), the validation NLL is.
+    /// Alone only (λ = 1): fine-tune with ML or ML+KL in a second run.
+    FlowMatching { equivariant_ot: bool },
 }
 
 impl Default for TrainConfig {
@@ -51,6 +69,7 @@ impl Default for TrainConfig {
             n_kl_samples: 64,
             kt: 1.0,
             seed: 0,
+            objective: Objective::MaximumLikelihood,
         }
     }
 }
@@ -77,6 +96,11 @@ impl TrainConfig {
             ));
         }
         Kt::new(self.kt)?;
+        if matches!(self.objective, Objective::FlowMatching { .. }) && self.lambda.needs_kl() {
+            return Err(Error::invalid(
+                "flow matching trains alone (λ = 1); add the KL term in a second, ML+KL run",
+            ));
+        }
         Ok(())
     }
 }
@@ -279,10 +303,23 @@ impl<'a> Trainer<'a> {
                     dst.copy_from_slice(&self.train[i * len..(i + 1) * len]);
                 }
                 let losses = Losses::new(&work, c.n_rk4_steps)?.in_pool(self.pool);
-                let nll = if lambda > 0.0 {
-                    losses.ml_gradient_into(xb, &mut g_ml)?
-                } else {
-                    losses.nll(xb)?
+                let nll = match c.objective {
+                    Objective::MaximumLikelihood if lambda > 0.0 => {
+                        losses.ml_gradient_into(xb, &mut g_ml)?
+                    }
+                    Objective::MaximumLikelihood => losses.nll(xb)?,
+                    Objective::FlowMatching { equivariant_ot } => {
+                        // The "NLL" slot carries the flow-matching loss: the data term.
+                        flow_matching_step(
+                            &losses,
+                            &work,
+                            xb,
+                            Stream::FlowMatching(step_index),
+                            c.seed,
+                            equivariant_ot,
+                            &mut g_ml,
+                        )?
+                    }
                 };
                 let kl = match energy {
                     Some(energy) if lambda < 1.0 => {
@@ -325,7 +362,10 @@ impl<'a> Trainer<'a> {
                 n_epochs: c.n_epochs,
                 lambda,
                 n_steps,
-                train_nll: sum_nll / n_train as f64,
+                train_nll: match c.objective {
+                    Objective::MaximumLikelihood => sum_nll / n_train as f64,
+                    Objective::FlowMatching { .. } => f64::NAN,
+                },
                 train_kl: (energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
                 train_loss: sum_loss / n_steps as f64,
                 validation_nll,

@@ -20,7 +20,7 @@ use eqflow::geometry::Layout;
 use eqflow::io::{self, ConfigShape, Dtype, model};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::system::System;
-use eqflow::train::{LambdaSchedule, TrainConfig, TrainSummary, Trainer};
+use eqflow::train::{LambdaSchedule, Objective, TrainConfig, TrainSummary, Trainer};
 use eqflow::{Flow, Result};
 
 mod demo;
@@ -89,9 +89,17 @@ struct TrainArgs {
     /// Validation samples (the next ones in the file, if any): the best epoch is kept.
     #[arg(long, default_value_t = 1000)]
     n_val: usize,
-    /// Epochs of maximum likelihood.
+    /// Epochs of the first phase, whose objective --objective chooses.
     #[arg(long, default_value_t = 50)]
     epochs: usize,
+    /// Objective of the first phase: `ml` (maximum likelihood through the RK4 map), `fm`
+    /// (conditional flow matching from the prior, pairs in order) or `fm-ot` (flow matching
+    /// with equivariant optimal-transport pairs).
+    #[arg(long, default_value = "ml")]
+    objective: String,
+    /// Epochs of maximum likelihood after a flow-matching first phase (fine-tuning).
+    #[arg(long, default_value_t = 0)]
+    finetune_epochs: usize,
     /// Further epochs of the mixed loss λ·ML + (1−λ)·KL (needs the energy's gradient).
     #[arg(long, default_value_t = 0)]
     kl_epochs: usize,
@@ -637,26 +645,77 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let n_val = a.n_val.min(n_total - a.n_train);
     let validation = (n_val > 0).then(|| &data[a.n_train * len..(a.n_train + n_val) * len]);
     let mut flow = system.untrained_flow(a.seed)?;
+    let (objective, phase_name, label) = match a.objective.as_str() {
+        "ml" => (Objective::MaximumLikelihood, "ml", "ML"),
+        "fm" => (
+            Objective::FlowMatching {
+                equivariant_ot: false,
+            },
+            "flow_matching",
+            "FM",
+        ),
+        "fm-ot" => (
+            Objective::FlowMatching {
+                equivariant_ot: true,
+            },
+            "flow_matching_ot",
+            "FM-OT",
+        ),
+        other => {
+            return Err(eqflow::Error::InvalidArgument {
+                what: format!("--objective '{other}': expected ml, fm or fm-ot"),
+            });
+        }
+    };
+    if a.finetune_epochs > 0 && objective == Objective::MaximumLikelihood {
+        return Err(eqflow::Error::InvalidArgument {
+            what: "--finetune-epochs follows a flow-matching phase (--objective fm or fm-ot)"
+                .into(),
+        });
+    }
     let mut config = TrainConfig {
         n_epochs: a.epochs,
         batch_size: a.batch_size,
         kt: system.kt,
         seed: a.seed,
+        objective,
         ..TrainConfig::default()
     };
     config.optimizer.lr = a.lr;
     let start = Instant::now();
-    let ml = train_phase(
+    let first = train_phase(
         &mut flow,
         config,
         train,
         validation,
         None,
         a.common.quiet,
-        "ML",
+        label,
     )?;
-    let mut phases = vec![json!({"phase": "ml", "summary": summary_json(&ml)})];
-    let mut last = ml;
+    let mut phases = vec![json!({"phase": phase_name, "summary": summary_json(&first)})];
+    let mut last = first;
+    let config = TrainConfig {
+        objective: Objective::MaximumLikelihood,
+        ..config
+    };
+    if a.finetune_epochs > 0 {
+        let finetune = TrainConfig {
+            n_epochs: a.finetune_epochs,
+            seed: a.seed.wrapping_add(2),
+            ..config
+        };
+        let ml = train_phase(
+            &mut flow,
+            finetune,
+            train,
+            validation,
+            None,
+            a.common.quiet,
+            "ML fine-tune",
+        )?;
+        phases.push(json!({"phase": "ml", "summary": summary_json(&ml)}));
+        last = ml;
+    }
     if a.kl_epochs > 0 {
         let kl_config = TrainConfig {
             n_epochs: a.kl_epochs,

@@ -281,6 +281,7 @@ fn options_start_at_the_paper_defaults_and_setters_validate() {
             n_kl_samples: 9,
             kt: 2.5,
             seed: u64::MAX,
+            ..TrainConfig::default()
         };
         assert_eq!(options.config(), expected);
         assert_eq!(eqf_train_options_set_lambda(o, 0.0), EQF_OK);
