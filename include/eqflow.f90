@@ -54,6 +54,10 @@ module eqflow
     integer(c_int32_t), parameter, public :: EQF_METHOD_DOPRI5 = 1
     integer(c_int32_t), parameter, public :: EQF_DENSITY_EXACT_DISCRETE = 0
     integer(c_int32_t), parameter, public :: EQF_DENSITY_CONTINUOUS = 1
+    ! Training objectives (eqf_train_options_set_objective).
+    integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD = 0
+    integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING = 1
+    integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING_OT = 2
 
     ! ---------------------------------------------------------------------------------------
     ! Layer 1: raw bind(C) interfaces.
@@ -124,6 +128,7 @@ module eqflow
     public :: eqf_train_options_set_seed, eqf_train_options_set_kT
     public :: eqf_train_options_set_kl_samples, eqf_train_options_set_lambda
     public :: eqf_train_options_set_lambda_linear, eqf_train_options_set_progress
+    public :: eqf_train_options_set_objective
     public :: eqf_train_options_set_kl_energy, eqf_train_options_set_kl_energy_fn, eqf_flow_train
     interface
         function eqf_abi_version() bind(C, name="eqf_abi_version") result(version)
@@ -413,6 +418,14 @@ module eqflow
             integer(c_int32_t) :: status
         end function eqf_train_options_set_lambda_linear
 
+        function eqf_train_options_set_objective(options, objective) &
+                bind(C, name="eqf_train_options_set_objective") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int32_t), value :: objective
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_objective
+
         function eqf_train_options_set_progress(options, progress, user) &
                 bind(C, name="eqf_train_options_set_progress") result(status)
             import :: c_ptr, c_funptr, c_int32_t
@@ -502,6 +515,7 @@ module eqflow
         procedure :: set_kl_samples => options_set_kl_samples
         procedure :: set_lambda => options_set_lambda
         procedure :: set_lambda_linear => options_set_lambda_linear
+        procedure :: set_objective => options_set_objective
         procedure :: set_progress => options_set_progress
         procedure :: set_kl_energy => options_set_kl_energy
         procedure :: set_kl_energy_fn => options_set_kl_energy_fn
@@ -914,6 +928,15 @@ contains
         call finish(eqf_train_options_set_lambda_linear(this%ptr, start, end), status, &
             'eqf_train_options_set_lambda_linear')
     end subroutine options_set_lambda_linear
+
+    ! The training objective, one of the EQF_OBJECTIVE_* constants.
+    subroutine options_set_objective(this, objective, status)
+        class(eqflow_train_options), intent(inout) :: this
+        integer(c_int32_t), intent(in) :: objective
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_objective(this%ptr, objective), status, &
+            'eqf_train_options_set_objective')
+    end subroutine options_set_objective
 
     ! The progress callback (interface eqf_train_progress_fn), called after every epoch.
     subroutine options_set_progress(this, progress, user, status)

@@ -171,6 +171,25 @@
 #define EQF_ERR_RESOURCE 12
 
 /**
+ * Objective of `eqf_train_options_set_objective`: maximum likelihood through the RK4 map,
+ * mixed with reverse KL by lambda (the default).
+ */
+#define EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD 0
+
+/**
+ * Objective: conditional flow matching from the prior, each prior sample paired with a data
+ * configuration in order. Trains without integrating; lambda must be 1.
+ */
+#define EQF_OBJECTIVE_FLOW_MATCHING 1
+
+/**
+ * Objective: flow matching with equivariant optimal-transport pairs (each data configuration
+ * aligned to its prior sample over permutations and rotations/reflections, the batch paired
+ * by minimum cost). Lambda must be 1.
+ */
+#define EQF_OBJECTIVE_FLOW_MATCHING_OT 2
+
+/**
  * An energy function U(x) of N particles in D dimensions (opaque).
  *
  * Created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`, owned by the caller and
@@ -1015,6 +1034,18 @@ int32_t eqf_train_options_set_lambda(eqf_train_options *options, double lambda);
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
  */
 int32_t eqf_train_options_set_lambda_linear(eqf_train_options *options, double start, double end);
+
+/**
+ * Sets the training objective (`EQF_OBJECTIVE_*`). A flow-matching run reports NaN as its
+ * epochs' `train_nll` (no likelihood is computed; the validation NLL is); fine-tune it with a
+ * second, maximum-likelihood `eqf_flow_train` call.
+ *
+ * @param options    the options (not NULL)
+ * @param objective  one of the `EQF_OBJECTIVE_*` constants
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown objective, or flow
+ *         matching with a lambda schedule below 1; options unchanged)
+ */
+int32_t eqf_train_options_set_objective(eqf_train_options *options, int32_t objective);
 
 /**
  * Sets the progress callback, called after every epoch (see `eqf_train_progress_fn`); NULL

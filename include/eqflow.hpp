@@ -271,6 +271,12 @@ public:
         return set(eqf_train_options_set_lambda_linear(raw_, start, end));
     }
 
+    /* EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD (default), EQF_OBJECTIVE_FLOW_MATCHING or
+     * EQF_OBJECTIVE_FLOW_MATCHING_OT. */
+    TrainOptions &objective(int32_t objective) {
+        return set(eqf_train_options_set_objective(raw_, objective));
+    }
+
     /* Called after every epoch with its report; return true to continue, false to stop early
      * (not an error). */
     template <class F>

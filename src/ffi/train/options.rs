@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use crate::energy::Energy;
-use crate::train::{LambdaSchedule, TrainConfig};
+use crate::train::{LambdaSchedule, Objective, TrainConfig};
 use crate::{Error, Result};
 
 use super::callback::{EnergyGradFn, ProgressFn, eqf_energy_grad_fn, eqf_train_progress_fn};
@@ -302,6 +302,52 @@ pub unsafe extern "C" fn eqf_train_options_set_lambda_linear(
     unsafe {
         update(options, |c| {
             c.lambda = LambdaSchedule::Linear { start, end };
+            Ok(())
+        })
+    }
+}
+
+/// Objective of `eqf_train_options_set_objective`: maximum likelihood through the RK4 map,
+/// mixed with reverse KL by lambda (the default).
+pub const EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD: i32 = 0;
+/// Objective: conditional flow matching from the prior, each prior sample paired with a data
+/// configuration in order. Trains without integrating; lambda must be 1.
+pub const EQF_OBJECTIVE_FLOW_MATCHING: i32 = 1;
+/// Objective: flow matching with equivariant optimal-transport pairs (each data configuration
+/// aligned to its prior sample over permutations and rotations/reflections, the batch paired
+/// by minimum cost). Lambda must be 1.
+pub const EQF_OBJECTIVE_FLOW_MATCHING_OT: i32 = 2;
+
+/// Sets the training objective (`EQF_OBJECTIVE_*`). A flow-matching run reports NaN as its
+/// epochs' `train_nll` (no likelihood is computed; the validation NLL is); fine-tune it with a
+/// second, maximum-likelihood `eqf_flow_train` call.
+///
+/// @param options    the options (not NULL)
+/// @param objective  one of the `EQF_OBJECTIVE_*` constants
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown objective, or flow
+///         matching with a lambda schedule below 1; options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_train_options_set_objective(
+    options: *mut eqf_train_options,
+    objective: i32,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.objective = match objective {
+                EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD => Objective::MaximumLikelihood,
+                EQF_OBJECTIVE_FLOW_MATCHING => Objective::FlowMatching {
+                    equivariant_ot: false,
+                },
+                EQF_OBJECTIVE_FLOW_MATCHING_OT => Objective::FlowMatching {
+                    equivariant_ot: true,
+                },
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unknown training objective {other} (expected an EQF_OBJECTIVE_* constant)"
+                    )));
+                }
+            };
             Ok(())
         })
     }

@@ -799,3 +799,45 @@ fn sampling_after_training_uses_the_new_parameters() {
     reference.set_params(&flow.params()).unwrap();
     assert_eq!(trained, reference.sample(4, 5).unwrap());
 }
+
+#[test]
+fn objective_is_set_and_validated() {
+    let options = Options::new();
+    let o = options.0;
+    // SAFETY: live options and flow handles; valid pointers.
+    unsafe {
+        assert_eq!(
+            eqf_train_options_set_objective(o, EQF_OBJECTIVE_FLOW_MATCHING_OT),
+            EQF_OK
+        );
+        assert_eq!(
+            options.config().objective,
+            crate::train::Objective::FlowMatching {
+                equivariant_ot: true
+            }
+        );
+        // Unknown objectives and flow matching with λ < 1 are refused, options unchanged.
+        let before = options.config();
+        assert_eq!(
+            eqf_train_options_set_objective(o, 7),
+            EQF_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            eqf_train_options_set_lambda(o, 0.5),
+            EQF_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(options.config(), before);
+        assert_eq!(
+            eqf_train_options_set_objective(std::ptr::null_mut(), 0),
+            EQF_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            eqf_train_options_set_objective(o, EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD),
+            EQF_OK
+        );
+        assert_eq!(
+            options.config().objective,
+            crate::train::Objective::MaximumLikelihood
+        );
+    }
+}
