@@ -19,6 +19,27 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }
 
+/// `n` DW-4 reference configurations from `eqflow mcmc` in a fresh folder named `test`.
+fn dw4_reference_data(test: &str, n: &str, seed: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("dw4.npy");
+    json(&eqflow(&[
+        "mcmc",
+        "--system",
+        "dw4",
+        "-n",
+        n,
+        "--out",
+        data.to_str().unwrap(),
+        "--seed",
+        seed,
+        "--json",
+        "-q",
+    ]));
+    (dir, data)
+}
+
 #[test]
 fn mcmc_train_eval_sample_pipeline() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_pipeline");
@@ -220,13 +241,8 @@ fn eval_on_an_empty_data_file_fails_with_a_message() {
 
 #[test]
 fn lambda_schedule_takes_lambda_and_the_deprecated_flag_takes_one_minus_lambda() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_lambda");
-    std::fs::create_dir_all(&dir).unwrap();
-    let data = dir.join("dw4.npy");
+    let (dir, data) = dw4_reference_data("cli_lambda", "120", "4");
     let data_s = data.to_str().unwrap();
-    json(&eqflow(&[
-        "mcmc", "--system", "dw4", "-n", "120", "--out", data_s, "--seed", "4", "--json", "-q",
-    ]));
     let train = |name: &str, flag: &[&str]| {
         let model = dir.join(name);
         let mut args = vec![
@@ -287,13 +303,8 @@ fn lambda_schedule_takes_lambda_and_the_deprecated_flag_takes_one_minus_lambda()
 fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_certificate() {
     use eqflow::geometry::Layout;
     use eqflow::io::{ConfigShape, Dtype, npy};
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_eval_failures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let data = dir.join("dw4.npy");
+    let (dir, data) = dw4_reference_data("cli_eval_failures", "50", "5");
     let data_s = data.to_str().unwrap();
-    json(&eqflow(&[
-        "mcmc", "--system", "dw4", "-n", "50", "--out", data_s, "--seed", "5", "--json", "-q",
-    ]));
     let layout = Layout::new(4, 2).unwrap();
     let mut x = npy::read_configurations(&data, layout).unwrap();
     // Pair distances of 1e160 square to +∞: this configuration's pull-back is non-finite.
@@ -342,13 +353,8 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
 
 #[test]
 fn flow_matching_objective_trains_and_fine_tunes() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_flow_matching");
-    std::fs::create_dir_all(&dir).unwrap();
-    let data = dir.join("dw4.npy");
+    let (dir, data) = dw4_reference_data("cli_flow_matching", "150", "6");
     let data_s = data.to_str().unwrap();
-    json(&eqflow(&[
-        "mcmc", "--system", "dw4", "-n", "150", "--out", data_s, "--seed", "6", "--json", "-q",
-    ]));
     let model = dir.join("fm.json");
     let t = json(&eqflow(&[
         "train",
