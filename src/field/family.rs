@@ -108,6 +108,12 @@ pub trait TrainableField: FieldFamily {
     /// Per-thread buffers of one vector–Jacobian product.
     type Scratch: Clone + Debug + Send;
 
+    /// Whether [`TrainableField::vjp_at`] differentiates the divergence too (a non-zero
+    /// `cotangent.div`), which maximum likelihood and the KL loss need. A family without it
+    /// trains by flow matching only; the training tape refuses to run its reverse pass with a
+    /// divergence cotangent rather than return a wrong gradient.
+    const DIVERGENCE_REVERSE: bool = true;
+
     /// The precomputation at flow time `t`.
     fn time_point(&self, t: f64) -> Self::TimePoint;
 
@@ -128,7 +134,7 @@ pub trait TrainableField: FieldFamily {
     /// The vector–Jacobian product of one evaluation at `x` and time point `time_index` (of the
     /// points given to [`TrainableField::adjoint_finish`]): adds `v̄ᵀ∂v/∂x + div̄ ∂div/∂x` to
     /// `x_bar` and accumulates the parameter part in `adjoint`. No size checks: the tape sized
-    /// everything.
+    /// everything. `cotangent.div` is 0 unless [`TrainableField::DIVERGENCE_REVERSE`].
     #[allow(clippy::too_many_arguments)] // the reverse pass's buffers, unpacked
     fn vjp_at(
         &self,

@@ -8,7 +8,9 @@
 //! | family | folder | what |
 //! |---|---|---|
 //! | `kernel` | [`kernel`] | the paper's pairwise RBF field `v_i = Σ_j φ(d_ij, t) r_ij`, 620 parameters |
+//! | `envpair` | [`envpair`] | pair coefficients from a network of distance, time and both particles' learned environments, ~5,000 parameters; trained by flow matching |
 
+pub mod envpair;
 pub mod exp;
 mod family;
 pub mod kernel;

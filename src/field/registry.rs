@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::VectorField;
+use super::envpair::EnvPairField;
 use super::family::FieldFamily;
 use super::kernel::KernelField;
 use crate::error::{Error, Result};
@@ -23,6 +24,8 @@ use crate::geometry::Layout;
 pub enum Field {
     /// The paper's pairwise RBF kernel field (Köhler, Klein & Noé 2020).
     Kernel(KernelField),
+    /// The environment-modulated pair field (`src/field/envpair/`).
+    EnvPair(EnvPairField),
 }
 
 /// Runs `$body` with `$f` bound to the concrete field of whatever family `$field` holds, so
@@ -31,6 +34,7 @@ macro_rules! with_family {
     ($field:expr, $f:ident => $body:expr) => {
         match $field {
             $crate::field::Field::Kernel($f) => $body,
+            $crate::field::Field::EnvPair($f) => $body,
         }
     };
 }
@@ -65,7 +69,7 @@ fn spec_of<F: FieldFamily>(field: &F) -> FieldSpec {
 
 impl Field {
     /// The names of all registered families, for messages and `--help`.
-    pub const FAMILIES: &'static [&'static str] = &[KernelField::NAME];
+    pub const FAMILIES: &'static [&'static str] = &[KernelField::NAME, EnvPairField::NAME];
 
     /// A field from a model file's family section and parameters.
     ///
@@ -76,6 +80,7 @@ impl Field {
     pub fn from_spec(layout: Layout, spec: &FieldSpec, params: Vec<f64>) -> Result<Field> {
         match spec.family.as_str() {
             KernelField::NAME => Ok(Field::Kernel(from_spec_of(layout, spec, params)?)),
+            EnvPairField::NAME => Ok(Field::EnvPair(from_spec_of(layout, spec, params)?)),
             other => Err(Error::Format {
                 what: format!(
                     "unknown field family '{other}' (this build knows {:?})",
@@ -159,6 +164,7 @@ impl Field {
     pub fn as_kernel(&self) -> Option<&KernelField> {
         match self {
             Field::Kernel(k) => Some(k),
+            Field::EnvPair(_) => None,
         }
     }
 
@@ -166,6 +172,12 @@ impl Field {
     #[must_use]
     pub fn as_vector_field(&self) -> &dyn VectorField {
         with_family!(self, f => f)
+    }
+}
+
+impl From<EnvPairField> for Field {
+    fn from(f: EnvPairField) -> Field {
+        Field::EnvPair(f)
     }
 }
 

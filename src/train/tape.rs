@@ -186,6 +186,13 @@ impl<F: TrainableField> Rk4Tape<F> {
         if x_bar_end.len() != self.len {
             return Err(Error::size("RK4 tape x_bar", self.len, x_bar_end.len()));
         }
+        if log_det_bar != 0.0 && !F::DIVERGENCE_REVERSE {
+            return Err(Error::invalid(format!(
+                "the '{}' field family has no reverse pass of its divergence, so it cannot be \
+                 trained by maximum likelihood or KL: train it by flow matching",
+                F::NAME
+            )));
+        }
         let n_params = field.params().len();
         if theta_bar.len() != n_params {
             return Err(Error::size("RK4 tape theta_bar", n_params, theta_bar.len()));
