@@ -190,6 +190,13 @@
 #define EQF_OBJECTIVE_FLOW_MATCHING_OT 2
 
 /**
+ * Objective: flow matching with aligned pairs: each data configuration, in the order drawn,
+ * aligned to its prior sample over permutations and rotations/reflections (no batch
+ * assignment: O(batch) alignments instead of O(batch²)). Lambda must be 1.
+ */
+#define EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED 3
+
+/**
  * An energy function U(x) of N particles in D dimensions (opaque).
  *
  * Created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`, owned by the caller and

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::boltzmann::Kt;
 use crate::energy::{DoubleWell, Energy, LennardJones};
 use crate::error::{Error, Result};
-use crate::field::{KernelConfig, KernelField};
+use crate::field::envpair::{EnvPairConfig, EnvPairField};
+use crate::field::{Field, KernelConfig, KernelField};
 use crate::flow::Flow;
 use crate::geometry::Layout;
 use crate::integrate::Integrator;
@@ -144,6 +145,34 @@ impl System {
         let (n_particles, dim) = self.energy.shape();
         let layout = Layout::new(n_particles, dim)?;
         let field = KernelField::initialise(layout, self.kernels(), seed)?;
+        Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())
+    }
+
+    /// An untrained flow as [`System::untrained_flow`], with a field of the registered family
+    /// `family` (`"kernel"` or `"envpair"`) in this system's preset.
+    ///
+    /// # Errors
+    ///
+    /// An unknown family name; an invalid system shape.
+    pub fn untrained_flow_of(&self, family: &str, seed: u64) -> Result<Flow> {
+        let (n_particles, dim) = self.energy.shape();
+        let layout = Layout::new(n_particles, dim)?;
+        let field: Field = match family {
+            "kernel" => KernelField::initialise(layout, self.kernels(), seed)?.into(),
+            "envpair" => {
+                let config = match self.energy {
+                    EnergySpec::DoubleWell { .. } => EnvPairConfig::double_well(),
+                    EnergySpec::LennardJones { .. } => EnvPairConfig::lennard_jones(),
+                };
+                EnvPairField::initialise(layout, config, seed)?.into()
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown field family '{other}' (known: {:?})",
+                    Field::FAMILIES
+                )));
+            }
+        };
         Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())
     }
 

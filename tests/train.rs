@@ -97,8 +97,8 @@ use eqflow::geometry::Layout;
 use eqflow::integrate::{DensityMode, Integrator, Method};
 use eqflow::prior::Prior;
 use eqflow::train::{
-    AdamWConfig, EpochReport, KlTarget, LambdaSchedule, LossWorkspace, Losses, Rk4Tape,
-    TrainConfig, Trainer, kl_sample,
+    AdamWConfig, EpochReport, KlTarget, LambdaSchedule, LossWorkspace, Losses, LrSchedule,
+    Objective, Pairing, Rk4Tape, TrainConfig, Trainer, kl_sample,
 };
 use eqflow::{DoubleWell, Error, Flow, LennardJones};
 
@@ -871,4 +871,103 @@ fn trainer_with_a_serial_energy_equals_the_parallel_one_and_stops_at_its_first_e
     }
     assert_eq!(failing.calls.get(), 8);
     assert_eq!(flow, before);
+}
+
+fn envpair_dw4(seed: u64) -> Flow {
+    let system = eqflow::system::System::preset("dw4").unwrap();
+    system.untrained_flow_of("envpair", seed).unwrap()
+}
+
+#[test]
+fn envpair_trains_by_flow_matching_and_refuses_maximum_likelihood() {
+    let data = dw4_mcmc(200, 20);
+    let validation = dw4_mcmc(64, 21);
+    let config = TrainConfig {
+        n_epochs: 8,
+        batch_size: 50,
+        seed: 3,
+        objective: Objective::FlowMatching {
+            pairing: Pairing::Aligned,
+        },
+        validate_every: 4,
+        lr_schedule: LrSchedule::Cosine {
+            final_fraction: 0.1,
+        },
+        ..TrainConfig::default()
+    };
+    let run = |threads: usize| {
+        pool(threads).install(|| {
+            let mut flow = envpair_dw4(1);
+            let summary = Trainer::new(config, &data)
+                .with_validation(&validation)
+                .run(&mut flow, |_| true)
+                .unwrap();
+            (flow, summary)
+        })
+    };
+    let (flow, summary) = run(2);
+    let (flow1, summary1) = run(1);
+    assert_eq!(
+        flow.field().params(),
+        flow1.field().params(),
+        "thread count"
+    );
+    assert_eq!(summary.n_steps, 32);
+    // Validated at epochs 4 and 8 only; the best of those is kept.
+    let validated: Vec<usize> = summary
+        .epochs
+        .iter()
+        .filter(|e| e.validation_nll.is_some())
+        .map(|e| e.epoch)
+        .collect();
+    assert_eq!(validated, vec![3, 7]);
+    assert!(validated.contains(&summary.best_epoch));
+    let initial = summary.initial_validation_nll.unwrap();
+    let best = summary.epochs[summary.best_epoch].validation_nll.unwrap();
+    assert!(
+        best < initial - 0.5,
+        "flow matching: NLL {initial} → {best}"
+    );
+    assert_eq!(summary1.epochs[7].train_loss, summary.epochs[7].train_loss);
+
+    // Maximum likelihood needs the divergence's reverse pass, which envpair lacks: a clear
+    // error, and the flow unchanged.
+    let mut flow = envpair_dw4(1);
+    let before = flow.field().params().to_vec();
+    let ml = TrainConfig {
+        n_epochs: 1,
+        ..TrainConfig::default()
+    };
+    let err = Trainer::new(ml, &data)
+        .run(&mut flow, |_| true)
+        .unwrap_err();
+    assert!(err.to_string().contains("flow matching"), "{err}");
+    assert_eq!(flow.field().params(), &before[..]);
+}
+
+#[test]
+fn cosine_schedule_and_validation_interval_are_checked() {
+    let s = LrSchedule::Cosine {
+        final_fraction: 0.02,
+    };
+    assert_eq!(s.factor(0, 101), 1.0);
+    assert!((s.factor(50, 101) - 0.51).abs() < 1e-12);
+    assert!((s.factor(100, 101) - 0.02).abs() < 1e-12);
+    assert_eq!(LrSchedule::Constant.factor(7, 10), 1.0);
+    let data = dw4_mcmc(16, 4);
+    for bad in [
+        TrainConfig {
+            validate_every: 0,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            lr_schedule: LrSchedule::Cosine {
+                final_fraction: 0.0,
+            },
+            ..TrainConfig::default()
+        },
+    ] {
+        let mut flow = Flow::new(4, 2, 0).unwrap();
+        assert!(Trainer::new(bad, &data).run(&mut flow, |_| true).is_err());
+    }
 }

@@ -108,6 +108,18 @@ impl AdamW {
         &self.config
     }
 
+    /// Sets the learning rate of the next steps (a schedule's value).
+    ///
+    /// # Errors
+    ///
+    /// As [`AdamWConfig::validate`] for the new rate; the state is unchanged then.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let config = AdamWConfig { lr, ..self.config };
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Steps taken so far.
     #[must_use]
     pub fn n_steps(&self) -> u64 {

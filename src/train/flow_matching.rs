@@ -4,7 +4,8 @@
 use rand::RngExt;
 
 use super::losses::Losses;
-use super::pairing::equivariant_ot_pairs_into;
+use super::pairing::{aligned_pairs_into, equivariant_ot_pairs_into};
+use super::trainer::Pairing;
 use crate::error::Result;
 use crate::flow::Flow;
 use crate::geometry::remove_center_of_mass;
@@ -19,7 +20,7 @@ pub(super) fn flow_matching_step(
     data: &[f64],
     stream: Stream,
     seed: u64,
-    equivariant_ot: bool,
+    pairing: Pairing,
     gradient: &mut [f64],
 ) -> Result<f64> {
     let layout = flow.layout();
@@ -35,10 +36,18 @@ pub(super) fn flow_matching_step(
     for x in targets.chunks_exact_mut(len) {
         remove_center_of_mass(x, layout.dim);
     }
-    if equivariant_ot {
-        let mut paired = vec![0.0; targets.len()];
-        equivariant_ot_pairs_into(&prior, &targets, layout, &mut paired);
-        targets = paired;
+    match pairing {
+        Pairing::InOrder => {}
+        Pairing::Aligned => {
+            let mut paired = vec![0.0; targets.len()];
+            aligned_pairs_into(&prior, &targets, layout, &mut paired);
+            targets = paired;
+        }
+        Pairing::EquivariantOt => {
+            let mut paired = vec![0.0; targets.len()];
+            equivariant_ot_pairs_into(&prior, &targets, layout, &mut paired);
+            targets = paired;
+        }
     }
     losses.flow_matching_gradient_into(&prior, &targets, &t, Some(gradient))
 }

@@ -73,4 +73,6 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use losses::{KlTarget, LossWorkspace, Losses, flow_matching_sample, kl_sample, ml_sample};
 pub use schedule::LambdaSchedule;
 pub use tape::Rk4Tape;
-pub use trainer::{EpochReport, Objective, TrainConfig, TrainSummary, Trainer};
+pub use trainer::{
+    EpochReport, LrSchedule, Objective, Pairing, TrainConfig, TrainSummary, Trainer,
+};

@@ -6,6 +6,7 @@
 //! regressed field easy to learn and to integrate.
 
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 
 use super::assignment::min_cost_assignment;
 use crate::geometry::Layout;
@@ -128,23 +129,39 @@ pub fn equivariant_ot_pairs_into(
     let n = prior.len() / len;
     let mut aligned = vec![0.0; n * n * len];
     let mut cost = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            let slot = (i * n + j) * len;
-            cost[i * n + j] = align_into(
+    // Each alignment is independent and deterministic: any thread count gives the same bits.
+    aligned
+        .par_chunks_mut(len)
+        .zip(cost.par_iter_mut())
+        .enumerate()
+        .for_each(|(ij, (out, cost))| {
+            let (i, j) = (ij / n, ij % n);
+            *cost = align_into(
                 &prior[i * len..(i + 1) * len],
                 &data[j * len..(j + 1) * len],
                 layout,
-                &mut aligned[slot..slot + len],
+                out,
             );
-        }
-    }
+        });
     let col = min_cost_assignment(&cost, n);
     for (i, &j) in col.iter().enumerate() {
         let slot = (i * n + j) * len;
         paired[i * len..(i + 1) * len].copy_from_slice(&aligned[slot..slot + len]);
     }
     col
+}
+
+/// Pairs in order, each data configuration aligned to its prior sample: `paired[i]` is
+/// `data[i]` permuted and rotated or reflected onto `prior[i]` ([`align_into`]). O(n)
+/// alignments, in parallel; the same bits for any thread count.
+pub fn aligned_pairs_into(prior: &[f64], data: &[f64], layout: Layout, paired: &mut [f64]) {
+    let len = layout.len();
+    paired
+        .par_chunks_mut(len)
+        .zip(prior.par_chunks(len).zip(data.par_chunks(len)))
+        .for_each(|(out, (x, y))| {
+            align_into(x, y, layout, out);
+        });
 }
 
 #[cfg(test)]

@@ -41,6 +41,37 @@ pub struct TrainConfig {
     pub seed: u64,
     /// What the data term minimises: maximum likelihood (the default) or flow matching.
     pub objective: Objective,
+    /// Epochs between validation NLLs (≥ 1; the last epoch is always validated). The best
+    /// parameters are chosen among validated epochs. Flow matching runs many cheap epochs
+    /// whose validation (an integration with divergences per configuration) would dominate.
+    pub validate_every: usize,
+    /// The learning rate over the run's steps (a multiple of `optimizer.lr`).
+    pub lr_schedule: LrSchedule,
+}
+
+/// The learning rate over a run, as a factor of the optimiser's `lr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum LrSchedule {
+    /// `lr` throughout (the paper's protocol).
+    #[default]
+    Constant,
+    /// Cosine decay from `lr` at the first step to `final_fraction·lr` (in (0, 1]) at the last:
+    /// `lr·(f + (1 − f)·(1 + cos(π·s/S))/2)` at step s of S.
+    Cosine { final_fraction: f64 },
+}
+
+impl LrSchedule {
+    /// The factor at step `step` of `total` (0-based).
+    #[must_use]
+    pub fn factor(&self, step: u64, total: u64) -> f64 {
+        match *self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine { final_fraction: f } => {
+                let x = step as f64 / total.saturating_sub(1).max(1) as f64;
+                f + (1.0 - f) * 0.5 * (1.0 + (std::f64::consts::PI * x.min(1.0)).cos())
+            }
+        }
+    }
 }
 
 /// The data term of training.
@@ -51,11 +82,26 @@ pub enum Objective {
     MaximumLikelihood,
     /// Conditional flow matching from the prior: each step draws one prior sample and one
     /// time per data configuration of the batch (stream [`Stream::FlowMatching`]) and regresses
-    /// the field on the straight path between them; with `equivariant_ot` the batch is paired
-    /// by [`crate::train::pairing::equivariant_ot_pairs_into`]. Trains without integrating;
-    /// the epoch's `train_nll` is NaN (no likelihood is computed), the validation NLL is.
-    /// Alone only (λ = 1): fine-tune with ML or ML+KL in a second run.
-    FlowMatching { equivariant_ot: bool },
+    /// the field on the straight path between them, the pairs chosen by `pairing`. Trains
+    /// without integrating; the epoch's `train_nll` is NaN (no likelihood is computed), the
+    /// validation NLL is. Alone only (λ = 1): fine-tune with ML or ML+KL in a second run.
+    FlowMatching { pairing: Pairing },
+}
+
+/// How flow matching pairs prior samples with data configurations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pairing {
+    /// In the order drawn: independent coupling.
+    #[default]
+    InOrder,
+    /// Each data configuration aligned to its prior sample by the permutation and rotation or
+    /// reflection that bring it closest ([`crate::train::pairing::align_into`]): O(batch)
+    /// alignments.
+    Aligned,
+    /// Equivariant optimal transport (Klein et al. 2023): every data configuration aligned to
+    /// every prior sample, then a minimum-cost assignment of the batch
+    /// ([`crate::train::pairing::equivariant_ot_pairs_into`]): O(batch²) alignments.
+    EquivariantOt,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +116,8 @@ impl Default for TrainConfig {
             kt: 1.0,
             seed: 0,
             objective: Objective::MaximumLikelihood,
+            validate_every: 1,
+            lr_schedule: LrSchedule::Constant,
         }
     }
 }
@@ -96,6 +144,16 @@ impl TrainConfig {
             ));
         }
         Kt::new(self.kt)?;
+        if self.validate_every == 0 {
+            return Err(Error::invalid("validate_every must be at least 1"));
+        }
+        if let LrSchedule::Cosine { final_fraction } = self.lr_schedule
+            && !(final_fraction > 0.0 && final_fraction <= 1.0)
+        {
+            return Err(Error::invalid(format!(
+                "cosine learning-rate final fraction {final_fraction} is outside (0, 1]"
+            )));
+        }
         if matches!(self.objective, Objective::FlowMatching { .. }) && self.lambda.needs_kl() {
             return Err(Error::invalid(
                 "flow matching trains alone (λ = 1); add the KL term in a second, ML+KL run",
@@ -290,6 +348,9 @@ impl<'a> Trainer<'a> {
         let mut g = vec![0.0; n_params];
         let mut epochs = Vec::with_capacity(c.n_epochs);
         let mut best: Option<(f64, usize, Vec<f64>)> = None;
+        let mut last: Option<(usize, Vec<f64>)> = None;
+        let steps_per_epoch = n_train.div_ceil(c.batch_size) as u64;
+        let total_steps = steps_per_epoch * c.n_epochs as u64;
         let mut step_index: u64 = 0;
         let mut stopped_early = false;
 
@@ -308,7 +369,7 @@ impl<'a> Trainer<'a> {
                         losses.ml_gradient_into(xb, &mut g_ml)?
                     }
                     Objective::MaximumLikelihood => losses.nll(xb)?,
-                    Objective::FlowMatching { equivariant_ot } => {
+                    Objective::FlowMatching { pairing } => {
                         // The "NLL" slot carries the flow-matching loss: the data term.
                         flow_matching_step(
                             &losses,
@@ -316,7 +377,7 @@ impl<'a> Trainer<'a> {
                             xb,
                             Stream::FlowMatching(step_index),
                             c.seed,
-                            equivariant_ot,
+                            pairing,
                             &mut g_ml,
                         )?
                     }
@@ -344,6 +405,7 @@ impl<'a> Trainer<'a> {
                         }
                     }
                 }
+                opt.set_lr(c.optimizer.lr * c.lr_schedule.factor(step_index, total_steps))?;
                 opt.step(&mut params, &g)?;
                 work.set_params(&params)?;
                 sum_nll += nll * chunk.len() as f64;
@@ -356,7 +418,12 @@ impl<'a> Trainer<'a> {
                 n_steps += 1;
                 step_index += 1;
             }
-            let validation_nll = validation_nll(&work)?;
+            let validate = (epoch + 1) % c.validate_every == 0 || epoch + 1 == c.n_epochs;
+            let validation_nll = if validate {
+                validation_nll(&work)?
+            } else {
+                None
+            };
             let report = EpochReport {
                 epoch,
                 n_epochs: c.n_epochs,
@@ -371,14 +438,18 @@ impl<'a> Trainer<'a> {
                 validation_nll,
                 elapsed: start.elapsed(),
             };
-            // Keep the best parameters by validation NLL; without a validation set, the last.
-            let better = match (validation_nll, &best) {
-                (Some(v), Some((b, _, _))) => v < *b,
-                _ => true,
+            // Keep the best parameters by validation NLL among validated epochs; without a
+            // validation set, the last.
+            let better = match (self.validation, validation_nll, &best) {
+                (None, _, _) => true,
+                (Some(_), Some(v), Some((b, _, _))) => v < *b,
+                (Some(_), Some(_), None) => true,
+                (Some(_), None, _) => false,
             };
             if better {
                 best = Some((validation_nll.unwrap_or(f64::NAN), epoch, params.clone()));
             }
+            last = Some((epoch, params.clone()));
             let keep_going = progress(&report);
             epochs.push(report);
             if !keep_going {
@@ -386,7 +457,11 @@ impl<'a> Trainer<'a> {
                 break;
             }
         }
-        let (_, best_epoch, best_params) = best.expect("at least one epoch ran");
+        // A run stopped before its first validation keeps its last parameters.
+        let (best_epoch, best_params) = match (best, last) {
+            (Some((_, epoch, params)), _) | (None, Some((epoch, params))) => (epoch, params),
+            (None, None) => unreachable!("at least one epoch runs"),
+        };
         flow.set_params(&best_params)?;
         Ok(TrainSummary {
             epochs,

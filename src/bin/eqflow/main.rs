@@ -20,7 +20,9 @@ use eqflow::geometry::Layout;
 use eqflow::io::{self, ConfigShape, Dtype, model};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::system::System;
-use eqflow::train::{LambdaSchedule, Objective, TrainConfig, TrainSummary, Trainer};
+use eqflow::train::{
+    LambdaSchedule, LrSchedule, Objective, Pairing, TrainConfig, TrainSummary, Trainer,
+};
 use eqflow::{Flow, Result};
 
 mod demo;
@@ -89,12 +91,17 @@ struct TrainArgs {
     /// Validation samples (the next ones in the file, if any): the best epoch is kept.
     #[arg(long, default_value_t = 1000)]
     n_val: usize,
+    /// Field family: `kernel` (the paper's pairwise RBF field; trains by ml, fm or fm-ot) or
+    /// `envpair` (environment-modulated pair field; trains by fm or fm-ot only).
+    #[arg(long, default_value = "kernel")]
+    field: String,
     /// Epochs of the first phase, whose objective --objective chooses.
     #[arg(long, default_value_t = 50)]
     epochs: usize,
     /// Objective of the first phase: `ml` (maximum likelihood through the RK4 map), `fm`
-    /// (conditional flow matching from the prior, pairs in order) or `fm-ot` (flow matching
-    /// with equivariant optimal-transport pairs).
+    /// (conditional flow matching from the prior, pairs in order), `fm-align` (pairs in order,
+    /// each aligned over permutations and rotations/reflections) or `fm-ot` (flow matching
+    /// with equivariant optimal-transport pairs: alignment and a batch assignment).
     #[arg(long, default_value = "ml")]
     objective: String,
     /// Epochs of maximum likelihood after a flow-matching first phase (fine-tuning).
@@ -117,6 +124,14 @@ struct TrainArgs {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 5e-3)]
     lr: f64,
+    /// Learning rate over the first phase: `const` or `cosine:F` (decay to F·lr at the last
+    /// step, F in (0, 1]).
+    #[arg(long, default_value = "const")]
+    lr_schedule: String,
+    /// Epochs between validation NLLs of the first phase (the last epoch is always validated;
+    /// the best validated epoch is kept).
+    #[arg(long, default_value_t = 1)]
+    validate_every: usize,
     /// Random seed (initial weights, shuffles, KL latents).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -625,6 +640,25 @@ fn summary_json(s: &TrainSummary) -> Value {
     })
 }
 
+/// `const` or `cosine:F`.
+fn parse_lr_schedule(text: &str) -> Result<LrSchedule> {
+    let bad = || eqflow::Error::InvalidArgument {
+        what: format!("--lr-schedule '{text}': expected const or cosine:F with F in (0, 1]"),
+    };
+    match text.split_once(':') {
+        None if text == "const" => Ok(LrSchedule::Constant),
+        Some(("cosine", f)) => {
+            let final_fraction: f64 = f.parse().map_err(|_| bad())?;
+            if final_fraction > 0.0 && final_fraction <= 1.0 {
+                Ok(LrSchedule::Cosine { final_fraction })
+            } else {
+                Err(bad())
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
 fn run_train(a: TrainArgs) -> Result<()> {
     let system = System::preset(&a.system)?;
     let energy = system.energy.build()?;
@@ -644,26 +678,33 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let train = &data[..a.n_train * len];
     let n_val = a.n_val.min(n_total - a.n_train);
     let validation = (n_val > 0).then(|| &data[a.n_train * len..(a.n_train + n_val) * len]);
-    let mut flow = system.untrained_flow(a.seed)?;
+    let mut flow = system.untrained_flow_of(&a.field, a.seed)?;
     let (objective, phase_name, label) = match a.objective.as_str() {
         "ml" => (Objective::MaximumLikelihood, "ml", "ML"),
         "fm" => (
             Objective::FlowMatching {
-                equivariant_ot: false,
+                pairing: Pairing::InOrder,
             },
             "flow_matching",
             "FM",
         ),
+        "fm-align" => (
+            Objective::FlowMatching {
+                pairing: Pairing::Aligned,
+            },
+            "flow_matching_aligned",
+            "FM-align",
+        ),
         "fm-ot" => (
             Objective::FlowMatching {
-                equivariant_ot: true,
+                pairing: Pairing::EquivariantOt,
             },
             "flow_matching_ot",
             "FM-OT",
         ),
         other => {
             return Err(eqflow::Error::InvalidArgument {
-                what: format!("--objective '{other}': expected ml, fm or fm-ot"),
+                what: format!("--objective '{other}': expected ml, fm, fm-align or fm-ot"),
             });
         }
     };
@@ -673,12 +714,23 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 .into(),
         });
     }
+    if a.field == "envpair"
+        && (objective == Objective::MaximumLikelihood || a.finetune_epochs > 0 || a.kl_epochs > 0)
+    {
+        return Err(eqflow::Error::InvalidArgument {
+            what: "--field envpair trains by flow matching only (--objective fm or fm-ot, \
+                   no --finetune-epochs or --kl-epochs): its divergence has no reverse pass"
+                .into(),
+        });
+    }
     let mut config = TrainConfig {
         n_epochs: a.epochs,
         batch_size: a.batch_size,
         kt: system.kt,
         seed: a.seed,
         objective,
+        validate_every: a.validate_every,
+        lr_schedule: parse_lr_schedule(&a.lr_schedule)?,
         ..TrainConfig::default()
     };
     config.optimizer.lr = a.lr;
@@ -694,8 +746,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
     )?;
     let mut phases = vec![json!({"phase": phase_name, "summary": summary_json(&first)})];
     let mut last = first;
+    // Later phases: ML at a constant rate, validated every epoch.
     let config = TrainConfig {
         objective: Objective::MaximumLikelihood,
+        validate_every: 1,
+        lr_schedule: LrSchedule::Constant,
         ..config
     };
     if a.finetune_epochs > 0 {

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use crate::energy::Energy;
-use crate::train::{LambdaSchedule, Objective, TrainConfig};
+use crate::train::{LambdaSchedule, Objective, Pairing, TrainConfig};
 use crate::{Error, Result};
 
 use super::callback::{EnergyGradFn, ProgressFn, eqf_energy_grad_fn, eqf_train_progress_fn};
@@ -317,6 +317,10 @@ pub const EQF_OBJECTIVE_FLOW_MATCHING: i32 = 1;
 /// aligned to its prior sample over permutations and rotations/reflections, the batch paired
 /// by minimum cost). Lambda must be 1.
 pub const EQF_OBJECTIVE_FLOW_MATCHING_OT: i32 = 2;
+/// Objective: flow matching with aligned pairs: each data configuration, in the order drawn,
+/// aligned to its prior sample over permutations and rotations/reflections (no batch
+/// assignment: O(batch) alignments instead of O(batch²)). Lambda must be 1.
+pub const EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED: i32 = 3;
 
 /// Sets the training objective (`EQF_OBJECTIVE_*`). A flow-matching run reports NaN as its
 /// epochs' `train_nll` (no likelihood is computed; the validation NLL is); fine-tune it with a
@@ -337,10 +341,13 @@ pub unsafe extern "C" fn eqf_train_options_set_objective(
             c.objective = match objective {
                 EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD => Objective::MaximumLikelihood,
                 EQF_OBJECTIVE_FLOW_MATCHING => Objective::FlowMatching {
-                    equivariant_ot: false,
+                    pairing: Pairing::InOrder,
                 },
                 EQF_OBJECTIVE_FLOW_MATCHING_OT => Objective::FlowMatching {
-                    equivariant_ot: true,
+                    pairing: Pairing::EquivariantOt,
+                },
+                EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED => Objective::FlowMatching {
+                    pairing: Pairing::Aligned,
                 },
                 other => {
                     return Err(Error::invalid(format!(

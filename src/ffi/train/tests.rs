@@ -813,7 +813,7 @@ fn objective_is_set_and_validated() {
         assert_eq!(
             options.config().objective,
             crate::train::Objective::FlowMatching {
-                equivariant_ot: true
+                pairing: crate::train::Pairing::EquivariantOt
             }
         );
         // Unknown objectives and flow matching with λ < 1 are refused, options unchanged.

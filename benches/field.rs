@@ -1,0 +1,85 @@
+//! Cost of one field evaluation per family (the paper's kernel field against the envpair
+//! field) on DW-4 and LJ-13, single-threaded: the velocity alone, with the exact divergence,
+//! with the dense Jacobian (the exact-discrete density's need), and the flow-matching reverse
+//! pass. Run: `cargo bench --bench field`. Results go into BENCHMARKS.md.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use eqflow::field::envpair::{EnvPairConfig, EnvPairField};
+use eqflow::field::{Cotangent, KernelConfig, KernelField, TrainableField};
+use eqflow::geometry::Layout;
+use rand::{RngExt, SeedableRng};
+use std::hint::black_box;
+use std::time::Duration;
+
+fn evaluations<F: TrainableField>(c: &mut Criterion, system: &str, family: &str, field: &F) {
+    let n = field.state_len();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let x: Vec<f64> = (0..n).map(|_| rng.random_range(-1.5..1.5)).collect();
+    let v_bar: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let t = 0.4;
+    let mut v = vec![0.0; n];
+    let mut jac = vec![0.0; n * n];
+    let mut group = c.benchmark_group(format!("field/{system}"));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
+    group.bench_function(BenchmarkId::new("velocity", family), |b| {
+        b.iter(|| field.velocity_only_into(black_box(&x), t, &mut v));
+    });
+    group.bench_function(BenchmarkId::new("velocity_divergence", family), |b| {
+        b.iter(|| black_box(field.velocity_into(black_box(&x), t, &mut v)));
+    });
+    group.bench_function(BenchmarkId::new("jacobian", family), |b| {
+        b.iter(|| black_box(field.velocity_jacobian_into(black_box(&x), t, &mut v, &mut jac)));
+    });
+    let point = field.time_point(t);
+    let mut x_bar = vec![0.0; n];
+    let mut theta_bar = vec![0.0; field.params().len()];
+    let mut adjoint = F::Adjoint::default();
+    let mut scratch = field.new_scratch();
+    group.bench_function(BenchmarkId::new("velocity_reverse", family), |b| {
+        b.iter(|| {
+            field.adjoint_reset(&mut adjoint, 1);
+            let cot = Cotangent {
+                v: &v_bar,
+                div: 0.0,
+            };
+            field.vjp_at(&x, &point, 0, cot, &mut x_bar, &mut adjoint, &mut scratch);
+            field.adjoint_finish(std::slice::from_ref(&point), &mut adjoint, &mut theta_bar);
+        });
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    for (system, n, dim, kernels, envpair) in [
+        (
+            "dw4",
+            4,
+            2,
+            KernelConfig::double_well(),
+            EnvPairConfig::double_well(),
+        ),
+        (
+            "lj13",
+            13,
+            3,
+            KernelConfig::lennard_jones(),
+            EnvPairConfig::lennard_jones(),
+        ),
+    ] {
+        let layout = Layout::new(n, dim).unwrap();
+        let kernel = KernelField::initialise(layout, kernels, 0).unwrap();
+        evaluations(c, system, "kernel", &kernel);
+        let env = EnvPairField::initialise(layout, envpair, 0).unwrap();
+        evaluations(c, system, "envpair", &env);
+    }
+}
+
+// No plots: criterion's plotters backend needs a system font, which CI machines lack.
+criterion_group! {
+    name = field_benches;
+    config = Criterion::default().without_plots();
+    targets = benches
+}
+criterion_main!(field_benches);
