@@ -256,11 +256,20 @@ impl EnvPairField {
         }
     }
 
-    /// The pair network ψ for the ordered pair (i, j) at RBF values `g`.
+    /// `W_gᵀ y` into `out` (H): the distance rows of the pair network's first layer applied
+    /// to `y` (the RBF values g, or their slopes g'). Shared by the pairs (i, j) and (j, i).
+    #[inline]
+    pub(super) fn pair_distance_part(&self, y: &[f64], out: &mut [f64]) {
+        let b = self.blocks;
+        out.fill(0.0);
+        add_rows(y, &self.params[b.pair_w0()][..b.k * b.h], out);
+    }
+
+    /// The pair network ψ for the ordered pair (i, j), with `g_part = W_gᵀ g(d_ij)`.
     #[inline]
     pub(super) fn pair_net(
         &self,
-        g: &[f64],
+        g_part: &[f64],
         point: &EnvPairTimePoint,
         ws: &EnvPairScratch,
         i: usize,
@@ -273,9 +282,8 @@ impl EnvPairField {
         let p0 = &mut p0[..h];
         let (pi, pj) = (&ws.p_i[i * h..(i + 1) * h], &ws.p_j[j * h..(j + 1) * h]);
         for o in 0..h {
-            p0[o] = point.pair_bias[o] + pi[o] + pj[o];
+            p0[o] = g_part[o] + point.pair_bias[o] + pi[o] + pj[o];
         }
-        add_rows(g, &p[b.pair_w0()][..b.k * h], p0);
         let mut out = PairNet {
             p0_slope: [0.0; MAX_WIDTH],
             a0: [0.0; MAX_WIDTH],
@@ -338,42 +346,44 @@ impl EnvPairField {
         let mut g = [0.0; MAX_WIDTH];
         let mut dg = [0.0; MAX_WIDTH];
         let mut delta0 = [0.0; MAX_WIDTH];
+        let mut g_part = [0.0; MAX_WIDTH];
+        let mut g_slope_part = [0.0; MAX_WIDTH];
         let w0 = &self.params[b.pair_w0()];
-        let w_g = &w0[..b.k * b.h];
         let w_i = &w0[(b.k + b.r) * b.h..(b.k + b.r + e_w) * b.h];
         let w_j = &w0[(b.k + b.r + e_w) * b.h..];
         let mut div = 0.0;
         for i in 0..n {
-            for j in 0..n {
-                if i == j {
-                    continue;
-                }
+            for j in i + 1..n {
                 let (r2, d) = pair_geometry(x, dim, i, j, r);
                 let (env, env_slope) = self.rbf_into(d, &mut g[..b.k], &mut dg[..b.k]);
-                let net = self.pair_net(&g[..b.k], point, ws, i, j);
-                let phi = point.tail + env * net.psi;
-                for c in 0..dim {
-                    v[i * dim + c] += phi * r[c];
-                }
+                self.pair_distance_part(&g[..b.k], &mut g_part[..b.h]);
                 if derivatives {
-                    let delta0 = &mut delta0[..b.h];
-                    self.pair_backward(&net, 1.0, delta0);
-                    // ∂ψ/∂d through g: δ0 · (W_gᵀ g').
-                    let mut psi_d = 0.0;
-                    for (k, dgk) in dg[..b.k].iter().enumerate() {
-                        psi_d += dgk * dot(&w_g[k * b.h..(k + 1) * b.h], delta0);
+                    self.pair_distance_part(&dg[..b.k], &mut g_slope_part[..b.h]);
+                }
+                // (i, j) with r_ij, then (j, i) with r_ji = −r_ij.
+                for (a, o, sign) in [(i, j, 1.0), (j, i, -1.0)] {
+                    let net = self.pair_net(&g_part[..b.h], point, ws, a, o);
+                    let phi = point.tail + env * net.psi;
+                    for c in 0..dim {
+                        v[a * dim + c] += phi * sign * r[c];
                     }
-                    let s = env_slope * net.psi + env * psi_d;
-                    let ij = i * n + j;
-                    ws.phi[ij] = phi;
-                    ws.s[ij] = s;
-                    let a = &mut ws.a[ij * e_w..(ij + 1) * e_w];
-                    dot_rows(w_i, delta0, a);
-                    a.iter_mut().for_each(|v| *v *= env);
-                    let bb = &mut ws.b[ij * e_w..(ij + 1) * e_w];
-                    dot_rows(w_j, delta0, bb);
-                    bb.iter_mut().for_each(|v| *v *= env);
-                    div += dim as f64 * phi + s * r2 / d;
+                    if derivatives {
+                        let delta0 = &mut delta0[..b.h];
+                        self.pair_backward(&net, 1.0, delta0);
+                        // ∂ψ/∂d through g: δ0 · (W_gᵀ g').
+                        let psi_d = dot(&g_slope_part[..b.h], delta0);
+                        let s = env_slope * net.psi + env * psi_d;
+                        let ao = a * n + o;
+                        ws.phi[ao] = phi;
+                        ws.s[ao] = s;
+                        let av = &mut ws.a[ao * e_w..(ao + 1) * e_w];
+                        dot_rows(w_i, delta0, av);
+                        av.iter_mut().for_each(|v| *v *= env);
+                        let bv = &mut ws.b[ao * e_w..(ao + 1) * e_w];
+                        dot_rows(w_j, delta0, bv);
+                        bv.iter_mut().for_each(|v| *v *= env);
+                        div += dim as f64 * phi + s * r2 / d;
+                    }
                 }
             }
         }

@@ -53,7 +53,7 @@ impl EnvPairField {
         let mut tail_bar = 0.0;
 
         let w0 = &p[bl.pair_w0()];
-        let w_g = &w0[..k_w * h_w];
+        let v_bar_centred = |i: usize, c: usize| v_bar[i * dim + c] - mean[c];
         let w_pair1 = &p[bl.pair_w1()];
         let w_pair2 = &p[bl.pair_w2()];
         let mut r = [0.0; MAX_DIM];
@@ -62,63 +62,61 @@ impl EnvPairField {
         let mut dg = [0.0; MAX_WIDTH];
         let mut d1 = [0.0; MAX_WIDTH];
         let mut d0 = [0.0; MAX_WIDTH];
+        let mut g_part = [0.0; MAX_WIDTH];
+        let mut g_slope_part = [0.0; MAX_WIDTH];
+        let mut d0_pair = [0.0; MAX_WIDTH];
         {
             let (head, _) = theta_bar.split_at_mut(bl.tail().start);
             for i in 0..n {
-                let vb_i: [f64; MAX_DIM] = std::array::from_fn(|c| {
-                    if c < dim {
-                        v_bar[i * dim + c] - mean[c]
-                    } else {
-                        0.0
-                    }
-                });
-                for j in 0..n {
-                    if i == j {
-                        continue;
-                    }
+                for j in i + 1..n {
                     let (_, d) = pair_geometry(x, dim, i, j, r);
                     let (env, env_slope) = self.rbf_into(d, &mut g[..k_w], &mut dg[..k_w]);
-                    let net = self.pair_net(&g[..k_w], point, ws, i, j);
-                    let phi = point.tail + env * net.psi;
-                    let phi_bar: f64 = (0..dim).map(|c| vb_i[c] * r[c]).sum();
-                    tail_bar += phi_bar;
-                    let psi_bar = env * phi_bar;
-                    // Output layer.
-                    head[bl.pair_b2()][0] += psi_bar;
-                    for (wb, a1) in head[bl.pair_w2()].iter_mut().zip(&net.a1[..h_w]) {
-                        *wb += psi_bar * a1;
-                    }
-                    let d1 = &mut d1[..h_w];
-                    for o in 0..h_w {
-                        d1[o] = psi_bar * w_pair2[o] * net.p1_slope[o];
-                    }
-                    add_outer(&net.a0[..h_w], d1, &mut head[bl.pair_w1()]);
-                    for (bb, d) in head[bl.pair_b1()].iter_mut().zip(d1.iter()) {
-                        *bb += d;
-                    }
-                    let d0 = &mut d0[..h_w];
-                    dot_rows(w_pair1, d1, d0);
-                    for (d, s) in d0.iter_mut().zip(&net.p0_slope) {
-                        *d *= s;
-                    }
-                    add_outer(&g[..k_w], d0, &mut head[bl.pair_w0()][..k_w * h_w]);
-                    for o in 0..h_w {
-                        delta_sum[o] += d0[o];
-                        delta_i[i * h_w + o] += d0[o];
-                        delta_j[j * h_w + o] += d0[o];
-                    }
-                    // x̄ through r_ij directly and through d_ij.
-                    let mut d_bar = phi_bar * env_slope * net.psi;
-                    for (k, dgk) in dg[..k_w].iter().enumerate() {
-                        if *dgk != 0.0 {
-                            d_bar += dgk * dot(&w_g[k * h_w..(k + 1) * h_w], d0);
+                    self.pair_distance_part(&g[..k_w], &mut g_part[..h_w]);
+                    self.pair_distance_part(&dg[..k_w], &mut g_slope_part[..h_w]);
+                    // Both orders share g: their δ0 are summed for the W_g rows.
+                    let d0_pair = &mut d0_pair[..h_w];
+                    d0_pair.fill(0.0);
+                    for (a, o, sign) in [(i, j, 1.0), (j, i, -1.0)] {
+                        let net = self.pair_net(&g_part[..h_w], point, ws, a, o);
+                        let phi = point.tail + env * net.psi;
+                        // φ̄ = v̄_a · r_ao with r_ao = sign·r_ij.
+                        let phi_bar: f64 =
+                            sign * (0..dim).map(|c| v_bar_centred(a, c) * r[c]).sum::<f64>();
+                        tail_bar += phi_bar;
+                        let psi_bar = env * phi_bar;
+                        // Output layer.
+                        head[bl.pair_b2()][0] += psi_bar;
+                        for (wb, a1) in head[bl.pair_w2()].iter_mut().zip(&net.a1[..h_w]) {
+                            *wb += psi_bar * a1;
+                        }
+                        let d1 = &mut d1[..h_w];
+                        for q in 0..h_w {
+                            d1[q] = psi_bar * w_pair2[q] * net.p1_slope[q];
+                        }
+                        add_outer(&net.a0[..h_w], d1, &mut head[bl.pair_w1()]);
+                        for (bb, d) in head[bl.pair_b1()].iter_mut().zip(d1.iter()) {
+                            *bb += d;
+                        }
+                        let d0 = &mut d0[..h_w];
+                        dot_rows(w_pair1, d1, d0);
+                        for (d, s) in d0.iter_mut().zip(&net.p0_slope) {
+                            *d *= s;
+                        }
+                        for q in 0..h_w {
+                            d0_pair[q] += d0[q];
+                            delta_sum[q] += d0[q];
+                            delta_i[a * h_w + q] += d0[q];
+                            delta_j[o * h_w + q] += d0[q];
+                        }
+                        // x̄ through r_ao directly and through d (u_ao = sign·r_ij/d).
+                        let d_bar = phi_bar * env_slope * net.psi + dot(&g_slope_part[..h_w], d0);
+                        for c in 0..dim {
+                            let xb = phi * v_bar_centred(a, c) + sign * d_bar * r[c] / d;
+                            x_bar[a * dim + c] += xb;
+                            x_bar[o * dim + c] -= xb;
                         }
                     }
-                    for c in 0..dim {
-                        let xb = phi * vb_i[c] + d_bar * r[c] / d;
-                        x_bar[i * dim + c] += xb;
-                        x_bar[j * dim + c] -= xb;
-                    }
+                    add_outer(&g[..k_w], d0_pair, &mut head[bl.pair_w0()][..k_w * h_w]);
                 }
             }
         }
