@@ -65,6 +65,7 @@ pub mod error;
 pub mod field;
 pub mod flow;
 pub mod flow_move;
+pub mod free_energy;
 pub mod geometry;
 pub mod integrate;
 pub mod io;
