@@ -477,4 +477,29 @@ fn eval_reports_log_z_and_the_entropy_floor_of_the_nll() {
         "-q",
     ]));
     assert!(bare["entropy"].is_null() && bare["log_z"].is_null());
+    // One fresh sample cannot give an error bar: log Z is reported as not estimated, and the
+    // NLL and ESS still stand.
+    let one = eqflow(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        data.to_str().unwrap(),
+        "--system",
+        "dw4",
+        "--n-samples",
+        "1",
+        "-q",
+    ]);
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert!(text.contains("log Z and entropy: not estimated"), "{text}");
+    assert!(
+        text.starts_with("NLL per sample") && text.contains("Kish ESS"),
+        "{text}"
+    );
 }
