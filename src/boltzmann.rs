@@ -1,6 +1,7 @@
 //! The Boltzmann rules, once: the temperature, which energies are admissible, the log importance
 //! weight, the Metropolis test in log space, relative (self-normalised) weights and the Kish
-//! effective sample size (DESIGN.md §1).
+//! effective sample size (DESIGN.md §1). The free-energy estimates built on these weights (log Z,
+//! entropy, ΔF between states) are in [`crate::free_energy`].
 //!
 //! # Conventions
 //!

@@ -42,13 +42,17 @@
 //! **Monte Carlo move** ([`flow_move`]): independence Metropolis–Hastings with the flow as
 //! proposal, `x' = F(z) + c(x)` accepted with probability `min(1, exp(log w(x') − log w(x)))`,
 //! `log w = −U/kT − log q` ([`boltzmann`]).
+//! **Free energies** ([`free_energy`]): log Z of the target on the same CoM-free space as
+//! `log q`, by bridge sampling between flow and target samples, hence the target's entropy
+//! (the floor of the NLL); free-energy differences between states.
 //!
 //! # Layers
 //!
 //! Data flows one way (DESIGN.md §3): [`energy`] and [`field`] know nothing of flows; the
 //! integrators ([`integrate`]) see a field only as a [`field::VectorField`], never the prior;
 //! [`flow`] composes prior, field and integrator; [`train`] (through [`field::TrainableField`])
-//! and [`flow_move`] use the flow; [`boltzmann`] holds the Boltzmann rules they share;
+//! and [`flow_move`] use the flow; [`boltzmann`] holds the Boltzmann rules they share, and
+//! [`free_energy`] the estimators built on its log weights;
 //! [`io`], [`ffi`] and the CLI only adapt. A new field family is a folder under `src/field/`
 //! plus its registration in `src/field/registry.rs`.
 //!
@@ -65,6 +69,7 @@ pub mod error;
 pub mod field;
 pub mod flow;
 pub mod flow_move;
+pub mod free_energy;
 pub mod geometry;
 pub mod integrate;
 pub mod io;

@@ -5,8 +5,9 @@ use std::time::Instant;
 use serde_json::json;
 
 use eqflow::Result;
-use eqflow::boltzmann::{kish_ess, log_weights_into, relative_weights_into};
+use eqflow::boltzmann::{Kt, kish_ess, log_weights_into, relative_weights_into};
 use eqflow::energy::energies_into;
+use eqflow::free_energy::{free_energy_difference, state_populations};
 use eqflow::geometry::Layout;
 use eqflow::io::{ConfigShape, Dtype, model};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
@@ -30,15 +31,12 @@ fn short_pairs(x: &[f64]) -> usize {
     k
 }
 
-/// Weighted populations of the 7 states (weights need not be normalised).
-fn populations(x: &[f64], weights: &[f64]) -> [f64; 7] {
-    let mut p = [0.0; 7];
-    for (xi, w) in x.chunks_exact(8).zip(weights) {
-        p[short_pairs(xi)] += w;
-    }
-    let total: f64 = p.iter().sum();
-    p.iter_mut().for_each(|v| *v /= total);
-    p
+/// The number of DW-4 states: 0 to 6 short pairs.
+const N_STATES: usize = 7;
+
+/// The state ([`short_pairs`]) of every configuration of `x`.
+fn states(x: &[f64]) -> Vec<usize> {
+    x.chunks_exact(8).map(short_pairs).collect()
 }
 
 fn mcmc_run(
@@ -128,41 +126,45 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     let ess = kish_ess(&log_w);
 
     // 4. Free-energy difference between the two most populated states.
-    let p_mcmc = populations(&long.x, &vec![1.0; long.energies.len()]);
+    let states_long = states(&long.x);
+    let states_flow = states(&x);
+    let p_mcmc = state_populations(&states_long, &vec![1.0; states_long.len()], N_STATES)?;
     let mut w = vec![0.0; n];
     relative_weights_into(&log_w, &mut w)?;
-    let p_flow = populations(&x, &w);
-    let mut order: Vec<usize> = (0..7).collect();
+    let p_flow = state_populations(&states_flow, &w, N_STATES)?;
+    let mut order: Vec<usize> = (0..N_STATES).collect();
     order.sort_by(|&i, &j| p_mcmc[j].total_cmp(&p_mcmc[i]));
     let (s1, s2) = (order[0], order[1]);
-    let delta_f = |p: &[f64; 7]| -system.kt * (p[s2] / p[s1]).ln();
-    let (df_mcmc, df_flow) = (delta_f(&p_mcmc), delta_f(&p_flow));
+    let kt = Kt::new(system.kt)?;
+    let delta_f = |p: &[f64]| free_energy_difference(kt, p[s1], p[s2]);
+    let (df_mcmc, df_flow) = (delta_f(&p_mcmc)?, delta_f(&p_flow)?);
     // Standard errors: MCMC from 8 groups of independent chains (states switch slowly within a
     // chain, so samples are not independent); the flow by bootstrap of its weighted samples.
-    let groups: Vec<f64> = (0..8)
+    let groups = (0..8)
         .map(|g| {
             let chains = g * 8..(g + 1) * 8;
             let range = long.stats.chain_samples(chains.start).start
                 ..long.stats.chain_samples(chains.end - 1).end;
-            let xs = &long.x[range.start * 8..range.end * 8];
-            delta_f(&populations(xs, &vec![1.0; range.len()]))
+            let p = state_populations(
+                &states_long[range.clone()],
+                &vec![1.0; range.len()],
+                N_STATES,
+            )?;
+            delta_f(&p)
         })
-        .collect();
+        .collect::<Result<Vec<f64>>>()?;
     let se_mcmc = mean_and_se(&groups).1;
     let mut rng = eqflow::flow::sample_rng(a.seed, u64::MAX);
-    let boots: Vec<f64> = (0..200)
+    let boots = (0..200)
         .map(|_| {
             let idx: Vec<usize> = (0..n)
                 .map(|_| rand::RngExt::random_range(&mut rng, 0..n))
                 .collect();
-            let xb: Vec<f64> = idx
-                .iter()
-                .flat_map(|&i| x[i * 8..(i + 1) * 8].iter().copied())
-                .collect();
+            let sb: Vec<usize> = idx.iter().map(|&i| states_flow[i]).collect();
             let wb: Vec<f64> = idx.iter().map(|&i| w[i]).collect();
-            delta_f(&populations(&xb, &wb))
+            delta_f(&state_populations(&sb, &wb, N_STATES)?)
         })
-        .collect();
+        .collect::<Result<Vec<f64>>>()?;
     let (_, se_boot_mean) = mean_and_se(&boots);
     let se_flow = se_boot_mean * (boots.len() as f64).sqrt();
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use eqflow::boltzmann::{kish_ess, log_weights_into};
 use eqflow::energy::energies_into;
+use eqflow::free_energy::{self, Estimate};
 use eqflow::geometry::Layout;
 use eqflow::io::{self, ConfigShape, Dtype, model};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
@@ -65,7 +66,8 @@ enum Command {
     Mcmc(McmcArgs),
     /// Draw samples from a trained flow, with log q and (given a system) log w.
     Sample(SampleArgs),
-    /// Mean NLL of data under a flow, and the ESS of fresh samples against the energy.
+    /// Mean NLL of data under a flow; with a system, the ESS of fresh samples against the
+    /// energy, log Z of the target and the data's entropy (the NLL's floor).
     Eval(EvalArgs),
     /// Train a flow on reference data (maximum likelihood, optionally then ML + reverse KL).
     Train(TrainArgs),
@@ -219,10 +221,13 @@ struct EvalArgs {
     #[arg(long)]
     data: PathBuf,
     /// Also draw fresh samples and report the ESS of their importance weights against this
-    /// system's energy (dw2, dw4, lj13).
+    /// system's energy (dw2, dw4, lj13), and log Z of the target by bridge sampling between
+    /// them and the data (assumed independent samples of the target), hence the data's entropy
+    /// S = <U/kT> + log Z and NLL − S = KL(data‖flow), in the NLL's CoM-free convention.
     #[arg(long)]
     system: Option<String>,
-    /// Fresh samples for the ESS (at most 16 GiB of samples, log q, energies and log w).
+    /// Fresh samples for the ESS and log Z (at most 16 GiB of samples, log q, energies and
+    /// log w).
     #[arg(long, default_value_t = 10_000)]
     n_samples: usize,
     /// Seed of the fresh samples.
@@ -423,6 +428,46 @@ struct Evaluation {
     first_failure: Option<eqflow::Error>,
     /// Kish ESS of fresh samples against the system's energy, if a system was given.
     ess: Option<f64>,
+    /// With a system: log Z, the data's entropy and the KL from data to flow, or why they could
+    /// not be estimated.
+    free_energy: Option<std::result::Result<FreeEnergy, eqflow::Error>>,
+}
+
+/// The target's log Z and what follows from it, in the convention of the NLL: densities on the
+/// centre-of-mass-free subspace, with the prior's normaliser.
+struct FreeEnergy {
+    /// log Z by bridge sampling between the fresh flow samples and the evaluated data.
+    log_z: Estimate,
+    /// log Z by importance sampling over the fresh flow samples alone.
+    log_z_is: Estimate,
+    /// The data's entropy S = ⟨U/kT⟩_data + log Z: the floor of the NLL.
+    entropy: Estimate,
+    /// NLL − S = KL(data‖flow), with the error of the difference (not of the two terms).
+    kl: Estimate,
+}
+
+/// log Z, entropy and KL from the log weights of fresh flow samples and of the evaluated data
+/// configurations (`x_data`, with their flow densities `log_q_data`).
+fn free_energy_of(
+    energy: &dyn eqflow::Energy,
+    kt: f64,
+    log_w_flow: &[f64],
+    x_data: &[f64],
+    log_q_data: &[f64],
+) -> Result<FreeEnergy> {
+    let n = log_q_data.len();
+    let mut u = vec![0.0; n];
+    energies_into(energy, x_data, &mut u)?;
+    let mut log_w_data = vec![0.0; n];
+    log_weights_into(&u, log_q_data, kt, &mut log_w_data)?;
+    let bridge = free_energy::bridge_sampling(log_w_flow, &log_w_data)?;
+    let reduced: Vec<f64> = u.iter().map(|v| v / kt).collect();
+    Ok(FreeEnergy {
+        log_z: bridge.log_z(),
+        log_z_is: free_energy::importance_log_z(log_w_flow)?,
+        entropy: bridge.entropy(&reduced)?,
+        kl: bridge.kl_target_to_flow(),
+    })
 }
 
 /// Mean NLL with standard error, and (with a system) the Kish ESS of fresh samples. With
@@ -436,10 +481,19 @@ fn evaluate(
     strict: bool,
 ) -> Result<Evaluation> {
     let mut nll = Vec::new();
+    // The configurations that evaluate, for the energies of the entropy estimate: it must be
+    // over the same configurations as the NLL, or NLL − S would not be a KL divergence.
+    let mut x_evaluated = Vec::new();
+    let len = flow.layout().len();
     let (mut n_failed, mut first_failure) = (0, None);
     for (i, outcome) in flow.log_density_each(data)?.into_iter().enumerate() {
         match outcome {
-            Ok(log_q) => nll.push(-log_q),
+            Ok(log_q) => {
+                nll.push(-log_q);
+                if system.is_some() {
+                    x_evaluated.extend_from_slice(&data[i * len..(i + 1) * len]);
+                }
+            }
             Err(e) if strict => {
                 return Err(eqflow::Error::InvalidArgument {
                     what: format!("configuration {i} cannot be evaluated (--strict): {e}"),
@@ -460,7 +514,7 @@ fn evaluate(
         });
     }
     let (mean, se) = mean_and_se(&nll);
-    let ess = match system {
+    let (ess, free_energy) = match system {
         Some(system) => {
             let energy = system.energy.build()?;
             let (x, log_q) = flow.sample(seed, n_samples)?;
@@ -468,9 +522,19 @@ fn evaluate(
             energies_into(energy.as_ref(), &x, &mut u)?;
             let mut log_w = vec![0.0; n_samples];
             log_weights_into(&u, &log_q, system.kt, &mut log_w)?;
-            Some(kish_ess(&log_w))
+            let log_q_data: Vec<f64> = nll.iter().map(|v| -v).collect();
+            // Not fatal: without overlap (or with fewer than two samples) log Z has no estimate,
+            // but the NLL and the ESS still stand.
+            let fe = free_energy_of(
+                energy.as_ref(),
+                system.kt,
+                &log_w,
+                &x_evaluated,
+                &log_q_data,
+            );
+            (Some(kish_ess(&log_w)), Some(fe))
         }
-        None => None,
+        None => (None, None),
     };
     Ok(Evaluation {
         nll: mean,
@@ -479,6 +543,7 @@ fn evaluate(
         n_failed,
         first_failure,
         ess,
+        free_energy,
     })
 }
 
@@ -508,6 +573,47 @@ fn certificate_report(flow: &Flow) -> (serde_json::Value, String) {
             cert.n_steps, cert.max_contraction, cert.worst_step_start, cert.max_lipschitz
         ),
     )
+}
+
+/// The log Z, entropy and KL part of the eval report: JSON fields (all null without a system,
+/// or with `free_energy_error` when they could not be estimated) and lines of text.
+fn free_energy_report(
+    fe: Option<&std::result::Result<FreeEnergy, eqflow::Error>>,
+    n_samples: usize,
+) -> (Value, String) {
+    let fields = |fe: Option<&FreeEnergy>, error: Option<String>| {
+        let v = |f: fn(&FreeEnergy) -> f64| fe.map(f);
+        json!({"log_z": v(|f| f.log_z.value), "log_z_se": v(|f| f.log_z.standard_error),
+               "log_z_is": v(|f| f.log_z_is.value),
+               "log_z_is_se": v(|f| f.log_z_is.standard_error),
+               "entropy": v(|f| f.entropy.value), "entropy_se": v(|f| f.entropy.standard_error),
+               "kl_data_flow": v(|f| f.kl.value), "kl_data_flow_se": v(|f| f.kl.standard_error),
+               "free_energy_error": error})
+    };
+    match fe {
+        None => (fields(None, None), String::new()),
+        Some(Err(e)) => (
+            fields(None, Some(e.to_string())),
+            format!("log Z and entropy: not estimated ({e})\n"),
+        ),
+        Some(Ok(f)) => (
+            fields(Some(f), None),
+            format!(
+                "log Z (CoM-free, bridge sampling with {n_samples} fresh samples) {:.4} ± {:.4}; \
+                 importance sampling {:.4} ± {:.4}\n\
+                 entropy of the data S = <U/kT> + log Z {:.4} ± {:.4} (the NLL's floor); \
+                 NLL − S = KL(data‖flow) {:.4} ± {:.4}\n",
+                f.log_z.value,
+                f.log_z.standard_error,
+                f.log_z_is.value,
+                f.log_z_is.standard_error,
+                f.entropy.value,
+                f.entropy.standard_error,
+                f.kl.value,
+                f.kl.standard_error
+            ),
+        ),
+    }
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
@@ -544,15 +650,20 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         ),
         None => String::new(),
     };
-    report(
-        &a.common,
-        json!({"command": "eval", "n_data": n + e.n_failed, "n_evaluated": n,
+    let (free_energy, free_energy_text) = free_energy_report(e.free_energy.as_ref(), a.n_samples);
+    let mut value = json!({"command": "eval", "n_data": n + e.n_failed, "n_evaluated": n,
                "n_failed": e.n_failed, "nll": nll, "nll_se": se,
                "ess": ess, "ess_fraction": ess.map(|e| e / a.n_samples as f64),
-               "certificate": certificate, "seconds": seconds}),
+               "certificate": certificate, "seconds": seconds});
+    if let (Value::Object(map), Value::Object(more)) = (&mut value, free_energy) {
+        map.extend(more);
+    }
+    report(
+        &a.common,
+        value,
         format!(
             "NLL per sample {nll:.4} ± {se:.4} (−log q with normaliser, CoM removed, n = {n})\n\
-             {failed_text}{ess_text}{certificate_text}"
+             {failed_text}{ess_text}{free_energy_text}{certificate_text}"
         ),
     );
     Ok(())
