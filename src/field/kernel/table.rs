@@ -25,6 +25,10 @@ const NODES_PER_BANDWIDTH: f64 = 50.0;
 const MAX_INTERVALS: usize = 40_000;
 /// The table reaches this many of the largest bandwidths past the last centre.
 const REACH_IN_BANDWIDTHS: f64 = 8.0;
+/// The most memory all tables of one flow may take. Tables are per distinct stage time (2n + 1
+/// of them for n RK4 steps), so without a cap a flow with 100,000 steps would need hundreds of
+/// GB; past it the flow integrates the exact field instead (slower, equally exact).
+pub const MAX_TABLE_BYTES: usize = 256 << 20;
 
 /// The four coefficients of one interval, aligned so that a lookup touches one cache line.
 #[derive(Clone, Copy)]
@@ -219,13 +223,21 @@ impl std::fmt::Debug for TabulatedField {
 
 impl TabulatedField {
     /// Tables of `field` at `times` (any order; duplicates are merged). Returns `None` when the
-    /// bandwidths are so small that the table would be unreasonably large.
+    /// bandwidths are so small that one table would be unreasonably large, or when all tables
+    /// together would exceed [`MAX_TABLE_BYTES`] (many steps).
     #[must_use]
     pub fn new(field: &KernelField, times: &[f64]) -> Option<Self> {
         let (h, n_intervals) = spacing(field)?;
         let mut times = times.to_vec();
         times.sort_by(f64::total_cmp);
         times.dedup_by(|a, b| a.to_bits() == b.to_bits());
+        let bytes = times
+            .len()
+            .checked_mul(n_intervals)?
+            .checked_mul(std::mem::size_of::<Cubic>())?;
+        if bytes > MAX_TABLE_BYTES {
+            return None;
+        }
         // Sequential on purpose: flows build their tables inside a `OnceLock` initialiser, and
         // a rayon join there could steal a job that waits on the same lock (a deadlock).
         let tables = times
@@ -508,5 +520,22 @@ mod tests {
                 assert!(tab.table_radial(t).is_none(), "t = {t}");
             }
         }
+    }
+
+    #[test]
+    fn many_steps_integrate_the_exact_field_instead_of_growing_tables() {
+        let layout = Layout::new(4, 2).unwrap();
+        let field = KernelField::initialise(layout, KernelConfig::double_well(), 1).unwrap();
+        let few = crate::integrate::rk4_stage_times(20);
+        assert!(TabulatedField::new(&field, &few).is_some());
+        // 100,000 steps: 200,001 stage times would need far more than the cap.
+        let many = crate::integrate::rk4_stage_times(100_000);
+        assert!(TabulatedField::new(&field, &many).is_none());
+        let (h, n) = spacing(&field).unwrap();
+        assert!(h > 0.0);
+        let per_table = n * std::mem::size_of::<Cubic>();
+        let fits = MAX_TABLE_BYTES / per_table;
+        assert!(TabulatedField::new(&field, &many[..fits]).is_some());
+        assert!(TabulatedField::new(&field, &many[..fits + 1]).is_none());
     }
 }
