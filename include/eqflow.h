@@ -464,6 +464,19 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Attaches a message to the failure a host callback is about to report (by returning a
+ * non-zero status from an energy or energy-gradient callback). The status of the eqflow call
+ * that invoked the callback is then `EQF_ERR_CALLBACK` and `eqf_last_error_message` ends with
+ * this text. Call it from inside the callback, on the thread that runs the callback; a
+ * message set elsewhere, or by a callback that then returns 0, is discarded. NULL clears the
+ * message. The text is copied (at most 4,096 bytes; invalid UTF-8 is replaced).
+ *
+ * @param message  NUL-terminated text, or NULL
+ * @return EQF_OK
+ */
+int32_t eqf_set_callback_error(const char *message);
+
+/**
  * Creates the pairwise double-well energy of the DW-2 / DW-4 benchmarks (reduced units):
  *
  * ```text

@@ -235,6 +235,7 @@ pub unsafe extern "C" fn eqf_move_step(
         let (n_particles, dim) = (n_particles as i64, dim as i64);
         let decision = mv.inner.step(&mut mv.buffer, &mut u, |proposal| {
             let mut value = f64::NAN;
+            super::callback_error::clear();
             // SAFETY: `energy` and `user` come from the host, which guarantees that `energy`
             // accepts `user` and reads N*D doubles from `x`; `proposal` holds N*D doubles and
             // `value` is a live local double.
@@ -244,7 +245,9 @@ pub unsafe extern "C" fn eqf_move_step(
                 Ok(value)
             } else {
                 Err(Error::Callback {
-                    what: format!("the energy callback returned {status}"),
+                    what: super::callback_error::annotate(format!(
+                        "the energy callback returned {status}"
+                    )),
                 })
             }
         })?;

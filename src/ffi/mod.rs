@@ -21,6 +21,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 // Declaration order is the order of the header: basics first.
+mod callback_error;
 mod energy;
 mod flow;
 mod flow_move;

@@ -86,6 +86,7 @@ impl SerialEnergy for HostEnergy {
         let mut u = f64::NAN;
         // A gradient the callback does not write stays NaN and is reported below.
         gradient.fill(f64::NAN);
+        crate::ffi::callback_error::clear();
         // SAFETY: `energy` and `user` come from the host, which guarantees that `energy`
         // accepts `user`, reads N*D doubles from `x` and writes one double to `U` and N*D to
         // `gradient`; `x` and `gradient` hold N*D doubles each and `u` is a live local.
@@ -101,7 +102,9 @@ impl SerialEnergy for HostEnergy {
         };
         let fail = |what: String| Err(Error::Callback { what });
         if status != 0 {
-            return fail(format!("the KL energy callback returned {status}"));
+            return fail(crate::ffi::callback_error::annotate(format!(
+                "the KL energy callback returned {status}"
+            )));
         }
         if u.is_nan() {
             return fail("the KL energy callback returned U = NaN".to_owned());

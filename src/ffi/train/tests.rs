@@ -162,6 +162,7 @@ struct Host {
 #[derive(Clone, Copy)]
 enum Failure {
     Status,
+    StatusWithMessage,
     NanEnergy,
     NanGradient,
     MissingGradient,
@@ -220,6 +221,13 @@ unsafe extern "C" fn host_energy(
     if failing {
         match host.failure {
             Failure::Status => status = 3,
+            Failure::StatusWithMessage => {
+                // SAFETY: a valid C string.
+                unsafe {
+                    crate::ffi::callback_error::eqf_set_callback_error(c"bond 2-3 broken".as_ptr())
+                };
+                status = 4;
+            }
             Failure::NanEnergy => value = f64::NAN,
             Failure::NanGradient => gradient[5] = f64::NAN,
             Failure::MissingGradient => {}
@@ -637,6 +645,11 @@ fn callback_failures_stop_training_and_leave_the_flow_and_summary_unchanged() {
     let options = ml_kl_options();
     let cases = [
         (Failure::Status, EQF_ERR_CALLBACK, "callback returned 3"),
+        (
+            Failure::StatusWithMessage,
+            EQF_ERR_CALLBACK,
+            "callback returned 4: bond 2-3 broken",
+        ),
         (Failure::NanEnergy, EQF_ERR_CALLBACK, "U = NaN"),
         (Failure::NanGradient, EQF_ERR_CALLBACK, "component 5 is NaN"),
         (

@@ -1,0 +1,82 @@
+//! Messages a host callback attaches to its failure (`eqf_set_callback_error`), so that
+//! `eqf_last_error_message` can say *why* an energy callback failed, not only that it did.
+//!
+//! The message lives in a thread-local slot: every callback site clears it just before calling
+//! the host and reads it on the same thread right after a failure, so a message set outside a
+//! callback, or by a callback that then succeeded, never reaches a later error.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char};
+
+use super::status::EQF_OK;
+
+/// Longest message kept, in bytes (longer ones are cut at a character boundary).
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+thread_local! {
+    static MESSAGE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Clears this thread's callback message; call just before invoking a host callback.
+pub(crate) fn clear() {
+    let _ = MESSAGE.try_with(|m| m.borrow_mut().take());
+}
+
+/// `what` with the message the callback attached on this thread, if any (and clears it).
+pub(crate) fn annotate(what: String) -> String {
+    match MESSAGE.try_with(|m| m.borrow_mut().take()).ok().flatten() {
+        Some(message) => format!("{what}: {message}"),
+        None => what,
+    }
+}
+
+/// Attaches a message to the failure a host callback is about to report (by returning a
+/// non-zero status from an energy or energy-gradient callback). The status of the eqflow call
+/// that invoked the callback is then `EQF_ERR_CALLBACK` and `eqf_last_error_message` ends with
+/// this text. Call it from inside the callback, on the thread that runs the callback; a
+/// message set elsewhere, or by a callback that then returns 0, is discarded. NULL clears the
+/// message. The text is copied (at most 4,096 bytes; invalid UTF-8 is replaced).
+///
+/// @param message  NUL-terminated text, or NULL
+/// @return EQF_OK
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_set_callback_error(message: *const c_char) -> i32 {
+    let text = if message.is_null() {
+        None
+    } else {
+        // SAFETY: `message` is non-NULL and, by this function's contract, NUL-terminated and
+        // readable; the borrow ends with the copy below.
+        let bytes = unsafe { CStr::from_ptr(message) }.to_bytes();
+        Some(String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE_BYTES)]).into_owned())
+    };
+    let _ = MESSAGE.try_with(|m| *m.borrow_mut() = text);
+    EQF_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_attached_once_and_then_gone() {
+        clear();
+        let msg = c"bond 3-4 too short";
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { eqf_set_callback_error(msg.as_ptr()) }, EQF_OK);
+        assert_eq!(annotate("failed".into()), "failed: bond 3-4 too short");
+        assert_eq!(annotate("failed".into()), "failed");
+        // SAFETY: NULL is allowed.
+        assert_eq!(unsafe { eqf_set_callback_error(std::ptr::null()) }, EQF_OK);
+        assert_eq!(annotate("failed".into()), "failed");
+        // A message set before the callback site clears it is discarded.
+        // SAFETY: a valid C string.
+        unsafe { eqf_set_callback_error(msg.as_ptr()) };
+        clear();
+        assert_eq!(annotate("failed".into()), "failed");
+        // Long messages are cut.
+        let long = std::ffi::CString::new("x".repeat(10_000)).unwrap();
+        // SAFETY: a valid C string.
+        unsafe { eqf_set_callback_error(long.as_ptr()) };
+        assert_eq!(annotate(String::new()).len(), 2 + MAX_MESSAGE_BYTES);
+    }
+}
