@@ -236,7 +236,8 @@ program fortran_model
     call reloaded%free()
     call adaptive%free()
     call flow%free()
-    deallocate (x, log_q, log_q_again, log_q_reloaded)
+    ! The main program's variables live in its stack frame: free what they own.
+    deallocate (x, log_q, log_q_again, log_q_reloaded, model, save, argument, counts%last)
     write (*, '(a)') 'fortran_model: ok'
 
 contains
