@@ -72,6 +72,12 @@ module eqflow
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD = 0
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING = 1
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING_OT = 2
+    integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED = 3
+
+    ! Limits (eqflow.h): elements of one array, bytes of one exact-discrete workspace, particles.
+    integer(c_int64_t), parameter, public :: EQF_MAX_ELEMENTS = 1099511627776_c_int64_t
+    integer(c_int64_t), parameter, public :: EQF_MAX_WORKSPACE_BYTES = 4294967296_c_int64_t
+    integer(c_int64_t), parameter, public :: EQF_MAX_PARTICLES = 1000000_c_int64_t
 
     ! ---------------------------------------------------------------------------------------
     ! Layer 1: raw bind(C) interfaces.

@@ -9,6 +9,9 @@
 //! - Fortran: an interface `function|subroutine <name>(...) bind(C, name="<name>")` with the
 //!   C name (the module's convention: raw interfaces carry the C names), declared `public`.
 //!
+//! The integer constants (`#define EQF_* <integer>`) are checked likewise: C++ sees the
+//! header's macros, the Fortran module must declare each as a `parameter` of the same value.
+//!
 //! The scanners are plain text scans of files we write ourselves; the tests at the end run
 //! them on small synthetic inputs, so that a scanner that silently finds nothing cannot make
 //! the real checks pass.
@@ -29,6 +32,11 @@ const FORTRAN_NOT_BOUND: &[(&str, &str)] = &[
     // Empty: every C function has a bind(C) interface. The log callback is bound too
     // (eqf_log_fn as a bind(C) abstract interface, the message as a c_ptr read with
     // eqflow_string), with the thread-safety caveat documented in the module.
+];
+
+/// Header constants the Fortran module deliberately does not declare, each with its reason.
+const FORTRAN_CONSTANTS_NOT_DECLARED: &[(&str, &str)] = &[
+    // Empty: every EQF_* constant is a Fortran parameter (the limits as integer(c_int64_t)).
 ];
 
 fn read(relative: &str) -> String {
@@ -276,6 +284,139 @@ fn fortran_problems(header: &str, module: &str, allowed: &[(&str, &str)]) -> Vec
         allowed,
     ));
     found
+}
+
+/// The integer constants of the header: `#define EQF_NAME <integer>`.
+fn header_constants(header: &str) -> Vec<(String, i64)> {
+    strip_c_comments(header)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "#define").then_some(())?;
+            let name = words.next()?;
+            let value = words.next()?.parse().ok()?;
+            name.starts_with("EQF_").then(|| (name.to_owned(), value))
+        })
+        .collect()
+}
+
+/// The `EQF_*` named constants of the Fortran module: `... parameter ... :: EQF_NAME = <integer>`
+/// (an optional kind suffix such as `_c_int64_t` is ignored).
+fn fortran_constants(source: &str) -> Vec<(String, i64)> {
+    let mut found = Vec::new();
+    for statement in fortran_statements(source) {
+        let Some((attributes, declarations)) = statement.split_once("::") else {
+            continue;
+        };
+        if !attributes.to_ascii_lowercase().contains("parameter") {
+            continue;
+        }
+        for declaration in declarations.split(',') {
+            let Some((name, value)) = declaration.split_once('=') else {
+                continue;
+            };
+            let name = name.trim();
+            let value = value.trim();
+            let digits = value.split('_').next().unwrap_or(value);
+            if let (true, Ok(value)) = (name.starts_with("EQF_"), digits.parse()) {
+                found.push((name.to_owned(), value));
+            }
+        }
+    }
+    found
+}
+
+/// Problems of the Fortran constants against the header's: missing (not allow-listed),
+/// different values, constants the header does not define, stale allow-list entries.
+fn fortran_constant_problems(header: &str, module: &str, allowed: &[(&str, &str)]) -> Vec<String> {
+    let declared = header_constants(header);
+    let fortran = fortran_constants(module);
+    let mut found = Vec::new();
+    for (name, value) in &declared {
+        let in_fortran = fortran.iter().find(|(f, _)| f == name);
+        let allowed_here = allowed.iter().any(|(a, _)| a == name);
+        match in_fortran {
+            None if !allowed_here => found.push(format!(
+                "Fortran: {name} = {value} is in eqflow.h but not a parameter of the module \
+                 (declare it, or allow-list it in tests/bindings.rs with the reason)"
+            )),
+            Some((_, f)) if f != value => found.push(format!(
+                "Fortran: {name} is {f} in the module but {value} in eqflow.h"
+            )),
+            Some(_) if allowed_here => found.push(format!(
+                "Fortran: {name} is declared, remove it from the allow-list"
+            )),
+            _ => {}
+        }
+    }
+    for (name, _) in &fortran {
+        if !declared.iter().any(|(d, _)| d == name) {
+            found.push(format!(
+                "Fortran: declares {name}, which eqflow.h does not define (a typo?)"
+            ));
+        }
+    }
+    for (name, reason) in allowed {
+        if !declared.iter().any(|(d, _)| d == name) {
+            found.push(format!(
+                "Fortran: allow-list names {name}, which eqflow.h does not define"
+            ));
+        }
+        if reason.trim().is_empty() {
+            found.push(format!("Fortran: allow-list entry {name} gives no reason"));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_fortran_module_declares_every_constant() {
+    let header = read("include/eqflow.h");
+    assert!(
+        header_constants(&header).len() > 20,
+        "{:?}",
+        header_constants(&header)
+    );
+    let problems = fortran_constant_problems(
+        &header,
+        &read("include/eqflow.f90"),
+        FORTRAN_CONSTANTS_NOT_DECLARED,
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn fortran_constants_are_compared_by_value() {
+    let header = "/** #define EQF_IN_COMMENT 1 */\n#define EQF_A 0\n#define EQF_BIG 4294967296\n\
+                  #define EQF_C 2\n#define EQFLOW_H\n";
+    let module = "
+    integer(c_int32_t), parameter, public :: EQF_A = 0 ! EQF_C = 2 in a comment
+    integer(c_int64_t), parameter, public :: EQF_BIG = &
+        4294967296_c_int64_t, EQF_TYPO = 3
+    integer(c_int32_t) :: EQF_NOT_A_PARAMETER = 2
+";
+    assert_eq!(
+        fortran_constants(module),
+        [
+            ("EQF_A".to_owned(), 0),
+            ("EQF_BIG".to_owned(), 4_294_967_296),
+            ("EQF_TYPO".to_owned(), 3)
+        ]
+    );
+    let text = fortran_constant_problems(header, module, &[]).join("\n");
+    assert!(
+        text.contains("EQF_C = 2 is in eqflow.h but not a parameter"),
+        "{text}"
+    );
+    assert!(text.contains("declares EQF_TYPO"), "{text}");
+    assert!(!text.contains("EQF_IN_COMMENT"), "{text}");
+    let wrong = module.replace("EQF_A = 0", "EQF_A = 1");
+    let text = fortran_constant_problems(header, &wrong, &[("EQF_C", "for a test")]).join("\n");
+    assert!(
+        text.contains("EQF_A is 1 in the module but 0 in eqflow.h"),
+        "{text}"
+    );
+    assert!(!text.contains("EQF_C"), "{text}");
 }
 
 #[test]
