@@ -26,10 +26,19 @@
 ! it; a move and training options belong to one thread at a time. An energy callback must be
 ! bind(C) with the interface eqf_energy_fn below and return 0 on success; the training callbacks
 ! (eqf_energy_grad_fn, eqf_train_progress_fn) likewise. Training calls them only on the thread
-! that called flow%train, never concurrently, so they may use non-thread-safe code.
+! that called flow%train, never concurrently, so they may use non-thread-safe code. The log
+! callback (eqf_log_fn, installed with eqflow_set_log_callback) is the exception: it is
+! process-wide and may be called from any thread, concurrently, so it must be thread-safe
+! (no unprotected module or SAVE variables); its message is a C string, read it with
+! eqflow_string(message).
+!
+! C out-pointers that may be NULL are `optional` arguments of the raw interfaces (an absent
+! argument is passed as NULL, Fortran 2018), except the older `gradient` and `x_validation`,
+! which are type(c_ptr).
 module eqflow
     use, intrinsic :: iso_c_binding, only: c_int32_t, c_int64_t, c_double, c_size_t, c_char, &
-        c_ptr, c_funptr, c_null_ptr, c_null_char, c_associated, c_funloc, c_loc, c_sizeof
+        c_ptr, c_funptr, c_null_ptr, c_null_funptr, c_null_char, c_associated, c_funloc, c_loc, &
+        c_sizeof, c_f_pointer
     use, intrinsic :: iso_fortran_env, only: error_unit
     implicit none
     private
@@ -54,10 +63,21 @@ module eqflow
     integer(c_int32_t), parameter, public :: EQF_METHOD_DOPRI5 = 1
     integer(c_int32_t), parameter, public :: EQF_DENSITY_EXACT_DISCRETE = 0
     integer(c_int32_t), parameter, public :: EQF_DENSITY_CONTINUOUS = 1
+    ! Log levels (eqf_set_log_callback).
+    integer(c_int32_t), parameter, public :: EQF_LOG_ERROR = 1
+    integer(c_int32_t), parameter, public :: EQF_LOG_WARNING = 2
+    integer(c_int32_t), parameter, public :: EQF_LOG_INFO = 3
+    integer(c_int32_t), parameter, public :: EQF_LOG_DEBUG = 4
     ! Training objectives (eqf_train_options_set_objective).
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD = 0
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING = 1
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING_OT = 2
+    integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED = 3
+
+    ! Limits (eqflow.h): elements of one array, bytes of one exact-discrete workspace, particles.
+    integer(c_int64_t), parameter, public :: EQF_MAX_ELEMENTS = 1099511627776_c_int64_t
+    integer(c_int64_t), parameter, public :: EQF_MAX_WORKSPACE_BYTES = 4294967296_c_int64_t
+    integer(c_int64_t), parameter, public :: EQF_MAX_PARTICLES = 1000000_c_int64_t
 
     ! ---------------------------------------------------------------------------------------
     ! Layer 1: raw bind(C) interfaces.
@@ -76,6 +96,25 @@ module eqflow
             integer(c_int32_t) :: status
         end function eqf_energy_fn
     end interface
+
+    public :: eqf_log_fn
+    abstract interface
+        ! Receives eqflow's messages: a level EQF_LOG_ERROR ... EQF_LOG_DEBUG and a C string
+        ! valid only during the call (read it with eqflow_string). May be called from any
+        ! thread, concurrently. See eqf_log_fn in eqflow.h.
+        subroutine eqf_log_fn(user, level, message) bind(C)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: user
+            integer(c_int32_t), value :: level
+            type(c_ptr), value :: message
+        end subroutine eqf_log_fn
+    end interface
+
+    ! The solver work behind a move's decided proposals (eqf_move_solver_stats).
+    type, bind(C), public :: eqf_solver_stats
+        integer(c_int64_t) :: n_eval = 0, n_jacobian = 0, n_steps = 0, n_rejected = 0, &
+            n_newton = 0, n_corrected = 0
+    end type eqf_solver_stats
 
     ! One training epoch's report and a training run's summary (eqflow.h). Both begin with
     ! their size in bytes; later versions only append fields.
@@ -130,7 +169,55 @@ module eqflow
     public :: eqf_train_options_set_lambda_linear, eqf_train_options_set_progress
     public :: eqf_train_options_set_objective
     public :: eqf_train_options_set_kl_energy, eqf_train_options_set_kl_energy_fn, eqf_flow_train
+    public :: eqf_version, eqf_set_log_callback, eqf_flow_load, eqf_flow_certificate
+    public :: eqf_flow_integrator, eqf_move_solver_stats
     interface
+        function eqf_version() bind(C, name="eqf_version") result(version)
+            import :: c_ptr
+            type(c_ptr) :: version
+        end function eqf_version
+
+        subroutine eqf_set_log_callback(callback, user) bind(C, name="eqf_set_log_callback")
+            import :: c_funptr, c_ptr
+            type(c_funptr), value :: callback
+            type(c_ptr), value :: user
+        end subroutine eqf_set_log_callback
+
+        function eqf_flow_load(path, out) bind(C, name="eqf_flow_load") result(status)
+            import :: c_char, c_ptr, c_int32_t
+            character(kind=c_char), intent(in) :: path(*)
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_flow_load
+
+        function eqf_flow_certificate(flow, certified, max_contraction, n_steps_needed) &
+                bind(C, name="eqf_flow_certificate") result(status)
+            import :: c_ptr, c_int32_t, c_double, c_int64_t
+            type(c_ptr), value :: flow
+            integer(c_int32_t), intent(inout) :: certified
+            real(c_double), intent(inout) :: max_contraction
+            integer(c_int64_t), intent(inout), optional :: n_steps_needed
+            integer(c_int32_t) :: status
+        end function eqf_flow_certificate
+
+        function eqf_flow_integrator(flow, method, n_steps, rtol, atol, density_mode) &
+                bind(C, name="eqf_flow_integrator") result(status)
+            import :: c_ptr, c_int32_t, c_int64_t, c_double
+            type(c_ptr), value :: flow
+            integer(c_int32_t), intent(inout), optional :: method, density_mode
+            integer(c_int64_t), intent(inout), optional :: n_steps
+            real(c_double), intent(inout), optional :: rtol, atol
+            integer(c_int32_t) :: status
+        end function eqf_flow_integrator
+
+        function eqf_move_solver_stats(move, stats) bind(C, name="eqf_move_solver_stats") &
+                result(status)
+            import :: c_ptr, c_int32_t, eqf_solver_stats
+            type(c_ptr), value :: move
+            type(eqf_solver_stats), intent(inout) :: stats
+            integer(c_int32_t) :: status
+        end function eqf_move_solver_stats
+
         function eqf_abi_version() bind(C, name="eqf_abi_version") result(version)
             import :: c_int32_t
             integer(c_int32_t) :: version
@@ -467,7 +554,8 @@ module eqflow
     ! Layer 2: derived types owning the handles.
     ! ---------------------------------------------------------------------------------------
 
-    public :: eqflow_last_error, eqflow_log_weights, eqflow_kish_ess
+    public :: eqflow_last_error, eqflow_log_weights, eqflow_kish_ess, eqflow_version
+    public :: eqflow_string, eqflow_set_log_callback
 
     ! An equivariant normalizing flow. Immutable once created: share it between threads.
     type, public :: eqflow_flow
@@ -475,7 +563,10 @@ module eqflow
         type(c_ptr) :: ptr = c_null_ptr
     contains
         procedure :: create => flow_create
+        procedure :: load => flow_load
         procedure :: with_integrator => flow_with_integrator
+        procedure :: integrator => flow_integrator
+        procedure :: certificate => flow_certificate
         procedure :: n_particles => flow_n_particles
         procedure :: n_dim => flow_n_dim
         procedure :: sample => flow_sample
@@ -533,6 +624,7 @@ module eqflow
         procedure :: accept => move_accept
         procedure :: step => move_step
         procedure :: stats => move_stats
+        procedure :: solver_stats => move_solver_stats
         procedure :: free => move_free
     end type eqflow_move
 
@@ -551,6 +643,52 @@ contains
             message(i:i) = buffer(i)
         end do
     end function eqflow_last_error
+
+    ! The library version, e.g. '0.1.0' (eqf_version).
+    function eqflow_version() result(version)
+        character(len=:), allocatable :: version
+        version = eqflow_string(eqf_version())
+    end function eqflow_version
+
+    ! A Fortran copy of the NUL-terminated C string at `text` ('' for a null pointer), for
+    ! eqf_version and the message of a log callback.
+    function eqflow_string(text) result(string)
+        type(c_ptr), intent(in) :: text
+        character(len=:), allocatable :: string
+        character(kind=c_char), pointer :: chars(:)
+        integer :: length
+        if (.not. c_associated(text)) then
+            string = ''
+            return
+        end if
+        ! The string's length is not known in advance: view it as a long array and stop at the
+        ! NUL, never reading past it.
+        call c_f_pointer(text, chars, [huge(0)])
+        length = 0
+        do while (chars(length + 1) /= c_null_char)
+            length = length + 1
+        end do
+        allocate (character(len=length) :: string)
+        do length = 1, len(string)
+            string(length:length) = chars(length)
+        end do
+    end function eqflow_string
+
+    ! Installs `callback` (interface eqf_log_fn) as the receiver of eqflow's messages, with
+    ! `user` passed back to it (eqf_set_log_callback); without `callback`, removes it (the
+    ! default: eqflow prints nothing). Process-wide; the callback must be thread-safe.
+    subroutine eqflow_set_log_callback(callback, user)
+        procedure(eqf_log_fn), optional :: callback
+        type(c_ptr), intent(in), optional :: user
+        type(c_ptr) :: user_ptr
+        user_ptr = c_null_ptr
+        if (present(user)) user_ptr = user
+        if (present(callback)) then
+            call eqf_set_log_callback(c_funloc(callback), user_ptr)
+        else
+            call eqf_set_log_callback(c_null_funptr, c_null_ptr)
+        end if
+    end subroutine eqflow_set_log_callback
 
     ! Reports `code` through `status` if present, else stops with the message on failure.
     subroutine finish(code, status, context)
@@ -626,6 +764,77 @@ contains
         end if
         call finish(code, status, 'eqf_flow_new')
     end subroutine flow_create
+
+    ! A flow from a model file written by flow%save or the eqflow command line (eqf_flow_load).
+    ! Frees a flow this object held before (only on success).
+    subroutine flow_load(this, path, status)
+        class(eqflow_flow), intent(inout) :: this
+        character(len=*), intent(in) :: path
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_flow_load(c_string(path), out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+        end if
+        call finish(code, status, 'eqf_flow_load')
+    end subroutine flow_load
+
+    ! The flow's integrator and density mode, each output optional (eqf_flow_integrator): the
+    ! arguments of flow%with_integrator. rtol and atol are 0 for RK4; for Dormand-Prince,
+    ! n_steps is the maximum number of attempted steps.
+    subroutine flow_integrator(this, method, n_steps, rtol, atol, density_mode, status)
+        class(eqflow_flow), intent(in) :: this
+        integer(c_int32_t), intent(out), optional :: method, density_mode
+        integer, intent(out), optional :: n_steps
+        real(c_double), intent(out), optional :: rtol, atol
+        integer(c_int32_t), intent(out), optional :: status
+        integer(c_int32_t) :: method_out, density_out
+        integer(c_int64_t) :: steps_out
+        real(c_double) :: rtol_out, atol_out
+        method_out = -1
+        density_out = -1
+        steps_out = 0
+        rtol_out = 0.0_c_double
+        atol_out = 0.0_c_double
+        call finish(eqf_flow_integrator(this%ptr, method_out, steps_out, rtol_out, atol_out, &
+            density_out), status, 'eqf_flow_integrator')
+        if (present(method)) method = method_out
+        if (present(n_steps)) n_steps = int(steps_out)
+        if (present(rtol)) rtol = rtol_out
+        if (present(atol)) atol = atol_out
+        if (present(density_mode)) density_mode = density_out
+    end subroutine flow_integrator
+
+    ! Whether every step of the flow's RK4 map is certified to be a bijection
+    ! (eqf_flow_certificate): `certified` when max_contraction, the worst step's increment
+    ! bound, is below 1 (never for Dormand-Prince, max_contraction = +infinity). With
+    ! n_steps_needed, also searches the smallest RK4 step count the field certifies (-1 if
+    ! none), which costs more.
+    subroutine flow_certificate(this, certified, max_contraction, n_steps_needed, status)
+        class(eqflow_flow), intent(in) :: this
+        logical, intent(out) :: certified
+        real(c_double), intent(out), optional :: max_contraction
+        integer, intent(out), optional :: n_steps_needed
+        integer(c_int32_t), intent(out), optional :: status
+        integer(c_int32_t) :: flag, code
+        integer(c_int64_t) :: needed
+        real(c_double) :: contraction
+        flag = 0
+        contraction = 0.0_c_double
+        needed = -1
+        if (present(n_steps_needed)) then
+            code = eqf_flow_certificate(this%ptr, flag, contraction, needed)
+            n_steps_needed = int(needed)
+        else
+            code = eqf_flow_certificate(this%ptr, flag, contraction)
+        end if
+        certified = flag /= 0
+        if (present(max_contraction)) max_contraction = contraction
+        call finish(code, status, 'eqf_flow_certificate')
+    end subroutine flow_certificate
 
     ! A new flow with this flow's parameters and another integrator (eqf_flow_with_integrator).
     subroutine flow_with_integrator(this, method, n_steps, rtol, atol, density_mode, new, status)
@@ -1051,6 +1260,14 @@ contains
         n_accepted = 0
         call finish(eqf_move_stats(this%ptr, n_proposed, n_accepted), status, 'eqf_move_stats')
     end subroutine move_stats
+
+    ! The solver work of the decided proposals (eqf_move_solver_stats).
+    subroutine move_solver_stats(this, stats, status)
+        class(eqflow_move), intent(in) :: this
+        type(eqf_solver_stats), intent(out) :: stats
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_move_solver_stats(this%ptr, stats), status, 'eqf_move_solver_stats')
+    end subroutine move_solver_stats
 
     subroutine move_free(this)
         class(eqflow_move), intent(inout) :: this

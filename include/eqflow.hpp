@@ -21,6 +21,8 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -59,13 +61,73 @@ inline void check(int32_t status) {
 
 inline int64_t count(std::size_t n) { return static_cast<int64_t>(n); }
 
+using LogCallable = std::function<void(int32_t, const char *)>;
+
+/* Every callable given to set_log_callback, kept until the program ends. */
+struct LogRegistry {
+    std::mutex mutex;
+    std::vector<std::unique_ptr<LogCallable>> installed;
+
+    static void call(void *user, int32_t level, const char *message) noexcept {
+        try {
+            (*static_cast<LogCallable *>(user))(level, message);
+        } catch (...) {
+        }
+    }
+};
+
+inline LogRegistry &log_registry() {
+    static LogRegistry registry;
+    return registry;
+}
+
 } // namespace detail
 
 /* The library version, e.g. "0.1.0". */
 inline std::string version() { return eqf_version(); }
 
+/* The version of the C ABI of the loaded library (eqf_abi_version); compare it with the
+ * value a program was built against to detect a mismatched shared library. */
+inline int32_t abi_version() { return eqf_abi_version(); }
+
 /* Sets the number of threads of eqflow's batch calls (0 = default); see eqf_set_num_threads. */
 inline void set_num_threads(int64_t n) { detail::check(eqf_set_num_threads(n)); }
+
+/* The number of threads batch calls use now (starting the pool if needed); see
+ * eqf_num_threads. */
+inline int64_t num_threads() {
+    const int64_t n = eqf_num_threads();
+    if (n < 0) {
+        throw Error(EQF_ERR_INVALID_ARGUMENT, detail::last_error_message());
+    }
+    return n;
+}
+
+/* Installs a C log callback (eqf_set_log_callback); a null `callback` removes it. */
+inline void set_log_callback(eqf_log_fn callback, void *user) {
+    eqf_set_log_callback(callback, user);
+}
+
+/* Installs any callable `void log(int32_t level, const char *message)` as the receiver of
+ * eqflow's messages (level EQF_LOG_ERROR ... EQF_LOG_DEBUG; see eqf_set_log_callback). The
+ * setting is process-wide and the callable may be called from any thread, concurrently: it
+ * must be thread-safe. An exception it throws is swallowed (it must not unwind through
+ * eqflow). Callables stay alive until the program ends, since a message that another thread
+ * is delivering while the callback is replaced may still use the old one. */
+template <class F>
+void set_log_callback(F &&callback) {
+    auto holder = std::make_unique<detail::LogCallable>(std::forward<F>(callback));
+    detail::LogRegistry &registry = detail::log_registry();
+    const std::lock_guard<std::mutex> lock(registry.mutex);
+    eqf_set_log_callback(&detail::LogRegistry::call, holder.get());
+    registry.installed.push_back(std::move(holder));
+}
+
+/* Removes the log callback: eqflow is silent again (the default). */
+inline void clear_log_callback() {
+    const std::lock_guard<std::mutex> lock(detail::log_registry().mutex);
+    eqf_set_log_callback(nullptr, nullptr);
+}
 
 /* log w[s] = -U[s]/kT - log_q[s]; see eqf_log_weights. */
 inline std::vector<double> log_weights(const std::vector<double> &U,
@@ -88,6 +150,25 @@ inline double kish_ess(const std::vector<double> &log_w) {
 
 class TrainOptions;
 
+/* The integrator and density mode of a flow (eqf_flow_integrator): method EQF_METHOD_*,
+ * density_mode EQF_DENSITY_*; rtol and atol are 0 for RK4; n_steps is the number of steps of
+ * RK4 or the maximum number of attempted Dormand-Prince steps. */
+struct Integrator {
+    int32_t method = EQF_METHOD_RK4;
+    int64_t n_steps = 0;
+    double rtol = 0.0;
+    double atol = 0.0;
+    int32_t density_mode = EQF_DENSITY_EXACT_DISCRETE;
+};
+
+/* The step certificate of a flow's RK4 map (eqf_flow_certificate): certified when every step
+ * is a bijection, i.e. when max_contraction, the worst step's increment bound, is below 1
+ * (never for an adaptive method, whose max_contraction is +infinity). */
+struct StepCertificate {
+    bool certified = false;
+    double max_contraction = 0.0;
+};
+
 /* An equivariant normalizing flow (eqf_flow). Immutable: share it between threads freely (only
  * Flow::train changes it). */
 class Flow {
@@ -99,6 +180,14 @@ public:
 
     /* Takes ownership of a handle from the C API (for example eqf_flow_with_integrator). */
     explicit Flow(eqf_flow *raw) noexcept : raw_(raw) {}
+
+    /* A flow from a model file written by save() or the eqflow command line; see
+     * eqf_flow_load. */
+    static Flow load(const std::string &path) {
+        eqf_flow *out = nullptr;
+        detail::check(eqf_flow_load(path.c_str(), &out));
+        return Flow(out);
+    }
 
     Flow(Flow &&other) noexcept : raw_(std::exchange(other.raw_, nullptr)) {}
     Flow &operator=(Flow &&other) noexcept {
@@ -125,6 +214,42 @@ public:
         detail::check(
             eqf_flow_with_integrator(get(), method, n_steps, rtol, atol, density_mode, &out));
         return Flow(out);
+    }
+
+    /* Writes the flow to a model file (bit-exact parameters); see eqf_flow_save. */
+    void save(const std::string &path) const {
+        detail::check(eqf_flow_save(get(), path.c_str()));
+    }
+
+    /* The integrator and density mode; see eqf_flow_integrator. */
+    Integrator integrator() const {
+        Integrator out;
+        detail::check(eqf_flow_integrator(get(), &out.method, &out.n_steps, &out.rtol,
+                                          &out.atol, &out.density_mode));
+        return out;
+    }
+
+    /* Whether every step of the RK4 map is certified to be a bijection; see
+     * eqf_flow_certificate. */
+    StepCertificate certificate() const {
+        int32_t certified = 0;
+        StepCertificate out;
+        detail::check(eqf_flow_certificate(get(), &certified, &out.max_contraction, nullptr));
+        out.certified = certified != 0;
+        return out;
+    }
+
+    /* The smallest RK4 step count whose map the field certifies, or nothing if none up to the
+     * largest step count (a search: costlier than certificate()); see eqf_flow_certificate. */
+    std::optional<int64_t> certified_step_count() const {
+        int32_t certified = 0;
+        double max_contraction = 0.0;
+        int64_t needed = -1;
+        detail::check(eqf_flow_certificate(get(), &certified, &max_contraction, &needed));
+        if (needed < 0) {
+            return std::nullopt;
+        }
+        return needed;
     }
 
     /* n samples into caller arrays of n*N*D and n doubles; see eqf_flow_sample. */

@@ -4,7 +4,8 @@
 //! wrapper `include/eqflow.hpp`) are built as C++17 only; Fortran programs (`.f90`, using the
 //! module in `include/eqflow.f90`) with gfortran when it is installed, and skipped (with a
 //! message) otherwise. When valgrind is installed, every program also runs once under
-//! `valgrind --leak-check=full` with small iteration counts, and must be clean.
+//! `valgrind --leak-check=full` with small iteration counts, and must be clean. `cpp_model` and
+//! `fortran_model` get the shipped `models/dw4.json` as `--model PATH`.
 //!
 //! The libraries are the ones this `cargo test` run built: cargo compiles the crate's lib
 //! target with all its crate types (rlib, cdylib, staticlib) in `target/<profile>/deps/`, the
@@ -51,14 +52,19 @@ const STATIC_SYSTEM_LIBS: &[&str] = &["-lpthread", "-ldl", "-lm"];
 /// The programs in `c_examples/` (file names); `every_example_is_tested` keeps this list
 /// complete.
 const EXAMPLES: &[&str] = &[
+    "cpp_model.cpp",
     "cpp_move.cpp",
     "dw4_basic.c",
     "errors.c",
     "fortran_dw4.f90",
+    "fortran_model.f90",
     "mc_dw4.c",
     "threads.c",
     "train_dw4.c",
 ];
+
+/// The shipped trained DW-4 model, which `cpp_model` and `fortran_model` load.
+const DW4_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");
 
 #[derive(Clone, Copy, Debug)]
 enum Language {
@@ -506,6 +512,74 @@ fn cpp_move_static() {
     build_and_run("cpp_move", Language::CxxSource, Link::Static);
 }
 
+/// Builds and runs `cpp_model` or `fortran_model` on the shipped DW-4 model, with a copy of the
+/// model saved under `CARGO_TARGET_TMPDIR` (one file per run: tests run in parallel) and
+/// reloaded by the program. The programs fail by themselves on any failed check.
+fn run_model_example(example: &str, language: Language, link: Link) -> String {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let binary = build(example, language, link);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_examples");
+    let save = dir.join(format!(
+        "{example}-{link:?}-{}.json",
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let save = save.to_str().expect("UTF-8 path");
+    let stdout = run_program(&binary, &["--model", DW4_MODEL, "--save", save], None);
+    let saved = std::fs::read_to_string(save).expect("the program saved the model");
+    assert!(saved.contains("\"eqflow-model\""), "{saved}");
+    std::fs::remove_file(save).expect("remove the saved model");
+    stdout
+}
+
+#[test]
+fn cpp_model_shared() {
+    let stdout = run_model_example("cpp_model", Language::CxxSource, Link::Shared);
+    assert!(stdout.contains("cpp_model: 0 failed"), "{stdout}");
+    // The shipped model's 20-step grid is not certified (see BENCHMARKS.md); the program
+    // checks that the step count it reports is the smallest certified one.
+    assert!(
+        stdout.contains("step certificate: not certified"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn cpp_model_static() {
+    run_model_example("cpp_model", Language::CxxSource, Link::Static);
+}
+
+#[test]
+fn fortran_model_shared() {
+    if !has_program("gfortran") {
+        println!("skipped fortran_model: gfortran is not installed");
+        return;
+    }
+    let stdout = run_model_example("fortran_model", Language::Fortran, Link::Shared);
+    assert!(stdout.contains("fortran_model: ok"), "{stdout}");
+    let version = format!("eqflow {} from Fortran", env!("CARGO_PKG_VERSION"));
+    assert!(stdout.contains(&version), "{stdout}");
+}
+
+#[test]
+fn fortran_model_static() {
+    if !has_program("gfortran") {
+        println!("skipped fortran_model: gfortran is not installed");
+        return;
+    }
+    run_model_example("fortran_model", Language::Fortran, Link::Static);
+}
+
+/// Without a model the model examples are a usage error, not a silent success.
+#[test]
+fn model_examples_require_a_model() {
+    let binary = build("cpp_model", Language::CxxSource, Link::Shared);
+    let output = Command::new(&binary)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run cpp_model");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
 #[test]
 fn fortran_dw4_shared() {
     if let Some(stdout) = fortran("fortran_dw4", Link::Shared) {
@@ -544,11 +618,21 @@ fn examples_are_clean_under_valgrind() {
         ("threads", Language::C, &["--steps", "2"]),
         ("train_dw4", Language::C, &["--quick"]),
         ("cpp_move", Language::CxxSource, &["5"]),
+        (
+            "cpp_model",
+            Language::CxxSource,
+            &["--model", DW4_MODEL, "--quick"],
+        ),
     ];
     if has_program("gfortran") {
         programs.push(("fortran_dw4", Language::Fortran, &["5"]));
+        programs.push((
+            "fortran_model",
+            Language::Fortran,
+            &["--model", DW4_MODEL, "--quick"],
+        ));
     } else {
-        println!("fortran_dw4 skipped under valgrind: gfortran is not installed");
+        println!("Fortran examples skipped under valgrind: gfortran is not installed");
     }
     // Two at a time: the machine may have few cores, and valgrind serialises each program.
     std::thread::scope(|scope| {
