@@ -336,7 +336,7 @@ static void model_files(const eqf_flow *flow) {
     remove(bad);
 }
 
-/* A KL energy callback that always fails. */
+/* A KL energy callback that always fails, saying why. */
 static int32_t failing_energy(void *user, int64_t n_particles, int64_t dim, const double *x,
                               double *U, double *gradient) {
     (void)user;
@@ -345,6 +345,7 @@ static int32_t failing_energy(void *user, int64_t n_particles, int64_t dim, cons
     (void)x;
     (void)U;
     (void)gradient;
+    eqf_set_callback_error("host force field not initialised");
     return 5;
 }
 
@@ -468,7 +469,7 @@ static void training(const eqf_flow *source) {
                 EQF_ERR_INVALID_ARGUMENT, "3 particles");
     CHECK(eqf_train_options_set_kl_energy_fn(options, failing_energy, NULL) == EQF_OK);
     CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 0, NULL, &summary),
-                EQF_ERR_CALLBACK, "returned 5");
+                EQF_ERR_CALLBACK, "returned 5: host force field not initialised");
     CHECK(eqf_train_options_set_kl_energy_fn(options, no_gradient_energy, NULL) == EQF_OK);
     CHECK_FAILS(eqf_flow_train(flow, options, N_SAMPLES, x, 0, NULL, &summary),
                 EQF_ERR_CALLBACK, "non-finite gradient");

@@ -170,8 +170,15 @@ module eqflow
     public :: eqf_train_options_set_objective
     public :: eqf_train_options_set_kl_energy, eqf_train_options_set_kl_energy_fn, eqf_flow_train
     public :: eqf_version, eqf_set_log_callback, eqf_flow_load, eqf_flow_certificate
-    public :: eqf_flow_integrator, eqf_move_solver_stats
+    public :: eqf_flow_integrator, eqf_move_solver_stats, eqf_set_callback_error
     interface
+        function eqf_set_callback_error(message) bind(C, name="eqf_set_callback_error") &
+                result(status)
+            import :: c_char, c_int32_t
+            character(kind=c_char), intent(in) :: message(*)
+            integer(c_int32_t) :: status
+        end function eqf_set_callback_error
+
         function eqf_version() bind(C, name="eqf_version") result(version)
             import :: c_ptr
             type(c_ptr) :: version
@@ -555,6 +562,7 @@ module eqflow
     ! ---------------------------------------------------------------------------------------
 
     public :: eqflow_last_error, eqflow_log_weights, eqflow_kish_ess, eqflow_version
+    public :: eqflow_set_callback_error
     public :: eqflow_string, eqflow_set_log_callback
 
     ! An equivariant normalizing flow. Immutable once created: share it between threads.
@@ -643,6 +651,14 @@ contains
             message(i:i) = buffer(i)
         end do
     end function eqflow_last_error
+
+    ! From inside a host energy callback that is about to return a non-zero status: attaches
+    ! `message` to the failure; eqflow_last_error then ends with it (eqf_set_callback_error).
+    subroutine eqflow_set_callback_error(message)
+        character(len=*), intent(in) :: message
+        integer(c_int32_t) :: status
+        status = eqf_set_callback_error(trim(message) // c_null_char)
+    end subroutine eqflow_set_callback_error
 
     ! The library version, e.g. '0.1.0' (eqf_version).
     function eqflow_version() result(version)

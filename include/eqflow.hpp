@@ -103,6 +103,13 @@ inline int64_t num_threads() {
     return n;
 }
 
+/* From inside a host energy callback that is about to return a non-zero status: attaches
+ * `message` to the failure, so the resulting eqflow::Error's text ends with it
+ * (eqf_set_callback_error). */
+inline void set_callback_error(const std::string &message) {
+    eqf_set_callback_error(message.c_str());
+}
+
 /* Installs a C log callback (eqf_set_log_callback); a null `callback` removes it. */
 inline void set_log_callback(eqf_log_fn callback, void *user) {
     eqf_set_log_callback(callback, user);
