@@ -1,11 +1,16 @@
 //! Cost of one field evaluation per family (the paper's kernel field against the envpair
 //! field) on DW-4 and LJ-13, single-threaded: the velocity alone, with the exact divergence,
 //! with the dense Jacobian (the exact-discrete density's need), and the flow-matching reverse
-//! pass. Run: `cargo bench --bench field`. Results go into BENCHMARKS.md.
+//! pass; and a batch of 16 exact-discrete flow samples (RK4-20, one thread) per family, the
+//! rate behind "effective samples per core-second". Run: `cargo bench --bench field`. Results
+//! go into BENCHMARKS.md.
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use eqflow::Flow;
+use eqflow::integrate::Integrator;
+use eqflow::prior::Prior;
 use eqflow::field::envpair::{EnvPairConfig, EnvPairField};
-use eqflow::field::{Cotangent, KernelConfig, KernelField, TrainableField};
+use eqflow::field::{Cotangent, Field, KernelConfig, KernelField, TrainableField};
 use eqflow::geometry::Layout;
 use rand::{RngExt, SeedableRng};
 use std::hint::black_box;
@@ -51,6 +56,23 @@ fn evaluations<F: TrainableField>(c: &mut Criterion, system: &str, family: &str,
     group.finish();
 }
 
+fn sampling(c: &mut Criterion, system: &str, family: &str, field: impl Into<Field>) {
+    let field = field.into();
+    let layout = field.layout();
+    let flow = Flow::from_parts(Prior::new(layout, 1.0).unwrap(), field, Integrator::default())
+        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let mut group = c.benchmark_group(format!("flow/{system}"));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_millis(500));
+    group.throughput(Throughput::Elements(16));
+    group.bench_function(BenchmarkId::new("sample_exact_discrete_16", family), |b| {
+        b.iter(|| pool.install(|| black_box(flow.sample(black_box(7), 16).unwrap())));
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     for (system, n, dim, kernels, envpair) in [
         (
@@ -71,8 +93,10 @@ fn benches(c: &mut Criterion) {
         let layout = Layout::new(n, dim).unwrap();
         let kernel = KernelField::initialise(layout, kernels, 0).unwrap();
         evaluations(c, system, "kernel", &kernel);
+        sampling(c, system, "kernel", kernel);
         let env = EnvPairField::initialise(layout, envpair, 0).unwrap();
         evaluations(c, system, "envpair", &env);
+        sampling(c, system, "envpair", env);
     }
 }
 
