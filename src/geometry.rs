@@ -77,6 +77,16 @@ pub fn center_of_mass_into(x: &[f64], dim: usize, com: &mut [f64]) {
     for c in com.iter_mut() {
         *c /= n;
     }
+    // Coordinates near the f64 range can overflow the sum although their mean is finite: then
+    // average the scaled values instead (the common case keeps its bits).
+    if com.iter().any(|c| !c.is_finite()) && x.iter().all(|v| v.is_finite()) {
+        com.fill(0.0);
+        for particle in x.chunks_exact(dim) {
+            for (c, xi) in com.iter_mut().zip(particle) {
+                *c += xi / n;
+            }
+        }
+    }
 }
 
 /// Subtracts the particle mean from every particle, in place.

@@ -54,22 +54,19 @@ impl Prior {
     #[must_use]
     pub fn log_density(&self, z: &[f64]) -> f64 {
         let dim = self.layout.dim;
-        let n = self.layout.n_particles as f64;
-        let mut sq = 0.0;
-        let mut com_sq = 0.0;
-        for k in 0..dim {
-            let mut mean = 0.0;
-            for particle in z.chunks_exact(dim) {
-                mean += particle[k];
-            }
-            mean /= n;
-            com_sq += n * mean * mean;
-        }
-        for zi in z {
-            sq += zi * zi;
-        }
-        // |z − z̄|² = |z|² − N|z̄|²
-        let norm_sq = sq - com_sq;
+        let mut mean = [0.0; crate::geometry::MAX_DIM];
+        crate::geometry::center_of_mass_into(z, dim, &mut mean[..dim]);
+        // |z − z̄|² summed directly: the one-pass |z|² − N|z̄|² cancels catastrophically for a
+        // configuration far from the origin (and overflows to ∞ − ∞ beyond 1e154).
+        let norm_sq: f64 = z
+            .chunks_exact(dim)
+            .map(|p| {
+                p.iter()
+                    .zip(&mean)
+                    .map(|(a, m)| (a - m) * (a - m))
+                    .sum::<f64>()
+            })
+            .sum();
         let var = self.sigma * self.sigma;
         -norm_sq / (2.0 * var)
             - 0.5 * self.layout.com_free_dim() as f64 * (2.0 * std::f64::consts::PI * var).ln()

@@ -9,6 +9,7 @@ use eqflow::geometry::Layout;
 use eqflow::integrate::{DensityMode, Dopri5Config, Integrator, Method};
 use eqflow::prior::Prior;
 use eqflow::{Error, Flow};
+use rand::RngExt;
 
 fn flow_with(n: usize, dim: usize, kernels: KernelConfig, seed: u64, integ: Integrator) -> Flow {
     let field = random_field(n, dim, kernels, seed);
@@ -286,5 +287,56 @@ fn concurrent_first_use_of_a_flow_from_many_threads_does_not_deadlock() {
             .recv_timeout(std::time::Duration::from_secs(120))
             .expect("a sampling thread did not finish: deadlock");
         assert_eq!(result.unwrap(), 16);
+    }
+}
+
+/// Finite coordinates far beyond any physical range (a configuration translated by 1e300, or
+/// particles 1e200 apart): the density is a finite number or an error, never NaN with success;
+/// and a translation the CoM removal can represent gives the untranslated value.
+#[test]
+fn extreme_finite_coordinates_give_finite_densities_or_errors() {
+    let lj = eqflow::system::System::preset("lj13").unwrap();
+    let dw = eqflow::system::System::preset("dw4").unwrap();
+    let flows = [
+        lj.untrained_flow(1).unwrap(),
+        dw.untrained_flow(2).unwrap(),
+        dw.untrained_flow_of("envpair", 3).unwrap(),
+    ];
+    let mut r = rng(44);
+    for flow in flows {
+        let len = flow.layout().len();
+        let dim = flow.layout().dim;
+        let (x, log_q) = flow.sample(3, 1).unwrap();
+        for shift in [1e6, 1e15, 1e300, -1e308] {
+            let moved: Vec<f64> = x.iter().map(|v| v + shift).collect();
+            let mut out = [0.0];
+            match flow.log_density_into(&moved, &mut out) {
+                Ok(()) => {
+                    assert!(
+                        out[0].is_finite(),
+                        "shift {shift}: OK with log q {}",
+                        out[0]
+                    );
+                    if shift.abs() <= 1e6 {
+                        assert!((out[0] - log_q[0]).abs() < 1e-6, "shift {shift}");
+                    }
+                }
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
+        // Spread particles: finite, possibly huge.
+        for scale in [1e50, 1e200, 1e300] {
+            let spread: Vec<f64> = (0..len)
+                .map(|i| scale * (i % dim + 1) as f64 * if r.random_bool(0.5) { 1.0 } else { -1.0 })
+                .collect();
+            let mut out = [0.0];
+            if flow.log_density_into(&spread, &mut out).is_ok() {
+                assert!(
+                    out[0].is_finite(),
+                    "spread {scale}: OK with log q {}",
+                    out[0]
+                );
+            }
+        }
     }
 }
