@@ -284,13 +284,25 @@ pub fn load(path: &Path) -> Result<(Flow, ModelFile)> {
 }
 
 /// Saves `flow` (with optional system and training summary) to `path`.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] if the loader would refuse the file (parameters outside the
+/// usable ranges, e.g. after training drove a step strength past its limit): nothing is
+/// written then, so every saved model loads back. I/O errors otherwise.
 pub fn save(
     flow: &Flow,
     system: Option<System>,
     training: Option<serde_json::Value>,
     path: &Path,
 ) -> Result<()> {
-    ModelFile::from_flow(flow, system, training).write(path)
+    let file = ModelFile::from_flow(flow, system, training);
+    file.to_flow().map_err(|e| {
+        Error::invalid(format!(
+            "refusing to save a model that could not be loaded back: {e}"
+        ))
+    })?;
+    file.write(path)
 }
 
 #[cfg(test)]
@@ -437,6 +449,32 @@ mod tests {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{name}.json"));
             load(&path).unwrap();
         }
+    }
+
+    #[test]
+    fn a_flow_the_loader_would_refuse_is_not_saved() {
+        let pl = ParamLayout::new(50, 10);
+        let mut f = sample_file();
+        f.params[pl.w()].fill(0.0);
+        f.params[pl.b()].fill(MAX_STEP_STRENGTH / 0.15 * (1.0 - 1e-12));
+        let flow = f.to_flow().unwrap();
+        // Past the step-strength limit: a finite field the loader refuses.
+        let mut params = flow.field().params().to_vec();
+        params[pl.b()].fill(MAX_STEP_STRENGTH / 0.15 * 1.01);
+        let mut too_strong = flow.clone();
+        too_strong.set_params(&params).unwrap();
+        let dir = std::env::temp_dir().join(format!("eqflow-save-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.json");
+        let err = save(&too_strong, None, None, &path).unwrap_err();
+        assert!(
+            err.to_string().contains("could not be loaded back"),
+            "{err}"
+        );
+        assert!(!path.exists(), "nothing written");
+        save(&flow, None, None, &path).unwrap();
+        load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
