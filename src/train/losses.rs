@@ -2,9 +2,9 @@
 //!
 //! See the [module docs](super) for the definitions and sign conventions.
 
-use rayon::ThreadPool;
 use rayon::prelude::*;
 
+use super::pool::parallel;
 use super::tape::Rk4Tape;
 use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
@@ -287,8 +287,6 @@ pub struct Losses<'a> {
     field: &'a Field,
     prior: &'a Prior,
     n_steps: usize,
-    /// Where the parallel work runs; `None`: the current rayon pool.
-    pool: Option<&'a ThreadPool>,
 }
 
 impl<'a> Losses<'a> {
@@ -304,25 +302,7 @@ impl<'a> Losses<'a> {
             field: flow.field(),
             prior: flow.prior(),
             n_steps,
-            pool: None,
         })
-    }
-
-    /// Runs the parallel work in `pool` (installed around each parallel section only) instead
-    /// of the current rayon pool, while everything else — serial energies included — stays on
-    /// the calling thread. For the C API, whose host threads are not rayon workers.
-    #[must_use]
-    pub(crate) fn in_pool(mut self, pool: Option<&'a ThreadPool>) -> Self {
-        self.pool = pool;
-        self
-    }
-
-    /// Runs `f` in the pool of [`Losses::in_pool`], or right here.
-    fn parallel<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match self.pool {
-            Some(pool) => pool.install(f),
-            None => f(),
-        }
     }
 
     /// Number of trainable parameters (length of gradients).
@@ -499,7 +479,7 @@ impl<'a> Losses<'a> {
         let init = || LossWorkspace::<F>::new(len, self.n_steps);
 
         // (a) x = F(z) and log|det ∂F/∂z| of every sample, with the trajectory if needed.
-        let forward: Vec<Result<KlForward>> = self.parallel(|| {
+        let forward: Vec<Result<KlForward>> = parallel(|| {
             (0..n)
                 .into_par_iter()
                 .map_init(init, |ws, i| {
@@ -543,7 +523,7 @@ impl<'a> Losses<'a> {
             match energy {
                 KlEnergy::Parallel(energy) => {
                     let mut u = vec![0.0; n_ok];
-                    self.parallel(|| {
+                    parallel(|| {
                         u.par_iter_mut()
                             .zip(samples.par_iter())
                             .zip(cotangents.par_iter_mut())
@@ -578,7 +558,7 @@ impl<'a> Losses<'a> {
         // (c) the reverse passes, reduced in index order.
         if let Some(gradient) = gradient {
             let mut per_sample = vec![0.0; n * p];
-            let results: Vec<Result<()>> = self.parallel(|| {
+            let results: Vec<Result<()>> = parallel(|| {
                 per_sample
                     .par_chunks_mut(p)
                     .zip(x_bar.par_chunks(len))
@@ -627,7 +607,7 @@ impl<'a> Losses<'a> {
                 return Err(Error::size("loss gradient", p, gradient.len()));
             }
             let mut per_sample = vec![0.0; n * p];
-            let results = self.parallel(|| {
+            let results = parallel(|| {
                 per_sample
                     .par_chunks_mut(p)
                     .zip(losses.par_iter_mut())
@@ -642,7 +622,7 @@ impl<'a> Losses<'a> {
             reduce_mean(&per_sample, gradient);
             results
         } else {
-            self.parallel(|| {
+            parallel(|| {
                 losses
                     .par_iter_mut()
                     .enumerate()

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use rayon::ThreadPool;
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::flow_matching::flow_matching_step;
@@ -223,7 +222,6 @@ pub struct Trainer<'a> {
     train: &'a [f64],
     validation: Option<&'a [f64]>,
     energy: Option<KlEnergy<'a>>,
-    pool: Option<&'a ThreadPool>,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -247,7 +245,6 @@ impl<'a> Trainer<'a> {
             train,
             validation: None,
             energy: None,
-            pool: None,
         }
     }
 
@@ -274,15 +271,6 @@ impl<'a> Trainer<'a> {
     #[must_use]
     pub fn with_serial_energy(mut self, energy: &'a dyn SerialEnergy) -> Self {
         self.energy = Some(KlEnergy::Serial(energy));
-        self
-    }
-
-    /// Runs the parallel sections in `pool` (each installed separately) rather than the current
-    /// rayon pool, keeping the loop on the calling thread: the C API uses it so that host
-    /// callbacks run on the host's thread while the work uses eqflow's pool.
-    #[must_use]
-    pub(crate) fn in_pool(mut self, pool: &'a ThreadPool) -> Self {
-        self.pool = Some(pool);
         self
     }
 
@@ -368,11 +356,7 @@ impl<'a> Trainer<'a> {
     /// The mean NLL of the validation set under `flow`, if there is one.
     fn validation_nll(&self, flow: &Flow) -> Result<Option<f64>> {
         self.validation
-            .map(|v| {
-                Losses::new(flow, self.config.n_rk4_steps)?
-                    .in_pool(self.pool)
-                    .nll(v)
-            })
+            .map(|v| Losses::new(flow, self.config.n_rk4_steps)?.nll(v))
             .transpose()
     }
 
@@ -431,7 +415,7 @@ impl<'a> Trainer<'a> {
     /// the flow-matching loss) and the KL loss, if computed.
     fn step(&self, run: &mut Run<'a>, xb: &[f64], lambda: f64) -> Result<(f64, Option<f64>)> {
         let c = self.config;
-        let losses = Losses::new(&run.work, c.n_rk4_steps)?.in_pool(self.pool);
+        let losses = Losses::new(&run.work, c.n_rk4_steps)?;
         let g = &mut run.gradients;
         let nll = match c.objective {
             Objective::MaximumLikelihood if lambda > 0.0 => {
