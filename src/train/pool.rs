@@ -7,8 +7,8 @@
 //! which would move the loop and the callbacks onto a pool thread. It names the pool for the
 //! duration of the run with [`with_pool`] instead, and each parallel section is installed in
 //! it by [`parallel`]; without one, the sections use rayon's current pool. The choice is made
-//! here only: the losses call [`parallel`], the trainer knows nothing of pools, and the C API
-//! names its pool once around a run.
+//! here only: the losses and the flow-matching pairing call [`parallel`], the trainer knows
+//! nothing of pools, and the C API names its pool once around a run.
 
 use std::cell::RefCell;
 use std::sync::Arc;
