@@ -11,7 +11,7 @@ use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::field::{Cotangent, Field, TrainableField, with_family};
 use crate::flow::{Flow, sample_rng};
-use crate::geometry::{MAX_DIM, remove_center_of_mass};
+use crate::geometry::{Layout, MAX_DIM, remove_center_of_mass};
 use crate::integrate::check_rk4_steps;
 use crate::prior::Prior;
 
@@ -48,6 +48,17 @@ impl<F: TrainableField> LossWorkspace<F> {
 
 /// The target of the reverse-KL loss: an energy `U` (same particles as the flow) at temperature
 /// `kT` (same energy units), so that `u = U/kT`.
+///
+/// The KL target appears under three names, one concept held in three ways that cannot be
+/// merged without breaking a boundary: this public pair `(U, kT)` for the per-sample loss and
+/// the parallel batch ([`Losses::kl_gradient_into`]); the crate's `KlEnergy`, which says *how*
+/// a batch calls `U` (in parallel for an [`Energy`], in index order on the calling thread for
+/// a [`SerialEnergy`]) and carries no kT, because the trainer's kT is part of its config; and
+/// the C options' `KlTargetEnergy`, which *owns* the energy across calls (a shared built-in
+/// energy, or a host callback with its user pointer) and becomes a `KlEnergy` only when a run
+/// starts and the flow's shape turns the callback into a [`SerialEnergy`]. Holding a
+/// `KlEnergy` here would put a crate-private type in a public field; holding the C callback in
+/// `train/` would make training depend on the C API.
 #[derive(Clone, Copy)]
 pub struct KlTarget<'a> {
     /// The potential energy `U(x)`, with gradient `+∂U/∂x`.
@@ -66,7 +77,8 @@ impl std::fmt::Debug for KlTarget<'_> {
     }
 }
 
-/// Where the reverse-KL loss gets the energies of its batch from.
+/// Where the reverse-KL loss gets the energies of its batch from: how `U` is called, not the
+/// whole target (kT comes separately; see [`KlTarget`] for how the three names relate).
 #[derive(Clone, Copy)]
 pub(crate) enum KlEnergy<'a> {
     /// A thread-safe Rust energy: the batch is evaluated in parallel, one sample per task.
@@ -77,11 +89,21 @@ pub(crate) enum KlEnergy<'a> {
 }
 
 impl KlEnergy<'_> {
-    pub(crate) fn shape(&self) -> (usize, usize) {
-        match self {
+    /// Checks that the energy is for the flow's particles, of `layout`: the one home of that
+    /// rule, for the trainer (before a run) and for every KL batch.
+    pub(crate) fn check_for(&self, layout: Layout) -> Result<()> {
+        let (n_particles, dim) = match self {
             KlEnergy::Parallel(e) => (e.n_particles(), e.dim()),
             KlEnergy::Serial(e) => (e.n_particles(), e.dim()),
+        };
+        if n_particles != layout.n_particles || dim != layout.dim {
+            return Err(Error::invalid(format!(
+                "KL energy is for {n_particles} particles in {dim} dimensions, the flow for {} \
+                 in {}",
+                layout.n_particles, layout.dim
+            )));
         }
+        Ok(())
     }
 }
 
@@ -463,7 +485,8 @@ impl<'a> Losses<'a> {
         n: usize,
         gradient: Option<&mut [f64]>,
     ) -> Result<f64> {
-        check_target(self.prior, energy.shape(), kt)?;
+        Kt::new(kt)?;
+        energy.check_for(self.prior.layout())?;
         if n == 0 {
             return Err(Error::invalid("KL loss needs at least one prior sample"));
         }
@@ -651,18 +674,4 @@ fn reduce_mean(per_sample: &[f64], gradient: &mut [f64]) {
     }
     let inv = 1.0 / (per_sample.len() / p) as f64;
     gradient.iter_mut().for_each(|a| *a *= inv);
-}
-
-/// Checks the temperature and that the energy, of shape `(n_particles, dim)`, is for the
-/// flow's particles.
-fn check_target(prior: &Prior, (n_particles, dim): (usize, usize), kt: f64) -> Result<()> {
-    Kt::new(kt)?;
-    let layout = prior.layout();
-    if n_particles != layout.n_particles || dim != layout.dim {
-        return Err(Error::invalid(format!(
-            "KL energy is for {n_particles} particles in {dim} dimensions, the flow for {} in {}",
-            layout.n_particles, layout.dim
-        )));
-    }
-    Ok(())
 }

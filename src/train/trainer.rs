@@ -340,15 +340,7 @@ impl<'a> Trainer<'a> {
             }
         };
         if let Some(e) = energy {
-            let (n_particles, dim) = e.shape();
-            if n_particles != flow.n_particles() || dim != flow.dim() {
-                return Err(Error::invalid(format!(
-                    "energy is for {n_particles} particles in {dim} dimensions, the flow for {} \
-                     in {}",
-                    flow.n_particles(),
-                    flow.dim()
-                )));
-            }
+            e.check_for(flow.layout())?;
         }
         Ok((n_train, energy))
     }
