@@ -2,7 +2,8 @@
 //! OpenMP threads decides how many threads eqflow may use.
 //!
 //! Batch calls (`eqf_flow_sample`, `eqf_flow_log_density`, `eqf_energy_eval`) run inside this
-//! pool with `ThreadPool::install`; single-configuration calls (the move) run on the caller's
+//! pool with `ThreadPool::install`; a training run stays on the caller's thread with only its
+//! parallel sections in the pool; single-configuration calls (the move) run on the caller's
 //! thread. Results never depend on the pool size: every sample is computed sequentially from its
 //! own random stream (see `crate::flow`).
 
@@ -81,6 +82,13 @@ pub(super) fn pool() -> Result<Arc<ThreadPool>> {
 /// Runs `f` in eqflow's thread pool: the rayon parallelism inside `f` uses that pool only.
 pub(crate) fn install<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
     pool()?.install(f)
+}
+
+/// Runs `f` on the calling thread with the parallel sections of training inside it in eqflow's
+/// thread pool (see `crate::train::pool`): for a training run, whose loop and host callbacks
+/// must stay on the host's thread.
+pub(crate) fn install_sections<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    crate::train::pool::with_pool(&pool()?, f)
 }
 
 /// Sets the number of threads that batch calls (`eqf_flow_sample`, `eqf_flow_log_density`,

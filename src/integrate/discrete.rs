@@ -309,169 +309,26 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     ws: &mut Workspace,
 ) -> Result<(f64, Stats)> {
     ws.reserve_exact_discrete()?;
-    let n = x.len();
+    let step = ForwardStep { field, times, h };
     let cached_stage = std::mem::take(&mut carry.first_stage);
     let cached_chord = std::mem::take(&mut carry.chord);
-    let mut target = std::mem::take(&mut ws.target);
-    let mut image = std::mem::take(&mut ws.trial);
-    let mut residual = std::mem::take(&mut ws.error);
-    target.copy_from_slice(x);
-    let scale = 1.0 + target.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let floor = 64.0 * f64::EPSILON * scale;
-    // A stop on a predicted residual must leave room for the prediction's error.
-    let predicted_floor = 0.25 * floor;
-    // The Newton step the full step may leave for the first-order correction (0 until a
-    // correction was measured: then the chord iterates to round-off).
-    let correctable = (MAX_CORRECTION / carry.sensitivity).min(MAX_CORRECTED_STEP * scale);
-    let skip_chord = carry.predictor_error <= correctable;
+    let mut solve = Solve::start(x, carry, ws);
+    let skip_chord = carry.predictor_error <= solve.correctable;
+    let evaluate_chord = !cached_chord && !skip_chord;
     // Backward step (4 values) and the chord matrix (1 Jacobian), less what is cached or
     // skipped.
-    let mut stats = Stats {
-        n_eval: if cached_stage { 3 } else { 4 },
-        n_jacobian: if cached_chord || skip_chord { 0 } else { 1 },
-        ..Stats::default()
-    };
-    let back = [times[2], times[1], times[0]];
-    // Without a cached chord matrix, the predictor's second middle stage evaluates the
-    // Jacobian with its value (one field value fewer than a separate evaluation): its point is
-    // O(h²) from the step's middle, so `h·J` there is O(h³) from `h·J` at the middle, the
-    // order of P's own error. Other points for J cost more or contract worse (see
-    // docs/numerics.md §"Exact density of the discrete RK4 map", inverse step 2).
-    let mut jac = std::mem::take(&mut ws.jac);
-    let mut jacobian_pending = !cached_chord && !skip_chord;
-    let mut middle_seen = false;
-    rk4::step_with(x, -h, ws, |y, time, v| {
-        // `v` is ws.k[0] at time index 0.
-        let second_middle = time == 1 && std::mem::replace(&mut middle_seen, true);
-        if second_middle && jacobian_pending {
-            field.velocity_jacobian_into(y, back[1], v, &mut jac);
-            jacobian_pending = false;
-        } else if time > 0 || !cached_stage {
-            field.velocity_only_into(y, back[time], v);
-        }
-        0.0
-    });
-    if !cached_chord && !skip_chord {
-        scale_into(h, &jac, &mut ws.chord);
+    solve.stats.n_eval = if cached_stage { 3 } else { 4 };
+    solve.stats.n_jacobian = u64::from(evaluate_chord);
+    step.predict(x, cached_stage, evaluate_chord, ws);
+    if !skip_chord {
+        step.chord_iteration(x, &mut solve, carry, ws);
     }
-    ws.jac = jac;
-    ws.predicted.copy_from_slice(x);
-
-    let symmetric = field.symmetric_jacobian();
-    let chord_target = (correctable / CHORD_MARGIN).max(predicted_floor);
-    let mut previous = f64::INFINITY;
-    for _ in 0..if skip_chord { 0 } else { MAX_NEWTON } {
-        image.copy_from_slice(x);
-        rk4::step_values(field, &mut image, times, h, ws);
-        stats.n_eval += 4;
-        let norm = residual_into(&image, &target, &mut residual, false);
-        if previous.is_finite() && norm < 0.5 * previous {
-            carry.rate = norm / previous;
-        }
-        if norm <= floor || !norm.is_finite() || norm >= 0.5 * previous {
-            break;
-        }
-        apply_inverse_exp(
-            n,
-            &ws.chord,
-            symmetric,
-            &mut residual,
-            &mut ws.stage,
-            &mut ws.product,
-        );
-        for i in 0..n {
-            x[i] -= residual[i];
-        }
-        if norm * carry.rate <= chord_target {
-            break;
-        }
-        previous = norm;
-    }
-
-    // The log-determinant at (or corrected to) the solution, with Newton steps if the chord
-    // did not get close enough.
-    let mut result = Err(Error::NotConverged {
-        what: String::new(),
-        residual: f64::NAN,
-    });
-    let mut previous = f64::INFINITY;
     // The chord matrix of the next step to invert (the step before this one), from this
     // step's stage Jacobians, if the contraction allows it and the next step is expected to
     // iterate (unused after the map's first step: 4n² operations).
     let extrapolate = !skip_chord && carry.rate <= MAX_RATE_FOR_EXTRAPOLATED_CHORD;
-    for iteration in 1..=MAX_NEWTON {
-        let computed = step_and_jacobian(field, x, times, h, &mut image, extrapolate, true, ws);
-        stats.n_eval += 4;
-        stats.n_jacobian += 4;
-        stats.n_newton += 1;
-        let norm = residual_into(&image, &target, &mut residual, true);
-        if !norm.is_finite() {
-            result = Err(Error::non_finite(format!(
-                "inverse RK4 step at t = {}: residual is not finite (the field blew up)",
-                times[0]
-            )));
-            break;
-        }
-        let has_gradient = match computed {
-            Ok(g) => g,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        };
-        let log_det = match factor_step(ws, times[0]) {
-            Ok(v) => v,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        };
-        // Converged at round-off, or stalled at the round-off floor after a real descent.
-        let converged =
-            norm <= floor || (iteration > 1 && norm >= 0.5 * previous && norm <= 1e-11 * scale);
-        if converged && !has_gradient {
-            result = Ok((log_det, stats));
-            break;
-        }
-        // The Newton step Δ (in `residual`), and whether the correction may stand for it.
-        lu_solve(n, &ws.step_jac, &ws.pivots, &mut residual);
-        let (step, c, gradient_norm) = newton_correction(&residual, &ws.quadrature_gradient);
-        if has_gradient && !c.is_finite() {
-            result = Err(Error::non_finite(format!(
-                "inverse RK4 step at t = {}: the gradient of the divergence is not finite \
-                 (the field blew up)",
-                times[0]
-            )));
-            break;
-        }
-        let correct = has_gradient
-            && step <= MAX_CORRECTED_STEP * scale
-            && gradient_norm * step <= MAX_CORRECTION;
-        if converged && !correct {
-            // At round-off but too steep a log-determinant to correct: taken where it is.
-            result = Ok((log_det, stats));
-            break;
-        }
-        for i in 0..n {
-            x[i] -= residual[i];
-        }
-        if correct {
-            stats.n_corrected += 1;
-            carry.sensitivity = gradient_norm;
-            result = Ok((log_det - c, stats));
-            break;
-        }
-        result = Err(Error::NotConverged {
-            what: format!(
-                "inverse of the RK4 step at t = {} did not converge in {MAX_NEWTON} Newton \
-                 iterations; the step may not be invertible here (use more steps)",
-                times[0]
-            ),
-            residual: norm,
-        });
-        previous = norm;
-    }
-    if result.is_ok() {
+    let log_det = step.newton(x, extrapolate, &mut solve, carry, ws);
+    if log_det.is_ok() {
         carry.first_stage = true;
         carry.chord = extrapolate;
         carry.predictor_error = x
@@ -479,10 +336,254 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
             .zip(&ws.predicted)
             .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     }
-    ws.target = target;
-    ws.trial = image;
-    ws.error = residual;
-    result
+    let stats = solve.finish(ws);
+    log_det.map(|log_det| (log_det, stats))
+}
+
+/// The forward step `t → t + h` that [`inverse_step`] inverts, with its parts: the predictor,
+/// the chord iteration and the full (Newton) steps.
+struct ForwardStep<'a, F: ?Sized> {
+    field: &'a F,
+    /// Stage times (see [`grid_stage_times`]).
+    times: [f64; 3],
+    h: f64,
+}
+
+/// The state of one inverse step: buffers borrowed from the workspace until
+/// [`Solve::finish`], the tolerances derived from the point to invert, and the counts.
+struct Solve {
+    /// The step's output, the point to invert.
+    target: Vec<f64>,
+    /// `Φ_h(y)` of the current iterate `y`.
+    image: Vec<f64>,
+    /// `Φ_h(y) − target`, then the correction subtracted from `y`.
+    residual: Vec<f64>,
+    /// `1 + ‖target‖∞`, the scale of round-off.
+    scale: f64,
+    /// A residual at round-off: converged.
+    floor: f64,
+    /// The Newton step the full step may leave for the first-order correction (0 until a
+    /// correction was measured: then the chord iterates to round-off).
+    correctable: f64,
+    /// The step's solver counts so far.
+    stats: Stats,
+}
+
+impl Solve {
+    /// Starts inverting the step whose output is `x`.
+    fn start(x: &[f64], carry: &InverseCarry, ws: &mut Workspace) -> Self {
+        let mut target = std::mem::take(&mut ws.target);
+        target.copy_from_slice(x);
+        let scale = 1.0 + target.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        Solve {
+            target,
+            image: std::mem::take(&mut ws.trial),
+            residual: std::mem::take(&mut ws.error),
+            scale,
+            floor: 64.0 * f64::EPSILON * scale,
+            correctable: (MAX_CORRECTION / carry.sensitivity).min(MAX_CORRECTED_STEP * scale),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Returns the buffers to the workspace; the counts of the step.
+    fn finish(self, ws: &mut Workspace) -> Stats {
+        ws.target = self.target;
+        ws.trial = self.image;
+        ws.error = self.residual;
+        self.stats
+    }
+}
+
+/// How a full step of [`inverse_step`] ended.
+enum FullStep {
+    /// With the log-determinant of the forward step at (or corrected to) the solution.
+    Solved(f64),
+    /// With a Newton step taken from an iterate with this residual (max norm).
+    Stepped(f64),
+}
+
+impl<F: VectorField + ?Sized> ForwardStep<'_, F> {
+    /// The predictor: one backward RK4 step from the output `x`, in place (O(h⁵) from the
+    /// solution), also kept in `ws.predicted`. Its first stage is `ws.k[0]` as left by the
+    /// step after this one if `cached_stage`; with `evaluate_chord` it leaves the chord
+    /// matrix `h·∂v/∂x` in `ws.chord`.
+    fn predict(&self, x: &mut [f64], cached_stage: bool, evaluate_chord: bool, ws: &mut Workspace) {
+        let field = self.field;
+        let back = [self.times[2], self.times[1], self.times[0]];
+        // Without a cached chord matrix, the predictor's second middle stage evaluates the
+        // Jacobian with its value (one field value fewer than a separate evaluation): its point
+        // is O(h²) from the step's middle, so `h·J` there is O(h³) from `h·J` at the middle,
+        // the order of P's own error. Other points for J cost more or contract worse (see
+        // docs/numerics.md §"Exact density of the discrete RK4 map", inverse step 2).
+        let mut jac = std::mem::take(&mut ws.jac);
+        let mut jacobian_pending = evaluate_chord;
+        let mut middle_seen = false;
+        rk4::step_with(x, -self.h, ws, |y, time, v| {
+            // `v` is ws.k[0] at time index 0.
+            let second_middle = time == 1 && std::mem::replace(&mut middle_seen, true);
+            if second_middle && jacobian_pending {
+                field.velocity_jacobian_into(y, back[1], v, &mut jac);
+                jacobian_pending = false;
+            } else if time > 0 || !cached_stage {
+                field.velocity_only_into(y, back[time], v);
+            }
+            0.0
+        });
+        if evaluate_chord {
+            scale_into(self.h, &jac, &mut ws.chord);
+        }
+        ws.jac = jac;
+        ws.predicted.copy_from_slice(x);
+    }
+
+    /// The chord iteration `y ← y − P·(Φ_h(y) − x)` on `x` with the matrix in `ws.chord`
+    /// ([`apply_inverse_exp`]): until the residual is at round-off or stops contracting, or
+    /// the measured contraction (kept in `carry.rate`) predicts a Newton step the full step
+    /// may leave for the correction.
+    fn chord_iteration(
+        &self,
+        x: &mut [f64],
+        solve: &mut Solve,
+        carry: &mut InverseCarry,
+        ws: &mut Workspace,
+    ) {
+        let n = x.len();
+        let symmetric = self.field.symmetric_jacobian();
+        // A stop on a predicted residual must leave room for the prediction's error.
+        let predicted_floor = 0.25 * solve.floor;
+        let chord_target = (solve.correctable / CHORD_MARGIN).max(predicted_floor);
+        let mut previous = f64::INFINITY;
+        for _ in 0..MAX_NEWTON {
+            solve.image.copy_from_slice(x);
+            rk4::step_values(self.field, &mut solve.image, self.times, self.h, ws);
+            solve.stats.n_eval += 4;
+            let norm = residual_into(&solve.image, &solve.target, &mut solve.residual, false);
+            if previous.is_finite() && norm < 0.5 * previous {
+                carry.rate = norm / previous;
+            }
+            if norm <= solve.floor || !norm.is_finite() || norm >= 0.5 * previous {
+                break;
+            }
+            apply_inverse_exp(
+                n,
+                &ws.chord,
+                symmetric,
+                &mut solve.residual,
+                &mut ws.stage,
+                &mut ws.product,
+            );
+            subtract(x, &solve.residual);
+            if norm * carry.rate <= chord_target {
+                break;
+            }
+            previous = norm;
+        }
+    }
+
+    /// Full steps from `x` until one ends the solve; returns the log-determinant of the forward
+    /// step at (or corrected to) the solution. With `extrapolate`, the ending step leaves the
+    /// next step's chord matrix in `ws.chord`.
+    fn newton(
+        &self,
+        x: &mut [f64],
+        extrapolate: bool,
+        solve: &mut Solve,
+        carry: &mut InverseCarry,
+        ws: &mut Workspace,
+    ) -> Result<f64> {
+        let mut previous = f64::INFINITY;
+        for _ in 0..MAX_NEWTON {
+            match self.full_step(x, previous, extrapolate, solve, carry, ws)? {
+                FullStep::Solved(log_det) => return Ok(log_det),
+                FullStep::Stepped(norm) => previous = norm,
+            }
+        }
+        Err(Error::NotConverged {
+            what: format!(
+                "inverse of the RK4 step at t = {} did not converge in {MAX_NEWTON} Newton \
+                 iterations; the step may not be invertible here (use more steps)",
+                self.times[0]
+            ),
+            residual: previous,
+        })
+    }
+
+    /// One full step at the iterate `x`: `Φ_h(x)` with the step Jacobian, factored. Ends the
+    /// solve with the log-determinant if the residual is at round-off (`previous`, the last
+    /// full step's residual, ∞ at the first, tells a stall) and the log-determinant needs no
+    /// correction, or if the Newton step `Δ` is small enough to be corrected for (see
+    /// [`inverse_step`]); otherwise takes the Newton step.
+    fn full_step(
+        &self,
+        x: &mut [f64],
+        previous: f64,
+        extrapolate: bool,
+        solve: &mut Solve,
+        carry: &mut InverseCarry,
+        ws: &mut Workspace,
+    ) -> Result<FullStep> {
+        let n = x.len();
+        let t = self.times[0];
+        let image = &mut solve.image;
+        let computed = step_and_jacobian(
+            self.field,
+            x,
+            self.times,
+            self.h,
+            image,
+            extrapolate,
+            true,
+            ws,
+        );
+        solve.stats.n_eval += 4;
+        solve.stats.n_jacobian += 4;
+        solve.stats.n_newton += 1;
+        let norm = residual_into(&solve.image, &solve.target, &mut solve.residual, true);
+        if !norm.is_finite() {
+            return Err(Error::non_finite(format!(
+                "inverse RK4 step at t = {t}: residual is not finite (the field blew up)"
+            )));
+        }
+        let has_gradient = computed?;
+        let log_det = factor_step(ws, t)?;
+        // Converged at round-off, or stalled at the round-off floor after a real descent.
+        let converged =
+            norm <= solve.floor || (norm >= 0.5 * previous && norm <= 1e-11 * solve.scale);
+        if converged && !has_gradient {
+            return Ok(FullStep::Solved(log_det));
+        }
+        // The Newton step Δ (in `residual`), and whether the correction may stand for it.
+        lu_solve(n, &ws.step_jac, &ws.pivots, &mut solve.residual);
+        let (step, c, gradient_norm) = newton_correction(&solve.residual, &ws.quadrature_gradient);
+        if has_gradient && !c.is_finite() {
+            return Err(Error::non_finite(format!(
+                "inverse RK4 step at t = {t}: the gradient of the divergence is not finite \
+                 (the field blew up)"
+            )));
+        }
+        let correct = has_gradient
+            && step <= MAX_CORRECTED_STEP * solve.scale
+            && gradient_norm * step <= MAX_CORRECTION;
+        if converged && !correct {
+            // At round-off but too steep a log-determinant to correct: taken where it is.
+            return Ok(FullStep::Solved(log_det));
+        }
+        subtract(x, &solve.residual);
+        if correct {
+            solve.stats.n_corrected += 1;
+            carry.sensitivity = gradient_norm;
+            return Ok(FullStep::Solved(log_det - c));
+        }
+        Ok(FullStep::Stepped(norm))
+    }
+}
+
+/// `y ← y − d`, one step of either iteration of [`inverse_step`].
+fn subtract(y: &mut [f64], d: &[f64]) {
+    for (y, d) in y.iter_mut().zip(d) {
+        *y -= d;
+    }
 }
 
 /// The max norm of the Newton step `delta`, the first-order change of the step

@@ -5,6 +5,7 @@ use rand::RngExt;
 
 use super::losses::Losses;
 use super::pairing::{aligned_pairs_into, equivariant_ot_pairs_into};
+use super::pool::parallel;
 use super::trainer::Pairing;
 use crate::error::Result;
 use crate::flow::Flow;
@@ -40,12 +41,12 @@ pub(super) fn flow_matching_step(
         Pairing::InOrder => {}
         Pairing::Aligned => {
             let mut paired = vec![0.0; targets.len()];
-            aligned_pairs_into(&prior, &targets, layout, &mut paired);
+            parallel(|| aligned_pairs_into(&prior, &targets, layout, &mut paired));
             targets = paired;
         }
         Pairing::EquivariantOt => {
             let mut paired = vec![0.0; targets.len()];
-            equivariant_ot_pairs_into(&prior, &targets, layout, &mut paired);
+            parallel(|| equivariant_ot_pairs_into(&prior, &targets, layout, &mut paired));
             targets = paired;
         }
     }

@@ -2,16 +2,16 @@
 //!
 //! See the [module docs](super) for the definitions and sign conventions.
 
-use rayon::ThreadPool;
 use rayon::prelude::*;
 
+use super::pool::parallel;
 use super::tape::Rk4Tape;
 use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::field::{Cotangent, Field, TrainableField, with_family};
 use crate::flow::{Flow, sample_rng};
-use crate::geometry::{MAX_DIM, remove_center_of_mass};
+use crate::geometry::{Layout, MAX_DIM, remove_center_of_mass};
 use crate::integrate::check_rk4_steps;
 use crate::prior::Prior;
 
@@ -48,6 +48,17 @@ impl<F: TrainableField> LossWorkspace<F> {
 
 /// The target of the reverse-KL loss: an energy `U` (same particles as the flow) at temperature
 /// `kT` (same energy units), so that `u = U/kT`.
+///
+/// The KL target appears under three names, one concept held in three ways that cannot be
+/// merged without breaking a boundary: this public pair `(U, kT)` for the per-sample loss and
+/// the parallel batch ([`Losses::kl_gradient_into`]); the crate's `KlEnergy`, which says *how*
+/// a batch calls `U` (in parallel for an [`Energy`], in index order on the calling thread for
+/// a [`SerialEnergy`]) and carries no kT, because the trainer's kT is part of its config; and
+/// the C options' `KlTargetEnergy`, which *owns* the energy across calls (a shared built-in
+/// energy, or a host callback with its user pointer) and becomes a `KlEnergy` only when a run
+/// starts and the flow's shape turns the callback into a [`SerialEnergy`]. Holding a
+/// `KlEnergy` here would put a crate-private type in a public field; holding the C callback in
+/// `train/` would make training depend on the C API.
 #[derive(Clone, Copy)]
 pub struct KlTarget<'a> {
     /// The potential energy `U(x)`, with gradient `+∂U/∂x`.
@@ -66,7 +77,8 @@ impl std::fmt::Debug for KlTarget<'_> {
     }
 }
 
-/// Where the reverse-KL loss gets the energies of its batch from.
+/// Where the reverse-KL loss gets the energies of its batch from: how `U` is called, not the
+/// whole target (kT comes separately; see [`KlTarget`] for how the three names relate).
 #[derive(Clone, Copy)]
 pub(crate) enum KlEnergy<'a> {
     /// A thread-safe Rust energy: the batch is evaluated in parallel, one sample per task.
@@ -77,11 +89,21 @@ pub(crate) enum KlEnergy<'a> {
 }
 
 impl KlEnergy<'_> {
-    pub(crate) fn shape(&self) -> (usize, usize) {
-        match self {
+    /// Checks that the energy is for the flow's particles, of `layout`: the one home of that
+    /// rule, for the trainer (before a run) and for every KL batch.
+    pub(crate) fn check_for(&self, layout: Layout) -> Result<()> {
+        let (n_particles, dim) = match self {
             KlEnergy::Parallel(e) => (e.n_particles(), e.dim()),
             KlEnergy::Serial(e) => (e.n_particles(), e.dim()),
+        };
+        if n_particles != layout.n_particles || dim != layout.dim {
+            return Err(Error::invalid(format!(
+                "KL energy is for {n_particles} particles in {dim} dimensions, the flow for {} \
+                 in {}",
+                layout.n_particles, layout.dim
+            )));
         }
+        Ok(())
     }
 }
 
@@ -287,8 +309,6 @@ pub struct Losses<'a> {
     field: &'a Field,
     prior: &'a Prior,
     n_steps: usize,
-    /// Where the parallel work runs; `None`: the current rayon pool.
-    pool: Option<&'a ThreadPool>,
 }
 
 impl<'a> Losses<'a> {
@@ -304,25 +324,7 @@ impl<'a> Losses<'a> {
             field: flow.field(),
             prior: flow.prior(),
             n_steps,
-            pool: None,
         })
-    }
-
-    /// Runs the parallel work in `pool` (installed around each parallel section only) instead
-    /// of the current rayon pool, while everything else — serial energies included — stays on
-    /// the calling thread. For the C API, whose host threads are not rayon workers.
-    #[must_use]
-    pub(crate) fn in_pool(mut self, pool: Option<&'a ThreadPool>) -> Self {
-        self.pool = pool;
-        self
-    }
-
-    /// Runs `f` in the pool of [`Losses::in_pool`], or right here.
-    fn parallel<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match self.pool {
-            Some(pool) => pool.install(f),
-            None => f(),
-        }
     }
 
     /// Number of trainable parameters (length of gradients).
@@ -483,7 +485,8 @@ impl<'a> Losses<'a> {
         n: usize,
         gradient: Option<&mut [f64]>,
     ) -> Result<f64> {
-        check_target(self.prior, energy.shape(), kt)?;
+        Kt::new(kt)?;
+        energy.check_for(self.prior.layout())?;
         if n == 0 {
             return Err(Error::invalid("KL loss needs at least one prior sample"));
         }
@@ -499,7 +502,7 @@ impl<'a> Losses<'a> {
         let init = || LossWorkspace::<F>::new(len, self.n_steps);
 
         // (a) x = F(z) and log|det ∂F/∂z| of every sample, with the trajectory if needed.
-        let forward: Vec<Result<KlForward>> = self.parallel(|| {
+        let forward: Vec<Result<KlForward>> = parallel(|| {
             (0..n)
                 .into_par_iter()
                 .map_init(init, |ws, i| {
@@ -543,7 +546,7 @@ impl<'a> Losses<'a> {
             match energy {
                 KlEnergy::Parallel(energy) => {
                     let mut u = vec![0.0; n_ok];
-                    self.parallel(|| {
+                    parallel(|| {
                         u.par_iter_mut()
                             .zip(samples.par_iter())
                             .zip(cotangents.par_iter_mut())
@@ -578,7 +581,7 @@ impl<'a> Losses<'a> {
         // (c) the reverse passes, reduced in index order.
         if let Some(gradient) = gradient {
             let mut per_sample = vec![0.0; n * p];
-            let results: Vec<Result<()>> = self.parallel(|| {
+            let results: Vec<Result<()>> = parallel(|| {
                 per_sample
                     .par_chunks_mut(p)
                     .zip(x_bar.par_chunks(len))
@@ -627,7 +630,7 @@ impl<'a> Losses<'a> {
                 return Err(Error::size("loss gradient", p, gradient.len()));
             }
             let mut per_sample = vec![0.0; n * p];
-            let results = self.parallel(|| {
+            let results = parallel(|| {
                 per_sample
                     .par_chunks_mut(p)
                     .zip(losses.par_iter_mut())
@@ -642,7 +645,7 @@ impl<'a> Losses<'a> {
             reduce_mean(&per_sample, gradient);
             results
         } else {
-            self.parallel(|| {
+            parallel(|| {
                 losses
                     .par_iter_mut()
                     .enumerate()
@@ -671,18 +674,4 @@ fn reduce_mean(per_sample: &[f64], gradient: &mut [f64]) {
     }
     let inv = 1.0 / (per_sample.len() / p) as f64;
     gradient.iter_mut().for_each(|a| *a *= inv);
-}
-
-/// Checks the temperature and that the energy, of shape `(n_particles, dim)`, is for the
-/// flow's particles.
-fn check_target(prior: &Prior, (n_particles, dim): (usize, usize), kt: f64) -> Result<()> {
-    Kt::new(kt)?;
-    let layout = prior.layout();
-    if n_particles != layout.n_particles || dim != layout.dim {
-        return Err(Error::invalid(format!(
-            "KL energy is for {n_particles} particles in {dim} dimensions, the flow for {} in {}",
-            layout.n_particles, layout.dim
-        )));
-    }
-    Ok(())
 }

@@ -65,6 +65,7 @@ pub mod assignment;
 mod flow_matching;
 mod losses;
 pub mod pairing;
+pub(crate) mod pool;
 mod schedule;
 pub mod tape;
 mod trainer;

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use rayon::ThreadPool;
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::flow_matching::flow_matching_step;
@@ -223,7 +222,6 @@ pub struct Trainer<'a> {
     train: &'a [f64],
     validation: Option<&'a [f64]>,
     energy: Option<KlEnergy<'a>>,
-    pool: Option<&'a ThreadPool>,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -247,7 +245,6 @@ impl<'a> Trainer<'a> {
             train,
             validation: None,
             energy: None,
-            pool: None,
         }
     }
 
@@ -277,15 +274,6 @@ impl<'a> Trainer<'a> {
         self
     }
 
-    /// Runs the parallel sections in `pool` (each installed separately) rather than the current
-    /// rayon pool, keeping the loop on the calling thread: the C API uses it so that host
-    /// callbacks run on the host's thread while the work uses eqflow's pool.
-    #[must_use]
-    pub(crate) fn in_pool(mut self, pool: &'a ThreadPool) -> Self {
-        self.pool = Some(pool);
-        self
-    }
-
     /// Trains `flow` and leaves the best parameters in it (see [`TrainSummary::best_epoch`]).
     /// `progress` is called after every epoch; returning `false` stops the run (the summary
     /// then says `stopped_early`). The flow's integrator is not changed: training always
@@ -303,6 +291,39 @@ impl<'a> Trainer<'a> {
     {
         let start = Instant::now();
         let c = self.config;
+        let (n_train, energy) = self.check_inputs(flow)?;
+        let mut run = Run::new(c, flow, n_train, energy)?;
+        let initial_validation_nll = self.validation_nll(&run.work)?;
+        let mut batches = Minibatches::new(run.n_train, c.batch_size, run.len);
+        let mut epochs = Vec::with_capacity(c.n_epochs);
+        let mut kept = KeptParams::default();
+        let mut stopped_early = false;
+        for epoch in 0..c.n_epochs {
+            let report = self.epoch(&mut run, &mut batches, epoch, start)?;
+            kept.record(self.validation.is_some(), &report, &run.params);
+            let keep_going = progress(&report);
+            epochs.push(report);
+            if !keep_going {
+                stopped_early = true;
+                break;
+            }
+        }
+        let (best_epoch, best_params) = kept.choice();
+        flow.set_params(&best_params)?;
+        Ok(TrainSummary {
+            epochs,
+            initial_validation_nll,
+            best_epoch,
+            stopped_early,
+            n_steps: run.step_index,
+            wall_time: start.elapsed(),
+        })
+    }
+
+    /// Checks the config, the data and the energy against `flow` before anything runs;
+    /// returns the number of training configurations and the KL energy, if the run has one.
+    fn check_inputs(&self, flow: &Flow) -> Result<(usize, Option<KlEnergy<'a>>)> {
+        let c = self.config;
         c.validate()?;
         let len = flow.layout().len();
         let n_train = check_data(self.train, len, "training set")?;
@@ -319,158 +340,240 @@ impl<'a> Trainer<'a> {
             }
         };
         if let Some(e) = energy {
-            let (n_particles, dim) = e.shape();
-            if n_particles != flow.n_particles() || dim != flow.dim() {
-                return Err(Error::invalid(format!(
-                    "energy is for {n_particles} particles in {dim} dimensions, the flow for {} \
-                     in {}",
-                    flow.n_particles(),
-                    flow.dim()
-                )));
-            }
+            e.check_for(flow.layout())?;
         }
+        Ok((n_train, energy))
+    }
 
-        let mut work = flow.clone();
-        let mut params = work.field().params().to_vec();
-        let n_params = params.len();
-        let mut opt = AdamW::new(c.optimizer, n_params)?;
-        let validation_nll = |f: &Flow| -> Result<Option<f64>> {
-            self.validation
-                .map(|v| Losses::new(f, c.n_rk4_steps)?.in_pool(self.pool).nll(v))
-                .transpose()
+    /// The mean NLL of the validation set under `flow`, if there is one.
+    fn validation_nll(&self, flow: &Flow) -> Result<Option<f64>> {
+        self.validation
+            .map(|v| Losses::new(flow, self.config.n_rk4_steps)?.nll(v))
+            .transpose()
+    }
+
+    /// One pass over the shuffled training set, then the validation NLL if this epoch is
+    /// validated.
+    fn epoch(
+        &self,
+        run: &mut Run<'a>,
+        batches: &mut Minibatches,
+        epoch: usize,
+        start: Instant,
+    ) -> Result<EpochReport> {
+        let c = self.config;
+        let len = run.len;
+        let lambda = c.lambda.at(epoch, c.n_epochs);
+        shuffled_order(&mut batches.order, run.n_train, c.seed, epoch as u64);
+        let (mut sum_nll, mut sum_kl, mut sum_loss, mut n_steps) = (0.0, 0.0, 0.0, 0);
+        for chunk in batches.order.chunks(c.batch_size) {
+            let xb = &mut batches.batch[..chunk.len() * len];
+            for (dst, &i) in xb.chunks_exact_mut(len).zip(chunk) {
+                dst.copy_from_slice(&self.train[i * len..(i + 1) * len]);
+            }
+            let (nll, kl) = self.step(run, xb, lambda)?;
+            sum_nll += nll * chunk.len() as f64;
+            sum_kl += kl.unwrap_or(0.0);
+            sum_loss += match kl {
+                Some(k) => lambda * nll + (1.0 - lambda) * k,
+                None => nll,
+            };
+            n_steps += 1;
+        }
+        let validate = (epoch + 1).is_multiple_of(c.validate_every) || epoch + 1 == c.n_epochs;
+        let validation_nll = if validate {
+            self.validation_nll(&run.work)?
+        } else {
+            None
         };
-        let initial_validation_nll = validation_nll(&work)?;
+        Ok(EpochReport {
+            epoch,
+            n_epochs: c.n_epochs,
+            lambda,
+            n_steps,
+            train_nll: match c.objective {
+                Objective::MaximumLikelihood => sum_nll / run.n_train as f64,
+                Objective::FlowMatching { .. } => f64::NAN,
+            },
+            train_kl: (run.energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
+            train_loss: sum_loss / n_steps as f64,
+            validation_nll,
+            elapsed: start.elapsed(),
+        })
+    }
 
-        let mut order: Vec<usize> = Vec::with_capacity(n_train);
-        let mut batch = vec![0.0; c.batch_size.min(n_train) * len];
-        let mut g_ml = vec![0.0; n_params];
-        let mut g_kl = vec![0.0; n_params];
-        let mut g = vec![0.0; n_params];
-        let mut epochs = Vec::with_capacity(c.n_epochs);
-        let mut best: Option<(f64, usize, Vec<f64>)> = None;
-        let mut last: Option<(usize, Vec<f64>)> = None;
-        let steps_per_epoch = n_train.div_ceil(c.batch_size) as u64;
-        let total_steps = steps_per_epoch * c.n_epochs as u64;
-        let mut step_index: u64 = 0;
-        let mut stopped_early = false;
+    /// One optimiser step on the minibatch `xb` with ML weight `lambda`: the data term's
+    /// gradient, the KL term's if λ < 1, their mix, AdamW. Returns the data term (the NLL, or
+    /// the flow-matching loss) and the KL loss, if computed.
+    fn step(&self, run: &mut Run<'a>, xb: &[f64], lambda: f64) -> Result<(f64, Option<f64>)> {
+        let c = self.config;
+        let losses = Losses::new(&run.work, c.n_rk4_steps)?;
+        let g = &mut run.gradients;
+        let nll = match c.objective {
+            Objective::MaximumLikelihood if lambda > 0.0 => {
+                losses.ml_gradient_into(xb, &mut g.ml)?
+            }
+            Objective::MaximumLikelihood => losses.nll(xb)?,
+            Objective::FlowMatching { pairing } => {
+                // The "NLL" slot carries the flow-matching loss: the data term.
+                flow_matching_step(
+                    &losses,
+                    &run.work,
+                    xb,
+                    Stream::FlowMatching(run.step_index),
+                    c.seed,
+                    pairing,
+                    &mut g.ml,
+                )?
+            }
+        };
+        let kl = match run.energy {
+            Some(energy) if lambda < 1.0 => {
+                let first = run.step_index.wrapping_mul(c.n_kl_samples as u64);
+                Some(losses.kl_batch(
+                    energy,
+                    c.kt,
+                    c.seed,
+                    first,
+                    c.n_kl_samples,
+                    Some(&mut g.kl),
+                )?)
+            }
+            _ => None,
+        };
+        g.mix(lambda, kl.is_some());
+        let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
+        run.optimizer.set_lr(lr)?;
+        run.optimizer.step(&mut run.params, &g.mixed)?;
+        run.work.set_params(&run.params)?;
+        run.step_index += 1;
+        Ok((nll, kl))
+    }
+}
 
-        for epoch in 0..c.n_epochs {
-            let lambda = c.lambda.at(epoch, c.n_epochs);
-            shuffled_order(&mut order, n_train, c.seed, epoch as u64);
-            let (mut sum_nll, mut sum_kl, mut sum_loss, mut n_steps) = (0.0, 0.0, 0.0, 0);
-            for chunk in order.chunks(c.batch_size) {
-                let xb = &mut batch[..chunk.len() * len];
-                for (dst, &i) in xb.chunks_exact_mut(len).zip(chunk) {
-                    dst.copy_from_slice(&self.train[i * len..(i + 1) * len]);
-                }
-                let losses = Losses::new(&work, c.n_rk4_steps)?.in_pool(self.pool);
-                let nll = match c.objective {
-                    Objective::MaximumLikelihood if lambda > 0.0 => {
-                        losses.ml_gradient_into(xb, &mut g_ml)?
-                    }
-                    Objective::MaximumLikelihood => losses.nll(xb)?,
-                    Objective::FlowMatching { pairing } => {
-                        // The "NLL" slot carries the flow-matching loss: the data term.
-                        flow_matching_step(
-                            &losses,
-                            &work,
-                            xb,
-                            Stream::FlowMatching(step_index),
-                            c.seed,
-                            pairing,
-                            &mut g_ml,
-                        )?
-                    }
-                };
-                let kl = match energy {
-                    Some(energy) if lambda < 1.0 => {
-                        let first = step_index.wrapping_mul(c.n_kl_samples as u64);
-                        Some(losses.kl_batch(
-                            energy,
-                            c.kt,
-                            c.seed,
-                            first,
-                            c.n_kl_samples,
-                            Some(&mut g_kl),
-                        )?)
-                    }
-                    _ => None,
-                };
-                match kl {
-                    None => g.copy_from_slice(&g_ml),
-                    Some(_) if lambda == 0.0 => g.copy_from_slice(&g_kl),
-                    Some(_) => {
-                        for ((g, a), b) in g.iter_mut().zip(&g_ml).zip(&g_kl) {
-                            *g = lambda * a + (1.0 - lambda) * b;
-                        }
-                    }
-                }
-                opt.set_lr(c.optimizer.lr * c.lr_schedule.factor(step_index, total_steps))?;
-                opt.step(&mut params, &g)?;
-                work.set_params(&params)?;
-                sum_nll += nll * chunk.len() as f64;
-                let kl_value = kl.unwrap_or(0.0);
-                sum_kl += kl_value;
-                sum_loss += match kl {
-                    Some(k) => lambda * nll + (1.0 - lambda) * k,
-                    None => nll,
-                };
-                n_steps += 1;
-                step_index += 1;
-            }
-            let validate = (epoch + 1) % c.validate_every == 0 || epoch + 1 == c.n_epochs;
-            let validation_nll = if validate {
-                validation_nll(&work)?
-            } else {
-                None
-            };
-            let report = EpochReport {
-                epoch,
-                n_epochs: c.n_epochs,
-                lambda,
-                n_steps,
-                train_nll: match c.objective {
-                    Objective::MaximumLikelihood => sum_nll / n_train as f64,
-                    Objective::FlowMatching { .. } => f64::NAN,
-                },
-                train_kl: (energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
-                train_loss: sum_loss / n_steps as f64,
-                validation_nll,
-                elapsed: start.elapsed(),
-            };
-            // Keep the best parameters by validation NLL among validated epochs; without a
-            // validation set, the last.
-            let better = match (self.validation, validation_nll, &best) {
-                (None, _, _) => true,
-                (Some(_), Some(v), Some((b, _, _))) => v < *b,
-                (Some(_), Some(_), None) => true,
-                (Some(_), None, _) => false,
-            };
-            if better {
-                best = Some((validation_nll.unwrap_or(f64::NAN), epoch, params.clone()));
-            }
-            last = Some((epoch, params.clone()));
-            let keep_going = progress(&report);
-            epochs.push(report);
-            if !keep_going {
-                stopped_early = true;
-                break;
+/// The state of a run: the flow being trained (a copy: the caller's is set only at the end),
+/// its parameters, the optimiser and the gradient buffers.
+struct Run<'a> {
+    /// The KL target energy (checked against the flow), if any.
+    energy: Option<KlEnergy<'a>>,
+    /// Configurations in the training set.
+    n_train: usize,
+    /// Numbers per configuration, N·D.
+    len: usize,
+    work: Flow,
+    params: Vec<f64>,
+    optimizer: AdamW,
+    gradients: Gradients,
+    /// Optimiser steps taken so far; also names the step's random streams.
+    step_index: u64,
+    /// Optimiser steps of the whole run, for the learning-rate schedule.
+    total_steps: u64,
+}
+
+impl<'a> Run<'a> {
+    /// A run of `config` from `flow`'s parameters, on `n_train` configurations.
+    fn new(
+        config: TrainConfig,
+        flow: &Flow,
+        n_train: usize,
+        energy: Option<KlEnergy<'a>>,
+    ) -> Result<Self> {
+        let work = flow.clone();
+        let params = work.field().params().to_vec();
+        let n_params = params.len();
+        let optimizer = AdamW::new(config.optimizer, n_params)?;
+        let len = flow.layout().len();
+        let steps_per_epoch = n_train.div_ceil(config.batch_size) as u64;
+        Ok(Run {
+            energy,
+            n_train,
+            len,
+            work,
+            params,
+            optimizer,
+            gradients: Gradients {
+                ml: vec![0.0; n_params],
+                kl: vec![0.0; n_params],
+                mixed: vec![0.0; n_params],
+            },
+            step_index: 0,
+            total_steps: steps_per_epoch * config.n_epochs as u64,
+        })
+    }
+}
+
+/// The gradients of one step: of the data term, of the KL term, and their mix that the
+/// optimiser takes.
+struct Gradients {
+    ml: Vec<f64>,
+    kl: Vec<f64>,
+    mixed: Vec<f64>,
+}
+
+impl Gradients {
+    /// `mixed = λ·ml + (1 − λ)·kl`, or `ml` alone without a KL term; `kl` alone at λ = 0
+    /// (where `ml` was not computed).
+    fn mix(&mut self, lambda: f64, has_kl: bool) {
+        if !has_kl {
+            self.mixed.copy_from_slice(&self.ml);
+        } else if lambda == 0.0 {
+            self.mixed.copy_from_slice(&self.kl);
+        } else {
+            for ((g, a), b) in self.mixed.iter_mut().zip(&self.ml).zip(&self.kl) {
+                *g = lambda * a + (1.0 - lambda) * b;
             }
         }
-        // A run stopped before its first validation keeps its last parameters.
-        let (best_epoch, best_params) = match (best, last) {
+    }
+}
+
+/// An epoch's order of the training set and the buffer its minibatches are copied into.
+struct Minibatches {
+    order: Vec<usize>,
+    batch: Vec<f64>,
+}
+
+impl Minibatches {
+    fn new(n_train: usize, batch_size: usize, len: usize) -> Self {
+        Minibatches {
+            order: Vec::with_capacity(n_train),
+            batch: vec![0.0; batch_size.min(n_train) * len],
+        }
+    }
+}
+
+/// Which epoch's parameters the run leaves in the flow: the lowest validation NLL among
+/// validated epochs (the earliest on ties); without a validation set, or if the run stopped
+/// before its first validation, the last epoch's.
+#[derive(Default)]
+struct KeptParams {
+    /// Validation NLL, epoch and parameters of the best validated epoch.
+    best: Option<(f64, usize, Vec<f64>)>,
+    /// Epoch and parameters of the last epoch.
+    last: Option<(usize, Vec<f64>)>,
+}
+
+impl KeptParams {
+    /// Records the epoch of `report`, which ended with `params`.
+    fn record(&mut self, has_validation: bool, report: &EpochReport, params: &[f64]) {
+        let better = match (has_validation, report.validation_nll, &self.best) {
+            (false, _, _) => true,
+            (true, Some(v), Some((b, _, _))) => v < *b,
+            (true, Some(_), None) => true,
+            (true, None, _) => false,
+        };
+        if better {
+            let nll = report.validation_nll.unwrap_or(f64::NAN);
+            self.best = Some((nll, report.epoch, params.to_vec()));
+        }
+        self.last = Some((report.epoch, params.to_vec()));
+    }
+
+    /// The epoch and parameters to keep.
+    fn choice(self) -> (usize, Vec<f64>) {
+        match (self.best, self.last) {
             (Some((_, epoch, params)), _) | (None, Some((epoch, params))) => (epoch, params),
             (None, None) => unreachable!("at least one epoch runs"),
-        };
-        flow.set_params(&best_params)?;
-        Ok(TrainSummary {
-            epochs,
-            initial_validation_nll,
-            best_epoch,
-            stopped_early,
-            n_steps: step_index,
-            wall_time: start.elapsed(),
-        })
+        }
     }
 }
 

@@ -111,8 +111,7 @@ pub unsafe extern "C" fn eqf_flow_train(
             _ => None,
         };
 
-        let pool = threads::pool()?;
-        let mut trainer = Trainer::new(config, train).in_pool(&pool);
+        let mut trainer = Trainer::new(config, train);
         if n_validation > 0 {
             trainer = trainer.with_validation(validation);
         }
@@ -133,7 +132,7 @@ pub unsafe extern "C" fn eqf_flow_train(
             }
         };
         let mut trained = current.inner.clone();
-        let result = trainer.run(&mut trained, progress)?;
+        let result = threads::install_sections(|| trainer.run(&mut trained, progress))?;
 
         // SAFETY: a live handle that no other thread uses during the call (this function's
         // contract); the shared borrow `current` is no longer used. The commit cannot fail.
