@@ -614,13 +614,17 @@ fn training_on_dw4_samples_lowers_the_validation_nll() {
     );
     assert_eq!(seen.len(), 6);
     assert!(best < initial - 0.5, "NLL {initial} → {best}");
-    // The flow holds the best epoch's parameters: its NLL on the validation set is `best`.
+    // The flow holds the best epoch's parameters: its NLL on the validation set is `best`, the
+    // exact density of the RK4-20 map it samples with (exact-discrete, its own tables).
     let mut eval = flow.clone();
     eval.set_integrator(
-        Integrator::new(Method::Rk4 { n_steps: 20 }, DensityMode::Continuous).unwrap(),
+        Integrator::new(Method::Rk4 { n_steps: 20 }, DensityMode::ExactDiscrete).unwrap(),
     );
-    eval.set_tabulated(false);
-    assert_eq!(reference_nll(&eval, &validation), best);
+    let exact = reference_nll(&eval, &validation);
+    assert!(
+        (exact - best).abs() <= 1e-12 * best.abs(),
+        "{exact} vs {best}"
+    );
     // A callback returning false stops after that epoch.
     let mut flow = Flow::new(4, 2, 0).unwrap();
     let summary = Trainer::new(config, &data)
@@ -942,6 +946,68 @@ fn envpair_trains_by_flow_matching_and_refuses_maximum_likelihood() {
         .run(&mut flow, |_| true)
         .unwrap_err();
     assert!(err.to_string().contains("flow matching"), "{err}");
+    assert_eq!(flow.field().params(), &before[..]);
+}
+
+/// An epoch whose RK4 map is not invertible at a validation configuration is never kept: its
+/// validation NLL is +∞ (the continuous-mode NLL there can fall below the data's entropy).
+#[test]
+fn validation_is_the_exact_density_and_non_invertible_epochs_are_never_kept() {
+    let data = dw4_mcmc(64, 30);
+    let validation = dw4_mcmc(32, 31);
+    // Two RK4 steps and lr 0.03: two epochs train, then the map folds (measured: NLL 13.45,
+    // 11.89, then +∞).
+    let config = TrainConfig {
+        n_epochs: 12,
+        batch_size: 16,
+        n_rk4_steps: 2,
+        seed: 9,
+        ..TrainConfig::default()
+    };
+    let mut probe = config;
+    probe.optimizer.lr = 0.03;
+    let mut flow = Flow::new(4, 2, 0).unwrap();
+    let summary = Trainer::new(probe, &data)
+        .with_validation(&validation)
+        .run(&mut flow, |_| true)
+        .unwrap();
+    let nlls: Vec<f64> = summary
+        .epochs
+        .iter()
+        .map(|e| e.validation_nll.unwrap())
+        .collect();
+    println!("validation NLLs with 2 RK4 steps: {nlls:?}");
+    assert!(
+        nlls.iter().any(|v| v.is_infinite()),
+        "the map folds: {nlls:?}"
+    );
+    let best = nlls[summary.best_epoch];
+    assert!(
+        best.is_finite(),
+        "the kept epoch is invertible on the validation set"
+    );
+    assert!(nlls.iter().all(|v| *v >= best));
+    let mut eval = flow.clone();
+    eval.set_integrator(
+        Integrator::new(Method::Rk4 { n_steps: 2 }, DensityMode::ExactDiscrete).unwrap(),
+    );
+    assert!(
+        eval.log_density_each(&validation)
+            .unwrap()
+            .iter()
+            .all(Result::is_ok)
+    );
+    // With a learning rate that folds the map in the first epoch, no epoch can be kept: an
+    // error, and the flow unchanged.
+    let mut folding = probe;
+    folding.optimizer.lr = 0.2;
+    let mut flow = Flow::new(4, 2, 0).unwrap();
+    let before = flow.field().params().to_vec();
+    let err = Trainer::new(folding, &data)
+        .with_validation(&validation)
+        .run(&mut flow, |_| true)
+        .unwrap_err();
+    assert!(matches!(err, Error::NotInvertible { .. }), "{err}");
     assert_eq!(flow.field().params(), &before[..]);
 }
 

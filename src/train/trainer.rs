@@ -13,6 +13,7 @@ use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::flow::Flow;
+use crate::integrate::{DensityMode, Integrator, Method};
 use crate::rng::{self, Stream};
 
 /// Settings of a training run. `Default` is the paper's DW-4 protocol (DESIGN.md §2): 50 epochs,
@@ -182,7 +183,9 @@ pub struct EpochReport {
     /// Mean mixed loss `λ·NLL + (1 − λ)·KL` over the epoch's steps.
     pub train_loss: f64,
     /// Mean `−log q` of the validation set with the parameters at the end of the epoch, if a
-    /// validation set was given.
+    /// validation set was given and this epoch was validated: the exact density of the RK4 map
+    /// with `n_rk4_steps` (exact-discrete), +∞ if that map is not invertible at some
+    /// validation configuration.
     pub validation_nll: Option<f64>,
     /// Wall time since training started.
     pub elapsed: Duration,
@@ -284,7 +287,8 @@ impl<'a> Trainer<'a> {
     /// [`Error::InvalidArgument`] for an invalid config, a missing or mismatched energy;
     /// [`Error::DimensionMismatch`] / [`Error::NonFinite`] for malformed data; any error of the
     /// losses during training (e.g. a KL sample with `U = +∞`), or parameters the field
-    /// rejects after a step. On error the flow is unchanged.
+    /// rejects after a step; [`Error::NotInvertible`] if a validation set was given and no
+    /// validated epoch's RK4 map is invertible on all of it. On error the flow is unchanged.
     pub fn run<F>(&self, flow: &mut Flow, mut progress: F) -> Result<TrainSummary>
     where
         F: FnMut(&EpochReport) -> bool,
@@ -307,6 +311,16 @@ impl<'a> Trainer<'a> {
                 stopped_early = true;
                 break;
             }
+        }
+        if kept.best_nll() == Some(f64::INFINITY) {
+            return Err(Error::NotInvertible {
+                what: format!(
+                    "no validated epoch gives an RK4 map ({} steps) that is invertible on the \
+                     whole validation set; the flow is unchanged (use more RK4 steps or a \
+                     smaller learning rate)",
+                    c.n_rk4_steps
+                ),
+            });
         }
         let (best_epoch, best_params) = kept.choice();
         flow.set_params(&best_params)?;
@@ -345,11 +359,38 @@ impl<'a> Trainer<'a> {
         Ok((n_train, energy))
     }
 
-    /// The mean NLL of the validation set under `flow`, if there is one.
+    /// The mean NLL of the validation set under `flow`, if there is one: the exact density of
+    /// the fixed-grid RK4 map with the training's step count (exact-discrete mode, what a
+    /// sampler with these settings proposes from), **+∞** if that map is not invertible at some
+    /// validation configuration.
+    ///
+    /// Why not the continuous-mode NLL the loss uses: training can drive the field to where the
+    /// RK4 map is no longer a bijection, and there the continuous log-determinant keeps
+    /// rewarding it (validation NLLs below the data's entropy, measured in BENCHMARKS.md); such
+    /// an epoch must never be the one kept.
     fn validation_nll(&self, flow: &Flow) -> Result<Option<f64>> {
-        self.validation
-            .map(|v| Losses::new(flow, self.config.n_rk4_steps)?.nll(v))
-            .transpose()
+        let Some(v) = self.validation else {
+            return Ok(None);
+        };
+        let mut exact = flow.clone();
+        exact.set_integrator(Integrator::new(
+            Method::Rk4 {
+                n_steps: self.config.n_rk4_steps,
+            },
+            DensityMode::ExactDiscrete,
+        )?);
+        let each = super::pool::parallel(|| exact.log_density_each(v))?;
+        let mut sum = 0.0;
+        for log_q in &each {
+            match log_q {
+                Ok(log_q) => sum -= log_q,
+                Err(Error::NotInvertible { .. } | Error::NotConverged { .. }) => {
+                    return Ok(Some(f64::INFINITY));
+                }
+                Err(e) => return Err(e.clone()),
+            }
+        }
+        Ok(Some(sum / each.len() as f64))
     }
 
     /// One pass over the shuffled training set, then the validation NLL if this epoch is
@@ -566,6 +607,11 @@ impl KeptParams {
             self.best = Some((nll, report.epoch, params.to_vec()));
         }
         self.last = Some((report.epoch, params.to_vec()));
+    }
+
+    /// The validation NLL of the best validated epoch, if any was validated.
+    fn best_nll(&self) -> Option<f64> {
+        self.best.as_ref().map(|(nll, _, _)| *nll)
     }
 
     /// The epoch and parameters to keep.
