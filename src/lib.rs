@@ -68,6 +68,7 @@ pub mod energy;
 pub mod error;
 pub mod field;
 pub mod flow;
+pub mod flow_config;
 pub mod flow_move;
 pub mod free_energy;
 pub mod geometry;
