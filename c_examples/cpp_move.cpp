@@ -4,7 +4,8 @@
 // status and message. Shows the two-phase protocol with the built-in double-well energy, the
 // one-call step with a lambda (and what happens when the lambda throws), a flow with another
 // integrator, importance weights, and training (TrainOptions with progress and KL-energy
-// lambdas; an exception from the energy is rethrown and the flow is unchanged). Built with -std=c++17 -Wall -Wextra -Werror.
+// lambdas; an exception from the energy is rethrown and the flow is unchanged), and a flow
+// configured from the host's data (FlowOptions). Built with -std=c++17 -Wall -Wextra -Werror.
 // Usage: cpp_move [n_steps] (default 100). Exit status 0 on success.
 
 #include <eqflow.hpp>
@@ -19,6 +20,7 @@
 
 static_assert(!std::is_copy_constructible_v<eqflow::Flow>, "handles are move-only");
 static_assert(!std::is_copy_constructible_v<eqflow::Move>, "handles are move-only");
+static_assert(!std::is_copy_constructible_v<eqflow::FlowOptions>, "handles are move-only");
 static_assert(std::is_nothrow_move_constructible_v<eqflow::Move>, "moves are cheap");
 
 namespace {
@@ -189,6 +191,30 @@ int main(int argc, char **argv) {
             require(std::string(error.what()) == "host gradient failed", "the host's exception");
         }
         require(student.log_density(data) == trained, "a failed training changes nothing");
+
+        // A flow configured for the host's data: scales fitted to the samples above, in a
+        // unit ten times larger; a rejected setting throws and changes nothing.
+        std::vector<double> data_nm = data;
+        for (double &v : data_nm) {
+            v *= 0.1;
+        }
+        eqflow::FlowOptions flow_options;
+        flow_options.seed(7).fit_scales(4, 2, data_nm);
+        const eqflow::FlowOptions::Scales scales = flow_options.scales();
+        require(scales.distance_min >= 0.0 && scales.distance_max > scales.distance_min &&
+                    scales.distance_max < 2.0 && scales.prior_sigma > 0.0,
+                "fitted scales in the host's unit");
+        try {
+            flow_options.family("graph");
+            require(false, "an unknown family throws");
+        } catch (const eqflow::Error &error) {
+            require(error.status() == EQF_ERR_INVALID_ARGUMENT, "unknown family: status");
+        }
+        require(flow_options.scales().distance_max == scales.distance_max,
+                "a rejected setting leaves the options unchanged");
+        const eqflow::Flow fitted(4, 2, flow_options.kernel_counts(20, 5));
+        require(fitted.size() == 8 && std::isfinite(fitted.log_density(data_nm)[0]),
+                "a flow from options evaluates the host's data");
 
         std::printf("eqflow %s from C++: %lld / %lld flow moves accepted, ESS = %.2f of %zu, "
                     "log q (RK4 exact) %.6f vs (Dormand-Prince) %.6f\n",

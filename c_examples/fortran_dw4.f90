@@ -8,7 +8,8 @@
 ! labelled by the number of pairs closer than d0. Also checks the thin layer's status handling.
 ! Then trains the flow on the chain's states (flow%train): maximum likelihood with a progress
 ! callback, ML+KL with the host's energy-and-gradient callback, and a failing callback that
-! leaves the flow unchanged.
+! leaves the flow unchanged. Finally builds a flow configured from the chain's own scales
+! (eqflow_flow_options%fit_scales), as a host with its own units would.
 !
 ! Build: gfortran -std=f2018 -fcheck=all -Wall -Werror eqflow.f90 fortran_dw4.f90 -leqflow
 ! Usage: fortran_dw4 [cycles]. Exit status 0 on success.
@@ -136,6 +137,9 @@ program fortran_dw4
     type(eqflow_flow) :: flow
     type(eqflow_move) :: move
     type(eqflow_train_options) :: options
+    type(eqflow_flow_options) :: flow_options
+    type(eqflow_flow) :: fitted
+    real(c_double) :: distance_min, distance_max, sigma, distance_max_before
     type(eqf_train_summary) :: summary
     type(double_well), target :: potential
     real(c_double) :: x(D, N), trial(D, N), proposal(D, N), samples(D, N, 1), log_q(1)
@@ -271,6 +275,31 @@ program fortran_dw4
     call expect(status == EQF_ERR_IO, 'saving to a missing directory: EQF_ERR_IO')
     write (*, '(a, i0, a, f10.4)') 'trained on the chain: ', n_gradient_calls, &
         ' KL energy calls, best validation NLL ', summary%best_validation_nll
+
+    ! A flow with scales fitted to the chain (the host's own configurations).
+    call flow_options%create()
+    call flow_options%fit_scales(chain)
+    call flow_options%scales(distance_min, distance_max, sigma)
+    call expect(distance_min >= 0.0_c_double .and. distance_max > 4.0_c_double .and. &
+                distance_max < 12.0_c_double .and. sigma > 0.5_c_double, 'fitted DW-4 scales')
+    distance_max_before = distance_max
+    call flow_options%set_prior_sigma(-1.0_c_double, status)
+    call expect(status == EQF_ERR_INVALID_ARGUMENT, 'a negative sigma is rejected')
+    call flow_options%set_family('graph', status)
+    call expect(status == EQF_ERR_INVALID_ARGUMENT, 'an unknown family is rejected')
+    call flow_options%scales(distance_min, distance_max, sigma)
+    call expect(distance_max == distance_max_before, 'rejected settings change nothing')
+    call flow_options%set_kernel_counts(30, 8)
+    call flow_options%set_integrator(EQF_METHOD_RK4, 10, 0.0_c_double, 0.0_c_double, &
+                                     EQF_DENSITY_EXACT_DISCRETE)
+    call flow_options%set_seed(5_c_int64_t)
+    call fitted%create_with_options(N, D, flow_options)
+    call fitted%log_density(chain, chain_log_q)
+    call expect(all(abs(chain_log_q) < huge(1.0_c_double)), 'the fitted flow evaluates the chain')
+    write (*, '(a, f7.3, a, f7.3, a, f7.3)') 'fitted distance range ', distance_min, ' to ', &
+        distance_max, ', prior sigma ', sigma
+    call fitted%free()
+    call flow_options%free()
 
     call options%free()
     call move%free()

@@ -8,8 +8,8 @@
 ! 1. Raw interfaces, bind(C) to the C functions of the same names (eqf_flow_new, eqf_move_step,
 !    ...), with handles as type(c_ptr) and callbacks as type(c_funptr). Same arguments, same
 !    meaning as in eqflow.h.
-! 2. A thin derived-type layer: eqflow_flow, eqflow_energy, eqflow_move and
-!    eqflow_train_options each hold a private c_ptr; type-bound procedures take an optional
+! 2. A thin derived-type layer: eqflow_flow, eqflow_flow_options, eqflow_energy, eqflow_move
+!    and eqflow_train_options each hold a private c_ptr; type-bound procedures take an optional
 !    `status` argument. If `status` is present it receives EQF_OK or the EQF_ERR_* code (the
 !    message is then available from eqflow_last_error()); if it is absent, a failure prints the
 !    message to the error unit and stops the program with `error stop`.
@@ -23,7 +23,7 @@
 !
 ! Thread contract: as in eqflow.h. Flows and energies are immutable and may be shared between
 ! threads (OpenMP), except that flow%train retrains a flow in place while no other thread uses
-! it; a move and training options belong to one thread at a time. An energy callback must be
+! it; a move, flow options and training options belong to one thread at a time. An energy callback must be
 ! bind(C) with the interface eqf_energy_fn below and return 0 on success; the training callbacks
 ! (eqf_energy_grad_fn, eqf_train_progress_fn) likewise. Training calls them only on the thread
 ! that called flow%train, never concurrently, so they may use non-thread-safe code. The log
@@ -161,6 +161,11 @@ module eqflow
     public :: eqf_energy_double_well, eqf_energy_lennard_jones, eqf_energy_eval, eqf_energy_free
     public :: eqf_move_new, eqf_move_propose, eqf_move_accept, eqf_move_step, eqf_move_stats
     public :: eqf_move_free, eqf_log_weights, eqf_kish_ess, eqf_flow_save
+    public :: eqf_flow_options_new, eqf_flow_options_free, eqf_flow_options_set_family
+    public :: eqf_flow_options_set_distance_range, eqf_flow_options_set_kernel_counts
+    public :: eqf_flow_options_set_prior_sigma, eqf_flow_options_set_integrator
+    public :: eqf_flow_options_set_seed, eqf_flow_options_fit_scales, eqf_flow_options_scales
+    public :: eqf_flow_new_with_options
     public :: eqf_train_options_new, eqf_train_options_free, eqf_train_options_set_epochs
     public :: eqf_train_options_set_batch_size, eqf_train_options_set_rk4_steps
     public :: eqf_train_options_set_learning_rate, eqf_train_options_set_weight_decay
@@ -419,6 +424,95 @@ module eqflow
             integer(c_int32_t) :: status
         end function eqf_flow_save
 
+        function eqf_flow_options_new(out) bind(C, name="eqf_flow_options_new") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_new
+
+        function eqf_flow_options_free(options) bind(C, name="eqf_flow_options_free") &
+                result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_free
+
+        function eqf_flow_options_set_family(options, name) &
+                bind(C, name="eqf_flow_options_set_family") result(status)
+            import :: c_ptr, c_char, c_int32_t
+            type(c_ptr), value :: options
+            character(kind=c_char), intent(in) :: name(*)
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_family
+
+        function eqf_flow_options_set_distance_range(options, min, max) &
+                bind(C, name="eqf_flow_options_set_distance_range") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: min, max
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_distance_range
+
+        function eqf_flow_options_set_kernel_counts(options, n_dist, n_time) &
+                bind(C, name="eqf_flow_options_set_kernel_counts") result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: n_dist, n_time
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_kernel_counts
+
+        function eqf_flow_options_set_prior_sigma(options, sigma) &
+                bind(C, name="eqf_flow_options_set_prior_sigma") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: sigma
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_prior_sigma
+
+        function eqf_flow_options_set_integrator(options, method, n_steps, rtol, atol, &
+                density_mode) bind(C, name="eqf_flow_options_set_integrator") result(status)
+            import :: c_ptr, c_int32_t, c_int64_t, c_double
+            type(c_ptr), value :: options
+            integer(c_int32_t), value :: method, density_mode
+            integer(c_int64_t), value :: n_steps
+            real(c_double), value :: rtol, atol
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_integrator
+
+        function eqf_flow_options_set_seed(options, seed) &
+                bind(C, name="eqf_flow_options_set_seed") result(status)
+            import :: c_ptr, c_int64_t, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: seed
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_seed
+
+        function eqf_flow_options_fit_scales(options, n_particles, dim, x, n_configs) &
+                bind(C, name="eqf_flow_options_fit_scales") result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int64_t), value :: n_particles, dim, n_configs
+            real(c_double), intent(in) :: x(*)
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_fit_scales
+
+        function eqf_flow_options_scales(options, distance_min, distance_max, prior_sigma) &
+                bind(C, name="eqf_flow_options_scales") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), intent(inout) :: distance_min, distance_max, prior_sigma
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_scales
+
+        function eqf_flow_new_with_options(n_particles, dim, options, out) &
+                bind(C, name="eqf_flow_new_with_options") result(status)
+            import :: c_int64_t, c_ptr, c_int32_t
+            integer(c_int64_t), value :: n_particles, dim
+            type(c_ptr), value :: options
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_flow_new_with_options
+
         function eqf_train_options_new(out) bind(C, name="eqf_train_options_new") result(status)
             import :: c_ptr, c_int32_t
             type(c_ptr), intent(inout) :: out
@@ -572,6 +666,7 @@ module eqflow
     contains
         procedure :: create => flow_create
         procedure :: load => flow_load
+        procedure :: create_with_options => flow_create_with_options
         procedure :: with_integrator => flow_with_integrator
         procedure :: integrator => flow_integrator
         procedure :: certificate => flow_certificate
@@ -584,6 +679,26 @@ module eqflow
         procedure :: handle => flow_handle
         procedure :: free => flow_free
     end type eqflow_flow
+
+    ! Settings of an untrained flow (defaults: those of eqf_flow_new): field family, distance
+    ! range, kernel counts, prior sigma, integrator, seed, or scales fitted to the host's
+    ! configurations. Every setter validates its value; a rejected value leaves the options
+    ! unchanged. One thread at a time.
+    type, public :: eqflow_flow_options
+        private
+        type(c_ptr) :: ptr = c_null_ptr
+    contains
+        procedure :: create => flow_options_create
+        procedure :: set_family => flow_options_set_family
+        procedure :: set_distance_range => flow_options_set_distance_range
+        procedure :: set_kernel_counts => flow_options_set_kernel_counts
+        procedure :: set_prior_sigma => flow_options_set_prior_sigma
+        procedure :: set_integrator => flow_options_set_integrator
+        procedure :: set_seed => flow_options_set_seed
+        procedure :: fit_scales => flow_options_fit_scales
+        procedure :: scales => flow_options_scales
+        procedure :: free => flow_options_free
+    end type eqflow_flow_options
 
     ! A built-in energy (double well, Lennard-Jones). Immutable once created.
     type, public :: eqflow_energy
@@ -852,6 +967,25 @@ contains
         call finish(code, status, 'eqf_flow_certificate')
     end subroutine flow_certificate
 
+    ! An untrained flow for n_particles particles in dim dimensions with the given options
+    ! (eqf_flow_new_with_options). Frees a flow this object held before.
+    subroutine flow_create_with_options(this, n_particles, dim, options, status)
+        class(eqflow_flow), intent(inout) :: this
+        integer, intent(in) :: n_particles, dim
+        type(eqflow_flow_options), intent(in) :: options
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_flow_new_with_options(int(n_particles, c_int64_t), int(dim, c_int64_t), &
+            options%ptr, out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+        end if
+        call finish(code, status, 'eqf_flow_new_with_options')
+    end subroutine flow_create_with_options
+
     ! A new flow with this flow's parameters and another integrator (eqf_flow_with_integrator).
     subroutine flow_with_integrator(this, method, n_steps, rtol, atol, density_mode, new, status)
         class(eqflow_flow), intent(in) :: this
@@ -985,6 +1119,107 @@ contains
         if (c_associated(this%ptr)) code = eqf_flow_free(this%ptr)
         this%ptr = c_null_ptr
     end subroutine flow_free
+
+    ! ----- flow options --------------------------------------------------------------------
+
+    ! Options with the defaults of eqf_flow_options_new. Frees options this object held before.
+    subroutine flow_options_create(this, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code
+        out = c_null_ptr
+        code = eqf_flow_options_new(out)
+        if (code == EQF_OK) then
+            call this%free()
+            this%ptr = out
+        end if
+        call finish(code, status, 'eqf_flow_options_new')
+    end subroutine flow_options_create
+
+    ! The field family by name: 'kernel' (default) or 'envpair'.
+    subroutine flow_options_set_family(this, name, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        character(len=*), intent(in) :: name
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_family(this%ptr, c_string(name)), status, &
+            'eqf_flow_options_set_family')
+    end subroutine flow_options_set_family
+
+    ! Centres of the first and the last distance kernel, in the host's length unit.
+    subroutine flow_options_set_distance_range(this, min, max, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        real(c_double), intent(in) :: min, max
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_distance_range(this%ptr, min, max), status, &
+            'eqf_flow_options_set_distance_range')
+    end subroutine flow_options_set_distance_range
+
+    subroutine flow_options_set_kernel_counts(this, n_dist, n_time, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        integer, intent(in) :: n_dist, n_time
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_kernel_counts(this%ptr, int(n_dist, c_int64_t), &
+            int(n_time, c_int64_t)), status, 'eqf_flow_options_set_kernel_counts')
+    end subroutine flow_options_set_kernel_counts
+
+    subroutine flow_options_set_prior_sigma(this, sigma, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        real(c_double), intent(in) :: sigma
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_prior_sigma(this%ptr, sigma), status, &
+            'eqf_flow_options_set_prior_sigma')
+    end subroutine flow_options_set_prior_sigma
+
+    ! Integrator and density mode, as for flow%with_integrator.
+    subroutine flow_options_set_integrator(this, method, n_steps, rtol, atol, density_mode, &
+            status)
+        class(eqflow_flow_options), intent(inout) :: this
+        integer(c_int32_t), intent(in) :: method, density_mode
+        integer, intent(in) :: n_steps
+        real(c_double), intent(in) :: rtol, atol
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_integrator(this%ptr, method, int(n_steps, c_int64_t), &
+            rtol, atol, density_mode), status, 'eqf_flow_options_set_integrator')
+    end subroutine flow_options_set_integrator
+
+    subroutine flow_options_set_seed(this, seed, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        integer(c_int64_t), intent(in) :: seed
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_seed(this%ptr, seed), status, &
+            'eqf_flow_options_set_seed')
+    end subroutine flow_options_set_seed
+
+    ! Distance range and prior sigma from the host's configurations x(D, N, n_configs)
+    ! (eqf_flow_options_fit_scales).
+    subroutine flow_options_fit_scales(this, x, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        real(c_double), intent(in), contiguous :: x(:, :, :)
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_fit_scales(this%ptr, size(x, 2, kind=c_int64_t), &
+            size(x, 1, kind=c_int64_t), x, size(x, 3, kind=c_int64_t)), status, &
+            'eqf_flow_options_fit_scales')
+    end subroutine flow_options_fit_scales
+
+    ! The distance range and prior sigma the options hold (eqf_flow_options_scales).
+    subroutine flow_options_scales(this, distance_min, distance_max, prior_sigma, status)
+        class(eqflow_flow_options), intent(in) :: this
+        real(c_double), intent(out) :: distance_min, distance_max, prior_sigma
+        integer(c_int32_t), intent(out), optional :: status
+        distance_min = 0.0_c_double
+        distance_max = 0.0_c_double
+        prior_sigma = 0.0_c_double
+        call finish(eqf_flow_options_scales(this%ptr, distance_min, distance_max, prior_sigma), &
+            status, 'eqf_flow_options_scales')
+    end subroutine flow_options_scales
+
+    subroutine flow_options_free(this)
+        class(eqflow_flow_options), intent(inout) :: this
+        integer(c_int32_t) :: code
+        if (c_associated(this%ptr)) code = eqf_flow_options_free(this%ptr)
+        this%ptr = c_null_ptr
+    end subroutine flow_options_free
 
     ! ----- energies ------------------------------------------------------------------------
 

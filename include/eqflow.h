@@ -217,6 +217,17 @@ typedef struct eqf_energy eqf_energy;
 typedef struct eqf_flow eqf_flow;
 
 /**
+ * Settings of an untrained flow (opaque), created by `eqf_flow_options_new` with the defaults
+ * of `eqf_flow_new` and changed by the `eqf_flow_options_set_*` functions and
+ * `eqf_flow_options_fit_scales`, each of which validates at once (a rejected value leaves the
+ * options unchanged). Released with `eqf_flow_options_free`.
+ *
+ * Settings are independent of the number of particles: one options object may create flows
+ * of any size with `eqf_flow_new_with_options`. It belongs to one thread at a time.
+ */
+typedef struct eqf_flow_options eqf_flow_options;
+
+/**
  * A Boltzmann-generator Monte Carlo move (opaque): independence Metropolis–Hastings with a flow
  * as the proposal.
  *
@@ -852,6 +863,171 @@ int32_t eqf_flow_integrator(const eqf_flow *flow,
                             double *rtol,
                             double *atol,
                             int32_t *density_mode);
+
+/**
+ * Creates flow options with the defaults of `eqf_flow_new`: the "kernel" family (the paper's
+ * pairwise RBF field), distance kernels centred on [0, 8] of the host's length unit, 50
+ * distance and 10 time kernels, prior sigma 1, 20 fixed RK4 steps with the exact density of
+ * that discrete map, seed 0.
+ *
+ * @param out  on success receives the new options, to be released with
+ *             `eqf_flow_options_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL)
+ */
+int32_t eqf_flow_options_new(eqf_flow_options **out);
+
+/**
+ * Releases options created by `eqf_flow_options_new`. NULL is accepted and does nothing.
+ * Flows created from the options are independent of them.
+ *
+ * @return EQF_OK
+ */
+int32_t eqf_flow_options_free(eqf_flow_options *options);
+
+/**
+ * Sets the field family by its name: "kernel" (the paper's pairwise RBF kernel field, the
+ * default; trains by maximum likelihood, reverse KL or flow matching) or "envpair" (the
+ * environment-modulated pair field; trains by flow matching only). Kernel counts left at
+ * their defaults follow the family (kernel: 50 and 10; envpair: 16 and 6); counts set with
+ * `eqf_flow_options_set_kernel_counts` must suit the new family.
+ *
+ * @param options  the options (not NULL)
+ * @param name     NUL-terminated family name (not NULL)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown name, or kernel
+ *         counts the family does not accept; options unchanged)
+ */
+int32_t eqf_flow_options_set_family(eqf_flow_options *options, const char *name);
+
+/**
+ * Sets the centres of the first and the last distance kernel, in the host's length unit: the
+ * range of pair distances the field resolves. The kernel family centres its distance kernels
+ * at `linspace(min, max, n_dist)` with widths 3.06 times their spacing (the proportion of the
+ * paper's double-well preset); the envpair family spaces its Gaussians over the same range.
+ * Cover the distances of the host's configurations with some room on either side, or let
+ * `eqf_flow_options_fit_scales` choose.
+ *
+ * @param options  the options (not NULL)
+ * @param min      centre of the first kernel, finite and >= 0
+ * @param max      centre of the last kernel, with min + 1e-6 <= max <= 1e6
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_flow_options_set_distance_range(eqf_flow_options *options, double min, double max);
+
+/**
+ * Sets the numbers of distance and time kernels. The kernel family has
+ * `(n_dist + 3) * n_time + 2 * n_dist` parameters (620 for 50 and 10).
+ *
+ * @param options  the options (not NULL)
+ * @param n_dist   kernel family: 2 to 128; envpair: 2 to 64
+ * @param n_time   kernel family: 2 to 64; envpair: 2 to 64
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_flow_options_set_kernel_counts(eqf_flow_options *options,
+                                           int64_t n_dist,
+                                           int64_t n_time);
+
+/**
+ * Sets the standard deviation sigma of the flow's Gaussian prior, in the host's length unit
+ * (per coordinate, on the centre-of-mass-free subspace).
+ *
+ * @param options  the options (not NULL)
+ * @param sigma    in [1e-6, 1e6]
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_flow_options_set_prior_sigma(eqf_flow_options *options, double sigma);
+
+/**
+ * Sets the integrator and density mode, with the arguments and meaning of
+ * `eqf_flow_with_integrator` (`EQF_METHOD_*`, `EQF_DENSITY_*`).
+ *
+ * @param options       the options (not NULL)
+ * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
+ * @param n_steps       RK4: 1 to 100000 equal steps; Dormand–Prince: maximum number of
+ *                      attempted steps, 0 for the default
+ * @param rtol, atol    Dormand–Prince tolerances (> 0, finite); ignored by RK4
+ * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_flow_options_set_integrator(eqf_flow_options *options,
+                                        int32_t method,
+                                        int64_t n_steps,
+                                        double rtol,
+                                        double atol,
+                                        int32_t density_mode);
+
+/**
+ * Sets the seed of the random initial weights: the same options, seed and sizes give the same
+ * flow.
+ *
+ * @param options  the options (not NULL)
+ * @param seed     any value
+ * @return EQF_OK; EQF_ERR_NULL_POINTER
+ */
+int32_t eqf_flow_options_set_seed(eqf_flow_options *options, uint64_t seed);
+
+/**
+ * Derives the distance range and the prior sigma from the host's own configurations (for
+ * example frames of an MD trajectory), replacing both settings:
+ *
+ * - distance range: the 0.1 % and 99.9 % quantiles of the pair distances (the minimum-image
+ *   convention is not applied: pass unwrapped clusters), padded outwards on either side by a
+ *   quarter of their difference (at least 5 % of the upper quantile), the lower end at least 0;
+ * - prior sigma: the RMS displacement of the particles from their configuration's centre of
+ *   mass, per coordinate of the centre-of-mass-free subspace,
+ *   `sigma^2 = sum |x_i - com|^2 / (n_configs * (N - 1) * D)`.
+ *
+ * The configurations may have any centre of mass. At most 2^21 pair distances enter the
+ * quantiles (whole configurations, evenly spaced). Use `eqf_flow_options_scales` to read what
+ * was derived.
+ *
+ * @param options      the options (not NULL)
+ * @param n_particles  N of the configurations (2 to EQF_MAX_PARTICLES)
+ * @param dim          D (1, 2 or 3)
+ * @param x            n_configs * N * D doubles, particle-major (not NULL)
+ * @param n_configs    at least 1
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range, or
+ *         configurations without spread); EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
+ *         EQF_ERR_NON_FINITE (a NaN or infinite coordinate). On failure the options are
+ *         unchanged.
+ */
+int32_t eqf_flow_options_fit_scales(eqf_flow_options *options,
+                                    int64_t n_particles,
+                                    int64_t dim,
+                                    const double *x,
+                                    int64_t n_configs);
+
+/**
+ * Reads the length scales the options hold (set, derived by `eqf_flow_options_fit_scales`,
+ * or the defaults). Any output pointer may be NULL to skip it.
+ *
+ * @param options       the options (not NULL)
+ * @param distance_min  output or NULL: centre of the first distance kernel
+ * @param distance_max  output or NULL: centre of the last distance kernel
+ * @param prior_sigma   output or NULL: the prior's sigma
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+ */
+int32_t eqf_flow_options_scales(const eqf_flow_options *options,
+                                double *distance_min,
+                                double *distance_max,
+                                double *prior_sigma);
+
+/**
+ * Creates an untrained flow for `n_particles` particles in `dim` dimensions with the given
+ * options. With default options this is `eqf_flow_new` with seed 0. The flow does not refer
+ * to the options afterwards.
+ *
+ * @param n_particles  N (2 to EQF_MAX_PARTICLES)
+ * @param dim          D (1, 2 or 3)
+ * @param options      the options (not NULL)
+ * @param out          on success receives the new flow, to be released with
+ *                     `eqf_flow_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n_particles or dim out of
+ *         range)
+ */
+int32_t eqf_flow_new_with_options(int64_t n_particles,
+                                  int64_t dim,
+                                  const eqf_flow_options *options,
+                                  eqf_flow **out);
 
 /**
  * Installs `callback` as the receiver of eqflow's diagnostic messages, or removes it when

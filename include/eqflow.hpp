@@ -6,7 +6,7 @@
  * the EQF_ERR_* status and the library's message. The thread contract is that of the C API:
  * Flow and Energy objects are immutable and may be shared between threads (as const
  * references), except that Flow::train retrains a flow in place while no other thread uses it;
- * a Move and a TrainOptions belong to one thread at a time.
+ * a Move, a FlowOptions and a TrainOptions belong to one thread at a time.
  *
  * Layout of configurations (as in eqflow.h): particle-major, x[i*D + k] (C double x[N][D]), a
  * batch of n configurations adds the slowest index, x[(s*N + i)*D + k].
@@ -155,6 +155,88 @@ inline double kish_ess(const std::vector<double> &log_w) {
     return ess;
 }
 
+/* Settings of an untrained flow (eqf_flow_options): the defaults of eqf_flow_new. Setters
+ * return *this, so settings chain: FlowOptions().distance_range(0.25, 1.5).prior_sigma(0.3).
+ * A rejected value throws eqflow::Error and leaves the options unchanged. Move-only; one thread
+ * at a time. Build a flow with Flow(n_particles, dim, options). */
+class FlowOptions {
+public:
+    /* The length scales the options hold (see eqf_flow_options_scales). */
+    struct Scales {
+        double distance_min;
+        double distance_max;
+        double prior_sigma;
+    };
+
+    FlowOptions() { detail::check(eqf_flow_options_new(&raw_)); }
+    FlowOptions(FlowOptions &&other) noexcept : raw_(std::exchange(other.raw_, nullptr)) {}
+    FlowOptions &operator=(FlowOptions &&other) noexcept {
+        if (this != &other) {
+            eqf_flow_options_free(raw_);
+            raw_ = std::exchange(other.raw_, nullptr);
+        }
+        return *this;
+    }
+    FlowOptions(const FlowOptions &) = delete;
+    FlowOptions &operator=(const FlowOptions &) = delete;
+    ~FlowOptions() { eqf_flow_options_free(raw_); }
+
+    /* "kernel" (default) or "envpair"; see eqf_flow_options_set_family. */
+    FlowOptions &family(const std::string &name) {
+        return set(eqf_flow_options_set_family(raw_, name.c_str()));
+    }
+    /* Centres of the first and last distance kernel, in the host's length unit. */
+    FlowOptions &distance_range(double min, double max) {
+        return set(eqf_flow_options_set_distance_range(raw_, min, max));
+    }
+    FlowOptions &kernel_counts(int64_t n_dist, int64_t n_time) {
+        return set(eqf_flow_options_set_kernel_counts(raw_, n_dist, n_time));
+    }
+    FlowOptions &prior_sigma(double sigma) {
+        return set(eqf_flow_options_set_prior_sigma(raw_, sigma));
+    }
+    /* method EQF_METHOD_*, density_mode EQF_DENSITY_*; see eqf_flow_with_integrator. */
+    FlowOptions &integrator(int32_t method, int64_t n_steps, double rtol, double atol,
+                            int32_t density_mode) {
+        return set(
+            eqf_flow_options_set_integrator(raw_, method, n_steps, rtol, atol, density_mode));
+    }
+    FlowOptions &seed(uint64_t seed) { return set(eqf_flow_options_set_seed(raw_, seed)); }
+
+    /* Distance range and prior sigma from n_configs configurations x of N*D doubles each; see
+     * eqf_flow_options_fit_scales. */
+    FlowOptions &fit_scales(int64_t n_particles, int64_t dim, const double *x,
+                            int64_t n_configs) {
+        return set(eqf_flow_options_fit_scales(raw_, n_particles, dim, x, n_configs));
+    }
+    /* As above, with as many configurations as x holds (its size a multiple of N*D). */
+    FlowOptions &fit_scales(int64_t n_particles, int64_t dim, const std::vector<double> &x) {
+        const int64_t per_config = n_particles * dim;
+        if (per_config <= 0 || detail::count(x.size()) % per_config != 0) {
+            throw Error(EQF_ERR_DIMENSION_MISMATCH,
+                        "fit_scales: the size of x is not a multiple of N*D");
+        }
+        return fit_scales(n_particles, dim, x.data(), detail::count(x.size()) / per_config);
+    }
+
+    Scales scales() const {
+        Scales s{0.0, 0.0, 0.0};
+        detail::check(
+            eqf_flow_options_scales(raw_, &s.distance_min, &s.distance_max, &s.prior_sigma));
+        return s;
+    }
+
+    const eqf_flow_options *get() const noexcept { return raw_; }
+
+private:
+    FlowOptions &set(int32_t status) {
+        detail::check(status);
+        return *this;
+    }
+
+    eqf_flow_options *raw_ = nullptr;
+};
+
 class TrainOptions;
 
 /* The integrator and density mode of a flow (eqf_flow_integrator): method EQF_METHOD_*,
@@ -183,6 +265,11 @@ public:
     /* An untrained flow for n_particles particles in dim dimensions; see eqf_flow_new. */
     Flow(int64_t n_particles, int64_t dim, uint64_t seed) {
         detail::check(eqf_flow_new(n_particles, dim, seed, &raw_));
+    }
+
+    /* An untrained flow with the given options; see eqf_flow_new_with_options. */
+    Flow(int64_t n_particles, int64_t dim, const FlowOptions &options) {
+        detail::check(eqf_flow_new_with_options(n_particles, dim, options.get(), &raw_));
     }
 
     /* Takes ownership of a handle from the C API (for example eqf_flow_with_integrator). */

@@ -35,7 +35,11 @@
 //! fixed-grid RK4 map itself, `log q(x) = log ρ(z) − Σ_steps log det ∂Φ_h/∂y`, so the density of
 //! a proposal and the density evaluated later for the same configuration agree to round-off.
 //!
-//! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems.
+//! **Flows for any system** ([`flow_config`]): family, distance-kernel range, kernel counts,
+//! prior σ and integrator as settings, and the range and σ fitted to a host's configurations.
+//!
+//! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems;
+//! systems (energy, kT, units) by name or from a JSON file ([`system`]).
 //!
 //! **Training** ([`train`]): maximum likelihood, reverse KL and their mix, with exact gradients
 //! through the fixed-grid RK4 map (discretize-then-optimize) and AdamW.
@@ -68,6 +72,7 @@ pub mod energy;
 pub mod error;
 pub mod field;
 pub mod flow;
+pub mod flow_config;
 pub mod flow_move;
 pub mod free_energy;
 pub mod geometry;

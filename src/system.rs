@@ -1,7 +1,11 @@
-//! Benchmark systems as data: an energy specification, kT and the matching kernel preset
-//! (DESIGN.md §2), serialisable into model files and selectable by name in the CLI.
+//! Benchmark and user systems as data: an energy specification, kT and the matching kernel
+//! preset (DESIGN.md §2), serialisable into model files, selectable by name in the CLI or read
+//! from a system file ([`System::from_file`]).
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::boltzmann::Kt;
 use crate::energy::{DoubleWell, Energy, LennardJones};
@@ -91,7 +95,12 @@ pub struct System {
 }
 
 impl System {
-    /// The benchmark systems of DESIGN.md §2 by name: `dw2`, `dw4` or `lj13`.
+    /// The names of the built-in systems.
+    pub const PRESETS: &'static [&'static str] = &["dw2", "dw4", "lj13", "lj55"];
+
+    /// The benchmark systems of DESIGN.md §2 by name: `dw2`, `dw4`, `lj13`, and `lj55` (55
+    /// particles with the LJ-13 parameters ε = 2, r_m = 1, k = 1: the convention of Klein et
+    /// al. 2023).
     pub fn preset(name: &str) -> Result<System> {
         let dw = |n| EnergySpec::DoubleWell {
             n_particles: n,
@@ -101,19 +110,22 @@ impl System {
             c: 0.9,
             d0: 4.0,
         };
+        let lj = |n| EnergySpec::LennardJones {
+            n_particles: n,
+            dim: 3,
+            epsilon: 2.0,
+            r_m: 1.0,
+            oscillator_k: 1.0,
+        };
         let energy = match name {
             "dw2" => dw(2),
             "dw4" => dw(4),
-            "lj13" => EnergySpec::LennardJones {
-                n_particles: 13,
-                dim: 3,
-                epsilon: 2.0,
-                r_m: 1.0,
-                oscillator_k: 1.0,
-            },
+            "lj13" => lj(13),
+            "lj55" => lj(55),
             other => {
                 return Err(Error::invalid(format!(
-                    "unknown system '{other}' (known: dw2, dw4, lj13)"
+                    "unknown system '{other}' (known: {})",
+                    Self::PRESETS.join(", ")
                 )));
             }
         };
@@ -125,18 +137,207 @@ impl System {
         })
     }
 
-    /// The kernel preset of the paper's code for this kind of system.
+    /// A built-in system by name ([`System::PRESETS`]), or else the system file at that path
+    /// ([`System::from_file`]). A file whose name is a built-in one is reached as `./name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a name that is neither built in nor an existing file;
+    /// what [`System::from_file`] reports.
+    pub fn from_name_or_file(name: &str) -> Result<System> {
+        if Self::PRESETS.contains(&name) {
+            return System::preset(name);
+        }
+        let path = Path::new(name);
+        if !path.exists() {
+            return Err(Error::invalid(format!(
+                "unknown system '{name}': neither a built-in system ({}) nor an existing system \
+                 file",
+                Self::PRESETS.join(", ")
+            )));
+        }
+        System::from_file(path)
+    }
+
+    /// Reads a system file: a JSON object with
+    ///
+    /// - `n_particles`, `dim`: N and D (integers; may instead, or also, be given inside
+    ///   `energy`, as model files record them, and then must agree);
+    /// - `kt`: kT in the energy's units (positive);
+    /// - `energy`: `{"kind": "lennard_jones", "epsilon": .., "r_m": .., "oscillator_k": ..}`
+    ///   (`ε Σ_{i<j} [(r_m/d)¹² − 2(r_m/d)⁶] + (k/2) Σ_i |x_i − x̄|²`, the harmonic confinement
+    ///   `k` may be 0) or `{"kind": "double_well", "a": .., "b": .., "c": .., "d0": ..}`;
+    /// - optional `name` (default: the file's stem), `units` (a label, default `reduced`) and
+    ///   `description` (free text, ignored).
+    ///
+    /// Unknown fields are refused, so that a misspelt parameter is not silently defaulted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the file cannot be read; [`Error::Format`] naming the file and the
+    /// field for invalid JSON, a missing, unknown or mistyped field, N and D that contradict
+    /// each other, a non-positive kT or unusable energy parameters.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<System> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            what: format!("cannot read system file {}: {e}", path.display()),
+        })?;
+        let stem = path.file_stem().map_or_else(
+            || "system".to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        System::from_json(&text, &path.display().to_string(), &stem)
+    }
+
+    /// Parses the text of a system file (see [`System::from_file`]); `origin` names it in
+    /// messages and `default_name` is the name when the file gives none.
+    ///
+    /// # Errors
+    ///
+    /// As [`System::from_file`].
+    pub fn from_json(text: &str, origin: &str, default_name: &str) -> Result<System> {
+        let fail = |what: String| Error::Format {
+            what: format!("system file {origin}: {what}"),
+        };
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        let top = value
+            .as_object()
+            .ok_or_else(|| fail("expected a JSON object at the top level".into()))?;
+        let fields = Fields {
+            map: top,
+            prefix: "",
+            fail: &fail,
+        };
+        fields.only(&[
+            "name",
+            "description",
+            "units",
+            "kt",
+            "n_particles",
+            "dim",
+            "energy",
+        ])?;
+        let name = fields.string("name")?.unwrap_or(default_name).to_string();
+        let units = fields.string("units")?.unwrap_or("reduced").to_string();
+        fields.string("description")?;
+        let kt = fields.number("kt")?;
+        if !(kt.is_finite() && kt > 0.0) {
+            return Err(fail(format!(
+                "field `kt` must be positive and finite, got {kt}"
+            )));
+        }
+        let energy = fields.object("energy")?;
+        let energy = Fields {
+            map: energy,
+            prefix: "energy.",
+            fail: &fail,
+        };
+        let mut shape = [0; 2];
+        for (slot, key) in shape.iter_mut().zip(["n_particles", "dim"]) {
+            *slot = match (fields.count(key)?, energy.count(key)?) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(fail(format!(
+                        "field `{key}` = {a} contradicts `energy.{key}` = {b}"
+                    )));
+                }
+                (Some(a), _) | (None, Some(a)) => a,
+                (None, None) => return Err(fail(format!("missing field `{key}`"))),
+            };
+        }
+        let [n_particles, dim] = shape;
+        Layout::new(n_particles, dim)
+            .map_err(|e| fail(format!("fields `n_particles` and `dim`: {e}")))?;
+        let kind = energy
+            .string("kind")?
+            .ok_or_else(|| fail("missing field `energy.kind`".into()))?;
+        let energy = match kind {
+            "lennard_jones" => {
+                energy.only(&[
+                    "kind",
+                    "n_particles",
+                    "dim",
+                    "epsilon",
+                    "r_m",
+                    "oscillator_k",
+                ])?;
+                EnergySpec::LennardJones {
+                    n_particles,
+                    dim,
+                    epsilon: energy.number("epsilon")?,
+                    r_m: energy.number("r_m")?,
+                    oscillator_k: energy.number("oscillator_k")?,
+                }
+            }
+            "double_well" => {
+                energy.only(&["kind", "n_particles", "dim", "a", "b", "c", "d0"])?;
+                EnergySpec::DoubleWell {
+                    n_particles,
+                    dim,
+                    a: energy.number("a")?,
+                    b: energy.number("b")?,
+                    c: energy.number("c")?,
+                    d0: energy.number("d0")?,
+                }
+            }
+            other => {
+                return Err(fail(format!(
+                    "field `energy.kind` = \"{other}\" is not a known energy (known: \
+                     lennard_jones, double_well)"
+                )));
+            }
+        };
+        energy
+            .build()
+            .map_err(|e| fail(format!("field `energy`: {e}")))?;
+        Ok(System {
+            name,
+            energy,
+            kt,
+            units,
+        })
+    }
+
+    /// The length unit of the system's presets: `r_m` for Lennard-Jones, `d0/4` for the
+    /// double well (1 for the benchmark systems, whose presets are in these units).
     #[must_use]
-    pub fn kernels(&self) -> KernelConfig {
+    pub fn length_scale(&self) -> f64 {
         match self.energy {
-            EnergySpec::DoubleWell { .. } => KernelConfig::double_well(),
-            EnergySpec::LennardJones { .. } => KernelConfig::lennard_jones(),
+            EnergySpec::LennardJones { r_m, .. } => r_m,
+            EnergySpec::DoubleWell { d0, .. } if d0 > 0.0 => d0 / 4.0,
+            EnergySpec::DoubleWell { .. } => 1.0,
         }
     }
 
+    /// A typical nearest-neighbour distance: the lattice spacing reference MCMC starts from
+    /// (`r_m` for Lennard-Jones, `3·d0/4` for the double well).
+    #[must_use]
+    pub fn neighbour_distance(&self) -> f64 {
+        match self.energy {
+            EnergySpec::LennardJones { .. } => self.length_scale(),
+            EnergySpec::DoubleWell { .. } => 3.0 * self.length_scale(),
+        }
+    }
+
+    /// The kernel preset of the paper's code for this kind of system, with its lengths in
+    /// units of [`System::length_scale`] (so exactly the paper's for the benchmark systems).
+    #[must_use]
+    pub fn kernels(&self) -> KernelConfig {
+        let mut kernels = match self.energy {
+            EnergySpec::DoubleWell { .. } => KernelConfig::double_well(),
+            EnergySpec::LennardJones { .. } => KernelConfig::lennard_jones(),
+        };
+        let scale = self.length_scale();
+        for v in kernels.mu_dist.iter_mut().chain(&mut kernels.gamma_dist) {
+            *v *= scale;
+        }
+        kernels
+    }
+
     /// An untrained flow for this system: the paper's kernel field with this system's kernel
-    /// preset and its initialisation from `seed`, a unit prior, and the default integrator
-    /// (what `eqflow train` starts from).
+    /// preset and its initialisation from `seed`, a prior of σ = [`System::length_scale`] (1
+    /// for the benchmark systems), and the default integrator (what `eqflow train` starts
+    /// from).
     ///
     /// # Errors
     ///
@@ -145,7 +346,11 @@ impl System {
         let (n_particles, dim) = self.energy.shape();
         let layout = Layout::new(n_particles, dim)?;
         let field = KernelField::initialise(layout, self.kernels(), seed)?;
-        Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())
+        Flow::from_parts(self.prior(layout)?, field, Integrator::default())
+    }
+
+    fn prior(&self, layout: Layout) -> Result<Prior> {
+        Prior::new(layout, self.length_scale())
     }
 
     /// An untrained flow as [`System::untrained_flow`], with a field of the registered family
@@ -160,10 +365,12 @@ impl System {
         let field: Field = match family {
             "kernel" => KernelField::initialise(layout, self.kernels(), seed)?.into(),
             "envpair" => {
-                let config = match self.energy {
+                let mut config = match self.energy {
                     EnergySpec::DoubleWell { .. } => EnvPairConfig::double_well(),
                     EnergySpec::LennardJones { .. } => EnvPairConfig::lennard_jones(),
                 };
+                config.rbf_min *= self.length_scale();
+                config.rbf_max *= self.length_scale();
                 EnvPairField::initialise(layout, config, seed)?.into()
             }
             other => {
@@ -173,13 +380,77 @@ impl System {
                 )));
             }
         };
-        Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())
+        Flow::from_parts(self.prior(layout)?, field, Integrator::default())
     }
 
     /// Checks kT and the energy parameters.
     pub fn validate(&self) -> Result<()> {
         Kt::new(self.kt)?;
         self.energy.build().map(|_| ())
+    }
+}
+
+/// The fields of one JSON object of a system file, read with messages that name them.
+struct Fields<'a, F: Fn(String) -> Error> {
+    map: &'a Map<String, Value>,
+    /// `""` at the top level, `"energy."` inside the energy.
+    prefix: &'a str,
+    fail: &'a F,
+}
+
+impl<'a, F: Fn(String) -> Error> Fields<'a, F> {
+    /// Refuses fields outside `known`.
+    fn only(&self, known: &[&str]) -> Result<()> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(key) => Err((self.fail)(format!(
+                "unknown field `{}{key}` (known here: {})",
+                self.prefix,
+                known.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn mistyped(&self, key: &str, expected: &str, found: &Value) -> Error {
+        (self.fail)(format!(
+            "field `{}{key}` must be {expected}, found {found}",
+            self.prefix
+        ))
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>> {
+        self.map
+            .get(key)
+            .map(|v| v.as_str().ok_or_else(|| self.mistyped(key, "a string", v)))
+            .transpose()
+    }
+
+    fn number(&self, key: &str) -> Result<f64> {
+        let v = self
+            .map
+            .get(key)
+            .ok_or_else(|| (self.fail)(format!("missing field `{}{key}`", self.prefix)))?;
+        v.as_f64().ok_or_else(|| self.mistyped(key, "a number", v))
+    }
+
+    fn count(&self, key: &str) -> Result<Option<usize>> {
+        self.map
+            .get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| self.mistyped(key, "a non-negative integer", v))
+            })
+            .transpose()
+    }
+
+    fn object(&self, key: &str) -> Result<&'a Map<String, Value>> {
+        let v = self
+            .map
+            .get(key)
+            .ok_or_else(|| (self.fail)(format!("missing field `{}{key}`", self.prefix)))?;
+        v.as_object()
+            .ok_or_else(|| self.mistyped(key, "an object", v))
     }
 }
 
@@ -210,5 +481,164 @@ mod tests {
         assert!(System::preset("argon").is_err());
         let json = serde_json::to_string(&lj).unwrap();
         assert_eq!(serde_json::from_str::<System>(&json).unwrap(), lj);
+    }
+
+    #[test]
+    fn lj55_uses_the_lj13_convention() {
+        let lj55 = System::preset("lj55").unwrap();
+        assert_eq!(lj55.energy.shape(), (55, 3));
+        let EnergySpec::LennardJones {
+            epsilon,
+            r_m,
+            oscillator_k,
+            ..
+        } = lj55.energy
+        else {
+            panic!("not Lennard-Jones");
+        };
+        assert_eq!((epsilon, r_m, oscillator_k, lj55.kt), (2.0, 1.0, 1.0, 1.0));
+        assert_eq!(lj55.kernels(), KernelConfig::lennard_jones());
+        let message = System::preset("argon").unwrap_err().to_string();
+        assert!(message.contains("lj55"), "{message}");
+    }
+
+    fn shipped(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systems")
+            .join(name)
+    }
+
+    #[test]
+    fn the_shipped_lj13_file_is_the_builtin_system() {
+        let file = System::from_file(shipped("lj13.json")).unwrap();
+        assert_eq!(file, System::preset("lj13").unwrap());
+        let lj38 = System::from_file(shipped("lj38.json")).unwrap();
+        assert_eq!(lj38.energy.shape(), (38, 3));
+        assert_eq!(lj38.name, "lj38");
+        // A model file's record of a system (N and D inside the energy) reads back too.
+        let recorded = serde_json::to_string(&lj38).unwrap();
+        assert_eq!(System::from_json(&recorded, "x", "y").unwrap(), lj38);
+        // Builtin names win; anything else is a path.
+        assert_eq!(System::from_name_or_file("lj13").unwrap().name, "lj13");
+        let path = shipped("lj38.json");
+        let by_path = System::from_name_or_file(path.to_str().unwrap()).unwrap();
+        assert_eq!(by_path, lj38);
+        let message = System::from_name_or_file("lj38").unwrap_err().to_string();
+        assert!(message.contains("neither a built-in system"), "{message}");
+    }
+
+    #[test]
+    fn a_system_in_other_units_scales_its_presets() {
+        let text = r#"{"n_particles": 5, "dim": 3, "kt": 2.5, "units": "kJ/mol, nm",
+            "energy": {"kind": "lennard_jones", "epsilon": 1.0, "r_m": 0.38,
+                       "oscillator_k": 10.0}}"#;
+        let system = System::from_json(text, "argon.json", "argon").unwrap();
+        assert_eq!(system.name, "argon");
+        assert_eq!(system.units, "kJ/mol, nm");
+        assert_eq!(system.length_scale(), 0.38);
+        let preset = KernelConfig::lennard_jones();
+        let kernels = system.kernels();
+        assert!((kernels.mu_dist[49] - 0.38 * preset.mu_dist[49]).abs() < 1e-12);
+        let flow = system.untrained_flow(1).unwrap();
+        assert_eq!(flow.prior().sigma(), 0.38);
+        system.untrained_flow_of("envpair", 1).unwrap();
+    }
+
+    #[test]
+    fn bad_system_files_name_the_file_and_the_field() {
+        let lj =
+            r#""energy": {"kind": "lennard_jones", "epsilon": 2, "r_m": 1, "oscillator_k": 1}"#;
+        let cases = [
+            ("[1, 2]".to_string(), "JSON object"),
+            ("{".to_string(), "not valid JSON"),
+            (
+                format!(r#"{{"dim": 3, "kt": 1, {lj}}}"#),
+                "missing field `n_particles`",
+            ),
+            (
+                format!(r#"{{"n_particles": 3, "dim": 3, {lj}}}"#),
+                "missing field `kt`",
+            ),
+            (
+                format!(r#"{{"n_particles": 3, "dim": 3, "kt": 0, {lj}}}"#),
+                "field `kt` must be positive",
+            ),
+            (
+                format!(r#"{{"n_particles": 3, "dim": 3, "kt": -1, {lj}}}"#),
+                "field `kt` must be positive",
+            ),
+            (
+                format!(r#"{{"n_particles": 3, "dim": 3, "kt": 1, "kT": 1, {lj}}}"#),
+                "unknown field `kT`",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1}"#.to_string(),
+                "missing field `energy`",
+            ),
+            (
+                format!(r#"{{"n_particles": "3", "dim": 3, "kt": 1, {lj}}}"#),
+                "field `n_particles` must be a non-negative integer",
+            ),
+            (
+                format!(r#"{{"n_particles": 3.5, "dim": 3, "kt": 1, {lj}}}"#),
+                "field `n_particles` must be a non-negative integer",
+            ),
+            (
+                format!(r#"{{"n_particles": 1, "dim": 3, "kt": 1, {lj}}}"#),
+                "`n_particles` and `dim`",
+            ),
+            (
+                format!(r#"{{"n_particles": 3, "dim": 4, "kt": 1, {lj}}}"#),
+                "`n_particles` and `dim`",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
+                    "n_particles": 4, "epsilon": 2, "r_m": 1, "oscillator_k": 1}}"#
+                    .to_string(),
+                "field `n_particles` = 3 contradicts `energy.n_particles` = 4",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
+                    "epsilon": 2, "r_m": 1}}"#
+                    .to_string(),
+                "missing field `energy.oscillator_k`",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
+                    "epsilon": 2, "r_m": 1, "oscillator_k": 1, "sigma": 1}}"#
+                    .to_string(),
+                "unknown field `energy.sigma`",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
+                    "epsilon": -2, "r_m": 1, "oscillator_k": 1}}"#
+                    .to_string(),
+                "epsilon must be positive",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1, "energy": {"kind": "morse"}}"#.to_string(),
+                "`energy.kind` = \"morse\" is not a known energy",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1, "energy": {"epsilon": 1}}"#.to_string(),
+                "missing field `energy.kind`",
+            ),
+            (
+                r#"{"n_particles": 3, "dim": 3, "kt": 1, "energy": {"kind": "double_well",
+                    "a": 0, "b": "-4", "c": 0.9, "d0": 4}}"#
+                    .to_string(),
+                "field `energy.b` must be a number",
+            ),
+        ];
+        for (text, needle) in cases {
+            let error = System::from_json(&text, "bad.json", "bad").unwrap_err();
+            assert!(matches!(error, Error::Format { .. }), "{error:?}");
+            let message = error.to_string();
+            assert!(message.contains("system file bad.json: "), "{message}");
+            assert!(message.contains(needle), "{needle:?} not in {message:?}");
+        }
+        let missing = System::from_file("/nonexistent/system.json").unwrap_err();
+        assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
+        assert!(missing.to_string().contains("/nonexistent/system.json"));
     }
 }

@@ -56,6 +56,7 @@ const EXAMPLES: &[&str] = &[
     "cpp_move.cpp",
     "dw4_basic.c",
     "errors.c",
+    "flow_options.c",
     "fortran_dw4.f90",
     "fortran_model.f90",
     "mc_dw4.c",
@@ -394,6 +395,28 @@ fn errors_cxx_static() {
 }
 
 #[test]
+fn flow_options_c_shared() {
+    let stdout = build_and_run("flow_options", Language::C, Link::Shared);
+    assert!(stdout.contains("flow_options: 0 failed"), "{stdout}");
+    assert!(stdout.contains("fitted distance range"), "{stdout}");
+}
+
+#[test]
+fn flow_options_c_static() {
+    build_and_run("flow_options", Language::C, Link::Static);
+}
+
+#[test]
+fn flow_options_cxx_shared() {
+    build_and_run("flow_options", Language::Cxx, Link::Shared);
+}
+
+#[test]
+fn flow_options_cxx_static() {
+    build_and_run("flow_options", Language::Cxx, Link::Static);
+}
+
+#[test]
 fn mc_dw4_c_shared() {
     let stdout = build_and_run("mc_dw4", Language::C, Link::Shared);
     assert!(stdout.contains("flow moves:"), "{stdout}");
@@ -614,6 +637,7 @@ fn examples_are_clean_under_valgrind() {
     let mut programs: Vec<(&str, Language, &[&str])> = vec![
         ("dw4_basic", Language::C, &["20"]),
         ("errors", Language::C, &[]),
+        ("flow_options", Language::C, &[]),
         ("mc_dw4", Language::C, &["--cycles", "5"]),
         ("threads", Language::C, &["--steps", "2"]),
         ("train_dw4", Language::C, &["--quick"]),

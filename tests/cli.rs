@@ -586,3 +586,214 @@ fn eval_reports_log_z_and_the_entropy_floor_of_the_nll() {
         "{text}"
     );
 }
+
+/// The shipped example system files.
+fn shipped_system(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("systems")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Short reference MCMC of `system` (a name or a file) into `out`.
+fn quick_mcmc(system: &str, out: &Path, n: &str) -> serde_json::Value {
+    json(&eqflow(&[
+        "mcmc",
+        "--system",
+        system,
+        "-n",
+        n,
+        "--chains",
+        "8",
+        "--burnin",
+        "300",
+        "--thin",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "4",
+        "--json",
+        "-q",
+    ]))
+}
+
+#[test]
+fn the_shipped_lj13_file_is_the_builtin_lj13() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_lj13_file");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (by_name, by_file) = (dir.join("name.npy"), dir.join("file.npy"));
+    quick_mcmc("lj13", &by_name, "64");
+    quick_mcmc(&shipped_system("lj13.json"), &by_file, "64");
+    assert_eq!(
+        std::fs::read(&by_name).unwrap(),
+        std::fs::read(&by_file).unwrap()
+    );
+}
+
+#[test]
+fn builtin_lj55_and_the_lj38_file_run_mcmc() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_lj55");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (system, n_particles) in [("lj55".to_string(), 55), (shipped_system("lj38.json"), 38)] {
+        let out = dir.join("x.npy");
+        let m = quick_mcmc(&system, &out, "16");
+        assert!(m["mean_energy"].as_f64().unwrap().is_finite());
+        let layout = eqflow::geometry::Layout::new(n_particles, 3).unwrap();
+        let x = eqflow::io::read_configurations(&out, layout).unwrap();
+        assert_eq!(x.len(), 16 * n_particles * 3);
+    }
+}
+
+#[test]
+fn a_system_file_works_with_mcmc_train_eval_and_sample() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_system_file");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A small Lennard-Jones cluster in its own units (σ-like length 0.34, kT 2.5).
+    let system = dir.join("cluster6.json");
+    std::fs::write(
+        &system,
+        r#"{"name": "cluster6", "n_particles": 6, "dim": 3, "kt": 2.5, "units": "kJ/mol, nm",
+            "energy": {"kind": "lennard_jones", "epsilon": 5.0, "r_m": 0.34,
+                       "oscillator_k": 20.0}}"#,
+    )
+    .unwrap();
+    let system = system.to_str().unwrap();
+    let data = dir.join("data.npy");
+    let m = quick_mcmc(system, &data, "400");
+    assert_eq!(m["n_samples"], 400);
+    let model = dir.join("model.json");
+    let t = json(&eqflow(&[
+        "train",
+        "--system",
+        system,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--n-train",
+        "300",
+        "--n-val",
+        "100",
+        "--epochs",
+        "2",
+        "--json",
+        "-q",
+    ]));
+    assert!(t["best_validation_nll"].as_f64().unwrap().is_finite());
+    let saved = eqflow::io::model::ModelFile::read(&model).unwrap();
+    let recorded = saved.system.unwrap();
+    assert_eq!(recorded, eqflow::system::System::from_file(system).unwrap());
+    // The untrained flow started from the LJ preset in the system's length unit.
+    assert_eq!(saved.prior_sigma, 0.34);
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--system",
+        system,
+        "--n-samples",
+        "200",
+        "--json",
+        "-q",
+    ]));
+    assert!(e["nll"].as_f64().unwrap().is_finite());
+    assert!(e["ess"].as_f64().unwrap() >= 1.0);
+    // Sampling takes the system recorded in the model, or the file again.
+    for extra in [&[][..], &["--system", system][..]] {
+        let samples = dir.join("s.npy");
+        let mut args = vec![
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "-n",
+            "20",
+            "--out",
+            samples.to_str().unwrap(),
+            "--json",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let s = json(&eqflow(&args));
+        assert!(s["ess"].as_f64().unwrap() >= 1.0);
+    }
+}
+
+#[test]
+fn bad_system_files_are_errors_naming_the_file_and_the_field() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_bad_systems");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lj = r#""energy": {"kind": "lennard_jones", "epsilon": 2, "r_m": 1, "oscillator_k": 1}"#;
+    let cases = [
+        (
+            "missing.json",
+            format!(r#"{{"dim": 3, "kt": 1, {lj}}}"#),
+            "missing field `n_particles`",
+        ),
+        (
+            "unknown.json",
+            format!(r#"{{"n_particles": 4, "dim": 3, "kt": 1, "temperature": 300, {lj}}}"#),
+            "unknown field `temperature`",
+        ),
+        (
+            "contradictory.json",
+            r#"{"n_particles": 4, "dim": 3, "kt": 1, "energy": {"kind": "double_well",
+                "dim": 2, "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#
+                .to_string(),
+            "field `dim` = 3 contradicts `energy.dim` = 2",
+        ),
+        (
+            "cold.json",
+            format!(r#"{{"n_particles": 4, "dim": 3, "kt": 0, {lj}}}"#),
+            "field `kt` must be positive",
+        ),
+        (
+            "typo.json",
+            r#"{"n_particles": 4, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
+                "epsilon": 2, "rm": 1, "oscillator_k": 1}}"#
+                .to_string(),
+            "unknown field `energy.rm`",
+        ),
+        (
+            "broken.json",
+            "{\"n_particles\": 4,".to_string(),
+            "not valid JSON",
+        ),
+    ];
+    for (file, text, needle) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        for command in ["mcmc", "train"] {
+            let out = eqflow(
+                &[
+                    command,
+                    "--system",
+                    path.to_str().unwrap(),
+                    "--data",
+                    "unused.npy",
+                    "--out",
+                    dir.join("never").to_str().unwrap(),
+                ]
+                .into_iter()
+                .filter(|a| command == "train" || !["--data", "unused.npy"].contains(a))
+                .collect::<Vec<_>>(),
+            );
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(path.to_str().unwrap()), "{err}");
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    let out = eqflow(&["mcmc", "--system", "lj38", "--out", "/tmp/never.npy"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("neither a built-in system (dw2, dw4, lj13, lj55)"),
+        "{err}"
+    );
+}

@@ -28,7 +28,7 @@ pub const EQF_DENSITY_EXACT_DISCRETE: i32 = 0;
 pub const EQF_DENSITY_CONTINUOUS: i32 = 1;
 
 /// Translates the C description of an integrator into a validated [`Integrator`].
-fn integrator(
+pub(super) fn integrator(
     method: i32,
     n_steps: i64,
     rtol: f64,

@@ -26,6 +26,8 @@ mod energy;
 mod flow;
 mod flow_move;
 mod integrator;
+// After `integrator`, whose EQF_METHOD_* and EQF_DENSITY_* constants its setter takes.
+mod flow_options;
 mod log;
 mod model;
 mod status;
@@ -98,7 +100,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// immutable, results go to temporaries that are dropped, caller buffers are written only at the
 /// very end of a successful call, and the mutable handles change only in an infallible commit
 /// after all fallible work is done (a move's state; a flow trained by `eqf_flow_train`, which
-/// trains a copy; training options, whose setters validate a copy).
+/// trains a copy; training and flow options, whose setters validate a copy).
 ///
 /// Failures are also reported to the log callback (`eqf_set_log_callback`): errors at
 /// `EQF_LOG_DEBUG` (the host sees the status anyway), caught panics at `EQF_LOG_ERROR`.

@@ -78,7 +78,8 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Benchmark system (energy, kT and kernel preset): dw2, dw4 or lj13.
+    /// System: a built-in name (dw2, dw4, lj13, lj55) or the path of a JSON system file
+    /// (see systems/ and README.md); gives the energy, kT and the kernel preset.
     #[arg(long)]
     system: String,
     /// Training data (.npy or .xyz); samples after the first --n-train are used for validation.
@@ -165,7 +166,8 @@ struct Common {
 
 #[derive(Args)]
 struct McmcArgs {
-    /// Benchmark system: dw2, dw4 or lj13.
+    /// System: a built-in name (dw2, dw4, lj13, lj55) or the path of a JSON system file
+    /// (see systems/ and README.md).
     #[arg(long)]
     system: String,
     /// Number of samples to write (at most 16 GiB of samples and energies).
@@ -205,7 +207,8 @@ struct SampleArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// System for the importance weights (default: the one recorded in the model file).
+    /// System for the importance weights, a built-in name or a system file (default: the one
+    /// recorded in the model file).
     #[arg(long)]
     system: Option<String>,
     #[command(flatten)]
@@ -221,7 +224,7 @@ struct EvalArgs {
     #[arg(long)]
     data: PathBuf,
     /// Also draw fresh samples and report the ESS of their importance weights against this
-    /// system's energy (dw2, dw4, lj13), and log Z of the target by bridge sampling between
+    /// system's energy (a built-in name or a system file), and log Z of the target by bridge sampling between
     /// them and the data (assumed independent samples of the target), hence the data's entropy
     /// S = <U/kT> + log Z and NLL − S = KL(data‖flow), in the NLL's CoM-free convention.
     #[arg(long)]
@@ -327,11 +330,11 @@ fn mean_and_se(values: &[f64]) -> (f64, f64) {
 }
 
 fn run_mcmc(a: McmcArgs) -> Result<()> {
-    let system = System::preset(&a.system)?;
+    let system = System::from_name_or_file(&a.system)?;
     let energy = system.energy.build()?;
     let layout = Layout::new(energy.n_particles(), energy.dim())?;
     check_memory("mcmc -n", a.n, layout.len() + 1)?;
-    let spacing = if a.system == "lj13" { 1.0 } else { 3.0 };
+    let spacing = system.neighbour_distance();
     let config = McmcConfig {
         kt: system.kt,
         n_chains: a.chains.min(a.n.max(1)),
@@ -364,7 +367,7 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
             "{} samples of {} written to {}\nmean energy {mean_u:.4} (± {se_u:.4} if independent)\n\
              acceptance {acceptance:.3} over {} chains, {seconds:.1} s\n",
             a.n,
-            a.system,
+            system.name,
             a.out.display(),
             config.n_chains
         ),
@@ -374,7 +377,7 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
 
 fn system_for(name: Option<&str>, file: &model::ModelFile) -> Result<Option<System>> {
     match name {
-        Some(n) => System::preset(n).map(Some),
+        Some(n) => System::from_name_or_file(n).map(Some),
         None => Ok(file.system.clone()),
     }
 }
@@ -627,7 +630,11 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             ),
         });
     }
-    let system = a.system.as_deref().map(System::preset).transpose()?;
+    let system = a
+        .system
+        .as_deref()
+        .map(System::from_name_or_file)
+        .transpose()?;
     if system.is_some() {
         check_memory("eval --n-samples", a.n_samples, flow.layout().len() + 3)?;
     }
@@ -771,7 +778,7 @@ fn parse_lr_schedule(text: &str) -> Result<LrSchedule> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
-    let system = System::preset(&a.system)?;
+    let system = System::from_name_or_file(&a.system)?;
     let energy = system.energy.build()?;
     let layout = Layout::new(energy.n_particles(), energy.dim())?;
     let data = read_data(&a.data, layout)?;

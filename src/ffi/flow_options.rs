@@ -1,0 +1,590 @@
+//! Flows for the host's own system: the opaque `eqf_flow_options` object (field family,
+//! distance range, kernel counts, prior σ, integrator, seed), the call that derives the scales
+//! from the host's configurations, and `eqf_flow_new_with_options`.
+//!
+//! Modelled on the training options: a growable opaque object whose setters validate a copy
+//! and keep it only if the whole configuration is still valid.
+
+use std::ffi::{CStr, c_char};
+
+use crate::Result;
+use crate::error::Error;
+use crate::flow_config::{Family, FlowConfig, fit_scales};
+use crate::geometry::Layout;
+
+use super::flow::eqf_flow;
+use super::integrator::integrator;
+use super::{
+    array_len, catch, check_not_null, count, free_handle, handle, handle_mut, input_array,
+    write_handle,
+};
+
+/// Settings of an untrained flow (opaque), created by `eqf_flow_options_new` with the defaults
+/// of `eqf_flow_new` and changed by the `eqf_flow_options_set_*` functions and
+/// `eqf_flow_options_fit_scales`, each of which validates at once (a rejected value leaves the
+/// options unchanged). Released with `eqf_flow_options_free`.
+///
+/// Settings are independent of the number of particles: one options object may create flows
+/// of any size with `eqf_flow_new_with_options`. It belongs to one thread at a time.
+#[allow(non_camel_case_types)]
+pub struct eqf_flow_options {
+    config: FlowConfig,
+}
+
+/// Creates flow options with the defaults of `eqf_flow_new`: the "kernel" family (the paper's
+/// pairwise RBF field), distance kernels centred on [0, 8] of the host's length unit, 50
+/// distance and 10 time kernels, prior sigma 1, 20 fixed RK4 steps with the exact density of
+/// that discrete map, seed 0.
+///
+/// @param out  on success receives the new options, to be released with
+///             `eqf_flow_options_free`; untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (out is NULL)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_new(out: *mut *mut eqf_flow_options) -> i32 {
+    catch(|| {
+        check_not_null(out, "out")?;
+        let options = eqf_flow_options {
+            config: FlowConfig::default(),
+        };
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
+        // contract).
+        unsafe { write_handle(out, options) };
+        Ok(())
+    })
+}
+
+/// Releases options created by `eqf_flow_options_new`. NULL is accepted and does nothing.
+/// Flows created from the options are independent of them.
+///
+/// @return EQF_OK
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_free(options: *mut eqf_flow_options) -> i32 {
+    // SAFETY: `options` is NULL or a handle from `eqf_flow_options_new` not freed yet (this
+    // function's contract).
+    unsafe { free_handle(options) }
+}
+
+/// Applies `change` to a copy of the options' settings and keeps the copy only if the whole
+/// configuration is still valid, so a rejected value leaves the options unchanged.
+///
+/// # Safety
+/// `options` must be NULL or a live handle from `eqf_flow_options_new` that no other thread
+/// uses during the call.
+unsafe fn update(
+    options: *mut eqf_flow_options,
+    change: impl FnOnce(&mut FlowConfig) -> Result<()>,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (the
+        // caller's contract).
+        let options = unsafe { handle_mut(options, "options") }?;
+        let mut config = options.config.clone();
+        change(&mut config)?;
+        config.validate()?;
+        options.config = config;
+        Ok(())
+    })
+}
+
+/// Sets the field family by its name: "kernel" (the paper's pairwise RBF kernel field, the
+/// default; trains by maximum likelihood, reverse KL or flow matching) or "envpair" (the
+/// environment-modulated pair field; trains by flow matching only). Kernel counts left at
+/// their defaults follow the family (kernel: 50 and 10; envpair: 16 and 6); counts set with
+/// `eqf_flow_options_set_kernel_counts` must suit the new family.
+///
+/// @param options  the options (not NULL)
+/// @param name     NUL-terminated family name (not NULL)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown name, or kernel
+///         counts the family does not accept; options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_family(
+    options: *mut eqf_flow_options,
+    name: *const c_char,
+) -> i32 {
+    // SAFETY: forwarded contract of this function; `name` is read inside the closure only
+    // after the NULL check.
+    unsafe {
+        update(options, |c| {
+            check_not_null(name, "name")?;
+            // SAFETY: non-NULL (checked above) and NUL-terminated (this function's contract).
+            let name = CStr::from_ptr(name)
+                .to_str()
+                .map_err(|_| Error::invalid("field family name is not valid UTF-8"))?;
+            c.family = Family::from_name(name)?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the centres of the first and the last distance kernel, in the host's length unit: the
+/// range of pair distances the field resolves. The kernel family centres its distance kernels
+/// at `linspace(min, max, n_dist)` with widths 3.06 times their spacing (the proportion of the
+/// paper's double-well preset); the envpair family spaces its Gaussians over the same range.
+/// Cover the distances of the host's configurations with some room on either side, or let
+/// `eqf_flow_options_fit_scales` choose.
+///
+/// @param options  the options (not NULL)
+/// @param min      centre of the first kernel, finite and >= 0
+/// @param max      centre of the last kernel, with min + 1e-6 <= max <= 1e6
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_distance_range(
+    options: *mut eqf_flow_options,
+    min: f64,
+    max: f64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.distance_range = (min, max);
+            Ok(())
+        })
+    }
+}
+
+/// Sets the numbers of distance and time kernels. The kernel family has
+/// `(n_dist + 3) * n_time + 2 * n_dist` parameters (620 for 50 and 10).
+///
+/// @param options  the options (not NULL)
+/// @param n_dist   kernel family: 2 to 128; envpair: 2 to 64
+/// @param n_time   kernel family: 2 to 64; envpair: 2 to 64
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_kernel_counts(
+    options: *mut eqf_flow_options,
+    n_dist: i64,
+    n_time: i64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            let n_dist = count(n_dist, "n_dist")?;
+            let n_time = count(n_time, "n_time")?;
+            c.kernel_counts = Some((n_dist, n_time));
+            Ok(())
+        })
+    }
+}
+
+/// Sets the standard deviation sigma of the flow's Gaussian prior, in the host's length unit
+/// (per coordinate, on the centre-of-mass-free subspace).
+///
+/// @param options  the options (not NULL)
+/// @param sigma    in [1e-6, 1e6]
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_prior_sigma(
+    options: *mut eqf_flow_options,
+    sigma: f64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.prior_sigma = sigma;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the integrator and density mode, with the arguments and meaning of
+/// `eqf_flow_with_integrator` (`EQF_METHOD_*`, `EQF_DENSITY_*`).
+///
+/// @param options       the options (not NULL)
+/// @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
+/// @param n_steps       RK4: 1 to 100000 equal steps; Dormand–Prince: maximum number of
+///                      attempted steps, 0 for the default
+/// @param rtol, atol    Dormand–Prince tolerances (> 0, finite); ignored by RK4
+/// @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_integrator(
+    options: *mut eqf_flow_options,
+    method: i32,
+    n_steps: i64,
+    rtol: f64,
+    atol: f64,
+    density_mode: i32,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.integrator = integrator(method, n_steps, rtol, atol, density_mode)?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the seed of the random initial weights: the same options, seed and sizes give the same
+/// flow.
+///
+/// @param options  the options (not NULL)
+/// @param seed     any value
+/// @return EQF_OK; EQF_ERR_NULL_POINTER
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_seed(
+    options: *mut eqf_flow_options,
+    seed: u64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.seed = seed;
+            Ok(())
+        })
+    }
+}
+
+/// Derives the distance range and the prior sigma from the host's own configurations (for
+/// example frames of an MD trajectory), replacing both settings:
+///
+/// - distance range: the 0.1 % and 99.9 % quantiles of the pair distances (the minimum-image
+///   convention is not applied: pass unwrapped clusters), padded outwards on either side by a
+///   quarter of their difference (at least 5 % of the upper quantile), the lower end at least 0;
+/// - prior sigma: the RMS displacement of the particles from their configuration's centre of
+///   mass, per coordinate of the centre-of-mass-free subspace,
+///   `sigma^2 = sum |x_i - com|^2 / (n_configs * (N - 1) * D)`.
+///
+/// The configurations may have any centre of mass. At most 2^21 pair distances enter the
+/// quantiles (whole configurations, evenly spaced). Use `eqf_flow_options_scales` to read what
+/// was derived.
+///
+/// @param options      the options (not NULL)
+/// @param n_particles  N of the configurations (2 to EQF_MAX_PARTICLES)
+/// @param dim          D (1, 2 or 3)
+/// @param x            n_configs * N * D doubles, particle-major (not NULL)
+/// @param n_configs    at least 1
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range, or
+///         configurations without spread); EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
+///         EQF_ERR_NON_FINITE (a NaN or infinite coordinate). On failure the options are
+///         unchanged.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_fit_scales(
+    options: *mut eqf_flow_options,
+    n_particles: i64,
+    dim: i64,
+    x: *const f64,
+    n_configs: i64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function; `x` is borrowed inside the closure after
+    // its size is validated.
+    unsafe {
+        update(options, |c| {
+            let layout = Layout::new(count(n_particles, "n_particles")?, count(dim, "dim")?)?;
+            let n_configs = count(n_configs, "n_configs")?;
+            let len = array_len(n_configs, layout.len(), "x")?;
+            // SAFETY: `x` points to n_configs·N·D doubles, valid and unmodified during the
+            // call (this function's contract).
+            let x = input_array(x, len, "x")?;
+            let scales = fit_scales(layout, x)?;
+            c.distance_range = scales.distance_range;
+            c.prior_sigma = scales.prior_sigma;
+            Ok(())
+        })
+    }
+}
+
+/// Reads the length scales the options hold (set, derived by `eqf_flow_options_fit_scales`,
+/// or the defaults). Any output pointer may be NULL to skip it.
+///
+/// @param options       the options (not NULL)
+/// @param distance_min  output or NULL: centre of the first distance kernel
+/// @param distance_max  output or NULL: centre of the last distance kernel
+/// @param prior_sigma   output or NULL: the prior's sigma
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_scales(
+    options: *const eqf_flow_options,
+    distance_min: *mut f64,
+    distance_max: *mut f64,
+    prior_sigma: *mut f64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
+        // (this function's contract).
+        let options = unsafe { handle(options, "options") }?;
+        let (min, max) = options.config.distance_range;
+        for (ptr, value) in [
+            (distance_min, min),
+            (distance_max, max),
+            (prior_sigma, options.config.prior_sigma),
+        ] {
+            if !ptr.is_null() {
+                // SAFETY: non-NULL, so valid for one write of a double (this function's
+                // contract).
+                unsafe { ptr.write(value) };
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Creates an untrained flow for `n_particles` particles in `dim` dimensions with the given
+/// options. With default options this is `eqf_flow_new` with seed 0. The flow does not refer
+/// to the options afterwards.
+///
+/// @param n_particles  N (2 to EQF_MAX_PARTICLES)
+/// @param dim          D (1, 2 or 3)
+/// @param options      the options (not NULL)
+/// @param out          on success receives the new flow, to be released with
+///                     `eqf_flow_free`; untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n_particles or dim out of
+///         range)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_new_with_options(
+    n_particles: i64,
+    dim: i64,
+    options: *const eqf_flow_options,
+    out: *mut *mut eqf_flow,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
+        // (this function's contract).
+        let options = unsafe { handle(options, "options") }?;
+        check_not_null(out, "out")?;
+        let layout = Layout::new(count(n_particles, "n_particles")?, count(dim, "dim")?)?;
+        let flow = options.config.build(layout)?;
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
+        // contract); it is written only now that the flow exists.
+        unsafe { write_handle(out, eqf_flow::from_flow(flow)) };
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::flow::eqf_flow_free;
+    use crate::ffi::integrator::{
+        EQF_DENSITY_CONTINUOUS, EQF_DENSITY_EXACT_DISCRETE, EQF_METHOD_DOPRI5, EQF_METHOD_RK4,
+    };
+    use crate::ffi::{
+        EQF_ERR_DIMENSION_MISMATCH, EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE,
+        EQF_ERR_NULL_POINTER, EQF_OK,
+    };
+    use crate::flow::Flow;
+    use crate::integrate::DensityMode;
+
+    /// Owned options, freed on drop.
+    struct Options(*mut eqf_flow_options);
+
+    impl Options {
+        fn new() -> Options {
+            let mut out = std::ptr::null_mut();
+            // SAFETY: a valid slot for the handle.
+            assert_eq!(unsafe { eqf_flow_options_new(&raw mut out) }, EQF_OK);
+            Options(out)
+        }
+
+        fn config(&self) -> FlowConfig {
+            // SAFETY: live options, not modified concurrently.
+            unsafe { (*self.0).config.clone() }
+        }
+
+        fn flow(&self, n_particles: i64, dim: i64) -> Flow {
+            let mut out = std::ptr::null_mut();
+            // SAFETY: live options and a valid slot; the flow is freed right after cloning.
+            unsafe {
+                let status = eqf_flow_new_with_options(n_particles, dim, self.0, &raw mut out);
+                assert_eq!(status, EQF_OK);
+                let flow = (*out).inner.clone();
+                assert_eq!(eqf_flow_free(out), EQF_OK);
+                flow
+            }
+        }
+    }
+
+    impl Drop for Options {
+        fn drop(&mut self) {
+            // SAFETY: created by `eqf_flow_options_new`, freed once.
+            assert_eq!(unsafe { eqf_flow_options_free(self.0) }, EQF_OK);
+        }
+    }
+
+    #[test]
+    fn default_options_give_the_flow_of_eqf_flow_new() {
+        let options = Options::new();
+        assert_eq!(options.config(), FlowConfig::default());
+        let flow = options.flow(4, 2);
+        let preset = Flow::new(4, 2, 0).unwrap();
+        assert_eq!(flow.field().params(), preset.field().params());
+        assert_eq!(flow.field().spec(), preset.field().spec());
+        assert_eq!(flow.integrator(), preset.integrator());
+    }
+
+    #[test]
+    fn setters_apply_and_validate_and_leave_the_options_unchanged_on_failure() {
+        let options = Options::new();
+        let o = options.0;
+        let envpair = c"envpair";
+        // SAFETY: live options or NULL (rejected); NUL-terminated names.
+        unsafe {
+            assert_eq!(eqf_flow_options_set_family(o, envpair.as_ptr()), EQF_OK);
+            assert_eq!(eqf_flow_options_set_distance_range(o, 0.3, 1.5), EQF_OK);
+            assert_eq!(eqf_flow_options_set_kernel_counts(o, 20, 5), EQF_OK);
+            assert_eq!(eqf_flow_options_set_prior_sigma(o, 0.4), EQF_OK);
+            assert_eq!(eqf_flow_options_set_seed(o, 9), EQF_OK);
+            let status = eqf_flow_options_set_integrator(
+                o,
+                EQF_METHOD_DOPRI5,
+                0,
+                1e-5,
+                1e-10,
+                EQF_DENSITY_CONTINUOUS,
+            );
+            assert_eq!(status, EQF_OK);
+            let config = options.config();
+            assert_eq!(config.family, Family::EnvPair);
+            assert_eq!(config.distance_range, (0.3, 1.5));
+            assert_eq!(config.kernel_counts, Some((20, 5)));
+            assert_eq!(config.prior_sigma, 0.4);
+            assert_eq!(config.seed, 9);
+            assert_eq!(config.integrator.mode(), DensityMode::Continuous);
+            let flow = options.flow(5, 3);
+            assert_eq!(flow.prior().sigma(), 0.4);
+            assert_eq!(flow.field().spec().family, "envpair");
+
+            let before = options.config();
+            let rejected = |status: i32, expected: i32| {
+                assert_eq!(status, expected);
+                assert_eq!(options.config(), before);
+            };
+            rejected(
+                eqf_flow_options_set_family(o, c"graph".as_ptr()),
+                EQF_ERR_INVALID_ARGUMENT,
+            );
+            rejected(
+                eqf_flow_options_set_family(o, std::ptr::null()),
+                EQF_ERR_NULL_POINTER,
+            );
+            rejected(
+                eqf_flow_options_set_family(o, c"\xff".as_ptr()),
+                EQF_ERR_INVALID_ARGUMENT,
+            );
+            for (min, max) in [(1.0, 1.0), (-1.0, 2.0), (0.0, f64::NAN), (0.0, 1e7)] {
+                rejected(
+                    eqf_flow_options_set_distance_range(o, min, max),
+                    EQF_ERR_INVALID_ARGUMENT,
+                );
+            }
+            for (k, r) in [(1, 5), (65, 5), (20, 0), (-1, 5)] {
+                rejected(
+                    eqf_flow_options_set_kernel_counts(o, k, r),
+                    EQF_ERR_INVALID_ARGUMENT,
+                );
+            }
+            for sigma in [0.0, -1.0, f64::INFINITY, 1e7] {
+                rejected(
+                    eqf_flow_options_set_prior_sigma(o, sigma),
+                    EQF_ERR_INVALID_ARGUMENT,
+                );
+            }
+            rejected(
+                eqf_flow_options_set_integrator(
+                    o,
+                    EQF_METHOD_DOPRI5,
+                    0,
+                    1e-5,
+                    1e-10,
+                    EQF_DENSITY_EXACT_DISCRETE,
+                ),
+                EQF_ERR_INVALID_ARGUMENT,
+            );
+            rejected(
+                eqf_flow_options_set_integrator(o, EQF_METHOD_RK4, 0, 0.0, 0.0, 0),
+                EQF_ERR_INVALID_ARGUMENT,
+            );
+            // 100 distance kernels suit the kernel family but not envpair: switching back to
+            // the kernel family first makes them acceptable, and then envpair is refused.
+            assert_eq!(eqf_flow_options_set_family(o, c"kernel".as_ptr()), EQF_OK);
+            assert_eq!(eqf_flow_options_set_kernel_counts(o, 100, 5), EQF_OK);
+            let before = options.config();
+            assert_eq!(
+                eqf_flow_options_set_family(o, envpair.as_ptr()),
+                EQF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(options.config(), before);
+
+            let null = std::ptr::null_mut();
+            for status in [
+                eqf_flow_options_new(std::ptr::null_mut()),
+                eqf_flow_options_set_family(null, envpair.as_ptr()),
+                eqf_flow_options_set_distance_range(null, 0.0, 1.0),
+                eqf_flow_options_set_kernel_counts(null, 10, 10),
+                eqf_flow_options_set_prior_sigma(null, 1.0),
+                eqf_flow_options_set_integrator(null, 0, 20, 0.0, 0.0, 0),
+                eqf_flow_options_set_seed(null, 1),
+                eqf_flow_options_fit_scales(null, 2, 1, [0.0, 1.0].as_ptr(), 1),
+                eqf_flow_options_scales(null, null.cast(), null.cast(), null.cast()),
+            ] {
+                assert_eq!(status, EQF_ERR_NULL_POINTER);
+            }
+            assert_eq!(eqf_flow_options_free(null), EQF_OK);
+            let mut flow = std::ptr::dangling_mut::<eqf_flow>();
+            assert_eq!(
+                eqf_flow_new_with_options(4, 2, null, &raw mut flow),
+                EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(
+                eqf_flow_new_with_options(4, 2, o, std::ptr::null_mut()),
+                EQF_ERR_NULL_POINTER
+            );
+            for (n, d) in [(1, 2), (4, 0), (4, 4), (-4, 2)] {
+                assert_eq!(
+                    eqf_flow_new_with_options(n, d, o, &raw mut flow),
+                    EQF_ERR_INVALID_ARGUMENT
+                );
+            }
+            assert_eq!(flow, std::ptr::dangling_mut::<eqf_flow>());
+        }
+    }
+
+    #[test]
+    fn fitted_scales_are_kept_only_on_success() {
+        let options = Options::new();
+        let o = options.0;
+        // Two particles 3 length units apart, in 1-D: σ² = 2·1.5²/((2−1)·1).
+        let x = [0.0, 3.0, 10.0, 13.0];
+        let (mut min, mut max, mut sigma) = (0.0, 0.0, 0.0);
+        // SAFETY: live options, arrays of the stated sizes, valid output slots.
+        unsafe {
+            assert_eq!(eqf_flow_options_fit_scales(o, 2, 1, x.as_ptr(), 2), EQF_OK);
+            let status = eqf_flow_options_scales(o, &raw mut min, &raw mut max, &raw mut sigma);
+            assert_eq!(status, EQF_OK);
+            assert!((min - 2.85).abs() < 1e-12 && (max - 3.15).abs() < 1e-12);
+            assert!((sigma - 4.5f64.sqrt()).abs() < 1e-12);
+            let before = options.config();
+            let nan = [0.0, f64::NAN];
+            for (status, expected) in [
+                (
+                    eqf_flow_options_fit_scales(o, 2, 1, nan.as_ptr(), 1),
+                    EQF_ERR_NON_FINITE,
+                ),
+                (
+                    eqf_flow_options_fit_scales(o, 2, 1, x.as_ptr(), 0),
+                    EQF_ERR_DIMENSION_MISMATCH,
+                ),
+                (
+                    eqf_flow_options_fit_scales(o, 2, 1, std::ptr::null(), 2),
+                    EQF_ERR_NULL_POINTER,
+                ),
+                (
+                    eqf_flow_options_fit_scales(o, 1, 1, x.as_ptr(), 2),
+                    EQF_ERR_INVALID_ARGUMENT,
+                ),
+                (
+                    eqf_flow_options_fit_scales(o, 2, 1, x.as_ptr(), -1),
+                    EQF_ERR_INVALID_ARGUMENT,
+                ),
+                (
+                    eqf_flow_options_fit_scales(o, 2, 1, [1.0, 1.0].as_ptr(), 1),
+                    EQF_ERR_INVALID_ARGUMENT,
+                ),
+            ] {
+                assert_eq!(status, expected);
+                assert_eq!(options.config(), before);
+            }
+            let null = std::ptr::null_mut();
+            assert_eq!(eqf_flow_options_scales(o, null, null, null), EQF_OK);
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! A flow described by its settings rather than by a benchmark preset: field family, the range
+//! of the distance kernels in the host's length unit, the numbers of distance and time kernels,
+//! the prior σ, the integrator and the seed of the initial weights; and the scales of a host's
+//! own configurations, from which the range and σ can be derived ([`fit_scales`]).
+//!
+//! The defaults are exactly the flow of [`Flow::new`] (the double-well kernel preset of
+//! DESIGN.md §2), so a configuration only says what differs from it.
+
+use crate::error::{Error, Result, check_finite};
+use crate::field::envpair::{EnvPairConfig, EnvPairField};
+use crate::field::{Field, KernelConfig, KernelField};
+use crate::flow::Flow;
+use crate::geometry::{Layout, remove_center_of_mass};
+use crate::integrate::Integrator;
+use crate::io::model::{MAX_PRIOR_SIGMA, MIN_PRIOR_SIGMA};
+use crate::prior::Prior;
+
+/// Largest upper end of the distance range (length units), as for the envpair family: beyond
+/// it the Gaussians of a basis stop being meaningful in f64.
+pub const MAX_DISTANCE: f64 = 1e6;
+
+/// Lower quantile of the pair distances that [`fit_scales`] takes as the start of the data.
+pub const FIT_LOW_QUANTILE: f64 = 0.001;
+/// Upper quantile of the pair distances that [`fit_scales`] takes as the end of the data.
+pub const FIT_HIGH_QUANTILE: f64 = 0.999;
+/// Padding of the fitted range on either side, as a fraction of the quantile range.
+pub const FIT_PADDING: f64 = 0.25;
+/// At most this many pair distances enter the quantiles (whole configurations, evenly spaced
+/// through the input), which bounds the memory and time of a fit on a long trajectory.
+pub const FIT_MAX_DISTANCES: usize = 1 << 21;
+
+/// The field families a [`FlowConfig`] can build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// The paper's pairwise RBF kernel field (`"kernel"`), the default.
+    #[default]
+    Kernel,
+    /// The environment-modulated pair field (`"envpair"`); trains by flow matching only.
+    EnvPair,
+}
+
+impl Family {
+    /// The family registered under `name` (`"kernel"` or `"envpair"`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for another name, listing the known ones.
+    pub fn from_name(name: &str) -> Result<Family> {
+        match name {
+            "kernel" => Ok(Family::Kernel),
+            "envpair" => Ok(Family::EnvPair),
+            other => Err(Error::invalid(format!(
+                "unknown field family '{other}' (known: {:?})",
+                Field::FAMILIES
+            ))),
+        }
+    }
+
+    /// Default numbers of distance and time kernels: the kernel field's 50 and 10 (DESIGN.md
+    /// §2), the envpair preset's 16 and 6.
+    #[must_use]
+    pub fn default_kernel_counts(self) -> (usize, usize) {
+        match self {
+            Family::Kernel => (50, 10),
+            Family::EnvPair => {
+                let preset = EnvPairConfig::double_well();
+                (preset.n_rbf, preset.n_time)
+            }
+        }
+    }
+}
+
+/// The settings of an untrained flow. Build with struct-update syntax from
+/// [`FlowConfig::default`]; [`FlowConfig::validate`] checks every combination, and
+/// [`FlowConfig::build`] makes the flow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowConfig {
+    pub family: Family,
+    /// Centres of the first and the last distance kernel, in the host's length unit
+    /// (`0 ≤ min < max ≤` [`MAX_DISTANCE`]). Default `(0, 8)`.
+    pub distance_range: (f64, f64),
+    /// Numbers of distance and time kernels; `None` for the family's defaults
+    /// ([`Family::default_kernel_counts`]).
+    pub kernel_counts: Option<(usize, usize)>,
+    /// σ of the Gaussian prior, in length units (default 1).
+    pub prior_sigma: f64,
+    pub integrator: Integrator,
+    /// Seed of the random initial weights.
+    pub seed: u64,
+}
+
+impl Default for FlowConfig {
+    /// The flow of [`Flow::new`]: kernel field, distance centres `linspace(0, 8, 50)` with
+    /// `γ = 0.5`, 10 time kernels with `γ = 0.3`, σ = 1, RK4 with 20 steps, exact-discrete
+    /// density, seed 0.
+    fn default() -> Self {
+        FlowConfig {
+            family: Family::Kernel,
+            distance_range: (0.0, 8.0),
+            kernel_counts: None,
+            prior_sigma: 1.0,
+            integrator: Integrator::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// `n ≥ 2` evenly spaced values from `start` to `stop`, computed as the kernel presets do.
+fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| start + (stop - start) * i as f64 / (n - 1) as f64)
+        .collect()
+}
+
+impl FlowConfig {
+    /// The numbers of distance and time kernels this configuration uses.
+    #[must_use]
+    pub fn kernel_counts(&self) -> (usize, usize) {
+        self.kernel_counts
+            .unwrap_or_else(|| self.family.default_kernel_counts())
+    }
+
+    /// The kernel field's bases: distance centres `linspace(min, max, K)` and time centres
+    /// `linspace(0, 1, R)`, with widths in the proportion to the centre spacing of the
+    /// double-well preset (γ = 0.5 at spacing 8/49, γ = 0.3 at spacing 1/9), so that the default
+    /// configuration is that preset exactly and other ranges and counts overlap their
+    /// neighbours alike.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for fewer than two kernels of either kind (no spacing).
+    pub fn kernel_config(&self) -> Result<KernelConfig> {
+        let (k, r) = self.kernel_counts();
+        if k < 2 || r < 2 {
+            return Err(Error::invalid(format!(
+                "the kernel family needs at least 2 distance and 2 time kernels, got {k} and {r}"
+            )));
+        }
+        let (min, max) = self.distance_range;
+        let dist_spacing = (max - min) / (k - 1) as f64;
+        let time_spacing = 1.0 / (r - 1) as f64;
+        Ok(KernelConfig {
+            mu_dist: linspace(min, max, k),
+            gamma_dist: vec![0.5 * (dist_spacing / (8.0 / 49.0)); k],
+            mu_time: linspace(0.0, 1.0, r),
+            gamma_time: vec![0.3 * (time_spacing / (1.0 / 9.0)); r],
+        })
+    }
+
+    /// The envpair field's settings: the preset's widths with this range and these counts.
+    #[must_use]
+    pub fn envpair_config(&self) -> EnvPairConfig {
+        let (n_rbf, n_time) = self.kernel_counts();
+        EnvPairConfig {
+            n_rbf,
+            rbf_min: self.distance_range.0,
+            rbf_max: self.distance_range.1,
+            n_time,
+            ..EnvPairConfig::double_well()
+        }
+    }
+
+    /// Checks the distance range, the kernel counts for the family and the prior σ.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        let (min, max) = self.distance_range;
+        let ok = |v: f64| v.is_finite() && (0.0..=MAX_DISTANCE).contains(&v);
+        if !ok(min) || !ok(max) || max - min < 1e-6 {
+            return Err(Error::invalid(format!(
+                "distance range [{min}, {max}] must satisfy 0 ≤ min < max ≤ {MAX_DISTANCE:e} \
+                 (by at least 1e-6)"
+            )));
+        }
+        if !(MIN_PRIOR_SIGMA..=MAX_PRIOR_SIGMA).contains(&self.prior_sigma) {
+            return Err(Error::invalid(format!(
+                "prior sigma = {} is outside [{MIN_PRIOR_SIGMA:e}, {MAX_PRIOR_SIGMA:e}]",
+                self.prior_sigma
+            )));
+        }
+        match self.family {
+            Family::Kernel => self.kernel_config()?.validate(),
+            Family::EnvPair => self.envpair_config().validate(),
+        }
+    }
+
+    /// An untrained flow for `layout` with these settings.
+    ///
+    /// # Errors
+    ///
+    /// What [`FlowConfig::validate`] reports.
+    pub fn build(&self, layout: Layout) -> Result<Flow> {
+        self.validate()?;
+        let field: Field = match self.family {
+            Family::Kernel => {
+                KernelField::initialise(layout, self.kernel_config()?, self.seed)?.into()
+            }
+            Family::EnvPair => {
+                EnvPairField::initialise(layout, self.envpair_config(), self.seed)?.into()
+            }
+        };
+        Flow::from_parts(
+            Prior::new(layout, self.prior_sigma)?,
+            field,
+            self.integrator,
+        )
+    }
+}
+
+/// Length scales of a set of configurations, as [`fit_scales`] derives them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// The range of the distance kernels: the [`FIT_LOW_QUANTILE`] and [`FIT_HIGH_QUANTILE`]
+    /// quantiles of the pair distances, each padded outwards by [`FIT_PADDING`] of their
+    /// difference (the lower end at least 0).
+    pub distance_range: (f64, f64),
+    /// The prior σ whose CoM-free Gaussian has the configurations' mean square displacement
+    /// from their centre of mass: `σ² = Σ |x_i − x̄|² / (n·(N−1)·D)`.
+    pub prior_sigma: f64,
+}
+
+/// The scales of `n` configurations `x` (particle-major, `n·N·D` values, any centre of mass):
+/// the range over which the distance kernels should lie and the prior σ of matching spread.
+///
+/// The flow transports prior samples to configurations like these, so its kernels must
+/// resolve the distances they have (the quantiles keep a few outliers from stretching the
+/// range; the padding leaves room for the distances the flow passes through), and a prior of
+/// the same spread keeps the transport short.
+///
+/// # Errors
+///
+/// [`Error::DimensionMismatch`] if `x` is not a whole number of configurations, or empty;
+/// [`Error::NonFinite`] for a NaN or infinite coordinate; [`Error::InvalidArgument`] if the
+/// configurations have no spread (all particles on top of each other) or their scales fall
+/// outside what a flow accepts.
+pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
+    let len = layout.len();
+    if x.is_empty() || !x.len().is_multiple_of(len) {
+        return Err(Error::size(
+            format!("configurations to fit scales to (a positive multiple of N·D = {len})"),
+            len * (x.len() / len).max(1),
+            x.len(),
+        ));
+    }
+    check_finite(x, "configurations to fit scales to")?;
+    let n = x.len() / len;
+    let (n_particles, dim) = (layout.n_particles, layout.dim);
+    let n_pairs = n_particles * (n_particles - 1) / 2;
+    // Whole configurations, evenly spaced, so that long trajectories are thinned uniformly.
+    let stride = (n * n_pairs).div_ceil(FIT_MAX_DISTANCES).max(1);
+    let mut distances = Vec::with_capacity(n.div_ceil(stride) * n_pairs);
+    let mut sum_sq = 0.0;
+    let mut centred = vec![0.0; len];
+    for (s, config) in x.chunks_exact(len).enumerate() {
+        centred.copy_from_slice(config);
+        remove_center_of_mass(&mut centred, dim);
+        sum_sq += centred.iter().map(|v| v * v).sum::<f64>();
+        if s % stride != 0 {
+            continue;
+        }
+        for i in 0..n_particles {
+            for j in i + 1..n_particles {
+                let d2: f64 = (0..dim)
+                    .map(|k| (centred[i * dim + k] - centred[j * dim + k]).powi(2))
+                    .sum();
+                distances.push(d2.sqrt());
+            }
+        }
+    }
+    distances.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        let position = q * (distances.len() - 1) as f64;
+        let (below, frac) = (position.floor() as usize, position.fract());
+        let above = (below + 1).min(distances.len() - 1);
+        distances[below] + frac * (distances[above] - distances[below])
+    };
+    let (low, high) = (quantile(FIT_LOW_QUANTILE), quantile(FIT_HIGH_QUANTILE));
+    let prior_sigma = (sum_sq / (n * (n_particles - 1) * dim) as f64).sqrt();
+    if !(high > 0.0 && prior_sigma > 0.0) {
+        return Err(Error::invalid(format!(
+            "the {n} configurations have no spread (pair distances up to {high}, RMS \
+             displacement from the centre of mass {prior_sigma}): no length scale to fit"
+        )));
+    }
+    let pad = FIT_PADDING * (high - low);
+    // A range too narrow for the kernels (a rigid configuration) is widened around its middle
+    // to a tenth of the typical distance.
+    let pad = pad.max(0.05 * high);
+    let scales = Scales {
+        distance_range: ((low - pad).max(0.0), high + pad),
+        prior_sigma,
+    };
+    let check = FlowConfig {
+        distance_range: scales.distance_range,
+        prior_sigma,
+        ..FlowConfig::default()
+    };
+    check.validate().map_err(|e| {
+        Error::invalid(format!(
+            "the scales fitted to the {n} configurations are unusable: {e}"
+        ))
+    })?;
+    Ok(scales)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_is_the_flow_of_flow_new() {
+        let layout = Layout::new(4, 2).unwrap();
+        let config = FlowConfig {
+            seed: 5,
+            ..FlowConfig::default()
+        };
+        assert_eq!(config.kernel_config().unwrap(), KernelConfig::double_well());
+        let built = config.build(layout).unwrap();
+        let preset = Flow::new(4, 2, 5).unwrap();
+        assert_eq!(built.field().params(), preset.field().params());
+        assert_eq!(built.field().spec(), preset.field().spec());
+        assert_eq!(built.prior().sigma(), 1.0);
+    }
+
+    #[test]
+    fn ranges_counts_and_sigma_are_applied_and_validated() {
+        let layout = Layout::new(3, 3).unwrap();
+        let config = FlowConfig {
+            distance_range: (0.2, 1.2),
+            kernel_counts: Some((11, 4)),
+            prior_sigma: 0.3,
+            ..FlowConfig::default()
+        };
+        let kernels = config.kernel_config().unwrap();
+        assert_eq!(kernels.n_dist(), 11);
+        assert!((kernels.mu_dist[10] - 1.2).abs() < 1e-15);
+        // Widths in the preset's proportion to the spacing (0.1 here).
+        assert!((kernels.gamma_dist[0] - 0.5 * 0.1 * 49.0 / 8.0).abs() < 1e-12);
+        assert_eq!(config.build(layout).unwrap().prior().sigma(), 0.3);
+        let envpair = FlowConfig {
+            family: Family::EnvPair,
+            ..config.clone()
+        };
+        let spec = envpair.envpair_config();
+        assert_eq!((spec.n_rbf, spec.n_time), (11, 4));
+        assert_eq!((spec.rbf_min, spec.rbf_max), (0.2, 1.2));
+        envpair.build(layout).unwrap();
+
+        for bad in [
+            FlowConfig {
+                distance_range: (1.0, 1.0),
+                ..FlowConfig::default()
+            },
+            FlowConfig {
+                distance_range: (-0.1, 1.0),
+                ..FlowConfig::default()
+            },
+            FlowConfig {
+                distance_range: (0.0, f64::NAN),
+                ..FlowConfig::default()
+            },
+            FlowConfig {
+                prior_sigma: 0.0,
+                ..FlowConfig::default()
+            },
+            FlowConfig {
+                kernel_counts: Some((1, 10)),
+                ..FlowConfig::default()
+            },
+            FlowConfig {
+                kernel_counts: Some((129, 10)),
+                ..FlowConfig::default()
+            },
+            FlowConfig {
+                family: Family::EnvPair,
+                kernel_counts: Some((65, 6)),
+                ..FlowConfig::default()
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(Error::InvalidArgument { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(Family::from_name("graph").is_err());
+    }
+
+    #[test]
+    fn fitted_scales_follow_the_configurations_in_any_unit() {
+        let layout = Layout::new(3, 2).unwrap();
+        // Equilateral triangles of side 1 (and a CoM shift): σ² = Σ|x − x̄|²/((N−1)D) = 1/4.
+        let h = 3f64.sqrt() / 2.0;
+        let triangle = [0.0, 0.0, 1.0, 0.0, 0.5, h];
+        let x: Vec<f64> = (0..10)
+            .flat_map(|s| triangle.map(|v| v + f64::from(s)))
+            .collect();
+        let scales = fit_scales(layout, &x).unwrap();
+        assert!((scales.prior_sigma - 0.5).abs() < 1e-12);
+        // All distances 1: the range is widened to a tenth of it on either side.
+        let (min, max) = scales.distance_range;
+        assert!((min - 0.95).abs() < 1e-12 && (max - 1.05).abs() < 1e-12);
+        // Scaling the unit scales the result.
+        let nm: Vec<f64> = x.iter().map(|v| v * 0.1).collect();
+        let scaled = fit_scales(layout, &nm).unwrap();
+        assert!((scaled.prior_sigma - 0.05).abs() < 1e-12);
+        assert!((scaled.distance_range.1 - 0.105).abs() < 1e-12);
+
+        assert!(matches!(
+            fit_scales(layout, &x[..5]),
+            Err(Error::DimensionMismatch { .. })
+        ));
+        assert!(matches!(
+            fit_scales(layout, &[]),
+            Err(Error::DimensionMismatch { .. })
+        ));
+        let mut bad = x.clone();
+        bad[3] = f64::NAN;
+        assert!(matches!(
+            fit_scales(layout, &bad),
+            Err(Error::NonFinite { .. })
+        ));
+        assert!(matches!(
+            fit_scales(layout, &[2.0; 6]),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+}
