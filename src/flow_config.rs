@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result, check_finite};
 use crate::field::envpair::{EnvPairConfig, EnvPairField};
-use crate::field::{Field, KernelConfig, KernelField};
+use crate::field::{Field, KernelConfig, KernelField, linspace};
 use crate::flow::Flow;
 use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::Integrator;
@@ -103,13 +103,6 @@ impl Default for FlowConfig {
             seed: 0,
         }
     }
-}
-
-/// `n ≥ 2` evenly spaced values from `start` to `stop`, computed as the kernel presets do.
-fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|i| start + (stop - start) * i as f64 / (n - 1) as f64)
-        .collect()
 }
 
 impl FlowConfig {

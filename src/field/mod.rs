@@ -24,6 +24,14 @@ pub use kernel::{
 pub(crate) use registry::with_family;
 pub use registry::{Field, FieldSpec};
 
+/// `n ≥ 2` evenly spaced values from `start` to `stop` (both included), the one formula every
+/// RBF preset uses for its centres (bit-for-bit the same centres everywhere).
+pub(crate) fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| start + (stop - start) * i as f64 / (n - 1) as f64)
+        .collect()
+}
+
 /// The cotangent of one field evaluation's outputs: `v̄` for `v(x, t)` (length N·D,
 /// particle-major like `x`) and `div̄` for `div v(x, t)`.
 #[derive(Debug, Clone, Copy)]

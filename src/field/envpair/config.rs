@@ -5,6 +5,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::field::linspace;
 
 /// The largest width of any layer (and the largest number of RBFs): bounds the stack buffers
 /// of the per-pair loops so that no field evaluation allocates per pair.
@@ -118,12 +119,6 @@ impl EnvPairConfig {
         let gamma = 1.0 / (self.n_time - 1) as f64;
         1.0 / (gamma * gamma)
     }
-}
-
-fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|i| start + (stop - start) * i as f64 / (n - 1) as f64)
-        .collect()
 }
 
 /// Where each block lives in the flat parameter vector. Matrices are row-major with the

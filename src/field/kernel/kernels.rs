@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::field::linspace;
 
 /// The largest number of distance kernels (K) a field may have; bounds the stack buffers of
 /// the pair loop so that no field evaluation allocates.
@@ -23,12 +24,6 @@ pub struct KernelConfig {
     pub mu_time: Vec<f64>,
     /// Initial time bandwidths γ_r (> 0).
     pub gamma_time: Vec<f64>,
-}
-
-fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|i| start + (stop - start) * i as f64 / (n - 1) as f64)
-        .collect()
 }
 
 impl KernelConfig {
