@@ -7,11 +7,11 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use eqflow::Flow;
-use eqflow::integrate::Integrator;
-use eqflow::prior::Prior;
 use eqflow::field::envpair::{EnvPairConfig, EnvPairField};
 use eqflow::field::{Cotangent, Field, KernelConfig, KernelField, TrainableField};
 use eqflow::geometry::Layout;
+use eqflow::integrate::Integrator;
+use eqflow::prior::Prior;
 use rand::{RngExt, SeedableRng};
 use std::hint::black_box;
 use std::time::Duration;
@@ -59,9 +59,16 @@ fn evaluations<F: TrainableField>(c: &mut Criterion, system: &str, family: &str,
 fn sampling(c: &mut Criterion, system: &str, family: &str, field: impl Into<Field>) {
     let field = field.into();
     let layout = field.layout();
-    let flow = Flow::from_parts(Prior::new(layout, 1.0).unwrap(), field, Integrator::default())
+    let flow = Flow::from_parts(
+        Prior::new(layout, 1.0).unwrap(),
+        field,
+        Integrator::default(),
+    )
+    .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
         .unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let mut group = c.benchmark_group(format!("flow/{system}"));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(3));
