@@ -14,6 +14,7 @@
 //! | [`Stream::Shuffle`]`(e)` | seed ⊕ `SHUFFLE_KEY` | e | the training data order of epoch `e` |
 //! | [`Stream::FieldInit`] | seed | 0 | a field's initial weights |
 //! | [`Stream::FlowMatching`]`(k)` | seed ⊕ `FLOW_MATCHING_KEY` | k | step k's prior samples and times |
+//! | [`Stream::HutchinsonProbe`]`(k)` | seed ⊕ `PROBE_KEY` | k | the probes of `eqflow repro`'s Hutchinson estimates (never a density) |
 //!
 //! The reverse-KL loss shares [`Stream::Sample`] with sampling on purpose: KL sample `i` with
 //! seed `s` is the flow sample `i` with seed `s`. Move proposals are disjoint from every
@@ -30,6 +31,11 @@ const SHUFFLE_KEY: u64 = 0x5348_5546_464c_4521;
 
 /// The key mixed into the user's seed for flow matching's prior samples and times.
 const FLOW_MATCHING_KEY: u64 = 0x464c_4f57_4d41_5443;
+
+/// The key mixed into the user's seed for Hutchinson probes, so that an experiment comparing
+/// the estimator with the exact divergence on flow samples never reuses a sample's numbers as
+/// its probe.
+const PROBE_KEY: u64 = 0x4855_5443_4849_4e53;
 
 /// The first stream number of the move's proposals.
 const MOVE_STREAMS: u64 = 1 << 63;
@@ -49,6 +55,9 @@ pub enum Stream {
     FieldInit,
     /// The prior samples and times of flow-matching step `k`.
     FlowMatching(u64),
+    /// The probe vectors of Hutchinson trace estimate set `k` (the `eqflow repro` experiments
+    /// that measure the estimator against the exact divergence; no density uses it).
+    HutchinsonProbe(u64),
 }
 
 /// The generator of `stream` for the user's `seed`.
@@ -61,6 +70,7 @@ pub fn stream(seed: u64, stream: Stream) -> ChaCha20Rng {
         Stream::Shuffle(epoch) => (seed ^ SHUFFLE_KEY, epoch),
         Stream::FieldInit => (seed, 0),
         Stream::FlowMatching(k) => (seed ^ FLOW_MATCHING_KEY, k),
+        Stream::HutchinsonProbe(k) => (seed ^ PROBE_KEY, k),
     };
     let mut rng = ChaCha20Rng::seed_from_u64(key);
     rng.set_stream(number);
@@ -87,6 +97,7 @@ mod tests {
         assert_eq!(first(7, Stream::McmcChain(3)), raw(7, 3));
         assert_eq!(first(7, Stream::MoveProposal(3)), raw(7, (1 << 63) + 3));
         assert_eq!(first(7, Stream::Shuffle(3)), raw(7 ^ SHUFFLE_KEY, 3));
+        assert_eq!(first(7, Stream::HutchinsonProbe(3)), raw(7 ^ PROBE_KEY, 3));
         // The field initialisation is the unnumbered generator of the seed.
         assert_eq!(
             first(7, Stream::FieldInit),

@@ -797,3 +797,270 @@ fn bad_system_files_are_errors_naming_the_file_and_the_field() {
         "{err}"
     );
 }
+
+/// A CSV file written by `eqflow repro`: header and rows of cells.
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{} is readable: {e}", path.display()));
+    let mut lines = text.lines();
+    let split = |l: &str| l.split(',').map(str::to_string).collect::<Vec<_>>();
+    let header = split(lines.next().expect("a header line"));
+    let rows: Vec<Vec<String>> = lines.map(split).collect();
+    for row in &rows {
+        assert_eq!(row.len(), header.len(), "{}: ragged row", path.display());
+    }
+    (header, rows)
+}
+
+/// Column `name` of a CSV as numbers (`nan` parses as NaN).
+fn column(header: &[String], rows: &[Vec<String>], name: &str) -> Vec<f64> {
+    let c = header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("column {name} in {header:?}"));
+    rows.iter().map(|r| r[c].parse().unwrap()).collect()
+}
+
+#[test]
+fn repro_divergence_quick_measures_hutchinson_against_the_exact_trace() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_divergence");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = json(&eqflow(&[
+        "repro",
+        "divergence",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quick",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(out["experiment"], "divergence");
+    assert!(std::fs::metadata(dir.join("divergence.png")).unwrap().len() > 1000);
+
+    let (header, rows) = read_csv(&dir.join("divergence_error.csv"));
+    assert_eq!(
+        header,
+        [
+            "n_particles",
+            "probe",
+            "n_configs",
+            "n_draws_per_config",
+            "exact_div_rms",
+            "bias",
+            "bias_se",
+            "rms_error",
+            "predicted_rms_error",
+            "relative_rms_error",
+            "max_trace_discrepancy"
+        ]
+    );
+    let n = column(&header, &rows, "n_particles");
+    let rms = column(&header, &rows, "rms_error");
+    let predicted = column(&header, &rows, "predicted_rms_error");
+    let bias = column(&header, &rows, "bias");
+    let bias_se = column(&header, &rows, "bias_se");
+    let discrepancy = column(&header, &rows, "max_trace_discrepancy");
+    let mut by_probe = std::collections::BTreeMap::<String, Vec<(f64, f64)>>::new();
+    for (i, row) in rows.iter().enumerate() {
+        // The dense Jacobian's trace and the N·D reverse passes agree with the closed form.
+        assert!(
+            discrepancy[i] < 1e-10,
+            "row {i}: trace discrepancy {}",
+            discrepancy[i]
+        );
+        // Unbiased, and with the spread its variance formula 2‖S‖_F² predicts.
+        assert!(
+            bias[i].abs() < 5.0 * bias_se[i],
+            "row {i}: bias {} ± {}",
+            bias[i],
+            bias_se[i]
+        );
+        let ratio = rms[i] / predicted[i];
+        assert!(
+            (0.8..1.25).contains(&ratio),
+            "row {i}: rms/predicted = {ratio}"
+        );
+        by_probe
+            .entry(row[1].clone())
+            .or_default()
+            .push((n[i], rms[i]));
+    }
+    assert_eq!(by_probe.len(), 2);
+    for (probe, points) in &by_probe {
+        // The absolute error of one probe grows with N (paper Fig. 3a).
+        for w in points.windows(2) {
+            assert!(w[0].0 < w[1].0 && w[0].1 < w[1].1, "{probe}: {points:?}");
+        }
+    }
+    let (g, r) = (&by_probe["gaussian"], &by_probe["rademacher"]);
+    assert!(
+        g.iter().zip(r).all(|(g, r)| r.1 < g.1),
+        "Rademacher probes vary less"
+    );
+
+    let (header, rows) = read_csv(&dir.join("divergence_timing.csv"));
+    assert_eq!(
+        header,
+        [
+            "n_particles",
+            "closed_form_seconds",
+            "hutchinson_seconds",
+            "dense_jacobian_seconds",
+            "reverse_mode_trace_seconds"
+        ]
+    );
+    let closed = column(&header, &rows, "closed_form_seconds");
+    let reverse = column(&header, &rows, "reverse_mode_trace_seconds");
+    // At the largest N the N·D reverse passes cost far more than the closed form (about 100×
+    // at N = 32; 10× leaves room for a loaded machine).
+    let last = rows.len() - 1;
+    assert!(
+        reverse[last] > 10.0 * closed[last],
+        "{reverse:?} vs {closed:?}"
+    );
+}
+
+#[test]
+fn repro_reweighting_quick_matches_quadrature_with_exact_weights_only() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_reweighting");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = json(&eqflow(&[
+        "repro",
+        "reweighting",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quick",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(out["experiment"], "reweighting");
+    assert!(
+        std::fs::metadata(dir.join("reweighting.png"))
+            .unwrap()
+            .len()
+            > 1000
+    );
+    // The Hutchinson route integrates the untabulated field on the same grid: with the exact
+    // divergence it reproduces the library's exact density (to the tables' error).
+    assert!(out["max_log_q_route_gap"].as_f64().unwrap() < 1e-3);
+
+    let (header, rows) = read_csv(&dir.join("reweighting_profile.csv"));
+    assert_eq!(
+        header,
+        [
+            "d",
+            "f_quadrature",
+            "f_mcmc",
+            "f_flow",
+            "f_reweighted_exact",
+            "f_reweighted_continuous",
+            "f_reweighted_hutchinson_gaussian",
+            "f_reweighted_hutchinson_gaussian_sd",
+            "f_reweighted_hutchinson_rademacher",
+            "f_reweighted_hutchinson_rademacher_sd"
+        ]
+    );
+    // Check the quadrature itself: p(d) ∝ d·exp(−U(d)) has its deeper minimum of F in the
+    // outer well (d ≈ 5.5, where the radial measure d is larger).
+    let d = column(&header, &rows, "d");
+    let f = column(&header, &rows, "f_quadrature");
+    let argmin = (0..f.len()).min_by(|&a, &b| f[a].total_cmp(&f[b])).unwrap();
+    assert!(
+        (5.0..6.0).contains(&d[argmin]),
+        "F minimum at d = {}",
+        d[argmin]
+    );
+
+    let (header, rows) = read_csv(&dir.join("reweighting_samples.csv"));
+    assert_eq!(
+        header,
+        [
+            "d",
+            "reduced_energy",
+            "log_q_exact",
+            "log_q_continuous",
+            "log_q_hutchinson_gaussian",
+            "log_q_hutchinson_rademacher"
+        ]
+    );
+    assert_eq!(rows.len() as u64, out["n_samples"].as_u64().unwrap());
+
+    let (header, rows) = read_csv(&dir.join("reweighting_summary.csv"));
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "flow_unweighted",
+            "reweighted_exact",
+            "reweighted_continuous",
+            "reweighted_hutchinson_gaussian",
+            "reweighted_hutchinson_rademacher"
+        ]
+    );
+    let rms = column(&header, &rows, "rms_delta_f");
+    let ess = column(&header, &rows, "ess_fraction");
+    let missing = column(&header, &rows, "n_missing_bins");
+    // Exact weights recover the quadrature profile (a few tenths of kT from 4,000 samples of
+    // a briefly trained flow), better than the unweighted flow; Hutchinson log-weights are
+    // several times further off, with a collapsed effective sample size.
+    assert!(rms[1] < 0.3 && missing[1] == 0.0, "exact: rms {}", rms[1]);
+    assert!(
+        rms[1] < 0.5 * rms[0],
+        "exact {} vs unweighted {}",
+        rms[1],
+        rms[0]
+    );
+    assert!(
+        rms[3] > 3.0 * rms[1],
+        "Gaussian Hutchinson {} vs exact {}",
+        rms[3],
+        rms[1]
+    );
+    assert!(
+        ess[3] < 0.5 * ess[1],
+        "ESS Gaussian Hutchinson {} vs exact {}",
+        ess[3],
+        ess[1]
+    );
+}
+
+#[test]
+fn repro_errors_are_messages_not_panics() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_errors");
+    let missing = dir.join("no_such_model.json");
+    let out = eqflow(&[
+        "repro",
+        "reweighting",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quick",
+        "--model",
+        missing.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("eqflow: error:"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // A DW-4 model is refused for the DW-2 experiment, by a message.
+    let out = eqflow(&[
+        "repro",
+        "reweighting",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quick",
+        "--model",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json"),
+        "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DW-2 model"), "{stderr}");
+    let out = eqflow(&[
+        "repro",
+        "no-such-experiment",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}

@@ -28,6 +28,7 @@ use eqflow::{Flow, Result};
 
 mod demo;
 mod plot;
+mod repro;
 
 /// Largest memory the samples of one command may take: 16 GiB (for DW-4, about 190 million
 /// samples; for LJ-13, 44 million).
@@ -74,6 +75,9 @@ enum Command {
     /// The whole pipeline on DW-4 in about a minute: reference data, training, sampling,
     /// reweighting, a free-energy difference, and an energy-histogram plot.
     Demo(DemoArgs),
+    /// Reproduce an experiment of the paper (Köhler, Klein & Noé 2020): CSV files, a PNG
+    /// figure and a table; `--quick` for a reduced run of a few seconds.
+    Repro(repro::ReproArgs),
 }
 
 #[derive(Args)]
@@ -252,6 +256,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => run_eval(a),
         Command::Train(a) => run_train(a),
         Command::Demo(a) => demo::run(a),
+        Command::Repro(a) => repro::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

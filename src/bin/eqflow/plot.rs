@@ -1,5 +1,5 @@
-//! The demo's energy-histogram plot (PNG): MCMC, flow samples, and flow samples reweighted by
-//! their importance weights.
+//! The CLI's figures (PNG): the demo's energy histograms (MCMC, flow samples, and flow samples
+//! reweighted by their importance weights) and the line charts of `eqflow repro`.
 
 use std::path::Path;
 
@@ -7,8 +7,14 @@ use eqflow::boltzmann::relative_weights_into;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-/// Registers a system TrueType font for the labels; without one the plot is drawn unlabelled.
+/// Registers a system TrueType font for the labels, once per process; without one the plot is
+/// drawn unlabelled.
 fn register_font() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(register_font_once)
+}
+
+fn register_font_once() -> bool {
     const CANDIDATES: [&str; 3] = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/TTF/DejaVuSans.ttf",
@@ -16,7 +22,7 @@ fn register_font() -> bool {
     ];
     for path in CANDIDATES {
         if let Ok(bytes) = std::fs::read(path) {
-            // plotters keeps fonts for the life of the process; the CLI draws one plot.
+            // plotters keeps fonts for the life of the process, and this runs once.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
                 return true;
@@ -127,6 +133,119 @@ pub fn energy_histograms(
             .border_style(BLACK)
             .draw()
             .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// One line of a [`Panel`]: points in data coordinates; a non-finite y breaks the line.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub color: RGBColor,
+    /// Draw a marker at every point as well as the line.
+    pub markers: bool,
+}
+
+/// One chart of a figure. Log axes are drawn as log10 of the data, said in the axis label.
+pub struct Panel {
+    pub title: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    pub log_x: bool,
+    pub log_y: bool,
+    pub series: Vec<Series>,
+}
+
+/// Draws `panels` side by side into `path` (each 700 × 520 pixels).
+pub fn panels(path: &Path, panels: &[Panel]) -> Result<(), String> {
+    let labels = register_font();
+    let err = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
+    let width = 700 * u32::try_from(panels.len().max(1)).map_err(|e| err(&e))?;
+    let root = BitMapBackend::new(path, (width, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (panel, area) in panels.iter().zip(&areas) {
+        let tx = |v: f64| if panel.log_x { v.log10() } else { v };
+        let ty = |v: f64| if panel.log_y { v.log10() } else { v };
+        let lines: Vec<Vec<Vec<(f64, f64)>>> = panel
+            .series
+            .iter()
+            .map(|s| {
+                // Split at points that cannot be drawn (empty histogram bins, log of ≤ 0).
+                let mut parts: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+                for &(x, y) in &s.points {
+                    let p = (tx(x), ty(y));
+                    if p.0.is_finite() && p.1.is_finite() {
+                        if let Some(line) = parts.last_mut() {
+                            line.push(p);
+                        }
+                    } else if parts.last().is_some_and(|l| !l.is_empty()) {
+                        parts.push(Vec::new());
+                    }
+                }
+                parts
+            })
+            .collect();
+        let all = lines.iter().flatten().flatten();
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in all {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            return Err(format!(
+                "plot {}: panel '{}' has no finite points",
+                path.display(),
+                panel.title
+            ));
+        }
+        let (px, py) = (0.03 * (x1 - x0).max(1e-9), 0.08 * (y1 - y0).max(1e-9));
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(15);
+        if labels {
+            builder
+                .caption(&panel.title, ("sans-serif", 20))
+                .x_label_area_size(45)
+                .y_label_area_size(65);
+        }
+        let mut chart = builder
+            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+            .map_err(|e| err(&e))?;
+        if labels {
+            chart
+                .configure_mesh()
+                .x_desc(panel.x_desc.as_str())
+                .y_desc(panel.y_desc.as_str())
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+        for (series, parts) in panel.series.iter().zip(&lines) {
+            let color = series.color;
+            for (k, part) in parts.iter().enumerate() {
+                let drawn = chart
+                    .draw_series(LineSeries::new(part.iter().copied(), color.stroke_width(2)))
+                    .map_err(|e| err(&e))?;
+                if labels && k == 0 {
+                    drawn.label(series.name.as_str()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                }
+                if series.markers {
+                    chart
+                        .draw_series(part.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                        .map_err(|e| err(&e))?;
+                }
+            }
+        }
+        if labels {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())

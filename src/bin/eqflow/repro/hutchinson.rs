@@ -1,0 +1,142 @@
+//! The Hutchinson trace estimator of a field's divergence, for the experiments that measure
+//! what it costs in accuracy: `div v = E_ε[εᵀ (∂v/∂x) ε]` for probes with `E[εεᵀ] = I`.
+//!
+//! It lives here, in the reproduction command, and not in the library on purpose: every
+//! density eqflow reports uses the exact divergence (DESIGN.md §1); this estimator exists only
+//! to show why (paper Fig. 3). The product `εᵀ ∂v/∂x` is the field family's exact reverse pass
+//! ([`TrainableField::vjp_at`], one vector–Jacobian product, what an AD framework's single
+//! backward pass gives), never a finite difference.
+//!
+//! Variance of one estimate with `A = ∂v/∂x` and `S = (A + Aᵀ)/2` (only the symmetric part
+//! enters `εᵀAε`): Gaussian probes `2‖S‖_F²`, Rademacher probes `2(‖S‖_F² − Σ_a S_aa²)`.
+
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution, StandardNormal};
+
+use eqflow::field::{Cotangent, TrainableField};
+
+/// The distribution of the probe vector ε.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// ε ~ N(0, I).
+    Gaussian,
+    /// ε_a = ±1 with probability ½ each (the smaller variance of the two).
+    Rademacher,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 2] = [Probe::Gaussian, Probe::Rademacher];
+
+    /// The name in CSV files and tables.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Gaussian => "gaussian",
+            Probe::Rademacher => "rademacher",
+        }
+    }
+
+    /// Fills `eps` with one probe drawn from `rng`.
+    pub fn draw_into<R: Rng + ?Sized>(self, rng: &mut R, eps: &mut [f64]) {
+        for e in eps.iter_mut() {
+            *e = match self {
+                Probe::Gaussian => StandardNormal.sample(rng),
+                Probe::Rademacher => {
+                    if rng.random::<bool>() {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }
+            };
+        }
+    }
+
+    /// The variance of one estimate, from the field's dense Jacobian `jacobian` (row-major
+    /// n × n) at the point of the estimate.
+    #[must_use]
+    pub fn variance(self, jacobian: &[f64], n: usize) -> f64 {
+        let (mut frob, mut diag) = (0.0, 0.0);
+        for a in 0..n {
+            for b in 0..n {
+                let s = 0.5 * (jacobian[a * n + b] + jacobian[b * n + a]);
+                frob += s * s;
+            }
+            diag += jacobian[a * n + a].powi(2);
+        }
+        match self {
+            Probe::Gaussian => 2.0 * frob,
+            Probe::Rademacher => 2.0 * (frob - diag),
+        }
+    }
+}
+
+/// One field's Hutchinson estimator with its reverse-pass buffers (one per thread).
+pub struct Hutchinson<'a, F: TrainableField> {
+    field: &'a F,
+    adjoint: F::Adjoint,
+    scratch: F::Scratch,
+    x_bar: Vec<f64>,
+}
+
+impl<'a, F: TrainableField> Hutchinson<'a, F> {
+    pub fn new(field: &'a F) -> Self {
+        Hutchinson {
+            field,
+            adjoint: F::Adjoint::default(),
+            scratch: field.new_scratch(),
+            x_bar: vec![0.0; field.layout().len()],
+        }
+    }
+
+    /// `εᵀ (∂v/∂x)(x, t) ε`: one unbiased estimate of `div v(x, t)` by one reverse pass. The
+    /// time point is rebuilt per call so that its cost is counted like the closed form's,
+    /// which folds the time basis on every evaluation too.
+    pub fn estimate(&mut self, x: &[f64], t: f64, eps: &[f64]) -> f64 {
+        let point = self.field.time_point(t);
+        self.estimate_at(x, &point, eps)
+    }
+
+    /// As [`Hutchinson::estimate`] at a precomputed time point.
+    pub fn estimate_at(&mut self, x: &[f64], point: &F::TimePoint, eps: &[f64]) -> f64 {
+        self.x_bar.iter_mut().for_each(|v| *v = 0.0);
+        // The parameter cotangent is accumulated too (the family's reverse pass does both);
+        // it is discarded, as a CNF trained with Hutchinson would need it anyway.
+        self.field.adjoint_reset(&mut self.adjoint, 1);
+        self.field.vjp_at(
+            x,
+            point,
+            0,
+            Cotangent { v: eps, div: 0.0 },
+            &mut self.x_bar,
+            &mut self.adjoint,
+            &mut self.scratch,
+        );
+        self.x_bar.iter().zip(eps).map(|(a, b)| a * b).sum()
+    }
+
+    /// The brute-force trace of an AD framework: `Σ_a e_aᵀ (∂v/∂x) e_a` by n reverse passes,
+    /// one per unit cotangent `e_a` (`unit` is a buffer of length n). Exact, and n times the
+    /// cost of [`Hutchinson::estimate`]: the baseline of paper Fig. 3c.
+    pub fn reverse_mode_trace(&mut self, x: &[f64], t: f64, unit: &mut [f64]) -> f64 {
+        let point = self.field.time_point(t);
+        let mut trace = 0.0;
+        for a in 0..unit.len() {
+            unit.iter_mut().for_each(|v| *v = 0.0);
+            unit[a] = 1.0;
+            self.x_bar.iter_mut().for_each(|v| *v = 0.0);
+            self.field.adjoint_reset(&mut self.adjoint, 1);
+            self.field.vjp_at(
+                x,
+                &point,
+                0,
+                Cotangent { v: unit, div: 0.0 },
+                &mut self.x_bar,
+                &mut self.adjoint,
+                &mut self.scratch,
+            );
+            trace += self.x_bar[a];
+        }
+        trace
+    }
+}

@@ -1,0 +1,152 @@
+//! `eqflow repro <experiment>`: the paper's experiments (Köhler, Klein & Noé 2020) rerun by
+//! this code on this machine. Each writes CSV files and a PNG figure under `--out`, prints a
+//! short table (or, with `--json`, one JSON object), and has a `--quick` form, seconds long,
+//! that the test suite runs so that none of this rots. docs/REPRODUCTION.md sets every figure
+//! beside the paper's claim.
+//!
+//! | experiment | paper | module |
+//! |---|---|---|
+//! | `divergence` | Fig. 3a, 3c | [`divergence`] |
+//! | `reweighting` | Fig. 3b | [`reweighting`] |
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+
+use eqflow::Result;
+
+use super::Common;
+
+mod divergence;
+mod hutchinson;
+mod reweighting;
+
+#[derive(Args)]
+pub struct ReproArgs {
+    #[command(subcommand)]
+    experiment: Experiment,
+}
+
+#[derive(Subcommand)]
+enum Experiment {
+    /// Paper Fig. 3a and 3c: the Hutchinson estimator's error against the exact divergence
+    /// as N grows, and the wall-clock time per field evaluation of the reverse-mode trace, the
+    /// dense Jacobian's trace, one Hutchinson estimate and the closed form.
+    Divergence(RunArgs),
+    /// Paper Fig. 3b: the DW-2 free-energy profile along the pair distance: exact (quadrature),
+    /// the flow reweighted with exact log-densities, and with Hutchinson-estimated ones.
+    Reweighting(ReweightingArgs),
+}
+
+/// What every experiment takes.
+#[derive(Args)]
+struct RunArgs {
+    /// Directory for the CSV files and the figure (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// The reduced form: the same steps at small sizes, a few seconds (what the tests run).
+    #[arg(long)]
+    quick: bool,
+    /// Random seed of everything the experiment draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct ReweightingArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// A trained DW-2 model file (kernel field) to use instead of training one here.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+pub fn run(a: ReproArgs) -> Result<()> {
+    match a.experiment {
+        Experiment::Divergence(r) => divergence::run(&r),
+        Experiment::Reweighting(r) => reweighting::run(&r.run, r.model.as_deref()),
+    }
+}
+
+/// Creates the output directory.
+fn create_out_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| eqflow::Error::Io {
+        what: format!("cannot create {}: {e}", dir.display()),
+    })
+}
+
+/// Writes a CSV file: a header line, then one line per row. Non-finite values are written
+/// `nan`, which the tests and common readers (numpy, pandas) parse.
+fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    let mut text = header.join(",");
+    text.push('\n');
+    for row in rows {
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    let io_err = |e: std::io::Error| eqflow::Error::Io {
+        what: format!("cannot write {}: {e}", path.display()),
+    };
+    let mut file = std::fs::File::create(path).map_err(io_err)?;
+    file.write_all(text.as_bytes()).map_err(io_err)
+}
+
+/// A number for a CSV cell: full precision, `nan` for anything non-finite.
+fn cell(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:e}")
+    } else {
+        "nan".to_string()
+    }
+}
+
+/// Mean seconds per call of `f`: one warm-up call, then batches of doubling size until one
+/// batch lasts `min_seconds` (at least one call even if that call alone is longer).
+fn seconds_per_call(min_seconds: f64, mut f: impl FnMut() -> f64) -> f64 {
+    std::hint::black_box(f());
+    let mut reps = 1_u64;
+    loop {
+        let start = Instant::now();
+        let mut sink = 0.0;
+        for _ in 0..reps {
+            sink += f();
+        }
+        std::hint::black_box(sink);
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= min_seconds || reps >= 1 << 30 {
+            return elapsed / reps as f64;
+        }
+        reps *= 2;
+    }
+}
+
+/// Formats a table of strings with columns padded to their widest entry.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let n = header.len();
+    let width: Vec<usize> = (0..n)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in std::iter::once(header.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+        .chain(rows.iter().cloned())
+    {
+        for (c, text) in line.iter().enumerate() {
+            let pad = width[c] - text.chars().count();
+            let _ = write!(out, "{}{text}  ", " ".repeat(pad));
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+    }
+    out
+}
