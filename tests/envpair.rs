@@ -309,3 +309,13 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn particle_counts_beyond_the_family_limit_are_refused() {
+    use eqflow::field::envpair::MAX_ENVPAIR_PARTICLES;
+    let ok = Layout::new(MAX_ENVPAIR_PARTICLES, 3).unwrap();
+    assert!(EnvPairField::initialise(ok, EnvPairConfig::lennard_jones(), 0).is_ok());
+    let big = Layout::new(MAX_ENVPAIR_PARTICLES + 1, 3).unwrap();
+    let err = EnvPairField::initialise(big, EnvPairConfig::lennard_jones(), 0).unwrap_err();
+    assert!(err.to_string().contains("particles"), "{err}");
+}

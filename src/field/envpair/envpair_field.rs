@@ -11,8 +11,9 @@ use crate::geometry::Layout;
 use crate::rng::{self, Stream};
 
 /// The most particles an envpair field accepts: its derivatives keep per-pair state (the
-/// messages' slopes, the pair network's input gradients), O(N²·E) memory.
-pub const MAX_ENVPAIR_PARTICLES: usize = 1024;
+/// messages' slopes, the pair network's input gradients), O(N²·E) memory per thread — about
+/// 35 MB at 256 particles with the presets' E = 16 — and its cost grows as N² networks.
+pub const MAX_ENVPAIR_PARTICLES: usize = 256;
 
 /// The largest magnitude a parameter may have: beyond it the networks' activations are far
 /// outside any trained regime and the Lipschitz bound is meaningless.
