@@ -2,9 +2,10 @@
 //! the flow, model files and training use any of them.
 //!
 //! Adding a family is one folder under `src/field/` (a type implementing [`VectorField`],
-//! [`FieldFamily`] and [`TrainableField`], with its tests) plus its line in each of the two
-//! lists below: the enum variant and the arm of `with_family!`. Nothing outside `src/field/`
-//! names a family except where a user chooses one.
+//! [`FieldFamily`] and [`TrainableField`], with its tests) plus its line in the
+//! `field_families!` list below, which generates the enum, its `From` conversions, the
+//! model-file dispatch and `with_family!`. Outside `src/field/` a family is named only where a
+//! user chooses one and its presets live (`System::untrained_flow_of`, `FlowConfig`).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,25 +19,59 @@ use super::kernel::KernelField;
 use crate::error::{Error, Result};
 use crate::geometry::Layout;
 
-/// A vector field of any registered family.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Field {
+/// Generates [`Field`] (one variant per family), its `From` conversions, [`Field::FAMILIES`],
+/// the model-file dispatch `from_family_spec` and `with_family!` from one list. `$d` is a `$`
+/// token, so that the generated `with_family!` can have metavariables of its own.
+macro_rules! field_families {
+    ($d:tt; $( $(#[$doc:meta])* $variant:ident($ty:ty) ),+ $(,)?) => {
+        /// A vector field of any registered family.
+        #[derive(Debug, Clone, PartialEq)]
+        #[non_exhaustive]
+        pub enum Field {
+            $( $(#[$doc])* $variant($ty), )+
+        }
+
+        $( impl From<$ty> for Field {
+            fn from(f: $ty) -> Field {
+                Field::$variant(f)
+            }
+        } )+
+
+        impl Field {
+            /// The names of all registered families, for messages and `--help`.
+            pub const FAMILIES: &'static [&'static str] = &[$( <$ty as FieldFamily>::NAME ),+];
+        }
+
+        /// The field of the family named in `spec`, if one is registered under that name.
+        fn from_family_spec(
+            layout: Layout,
+            spec: &FieldSpec,
+            params: Vec<f64>,
+        ) -> Option<Result<Field>> {
+            $( if spec.family == <$ty as FieldFamily>::NAME {
+                return Some(from_spec_of::<$ty>(layout, spec, params).map(Field::$variant));
+            } )+
+            None
+        }
+
+        /// Runs `$body` with `$f` bound to the concrete field of whatever family `$field`
+        /// holds, so that generic code (`fn g<F: TrainableField>(f: &F)`) is monomorphised per
+        /// family.
+        macro_rules! with_family {
+            ($d field:expr, $d f:ident => $d body:expr) => {
+                match $d field {
+                    $( $crate::field::Field::$variant($d f) => $d body, )+
+                }
+            };
+        }
+    };
+}
+
+field_families! {$;
     /// The paper's pairwise RBF kernel field (Köhler, Klein & Noé 2020).
     Kernel(KernelField),
     /// The environment-modulated pair field (`src/field/envpair/`).
     EnvPair(EnvPairField),
-}
-
-/// Runs `$body` with `$f` bound to the concrete field of whatever family `$field` holds, so
-/// that generic code (`fn g<F: TrainableField>(f: &F)`) is monomorphised per family.
-macro_rules! with_family {
-    ($field:expr, $f:ident => $body:expr) => {
-        match $field {
-            $crate::field::Field::Kernel($f) => $body,
-            $crate::field::Field::EnvPair($f) => $body,
-        }
-    };
 }
 pub(crate) use with_family;
 
@@ -68,9 +103,6 @@ fn spec_of<F: FieldFamily>(field: &F) -> FieldSpec {
 }
 
 impl Field {
-    /// The names of all registered families, for messages and `--help`.
-    pub const FAMILIES: &'static [&'static str] = &[KernelField::NAME, EnvPairField::NAME];
-
     /// A field from a model file's family section and parameters.
     ///
     /// # Errors
@@ -78,16 +110,15 @@ impl Field {
     /// [`Error::Format`] for an unknown family or a config that does not parse; the family's
     /// own validation errors otherwise.
     pub fn from_spec(layout: Layout, spec: &FieldSpec, params: Vec<f64>) -> Result<Field> {
-        match spec.family.as_str() {
-            KernelField::NAME => Ok(Field::Kernel(from_spec_of(layout, spec, params)?)),
-            EnvPairField::NAME => Ok(Field::EnvPair(from_spec_of(layout, spec, params)?)),
-            other => Err(Error::Format {
+        from_family_spec(layout, spec, params).unwrap_or_else(|| {
+            Err(Error::Format {
                 what: format!(
-                    "unknown field family '{other}' (this build knows {:?})",
+                    "unknown field family '{}' (this build knows {:?})",
+                    spec.family,
                     Field::FAMILIES
                 ),
-            }),
-        }
+            })
+        })
     }
 
     /// The family section of a model file for this field.
@@ -162,9 +193,10 @@ impl Field {
     /// The paper's kernel field, if this is one.
     #[must_use]
     pub fn as_kernel(&self) -> Option<&KernelField> {
-        match self {
-            Field::Kernel(k) => Some(k),
-            Field::EnvPair(_) => None,
+        if let Field::Kernel(k) = self {
+            Some(k)
+        } else {
+            None
         }
     }
 
@@ -172,18 +204,6 @@ impl Field {
     #[must_use]
     pub fn as_vector_field(&self) -> &dyn VectorField {
         with_family!(self, f => f)
-    }
-}
-
-impl From<EnvPairField> for Field {
-    fn from(f: EnvPairField) -> Field {
-        Field::EnvPair(f)
-    }
-}
-
-impl From<KernelField> for Field {
-    fn from(f: KernelField) -> Field {
-        Field::Kernel(f)
     }
 }
 
