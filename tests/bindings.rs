@@ -16,6 +16,9 @@
 //! them on small synthetic inputs, so that a scanner that silently finds nothing cannot make
 //! the real checks pass.
 
+mod common;
+
+use common::strip_c_comments;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -43,33 +46,6 @@ fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
-}
-
-/// Removes C `/* ... */` and `// ...` comments (no string literal in our headers contains
-/// either sequence).
-fn strip_c_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    loop {
-        let block = rest.find("/*");
-        let line = rest.find("//");
-        match (block, line) {
-            (Some(b), l) if l.is_none_or(|l| b < l) => {
-                out.push_str(&rest[..b]);
-                let end = rest[b..].find("*/").expect("unterminated comment");
-                rest = &rest[b + end + 2..];
-            }
-            (_, Some(l)) => {
-                out.push_str(&rest[..l]);
-                rest = rest[l..].find('\n').map_or("", |end| &rest[l + end..]);
-            }
-            (None, None) => {
-                out.push_str(rest);
-                return out;
-            }
-            (Some(_), None) => unreachable!("handled by the first arm"),
-        }
-    }
 }
 
 fn is_identifier_char(c: char) -> bool {

@@ -1,6 +1,9 @@
 //! The committed C header `include/eqflow.h` must equal the one build.rs generates from
 //! `src/ffi/` (in `$OUT_DIR/eqflow.h`), and must declare only `eqf_*` / `EQF_*` names.
 
+mod common;
+
+use common::strip_c_comments;
 use std::path::Path;
 
 const REGENERATE: &str = "regenerate it with `EQFLOW_UPDATE_HEADER=1 cargo build` and commit \
@@ -45,35 +48,9 @@ fn committed_header_is_up_to_date() {
     }
 }
 
-/// Removes `/* ... */` and `// ...` comments.
-fn strip_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    loop {
-        let block = rest.find("/*");
-        let line = rest.find("//");
-        match (block, line) {
-            (Some(b), l) if l.is_none_or(|l| b < l) => {
-                out.push_str(&rest[..b]);
-                let end = rest[b..].find("*/").expect("unterminated comment");
-                rest = &rest[b + end + 2..];
-            }
-            (_, Some(l)) => {
-                out.push_str(&rest[..l]);
-                rest = rest[l..].find('\n').map_or("", |end| &rest[l + end..]);
-            }
-            (None, None) => {
-                out.push_str(rest);
-                return out;
-            }
-            (Some(_), None) => unreachable!("handled by the first arm"),
-        }
-    }
-}
-
 /// Names the header declares: macros, typedefs and functions.
 fn declared_names(header: &str) -> Vec<String> {
-    let code = strip_comments(header);
+    let code = strip_c_comments(header);
     let mut names = Vec::new();
     let mut in_struct = false;
     for line in code.lines() {
@@ -191,7 +168,7 @@ fn name_scanner_finds_functions_and_macros() {
 /// written against these argument types and orders).
 #[test]
 fn move_prototypes_match_the_published_contract() {
-    let header = strip_comments(&committed());
+    let header = strip_c_comments(&committed());
     let normalised: String = header.split_whitespace().collect::<Vec<_>>().join(" ");
     let normalised = normalised.replace("( ", "(");
     for prototype in [

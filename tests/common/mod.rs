@@ -107,3 +107,30 @@ pub fn log_abs_det(m: &[f64], n: usize) -> f64 {
         .abs()
         .ln()
 }
+
+/// Removes C `/* ... */` and `// ...` comments (no string literal in our headers contains
+/// either sequence).
+pub fn strip_c_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let block = rest.find("/*");
+        let line = rest.find("//");
+        match (block, line) {
+            (Some(b), l) if l.is_none_or(|l| b < l) => {
+                out.push_str(&rest[..b]);
+                let end = rest[b..].find("*/").expect("unterminated comment");
+                rest = &rest[b + end + 2..];
+            }
+            (_, Some(l)) => {
+                out.push_str(&rest[..l]);
+                rest = rest[l..].find('\n').map_or("", |end| &rest[l + end..]);
+            }
+            (None, None) => {
+                out.push_str(rest);
+                return out;
+            }
+            (Some(_), None) => unreachable!("handled by the first arm"),
+        }
+    }
+}
