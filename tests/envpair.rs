@@ -290,16 +290,8 @@ fn model_files_round_trip_and_densities_are_exact() {
 #[test]
 fn thread_count_does_not_change_a_bit() {
     let flow = envpair_flow(10);
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let two = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    let a = one.install(|| flow.sample(5, 32).unwrap());
-    let b = two.install(|| flow.sample(5, 32).unwrap());
+    let a = pool(1).install(|| flow.sample(5, 32).unwrap());
+    let b = pool(2).install(|| flow.sample(5, 32).unwrap());
     assert_eq!(a.0, b.0);
     assert_eq!(a.1, b.1);
 }

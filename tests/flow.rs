@@ -166,11 +166,7 @@ fn results_are_bit_identical_for_any_thread_count_and_seed_dependent() {
         Integrator::default(),
     );
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        pool(threads).install(|| {
             let (x, log_q) = flow.sample(77, 24).unwrap();
             let again = flow.log_density(&x).unwrap();
             (x, log_q, again)
@@ -266,12 +262,7 @@ fn concurrent_first_use_of_a_flow_from_many_threads_does_not_deadlock() {
     // once (each going through the rayon pool) once deadlocked through work stealing.
     // The C ABI runs every batch call inside its own pool: do the same here.
     let flow = std::sync::Arc::new(Flow::new(13, 3, 1).unwrap());
-    let pool = std::sync::Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap(),
-    );
+    let pool = std::sync::Arc::new(pool(2));
     let (done, finished) = std::sync::mpsc::channel();
     for t in 0..4u64 {
         let flow = flow.clone();

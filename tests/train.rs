@@ -518,13 +518,6 @@ fn dw4_mcmc(n_samples: usize, seed: u64) -> Vec<f64> {
     out
 }
 
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn training_is_bit_identical_for_one_and_two_threads() {
     let data = dw4_mcmc(40, 1);

@@ -134,3 +134,11 @@ pub fn strip_c_comments(text: &str) -> String {
         }
     }
 }
+
+/// A rayon pool of `threads` threads, for the tests that compare results across thread counts.
+pub fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
