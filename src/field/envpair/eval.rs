@@ -73,6 +73,7 @@ impl EnvPairScratch {
             grow(&mut self.s, n * n);
             grow(&mut self.a, n * n * b.e);
             grow(&mut self.b, n * n * b.e);
+            grow(&mut self.q, n * n * b.e);
         }
     }
 }
@@ -391,6 +392,7 @@ impl EnvPairField {
         if !derivatives {
             return 0.0;
         }
+        self.environment_slopes(ws);
         div + self.environment_divergence(x, ws)
     }
 
@@ -402,34 +404,22 @@ impl EnvPairField {
         let inv_n1 = 1.0 / (n - 1) as f64;
         let mut r = [0.0; MAX_DIM];
         let r = &mut r[..dim];
-        let mut m_u = [0.0; MAX_WIDTH * MAX_DIM];
-        let m_u = &mut m_u[..e_w * dim];
         let mut t_i = [0.0; MAX_WIDTH * MAX_DIM];
         let t_i = &mut t_i[..e_w * dim];
-        let mut q = [0.0; MAX_WIDTH];
         let mut div = 0.0;
         for i in 0..n {
-            // M_i = Σ_k m'_ik u_ikᵀ (E × D), T_i = G_i M_i.
-            m_u.fill(0.0);
+            // T_i = G_i Σ_k m'_ik u_ikᵀ = Σ_k q_ik u_ikᵀ (E × D).
+            t_i.fill(0.0);
             for k in 0..n {
                 if k == i {
                     continue;
                 }
                 let (_, d) = pair_geometry(x, dim, i, k, r);
-                let ms = &ws.m_slope[(i * n + k) * e_w..(i * n + k + 1) * e_w];
+                let ik = i * n + k;
+                let q = &ws.q[ik * e_w..(ik + 1) * e_w];
                 for e in 0..e_w {
                     for c in 0..dim {
-                        m_u[e * dim + c] += ms[e] * r[c] / d;
-                    }
-                }
-            }
-            let g_i = &ws.g_mat[i * e_w * e_w..(i + 1) * e_w * e_w];
-            t_i.fill(0.0);
-            for e in 0..e_w {
-                for f in 0..e_w {
-                    let gef = g_i[e * e_w + f];
-                    for c in 0..dim {
-                        t_i[e * dim + c] += gef * m_u[f * dim + c];
+                        t_i[e * dim + c] += q[e] * r[c] / d;
                     }
                 }
             }
@@ -444,34 +434,20 @@ impl EnvPairField {
                     let tr: f64 = (0..dim).map(|c| t_i[e * dim + c] * r[c]).sum();
                     div += a[e] * tr * inv_n1;
                 }
-                // (b_ij · G_j m'_ji) |r_ij|²/(d_ij n1)
-                let g_j = &ws.g_mat[j * e_w * e_w..(j + 1) * e_w * e_w];
-                let ms = &ws.m_slope[(j * n + i) * e_w..(j * n + i + 1) * e_w];
-                let q = &mut q[..e_w];
-                q.fill(0.0);
-                for e in 0..e_w {
-                    q[e] = dot(&g_j[e * e_w..(e + 1) * e_w], ms);
-                }
+                // (b_ij · q_ji) |r_ij|²/(d_ij n1)
+                let ji = j * n + i;
                 let bb = &ws.b[ij * e_w..(ij + 1) * e_w];
-                div += dot(bb, q) * r2 / d * inv_n1;
+                div += dot(bb, &ws.q[ji * e_w..(ji + 1) * e_w]) * r2 / d * inv_n1;
             }
         }
         div
     }
 
-    /// The dense Jacobian `∂v_a/∂x_b` (row-major, n × n) from the state `evaluate` left in
-    /// `ws` with `derivatives` at the same x and time.
-    pub(super) fn jacobian_into(&self, x: &[f64], ws: &mut EnvPairScratch, jac: &mut [f64]) {
+    /// `q_il = G_i m'_il` for every ordered pair: how particle l's distance moves h_i, shared
+    /// by the divergence and the Jacobian.
+    fn environment_slopes(&self, ws: &mut EnvPairScratch) {
         let n = self.layout.n_particles;
-        let dim = self.layout.dim;
         let e_w = self.blocks.e;
-        let len = n * dim;
-        let inv_n1 = 1.0 / (n - 1) as f64;
-        jac.fill(0.0);
-        if ws.q.len() < n * n * e_w {
-            ws.q.resize(n * n * e_w, 0.0);
-        }
-        // q_il = G_i m'_il for every ordered pair.
         for i in 0..n {
             let g_i = &ws.g_mat[i * e_w * e_w..(i + 1) * e_w * e_w];
             for l in 0..n {
@@ -487,6 +463,17 @@ impl EnvPairField {
                 }
             }
         }
+    }
+
+    /// The dense Jacobian `∂v_a/∂x_b` (row-major, n × n) from the state `evaluate` left in
+    /// `ws` with `derivatives` at the same x and time (including `q`).
+    pub(super) fn jacobian_into(&self, x: &[f64], ws: &EnvPairScratch, jac: &mut [f64]) {
+        let n = self.layout.n_particles;
+        let dim = self.layout.dim;
+        let e_w = self.blocks.e;
+        let len = n * dim;
+        let inv_n1 = 1.0 / (n - 1) as f64;
+        jac.fill(0.0);
         let mut r = [0.0; MAX_DIM];
         let r = &mut r[..dim];
         let mut u = [0.0; MAX_DIM];
