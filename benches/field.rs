@@ -1,12 +1,13 @@
-//! Cost of one field evaluation per family (the paper's kernel field against the envpair
-//! field) on DW-4 and LJ-13, single-threaded: the velocity alone, with the exact divergence,
-//! with the dense Jacobian (the exact-discrete density's need), and the flow-matching reverse
-//! pass; and a batch of 16 exact-discrete flow samples (RK4-20, one thread) per family, the
+//! Cost of one field evaluation per family (the paper's kernel field against the coordkernel
+//! and envpair fields) on DW-4 and LJ-13, single-threaded: the velocity alone, with the exact
+//! divergence, with the dense Jacobian (the exact-discrete density's need), the flow-matching
+//! reverse pass and (families that have it) the maximum-likelihood reverse pass; and a batch of 16 exact-discrete flow samples (RK4-20, one thread) per family, the
 //! rate behind "effective samples per core-second". Run: `cargo bench --bench field`. Results
 //! go into BENCHMARKS.md.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use eqflow::Flow;
+use eqflow::field::coordkernel::{CoordKernelConfig, CoordKernelField};
 use eqflow::field::envpair::{EnvPairConfig, EnvPairField};
 use eqflow::field::{Cotangent, Field, KernelConfig, KernelField, TrainableField};
 use eqflow::geometry::Layout;
@@ -53,6 +54,26 @@ fn evaluations<F: TrainableField>(c: &mut Criterion, system: &str, family: &str,
             field.adjoint_finish(std::slice::from_ref(&point), &mut adjoint, &mut theta_bar);
         });
     });
+    if F::DIVERGENCE_REVERSE {
+        group.bench_function(
+            BenchmarkId::new("velocity_divergence_reverse", family),
+            |b| {
+                b.iter(|| {
+                    field.adjoint_reset(&mut adjoint, 1);
+                    let cot = Cotangent {
+                        v: &v_bar,
+                        div: 0.5,
+                    };
+                    field.vjp_at(&x, &point, 0, cot, &mut x_bar, &mut adjoint, &mut scratch);
+                    field.adjoint_finish(
+                        std::slice::from_ref(&point),
+                        &mut adjoint,
+                        &mut theta_bar,
+                    );
+                });
+            },
+        );
+    }
     group.finish();
 }
 
@@ -81,12 +102,13 @@ fn sampling(c: &mut Criterion, system: &str, family: &str, field: impl Into<Fiel
 }
 
 fn benches(c: &mut Criterion) {
-    for (system, n, dim, kernels, envpair) in [
+    for (system, n, dim, kernels, coord, envpair) in [
         (
             "dw4",
             4,
             2,
             KernelConfig::double_well(),
+            CoordKernelConfig::double_well(),
             EnvPairConfig::double_well(),
         ),
         (
@@ -94,6 +116,7 @@ fn benches(c: &mut Criterion) {
             13,
             3,
             KernelConfig::lennard_jones(),
+            CoordKernelConfig::lennard_jones(),
             EnvPairConfig::lennard_jones(),
         ),
     ] {
@@ -101,6 +124,9 @@ fn benches(c: &mut Criterion) {
         let kernel = KernelField::initialise(layout, kernels, 0).unwrap();
         evaluations(c, system, "kernel", &kernel);
         sampling(c, system, "kernel", kernel);
+        let coord = CoordKernelField::initialise(layout, coord, 0).unwrap();
+        evaluations(c, system, "coordkernel", &coord);
+        sampling(c, system, "coordkernel", coord);
         let env = EnvPairField::initialise(layout, envpair, 0).unwrap();
         evaluations(c, system, "envpair", &env);
         sampling(c, system, "envpair", env);

@@ -7,6 +7,7 @@
 //! DESIGN.md §2), so a configuration only says what differs from it.
 
 use crate::error::{Error, Result, check_finite};
+use crate::field::coordkernel::{CoordKernelConfig, CoordKernelField};
 use crate::field::envpair::{EnvPairConfig, EnvPairField};
 use crate::field::{Field, KernelConfig, KernelField, linspace};
 use crate::flow::Flow;
@@ -37,10 +38,12 @@ pub enum Family {
     Kernel,
     /// The environment-modulated pair field (`"envpair"`); trains by flow matching only.
     EnvPair,
+    /// The coordination-modulated kernel field (`"coordkernel"`).
+    CoordKernel,
 }
 
 impl Family {
-    /// The family registered under `name` (`"kernel"` or `"envpair"`).
+    /// The family registered under `name` (`"kernel"`, `"coordkernel"` or `"envpair"`).
     ///
     /// # Errors
     ///
@@ -49,6 +52,7 @@ impl Family {
         match name {
             "kernel" => Ok(Family::Kernel),
             "envpair" => Ok(Family::EnvPair),
+            "coordkernel" => Ok(Family::CoordKernel),
             other => Err(Error::invalid(format!(
                 "unknown field family '{other}' (known: {:?})",
                 Field::FAMILIES
@@ -57,13 +61,17 @@ impl Family {
     }
 
     /// Default numbers of distance and time kernels: the kernel field's 50 and 10 (DESIGN.md
-    /// §2), the envpair preset's 16 and 6.
+    /// §2), the envpair and coordkernel presets' 16 and 6.
     #[must_use]
     pub fn default_kernel_counts(self) -> (usize, usize) {
         match self {
             Family::Kernel => (50, 10),
             Family::EnvPair => {
                 let preset = EnvPairConfig::double_well();
+                (preset.n_rbf, preset.n_time)
+            }
+            Family::CoordKernel => {
+                let preset = CoordKernelConfig::double_well();
                 (preset.n_rbf, preset.n_time)
             }
         }
@@ -153,6 +161,24 @@ impl FlowConfig {
         }
     }
 
+    /// The coordkernel field's settings: the preset's shell count, these counts, distances on
+    /// this range and shells on its middle half (the double-well preset's rule: [2, 6] of
+    /// [0, 8]).
+    #[must_use]
+    pub fn coordkernel_config(&self) -> CoordKernelConfig {
+        let (n_rbf, n_time) = self.kernel_counts();
+        let (min, max) = self.distance_range;
+        CoordKernelConfig {
+            n_rbf,
+            rbf_min: min,
+            rbf_max: max,
+            n_time,
+            shell_min: min + 0.25 * (max - min),
+            shell_max: min + 0.75 * (max - min),
+            ..CoordKernelConfig::double_well()
+        }
+    }
+
     /// Checks the distance range, the kernel counts for the family and the prior σ.
     ///
     /// # Errors
@@ -176,6 +202,7 @@ impl FlowConfig {
         match self.family {
             Family::Kernel => self.kernel_config()?.validate(),
             Family::EnvPair => self.envpair_config().validate(),
+            Family::CoordKernel => self.coordkernel_config().validate(),
         }
     }
 
@@ -192,6 +219,9 @@ impl FlowConfig {
             }
             Family::EnvPair => {
                 EnvPairField::initialise(layout, self.envpair_config(), self.seed)?.into()
+            }
+            Family::CoordKernel => {
+                CoordKernelField::initialise(layout, self.coordkernel_config(), self.seed)?.into()
             }
         };
         Flow::from_parts(

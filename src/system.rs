@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::boltzmann::Kt;
 use crate::energy::{DoubleWell, Energy, LennardJones};
 use crate::error::{Error, Result};
+use crate::field::coordkernel::{CoordKernelConfig, CoordKernelField};
 use crate::field::envpair::{EnvPairConfig, EnvPairField};
 use crate::field::{Field, KernelConfig, KernelField};
 use crate::flow::Flow;
@@ -354,7 +355,7 @@ impl System {
     }
 
     /// An untrained flow as [`System::untrained_flow`], with a field of the registered family
-    /// `family` (`"kernel"` or `"envpair"`) in this system's preset.
+    /// `family` (`"kernel"`, `"coordkernel"` or `"envpair"`) in this system's preset.
     ///
     /// # Errors
     ///
@@ -372,6 +373,22 @@ impl System {
                 config.rbf_min *= self.length_scale();
                 config.rbf_max *= self.length_scale();
                 EnvPairField::initialise(layout, config, seed)?.into()
+            }
+            "coordkernel" => {
+                let mut config = match self.energy {
+                    EnergySpec::DoubleWell { .. } => CoordKernelConfig::double_well(),
+                    EnergySpec::LennardJones { .. } => CoordKernelConfig::lennard_jones(),
+                };
+                let scale = self.length_scale();
+                for v in [
+                    &mut config.rbf_min,
+                    &mut config.rbf_max,
+                    &mut config.shell_min,
+                    &mut config.shell_max,
+                ] {
+                    *v *= scale;
+                }
+                CoordKernelField::initialise(layout, config, seed)?.into()
             }
             other => {
                 return Err(Error::invalid(format!(
@@ -542,6 +559,7 @@ mod tests {
         let flow = system.untrained_flow(1).unwrap();
         assert_eq!(flow.prior().sigma(), 0.38);
         system.untrained_flow_of("envpair", 1).unwrap();
+        system.untrained_flow_of("coordkernel", 1).unwrap();
     }
 
     #[test]

@@ -87,9 +87,11 @@ unsafe fn update(
 }
 
 /// Sets the field family by its name: "kernel" (the paper's pairwise RBF kernel field, the
-/// default; trains by maximum likelihood, reverse KL or flow matching) or "envpair" (the
-/// environment-modulated pair field; trains by flow matching only). Kernel counts left at
-/// their defaults follow the family (kernel: 50 and 10; envpair: 16 and 6); counts set with
+/// default; trains by maximum likelihood, reverse KL or flow matching), "coordkernel" (pair
+/// coefficients modulated by both particles' coordination numbers, shells on the middle half
+/// of the distance range; trains by every objective) or "envpair" (the environment-modulated
+/// pair field; trains by flow matching only). Kernel counts left at their defaults follow the
+/// family (kernel: 50 and 10; coordkernel and envpair: 16 and 6); counts set with
 /// `eqf_flow_options_set_kernel_counts` must suit the new family.
 ///
 /// @param options  the options (not NULL)
@@ -146,8 +148,8 @@ pub unsafe extern "C" fn eqf_flow_options_set_distance_range(
 /// `(n_dist + 3) * n_time + 2 * n_dist` parameters (620 for 50 and 10).
 ///
 /// @param options  the options (not NULL)
-/// @param n_dist   kernel family: 2 to 128; envpair: 2 to 64
-/// @param n_time   kernel family: 2 to 64; envpair: 2 to 64
+/// @param n_dist   kernel family: 2 to 128; coordkernel and envpair: 2 to 64
+/// @param n_time   kernel family: 2 to 64; coordkernel and envpair: 2 to 64
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_options_set_kernel_counts(

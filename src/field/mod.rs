@@ -8,8 +8,10 @@
 //! | family | folder | what |
 //! |---|---|---|
 //! | `kernel` | [`kernel`] | the paper's pairwise RBF field `v_i = Σ_j φ(d_ij, t) r_ij`, 620 parameters |
+//! | `coordkernel` | [`coordkernel`] | the kernel field's pair coefficient modulated by both particles' coordination numbers, linear in its 864 parameters; trains by ML, KL and flow matching |
 //! | `envpair` | [`envpair`] | pair coefficients from a network of distance, time and both particles' learned environments, ~5,000 parameters; trained by flow matching |
 
+pub mod coordkernel;
 pub mod envpair;
 pub mod exp;
 mod family;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::VectorField;
+use super::coordkernel::CoordKernelField;
 use super::envpair::EnvPairField;
 use super::family::FieldFamily;
 use super::kernel::KernelField;
@@ -72,6 +73,8 @@ field_families! {$;
     Kernel(KernelField),
     /// The environment-modulated pair field (`src/field/envpair/`).
     EnvPair(EnvPairField),
+    /// The coordination-modulated kernel field (`src/field/coordkernel/`).
+    CoordKernel(CoordKernelField),
 }
 pub(crate) use with_family;
 

@@ -98,8 +98,10 @@ struct TrainArgs {
     /// Validation samples (the next ones in the file, if any): the best epoch is kept.
     #[arg(long, default_value_t = 1000)]
     n_val: usize,
-    /// Field family: `kernel` (the paper's pairwise RBF field; trains by ml, fm or fm-ot) or
-    /// `envpair` (environment-modulated pair field; trains by fm or fm-ot only).
+    /// Field family: `kernel` (the paper's pairwise RBF field; trains by ml, fm or fm-ot),
+    /// `coordkernel` (pair coefficients modulated by both particles' coordination numbers;
+    /// trains by every objective) or `envpair` (environment-modulated pair field; trains by fm
+    /// or fm-ot only).
     #[arg(long, default_value = "kernel")]
     field: String,
     /// Epochs of the first phase, whose objective --objective chooses.

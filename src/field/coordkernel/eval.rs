@@ -1,0 +1,339 @@
+//! The forward pass of the coordkernel field: coordinations, the velocity, its exact
+//! divergence and its exact dense Jacobian, in closed form.
+//!
+//! Notation (N particles in D dimensions, A shells, `κ = 1/(N − 1)`, ordered pairs i ≠ j):
+//! `r_ij = x_i − x_j`, `d_ij = sqrt(|r_ij|² + ε_d)`, `u_ij = r_ij/d_ij`, shells `c_a(d)` with
+//! slopes `c'_a`; coordinations `h_i^a = κ Σ_j c_a(d_ij)` with gradients
+//! `G_i^a = ∂h_i^a/∂x_i = κ Σ_j c'_a(d_ij) u_ij` and `∂h_j^a/∂x_m = −κ c'_a(d_jm) u_jm` (m ≠ j);
+//! pair coefficient `φ_ij = a_0(d) + Σ_a (h_i^a + h_j^a) a_a^+(d) + h_i^a h_j^a a_a^×(d)`
+//! (symmetric in i, j) with `F_ij = ∂φ_ij/∂d` and `ψ_ij^a = ∂φ_ij/∂h_i^a = a_a^+ + h_j^a a_a^×`
+//! (so `∂φ_ij/∂h_j^a = ψ_ji^a`); `P_i^a = Σ_j ψ_ij^a r_ij`.
+//!
+//! The Jacobian blocks `J_im = ∂v_i/∂x_m` are
+//!
+//! ```text
+//! J_ii += Σ_j B_ij,  J_ij −= B_ij          B_ij = φ_ij I + F_ij r_ij u_ijᵀ
+//! J_im += Σ_a Σ_j Y_ij^a (∂h_j^a/∂x_m)ᵀ    Y_ii^a = P_i^a,  Y_ij^a = ψ_ji^a r_ij (j ≠ i)
+//! ```
+//!
+//! and its trace, the divergence, is O(N²):
+//!
+//! ```text
+//! div = Σ_{i≠j} [D φ_ij + F_ij |r_ij|²/d_ij + κ Σ_a ψ_ji^a c'_a(d_ij) |r_ij|²/d_ij]
+//!     + Σ_i Σ_a P_i^a · G_i^a
+//! ```
+
+use std::cell::RefCell;
+
+use super::config::MAX_BASIS;
+use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint, MAX_FEATURES};
+use crate::field::EPS_D;
+use crate::geometry::MAX_DIM;
+
+/// Per-thread buffers of one evaluation, grown on first use and reused.
+#[derive(Debug, Clone, Default)]
+pub struct CoordKernelScratch {
+    // Per particle and shell (index i·A + a), and per particle, shell and axis.
+    pub(super) h: Vec<f64>,
+    pub(super) g: Vec<f64>,
+    pub(super) p: Vec<f64>,
+    // Per ordered pair (index i·N + j), and per ordered pair and shell.
+    pub(super) phi: Vec<f64>,
+    pub(super) fd: Vec<f64>,
+    pub(super) c1: Vec<f64>,
+    pub(super) psi: Vec<f64>,
+    // The Jacobian's environment part: ∂h_j^a/∂x_m at ((m·N + j)·A + a)·D, and Y_i.
+    pub(super) dh: Vec<f64>,
+    pub(super) y: Vec<f64>,
+    // The reverse pass: adjoints per particle and shell, per pair (i < j at i·N + j), and the
+    // velocity of the forward pass it reruns.
+    pub(super) h_bar: Vec<f64>,
+    pub(super) c1_bar: Vec<f64>,
+    pub(super) d_bar: Vec<f64>,
+    pub(super) r_bar: Vec<f64>,
+    pub(super) v: Vec<f64>,
+}
+
+impl CoordKernelScratch {
+    pub(super) fn ensure(&mut self, f: &CoordKernelField, jacobian: bool, reverse: bool) {
+        let n = f.layout.n_particles;
+        let dim = f.layout.dim;
+        let na = f.config.n_shells;
+        let grow = |v: &mut Vec<f64>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        for (v, len) in [
+            (&mut self.h, n * na),
+            (&mut self.g, n * na * dim),
+            (&mut self.p, n * na * dim),
+            (&mut self.phi, n * n),
+            (&mut self.fd, n * n),
+            (&mut self.c1, n * n * na),
+            (&mut self.psi, n * n * na),
+        ] {
+            grow(v, len);
+        }
+        if jacobian {
+            grow(&mut self.dh, n * n * na * dim);
+            grow(&mut self.y, n * na * dim);
+        }
+        if reverse {
+            grow(&mut self.h_bar, n * na);
+            grow(&mut self.c1_bar, n * n * na);
+            grow(&mut self.d_bar, n * n);
+            grow(&mut self.r_bar, n * n * dim);
+            grow(&mut self.v, n * dim);
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<CoordKernelScratch> = RefCell::new(CoordKernelScratch::default());
+}
+
+/// Runs `f` with this thread's scratch.
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut CoordKernelScratch) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// `r = x_i − x_j` into `r`; returns `(|r|², d)`.
+#[inline]
+pub(super) fn pair_geometry(
+    x: &[f64],
+    dim: usize,
+    i: usize,
+    j: usize,
+    r: &mut [f64],
+) -> (f64, f64) {
+    let mut r2 = 0.0;
+    for c in 0..dim {
+        r[c] = x[i * dim + c] - x[j * dim + c];
+        r2 += r[c] * r[c];
+    }
+    (r2, (r2 + EPS_D).sqrt())
+}
+
+/// The radial coefficients of one pair: `a_q(d)`, `a'_q(d)` (and `a''_q(d)` when asked) for
+/// every feature q, from the time-folded `M(t)`.
+pub(super) struct Radial {
+    pub b: [f64; MAX_BASIS],
+    pub b1: [f64; MAX_BASIS],
+    pub b2: [f64; MAX_BASIS],
+    pub a: [f64; MAX_FEATURES],
+    pub a1: [f64; MAX_FEATURES],
+    pub a2: [f64; MAX_FEATURES],
+}
+
+impl Radial {
+    pub(super) fn new() -> Self {
+        Radial {
+            b: [0.0; MAX_BASIS],
+            b1: [0.0; MAX_BASIS],
+            b2: [0.0; MAX_BASIS],
+            a: [0.0; MAX_FEATURES],
+            a1: [0.0; MAX_FEATURES],
+            a2: [0.0; MAX_FEATURES],
+        }
+    }
+
+    /// Fills the basis at `d` and the coefficients; the second derivatives only if `second`.
+    #[inline]
+    pub(super) fn fill(
+        &mut self,
+        f: &CoordKernelField,
+        point: &CoordKernelTimePoint,
+        d: f64,
+        second: bool,
+    ) {
+        let k = f.config.n_rbf;
+        f.rbf_into(d, &mut self.b[..k], &mut self.b1[..k], &mut self.b2[..k]);
+        for (q, row) in point.m.chunks_exact(k).enumerate() {
+            let (mut a, mut a1, mut a2) = (0.0, 0.0, 0.0);
+            for kk in 0..k {
+                a += row[kk] * self.b[kk];
+                a1 += row[kk] * self.b1[kk];
+                if second {
+                    a2 += row[kk] * self.b2[kk];
+                }
+            }
+            self.a[q] = a;
+            self.a1[q] = a1;
+            self.a2[q] = a2;
+        }
+    }
+}
+
+impl CoordKernelField {
+    /// `v(x, t)` into `v`; with `with_div` also the divergence (returned; 0 otherwise) and the
+    /// per-pair state the Jacobian and the reverse pass read (`ψ`, `P`, `G`). The velocity's
+    /// bits do not depend on `with_div`.
+    pub(super) fn evaluate(
+        &self,
+        x: &[f64],
+        point: &CoordKernelTimePoint,
+        v: &mut [f64],
+        ws: &mut CoordKernelScratch,
+        with_div: bool,
+    ) -> f64 {
+        let n = self.layout.n_particles;
+        let dim = self.layout.dim;
+        let na = self.config.n_shells;
+        let kappa = 1.0 / (n - 1) as f64;
+        ws.ensure(self, false, false);
+        ws.h[..n * na].fill(0.0);
+        ws.g[..n * na * dim].fill(0.0);
+        let mut r = [0.0; MAX_DIM];
+        // Coordinations (and their gradients G for the divergence).
+        for i in 0..n {
+            for j in i + 1..n {
+                let (_, d) = pair_geometry(x, dim, i, j, &mut r);
+                for a in 0..na {
+                    let (c, c1, _) = self.shell(a, d);
+                    ws.h[i * na + a] += kappa * c;
+                    ws.h[j * na + a] += kappa * c;
+                    ws.c1[(i * n + j) * na + a] = c1;
+                    ws.c1[(j * n + i) * na + a] = c1;
+                    if with_div {
+                        let f = kappa * c1 / d;
+                        for c in 0..dim {
+                            ws.g[(i * na + a) * dim + c] += f * r[c];
+                            ws.g[(j * na + a) * dim + c] -= f * r[c];
+                        }
+                    }
+                }
+            }
+        }
+        v.fill(0.0);
+        if with_div {
+            ws.p[..n * na * dim].fill(0.0);
+        }
+        let mut div = 0.0;
+        let mut rad = Radial::new();
+        for i in 0..n {
+            for j in i + 1..n {
+                let (s, d) = pair_geometry(x, dim, i, j, &mut r);
+                rad.fill(self, point, d, false);
+                let (hi, hj) = (&ws.h[i * na..(i + 1) * na], &ws.h[j * na..(j + 1) * na]);
+                let (mut phi, mut fd) = (rad.a[0], rad.a1[0]);
+                for a in 0..na {
+                    let (hs, hp) = (hi[a] + hj[a], hi[a] * hj[a]);
+                    phi += hs * rad.a[1 + a] + hp * rad.a[1 + na + a];
+                    fd += hs * rad.a1[1 + a] + hp * rad.a1[1 + na + a];
+                }
+                for c in 0..dim {
+                    v[i * dim + c] += phi * r[c];
+                    v[j * dim + c] -= phi * r[c];
+                }
+                ws.phi[i * n + j] = phi;
+                ws.phi[j * n + i] = phi;
+                ws.fd[i * n + j] = fd;
+                ws.fd[j * n + i] = fd;
+                if !with_div {
+                    continue;
+                }
+                let z = s / d;
+                let mut pair_div = 2.0 * (dim as f64 * phi + fd * z);
+                for a in 0..na {
+                    let psi_ij = rad.a[1 + a] + hj[a] * rad.a[1 + na + a];
+                    let psi_ji = rad.a[1 + a] + hi[a] * rad.a[1 + na + a];
+                    ws.psi[(i * n + j) * na + a] = psi_ij;
+                    ws.psi[(j * n + i) * na + a] = psi_ji;
+                    pair_div += kappa * (psi_ij + psi_ji) * ws.c1[(i * n + j) * na + a] * z;
+                    for c in 0..dim {
+                        ws.p[(i * na + a) * dim + c] += psi_ij * r[c];
+                        ws.p[(j * na + a) * dim + c] -= psi_ji * r[c];
+                    }
+                }
+                div += pair_div;
+            }
+        }
+        if with_div {
+            let len = n * na * dim;
+            div += ws.p[..len]
+                .iter()
+                .zip(&ws.g[..len])
+                .map(|(p, g)| p * g)
+                .sum::<f64>();
+        }
+        div
+    }
+
+    /// The dense Jacobian (row-major, `(i·D + c)·N·D + m·D + c'`) from the state of an
+    /// [`CoordKernelField::evaluate`] with the divergence at the same `x`.
+    pub(super) fn jacobian_into(&self, x: &[f64], ws: &mut CoordKernelScratch, jac: &mut [f64]) {
+        let n = self.layout.n_particles;
+        let dim = self.layout.dim;
+        let na = self.config.n_shells;
+        let nd = n * dim;
+        let kappa = 1.0 / (n - 1) as f64;
+        ws.ensure(self, true, false);
+        jac.fill(0.0);
+        let mut r = [0.0; MAX_DIM];
+        // Pair blocks, and ∂h_j^a/∂x_m for every (m, j).
+        for i in 0..n {
+            for j in 0..n {
+                if i == j {
+                    let src = &ws.g[i * na * dim..(i + 1) * na * dim];
+                    ws.dh[(i * n + i) * na * dim..(i * n + i + 1) * na * dim].copy_from_slice(src);
+                    continue;
+                }
+                let (_, d) = pair_geometry(x, dim, i, j, &mut r);
+                let (phi, fd) = (ws.phi[i * n + j], ws.fd[i * n + j]);
+                for c in 0..dim {
+                    for c2 in 0..dim {
+                        let mut b = fd * r[c] * r[c2] / d;
+                        if c == c2 {
+                            b += phi;
+                        }
+                        jac[(i * dim + c) * nd + i * dim + c2] += b;
+                        jac[(i * dim + c) * nd + j * dim + c2] -= b;
+                    }
+                }
+                // ∂h_i^a/∂x_j = −κ c'_a(d_ij) u_ij, stored at (m = j, particle i).
+                for a in 0..na {
+                    let f = -kappa * ws.c1[(i * n + j) * na + a] / d;
+                    for c in 0..dim {
+                        ws.dh[((j * n + i) * na + a) * dim + c] = f * r[c];
+                    }
+                }
+            }
+        }
+        // Environment blocks: J_im += Σ_{j,a} Y_ij^a (∂h_j^a/∂x_m)ᵀ.
+        let row = na * dim;
+        for i in 0..n {
+            for j in 0..n {
+                let y = &mut ws.y[j * row..(j + 1) * row];
+                if j == i {
+                    y.copy_from_slice(&ws.p[i * row..(i + 1) * row]);
+                    continue;
+                }
+                pair_geometry(x, dim, i, j, &mut r);
+                for a in 0..na {
+                    let psi_ji = ws.psi[(j * n + i) * na + a];
+                    for c in 0..dim {
+                        y[a * dim + c] = psi_ji * r[c];
+                    }
+                }
+            }
+            let y = &ws.y[..n * row];
+            for m in 0..n {
+                let dh = &ws.dh[m * n * row..(m + 1) * n * row];
+                let mut block = [[0.0; MAX_DIM]; MAX_DIM];
+                for (ya, ha) in y.chunks_exact(dim).zip(dh.chunks_exact(dim)) {
+                    for c in 0..dim {
+                        for c2 in 0..dim {
+                            block[c][c2] += ya[c] * ha[c2];
+                        }
+                    }
+                }
+                for c in 0..dim {
+                    for c2 in 0..dim {
+                        jac[(i * dim + c) * nd + m * dim + c2] += block[c][c2];
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The coordkernel field as a [`VectorField`], [`FieldFamily`] and [`TrainableField`], and
+//! its Lipschitz bound.
+
+use std::f64::consts::E;
+use std::ops::Range;
+
+use super::config::CoordKernelConfig;
+use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
+use super::eval::{CoordKernelScratch, with_scratch};
+use crate::error::Result;
+use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
+use crate::geometry::Layout;
+
+impl VectorField for CoordKernelField {
+    fn state_len(&self) -> usize {
+        self.layout.len()
+    }
+
+    fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
+        debug_assert_eq!(x.len(), self.layout.len());
+        let point = self.time_point(t);
+        with_scratch(|ws| self.evaluate(x, &point, v, ws, true))
+    }
+
+    fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
+        debug_assert_eq!(x.len(), self.layout.len());
+        let point = self.time_point(t);
+        with_scratch(|ws| self.evaluate(x, &point, v, ws, false));
+    }
+
+    fn velocity_jacobian_into(
+        &self,
+        x: &[f64],
+        t: f64,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+    ) -> f64 {
+        debug_assert_eq!(jacobian.len(), x.len() * x.len());
+        let point = self.time_point(t);
+        with_scratch(|ws| {
+            let div = self.evaluate(x, &point, v, ws, true);
+            self.jacobian_into(x, ws, jacobian);
+            div
+        })
+    }
+}
+
+impl FieldFamily for CoordKernelField {
+    const NAME: &'static str = "coordkernel";
+    type Config = CoordKernelConfig;
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn config(&self) -> CoordKernelConfig {
+        self.config.clone()
+    }
+
+    fn from_config(layout: Layout, config: CoordKernelConfig, params: Vec<f64>) -> Result<Self> {
+        CoordKernelField::new(layout, config, params)
+    }
+
+    fn params(&self) -> &[f64] {
+        &self.params
+    }
+
+    fn set_params(&mut self, params: &[f64]) -> Result<()> {
+        CoordKernelField::set_params(self, params)
+    }
+
+    fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)> {
+        self.config.param_blocks()
+    }
+
+    /// `2(N−1)(Φ + F) + (4N − 3)·C'·Σ_a Ψ_a`, in closed form from the parameters (no
+    /// sampling, so it is a proof, not an estimate).
+    ///
+    /// Why: the Jacobian's pair blocks `φ I + F r uᵀ` have norm ≤ `Φ + F` with
+    /// `Φ ≥ |φ|` and `F ≥ |∂φ/∂d|·d`; its environment blocks `Σ_{j,a} Y_ij^a (∂h_j^a/∂x_m)ᵀ`
+    /// have norm ≤ `N C' Σ_a Ψ_a` (m = i) and `3 C' Σ_a Ψ_a` (m ≠ i), with `Ψ_a ≥ |ψ^a|·d` and
+    /// `C' = sup|c'_a| = √(2/(e η²))` bounding `|G_i^a|` and `(N−1)|∂h_j^a/∂x_m|`. Block rows
+    /// and columns have the same bounds, so `‖J‖₂ ≤ √(‖J‖₁‖J‖∞)` on block norms gives the
+    /// row sum. Each radial coefficient `a_q = Σ_k M_qk(t) B_k` is bounded term by term with
+    /// `B_k ≤ 1`, `d B_k ≤ μ_k + 1/√(2e a)` and `d |B'_k| ≤ μ_k √(2a/e) + 2/e`
+    /// (`a = 1/γ²`), and coordinations lie in [0, 1].
+    fn lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
+        let n = self.layout.n_particles as f64;
+        let na = self.config.n_shells;
+        let k = self.config.n_rbf;
+        let a = self.a_rbf;
+        let sup_db: Vec<f64> = self
+            .mu
+            .iter()
+            .map(|mu| mu + 1.0 / (2.0 * E * a).sqrt())
+            .collect();
+        let sup_db1: Vec<f64> = self
+            .mu
+            .iter()
+            .map(|mu| mu * (2.0 * a / E).sqrt() + 2.0 / E)
+            .collect();
+        let c1 = (2.0 * self.a_shell / E).sqrt();
+        times
+            .iter()
+            .map(|&t| {
+                let point = self.time_point(t);
+                let sums = |q: usize| {
+                    let row = &point.m[q * k..(q + 1) * k];
+                    let (mut alpha, mut gamma, mut beta) = (0.0, 0.0, 0.0);
+                    for kk in 0..k {
+                        let w = row[kk].abs();
+                        alpha += w;
+                        gamma += w * sup_db[kk];
+                        beta += w * sup_db1[kk];
+                    }
+                    (alpha, gamma, beta)
+                };
+                let (alpha0, _, beta0) = sums(0);
+                let (mut phi, mut fd, mut psi) = (alpha0, beta0, 0.0);
+                for s in 0..na {
+                    let (alpha_p, gamma_p, beta_p) = sums(1 + s);
+                    let (alpha_x, gamma_x, beta_x) = sums(1 + na + s);
+                    phi += 2.0 * alpha_p + alpha_x;
+                    fd += 2.0 * beta_p + beta_x;
+                    psi += gamma_p + gamma_x;
+                }
+                let bound = 2.0 * (n - 1.0) * (phi + fd) + (4.0 * n - 3.0) * c1 * psi;
+                if bound.is_nan() { f64::INFINITY } else { bound }
+            })
+            .collect()
+    }
+}
+
+impl TrainableField for CoordKernelField {
+    type TimePoint = CoordKernelTimePoint;
+    /// `M̄(t)` per time point, Q·K each.
+    type Adjoint = Vec<f64>;
+    type Scratch = CoordKernelScratch;
+
+    fn time_point(&self, t: f64) -> CoordKernelTimePoint {
+        CoordKernelField::time_point(self, t)
+    }
+
+    fn time_point_key(&self, key: &mut Vec<f64>) {
+        key.extend_from_slice(&self.params);
+    }
+
+    fn new_scratch(&self) -> CoordKernelScratch {
+        CoordKernelScratch::default()
+    }
+
+    fn velocity_at_into(&self, x: &[f64], point: &CoordKernelTimePoint, v: &mut [f64]) -> f64 {
+        with_scratch(|ws| self.evaluate(x, point, v, ws, true))
+    }
+
+    fn adjoint_reset(&self, adjoint: &mut Vec<f64>, n_times: usize) {
+        adjoint.clear();
+        adjoint.resize(n_times * self.config.n_features() * self.config.n_rbf, 0.0);
+    }
+
+    fn vjp_at(
+        &self,
+        x: &[f64],
+        point: &CoordKernelTimePoint,
+        time_index: usize,
+        cotangent: Cotangent<'_>,
+        x_bar: &mut [f64],
+        adjoint: &mut Vec<f64>,
+        scratch: &mut CoordKernelScratch,
+    ) {
+        let qk = self.config.n_features() * self.config.n_rbf;
+        let m_bar = &mut adjoint[time_index * qk..(time_index + 1) * qk];
+        self.vjp_into(x, point, cotangent.v, cotangent.div, x_bar, m_bar, scratch);
+    }
+
+    /// `V̄_qkr += Σ_t M̄_qk(t) τ_r(t)`.
+    fn adjoint_finish(
+        &self,
+        points: &[CoordKernelTimePoint],
+        adjoint: &mut Vec<f64>,
+        theta_bar: &mut [f64],
+    ) {
+        let r = self.config.n_time;
+        let qk = self.config.n_features() * self.config.n_rbf;
+        for (point, m_bar) in points.iter().zip(adjoint.chunks_exact(qk)) {
+            for (row, mb) in theta_bar.chunks_exact_mut(r).zip(m_bar) {
+                for (t, tau) in row.iter_mut().zip(&point.tau[..r]) {
+                    *t += mb * tau;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The coordkernel field family: exact Jacobian, divergence and reverse pass (of the velocity
+//! and of the divergence) against finite differences, its symmetries as properties, its
+//! Lipschitz bound against the Jacobian's spectral norm, and the family end to end (model
+//! files, exact-discrete densities, thread counts, maximum-likelihood training).
+
+mod common;
+
+use common::*;
+use eqflow::Flow;
+use eqflow::field::coordkernel::{CoordKernelConfig, CoordKernelField};
+use eqflow::field::{Cotangent, Field, FieldFamily, TrainableField, VectorField};
+use eqflow::geometry::Layout;
+use eqflow::integrate::Integrator;
+use eqflow::io::model;
+use eqflow::prior::Prior;
+use nalgebra::DMatrix;
+use rand::RngExt;
+
+/// A small config, so that finite differences over every parameter stay quick.
+fn small(rbf_min: f64, rbf_max: f64) -> CoordKernelConfig {
+    CoordKernelConfig {
+        n_rbf: 6,
+        rbf_min,
+        rbf_max,
+        n_time: 3,
+        n_shells: 2,
+        shell_min: rbf_min + 0.3,
+        shell_max: 0.5 * (rbf_min + rbf_max),
+    }
+}
+
+/// A field whose parameters are all clearly non-zero (the coordination blocks too), so that no
+/// term of a derivative hides behind a zero.
+fn random_coordkernel(
+    n: usize,
+    dim: usize,
+    config: CoordKernelConfig,
+    seed: u64,
+) -> CoordKernelField {
+    let layout = Layout::new(n, dim).unwrap();
+    let base = CoordKernelField::initialise(layout, config.clone(), seed).unwrap();
+    let mut r = rng(seed ^ 0xe17);
+    let p: Vec<f64> = base
+        .params()
+        .iter()
+        .map(|v| v + r.random_range(-0.4..0.4))
+        .collect();
+    CoordKernelField::new(layout, config, p).unwrap()
+}
+
+fn cases() -> Vec<(&'static str, CoordKernelField, f64)> {
+    vec![
+        (
+            "dw4 small",
+            random_coordkernel(4, 2, small(0.0, 4.0), 1),
+            1.5,
+        ),
+        (
+            "lj5 small",
+            random_coordkernel(5, 3, small(0.6, 3.0), 2),
+            1.0,
+        ),
+        (
+            "dw4 preset",
+            random_coordkernel(4, 2, CoordKernelConfig::double_well(), 3),
+            1.5,
+        ),
+        (
+            "lj13 preset",
+            random_coordkernel(13, 3, CoordKernelConfig::lennard_jones(), 4),
+            1.2,
+        ),
+    ]
+}
+
+fn jacobian(field: &CoordKernelField, x: &[f64], t: f64) -> (Vec<f64>, Vec<f64>, f64) {
+    let n = x.len();
+    let mut v = vec![0.0; n];
+    let mut jac = vec![0.0; n * n];
+    let div = field.velocity_jacobian_into(x, t, &mut v, &mut jac);
+    (v, jac, div)
+}
+
+#[test]
+fn jacobian_and_divergence_match_finite_differences() {
+    let mut r = rng(5);
+    for (name, field, spread) in cases() {
+        let n = field.layout().len();
+        for t in [0.0, 0.41, 1.0] {
+            for _ in 0..3 {
+                let x = random_config(&mut r, n, spread);
+                let (v, jac, div) = jacobian(&field, &x, t);
+                assert_eq!(v, velocity(&field, &x, t), "{name}: same velocity bits");
+                let fd = fd_jacobian(|y| velocity(&field, y, t), &x, 1e-5);
+                let scale = jac.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                let err = max_abs_diff(&jac, &fd);
+                assert!(
+                    err < 1e-7 * scale,
+                    "{name} t={t}: Jacobian error {err} (scale {scale})"
+                );
+                let trace: f64 = (0..n).map(|a| jac[a * n + a]).sum();
+                assert!(
+                    (div - trace).abs() < 1e-11 * scale * n as f64,
+                    "{name} t={t}: div {div} vs trace {trace}"
+                );
+                // The divergence alone (continuous mode) is the same number, bit for bit.
+                let mut w = vec![0.0; n];
+                assert_eq!(field.velocity_into(&x, t, &mut w).to_bits(), div.to_bits());
+                let mut w2 = vec![0.0; n];
+                field.velocity_only_into(&x, t, &mut w2);
+                assert_eq!(w2, v, "{name}: velocity_only_into gives the same bits");
+            }
+        }
+    }
+}
+
+#[test]
+fn symmetries_hold_as_properties() {
+    let mut r = rng(6);
+    for (name, field, spread) in cases() {
+        let layout = field.layout();
+        let (n_p, dim) = (layout.n_particles, layout.dim);
+        for _ in 0..4 {
+            let t = r.random_range(0.0..1.0);
+            let x = random_config(&mut r, layout.len(), spread);
+            let (v, _, div) = jacobian(&field, &x, t);
+            let tol = 1e-10 * v.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            // Centre of mass conserved.
+            for c in 0..dim {
+                let s: f64 = v.iter().skip(c).step_by(dim).sum();
+                assert!(s.abs() < tol * n_p as f64, "{name}: Σ v = {s}");
+            }
+            // Translation invariance.
+            let shift: Vec<f64> = (0..dim).map(|_| r.random_range(-3.0..3.0)).collect();
+            let xs: Vec<f64> = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + shift[i % dim])
+                .collect();
+            assert!(
+                max_abs_diff(&velocity(&field, &xs, t), &v) < tol,
+                "{name}: translation"
+            );
+            // Permutation equivariance.
+            let mut perm: Vec<usize> = (0..n_p).collect();
+            for i in (1..n_p).rev() {
+                perm.swap(i, r.random_range(0..=i));
+            }
+            let vp = velocity(&field, &permute(&x, dim, &perm), t);
+            assert!(
+                max_abs_diff(&vp, &permute(&v, dim, &perm)) < tol,
+                "{name}: permutation"
+            );
+            // Rotation and reflection equivariance, divergence invariant.
+            for reflect in [false, true] {
+                let q = random_orthogonal(&mut r, dim, reflect);
+                let (vq, _, divq) = jacobian(&field, &rotate(&x, dim, &q), t);
+                assert!(
+                    max_abs_diff(&vq, &rotate(&v, dim, &q)) < tol,
+                    "{name}: O(D)"
+                );
+                assert!(
+                    (divq - div).abs() < 1e-9 * div.abs().max(1.0),
+                    "{name}: div O(D)"
+                );
+            }
+        }
+    }
+}
+
+/// `v̄·v + δ·div` at `x`, `t`.
+fn scalar_loss(field: &CoordKernelField, x: &[f64], t: f64, v_bar: &[f64], delta: f64) -> f64 {
+    let mut v = vec![0.0; x.len()];
+    let div = field.velocity_into(x, t, &mut v);
+    v.iter().zip(v_bar).map(|(a, b)| a * b).sum::<f64>() + delta * div
+}
+
+#[test]
+fn reverse_pass_matches_finite_differences_in_x_and_every_parameter() {
+    let mut r = rng(7);
+    for (name, field, spread) in cases() {
+        let n = field.layout().len();
+        let t = 0.63;
+        let x = random_config(&mut r, n, spread);
+        let v_bar: Vec<f64> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        for delta in [0.0, 0.7, -1.3] {
+            let point = field.time_point(t);
+            let mut x_bar = vec![0.0; n];
+            let mut adjoint = Vec::new();
+            let mut scratch = field.new_scratch();
+            // Two time points, the evaluation at the second: θ̄ must come from its own τ.
+            field.adjoint_reset(&mut adjoint, 2);
+            let cot = Cotangent {
+                v: &v_bar,
+                div: delta,
+            };
+            field.vjp_at(&x, &point, 1, cot, &mut x_bar, &mut adjoint, &mut scratch);
+            let mut theta_bar = vec![0.0; field.params().len()];
+            field.adjoint_finish(
+                &[field.time_point(0.1), point],
+                &mut adjoint,
+                &mut theta_bar,
+            );
+            if delta == 0.0 {
+                // x̄ = Jᵀ v̄ exactly (up to round-off).
+                let (_, jac, _) = jacobian(&field, &x, t);
+                let jt_v: Vec<f64> = (0..n)
+                    .map(|b| (0..n).map(|a| jac[a * n + b] * v_bar[a]).sum())
+                    .collect();
+                assert!(max_abs_diff(&x_bar, &jt_v) < 1e-10, "{name}: x̄");
+            }
+            // x̄ against central differences of the scalar.
+            let h = 1e-6;
+            let mut worst: f64 = 0.0;
+            for b in 0..n {
+                let mut y = x.clone();
+                y[b] = x[b] + h;
+                let up = scalar_loss(&field, &y, t, &v_bar, delta);
+                y[b] = x[b] - h;
+                let down = scalar_loss(&field, &y, t, &v_bar, delta);
+                let fd = (up - down) / (2.0 * h);
+                worst = worst.max((fd - x_bar[b]).abs() / (1.0 + fd.abs()));
+            }
+            assert!(worst < 1e-6, "{name} δ={delta}: x̄ error {worst}");
+            // θ̄ against central differences over every parameter.
+            let p0 = field.params().to_vec();
+            let mut worst: f64 = 0.0;
+            for i in 0..p0.len() {
+                let mut f = field.clone();
+                let mut p = p0.clone();
+                p[i] = p0[i] + h;
+                f.set_params(&p).unwrap();
+                let up = scalar_loss(&f, &x, t, &v_bar, delta);
+                p[i] = p0[i] - h;
+                f.set_params(&p).unwrap();
+                let down = scalar_loss(&f, &x, t, &v_bar, delta);
+                let fd = (up - down) / (2.0 * h);
+                worst = worst.max((fd - theta_bar[i]).abs() / (1.0 + fd.abs()));
+            }
+            assert!(worst < 1e-6, "{name} δ={delta}: θ̄ error {worst}");
+        }
+    }
+}
+
+#[test]
+fn lipschitz_bound_dominates_the_jacobian() {
+    let mut r = rng(8);
+    for (name, field, _) in cases() {
+        let n = field.layout().len();
+        for t in [0.0, 0.5, 1.0] {
+            let bound = field.lipschitz_bound(t);
+            assert!(bound.is_finite() && bound > 0.0, "{name}: {bound}");
+            for spread in [0.2, 1.0, 3.0, 8.0, 40.0] {
+                let x = random_config(&mut r, n, spread);
+                let (_, jac, _) = jacobian(&field, &x, t);
+                let norm = DMatrix::from_row_slice(n, n, &jac).singular_values().max();
+                assert!(
+                    norm <= bound,
+                    "{name} t={t} spread={spread}: ‖J‖ {norm} > {bound}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_settings_and_parameters_are_refused() {
+    let layout = Layout::new(4, 2).unwrap();
+    let mut bad = CoordKernelConfig::double_well();
+    bad.n_shells = 1;
+    assert!(CoordKernelField::initialise(layout, bad, 0).is_err());
+    let mut bad = CoordKernelConfig::double_well();
+    bad.rbf_max = bad.rbf_min;
+    assert!(CoordKernelField::initialise(layout, bad, 0).is_err());
+    let mut bad = CoordKernelConfig::double_well();
+    bad.shell_min = f64::NAN;
+    assert!(CoordKernelField::initialise(layout, bad, 0).is_err());
+    let mut bad = CoordKernelConfig::double_well();
+    bad.n_rbf = 10_000;
+    assert!(CoordKernelField::initialise(layout, bad, 0).is_err());
+    let mut field =
+        CoordKernelField::initialise(layout, CoordKernelConfig::double_well(), 0).unwrap();
+    let before = field.clone();
+    let mut p = field.params().to_vec();
+    p[3] = f64::NAN;
+    assert!(field.set_params(&p).is_err());
+    p[3] = 1e300;
+    assert!(field.set_params(&p).is_err());
+    assert!(field.set_params(&p[1..]).is_err());
+    assert_eq!(
+        field, before,
+        "a failed set_params leaves the field unchanged"
+    );
+}
+
+fn coordkernel_flow(seed: u64) -> Flow {
+    let layout = Layout::new(4, 2).unwrap();
+    let field = random_coordkernel(4, 2, CoordKernelConfig::double_well(), seed);
+    Flow::from_parts(
+        Prior::new(layout, 1.0).unwrap(),
+        field,
+        Integrator::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn model_files_round_trip_and_densities_are_exact() {
+    let flow = coordkernel_flow(9);
+    let dir = tempdir();
+    let path = dir.join("coordkernel.json");
+    model::save(&flow, None, None, &path).unwrap();
+    let (loaded, file) = model::load(&path).unwrap();
+    assert_eq!(loaded.field().family(), "coordkernel");
+    assert_eq!(loaded.field(), flow.field());
+    let _ = file;
+    // Sampled log q equals evaluated log q (exact-discrete mode, the default).
+    let (x, log_q) = loaded.sample(3, 64).unwrap();
+    let evaluated = loaded.log_density(&x).unwrap();
+    let err = max_abs_diff(&log_q, &evaluated);
+    assert!(err < 1e-8, "sampled vs evaluated log q: {err}");
+    // The same samples from a flow whose field went through the generic registry.
+    let again = Field::from_spec(
+        flow.field().layout(),
+        &flow.field().spec(),
+        flow.field().params().to_vec(),
+    )
+    .unwrap();
+    assert_eq!(&again, flow.field());
+}
+
+#[test]
+fn thread_count_does_not_change_a_bit() {
+    let flow = coordkernel_flow(10);
+    let a = pool(1).install(|| flow.sample(5, 32).unwrap());
+    let b = pool(2).install(|| flow.sample(5, 32).unwrap());
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.1, b.1);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("eqflow-coordkernel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn particle_counts_beyond_the_family_limit_are_refused() {
+    use eqflow::field::coordkernel::MAX_COORDKERNEL_PARTICLES;
+    let ok = Layout::new(MAX_COORDKERNEL_PARTICLES, 3).unwrap();
+    assert!(CoordKernelField::initialise(ok, CoordKernelConfig::lennard_jones(), 0).is_ok());
+    let big = Layout::new(MAX_COORDKERNEL_PARTICLES + 1, 3).unwrap();
+    let err = CoordKernelField::initialise(big, CoordKernelConfig::lennard_jones(), 0).unwrap_err();
+    assert!(err.to_string().contains("particles"), "{err}");
+}
