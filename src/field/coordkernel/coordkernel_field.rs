@@ -171,20 +171,21 @@ impl CoordKernelField {
         CoordKernelTimePoint { t, tau, m }
     }
 
-    /// The distance Gaussians `B_k(d)` with their first and second derivatives in d.
+    /// The distance Gaussians `B_k(d)` with their first derivatives in d, and the second
+    /// derivatives into `b2` if given.
     #[inline]
-    pub(super) fn rbf_into(&self, d: f64, b: &mut [f64], b1: &mut [f64], b2: &mut [f64]) {
+    pub(super) fn rbf_into(&self, d: f64, b: &mut [f64], b1: &mut [f64], b2: Option<&mut [f64]>) {
         let a = self.a_rbf;
-        for (((b, b1), b2), mu) in b
-            .iter_mut()
-            .zip(b1.iter_mut())
-            .zip(b2.iter_mut())
-            .zip(&self.mu)
-        {
+        for ((b, b1), mu) in b.iter_mut().zip(b1.iter_mut()).zip(&self.mu) {
             let e = d - mu;
             *b = exp_nonpositive(-(e * e * a));
             *b1 = -2.0 * a * e * *b;
-            *b2 = 2.0 * a * *b * (2.0 * a * e * e - 1.0);
+        }
+        if let Some(b2) = b2 {
+            for ((b2, b), mu) in b2.iter_mut().zip(b.iter()).zip(&self.mu) {
+                let e = d - mu;
+                *b2 = 2.0 * a * b * (2.0 * a * e * e - 1.0);
+            }
         }
     }
 

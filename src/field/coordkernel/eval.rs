@@ -42,9 +42,9 @@ pub struct CoordKernelScratch {
     pub(super) fd: Vec<f64>,
     pub(super) c1: Vec<f64>,
     pub(super) psi: Vec<f64>,
-    // The Jacobian's environment part: ∂h_j^a/∂x_m at ((m·N + j)·A + a)·D, and Y_i.
-    pub(super) dh: Vec<f64>,
+    // The Jacobian's environment factors: Y, (N·D) × (N·A), and H = ∂h/∂x, (N·A) × (N·D).
     pub(super) y: Vec<f64>,
+    pub(super) dh: Vec<f64>,
     // The reverse pass: adjoints per particle and shell, per pair (i < j at i·N + j), and the
     // velocity of the forward pass it reruns.
     pub(super) h_bar: Vec<f64>,
@@ -76,8 +76,8 @@ impl CoordKernelScratch {
             grow(v, len);
         }
         if jacobian {
-            grow(&mut self.dh, n * n * na * dim);
-            grow(&mut self.y, n * na * dim);
+            grow(&mut self.y, n * dim * n * na);
+            grow(&mut self.dh, n * dim * n * na);
         }
         if reverse {
             grow(&mut self.h_bar, n * na);
@@ -148,19 +148,36 @@ impl Radial {
         second: bool,
     ) {
         let k = f.config.n_rbf;
-        f.rbf_into(d, &mut self.b[..k], &mut self.b1[..k], &mut self.b2[..k]);
-        for (q, row) in point.m.chunks_exact(k).enumerate() {
-            let (mut a, mut a1, mut a2) = (0.0, 0.0, 0.0);
-            for kk in 0..k {
-                a += row[kk] * self.b[kk];
-                a1 += row[kk] * self.b1[kk];
-                if second {
+        let rows = point.m.chunks_exact(k);
+        if second {
+            f.rbf_into(
+                d,
+                &mut self.b[..k],
+                &mut self.b1[..k],
+                Some(&mut self.b2[..k]),
+            );
+            for (q, row) in rows.enumerate() {
+                let (mut a, mut a1, mut a2) = (0.0, 0.0, 0.0);
+                for kk in 0..k {
+                    a += row[kk] * self.b[kk];
+                    a1 += row[kk] * self.b1[kk];
                     a2 += row[kk] * self.b2[kk];
                 }
+                self.a[q] = a;
+                self.a1[q] = a1;
+                self.a2[q] = a2;
             }
-            self.a[q] = a;
-            self.a1[q] = a1;
-            self.a2[q] = a2;
+        } else {
+            f.rbf_into(d, &mut self.b[..k], &mut self.b1[..k], None);
+            for (q, row) in rows.enumerate() {
+                let (mut a, mut a1) = (0.0, 0.0);
+                for kk in 0..k {
+                    a += row[kk] * self.b[kk];
+                    a1 += row[kk] * self.b1[kk];
+                }
+                self.a[q] = a;
+                self.a1[q] = a1;
+            }
         }
     }
 }
@@ -262,24 +279,36 @@ impl CoordKernelField {
 
     /// The dense Jacobian (row-major, `(i·D + c)·N·D + m·D + c'`) from the state of an
     /// [`CoordKernelField::evaluate`] with the divergence at the same `x`.
+    ///
+    /// The environment blocks are one matrix product, `J += Y H` with the inner index (j, a):
+    /// `Y[(i, c), (j, a)] = Y_ij^a` (`ψ_ji^a r_ij`, or `P_i^a` for j = i) and
+    /// `H[(j, a), (m, c')] = ∂h_j^a/∂x_m` (`−κ c'_a(d_jm) u_jm`, or `G_j^a` for m = j):
+    /// (N·D)² · N·A multiply-adds over contiguous rows, which vectorise.
     pub(super) fn jacobian_into(&self, x: &[f64], ws: &mut CoordKernelScratch, jac: &mut [f64]) {
         let n = self.layout.n_particles;
         let dim = self.layout.dim;
         let na = self.config.n_shells;
         let nd = n * dim;
+        let nk = n * na;
         let kappa = 1.0 / (n - 1) as f64;
         ws.ensure(self, true, false);
         jac.fill(0.0);
         let mut r = [0.0; MAX_DIM];
-        // Pair blocks, and ∂h_j^a/∂x_m for every (m, j).
+        let (y, h) = (&mut ws.y[..nd * nk], &mut ws.dh[..nk * nd]);
         for i in 0..n {
+            for a in 0..na {
+                for c in 0..dim {
+                    let g = ws.g[(i * na + a) * dim + c];
+                    h[(i * na + a) * nd + i * dim + c] = g;
+                    y[(i * dim + c) * nk + i * na + a] = ws.p[(i * na + a) * dim + c];
+                }
+            }
             for j in 0..n {
                 if i == j {
-                    let src = &ws.g[i * na * dim..(i + 1) * na * dim];
-                    ws.dh[(i * n + i) * na * dim..(i * n + i + 1) * na * dim].copy_from_slice(src);
                     continue;
                 }
                 let (_, d) = pair_geometry(x, dim, i, j, &mut r);
+                // Pair block B_ij = φ I + F r uᵀ.
                 let (phi, fd) = (ws.phi[i * n + j], ws.fd[i * n + j]);
                 for c in 0..dim {
                     for c2 in 0..dim {
@@ -291,47 +320,21 @@ impl CoordKernelField {
                         jac[(i * dim + c) * nd + j * dim + c2] -= b;
                     }
                 }
-                // ∂h_i^a/∂x_j = −κ c'_a(d_ij) u_ij, stored at (m = j, particle i).
                 for a in 0..na {
+                    // ∂h_i^a/∂x_j = −κ c'_a(d_ij) u_ij.
                     let f = -kappa * ws.c1[(i * n + j) * na + a] / d;
+                    let psi_ji = ws.psi[(j * n + i) * na + a];
                     for c in 0..dim {
-                        ws.dh[((j * n + i) * na + a) * dim + c] = f * r[c];
+                        h[(i * na + a) * nd + j * dim + c] = f * r[c];
+                        y[(i * dim + c) * nk + j * na + a] = psi_ji * r[c];
                     }
                 }
             }
         }
-        // Environment blocks: J_im += Σ_{j,a} Y_ij^a (∂h_j^a/∂x_m)ᵀ.
-        let row = na * dim;
-        for i in 0..n {
-            for j in 0..n {
-                let y = &mut ws.y[j * row..(j + 1) * row];
-                if j == i {
-                    y.copy_from_slice(&ws.p[i * row..(i + 1) * row]);
-                    continue;
-                }
-                pair_geometry(x, dim, i, j, &mut r);
-                for a in 0..na {
-                    let psi_ji = ws.psi[(j * n + i) * na + a];
-                    for c in 0..dim {
-                        y[a * dim + c] = psi_ji * r[c];
-                    }
-                }
-            }
-            let y = &ws.y[..n * row];
-            for m in 0..n {
-                let dh = &ws.dh[m * n * row..(m + 1) * n * row];
-                let mut block = [[0.0; MAX_DIM]; MAX_DIM];
-                for (ya, ha) in y.chunks_exact(dim).zip(dh.chunks_exact(dim)) {
-                    for c in 0..dim {
-                        for c2 in 0..dim {
-                            block[c][c2] += ya[c] * ha[c2];
-                        }
-                    }
-                }
-                for c in 0..dim {
-                    for c2 in 0..dim {
-                        jac[(i * dim + c) * nd + m * dim + c2] += block[c][c2];
-                    }
+        for (jac_row, y_row) in jac.chunks_exact_mut(nd).zip(y.chunks_exact(nk)) {
+            for (yk, h_row) in y_row.iter().zip(h.chunks_exact(nd)) {
+                for (out, hv) in jac_row.iter_mut().zip(h_row) {
+                    *out += yk * hv;
                 }
             }
         }

@@ -3,10 +3,12 @@
 
 use std::f64::consts::E;
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::config::CoordKernelConfig;
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
 use super::eval::{CoordKernelScratch, with_scratch};
+use super::grid::GridCoordKernel;
 use crate::error::Result;
 use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
 use crate::geometry::Layout;
@@ -128,6 +130,11 @@ impl FieldFamily for CoordKernelField {
                 if bound.is_nan() { f64::INFINITY } else { bound }
             })
             .collect()
+    }
+
+    /// The same field with its time points precomputed at the grid's stage times.
+    fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {
+        Some(Arc::new(GridCoordKernel::new(self, times)))
     }
 }
 

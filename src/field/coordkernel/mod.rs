@@ -26,6 +26,7 @@ mod config;
 mod coordkernel_field;
 mod eval;
 mod family;
+mod grid;
 mod vjp;
 
 pub use config::{CoordKernelConfig, MAX_BASIS};
