@@ -414,6 +414,19 @@ mod tests {
     }
 
     #[test]
+    fn the_coordkernel_family_is_selectable_by_name() {
+        let options = Options::new();
+        let name = c"coordkernel";
+        // SAFETY: live options; a NUL-terminated name.
+        let status = unsafe { eqf_flow_options_set_family(options.0, name.as_ptr()) };
+        assert_eq!(status, EQF_OK);
+        assert_eq!(options.config().family, Family::CoordKernel);
+        let flow = options.flow(4, 2);
+        assert_eq!(flow.field().spec().family, "coordkernel");
+        assert_eq!(flow.field().params().len(), 864);
+    }
+
+    #[test]
     fn setters_apply_and_validate_and_leave_the_options_unchanged_on_failure() {
         let options = Options::new();
         let o = options.0;

@@ -47,6 +47,10 @@ pub struct CoordKernelTimePoint {
     pub tau: [f64; MAX_BASIS],
     /// `M(t)`, Q × K row-major.
     pub m: Vec<f64>,
+    /// `M(t)` transposed, K × Q: the per-pair loop sums scaled rows of it, so that the Q
+    /// coefficients accumulate side by side (vectorisable) rather than as Q serial dot
+    /// products; each coefficient is still summed in k order.
+    pub m_t: Vec<f64>,
 }
 
 impl CoordKernelField {
@@ -163,12 +167,19 @@ impl CoordKernelField {
     pub fn time_point(&self, t: f64) -> CoordKernelTimePoint {
         let tau = self.time_basis(t);
         let r = self.config.n_time;
-        let m = self
+        let m: Vec<f64> = self
             .params
             .chunks_exact(r)
             .map(|row| row.iter().zip(&tau[..r]).map(|(v, w)| v * w).sum())
             .collect();
-        CoordKernelTimePoint { t, tau, m }
+        let (nq, k) = (self.config.n_features(), self.config.n_rbf);
+        let mut m_t = vec![0.0; nq * k];
+        for q in 0..nq {
+            for kk in 0..k {
+                m_t[kk * nq + q] = m[q * k + kk];
+            }
+        }
+        CoordKernelTimePoint { t, tau, m, m_t }
     }
 
     /// The distance Gaussians `B_k(d)` with their first derivatives in d, and the second
@@ -190,7 +201,7 @@ impl CoordKernelField {
     }
 
     /// Shell `a` at distance d: `(c, c', c'')`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn shell(&self, a: usize, d: f64) -> (f64, f64, f64) {
         let s = self.a_shell;
         let e = d - self.nu[a];

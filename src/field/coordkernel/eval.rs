@@ -25,6 +25,8 @@
 
 use std::cell::RefCell;
 
+use multiversion::multiversion;
+
 use super::config::MAX_BASIS;
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint, MAX_FEATURES};
 use crate::field::EPS_D;
@@ -139,7 +141,7 @@ impl Radial {
     }
 
     /// Fills the basis at `d` and the coefficients; the second derivatives only if `second`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn fill(
         &mut self,
         f: &CoordKernelField,
@@ -148,7 +150,7 @@ impl Radial {
         second: bool,
     ) {
         let k = f.config.n_rbf;
-        let rows = point.m.chunks_exact(k);
+        let nq = f.config.n_features();
         if second {
             f.rbf_into(
                 d,
@@ -156,32 +158,75 @@ impl Radial {
                 &mut self.b1[..k],
                 Some(&mut self.b2[..k]),
             );
-            for (q, row) in rows.enumerate() {
-                let (mut a, mut a1, mut a2) = (0.0, 0.0, 0.0);
-                for kk in 0..k {
-                    a += row[kk] * self.b[kk];
-                    a1 += row[kk] * self.b1[kk];
-                    a2 += row[kk] * self.b2[kk];
-                }
-                self.a[q] = a;
-                self.a1[q] = a1;
-                self.a2[q] = a2;
-            }
+            fold_rows(&point.m_t, nq, &self.b[..k], &mut self.a[..nq]);
+            fold_rows(&point.m_t, nq, &self.b1[..k], &mut self.a1[..nq]);
+            fold_rows(&point.m_t, nq, &self.b2[..k], &mut self.a2[..nq]);
         } else {
             f.rbf_into(d, &mut self.b[..k], &mut self.b1[..k], None);
-            for (q, row) in rows.enumerate() {
-                let (mut a, mut a1) = (0.0, 0.0);
-                for kk in 0..k {
-                    a += row[kk] * self.b[kk];
-                    a1 += row[kk] * self.b1[kk];
-                }
-                self.a[q] = a;
-                self.a1[q] = a1;
-            }
+            fold_rows(&point.m_t, nq, &self.b[..k], &mut self.a[..nq]);
+            fold_rows(&point.m_t, nq, &self.b1[..k], &mut self.a1[..nq]);
         }
     }
 }
 
+/// `out_q = Σ_k w_k m_t[k, q]` (m_t row-major K × Q), summed in k order for every q: the Q sums
+/// run side by side in vector lanes. Inlined into its multiversioned callers.
+#[inline(always)]
+fn fold_rows(m_t: &[f64], nq: usize, w: &[f64], out: &mut [f64]) {
+    out.fill(0.0);
+    for (row, wk) in m_t.chunks_exact(nq).zip(w) {
+        for (o, m) in out.iter_mut().zip(row) {
+            *o += m * wk;
+        }
+    }
+}
+
+/// `c += a·b` for row-major `a` (rows × k), `b` (k × n) and `c` (rows × n): each entry gets
+/// `Σ_k a_ik b_kj` summed in k order, in 4 × 8 register blocks (as `integrate::linalg`'s
+/// square product; the last block row and column are shifted back to end at the edge and
+/// their overlap added once). No fused multiply-add (Rust never contracts), so the bits are
+/// the same on every machine.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+fn add_product(k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+    const MR: usize = 4;
+    const NR: usize = 8;
+    let rows = c.len() / n;
+    if rows < MR || n < NR {
+        for (c_row, a_row) in c.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
+            for (j, cv) in c_row.iter_mut().enumerate() {
+                let mut acc = 0.0;
+                for (kk, av) in a_row.iter().enumerate() {
+                    acc += av * b[kk * n + j];
+                }
+                *cv += acc;
+            }
+        }
+        return;
+    }
+    let starts = |len: usize, block: usize| {
+        (0..len.div_ceil(block)).map(move |q| ((q * block).min(len - block), q * block))
+    };
+    for (i, i_done) in starts(rows, MR) {
+        for (j, j_done) in starts(n, NR) {
+            let mut acc = [[0.0f64; NR]; MR];
+            for kk in 0..k {
+                let bk: &[f64; NR] = b[kk * n + j..kk * n + j + NR].try_into().unwrap();
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let aik = a[(i + r) * k + kk];
+                    for (acc, b) in acc.iter_mut().zip(bk) {
+                        *acc += aik * b;
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().skip(i_done - i) {
+                let row = &mut c[(i + r) * n + j_done..(i + r) * n + j + NR];
+                for (c, acc) in row.iter_mut().zip(&acc[j_done - j..]) {
+                    *c += acc;
+                }
+            }
+        }
+    }
+}
 impl CoordKernelField {
     /// `v(x, t)` into `v`; with `with_div` also the divergence (returned; 0 otherwise) and the
     /// per-pair state the Jacobian and the reverse pass read (`ψ`, `P`, `G`). The velocity's
@@ -194,87 +239,7 @@ impl CoordKernelField {
         ws: &mut CoordKernelScratch,
         with_div: bool,
     ) -> f64 {
-        let n = self.layout.n_particles;
-        let dim = self.layout.dim;
-        let na = self.config.n_shells;
-        let kappa = 1.0 / (n - 1) as f64;
-        ws.ensure(self, false, false);
-        ws.h[..n * na].fill(0.0);
-        ws.g[..n * na * dim].fill(0.0);
-        let mut r = [0.0; MAX_DIM];
-        // Coordinations (and their gradients G for the divergence).
-        for i in 0..n {
-            for j in i + 1..n {
-                let (_, d) = pair_geometry(x, dim, i, j, &mut r);
-                for a in 0..na {
-                    let (c, c1, _) = self.shell(a, d);
-                    ws.h[i * na + a] += kappa * c;
-                    ws.h[j * na + a] += kappa * c;
-                    ws.c1[(i * n + j) * na + a] = c1;
-                    ws.c1[(j * n + i) * na + a] = c1;
-                    if with_div {
-                        let f = kappa * c1 / d;
-                        for c in 0..dim {
-                            ws.g[(i * na + a) * dim + c] += f * r[c];
-                            ws.g[(j * na + a) * dim + c] -= f * r[c];
-                        }
-                    }
-                }
-            }
-        }
-        v.fill(0.0);
-        if with_div {
-            ws.p[..n * na * dim].fill(0.0);
-        }
-        let mut div = 0.0;
-        let mut rad = Radial::new();
-        for i in 0..n {
-            for j in i + 1..n {
-                let (s, d) = pair_geometry(x, dim, i, j, &mut r);
-                rad.fill(self, point, d, false);
-                let (hi, hj) = (&ws.h[i * na..(i + 1) * na], &ws.h[j * na..(j + 1) * na]);
-                let (mut phi, mut fd) = (rad.a[0], rad.a1[0]);
-                for a in 0..na {
-                    let (hs, hp) = (hi[a] + hj[a], hi[a] * hj[a]);
-                    phi += hs * rad.a[1 + a] + hp * rad.a[1 + na + a];
-                    fd += hs * rad.a1[1 + a] + hp * rad.a1[1 + na + a];
-                }
-                for c in 0..dim {
-                    v[i * dim + c] += phi * r[c];
-                    v[j * dim + c] -= phi * r[c];
-                }
-                ws.phi[i * n + j] = phi;
-                ws.phi[j * n + i] = phi;
-                ws.fd[i * n + j] = fd;
-                ws.fd[j * n + i] = fd;
-                if !with_div {
-                    continue;
-                }
-                let z = s / d;
-                let mut pair_div = 2.0 * (dim as f64 * phi + fd * z);
-                for a in 0..na {
-                    let psi_ij = rad.a[1 + a] + hj[a] * rad.a[1 + na + a];
-                    let psi_ji = rad.a[1 + a] + hi[a] * rad.a[1 + na + a];
-                    ws.psi[(i * n + j) * na + a] = psi_ij;
-                    ws.psi[(j * n + i) * na + a] = psi_ji;
-                    pair_div += kappa * (psi_ij + psi_ji) * ws.c1[(i * n + j) * na + a] * z;
-                    for c in 0..dim {
-                        ws.p[(i * na + a) * dim + c] += psi_ij * r[c];
-                        ws.p[(j * na + a) * dim + c] -= psi_ji * r[c];
-                    }
-                }
-                div += pair_div;
-            }
-        }
-        if with_div {
-            let len = n * na * dim;
-            div += ws.p[..len]
-                .iter()
-                .zip(&ws.g[..len])
-                .map(|(p, g)| p * g)
-                .sum::<f64>();
-        }
-        div
+        evaluate_in(self, x, point, v, ws, with_div)
     }
 
     /// The dense Jacobian (row-major, `(i·D + c)·N·D + m·D + c'`) from the state of an
@@ -331,12 +296,100 @@ impl CoordKernelField {
                 }
             }
         }
-        for (jac_row, y_row) in jac.chunks_exact_mut(nd).zip(y.chunks_exact(nk)) {
-            for (yk, h_row) in y_row.iter().zip(h.chunks_exact(nd)) {
-                for (out, hv) in jac_row.iter_mut().zip(h_row) {
-                    *out += yk * hv;
+        add_product(nk, nd, y, h, jac);
+    }
+}
+
+/// [`CoordKernelField::evaluate`], compiled for the host's vector extensions (the helpers it
+/// calls are inlined into it).
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+fn evaluate_in(
+    f: &CoordKernelField,
+    x: &[f64],
+    point: &CoordKernelTimePoint,
+    v: &mut [f64],
+    ws: &mut CoordKernelScratch,
+    with_div: bool,
+) -> f64 {
+    let n = f.layout.n_particles;
+    let dim = f.layout.dim;
+    let na = f.config.n_shells;
+    let kappa = 1.0 / (n - 1) as f64;
+    ws.ensure(f, false, false);
+    ws.h[..n * na].fill(0.0);
+    ws.g[..n * na * dim].fill(0.0);
+    let mut r = [0.0; MAX_DIM];
+    // Coordinations (and their gradients G for the divergence).
+    for i in 0..n {
+        for j in i + 1..n {
+            let (_, d) = pair_geometry(x, dim, i, j, &mut r);
+            for a in 0..na {
+                let (c, c1, _) = f.shell(a, d);
+                ws.h[i * na + a] += kappa * c;
+                ws.h[j * na + a] += kappa * c;
+                ws.c1[(i * n + j) * na + a] = c1;
+                ws.c1[(j * n + i) * na + a] = c1;
+                if with_div {
+                    let f = kappa * c1 / d;
+                    for c in 0..dim {
+                        ws.g[(i * na + a) * dim + c] += f * r[c];
+                        ws.g[(j * na + a) * dim + c] -= f * r[c];
+                    }
                 }
             }
         }
     }
+    v.fill(0.0);
+    if with_div {
+        ws.p[..n * na * dim].fill(0.0);
+    }
+    let mut div = 0.0;
+    let mut rad = Radial::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let (s, d) = pair_geometry(x, dim, i, j, &mut r);
+            rad.fill(f, point, d, false);
+            let (hi, hj) = (&ws.h[i * na..(i + 1) * na], &ws.h[j * na..(j + 1) * na]);
+            let (mut phi, mut fd) = (rad.a[0], rad.a1[0]);
+            for a in 0..na {
+                let (hs, hp) = (hi[a] + hj[a], hi[a] * hj[a]);
+                phi += hs * rad.a[1 + a] + hp * rad.a[1 + na + a];
+                fd += hs * rad.a1[1 + a] + hp * rad.a1[1 + na + a];
+            }
+            for c in 0..dim {
+                v[i * dim + c] += phi * r[c];
+                v[j * dim + c] -= phi * r[c];
+            }
+            ws.phi[i * n + j] = phi;
+            ws.phi[j * n + i] = phi;
+            ws.fd[i * n + j] = fd;
+            ws.fd[j * n + i] = fd;
+            if !with_div {
+                continue;
+            }
+            let z = s / d;
+            let mut pair_div = 2.0 * (dim as f64 * phi + fd * z);
+            for a in 0..na {
+                let psi_ij = rad.a[1 + a] + hj[a] * rad.a[1 + na + a];
+                let psi_ji = rad.a[1 + a] + hi[a] * rad.a[1 + na + a];
+                ws.psi[(i * n + j) * na + a] = psi_ij;
+                ws.psi[(j * n + i) * na + a] = psi_ji;
+                pair_div += kappa * (psi_ij + psi_ji) * ws.c1[(i * n + j) * na + a] * z;
+                for c in 0..dim {
+                    ws.p[(i * na + a) * dim + c] += psi_ij * r[c];
+                    ws.p[(j * na + a) * dim + c] -= psi_ji * r[c];
+                }
+            }
+            div += pair_div;
+        }
+    }
+    if with_div {
+        let len = n * na * dim;
+        div += ws.p[..len]
+            .iter()
+            .zip(&ws.g[..len])
+            .map(|(p, g)| p * g)
+            .sum::<f64>();
+    }
+    div
 }
