@@ -43,6 +43,9 @@ pub struct Stats {
     /// Inverse steps whose log-determinant was taken one Newton step from the solution and
     /// corrected to first order (exact-discrete inverse; see `integrate::discrete`).
     pub n_corrected: u64,
+    /// Inverse steps whose fast solve failed and that the damped Newton fallback solved or
+    /// tried to (exact-discrete inverse; see `integrate::discrete`).
+    pub n_fallback: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -53,6 +56,7 @@ impl std::ops::AddAssign for Stats {
         self.n_rejected += o.n_rejected;
         self.n_newton += o.n_newton;
         self.n_corrected += o.n_corrected;
+        self.n_fallback += o.n_fallback;
     }
 }
 
