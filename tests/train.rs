@@ -1032,3 +1032,78 @@ fn cosine_schedule_and_validation_interval_are_checked() {
         assert!(Trainer::new(bad, &data).run(&mut flow, |_| true).is_err());
     }
 }
+
+#[test]
+fn the_lipschitz_penalty_trains_a_certified_flow_and_needs_the_bound_gradient() {
+    let data = dw4_mcmc(256, 12);
+    let validation = dw4_mcmc(128, 13);
+    let config = TrainConfig {
+        n_epochs: 4,
+        batch_size: 32,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let train = |config: TrainConfig| {
+        let mut flow = Flow::new(4, 2, 0).unwrap();
+        Trainer::new(config, &data)
+            .with_validation(&validation)
+            .run(&mut flow, |_| true)
+            .unwrap();
+        flow
+    };
+    let plain = train(config);
+    let penalised = train(TrainConfig {
+        lipschitz_penalty: 1.0,
+        ..config
+    });
+    let (plain_cert, cert) = (
+        plain.certificate().unwrap(),
+        penalised.certificate().unwrap(),
+    );
+    println!("certificate without the penalty {plain_cert:?}, with it {cert:?}");
+    assert!(!plain_cert.is_certified(), "{plain_cert:?}");
+    assert!(cert.is_certified(), "{cert:?}");
+    // Bad settings are refused before anything runs.
+    let mut flow = Flow::new(4, 2, 0).unwrap();
+    for bad in [
+        TrainConfig {
+            lipschitz_penalty: -1.0,
+            ..config
+        },
+        TrainConfig {
+            lipschitz_penalty: 1.0,
+            lipschitz_target: 1.0,
+            ..config
+        },
+    ] {
+        assert!(Trainer::new(bad, &data).run(&mut flow, |_| true).is_err());
+    }
+    assert_eq!(flow, Flow::new(4, 2, 0).unwrap());
+    // The envpair family has no gradient of its bound: refused, with the flow unchanged.
+    let layout = eqflow::geometry::Layout::new(4, 2).unwrap();
+    let field = eqflow::field::envpair::EnvPairField::initialise(
+        layout,
+        eqflow::field::envpair::EnvPairConfig::double_well(),
+        1,
+    )
+    .unwrap();
+    let mut flow = Flow::from_parts(
+        eqflow::prior::Prior::new(layout, 1.0).unwrap(),
+        field,
+        Integrator::default(),
+    )
+    .unwrap();
+    let before = flow.clone();
+    let fm = TrainConfig {
+        lipschitz_penalty: 1.0,
+        objective: eqflow::train::Objective::FlowMatching {
+            pairing: eqflow::train::Pairing::InOrder,
+        },
+        ..config
+    };
+    let err = Trainer::new(fm, &data)
+        .run(&mut flow, |_| true)
+        .unwrap_err();
+    assert!(err.to_string().contains("Lipschitz penalty"), "{err}");
+    assert_eq!(flow, before);
+}

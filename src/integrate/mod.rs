@@ -15,7 +15,10 @@ mod linalg;
 pub(crate) mod rk4;
 mod workspace;
 
-pub use certificate::{StepCertificate, certify_rk4, increment_bound, steps_needed};
+pub use certificate::{
+    StepCertificate, certificate_penalty, certificate_times, certify_rk4, increment_bound,
+    increment_bound_gradient, steps_needed,
+};
 pub use dopri5::Dopri5Config;
 pub use rk4::rk4_stage_times;
 pub use workspace::{MAX_WORKSPACE_BYTES, Workspace};
