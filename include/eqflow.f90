@@ -172,7 +172,7 @@ module eqflow
     public :: eqf_train_options_set_seed, eqf_train_options_set_kT
     public :: eqf_train_options_set_kl_samples, eqf_train_options_set_lambda
     public :: eqf_train_options_set_lambda_linear, eqf_train_options_set_progress
-    public :: eqf_train_options_set_objective
+    public :: eqf_train_options_set_objective, eqf_train_options_set_lipschitz_penalty
     public :: eqf_train_options_set_kl_energy, eqf_train_options_set_kl_energy_fn, eqf_flow_train
     public :: eqf_version, eqf_set_log_callback, eqf_flow_load, eqf_flow_certificate
     public :: eqf_flow_integrator, eqf_move_solver_stats, eqf_set_callback_error
@@ -558,6 +558,14 @@ module eqflow
             integer(c_int32_t) :: status
         end function eqf_train_options_set_learning_rate
 
+        function eqf_train_options_set_lipschitz_penalty(options, weight, target) &
+                bind(C, name="eqf_train_options_set_lipschitz_penalty") result(status)
+            import :: c_ptr, c_double, c_int32_t
+            type(c_ptr), value :: options
+            real(c_double), value :: weight, target
+            integer(c_int32_t) :: status
+        end function eqf_train_options_set_lipschitz_penalty
+
         function eqf_train_options_set_weight_decay(options, weight_decay) &
                 bind(C, name="eqf_train_options_set_weight_decay") result(status)
             import :: c_ptr, c_double, c_int32_t
@@ -724,6 +732,7 @@ module eqflow
         procedure :: set_rk4_steps => options_set_rk4_steps
         procedure :: set_learning_rate => options_set_learning_rate
         procedure :: set_weight_decay => options_set_weight_decay
+        procedure :: set_lipschitz_penalty => options_set_lipschitz_penalty
         procedure :: set_seed => options_set_seed
         procedure :: set_kT => options_set_kT
         procedure :: set_kl_samples => options_set_kl_samples
@@ -1347,6 +1356,14 @@ contains
         call finish(eqf_train_options_set_weight_decay(this%ptr, weight_decay), status, &
             'eqf_train_options_set_weight_decay')
     end subroutine options_set_weight_decay
+
+    subroutine options_set_lipschitz_penalty(this, weight, target, status)
+        class(eqflow_train_options), intent(inout) :: this
+        real(c_double), intent(in) :: weight, target
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_train_options_set_lipschitz_penalty(this%ptr, weight, target), status, &
+            'eqf_train_options_set_lipschitz_penalty')
+    end subroutine options_set_lipschitz_penalty
 
     subroutine options_set_seed(this, seed, status)
         class(eqflow_train_options), intent(inout) :: this

@@ -1182,6 +1182,23 @@ int32_t eqf_train_options_set_learning_rate(eqf_train_options *options, double l
 int32_t eqf_train_options_set_weight_decay(eqf_train_options *options, double weight_decay);
 
 /**
+ * Sets the step-certificate penalty: every optimiser step adds `weight * P` to the loss,
+ * where P = sum over RK4 steps of max(0, c - target)^2 and c is the step's bound on the
+ * Lipschitz constant of its increment from the field's Lipschitz bound (the certificate that
+ * every RK4 step of the trained map is a bijection needs c < 1). Weight 0, the default, is
+ * off. Needs the kernel field (`eqf_flow_train` fails with EQF_ERR_INVALID_ARGUMENT for a
+ * family whose bound has no gradient).
+ *
+ * @param options  the options (not NULL)
+ * @param weight   finite and >= 0 (0: off)
+ * @param target   in (0, 1), e.g. 0.9 (the default)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
+ */
+int32_t eqf_train_options_set_lipschitz_penalty(eqf_train_options *options,
+                                                double weight,
+                                                double target);
+
+/**
  * Sets the seed of the run: the minibatch shuffles and the KL latents derive from it, so the
  * same flow, data, options and seed give bit-identical parameters for any thread count.
  *

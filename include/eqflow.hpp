@@ -480,6 +480,9 @@ public:
     TrainOptions &weight_decay(double wd) {
         return set(eqf_train_options_set_weight_decay(raw_, wd));
     }
+    TrainOptions &lipschitz_penalty(double weight, double target = 0.9) {
+        return set(eqf_train_options_set_lipschitz_penalty(raw_, weight, target));
+    }
     TrainOptions &seed(uint64_t seed) { return set(eqf_train_options_set_seed(raw_, seed)); }
     TrainOptions &kT(double kT) { return set(eqf_train_options_set_kT(raw_, kT)); }
     TrainOptions &kl_samples(int64_t n) { return set(eqf_train_options_set_kl_samples(raw_, n)); }

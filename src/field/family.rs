@@ -117,6 +117,30 @@ pub trait TrainableField: FieldFamily {
     /// The precomputation at flow time `t`.
     fn time_point(&self, t: f64) -> Self::TimePoint;
 
+    /// The family's Lipschitz bounds at `times` ([`FieldFamily::lipschitz_bounds`], the same
+    /// numbers) and their vector–Jacobian product: adds `Σ_t bounds_bar[t]·∂L(t)/∂θ` to
+    /// `theta_bar` (flat parameter layout). What a Lipschitz penalty in training needs to keep
+    /// the trained field certifiable at its step count (`train::TrainConfig::lipschitz_penalty`).
+    ///
+    /// # Errors
+    ///
+    /// The default refuses ([`crate::Error::InvalidArgument`]): a family whose bound has no
+    /// gradient cannot be trained with the penalty. A family may fail where its bound is not
+    /// finite.
+    fn lipschitz_bounds_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        theta_bar: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        let _ = (times, bounds_bar, theta_bar);
+        Err(crate::Error::invalid(format!(
+            "the {} field family has no gradient of its Lipschitz bound: it cannot be trained \
+             with a Lipschitz penalty (use more RK4 steps to certify it instead)",
+            Self::NAME
+        )))
+    }
+
     /// Appends to `key` the numbers that [`TrainableField::time_point`] depends on (bitwise),
     /// so that a tape can reuse its time points across samples while they stay the same.
     fn time_point_key(&self, key: &mut Vec<f64>);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::VectorField;
 use super::coordkernel::CoordKernelField;
 use super::envpair::EnvPairField;
-use super::family::FieldFamily;
+use super::family::{FieldFamily, TrainableField};
 use super::kernel::KernelField;
 use crate::error::{Error, Result};
 use crate::geometry::Layout;
@@ -185,6 +185,20 @@ impl Field {
     #[must_use]
     pub fn lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
         with_family!(self, f => f.lipschitz_bounds(times))
+    }
+
+    /// See [`TrainableField::lipschitz_bounds_vjp`].
+    ///
+    /// # Errors
+    ///
+    /// As the family's (the default refuses).
+    pub fn lipschitz_bounds_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        theta_bar: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        with_family!(self, f => TrainableField::lipschitz_bounds_vjp(f, times, bounds_bar, theta_bar))
     }
 
     /// See [`FieldFamily::grid_dynamics`].

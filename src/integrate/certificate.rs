@@ -58,19 +58,75 @@ pub fn increment_bound(l_start: f64, l_middle: f64, l_end: f64, h: f64) -> f64 {
     h / 6.0 * (l1 + 2.0 * l2 + 2.0 * l3 + l4)
 }
 
-/// Certifies the RK4 grid of `n_steps` steps on [0, 1] for a field whose bounds at a list of
-/// times are `bounds(times)`; asks for the 2·n_steps + 1 distinct stage times at once.
+/// [`increment_bound`] and its partial derivatives with respect to `l_start`, `l_middle` and
+/// `l_end` (the reverse of its recurrence).
 #[must_use]
-pub fn certify_rk4(bounds: &dyn Fn(&[f64]) -> Vec<f64>, n_steps: usize) -> StepCertificate {
+pub fn increment_bound_gradient(
+    l_start: f64,
+    l_middle: f64,
+    l_end: f64,
+    h: f64,
+) -> (f64, [f64; 3]) {
+    let h = h.abs();
+    let l1 = l_start;
+    let l2 = l_middle * (1.0 + 0.5 * h * l1);
+    let l3 = l_middle * (1.0 + 0.5 * h * l2);
+    let l4 = l_end * (1.0 + h * l3);
+    let c = h / 6.0 * (l1 + 2.0 * l2 + 2.0 * l3 + l4);
+    let (mut b1, mut b2, mut b3, b4) = (h / 6.0, h / 3.0, h / 3.0, h / 6.0);
+    let end_bar = b4 * (1.0 + h * l3);
+    b3 += b4 * l_end * h;
+    let mut middle_bar = b3 * (1.0 + 0.5 * h * l2);
+    b2 += b3 * l_middle * 0.5 * h;
+    middle_bar += b2 * (1.0 + 0.5 * h * l1);
+    b1 += b2 * l_middle * 0.5 * h;
+    (c, [b1, middle_bar, end_bar])
+}
+
+/// The distinct stage times of the RK4 grid of `n_steps` steps on [0, 1], in order: step s
+/// starts at `[2s]`, has its middle at `[2s + 1]` and ends at `[2s + 2]`.
+#[must_use]
+pub fn certificate_times(n_steps: usize) -> Vec<f64> {
     let n = n_steps.max(1);
-    let h = 1.0 / n as f64;
-    // Step s starts at times[2s], has its middle at times[2s + 1] and ends at times[2s + 2].
     let mut times = Vec::with_capacity(2 * n + 1);
     for s in 0..n {
         let [t0, tm, _] = grid_stage_times(s, n, true);
         times.extend([t0, tm]);
     }
     times.push(grid_stage_times(n - 1, n, true)[2]);
+    times
+}
+
+/// The certificate penalty of field bounds `l` at [`certificate_times`]`(n_steps)`:
+/// `P = Σ_steps max(0, c_s − target)²` with `c_s` the step's [`increment_bound`], and `∂P/∂l`
+/// (same length as `l`). Zero exactly when every step's bound is at most `target`; with
+/// `target < 1` a field that a training loop keeps at P = 0 stays certified with a margin.
+#[must_use]
+pub fn certificate_penalty(l: &[f64], n_steps: usize, target: f64) -> (f64, Vec<f64>) {
+    let n = n_steps.max(1);
+    let h = 1.0 / n as f64;
+    let mut value = 0.0;
+    let mut l_bar = vec![0.0; l.len()];
+    for s in 0..n {
+        let (c, dc) = increment_bound_gradient(l[2 * s], l[2 * s + 1], l[2 * s + 2], h);
+        let excess = c - target;
+        if excess > 0.0 {
+            value += excess * excess;
+            for (i, d) in dc.iter().enumerate() {
+                l_bar[2 * s + i] += 2.0 * excess * d;
+            }
+        }
+    }
+    (value, l_bar)
+}
+
+/// Certifies the RK4 grid of `n_steps` steps on [0, 1] for a field whose bounds at a list of
+/// times are `bounds(times)`; asks for the 2·n_steps + 1 distinct stage times at once.
+#[must_use]
+pub fn certify_rk4(bounds: &dyn Fn(&[f64]) -> Vec<f64>, n_steps: usize) -> StepCertificate {
+    let n = n_steps.max(1);
+    let h = 1.0 / n as f64;
+    let times = certificate_times(n);
     let l = bounds(&times);
     let mut cert = StepCertificate {
         n_steps: n,
@@ -162,6 +218,38 @@ mod tests {
         );
         assert_eq!(steps_needed(&|t: &[f64]| vec![0.1; t.len()], 1000), Some(1));
         assert_eq!(steps_needed(&|t: &[f64]| vec![1e9; t.len()], 1000), None);
+    }
+
+    #[test]
+    fn certificate_penalty_gradient_matches_finite_differences() {
+        let n_steps = 4;
+        let l: Vec<f64> = (0..9).map(|i| 5.0 + 3.0 * (i as f64 * 0.7).sin()).collect();
+        for target in [0.5, 0.9, 2.0] {
+            let (p, grad) = certificate_penalty(&l, n_steps, target);
+            let mut q = l.clone();
+            let eps = 1e-6;
+            for i in 0..l.len() {
+                q[i] = l[i] + eps;
+                let up = certificate_penalty(&q, n_steps, target).0;
+                q[i] = l[i] - eps;
+                let down = certificate_penalty(&q, n_steps, target).0;
+                q[i] = l[i];
+                let fd = (up - down) / (2.0 * eps);
+                assert!(
+                    (fd - grad[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{i}: {fd} vs {}",
+                    grad[i]
+                );
+            }
+            // Zero exactly when every step is at most the target.
+            let cert = certify_rk4(
+                &|t: &[f64]| t.iter().map(|t| l[(t * 8.0).round() as usize]).collect(),
+                n_steps,
+            );
+            assert_eq!(p == 0.0, cert.max_contraction <= target, "{p} {cert:?}");
+        }
+        let (c, _) = increment_bound_gradient(1.0, 2.0, 3.0, 0.1);
+        assert_eq!(c, increment_bound(1.0, 2.0, 3.0, 0.1));
     }
 
     #[test]

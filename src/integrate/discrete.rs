@@ -13,6 +13,13 @@
 //! log-determinant is taken at the converged point, or one Newton step `Δ` from it and
 //! corrected to first order (see [`inverse_step`]), so that the density of a proposal and the
 //! density evaluated later for the same configuration agree to round-off.
+//!
+//! Where that fast solve fails (a stiff step: the iteration stalls, or an iterate lands where
+//! the step Jacobian folds), a damped Newton iteration with a line search, falling back to the
+//! fixed-point step `y ← x − Δ(y)`, starts again from the predictor (`ForwardStep::damped_newton`);
+//! its answer is accepted only with a residual at round-off and a positive step determinant at
+//! the point found. That proves the point a preimage of the step, not the only one: uniqueness
+//! is the step certificate's (`integrate::certificate`).
 
 use super::linalg::{
     axpy, gemm_acc, lu_factor, lu_solve, matvec, matvec_transposed, scale, scale_into,
@@ -25,6 +32,17 @@ use crate::field::VectorField;
 /// Newton iterations allowed per inverse step; the backward-RK4 start is O(h⁵) away, so two or
 /// three suffice in practice.
 const MAX_NEWTON: usize = 12;
+
+/// Iterations of the inverse's damped Newton fallback (see `ForwardStep::damped_newton`):
+/// each costs a step Jacobian and a few step values; reached only where the fast path failed.
+const MAX_FALLBACK_ITERATIONS: usize = 100;
+
+/// Halvings of the fallback's line search before a direction is given up (λ down to 2⁻⁴⁰).
+const MAX_HALVINGS: usize = 40;
+
+/// A residual (max norm, relative to `1 + ‖x‖∞`) at which the fallback accepts a point where
+/// no direction decreases the residual any more: round-off, as the fast path's stall test.
+const STALLED_RESIDUAL: f64 = 1e-11;
 
 /// Weights of the stage Jacobians J₁…J₄ of a step `t → t + h` in the quadratic extrapolation
 /// of `∂v/∂x` along the trajectory to `t − h/2`, the middle of the step before: nodes at
@@ -306,6 +324,7 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     times: [f64; 3],
     h: f64,
     carry: &mut InverseCarry,
+    fallback: bool,
     ws: &mut Workspace,
 ) -> Result<(f64, Stats)> {
     ws.reserve_exact_discrete()?;
@@ -327,10 +346,32 @@ pub(crate) fn inverse_step<F: VectorField + ?Sized>(
     // step's stage Jacobians, if the contraction allows it and the next step is expected to
     // iterate (unused after the map's first step: 4n² operations).
     let extrapolate = !skip_chord && carry.rate <= MAX_RATE_FOR_EXTRAPOLATED_CHORD;
-    let log_det = step.newton(x, extrapolate, &mut solve, carry, ws);
+    let mut log_det = step.newton(x, extrapolate, &mut solve, carry, ws);
+    let mut fell_back = false;
+    if let Err(fast) = &log_det
+        && fallback
+        && matches!(
+            fast,
+            Error::NotConverged { .. } | Error::NotInvertible { .. }
+        )
+    {
+        // The fast path failed (a stalled or diverging iteration, or an iterate where the
+        // step Jacobian folds): start again from the predictor, globalised. A non-finite
+        // field value is not retried: the field blew up, which is reported as such.
+        x.copy_from_slice(&ws.predicted);
+        log_det = step
+            .damped_newton(x, &mut solve, ws)
+            .map_err(|e| fallback_error(fast, e));
+        fell_back = true;
+        solve.stats.n_fallback += 1;
+    }
     if log_det.is_ok() {
         carry.first_stage = true;
-        carry.chord = extrapolate;
+        // After a fallback the chord and its rate say nothing about the next step.
+        carry.chord = extrapolate && !fell_back;
+        if fell_back {
+            carry.rate = f64::INFINITY;
+        }
         carry.predictor_error = x
             .iter()
             .zip(&ws.predicted)
@@ -509,6 +550,156 @@ impl<F: VectorField + ?Sized> ForwardStep<'_, F> {
         })
     }
 
+    /// The fallback of [`inverse_step`] when its fast path fails: Newton's method on
+    /// `Φ_h(y) = x` globalised by a backtracking line search on the residual's 2-norm, started
+    /// from the predictor (on entry in `x`). Each iteration evaluates the step with its
+    /// Jacobian at y and tries the Newton step `−J⁻¹r`, halving it until the residual
+    /// decreases (Armijo); where J is singular or the Newton direction finds no decrease, the
+    /// fixed-point step `−r` (that is `y ← x − Δ(y)`, a contraction wherever the increment's
+    /// Lipschitz constant is below 1, which the step certificate bounds) is tried the same way.
+    /// It never fails at an intermediate iterate whose Jacobian folds (the fast path does).
+    ///
+    /// What it returns is proved by its end: the residual `‖Φ_h(y) − x‖∞` at the returned y is
+    /// at round-off (the floor of the fast path), so y is a preimage of this exact step, and
+    /// the log-determinant is that of the step Jacobian at y, which must be positive (else
+    /// [`Error::NotInvertible`]: the step folds at its preimage). Whether y is the only
+    /// preimage is what the step certificate answers, not this solve.
+    fn damped_newton(&self, x: &mut [f64], solve: &mut Solve, ws: &mut Workspace) -> Result<f64> {
+        let n = x.len();
+        let t = self.times[0];
+        let mut merit = f64::INFINITY;
+        let mut norm = f64::INFINITY;
+        for _ in 0..MAX_FALLBACK_ITERATIONS {
+            let computed = step_and_jacobian(
+                self.field,
+                x,
+                self.times,
+                self.h,
+                &mut solve.image,
+                false,
+                false,
+                ws,
+            );
+            solve.stats.n_eval += 4;
+            solve.stats.n_jacobian += 4;
+            solve.stats.n_newton += 1;
+            norm = residual_into(&solve.image, &solve.target, &mut solve.residual, true);
+            if !norm.is_finite() {
+                return Err(Error::non_finite(format!(
+                    "inverse RK4 step at t = {t}: the damped Newton residual is not finite"
+                )));
+            }
+            computed?;
+            merit = two_norm(&solve.residual);
+            let (log_abs, sign) = lu_factor(n, &mut ws.step_jac, &mut ws.pivots);
+            if norm <= solve.floor {
+                if sign <= 0.0 || !log_abs.is_finite() {
+                    return Err(Error::NotInvertible {
+                        what: format!(
+                            "the RK4 step at t = {t} has a Jacobian with determinant sign \
+                             {sign} at the preimage the damped Newton fallback found: the \
+                             step folds there (use more steps)"
+                        ),
+                    });
+                }
+                return Ok(log_abs);
+            }
+            // Directions: Newton where J is regular, then the fixed-point step.
+            ws.product.copy_from_slice(&solve.residual);
+            let mut stepped = false;
+            for newton in [true, false] {
+                if newton {
+                    if sign == 0.0 || !log_abs.is_finite() {
+                        continue;
+                    }
+                    lu_solve(n, &ws.step_jac, &ws.pivots, &mut solve.residual);
+                } else {
+                    solve.residual.copy_from_slice(&ws.product);
+                }
+                if self.line_search(x, merit, solve, ws) {
+                    stepped = true;
+                    break;
+                }
+            }
+            if !stepped {
+                // No direction decreases the residual: at round-off already, or stuck.
+                if norm <= STALLED_RESIDUAL * solve.scale {
+                    let (log_abs, sign) = self.log_det_at(x, solve, ws)?;
+                    if sign > 0.0 && log_abs.is_finite() {
+                        return Ok(log_abs);
+                    }
+                }
+                break;
+            }
+        }
+        Err(Error::NotConverged {
+            what: format!(
+                "inverse of the RK4 step at t = {t}: the damped Newton fallback stopped with \
+                 residual 2-norm {merit:e}; the step may not be invertible here (use more steps)"
+            ),
+            residual: norm,
+        })
+    }
+
+    /// Tries `y − λ·d` (d in `solve.residual`) for λ = 1, 1/2, … until the residual 2-norm
+    /// falls below `(1 − 10⁻⁴λ)·merit` (Armijo for the Newton direction); on success `x` is
+    /// moved there. Field values only.
+    fn line_search(
+        &self,
+        x: &mut [f64],
+        merit: f64,
+        solve: &mut Solve,
+        ws: &mut Workspace,
+    ) -> bool {
+        let mut lambda = 1.0;
+        for _ in 0..MAX_HALVINGS {
+            for ((y, x), d) in ws.stage.iter_mut().zip(x.iter()).zip(&solve.residual) {
+                *y = x - lambda * d;
+            }
+            solve.image.copy_from_slice(&ws.stage);
+            let mut trial = std::mem::take(&mut solve.image);
+            rk4::step_values(self.field, &mut trial, self.times, self.h, ws);
+            solve.image = trial;
+            solve.stats.n_eval += 4;
+            let merit_trial = solve
+                .image
+                .iter()
+                .zip(&solve.target)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f64>()
+                .sqrt();
+            if merit_trial <= (1.0 - 1e-4 * lambda) * merit {
+                for (x, d) in x.iter_mut().zip(&solve.residual) {
+                    *x -= lambda * d;
+                }
+                return true;
+            }
+            lambda *= 0.5;
+        }
+        false
+    }
+
+    /// The step Jacobian's `(log|det|, sign)` at `x`, checking the residual once more.
+    fn log_det_at(&self, x: &[f64], solve: &mut Solve, ws: &mut Workspace) -> Result<(f64, f64)> {
+        step_and_jacobian(
+            self.field,
+            x,
+            self.times,
+            self.h,
+            &mut solve.image,
+            false,
+            false,
+            ws,
+        )?;
+        solve.stats.n_eval += 4;
+        solve.stats.n_jacobian += 4;
+        let norm = residual_into(&solve.image, &solve.target, &mut solve.residual, true);
+        if norm.is_nan() || norm > STALLED_RESIDUAL * solve.scale {
+            return Ok((f64::NAN, 0.0));
+        }
+        Ok(lu_factor(x.len(), &mut ws.step_jac, &mut ws.pivots))
+    }
+
     /// One full step at the iterate `x`: `Φ_h(x)` with the step Jacobian, factored. Ends the
     /// solve with the log-determinant if the residual is at round-off (`previous`, the last
     /// full step's residual, ∞ at the first, tells a stall) and the log-determinant needs no
@@ -579,6 +770,20 @@ impl<F: VectorField + ?Sized> ForwardStep<'_, F> {
     }
 }
 
+/// The fallback's error `e`, its message extended by the fast path's failure `fast`.
+fn fallback_error(fast: &Error, e: Error) -> Error {
+    let extend = |what: String| format!("{what}; before it, the fast inverse: {fast}");
+    match e {
+        Error::NotConverged { what, residual } => Error::NotConverged {
+            what: extend(what),
+            residual,
+        },
+        Error::NotInvertible { what } => Error::NotInvertible { what: extend(what) },
+        Error::NonFinite { what } => Error::NonFinite { what: extend(what) },
+        other => other,
+    }
+}
+
 /// `y ← y − d`, one step of either iteration of [`inverse_step`].
 fn subtract(y: &mut [f64], d: &[f64]) {
     for (y, d) in y.iter_mut().zip(d) {
@@ -594,6 +799,11 @@ fn newton_correction(delta: &[f64], gradient: &[f64]) -> (f64, f64, f64) {
     let c = gradient.iter().zip(delta).map(|(g, d)| g * d).sum();
     let norm = gradient.iter().map(|g| g.abs()).sum();
     (step, c, norm)
+}
+
+/// The Euclidean norm of `v`.
+fn two_norm(v: &[f64]) -> f64 {
+    v.iter().map(|v| v * v).sum::<f64>().sqrt()
 }
 
 /// `residual = image − target`, returning its max norm: the convergence test of both loops of
@@ -668,13 +878,25 @@ pub(crate) fn inverse<F: VectorField + ?Sized>(
     n_steps: usize,
     ws: &mut Workspace,
 ) -> Result<(f64, Stats)> {
+    inverse_with(field, x, n_steps, true, ws)
+}
+
+/// [`inverse`], with or without the damped Newton fallback of each step (without: the fast
+/// path alone, as before the fallback existed, for tests that show what it rescues).
+pub(crate) fn inverse_with<F: VectorField + ?Sized>(
+    field: &F,
+    x: &mut [f64],
+    n_steps: usize,
+    fallback: bool,
+    ws: &mut Workspace,
+) -> Result<(f64, Stats)> {
     let h = 1.0 / n_steps as f64;
     let mut log_det = 0.0;
     let mut stats = Stats::default();
     let mut carry = InverseCarry::new();
     for i in (0..n_steps).rev() {
         let times = grid_stage_times(i, n_steps, true);
-        let (ld, step_stats) = inverse_step(field, x, times, h, &mut carry, ws)?;
+        let (ld, step_stats) = inverse_step(field, x, times, h, &mut carry, fallback, ws)?;
         log_det += ld;
         stats += step_stats;
     }
@@ -797,5 +1019,122 @@ mod tests {
             eprintln!("{n} particles: ρ at most {worst:.1e}");
             assert!(worst < bound, "{n} particles: ρ = {worst:e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::*;
+    use crate::field::{KernelConfig, KernelField};
+    use crate::geometry::Layout;
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A stiff DW-4 field (the initial weights times 8, 10 RK4 steps): the fast path fails on
+    /// some of the map's own images, which the fallback pulls back to their latents, with the
+    /// forward map's log-determinant; where the fast path succeeds, the fallback changes nothing.
+    #[test]
+    fn damped_newton_fallback_inverts_what_the_fast_path_fails_on() {
+        let layout = Layout::new(4, 2).unwrap();
+        let n_steps = 10;
+        let mut field = KernelField::initialise(layout, KernelConfig::double_well(), 3).unwrap();
+        let mut p = field.params().to_vec();
+        p[field.param_layout().w()]
+            .iter_mut()
+            .for_each(|v| *v *= 8.0);
+        field.set_params(&p).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut ws = Workspace::new(layout.len());
+        let mut rescued = 0;
+        for _ in 0..400 {
+            let mut z: Vec<f64> = (0..8).map(|_| rng.random_range(-2.0..2.0)).collect();
+            crate::geometry::remove_center_of_mass(&mut z, 2);
+            let mut x = z.clone();
+            let (log_det, _) = forward(&field, &mut x, n_steps, &mut ws).unwrap();
+            let mut fast = x.clone();
+            let fast_result = inverse_with(&field, &mut fast, n_steps, false, &mut ws);
+            let mut robust = x.clone();
+            let (robust_log_det, stats) =
+                inverse_with(&field, &mut robust, n_steps, true, &mut ws).unwrap();
+            match fast_result {
+                Ok((fast_log_det, _)) => {
+                    assert_eq!(stats.n_fallback, 0);
+                    assert_eq!(fast, robust);
+                    assert_eq!(fast_log_det, robust_log_det);
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(e, Error::NotConverged { .. } | Error::NotInvertible { .. }),
+                        "{e}"
+                    );
+                    assert!(stats.n_fallback >= 1);
+                    rescued += 1;
+                    let err = robust
+                        .iter()
+                        .zip(&z)
+                        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                    assert!(err < 1e-9, "latent off by {err:e}");
+                    assert!(
+                        (robust_log_det - log_det).abs() < 1e-8,
+                        "{robust_log_det} vs {log_det}"
+                    );
+                }
+            }
+        }
+        assert!(
+            rescued >= 1,
+            "the field is not stiff enough to test the fallback"
+        );
+    }
+
+    /// Where a configuration has no preimage (or none the iteration can reach) the fallback
+    /// cannot make one up: one RK4 step of size 1 of a field so stiff that it folds (the
+    /// initial DW-4 weights times 4) fails on some random points, with a typed error naming
+    /// the fallback, and what it returns elsewhere is a preimage with its log-determinant.
+    #[test]
+    fn the_fallback_fails_typed_where_it_cannot_converge() {
+        const SCALE: f64 = 4.0;
+        let layout = Layout::new(4, 2).unwrap();
+        let mut field = KernelField::initialise(layout, KernelConfig::double_well(), 3).unwrap();
+        let mut p = field.params().to_vec();
+        p[field.param_layout().w()]
+            .iter_mut()
+            .for_each(|v| *v *= SCALE);
+        field.set_params(&p).unwrap();
+        let mut ws = Workspace::new(layout.len());
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut n_failed = 0;
+        for _ in 0..400 {
+            let mut x: Vec<f64> = (0..8).map(|_| rng.random_range(-2.0..2.0)).collect();
+            crate::geometry::remove_center_of_mass(&mut x, 2);
+            let target = x.clone();
+            match inverse_with(&field, &mut x, 1, true, &mut ws) {
+                Ok((log_det, _)) => {
+                    // Whatever it returns is a preimage with its log-determinant.
+                    let (ld, _) = forward(&field, &mut x, 1, &mut ws).unwrap();
+                    let err = x
+                        .iter()
+                        .zip(&target)
+                        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                    assert!(err < 1e-9, "not a preimage: {err:e}");
+                    assert!((ld - log_det).abs() < 1e-8);
+                }
+                Err(e) => {
+                    n_failed += 1;
+                    assert!(
+                        matches!(
+                            e,
+                            Error::NotConverged { .. }
+                                | Error::NotInvertible { .. }
+                                | Error::NonFinite { .. }
+                        ),
+                        "{e}"
+                    );
+                    assert!(e.to_string().contains("fallback"), "{e}");
+                }
+            }
+        }
+        eprintln!("{n_failed} of 400 failed");
+        assert!(n_failed > 0);
     }
 }

@@ -15,7 +15,10 @@ mod linalg;
 pub(crate) mod rk4;
 mod workspace;
 
-pub use certificate::{StepCertificate, certify_rk4, increment_bound, steps_needed};
+pub use certificate::{
+    StepCertificate, certificate_penalty, certificate_times, certify_rk4, increment_bound,
+    increment_bound_gradient, steps_needed,
+};
 pub use dopri5::Dopri5Config;
 pub use rk4::rk4_stage_times;
 pub use workspace::{MAX_WORKSPACE_BYTES, Workspace};
@@ -43,6 +46,9 @@ pub struct Stats {
     /// Inverse steps whose log-determinant was taken one Newton step from the solution and
     /// corrected to first order (exact-discrete inverse; see `integrate::discrete`).
     pub n_corrected: u64,
+    /// Inverse steps whose fast solve failed and that the damped Newton fallback solved or
+    /// tried to (exact-discrete inverse; see `integrate::discrete`).
+    pub n_fallback: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -53,6 +59,7 @@ impl std::ops::AddAssign for Stats {
         self.n_rejected += o.n_rejected;
         self.n_newton += o.n_newton;
         self.n_corrected += o.n_corrected;
+        self.n_fallback += o.n_fallback;
     }
 }
 

@@ -14,6 +14,7 @@ use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
 use crate::flow::Flow;
 use crate::integrate::{DensityMode, Integrator, Method};
+use crate::integrate::{certificate_penalty, certificate_times};
 use crate::rng::{self, Stream};
 
 /// Settings of a training run. `Default` is the paper's DW-4 protocol (DESIGN.md §2): 50 epochs,
@@ -47,6 +48,16 @@ pub struct TrainConfig {
     pub validate_every: usize,
     /// The learning rate over the run's steps (a multiple of `optimizer.lr`).
     pub lr_schedule: LrSchedule,
+    /// Weight of the certificate penalty (≥ 0; 0, the default, is off): each optimiser step
+    /// adds `lipschitz_penalty · P` to the loss, with P the [`crate::integrate::certificate_penalty`]
+    /// of the field's Lipschitz bounds (the ones the step certificate uses) on the RK4 grid of
+    /// `n_rk4_steps`, so that training keeps the field certifiable at the step count it trains.
+    /// Needs a family whose bound has a gradient
+    /// ([`crate::field::TrainableField::lipschitz_bounds_vjp`]: the kernel field).
+    pub lipschitz_penalty: f64,
+    /// The increment bound the penalty aims below, in (0, 1) (default 0.9): a margin under the
+    /// certificate's 1.
+    pub lipschitz_target: f64,
 }
 
 /// The learning rate over a run, as a factor of the optimiser's `lr`.
@@ -118,6 +129,8 @@ impl Default for TrainConfig {
             objective: Objective::MaximumLikelihood,
             validate_every: 1,
             lr_schedule: LrSchedule::Constant,
+            lipschitz_penalty: 0.0,
+            lipschitz_target: 0.9,
         }
     }
 }
@@ -152,6 +165,19 @@ impl TrainConfig {
         {
             return Err(Error::invalid(format!(
                 "cosine learning-rate final fraction {final_fraction} is outside (0, 1]"
+            )));
+        }
+        if !(self.lipschitz_penalty >= 0.0 && self.lipschitz_penalty.is_finite()) {
+            return Err(Error::invalid(format!(
+                "lipschitz_penalty {} must be finite and ≥ 0",
+                self.lipschitz_penalty
+            )));
+        }
+        if !(self.lipschitz_target > 0.0 && self.lipschitz_target < 1.0) {
+            return Err(Error::invalid(format!(
+                "lipschitz_target {} is outside (0, 1): the certificate needs increment bounds \
+                 below 1",
+                self.lipschitz_target
             )));
         }
         if matches!(self.objective, Objective::FlowMatching { .. }) && self.lambda.needs_kl() {
@@ -339,6 +365,13 @@ impl<'a> Trainer<'a> {
     fn check_inputs(&self, flow: &Flow) -> Result<(usize, Option<KlEnergy<'a>>)> {
         let c = self.config;
         c.validate()?;
+        if c.lipschitz_penalty > 0.0 {
+            // The family must have the bound's gradient (the default refuses at once).
+            let times = certificate_times(c.n_rk4_steps);
+            let mut scratch = vec![0.0; flow.field().params().len()];
+            flow.field()
+                .lipschitz_bounds_vjp(&times, &vec![0.0; times.len()], &mut scratch)?;
+        }
         let len = flow.layout().len();
         let n_train = check_data(self.train, len, "training set")?;
         if let Some(v) = self.validation {
@@ -483,6 +516,9 @@ impl<'a> Trainer<'a> {
             _ => None,
         };
         g.mix(lambda, kl.is_some());
+        if c.lipschitz_penalty > 0.0 {
+            add_certificate_penalty(&run.work, &c, &mut g.mixed)?;
+        }
         let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
         run.optimizer.set_lr(lr)?;
         run.optimizer.step(&mut run.params, &g.mixed)?;
@@ -490,6 +526,20 @@ impl<'a> Trainer<'a> {
         run.step_index += 1;
         Ok((nll, kl))
     }
+}
+
+/// Adds `config.lipschitz_penalty · ∇P` (the certificate penalty of the field's Lipschitz
+/// bounds on the training grid) to `gradient`; returns P.
+fn add_certificate_penalty(flow: &Flow, config: &TrainConfig, gradient: &mut [f64]) -> Result<f64> {
+    let times = certificate_times(config.n_rk4_steps);
+    let field = flow.field();
+    let bounds = field.lipschitz_bounds(&times);
+    let (value, l_bar) = certificate_penalty(&bounds, config.n_rk4_steps, config.lipschitz_target);
+    if value > 0.0 {
+        let weighted: Vec<f64> = l_bar.iter().map(|b| config.lipschitz_penalty * b).collect();
+        field.lipschitz_bounds_vjp(&times, &weighted, gradient)?;
+    }
+    Ok(value)
 }
 
 /// The state of a run: the flow being trained (a copy: the caller's is set only at the end),

@@ -144,6 +144,14 @@ struct TrainArgs {
     /// Random seed (initial weights, shuffles, KL latents).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Weight of the step-certificate penalty in every phase (0: off): keeps the field's
+    /// Lipschitz bound, the one `eqflow eval` certifies with, low enough that every RK4 step of
+    /// the trained map is a bijection (kernel field only).
+    #[arg(long, default_value_t = 0.0)]
+    lipschitz_penalty: f64,
+    /// The increment bound the penalty aims below, in (0, 1): the certificate needs < 1.
+    #[arg(long, default_value_t = 0.9)]
+    lipschitz_target: f64,
     #[command(flatten)]
     common: Common,
 }
@@ -856,6 +864,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
         objective,
         validate_every: a.validate_every,
         lr_schedule: parse_lr_schedule(&a.lr_schedule)?,
+        lipschitz_penalty: a.lipschitz_penalty,
+        lipschitz_target: a.lipschitz_target,
         ..TrainConfig::default()
     };
     config.optimizer.lr = a.lr;
@@ -923,15 +933,19 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let training = json!({"data": a.data, "n_train": a.n_train, "n_validation": n_val,
                           "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
+                          "lipschitz_penalty": a.lipschitz_penalty,
+                          "lipschitz_target": a.lipschitz_target,
                           "phases": phases, "seconds": seconds});
     model::save(&flow, Some(system), Some(training), &a.out)?;
     let best = last.epochs[last.best_epoch].validation_nll;
+    let (certificate, certificate_text) = certificate_report(&flow);
     report(
         &a.common,
         json!({"command": "train", "out": a.out, "best_validation_nll": best,
-               "seconds": seconds}),
+               "seconds": seconds, "certificate": certificate}),
         format!(
-            "trained on {} samples in {seconds:.1} s; best validation NLL {}\nmodel written to {}\n",
+            "trained on {} samples in {seconds:.1} s; best validation NLL {}\nmodel written to {}\n\
+             {certificate_text}",
             a.n_train,
             best.map_or("n/a".to_string(), |v| format!("{v:.4}")),
             a.out.display()

@@ -854,3 +854,32 @@ fn objective_is_set_and_validated() {
         );
     }
 }
+
+#[test]
+fn the_lipschitz_penalty_setter_validates_and_leaves_the_options_unchanged_on_error() {
+    let options = Options::new();
+    let o = options.0;
+    // SAFETY: live options or NULL (rejected).
+    unsafe {
+        assert_eq!(
+            eqf_train_options_set_lipschitz_penalty(std::ptr::null_mut(), 1.0, 0.9),
+            EQF_ERR_NULL_POINTER
+        );
+        assert_eq!(eqf_train_options_set_lipschitz_penalty(o, 2.0, 0.8), EQF_OK);
+        let good = options.config();
+        assert_eq!((good.lipschitz_penalty, good.lipschitz_target), (2.0, 0.8));
+        rejected(
+            eqf_train_options_set_lipschitz_penalty(o, -1.0, 0.9),
+            "lipschitz_penalty",
+        );
+        rejected(
+            eqf_train_options_set_lipschitz_penalty(o, f64::NAN, 0.9),
+            "lipschitz_penalty",
+        );
+        rejected(
+            eqf_train_options_set_lipschitz_penalty(o, 1.0, 1.0),
+            "lipschitz_target",
+        );
+        assert_eq!(options.config(), good);
+    }
+}

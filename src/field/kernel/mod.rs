@@ -9,6 +9,7 @@
 //! to x and the parameters. Fixed-grid flows integrate per-time tables of φ
 //! ([`TabulatedField`]).
 
+mod bound;
 mod family;
 mod kernel_field;
 mod kernels;

@@ -1,0 +1,362 @@
+//! The kernel field's global Lipschitz bound `L(t)` (its part of the step certificate,
+//! [`crate::integrate::certify_rk4`]) and the bound's gradient with respect to the parameters
+//! (what a Lipschitz penalty in training needs).
+//!
+//! `L(t) = N · max_d max(|φ|, |φ + φ'·r²/d|)`. Why it bounds `‖∂v/∂x‖₂`: the Jacobian is
+//! `−Σ_{i<j} (e_i − e_j)(e_i − e_j)ᵀ ⊗ B_ij` with the symmetric pair block
+//! `B_ij = φ I + φ' r rᵀ/d`, whose eigenvalues are φ and `φ + φ' r²/d`, so
+//! `|uᵀ J u| ≤ M Σ_{i<j} |u_i − u_j|² ≤ M N |u|²` (the complete graph's Laplacian has norm N)
+//! and J is symmetric.
+//!
+//! The maximum over d is taken on a grid from `d = √ε_d` to the distance past which every
+//! Gaussian underflows to exactly 0 (φ is constant there, so that last point covers the tail),
+//! with spacing the largest power of two not above `γ_min/40` (so between `γ_min/80` and
+//! `γ_min/40`; not `γ_min/32`, a power of two for the presets' γ = 0.5, where the spacing would
+//! jump under any change of the bandwidths). Between two grid points
+//! `f = max(|φ|, |φ + φ'r²/d|)` is bounded by the larger end value plus half the largest change
+//! of f over that interval and its two neighbours (a first-order margin from the local slope,
+//! where the error of the plain grid maximum is second order). This is sound for an f that is
+//! smooth on the grid's scale, which the Gaussians of width ≥ 40 grid spacings make it; it is
+//! not an interval-arithmetic enclosure. The normalised bases `ρ_k(d)` and `ρ'_k(d)` do not
+//! depend on t, so they are computed once for all times: φ(·, t) is then `ρ·w(t) + c(t)`.
+//! Bandwidths so disparate that the grid would exceed 2²⁰ points give the (true, useless)
+//! bound +∞.
+//!
+//! The spacing is a power of two so that the grid's points do not move with the bandwidths:
+//! the bound is then, for a fixed grid, a piecewise smooth function of the parameters (smooth
+//! away from ties of its maxima and sign changes), and its gradient there is what
+//! [`KernelField::lipschitz_bounds_gradient`] computes: through `w(t)` and `c(t)` (W, b, s and the
+//! time bandwidths, by the reverse of the time fold) and through `ρ` (the distance
+//! bandwidths), at the few grid points the maximum and its margin are taken from.
+
+use super::pairs::EPS_D;
+use super::radial::NORM_EPS;
+use super::vjp::ParamAccumulator;
+use super::{KernelField, TimeSlice};
+use crate::field::exp::{UNDERFLOW, exp_nonpositive};
+
+/// The largest d-grid the bound evaluates.
+const MAX_BOUND_POINTS: f64 = (1u64 << 20) as f64;
+
+/// The d-grid of the bound and the normalised bases on it.
+struct BoundGrid {
+    n_points: usize,
+    step: f64,
+    /// `ρ_k(d_i)`, row-major (point, kernel).
+    rho: Vec<f64>,
+    /// `ρ'_k(d_i)·r²/d`, the factor of the second eigenvalue.
+    rho_slope: Vec<f64>,
+}
+
+/// Where one time's bound was taken: `N·(f[a] + ½·sign·(f[j] − f[j+1]))`, with the change term
+/// absent (`change = None`) when the bound is `N·f[0]`.
+struct Argmax {
+    a: usize,
+    change: Option<(usize, f64)>,
+}
+
+impl KernelField {
+    /// The grid of the bound, `None` when it would be too large (the bound is then +∞).
+    fn bound_grid(&self) -> Option<BoundGrid> {
+        let k = self.kernels();
+        let n_dist = k.n_dist();
+        let a = &self.inv_gamma_sq_padded()[..n_dist];
+        let mu = &k.mu_dist;
+        let gamma_min = a
+            .iter()
+            .map(|a| 1.0 / a.sqrt())
+            .fold(f64::INFINITY, f64::min);
+        let d_end = mu
+            .iter()
+            .zip(a)
+            .map(|(mu, a)| mu + (-UNDERFLOW / a).sqrt())
+            .fold(0.0, f64::max);
+        let step = (gamma_min / 40.0).log2().floor().exp2();
+        let n_points = ((d_end - EPS_D.sqrt()) / step).ceil() + 2.0;
+        if step.is_nan() || step <= 0.0 || n_points.is_nan() || n_points > MAX_BOUND_POINTS {
+            return None;
+        }
+        let n_points = n_points as usize;
+        let mut rho = vec![0.0; n_points * n_dist];
+        let mut rho_slope = vec![0.0; n_points * n_dist];
+        let mut g = vec![0.0; n_dist];
+        let mut dg = vec![0.0; n_dist];
+        for i in 0..n_points {
+            let d = EPS_D.sqrt() + i as f64 * step;
+            let (mut total, mut total_slope) = (NORM_EPS, 0.0);
+            for kk in 0..n_dist {
+                let e = d - mu[kk];
+                g[kk] = exp_nonpositive(-(e * e * a[kk]));
+                dg[kk] = -2.0 * e * a[kk] * g[kk];
+                total += g[kk];
+                total_slope += dg[kk];
+            }
+            let r2_over_d = (d * d - EPS_D) / d;
+            for kk in 0..n_dist {
+                let r = g[kk] / total;
+                rho[i * n_dist + kk] = r;
+                rho_slope[i * n_dist + kk] = (dg[kk] - r * total_slope) / total * r2_over_d;
+            }
+        }
+        Some(BoundGrid {
+            n_points,
+            step,
+            rho,
+            rho_slope,
+        })
+    }
+
+    /// `φ` and `φ'·r²/d` at grid point `i` for the time folded into `slice`.
+    fn phi_and_slope(grid: &BoundGrid, n_dist: usize, slice: &TimeSlice, i: usize) -> (f64, f64) {
+        let row = i * n_dist..(i + 1) * n_dist;
+        let w = &slice.w[..n_dist];
+        let phi = grid.rho[row.clone()]
+            .iter()
+            .zip(w)
+            .map(|(r, w)| r * w)
+            .sum::<f64>()
+            + slice.c;
+        let slope = grid.rho_slope[row].iter().zip(w).map(|(r, w)| r * w).sum();
+        (phi, slope)
+    }
+
+    /// The bound at the time folded into `slice` (`f` is scratch of the grid's length), and
+    /// where it was taken.
+    fn bound_at(&self, grid: &BoundGrid, slice: &TimeSlice, f: &mut [f64]) -> (f64, Argmax) {
+        let n_dist = self.kernels().n_dist();
+        for (i, fi) in f.iter_mut().enumerate() {
+            let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
+            *fi = phi.abs().max((phi + slope).abs());
+        }
+        let change = |i: usize| match (f.get(i), f.get(i + 1)) {
+            (Some(a), Some(b)) => (a - b).abs(),
+            _ => 0.0,
+        };
+        let mut m = f[0];
+        let mut at = Argmax { a: 0, change: None };
+        for i in 0..grid.n_points - 1 {
+            let candidates = [i.saturating_sub(1), i, i + 1];
+            let j = candidates.into_iter().fold(candidates[0], |best, j| {
+                if change(j) > change(best) { j } else { best }
+            });
+            let a = if f[i + 1] > f[i] { i + 1 } else { i };
+            let value = f[a] + 0.5 * change(j);
+            // A NaN candidate wins (f64::max would skip it), so a NaN bound is never hidden.
+            if value.is_nan() || value > m {
+                m = value;
+                let sign = if j + 1 < f.len() && f[j] < f[j + 1] {
+                    -1.0
+                } else {
+                    1.0
+                };
+                at = Argmax {
+                    a,
+                    change: (j + 1 < f.len()).then_some((j, sign)),
+                };
+            }
+        }
+        (self.layout().n_particles as f64 * m, at)
+    }
+
+    /// [`crate::field::FieldFamily::lipschitz_bounds`] for the kernel field (module docs).
+    pub(crate) fn kernel_lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
+        let Some(grid) = self.bound_grid() else {
+            return vec![f64::INFINITY; times.len()];
+        };
+        let mut f = vec![0.0; grid.n_points];
+        times
+            .iter()
+            .map(|&t| self.bound_at(&grid, &self.time_slice(t), &mut f).0)
+            .collect()
+    }
+
+    /// The bounds at `times` and `theta_bar += Σ_t bounds_bar[t]·∂L(t)/∂θ` (module docs), or
+    /// `None` (nothing added) where the bound is +∞ or not finite.
+    pub(crate) fn lipschitz_bounds_gradient(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        theta_bar: &mut [f64],
+    ) -> Option<Vec<f64>> {
+        let grid = self.bound_grid()?;
+        let k = self.kernels();
+        let n_dist = k.n_dist();
+        let n = self.layout().n_particles as f64;
+        let padded = self.mu_padded().len();
+        let mut f = vec![0.0; grid.n_points];
+        let mut acc = ParamAccumulator::default();
+        acc.reset(self);
+        let mut a_bar = vec![0.0; n_dist];
+        let mut w_bar = vec![0.0; padded];
+        let mut bounds = Vec::with_capacity(times.len());
+        for (&t, &l_bar) in times.iter().zip(bounds_bar) {
+            let point = self.time_point(t);
+            let slice = point.slice();
+            let (bound, at) = self.bound_at(&grid, slice, &mut f);
+            if !bound.is_finite() {
+                return None;
+            }
+            bounds.push(bound);
+            if l_bar == 0.0 {
+                continue;
+            }
+            // Cotangents of f at the points the bound was taken from.
+            let mut f_bar: Vec<(usize, f64)> = vec![(at.a, n * l_bar)];
+            if let Some((j, sign)) = at.change {
+                f_bar.push((j, 0.5 * n * l_bar * sign));
+                f_bar.push((j + 1, -0.5 * n * l_bar * sign));
+            }
+            w_bar.fill(0.0);
+            let mut c_bar = 0.0;
+            for (i, fb) in f_bar {
+                let (phi, slope) = Self::phi_and_slope(&grid, n_dist, slice, i);
+                // f = |φ| or |φ + slope|, whichever is larger (the first on ties).
+                let (phi_bar, slope_bar) = if phi.abs() >= (phi + slope).abs() {
+                    (fb * phi.signum(), 0.0)
+                } else {
+                    let s = fb * (phi + slope).signum();
+                    (s, s)
+                };
+                c_bar += phi_bar;
+                let row = i * n_dist..(i + 1) * n_dist;
+                for ((wb, r), rs) in w_bar
+                    .iter_mut()
+                    .zip(&grid.rho[row.clone()])
+                    .zip(&grid.rho_slope[row])
+                {
+                    *wb += phi_bar * r + slope_bar * rs;
+                }
+                self.add_bandwidth_cotangent(&grid, slice, i, phi_bar, slope_bar, &mut a_bar);
+            }
+            self.unfold_time(&point, c_bar, &mut w_bar, &mut acc);
+        }
+        acc.add_to(self, theta_bar);
+        let a = self.inv_gamma_sq_padded();
+        let range = self.param_layout().log_inv_gamma_dist();
+        for ((t, a), ab) in theta_bar[range].iter_mut().zip(a).zip(&a_bar) {
+            // a = exp(2p): ∂a/∂p = 2a.
+            *t += 2.0 * a * ab;
+        }
+        Some(bounds)
+    }
+
+    /// `a_bar[l] += φ̄·∂φ/∂a_l + s̄·∂(φ'·r²/d)/∂a_l` at grid point `i` (a_l = 1/γ_l²): only the
+    /// Gaussian g_l moves with a_l, by `α = ∂g_l/∂a_l = −e²g_l` and
+    /// `β = ∂g'_l/∂a_l = −2e·g_l·(1 − a_l e²)` (e = d − μ_l), and through the normalisation
+    /// `ρ = g/T`, `T = ε + Σg`, `S = Σg'`, `φ₀ = Σ_k ρ_k w_k`, `φ'₀ = (Σ_k w_k g'_k − φ₀S)/T`:
+    /// `∂φ₀/∂a_l = α(w_l − φ₀)/T` and `∂φ'₀/∂a_l = [β(w_l − φ₀) − α(S(w_l − φ₀)/T + φ'₀)]/T`.
+    fn add_bandwidth_cotangent(
+        &self,
+        grid: &BoundGrid,
+        slice: &TimeSlice,
+        i: usize,
+        phi_bar: f64,
+        slope_bar: f64,
+        a_bar: &mut [f64],
+    ) {
+        let k = self.kernels();
+        let n_dist = k.n_dist();
+        let a = &self.inv_gamma_sq_padded()[..n_dist];
+        let w = &slice.w[..n_dist];
+        let d = EPS_D.sqrt() + i as f64 * grid.step;
+        let r2_over_d = (d * d - EPS_D) / d;
+        let (mut total, mut total_slope, mut weighted_slope) = (NORM_EPS, 0.0, 0.0);
+        let mut g = vec![0.0; n_dist];
+        let mut e = vec![0.0; n_dist];
+        for kk in 0..n_dist {
+            e[kk] = d - k.mu_dist[kk];
+            g[kk] = exp_nonpositive(-(e[kk] * e[kk] * a[kk]));
+            let dg = -2.0 * e[kk] * a[kk] * g[kk];
+            total += g[kk];
+            total_slope += dg;
+            weighted_slope += w[kk] * dg;
+        }
+        let phi0: f64 = g.iter().zip(w).map(|(g, w)| g * w).sum::<f64>() / total;
+        let dphi0 = (weighted_slope - phi0 * total_slope) / total;
+        let dphi_bar = slope_bar * r2_over_d;
+        for l in 0..n_dist {
+            if g[l] == 0.0 {
+                continue;
+            }
+            let alpha = -e[l] * e[l] * g[l];
+            let beta = -2.0 * e[l] * g[l] * (1.0 - a[l] * e[l] * e[l]);
+            let dw = w[l] - phi0;
+            let d_phi = alpha * dw / total;
+            let d_dphi = (beta * dw - alpha * (total_slope * dw / total + dphi0)) / total;
+            a_bar[l] += phi_bar * d_phi + dphi_bar * d_dphi;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::{FieldFamily, KernelConfig};
+    use crate::geometry::Layout;
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The bound's gradient against central differences in every parameter, on both presets
+    /// with random parameters (all blocks perturbed away from their initial values, so that
+    /// s, b and the bandwidths matter), at a few times at once with random weights.
+    #[test]
+    fn lipschitz_bound_gradient_matches_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (n, dim, kernels) in [
+            (4, 2, KernelConfig::double_well()),
+            (13, 3, KernelConfig::lennard_jones()),
+        ] {
+            let layout = Layout::new(n, dim).unwrap();
+            let mut field = KernelField::initialise(layout, kernels, 2).unwrap();
+            let mut p = field.params().to_vec();
+            let pl = field.param_layout();
+            for v in &mut p[pl.b()] {
+                *v = rng.random_range(-0.3..0.3);
+            }
+            for v in &mut p[pl.s()] {
+                *v = rng.random_range(-0.5..0.5);
+            }
+            for v in &mut p[pl.log_inv_gamma_dist()] {
+                *v += rng.random_range(-0.05..0.05);
+            }
+            for v in &mut p[pl.log_inv_gamma_time()] {
+                *v += rng.random_range(-0.2..0.2);
+            }
+            field.set_params(&p).unwrap();
+            let times = [0.0, 0.237, 0.5, 0.9];
+            let weights = [0.3, -1.0, 0.7, 1.5];
+            let mut grad = vec![0.0; p.len()];
+            let bounds = field
+                .lipschitz_bounds_gradient(&times, &weights, &mut grad)
+                .unwrap();
+            assert_eq!(bounds, field.lipschitz_bounds(&times), "the same bound");
+            let value = |q: &[f64]| {
+                let mut f = field.clone();
+                f.set_params(q).unwrap();
+                f.lipschitz_bounds(&times)
+                    .iter()
+                    .zip(&weights)
+                    .map(|(l, w)| l * w)
+                    .sum::<f64>()
+            };
+            let eps = 1e-6;
+            let mut q = p.clone();
+            let mut worst = 0.0f64;
+            let scale = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+            for i in 0..p.len() {
+                q[i] = p[i] + eps;
+                let up = value(&q);
+                q[i] = p[i] - eps;
+                let down = value(&q);
+                q[i] = p[i];
+                let fd = (up - down) / (2.0 * eps);
+                worst = worst.max((fd - grad[i]).abs());
+            }
+            assert!(scale > 0.0);
+            assert!(
+                worst < 1e-5 * scale,
+                "{n} particles: worst |FD − gradient| {worst:e} against {scale:e}"
+            );
+        }
+    }
+}
