@@ -21,6 +21,12 @@ const MAX_PARAM: f64 = 1e6;
 /// The largest number of pair features `Q = 1 + 2A`.
 pub(super) const MAX_FEATURES: usize = 1 + 2 * MAX_BASIS;
 
+/// Vector lanes of the radial fold: `M(t)ᵀ` rows are padded with zeros to a multiple of it.
+pub(super) const FOLD_LANES: usize = 8;
+
+/// [`MAX_FEATURES`] rounded up to whole lanes.
+pub(super) const MAX_FEATURES_PADDED: usize = MAX_FEATURES.div_ceil(FOLD_LANES) * FOLD_LANES;
+
 /// A coordination-modulated kernel field (see the module documentation for the formula).
 ///
 /// Immutable once built; parameters change through [`CoordKernelField::set_params`].
@@ -47,9 +53,10 @@ pub struct CoordKernelTimePoint {
     pub tau: [f64; MAX_BASIS],
     /// `M(t)`, Q × K row-major.
     pub m: Vec<f64>,
-    /// `M(t)` transposed, K × Q: the per-pair loop sums scaled rows of it, so that the Q
-    /// coefficients accumulate side by side (vectorisable) rather than as Q serial dot
-    /// products; each coefficient is still summed in k order.
+    /// `M(t)` transposed, K × Q_pad (rows padded with zeros to whole [`FOLD_LANES`]): the
+    /// per-pair loop sums scaled rows of it, so that the Q coefficients accumulate side by side
+    /// in vector registers rather than as Q serial dot products; each coefficient is still
+    /// summed in k order.
     pub m_t: Vec<f64>,
 }
 
@@ -173,10 +180,11 @@ impl CoordKernelField {
             .map(|row| row.iter().zip(&tau[..r]).map(|(v, w)| v * w).sum())
             .collect();
         let (nq, k) = (self.config.n_features(), self.config.n_rbf);
-        let mut m_t = vec![0.0; nq * k];
+        let qp = nq.div_ceil(FOLD_LANES) * FOLD_LANES;
+        let mut m_t = vec![0.0; qp * k];
         for q in 0..nq {
             for kk in 0..k {
-                m_t[kk * nq + q] = m[q * k + kk];
+                m_t[kk * qp + q] = m[q * k + kk];
             }
         }
         CoordKernelTimePoint { t, tau, m, m_t }

@@ -28,7 +28,9 @@ use std::cell::RefCell;
 use multiversion::multiversion;
 
 use super::config::MAX_BASIS;
-use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint, MAX_FEATURES};
+use super::coordkernel_field::{
+    CoordKernelField, CoordKernelTimePoint, FOLD_LANES, MAX_FEATURES_PADDED,
+};
 use crate::field::EPS_D;
 use crate::geometry::MAX_DIM;
 
@@ -54,6 +56,9 @@ pub struct CoordKernelScratch {
     pub(super) d_bar: Vec<f64>,
     pub(super) r_bar: Vec<f64>,
     pub(super) v: Vec<f64>,
+    // One pair's radial basis and coefficients, kept here so that an evaluation does not
+    // zero 4.6 KB of stack per call.
+    pub(super) radial: Radial,
 }
 
 impl CoordKernelScratch {
@@ -119,13 +124,26 @@ pub(super) fn pair_geometry(
 
 /// The radial coefficients of one pair: `a_q(d)`, `a'_q(d)` (and `a''_q(d)` when asked) for
 /// every feature q, from the time-folded `M(t)`.
+#[derive(Clone)]
 pub(super) struct Radial {
     pub b: [f64; MAX_BASIS],
     pub b1: [f64; MAX_BASIS],
     pub b2: [f64; MAX_BASIS],
-    pub a: [f64; MAX_FEATURES],
-    pub a1: [f64; MAX_FEATURES],
-    pub a2: [f64; MAX_FEATURES],
+    pub a: [f64; MAX_FEATURES_PADDED],
+    pub a1: [f64; MAX_FEATURES_PADDED],
+    pub a2: [f64; MAX_FEATURES_PADDED],
+}
+
+impl Default for Radial {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Radial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Radial { .. }")
+    }
 }
 
 impl Radial {
@@ -134,9 +152,9 @@ impl Radial {
             b: [0.0; MAX_BASIS],
             b1: [0.0; MAX_BASIS],
             b2: [0.0; MAX_BASIS],
-            a: [0.0; MAX_FEATURES],
-            a1: [0.0; MAX_FEATURES],
-            a2: [0.0; MAX_FEATURES],
+            a: [0.0; MAX_FEATURES_PADDED],
+            a1: [0.0; MAX_FEATURES_PADDED],
+            a2: [0.0; MAX_FEATURES_PADDED],
         }
     }
 
@@ -150,7 +168,7 @@ impl Radial {
         second: bool,
     ) {
         let k = f.config.n_rbf;
-        let nq = f.config.n_features();
+        let qp = f.config.n_features().div_ceil(FOLD_LANES) * FOLD_LANES;
         if second {
             f.rbf_into(
                 d,
@@ -158,26 +176,33 @@ impl Radial {
                 &mut self.b1[..k],
                 Some(&mut self.b2[..k]),
             );
-            fold_rows(&point.m_t, nq, &self.b[..k], &mut self.a[..nq]);
-            fold_rows(&point.m_t, nq, &self.b1[..k], &mut self.a1[..nq]);
-            fold_rows(&point.m_t, nq, &self.b2[..k], &mut self.a2[..nq]);
+            fold_rows(&point.m_t, qp, &self.b[..k], &mut self.a[..qp]);
+            fold_rows(&point.m_t, qp, &self.b1[..k], &mut self.a1[..qp]);
+            fold_rows(&point.m_t, qp, &self.b2[..k], &mut self.a2[..qp]);
         } else {
             f.rbf_into(d, &mut self.b[..k], &mut self.b1[..k], None);
-            fold_rows(&point.m_t, nq, &self.b[..k], &mut self.a[..nq]);
-            fold_rows(&point.m_t, nq, &self.b1[..k], &mut self.a1[..nq]);
+            fold_rows(&point.m_t, qp, &self.b[..k], &mut self.a[..qp]);
+            fold_rows(&point.m_t, qp, &self.b1[..k], &mut self.a1[..qp]);
         }
     }
 }
 
-/// `out_q = Σ_k w_k m_t[k, q]` (m_t row-major K × Q), summed in k order for every q: the Q sums
-/// run side by side in vector lanes. Inlined into its multiversioned callers.
+/// `out_q = Σ_k w_k m_t[k, q]` (m_t row-major K × qp, qp a multiple of [`FOLD_LANES`]),
+/// summed in k order for every q, one register block of lanes at a time. Inlined into its
+/// multiversioned callers.
 #[inline(always)]
-fn fold_rows(m_t: &[f64], nq: usize, w: &[f64], out: &mut [f64]) {
-    out.fill(0.0);
-    for (row, wk) in m_t.chunks_exact(nq).zip(w) {
-        for (o, m) in out.iter_mut().zip(row) {
-            *o += m * wk;
+fn fold_rows(m_t: &[f64], qp: usize, w: &[f64], out: &mut [f64]) {
+    for (lane, out) in out[..qp].chunks_exact_mut(FOLD_LANES).enumerate() {
+        let mut acc = [0.0; FOLD_LANES];
+        for (row, wk) in m_t.chunks_exact(qp).zip(w) {
+            let r: &[f64; FOLD_LANES] = row[lane * FOLD_LANES..(lane + 1) * FOLD_LANES]
+                .try_into()
+                .unwrap_or(&[0.0; FOLD_LANES]);
+            for (acc, r) in acc.iter_mut().zip(r) {
+                *acc += r * wk;
+            }
         }
+        out.copy_from_slice(&acc);
     }
 }
 
@@ -344,7 +369,7 @@ fn evaluate_in(
         ws.p[..n * na * dim].fill(0.0);
     }
     let mut div = 0.0;
-    let mut rad = Radial::new();
+    let rad = &mut ws.radial;
     for i in 0..n {
         for j in i + 1..n {
             let (s, d) = pair_geometry(x, dim, i, j, &mut r);

@@ -26,7 +26,7 @@
 use multiversion::multiversion;
 
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
-use super::eval::{CoordKernelScratch, Radial, pair_geometry};
+use super::eval::{CoordKernelScratch, pair_geometry};
 use crate::geometry::MAX_DIM;
 
 impl CoordKernelField {
@@ -72,7 +72,7 @@ fn vjp_in(
     ws.v = v;
     ws.h_bar[..n * na].fill(0.0);
     let mut r = [0.0; MAX_DIM];
-    let mut rad = Radial::new();
+    let rad = &mut ws.radial;
     let mut a_bar = [0.0; super::coordkernel_field::MAX_FEATURES];
     let mut a1_bar = [0.0; super::coordkernel_field::MAX_FEATURES];
     for i in 0..n {
