@@ -208,6 +208,18 @@ impl CoordKernelField {
         }
     }
 
+    /// All shells at distance d: `c_a(d)` into `c` and `c'_a(d)` into `c1` (one loop the
+    /// compiler vectorises; the same bits as [`CoordKernelField::shell`]).
+    #[inline(always)]
+    pub(super) fn shells_into(&self, d: f64, c: &mut [f64], c1: &mut [f64]) {
+        let s = self.a_shell;
+        for ((c, c1), nu) in c.iter_mut().zip(c1.iter_mut()).zip(&self.nu) {
+            let e = d - nu;
+            *c = exp_nonpositive(-(e * e * s));
+            *c1 = -2.0 * s * e * *c;
+        }
+    }
+
     /// Shell `a` at distance d: `(c, c', c'')`.
     #[inline(always)]
     pub(super) fn shell(&self, a: usize, d: f64) -> (f64, f64, f64) {

@@ -344,12 +344,14 @@ fn evaluate_in(
     ws.h[..n * na].fill(0.0);
     ws.g[..n * na * dim].fill(0.0);
     let mut r = [0.0; MAX_DIM];
+    let (mut shell, mut shell1) = ([0.0; MAX_BASIS], [0.0; MAX_BASIS]);
     // Coordinations (and their gradients G for the divergence).
     for i in 0..n {
         for j in i + 1..n {
             let (_, d) = pair_geometry(x, dim, i, j, &mut r);
+            f.shells_into(d, &mut shell[..na], &mut shell1[..na]);
             for a in 0..na {
-                let (c, c1, _) = f.shell(a, d);
+                let (c, c1) = (shell[a], shell1[a]);
                 ws.h[i * na + a] += kappa * c;
                 ws.h[j * na + a] += kappa * c;
                 ws.c1[(i * n + j) * na + a] = c1;
