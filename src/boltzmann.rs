@@ -255,7 +255,7 @@ pub fn metropolis(log_acceptance: f64, uniform: f64) -> Metropolis {
     }
 }
 
-/// Fails with [`Error::NonFinite`] ("log_w[i] = …") if a log weight is NaN or `+∞`; `−∞`
+/// Fails with [`Error::NonFinite`] ("log_w\[i\] = …") if a log weight is NaN or `+∞`; `−∞`
 /// (weight zero) is a valid log weight.
 ///
 /// # Errors

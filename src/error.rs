@@ -1,6 +1,6 @@
 //! One typed error for the whole crate.
 //!
-//! Every variant maps one-to-one onto a C status code ([`Error::status`]); the codes are
+//! Every variant maps one-to-one onto a C status code (`ffi::status::status_of`); the codes are
 //! append-only, so a host compiled against an older header still understands every code it knows.
 
 use std::fmt;

@@ -33,7 +33,7 @@
 //! # Determinism
 //!
 //! Chain `c` of a run with seed `s` draws everything (its start, proposals, acceptance tests)
-//! from its own ChaCha20 stream [`sample_rng`]`(s, c)` and runs sequentially on one thread, so
+//! from its own ChaCha20 stream `sample_rng(s, c)` and runs sequentially on one thread, so
 //! output is bit-identical for any number of threads.
 
 use std::ops::Range;

@@ -5,7 +5,7 @@
 //!
 //! * catches panics (a panic must never unwind into C, and the host must never be aborted), turning
 //!   them into [`Error::Internal`];
-//! * turns a [`crate::Error`] into its `int32_t` status ([`Error::status`], mirrored by the
+//! * turns a [`crate::Error`] into its `int32_t` status (`status::status_of`, mirrored by the
 //!   `EQF_ERR_*` constants of `status`);
 //! * stores the message in a thread-local, read back by `eqf_last_error_message`.
 //!

@@ -14,9 +14,9 @@
 //! Only regular files (or symbolic links to them) are read: a FIFO, a device or a directory is
 //! refused with [`crate::Error::Io`] before anything is read, and files are opened without
 //! blocking, so a path that is swapped for a FIFO between the check and the open cannot hang the
-//! caller ([`open_regular`]).
+//! caller (`open_regular`).
 //!
-//! Every writer is atomic and independent of every other save ([`write_atomically`]): the data
+//! Every writer is atomic and independent of every other save (`write_atomically`): the data
 //! go to a temporary file with a name unique to this save (process id and a process-wide
 //! counter), created exclusively next to the target, written, flushed to disk and renamed over
 //! the target; the folder is then flushed too where the platform allows. A reader therefore sees

@@ -257,7 +257,7 @@ impl ModelFile {
     }
 
     /// Reads and parses a model file (does not build the flow; see [`load`]). Only a regular
-    /// file is read (see [`super::open_regular`]).
+    /// file is read (see `io::open_regular`).
     pub fn read(path: &Path) -> Result<Self> {
         let mut text = String::new();
         super::open_regular(path, "model file")?
@@ -268,7 +268,7 @@ impl ModelFile {
         Self::from_json(&text)
     }
 
-    /// Writes the model file atomically (see [`super::write_atomically`]): a reader sees the old
+    /// Writes the model file atomically (see `io::write_atomically`): a reader sees the old
     /// file or the whole new one, and a failed write leaves `path` as it was.
     pub fn write(&self, path: &Path) -> Result<()> {
         let json = self.to_json();

@@ -53,7 +53,7 @@ pub struct CoordKernelTimePoint {
     pub tau: [f64; MAX_BASIS],
     /// `M(t)`, Q × K row-major.
     pub m: Vec<f64>,
-    /// `M(t)` transposed, K × Q_pad (rows padded with zeros to whole [`FOLD_LANES`]): the
+    /// `M(t)` transposed, K × Q_pad (rows padded with zeros to whole `FOLD_LANES`): the
     /// per-pair loop sums scaled rows of it, so that the Q coefficients accumulate side by side
     /// in vector registers rather than as Q serial dot products; each coefficient is still
     /// summed in k order.

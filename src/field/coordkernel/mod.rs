@@ -15,7 +15,7 @@
 //! centre of a cluster against its surface), which a pair potential's gradient cannot.
 //!
 //! It is **linear in its parameters** V, with closed-form velocity, divergence, dense Jacobian
-//! ([`eval`]) and the reverse pass of both velocity and divergence ([`vjp`]): it trains by
+//! (`eval.rs`) and the reverse pass of both velocity and divergence (`vjp.rs`): it trains by
 //! maximum likelihood, KL and flow matching. Its Lipschitz bound is a closed form of V.
 
 // The loops index several parallel arrays (per particle, per pair, per shell) by the same

@@ -12,7 +12,7 @@
 //! Invariant features (distances) and the vector `r_ij` make it equivariant under rotations,
 //! reflections and translations; sums over particles make it permutation equivariant. Its
 //! exact divergence and Jacobian are closed forms of the networks' values and slopes
-//! ([`eval`]); its reverse pass ([`vjp`]) covers the velocity, so it trains by flow matching.
+//! (`eval.rs`); its reverse pass (`vjp.rs`) covers the velocity, so it trains by flow matching.
 //! Designed and sized by the measurements in `docs/field_families.md`.
 
 // The networks' loops index several parallel arrays (weights, activations, slopes) by the same

@@ -38,7 +38,7 @@ impl FieldFamily for KernelField {
         self.param_layout().blocks().to_vec()
     }
 
-    /// `N · max_d max(|φ|, |φ + φ'·r²/d|)` at each time: see [`super::bound`].
+    /// `N · max_d max(|φ|, |φ + φ'·r²/d|)` at each time: see `src/field/kernel/bound.rs`.
     fn lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
         self.kernel_lipschitz_bounds(times)
     }
@@ -77,7 +77,7 @@ impl TrainableField for KernelField {
         KernelField::time_point(self, t)
     }
 
-    /// See [`super::bound`]: exact for the bound as computed, away from ties of its maxima.
+    /// See `src/field/kernel/bound.rs`: exact for the bound as computed, away from ties of its maxima.
     fn lipschitz_bounds_vjp(
         &self,
         times: &[f64],

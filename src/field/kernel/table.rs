@@ -224,7 +224,7 @@ impl std::fmt::Debug for TabulatedField {
 impl TabulatedField {
     /// Tables of `field` at `times` (any order; duplicates are merged). Returns `None` when the
     /// bandwidths are so small that one table would be unreasonably large, or when all tables
-    /// together would exceed [`MAX_TABLE_BYTES`] (many steps).
+    /// together would exceed `MAX_TABLE_BYTES` (256 MB; many steps).
     #[must_use]
     pub fn new(field: &KernelField, times: &[f64]) -> Option<Self> {
         let (h, n_intervals) = spacing(field)?;
