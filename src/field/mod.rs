@@ -34,6 +34,32 @@ pub(crate) fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `r = x_i − x_j` into `r` (particle-major `x`, `dim` axes); returns `(|r|², d)` with the
+/// softened distance `d = sqrt(|r|² + ε_d)` every pair family uses.
+#[inline(always)]
+pub(crate) fn pair_geometry(
+    x: &[f64],
+    dim: usize,
+    i: usize,
+    j: usize,
+    r: &mut [f64],
+) -> (f64, f64) {
+    let mut r2 = 0.0;
+    for c in 0..dim {
+        r[c] = x[i * dim + c] - x[j * dim + c];
+        r2 += r[c] * r[c];
+    }
+    (r2, (r2 + EPS_D).sqrt())
+}
+
+/// Grows a per-thread scratch buffer to at least `len` entries (never shrinks: the buffers are
+/// reused across evaluations, so after the first call of a size nothing allocates).
+pub(crate) fn grow_scratch(v: &mut Vec<f64>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
 /// The cotangent of one field evaluation's outputs: `v̄` for `v(x, t)` (length N·D,
 /// particle-major like `x`) and `div̄` for `div v(x, t)`.
 #[derive(Debug, Clone, Copy)]

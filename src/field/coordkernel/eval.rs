@@ -31,7 +31,7 @@ use super::config::MAX_BASIS;
 use super::coordkernel_field::{
     CoordKernelField, CoordKernelTimePoint, FOLD_LANES, MAX_FEATURES_PADDED,
 };
-use crate::field::EPS_D;
+use crate::field::{grow_scratch, pair_geometry};
 use crate::geometry::MAX_DIM;
 
 /// Per-thread buffers of one evaluation, grown on first use and reused.
@@ -66,11 +66,7 @@ impl CoordKernelScratch {
         let n = f.layout.n_particles;
         let dim = f.layout.dim;
         let na = f.config.n_shells;
-        let grow = |v: &mut Vec<f64>, len: usize| {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-        };
+        let grow = grow_scratch;
         for (v, len) in [
             (&mut self.h, n * na),
             (&mut self.g, n * na * dim),
@@ -103,23 +99,6 @@ thread_local! {
 /// Runs `f` with this thread's scratch.
 pub(super) fn with_scratch<R>(f: impl FnOnce(&mut CoordKernelScratch) -> R) -> R {
     SCRATCH.with(|s| f(&mut s.borrow_mut()))
-}
-
-/// `r = x_i − x_j` into `r`; returns `(|r|², d)`.
-#[inline]
-pub(super) fn pair_geometry(
-    x: &[f64],
-    dim: usize,
-    i: usize,
-    j: usize,
-    r: &mut [f64],
-) -> (f64, f64) {
-    let mut r2 = 0.0;
-    for c in 0..dim {
-        r[c] = x[i * dim + c] - x[j * dim + c];
-        r2 += r[c] * r[c];
-    }
-    (r2, (r2 + EPS_D).sqrt())
 }
 
 /// The radial coefficients of one pair: `a_q(d)`, `a'_q(d)` (and `a''_q(d)` when asked) for

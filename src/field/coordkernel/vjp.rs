@@ -26,7 +26,8 @@
 use multiversion::multiversion;
 
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
-use super::eval::{CoordKernelScratch, pair_geometry};
+use super::eval::CoordKernelScratch;
+use crate::field::pair_geometry;
 use crate::geometry::MAX_DIM;
 
 impl CoordKernelField {

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use super::config::MAX_WIDTH;
 use super::envpair_field::{EnvPairField, EnvPairTimePoint};
 use super::net::{add_rows, dot, dot_rows, silu_and_slope};
-use crate::field::EPS_D;
+use crate::field::{grow_scratch, pair_geometry};
 use crate::geometry::MAX_DIM;
 
 /// Per-thread buffers of one evaluation, grown on first use and reused.
@@ -54,11 +54,7 @@ impl EnvPairScratch {
     pub(super) fn ensure(&mut self, f: &EnvPairField, pairs: bool) {
         let n = f.layout.n_particles;
         let b = f.blocks;
-        let grow = |v: &mut Vec<f64>, len: usize| {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-        };
+        let grow = grow_scratch;
         grow(&mut self.h0, n * b.e);
         grow(&mut self.zn, n * b.hm);
         grow(&mut self.h, n * b.e);
@@ -85,23 +81,6 @@ thread_local! {
 /// Runs `f` with this thread's scratch (allocated once per thread, then reused).
 pub(super) fn with_scratch<R>(f: impl FnOnce(&mut EnvPairScratch) -> R) -> R {
     SCRATCH.with(|s| f(&mut s.borrow_mut()))
-}
-
-/// `r = x_i − x_j` into `r`; returns `(|r|², d)`.
-#[inline]
-pub(super) fn pair_geometry(
-    x: &[f64],
-    dim: usize,
-    i: usize,
-    j: usize,
-    r: &mut [f64],
-) -> (f64, f64) {
-    let mut r2 = 0.0;
-    for c in 0..dim {
-        r[c] = x[i * dim + c] - x[j * dim + c];
-        r2 += r[c] * r[c];
-    }
-    (r2, (r2 + EPS_D).sqrt())
 }
 
 /// The pair network's activations and slopes for one ordered pair.

@@ -9,8 +9,9 @@
 
 use super::config::MAX_WIDTH;
 use super::envpair_field::{EnvPairField, EnvPairTimePoint};
-use super::eval::{EnvPairScratch, pair_geometry};
+use super::eval::EnvPairScratch;
 use super::net::{add_outer, dot, dot_rows, silu_and_slope};
+use crate::field::pair_geometry;
 use crate::geometry::MAX_DIM;
 
 impl EnvPairField {
