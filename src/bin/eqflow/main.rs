@@ -146,7 +146,7 @@ struct TrainArgs {
     seed: u64,
     /// Weight of the step-certificate penalty in every phase (0: off): keeps the field's
     /// Lipschitz bound, the one `eqflow eval` certifies with, low enough that every RK4 step of
-    /// the trained map is a bijection (kernel field only).
+    /// the trained map is a bijection (kernel and coordkernel fields).
     #[arg(long, default_value_t = 0.0)]
     lipschitz_penalty: f64,
     /// The increment bound the penalty aims below, in (0, 1): the certificate needs < 1.
