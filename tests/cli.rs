@@ -1183,3 +1183,53 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
 }
+
+#[test]
+fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
+    let (dir, data) = dw4_reference_data("cli_lipschitz_penalty", "256", "8");
+    let data_s = data.to_str().unwrap();
+    let train = |penalty: &str, name: &str| {
+        let model = dir.join(name);
+        let t = json(&eqflow(&[
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            data_s,
+            "--out",
+            model.to_str().unwrap(),
+            "--n-train",
+            "200",
+            "--n-val",
+            "56",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "32",
+            "--lipschitz-penalty",
+            penalty,
+            "--json",
+            "-q",
+        ]));
+        (t, model)
+    };
+    let (plain, _) = train("0", "plain.json");
+    assert_eq!(plain["certificate"]["certified"], false, "{plain}");
+    let (t, model) = train("1", "penalised.json");
+    let cert = &t["certificate"];
+    assert_eq!(cert["certified"], true, "{t}");
+    assert!(cert["max_step_contraction"].as_f64().unwrap() < 1.0);
+    assert_eq!(cert["n_steps"], 20);
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data_s,
+        "--require-certificate",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(e["certificate"]["certified"], true);
+    assert!(e["nll"].as_f64().unwrap().is_finite());
+}
