@@ -135,6 +135,23 @@ int main(int argc, char **argv) {
                         "one step fewer is not certified");
                 require(certificate.certified == (*count <= 20),
                         "the model's grid is certified iff it has enough steps");
+                // Strict mode: the certified grid samples, one step fewer is refused with the
+                // certified step count in the message.
+                const eqflow::Flow strict_fine = fine.with_require_certificate(true);
+                require(strict_fine.require_certificate() && !fine.require_certificate(),
+                        "strict mode is a property of the copy");
+                require(strict_fine.sample(3, 4).second.size() == 4,
+                        "a certified grid samples in strict mode");
+                bool refused = false;
+                try {
+                    (void)coarse.with_require_certificate(true).sample(3, 4);
+                } catch (const eqflow::Error &e) {
+                    const std::string expected =
+                        "certified with " + std::to_string(*count) + " RK4 steps";
+                    refused = e.status() == EQF_ERR_UNCERTIFIED &&
+                              std::string(e.what()).find(expected) != std::string::npos;
+                }
+                require(refused, "an uncertified grid is refused in strict mode");
             }
         }
 

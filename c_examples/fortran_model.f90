@@ -81,11 +81,12 @@ program fortran_model
     implicit none
 
     integer, parameter :: N = 4, D = 2
-    type(eqflow_flow) :: flow, adaptive, fine, coarse, reloaded, empty_flow
+    type(eqflow_flow) :: flow, adaptive, fine, coarse, reloaded, empty_flow, strict
     type(eqflow_move) :: move, empty_move
     type(eqf_solver_stats) :: work, no_work
     type(log_counts), target :: counts
     real(c_double), allocatable :: x(:, :, :), log_q(:), log_q_again(:), log_q_reloaded(:)
+    real(c_double), allocatable :: x_strict(:, :, :), log_q_strict(:)
     real(c_double) :: state(D, N), U, worst, max_contraction, rtol, atol, bound
     integer(c_int64_t) :: n_proposed, n_accepted
     integer(c_int32_t) :: status, method, density_mode
@@ -170,6 +171,17 @@ program fortran_model
                                   EQF_DENSITY_EXACT_DISCRETE, coarse)
         call coarse%certificate(certified)
         call expect(.not. certified, 'one step fewer is not certified')
+        ! Strict mode: the certified grid samples, one step fewer is refused.
+        call fine%with_require_certificate(.true., strict)
+        call strict%require_certificate(certified)
+        call expect(certified, 'strict mode is on in the copy')
+        allocate(x_strict(D, N, 4), log_q_strict(4))
+        call strict%sample(17_c_int64_t, x_strict, log_q_strict, status)
+        call expect(status == EQF_OK, 'a certified grid samples in strict mode')
+        call coarse%with_require_certificate(.true., strict)
+        call strict%sample(17_c_int64_t, x_strict, log_q_strict, status)
+        call expect(status == EQF_ERR_UNCERTIFIED, 'an uncertified grid is refused in strict mode')
+        call strict%free()
     end if
 
     ! Flow moves with the host's energy, and the solver work they cost.

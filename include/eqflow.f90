@@ -57,6 +57,7 @@ module eqflow
     integer(c_int32_t), parameter, public :: EQF_ERR_FORMAT = 10
     integer(c_int32_t), parameter, public :: EQF_ERR_INTERNAL = 11
     integer(c_int32_t), parameter, public :: EQF_ERR_RESOURCE = 12
+    integer(c_int32_t), parameter, public :: EQF_ERR_UNCERTIFIED = 13
 
     ! Integrators and density modes (eqf_flow_with_integrator).
     integer(c_int32_t), parameter, public :: EQF_METHOD_RK4 = 0
@@ -176,6 +177,7 @@ module eqflow
     public :: eqf_train_options_set_kl_energy, eqf_train_options_set_kl_energy_fn, eqf_flow_train
     public :: eqf_version, eqf_set_log_callback, eqf_flow_load, eqf_flow_certificate
     public :: eqf_flow_integrator, eqf_move_solver_stats, eqf_set_callback_error
+    public :: eqf_flow_with_require_certificate, eqf_flow_require_certificate
     interface
         function eqf_set_callback_error(message) bind(C, name="eqf_set_callback_error") &
                 result(status)
@@ -211,6 +213,23 @@ module eqflow
             integer(c_int64_t), intent(inout), optional :: n_steps_needed
             integer(c_int32_t) :: status
         end function eqf_flow_certificate
+
+        function eqf_flow_with_require_certificate(flow, require, out) &
+                bind(C, name="eqf_flow_with_require_certificate") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: flow
+            integer(c_int32_t), value :: require
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_flow_with_require_certificate
+
+        function eqf_flow_require_certificate(flow, require) &
+                bind(C, name="eqf_flow_require_certificate") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: flow
+            integer(c_int32_t), intent(inout) :: require
+            integer(c_int32_t) :: status
+        end function eqf_flow_require_certificate
 
         function eqf_flow_integrator(flow, method, n_steps, rtol, atol, density_mode) &
                 bind(C, name="eqf_flow_integrator") result(status)
@@ -678,6 +697,8 @@ module eqflow
         procedure :: with_integrator => flow_with_integrator
         procedure :: integrator => flow_integrator
         procedure :: certificate => flow_certificate
+        procedure :: with_require_certificate => flow_with_require_certificate
+        procedure :: require_certificate => flow_require_certificate
         procedure :: n_particles => flow_n_particles
         procedure :: n_dim => flow_n_dim
         procedure :: sample => flow_sample
@@ -975,6 +996,39 @@ contains
         if (present(max_contraction)) max_contraction = contraction
         call finish(code, status, 'eqf_flow_certificate')
     end subroutine flow_certificate
+
+    ! A new flow with this flow's parameters and integrator and strict mode on or off
+    ! (eqf_flow_with_require_certificate): in strict mode an uncertified exact-discrete grid is
+    ! refused with EQF_ERR_UNCERTIFIED, the message naming the certified step count.
+    subroutine flow_with_require_certificate(this, require, new, status)
+        class(eqflow_flow), intent(in) :: this
+        logical, intent(in) :: require
+        type(eqflow_flow), intent(inout) :: new
+        integer(c_int32_t), intent(out), optional :: status
+        type(c_ptr) :: out
+        integer(c_int32_t) :: code, flag
+        out = c_null_ptr
+        flag = 0
+        if (require) flag = 1
+        code = eqf_flow_with_require_certificate(this%ptr, flag, out)
+        if (code == EQF_OK) then
+            call new%free()
+            new%ptr = out
+        end if
+        call finish(code, status, 'eqf_flow_with_require_certificate')
+    end subroutine flow_with_require_certificate
+
+    ! Whether strict mode is on (eqf_flow_require_certificate).
+    subroutine flow_require_certificate(this, require, status)
+        class(eqflow_flow), intent(in) :: this
+        logical, intent(out) :: require
+        integer(c_int32_t), intent(out), optional :: status
+        integer(c_int32_t) :: flag, code
+        flag = 0
+        code = eqf_flow_require_certificate(this%ptr, flag)
+        require = flag /= 0
+        call finish(code, status, 'eqf_flow_require_certificate')
+    end subroutine flow_require_certificate
 
     ! An untrained flow for n_particles particles in dim dimensions with the given options
     ! (eqf_flow_new_with_options). Frees a flow this object held before.

@@ -171,6 +171,13 @@
 #define EQF_ERR_RESOURCE 12
 
 /**
+ * The flow requires its step certificate (`eqf_flow_with_require_certificate`) and its
+ * exact-discrete RK4 grid is not certified to be a bijection step by step. The message names
+ * the step count that would be certified. Nothing was written.
+ */
+#define EQF_ERR_UNCERTIFIED 13
+
+/**
  * Objective of `eqf_train_options_set_objective`: maximum likelihood through the RK4 map,
  * mixed with reverse KL by lambda (the default).
  */
@@ -642,6 +649,36 @@ int32_t eqf_flow_certificate(const eqf_flow *flow,
                              int64_t *n_steps_needed);
 
 /**
+ * Creates a copy of `flow` (same parameters and integrator) with strict mode on or off.
+ *
+ * In strict mode, sampling, density evaluation and moves of a flow in the exact-discrete
+ * density mode fail with EQF_ERR_UNCERTIFIED, before writing anything, unless the flow's step
+ * certificate (`eqf_flow_certificate`) proves every RK4 step a bijection; the message names the
+ * step count that would be certified (use it with `eqf_flow_with_integrator`). Strict mode
+ * has no effect in the continuous density mode. It is saved by `eqf_flow_save`. Off by
+ * default.
+ *
+ * Flows are immutable and shared between threads, so the setting is not changed in place:
+ * the new flow is independent of the old one (either may be freed first).
+ *
+ * @param flow     the flow to copy (not NULL)
+ * @param require  1: strict mode on, 0: off
+ * @param out      on success receives the new flow, to be released with `eqf_flow_free`;
+ *                 untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (require neither 0 nor 1)
+ */
+int32_t eqf_flow_with_require_certificate(const eqf_flow *flow, int32_t require, eqf_flow **out);
+
+/**
+ * Whether a flow is in strict mode (see `eqf_flow_with_require_certificate`).
+ *
+ * @param flow     the flow (not NULL)
+ * @param require  output: 1 if strict mode is on, 0 if not
+ * @return EQF_OK; EQF_ERR_NULL_POINTER
+ */
+int32_t eqf_flow_require_certificate(const eqf_flow *flow, int32_t *require);
+
+/**
  * Draws `n` independent samples from the flow, with their exact log-densities.
  *
  * Layout: `x` receives n configurations of N particles in D dimensions, particle-major and
@@ -665,7 +702,8 @@ int32_t eqf_flow_certificate(const eqf_flow *flow,
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
  *         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
  *         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
- *         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
+ *         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused;
+ *         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
  */
 int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *x, double *log_q);
 
@@ -688,7 +726,8 @@ int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *
  *         EQF_ERR_NON_FINITE (x contains NaN or infinity); EQF_ERR_NOT_CONVERGED or
  *         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration;
  *         EQF_ERR_RESOURCE if the exact-discrete workspace would exceed
- *         EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
+ *         EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused;
+ *         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
  */
 int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, double *log_q);
 
@@ -1186,8 +1225,8 @@ int32_t eqf_train_options_set_weight_decay(eqf_train_options *options, double we
  * where P = sum over RK4 steps of max(0, c - target)^2 and c is the step's bound on the
  * Lipschitz constant of its increment from the field's Lipschitz bound (the certificate that
  * every RK4 step of the trained map is a bijection needs c < 1). Weight 0, the default, is
- * off. Needs the kernel field (`eqf_flow_train` fails with EQF_ERR_INVALID_ARGUMENT for a
- * family whose bound has no gradient).
+ * off. Needs the kernel or coordkernel field (`eqf_flow_train` fails with
+ * EQF_ERR_INVALID_ARGUMENT for a family whose bound has no gradient).
  *
  * @param options  the options (not NULL)
  * @param weight   finite and >= 0 (0: off)

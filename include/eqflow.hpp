@@ -310,6 +310,22 @@ public:
         return Flow(out);
     }
 
+    /* A new flow with the same parameters and integrator and strict mode on or off: in strict
+     * mode an uncertified exact-discrete grid is refused (EQF_ERR_UNCERTIFIED, the message
+     * naming the certified step count); see eqf_flow_with_require_certificate. */
+    Flow with_require_certificate(bool require) const {
+        eqf_flow *out = nullptr;
+        detail::check(eqf_flow_with_require_certificate(get(), require ? 1 : 0, &out));
+        return Flow(out);
+    }
+
+    /* Whether strict mode is on; see eqf_flow_require_certificate. */
+    bool require_certificate() const {
+        int32_t require = 0;
+        detail::check(eqf_flow_require_certificate(get(), &require));
+        return require != 0;
+    }
+
     /* Writes the flow to a model file (bit-exact parameters); see eqf_flow_save. */
     void save(const std::string &path) const {
         detail::check(eqf_flow_save(get(), path.c_str()));

@@ -45,6 +45,15 @@ pub enum Error {
         need_bytes: u128,
         limit_bytes: u64,
     },
+    /// A flow that requires its step certificate (strict mode,
+    /// [`crate::Flow::set_require_certificate`]) was asked to sample or evaluate densities in
+    /// the exact-discrete mode with a step grid its certificate does not cover.
+    /// `certified_steps` is the smallest RK4 step count the field certifies, if any.
+    Uncertified {
+        what: String,
+        n_steps: usize,
+        certified_steps: Option<usize>,
+    },
 }
 
 /// Shorthand used across the crate.
@@ -109,6 +118,25 @@ impl fmt::Display for Error {
                     *need_bytes as f64 / GIB,
                     *limit_bytes as f64 / GIB
                 )
+            }
+            Error::Uncertified {
+                what,
+                n_steps,
+                certified_steps,
+            } => {
+                write!(f, "uncertified step grid: {what}; ")?;
+                match certified_steps {
+                    Some(n) => write!(
+                        f,
+                        "the field is certified with {n} RK4 steps (this flow has {n_steps})"
+                    ),
+                    None => write!(
+                        f,
+                        "no RK4 step count up to {} certifies the field (this flow has \
+                         {n_steps})",
+                        crate::integrate::MAX_RK4_STEPS
+                    ),
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use crate::field::{Field, KernelConfig, KernelField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::{
-    Integrator, MAX_RK4_STEPS, Method, Stats, StepCertificate, Workspace, certify_rk4,
+    DensityMode, Integrator, MAX_RK4_STEPS, Method, Stats, StepCertificate, Workspace, certify_rk4,
     rk4_stage_times, steps_needed,
 };
 use crate::prior::Prior;
@@ -28,6 +28,9 @@ use crate::rng::{self, Stream};
 /// tables of the radial function), built on first use after the flow is assembled or its
 /// parameters change (so a training loop that sets parameters every step never pays for
 /// them); densities are exact for that form, which is what the flow integrates.
+///
+/// Strict mode ([`Flow::set_require_certificate`], off by default) makes the exact-discrete
+/// mode refuse a step grid that the flow's [`Flow::certificate`] does not cover.
 #[derive(Clone)]
 pub struct Flow {
     prior: Prior,
@@ -35,6 +38,10 @@ pub struct Flow {
     integrator: Integrator,
     tabulate: bool,
     tabulated: OnceLock<Option<Arc<dyn VectorField + Send>>>,
+    require_certificate: bool,
+    /// Strict mode's verdict for the current field and integrator (`Some`: the refusal),
+    /// computed on first use like the tables, so a move's per-proposal check is a load.
+    refusal: OnceLock<Option<Error>>,
 }
 
 impl std::fmt::Debug for Flow {
@@ -44,6 +51,7 @@ impl std::fmt::Debug for Flow {
             .field("field", &self.field)
             .field("integrator", &self.integrator)
             .field("tabulate", &self.tabulate)
+            .field("require_certificate", &self.require_certificate)
             .finish_non_exhaustive()
     }
 }
@@ -55,6 +63,7 @@ impl PartialEq for Flow {
             && self.field == other.field
             && self.integrator == other.integrator
             && self.tabulate == other.tabulate
+            && self.require_certificate == other.require_certificate
     }
 }
 
@@ -93,12 +102,16 @@ impl Flow {
             integrator,
             tabulate: true,
             tabulated: OnceLock::new(),
+            require_certificate: false,
+            refusal: OnceLock::new(),
         })
     }
 
-    /// Drops the radial tables; they are rebuilt on next use.
+    /// Drops what is derived from the field and integrator (the radial tables, strict mode's
+    /// verdict); they are rebuilt on next use.
     fn retabulate(&mut self) {
         self.tabulated = OnceLock::new();
+        self.refusal = OnceLock::new();
     }
 
     /// The field's grid form for the current field and integrator, built on first use.
@@ -201,6 +214,57 @@ impl Flow {
         steps_needed(&|t| self.field.lipschitz_bounds(t), MAX_RK4_STEPS)
     }
 
+    /// Strict mode: with `true`, sampling and density evaluation in the exact-discrete mode fail
+    /// with [`Error::Uncertified`] (naming [`Flow::certified_step_count`]) unless
+    /// [`Flow::certificate`] proves every RK4 step a bijection, so that no density this flow
+    /// reports can silently miss a second preimage. Off by default (an uncertified grid is
+    /// usually still invertible where the samples are; BENCHMARKS.md, "Session 8"). No effect
+    /// in the continuous mode, whose densities are approximate anyway. Saved in model files.
+    pub fn set_require_certificate(&mut self, require: bool) {
+        self.require_certificate = require;
+    }
+
+    /// Whether strict mode is on ([`Flow::set_require_certificate`]).
+    #[must_use]
+    pub fn requires_certificate(&self) -> bool {
+        self.require_certificate
+    }
+
+    /// Strict mode's check: `Ok` unless strict mode is on, the density mode is exact-discrete
+    /// and the certificate fails. Every sampling and density method calls it before it writes
+    /// anything; the first call after a change of field or integrator computes the certificate
+    /// (and, if it fails, the certified step count), later calls reuse the verdict.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Uncertified`].
+    pub fn check_certified(&self) -> Result<()> {
+        if !self.require_certificate || self.integrator.mode() != DensityMode::ExactDiscrete {
+            return Ok(());
+        }
+        match self.refusal.get_or_init(|| self.refusal_now()) {
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        }
+    }
+
+    /// The refusal of strict mode for the current grid, if its certificate fails.
+    fn refusal_now(&self) -> Option<Error> {
+        let cert = self.certificate()?;
+        if cert.is_certified() {
+            return None;
+        }
+        Some(Error::Uncertified {
+            what: format!(
+                "this flow requires a step certificate, and its worst RK4 step (from t = {:.3}) \
+                 has increment bound {:.4} (needs < 1; field Lipschitz bound up to {:.4})",
+                cert.worst_step_start, cert.max_contraction, cert.max_lipschitz
+            ),
+            n_steps: cert.n_steps,
+            certified_steps: self.certified_step_count(),
+        })
+    }
+
     /// A workspace sized for this flow (one per thread when calling the single-sample methods).
     #[must_use]
     pub fn workspace(&self) -> Workspace {
@@ -221,6 +285,8 @@ impl Flow {
         x: &mut [f64],
         ws: &mut Workspace,
     ) -> Result<(f64, Stats)> {
+        // Before the draw, so that a refusal leaves `x` and `rng` as they were.
+        self.check_certified()?;
         self.draw_latent_into(rng, x);
         self.push_forward(x, ws)
     }
@@ -228,6 +294,7 @@ impl Flow {
     /// Pushes a CoM-free latent `z` through the flow in place (it becomes x) and returns
     /// `log q(x) = log ρ(z) − log|det ∂x/∂z|`.
     pub fn push_forward(&self, z: &mut [f64], ws: &mut Workspace) -> Result<(f64, Stats)> {
+        self.check_certified()?;
         let log_prior = self.prior.log_density(z);
         let (log_det, stats) = self.integrator.forward(self.dynamics(), z, ws)?;
         Ok((log_prior - log_det, stats))
@@ -240,6 +307,7 @@ impl Flow {
             return Err(Error::size("configuration", self.layout().len(), x.len()));
         }
         check_finite(x, "configuration")?;
+        self.check_certified()?;
         remove_center_of_mass(x, self.dim());
         let (log_det, stats) = self.integrator.inverse(self.dynamics(), x, ws)?;
         Ok((self.prior.log_density(x) + log_det, stats))
@@ -266,6 +334,7 @@ impl Flow {
         if let Some(z) = &z {
             layout.check_batch("sample output z", z, n)?;
         }
+        self.check_certified()?;
         self.dynamics();
         let results: Vec<Result<Stats>> = x
             .par_chunks_mut(len)
@@ -309,6 +378,7 @@ impl Flow {
         let len = layout.len();
         layout.check_batch("log_density input x", x, n)?;
         check_finite(x, "log_density input x")?;
+        self.check_certified()?;
         let mut own;
         let z = match z {
             Some(z) => {
@@ -354,6 +424,7 @@ impl Flow {
                 x.len(),
             ));
         }
+        self.check_certified()?;
         self.dynamics();
         Ok(x.par_chunks(len)
             .map_init(

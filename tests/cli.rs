@@ -1119,3 +1119,117 @@ fn repro_errors_are_messages_not_panics() {
     ]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_count() {
+    let (dir, data) = dw4_reference_data("cli_require_certificate", "40", "7");
+    let data_s = data.to_str().unwrap();
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");
+    let plain = json(&eqflow(&[
+        "eval", "--model", model, "--data", data_s, "--json", "-q",
+    ]));
+    assert_eq!(plain["certificate"]["certified"], false);
+    let needed = plain["certificate"]["certified_from_steps"]
+        .as_u64()
+        .unwrap();
+    let expected = format!("certified with {needed} RK4 steps (this flow has 20)");
+    let samples = dir.join("s.npy");
+    let samples_s = samples.to_str().unwrap();
+    for args in [
+        vec!["eval", "--model", model, "--data", data_s],
+        vec!["sample", "--model", model, "-n", "5", "--out", samples_s],
+    ] {
+        let mut args = args;
+        args.extend(["--require-certificate", "-q"]);
+        let out = eqflow(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&expected), "{args:?}: {err}");
+    }
+    assert!(!samples.exists(), "a refused sample writes nothing");
+    // The model with its certified step count passes; with strict mode in the file (and 20
+    // steps) it is refused without the option.
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap();
+    file["integrator"]["n_steps"] = needed.into();
+    let stepped = dir.join("stepped.json");
+    std::fs::write(&stepped, file.to_string()).unwrap();
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        stepped.to_str().unwrap(),
+        "--data",
+        data_s,
+        "--require-certificate",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(e["certificate"]["certified"], true);
+    assert_eq!(e["n_failed"], 0);
+    file["integrator"]["n_steps"] = 20.into();
+    file["require_certificate"] = true.into();
+    let strict = dir.join("strict.json");
+    std::fs::write(&strict, file.to_string()).unwrap();
+    let out = eqflow(&[
+        "sample",
+        "--model",
+        strict.to_str().unwrap(),
+        "-n",
+        "5",
+        "--out",
+        samples_s,
+        "-q",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
+}
+
+#[test]
+fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
+    let (dir, data) = dw4_reference_data("cli_lipschitz_penalty", "256", "8");
+    let data_s = data.to_str().unwrap();
+    let train = |penalty: &str, name: &str| {
+        let model = dir.join(name);
+        let t = json(&eqflow(&[
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            data_s,
+            "--out",
+            model.to_str().unwrap(),
+            "--n-train",
+            "200",
+            "--n-val",
+            "56",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "32",
+            "--lipschitz-penalty",
+            penalty,
+            "--json",
+            "-q",
+        ]));
+        (t, model)
+    };
+    let (plain, _) = train("0", "plain.json");
+    assert_eq!(plain["certificate"]["certified"], false, "{plain}");
+    let (t, model) = train("1", "penalised.json");
+    let cert = &t["certificate"];
+    assert_eq!(cert["certified"], true, "{t}");
+    assert!(cert["max_step_contraction"].as_f64().unwrap() < 1.0);
+    assert_eq!(cert["n_steps"], 20);
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data_s,
+        "--require-certificate",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(e["certificate"]["certified"], true);
+    assert!(e["nll"].as_f64().unwrap().is_finite());
+}

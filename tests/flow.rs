@@ -331,3 +331,81 @@ fn extreme_finite_coordinates_give_finite_densities_or_errors() {
         }
     }
 }
+
+/// A DW-4 flow with `n_steps` exact-discrete RK4 steps and strict mode on.
+fn strict_dw4(n_steps: usize, seed: u64) -> Flow {
+    let mut flow = Flow::new(4, 2, seed).unwrap();
+    flow.set_integrator(
+        Integrator::new(Method::Rk4 { n_steps }, DensityMode::ExactDiscrete).unwrap(),
+    );
+    flow.set_require_certificate(true);
+    flow
+}
+
+#[test]
+fn strict_mode_samples_a_certified_grid_and_refuses_an_uncertified_one() {
+    let needed = Flow::new(4, 2, 7).unwrap().certified_step_count().unwrap();
+    assert!(needed > 1, "the test needs a grid that is not certified");
+    // Certified: the same bits as without strict mode.
+    let certified = strict_dw4(needed, 7);
+    assert!(certified.certificate().unwrap().is_certified());
+    let mut plain = certified.clone();
+    plain.set_require_certificate(false);
+    let (x, log_q) = certified.sample(3, 8).unwrap();
+    assert_eq!((x.clone(), log_q.clone()), plain.sample(3, 8).unwrap());
+    assert_eq!(
+        certified.log_density(&x).unwrap(),
+        plain.log_density(&x).unwrap()
+    );
+    // Uncertified: every entry point refuses with a typed error naming the step count.
+    let strict = strict_dw4(needed - 1, 7);
+    let before = strict.clone();
+    let expect_refusal = |err: Error| match &err {
+        Error::Uncertified {
+            n_steps,
+            certified_steps,
+            ..
+        } => {
+            assert_eq!((*n_steps, *certified_steps), (needed - 1, Some(needed)));
+            assert!(
+                err.to_string()
+                    .contains(&format!("certified with {needed} RK4 steps")),
+                "{err}"
+            );
+        }
+        other => panic!("expected Error::Uncertified, got {other:?}"),
+    };
+    expect_refusal(strict.sample(3, 8).unwrap_err());
+    expect_refusal(strict.log_density(&x).unwrap_err());
+    expect_refusal(strict.log_density_each(&x).unwrap_err());
+    let mut out = vec![f64::NAN; x.len()];
+    let mut out_q = vec![f64::NAN; 8];
+    expect_refusal(strict.sample_into(3, &mut out, &mut out_q).unwrap_err());
+    assert!(
+        out.iter().chain(&out_q).all(|v| v.is_nan()),
+        "nothing written"
+    );
+    let mut one = x[..8].to_vec();
+    expect_refusal(
+        strict
+            .pull_back(&mut one, &mut strict.workspace())
+            .unwrap_err(),
+    );
+    assert_eq!(one, x[..8], "input untouched");
+    let mut mv =
+        eqflow::flow_move::FlowMove::new(std::sync::Arc::new(strict.clone()), 1.0, 0).unwrap();
+    expect_refusal(mv.propose(&x[..8], 0.0).unwrap_err());
+    assert_eq!(mv.stats().n_proposed, 0);
+    assert_eq!(strict, before, "the flow is unchanged");
+    // Strict mode has no effect in the continuous mode.
+    let mut continuous = strict.clone();
+    continuous.set_integrator(continuous_rk4(needed - 1));
+    assert!(continuous.sample(3, 8).is_ok());
+    // A change of parameters is seen: a certified strict flow whose field grows is refused.
+    let mut grown = strict_dw4(needed, 7);
+    grown.sample(1, 1).unwrap();
+    let p: Vec<f64> = grown.field().params().iter().map(|v| 3.0 * v).collect();
+    grown.set_params(&p).unwrap();
+    assert!(!grown.certificate().unwrap().is_certified());
+    assert!(matches!(grown.sample(1, 1), Err(Error::Uncertified { .. })));
+}

@@ -146,6 +146,74 @@ pub unsafe extern "C" fn eqf_flow_certificate(
     })
 }
 
+/// Creates a copy of `flow` (same parameters and integrator) with strict mode on or off.
+///
+/// In strict mode, sampling, density evaluation and moves of a flow in the exact-discrete
+/// density mode fail with EQF_ERR_UNCERTIFIED, before writing anything, unless the flow's step
+/// certificate (`eqf_flow_certificate`) proves every RK4 step a bijection; the message names the
+/// step count that would be certified (use it with `eqf_flow_with_integrator`). Strict mode
+/// has no effect in the continuous density mode. It is saved by `eqf_flow_save`. Off by
+/// default.
+///
+/// Flows are immutable and shared between threads, so the setting is not changed in place:
+/// the new flow is independent of the old one (either may be freed first).
+///
+/// @param flow     the flow to copy (not NULL)
+/// @param require  1: strict mode on, 0: off
+/// @param out      on success receives the new flow, to be released with `eqf_flow_free`;
+///                 untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (require neither 0 nor 1)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_with_require_certificate(
+    flow: *const eqf_flow,
+    require: i32,
+    out: *mut *mut eqf_flow,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract); flows are never mutated.
+        let flow = unsafe { handle(flow, "flow") }?;
+        check_not_null(out, "out")?;
+        let require = match require {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(crate::Error::InvalidArgument {
+                    what: format!("require = {other}: expected 0 or 1"),
+                });
+            }
+        };
+        let mut inner = flow.inner.clone();
+        inner.set_require_certificate(require);
+        // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
+        // contract); it is written only now that the new flow exists.
+        unsafe { write_handle(out, eqf_flow { inner }) };
+        Ok(())
+    })
+}
+
+/// Whether a flow is in strict mode (see `eqf_flow_with_require_certificate`).
+///
+/// @param flow     the flow (not NULL)
+/// @param require  output: 1 if strict mode is on, 0 if not
+/// @return EQF_OK; EQF_ERR_NULL_POINTER
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_require_certificate(
+    flow: *const eqf_flow,
+    require: *mut i32,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract).
+        let flow = unsafe { handle(flow, "flow") }?;
+        check_not_null(require, "require")?;
+        // SAFETY: `require` is non-NULL (checked above) and valid for one write (this
+        // function's contract).
+        unsafe { require.write(i32::from(flow.inner.requires_certificate())) };
+        Ok(())
+    })
+}
+
 /// Draws `n` independent samples from the flow, with their exact log-densities.
 ///
 /// Layout: `x` receives n configurations of N particles in D dimensions, particle-major and
@@ -169,7 +237,8 @@ pub unsafe extern "C" fn eqf_flow_certificate(
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
 ///         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
 ///         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
-///         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
+///         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused;
+///         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_sample(
     flow: *const eqf_flow,
@@ -218,7 +287,8 @@ pub unsafe extern "C" fn eqf_flow_sample(
 ///         EQF_ERR_NON_FINITE (x contains NaN or infinity); EQF_ERR_NOT_CONVERGED or
 ///         EQF_ERR_NOT_INVERTIBLE if the inverse map cannot be computed at some configuration;
 ///         EQF_ERR_RESOURCE if the exact-discrete workspace would exceed
-///         EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused
+///         EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused;
+///         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_log_density(
     flow: *const eqf_flow,
@@ -470,5 +540,100 @@ mod tests {
         let status = unsafe { eqf_flow_new(1, 2, 0, &raw mut out) };
         assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
         assert_eq!(out, std::ptr::dangling_mut::<eqf_flow>());
+    }
+
+    /// A copy of `h`'s flow with `n_steps` exact-discrete RK4 steps and strict mode `require`.
+    fn strict_copy(h: &Handle, n_steps: i64, require: i32) -> Handle {
+        use crate::ffi::integrator::{
+            EQF_DENSITY_EXACT_DISCRETE, EQF_METHOD_RK4, eqf_flow_with_integrator,
+        };
+        let (mut stepped, mut strict) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: live handle, valid pointer slots; `stepped` is freed once.
+        unsafe {
+            assert_eq!(
+                eqf_flow_with_integrator(
+                    h.0,
+                    EQF_METHOD_RK4,
+                    n_steps,
+                    0.0,
+                    0.0,
+                    EQF_DENSITY_EXACT_DISCRETE,
+                    &raw mut stepped
+                ),
+                EQF_OK
+            );
+            assert_eq!(
+                eqf_flow_with_require_certificate(stepped, require, &raw mut strict),
+                EQF_OK
+            );
+            assert_eq!(eqf_flow_free(stepped), EQF_OK);
+        }
+        Handle(strict)
+    }
+
+    #[test]
+    fn strict_mode_refuses_an_uncertified_grid_naming_the_certified_step_count() {
+        let h = Handle::new(4);
+        // SAFETY: live handle.
+        let flow = unsafe { &(*h.0).inner };
+        let needed = flow.certified_step_count().unwrap();
+        assert!(needed > 1, "the test needs a grid that is not certified");
+        // Certified (enough steps): strict mode changes no bit.
+        let certified = strict_copy(&h, needed as i64, 1);
+        let plain = strict_copy(&h, needed as i64, 0);
+        let (status, x, log_q) = certified.sample(3, 4);
+        assert_eq!(status, EQF_OK, "{}", last_message());
+        assert_eq!((x, log_q), {
+            let (_, x, log_q) = plain.sample(3, 4);
+            (x, log_q)
+        });
+        // Uncertified (one step fewer): sampling and densities refused, nothing written.
+        let strict = strict_copy(&h, needed as i64 - 1, 1);
+        let (status, x, log_q) = strict.sample(3, 4);
+        assert_eq!(status, crate::ffi::EQF_ERR_UNCERTIFIED);
+        let message = last_message();
+        assert!(
+            message.contains(&format!("certified with {needed} RK4 steps")),
+            "{message}"
+        );
+        assert!(
+            x.iter().chain(&log_q).all(|v| v.is_nan()),
+            "nothing written"
+        );
+        let data = plain.sample(5, 2).1;
+        let mut log_q = [f64::NAN; 2];
+        // SAFETY: live handle; 2 configurations in, 2 doubles out.
+        let status =
+            unsafe { eqf_flow_log_density(strict.0, 2, data.as_ptr(), log_q.as_mut_ptr()) };
+        assert_eq!(status, crate::ffi::EQF_ERR_UNCERTIFIED);
+        assert!(log_q.iter().all(|v| v.is_nan()));
+        // The same grid without strict mode still samples.
+        assert_eq!(strict_copy(&h, needed as i64 - 1, 0).sample(3, 4).0, EQF_OK);
+        // The query, and bad arguments (the output slot untouched).
+        let (mut on, mut off) = (-1, -1);
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live handles, valid or NULL slots as each case says.
+        unsafe {
+            assert_eq!(eqf_flow_require_certificate(strict.0, &raw mut on), EQF_OK);
+            assert_eq!(eqf_flow_require_certificate(h.0, &raw mut off), EQF_OK);
+            assert_eq!((on, off), (1, 0));
+            assert_eq!(
+                eqf_flow_require_certificate(h.0, std::ptr::null_mut()),
+                crate::ffi::EQF_ERR_NULL_POINTER
+            );
+            assert_eq!(
+                eqf_flow_with_require_certificate(h.0, 2, &raw mut out),
+                EQF_ERR_INVALID_ARGUMENT
+            );
+            assert!(out.is_null());
+            assert_eq!(
+                eqf_flow_with_require_certificate(std::ptr::null(), 1, &raw mut out),
+                crate::ffi::EQF_ERR_NULL_POINTER
+            );
+            assert!(out.is_null());
+        }
+        // SAFETY: live handle.
+        let original = unsafe { &(*h.0).inner };
+        assert!(!original.requires_certificate(), "original unchanged");
     }
 }

@@ -56,6 +56,11 @@ pub const EQF_ERR_INTERNAL: i32 = 11;
 /// was allocated and every object is as it was.
 pub const EQF_ERR_RESOURCE: i32 = 12;
 
+/// The flow requires its step certificate (`eqf_flow_with_require_certificate`) and its
+/// exact-discrete RK4 grid is not certified to be a bijection step by step. The message names
+/// the step count that would be certified. Nothing was written.
+pub const EQF_ERR_UNCERTIFIED: i32 = 13;
+
 /// The C status of an error: one code per [`Error`] variant. The match is exhaustive inside
 /// the crate, so adding a variant to `Error` without a code here fails to compile.
 pub(crate) fn status_of(error: &Error) -> i32 {
@@ -72,6 +77,7 @@ pub(crate) fn status_of(error: &Error) -> i32 {
         Error::Format { .. } => EQF_ERR_FORMAT,
         Error::Internal { .. } => EQF_ERR_INTERNAL,
         Error::Resource { .. } => EQF_ERR_RESOURCE,
+        Error::Uncertified { .. } => EQF_ERR_UNCERTIFIED,
     }
 }
 
@@ -105,6 +111,11 @@ mod tests {
                 what: what(),
                 need_bytes: 2,
                 limit_bytes: 1,
+            },
+            Error::Uncertified {
+                what: what(),
+                n_steps: 20,
+                certified_steps: Some(40),
             },
         ]
     }
@@ -141,8 +152,9 @@ mod tests {
                 EQF_ERR_FORMAT,
                 EQF_ERR_INTERNAL,
                 EQF_ERR_RESOURCE,
+                EQF_ERR_UNCERTIFIED,
             ],
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
         );
     }
 }

@@ -9,6 +9,11 @@
 //!   "system": { ... } | null, "training": { ... } | null }
 //! ```
 //!
+//! An optional `"require_certificate": true` turns on strict mode
+//! ([`Flow::set_require_certificate`]); it is written only when on, and a file without it
+//! (every file written before strict mode existed) loads with strict mode off. Builds older
+//! than strict mode refuse a file that has it (unknown key) rather than drop the requirement.
+//!
 //! Version 1 (written before field families existed) had the kernel field's settings in a
 //! top-level `"kernels"` object instead of `"field"`; it is still read, as the `kernel`
 //! family. `param_order` names the family's parameter blocks
@@ -113,6 +118,10 @@ impl IntegratorSpec {
     }
 }
 
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// Everything in a model file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +140,9 @@ pub struct ModelFile {
     pub param_order: Vec<String>,
     pub params: Vec<f64>,
     pub integrator: IntegratorSpec,
+    /// Strict mode ([`Flow::set_require_certificate`]); absent means off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_certificate: bool,
     /// The system (energy, kT, units) the flow was trained for, if any.
     pub system: Option<System>,
     /// A free-form training summary (losses per epoch, settings, timings), if any.
@@ -161,6 +173,7 @@ impl ModelFile {
                 .collect(),
             params: flow.field().params().to_vec(),
             integrator: IntegratorSpec::from_integrator(&flow.integrator()),
+            require_certificate: flow.requires_certificate(),
             system,
             training,
         }
@@ -228,7 +241,9 @@ impl ModelFile {
         };
         field.check_usable(h)?;
         let prior = Prior::new(layout, self.prior_sigma)?;
-        Flow::from_parts(prior, field, self.integrator.to_integrator()?)
+        let mut flow = Flow::from_parts(prior, field, self.integrator.to_integrator()?)?;
+        flow.set_require_certificate(self.require_certificate);
+        Ok(flow)
     }
 
     /// Refuses a prior width whose `σ²` or `log 2πσ²` would not be a normal number.
@@ -488,5 +503,25 @@ mod tests {
         assert!(matches!(err, Error::Format { .. }));
         // NaN is not JSON.
         assert!(ModelFile::from_json(&text.replacen("0.", "NaN", 1)).is_err());
+    }
+
+    #[test]
+    fn strict_mode_is_saved_only_when_on_and_old_files_load_without_it() {
+        let text = sample_file().to_json();
+        assert!(
+            !text.contains("require_certificate"),
+            "off: written as before"
+        );
+        let flow = ModelFile::from_json(&text).unwrap().to_flow().unwrap();
+        assert!(!flow.requires_certificate());
+        let mut strict = Flow::new(4, 2, 3).unwrap();
+        strict.set_require_certificate(true);
+        let text = ModelFile::from_flow(&strict, None, None).to_json();
+        assert!(text.contains("\"require_certificate\": true"), "{text}");
+        let back = ModelFile::from_json(&text).unwrap().to_flow().unwrap();
+        assert!(back.requires_certificate());
+        assert_eq!(back, strict);
+        let err = ModelFile::from_json(&text.replace("true", "1")).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{err}");
     }
 }

@@ -146,7 +146,7 @@ struct TrainArgs {
     seed: u64,
     /// Weight of the step-certificate penalty in every phase (0: off): keeps the field's
     /// Lipschitz bound, the one `eqflow eval` certifies with, low enough that every RK4 step of
-    /// the trained map is a bijection (kernel field only).
+    /// the trained map is a bijection (kernel and coordkernel fields).
     #[arg(long, default_value_t = 0.0)]
     lipschitz_penalty: f64,
     /// The increment bound the penalty aims below, in (0, 1): the certificate needs < 1.
@@ -225,6 +225,11 @@ struct SampleArgs {
     /// recorded in the model file).
     #[arg(long)]
     system: Option<String>,
+    /// Strict mode: refuse (with an error naming the step count that would be certified) unless
+    /// the step certificate proves every RK4 step of the model a bijection (exact-discrete mode
+    /// only). Also on when the model file asks for it.
+    #[arg(long)]
+    require_certificate: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -254,6 +259,11 @@ struct EvalArgs {
     /// counted and reported, and the NLL is over the others).
     #[arg(long)]
     strict: bool,
+    /// Strict mode: refuse (with an error naming the step count that would be certified) unless
+    /// the step certificate proves every RK4 step of the model a bijection (exact-discrete mode
+    /// only). Also on when the model file asks for it.
+    #[arg(long)]
+    require_certificate: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -398,7 +408,10 @@ fn system_for(name: Option<&str>, file: &model::ModelFile) -> Result<Option<Syst
 }
 
 fn run_sample(a: SampleArgs) -> Result<()> {
-    let (flow, file) = model::load(&a.model)?;
+    let (mut flow, file) = model::load(&a.model)?;
+    if a.require_certificate {
+        flow.set_require_certificate(true);
+    }
     let system = system_for(a.system.as_deref(), &file)?;
     check_memory("sample -n", a.n, flow.layout().len() + 3)?;
     let start = Instant::now();
@@ -635,7 +648,10 @@ fn free_energy_report(
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
-    let (flow, _) = model::load(&a.model)?;
+    let (mut flow, _) = model::load(&a.model)?;
+    if a.require_certificate {
+        flow.set_require_certificate(true);
+    }
     let data = read_data(&a.data, flow.layout())?;
     if data.is_empty() {
         return Err(eqflow::Error::InvalidArgument {

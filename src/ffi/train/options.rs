@@ -210,8 +210,8 @@ pub unsafe extern "C" fn eqf_train_options_set_weight_decay(
 /// where P = sum over RK4 steps of max(0, c - target)^2 and c is the step's bound on the
 /// Lipschitz constant of its increment from the field's Lipschitz bound (the certificate that
 /// every RK4 step of the trained map is a bijection needs c < 1). Weight 0, the default, is
-/// off. Needs the kernel field (`eqf_flow_train` fails with EQF_ERR_INVALID_ARGUMENT for a
-/// family whose bound has no gradient).
+/// off. Needs the kernel or coordkernel field (`eqf_flow_train` fails with
+/// EQF_ERR_INVALID_ARGUMENT for a family whose bound has no gradient).
 ///
 /// @param options  the options (not NULL)
 /// @param weight   finite and >= 0 (0: off)

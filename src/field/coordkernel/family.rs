@@ -9,7 +9,7 @@ use super::config::CoordKernelConfig;
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
 use super::eval::{CoordKernelScratch, with_scratch};
 use super::grid::GridCoordKernel;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
 use crate::geometry::Layout;
 
@@ -90,18 +90,7 @@ impl FieldFamily for CoordKernelField {
         let n = self.layout.n_particles as f64;
         let na = self.config.n_shells;
         let k = self.config.n_rbf;
-        let a = self.a_rbf;
-        let sup_db: Vec<f64> = self
-            .mu
-            .iter()
-            .map(|mu| mu + 1.0 / (2.0 * E * a).sqrt())
-            .collect();
-        let sup_db1: Vec<f64> = self
-            .mu
-            .iter()
-            .map(|mu| mu * (2.0 * a / E).sqrt() + 2.0 / E)
-            .collect();
-        let c1 = (2.0 * self.a_shell / E).sqrt();
+        let (sup_db, sup_db1, c1) = self.bound_constants();
         times
             .iter()
             .map(|&t| {
@@ -138,6 +127,53 @@ impl FieldFamily for CoordKernelField {
     }
 }
 
+impl CoordKernelField {
+    /// The constants of the Lipschitz bound: `sup d B_k`, `sup d |B'_k|` per distance
+    /// Gaussian and `C' = sup |c'_a|`.
+    fn bound_constants(&self) -> (Vec<f64>, Vec<f64>, f64) {
+        let a = self.a_rbf;
+        let sup_db = self
+            .mu
+            .iter()
+            .map(|mu| mu + 1.0 / (2.0 * E * a).sqrt())
+            .collect();
+        let sup_db1 = self
+            .mu
+            .iter()
+            .map(|mu| mu * (2.0 * a / E).sqrt() + 2.0 / E)
+            .collect();
+        (sup_db, sup_db1, (2.0 * self.a_shell / E).sqrt())
+    }
+
+    /// The Lipschitz bound as `Σ_qk C_qk |M_qk(t)|`: the coefficients `C_qk` (Q × K
+    /// row-major), collected from the terms of [`FieldFamily::lipschitz_bounds`].
+    fn bound_coefficients(&self) -> Vec<f64> {
+        let n = self.layout.n_particles as f64;
+        let na = self.config.n_shells;
+        let k = self.config.n_rbf;
+        let (sup_db, sup_db1, c1) = self.bound_constants();
+        let pair = 2.0 * (n - 1.0);
+        let env = (4.0 * n - 3.0) * c1;
+        let mut coef = vec![0.0; self.config.n_features() * k];
+        for (q, row) in coef.chunks_exact_mut(k).enumerate() {
+            // Row 0 enters Φ and F once; the h_i + h_j rows twice, the h_i ⊙ h_j rows once,
+            // and both coordination rows enter Ψ once.
+            let (times_pair, in_psi) = match q {
+                0 => (1.0, false),
+                q if q <= na => (2.0, true),
+                _ => (1.0, true),
+            };
+            for kk in 0..k {
+                row[kk] = pair * times_pair * (1.0 + sup_db1[kk]);
+                if in_psi {
+                    row[kk] += env * sup_db[kk];
+                }
+            }
+        }
+        coef
+    }
+}
+
 impl TrainableField for CoordKernelField {
     type TimePoint = CoordKernelTimePoint;
     /// `M̄(t)` per time point, Q·K each.
@@ -146,6 +182,58 @@ impl TrainableField for CoordKernelField {
 
     fn time_point(&self, t: f64) -> CoordKernelTimePoint {
         CoordKernelField::time_point(self, t)
+    }
+
+    /// Exact where no `M_qk(t)` is zero: the bound is `Σ_qk C_qk |M_qk(t)|` with `M(t) = V·τ(t)`,
+    /// so `∂L(t)/∂V_qkr = C_qk sign(M_qk(t)) τ_r(t)`, taking the subgradient 0 at `M_qk = 0`.
+    fn lipschitz_bounds_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        theta_bar: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        if bounds_bar.len() != times.len() {
+            return Err(Error::size(
+                "Lipschitz bound cotangents",
+                times.len(),
+                bounds_bar.len(),
+            ));
+        }
+        if theta_bar.len() != self.params.len() {
+            return Err(Error::size(
+                "coordkernel parameter cotangents",
+                self.params.len(),
+                theta_bar.len(),
+            ));
+        }
+        let bounds = self.lipschitz_bounds(times);
+        if let Some(b) = bounds.iter().find(|b| !b.is_finite()) {
+            return Err(Error::non_finite(format!(
+                "the coordkernel field's Lipschitz bound ({b})"
+            )));
+        }
+        let coef = self.bound_coefficients();
+        let r = self.config.n_time;
+        for (&t, &l_bar) in times.iter().zip(bounds_bar) {
+            if l_bar == 0.0 {
+                continue;
+            }
+            let point = self.time_point(t);
+            for ((row, m), c) in theta_bar.chunks_exact_mut(r).zip(&point.m).zip(&coef) {
+                let sign = if *m > 0.0 {
+                    1.0
+                } else if *m < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                let scale = l_bar * c * sign;
+                for (g, tau) in row.iter_mut().zip(&point.tau[..r]) {
+                    *g += scale * tau;
+                }
+            }
+        }
+        Ok(bounds)
     }
 
     fn time_point_key(&self, key: &mut Vec<f64>) {
