@@ -8,12 +8,10 @@ mod common;
 use common::*;
 use eqflow::Flow;
 use eqflow::field::coordkernel::{CoordKernelConfig, CoordKernelField};
-use eqflow::field::{Cotangent, Field, FieldFamily, TrainableField, VectorField};
+use eqflow::field::{Cotangent, FieldFamily, TrainableField, VectorField};
 use eqflow::geometry::Layout;
 use eqflow::integrate::Integrator;
-use eqflow::io::model;
 use eqflow::prior::Prior;
-use nalgebra::DMatrix;
 use rand::RngExt;
 
 /// A small config, so that finite differences over every parameter stay quick.
@@ -73,44 +71,15 @@ fn cases() -> Vec<(&'static str, CoordKernelField, f64)> {
     ]
 }
 
-fn jacobian(field: &CoordKernelField, x: &[f64], t: f64) -> (Vec<f64>, Vec<f64>, f64) {
-    let n = x.len();
-    let mut v = vec![0.0; n];
-    let mut jac = vec![0.0; n * n];
-    let div = field.velocity_jacobian_into(x, t, &mut v, &mut jac);
-    (v, jac, div)
+fn jacobian(field: &dyn VectorField, x: &[f64], t: f64) -> (Vec<f64>, Vec<f64>, f64) {
+    families::jacobian_of(field, x, t)
 }
 
 #[test]
 fn jacobian_and_divergence_match_finite_differences() {
     let mut r = rng(5);
     for (name, field, spread) in cases() {
-        let n = field.layout().len();
-        for t in [0.0, 0.41, 1.0] {
-            for _ in 0..3 {
-                let x = random_config(&mut r, n, spread);
-                let (v, jac, div) = jacobian(&field, &x, t);
-                assert_eq!(v, velocity(&field, &x, t), "{name}: same velocity bits");
-                let fd = fd_jacobian(|y| velocity(&field, y, t), &x, 1e-5);
-                let scale = jac.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                let err = max_abs_diff(&jac, &fd);
-                assert!(
-                    err < 1e-7 * scale,
-                    "{name} t={t}: Jacobian error {err} (scale {scale})"
-                );
-                let trace: f64 = (0..n).map(|a| jac[a * n + a]).sum();
-                assert!(
-                    (div - trace).abs() < 1e-11 * scale * n as f64,
-                    "{name} t={t}: div {div} vs trace {trace}"
-                );
-                // The divergence alone (continuous mode) is the same number, bit for bit.
-                let mut w = vec![0.0; n];
-                assert_eq!(field.velocity_into(&x, t, &mut w).to_bits(), div.to_bits());
-                let mut w2 = vec![0.0; n];
-                field.velocity_only_into(&x, t, &mut w2);
-                assert_eq!(w2, v, "{name}: velocity_only_into gives the same bits");
-            }
-        }
+        families::check_jacobian_and_divergence(name, &field, spread, &mut r);
     }
 }
 
@@ -118,53 +87,7 @@ fn jacobian_and_divergence_match_finite_differences() {
 fn symmetries_hold_as_properties() {
     let mut r = rng(6);
     for (name, field, spread) in cases() {
-        let layout = field.layout();
-        let (n_p, dim) = (layout.n_particles, layout.dim);
-        for _ in 0..4 {
-            let t = r.random_range(0.0..1.0);
-            let x = random_config(&mut r, layout.len(), spread);
-            let (v, _, div) = jacobian(&field, &x, t);
-            let tol = 1e-10 * v.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            // Centre of mass conserved.
-            for c in 0..dim {
-                let s: f64 = v.iter().skip(c).step_by(dim).sum();
-                assert!(s.abs() < tol * n_p as f64, "{name}: Σ v = {s}");
-            }
-            // Translation invariance.
-            let shift: Vec<f64> = (0..dim).map(|_| r.random_range(-3.0..3.0)).collect();
-            let xs: Vec<f64> = x
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v + shift[i % dim])
-                .collect();
-            assert!(
-                max_abs_diff(&velocity(&field, &xs, t), &v) < tol,
-                "{name}: translation"
-            );
-            // Permutation equivariance.
-            let mut perm: Vec<usize> = (0..n_p).collect();
-            for i in (1..n_p).rev() {
-                perm.swap(i, r.random_range(0..=i));
-            }
-            let vp = velocity(&field, &permute(&x, dim, &perm), t);
-            assert!(
-                max_abs_diff(&vp, &permute(&v, dim, &perm)) < tol,
-                "{name}: permutation"
-            );
-            // Rotation and reflection equivariance, divergence invariant.
-            for reflect in [false, true] {
-                let q = random_orthogonal(&mut r, dim, reflect);
-                let (vq, _, divq) = jacobian(&field, &rotate(&x, dim, &q), t);
-                assert!(
-                    max_abs_diff(&vq, &rotate(&v, dim, &q)) < tol,
-                    "{name}: O(D)"
-                );
-                assert!(
-                    (divq - div).abs() < 1e-9 * div.abs().max(1.0),
-                    "{name}: div O(D)"
-                );
-            }
-        }
+        families::check_symmetries(name, &field, field.layout(), spread, &mut r);
     }
 }
 
@@ -246,20 +169,7 @@ fn reverse_pass_matches_finite_differences_in_x_and_every_parameter() {
 fn lipschitz_bound_dominates_the_jacobian() {
     let mut r = rng(8);
     for (name, field, _) in cases() {
-        let n = field.layout().len();
-        for t in [0.0, 0.5, 1.0] {
-            let bound = field.lipschitz_bound(t);
-            assert!(bound.is_finite() && bound > 0.0, "{name}: {bound}");
-            for spread in [0.2, 1.0, 3.0, 8.0, 40.0] {
-                let x = random_config(&mut r, n, spread);
-                let (_, jac, _) = jacobian(&field, &x, t);
-                let norm = DMatrix::from_row_slice(n, n, &jac).singular_values().max();
-                assert!(
-                    norm <= bound,
-                    "{name} t={t} spread={spread}: ‖J‖ {norm} > {bound}"
-                );
-            }
-        }
+        families::check_lipschitz_bound(name, &field, &mut r);
     }
 }
 
@@ -306,42 +216,12 @@ fn coordkernel_flow(seed: u64) -> Flow {
 
 #[test]
 fn model_files_round_trip_and_densities_are_exact() {
-    let flow = coordkernel_flow(9);
-    let dir = tempdir();
-    let path = dir.join("coordkernel.json");
-    model::save(&flow, None, None, &path).unwrap();
-    let (loaded, file) = model::load(&path).unwrap();
-    assert_eq!(loaded.field().family(), "coordkernel");
-    assert_eq!(loaded.field(), flow.field());
-    let _ = file;
-    // Sampled log q equals evaluated log q (exact-discrete mode, the default).
-    let (x, log_q) = loaded.sample(3, 64).unwrap();
-    let evaluated = loaded.log_density(&x).unwrap();
-    let err = max_abs_diff(&log_q, &evaluated);
-    assert!(err < 1e-8, "sampled vs evaluated log q: {err}");
-    // The same samples from a flow whose field went through the generic registry.
-    let again = Field::from_spec(
-        flow.field().layout(),
-        &flow.field().spec(),
-        flow.field().params().to_vec(),
-    )
-    .unwrap();
-    assert_eq!(&again, flow.field());
+    families::check_model_round_trip(&coordkernel_flow(9), "coordkernel");
 }
 
 #[test]
 fn thread_count_does_not_change_a_bit() {
-    let flow = coordkernel_flow(10);
-    let a = pool(1).install(|| flow.sample(5, 32).unwrap());
-    let b = pool(2).install(|| flow.sample(5, 32).unwrap());
-    assert_eq!(a.0, b.0);
-    assert_eq!(a.1, b.1);
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("eqflow-coordkernel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    families::check_thread_independence(&coordkernel_flow(10));
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! differences.
 #![allow(dead_code)]
 
+pub mod families;
+
 use eqflow::field::{KernelConfig, KernelField, VectorField};
 use eqflow::geometry::Layout;
 use rand::{RngExt, SeedableRng};
