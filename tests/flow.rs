@@ -292,6 +292,8 @@ fn extreme_finite_coordinates_give_finite_densities_or_errors() {
         lj.untrained_flow(1).unwrap(),
         dw.untrained_flow(2).unwrap(),
         dw.untrained_flow_of("envpair", 3).unwrap(),
+        dw.untrained_flow_of("coordkernel", 4).unwrap(),
+        lj.untrained_flow_of("coordkernel", 5).unwrap(),
     ];
     let mut r = rng(44);
     for flow in flows {

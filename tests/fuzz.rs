@@ -1,5 +1,5 @@
 //! A bounded fuzz run over every reader of untrusted files: the model loader (kernel and
-//! envpair model files), the .npy reader and the .xyz reader. Each input is a seeded mutation
+//! envpair and coordkernel model files), the .npy reader and the .xyz reader. Each input is a seeded mutation
 //! of a valid file (bytes flipped, cut, duplicated; numbers replaced by extreme values; lines
 //! dropped). The contract under test: a reader returns `Ok` or a typed error — it never panics
 //! — and a model that loads keeps the product's promise: the log q given at sampling equals the
@@ -114,10 +114,11 @@ fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn envpair_model_bytes() -> Vec<u8> {
+/// A saved untrained DW-4 model of field family `family`.
+fn family_model_bytes(family: &str) -> Vec<u8> {
     let system = eqflow::system::System::preset("dw4").unwrap();
-    let flow = system.untrained_flow_of("envpair", 4).unwrap();
-    let path = scratch("envpair-seed.json");
+    let flow = system.untrained_flow_of(family, 4).unwrap();
+    let path = scratch(&format!("{family}-seed.json"));
     model::save(&flow, Some(system), None, &path).unwrap();
     std::fs::read(&path).unwrap()
 }
@@ -127,7 +128,8 @@ fn model_files_load_or_fail_and_loaded_models_keep_sampling_and_density_consiste
     let seeds: Vec<Vec<u8>> = vec![
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json")).unwrap(),
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/models/lj13.json")).unwrap(),
-        envpair_model_bytes(),
+        family_model_bytes("envpair"),
+        family_model_bytes("coordkernel"),
     ];
     let mut r = rng(0xf022);
     let path = scratch("mutated-model.json");
