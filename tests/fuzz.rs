@@ -1,4 +1,4 @@
-//! A bounded fuzz run over every reader of untrusted files: the model loader (kernel and
+//! A bounded fuzz run over every reader of untrusted files: the model loader (kernel,
 //! envpair and coordkernel model files), the .npy reader and the .xyz reader. Each input is a seeded mutation
 //! of a valid file (bytes flipped, cut, duplicated; numbers replaced by extreme values; lines
 //! dropped). The contract under test: a reader returns `Ok` or a typed error — it never panics
