@@ -16,7 +16,7 @@ use super::flow::eqf_flow;
 use super::integrator::integrator;
 use super::{
     array_len, catch, check_not_null, count, free_handle, handle, handle_mut, input_array,
-    write_handle,
+    update_validated, write_handle,
 };
 
 /// Settings of an untrained flow (opaque), created by `eqf_flow_options_new` with the defaults
@@ -78,11 +78,7 @@ unsafe fn update(
         // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (the
         // caller's contract).
         let options = unsafe { handle_mut(options, "options") }?;
-        let mut config = options.config.clone();
-        change(&mut config)?;
-        config.validate()?;
-        options.config = config;
-        Ok(())
+        update_validated(&mut options.config, FlowConfig::validate, change)
     })
 }
 

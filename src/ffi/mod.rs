@@ -175,6 +175,21 @@ pub(crate) unsafe fn handle_mut<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mu
     Ok(unsafe { &mut *ptr })
 }
 
+/// The one rule of every options setter: applies `change` to a copy of `settings` and keeps
+/// the copy only if `validate` accepts the whole configuration, so that a rejected value leaves
+/// the options exactly as they were.
+pub(crate) fn update_validated<C: Clone>(
+    settings: &mut C,
+    validate: impl FnOnce(&C) -> Result<()>,
+    change: impl FnOnce(&mut C) -> Result<()>,
+) -> Result<()> {
+    let mut copy = settings.clone();
+    change(&mut copy)?;
+    validate(&copy)?;
+    *settings = copy;
+    Ok(())
+}
+
 /// Converts a C count into a `usize`: negative counts and counts above [`EQF_MAX_ELEMENTS`]
 /// are [`Error::InvalidArgument`].
 pub(crate) fn count(n: i64, what: &str) -> Result<usize> {

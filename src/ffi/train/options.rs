@@ -10,7 +10,9 @@ use crate::{Error, Result};
 
 use super::callback::{EnergyGradFn, ProgressFn, eqf_energy_grad_fn, eqf_train_progress_fn};
 use crate::ffi::energy::eqf_energy;
-use crate::ffi::{catch, check_not_null, count, free_handle, handle, handle_mut, write_handle};
+use crate::ffi::{
+    catch, check_not_null, count, free_handle, handle, handle_mut, update_validated, write_handle,
+};
 
 /// The target energy of the KL term, as the options hold it.
 #[derive(Clone)]
@@ -91,11 +93,7 @@ unsafe fn update(
         // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (the
         // caller's contract).
         let options = unsafe { handle_mut(options, "options") }?;
-        let mut config = options.config;
-        change(&mut config)?;
-        config.validate()?;
-        options.config = config;
-        Ok(())
+        update_validated(&mut options.config, TrainConfig::validate, change)
     })
 }
 
