@@ -9,9 +9,9 @@ use crate::field::exp::exp_nonpositive;
 use crate::geometry::Layout;
 use crate::rng::{self, Stream};
 
-/// The most particles a coordkernel field accepts: its derivatives keep per-pair state
-/// (O(N²·A) memory per thread, ~5 MB at 256 particles with the presets' A = 4) and its dense
-/// Jacobian costs O(N³·A).
+/// The most particles a coordkernel field accepts: its derivatives keep per-pair state and
+/// the Jacobian's factors (O(N²·A·D) memory per thread, ~22 MB at 256 particles in 3-D with
+/// the presets' A = 4) and its dense Jacobian costs O(N³·A·D²).
 pub const MAX_COORDKERNEL_PARTICLES: usize = 256;
 
 /// The largest magnitude a parameter may have: far beyond any trained field, and it keeps
