@@ -1,8 +1,10 @@
 //! Cost of one field evaluation per family (the paper's kernel field against the coordkernel
 //! and envpair fields) on DW-4 and LJ-13, single-threaded: the velocity alone, with the exact
 //! divergence, with the dense Jacobian (the exact-discrete density's need), the flow-matching
-//! reverse pass and (families that have it) the maximum-likelihood reverse pass; and a batch of 16 exact-discrete flow samples (RK4-20, one thread) per family, the
-//! rate behind "effective samples per core-second". Run: `cargo bench --bench field`. Results
+//! reverse pass and (families that have it) the maximum-likelihood reverse pass; and a batch
+//! of 16 exact-discrete flow samples (RK4-20, one thread) per family, the rate behind
+//! "effective samples per core-second", with the exact-discrete densities of the same 16
+//! configurations. Run: `cargo bench --bench field`. Results
 //! go into BENCHMARKS.md.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -98,6 +100,15 @@ fn sampling(c: &mut Criterion, system: &str, family: &str, field: impl Into<Fiel
     group.bench_function(BenchmarkId::new("sample_exact_discrete_16", family), |b| {
         b.iter(|| pool.install(|| black_box(flow.sample(black_box(7), 16).unwrap())));
     });
+    // The density of the same 16 configurations (the exact-discrete inverse): what a
+    // reweighting or a Metropolis test of a host's state costs.
+    let (x, _) = pool.install(|| flow.sample(7, 16).unwrap());
+    group.bench_function(
+        BenchmarkId::new("log_density_exact_discrete_16", family),
+        |b| {
+            b.iter(|| pool.install(|| black_box(flow.log_density(black_box(&x)).unwrap())));
+        },
+    );
     group.finish();
 }
 
