@@ -232,6 +232,35 @@ fn add_product(k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
     }
 }
 impl CoordKernelField {
+    /// [`CoordKernelField::evaluate`] with this thread's scratch: `v` and, with `with_div`,
+    /// the divergence (returned; 0 otherwise) at the time point `point`.
+    pub(super) fn velocity_at(
+        &self,
+        x: &[f64],
+        point: &CoordKernelTimePoint,
+        v: &mut [f64],
+        with_div: bool,
+    ) -> f64 {
+        debug_assert_eq!(x.len(), self.layout.len());
+        with_scratch(|ws| self.evaluate(x, point, v, ws, with_div))
+    }
+
+    /// `v`, the dense Jacobian and the returned divergence at the time point `point`.
+    pub(super) fn velocity_jacobian_at(
+        &self,
+        x: &[f64],
+        point: &CoordKernelTimePoint,
+        v: &mut [f64],
+        jacobian: &mut [f64],
+    ) -> f64 {
+        debug_assert_eq!(jacobian.len(), x.len() * x.len());
+        with_scratch(|ws| {
+            let div = self.evaluate(x, point, v, ws, true);
+            self.jacobian_into(x, ws, jacobian);
+            div
+        })
+    }
+
     /// `v(x, t)` into `v`; with `with_div` also the divergence (returned; 0 otherwise) and the
     /// per-pair state the Jacobian and the reverse pass read (`ψ`, `P`, `G`). The velocity's
     /// bits do not depend on `with_div`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::config::CoordKernelConfig;
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
-use super::eval::{CoordKernelScratch, with_scratch};
+use super::eval::CoordKernelScratch;
 use super::grid::GridCoordKernel;
 use crate::error::{Error, Result};
 use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
@@ -19,15 +19,11 @@ impl VectorField for CoordKernelField {
     }
 
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
-        debug_assert_eq!(x.len(), self.layout.len());
-        let point = self.time_point(t);
-        with_scratch(|ws| self.evaluate(x, &point, v, ws, true))
+        self.velocity_at(x, &self.time_point(t), v, true)
     }
 
     fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
-        debug_assert_eq!(x.len(), self.layout.len());
-        let point = self.time_point(t);
-        with_scratch(|ws| self.evaluate(x, &point, v, ws, false));
+        self.velocity_at(x, &self.time_point(t), v, false);
     }
 
     fn velocity_jacobian_into(
@@ -37,13 +33,7 @@ impl VectorField for CoordKernelField {
         v: &mut [f64],
         jacobian: &mut [f64],
     ) -> f64 {
-        debug_assert_eq!(jacobian.len(), x.len() * x.len());
-        let point = self.time_point(t);
-        with_scratch(|ws| {
-            let div = self.evaluate(x, &point, v, ws, true);
-            self.jacobian_into(x, ws, jacobian);
-            div
-        })
+        self.velocity_jacobian_at(x, &self.time_point(t), v, jacobian)
     }
 }
 
@@ -245,7 +235,7 @@ impl TrainableField for CoordKernelField {
     }
 
     fn velocity_at_into(&self, x: &[f64], point: &CoordKernelTimePoint, v: &mut [f64]) -> f64 {
-        with_scratch(|ws| self.evaluate(x, point, v, ws, true))
+        self.velocity_at(x, point, v, true)
     }
 
     fn adjoint_reset(&self, adjoint: &mut Vec<f64>, n_times: usize) {

@@ -3,7 +3,6 @@
 //! at a grid time neither folds the time basis again nor allocates. Same bits as the field.
 
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
-use super::eval::with_scratch;
 use crate::field::VectorField;
 
 /// A [`CoordKernelField`] with precomputed time points (see the module documentation).
@@ -45,14 +44,12 @@ impl VectorField for GridCoordKernel {
     }
 
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
-        self.at(t, |p| {
-            with_scratch(|ws| self.field.evaluate(x, p, v, ws, true))
-        })
+        self.at(t, |p| self.field.velocity_at(x, p, v, true))
     }
 
     fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
         self.at(t, |p| {
-            with_scratch(|ws| self.field.evaluate(x, p, v, ws, false));
+            self.field.velocity_at(x, p, v, false);
         });
     }
 
@@ -63,12 +60,6 @@ impl VectorField for GridCoordKernel {
         v: &mut [f64],
         jacobian: &mut [f64],
     ) -> f64 {
-        self.at(t, |p| {
-            with_scratch(|ws| {
-                let div = self.field.evaluate(x, p, v, ws, true);
-                self.field.jacobian_into(x, ws, jacobian);
-                div
-            })
-        })
+        self.at(t, |p| self.field.velocity_jacobian_at(x, p, v, jacobian))
     }
 }
