@@ -31,6 +31,7 @@ use super::config::MAX_BASIS;
 use super::coordkernel_field::{
     CoordKernelField, CoordKernelTimePoint, FOLD_LANES, MAX_FEATURES_PADDED,
 };
+use super::table::FunctionTable;
 use crate::field::{grow_scratch, pair_geometry};
 use crate::geometry::MAX_DIM;
 
@@ -94,6 +95,15 @@ impl CoordKernelScratch {
 
 thread_local! {
     static SCRATCH: RefCell<CoordKernelScratch> = RefCell::new(CoordKernelScratch::default());
+}
+
+/// Tabulated forms of the field's functions of one distance at one flow time (see
+/// `table.rs`): the coordination shells and the radial coefficients `a_q(d, t)`. An evaluation
+/// given them integrates the tabulated field, whose derivatives it computes exactly.
+#[derive(Clone, Copy)]
+pub(super) struct Tables<'a> {
+    pub shells: &'a FunctionTable,
+    pub radial: &'a FunctionTable,
 }
 
 /// Runs `f` with this thread's scratch.
@@ -238,11 +248,12 @@ impl CoordKernelField {
         &self,
         x: &[f64],
         point: &CoordKernelTimePoint,
+        tables: Option<Tables<'_>>,
         v: &mut [f64],
         with_div: bool,
     ) -> f64 {
         debug_assert_eq!(x.len(), self.layout.len());
-        with_scratch(|ws| self.evaluate(x, point, v, ws, with_div))
+        with_scratch(|ws| evaluate_in(self, x, point, tables, v, ws, with_div))
     }
 
     /// `v`, the dense Jacobian and the returned divergence at the time point `point`.
@@ -250,12 +261,13 @@ impl CoordKernelField {
         &self,
         x: &[f64],
         point: &CoordKernelTimePoint,
+        tables: Option<Tables<'_>>,
         v: &mut [f64],
         jacobian: &mut [f64],
     ) -> f64 {
         debug_assert_eq!(jacobian.len(), x.len() * x.len());
         with_scratch(|ws| {
-            let div = self.evaluate(x, point, v, ws, true);
+            let div = evaluate_in(self, x, point, tables, v, ws, true);
             self.jacobian_into(x, ws, jacobian);
             div
         })
@@ -272,7 +284,7 @@ impl CoordKernelField {
         ws: &mut CoordKernelScratch,
         with_div: bool,
     ) -> f64 {
-        evaluate_in(self, x, point, v, ws, with_div)
+        evaluate_in(self, x, point, None, v, ws, with_div)
     }
 
     /// The dense Jacobian (row-major, `(i·D + c)·N·D + m·D + c'`) from the state of an
@@ -334,12 +346,14 @@ impl CoordKernelField {
 }
 
 /// [`CoordKernelField::evaluate`], compiled for the host's vector extensions (the helpers it
-/// calls are inlined into it).
+/// calls are inlined into it); with `tables`, of the tabulated field (distances past the
+/// tables use the exact functions).
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
 fn evaluate_in(
     f: &CoordKernelField,
     x: &[f64],
     point: &CoordKernelTimePoint,
+    tables: Option<Tables<'_>>,
     v: &mut [f64],
     ws: &mut CoordKernelScratch,
     with_div: bool,
@@ -357,7 +371,9 @@ fn evaluate_in(
     for i in 0..n {
         for j in i + 1..n {
             let (_, d) = pair_geometry(x, dim, i, j, &mut r);
-            f.shells_into(d, &mut shell[..na], &mut shell1[..na]);
+            if !tables.is_some_and(|t| t.shells.eval(d, &mut shell, &mut shell1)) {
+                f.shells_into(d, &mut shell[..na], &mut shell1[..na]);
+            }
             for a in 0..na {
                 let (c, c1) = (shell[a], shell1[a]);
                 ws.h[i * na + a] += kappa * c;
@@ -383,7 +399,9 @@ fn evaluate_in(
     for i in 0..n {
         for j in i + 1..n {
             let (s, d) = pair_geometry(x, dim, i, j, &mut r);
-            rad.fill(f, point, d, false);
+            if !tables.is_some_and(|t| t.radial.eval(d, &mut rad.a, &mut rad.a1)) {
+                rad.fill(f, point, d, false);
+            }
             let (hi, hj) = (&ws.h[i * na..(i + 1) * na], &ws.h[j * na..(j + 1) * na]);
             let (mut phi, mut fd) = (rad.a[0], rad.a1[0]);
             for a in 0..na {

@@ -19,11 +19,11 @@ impl VectorField for CoordKernelField {
     }
 
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
-        self.velocity_at(x, &self.time_point(t), v, true)
+        self.velocity_at(x, &self.time_point(t), None, v, true)
     }
 
     fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
-        self.velocity_at(x, &self.time_point(t), v, false);
+        self.velocity_at(x, &self.time_point(t), None, v, false);
     }
 
     fn velocity_jacobian_into(
@@ -33,7 +33,7 @@ impl VectorField for CoordKernelField {
         v: &mut [f64],
         jacobian: &mut [f64],
     ) -> f64 {
-        self.velocity_jacobian_at(x, &self.time_point(t), v, jacobian)
+        self.velocity_jacobian_at(x, &self.time_point(t), None, v, jacobian)
     }
 }
 
@@ -235,7 +235,7 @@ impl TrainableField for CoordKernelField {
     }
 
     fn velocity_at_into(&self, x: &[f64], point: &CoordKernelTimePoint, v: &mut [f64]) -> f64 {
-        self.velocity_at(x, point, v, true)
+        self.velocity_at(x, point, None, v, true)
     }
 
     fn adjoint_reset(&self, adjoint: &mut Vec<f64>, n_times: usize) {

@@ -27,6 +27,7 @@ mod coordkernel_field;
 mod eval;
 mod family;
 mod grid;
+mod table;
 mod vjp;
 
 pub use config::{CoordKernelConfig, MAX_BASIS};
