@@ -59,6 +59,7 @@ const EXAMPLES: &[&str] = &[
     "flow_options.c",
     "fortran_dw4.f90",
     "fortran_model.f90",
+    "fortran_own_system.f90",
     "mc_dw4.c",
     "threads.c",
     "train_dw4.c",
@@ -615,6 +616,25 @@ fn fortran_dw4_static() {
     fortran("fortran_dw4", Link::Static);
 }
 
+#[test]
+fn fortran_own_system_shared() {
+    if let Some(stdout) = fortran("fortran_own_system", Link::Shared) {
+        assert!(stdout.contains("fortran_own_system: ok"), "{stdout}");
+    }
+}
+
+/// Static linking, in the quick form (the full run above already checks the results).
+#[test]
+fn fortran_own_system_static() {
+    if !has_program("gfortran") {
+        println!("skipped fortran_own_system (Static): gfortran is not installed");
+        return;
+    }
+    let binary = build("fortran_own_system", Language::Fortran, Link::Static);
+    let stdout = run_program(&binary, &["--quick"], None);
+    assert!(stdout.contains("fortran_own_system: ok"), "{stdout}");
+}
+
 /// Every example under memcheck (shared library, small iteration counts): no invalid reads or
 /// writes, no use of uninitialised values, no leaks. tests/valgrind.supp suppresses glibc's
 /// per-thread TLS blocks of threads alive at exit and crossbeam-epoch's per-thread registration
@@ -655,6 +675,7 @@ fn examples_are_clean_under_valgrind() {
             Language::Fortran,
             &["--model", DW4_MODEL, "--quick"],
         ));
+        programs.push(("fortran_own_system", Language::Fortran, &["--quick"]));
     } else {
         println!("Fortran examples skipped under valgrind: gfortran is not installed");
     }
