@@ -197,6 +197,7 @@ program fortran_own_system
     end if
     call default_flow%free()
     call flow%free()
+    deallocate (trajectory, train, validation, log_q_before, log_q_after)
     write (*, '(a)') 'fortran_own_system: ok'
 
 contains

@@ -207,6 +207,11 @@ fn has_program(name: &str) -> bool {
 /// Compiles and links one example; panics with the full output on any failure. Returns the
 /// path of the program.
 fn build(example: &str, language: Language, link: Link) -> PathBuf {
+    build_with(example, language, link, &[])
+}
+
+/// [`build`] with extra compiler flags (such as sanitizers) before the example's own.
+fn build_with(example: &str, language: Language, link: Link, extra: &[&str]) -> PathBuf {
     let libraries = libraries();
     let source = manifest_dir()
         .join("c_examples")
@@ -225,7 +230,7 @@ fn build(example: &str, language: Language, link: Link) -> PathBuf {
         Language::Fortran => ("gfortran", FORTRAN_FLAGS),
     };
     let mut command = Command::new(compiler);
-    command.args(flags);
+    command.args(extra).args(flags);
     if let Language::Fortran = language {
         // The module is shipped as source: compile it with the program, its .mod file into a
         // directory of this build only (tests run in parallel).
@@ -654,6 +659,67 @@ fn examples_are_clean_under_valgrind() {
             manifest_dir().join("tests").join("valgrind.supp").display()
         ),
     ];
+    let programs = quick_programs();
+    // Two at a time: the machine may have few cores, and valgrind serialises each program.
+    std::thread::scope(|scope| {
+        for pair in programs.chunks(2) {
+            let handles: Vec<_> = pair
+                .iter()
+                .map(|&(example, language, args)| {
+                    let valgrind_args = &valgrind_args;
+                    scope.spawn(move || {
+                        let binary = build(example, language, Link::Shared);
+                        run_program(&binary, args, Some(valgrind_args))
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().expect("a program failed under valgrind");
+            }
+        }
+    });
+}
+
+/// Every example built with AddressSanitizer and UndefinedBehaviorSanitizer (the host's side
+/// instrumented, every allocation of the library intercepted; LeakSanitizer checks at exit),
+/// in the quick forms valgrind runs: no invalid access, no undefined behaviour, no leak.
+#[test]
+fn examples_are_clean_under_sanitizers() {
+    const SANITIZE: &[&str] = &[
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+    ];
+    let probe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sanitizer_probe");
+    let works = Command::new("cc")
+        .args(SANITIZE)
+        .args(["-x", "c", "-", "-o"])
+        .arg(&probe)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b"int main(void) { return 0; }\n")?;
+            child.wait()
+        })
+        .is_ok_and(|status| status.success());
+    if !works {
+        println!("skipped: the C compiler cannot build with -fsanitize=address,undefined");
+        return;
+    }
+    for (example, language, args) in quick_programs() {
+        let binary = build_with(example, language, Link::Shared, SANITIZE);
+        let stdout = run_program(&binary, args, None);
+        assert!(!stdout.contains("runtime error"), "{example}: {stdout}");
+    }
+}
+
+/// The examples in small, quick forms (for the memory checkers), as (name, language, args).
+fn quick_programs() -> Vec<(&'static str, Language, &'static [&'static str])> {
     let mut programs: Vec<(&str, Language, &[&str])> = vec![
         ("dw4_basic", Language::C, &["20"]),
         ("errors", Language::C, &[]),
@@ -677,26 +743,9 @@ fn examples_are_clean_under_valgrind() {
         ));
         programs.push(("fortran_own_system", Language::Fortran, &["--quick"]));
     } else {
-        println!("Fortran examples skipped under valgrind: gfortran is not installed");
+        println!("Fortran examples skipped under the memory checkers: gfortran is not installed");
     }
-    // Two at a time: the machine may have few cores, and valgrind serialises each program.
-    std::thread::scope(|scope| {
-        for pair in programs.chunks(2) {
-            let handles: Vec<_> = pair
-                .iter()
-                .map(|&(example, language, args)| {
-                    let valgrind_args = &valgrind_args;
-                    scope.spawn(move || {
-                        let binary = build(example, language, Link::Shared);
-                        run_program(&binary, args, Some(valgrind_args))
-                    })
-                })
-                .collect();
-            for handle in handles {
-                handle.join().expect("a program failed under valgrind");
-            }
-        }
-    });
+    programs
 }
 
 /// Function names declared in the committed header (identifiers followed by `(`, excluding
