@@ -159,6 +159,16 @@ static void flow_creation(void) {
 
 static void flow_calls(const eqf_flow *flow) {
     double x[N_SAMPLES * PER_SAMPLE], log_q[N_SAMPLES], log_q_ok[N_SAMPLES];
+    eqf_flow *stepped = FLOW_SENTINEL;
+
+    /* The step-count limit of the header, and one past it. */
+    CHECK_FAILS(eqf_flow_with_integrator(flow, EQF_METHOD_RK4, EQF_MAX_RK4_STEPS + 1, 0.0, 0.0,
+                                         EQF_DENSITY_EXACT_DISCRETE, &stepped),
+                EQF_ERR_INVALID_ARGUMENT, "n_steps");
+    CHECK(stepped == FLOW_SENTINEL);
+    CHECK(eqf_flow_with_integrator(flow, EQF_METHOD_RK4, EQF_MAX_RK4_STEPS, 0.0, 0.0,
+                                   EQF_DENSITY_EXACT_DISCRETE, &stepped) == EQF_OK);
+    CHECK(eqf_flow_free(stepped) == EQF_OK);
 
     /* NULL flow. */
     fill(x, N_SAMPLES * PER_SAMPLE);

@@ -79,6 +79,8 @@ module eqflow
     integer(c_int64_t), parameter, public :: EQF_MAX_ELEMENTS = 1099511627776_c_int64_t
     integer(c_int64_t), parameter, public :: EQF_MAX_WORKSPACE_BYTES = 4294967296_c_int64_t
     integer(c_int64_t), parameter, public :: EQF_MAX_PARTICLES = 1000000_c_int64_t
+    integer(c_int64_t), parameter, public :: EQF_MAX_RK4_STEPS = 100000_c_int64_t
+    integer(c_int64_t), parameter, public :: EQF_MAX_MANY_BODY_PARTICLES = 256_c_int64_t
 
     ! ---------------------------------------------------------------------------------------
     ! Layer 1: raw bind(C) interfaces.

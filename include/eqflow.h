@@ -13,6 +13,15 @@
  * Handles are created by eqf_*_new-style functions and released by the matching eqf_*_free.
  * Flows and energies are immutable and may be shared between threads; the one exception is
  * eqf_flow_train, which retrains a flow in place while no other thread uses it.
+ *
+ * Limits (exceeding one is an error status, never an abort; docs/embedding.md, "Limits"):
+ *   EQF_MAX_ELEMENTS               2^40 doubles per array        EQF_ERR_INVALID_ARGUMENT
+ *   EQF_MAX_PARTICLES              1,000,000 particles           EQF_ERR_INVALID_ARGUMENT
+ *   EQF_MAX_MANY_BODY_PARTICLES    256 (coordkernel, envpair)    EQF_ERR_INVALID_ARGUMENT
+ *   EQF_MAX_RK4_STEPS              100,000 RK4 steps             EQF_ERR_INVALID_ARGUMENT
+ *   EQF_MAX_WORKSPACE_BYTES        4 GiB per exact-discrete      EQF_ERR_RESOURCE
+ *                                  workspace (N*D <= 10,362)
+ * Calls check the memory they need, with overflow-checked arithmetic, before allocating.
  */
 
 #ifndef EQFLOW_H
@@ -44,6 +53,21 @@
  * with `EQF_ERR_INVALID_ARGUMENT`.
  */
 #define EQF_MAX_PARTICLES 1000000
+
+/**
+ * Largest number of fixed-grid RK4 steps of a flow (`eqf_flow_with_integrator`, flow options,
+ * training options, model files): 100,000. Memory does not grow with the step count outside
+ * training: per-time tables are capped at 256 MB per flow, past which the exact field is
+ * integrated instead.
+ */
+#define EQF_MAX_RK4_STEPS 100000
+
+/**
+ * Largest number of particles of a `coordkernel` or `envpair` flow: 256 (their per-thread pair
+ * state is O(N²) and their dense Jacobian costs O(N³)); the `kernel` family takes up to
+ * `EQF_MAX_PARTICLES`.
+ */
+#define EQF_MAX_MANY_BODY_PARTICLES 256
 
 /**
  * Integration method: fixed-grid classical Runge–Kutta 4 with `n_steps` equal steps (the

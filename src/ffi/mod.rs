@@ -60,6 +60,24 @@ pub const EQF_MAX_WORKSPACE_BYTES: i64 = 4_294_967_296;
 /// with `EQF_ERR_INVALID_ARGUMENT`.
 pub const EQF_MAX_PARTICLES: i64 = 1_000_000;
 
+/// Largest number of fixed-grid RK4 steps of a flow (`eqf_flow_with_integrator`, flow options,
+/// training options, model files): 100,000. Memory does not grow with the step count outside
+/// training: per-time tables are capped at 256 MB per flow, past which the exact field is
+/// integrated instead.
+pub const EQF_MAX_RK4_STEPS: i64 = 100_000;
+
+/// Largest number of particles of a `coordkernel` or `envpair` flow: 256 (their per-thread pair
+/// state is O(N²) and their dense Jacobian costs O(N³)); the `kernel` family takes up to
+/// `EQF_MAX_PARTICLES`.
+pub const EQF_MAX_MANY_BODY_PARTICLES: i64 = 256;
+
+// The C constants are the library's limits, not copies that could drift.
+const _: () = assert!(EQF_MAX_RK4_STEPS as usize == crate::integrate::MAX_RK4_STEPS);
+const _: () = assert!(
+    EQF_MAX_MANY_BODY_PARTICLES as usize == crate::field::coordkernel::MAX_COORDKERNEL_PARTICLES
+        && EQF_MAX_MANY_BODY_PARTICLES as usize == crate::field::envpair::MAX_ENVPAIR_PARTICLES
+);
+
 thread_local! {
     /// The message of the last failed call on this thread; empty until a call fails.
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
