@@ -1233,3 +1233,47 @@ fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
     assert_eq!(e["certificate"]["certified"], true);
     assert!(e["nll"].as_f64().unwrap().is_finite());
 }
+
+#[test]
+fn rk4_steps_set_the_trained_map_and_the_model_samples_with_it() {
+    let (dir, data) = dw4_reference_data("cli_rk4_steps", "120", "8");
+    let model = dir.join("steps6.json");
+    let train = |steps: &str| {
+        eqflow(&[
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--n-train",
+            "100",
+            "--epochs",
+            "2",
+            "--rk4-steps",
+            steps,
+            "--json",
+            "-q",
+        ])
+    };
+    let t = json(&train("6"));
+    assert_eq!(t["certificate"]["n_steps"], 6);
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(
+        e["certificate"]["n_steps"], 6,
+        "the model file keeps the steps"
+    );
+    assert_eq!(e["n_failed"], 0);
+    let zero = train("0");
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("n_steps"));
+}
