@@ -28,6 +28,10 @@
 //! form of the weights, with its gradient. `tanh` is the platform's libm `tanh`: bit-identical
 //! across threads and runs, not necessarily across machines.
 
+// The loops index the weight matrices, their transposed use and the per-unit buffers by the
+// same index; iterator zips over strided columns read worse than the index.
+#![allow(clippy::needless_range_loop)]
+
 mod config;
 mod dense_field;
 mod eval;
