@@ -1,5 +1,5 @@
 //! Cost of one field evaluation per family (the paper's kernel field against the coordkernel
-//! and envpair fields) on DW-4 and LJ-13, single-threaded: the velocity alone, with the exact
+//! and envpair fields and the non-equivariant dense baseline) on DW-4 and LJ-13, single-threaded: the velocity alone, with the exact
 //! divergence, with the dense Jacobian (the exact-discrete density's need), the flow-matching
 //! reverse pass and (families that have it) the maximum-likelihood reverse pass; and a batch
 //! of 16 exact-discrete flow samples (RK4-20, one thread) per family, the rate behind
@@ -10,6 +10,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use eqflow::Flow;
 use eqflow::field::coordkernel::{CoordKernelConfig, CoordKernelField};
+use eqflow::field::dense::{DenseConfig, DenseField};
 use eqflow::field::envpair::{EnvPairConfig, EnvPairField};
 use eqflow::field::{Cotangent, Field, KernelConfig, KernelField, TrainableField};
 use eqflow::geometry::Layout;
@@ -113,7 +114,7 @@ fn sampling(c: &mut Criterion, system: &str, family: &str, field: impl Into<Fiel
 }
 
 fn benches(c: &mut Criterion) {
-    for (system, n, dim, kernels, coord, envpair) in [
+    for (system, n, dim, kernels, coord, envpair, dense) in [
         (
             "dw4",
             4,
@@ -121,6 +122,7 @@ fn benches(c: &mut Criterion) {
             KernelConfig::double_well(),
             CoordKernelConfig::double_well(),
             EnvPairConfig::double_well(),
+            DenseConfig::double_well(),
         ),
         (
             "lj13",
@@ -129,6 +131,7 @@ fn benches(c: &mut Criterion) {
             KernelConfig::lennard_jones(),
             CoordKernelConfig::lennard_jones(),
             EnvPairConfig::lennard_jones(),
+            DenseConfig::lennard_jones(),
         ),
     ] {
         let layout = Layout::new(n, dim).unwrap();
@@ -141,6 +144,9 @@ fn benches(c: &mut Criterion) {
         let env = EnvPairField::initialise(layout, envpair, 0).unwrap();
         evaluations(c, system, "envpair", &env);
         sampling(c, system, "envpair", env);
+        let dense = DenseField::initialise(layout, dense, 0).unwrap();
+        evaluations(c, system, "dense", &dense);
+        sampling(c, system, "dense", dense);
     }
 }
 

@@ -951,10 +951,12 @@ int32_t eqf_flow_options_free(eqf_flow_options *options);
  * Sets the field family by its name: "kernel" (the paper's pairwise RBF kernel field, the
  * default; trains by maximum likelihood, reverse KL or flow matching), "coordkernel" (pair
  * coefficients modulated by both particles' coordination numbers, shells on the middle half
- * of the distance range; trains by every objective) or "envpair" (the environment-modulated
- * pair field; trains by flow matching only). Kernel counts left at their defaults follow the
- * family (kernel: 50 and 10; coordkernel and envpair: 16 and 6); counts set with
- * `eqf_flow_options_set_kernel_counts` must suit the new family.
+ * of the distance range; trains by every objective), "envpair" (the environment-modulated
+ * pair field; trains by flow matching only) or "dense" (the non-equivariant baseline: a tanh
+ * network of the flattened centred coordinates, not permutation or rotation equivariant;
+ * trains by every objective). Kernel counts left at their defaults follow the family (kernel:
+ * 50 and 10; coordkernel and envpair: 16 and 6; dense: hidden width 64 and 6 time features);
+ * counts set with `eqf_flow_options_set_kernel_counts` must suit the new family.
  *
  * @param options  the options (not NULL)
  * @param name     NUL-terminated family name (not NULL)
@@ -983,8 +985,9 @@ int32_t eqf_flow_options_set_distance_range(eqf_flow_options *options, double mi
  * `(n_dist + 3) * n_time + 2 * n_dist` parameters (620 for 50 and 10).
  *
  * @param options  the options (not NULL)
- * @param n_dist   kernel family: 2 to 128; coordkernel and envpair: 2 to 64
- * @param n_time   kernel family: 2 to 64; coordkernel and envpair: 2 to 64
+ * @param n_dist   kernel family: 2 to 128; coordkernel and envpair: 2 to 64; dense: the
+ *                 hidden width, 1 to 1024
+ * @param n_time   kernel family: 2 to 64; coordkernel, envpair and dense: 2 to 64
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
  */
 int32_t eqf_flow_options_set_kernel_counts(eqf_flow_options *options,

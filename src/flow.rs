@@ -20,8 +20,8 @@ use crate::integrate::{
 use crate::prior::Prior;
 use crate::rng::{self, Stream};
 
-/// An equivariant flow for N particles in D dimensions, with a field of any registered family
-/// ([`Field`]). Immutable and `Sync`: share it across threads freely.
+/// A flow for N particles in D dimensions, with a field of any registered family ([`Field`]):
+/// equivariant unless the field is the `dense` baseline. Immutable and `Sync`: share it across threads freely.
 ///
 /// With a fixed-grid method the field may be evaluated through a faster form at the grid's
 /// stage times ([`crate::field::FieldFamily::grid_dynamics`]: for the kernel field, per-time

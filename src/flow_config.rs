@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result, check_finite};
 use crate::field::coordkernel::{CoordKernelConfig, CoordKernelField};
+use crate::field::dense::{DenseConfig, DenseField};
 use crate::field::envpair::{EnvPairConfig, EnvPairField};
 use crate::field::{Field, KernelConfig, KernelField, linspace};
 use crate::flow::Flow;
@@ -40,10 +41,14 @@ pub enum Family {
     EnvPair,
     /// The coordination-modulated kernel field (`"coordkernel"`).
     CoordKernel,
+    /// The non-equivariant dense baseline (`"dense"`): its "distance kernel" count is the
+    /// hidden width H, its time kernel count the number of time features.
+    Dense,
 }
 
 impl Family {
-    /// The family registered under `name` (`"kernel"`, `"coordkernel"` or `"envpair"`).
+    /// The family registered under `name` (`"kernel"`, `"coordkernel"`, `"envpair"` or
+    /// `"dense"`).
     ///
     /// # Errors
     ///
@@ -53,6 +58,7 @@ impl Family {
             "kernel" => Ok(Family::Kernel),
             "envpair" => Ok(Family::EnvPair),
             "coordkernel" => Ok(Family::CoordKernel),
+            "dense" => Ok(Family::Dense),
             other => Err(Error::invalid(format!(
                 "unknown field family '{other}' (known: {:?})",
                 Field::FAMILIES
@@ -61,7 +67,8 @@ impl Family {
     }
 
     /// Default numbers of distance and time kernels: the kernel field's 50 and 10 (DESIGN.md
-    /// §2), the envpair and coordkernel presets' 16 and 6.
+    /// §2), the envpair and coordkernel presets' 16 and 6; for the dense baseline its preset's
+    /// hidden width and time features, 64 and 6.
     #[must_use]
     pub fn default_kernel_counts(self) -> (usize, usize) {
         match self {
@@ -73,6 +80,10 @@ impl Family {
             Family::CoordKernel => {
                 let preset = CoordKernelConfig::double_well();
                 (preset.n_rbf, preset.n_time)
+            }
+            Family::Dense => {
+                let preset = DenseConfig::double_well();
+                (preset.n_hidden, preset.n_time)
             }
         }
     }
@@ -179,6 +190,19 @@ impl FlowConfig {
         }
     }
 
+    /// The dense baseline's settings: hidden width and time features from the kernel counts,
+    /// and the length scale a quarter of the distance range's upper end (the double-well
+    /// preset's ℓ = 2 for [0, 8]).
+    #[must_use]
+    pub fn dense_config(&self) -> DenseConfig {
+        let (n_hidden, n_time) = self.kernel_counts();
+        DenseConfig {
+            n_hidden,
+            n_time,
+            length_scale: 0.25 * self.distance_range.1,
+        }
+    }
+
     /// Checks the distance range, the kernel counts for the family and the prior σ.
     ///
     /// # Errors
@@ -203,6 +227,7 @@ impl FlowConfig {
             Family::Kernel => self.kernel_config()?.validate(),
             Family::EnvPair => self.envpair_config().validate(),
             Family::CoordKernel => self.coordkernel_config().validate(),
+            Family::Dense => self.dense_config().validate(),
         }
     }
 
@@ -223,6 +248,7 @@ impl FlowConfig {
             Family::CoordKernel => {
                 CoordKernelField::initialise(layout, self.coordkernel_config(), self.seed)?.into()
             }
+            Family::Dense => DenseField::initialise(layout, self.dense_config(), self.seed)?.into(),
         };
         Flow::from_parts(
             Prior::new(layout, self.prior_sigma)?,

@@ -64,7 +64,9 @@
 //! the particles in a proposal are arbitrary: particle `i` of `x'` has no relation to particle `i`
 //! of `x`. Hosts that track particle identity (bonds, per-particle properties, trajectories
 //! analysed per label) must not rely on labels surviving an accepted flow move; for identical
-//! particles the stationary distribution is unaffected.
+//! particles the stationary distribution is unaffected. (With the non-equivariant `dense`
+//! baseline field the density depends on the labels; the move is still exact for the labelled
+//! target, it just proposes the label arrangements its training data showed.)
 
 use std::sync::Arc;
 

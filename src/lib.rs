@@ -19,9 +19,10 @@
 //! **Prior** ([`prior`]): an isotropic Gaussian on the centre-of-mass-free subspace U of
 //! dimension (N−1)·D, `log ρ(z) = −|z|²/(2σ²) − ((N−1)D/2)·log(2πσ²)`.
 //!
-//! **Field** ([`field`]): any registered field family ([`field::Field`]); each is equivariant,
-//! conserves the centre of mass, and gives its exact divergence, Jacobian, reverse pass and a
-//! global Lipschitz bound. The paper's kernel family ([`field::kernel`]):
+//! **Field** ([`field`]): any registered field family ([`field::Field`]); each is translation
+//! invariant, conserves the centre of mass, and gives its exact divergence, Jacobian, reverse
+//! pass and a global Lipschitz bound; each but the non-equivariant `dense` baseline
+//! ([`field::dense`]) is equivariant. The paper's kernel family ([`field::kernel`]):
 //! with `r_ij = x_i − x_j` and `d_ij = sqrt(|r_ij|² + ε_d)`, ε_d = 1e−6,
 //! `v_i(x, t) = Σ_{j≠i} φ(d_ij, t)·r_ij`, `φ(d, t) = Σ_r τ_r(t)·[Σ_k (ρ_k(d) + s_k²)·W_kr + b_r]`,
 //! where `ρ_k` and `τ_r` are normalised Gaussian RBFs in distance and time. The field is

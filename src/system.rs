@@ -11,6 +11,7 @@ use crate::boltzmann::Kt;
 use crate::energy::{DoubleWell, Energy, LennardJones};
 use crate::error::{Error, Result};
 use crate::field::coordkernel::{CoordKernelConfig, CoordKernelField};
+use crate::field::dense::{DenseConfig, DenseField};
 use crate::field::envpair::{EnvPairConfig, EnvPairField};
 use crate::field::{Field, KernelConfig, KernelField};
 use crate::flow::Flow;
@@ -355,7 +356,7 @@ impl System {
     }
 
     /// An untrained flow as [`System::untrained_flow`], with a field of the registered family
-    /// `family` (`"kernel"`, `"coordkernel"` or `"envpair"`) in this system's preset.
+    /// `family` (`"kernel"`, `"coordkernel"`, `"envpair"` or `"dense"`) in this system's preset.
     ///
     /// # Errors
     ///
@@ -389,6 +390,14 @@ impl System {
                     *v *= scale;
                 }
                 CoordKernelField::initialise(layout, config, seed)?.into()
+            }
+            "dense" => {
+                let mut config = match self.energy {
+                    EnergySpec::DoubleWell { .. } => DenseConfig::double_well(),
+                    EnergySpec::LennardJones { .. } => DenseConfig::lennard_jones(),
+                };
+                config.length_scale *= self.length_scale();
+                DenseField::initialise(layout, config, seed)?.into()
             }
             other => {
                 return Err(Error::invalid(format!(
@@ -560,6 +569,10 @@ mod tests {
         assert_eq!(flow.prior().sigma(), 0.38);
         system.untrained_flow_of("envpair", 1).unwrap();
         system.untrained_flow_of("coordkernel", 1).unwrap();
+        let dense = system.untrained_flow_of("dense", 1).unwrap();
+        let spec = dense.field().spec();
+        assert_eq!(spec.family, "dense");
+        assert_eq!(spec.config["length_scale"], 0.38 * 1.0);
     }
 
     #[test]

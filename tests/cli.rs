@@ -552,6 +552,58 @@ fn coordkernel_field_trains_by_maximum_likelihood_and_kl() {
 }
 
 #[test]
+fn dense_baseline_trains_by_maximum_likelihood_and_evaluates() {
+    let (dir, data) = dw4_reference_data("cli_dense", "120", "10");
+    let data_s = data.to_str().unwrap();
+    let model = dir.join("dense.json");
+    json(&eqflow(&[
+        "train",
+        "--system",
+        "dw4",
+        "--data",
+        data_s,
+        "--out",
+        model.to_str().unwrap(),
+        "--n-train",
+        "100",
+        "--n-val",
+        "20",
+        "--epochs",
+        "4",
+        "--field",
+        "dense",
+        "--batch-size",
+        "25",
+        "--json",
+        "-q",
+    ]));
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(file["field"]["family"], "dense");
+    assert_eq!(file["params"].as_array().map(Vec::len), Some(1456));
+    let epochs = file["training"]["phases"][0]["summary"]["epochs"]
+        .as_array()
+        .unwrap();
+    let first = epochs[0]["validation_nll"].as_f64().unwrap();
+    let last = epochs[epochs.len() - 1]["validation_nll"].as_f64().unwrap();
+    assert!(last < first, "validation NLL {first} -> {last}");
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data_s,
+        "--system",
+        "dw4",
+        "--n-samples",
+        "50",
+        "--json",
+        "-q",
+    ]));
+    assert!(e["nll"].as_f64().unwrap().is_finite(), "{e}");
+}
+
+#[test]
 fn eval_reports_log_z_and_the_entropy_floor_of_the_nll() {
     let (_, data) = dw4_reference_data("cli_eval_entropy", "400", "8");
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");

@@ -1,10 +1,10 @@
 //! A bounded fuzz run over every reader of untrusted files: the model loader (kernel,
-//! envpair and coordkernel model files), the .npy reader and the .xyz reader. Each input is a seeded mutation
-//! of a valid file (bytes flipped, cut, duplicated; numbers replaced by extreme values; lines
-//! dropped). The contract under test: a reader returns `Ok` or a typed error — it never panics
-//! — and a model that loads keeps the product's promise: the log q given at sampling equals the
-//! log q evaluated for the sample, or the call fails. `EQFLOW_FUZZ_ITERATIONS` raises the
-//! count (default 300 per reader, a few seconds).
+//! envpair, coordkernel and dense model files), the .npy reader and the .xyz reader. Each
+//! input is a seeded mutation of a valid file (bytes flipped, cut, duplicated; numbers
+//! replaced by extreme values; lines dropped). The contract under test: a reader returns `Ok`
+//! or a typed error — it never panics — and a model that loads keeps the product's promise:
+//! the log q given at sampling equals the log q evaluated for the sample, or the call fails.
+//! `EQFLOW_FUZZ_ITERATIONS` raises the count (default 300 per reader, a few seconds).
 
 mod common;
 
@@ -130,6 +130,7 @@ fn model_files_load_or_fail_and_loaded_models_keep_sampling_and_density_consiste
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/models/lj13.json")).unwrap(),
         family_model_bytes("envpair"),
         family_model_bytes("coordkernel"),
+        family_model_bytes("dense"),
     ];
     let mut r = rng(0xf022);
     let path = scratch("mutated-model.json");

@@ -17,13 +17,16 @@ use super::{Cotangent, VectorField};
 use crate::error::Result;
 use crate::geometry::Layout;
 
-/// A family of equivariant vector fields for a fixed particle layout, with its trainable
-/// parameters in one flat vector.
+/// A family of vector fields for a fixed particle layout, with its trainable parameters in one
+/// flat vector.
 ///
-/// Contract for every family: `v` is equivariant under permutations of identical particles
-/// and under rotations and reflections, translation invariant, and `Σ_i v_i = 0` (the centre of
-/// mass is conserved); [`VectorField`] gives the exact divergence and Jacobian of the field as
-/// implemented, and [`TrainableField`] its exact reverse pass.
+/// Contract for every family: `v` is translation invariant and `Σ_i v_i = 0` (the centre of
+/// mass is conserved, so the flow stays on the subspace the prior lives on and the full-space
+/// trace of the Jacobian is the trace there); [`VectorField`] gives the exact divergence and
+/// Jacobian of the field as implemented, and [`TrainableField`] its exact reverse pass. Every
+/// family except the `dense` baseline is also equivariant under permutations of identical
+/// particles and under rotations and reflections; `dense` is not, by design (it is what shows
+/// what equivariance buys), so its densities are not permutation or rotation invariant.
 pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + 'static {
     /// The family's name in model files (`"field": {"family": NAME, …}`); never changes once
     /// released, so that old model files stay loadable.

@@ -1,17 +1,20 @@
 //! Vector fields: the interface integrators see ([`VectorField`]), the interface a field family
 //! implements ([`FieldFamily`], [`TrainableField`]), and the registered families ([`Field`]).
 //!
-//! Every family is equivariant under permutations, rotations/reflections and translations and
-//! conserves the centre of mass (`Σ_i v_i = 0`), and gives its *exact* divergence and Jacobian
-//! (DESIGN.md §1): no stochastic trace anywhere. One folder per family:
+//! Every family but the `dense` baseline is equivariant under permutations, rotations/reflections
+//! and translations; every family is translation invariant, conserves the centre of mass
+//! (`Σ_i v_i = 0`), and gives its *exact* divergence and Jacobian (DESIGN.md §1): no stochastic
+//! trace anywhere. One folder per family:
 //!
 //! | family | folder | what |
 //! |---|---|---|
 //! | `kernel` | [`kernel`] | the paper's pairwise RBF field `v_i = Σ_j φ(d_ij, t) r_ij`, 620 parameters |
 //! | `coordkernel` | [`coordkernel`] | the kernel field's pair coefficient modulated by both particles' coordination numbers, linear in its 864 parameters; trains by ML, KL and flow matching |
+//! | `dense` | [`dense`] | the non-equivariant baseline: one tanh hidden layer on the flattened centred coordinates, CoM projected out, 1,456 parameters for DW-4 |
 //! | `envpair` | [`envpair`] | pair coefficients from a network of distance, time and both particles' learned environments, ~5,000 parameters; trained by flow matching |
 
 pub mod coordkernel;
+pub mod dense;
 pub mod envpair;
 pub mod exp;
 mod family;

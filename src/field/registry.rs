@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::VectorField;
 use super::coordkernel::CoordKernelField;
+use super::dense::DenseField;
 use super::envpair::EnvPairField;
 use super::family::{FieldFamily, TrainableField};
 use super::kernel::KernelField;
@@ -75,6 +76,8 @@ field_families! {$;
     EnvPair(EnvPairField),
     /// The coordination-modulated kernel field (`src/field/coordkernel/`).
     CoordKernel(CoordKernelField),
+    /// The non-equivariant dense baseline (`src/field/dense/`).
+    Dense(DenseField),
 }
 pub(crate) use with_family;
 

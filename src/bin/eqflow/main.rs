@@ -100,8 +100,9 @@ struct TrainArgs {
     n_val: usize,
     /// Field family: `kernel` (the paper's pairwise RBF field; trains by ml, fm or fm-ot),
     /// `coordkernel` (pair coefficients modulated by both particles' coordination numbers;
-    /// trains by every objective) or `envpair` (environment-modulated pair field; trains by fm
-    /// or fm-ot only).
+    /// trains by every objective), `envpair` (environment-modulated pair field; trains by fm
+    /// or fm-ot only) or `dense` (the non-equivariant baseline: a tanh network of the flattened
+    /// coordinates; trains by every objective).
     #[arg(long, default_value = "kernel")]
     field: String,
     /// Epochs of the first phase, whose objective --objective chooses.
@@ -151,7 +152,7 @@ struct TrainArgs {
     seed: u64,
     /// Weight of the step-certificate penalty in every phase (0: off): keeps the field's
     /// Lipschitz bound, the one `eqflow eval` certifies with, low enough that every RK4 step of
-    /// the trained map is a bijection (kernel and coordkernel fields).
+    /// the trained map is a bijection (kernel, coordkernel and dense fields).
     #[arg(long, default_value_t = 0.0)]
     lipschitz_penalty: f64,
     /// The increment bound the penalty aims below, in (0, 1): the certificate needs < 1.
