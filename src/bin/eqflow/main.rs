@@ -137,8 +137,9 @@ struct TrainArgs {
     /// RK4 steps of the trained map: training differentiates through this many steps, and the
     /// model file samples and evaluates densities with them (exact-discrete). Fewer steps make
     /// every sample and density proportionally cheaper; the step certificate gets harder.
-    #[arg(long, default_value_t = 20)]
-    rk4_steps: usize,
+    /// [default: the system's recommendation, 10 for double-well systems, 20 otherwise]
+    #[arg(long)]
+    rk4_steps: Option<usize>,
     /// Learning rate over the first phase: `const` or `cosine:F` (decay to F·lr at the last
     /// step, F in (0, 1]).
     #[arg(long, default_value = "const")]
@@ -878,6 +879,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 .into(),
         });
     }
+    let rk4_steps = a
+        .rk4_steps
+        .unwrap_or_else(|| system.recommended_rk4_steps());
     let mut config = TrainConfig {
         n_epochs: a.epochs,
         batch_size: a.batch_size,
@@ -888,15 +892,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
         lr_schedule: parse_lr_schedule(&a.lr_schedule)?,
         lipschitz_penalty: a.lipschitz_penalty,
         lipschitz_target: a.lipschitz_target,
-        n_rk4_steps: a.rk4_steps,
+        n_rk4_steps: rk4_steps,
         ..TrainConfig::default()
     };
     config.optimizer.lr = a.lr;
     // The model samples with the map it was trained as.
     flow.set_integrator(eqflow::integrate::Integrator::new(
-        eqflow::integrate::Method::Rk4 {
-            n_steps: a.rk4_steps,
-        },
+        eqflow::integrate::Method::Rk4 { n_steps: rk4_steps },
         eqflow::integrate::DensityMode::ExactDiscrete,
     )?);
     let start = Instant::now();
