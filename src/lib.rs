@@ -57,7 +57,8 @@
 //! integrators ([`integrate`]) see a field only as a [`field::VectorField`], never the prior;
 //! [`flow`] composes prior, field and integrator; [`train`] (through [`field::TrainableField`])
 //! and [`flow_move`] use the flow; [`boltzmann`] holds the Boltzmann rules they share, and
-//! [`free_energy`] the estimators built on its log weights;
+//! [`free_energy`] the estimators built on its log weights; [`minima`] maps configurations
+//! to the local minima of an energy (metastable states) and counts the distinct ones;
 //! [`io`], [`ffi`] and the CLI only adapt. A new field family is a folder under `src/field/`
 //! plus its registration in `src/field/registry.rs`.
 //!
@@ -79,6 +80,7 @@ pub mod free_energy;
 pub mod geometry;
 pub mod integrate;
 pub mod io;
+pub mod minima;
 pub mod prior;
 pub mod reference_mcmc;
 pub mod rng;

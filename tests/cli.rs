@@ -1132,6 +1132,134 @@ fn repro_reweighting_quick_matches_quadrature_with_exact_weights_only() {
 }
 
 #[test]
+fn repro_metastable_quick_finds_several_true_minima_and_consistent_counts() {
+    use eqflow::Energy;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_metastable");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = json(&eqflow(&[
+        "repro",
+        "metastable",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quick",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(out["experiment"], "metastable");
+    assert!(std::fs::metadata(dir.join("metastable.png")).unwrap().len() > 1000);
+    let dw4 = &out["dw4"];
+    // The flow trained on one DW-4 minimum reaches more than that one state, and every state
+    // it reaches is one of the system's minima found independently from MCMC and random starts.
+    let n_flow = dw4["flow"]["n_distinct"].as_u64().unwrap();
+    let n_reference = dw4["n_reference_minima"].as_u64().unwrap();
+    assert!(n_flow >= 2, "{dw4}");
+    assert_eq!(
+        dw4["flow"]["n_in_reference"].as_u64().unwrap(),
+        n_flow,
+        "{dw4}"
+    );
+    assert!(n_reference >= n_flow, "{dw4}");
+    // This build has no `dense` family: the baseline says so instead of failing the run.
+    assert_eq!(dw4["baseline"]["available"], false, "{dw4}");
+
+    // Every reported DW-4 minimum is stationary and no small displacement lowers its energy
+    // (a saddle has a descent direction, which some of the random directions hit).
+    let (header, rows) = read_csv(&dir.join("metastable_dw4_minima.csv"));
+    assert_eq!(
+        column(&header, &rows, "n_negative_modes")
+            .iter()
+            .sum::<f64>(),
+        0.0
+    );
+    let energy_col = column(&header, &rows, "energy");
+    let dw = eqflow::DoubleWell::dw4();
+    let coords: Vec<Vec<f64>> = (0..8)
+        .map(|k| column(&header, &rows, &format!("x{k}")))
+        .collect();
+    let mut state = 12345_u64;
+    let mut uniform = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    for (i, e) in energy_col.iter().enumerate() {
+        let x: Vec<f64> = coords.iter().map(|c| c[i]).collect();
+        let mut g = [0.0; 8];
+        let u = dw.energy_gradient_into(&x, &mut g);
+        assert!((u - e).abs() < 1e-9, "row {i}: {u} vs {e}");
+        assert!(
+            g.iter().map(|v| v * v).sum::<f64>().sqrt() < 1e-5,
+            "row {i}: {g:?}"
+        );
+        for _ in 0..200 {
+            let y: Vec<f64> = x.iter().map(|v| v + 1e-3 * uniform()).collect();
+            assert!(dw.energy(&y) > u - 1e-9, "row {i} is not a minimum");
+        }
+    }
+    let sources: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        sources.iter().filter(|s| **s == "reference").count() as u64,
+        n_reference
+    );
+    assert_eq!(
+        sources.iter().filter(|s| **s == "flow").count() as u64,
+        n_flow
+    );
+
+    // LJ-13: the window counts of the counts file are those of the minima file, never exceed
+    // the distinct minima, and their means are the JSON's.
+    let (ch, crows) = read_csv(&dir.join("metastable_lj13_counts.csv"));
+    let (mh, mrows) = read_csv(&dir.join("metastable_lj13_minima.csv"));
+    assert_eq!(
+        column(&mh, &mrows, "n_negative_modes").iter().sum::<f64>(),
+        0.0
+    );
+    let m_energy = column(&mh, &mrows, "energy");
+    let windows = [(-70.0, -60.0), (-80.0, -70.0), (f64::NEG_INFINITY, -80.0)];
+    let names = ["window_70_60", "window_80_70", "window_below_80"];
+    let sources = out["lj13"]["sources"].as_array().unwrap();
+    assert_eq!(
+        crows.len(),
+        4 * out["lj13"]["n_rounds"].as_u64().unwrap() as usize
+    );
+    for (r, row) in crows.iter().enumerate() {
+        let mine: Vec<f64> = mrows
+            .iter()
+            .zip(&m_energy)
+            .filter(|(m, _)| m[0] == row[0] && m[1] == row[1])
+            .map(|(_, e)| *e)
+            .collect();
+        let n_distinct = column(&ch, &crows, "n_distinct")[r];
+        assert_eq!(mine.len() as f64, n_distinct, "{row:?}");
+        let mut in_windows = 0.0;
+        for ((lo, hi), name) in windows.iter().zip(names) {
+            let n = column(&ch, &crows, name)[r];
+            assert_eq!(
+                mine.iter().filter(|e| **e > *lo && **e < *hi).count() as f64,
+                n
+            );
+            in_windows += n;
+        }
+        assert!(in_windows <= n_distinct);
+        assert!(column(&ch, &crows, "n_converged")[r] <= column(&ch, &crows, "n_samples")[r]);
+        let s = sources
+            .iter()
+            .find(|s| s["source"] == row[1].as_str())
+            .unwrap();
+        // One round in the quick form: the mean is the round's count.
+        for (w, name) in names.iter().enumerate() {
+            assert_eq!(s["mean"][w].as_f64().unwrap(), column(&ch, &crows, name)[r]);
+        }
+    }
+    // Minimisation works on LJ-13 too: most MCMC samples converge, to more than one minimum.
+    let training = crows.iter().position(|r| r[1] == "training").unwrap();
+    let n_conv = column(&ch, &crows, "n_converged")[training];
+    assert!(n_conv >= 0.9 * column(&ch, &crows, "n_samples")[training]);
+    assert!(column(&ch, &crows, "n_distinct")[training] >= 2.0);
+}
+
+#[test]
 fn repro_errors_are_messages_not_panics() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_errors");
     let missing = dir.join("no_such_model.json");

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `divergence` | Fig. 3a, 3c | [`divergence`] |
 //! | `reweighting` | Fig. 3b | [`reweighting`] |
+//! | `metastable` | Fig. 7, Table 1 | [`metastable`] |
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -22,6 +23,7 @@ use super::Common;
 
 mod divergence;
 mod hutchinson;
+mod metastable;
 mod reweighting;
 
 #[derive(Args)]
@@ -39,6 +41,10 @@ enum Experiment {
     /// Paper Fig. 3b: the DW-2 free-energy profile along the pair distance: exact (quadrature),
     /// the flow reweighted with exact log-densities, and with Hutchinson-estimated ones.
     Reweighting(ReweightingArgs),
+    /// Paper Fig. 7 and Table 1: distinct metastable states (energy minima, saddles filtered
+    /// out) reached from flow samples against MCMC: DW-4 from a flow trained on one minimum,
+    /// LJ-13 per energy window against short and long MCMC trajectories.
+    Metastable(MetastableArgs),
 }
 
 /// What every experiment takes.
@@ -66,10 +72,39 @@ struct ReweightingArgs {
     model: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct MetastableArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// LJ-13 rounds (default 10, or 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Samples of the long LJ-13 MCMC trajectory (default 100,000, or 2,000 with --quick).
+    #[arg(long)]
+    n_long: Option<usize>,
+    /// ML epochs of each LJ-13 flow (default 20, or 2 with --quick).
+    #[arg(long)]
+    lj13_epochs: Option<usize>,
+}
+
 pub fn run(a: ReproArgs) -> Result<()> {
     match a.experiment {
         Experiment::Divergence(r) => divergence::run(&r),
         Experiment::Reweighting(r) => reweighting::run(&r.run, r.model.as_deref()),
+        Experiment::Metastable(m) => {
+            let base = if m.run.quick {
+                metastable::QUICK
+            } else {
+                metastable::FULL
+            };
+            let plan = metastable::Plan {
+                lj13_rounds: m.rounds.unwrap_or(base.lj13_rounds),
+                lj13_n_long: m.n_long.unwrap_or(base.lj13_n_long),
+                lj13_epochs: m.lj13_epochs.unwrap_or(base.lj13_epochs),
+                ..base
+            };
+            metastable::run(&m.run, &plan)
+        }
     }
 }
 
