@@ -81,6 +81,7 @@ pub mod io;
 pub mod prior;
 pub mod reference_mcmc;
 pub mod rng;
+pub mod species;
 pub mod system;
 pub mod train;
 
@@ -93,3 +94,4 @@ pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
 pub use flow::Flow;
 pub use flow_move::FlowMove;
+pub use species::Species;
