@@ -613,8 +613,16 @@ impl<'a, F: Fn(String) -> Error> Fields<'a, F> {
         let expected = format!("a number or a {n} × {n} array of numbers (one row per species)");
         let rows = v
             .as_array()
-            .filter(|rows| rows.len() == n)
             .ok_or_else(|| self.mistyped(key, &expected, v))?;
+        if rows.len() != n {
+            return Err((self.fail)(format!(
+                "field `{}{key}` has {} rows, but `species` uses species indices 0..={} ({n} \
+                 species): give one row and one column per species",
+                self.prefix,
+                rows.len(),
+                n - 1
+            )));
+        }
         let mut m = vec![0.0; n * n];
         for (a, row) in rows.iter().enumerate() {
             let row = row
