@@ -11,7 +11,12 @@
  *    (eqf_flow_new_with_options), whose samples have the exact density of the flow's map;
  * 3. checks the contract of the options object: NULL pointers and bad values give their
  *    documented status and a message, and a failed call leaves the options unchanged (a flow
- *    built after the failures is bit-identical to one built before).
+ *    built after the failures is bit-identical to one built before);
+ * 4. declares two particle species (eqf_flow_options_set_species): the flow is then
+ *    equivariant under permutations within a species only, so swapping two particles of one
+ *    species keeps log q and swapping two of different species changes it; and builds the
+ *    matching Lennard-Jones energy with per-species-pair parameters
+ *    (eqf_energy_lennard_jones_species).
  *
  * Usage: flow_options   Valid C99 and C++17. Exit status 0 on success, 1 on any failure.
  */
@@ -162,6 +167,17 @@ int main(void) {
              EQF_ERR_DIMENSION_MISMATCH, "configurations", "no configurations");
     rejected(eqf_flow_options_fit_scales(options, 1, DIM, trajectory, 1),
              EQF_ERR_INVALID_ARGUMENT, "n_particles", "one particle");
+    {
+        const uint32_t bad_species[N_PARTICLES] = {0, 0, 0, 0, 1, 2};
+        rejected(eqf_flow_options_set_species(options, bad_species, N_PARTICLES, 2),
+                 EQF_ERR_INVALID_ARGUMENT, "particle 5", "species index not below n_species");
+        rejected(eqf_flow_options_set_species(options, NULL, N_PARTICLES, 2),
+                 EQF_ERR_NULL_POINTER, "species", "species NULL");
+        rejected(eqf_flow_options_set_species(options, bad_species, N_PARTICLES, 0),
+                 EQF_ERR_INVALID_ARGUMENT, "n_species", "no species");
+        rejected(eqf_flow_options_set_species(options, bad_species, -1, 3),
+                 EQF_ERR_INVALID_ARGUMENT, "n_particles", "negative count");
+    }
     rejected(eqf_flow_new_with_options(N_PARTICLES, 4, options, &untouched),
              EQF_ERR_INVALID_ARGUMENT, "dim", "dim 4");
     rejected(eqf_flow_new_with_options(N_PARTICLES, DIM, NULL, &untouched),
@@ -177,6 +193,101 @@ int main(void) {
               memcmp(log_q_before, log_q_after, sizeof log_q_before) == 0,
           "failed calls leave the options unchanged: the same flow");
     check(eqf_flow_options_scales(options, NULL, NULL, NULL) == EQF_OK, "outputs may be NULL");
+
+    /* 4. Two species: particles 0-3 small, 4-5 large. */
+    {
+        const uint32_t species[N_PARTICLES] = {0, 0, 0, 0, 1, 1};
+        uint32_t read_back[N_PARTICLES] = {9, 9, 9, 9, 9, 9};
+        int64_t n_species = 0;
+        double swapped[PER_CONFIG], log_q_swapped[1];
+        /* epsilon[a][b] and r_m[a][b] in nm, symmetric; the same for every pair gives the
+         * single-species energy. */
+        const double epsilon[4] = {1.0, 1.4, 1.4, 0.8};
+        const double r_m[4] = {0.35, 0.40, 0.40, 0.45};
+        const double asymmetric[4] = {1.0, 1.4, 1.3, 0.8};
+        const double with_nan[4] = {1.0, NAN, NAN, 0.8};
+        const double equal_eps[4] = {1.0, 1.0, 1.0, 1.0}, equal_r[4] = {0.35, 0.35, 0.35, 0.35};
+        eqf_energy *binary = NULL, *equal = NULL, *plain = NULL;
+        eqf_energy *untouched_energy = (eqf_energy *)&options;
+        double u_equal = 0.0, u_plain = 0.0, u_binary = 0.0;
+
+        check(eqf_flow_options_set_species(options, species, N_PARTICLES, 2) == EQF_OK,
+              "set_species");
+        check(eqf_flow_new_with_options(N_PARTICLES, DIM, options, &flow) == EQF_OK,
+              "a two-species flow");
+        check(eqf_flow_species(flow, read_back, N_PARTICLES, &n_species) == EQF_OK &&
+                  n_species == 2 && memcmp(read_back, species, sizeof species) == 0,
+              "the flow's species read back");
+        rejected(eqf_flow_species(flow, read_back, N_PARTICLES - 1, NULL),
+                 EQF_ERR_DIMENSION_MISMATCH, "species", "species of the wrong length");
+        check(eqf_flow_sample(flow, 5, N_SAMPLES, x_after, log_q_after) == EQF_OK, "sample");
+        check(eqf_flow_log_density(flow, N_SAMPLES, x_after, log_q_again) == EQF_OK, "density");
+        for (i = 0; i < N_SAMPLES; i++) {
+            check(fabs(log_q_again[i] - log_q_after[i]) < 1e-9, "sample and density agree");
+        }
+        /* Swap particles 1 and 2 (both species 0): the same density. */
+        memcpy(swapped, x_after, sizeof swapped);
+        for (i = 0; i < DIM; i++) {
+            swapped[1 * DIM + i] = x_after[2 * DIM + i];
+            swapped[2 * DIM + i] = x_after[1 * DIM + i];
+        }
+        check(eqf_flow_log_density(flow, 1, swapped, log_q_swapped) == EQF_OK &&
+                  fabs(log_q_swapped[0] - log_q_after[0]) < 1e-9 * (1.0 + fabs(log_q_after[0])),
+              "a swap within a species keeps log q");
+        /* Swap particles 1 and 4 (species 0 and 1): another density. */
+        memcpy(swapped, x_after, sizeof swapped);
+        for (i = 0; i < DIM; i++) {
+            swapped[1 * DIM + i] = x_after[4 * DIM + i];
+            swapped[4 * DIM + i] = x_after[1 * DIM + i];
+        }
+        check(eqf_flow_log_density(flow, 1, swapped, log_q_swapped) == EQF_OK &&
+                  fabs(log_q_swapped[0] - log_q_after[0]) > 1e-6,
+              "a swap across species changes log q");
+        eqf_flow_free(flow);
+        flow = NULL;
+
+        rejected(eqf_flow_new_with_options(N_PARTICLES - 1, DIM, options, &untouched),
+                 EQF_ERR_DIMENSION_MISMATCH, "species", "species for another N");
+        rejected(eqf_flow_options_set_family(options, "coordkernel"), EQF_ERR_INVALID_ARGUMENT,
+                 "kernel", "several species need the kernel family");
+        /* Cleared: the single-species flow of before, bit for bit. */
+        check(eqf_flow_options_set_species(options, NULL, 0, 0) == EQF_OK, "clear species");
+        check(sample_with(options, x_after, log_q_after) == EQF_OK &&
+                  memcmp(x_before, x_after, sizeof x_before) == 0,
+              "without species the flow is the one of before");
+
+        check(eqf_energy_lennard_jones_species(N_PARTICLES, DIM, species, 2, epsilon, r_m, 1.0,
+                                               &binary) == EQF_OK,
+              "binary Lennard-Jones");
+        check(eqf_energy_lennard_jones_species(N_PARTICLES, DIM, species, 2, equal_eps, equal_r,
+                                               1.0, &equal) == EQF_OK,
+              "binary Lennard-Jones with equal pairs");
+        check(eqf_energy_lennard_jones(N_PARTICLES, DIM, 1.0, 0.35, 1.0, &plain) == EQF_OK,
+              "plain Lennard-Jones");
+        check(eqf_energy_eval(binary, 1, trajectory, &u_binary, NULL) == EQF_OK &&
+                  eqf_energy_eval(equal, 1, trajectory, &u_equal, NULL) == EQF_OK &&
+                  eqf_energy_eval(plain, 1, trajectory, &u_plain, NULL) == EQF_OK,
+              "energies");
+        check(fabs(u_equal - u_plain) < 1e-12 * (1.0 + fabs(u_plain)),
+              "equal pairs give the single-species energy");
+        check(fabs(u_binary - u_plain) > 1e-6, "the species pairs matter");
+        rejected(eqf_energy_lennard_jones_species(N_PARTICLES, DIM, species, 2, with_nan, r_m,
+                                                  1.0, &untouched_energy),
+                 EQF_ERR_NON_FINITE, "epsilon", "NaN epsilon");
+        rejected(eqf_energy_lennard_jones_species(N_PARTICLES, DIM, species, 2, asymmetric, r_m,
+                                                  1.0, &untouched_energy),
+                 EQF_ERR_INVALID_ARGUMENT, "symmetric", "asymmetric epsilon");
+        rejected(eqf_energy_lennard_jones_species(N_PARTICLES, DIM, species, 1, epsilon, r_m,
+                                                  1.0, &untouched_energy),
+                 EQF_ERR_INVALID_ARGUMENT, "species index", "a species index not below 1");
+        rejected(eqf_energy_lennard_jones_species(N_PARTICLES, DIM, species, 2, NULL, r_m, 1.0,
+                                                  &untouched_energy),
+                 EQF_ERR_NULL_POINTER, "epsilon", "epsilon NULL");
+        check(untouched_energy == (eqf_energy *)&options, "failed constructors leave *out");
+        eqf_energy_free(binary);
+        eqf_energy_free(equal);
+        eqf_energy_free(plain);
+    }
 
     check(eqf_flow_options_free(options) == EQF_OK, "free");
     check(eqf_flow_options_free(NULL) == EQF_OK, "free(NULL)");

@@ -159,16 +159,17 @@ module eqflow
     end interface
 
     public :: eqf_abi_version, eqf_last_error_message, eqf_set_num_threads, eqf_num_threads
-    public :: eqf_flow_new, eqf_flow_free, eqf_flow_n_particles, eqf_flow_dim
+    public :: eqf_flow_new, eqf_flow_free, eqf_flow_n_particles, eqf_flow_dim, eqf_flow_species
     public :: eqf_flow_sample, eqf_flow_log_density, eqf_flow_with_integrator
     public :: eqf_energy_double_well, eqf_energy_lennard_jones, eqf_energy_eval, eqf_energy_free
+    public :: eqf_energy_lennard_jones_species
     public :: eqf_move_new, eqf_move_propose, eqf_move_accept, eqf_move_step, eqf_move_stats
     public :: eqf_move_free, eqf_log_weights, eqf_kish_ess, eqf_flow_save
     public :: eqf_flow_options_new, eqf_flow_options_free, eqf_flow_options_set_family
     public :: eqf_flow_options_set_distance_range, eqf_flow_options_set_kernel_counts
     public :: eqf_flow_options_set_prior_sigma, eqf_flow_options_set_integrator
     public :: eqf_flow_options_set_seed, eqf_flow_options_fit_scales, eqf_flow_options_scales
-    public :: eqf_flow_new_with_options
+    public :: eqf_flow_new_with_options, eqf_flow_options_set_species
     public :: eqf_train_options_new, eqf_train_options_free, eqf_train_options_set_epochs
     public :: eqf_train_options_set_batch_size, eqf_train_options_set_rk4_steps
     public :: eqf_train_options_set_learning_rate, eqf_train_options_set_weight_decay
@@ -295,6 +296,17 @@ module eqflow
             integer(c_int64_t) :: n
         end function eqf_flow_n_particles
 
+        ! Species indices are 0-based, as in C (uint32_t, passed as integer(c_int32_t)).
+        function eqf_flow_species(flow, species, n_particles, n_species) &
+                bind(C, name="eqf_flow_species") result(status)
+            import :: c_ptr, c_int32_t, c_int64_t
+            type(c_ptr), value :: flow
+            integer(c_int32_t), intent(inout) :: species(*)
+            integer(c_int64_t), value :: n_particles
+            integer(c_int64_t), intent(inout) :: n_species
+            integer(c_int32_t) :: status
+        end function eqf_flow_species
+
         function eqf_flow_dim(flow) bind(C, name="eqf_flow_dim") result(n)
             import :: c_ptr, c_int64_t
             type(c_ptr), value :: flow
@@ -348,6 +360,18 @@ module eqflow
             type(c_ptr), intent(inout) :: out
             integer(c_int32_t) :: status
         end function eqf_energy_lennard_jones
+
+        function eqf_energy_lennard_jones_species(n_particles, dim, species, n_species, &
+                epsilon, r_m, oscillator_k, out) &
+                bind(C, name="eqf_energy_lennard_jones_species") result(status)
+            import :: c_int64_t, c_int32_t, c_double, c_ptr
+            integer(c_int64_t), value :: n_particles, dim, n_species
+            integer(c_int32_t), intent(in) :: species(*)
+            real(c_double), intent(in) :: epsilon(*), r_m(*)
+            real(c_double), value :: oscillator_k
+            type(c_ptr), intent(inout) :: out
+            integer(c_int32_t) :: status
+        end function eqf_energy_lennard_jones_species
 
         function eqf_energy_eval(energy, n, x, U, gradient) bind(C, name="eqf_energy_eval") &
                 result(status)
@@ -516,6 +540,15 @@ module eqflow
             real(c_double), intent(in) :: x(*)
             integer(c_int32_t) :: status
         end function eqf_flow_options_fit_scales
+
+        function eqf_flow_options_set_species(options, species, n_particles, n_species) &
+                bind(C, name="eqf_flow_options_set_species") result(status)
+            import :: c_ptr, c_int32_t, c_int64_t
+            type(c_ptr), value :: options
+            integer(c_int32_t), intent(in) :: species(*)
+            integer(c_int64_t), value :: n_particles, n_species
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_species
 
         function eqf_flow_options_scales(options, distance_min, distance_max, prior_sigma) &
                 bind(C, name="eqf_flow_options_scales") result(status)
@@ -726,6 +759,7 @@ module eqflow
         procedure :: set_prior_sigma => flow_options_set_prior_sigma
         procedure :: set_integrator => flow_options_set_integrator
         procedure :: set_seed => flow_options_set_seed
+        procedure :: set_species => flow_options_set_species
         procedure :: fit_scales => flow_options_fit_scales
         procedure :: scales => flow_options_scales
         procedure :: free => flow_options_free
@@ -1255,6 +1289,17 @@ contains
         call finish(eqf_flow_options_set_seed(this%ptr, seed), status, &
             'eqf_flow_options_set_seed')
     end subroutine flow_options_set_seed
+
+    ! The species of the particles: species(i) is particle i's 0-based index, below n_species
+    ! (eqf_flow_options_set_species).
+    subroutine flow_options_set_species(this, species, n_species, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        integer(c_int32_t), intent(in) :: species(:)
+        integer, intent(in) :: n_species
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_species(this%ptr, species, size(species, kind=c_int64_t), &
+            int(n_species, c_int64_t)), status, 'eqf_flow_options_set_species')
+    end subroutine flow_options_set_species
 
     ! Distance range and prior sigma from the host's configurations x(D, N, n_configs)
     ! (eqf_flow_options_fit_scales).

@@ -230,7 +230,8 @@
 /**
  * An energy function U(x) of N particles in D dimensions (opaque).
  *
- * Created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`, owned by the caller and
+ * Created by `eqf_energy_double_well`, `eqf_energy_lennard_jones` or
+ * `eqf_energy_lennard_jones_species`, owned by the caller and
  * released with `eqf_energy_free`. An energy is immutable: one handle may be used from several
  * threads at the same time.
  */
@@ -576,6 +577,43 @@ int32_t eqf_energy_lennard_jones(int64_t n_particles,
                                  eqf_energy **out);
 
 /**
+ * Creates a Lennard-Jones cluster energy of several particle species, with one well depth and
+ * one pair-minimum distance per pair of species:
+ *
+ * ```text
+ * U(x) = sum over i < j of epsilon[a][b] * [ (r_m[a][b]/d)^12 - 2 (r_m[a][b]/d)^6 ]
+ *        + (oscillator_k / 2) * sum over i of |x_i - x_mean|^2,
+ * ```
+ *
+ * with a = species[i], b = species[j], d = |x_i - x_j|: the convention of
+ * `eqf_energy_lennard_jones` per species pair (which it equals when every entry is the same).
+ * `epsilon` and `r_m` are symmetric n_species x n_species arrays, row-major
+ * (`epsilon[a * n_species + b]`), C `double epsilon[S][S]`.
+ *
+ * @param n_particles   N, number of particles (at least 1), and of species indices
+ * @param dim           D, spatial dimension (at least 1)
+ * @param species       N species indices, each below n_species (not NULL)
+ * @param n_species     S, the number of species (1 to 8)
+ * @param epsilon       S*S well depths (> 0), symmetric (not NULL)
+ * @param r_m           S*S distances of the pair minimum (> 0), symmetric (not NULL)
+ * @param oscillator_k  spring constant of the centre-of-mass oscillator (>= 0)
+ * @param out           on success receives a new energy, to be released with
+ *                      `eqf_energy_free`; untouched on failure
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (species, epsilon, r_m or out is NULL);
+ *         EQF_ERR_NON_FINITE (a parameter is NaN or infinite); EQF_ERR_INVALID_ARGUMENT
+ *         (sizes out of range, a species index not below n_species, an array that is not
+ *         symmetric, or a parameter out of range)
+ */
+int32_t eqf_energy_lennard_jones_species(int64_t n_particles,
+                                         int64_t dim,
+                                         const uint32_t *species,
+                                         int64_t n_species,
+                                         const double *epsilon,
+                                         const double *r_m,
+                                         double oscillator_k,
+                                         eqf_energy **out);
+
+/**
  * Evaluates the energy, and optionally its gradient, of `n` configurations.
  *
  * Layout: `x` holds n configurations of N particles in D dimensions, particle-major and
@@ -644,6 +682,26 @@ int32_t eqf_flow_free(eqf_flow *flow);
  * for `eqf_last_error_message`).
  */
 int64_t eqf_flow_n_particles(const eqf_flow *flow);
+
+/**
+ * The particle species of a flow (`eqf_flow_options_set_species`, or the "species" of a
+ * model file): writes the species index of each particle into `species` and the number of
+ * species into `n_species`. A flow of identical particles has one species, every index 0.
+ * Either output may be NULL to skip it.
+ *
+ * @param flow         the flow (not NULL)
+ * @param species      output or NULL: n_particles indices
+ * @param n_particles  the length of `species`; must equal the flow's N when `species` is
+ *                     not NULL
+ * @param n_species    output or NULL: the number of species S (pair types: S (S + 1) / 2)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL); EQF_ERR_DIMENSION_MISMATCH (n_particles
+ *         is not the flow's N); EQF_ERR_INVALID_ARGUMENT (n_particles negative, or `species`
+ *         not aligned). Nothing is written on failure.
+ */
+int32_t eqf_flow_species(const eqf_flow *flow,
+                         uint32_t *species,
+                         int64_t n_particles,
+                         int64_t *n_species);
 
 /**
  * The spatial dimension D of a flow, or -1 if `flow` is NULL (the message is then recorded for
@@ -1034,6 +1092,29 @@ int32_t eqf_flow_options_set_integrator(eqf_flow_options *options,
 int32_t eqf_flow_options_set_seed(eqf_flow_options *options, uint64_t seed);
 
 /**
+ * Sets the species of the particles: particle i is of species `species[i]`, an index below
+ * `n_species`. Only particles of the same species are interchangeable: the flow's field has
+ * one radial function per unordered pair of species (`n_species * (n_species + 1) / 2`
+ * parameter blocks, each of the single-species size) and is equivariant under permutations
+ * within a species only. Needs the "kernel" family (the default). The number of indices must
+ * equal the number of particles of the flows created with `eqf_flow_new_with_options`
+ * (checked there: EQF_ERR_DIMENSION_MISMATCH). `n_particles = 0` (species may then be NULL)
+ * clears the species: all particles identical, the default.
+ *
+ * @param options      the options (not NULL)
+ * @param species      n_particles species indices (not NULL unless n_particles is 0)
+ * @param n_particles  the number of indices, 0 or 2 to EQF_MAX_PARTICLES
+ * @param n_species    the number of species, 1 to 8 (ignored when n_particles is 0)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (an index not below
+ *         n_species, n_species out of range, or a family other than "kernel" with several
+ *         species; options unchanged)
+ */
+int32_t eqf_flow_options_set_species(eqf_flow_options *options,
+                                     const uint32_t *species,
+                                     int64_t n_particles,
+                                     int64_t n_species);
+
+/**
  * Derives the distance range and the prior sigma from the host's own configurations (for
  * example frames of an MD trajectory), replacing both settings:
  *
@@ -1090,7 +1171,7 @@ int32_t eqf_flow_options_scales(const eqf_flow_options *options,
  * @param out          on success receives the new flow, to be released with
  *                     `eqf_flow_free`; untouched on failure
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n_particles or dim out of
- *         range)
+ *         range); EQF_ERR_DIMENSION_MISMATCH (species set with another number of particles)
  */
 int32_t eqf_flow_new_with_options(int64_t n_particles,
                                   int64_t dim,

@@ -202,6 +202,12 @@ public:
             eqf_flow_options_set_integrator(raw_, method, n_steps, rtol, atol, density_mode));
     }
     FlowOptions &seed(uint64_t seed) { return set(eqf_flow_options_set_seed(raw_, seed)); }
+    /* The species index of each particle (below n_species; empty: identical particles); see
+     * eqf_flow_options_set_species. */
+    FlowOptions &species(const std::vector<uint32_t> &species, int64_t n_species) {
+        return set(eqf_flow_options_set_species(raw_, species.empty() ? nullptr : species.data(),
+                                                detail::count(species.size()), n_species));
+    }
 
     /* Distance range and prior sigma from n_configs configurations x of N*D doubles each; see
      * eqf_flow_options_fit_scales. */
@@ -297,6 +303,19 @@ public:
 
     int64_t n_particles() const { return checked_size(eqf_flow_n_particles(get())); }
     int64_t dim() const { return checked_size(eqf_flow_dim(get())); }
+    /* The species index of each particle (all 0 for identical particles); see
+     * eqf_flow_species. */
+    std::vector<uint32_t> species() const {
+        std::vector<uint32_t> out(static_cast<std::size_t>(n_particles()));
+        detail::check(eqf_flow_species(get(), out.data(), detail::count(out.size()), nullptr));
+        return out;
+    }
+    /* The number of species (1 for identical particles). */
+    int64_t n_species() const {
+        int64_t n = 0;
+        detail::check(eqf_flow_species(get(), nullptr, 0, &n));
+        return n;
+    }
     /* N*D, the number of doubles of one configuration. */
     std::size_t size() const { return static_cast<std::size_t>(n_particles() * dim()); }
 
@@ -429,6 +448,23 @@ public:
                                 double oscillator_k) {
         eqf_energy *raw = nullptr;
         detail::check(eqf_energy_lennard_jones(n_particles, dim, epsilon, r_m, oscillator_k, &raw));
+        return Energy(raw);
+    }
+
+    /* Lennard-Jones with one epsilon and r_m per species pair: species[i] < n_species, epsilon
+     * and r_m symmetric n_species x n_species, row-major; see eqf_energy_lennard_jones_species. */
+    static Energy lennard_jones_species(int64_t dim, const std::vector<uint32_t> &species,
+                                        int64_t n_species, const std::vector<double> &epsilon,
+                                        const std::vector<double> &r_m, double oscillator_k) {
+        const std::size_t pairs = static_cast<std::size_t>(n_species < 0 ? 0 : n_species);
+        if (epsilon.size() != pairs * pairs || r_m.size() != pairs * pairs) {
+            throw Error(EQF_ERR_DIMENSION_MISMATCH,
+                        "lennard_jones_species: epsilon and r_m must hold n_species^2 values");
+        }
+        eqf_energy *raw = nullptr;
+        detail::check(eqf_energy_lennard_jones_species(detail::count(species.size()), dim,
+                                                       species.data(), n_species, epsilon.data(),
+                                                       r_m.data(), oscillator_k, &raw));
         return Energy(raw);
     }
 

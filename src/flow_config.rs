@@ -16,6 +16,7 @@ use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::Integrator;
 use crate::io::model::{MAX_PRIOR_SIGMA, MIN_PRIOR_SIGMA};
 use crate::prior::Prior;
+use crate::species::Species;
 
 /// Largest upper end of the distance range (length units), as for the envpair family: beyond
 /// it the Gaussians of a basis stop being meaningful in f64.
@@ -66,6 +67,17 @@ impl Family {
         }
     }
 
+    /// The family's name in model files.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Kernel => "kernel",
+            Family::EnvPair => "envpair",
+            Family::CoordKernel => "coordkernel",
+            Family::Dense => "dense",
+        }
+    }
+
     /// Default numbers of distance and time kernels: the kernel field's 50 and 10 (DESIGN.md
     /// §2), the envpair and coordkernel presets' 16 and 6; for the dense baseline its preset's
     /// hidden width and time features, 64 and 6.
@@ -106,6 +118,10 @@ pub struct FlowConfig {
     pub integrator: Integrator,
     /// Seed of the random initial weights.
     pub seed: u64,
+    /// The species of every particle (one index per particle, checked against the layout by
+    /// [`FlowConfig::build`]); `None` (the default) for identical particles. Several species
+    /// need the kernel family.
+    pub species: Option<Species>,
 }
 
 impl Default for FlowConfig {
@@ -120,6 +136,7 @@ impl Default for FlowConfig {
             prior_sigma: 1.0,
             integrator: Integrator::default(),
             seed: 0,
+            species: None,
         }
     }
 }
@@ -223,6 +240,16 @@ impl FlowConfig {
                 self.prior_sigma
             )));
         }
+        if let Some(species) = self.species.as_ref().filter(|s| !s.is_single())
+            && self.family != Family::Kernel
+        {
+            return Err(Error::invalid(format!(
+                "{} species need the kernel field family; the {} family treats all particles \
+                 as one species",
+                species.n_species(),
+                self.family.name()
+            )));
+        }
         match self.family {
             Family::Kernel => self.kernel_config()?.validate(),
             Family::EnvPair => self.envpair_config().validate(),
@@ -238,10 +265,21 @@ impl FlowConfig {
     /// What [`FlowConfig::validate`] reports.
     pub fn build(&self, layout: Layout) -> Result<Flow> {
         self.validate()?;
-        let field: Field = match self.family {
-            Family::Kernel => {
-                KernelField::initialise(layout, self.kernel_config()?, self.seed)?.into()
+        let species = match &self.species {
+            Some(species) => {
+                species.check_count(layout.n_particles)?;
+                species.clone()
             }
+            None => Species::single(layout.n_particles),
+        };
+        let field: Field = match self.family {
+            Family::Kernel => KernelField::initialise_with_species(
+                layout,
+                self.kernel_config()?,
+                species,
+                self.seed,
+            )?
+            .into(),
             Family::EnvPair => {
                 EnvPairField::initialise(layout, self.envpair_config(), self.seed)?.into()
             }

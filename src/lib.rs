@@ -30,6 +30,10 @@
 //! centre of mass. Its divergence is exact and closed-form,
 //! `div v = Σ_i Σ_{j≠i} [D·φ(d_ij) + φ'(d_ij)·|r_ij|²/d_ij]`.
 //!
+//! **Species** ([`species`]): particles may be of several species; the kernel field then has one
+//! radial function per unordered species pair, `φ_{s_i s_j}`, and is equivariant under
+//! permutations within a species only (one species is exactly the paper's field).
+//!
 //! **Flow** ([`flow`], [`integrate`]): `dx/dt = v(x, t)` from the prior (t = 0) to the data
 //! (t = 1). In the continuous mode `log q(x(1)) = log ρ(z) − ∫₀¹ div v dt`, integrated by RK4 or
 //! adaptive Dormand–Prince. In the default **exact-discrete** mode the density is that of the
@@ -39,7 +43,8 @@
 //! **Flows for any system** ([`flow_config`]): family, distance-kernel range, kernel counts,
 //! prior σ and integrator as settings, and the range and σ fitted to a host's configurations.
 //!
-//! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems;
+//! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems, and
+//! Lennard-Jones with per-species-pair parameters;
 //! systems (energy, kT, units) by name or from a JSON file ([`system`]).
 //!
 //! **Training** ([`train`]): maximum likelihood, reverse KL and their mix, with exact gradients
@@ -84,6 +89,7 @@ pub mod minima;
 pub mod prior;
 pub mod reference_mcmc;
 pub mod rng;
+pub mod species;
 pub mod system;
 pub mod train;
 
@@ -96,3 +102,4 @@ pub use energy::{DoubleWell, Energy, LennardJones};
 pub use error::{Error, Result};
 pub use flow::Flow;
 pub use flow_move::FlowMove;
+pub use species::Species;

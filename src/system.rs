@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::boltzmann::Kt;
-use crate::energy::{DoubleWell, Energy, LennardJones};
+use crate::energy::{DoubleWell, Energy, LennardJones, SpeciesLennardJones};
 use crate::error::{Error, Result};
 use crate::field::coordkernel::{CoordKernelConfig, CoordKernelField};
 use crate::field::dense::{DenseConfig, DenseField};
@@ -18,6 +18,7 @@ use crate::flow::Flow;
 use crate::geometry::Layout;
 use crate::integrate::Integrator;
 use crate::prior::Prior;
+use crate::species::{MAX_SPECIES, Species};
 
 /// A potential energy by its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,11 +41,39 @@ pub enum EnergySpec {
         r_m: f64,
         oscillator_k: f64,
     },
+    /// Lennard-Jones with one ε and one `r_m` per unordered species pair (pair-type order of
+    /// [`crate::species`]): [`SpeciesLennardJones`].
+    LennardJonesSpecies {
+        n_particles: usize,
+        dim: usize,
+        species: Species,
+        epsilon: Vec<f64>,
+        r_m: Vec<f64>,
+        oscillator_k: f64,
+    },
 }
 
 impl EnergySpec {
     /// Builds the energy, validating the parameters.
     pub fn build(&self) -> Result<Box<dyn Energy>> {
+        if let EnergySpec::LennardJonesSpecies {
+            n_particles,
+            dim,
+            species,
+            epsilon,
+            r_m,
+            oscillator_k,
+        } = self
+        {
+            species.check_count(*n_particles)?;
+            return Ok(Box::new(SpeciesLennardJones::new(
+                *dim,
+                species.clone(),
+                epsilon.clone(),
+                r_m.clone(),
+                *oscillator_k,
+            )?));
+        }
         Ok(match *self {
             EnergySpec::DoubleWell {
                 n_particles,
@@ -67,7 +96,17 @@ impl EnergySpec {
                 r_m,
                 oscillator_k,
             )?),
+            EnergySpec::LennardJonesSpecies { .. } => unreachable!("built above"),
         })
+    }
+
+    /// The species of the particles, `None` for identical particles.
+    #[must_use]
+    pub fn species(&self) -> Option<&Species> {
+        match self {
+            EnergySpec::LennardJonesSpecies { species, .. } => Some(species),
+            _ => None,
+        }
     }
 
     /// `(N, D)` of the configurations this energy takes.
@@ -78,6 +117,9 @@ impl EnergySpec {
                 n_particles, dim, ..
             }
             | EnergySpec::LennardJones {
+                n_particles, dim, ..
+            }
+            | EnergySpec::LennardJonesSpecies {
                 n_particles, dim, ..
             } => (n_particles, dim),
         }
@@ -169,6 +211,11 @@ impl System {
     /// - `energy`: `{"kind": "lennard_jones", "epsilon": .., "r_m": .., "oscillator_k": ..}`
     ///   (`ε Σ_{i<j} [(r_m/d)¹² − 2(r_m/d)⁶] + (k/2) Σ_i |x_i − x̄|²`, the harmonic confinement
     ///   `k` may be 0) or `{"kind": "double_well", "a": .., "b": .., "c": .., "d0": ..}`;
+    /// - optional `species`: one species index per particle (`[0, 0, 1, …]`, S species when the
+    ///   largest index is S − 1), for a Lennard-Jones energy only; its `epsilon` and `r_m` are
+    ///   then each a number (every species pair alike) or a symmetric S × S array of numbers
+    ///   (`epsilon[a][b]` for species a and b), and the flow built for the system has one
+    ///   radial function per species pair ([`crate::species`]);
     /// - optional `name` (default: the file's stem), `units` (a label, default `reduced`) and
     ///   `description` (free text, ignored).
     ///
@@ -219,6 +266,7 @@ impl System {
             "n_particles",
             "dim",
             "energy",
+            "species",
         ])?;
         let name = fields.string("name")?.unwrap_or(default_name).to_string();
         let units = fields.string("units")?.unwrap_or("reduced").to_string();
@@ -253,6 +301,13 @@ impl System {
         let kind = energy
             .string("kind")?
             .ok_or_else(|| fail("missing field `energy.kind`".into()))?;
+        let species = fields.species(n_particles)?;
+        if species.is_some() && kind != "lennard_jones" {
+            return Err(fail(format!(
+                "field `species` is given, but `energy.kind` = \"{kind}\" has no species \
+                 (only lennard_jones has)"
+            )));
+        }
         let energy = match kind {
             "lennard_jones" => {
                 energy.only(&[
@@ -263,12 +318,23 @@ impl System {
                     "r_m",
                     "oscillator_k",
                 ])?;
-                EnergySpec::LennardJones {
-                    n_particles,
-                    dim,
-                    epsilon: energy.number("epsilon")?,
-                    r_m: energy.number("r_m")?,
-                    oscillator_k: energy.number("oscillator_k")?,
+                let oscillator_k = energy.number("oscillator_k")?;
+                match species {
+                    None => EnergySpec::LennardJones {
+                        n_particles,
+                        dim,
+                        epsilon: energy.number("epsilon")?,
+                        r_m: energy.number("r_m")?,
+                        oscillator_k,
+                    },
+                    Some(species) => EnergySpec::LennardJonesSpecies {
+                        n_particles,
+                        dim,
+                        epsilon: energy.pair_matrix("epsilon", &species)?,
+                        r_m: energy.pair_matrix("r_m", &species)?,
+                        species,
+                        oscillator_k,
+                    },
                 }
             }
             "double_well" => {
@@ -300,12 +366,17 @@ impl System {
         })
     }
 
-    /// The length unit of the system's presets: `r_m` for Lennard-Jones, `d0/4` for the
+    /// The length unit of the system's presets: `r_m` for Lennard-Jones (the smallest of the
+    /// species pairs' with several species), `d0/4` for the
     /// double well (1 for the benchmark systems, whose presets are in these units).
     #[must_use]
     pub fn length_scale(&self) -> f64 {
         match self.energy {
             EnergySpec::LennardJones { r_m, .. } => r_m,
+            // The closest contact the kernels must resolve.
+            EnergySpec::LennardJonesSpecies { ref r_m, .. } => {
+                r_m.iter().copied().fold(f64::INFINITY, f64::min)
+            }
             EnergySpec::DoubleWell { d0, .. } if d0 > 0.0 => d0 / 4.0,
             EnergySpec::DoubleWell { .. } => 1.0,
         }
@@ -316,7 +387,9 @@ impl System {
     #[must_use]
     pub fn neighbour_distance(&self) -> f64 {
         match self.energy {
-            EnergySpec::LennardJones { .. } => self.length_scale(),
+            EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
+                self.length_scale()
+            }
             EnergySpec::DoubleWell { .. } => 3.0 * self.length_scale(),
         }
     }
@@ -327,7 +400,9 @@ impl System {
     pub fn kernels(&self) -> KernelConfig {
         let mut kernels = match self.energy {
             EnergySpec::DoubleWell { .. } => KernelConfig::double_well(),
-            EnergySpec::LennardJones { .. } => KernelConfig::lennard_jones(),
+            EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
+                KernelConfig::lennard_jones()
+            }
         };
         let scale = self.length_scale();
         for v in kernels.mu_dist.iter_mut().chain(&mut kernels.gamma_dist) {
@@ -345,10 +420,13 @@ impl System {
     ///
     /// An invalid system shape.
     pub fn untrained_flow(&self, seed: u64) -> Result<Flow> {
-        let (n_particles, dim) = self.energy.shape();
-        let layout = Layout::new(n_particles, dim)?;
-        let field = KernelField::initialise(layout, self.kernels(), seed)?;
-        Flow::from_parts(self.prior(layout)?, field, Integrator::default())
+        self.untrained_flow_of("kernel", seed)
+    }
+
+    /// The species of the system's particles (`None` for identical particles).
+    #[must_use]
+    pub fn species(&self) -> Option<&Species> {
+        self.energy.species()
     }
 
     /// The RK4 step count `eqflow train` gives a flow of this system unless told otherwise:
@@ -378,12 +456,34 @@ impl System {
     pub fn untrained_flow_of(&self, family: &str, seed: u64) -> Result<Flow> {
         let (n_particles, dim) = self.energy.shape();
         let layout = Layout::new(n_particles, dim)?;
+        if let Some(species) = self.species().filter(|s| !s.is_single())
+            && family != "kernel"
+            && Field::FAMILIES.contains(&family)
+        {
+            return Err(Error::invalid(format!(
+                "system '{}' has {} species, which need the kernel field family; the {family} \
+                 family treats all particles as one species",
+                self.name,
+                species.n_species()
+            )));
+        }
         let field: Field = match family {
-            "kernel" => KernelField::initialise(layout, self.kernels(), seed)?.into(),
+            "kernel" => match self.species() {
+                Some(species) => KernelField::initialise_with_species(
+                    layout,
+                    self.kernels(),
+                    species.clone(),
+                    seed,
+                )?
+                .into(),
+                None => KernelField::initialise(layout, self.kernels(), seed)?.into(),
+            },
             "envpair" => {
                 let mut config = match self.energy {
                     EnergySpec::DoubleWell { .. } => EnvPairConfig::double_well(),
-                    EnergySpec::LennardJones { .. } => EnvPairConfig::lennard_jones(),
+                    EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
+                        EnvPairConfig::lennard_jones()
+                    }
                 };
                 config.rbf_min *= self.length_scale();
                 config.rbf_max *= self.length_scale();
@@ -392,7 +492,9 @@ impl System {
             "coordkernel" => {
                 let mut config = match self.energy {
                     EnergySpec::DoubleWell { .. } => CoordKernelConfig::double_well(),
-                    EnergySpec::LennardJones { .. } => CoordKernelConfig::lennard_jones(),
+                    EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
+                        CoordKernelConfig::lennard_jones()
+                    }
                 };
                 let scale = self.length_scale();
                 for v in [
@@ -408,7 +510,9 @@ impl System {
             "dense" => {
                 let mut config = match self.energy {
                     EnergySpec::DoubleWell { .. } => DenseConfig::double_well(),
-                    EnergySpec::LennardJones { .. } => DenseConfig::lennard_jones(),
+                    EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
+                        DenseConfig::lennard_jones()
+                    }
                 };
                 config.length_scale *= self.length_scale();
                 DenseField::initialise(layout, config, seed)?.into()
@@ -482,6 +586,94 @@ impl<'a, F: Fn(String) -> Error> Fields<'a, F> {
                     .ok_or_else(|| self.mistyped(key, "a non-negative integer", v))
             })
             .transpose()
+    }
+
+    /// The optional top-level `species`: one index per particle (S species for a largest
+    /// index S − 1).
+    fn species(&self, n_particles: usize) -> Result<Option<Species>> {
+        let Some(v) = self.map.get("species") else {
+            return Ok(None);
+        };
+        let list = v
+            .as_array()
+            .ok_or_else(|| self.mistyped("species", "an array of species indices", v))?;
+        if list.len() != n_particles {
+            return Err((self.fail)(format!(
+                "field `species` has {} entries, but `n_particles` = {n_particles}: give one \
+                 species index per particle",
+                list.len()
+            )));
+        }
+        let mut indices = Vec::with_capacity(list.len());
+        for (i, s) in list.iter().enumerate() {
+            let index = s
+                .as_u64()
+                .and_then(|s| u32::try_from(s).ok())
+                .filter(|s| (*s as usize) < MAX_SPECIES)
+                .ok_or_else(|| {
+                    (self.fail)(format!(
+                        "field `species[{i}]` must be a species index in 0..{MAX_SPECIES}, \
+                         found {s}"
+                    ))
+                })?;
+            indices.push(index);
+        }
+        let n_species = indices.iter().max().map_or(1, |m| *m as usize + 1);
+        Species::new(n_species, indices)
+            .map(Some)
+            .map_err(|e| (self.fail)(format!("field `species`: {e}")))
+    }
+
+    /// A per-species-pair parameter: a number (every pair alike) or a symmetric S × S array;
+    /// returned in pair-type order.
+    fn pair_matrix(&self, key: &str, species: &Species) -> Result<Vec<f64>> {
+        let n = species.n_species();
+        let v = self
+            .map
+            .get(key)
+            .ok_or_else(|| (self.fail)(format!("missing field `{}{key}`", self.prefix)))?;
+        if let Some(x) = v.as_f64() {
+            return Ok(vec![x; species.n_pair_types()]);
+        }
+        let expected = format!("a number or a {n} × {n} array of numbers (one row per species)");
+        let rows = v
+            .as_array()
+            .ok_or_else(|| self.mistyped(key, &expected, v))?;
+        if rows.len() != n {
+            return Err((self.fail)(format!(
+                "field `{}{key}` has {} rows, but `species` uses species indices 0..={} ({n} \
+                 species): give one row and one column per species",
+                self.prefix,
+                rows.len(),
+                n - 1
+            )));
+        }
+        let mut m = vec![0.0; n * n];
+        for (a, row) in rows.iter().enumerate() {
+            let row = row
+                .as_array()
+                .filter(|r| r.len() == n)
+                .ok_or_else(|| self.mistyped(key, &expected, v))?;
+            for (b, x) in row.iter().enumerate() {
+                m[a * n + b] = x.as_f64().ok_or_else(|| self.mistyped(key, &expected, v))?;
+            }
+        }
+        let mut per_type = Vec::with_capacity(species.n_pair_types());
+        for a in 0..n {
+            for b in a..n {
+                if m[a * n + b].to_bits() != m[b * n + a].to_bits() {
+                    return Err((self.fail)(format!(
+                        "field `{}{key}` contradicts itself: [{a}][{b}] = {} but [{b}][{a}] = {} \
+                         (a species pair is unordered, so the array must be symmetric)",
+                        self.prefix,
+                        m[a * n + b],
+                        m[b * n + a]
+                    )));
+                }
+                per_type.push(m[a * n + b]);
+            }
+        }
+        Ok(per_type)
     }
 
     fn object(&self, key: &str) -> Result<&'a Map<String, Value>> {

@@ -1162,7 +1162,10 @@ fn repro_metastable_quick_finds_several_true_minima_and_consistent_counts() {
     // The non-equivariant baseline (the `dense` family) ran on the same training set and
     // found at least its training minimum.
     assert_eq!(dw4["baseline"]["available"], true, "{dw4}");
-    assert!(dw4["baseline"]["n_distinct"].as_u64().unwrap() >= 1, "{dw4}");
+    assert!(
+        dw4["baseline"]["n_distinct"].as_u64().unwrap() >= 1,
+        "{dw4}"
+    );
 
     // Every reported DW-4 minimum is stationary and no small displacement lowers its energy
     // (a saddle has a descent direction, which some of the random directions hit).
@@ -1458,4 +1461,143 @@ fn rk4_steps_set_the_trained_map_and_the_model_samples_with_it() {
     let zero = train("0");
     assert!(!zero.status.success());
     assert!(String::from_utf8_lossy(&zero.stderr).contains("n_steps"));
+}
+
+#[test]
+fn the_binary_lj_file_runs_mcmc_and_trains_a_flow_with_its_species() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_lj_binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    let system = shipped_system("lj_binary.json");
+    let data = dir.join("x.npy");
+    let m = quick_mcmc(&system, &data, "60");
+    assert!(m["mean_energy"].as_f64().unwrap().is_finite());
+    let model = dir.join("lj_binary.json");
+    let t = json(&eqflow(&[
+        "train",
+        "--system",
+        &system,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--n-train",
+        "40",
+        "--n-val",
+        "20",
+        "--epochs",
+        "1",
+        "--kl-epochs",
+        "1",
+        "--json",
+        "-q",
+    ]));
+    assert!(t.is_object());
+    let (flow, file) = eqflow::io::model::load(&model).unwrap();
+    let species = file.species.expect("the model records the species");
+    assert_eq!(species.n_species(), 2);
+    assert_eq!(species.counts(), vec![8, 5]);
+    assert_eq!(flow.field().species(), Some(&species));
+    assert_eq!(flow.field().params().len(), 3 * 620);
+    let recorded = file.system.expect("the model records the system");
+    assert_eq!(
+        recorded,
+        eqflow::system::System::from_file(&system).unwrap()
+    );
+    // Families without species refuse the system, naming the kernel family.
+    let out = eqflow(&[
+        "train",
+        "--system",
+        &system,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.join("never.json").to_str().unwrap(),
+        "--n-train",
+        "40",
+        "--n-val",
+        "20",
+        "--field",
+        "coordkernel",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("species") && err.contains("kernel"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_species_in_system_files_are_errors_naming_the_file_and_the_field() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_bad_species");
+    std::fs::create_dir_all(&dir).unwrap();
+    let head = r#""n_particles": 4, "dim": 3, "kt": 1"#;
+    let energy = |eps: &str| {
+        format!(
+            r#""energy": {{"kind": "lennard_jones", "epsilon": {eps}, "r_m": 1, "oscillator_k": 1}}"#
+        )
+    };
+    let cases = [
+        (
+            "count.json",
+            format!(r#"{{{head}, "species": [0, 1, 1], {}}}"#, energy("2")),
+            "field `species` has 3 entries, but `n_particles` = 4",
+        ),
+        (
+            "index.json",
+            format!(
+                r#"{{{head}, "species": [0, 1, 2, 1], {}}}"#,
+                energy("[[2, 2], [2, 2]]")
+            ),
+            "field `energy.epsilon` has 2 rows, but `species` uses species indices 0..=2",
+        ),
+        (
+            "negative.json",
+            format!(r#"{{{head}, "species": [0, -1, 0, 1], {}}}"#, energy("2")),
+            "field `species[1]` must be a species index",
+        ),
+        (
+            "asymmetric.json",
+            format!(
+                r#"{{{head}, "species": [0, 1, 0, 1], {}}}"#,
+                energy("[[2, 2.5], [2.4, 1]]")
+            ),
+            "field `energy.epsilon` contradicts itself: [0][1] = 2.5 but [1][0] = 2.4",
+        ),
+        (
+            "nopairs.json",
+            format!(r#"{{{head}, {}}}"#, energy("[[2, 2], [2, 2]]")),
+            "field `energy.epsilon` must be a number",
+        ),
+        (
+            "dw.json",
+            format!(
+                r#"{{{head}, "species": [0, 1, 0, 1], "energy": {{"kind": "double_well",
+                    "a": 0, "b": -4, "c": 0.9, "d0": 4}}}}"#
+            ),
+            "field `species` is given, but `energy.kind` = \"double_well\" has no species",
+        ),
+        (
+            "zero.json",
+            format!(
+                r#"{{{head}, "species": [0, 1, 0, 1], {}}}"#,
+                energy("[[2, 0], [0, 1]]")
+            ),
+            "epsilon of species pair (0, 1) must be positive",
+        ),
+    ];
+    for (file, text, needle) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        let out = eqflow(&[
+            "mcmc",
+            "--system",
+            path.to_str().unwrap(),
+            "--out",
+            dir.join("never.npy").to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(path.to_str().unwrap()), "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

@@ -579,3 +579,162 @@ fn batch_results_are_bit_identical_for_one_and_two_threads() {
         );
     }
 }
+
+/// Binary and ternary Lennard-Jones clusters with per-species-pair ε and r_m.
+fn species_systems() -> Vec<(&'static str, eqflow::energy::SpeciesLennardJones, f64, f64)> {
+    use eqflow::Species;
+    use eqflow::energy::SpeciesLennardJones;
+    let binary = Species::new(2, vec![0, 0, 1, 0, 1, 1, 0, 0, 1]).unwrap();
+    let ternary = Species::new(3, vec![2, 0, 1, 2, 0, 1]).unwrap();
+    vec![
+        (
+            "binary LJ N=9 D=3",
+            SpeciesLennardJones::new(3, binary, vec![2.0, 2.5, 1.5], vec![1.0, 1.1, 1.25], 1.0)
+                .unwrap(),
+            1.6,
+            0.9,
+        ),
+        (
+            "ternary LJ N=6 D=2 k=0",
+            SpeciesLennardJones::new(
+                2,
+                ternary,
+                vec![1.0, 0.7, 1.3, 2.0, 0.9, 1.1],
+                vec![1.0, 1.2, 0.9, 1.1, 1.05, 1.3],
+                0.0,
+            )
+            .unwrap(),
+            2.0,
+            0.9,
+        ),
+    ]
+}
+
+#[test]
+fn species_lj_gradients_match_central_finite_differences() {
+    for (name, e, half_width, min_distance) in species_systems() {
+        for seed in SEEDS {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let x =
+                random_configuration(&mut rng, e.n_particles(), e.dim(), half_width, min_distance);
+            let (u, g) = gradient(&e, &x);
+            assert_eq!(u, e.energy(&x), "{name}");
+            let err = relative_error(&finite_difference_gradient(&e, &x, 1e-5), &g);
+            assert!(err <= 1e-6, "{name}, seed {seed}: relative error {err:e}");
+        }
+    }
+}
+
+/// Each pair has its own species pair's minimum `−ε_ab` at `d = r_ab`.
+#[test]
+fn species_lj_pairs_have_their_own_minimum() {
+    use eqflow::Species;
+    use eqflow::energy::SpeciesLennardJones;
+    let eps = [2.0, 2.5, 1.5];
+    let r_m = [1.0, 1.1, 1.25];
+    for (a, b, ty) in [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 2)] {
+        let species = Species::new(2, vec![a, b]).unwrap();
+        let e = SpeciesLennardJones::new(3, species, eps.to_vec(), r_m.to_vec(), 0.0).unwrap();
+        let x = [0.0, 0.0, 0.0, r_m[ty], 0.0, 0.0];
+        assert!((e.energy(&x) + eps[ty]).abs() < 1e-12, "({a}, {b})");
+        let (_, g) = gradient(&e, &x);
+        assert!(g.iter().all(|g| g.abs() < 1e-12), "({a}, {b}): {g:?}");
+    }
+}
+
+/// With every ε and r_m equal, the species energy is the plain Lennard-Jones energy (to
+/// rounding: ε multiplies each pair there, the sum here), gradient included; permuting
+/// particles within a species leaves it invariant, and across species does not.
+#[test]
+fn species_lj_with_equal_pairs_is_plain_lj_and_only_within_species_permutations_are_symmetries() {
+    use eqflow::Species;
+    use eqflow::energy::SpeciesLennardJones;
+    let species = Species::new(2, vec![0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1]).unwrap();
+    let equal =
+        SpeciesLennardJones::new(3, species.clone(), vec![2.0; 3], vec![1.0; 3], 1.0).unwrap();
+    let plain = LennardJones::lj13();
+    let unequal = SpeciesLennardJones::new(
+        3,
+        species.clone(),
+        vec![2.0, 2.5, 1.5],
+        vec![1.0, 1.1, 1.25],
+        1.0,
+    )
+    .unwrap();
+    for seed in SEEDS {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x = random_configuration(&mut rng, 13, 3, 1.6, 0.85);
+        let (u1, g1) = gradient(&equal, &x);
+        let (u2, g2) = gradient(&plain, &x);
+        assert!((u1 - u2).abs() < 1e-12 * u2.abs().max(1.0), "{u1} vs {u2}");
+        assert!(relative_error(&g2, &g1) < 1e-12);
+        // Swap particles 0 and 2 (species 0) and 1 and 3 (species 1): invariant; 0 and 1: not.
+        let swap = |x: &[f64], a: usize, b: usize| {
+            let mut y = x.to_vec();
+            for k in 0..3 {
+                y.swap(3 * a + k, 3 * b + k);
+            }
+            y
+        };
+        let u = unequal.energy(&x);
+        for (a, b) in [(0, 2), (1, 3), (5, 11)] {
+            let us = unequal.energy(&swap(&x, a, b));
+            assert!((us - u).abs() < 1e-12 * u.abs().max(1.0), "({a}, {b})");
+        }
+        let across = unequal.energy(&swap(&x, 0, 1));
+        assert!(
+            (across - u).abs() > 1e-6,
+            "swap across species: {across} vs {u}"
+        );
+    }
+}
+
+#[test]
+fn species_lj_refuses_bad_parameters_with_typed_errors() {
+    use eqflow::Species;
+    use eqflow::energy::SpeciesLennardJones;
+    let species = Species::new(2, vec![0, 1, 1]).unwrap();
+    let new = |eps: Vec<f64>, r_m: Vec<f64>, k: f64| {
+        SpeciesLennardJones::new(3, species.clone(), eps, r_m, k)
+    };
+    let e = new(vec![2.0, f64::NAN, 1.0], vec![1.0; 3], 1.0).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    assert!(e.to_string().contains("(0, 1)"), "{e}");
+    let e = new(vec![2.0; 2], vec![1.0; 3], 1.0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DimensionMismatch {
+                expected: 3,
+                found: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        new(vec![2.0; 3], vec![1.0; 4], 1.0).unwrap_err(),
+        Error::DimensionMismatch { .. }
+    ));
+    let e = new(vec![2.0, 2.0, -1.0], vec![1.0; 3], 1.0).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert!(e.to_string().contains("(1, 1)"), "{e}");
+    assert!(matches!(
+        new(vec![2.0; 3], vec![1.0, 0.0, 1.0], 1.0).unwrap_err(),
+        Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        new(vec![2.0; 3], vec![1.0; 3], -1.0).unwrap_err(),
+        Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        new(vec![2.0; 3], vec![1.0; 3], f64::INFINITY).unwrap_err(),
+        Error::NonFinite { .. }
+    ));
+    // Coincident particles: +∞, never NaN, and a finite gradient.
+    let lj = new(vec![2.0, 2.5, 1.5], vec![1.0, 1.1, 1.25], 1.0).unwrap();
+    let x = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+    let (u, g) = gradient(&lj, &x);
+    assert_eq!(u, f64::INFINITY);
+    assert!(g.iter().all(|g| g.is_finite()));
+}

@@ -23,10 +23,12 @@
 mod double_well;
 mod lennard_jones;
 mod serial;
+mod species_lennard_jones;
 
 pub use double_well::DoubleWell;
 pub use lennard_jones::LennardJones;
 pub use serial::SerialEnergy;
+pub use species_lennard_jones::SpeciesLennardJones;
 
 use rayon::prelude::*;
 

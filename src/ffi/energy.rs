@@ -2,17 +2,20 @@
 
 use std::sync::Arc;
 
-use crate::Result;
-use crate::energy::{DoubleWell, Energy, LennardJones, energies_gradients_into, energies_into};
+use crate::energy::{
+    DoubleWell, Energy, LennardJones, SpeciesLennardJones, energies_gradients_into, energies_into,
+};
+use crate::{Error, Result};
 
 use super::{
     array_len, catch, check_not_null, check_output, count, free_handle, handle, input_array,
-    scratch, threads, write_handle, write_output,
+    scratch, species_from, threads, write_handle, write_output,
 };
 
 /// An energy function U(x) of N particles in D dimensions (opaque).
 ///
-/// Created by `eqf_energy_double_well` or `eqf_energy_lennard_jones`, owned by the caller and
+/// Created by `eqf_energy_double_well`, `eqf_energy_lennard_jones` or
+/// `eqf_energy_lennard_jones_species`, owned by the caller and
 /// released with `eqf_energy_free`. An energy is immutable: one handle may be used from several
 /// threads at the same time.
 #[allow(non_camel_case_types)]
@@ -119,6 +122,85 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones(
             Ok(Arc::new(LennardJones::new(
                 n_particles,
                 dim,
+                epsilon,
+                r_m,
+                oscillator_k,
+            )?))
+        })
+    }
+}
+
+/// Creates a Lennard-Jones cluster energy of several particle species, with one well depth and
+/// one pair-minimum distance per pair of species:
+///
+/// ```text
+/// U(x) = sum over i < j of epsilon[a][b] * [ (r_m[a][b]/d)^12 - 2 (r_m[a][b]/d)^6 ]
+///        + (oscillator_k / 2) * sum over i of |x_i - x_mean|^2,
+/// ```
+///
+/// with a = species[i], b = species[j], d = |x_i - x_j|: the convention of
+/// `eqf_energy_lennard_jones` per species pair (which it equals when every entry is the same).
+/// `epsilon` and `r_m` are symmetric n_species x n_species arrays, row-major
+/// (`epsilon[a * n_species + b]`), C `double epsilon[S][S]`.
+///
+/// @param n_particles   N, number of particles (at least 1), and of species indices
+/// @param dim           D, spatial dimension (at least 1)
+/// @param species       N species indices, each below n_species (not NULL)
+/// @param n_species     S, the number of species (1 to 8)
+/// @param epsilon       S*S well depths (> 0), symmetric (not NULL)
+/// @param r_m           S*S distances of the pair minimum (> 0), symmetric (not NULL)
+/// @param oscillator_k  spring constant of the centre-of-mass oscillator (>= 0)
+/// @param out           on success receives a new energy, to be released with
+///                      `eqf_energy_free`; untouched on failure
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (species, epsilon, r_m or out is NULL);
+///         EQF_ERR_NON_FINITE (a parameter is NaN or infinite); EQF_ERR_INVALID_ARGUMENT
+///         (sizes out of range, a species index not below n_species, an array that is not
+///         symmetric, or a parameter out of range)
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature
+pub unsafe extern "C" fn eqf_energy_lennard_jones_species(
+    n_particles: i64,
+    dim: i64,
+    species: *const u32,
+    n_species: i64,
+    epsilon: *const f64,
+    r_m: *const f64,
+    oscillator_k: f64,
+    out: *mut *mut eqf_energy,
+) -> i32 {
+    // SAFETY: `out` is NULL (rejected by `create`) or valid for one write (this function's
+    // contract); the arrays are read inside the closure after their sizes are validated.
+    unsafe {
+        create(out, || {
+            let (_, dim) = shape(n_particles, dim)?;
+            // SAFETY: `species` points to n_particles indices (this function's contract).
+            let species = species_from(species, n_particles, n_species)?;
+            let s = species.n_species();
+            let matrix = |ptr: *const f64, what: &str| -> Result<Vec<f64>> {
+                // SAFETY: `ptr` points to S·S doubles, valid and unmodified during the call
+                // (this function's contract).
+                let m = input_array(ptr, s * s, what)?;
+                let mut per_type = Vec::with_capacity(species.n_pair_types());
+                for a in 0..s {
+                    for b in a..s {
+                        let (ab, ba) = (m[a * s + b], m[b * s + a]);
+                        // NaN is reported as non-finite by the energy, not as asymmetric.
+                        if ab.to_bits() != ba.to_bits() && !(ab.is_nan() || ba.is_nan()) {
+                            return Err(Error::invalid(format!(
+                                "{what}[{a}][{b}] = {ab} but {what}[{b}][{a}] = {ba}: a species \
+                                 pair is unordered, so {what} must be symmetric"
+                            )));
+                        }
+                        per_type.push(if ab.is_nan() { ab } else { ba });
+                    }
+                }
+                Ok(per_type)
+            };
+            let epsilon = matrix(epsilon, "epsilon")?;
+            let r_m = matrix(r_m, "r_m")?;
+            Ok(Arc::new(SpeciesLennardJones::new(
+                dim,
+                species,
                 epsilon,
                 r_m,
                 oscillator_k,

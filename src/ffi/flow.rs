@@ -87,6 +87,57 @@ pub unsafe extern "C" fn eqf_flow_n_particles(flow: *const eqf_flow) -> i64 {
     })
 }
 
+/// The particle species of a flow (`eqf_flow_options_set_species`, or the "species" of a
+/// model file): writes the species index of each particle into `species` and the number of
+/// species into `n_species`. A flow of identical particles has one species, every index 0.
+/// Either output may be NULL to skip it.
+///
+/// @param flow         the flow (not NULL)
+/// @param species      output or NULL: n_particles indices
+/// @param n_particles  the length of `species`; must equal the flow's N when `species` is
+///                     not NULL
+/// @param n_species    output or NULL: the number of species S (pair types: S (S + 1) / 2)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL); EQF_ERR_DIMENSION_MISMATCH (n_particles
+///         is not the flow's N); EQF_ERR_INVALID_ARGUMENT (n_particles negative, or `species`
+///         not aligned). Nothing is written on failure.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_species(
+    flow: *const eqf_flow,
+    species: *mut u32,
+    n_particles: i64,
+    n_species: *mut i64,
+) -> i32 {
+    catch(|| {
+        // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
+        // function's contract).
+        let flow = unsafe { handle(flow, "flow") }?;
+        let n = flow.inner.n_particles();
+        let field_species = flow.inner.field().species();
+        if !species.is_null() {
+            let len = count(n_particles, "n_particles")?;
+            if len != n {
+                return Err(crate::Error::size("species (one per particle)", n, len));
+            }
+            if !species.is_aligned() {
+                return Err(crate::Error::invalid("species is not aligned for uint32_t"));
+            }
+            // SAFETY: non-NULL and aligned (checked above), and valid for N writes (this
+            // function's contract, N checked above).
+            let out = unsafe { std::slice::from_raw_parts_mut(species, n) };
+            match field_species {
+                Some(s) => out.copy_from_slice(s.of_particle()),
+                None => out.fill(0),
+            }
+        }
+        if !n_species.is_null() {
+            let s = field_species.map_or(1, crate::Species::n_species);
+            // SAFETY: non-NULL, so valid for one write (this function's contract).
+            unsafe { n_species.write(s as i64) };
+        }
+        Ok(())
+    })
+}
+
 /// The spatial dimension D of a flow, or -1 if `flow` is NULL (the message is then recorded for
 /// `eqf_last_error_message`).
 #[unsafe(no_mangle)]

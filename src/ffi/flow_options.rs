@@ -16,7 +16,7 @@ use super::flow::eqf_flow;
 use super::integrator::integrator;
 use super::{
     array_len, catch, check_not_null, count, free_handle, handle, handle_mut, input_array,
-    update_validated, write_handle,
+    species_from, update_validated, write_handle,
 };
 
 /// Settings of an untrained flow (opaque), created by `eqf_flow_options_new` with the defaults
@@ -235,6 +235,45 @@ pub unsafe extern "C" fn eqf_flow_options_set_seed(
     }
 }
 
+/// Sets the species of the particles: particle i is of species `species[i]`, an index below
+/// `n_species`. Only particles of the same species are interchangeable: the flow's field has
+/// one radial function per unordered pair of species (`n_species * (n_species + 1) / 2`
+/// parameter blocks, each of the single-species size) and is equivariant under permutations
+/// within a species only. Needs the "kernel" family (the default). The number of indices must
+/// equal the number of particles of the flows created with `eqf_flow_new_with_options`
+/// (checked there: EQF_ERR_DIMENSION_MISMATCH). `n_particles = 0` (species may then be NULL)
+/// clears the species: all particles identical, the default.
+///
+/// @param options      the options (not NULL)
+/// @param species      n_particles species indices (not NULL unless n_particles is 0)
+/// @param n_particles  the number of indices, 0 or 2 to EQF_MAX_PARTICLES
+/// @param n_species    the number of species, 1 to 8 (ignored when n_particles is 0)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (an index not below
+///         n_species, n_species out of range, or a family other than "kernel" with several
+///         species; options unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_species(
+    options: *mut eqf_flow_options,
+    species: *const u32,
+    n_particles: i64,
+    n_species: i64,
+) -> i32 {
+    // SAFETY: forwarded contract of this function; `species` is read inside the closure after
+    // its size is validated.
+    unsafe {
+        update(options, |c| {
+            c.species = if n_particles == 0 {
+                None
+            } else {
+                // SAFETY: `species` points to n_particles indices, valid and unmodified during
+                // the call (this function's contract).
+                Some(species_from(species, n_particles, n_species)?)
+            };
+            Ok(())
+        })
+    }
+}
+
 /// Derives the distance range and the prior sigma from the host's own configurations (for
 /// example frames of an MD trajectory), replacing both settings:
 ///
@@ -329,7 +368,7 @@ pub unsafe extern "C" fn eqf_flow_options_scales(
 /// @param out          on success receives the new flow, to be released with
 ///                     `eqf_flow_free`; untouched on failure
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n_particles or dim out of
-///         range)
+///         range); EQF_ERR_DIMENSION_MISMATCH (species set with another number of particles)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_new_with_options(
     n_particles: i64,

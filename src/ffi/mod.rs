@@ -263,6 +263,49 @@ pub(crate) unsafe fn input_array<'a>(ptr: *const f64, len: usize, what: &str) ->
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// Borrows a caller-owned input array of `len` species indices (`uint32_t`): non-NULL and
+/// aligned when `len > 0`.
+///
+/// # Safety
+/// When `len > 0` and `ptr` is not NULL, `ptr` must point to `len` initialised `uint32_t`
+/// that stay valid and unmodified for `'a`.
+pub(crate) unsafe fn input_indices<'a>(
+    ptr: *const u32,
+    len: usize,
+    what: &str,
+) -> Result<&'a [u32]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    check_not_null(ptr, what)?;
+    if !ptr.is_aligned() {
+        return Err(Error::invalid(format!(
+            "{what} is not aligned for uint32_t"
+        )));
+    }
+    // SAFETY: `ptr` is non-NULL and aligned (checked above) and points to `len` indices that
+    // stay valid and unmodified while borrowed (the caller's contract, documented on every
+    // function).
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// The species of `n_particles` particles from a caller's index array and species count,
+/// validated ([`crate::Species::new`]).
+///
+/// # Safety
+/// As [`input_indices`] for `n_particles` indices.
+pub(crate) unsafe fn species_from(
+    species: *const u32,
+    n_particles: i64,
+    n_species: i64,
+) -> Result<crate::Species> {
+    let n_particles = count(n_particles, "n_particles")?;
+    let n_species = count(n_species, "n_species")?;
+    // SAFETY: forwarded contract of this function.
+    let indices = unsafe { input_indices(species, n_particles, "species") }?;
+    crate::Species::new(n_species, indices.to_vec())
+}
+
 /// Checks an output array of `len` doubles before any work is done, so that a NULL output is
 /// reported before computing anything.
 pub(crate) fn check_output(ptr: *mut f64, len: usize, what: &str) -> Result<()> {

@@ -16,6 +16,17 @@ use serde::de::DeserializeOwned;
 use super::{Cotangent, VectorField};
 use crate::error::Result;
 use crate::geometry::Layout;
+use crate::species::Species;
+
+/// The error of a family without species asked for several.
+pub(crate) fn refuse_species<F: FieldFamily>(species: &Species) -> crate::Error {
+    crate::Error::invalid(format!(
+        "the {} field family treats all particles as one species; {} species need the \
+         kernel family",
+        F::NAME,
+        species.n_species()
+    ))
+}
 
 /// A family of vector fields for a fixed particle layout, with its trainable parameters in one
 /// flat vector.
@@ -49,6 +60,32 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
     ///
     /// A typed error naming the setting or parameter block that is wrong.
     fn from_config(layout: Layout, config: Self::Config, params: Vec<f64>) -> Result<Self>;
+
+    /// [`FieldFamily::from_config`] for particles of the given species. Default: a single
+    /// species is `from_config`; several are refused, for families whose fields treat every
+    /// particle as identical.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] for several species in a family without them;
+    /// [`crate::Error::DimensionMismatch`] if `species` does not have one index per particle.
+    fn from_config_with_species(
+        layout: Layout,
+        config: Self::Config,
+        species: Species,
+        params: Vec<f64>,
+    ) -> Result<Self> {
+        species.check_count(layout.n_particles)?;
+        if !species.is_single() {
+            return Err(refuse_species::<Self>(&species));
+        }
+        Self::from_config(layout, config, params)
+    }
+
+    /// The particle species, `None` when all particles are identical (the default).
+    fn species(&self) -> Option<&Species> {
+        None
+    }
 
     /// The trainable parameters, one flat vector (the layout of [`FieldFamily::param_blocks`]).
     fn params(&self) -> &[f64];

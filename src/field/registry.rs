@@ -20,6 +20,7 @@ use super::family::{FieldFamily, TrainableField};
 use super::kernel::KernelField;
 use crate::error::{Error, Result};
 use crate::geometry::Layout;
+use crate::species::Species;
 
 /// Generates [`Field`] (one variant per family), its `From` conversions, [`Field::FAMILIES`],
 /// the model-file dispatch `from_family_spec` and `with_family!` from one list. `$d` is a `$`
@@ -48,10 +49,13 @@ macro_rules! field_families {
         fn from_family_spec(
             layout: Layout,
             spec: &FieldSpec,
+            species: Species,
             params: Vec<f64>,
         ) -> Option<Result<Field>> {
             $( if spec.family == <$ty as FieldFamily>::NAME {
-                return Some(from_spec_of::<$ty>(layout, spec, params).map(Field::$variant));
+                return Some(
+                    from_spec_of::<$ty>(layout, spec, species, params).map(Field::$variant),
+                );
             } )+
             None
         }
@@ -92,12 +96,17 @@ pub struct FieldSpec {
 }
 
 /// Builds a field of family `F` from a spec whose family name matched.
-fn from_spec_of<F: FieldFamily>(layout: Layout, spec: &FieldSpec, params: Vec<f64>) -> Result<F> {
+fn from_spec_of<F: FieldFamily>(
+    layout: Layout,
+    spec: &FieldSpec,
+    species: Species,
+    params: Vec<f64>,
+) -> Result<F> {
     let config: F::Config =
         serde_json::from_value(spec.config.clone()).map_err(|e| Error::Format {
             what: format!("field config of family '{}': {e}", F::NAME),
         })?;
-    F::from_config(layout, config, params)
+    F::from_config_with_species(layout, config, species, params)
 }
 
 fn spec_of<F: FieldFamily>(field: &F) -> FieldSpec {
@@ -116,7 +125,22 @@ impl Field {
     /// [`Error::Format`] for an unknown family or a config that does not parse; the family's
     /// own validation errors otherwise.
     pub fn from_spec(layout: Layout, spec: &FieldSpec, params: Vec<f64>) -> Result<Field> {
-        from_family_spec(layout, spec, params).unwrap_or_else(|| {
+        Self::from_spec_with_species(layout, spec, Species::single(layout.n_particles), params)
+    }
+
+    /// [`Field::from_spec`] for particles of the given species.
+    ///
+    /// # Errors
+    ///
+    /// As [`Field::from_spec`]; a family without species refuses several
+    /// ([`FieldFamily::from_config_with_species`]).
+    pub fn from_spec_with_species(
+        layout: Layout,
+        spec: &FieldSpec,
+        species: Species,
+        params: Vec<f64>,
+    ) -> Result<Field> {
+        from_family_spec(layout, spec, species, params).unwrap_or_else(|| {
             Err(Error::Format {
                 what: format!(
                     "unknown field family '{}' (this build knows {:?})",
@@ -140,6 +164,12 @@ impl Field {
             F::NAME
         }
         with_family!(self, f => name(f))
+    }
+
+    /// The particle species, `None` when all particles are identical.
+    #[must_use]
+    pub fn species(&self) -> Option<&Species> {
+        with_family!(self, f => FieldFamily::species(f))
     }
 
     /// The particle layout.

@@ -9,6 +9,11 @@
 //!   "system": { ... } | null, "training": { ... } | null }
 //! ```
 //!
+//! An optional `"species": {"n_species": 2, "of_particle": [0, 0, 1, …]}` records the species
+//! of every particle ([`crate::species`]); it is written only for several species, and a file
+//! without it (every file written before species existed) is a single-species flow. With
+//! several species `param_order` lists the five block names once per species-pair type.
+//!
 //! An optional `"require_certificate": true` turns on strict mode
 //! ([`Flow::set_require_certificate`]); it is written only when on, and a file without it
 //! (every file written before strict mode existed) loads with strict mode off. Builds older
@@ -41,6 +46,7 @@ use crate::flow::Flow;
 use crate::geometry::Layout;
 use crate::integrate::{DensityMode, Dopri5Config, Integrator, Method};
 use crate::prior::Prior;
+use crate::species::Species;
 use crate::system::System;
 
 /// The `format` field of every model file.
@@ -137,6 +143,9 @@ pub struct ModelFile {
     /// Version 1 only: the kernel field's settings. Read, never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernels: Option<KernelConfig>,
+    /// The species of every particle; absent for a single species.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub species: Option<Species>,
     pub param_order: Vec<String>,
     pub params: Vec<f64>,
     pub integrator: IntegratorSpec,
@@ -165,6 +174,7 @@ impl ModelFile {
             prior_sigma: flow.prior().sigma(),
             field: Some(flow.field().spec()),
             kernels: None,
+            species: flow.field().species().cloned(),
             param_order: flow
                 .field()
                 .param_blocks()
@@ -195,10 +205,23 @@ impl ModelFile {
             )));
         }
         let layout = Layout::new(self.n_particles, self.dim)?;
+        let species = match &self.species {
+            Some(species) => {
+                species.check_count(self.n_particles).map_err(|e| {
+                    bad(format!(
+                        "\"species\" does not match \"n_particles\" = {}: {e}",
+                        self.n_particles
+                    ))
+                })?;
+                species.clone()
+            }
+            None => Species::single(self.n_particles),
+        };
         let field = match (self.version, &self.field, &self.kernels) {
-            (1, None, Some(kernels)) => Field::Kernel(KernelField::from_config(
+            (1, None, Some(kernels)) => Field::Kernel(KernelField::from_config_with_species(
                 layout,
                 kernels.clone(),
+                species,
                 self.params.clone(),
             )?),
             (1, _, _) => {
@@ -206,7 +229,9 @@ impl ModelFile {
                     "a version 1 model file has a \"kernels\" object and no \"field\"".into(),
                 ));
             }
-            (_, Some(spec), None) => Field::from_spec(layout, spec, self.params.clone())?,
+            (_, Some(spec), None) => {
+                Field::from_spec_with_species(layout, spec, species, self.params.clone())?
+            }
             _ => {
                 return Err(bad(format!(
                     "a version {} model file has a \"field\" object and no \"kernels\"",
@@ -223,6 +248,16 @@ impl ModelFile {
         }
         if let Some(system) = &self.system {
             system.validate()?;
+            let system_species = system.species().filter(|s| !s.is_single());
+            if system_species != field.species() {
+                return Err(bad(format!(
+                    "system '{}' has {} species, the flow's field {} (\"species\" and \
+                     \"system\" contradict each other)",
+                    system.name,
+                    system_species.map_or(1, Species::n_species),
+                    field.species().map_or(1, Species::n_species)
+                )));
+            }
             if system.energy.shape() != (self.n_particles, self.dim) {
                 return Err(bad(format!(
                     "system '{}' is for {:?} particles×dims, the flow for ({}, {})",

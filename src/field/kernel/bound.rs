@@ -6,7 +6,8 @@
 //! `−Σ_{i<j} (e_i − e_j)(e_i − e_j)ᵀ ⊗ B_ij` with the symmetric pair block
 //! `B_ij = φ I + φ' r rᵀ/d`, whose eigenvalues are φ and `φ + φ' r²/d`, so
 //! `|uᵀ J u| ≤ M Σ_{i<j} |u_i − u_j|² ≤ M N |u|²` (the complete graph's Laplacian has norm N)
-//! and J is symmetric.
+//! and J is symmetric. With several species each pair's block has its pair type's φ, and M is
+//! the largest of the pair types' maxima: the bound is the largest per-type bound.
 //!
 //! The maximum over d is taken on a grid from `d = √ε_d` to the distance past which every
 //! Gaussian underflows to exactly 0 (φ is constant there, so that last point covers the tail),
@@ -56,11 +57,12 @@ struct Argmax {
 }
 
 impl KernelField {
-    /// The grid of the bound, `None` when it would be too large (the bound is then +∞).
-    fn bound_grid(&self) -> Option<BoundGrid> {
+    /// The grid of pair type `ty`'s bound, `None` when it would be too large (the bound is
+    /// then +∞).
+    fn bound_grid(&self, ty: usize) -> Option<BoundGrid> {
         let k = self.kernels();
         let n_dist = k.n_dist();
-        let a = &self.inv_gamma_sq_padded()[..n_dist];
+        let a = &self.block(ty).a_pad[..n_dist];
         let mu = &k.mu_dist;
         let gamma_min = a
             .iter()
@@ -158,44 +160,67 @@ impl KernelField {
         (self.layout().n_particles as f64 * m, at)
     }
 
-    /// [`crate::field::FieldFamily::lipschitz_bounds`] for the kernel field (module docs).
+    /// [`crate::field::FieldFamily::lipschitz_bounds`] for the kernel field (module docs): the
+    /// largest of the pair types' bounds.
     pub(crate) fn kernel_lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
-        let Some(grid) = self.bound_grid() else {
-            return vec![f64::INFINITY; times.len()];
-        };
-        let mut f = vec![0.0; grid.n_points];
-        times
-            .iter()
-            .map(|&t| self.bound_at(&grid, &self.time_slice(t), &mut f).0)
-            .collect()
+        let mut bounds = vec![f64::NEG_INFINITY; times.len()];
+        for ty in 0..self.n_pair_types() {
+            let Some(grid) = self.bound_grid(ty) else {
+                return vec![f64::INFINITY; times.len()];
+            };
+            let mut f = vec![0.0; grid.n_points];
+            for (bound, &t) in bounds.iter_mut().zip(times) {
+                let b = self.bound_at(&grid, &self.time_slice_of(ty, t), &mut f).0;
+                // A NaN bound wins, as in `bound_at`.
+                if b.is_nan() || b > *bound {
+                    *bound = b;
+                }
+            }
+        }
+        bounds
     }
 
     /// The bounds at `times` and `theta_bar += Σ_t bounds_bar[t]·∂L(t)/∂θ` (module docs), or
     /// `None` (nothing added) where the bound is +∞ or not finite.
+    ///
+    /// With several species the gradient is that of the pair type whose bound is the largest
+    /// at each time (the first on ties), through that type's block only.
     pub(crate) fn lipschitz_bounds_gradient(
         &self,
         times: &[f64],
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
     ) -> Option<Vec<f64>> {
-        let grid = self.bound_grid()?;
+        let n_types = self.n_pair_types();
+        let grids = (0..n_types)
+            .map(|ty| self.bound_grid(ty))
+            .collect::<Option<Vec<_>>>()?;
         let k = self.kernels();
         let n_dist = k.n_dist();
         let n = self.layout().n_particles as f64;
         let padded = self.mu_padded().len();
-        let mut f = vec![0.0; grid.n_points];
-        let mut acc = ParamAccumulator::default();
-        acc.reset(self);
-        let mut a_bar = vec![0.0; n_dist];
+        let mut f = vec![0.0; grids.iter().map(|g| g.n_points).max().unwrap_or(0)];
+        let mut acc = vec![ParamAccumulator::default(); n_types];
+        acc.iter_mut().for_each(|a| a.reset(self));
+        let mut a_bar = vec![0.0; n_types * n_dist];
         let mut w_bar = vec![0.0; padded];
         let mut bounds = Vec::with_capacity(times.len());
         for (&t, &l_bar) in times.iter().zip(bounds_bar) {
             let point = self.time_point(t);
-            let slice = point.slice();
-            let (bound, at) = self.bound_at(&grid, slice, &mut f);
-            if !bound.is_finite() {
-                return None;
+            // The pair type with the largest bound.
+            let mut best: Option<(usize, f64, Argmax)> = None;
+            for (ty, grid) in grids.iter().enumerate() {
+                let (bound, at) =
+                    self.bound_at(grid, point.part_slice(ty), &mut f[..grid.n_points]);
+                if !bound.is_finite() {
+                    return None;
+                }
+                if best.as_ref().is_none_or(|(_, b, _)| bound > *b) {
+                    best = Some((ty, bound, at));
+                }
             }
+            let (ty, bound, at) = best?;
+            let (grid, slice) = (&grids[ty], point.part_slice(ty));
             bounds.push(bound);
             if l_bar == 0.0 {
                 continue;
@@ -209,7 +234,7 @@ impl KernelField {
             w_bar.fill(0.0);
             let mut c_bar = 0.0;
             for (i, fb) in f_bar {
-                let (phi, slope) = Self::phi_and_slope(&grid, n_dist, slice, i);
+                let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
                 // f = |φ| or |φ + slope|, whichever is larger (the first on ties).
                 let (phi_bar, slope_bar) = if phi.abs() >= (phi + slope).abs() {
                     (fb * phi.signum(), 0.0)
@@ -226,16 +251,22 @@ impl KernelField {
                 {
                     *wb += phi_bar * r + slope_bar * rs;
                 }
-                self.add_bandwidth_cotangent(&grid, slice, i, phi_bar, slope_bar, &mut a_bar);
+                let a_bar = &mut a_bar[ty * n_dist..(ty + 1) * n_dist];
+                self.add_bandwidth_cotangent(ty, grid, slice, i, phi_bar, slope_bar, a_bar);
             }
-            self.unfold_time(&point, c_bar, &mut w_bar, &mut acc);
+            self.unfold_time(ty, point.part(ty), c_bar, &mut w_bar, &mut acc[ty]);
         }
-        acc.add_to(self, theta_bar);
-        let a = self.inv_gamma_sq_padded();
-        let range = self.param_layout().log_inv_gamma_dist();
-        for ((t, a), ab) in theta_bar[range].iter_mut().zip(a).zip(&a_bar) {
-            // a = exp(2p): ∂a/∂p = 2a.
-            *t += 2.0 * a * ab;
+        for (ty, acc) in acc.iter().enumerate() {
+            acc.add_to(self, ty, theta_bar);
+            let a = &self.block(ty).a_pad;
+            let offset = self.block_range(ty).start;
+            let range = self.param_layout().log_inv_gamma_dist();
+            let range = range.start + offset..range.end + offset;
+            let a_bar = &a_bar[ty * n_dist..(ty + 1) * n_dist];
+            for ((t, a), ab) in theta_bar[range].iter_mut().zip(a).zip(a_bar) {
+                // a = exp(2p): ∂a/∂p = 2a.
+                *t += 2.0 * a * ab;
+            }
         }
         Some(bounds)
     }
@@ -245,8 +276,10 @@ impl KernelField {
     /// `β = ∂g'_l/∂a_l = −2e·g_l·(1 − a_l e²)` (e = d − μ_l), and through the normalisation
     /// `ρ = g/T`, `T = ε + Σg`, `S = Σg'`, `φ₀ = Σ_k ρ_k w_k`, `φ'₀ = (Σ_k w_k g'_k − φ₀S)/T`:
     /// `∂φ₀/∂a_l = α(w_l − φ₀)/T` and `∂φ'₀/∂a_l = [β(w_l − φ₀) − α(S(w_l − φ₀)/T + φ'₀)]/T`.
+    #[allow(clippy::too_many_arguments)] // internal: one grid point's cotangents, unpacked
     fn add_bandwidth_cotangent(
         &self,
+        ty: usize,
         grid: &BoundGrid,
         slice: &TimeSlice,
         i: usize,
@@ -256,7 +289,7 @@ impl KernelField {
     ) {
         let k = self.kernels();
         let n_dist = k.n_dist();
-        let a = &self.inv_gamma_sq_padded()[..n_dist];
+        let a = &self.block(ty).a_pad[..n_dist];
         let w = &slice.w[..n_dist];
         let d = EPS_D.sqrt() + i as f64 * grid.step;
         let r2_over_d = (d * d - EPS_D) / d;

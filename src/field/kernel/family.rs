@@ -9,6 +9,7 @@ use super::{KernelConfig, KernelField, TabulatedField};
 use crate::error::Result;
 use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
 use crate::geometry::Layout;
+use crate::species::Species;
 
 impl FieldFamily for KernelField {
     const NAME: &'static str = "kernel";
@@ -26,6 +27,19 @@ impl FieldFamily for KernelField {
         KernelField::new(layout, config, params)
     }
 
+    fn from_config_with_species(
+        layout: Layout,
+        config: KernelConfig,
+        species: Species,
+        params: Vec<f64>,
+    ) -> Result<Self> {
+        KernelField::with_species(layout, config, species, params)
+    }
+
+    fn species(&self) -> Option<&Species> {
+        KernelField::species(self)
+    }
+
     fn params(&self) -> &[f64] {
         KernelField::params(self)
     }
@@ -34,8 +48,17 @@ impl FieldFamily for KernelField {
         KernelField::set_params(self, params)
     }
 
+    /// One set of the five blocks per species-pair type, in pair-type order (the names repeat).
     fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)> {
-        self.param_layout().blocks().to_vec()
+        (0..self.n_pair_types())
+            .flat_map(|ty| {
+                let offset = self.block_range(ty).start;
+                self.param_layout()
+                    .blocks()
+                    .into_iter()
+                    .map(move |(name, r)| (name, r.start + offset..r.end + offset))
+            })
+            .collect()
     }
 
     /// `N · max_d max(|φ|, |φ + φ'·r²/d|)` at each time: see `src/field/kernel/bound.rs`.
@@ -52,12 +75,14 @@ impl FieldFamily for KernelField {
     }
 }
 
-/// The parameter cotangent of one reverse pass: per time point `Σ w̄` (padded K) and `Σ c̄`,
-/// unfolded once per time point at the end (the unfold is linear), and the accumulator.
+/// The parameter cotangent of one reverse pass: per time point and pair type `Σ w̄` (padded K)
+/// and `Σ c̄`, unfolded once per time point at the end (the unfold is linear), and one
+/// accumulator per pair type.
 #[derive(Clone, Default)]
 pub struct KernelAdjoint {
-    acc: ParamAccumulator,
+    acc: Vec<ParamAccumulator>,
     padded: usize,
+    n_types: usize,
     w_sums: Vec<f64>,
     c_sums: Vec<f64>,
 }
@@ -103,16 +128,25 @@ impl TrainableField for KernelField {
     }
 
     fn velocity_at_into(&self, x: &[f64], point: &TimePoint, v: &mut [f64]) -> f64 {
-        self.velocity_with_slice_into(x, point.slice(), v)
+        if self.species().is_none() {
+            self.velocity_with_slice_into(x, point.slice(), v)
+        } else {
+            self.velocity_with_slices_into(x, point.slices(), v)
+        }
     }
 
     fn adjoint_reset(&self, adjoint: &mut KernelAdjoint, n_times: usize) {
-        adjoint.acc.reset(self);
+        let n_types = self.n_pair_types();
+        adjoint.acc.resize_with(n_types, ParamAccumulator::default);
+        adjoint.acc.iter_mut().for_each(|a| a.reset(self));
         adjoint.padded = self.mu_padded().len();
+        adjoint.n_types = n_types;
         adjoint.w_sums.clear();
-        adjoint.w_sums.resize(n_times * adjoint.padded, 0.0);
+        adjoint
+            .w_sums
+            .resize(n_times * n_types * adjoint.padded, 0.0);
         adjoint.c_sums.clear();
-        adjoint.c_sums.resize(n_times, 0.0);
+        adjoint.c_sums.resize(n_times * n_types, 0.0);
     }
 
     fn vjp_at(
@@ -125,16 +159,23 @@ impl TrainableField for KernelField {
         adjoint: &mut KernelAdjoint,
         scratch: &mut VjpScratch,
     ) {
-        let kp = adjoint.padded;
-        adjoint.c_sums[time_index] += self.vjp_pairs_at(
+        let (kp, n_types) = (adjoint.padded, adjoint.n_types);
+        let span = n_types * kp;
+        let c_bar = self.vjp_pairs_at(
             x,
             point,
             cotangent,
             x_bar,
-            &mut adjoint.w_sums[time_index * kp..(time_index + 1) * kp],
+            &mut adjoint.w_sums[time_index * span..(time_index + 1) * span],
             &mut adjoint.acc,
             scratch,
         );
+        for (sum, c) in adjoint.c_sums[time_index * n_types..(time_index + 1) * n_types]
+            .iter_mut()
+            .zip(c_bar)
+        {
+            *sum += c;
+        }
     }
 
     fn adjoint_finish(
@@ -143,11 +184,17 @@ impl TrainableField for KernelField {
         adjoint: &mut KernelAdjoint,
         theta_bar: &mut [f64],
     ) {
-        let kp = adjoint.padded;
+        let (kp, n_types) = (adjoint.padded, adjoint.n_types);
         for (i, point) in points.iter().enumerate() {
-            let w_sum = &mut adjoint.w_sums[i * kp..(i + 1) * kp];
-            self.unfold_time(point, adjoint.c_sums[i], w_sum, &mut adjoint.acc);
+            for ty in 0..n_types {
+                let at = i * n_types + ty;
+                let w_sum = &mut adjoint.w_sums[at * kp..(at + 1) * kp];
+                let c_sum = adjoint.c_sums[at];
+                self.unfold_time(ty, point.part(ty), c_sum, w_sum, &mut adjoint.acc[ty]);
+            }
         }
-        adjoint.acc.add_to(self, theta_bar);
+        for (ty, acc) in adjoint.acc.iter().enumerate() {
+            acc.add_to(self, ty, theta_bar);
+        }
     }
 }

@@ -51,8 +51,24 @@ pub(super) fn check_usable(field: &KernelField, h: f64) -> Result<()> {
             ));
         }
     }
+    for ty in 0..field.n_pair_types() {
+        check_block(field, ty, h)?;
+    }
+    Ok(())
+}
+
+/// The parameter ranges for pair type `ty`'s block (the whole vector for one species).
+fn check_block(field: &KernelField, ty: usize, h: f64) -> Result<()> {
+    let out_of_range = |what: String| Err(Error::invalid(what));
     let pl: ParamLayout = field.param_layout();
-    let params = field.params();
+    let offset = field.block_range(ty).start;
+    let params = field.block_params(ty);
+    // Named only when there are several pair types, so single-species messages are unchanged.
+    let of_type = if field.n_pair_types() > 1 {
+        format!(" of species-pair type {ty}")
+    } else {
+        String::new()
+    };
     for (block, range) in pl.blocks() {
         let bound = if block.starts_with("log_inv_gamma") {
             MAX_LOG_INV_GAMMA
@@ -65,8 +81,9 @@ pub(super) fn check_usable(field: &KernelField, h: f64) -> Result<()> {
             .find(|(_, p)| p.abs() > bound)
         {
             return out_of_range(format!(
-                "params[{}] (block {block}, element {i}) = {p:e} exceeds {bound:e} in magnitude",
-                range.start + i
+                "params[{}] (block {block}{of_type}, element {i}) = {p:e} exceeds {bound:e} in \
+                 magnitude",
+                offset + range.start + i
             ));
         }
     }
@@ -84,7 +101,7 @@ pub(super) fn check_usable(field: &KernelField, h: f64) -> Result<()> {
         let strength = h * pairs * radial;
         if strength.is_nan() || strength > MAX_STEP_STRENGTH {
             return out_of_range(format!(
-                "params w, b, s: time kernel r = {r} has the radial bound max_k |W_kr| + \
+                "params w, b, s{of_type}: time kernel r = {r} has the radial bound max_k |W_kr| + \
                  Σ_k s_k² |W_kr| + |b_r| = {radial:e}, so the step strength h·min(N − 1, 12)·bound \
                  = {strength:e} exceeds {MAX_STEP_STRENGTH}: a field this strong makes the \
                  integrator's flow map meaningless (use more steps or smaller weights)"

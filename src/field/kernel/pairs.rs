@@ -9,6 +9,32 @@ use multiversion::multiversion;
 
 use super::radial::RadialFn;
 use crate::geometry::MAX_DIM;
+use crate::species::Species;
+
+/// Which pairs a pass of the pair loops visits: all of them (one species, one radial function)
+/// or those of one species-pair type. A generic parameter, so that the single-species loops
+/// compile to exactly the code (and the bits) they had before species existed.
+pub(crate) trait PairFilter {
+    /// Whether pair `i < j` has pair type `ty`.
+    fn accept(&self, i: usize, j: usize, ty: usize) -> bool;
+}
+
+/// Every pair, of type 0.
+pub(crate) struct AllPairs;
+
+impl PairFilter for AllPairs {
+    #[inline(always)]
+    fn accept(&self, _: usize, _: usize, _: usize) -> bool {
+        true
+    }
+}
+
+impl PairFilter for Species {
+    #[inline(always)]
+    fn accept(&self, i: usize, j: usize, ty: usize) -> bool {
+        self.pair_type_of_particles(i, j) == ty
+    }
+}
 
 /// Softening of pair distances in the field, `d = sqrt(|r|² + EPS_D)` (not used by energies).
 pub const EPS_D: f64 = 1e-6;
@@ -58,14 +84,28 @@ impl<const B: usize, const D: usize> PairBlock<B, D> {
         }
     }
 
-    /// Fills the block with the pairs from the cursor `(i, j)` on, advancing it; returns false
-    /// when there were none left.
+    /// Fills the block with the pairs of type `ty` (all pairs for [`AllPairs`]) from the cursor
+    /// `(i, j)` on, advancing it; returns false when there were none left.
     #[inline(always)]
-    fn fill(&mut self, x: &[[f64; D]], cursor: &mut (usize, usize)) -> bool {
+    fn fill<P: PairFilter>(
+        &mut self,
+        x: &[[f64; D]],
+        pairs: &P,
+        ty: usize,
+        cursor: &mut (usize, usize),
+    ) -> bool {
         let n = x.len();
         let (mut i, mut j) = *cursor;
         let mut m = 0;
         while m < B && i + 1 < n {
+            if !pairs.accept(i, j, ty) {
+                j += 1;
+                if j == n {
+                    i += 1;
+                    j = i + 1;
+                }
+                continue;
+            }
             self.i[m] = i as u32;
             self.j[m] = j as u32;
             let mut r2 = 0.0;
@@ -106,9 +146,10 @@ impl<const B: usize, const D: usize> PairBlock<B, D> {
 
 /// Writes `v` and returns `div v`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_pairs_in<R: RadialFn, const B: usize, const D: usize>(
+fn velocity_pairs_in<R: RadialFn, P: PairFilter, const B: usize, const D: usize>(
     x: &[f64],
-    radial: &R,
+    pairs: &P,
+    radials: &[R],
     v: &mut [f64],
 ) -> f64 {
     v.fill(0.0);
@@ -116,25 +157,27 @@ fn velocity_pairs_in<R: RadialFn, const B: usize, const D: usize>(
     let (x_p, _) = x.as_chunks::<D>();
     let (v_p, _) = v.as_chunks_mut::<D>();
     let mut div = 0.0;
-    let mut scratch = radial.scratch();
     let mut b = PairBlock::<B, D>::new();
-    let mut cursor = (0, 1);
     let dim_f = D as f64;
-    while b.fill(x_p, &mut cursor) {
-        let m = b.len;
-        radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
-        // Both ordered pairs contribute D·φ + φ'·|r|²/d to the trace (kept in `dphi`'s place).
-        for (((dphi, phi), r2), d) in b.dphi[..m]
-            .iter_mut()
-            .zip(&b.phi[..m])
-            .zip(&b.r2[..m])
-            .zip(&b.d[..m])
-        {
-            *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
-        }
-        for p in 0..m {
-            b.add_velocity(p, v_p);
-            div += b.dphi[p];
+    for (ty, radial) in radials.iter().enumerate() {
+        let mut scratch = radial.scratch();
+        let mut cursor = (0, 1);
+        while b.fill(x_p, pairs, ty, &mut cursor) {
+            let m = b.len;
+            radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
+            // Both ordered pairs contribute D·φ + φ'·|r|²/d to the trace (kept in `dphi`'s place).
+            for (((dphi, phi), r2), d) in b.dphi[..m]
+                .iter_mut()
+                .zip(&b.phi[..m])
+                .zip(&b.r2[..m])
+                .zip(&b.d[..m])
+            {
+                *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
+            }
+            for p in 0..m {
+                b.add_velocity(p, v_p);
+                div += b.dphi[p];
+            }
         }
     }
     div
@@ -143,23 +186,26 @@ fn velocity_pairs_in<R: RadialFn, const B: usize, const D: usize>(
 /// Writes `v` only: what an iterative solve needs, without the divergence (which costs a
 /// division and `φ'` per pair). `v` has the same bits as from [`velocity_pairs`].
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_only_pairs_in<R: RadialFn, const B: usize, const D: usize>(
+fn velocity_only_pairs_in<R: RadialFn, P: PairFilter, const B: usize, const D: usize>(
     x: &[f64],
-    radial: &R,
+    pairs: &P,
+    radials: &[R],
     v: &mut [f64],
 ) {
     v.fill(0.0);
     // Per particle, so that a pair costs one bounds check per particle, not per component.
     let (x_p, _) = x.as_chunks::<D>();
     let (v_p, _) = v.as_chunks_mut::<D>();
-    let mut scratch = radial.scratch();
     let mut b = PairBlock::<B, D>::new();
-    let mut cursor = (0, 1);
-    while b.fill(x_p, &mut cursor) {
-        let m = b.len;
-        radial.value_block(&b.d[..m], &mut b.phi[..m], &mut scratch);
-        for p in 0..m {
-            b.add_velocity(p, v_p);
+    for (ty, radial) in radials.iter().enumerate() {
+        let mut scratch = radial.scratch();
+        let mut cursor = (0, 1);
+        while b.fill(x_p, pairs, ty, &mut cursor) {
+            let m = b.len;
+            radial.value_block(&b.d[..m], &mut b.phi[..m], &mut scratch);
+            for p in 0..m {
+                b.add_velocity(p, v_p);
+            }
         }
     }
 }
@@ -175,9 +221,16 @@ fn velocity_only_pairs_in<R: RadialFn, const B: usize, const D: usize>(
 /// `|r|² = d² − ε_d`, so `T'(d)/d = 2·((D + 1)·q + φ'' + (ε_d/d²)·(q − φ''))` with `q = φ'/d`,
 /// and `±(T'/d)·r` to the gradient at its two particles.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize, const GRAD: bool>(
+fn velocity_jacobian_pairs_in<
+    R: RadialFn,
+    P: PairFilter,
+    const B: usize,
+    const D: usize,
+    const GRAD: bool,
+>(
     x: &[f64],
-    radial: &R,
+    pairs: &P,
+    radials: &[R],
     v: &mut [f64],
     jac: &mut [f64],
     div_gradient: &mut [f64],
@@ -199,123 +252,154 @@ fn velocity_jacobian_pairs_in<R: RadialFn, const B: usize, const D: usize, const
         }
     }
     let mut div = 0.0;
-    let mut scratch = radial.scratch();
     let mut b = PairBlock::<B, D>::new();
-    let mut cursor = (0, 1);
     let dim_f = D as f64;
     // φ'/d per pair, then the divergence term in `dphi`'s place; with GRAD, φ'' and then T'/d.
     let mut q = [0.0; B];
     let mut g = [0.0; B];
-    while b.fill(x_p, &mut cursor) {
-        let m = b.len;
-        if GRAD {
-            radial.eval2_block(
-                &b.d[..m],
-                &mut b.phi[..m],
-                &mut b.dphi[..m],
-                &mut g[..m],
-                &mut scratch,
-            );
-        } else {
-            radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
-        }
-        for (((((q, g), dphi), phi), r2), d) in q[..m]
-            .iter_mut()
-            .zip(&mut g[..m])
-            .zip(&mut b.dphi[..m])
-            .zip(&b.phi[..m])
-            .zip(&b.r2[..m])
-            .zip(&b.d[..m])
-        {
-            *q = *dphi / d;
+    for (ty, radial) in radials.iter().enumerate() {
+        let mut scratch = radial.scratch();
+        let mut cursor = (0, 1);
+        while b.fill(x_p, pairs, ty, &mut cursor) {
+            let m = b.len;
             if GRAD {
-                // `g` holds φ''.
-                let e = EPS_D / (r2 + EPS_D);
-                *g = 2.0 * ((dim_f + 1.0) * *q + *g + e * (*q - *g));
+                radial.eval2_block(
+                    &b.d[..m],
+                    &mut b.phi[..m],
+                    &mut b.dphi[..m],
+                    &mut g[..m],
+                    &mut scratch,
+                );
+            } else {
+                radial.eval_block(&b.d[..m], &mut b.phi[..m], &mut b.dphi[..m], &mut scratch);
             }
-            *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
-        }
-        for p in 0..m {
-            b.add_velocity(p, v_p);
-            let (i, j, phi, q) = (b.i[p] as usize, b.j[p] as usize, b.phi[p], q[p]);
-            let r: [f64; D] = std::array::from_fn(|k| b.r[k][p]);
-            // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
-            // `q·(r_p·r_s)` is the same bits for (p, s) and (s, p): the assembled Jacobian is
-            // exactly symmetric, as the exact-discrete inverse's chord products assume.
-            for p in 0..D {
-                let (row_i, row_j) = ((i * D + p) * n, (j * D + p) * n);
-                for s in 0..D {
-                    let mut b = q * (r[p] * r[s]);
-                    if p == s {
-                        b += phi;
+            for (((((q, g), dphi), phi), r2), d) in q[..m]
+                .iter_mut()
+                .zip(&mut g[..m])
+                .zip(&mut b.dphi[..m])
+                .zip(&b.phi[..m])
+                .zip(&b.r2[..m])
+                .zip(&b.d[..m])
+            {
+                *q = *dphi / d;
+                if GRAD {
+                    // `g` holds φ''.
+                    let e = EPS_D / (r2 + EPS_D);
+                    *g = 2.0 * ((dim_f + 1.0) * *q + *g + e * (*q - *g));
+                }
+                *dphi = 2.0 * (dim_f * phi + *dphi * r2 / d);
+            }
+            for p in 0..m {
+                b.add_velocity(p, v_p);
+                let (i, j, phi, q) = (b.i[p] as usize, b.j[p] as usize, b.phi[p], q[p]);
+                let r: [f64; D] = std::array::from_fn(|k| b.r[k][p]);
+                // ∂v_i/∂x_i gains B = φ I + (φ'/d) r rᵀ, ∂v_i/∂x_j is −B, and symmetrically for j.
+                // `q·(r_p·r_s)` is the same bits for (p, s) and (s, p): the assembled Jacobian is
+                // exactly symmetric, as the exact-discrete inverse's chord products assume.
+                for p in 0..D {
+                    let (row_i, row_j) = ((i * D + p) * n, (j * D + p) * n);
+                    for s in 0..D {
+                        let mut b = q * (r[p] * r[s]);
+                        if p == s {
+                            b += phi;
+                        }
+                        jac_p[row_i + i][s] += b;
+                        jac_p[row_j + j][s] += b;
+                        jac_p[row_i + j][s] = -b;
+                        jac_p[row_j + i][s] = -b;
                     }
-                    jac_p[row_i + i][s] += b;
-                    jac_p[row_j + j][s] += b;
-                    jac_p[row_i + j][s] = -b;
-                    jac_p[row_j + i][s] = -b;
                 }
-            }
-            if GRAD {
-                for (k, r) in r.iter().enumerate() {
-                    let term = g[p] * r;
-                    grad_p[i][k] += term;
-                    grad_p[j][k] -= term;
+                if GRAD {
+                    for (k, r) in r.iter().enumerate() {
+                        let term = g[p] * r;
+                        grad_p[i][k] += term;
+                        grad_p[j][k] -= term;
+                    }
                 }
+                div += b.dphi[p];
             }
-            div += b.dphi[p];
         }
     }
     div
 }
 
-/// Calls `$f::<R, B, D>(x, ...)` (or `$f::<R, B, D, $flag>`) with the block size for the
-/// system's pair count and the dimension as a constant.
+/// Calls `$f::<R, P, B, D>(x, pairs, radials, ...)` (or `$f::<R, P, B, D, $flag>`) with the
+/// block size for the system's pair count and the dimension as a constant, for all pairs
+/// (`species` `None`, one radial function) or per species-pair type (one radial function per
+/// type, in the numbering of [`crate::species`]).
 macro_rules! dispatch {
-    ($f:ident $(, $flag:literal)?; $x:expr, $dim:expr, $($arg:expr),*) => {{
-        let (x, dim) = ($x, $dim);
+    ($f:ident $(, $flag:literal)?; $x:expr, $dim:expr, $species:expr, $radials:expr, $($arg:expr),*) => {{
+        let (x, dim, radials) = ($x, $dim, $radials);
         let n = x.len() / dim;
         let few = n * n.saturating_sub(1) / 2 <= SMALL_BLOCK;
-        match (few, dim) {
-            (true, 1) => $f::<R, SMALL_BLOCK, 1 $(, $flag)?>(x, $($arg),*),
-            (true, 2) => $f::<R, SMALL_BLOCK, 2 $(, $flag)?>(x, $($arg),*),
-            (true, 3) => $f::<R, SMALL_BLOCK, 3 $(, $flag)?>(x, $($arg),*),
-            (false, 1) => $f::<R, BLOCK, 1 $(, $flag)?>(x, $($arg),*),
-            (false, 2) => $f::<R, BLOCK, 2 $(, $flag)?>(x, $($arg),*),
-            (false, 3) => $f::<R, BLOCK, 3 $(, $flag)?>(x, $($arg),*),
-            _ => unreachable!("Layout admits 1 ≤ dim ≤ {MAX_DIM}, not {dim}"),
+        match $species {
+            None => {
+                debug_assert_eq!(radials.len(), 1);
+                dispatch!(@dim $f $(, $flag)?; few, dim, AllPairs, x, &AllPairs, radials, $($arg),*)
+            }
+            Some(species) => {
+                debug_assert_eq!(radials.len(), species.n_pair_types());
+                dispatch!(@dim $f $(, $flag)?; few, dim, Species, x, species, radials, $($arg),*)
+            }
+        }
+    }};
+    (@dim $f:ident $(, $flag:literal)?; $few:expr, $dim:expr, $p:ty, $($arg:expr),*) => {{
+        match ($few, $dim) {
+            (true, 1) => $f::<R, $p, SMALL_BLOCK, 1 $(, $flag)?>($($arg),*),
+            (true, 2) => $f::<R, $p, SMALL_BLOCK, 2 $(, $flag)?>($($arg),*),
+            (true, 3) => $f::<R, $p, SMALL_BLOCK, 3 $(, $flag)?>($($arg),*),
+            (false, 1) => $f::<R, $p, BLOCK, 1 $(, $flag)?>($($arg),*),
+            (false, 2) => $f::<R, $p, BLOCK, 2 $(, $flag)?>($($arg),*),
+            (false, 3) => $f::<R, $p, BLOCK, 3 $(, $flag)?>($($arg),*),
+            (_, dim) => unreachable!("Layout admits 1 ≤ dim ≤ {MAX_DIM}, not {dim}"),
         }
     }};
 }
 
-/// Writes `v` and returns `div v`.
-pub(crate) fn velocity_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) -> f64 {
-    dispatch!(velocity_pairs_in; x, dim, radial, v)
+/// Writes `v` and returns `div v`. `species` `None`: one radial function for all pairs;
+/// otherwise one per species-pair type (here and below).
+pub(crate) fn velocity_pairs<R: RadialFn>(
+    x: &[f64],
+    dim: usize,
+    species: Option<&Species>,
+    radials: &[R],
+    v: &mut [f64],
+) -> f64 {
+    dispatch!(velocity_pairs_in; x, dim, species, radials, v)
 }
 
 /// Writes `v` only (see [`velocity_only_pairs_in`]).
-pub(crate) fn velocity_only_pairs<R: RadialFn>(x: &[f64], dim: usize, radial: &R, v: &mut [f64]) {
-    dispatch!(velocity_only_pairs_in; x, dim, radial, v)
+pub(crate) fn velocity_only_pairs<R: RadialFn>(
+    x: &[f64],
+    dim: usize,
+    species: Option<&Species>,
+    radials: &[R],
+    v: &mut [f64],
+) {
+    dispatch!(velocity_only_pairs_in; x, dim, species, radials, v)
 }
 
 /// Writes `v` and the dense Jacobian and returns `div v` (see [`velocity_jacobian_pairs_in`]).
 pub(crate) fn velocity_jacobian_pairs<R: RadialFn>(
     x: &[f64],
     dim: usize,
-    radial: &R,
+    species: Option<&Species>,
+    radials: &[R],
     v: &mut [f64],
     jac: &mut [f64],
 ) -> f64 {
-    dispatch!(velocity_jacobian_pairs_in, false; x, dim, radial, v, jac, &mut [])
+    dispatch!(velocity_jacobian_pairs_in, false; x, dim, species, radials, v, jac, &mut [])
 }
 
 /// As [`velocity_jacobian_pairs`], also writing `∇(div v)` (see [`velocity_jacobian_pairs_in`]).
 pub(crate) fn velocity_jacobian_divgrad_pairs<R: RadialFn>(
     x: &[f64],
     dim: usize,
-    radial: &R,
+    species: Option<&Species>,
+    radials: &[R],
     v: &mut [f64],
     jac: &mut [f64],
     div_gradient: &mut [f64],
 ) -> f64 {
-    dispatch!(velocity_jacobian_pairs_in, true; x, dim, radial, v, jac, div_gradient)
+    dispatch!(velocity_jacobian_pairs_in, true; x, dim, species, radials, v, jac, div_gradient)
 }

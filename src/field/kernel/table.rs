@@ -206,6 +206,7 @@ pub struct TabulatedField {
     /// `(t − times[0])·index_scale`, rounded, is the index of `t` when the times are equally
     /// spaced (as a grid's stage times are): found in O(1), checked bitwise.
     index_scale: f64,
+    /// One table per time and pair type: `tables[time_index · n_pair_types + ty]`.
     tables: Vec<RadialTable>,
 }
 
@@ -231,8 +232,10 @@ impl TabulatedField {
         let mut times = times.to_vec();
         times.sort_by(f64::total_cmp);
         times.dedup_by(|a, b| a.to_bits() == b.to_bits());
+        let n_types = field.n_pair_types();
         let bytes = times
             .len()
+            .checked_mul(n_types)?
             .checked_mul(n_intervals)?
             .checked_mul(std::mem::size_of::<Cubic>())?;
         if bytes > MAX_TABLE_BYTES {
@@ -242,7 +245,7 @@ impl TabulatedField {
         // a rayon join there could steal a job that waits on the same lock (a deadlock).
         let tables = times
             .iter()
-            .map(|&t| build_table(field, t, h, n_intervals))
+            .flat_map(|&t| (0..n_types).map(move |ty| build_table(field, ty, t, h, n_intervals)))
             .collect();
         let span = times.last().copied().unwrap_or(0.0) - times.first().copied().unwrap_or(0.0);
         let index_scale = if span > 0.0 {
@@ -264,8 +267,8 @@ impl TabulatedField {
         &self.field
     }
 
-    /// The tabulated radial function at `t`, if `t` is one of the tabulated times (bitwise).
-    fn table_radial(&self, t: f64) -> Option<TableRadial<'_>> {
+    /// The index of `t` among the tabulated times (bitwise), if it is one.
+    fn time_index(&self, t: f64) -> Option<usize> {
         // Called once per field evaluation, so the index is computed from `t` first and
         // searched for only if that misses (see docs/numerics.md §"Per-time tables").
         let first = *self.times.first()?;
@@ -279,19 +282,52 @@ impl TabulatedField {
                 .binary_search_by(|probe| probe.total_cmp(&t))
                 .ok()?,
         };
-        let table = &self.tables[i];
-        Some(TableRadial {
-            table,
-            exact: self.field.exact_radial(&table.slice),
-        })
+        Some(i)
     }
 
-    /// `(φ, φ')` of the field as implemented at `(d, t)`: the table where there is one.
+    /// Pair type `ty`'s table radial function at the tabulated time of index `i`.
+    fn table_radial_at(&self, i: usize, ty: usize) -> TableRadial<'_> {
+        let table = &self.tables[i * self.field.n_pair_types() + ty];
+        TableRadial {
+            table,
+            exact: self.field.exact_radial(ty, &table.slice),
+        }
+    }
+
+    /// The tabulated radial function of pair type 0 at `t`, if `t` is one of the tabulated
+    /// times (bitwise).
+    #[cfg(test)]
+    fn table_radial(&self, t: f64) -> Option<TableRadial<'_>> {
+        self.time_index(t).map(|i| self.table_radial_at(i, 0))
+    }
+
+    /// Calls `f` with every pair type's tabulated radial function at `t` (on the stack for one
+    /// species), or returns `None` when `t` has no table.
+    fn with_table_radials<T>(&self, t: f64, f: impl FnOnce(&[TableRadial<'_>]) -> T) -> Option<T> {
+        let i = self.time_index(t)?;
+        if self.field.species().is_none() {
+            Some(f(&[self.table_radial_at(i, 0)]))
+        } else {
+            let radials: Vec<TableRadial<'_>> = (0..self.field.n_pair_types())
+                .map(|ty| self.table_radial_at(i, ty))
+                .collect();
+            Some(f(&radials))
+        }
+    }
+
+    /// `(φ, φ')` of the field as implemented at `(d, t)`: the table where there is one (pair
+    /// type 0).
     #[must_use]
     pub fn radial(&self, d: f64, t: f64) -> (f64, f64) {
-        match self.table_radial(t) {
-            Some(radial) => radial.eval(d, &mut ()),
-            None => self.field.radial(d, t),
+        self.radial_of(0, d, t)
+    }
+
+    /// `(φ, φ')` of pair type `ty` as implemented at `(d, t)`.
+    #[must_use]
+    pub fn radial_of(&self, ty: usize, d: f64, t: f64) -> (f64, f64) {
+        match self.time_index(t) {
+            Some(i) => self.table_radial_at(i, ty).eval(d, &mut ()),
+            None => self.field.radial_of(ty, d, t),
         }
     }
 }
@@ -308,16 +344,23 @@ impl VectorField for TabulatedField {
     }
 
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
-        match self.table_radial(t) {
-            Some(radial) => velocity_pairs(x, self.field.layout().dim, &radial, v),
+        let (dim, species) = (self.field.layout().dim, self.field.species());
+        // `v` is reborrowed inside the closure; the fallback runs only when it did not.
+        let tabulated =
+            self.with_table_radials(t, |radials| velocity_pairs(x, dim, species, radials, v));
+        match tabulated {
+            Some(div) => div,
             None => self.field.velocity_into(x, t, v),
         }
     }
 
     fn velocity_only_into(&self, x: &[f64], t: f64, v: &mut [f64]) {
-        match self.table_radial(t) {
-            Some(radial) => velocity_only_pairs(x, self.field.layout().dim, &radial, v),
-            None => self.field.velocity_only_into(x, t, v),
+        let (dim, species) = (self.field.layout().dim, self.field.species());
+        let tabulated = self.with_table_radials(t, |radials| {
+            velocity_only_pairs(x, dim, species, radials, v);
+        });
+        if tabulated.is_none() {
+            self.field.velocity_only_into(x, t, v);
         }
     }
 
@@ -328,10 +371,12 @@ impl VectorField for TabulatedField {
         v: &mut [f64],
         jacobian: &mut [f64],
     ) -> f64 {
-        match self.table_radial(t) {
-            Some(radial) => {
-                velocity_jacobian_pairs(x, self.field.layout().dim, &radial, v, jacobian)
-            }
+        let (dim, species) = (self.field.layout().dim, self.field.species());
+        let tabulated = self.with_table_radials(t, |radials| {
+            velocity_jacobian_pairs(x, dim, species, radials, v, jacobian)
+        });
+        match tabulated {
+            Some(div) => div,
             None => self.field.velocity_jacobian_into(x, t, v, jacobian),
         }
     }
@@ -344,15 +389,12 @@ impl VectorField for TabulatedField {
         jacobian: &mut [f64],
         div_gradient: &mut [f64],
     ) -> Option<f64> {
-        match self.table_radial(t) {
-            Some(radial) => Some(velocity_jacobian_divgrad_pairs(
-                x,
-                self.field.layout().dim,
-                &radial,
-                v,
-                jacobian,
-                div_gradient,
-            )),
+        let (dim, species) = (self.field.layout().dim, self.field.species());
+        let tabulated = self.with_table_radials(t, |radials| {
+            velocity_jacobian_divgrad_pairs(x, dim, species, radials, v, jacobian, div_gradient)
+        });
+        match tabulated {
+            Some(div) => Some(div),
             None => self
                 .field
                 .velocity_jacobian_divgrad_into(x, t, v, jacobian, div_gradient),
@@ -360,13 +402,20 @@ impl VectorField for TabulatedField {
     }
 }
 
-/// Node spacing and interval count for the current bandwidths.
+/// Node spacing and interval count for the current bandwidths (of every pair type: one grid
+/// for all tables).
 fn spacing(field: &KernelField) -> Option<(f64, usize)> {
     let pl = field.param_layout();
-    let p = &field.params()[pl.log_inv_gamma_dist()];
     // γ = exp(−p).
-    let gamma_min = p.iter().map(|p| (-p).exp()).fold(f64::INFINITY, f64::min);
-    let gamma_max = p.iter().map(|p| (-p).exp()).fold(0.0, f64::max);
+    let gammas = || {
+        (0..field.n_pair_types()).flat_map(move |ty| {
+            field.block_params(ty)[pl.log_inv_gamma_dist()]
+                .iter()
+                .map(|p| (-p).exp())
+        })
+    };
+    let gamma_min = gammas().fold(f64::INFINITY, f64::min);
+    let gamma_max = gammas().fold(0.0, f64::max);
     let mu_max = field.kernels().mu_dist.iter().copied().fold(0.0, f64::max);
     let reach = mu_max + REACH_IN_BANDWIDTHS * gamma_max;
     let h = gamma_min / NODES_PER_BANDWIDTH;
@@ -377,9 +426,9 @@ fn spacing(field: &KernelField) -> Option<(f64, usize)> {
     Some((h, n as usize))
 }
 
-fn build_table(field: &KernelField, t: f64, h: f64, n_intervals: usize) -> RadialTable {
-    let slice = field.time_slice(t);
-    let exact = field.exact_radial(&slice);
+fn build_table(field: &KernelField, ty: usize, t: f64, h: f64, n_intervals: usize) -> RadialTable {
+    let slice = field.time_slice_of(ty, t);
+    let exact = field.exact_radial(ty, &slice);
     let mut scratch = Scratch::new();
     let nodes: Vec<(f64, f64)> = (0..=n_intervals)
         .map(|j| exact.eval(j as f64 * h, &mut scratch))
@@ -434,7 +483,7 @@ mod tests {
         radial.value_block(&d, &mut value, &mut ());
         let (mut phi2, mut dphi2, mut d2phi2) = (vec![0.0; 40], vec![0.0; 40], vec![0.0; 40]);
         radial.eval2_block(&d, &mut phi2, &mut dphi2, &mut d2phi2, &mut ());
-        let exact = field.exact_radial(&radial.table.slice);
+        let exact = field.exact_radial(0, &radial.table.slice);
         for (k, &d) in d.iter().enumerate() {
             let (p, dp) = radial.eval(d, &mut ());
             assert_eq!(phi[k].to_bits(), p.to_bits(), "φ at d = {d}");
@@ -474,7 +523,7 @@ mod tests {
             let radial = tab.table_radial(0.3).unwrap();
             let node = 1.0 / radial.table.inv_h;
             let d_max = radial.table.n_intervals as f64 * node;
-            let exact = field.exact_radial(&radial.table.slice);
+            let exact = field.exact_radial(0, &radial.table.slice);
             // Mid-interval points inside the table, then points past it.
             let inside = (1..12).map(|i| (0.37 + 97.0 * i as f64).floor() * node + 0.5 * node);
             let past = (1..6).map(|i| d_max * (1.0 + 0.2 * i as f64));

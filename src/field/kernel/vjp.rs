@@ -84,6 +84,7 @@ use crate::error::{Error, Result};
 use crate::field::Cotangent;
 use crate::field::exp::exp_nonpositive;
 use crate::geometry::MAX_DIM;
+use crate::species::{MAX_PAIR_TYPES, Species};
 
 #[cfg(doc)]
 use super::ParamLayout;
@@ -98,7 +99,8 @@ pub struct VjpScratch {
     g: [f64; MAX_PADDED],
     gea: [f64; MAX_PADDED],
     g2: [f64; MAX_PADDED],
-    acc: ParamAccumulator,
+    /// One accumulator per pair type.
+    acc: Vec<ParamAccumulator>,
 }
 
 impl VjpScratch {
@@ -112,7 +114,7 @@ impl VjpScratch {
             g: [0.0; MAX_PADDED],
             gea: [0.0; MAX_PADDED],
             g2: [0.0; MAX_PADDED],
-            acc: ParamAccumulator::default(),
+            acc: Vec::new(),
         }
     }
 }
@@ -129,12 +131,18 @@ impl std::fmt::Debug for VjpScratch {
     }
 }
 
-/// The time basis at one flow time, precomputed for the reverse pass: the folded slice (the
-/// same bits as [`KernelField::time_slice`]), `τ_r`, `1/S_t` and `∂h_r/∂q_r`. An integration
-/// visits few distinct times, so the reverse pass computes these once per parameter set rather
-/// than once per evaluation.
+/// The time basis at one flow time, precomputed for the reverse pass, per species-pair type
+/// (one for a single species). An integration visits few distinct times, so the reverse pass
+/// computes these once per parameter set rather than once per evaluation.
 #[derive(Clone)]
 pub struct TimePoint {
+    parts: Vec<TimePart>,
+}
+
+/// One pair type's part of a [`TimePoint`]: the folded slice (the same bits as
+/// [`KernelField::time_slice`]), `τ_r`, `1/S_t` and `∂h_r/∂q_r`.
+#[derive(Clone)]
+pub(crate) struct TimePart {
     slice: TimeSlice,
     tau: [f64; MAX_TIME_KERNELS],
     inv_t: f64,
@@ -143,9 +151,24 @@ pub struct TimePoint {
 }
 
 impl TimePoint {
-    /// The folded time basis at this time.
+    /// The folded time basis of pair type 0 at this time.
     pub(crate) fn slice(&self) -> &TimeSlice {
-        &self.slice
+        &self.parts[0].slice
+    }
+
+    /// Every pair type's folded time basis, in pair-type order.
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &TimeSlice> {
+        self.parts.iter().map(|p| &p.slice)
+    }
+
+    /// Pair type `ty`'s part.
+    pub(crate) fn part(&self, ty: usize) -> &TimePart {
+        &self.parts[ty]
+    }
+
+    /// Pair type `ty`'s folded time basis.
+    pub(crate) fn part_slice(&self, ty: usize) -> &TimeSlice {
+        &self.parts[ty].slice
     }
 }
 
@@ -161,7 +184,8 @@ impl std::fmt::Debug for ParamAccumulator {
     }
 }
 
-/// θ̄ summed over evaluations, in a layout that keeps the per-evaluation work contiguous:
+/// θ̄ of one pair type's block summed over evaluations, in a layout that keeps the
+/// per-evaluation work contiguous:
 /// `W̄` transposed and padded like the field's `w_t`, and the `s` and `−log γ_dist` parts before
 /// their per-parameter factors `2 s_k` and `2 a_k`, applied once by [`ParamAccumulator::add_to`].
 #[derive(Clone, Default)]
@@ -197,11 +221,13 @@ impl ParamAccumulator {
         }
     }
 
-    /// Adds the accumulated cotangent to `theta_bar` in the flat [`ParamLayout`].
-    pub(crate) fn add_to(&self, field: &KernelField, theta_bar: &mut [f64]) {
+    /// Adds the accumulated cotangent of pair type `ty` to `theta_bar` (the whole flat
+    /// vector: `ty`'s block of the [`ParamLayout`]).
+    pub(crate) fn add_to(&self, field: &KernelField, ty: usize, theta_bar: &mut [f64]) {
         let pl = field.param_layout();
         let (nk, nr, kp) = (pl.n_dist, pl.n_time, self.padded);
-        let params = field.params();
+        let params = field.block_params(ty);
+        let theta_bar = &mut theta_bar[field.block_range(ty)];
         let w_bar = &mut theta_bar[pl.w()];
         for k in 0..nk {
             for r in 0..nr {
@@ -215,7 +241,7 @@ impl ParamAccumulator {
         for k in 0..nk {
             theta_bar[s_start + k] += 2.0 * params[s_start + k] * self.s[k];
         }
-        let a_pad = field.inv_gamma_sq_padded();
+        let a_pad = &field.block(ty).a_pad;
         for ((t, a), v) in theta_bar[pl.log_inv_gamma_dist()]
             .iter_mut()
             .zip(a_pad)
@@ -260,39 +286,43 @@ impl KernelField {
                 return Err(Error::size(what, len, found));
             }
         }
-        if theta_bar.len() != self.param_layout().len() {
+        if theta_bar.len() != self.n_params() {
             return Err(Error::size(
                 "vjp theta_bar",
-                self.param_layout().len(),
+                self.n_params(),
                 theta_bar.len(),
             ));
         }
         let point = self.time_point(t);
-        // The accumulator is moved out so the scratch's per-pair buffers can be borrowed too.
+        // The accumulators are moved out so the scratch's per-pair buffers can be borrowed too.
         let mut acc = std::mem::take(&mut scratch.acc);
-        acc.reset(self);
+        let n_types = self.n_pair_types();
+        acc.resize_with(n_types, ParamAccumulator::default);
+        acc.iter_mut().for_each(|a| a.reset(self));
         let kp = self.mu_padded().len();
-        let mut w_bar = [0.0; MAX_PADDED];
-        let c_bar = self.vjp_pairs_at(
-            x,
-            &point,
-            cotangent,
-            x_bar,
-            &mut w_bar[..kp],
-            &mut acc,
-            scratch,
-        );
-        self.unfold_time(&point, c_bar, &mut w_bar[..kp], &mut acc);
-        acc.add_to(self, theta_bar);
+        let mut w_bar = vec![0.0; n_types * kp];
+        let c_bar = self.vjp_pairs_at(x, &point, cotangent, x_bar, &mut w_bar, &mut acc, scratch);
+        for (ty, (acc, w_bar)) in acc.iter_mut().zip(w_bar.chunks_exact_mut(kp)).enumerate() {
+            self.unfold_time(ty, point.part(ty), c_bar[ty], w_bar, acc);
+            acc.add_to(self, ty, theta_bar);
+        }
         scratch.acc = acc;
         Ok(())
     }
 
-    /// The time basis at `t` with what the reverse pass needs of it.
+    /// The time basis at `t` with what the reverse pass needs of it, per pair type.
     pub(crate) fn time_point(&self, t: f64) -> TimePoint {
+        TimePoint {
+            parts: (0..self.n_pair_types())
+                .map(|ty| self.time_part(ty, t))
+                .collect(),
+        }
+    }
+
+    fn time_part(&self, ty: usize, t: f64) -> TimePart {
         let nr = self.param_layout().n_time;
         let mu_t = &self.kernels().mu_time;
-        let a_t = self.inv_gamma_sq_time();
+        let a_t = &self.block(ty).a_time;
         // h_r and S_t exactly as `time_basis_into` computes them.
         let mut h = [0.0; MAX_TIME_KERNELS];
         let mut total = 0.0;
@@ -302,8 +332,8 @@ impl KernelField {
             total += h[r];
         }
         let inv_t = 1.0 / (NORM_EPS + total);
-        let mut point = TimePoint {
-            slice: self.time_slice(t),
+        let mut point = TimePart {
+            slice: self.time_slice_of(ty, t),
             tau: [0.0; MAX_TIME_KERNELS],
             inv_t,
             dh_dq: [0.0; MAX_TIME_KERNELS],
@@ -317,10 +347,11 @@ impl KernelField {
     }
 
     /// The pair part of the VJP at a precomputed time point: accumulates `x_bar`, the time-local
-    /// `w̄` (length padded K; it may already hold other evaluations at the same time, since the
-    /// time unfold is linear) and `ā` into `acc`, and returns this evaluation's `c̄`. Finish
-    /// with [`KernelField::unfold_time`] once per time point. No size checks: the caller sized
-    /// everything.
+    /// `w̄` (per pair type, each of length padded K, one after the other; it may already hold
+    /// other evaluations at the same time, since the time unfold is linear) and `ā` into `acc`
+    /// (one per pair type), and returns this evaluation's `c̄` per pair type. Finish with
+    /// [`KernelField::unfold_time`] once per time point and pair type. No size checks: the
+    /// caller sized everything.
     #[allow(clippy::too_many_arguments)] // internal: the reverse pass's buffers, unpacked
     pub(crate) fn vjp_pairs_at(
         &self,
@@ -329,24 +360,26 @@ impl KernelField {
         cotangent: Cotangent<'_>,
         x_bar: &mut [f64],
         w_bar: &mut [f64],
-        acc: &mut ParamAccumulator,
+        acc: &mut [ParamAccumulator],
         scratch: &mut VjpScratch,
-    ) -> f64 {
+    ) -> [f64; MAX_PAIR_TYPES] {
         debug_assert_eq!(x.len(), self.layout().len());
-        debug_assert_eq!(acc.padded, self.mu_padded().len());
-        debug_assert_eq!(w_bar.len(), self.mu_padded().len());
+        debug_assert_eq!(acc.len(), self.n_pair_types());
+        debug_assert_eq!(acc[0].padded, self.mu_padded().len());
+        debug_assert_eq!(w_bar.len(), self.n_pair_types() * self.mu_padded().len());
         vjp_pairs(
             x,
             self.layout().dim,
             self.param_layout().n_dist,
             self.mu_padded(),
-            self.inv_gamma_sq_padded(),
-            &point.slice,
+            self.species(),
+            self,
+            &point.parts,
             cotangent,
             x_bar,
             scratch,
             w_bar,
-            &mut acc.a,
+            acc,
         )
     }
 
@@ -355,21 +388,23 @@ impl KernelField {
     /// scratch.
     pub(crate) fn unfold_time(
         &self,
-        point: &TimePoint,
+        ty: usize,
+        point: &TimePart,
         c_bar: f64,
         w_bar: &mut [f64],
         acc: &mut ParamAccumulator,
     ) {
         let pl = self.param_layout();
         let nr = pl.n_time;
-        let b = &self.params()[pl.b()];
+        let b = &self.block_params(ty)[pl.b()];
+        let block = self.block(ty);
         let mut tau_bar = [0.0; MAX_TIME_KERNELS];
         unfold_lanes(
             &point.slice.w[..w_bar.len()],
             &point.tau[..nr],
             c_bar,
-            self.s_squared_padded(),
-            self.w_transposed(),
+            &block.s_sq,
+            &block.w_t,
             w_bar,
             acc,
             &mut tau_bar[..nr],
@@ -434,9 +469,10 @@ struct Radial2 {
     gamma: f64,
 }
 
-/// The pair loop of the reverse pass. Accumulates `x_bar`, the scratch's `w̄` and `a_bar` (ā);
-/// returns `c̄`. Compiled for several instruction sets like the forward loop; every version performs the
-/// same operations in the same order, so results do not depend on the machine.
+/// The pair loop of the reverse pass. Accumulates `x_bar`, `w̄` (pair type `ty` at
+/// `w_bar[ty·Kp..]`) and each pair type's `ā`; returns `c̄` per pair type. Compiled for
+/// several instruction sets like the forward loop; every version performs the same operations
+/// in the same order, so results do not depend on the machine.
 #[allow(clippy::too_many_arguments)] // the hot loop takes the field's arrays unpacked
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
 fn vjp_pairs(
@@ -444,23 +480,27 @@ fn vjp_pairs(
     dim: usize,
     n_dist: usize,
     mu: &[f64],
-    a: &[f64],
-    slice: &TimeSlice,
+    species: Option<&Species>,
+    field: &KernelField,
+    parts: &[TimePart],
     cotangent: Cotangent<'_>,
     x_bar: &mut [f64],
     scratch: &mut VjpScratch,
     w_bar: &mut [f64],
-    a_bar: &mut [f64],
-) -> f64 {
+    acc: &mut [ParamAccumulator],
+) -> [f64; MAX_PAIR_TYPES] {
     let n = x.len() / dim;
     let dim_f = dim as f64;
     let div_bar = cotangent.div;
     let v_bar = cotangent.v;
     let kp = mu.len();
-    let w = &slice.w[..kp];
-    let mut c_bar = 0.0;
+    let mut c_bar = [0.0; MAX_PAIR_TYPES];
     for i in 0..n {
         for j in i + 1..n {
+            let ty = species.map_or(0, |s| s.pair_type_of_particles(i, j));
+            let a = &field.block(ty).a_pad[..];
+            let slice = &parts[ty].slice;
+            let w = &slice.w[..kp];
             let mut r = [0.0; MAX_DIM];
             let mut u = [0.0; MAX_DIM];
             let mut r2 = 0.0;
@@ -493,8 +533,17 @@ fn vjp_pairs(
             // Parameters: α ∂φ/∂θ + β ∂φ'/∂θ.
             let alpha = p + 2.0 * dim_f * div_bar;
             let beta = 2.0 * div_bar * m;
-            c_bar += alpha;
-            accumulate_kernels(n_dist, w, alpha, beta, &rad, scratch, w_bar, a_bar);
+            c_bar[ty] += alpha;
+            accumulate_kernels(
+                n_dist,
+                w,
+                alpha,
+                beta,
+                &rad,
+                scratch,
+                &mut w_bar[ty * kp..(ty + 1) * kp],
+                &mut acc[ty].a,
+            );
         }
     }
     c_bar
