@@ -429,20 +429,6 @@ impl System {
         self.energy.species()
     }
 
-    /// The RK4 step count `eqflow train` gives a flow of this system unless told otherwise:
-    /// 10 for double-well systems, 20 (the paper's) for the rest. Measured on DW-4 (kernel
-    /// field, ML, 1,000 samples; docs/field_families.md "Measured, session 9"): 10 steps give the
-    /// test NLL and ESS of 20 (8.358 / 17.9 % against 8.364 / 18.5 %) at twice the samples and
-    /// densities per second; 5 steps lose 0.13 nats. Lennard-Jones fields are too strong for
-    /// h = 1/10 (the model-file rule `h·min(N − 1, 12)·B ≤ 2.5` refuses the trained LJ-13 field).
-    #[must_use]
-    pub fn recommended_rk4_steps(&self) -> usize {
-        match self.energy {
-            EnergySpec::DoubleWell { .. } => 10,
-            _ => 20,
-        }
-    }
-
     fn prior(&self, layout: Layout) -> Result<Prior> {
         Prior::new(layout, self.length_scale())
     }

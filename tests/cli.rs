@@ -1404,7 +1404,7 @@ fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
     let cert = &t["certificate"];
     assert_eq!(cert["certified"], true, "{t}");
     assert!(cert["max_step_contraction"].as_f64().unwrap() < 1.0);
-    assert_eq!(cert["n_steps"], 10, "the DW-4 default step count");
+    assert_eq!(cert["n_steps"], 20, "the default step count");
     let e = json(&eqflow(&[
         "eval",
         "--model",
