@@ -134,6 +134,32 @@ int main(void) {
     }
     eqf_flow_free(flow);
 
+    /* Strict mode through the options: recorded on the flow, which refuses exact-discrete work
+     * at 12 steps (this field is certified only from about 22) and works at 60. */
+    check(eqf_flow_options_set_require_certificate(options, 1) == EQF_OK, "strict mode");
+    check(eqf_flow_new_with_options(N_PARTICLES, DIM, options, &flow) == EQF_OK, "strict flow");
+    {
+        int32_t strict = 0;
+        check(eqf_flow_require_certificate(flow, &strict) == EQF_OK && strict == 1,
+              "the flow is strict");
+    }
+    rejected(eqf_flow_log_density(flow, N_SAMPLES, x_before, log_q_again), EQF_ERR_UNCERTIFIED,
+             "certified with", "an uncertified strict flow");
+    eqf_flow_free(flow);
+    check(eqf_flow_options_set_integrator(options, EQF_METHOD_RK4, 60, 0.0, 0.0,
+                                          EQF_DENSITY_EXACT_DISCRETE) == EQF_OK,
+          "60 steps");
+    check(eqf_flow_new_with_options(N_PARTICLES, DIM, options, &flow) == EQF_OK, "strict flow");
+    check(eqf_flow_log_density(flow, N_SAMPLES, x_before, log_q_again) == EQF_OK,
+          "a certified strict flow evaluates");
+    eqf_flow_free(flow);
+    check(eqf_flow_options_set_integrator(options, EQF_METHOD_RK4, 12, 0.0, 0.0,
+                                          EQF_DENSITY_EXACT_DISCRETE) == EQF_OK,
+          "back to 12 steps");
+    rejected(eqf_flow_options_set_require_certificate(options, 2), EQF_ERR_INVALID_ARGUMENT,
+             "require", "require = 2");
+    check(eqf_flow_options_set_require_certificate(options, 0) == EQF_OK, "strict mode off");
+
     /* 3. The contract: NULL pointers and bad values, and nothing changes on failure. */
     rejected(eqf_flow_options_new(NULL), EQF_ERR_NULL_POINTER, "out", "new(NULL)");
     rejected(eqf_flow_options_set_seed(NULL, 1), EQF_ERR_NULL_POINTER, "options",

@@ -169,6 +169,7 @@ module eqflow
     public :: eqf_flow_options_set_distance_range, eqf_flow_options_set_kernel_counts
     public :: eqf_flow_options_set_prior_sigma, eqf_flow_options_set_integrator
     public :: eqf_flow_options_set_seed, eqf_flow_options_fit_scales, eqf_flow_options_scales
+    public :: eqf_flow_options_set_require_certificate
     public :: eqf_flow_new_with_options, eqf_flow_options_set_species
     public :: eqf_train_options_new, eqf_train_options_free, eqf_train_options_set_epochs
     public :: eqf_train_options_set_batch_size, eqf_train_options_set_rk4_steps
@@ -532,6 +533,14 @@ module eqflow
             integer(c_int32_t) :: status
         end function eqf_flow_options_set_seed
 
+        function eqf_flow_options_set_require_certificate(options, require) &
+                bind(C, name="eqf_flow_options_set_require_certificate") result(status)
+            import :: c_ptr, c_int32_t
+            type(c_ptr), value :: options
+            integer(c_int32_t), value :: require
+            integer(c_int32_t) :: status
+        end function eqf_flow_options_set_require_certificate
+
         function eqf_flow_options_fit_scales(options, n_particles, dim, x, n_configs) &
                 bind(C, name="eqf_flow_options_fit_scales") result(status)
             import :: c_ptr, c_int64_t, c_double, c_int32_t
@@ -759,6 +768,7 @@ module eqflow
         procedure :: set_prior_sigma => flow_options_set_prior_sigma
         procedure :: set_integrator => flow_options_set_integrator
         procedure :: set_seed => flow_options_set_seed
+        procedure :: set_require_certificate => flow_options_set_require_certificate
         procedure :: set_species => flow_options_set_species
         procedure :: fit_scales => flow_options_fit_scales
         procedure :: scales => flow_options_scales
@@ -1289,6 +1299,17 @@ contains
         call finish(eqf_flow_options_set_seed(this%ptr, seed), status, &
             'eqf_flow_options_set_seed')
     end subroutine flow_options_set_seed
+
+    ! Strict mode of the flows built from these options
+    ! (eqf_flow_options_set_require_certificate).
+    subroutine flow_options_set_require_certificate(this, require, status)
+        class(eqflow_flow_options), intent(inout) :: this
+        logical, intent(in) :: require
+        integer(c_int32_t), intent(out), optional :: status
+        call finish(eqf_flow_options_set_require_certificate(this%ptr, &
+            merge(1_c_int32_t, 0_c_int32_t, require)), status, &
+            'eqf_flow_options_set_require_certificate')
+    end subroutine flow_options_set_require_certificate
 
     ! The species of the particles: species(i) is particle i's 0-based index, below n_species
     ! (eqf_flow_options_set_species).

@@ -1092,6 +1092,19 @@ int32_t eqf_flow_options_set_integrator(eqf_flow_options *options,
 int32_t eqf_flow_options_set_seed(eqf_flow_options *options, uint64_t seed);
 
 /**
+ * Sets strict mode of the flows created from these options (see
+ * `eqf_flow_with_require_certificate`): in the exact-discrete density mode they refuse to
+ * sample, evaluate densities or propose moves (EQF_ERR_UNCERTIFIED, naming the step count that
+ * would be certified) unless their step certificate proves every RK4 step a bijection.
+ *
+ * @param options  the options (not NULL)
+ * @param require  1: strict mode on, 0: off (the default)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (require neither 0 nor 1;
+ *         the options are unchanged)
+ */
+int32_t eqf_flow_options_set_require_certificate(eqf_flow_options *options, int32_t require);
+
+/**
  * Sets the species of the particles: particle i is of species `species[i]`, an index below
  * `n_species`. Only particles of the same species are interchangeable: the flow's field has
  * one radial function per unordered pair of species (`n_species * (n_species + 1) / 2`

@@ -202,6 +202,11 @@ public:
             eqf_flow_options_set_integrator(raw_, method, n_steps, rtol, atol, density_mode));
     }
     FlowOptions &seed(uint64_t seed) { return set(eqf_flow_options_set_seed(raw_, seed)); }
+    /* Strict mode of the flows built from these options; see
+     * eqf_flow_options_set_require_certificate. */
+    FlowOptions &require_certificate(bool require) {
+        return set(eqf_flow_options_set_require_certificate(raw_, require ? 1 : 0));
+    }
     /* The species index of each particle (below n_species; empty: identical particles); see
      * eqf_flow_options_set_species. */
     FlowOptions &species(const std::vector<uint32_t> &species, int64_t n_species) {

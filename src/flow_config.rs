@@ -122,6 +122,9 @@ pub struct FlowConfig {
     /// [`FlowConfig::build`]); `None` (the default) for identical particles. Several species
     /// need the kernel family.
     pub species: Option<Species>,
+    /// Strict mode ([`Flow::set_require_certificate`]): the flow refuses exact-discrete work
+    /// unless its step certificate proves every RK4 step a bijection. Default false.
+    pub require_certificate: bool,
 }
 
 impl Default for FlowConfig {
@@ -137,6 +140,7 @@ impl Default for FlowConfig {
             integrator: Integrator::default(),
             seed: 0,
             species: None,
+            require_certificate: false,
         }
     }
 }
@@ -288,11 +292,13 @@ impl FlowConfig {
             }
             Family::Dense => DenseField::initialise(layout, self.dense_config(), self.seed)?.into(),
         };
-        Flow::from_parts(
+        let mut flow = Flow::from_parts(
             Prior::new(layout, self.prior_sigma)?,
             field,
             self.integrator,
-        )
+        )?;
+        flow.set_require_certificate(self.require_certificate);
+        Ok(flow)
     }
 }
 

@@ -1362,9 +1362,9 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
 fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
     let (dir, data) = dw4_reference_data("cli_lipschitz_penalty", "256", "8");
     let data_s = data.to_str().unwrap();
-    let train = |penalty: &str, name: &str| {
+    let run = |penalty: &str, name: &str, strict: bool| {
         let model = dir.join(name);
-        let t = json(&eqflow(&[
+        let mut args = vec![
             "train",
             "--system",
             "dw4",
@@ -1384,11 +1384,31 @@ fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
             penalty,
             "--json",
             "-q",
-        ]));
-        (t, model)
+        ];
+        if strict {
+            args.push("--require-certificate");
+        }
+        (eqflow(&args), model)
+    };
+    let train = |penalty: &str, name: &str| {
+        let (out, model) = run(penalty, name, false);
+        (json(&out), model)
     };
     let (plain, _) = train("0", "plain.json");
     assert_eq!(plain["certificate"]["certified"], false, "{plain}");
+    // Strict training of the same uncertified field fails and writes nothing.
+    let (strict_plain, strict_model) = run("0", "strict_plain.json", true);
+    assert!(!strict_plain.status.success());
+    let err = String::from_utf8_lossy(&strict_plain.stderr);
+    assert!(
+        err.contains("not certified") && err.contains("nothing was"),
+        "{err}"
+    );
+    assert!(!strict_model.exists());
+    // Strict training of the penalised field records strict mode in the model file.
+    let (strict, strict_model) = run("1", "strict.json", true);
+    assert_eq!(json(&strict)["certificate"]["certified"], true);
+    assert_eq!(model_file(&strict_model)["require_certificate"], true);
     let (t, model) = train("1", "penalised.json");
     let cert = &t["certificate"];
     assert_eq!(cert["certified"], true, "{t}");

@@ -235,6 +235,37 @@ pub unsafe extern "C" fn eqf_flow_options_set_seed(
     }
 }
 
+/// Sets strict mode of the flows created from these options (see
+/// `eqf_flow_with_require_certificate`): in the exact-discrete density mode they refuse to
+/// sample, evaluate densities or propose moves (EQF_ERR_UNCERTIFIED, naming the step count that
+/// would be certified) unless their step certificate proves every RK4 step a bijection.
+///
+/// @param options  the options (not NULL)
+/// @param require  1: strict mode on, 0: off (the default)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (require neither 0 nor 1;
+///         the options are unchanged)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eqf_flow_options_set_require_certificate(
+    options: *mut eqf_flow_options,
+    require: i32,
+) -> i32 {
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        update(options, |c| {
+            c.require_certificate = match require {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(crate::Error::invalid(format!(
+                        "require = {other}: expected 0 or 1"
+                    )));
+                }
+            };
+            Ok(())
+        })
+    }
+}
+
 /// Sets the species of the particles: particle i is of species `species[i]`, an index below
 /// `n_species`. Only particles of the same species are interchangeable: the flow's field has
 /// one radial function per unordered pair of species (`n_species * (n_species + 1) / 2`

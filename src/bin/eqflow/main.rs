@@ -141,6 +141,12 @@ struct TrainArgs {
     /// validated epoch is kept). See docs/field_families.md, "Measured, session 9".
     #[arg(long, default_value_t = 20)]
     rk4_steps: usize,
+    /// Strict mode: the model file asks for a step certificate (exact-discrete sampling and
+    /// densities refuse uncertified grids), and training fails, writing nothing, if the trained
+    /// field is not certified at its step count (pair with --lipschitz-penalty, or more
+    /// --rk4-steps).
+    #[arg(long)]
+    require_certificate: bool,
     /// Learning rate over the first phase: `const` or `cosine:F` (decay to F·lr at the last
     /// step, F in (0, 1]).
     #[arg(long, default_value = "const")]
@@ -967,6 +973,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
                           "lipschitz_penalty": a.lipschitz_penalty,
                           "lipschitz_target": a.lipschitz_target,
                           "phases": phases, "seconds": seconds});
+    if a.require_certificate {
+        flow.set_require_certificate(true);
+        flow.check_certified().map_err(|e| eqflow::Error::InvalidArgument {
+            what: format!(
+                "--require-certificate: the trained model is not certified, so nothing was                  written ({e}); train with --lipschitz-penalty or more --rk4-steps"
+            ),
+        })?;
+    }
     model::save(&flow, Some(system), Some(training), &a.out)?;
     let best = last.epochs[last.best_epoch].validation_nll;
     let (certificate, certificate_text) = certificate_report(&flow);
