@@ -4,7 +4,7 @@
 //! (`table.rs`), so that an evaluation neither folds the time basis nor evaluates a Gaussian
 //! per pair, and does not allocate. Other times use the exact field.
 
-use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
+use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint, FOLD_LANES};
 use super::eval::Tables;
 use super::table::{FunctionTable, spacing};
 use crate::field::VectorField;
@@ -39,7 +39,9 @@ impl GridCoordKernel {
         times.dedup_by_key(|t| t.to_bits());
         let config = &field.config;
         let (nq, na, k) = (config.n_features(), config.n_shells, config.n_rbf);
-        let point_bytes = (nq * k + nq.div_ceil(8) * 8 * k) * std::mem::size_of::<f64>();
+        // A time point holds M(t) (Q × K) and its lane-padded transpose.
+        let point_bytes =
+            (nq * k + nq.div_ceil(FOLD_LANES) * FOLD_LANES * k) * std::mem::size_of::<f64>();
         let (rbf_width, shell_width) = (field.a_rbf.sqrt().recip(), field.a_shell.sqrt().recip());
         let plan = || {
             // One spacing for both tables (the narrower Gaussians set it); each reaches 8 of
