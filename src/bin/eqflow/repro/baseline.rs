@@ -58,6 +58,8 @@ pub(super) struct SystemPlan {
     pub(super) name: &'static str,
     /// Optimiser steps of every model, whatever the training-set size.
     pub(super) n_steps: usize,
+    /// Configurations per step (or the whole set when smaller).
+    pub(super) batch_size: usize,
     /// Held-out test configurations.
     pub(super) n_test: usize,
     /// MCMC steps between kept configurations.
@@ -70,7 +72,6 @@ pub(super) struct Plan {
     pub(super) sizes: &'static [usize],
     /// Random copies of each training configuration in the augmented set (K).
     pub(super) n_copies: usize,
-    pub(super) batch_size: usize,
     /// Training configurations whose NLL is reported (the first ones of the set).
     pub(super) n_train_eval: usize,
     /// The DW-4 training-set size whose flows are sampled for the energy histograms.
@@ -83,20 +84,21 @@ pub(super) const FULL: Plan = Plan {
     systems: &[
         SystemPlan {
             name: "dw4",
-            n_steps: 1_500,
+            n_steps: 1_000,
+            batch_size: 64,
             n_test: 2_000,
             thin: 50,
         },
         SystemPlan {
             name: "lj13",
-            n_steps: 600,
+            n_steps: 200,
+            batch_size: 32,
             n_test: 1_000,
             thin: 50,
         },
     ],
     sizes: &[10, 100, 1_000, 10_000],
     n_copies: 10,
-    batch_size: 64,
     n_train_eval: 1_000,
     histogram_size: 1_000,
     n_samples: 10_000,
@@ -107,12 +109,12 @@ pub(super) const QUICK: Plan = Plan {
     systems: &[SystemPlan {
         name: "dw4",
         n_steps: 120,
+        batch_size: 32,
         n_test: 300,
         thin: 20,
     }],
     sizes: &[10, 100],
     n_copies: 4,
-    batch_size: 32,
     n_train_eval: 100,
     histogram_size: 100,
     n_samples: 500,
@@ -141,6 +143,8 @@ struct Row {
 /// What a system's run gives.
 struct SystemResult {
     name: &'static str,
+    n_steps: usize,
+    batch_size: usize,
     n_params: [usize; 3],
     n_test: usize,
     rows: Vec<Row>,
@@ -366,7 +370,7 @@ fn run_system(
                 data,
                 eval_set,
                 sp.n_steps,
-                plan.batch_size,
+                sp.batch_size,
                 seed,
             )?;
             let row = Row {
@@ -393,6 +397,8 @@ fn run_system(
     Ok((
         SystemResult {
             name: sp.name,
+            n_steps: sp.n_steps,
+            batch_size: sp.batch_size,
             n_params,
             n_test: sp.n_test,
             rows,
@@ -555,7 +561,7 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
             .into();
         systems_json.push(
             json!({"system": s.name, "n_test": s.n_test, "n_params": params,
-                                 "rows": rows_json}),
+                   "n_steps": s.n_steps, "batch_size": s.batch_size, "rows": rows_json}),
         );
     }
     write_csv(
@@ -640,7 +646,7 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
     report(
         &a.common,
         json!({"command": "repro", "experiment": "baseline", "quick": a.quick, "seed": a.seed,
-               "n_copies": plan.n_copies, "batch_size": plan.batch_size,
+               "n_copies": plan.n_copies,
                "sizes": plan.sizes, "systems": systems_json, "histograms": hist_json,
                "nll_csv": nll_path, "figure": figure, "seconds": seconds}),
         format!(
