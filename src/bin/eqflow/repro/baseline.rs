@@ -207,10 +207,14 @@ fn haar_orthogonal(dim: usize, rng: &mut ChaCha20Rng) -> Vec<f64> {
         let mut degenerate = false;
         for j in 0..dim {
             let mut v: Vec<f64> = (0..dim).map(|i| g[i * dim + j]).collect();
-            for k in 0..j {
-                let dot: f64 = (0..dim).map(|i| q[i * dim + k] * v[i]).sum();
-                for (i, vi) in v.iter_mut().enumerate() {
-                    *vi -= dot * q[i * dim + k];
+            // Two passes: one loses orthogonality to round-off when the column is nearly in
+            // the span of the earlier ones; a second restores it to machine precision.
+            for _ in 0..2 {
+                for k in 0..j {
+                    let dot: f64 = (0..dim).map(|i| q[i * dim + k] * v[i]).sum();
+                    for (i, vi) in v.iter_mut().enumerate() {
+                        *vi -= dot * q[i * dim + k];
+                    }
                 }
             }
             let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
