@@ -1254,6 +1254,111 @@ fn repro_metastable_quick_finds_several_true_minima_and_consistent_counts() {
 }
 
 #[test]
+fn repro_baseline_quick_shows_the_baseline_overfitting_and_counts_parameters() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_baseline");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = json(&eqflow(&[
+        "repro",
+        "baseline",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quick",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(out["experiment"], "baseline");
+    assert!(std::fs::metadata(dir.join("baseline.png")).unwrap().len() > 1000);
+    let k = out["n_copies"].as_u64().unwrap();
+    assert!(k >= 2, "{out}");
+    let systems = out["systems"].as_array().unwrap();
+    let dw4 = systems
+        .iter()
+        .find(|s| s["system"] == "dw4")
+        .expect("DW-4 ran");
+    // Parameter counts: the paper's 620 for the kernel field; the baseline's are its field's.
+    let system = eqflow::system::System::preset("dw4").unwrap();
+    let dense_params = system
+        .untrained_flow_of("dense", 0)
+        .unwrap()
+        .field()
+        .params()
+        .len() as u64;
+    assert_eq!(dw4["n_params"]["kernel"], 620);
+    assert_eq!(dw4["n_params"]["dense"].as_u64().unwrap(), dense_params);
+    assert_eq!(dw4["n_params"]["dense_aug"].as_u64().unwrap(), dense_params);
+    let rows = dw4["rows"].as_array().unwrap();
+    let sizes: Vec<u64> = out["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(sizes.contains(&10), "{sizes:?}");
+    assert_eq!(rows.len(), 3 * sizes.len());
+    let n_test = dw4["n_test"].as_u64().unwrap();
+    let row = |model: &str, n: u64| {
+        rows.iter()
+            .find(|r| r["model"] == model && r["n_train"] == n)
+            .unwrap_or_else(|| panic!("{model} at {n}: {dw4}"))
+    };
+    for &n in &sizes {
+        for model in ["kernel", "dense", "dense_aug"] {
+            let r = row(model, n);
+            // Every model gives a finite test NLL on most of the test set.
+            assert!(r["test_nll"].as_f64().is_some_and(f64::is_finite), "{r}");
+            assert!(r["train_nll"].as_f64().is_some_and(f64::is_finite), "{r}");
+            assert!(r["n_test_failed"].as_u64().unwrap() < n_test / 10, "{r}");
+            // The augmented baseline trains on K copies of each configuration, the others
+            // on the set itself.
+            let expected = if model == "dense_aug" { k * n } else { n };
+            assert_eq!(r["n_train_set"].as_u64().unwrap(), expected, "{r}");
+        }
+    }
+    // At 10 configurations the baseline memorises its training set: a training NLL far
+    // below its test NLL (the paper's overfitting); augmentation brings its test NLL down.
+    let dense = row("dense", 10);
+    let dense_train = dense["train_nll"].as_f64().unwrap();
+    let dense_test = dense["test_nll"].as_f64().unwrap();
+    assert!(dense_train + 5.0 < dense_test, "{dense}");
+    let aug_test = row("dense_aug", 10)["test_nll"].as_f64().unwrap();
+    assert!(aug_test < dense_test, "{dw4}");
+
+    // The CSV agrees with the JSON, and the histograms are densities.
+    let (header, csv_rows) = read_csv(&dir.join("baseline_nll.csv"));
+    assert_eq!(csv_rows.len(), rows.len());
+    let test_col = column(&header, &csv_rows, "test_nll");
+    for (c, r) in test_col.iter().zip(rows) {
+        assert!((c - r["test_nll"].as_f64().unwrap()).abs() < 1e-9);
+    }
+    let (header, hist_rows) = read_csv(&dir.join("baseline_dw4_energy.csv"));
+    let energy = column(&header, &hist_rows, "energy");
+    let width = energy[1] - energy[0];
+    let mass = |name: &str| column(&header, &hist_rows, name).iter().sum::<f64>() * width;
+    // The range holds the test data's energies up to their 99.5 % quantile and more.
+    assert!(
+        mass("test") > 0.99 && mass("test") <= 1.0 + 1e-9,
+        "{}",
+        mass("test")
+    );
+    for model in ["kernel", "dense", "dense_aug"] {
+        for kind in ["raw", "reweighted"] {
+            let m = mass(&format!("{model}_{kind}"));
+            assert!(m > 0.0 && m <= 1.0 + 1e-9, "{model}_{kind}: {m}");
+        }
+    }
+    // ESS: a fraction in (0, 1] for every flow, the equivariant flow's the largest.
+    let ess: Vec<f64> = out["histograms"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ess_fraction"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ess.len(), 3);
+    assert!(ess.iter().all(|e| *e > 0.0 && *e <= 1.0), "{ess:?}");
+    assert!(ess[0] > ess[1] && ess[0] > ess[2], "{ess:?}");
+}
+
+#[test]
 fn repro_errors_are_messages_not_panics() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_errors");
     let missing = dir.join("no_such_model.json");

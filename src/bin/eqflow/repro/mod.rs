@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `divergence` | Fig. 3a, 3c | [`divergence`] |
 //! | `reweighting` | Fig. 3b | [`reweighting`] |
+//! | `baseline` | Fig. 5, 6 | [`baseline`] |
 //! | `metastable` | Fig. 7, Table 1 | [`metastable`] |
 
 use std::fmt::Write as _;
@@ -21,6 +22,7 @@ use eqflow::Result;
 
 use super::Common;
 
+mod baseline;
 mod divergence;
 mod hutchinson;
 mod metastable;
@@ -41,6 +43,11 @@ enum Experiment {
     /// Paper Fig. 3b: the DW-2 free-energy profile along the pair distance: exact (quadrature),
     /// the flow reweighted with exact log-densities, and with Hutchinson-estimated ones.
     Reweighting(ReweightingArgs),
+    /// Paper Fig. 5 and 6: train and test NLL against training-set size (10 to 10,000) of the
+    /// equivariant flow, the non-equivariant baseline (`dense` field) and the baseline trained
+    /// on randomly rotated, reflected and permuted copies, on DW-4 and LJ-13; DW-4 energy
+    /// histograms of their samples, raw and reweighted, with their ESS.
+    Baseline(RunArgs),
     /// Paper Fig. 7 and Table 1: distinct metastable states (energy minima, saddles filtered
     /// out) reached from flow samples against MCMC: DW-4 from a flow trained on one minimum,
     /// LJ-13 per energy window against short and long MCMC trajectories.
@@ -91,6 +98,7 @@ pub fn run(a: ReproArgs) -> Result<()> {
     match a.experiment {
         Experiment::Divergence(r) => divergence::run(&r),
         Experiment::Reweighting(r) => reweighting::run(&r.run, r.model.as_deref()),
+        Experiment::Baseline(r) => baseline::run(&r),
         Experiment::Metastable(m) => {
             let base = if m.run.quick {
                 metastable::QUICK
