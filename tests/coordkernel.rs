@@ -243,47 +243,16 @@ fn lipschitz_bound_gradient_matches_finite_differences() {
     let mut times = certificate_times(3);
     times.extend([0.37, 0.81]);
     for (name, field, _) in cases() {
-        let mut r = rng(0xb0b);
-        let bounds_bar: Vec<f64> = times.iter().map(|_| r.random_range(0.2..1.5)).collect();
-        let objective = |f: &CoordKernelField| -> f64 {
-            f.lipschitz_bounds(&times)
-                .iter()
-                .zip(&bounds_bar)
-                .map(|(l, w)| l * w)
-                .sum()
-        };
-        let p = field.params().to_vec();
-        let mut grad = vec![0.0; p.len()];
-        let bounds = field
-            .lipschitz_bounds_vjp(&times, &bounds_bar, &mut grad)
-            .unwrap();
-        assert_eq!(bounds, field.lipschitz_bounds(&times), "{name}");
-        let scale = objective(&field);
-        let h = 1e-6;
-        let mut worst = 0.0f64;
-        for i in 0..p.len() {
-            let at = |delta: f64| {
-                let mut q = p.clone();
-                q[i] += delta;
-                let mut f = field.clone();
-                f.set_params(&q).unwrap();
-                objective(&f)
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            worst = worst.max((fd - grad[i]).abs());
-        }
-        let max_grad = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        let (bounds_bar, max_grad, scale) =
+            families::check_lipschitz_bound_gradient(name, &field, &times);
         assert!(
             max_grad > 1.0,
             "{name}: gradient {max_grad} (bound {scale})"
         );
-        assert!(
-            worst < 1e-6 * scale.max(1.0),
-            "{name}: max |fd − vjp| = {worst}, bound {scale}"
-        );
         // A field whose first row of V is zero: M_0k(t) = 0 at every time, subgradient 0.
+        let p = field.params();
         let r_len = field.config().n_time;
-        let mut q = p.clone();
+        let mut q = p.to_vec();
         q[..r_len].iter_mut().for_each(|v| *v = 0.0);
         let mut zeroed = field.clone();
         zeroed.set_params(&q).unwrap();

@@ -282,41 +282,10 @@ fn lipschitz_bound_is_attained_by_one_hidden_unit() {
 fn lipschitz_bound_gradient_matches_finite_differences() {
     let times = [0.0, 0.37, 1.0];
     for (name, field, _) in cases() {
-        let mut r = rng(0xb0b);
-        let bounds_bar: Vec<f64> = times.iter().map(|_| r.random_range(0.2..1.5)).collect();
-        let objective = |f: &DenseField| -> f64 {
-            f.lipschitz_bounds(&times)
-                .iter()
-                .zip(&bounds_bar)
-                .map(|(l, w)| l * w)
-                .sum()
-        };
-        let p = field.params().to_vec();
-        let mut grad = vec![0.0; p.len()];
-        let bounds = field
-            .lipschitz_bounds_vjp(&times, &bounds_bar, &mut grad)
-            .unwrap();
-        assert_eq!(bounds, field.lipschitz_bounds(&times), "{name}");
-        let scale = objective(&field);
-        let h = 1e-6;
-        let mut worst = 0.0f64;
-        for i in 0..p.len() {
-            let at = |delta: f64| {
-                let mut q = p.clone();
-                q[i] += delta;
-                let mut f = field.clone();
-                f.set_params(&q).unwrap();
-                objective(&f)
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            worst = worst.max((fd - grad[i]).abs());
-        }
-        let max_grad = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        let (bounds_bar, max_grad, _) =
+            families::check_lipschitz_bound_gradient(name, &field, &times);
         assert!(max_grad > 0.1, "{name}: gradient {max_grad}");
-        assert!(
-            worst < 1e-6 * scale.max(1.0),
-            "{name}: max |fd − vjp| = {worst}, bound {scale}"
-        );
+        let mut grad = vec![0.0; field.params().len()];
         assert!(
             field
                 .lipschitz_bounds_vjp(&times, &bounds_bar[1..], &mut grad)

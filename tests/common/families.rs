@@ -3,7 +3,7 @@
 //! and thread independence.
 
 use eqflow::Flow;
-use eqflow::field::{Field, FieldFamily, VectorField};
+use eqflow::field::{Field, FieldFamily, TrainableField, VectorField};
 use eqflow::geometry::Layout;
 use eqflow::io::model;
 use nalgebra::DMatrix;
@@ -162,4 +162,50 @@ pub fn check_thread_independence(flow: &Flow) {
     let b = pool(2).install(|| flow.sample(5, 32).unwrap());
     assert_eq!(a.0, b.0);
     assert_eq!(a.1, b.1);
+}
+
+/// The gradient of `Σ_t w_t L(t)` (random weights `w`, returned) from
+/// [`FieldFamily::lipschitz_bounds_vjp`] against central differences in every parameter, and
+/// the bounds it returns equal to [`FieldFamily::lipschitz_bounds`]. Returns `w`, the largest
+/// gradient entry (for the caller's check that the comparison is not vacuous) and the objective.
+pub fn check_lipschitz_bound_gradient<F: TrainableField + Clone>(
+    name: &str,
+    field: &F,
+    times: &[f64],
+) -> (Vec<f64>, f64, f64) {
+    let mut r = rng(0xb0b);
+    let bounds_bar: Vec<f64> = times.iter().map(|_| r.random_range(0.2..1.5)).collect();
+    let objective = |f: &F| -> f64 {
+        f.lipschitz_bounds(times)
+            .iter()
+            .zip(&bounds_bar)
+            .map(|(l, w)| l * w)
+            .sum()
+    };
+    let p = field.params().to_vec();
+    let mut grad = vec![0.0; p.len()];
+    let bounds = field
+        .lipschitz_bounds_vjp(times, &bounds_bar, &mut grad)
+        .unwrap();
+    assert_eq!(bounds, field.lipschitz_bounds(times), "{name}");
+    let scale = objective(field);
+    let h = 1e-6;
+    let mut worst = 0.0f64;
+    for i in 0..p.len() {
+        let at = |delta: f64| {
+            let mut q = p.clone();
+            q[i] += delta;
+            let mut f = field.clone();
+            f.set_params(&q).unwrap();
+            objective(&f)
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        worst = worst.max((fd - grad[i]).abs());
+    }
+    assert!(
+        worst < 1e-6 * scale.max(1.0),
+        "{name}: max |fd − vjp| = {worst}, bound {scale}"
+    );
+    let max_grad = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    (bounds_bar, max_grad, scale)
 }
