@@ -11,9 +11,13 @@
 use std::sync::Arc;
 
 use eqflow::energy::Energy;
+use eqflow::field::Field;
+use eqflow::flow_config::{Family, FlowConfig};
+use eqflow::geometry::Layout;
 use eqflow::integrate::{DensityMode, Integrator, Method};
 use eqflow::io::model;
 use eqflow::reference_mcmc::{self, McmcConfig};
+use eqflow::system::System;
 use eqflow::train::{LambdaSchedule, TrainConfig, Trainer};
 use eqflow::{DoubleWell, Flow, FlowMove, LennardJones};
 
@@ -51,6 +55,38 @@ fn main() -> eqflow::Result<()> {
             DensityMode::Continuous,
         )?);
         samples(&format!("untrained {name} continuous"), &flow, count)?;
+    }
+    // Every family's untrained field from a system's preset (benchmark, other units, two
+    // species) and from a flow configuration's range and counts.
+    for system in ["dw4", "lj13", "systems/lj_binary.json", "systems/lj38.json"] {
+        let system = System::from_name_or_file(system)?;
+        for &family in Field::FAMILIES {
+            match system.untrained_flow_of(family, 7) {
+                Ok(flow) => line(
+                    &format!("untrained {family} for {}: parameters", system.name),
+                    flow.field().params(),
+                ),
+                Err(e) => println!("untrained {family} for {}: {e}", system.name),
+            }
+        }
+    }
+    for &name in Field::FAMILIES {
+        let family = Family::from_name(name)?;
+        let config = FlowConfig {
+            family,
+            distance_range: (0.3, 1.7),
+            kernel_counts: Some((12, 5)),
+            prior_sigma: 0.4,
+            seed: 8,
+            ..FlowConfig::default()
+        };
+        let flow = config.build(Layout::new(5, 3)?)?;
+        line(
+            &format!("flow config {name}: parameters"),
+            flow.field().params(),
+        );
+        let spec = serde_json::to_string(&flow.field().spec()).unwrap_or_default();
+        println!("flow config {name}: {spec}");
     }
     for (name, count) in [("dw4", 400), ("lj13", 40)] {
         let (flow, _) = model::load(format!("models/{name}.json").as_ref())?;

@@ -7,10 +7,7 @@
 //! DESIGN.md §2), so a configuration only says what differs from it.
 
 use crate::error::{Error, Result, check_finite};
-use crate::field::coordkernel::{CoordKernelConfig, CoordKernelField};
-use crate::field::dense::{DenseConfig, DenseField};
-use crate::field::envpair::{EnvPairConfig, EnvPairField};
-use crate::field::{Field, KernelConfig, KernelField, linspace};
+use crate::field::Preset;
 use crate::flow::Flow;
 use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::Integrator;
@@ -18,9 +15,7 @@ use crate::io::model::{MAX_PRIOR_SIGMA, MIN_PRIOR_SIGMA};
 use crate::prior::Prior;
 use crate::species::Species;
 
-/// Largest upper end of the distance range (length units), as for the envpair family: beyond
-/// it the Gaussians of a basis stop being meaningful in f64.
-pub const MAX_DISTANCE: f64 = 1e6;
+pub use crate::field::MAX_DISTANCE;
 
 /// Lower quantile of the pair distances that [`fit_scales`] takes as the start of the data.
 pub const FIT_LOW_QUANTILE: f64 = 0.001;
@@ -32,74 +27,7 @@ pub const FIT_PADDING: f64 = 0.25;
 /// through the input), which bounds the memory and time of a fit on a long trajectory.
 pub const FIT_MAX_DISTANCES: usize = 1 << 21;
 
-/// The field families a [`FlowConfig`] can build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Family {
-    /// The paper's pairwise RBF kernel field (`"kernel"`), the default.
-    #[default]
-    Kernel,
-    /// The environment-modulated pair field (`"envpair"`); trains by flow matching only.
-    EnvPair,
-    /// The coordination-modulated kernel field (`"coordkernel"`).
-    CoordKernel,
-    /// The non-equivariant dense baseline (`"dense"`): its "distance kernel" count is the
-    /// hidden width H, its time kernel count the number of time features.
-    Dense,
-}
-
-impl Family {
-    /// The family registered under `name` (`"kernel"`, `"coordkernel"`, `"envpair"` or
-    /// `"dense"`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] for another name, listing the known ones.
-    pub fn from_name(name: &str) -> Result<Family> {
-        match name {
-            "kernel" => Ok(Family::Kernel),
-            "envpair" => Ok(Family::EnvPair),
-            "coordkernel" => Ok(Family::CoordKernel),
-            "dense" => Ok(Family::Dense),
-            other => Err(Error::invalid(format!(
-                "unknown field family '{other}' (known: {:?})",
-                Field::FAMILIES
-            ))),
-        }
-    }
-
-    /// The family's name in model files.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Kernel => "kernel",
-            Family::EnvPair => "envpair",
-            Family::CoordKernel => "coordkernel",
-            Family::Dense => "dense",
-        }
-    }
-
-    /// Default numbers of distance and time kernels: the kernel field's 50 and 10 (DESIGN.md
-    /// §2), the envpair and coordkernel presets' 16 and 6; for the dense baseline its preset's
-    /// hidden width and time features, 64 and 6.
-    #[must_use]
-    pub fn default_kernel_counts(self) -> (usize, usize) {
-        match self {
-            Family::Kernel => (50, 10),
-            Family::EnvPair => {
-                let preset = EnvPairConfig::double_well();
-                (preset.n_rbf, preset.n_time)
-            }
-            Family::CoordKernel => {
-                let preset = CoordKernelConfig::double_well();
-                (preset.n_rbf, preset.n_time)
-            }
-            Family::Dense => {
-                let preset = DenseConfig::double_well();
-                (preset.n_hidden, preset.n_time)
-            }
-        }
-    }
-}
+pub use crate::field::Family;
 
 /// The settings of an untrained flow. Build with struct-update syntax from
 /// [`FlowConfig::default`]; [`FlowConfig::validate`] checks every combination, and
@@ -111,7 +39,7 @@ pub struct FlowConfig {
     /// (`0 ≤ min < max ≤` [`MAX_DISTANCE`]). Default `(0, 8)`.
     pub distance_range: (f64, f64),
     /// Numbers of distance and time kernels; `None` for the family's defaults
-    /// ([`Family::default_kernel_counts`]).
+    /// ([`Family::default_counts`]).
     pub kernel_counts: Option<(usize, usize)>,
     /// σ of the Gaussian prior, in length units (default 1).
     pub prior_sigma: f64,
@@ -150,77 +78,16 @@ impl FlowConfig {
     #[must_use]
     pub fn kernel_counts(&self) -> (usize, usize) {
         self.kernel_counts
-            .unwrap_or_else(|| self.family.default_kernel_counts())
+            .unwrap_or_else(|| self.family.default_counts())
     }
 
-    /// The kernel field's bases: distance centres `linspace(min, max, K)` and time centres
-    /// `linspace(0, 1, R)`, with widths in the proportion to the centre spacing of the
-    /// double-well preset (γ = 0.5 at spacing 8/49, γ = 0.3 at spacing 1/9), so that the default
-    /// configuration is that preset exactly and other ranges and counts overlap their
-    /// neighbours alike.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] for fewer than two kernels of either kind (no spacing).
-    pub fn kernel_config(&self) -> Result<KernelConfig> {
-        let (k, r) = self.kernel_counts();
-        if k < 2 || r < 2 {
-            return Err(Error::invalid(format!(
-                "the kernel family needs at least 2 distance and 2 time kernels, got {k} and {r}"
-            )));
-        }
-        let (min, max) = self.distance_range;
-        let dist_spacing = (max - min) / (k - 1) as f64;
-        let time_spacing = 1.0 / (r - 1) as f64;
-        Ok(KernelConfig {
-            mu_dist: linspace(min, max, k),
-            gamma_dist: vec![0.5 * (dist_spacing / (8.0 / 49.0)); k],
-            mu_time: linspace(0.0, 1.0, r),
-            gamma_time: vec![0.3 * (time_spacing / (1.0 / 9.0)); r],
-        })
-    }
-
-    /// The envpair field's settings: the preset's widths with this range and these counts.
+    /// The family-neutral request the family turns into its settings
+    /// ([`crate::field::FieldFamily::preset_config`]): this range and these counts.
     #[must_use]
-    pub fn envpair_config(&self) -> EnvPairConfig {
-        let (n_rbf, n_time) = self.kernel_counts();
-        EnvPairConfig {
-            n_rbf,
-            rbf_min: self.distance_range.0,
-            rbf_max: self.distance_range.1,
-            n_time,
-            ..EnvPairConfig::double_well()
-        }
-    }
-
-    /// The coordkernel field's settings: the preset's shell count, these counts, distances on
-    /// this range and shells on its middle half (the double-well preset's rule: [2, 6] of
-    /// [0, 8]).
-    #[must_use]
-    pub fn coordkernel_config(&self) -> CoordKernelConfig {
-        let (n_rbf, n_time) = self.kernel_counts();
-        let (min, max) = self.distance_range;
-        CoordKernelConfig {
-            n_rbf,
-            rbf_min: min,
-            rbf_max: max,
-            n_time,
-            shell_min: min + 0.25 * (max - min),
-            shell_max: min + 0.75 * (max - min),
-            ..CoordKernelConfig::double_well()
-        }
-    }
-
-    /// The dense baseline's settings: hidden width and time features from the kernel counts,
-    /// and the length scale a quarter of the distance range's upper end (the double-well
-    /// preset's ℓ = 2 for [0, 8]).
-    #[must_use]
-    pub fn dense_config(&self) -> DenseConfig {
-        let (n_hidden, n_time) = self.kernel_counts();
-        DenseConfig {
-            n_hidden,
-            n_time,
-            length_scale: 0.25 * self.distance_range.1,
+    pub fn preset(&self) -> Preset {
+        Preset::Range {
+            range: self.distance_range,
+            counts: self.kernel_counts,
         }
     }
 
@@ -230,36 +97,16 @@ impl FlowConfig {
     ///
     /// [`Error::InvalidArgument`] naming the setting.
     pub fn validate(&self) -> Result<()> {
-        let (min, max) = self.distance_range;
-        let ok = |v: f64| v.is_finite() && (0.0..=MAX_DISTANCE).contains(&v);
-        if !ok(min) || !ok(max) || max - min < 1e-6 {
-            return Err(Error::invalid(format!(
-                "distance range [{min}, {max}] must satisfy 0 ≤ min < max ≤ {MAX_DISTANCE:e} \
-                 (by at least 1e-6)"
-            )));
-        }
         if !(MIN_PRIOR_SIGMA..=MAX_PRIOR_SIGMA).contains(&self.prior_sigma) {
             return Err(Error::invalid(format!(
                 "prior sigma = {} is outside [{MIN_PRIOR_SIGMA:e}, {MAX_PRIOR_SIGMA:e}]",
                 self.prior_sigma
             )));
         }
-        if let Some(species) = self.species.as_ref().filter(|s| !s.is_single())
-            && self.family != Family::Kernel
-        {
-            return Err(Error::invalid(format!(
-                "{} species need the kernel field family; the {} family treats all particles \
-                 as one species",
-                species.n_species(),
-                self.family.name()
-            )));
+        if let Some(species) = &self.species {
+            self.family.check_species(species)?;
         }
-        match self.family {
-            Family::Kernel => self.kernel_config()?.validate(),
-            Family::EnvPair => self.envpair_config().validate(),
-            Family::CoordKernel => self.coordkernel_config().validate(),
-            Family::Dense => self.dense_config().validate(),
-        }
+        self.family.check_preset(&self.preset())
     }
 
     /// An untrained flow for `layout` with these settings.
@@ -276,22 +123,9 @@ impl FlowConfig {
             }
             None => Species::single(layout.n_particles),
         };
-        let field: Field = match self.family {
-            Family::Kernel => KernelField::initialise_with_species(
-                layout,
-                self.kernel_config()?,
-                species,
-                self.seed,
-            )?
-            .into(),
-            Family::EnvPair => {
-                EnvPairField::initialise(layout, self.envpair_config(), self.seed)?.into()
-            }
-            Family::CoordKernel => {
-                CoordKernelField::initialise(layout, self.coordkernel_config(), self.seed)?.into()
-            }
-            Family::Dense => DenseField::initialise(layout, self.dense_config(), self.seed)?.into(),
-        };
+        let field = self
+            .family
+            .untrained(layout, &self.preset(), species, self.seed)?;
         let mut flow = Flow::from_parts(
             Prior::new(layout, self.prior_sigma)?,
             field,
@@ -401,6 +235,8 @@ pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::field::envpair::EnvPairField;
+    use crate::field::{FieldFamily, KernelConfig, KernelField};
 
     #[test]
     fn the_default_configuration_is_the_flow_of_flow_new() {
@@ -409,7 +245,10 @@ mod tests {
             seed: 5,
             ..FlowConfig::default()
         };
-        assert_eq!(config.kernel_config().unwrap(), KernelConfig::double_well());
+        assert_eq!(
+            KernelField::preset_config(&config.preset()).unwrap(),
+            KernelConfig::double_well()
+        );
         let built = config.build(layout).unwrap();
         let preset = Flow::new(4, 2, 5).unwrap();
         assert_eq!(built.field().params(), preset.field().params());
@@ -426,7 +265,7 @@ mod tests {
             prior_sigma: 0.3,
             ..FlowConfig::default()
         };
-        let kernels = config.kernel_config().unwrap();
+        let kernels = KernelField::preset_config(&config.preset()).unwrap();
         assert_eq!(kernels.n_dist(), 11);
         assert!((kernels.mu_dist[10] - 1.2).abs() < 1e-15);
         // Widths in the preset's proportion to the spacing (0.1 here).
@@ -436,7 +275,7 @@ mod tests {
             family: Family::EnvPair,
             ..config.clone()
         };
-        let spec = envpair.envpair_config();
+        let spec = EnvPairField::preset_config(&envpair.preset()).unwrap();
         assert_eq!((spec.n_rbf, spec.n_time), (11, 4));
         assert_eq!((spec.rbf_min, spec.rbf_max), (0.2, 1.2));
         envpair.build(layout).unwrap();

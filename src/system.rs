@@ -10,10 +10,7 @@ use serde_json::{Map, Value};
 use crate::boltzmann::Kt;
 use crate::energy::{DoubleWell, Energy, LennardJones, SpeciesLennardJones};
 use crate::error::{Error, Result};
-use crate::field::coordkernel::{CoordKernelConfig, CoordKernelField};
-use crate::field::dense::{DenseConfig, DenseField};
-use crate::field::envpair::{EnvPairConfig, EnvPairField};
-use crate::field::{Field, KernelConfig, KernelField};
+use crate::field::{Family, Interaction, Preset};
 use crate::flow::Flow;
 use crate::geometry::Layout;
 use crate::integrate::Integrator;
@@ -394,21 +391,21 @@ impl System {
         }
     }
 
-    /// The kernel preset of the paper's code for this kind of system, with its lengths in
-    /// units of [`System::length_scale`] (so exactly the paper's for the benchmark systems).
+    /// The family-neutral preset of this kind of system: the benchmark preset of its
+    /// interaction (the paper's kernels for the kernel field), with lengths in units of
+    /// [`System::length_scale`] (so exactly the paper's for the benchmark systems).
     #[must_use]
-    pub fn kernels(&self) -> KernelConfig {
-        let mut kernels = match self.energy {
-            EnergySpec::DoubleWell { .. } => KernelConfig::double_well(),
+    pub fn field_preset(&self) -> Preset {
+        let interaction = match self.energy {
+            EnergySpec::DoubleWell { .. } => Interaction::DoubleWell,
             EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
-                KernelConfig::lennard_jones()
+                Interaction::LennardJones
             }
         };
-        let scale = self.length_scale();
-        for v in kernels.mu_dist.iter_mut().chain(&mut kernels.gamma_dist) {
-            *v *= scale;
+        Preset::Benchmark {
+            interaction,
+            length_scale: self.length_scale(),
         }
-        kernels
     }
 
     /// An untrained flow for this system: the paper's kernel field with this system's kernel
@@ -440,76 +437,22 @@ impl System {
     ///
     /// An unknown family name; an invalid system shape.
     pub fn untrained_flow_of(&self, family: &str, seed: u64) -> Result<Flow> {
+        let family = Family::from_name(family)?;
         let (n_particles, dim) = self.energy.shape();
         let layout = Layout::new(n_particles, dim)?;
-        if let Some(species) = self.species().filter(|s| !s.is_single())
-            && family != "kernel"
-            && Field::FAMILIES.contains(&family)
-        {
-            return Err(Error::invalid(format!(
-                "system '{}' has {} species, which need the kernel field family; the {family} \
-                 family treats all particles as one species",
-                self.name,
-                species.n_species()
-            )));
-        }
-        let field: Field = match family {
-            "kernel" => match self.species() {
-                Some(species) => KernelField::initialise_with_species(
-                    layout,
-                    self.kernels(),
-                    species.clone(),
-                    seed,
-                )?
-                .into(),
-                None => KernelField::initialise(layout, self.kernels(), seed)?.into(),
-            },
-            "envpair" => {
-                let mut config = match self.energy {
-                    EnergySpec::DoubleWell { .. } => EnvPairConfig::double_well(),
-                    EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
-                        EnvPairConfig::lennard_jones()
+        let species = match self.species() {
+            Some(species) => {
+                family.check_species(species).map_err(|e| match e {
+                    Error::InvalidArgument { what } => {
+                        Error::invalid(format!("system '{}': {what}", self.name))
                     }
-                };
-                config.rbf_min *= self.length_scale();
-                config.rbf_max *= self.length_scale();
-                EnvPairField::initialise(layout, config, seed)?.into()
+                    other => other,
+                })?;
+                species.clone()
             }
-            "coordkernel" => {
-                let mut config = match self.energy {
-                    EnergySpec::DoubleWell { .. } => CoordKernelConfig::double_well(),
-                    EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
-                        CoordKernelConfig::lennard_jones()
-                    }
-                };
-                let scale = self.length_scale();
-                for v in [
-                    &mut config.rbf_min,
-                    &mut config.rbf_max,
-                    &mut config.shell_min,
-                    &mut config.shell_max,
-                ] {
-                    *v *= scale;
-                }
-                CoordKernelField::initialise(layout, config, seed)?.into()
-            }
-            "dense" => {
-                let mut config = match self.energy {
-                    EnergySpec::DoubleWell { .. } => DenseConfig::double_well(),
-                    EnergySpec::LennardJones { .. } | EnergySpec::LennardJonesSpecies { .. } => {
-                        DenseConfig::lennard_jones()
-                    }
-                };
-                config.length_scale *= self.length_scale();
-                DenseField::initialise(layout, config, seed)?.into()
-            }
-            other => {
-                return Err(Error::invalid(format!(
-                    "unknown field family '{other}' (known: {:?})",
-                    Field::FAMILIES
-                )));
-            }
+            None => Species::single(n_particles),
         };
+        let field = family.untrained(layout, &self.field_preset(), species, seed)?;
         Flow::from_parts(self.prior(layout)?, field, Integrator::default())
     }
 
@@ -675,6 +618,12 @@ impl<'a, F: Fn(String) -> Error> Fields<'a, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::field::{FieldFamily, KernelConfig, KernelField};
+
+    /// The kernel field's settings for a system's preset.
+    fn kernels(system: &System) -> KernelConfig {
+        KernelField::preset_config(&system.field_preset()).unwrap()
+    }
 
     #[test]
     fn presets_match_the_benchmark_conventions() {
@@ -694,8 +643,8 @@ mod tests {
         assert!((pair.energy(&[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]) + 2.0).abs() < 1e-12);
         let dw4 = System::preset("dw4").unwrap();
         assert_eq!(dw4.energy.shape(), (4, 2));
-        assert_eq!(dw4.kernels(), KernelConfig::double_well());
-        assert_eq!(lj.kernels(), KernelConfig::lennard_jones());
+        assert_eq!(kernels(&dw4), KernelConfig::double_well());
+        assert_eq!(kernels(&lj), KernelConfig::lennard_jones());
         assert!(System::preset("argon").is_err());
         let json = serde_json::to_string(&lj).unwrap();
         assert_eq!(serde_json::from_str::<System>(&json).unwrap(), lj);
@@ -715,7 +664,7 @@ mod tests {
             panic!("not Lennard-Jones");
         };
         assert_eq!((epsilon, r_m, oscillator_k, lj55.kt), (2.0, 1.0, 1.0, 1.0));
-        assert_eq!(lj55.kernels(), KernelConfig::lennard_jones());
+        assert_eq!(kernels(&lj55), KernelConfig::lennard_jones());
         let message = System::preset("argon").unwrap_err().to_string();
         assert!(message.contains("lj55"), "{message}");
     }
@@ -755,7 +704,7 @@ mod tests {
         assert_eq!(system.units, "kJ/mol, nm");
         assert_eq!(system.length_scale(), 0.38);
         let preset = KernelConfig::lennard_jones();
-        let kernels = system.kernels();
+        let kernels = kernels(&system);
         assert!((kernels.mu_dist[49] - 0.38 * preset.mu_dist[49]).abs() < 1e-12);
         let flow = system.untrained_flow(1).unwrap();
         assert_eq!(flow.prior().sigma(), 0.38);

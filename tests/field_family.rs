@@ -159,3 +159,182 @@ fn certificate_of_the_shipped_models() {
         assert!(at_needed.certificate().unwrap().is_certified());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The registry's family selector: every registered family is checked here by its registration
+// line alone, so a new family gets these tests without new test code.
+
+use eqflow::Species;
+use eqflow::field::{Family, Interaction, Preset};
+use eqflow::geometry::Layout;
+
+fn presets() -> Vec<Preset> {
+    vec![
+        Preset::Benchmark {
+            interaction: Interaction::DoubleWell,
+            length_scale: 1.0,
+        },
+        Preset::Benchmark {
+            interaction: Interaction::LennardJones,
+            length_scale: 1.0,
+        },
+        Preset::Benchmark {
+            interaction: Interaction::LennardJones,
+            length_scale: 2.5,
+        },
+        Preset::Range {
+            range: (0.3, 1.7),
+            counts: None,
+        },
+        Preset::Range {
+            range: (0.3, 1.7),
+            counts: Some((12, 5)),
+        },
+    ]
+}
+
+#[test]
+fn every_family_round_trips_its_name_and_is_listed_once() {
+    assert_eq!(Family::ALL.len(), Field::FAMILIES.len());
+    for (&family, &name) in Family::ALL.iter().zip(Field::FAMILIES) {
+        assert_eq!(family.name(), name);
+        assert_eq!(Family::from_name(name).unwrap(), family);
+    }
+    assert_eq!(Family::default(), Family::from_name("kernel").unwrap());
+    let err = Family::from_name("no-such-family").unwrap_err().to_string();
+    for name in Field::FAMILIES {
+        assert!(err.contains(name), "{err} should list {name}");
+    }
+}
+
+#[test]
+fn every_family_builds_every_preset_it_accepts_and_the_field_says_so() {
+    let layout = Layout::new(5, 3).unwrap();
+    for &family in Family::ALL {
+        for preset in presets() {
+            let checked = family.check_preset(&preset);
+            let built = family.untrained(layout, &preset, Species::single(5), 11);
+            assert_eq!(checked.is_ok(), built.is_ok(), "{family:?} {preset:?}");
+            let field = built.unwrap_or_else(|e| panic!("{family:?} {preset:?}: {e}"));
+            assert_eq!(field.family(), family.name());
+            assert_eq!(field.layout(), layout);
+            assert!(field.params().iter().all(|p| p.is_finite()));
+            // Same seed, same field; another seed, another field (unless the family starts
+            // from zero parameters).
+            let again = family
+                .untrained(layout, &preset, Species::single(5), 11)
+                .unwrap();
+            assert_eq!(field.params(), again.params());
+            // A model-file section rebuilds the same field.
+            let rebuilt = Field::from_spec(layout, &field.spec(), field.params().to_vec()).unwrap();
+            assert_eq!(rebuilt.params(), field.params());
+            assert_eq!(rebuilt.spec(), field.spec());
+        }
+        // A range preset's counts reach the field: more distance functions, more parameters.
+        let small = family
+            .untrained(
+                layout,
+                &Preset::Range {
+                    range: (0.3, 1.7),
+                    counts: Some((6, 4)),
+                },
+                Species::single(5),
+                1,
+            )
+            .unwrap();
+        let large = family
+            .untrained(
+                layout,
+                &Preset::Range {
+                    range: (0.3, 1.7),
+                    counts: Some((12, 4)),
+                },
+                Species::single(5),
+                1,
+            )
+            .unwrap();
+        assert!(
+            large.params().len() > small.params().len(),
+            "{family:?}: counts ignored"
+        );
+    }
+}
+
+#[test]
+fn every_family_refuses_a_degenerate_preset_with_an_error() {
+    let layout = Layout::new(4, 2).unwrap();
+    let bad = [
+        Preset::Range {
+            range: (1.0, 0.5),
+            counts: None,
+        },
+        Preset::Range {
+            range: (f64::NAN, 1.0),
+            counts: None,
+        },
+        Preset::Range {
+            range: (0.0, f64::INFINITY),
+            counts: None,
+        },
+        Preset::Range {
+            range: (0.3, 1.7),
+            counts: Some((0, 4)),
+        },
+        Preset::Range {
+            range: (0.3, 1.7),
+            counts: Some((6, 0)),
+        },
+        Preset::Benchmark {
+            interaction: Interaction::DoubleWell,
+            length_scale: 0.0,
+        },
+        Preset::Benchmark {
+            interaction: Interaction::LennardJones,
+            length_scale: f64::NAN,
+        },
+    ];
+    for &family in Family::ALL {
+        for preset in &bad {
+            assert!(
+                family.check_preset(preset).is_err(),
+                "{family:?} accepted {preset:?}"
+            );
+            assert!(
+                family
+                    .untrained(layout, preset, Species::single(4), 1)
+                    .is_err()
+            );
+        }
+    }
+}
+
+#[test]
+fn several_species_are_refused_exactly_by_the_families_that_do_not_take_them() {
+    let layout = Layout::new(4, 3).unwrap();
+    let two = Species::new(2, vec![0, 0, 1, 1]).unwrap();
+    let preset = Preset::Benchmark {
+        interaction: Interaction::LennardJones,
+        length_scale: 1.0,
+    };
+    let takers: Vec<&str> = Family::ALL
+        .iter()
+        .filter(|f| f.takes_species())
+        .map(|f| f.name())
+        .collect();
+    assert!(takers.contains(&"kernel"));
+    for &family in Family::ALL {
+        let built = family.untrained(layout, &preset, two.clone(), 3);
+        assert_eq!(family.check_species(&two).is_ok(), family.takes_species());
+        if family.takes_species() {
+            let field = built.unwrap();
+            assert_eq!(field.species().map(Species::n_species), Some(2));
+        } else {
+            let err = built.unwrap_err().to_string();
+            for name in &takers {
+                assert!(err.contains(name), "{family:?}: '{err}' should name {name}");
+            }
+        }
+        // One species is always accepted.
+        assert!(family.check_species(&Species::single(4)).is_ok());
+    }
+}

@@ -13,19 +13,24 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Cotangent, VectorField};
+use super::{Cotangent, Preset, VectorField};
 use crate::error::Result;
 use crate::geometry::Layout;
 use crate::species::Species;
 
-/// The error of a family without species asked for several.
-pub(crate) fn refuse_species<F: FieldFamily>(species: &Species) -> crate::Error {
-    crate::Error::invalid(format!(
-        "the {} field family treats all particles as one species; {} species need the \
-         kernel family",
-        F::NAME,
-        species.n_species()
-    ))
+/// The check of a family without species: `species` has one index per particle, all the same.
+///
+/// # Errors
+///
+/// [`crate::Error::DimensionMismatch`] for a wrong count; [`crate::Error::InvalidArgument`]
+/// for several species.
+pub(crate) fn single_species<F: FieldFamily>(layout: Layout, species: &Species) -> Result<()> {
+    species.check_count(layout.n_particles)?;
+    if species.is_single() {
+        Ok(())
+    } else {
+        Err(super::registry::several_species_refused(F::NAME, species))
+    }
 }
 
 /// A family of vector fields for a fixed particle layout, with its trainable parameters in one
@@ -42,6 +47,10 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
     /// The family's name in model files (`"field": {"family": NAME, …}`); never changes once
     /// released, so that old model files stay loadable.
     const NAME: &'static str;
+
+    /// Whether the family's fields tell particle species apart (override
+    /// [`FieldFamily::from_config_with_species`] and [`FieldFamily::species`] with it).
+    const SPECIES: bool = false;
 
     /// Everything that defines a field of this family except the layout and the trainable
     /// parameters (kernel centres, sizes, …), as stored in a model file.
@@ -75,12 +84,39 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
         species: Species,
         params: Vec<f64>,
     ) -> Result<Self> {
-        species.check_count(layout.n_particles)?;
-        if !species.is_single() {
-            return Err(refuse_species::<Self>(&species));
-        }
+        single_species::<Self>(layout, &species)?;
         Self::from_config(layout, config, params)
     }
+
+    /// The (distance, time) basis sizes of a [`Preset::Range`] request that gives none (for
+    /// a family without bases, the two sizes it takes in their place, documented there).
+    fn default_counts() -> (usize, usize);
+
+    /// This family's settings for a family-neutral request: the benchmark presets of
+    /// `System`, the host's range and counts of `FlowConfig`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] for counts the family cannot place (settings it can
+    /// place but not accept are [`FieldFamily::validate_config`]'s to refuse).
+    fn preset_config(preset: &Preset) -> Result<Self::Config>;
+
+    /// Checks settings without building a field.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] naming the setting.
+    fn validate_config(config: &Self::Config) -> Result<()>;
+
+    /// An untrained field: `config` validated, the initial parameters drawn from the
+    /// `FieldInit` stream of `seed` (bit for bit the same for the same arguments).
+    ///
+    /// # Errors
+    ///
+    /// What [`FieldFamily::validate_config`] reports; a species list of the wrong length, or
+    /// several species in a family without them.
+    fn untrained(layout: Layout, config: Self::Config, species: Species, seed: u64)
+    -> Result<Self>;
 
     /// The particle species, `None` when all particles are identical (the default).
     fn species(&self) -> Option<&Species> {

@@ -19,15 +19,18 @@ pub mod envpair;
 pub mod exp;
 mod family;
 pub mod kernel;
+mod preset;
 mod registry;
 
+pub(crate) use family::single_species;
 pub use family::{FieldFamily, TrainableField};
 pub use kernel::{
     EPS_D, KernelConfig, KernelField, MAX_DIST_KERNELS, MAX_TIME_KERNELS, ParamLayout,
     TabulatedField, TimeSlice, VjpScratch,
 };
+pub use preset::{Interaction, MAX_DISTANCE, MAX_LENGTH_SCALE, Preset};
 pub(crate) use registry::with_family;
-pub use registry::{Field, FieldSpec};
+pub use registry::{Family, Field, FieldSpec};
 
 /// `n ≥ 2` evenly spaced values from `start` to `stop` (both included), the one formula every
 /// RBF preset uses for its centres (bit-for-bit the same centres everywhere).

@@ -4,14 +4,16 @@
 //! Adding a family is one folder under `src/field/` (a type implementing [`VectorField`],
 //! [`FieldFamily`] and [`TrainableField`], with its tests) plus its line in the
 //! `field_families!` list below, which generates the enum, its `From` conversions, the
-//! model-file dispatch and `with_family!`. Outside `src/field/` a family is named only where a
-//! user chooses one and its presets live (`System::untrained_flow_of`, `FlowConfig`).
+//! model-file dispatch, the user-facing [`Family`] (name, default counts, untrained fields from
+//! a family-neutral [`Preset`]) and `with_family!`. Outside `src/field/` no code names a
+//! family: the CLI, the C flow options, `System` and `FlowConfig` go through [`Family`].
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::Preset;
 use super::VectorField;
 use super::coordkernel::CoordKernelField;
 use super::dense::DenseField;
@@ -43,6 +45,84 @@ macro_rules! field_families {
         impl Field {
             /// The names of all registered families, for messages and `--help`.
             pub const FAMILIES: &'static [&'static str] = &[$( <$ty as FieldFamily>::NAME ),+];
+        }
+
+        /// A registered field family, as a user chooses one (CLI `--field`, the C flow
+        /// options, `FlowConfig`); the first registered, the paper's kernel field, is the
+        /// default.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum Family {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl Family {
+            /// Every registered family, in registration order.
+            pub const ALL: &'static [Family] = &[$( Family::$variant ),+];
+
+            /// The family's name in model files ([`FieldFamily::NAME`]).
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Family::$variant => <$ty as FieldFamily>::NAME, )+
+                }
+            }
+
+            /// Whether the family tells particle species apart ([`FieldFamily::SPECIES`]).
+            #[must_use]
+            pub fn takes_species(self) -> bool {
+                match self {
+                    $( Family::$variant => <$ty as FieldFamily>::SPECIES, )+
+                }
+            }
+
+            /// See [`FieldFamily::default_counts`].
+            #[must_use]
+            pub fn default_counts(self) -> (usize, usize) {
+                match self {
+                    $( Family::$variant => <$ty as FieldFamily>::default_counts(), )+
+                }
+            }
+
+            /// Checks that the family can build a field for `preset`, without building one.
+            ///
+            /// # Errors
+            ///
+            /// What [`Preset::validate`], the family's [`FieldFamily::preset_config`] and
+            /// [`FieldFamily::validate_config`] report.
+            pub fn check_preset(self, preset: &Preset) -> Result<()> {
+                preset.validate()?;
+                match self {
+                    $( Family::$variant => {
+                        <$ty as FieldFamily>::validate_config(
+                            &<$ty as FieldFamily>::preset_config(preset)?,
+                        )
+                    } )+
+                }
+            }
+
+            /// An untrained field of this family for `preset` ([`FieldFamily::untrained`]).
+            ///
+            /// # Errors
+            ///
+            /// As [`Family::check_preset`]; species the family cannot take.
+            pub fn untrained(
+                self,
+                layout: Layout,
+                preset: &Preset,
+                species: Species,
+                seed: u64,
+            ) -> Result<Field> {
+                preset.validate()?;
+                match self {
+                    $( Family::$variant => {
+                        let config = <$ty as FieldFamily>::preset_config(preset)?;
+                        <$ty as FieldFamily>::validate_config(&config)?;
+                        <$ty as FieldFamily>::untrained(layout, config, species, seed)
+                            .map(Field::$variant)
+                    } )+
+                }
+            }
         }
 
         /// The field of the family named in `spec`, if one is registered under that name.
@@ -84,6 +164,61 @@ field_families! {$;
     Dense(DenseField),
 }
 pub(crate) use with_family;
+
+impl Default for Family {
+    /// The first registered family: the paper's kernel field.
+    fn default() -> Family {
+        Family::ALL[0]
+    }
+}
+
+/// The error of a family without species (`name`) asked for several.
+pub(crate) fn several_species_refused(name: &str, species: &Species) -> Error {
+    let with: Vec<&str> = Family::ALL
+        .iter()
+        .filter(|f| f.takes_species())
+        .map(|f| f.name())
+        .collect();
+    Error::invalid(format!(
+        "the {name} field family treats all particles as one species; {} species need the {} \
+         family",
+        species.n_species(),
+        with.join(" or ")
+    ))
+}
+
+impl Family {
+    /// Refuses several species for a family that treats all particles as one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the families that take species.
+    pub fn check_species(self, species: &Species) -> Result<()> {
+        if species.is_single() || self.takes_species() {
+            Ok(())
+        } else {
+            Err(several_species_refused(self.name(), species))
+        }
+    }
+
+    /// The family registered under `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for another name, listing the known ones.
+    pub fn from_name(name: &str) -> Result<Family> {
+        Family::ALL
+            .iter()
+            .copied()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown field family '{name}' (known: {:?})",
+                    Field::FAMILIES
+                ))
+            })
+    }
+}
 
 /// The family part of a model file: `{"family": NAME, "config": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

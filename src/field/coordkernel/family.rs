@@ -10,8 +10,10 @@ use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
 use super::eval::CoordKernelScratch;
 use super::grid::GridCoordKernel;
 use crate::error::{Error, Result};
-use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
+use crate::field::single_species;
+use crate::field::{Cotangent, FieldFamily, Interaction, Preset, TrainableField, VectorField};
 use crate::geometry::Layout;
+use crate::species::Species;
 
 impl VectorField for CoordKernelField {
     fn state_len(&self) -> usize {
@@ -51,6 +53,65 @@ impl FieldFamily for CoordKernelField {
 
     fn from_config(layout: Layout, config: CoordKernelConfig, params: Vec<f64>) -> Result<Self> {
         CoordKernelField::new(layout, config, params)
+    }
+
+    /// The preset's 16 distance and 6 time Gaussians. A range request keeps the preset's shell
+    /// count and puts the shells on the middle half of the range (the double-well preset's
+    /// rule: [2, 6] of [0, 8]).
+    fn default_counts() -> (usize, usize) {
+        let preset = CoordKernelConfig::double_well();
+        (preset.n_rbf, preset.n_time)
+    }
+
+    fn preset_config(preset: &Preset) -> Result<CoordKernelConfig> {
+        Ok(match *preset {
+            Preset::Benchmark {
+                interaction,
+                length_scale,
+            } => {
+                let mut config = match interaction {
+                    Interaction::DoubleWell => CoordKernelConfig::double_well(),
+                    Interaction::LennardJones => CoordKernelConfig::lennard_jones(),
+                };
+                for v in [
+                    &mut config.rbf_min,
+                    &mut config.rbf_max,
+                    &mut config.shell_min,
+                    &mut config.shell_max,
+                ] {
+                    *v *= length_scale;
+                }
+                config
+            }
+            Preset::Range {
+                range: (min, max), ..
+            } => {
+                let (k, r) = preset.counts_or(Self::default_counts());
+                CoordKernelConfig {
+                    n_rbf: k,
+                    rbf_min: min,
+                    rbf_max: max,
+                    n_time: r,
+                    shell_min: min + 0.25 * (max - min),
+                    shell_max: min + 0.75 * (max - min),
+                    ..CoordKernelConfig::double_well()
+                }
+            }
+        })
+    }
+
+    fn validate_config(config: &CoordKernelConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn untrained(
+        layout: Layout,
+        config: CoordKernelConfig,
+        species: Species,
+        seed: u64,
+    ) -> Result<Self> {
+        single_species::<Self>(layout, &species)?;
+        CoordKernelField::initialise(layout, config, seed)
     }
 
     fn params(&self) -> &[f64] {

@@ -7,8 +7,10 @@ use super::config::DenseConfig;
 use super::dense_field::{DenseField, DenseTimePoint};
 use super::eval::DenseScratch;
 use crate::error::{Error, Result};
-use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
+use crate::field::single_species;
+use crate::field::{Cotangent, FieldFamily, Interaction, Preset, TrainableField, VectorField};
 use crate::geometry::Layout;
+use crate::species::Species;
 
 impl VectorField for DenseField {
     fn state_len(&self) -> usize {
@@ -76,6 +78,49 @@ impl FieldFamily for DenseField {
 
     fn from_config(layout: Layout, config: DenseConfig, params: Vec<f64>) -> Result<Self> {
         DenseField::new(layout, config, params)
+    }
+
+    /// For the dense baseline the two counts are the hidden width H and the number of time
+    /// features: the double-well preset's 64 and 6. A range request sets the length scale ℓ to a
+    /// quarter of the range's upper end (the preset's ℓ = 2 for [0, 8]).
+    fn default_counts() -> (usize, usize) {
+        let preset = DenseConfig::double_well();
+        (preset.n_hidden, preset.n_time)
+    }
+
+    fn preset_config(preset: &Preset) -> Result<DenseConfig> {
+        Ok(match *preset {
+            Preset::Benchmark {
+                interaction,
+                length_scale,
+            } => {
+                let mut config = match interaction {
+                    Interaction::DoubleWell => DenseConfig::double_well(),
+                    Interaction::LennardJones => DenseConfig::lennard_jones(),
+                };
+                config.length_scale *= length_scale;
+                config
+            }
+            Preset::Range {
+                range: (_, max), ..
+            } => {
+                let (k, r) = preset.counts_or(Self::default_counts());
+                DenseConfig {
+                    n_hidden: k,
+                    n_time: r,
+                    length_scale: 0.25 * max,
+                }
+            }
+        })
+    }
+
+    fn validate_config(config: &DenseConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn untrained(layout: Layout, config: DenseConfig, species: Species, seed: u64) -> Result<Self> {
+        single_species::<Self>(layout, &species)?;
+        DenseField::initialise(layout, config, seed)
     }
 
     fn params(&self) -> &[f64] {

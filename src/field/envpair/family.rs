@@ -8,8 +8,12 @@ use super::envpair_field::{EnvPairField, EnvPairTimePoint};
 use super::eval::{EnvPairScratch, with_scratch};
 use super::net::{SILU_SLOPE_MAX, silu_and_slope};
 use crate::error::Result;
-use crate::field::{Cotangent, EPS_D, FieldFamily, TrainableField, VectorField};
+use crate::field::single_species;
+use crate::field::{
+    Cotangent, EPS_D, FieldFamily, Interaction, Preset, TrainableField, VectorField,
+};
 use crate::geometry::Layout;
+use crate::species::Species;
 
 impl VectorField for EnvPairField {
     fn state_len(&self) -> usize {
@@ -59,6 +63,55 @@ impl FieldFamily for EnvPairField {
 
     fn from_config(layout: Layout, config: EnvPairConfig, params: Vec<f64>) -> Result<Self> {
         EnvPairField::new(layout, config, params)
+    }
+
+    /// The preset's 16 distance and 6 time Gaussians.
+    fn default_counts() -> (usize, usize) {
+        let preset = EnvPairConfig::double_well();
+        (preset.n_rbf, preset.n_time)
+    }
+
+    fn preset_config(preset: &Preset) -> Result<EnvPairConfig> {
+        Ok(match *preset {
+            Preset::Benchmark {
+                interaction,
+                length_scale,
+            } => {
+                let mut config = match interaction {
+                    Interaction::DoubleWell => EnvPairConfig::double_well(),
+                    Interaction::LennardJones => EnvPairConfig::lennard_jones(),
+                };
+                config.rbf_min *= length_scale;
+                config.rbf_max *= length_scale;
+                config
+            }
+            Preset::Range {
+                range: (min, max), ..
+            } => {
+                let (k, r) = preset.counts_or(Self::default_counts());
+                EnvPairConfig {
+                    n_rbf: k,
+                    rbf_min: min,
+                    rbf_max: max,
+                    n_time: r,
+                    ..EnvPairConfig::double_well()
+                }
+            }
+        })
+    }
+
+    fn validate_config(config: &EnvPairConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn untrained(
+        layout: Layout,
+        config: EnvPairConfig,
+        species: Species,
+        seed: u64,
+    ) -> Result<Self> {
+        single_species::<Self>(layout, &species)?;
+        EnvPairField::initialise(layout, config, seed)
     }
 
     fn params(&self) -> &[f64] {

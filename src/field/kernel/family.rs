@@ -6,13 +6,16 @@ use std::sync::Arc;
 
 use super::vjp::{ParamAccumulator, TimePoint, VjpScratch};
 use super::{KernelConfig, KernelField, TabulatedField};
-use crate::error::Result;
-use crate::field::{Cotangent, FieldFamily, TrainableField, VectorField};
+use crate::error::{Error, Result};
+use crate::field::{
+    Cotangent, FieldFamily, Interaction, Preset, TrainableField, VectorField, linspace,
+};
 use crate::geometry::Layout;
 use crate::species::Species;
 
 impl FieldFamily for KernelField {
     const NAME: &'static str = "kernel";
+    const SPECIES: bool = true;
     type Config = KernelConfig;
 
     fn layout(&self) -> Layout {
@@ -38,6 +41,66 @@ impl FieldFamily for KernelField {
 
     fn species(&self) -> Option<&Species> {
         KernelField::species(self)
+    }
+
+    /// The paper's 50 distance and 10 time kernels (DESIGN.md §2).
+    fn default_counts() -> (usize, usize) {
+        (50, 10)
+    }
+
+    /// A benchmark preset scales the centres and widths of its distance kernels. A range puts
+    /// the distance centres at `linspace(min, max, K)` and the time centres at
+    /// `linspace(0, 1, R)`, with widths in the proportion to the centre spacing of the
+    /// double-well preset (γ = 0.5 at spacing 8/49, γ = 0.3 at spacing 1/9), so that the range
+    /// [0, 8] with the default counts is that preset exactly and other ranges and counts overlap
+    /// their neighbours alike.
+    fn preset_config(preset: &Preset) -> Result<KernelConfig> {
+        match *preset {
+            Preset::Benchmark {
+                interaction,
+                length_scale,
+            } => {
+                let mut kernels = match interaction {
+                    Interaction::DoubleWell => KernelConfig::double_well(),
+                    Interaction::LennardJones => KernelConfig::lennard_jones(),
+                };
+                for v in kernels.mu_dist.iter_mut().chain(&mut kernels.gamma_dist) {
+                    *v *= length_scale;
+                }
+                Ok(kernels)
+            }
+            Preset::Range { range, .. } => {
+                let (k, r) = preset.counts_or(Self::default_counts());
+                if k < 2 || r < 2 {
+                    return Err(Error::invalid(format!(
+                        "the kernel family needs at least 2 distance and 2 time kernels, got \
+                         {k} and {r}"
+                    )));
+                }
+                let (min, max) = range;
+                let dist_spacing = (max - min) / (k - 1) as f64;
+                let time_spacing = 1.0 / (r - 1) as f64;
+                Ok(KernelConfig {
+                    mu_dist: linspace(min, max, k),
+                    gamma_dist: vec![0.5 * (dist_spacing / (8.0 / 49.0)); k],
+                    mu_time: linspace(0.0, 1.0, r),
+                    gamma_time: vec![0.3 * (time_spacing / (1.0 / 9.0)); r],
+                })
+            }
+        }
+    }
+
+    fn validate_config(config: &KernelConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn untrained(
+        layout: Layout,
+        config: KernelConfig,
+        species: Species,
+        seed: u64,
+    ) -> Result<Self> {
+        KernelField::initialise_with_species(layout, config, species, seed)
     }
 
     fn params(&self) -> &[f64] {
