@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use eqflow::field::{Field, KernelConfig, VectorField};
+use eqflow::Species;
+use eqflow::field::{Family, Field, Interaction, KernelConfig, Preset, VectorField};
+use eqflow::geometry::Layout;
 use eqflow::io::model;
 use nalgebra::{DMatrix, SymmetricEigen};
 
@@ -163,10 +165,6 @@ fn certificate_of_the_shipped_models() {
 // ---------------------------------------------------------------------------------------------
 // The registry's family selector: every registered family is checked here by its registration
 // line alone, so a new family gets these tests without new test code.
-
-use eqflow::Species;
-use eqflow::field::{Family, Interaction, Preset};
-use eqflow::geometry::Layout;
 
 fn presets() -> Vec<Preset> {
     vec![
@@ -336,5 +334,58 @@ fn several_species_are_refused_exactly_by_the_families_that_do_not_take_them() {
         }
         // One species is always accepted.
         assert!(family.check_species(&Species::single(4)).is_ok());
+    }
+}
+
+#[test]
+fn every_family_refuses_wrong_sizes_for_the_bound_gradient_and_writes_nothing() {
+    let layout = Layout::new(4, 2).unwrap();
+    let preset = Preset::Benchmark {
+        interaction: Interaction::DoubleWell,
+        length_scale: 1.0,
+    };
+    let times = [0.0, 0.5, 1.0];
+    for &family in Family::ALL {
+        let field = family
+            .untrained(layout, &preset, Species::single(4), 2)
+            .unwrap();
+        let n = field.params().len();
+        let bad: [(usize, usize); 4] = [(2, n), (4, n), (3, n - 1), (3, n + 1)];
+        for (n_bar, n_theta) in bad {
+            let mut theta_bar = vec![0.25; n_theta];
+            let err = field
+                .lipschitz_bounds_vjp(&times, &vec![1.0; n_bar], &mut theta_bar)
+                .unwrap_err();
+            assert!(
+                matches!(err, eqflow::Error::DimensionMismatch { .. }),
+                "{family:?} with ({n_bar}, {n_theta}): {err}"
+            );
+            assert!(
+                theta_bar.iter().all(|&g| g == 0.25),
+                "{family:?} wrote on failure"
+            );
+        }
+        // Right sizes: either the gradient, with the same bounds as the field's, or the
+        // family's refusal, and then nothing written.
+        let mut theta_bar = vec![0.0; n];
+        match field.lipschitz_bounds_vjp(&times, &[1.0; 3], &mut theta_bar) {
+            Ok(bounds) => {
+                assert_eq!(bounds, field.lipschitz_bounds(&times), "{family:?}");
+                assert!(
+                    theta_bar.iter().any(|&g| g != 0.0),
+                    "{family:?}: no gradient"
+                );
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, eqflow::Error::InvalidArgument { .. }),
+                    "{family:?}: {e}"
+                );
+                assert!(
+                    theta_bar.iter().all(|&g| g == 0.0),
+                    "{family:?} wrote on failure"
+                );
+            }
+        }
     }
 }

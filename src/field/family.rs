@@ -198,18 +198,63 @@ pub trait TrainableField: FieldFamily {
     /// `theta_bar` (flat parameter layout). What a Lipschitz penalty in training needs to keep
     /// the trained field certifiable at its step count (`train::TrainConfig::lipschitz_penalty`).
     ///
+    /// Provided once for every family (do not override): it checks the sizes and that the
+    /// bounds are finite, then asks the family for the gradient
+    /// ([`TrainableField::add_lipschitz_bounds_vjp`]). On an error `theta_bar` is unchanged.
+    ///
     /// # Errors
     ///
-    /// The default refuses ([`crate::Error::InvalidArgument`]): a family whose bound has no
-    /// gradient cannot be trained with the penalty. A family may fail where its bound is not
-    /// finite.
+    /// [`crate::Error::DimensionMismatch`] unless `bounds_bar` has one entry per time and
+    /// `theta_bar` one per parameter; [`crate::Error::NonFinite`] for a bound that is not
+    /// finite; what the family's gradient reports (the default refuses).
     fn lipschitz_bounds_vjp(
         &self,
         times: &[f64],
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
     ) -> Result<Vec<f64>> {
-        let _ = (times, bounds_bar, theta_bar);
+        if bounds_bar.len() != times.len() {
+            return Err(crate::Error::size(
+                "Lipschitz bound cotangents",
+                times.len(),
+                bounds_bar.len(),
+            ));
+        }
+        if theta_bar.len() != self.params().len() {
+            return Err(crate::Error::size(
+                format!("{} parameter cotangents", Self::NAME),
+                self.params().len(),
+                theta_bar.len(),
+            ));
+        }
+        let bounds = self.lipschitz_bounds(times);
+        if let Some(b) = bounds.iter().find(|b| !b.is_finite()) {
+            return Err(crate::Error::non_finite(format!(
+                "the {} field's Lipschitz bound ({b})",
+                Self::NAME
+            )));
+        }
+        self.add_lipschitz_bounds_vjp(times, &bounds, bounds_bar, theta_bar)?;
+        Ok(bounds)
+    }
+
+    /// Adds `Σ_t bounds_bar[t]·∂L(t)/∂θ` to `theta_bar`, given `bounds` =
+    /// [`FieldFamily::lipschitz_bounds`]`(times)`, all finite, and every slice sized
+    /// ([`TrainableField::lipschitz_bounds_vjp`] checked them). Must leave `theta_bar`
+    /// unchanged when it fails.
+    ///
+    /// # Errors
+    ///
+    /// The default refuses ([`crate::Error::InvalidArgument`]): a family whose bound has no
+    /// gradient cannot be trained with the penalty.
+    fn add_lipschitz_bounds_vjp(
+        &self,
+        times: &[f64],
+        bounds: &[f64],
+        bounds_bar: &[f64],
+        theta_bar: &mut [f64],
+    ) -> Result<()> {
+        let _ = (times, bounds, bounds_bar, theta_bar);
         Err(crate::Error::invalid(format!(
             "the {} field family has no gradient of its Lipschitz bound: it cannot be trained \
              with a Lipschitz penalty (use more RK4 steps to certify it instead)",

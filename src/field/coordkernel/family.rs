@@ -9,7 +9,7 @@ use super::config::CoordKernelConfig;
 use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
 use super::eval::CoordKernelScratch;
 use super::grid::GridCoordKernel;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::field::single_species;
 use crate::field::{Cotangent, FieldFamily, Interaction, Preset, TrainableField, VectorField};
 use crate::geometry::Layout;
@@ -237,32 +237,13 @@ impl TrainableField for CoordKernelField {
 
     /// Exact where no `M_qk(t)` is zero: the bound is `Σ_qk C_qk |M_qk(t)|` with `M(t) = V·τ(t)`,
     /// so `∂L(t)/∂V_qkr = C_qk sign(M_qk(t)) τ_r(t)`, taking the subgradient 0 at `M_qk = 0`.
-    fn lipschitz_bounds_vjp(
+    fn add_lipschitz_bounds_vjp(
         &self,
         times: &[f64],
+        _bounds: &[f64],
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
-    ) -> Result<Vec<f64>> {
-        if bounds_bar.len() != times.len() {
-            return Err(Error::size(
-                "Lipschitz bound cotangents",
-                times.len(),
-                bounds_bar.len(),
-            ));
-        }
-        if theta_bar.len() != self.params.len() {
-            return Err(Error::size(
-                "coordkernel parameter cotangents",
-                self.params.len(),
-                theta_bar.len(),
-            ));
-        }
-        let bounds = self.lipschitz_bounds(times);
-        if let Some(b) = bounds.iter().find(|b| !b.is_finite()) {
-            return Err(Error::non_finite(format!(
-                "the coordkernel field's Lipschitz bound ({b})"
-            )));
-        }
+    ) -> Result<()> {
         let coef = self.bound_coefficients();
         let r = self.config.n_time;
         for (&t, &l_bar) in times.iter().zip(bounds_bar) {
@@ -284,7 +265,7 @@ impl TrainableField for CoordKernelField {
                 }
             }
         }
-        Ok(bounds)
+        Ok(())
     }
 
     fn time_point_key(&self, key: &mut Vec<f64>) {

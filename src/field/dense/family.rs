@@ -6,7 +6,7 @@ use std::ops::Range;
 use super::config::DenseConfig;
 use super::dense_field::{DenseField, DenseTimePoint};
 use super::eval::DenseScratch;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::field::single_species;
 use crate::field::{Cotangent, FieldFamily, Interaction, Preset, TrainableField, VectorField};
 use crate::geometry::Layout;
@@ -158,32 +158,13 @@ impl TrainableField for DenseField {
     /// Exact where no `|A_h·|` or `|B_·h|` is zero: `∂L/∂A_h· = |B_·h| A_h·/|A_h·|` and
     /// `∂L/∂B_·h = |A_h·| B_·h/|B_·h|`, mapped to `W1` and `W2` through `A = W1 P/ℓ` and
     /// `B = P W2` (the subgradient 0 where a norm vanishes).
-    fn lipschitz_bounds_vjp(
+    fn add_lipschitz_bounds_vjp(
         &self,
-        times: &[f64],
+        _times: &[f64],
+        _bounds: &[f64],
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
-    ) -> Result<Vec<f64>> {
-        if bounds_bar.len() != times.len() {
-            return Err(Error::size(
-                "Lipschitz bound cotangents",
-                times.len(),
-                bounds_bar.len(),
-            ));
-        }
-        if theta_bar.len() != self.params.len() {
-            return Err(Error::size(
-                "dense parameter cotangents",
-                self.params.len(),
-                theta_bar.len(),
-            ));
-        }
-        let bounds = self.lipschitz_bounds(times);
-        if let Some(b) = bounds.iter().find(|b| !b.is_finite()) {
-            return Err(Error::non_finite(format!(
-                "the dense field's Lipschitz bound ({b})"
-            )));
-        }
+    ) -> Result<()> {
         let l_bar: f64 = bounds_bar.iter().sum();
         let n = self.layout.len();
         let h = self.config.n_hidden;
@@ -206,7 +187,7 @@ impl TrainableField for DenseField {
                 }
             }
         }
-        Ok(bounds)
+        Ok(())
     }
 
     /// The time points depend on the time alone (the time features are fixed), not on the
