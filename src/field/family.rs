@@ -33,6 +33,39 @@ pub(crate) fn single_species<F: FieldFamily>(layout: Layout, species: &Species) 
     }
 }
 
+/// The largest magnitude a network family's parameter may have (coordkernel, envpair, dense):
+/// beyond it the activations are far outside any trained regime and a Lipschitz bound built
+/// from the weights is meaningless.
+pub(crate) const MAX_NETWORK_PARAM: f64 = 1e6;
+
+/// The checks a network family's `set_params` makes before it keeps anything: `expected`
+/// parameters, all finite and at most [`MAX_NETWORK_PARAM`] in magnitude.
+///
+/// # Errors
+///
+/// [`crate::Error::DimensionMismatch`], [`crate::Error::NonFinite`] or
+/// [`crate::Error::InvalidArgument`] naming the family and the parameter.
+pub(crate) fn check_network_params(name: &str, params: &[f64], expected: usize) -> Result<()> {
+    if params.len() != expected {
+        return Err(crate::Error::size(
+            format!("{name} field params"),
+            expected,
+            params.len(),
+        ));
+    }
+    crate::error::check_finite(params, &format!("{name} field parameters"))?;
+    match params
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.abs() > MAX_NETWORK_PARAM)
+    {
+        Some((i, p)) => Err(crate::Error::invalid(format!(
+            "{name} field parameter {i} = {p} exceeds {MAX_NETWORK_PARAM:e} in magnitude"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A family of vector fields for a fixed particle layout, with its trainable parameters in one
 /// flat vector.
 ///

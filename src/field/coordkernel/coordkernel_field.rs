@@ -4,8 +4,9 @@
 use rand_distr::{Distribution, Normal};
 
 use super::config::{CoordKernelConfig, MAX_BASIS};
-use crate::error::{Error, Result, check_finite};
+use crate::error::{Error, Result};
 use crate::field::exp::exp_nonpositive;
+use crate::field::family::check_network_params;
 use crate::geometry::Layout;
 use crate::rng::{self, Stream};
 
@@ -13,10 +14,6 @@ use crate::rng::{self, Stream};
 /// the Jacobian's factors (O(N²·A·D) memory per thread, ~22 MB at 256 particles in 3-D with
 /// the presets' A = 4) and its dense Jacobian costs O(N³·A·D²).
 pub const MAX_COORDKERNEL_PARTICLES: usize = 256;
-
-/// The largest magnitude a parameter may have: far beyond any trained field, and it keeps
-/// every product in the Lipschitz bound finite.
-const MAX_PARAM: f64 = 1e6;
 
 /// The largest number of pair features `Q = 1 + 2A`.
 pub(super) const MAX_FEATURES: usize = 1 + 2 * MAX_BASIS;
@@ -119,19 +116,7 @@ impl CoordKernelField {
     ///
     /// A wrong length, non-finite values, or magnitudes above 1e6.
     pub fn set_params(&mut self, params: &[f64]) -> Result<()> {
-        if params.len() != self.config.n_params() {
-            return Err(Error::size(
-                "coordkernel field params",
-                self.config.n_params(),
-                params.len(),
-            ));
-        }
-        check_finite(params, "coordkernel field parameters")?;
-        if let Some((i, p)) = params.iter().enumerate().find(|(_, p)| p.abs() > MAX_PARAM) {
-            return Err(Error::invalid(format!(
-                "coordkernel field parameter {i} = {p} exceeds {MAX_PARAM:e} in magnitude"
-            )));
-        }
+        check_network_params("coordkernel", params, self.config.n_params())?;
         self.params.copy_from_slice(params);
         Ok(())
     }

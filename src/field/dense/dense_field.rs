@@ -5,18 +5,15 @@
 use rand_distr::{Distribution, Normal};
 
 use super::config::{DenseConfig, MAX_TIME_FEATURES};
-use crate::error::{Error, Result, check_finite};
+use crate::error::{Error, Result};
 use crate::field::exp::exp_nonpositive;
+use crate::field::family::check_network_params;
 use crate::geometry::Layout;
 use crate::rng::{self, Stream};
 
 /// The most particles a dense field accepts: its weights are O(H·N·D) and its dense Jacobian
 /// O((N·D)²·H) per evaluation.
 pub const MAX_DENSE_PARTICLES: usize = 1024;
-
-/// The largest magnitude a parameter may have: far beyond any trained field, and it keeps
-/// every product in the Lipschitz bound finite.
-const MAX_PARAM: f64 = 1e6;
 
 /// A dense (fully connected, one tanh hidden layer) vector field on the flattened
 /// coordinates; see the module documentation for the formula and what it does and does not
@@ -126,20 +123,7 @@ impl DenseField {
     ///
     /// A wrong length, non-finite values, or magnitudes above 1e6.
     pub fn set_params(&mut self, params: &[f64]) -> Result<()> {
-        let n = self.layout.len();
-        if params.len() != self.config.n_params(n) {
-            return Err(Error::size(
-                "dense field params",
-                self.config.n_params(n),
-                params.len(),
-            ));
-        }
-        check_finite(params, "dense field parameters")?;
-        if let Some((i, p)) = params.iter().enumerate().find(|(_, p)| p.abs() > MAX_PARAM) {
-            return Err(Error::invalid(format!(
-                "dense field parameter {i} = {p} exceeds {MAX_PARAM:e} in magnitude"
-            )));
-        }
+        check_network_params("dense", params, self.config.n_params(self.layout.len()))?;
         self.params.copy_from_slice(params);
         self.derive();
         Ok(())

@@ -5,8 +5,9 @@ use rand_distr::{Distribution, Normal};
 
 use super::config::{Blocks, EnvPairConfig, MAX_WIDTH};
 use super::net::add_rows;
-use crate::error::{Error, Result, check_finite};
+use crate::error::{Error, Result};
 use crate::field::exp::exp_nonpositive;
+use crate::field::family::check_network_params;
 use crate::geometry::Layout;
 use crate::rng::{self, Stream};
 
@@ -14,10 +15,6 @@ use crate::rng::{self, Stream};
 /// messages' slopes, the pair network's input gradients), O(N²·E) memory per thread — about
 /// 35 MB at 256 particles with the presets' E = 16 — and its cost grows as N² networks.
 pub const MAX_ENVPAIR_PARTICLES: usize = 256;
-
-/// The largest magnitude a parameter may have: beyond it the networks' activations are far
-/// outside any trained regime and the Lipschitz bound is meaningless.
-const MAX_PARAM: f64 = 1e6;
 
 /// An environment-modulated pair field (see the module documentation for the formula).
 ///
@@ -117,19 +114,7 @@ impl EnvPairField {
     ///
     /// A wrong length, non-finite values, or magnitudes above 1e6.
     pub fn set_params(&mut self, params: &[f64]) -> Result<()> {
-        if params.len() != self.blocks.len() {
-            return Err(Error::size(
-                "envpair field params",
-                self.blocks.len(),
-                params.len(),
-            ));
-        }
-        check_finite(params, "envpair field parameters")?;
-        if let Some((i, p)) = params.iter().enumerate().find(|(_, p)| p.abs() > MAX_PARAM) {
-            return Err(Error::invalid(format!(
-                "envpair field parameter {i} = {p} exceeds {MAX_PARAM:e} in magnitude"
-            )));
-        }
+        check_network_params("envpair", params, self.blocks.len())?;
         self.params.copy_from_slice(params);
         Ok(())
     }
