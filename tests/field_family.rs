@@ -223,34 +223,28 @@ fn every_family_builds_every_preset_it_accepts_and_the_field_says_so() {
                 .untrained(layout, &preset, Species::single(5), 11)
                 .unwrap();
             assert_eq!(field.params(), again.params());
+            let other = family
+                .untrained(layout, &preset, Species::single(5), 12)
+                .unwrap();
+            if field.params().iter().any(|&p| p != 0.0) {
+                assert_ne!(field.params(), other.params(), "{family:?}: seed ignored");
+            }
             // A model-file section rebuilds the same field.
             let rebuilt = Field::from_spec(layout, &field.spec(), field.params().to_vec()).unwrap();
             assert_eq!(rebuilt.params(), field.params());
             assert_eq!(rebuilt.spec(), field.spec());
         }
         // A range preset's counts reach the field: more distance functions, more parameters.
-        let small = family
-            .untrained(
-                layout,
-                &Preset::Range {
-                    range: (0.3, 1.7),
-                    counts: Some((6, 4)),
-                },
-                Species::single(5),
-                1,
-            )
-            .unwrap();
-        let large = family
-            .untrained(
-                layout,
-                &Preset::Range {
-                    range: (0.3, 1.7),
-                    counts: Some((12, 4)),
-                },
-                Species::single(5),
-                1,
-            )
-            .unwrap();
+        let with_counts = |counts| {
+            let preset = Preset::Range {
+                range: (0.3, 1.7),
+                counts: Some(counts),
+            };
+            family
+                .untrained(layout, &preset, Species::single(5), 1)
+                .unwrap()
+        };
+        let (small, large) = (with_counts((6, 4)), with_counts((12, 4)));
         assert!(
             large.params().len() > small.params().len(),
             "{family:?}: counts ignored"
