@@ -42,6 +42,8 @@
 //!
 //! **Flows for any system** ([`flow_config`]): family, distance-kernel range, kernel counts,
 //! prior σ and integrator as settings, and the range and σ fitted to a host's configurations.
+//! A system's preset and a host's range reach every family as one family-neutral request
+//! ([`field::Preset`]) that the family turns into its own settings ([`field::Family`]).
 //!
 //! **Energies** ([`energy`]): the double well and Lennard-Jones cluster benchmark systems, and
 //! Lennard-Jones with per-species-pair parameters;
