@@ -1017,6 +1017,70 @@ fn repro_divergence_quick_measures_hutchinson_against_the_exact_trace() {
 }
 
 #[test]
+fn repro_dto_otd_quick_trains_both_ways_to_the_same_nll() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_dto_otd");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = json(&eqflow(&[
+        "repro",
+        "dto-otd",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quick",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(out["experiment"], "dto-otd");
+    assert!(std::fs::metadata(dir.join("dto_otd.png")).unwrap().len() > 1000);
+    let (header, rows) = read_csv(&dir.join("dto_otd.csv"));
+    assert_eq!(
+        header,
+        [
+            "scheme",
+            "iteration",
+            "batch_nll",
+            "forward_evals",
+            "reverse_evals",
+            "seconds",
+            "test_nll"
+        ]
+    );
+    let of = |scheme: &str, name: &str| -> Vec<f64> {
+        let mine: Vec<Vec<String>> = rows.iter().filter(|r| r[0] == scheme).cloned().collect();
+        column(&header, &mine, name)
+    };
+    let (dto_nll, otd_nll) = (of("dto", "batch_nll"), of("otd", "batch_nll"));
+    assert!(!dto_nll.is_empty() && dto_nll.len() == otd_nll.len());
+    // The same start, batches and optimiser: the two gradients differ only by the RK4 grid's
+    // and the adaptive solver's errors, so the runs stay together (paper Fig. 4a).
+    for (d, o) in dto_nll.iter().zip(&otd_nll) {
+        assert!((d - o).abs() < 1e-3, "batch NLL {d} vs {o}");
+    }
+    let (dto_test, otd_test) = (of("dto", "test_nll"), of("otd", "test_nll"));
+    let initial = out["initial_test_nll"].as_f64().unwrap();
+    for (d, o) in dto_test
+        .iter()
+        .zip(&otd_test)
+        .filter(|(d, _)| d.is_finite())
+    {
+        assert!((d - o).abs() < 1e-3, "test NLL {d} vs {o}");
+        assert!(
+            *d < initial,
+            "training lowered the test NLL: {d} vs {initial}"
+        );
+    }
+    // DTO's cost is fixed by its grid (4 evaluations per step and sample, 10 steps, batch 8);
+    // OTD's is whatever the adaptive solver needs, its adjoint solve more than its forward one.
+    assert!(of("dto", "forward_evals").iter().all(|&e| e == 320.0));
+    assert!(of("dto", "reverse_evals").iter().all(|&e| e == 320.0));
+    for (f, r) in of("otd", "forward_evals")
+        .iter()
+        .zip(of("otd", "reverse_evals"))
+    {
+        assert!(*f > 0.0 && r > *f, "OTD evaluations {f}, {r}");
+    }
+}
+
+#[test]
 fn repro_reweighting_quick_matches_quadrature_with_exact_weights_only() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_reweighting");
     let _ = std::fs::remove_dir_all(&dir);
@@ -1390,6 +1454,28 @@ fn repro_errors_are_messages_not_panics() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DW-2 model"), "{stderr}");
+    // Settings of the DTO/OTD comparison that cannot train, refused by a message.
+    for (flag, expected) in [
+        ("--weight-decay=-1", "weight_decay"),
+        ("--weight-decay=nan", "weight_decay"),
+        ("--iterations=0", "at least one iteration"),
+    ] {
+        let out = eqflow(&[
+            "repro",
+            "dto-otd",
+            "--out",
+            dir.to_str().unwrap(),
+            "--quick",
+            flag,
+            "-q",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(expected) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
     let out = eqflow(&[
         "repro",
         "no-such-experiment",

@@ -117,6 +117,27 @@ pub(crate) fn integrate<F: VectorField + ?Sized>(
     t1: f64,
     ws: &mut Workspace,
 ) -> Result<(f64, Stats)> {
+    integrate_rhs(
+        &mut |x: &[f64], t: f64, v: &mut [f64]| field.velocity_into(x, t, v),
+        cfg,
+        x,
+        t0,
+        t1,
+        ws,
+    )
+}
+
+/// [`integrate`] for any right-hand side `rhs(x, t, dx/dt) -> dℓ/dt` on a state of the
+/// workspace's length: what the continuous adjoint method (`train::adjoint`) integrates, its
+/// state being more than configurations.
+pub(crate) fn integrate_rhs(
+    rhs: &mut impl FnMut(&[f64], f64, &mut [f64]) -> f64,
+    cfg: &Dopri5Config,
+    x: &mut [f64],
+    t0: f64,
+    t1: f64,
+    ws: &mut Workspace,
+) -> Result<(f64, Stats)> {
     let mut stats = Stats::default();
     let span = t1 - t0;
     if span == 0.0 {
@@ -133,7 +154,7 @@ pub(crate) fn integrate<F: VectorField + ?Sized>(
     let mut kd = [0.0; 7];
     let mut t = t0;
     let mut ell = 0.0;
-    kd[0] = field.velocity_into(x, t, &mut k[0]);
+    kd[0] = rhs(x, t, &mut k[0]);
     stats.n_eval += 1;
 
     // Initial step (Hairer–Nørsett–Wanner II.4): from the sizes of x, v and a trial derivative.
@@ -148,7 +169,7 @@ pub(crate) fn integrate<F: VectorField + ?Sized>(
     for i in 0..x.len() {
         stage[i] = x[i] + dir * h0 * k[0][i];
     }
-    let kd_trial = field.velocity_into(stage, t + dir * h0, &mut k[1]);
+    let kd_trial = rhs(stage, t + dir * h0, &mut k[1]);
     stats.n_eval += 1;
     for i in 0..x.len() {
         error[i] = k[1][i] - k[0][i];
@@ -187,7 +208,7 @@ pub(crate) fn integrate<F: VectorField + ?Sized>(
                 }
                 stage[i] = x[i] + h * acc;
             }
-            kd[s] = field.velocity_into(stage, t + C[s] * h, &mut rest[0]);
+            kd[s] = rhs(stage, t + C[s] * h, &mut rest[0]);
             if s == 6 {
                 // Stage 7 is evaluated at the fifth-order solution (first same as last).
                 trial.copy_from_slice(stage);

@@ -10,7 +10,7 @@
 
 mod certificate;
 mod discrete;
-mod dopri5;
+pub(crate) mod dopri5;
 mod linalg;
 pub(crate) mod rk4;
 mod workspace;

@@ -61,6 +61,7 @@
 //! one KL batch, `n_kl_samples·4·n_rk4_steps·N·D` numbers.
 
 mod adamw;
+pub mod adjoint;
 pub mod assignment;
 mod flow_matching;
 mod losses;

@@ -233,7 +233,7 @@ fn haar_orthogonal(dim: usize, rng: &mut ChaCha20Rng) -> Vec<f64> {
 }
 
 /// Reference configurations by MCMC: `n` of them from 16 chains.
-fn mcmc(
+pub(super) fn mcmc(
     system: &System,
     energy: &dyn Energy,
     n: usize,
