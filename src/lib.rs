@@ -74,6 +74,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod boltzmann;
 pub mod energy;
 pub mod error;
