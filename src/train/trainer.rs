@@ -613,8 +613,9 @@ impl<'a> Run<'a> {
 fn check_step_memory(c: &TrainConfig, len: usize, n_params: usize, n_train: usize) -> Result<()> {
     let (len, p) = (len as u128, n_params as u128);
     let batch = c.batch_size.min(n_train) as u128;
-    // Every factor is below 2^41 (counts) or 2^22 (N·D, steps), so no product overflows u128;
-    // checked all the same, a `None` is reported as an unrepresentable need.
+    // Through C every factor is below 2^41 (counts) or 2^22 (N·D, steps) and no product
+    // overflows u128; the Rust API takes any usize, so checked: `None` is reported as a need
+    // that does not fit a number.
     let kl = if c.lambda.needs_kl() {
         (4 * c.n_rk4_steps as u128)
             .checked_mul(len)
