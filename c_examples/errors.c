@@ -198,6 +198,10 @@ static void flow_calls(const eqf_flow *flow) {
     /* n itself is in range but n*N*D doubles are not. */
     CHECK_FAILS(eqf_flow_sample(flow, 1, EQF_MAX_ELEMENTS, x, log_q), EQF_ERR_INVALID_ARGUMENT,
                 "EQF_MAX_ELEMENTS");
+    /* n*N*D doubles within EQF_MAX_ELEMENTS but far beyond memory (8 TiB): a status with the
+       need and the limit, never an abort of this program; the arrays are never touched. */
+    CHECK_FAILS(eqf_flow_sample(flow, 1, EQF_MAX_ELEMENTS / PER_SAMPLE, x, log_q),
+                EQF_ERR_RESOURCE, "limit is");
     CHECK_FAILS(eqf_flow_log_density(flow, -5, x, log_q), EQF_ERR_INVALID_ARGUMENT, "negative");
     CHECK_FAILS(eqf_flow_log_density(flow, EQF_MAX_ELEMENTS + 1, x, log_q),
                 EQF_ERR_INVALID_ARGUMENT, "EQF_MAX_ELEMENTS");

@@ -632,7 +632,9 @@ int32_t eqf_energy_lennard_jones_species(int64_t n_particles,
  *                  where the energy is singular, e.g. two coincident Lennard-Jones particles)
  * @param gradient  output, n*N*D doubles, or NULL to skip the gradient
  * @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
- *         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity)
+ *         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity);
+ *         EQF_ERR_RESOURCE (the temporaries for n results need more than 1 TiB or memory is
+ *         refused)
  */
 int32_t eqf_energy_eval(const eqf_energy *energy,
                         int64_t n,
@@ -784,7 +786,8 @@ int32_t eqf_flow_require_certificate(const eqf_flow *flow, int32_t *require);
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
  *         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
  *         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
- *         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused;
+ *         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362), the temporaries for the n
+ *         samples need more than 1 TiB, or memory is refused;
  *         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
  */
 int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *x, double *log_q);
@@ -1149,8 +1152,9 @@ int32_t eqf_flow_options_set_species(eqf_flow_options *options,
  * @param n_configs    at least 1
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range, or
  *         configurations without spread); EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
- *         EQF_ERR_NON_FINITE (a NaN or infinite coordinate). On failure the options are
- *         unchanged.
+ *         EQF_ERR_NON_FINITE (a NaN or infinite coordinate); EQF_ERR_RESOURCE (the pair
+ *         distances of one configuration need more than 1 TiB, N above about 524,000, or
+ *         memory is refused). On failure the options are unchanged.
  */
 int32_t eqf_flow_options_fit_scales(eqf_flow_options *options,
                                     int64_t n_particles,
@@ -1508,7 +1512,11 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  *         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
  *         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
  *         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
- *         callback failed); other codes from the losses. The flow is unchanged on failure
+ *         callback failed); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
+ *         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
+ *         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
+ *         or the RK4 tape's memory is refused); other codes from the losses. The flow is
+ *         unchanged on failure
  */
 int32_t eqf_flow_train(eqf_flow *flow,
                        const eqf_train_options *options,
@@ -1575,7 +1583,8 @@ size_t eqf_last_error_message(char *buf, size_t len);
  * @param log_w  output, n log weights
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, kT
  *         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite,
- *         a log weight not representable)
+ *         a log weight not representable); EQF_ERR_RESOURCE (the temporary of n log weights
+ *         needs more than 1 TiB or memory is refused)
  */
 int32_t eqf_log_weights(int64_t n, const double *U, const double *log_q, double kT, double *log_w);
 

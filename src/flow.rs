@@ -445,31 +445,24 @@ impl Flow {
     /// fallibly); those of [`Flow::sample_into`].
     pub fn sample(&self, seed: u64, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
         let len = self.layout().len();
-        let mut x = zeroed(n.checked_mul(len), "sample output x")?;
-        let mut log_q = zeroed(Some(n), "sample output log_q")?;
+        let mut x = crate::alloc::zeros(n.checked_mul(len), "sample output x")?;
+        let mut log_q = crate::alloc::zeros(Some(n), "sample output log_q")?;
         self.sample_into(seed, &mut x, &mut log_q)?;
         Ok((x, log_q))
     }
 
     /// Allocating convenience: `log q` of the configurations in `x`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Resource`] if the memory for the result cannot be had; those of
+    /// [`Flow::log_density_into`].
     pub fn log_density(&self, x: &[f64]) -> Result<Vec<f64>> {
         let n = x.len() / self.layout().len();
-        let mut log_q = vec![0.0; n];
+        let mut log_q = crate::alloc::zeros(Some(n), "log_density output log_q")?;
         self.log_density_into(x, &mut log_q)?;
         Ok(log_q)
     }
-}
-
-/// `len` zeros (`None`: a length that overflowed), or [`Error::Resource`] instead of an abort.
-fn zeroed(len: Option<usize>, what: &str) -> Result<Vec<f64>> {
-    let limit = isize::MAX as u64;
-    let fail = |need: u128| Error::resource(what, need, limit);
-    let len = len.ok_or_else(|| fail(u128::MAX))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| fail(len as u128 * 8))?;
-    v.resize(len, 0.0);
-    Ok(v)
 }
 
 /// The first error in index order (deterministic whatever the scheduling), else summed stats.

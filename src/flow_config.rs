@@ -161,7 +161,8 @@ pub struct Scales {
 /// [`Error::DimensionMismatch`] if `x` is not a whole number of configurations, or empty;
 /// [`Error::NonFinite`] for a NaN or infinite coordinate; [`Error::InvalidArgument`] if the
 /// configurations have no spread (all particles on top of each other) or their scales fall
-/// outside what a flow accepts.
+/// outside what a flow accepts; [`Error::Resource`] if the pair distances of one
+/// configuration would not fit in memory (see [`crate::alloc::MAX_ALLOCATION_BYTES`]).
 pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
     let len = layout.len();
     if x.is_empty() || !x.len().is_multiple_of(len) {
@@ -177,7 +178,11 @@ pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
     let n_pairs = n_particles * (n_particles - 1) / 2;
     // Whole configurations, evenly spaced, so that long trajectories are thinned uniformly.
     let stride = (n * n_pairs).div_ceil(FIT_MAX_DISTANCES).max(1);
-    let mut distances = Vec::with_capacity(n.div_ceil(stride) * n_pairs);
+    // One configuration of many particles alone has ~N²/2 pairs (5·10¹¹ at N = 10⁶): checked.
+    let mut distances = crate::alloc::with_capacity(
+        n.div_ceil(stride).checked_mul(n_pairs),
+        "the pair distances of the configurations to fit scales to",
+    )?;
     let mut sum_sq = 0.0;
     let mut centred = vec![0.0; len];
     for (s, config) in x.chunks_exact(len).enumerate() {

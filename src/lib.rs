@@ -76,6 +76,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod boltzmann;
 pub mod energy;
 pub mod error;

@@ -303,7 +303,8 @@ pub struct McmcProgress {
 ///
 /// The errors of [`McmcConfig::validate`]; [`Error::InvalidArgument`] if the energy's
 /// particles and dimension do not form a valid [`Layout`] or a chain starts at `U = ±∞`;
-/// [`Error::NonFinite`] if the energy returns NaN (or `−∞`) anywhere. Chains are checked in
+/// [`Error::NonFinite`] if the energy returns NaN (or `−∞`) anywhere; [`Error::Resource`] if
+/// the `n_samples` configurations cannot be allocated. Chains are checked in
 /// order and the error of the lowest-numbered failing chain is returned, whatever the
 /// scheduling.
 pub fn run<E: Energy + ?Sized>(energy: &E, config: &McmcConfig) -> Result<McmcOutput> {
@@ -326,14 +327,15 @@ pub fn run_with_progress<E: Energy + ?Sized>(
     config.validate(layout)?;
     let len = layout.len();
 
-    let counts: Vec<usize> = (0..config.n_chains)
-        .map(|c| config.samples_of_chain(c))
-        .collect();
-    let mut x = vec![0.0; config.n_samples * len];
-    let mut energies = vec![0.0; config.n_samples];
+    // The counts are the caller's (a CLI flag, a script): checked, and refused as
+    // `Error::Resource` rather than aborting when the memory is not there.
+    let mut x = crate::alloc::zeros(config.n_samples.checked_mul(len), "mcmc: the samples")?;
+    let mut energies = crate::alloc::zeros(Some(config.n_samples), "mcmc: the sample energies")?;
+    let mut counts = crate::alloc::with_capacity(Some(config.n_chains), "mcmc: the chains")?;
+    counts.extend((0..config.n_chains).map(|c| config.samples_of_chain(c)));
 
     // Per-chain output windows of unequal length, handed out in chain order.
-    let mut windows = Vec::with_capacity(config.n_chains);
+    let mut windows = crate::alloc::with_capacity(Some(config.n_chains), "mcmc: the chains")?;
     let (mut x_rest, mut u_rest) = (&mut x[..], &mut energies[..]);
     for &n in &counts {
         let (xc, xr) = x_rest.split_at_mut(n * len);
@@ -547,6 +549,28 @@ fn lattice_into(layout: Layout, spacing: f64, x: &mut [f64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chains_longer_than_memory_are_a_resource_error_before_any_step() {
+        // Issue 14: 2^40 DW-4 samples (64 TiB) were allocated infallibly.
+        let config = McmcConfig {
+            n_chains: 2,
+            n_samples: 1 << 40,
+            ..McmcConfig::default()
+        };
+        let error = run(&crate::DoubleWell::dw4(), &config).unwrap_err();
+        match error {
+            Error::Resource {
+                need_bytes,
+                limit_bytes,
+                ..
+            } => {
+                assert_eq!(need_bytes, (1u128 << 40) * 8 * 8);
+                assert_eq!(limit_bytes, crate::alloc::MAX_ALLOCATION_BYTES);
+            }
+            other => panic!("expected a resource error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn lattice_sites_are_distinct_and_spaced() {

@@ -411,3 +411,26 @@ fn strict_mode_samples_a_certified_grid_and_refuses_an_uncertified_one() {
     assert!(!grown.certificate().unwrap().is_certified());
     assert!(matches!(grown.sample(1, 1), Err(Error::Uncertified { .. })));
 }
+
+#[test]
+fn absurd_sample_counts_are_resource_errors_not_aborts() {
+    // Issue 14: the allocating conveniences check their need instead of aborting the process.
+    let flow = Flow::new(4, 2, 0).unwrap();
+    for n in [usize::MAX / 8, 1 << 60, 1 << 40] {
+        match flow.sample(0, n) {
+            Err(Error::Resource {
+                need_bytes,
+                limit_bytes,
+                ..
+            }) => {
+                assert_eq!(limit_bytes, eqflow::alloc::MAX_ALLOCATION_BYTES);
+                // x (n·8 doubles) overflows or is refused before log q is asked for.
+                let expected = (n as u128)
+                    .checked_mul(64)
+                    .filter(|_| n.checked_mul(8).is_some());
+                assert_eq!(need_bytes, expected.unwrap_or(u128::MAX), "n = {n}");
+            }
+            other => panic!("n = {n}: expected a resource error, got {other:?}"),
+        }
+    }
+}

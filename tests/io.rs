@@ -972,3 +972,18 @@ fn readers_refuse_a_folder() {
         }
     }
 }
+
+#[test]
+fn npy_header_declaring_2_to_the_40_elements_is_refused_without_allocating_them() {
+    // Issue 14: a tiny file whose header claims 2^40 doubles (8 TiB). The reader grows its
+    // buffer with the bytes that arrive; trusting the header for one allocation would abort.
+    let data = f64_bytes(&[0.5; 8]);
+    for shape in [
+        "(1099511627776,)",
+        "(1048576, 1048576)",
+        "(1099511627776, 3)",
+    ] {
+        let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+        format_error_containing(read_bytes(&npy_bytes(&dict, &data)), "truncated data");
+    }
+}

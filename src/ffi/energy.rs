@@ -227,7 +227,9 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones_species(
 ///                  where the energy is singular, e.g. two coincident Lennard-Jones particles)
 /// @param gradient  output, n*N*D doubles, or NULL to skip the gradient
 /// @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
-///         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity)
+///         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity);
+///         EQF_ERR_RESOURCE (the temporaries for n results need more than 1 TiB or memory is
+///         refused)
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn eqf_energy_eval(
@@ -248,17 +250,22 @@ pub unsafe extern "C" fn eqf_energy_eval(
         if !gradient.is_null() {
             check_output(gradient, len, "gradient")?;
         }
+        // The temporaries first: an impossible count fails before the host's arrays are read.
+        let mut energies = scratch(n, "U")?;
+        let mut gradients = if gradient.is_null() {
+            Vec::new()
+        } else {
+            scratch(len, "gradient")?
+        };
         // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
         // modify during the call (this function's contract).
         let x = unsafe { input_array(x, len, "x") }?;
-        let mut energies = scratch(n, "U")?;
         if gradient.is_null() {
             threads::install(|| energies_into(inner, x, &mut energies))?;
             // SAFETY: `U` was checked (non-NULL, aligned) for n doubles and is writable for n
             // doubles (this function's contract).
             unsafe { write_output(U, &energies) };
         } else {
-            let mut gradients = scratch(len, "gradient")?;
             threads::install(|| energies_gradients_into(inner, x, &mut energies, &mut gradients))?;
             // SAFETY: both outputs were checked (non-NULL, aligned) for n and n*N*D doubles and
             // are writable for that many (this function's contract).

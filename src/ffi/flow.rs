@@ -288,7 +288,8 @@ pub unsafe extern "C" fn eqf_flow_require_certificate(
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
 ///         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
 ///         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
-///         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362) or memory is refused;
+///         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362), the temporaries for the n
+///         samples need more than 1 TiB, or memory is refused;
 ///         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_sample(
@@ -355,10 +356,11 @@ pub unsafe extern "C" fn eqf_flow_log_density(
         let n = count(n, "n")?;
         let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
         check_output(log_q, n, "log_q")?;
+        // The temporary first: an impossible count fails before the host's array is read.
+        let mut log_densities = scratch(n, "log_q")?;
         // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
         // modify during the call (this function's contract).
         let x = unsafe { input_array(x, len, "x") }?;
-        let mut log_densities = scratch(n, "log_q")?;
         threads::install(|| flow.log_density_into(x, &mut log_densities))?;
         // SAFETY: `log_q` was checked (non-NULL, aligned) for n doubles and is writable for n
         // doubles (this function's contract).

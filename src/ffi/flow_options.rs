@@ -326,8 +326,9 @@ pub unsafe extern "C" fn eqf_flow_options_set_species(
 /// @param n_configs    at least 1
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range, or
 ///         configurations without spread); EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
-///         EQF_ERR_NON_FINITE (a NaN or infinite coordinate). On failure the options are
-///         unchanged.
+///         EQF_ERR_NON_FINITE (a NaN or infinite coordinate); EQF_ERR_RESOURCE (the pair
+///         distances of one configuration need more than 1 TiB, N above about 524,000, or
+///         memory is refused). On failure the options are unchanged.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_options_fit_scales(
     options: *mut eqf_flow_options,

@@ -38,6 +38,9 @@ mod weights;
 
 pub use status::*;
 
+#[cfg(test)]
+mod allocation_tests;
+
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -300,6 +303,12 @@ pub(crate) unsafe fn species_from(
     n_species: i64,
 ) -> Result<crate::Species> {
     let n_particles = count(n_particles, "n_particles")?;
+    // Before the indices are copied: the copy is as long as the host says.
+    if n_particles > crate::geometry::MAX_PARTICLES {
+        return Err(Error::invalid(format!(
+            "n_particles = {n_particles} exceeds EQF_MAX_PARTICLES = {EQF_MAX_PARTICLES}"
+        )));
+    }
     let n_species = count(n_species, "n_species")?;
     // SAFETY: forwarded contract of this function.
     let indices = unsafe { input_indices(species, n_particles, "species") }?;
@@ -328,17 +337,10 @@ pub(crate) unsafe fn write_output(ptr: *mut f64, values: &[f64]) {
     unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), ptr, values.len()) };
 }
 
-/// A zero-filled temporary of `len` doubles. Allocation failure (a huge but in-bounds count)
-/// becomes [`Error::InvalidArgument`] instead of aborting the host.
+/// A zero-filled temporary of `len` doubles. A size beyond what eqflow allows or the system
+/// gives becomes [`Error::Resource`] (`EQF_ERR_RESOURCE`) instead of aborting the host.
 pub(crate) fn scratch(len: usize, what: &str) -> Result<Vec<f64>> {
-    let mut values = Vec::new();
-    values.try_reserve_exact(len).map_err(|_| {
-        Error::invalid(format!(
-            "cannot allocate {len} doubles for {what}: the count is too large for this machine"
-        ))
-    })?;
-    values.resize(len, 0.0);
-    Ok(values)
+    crate::alloc::zeros(Some(len), what)
 }
 
 /// Stores a newly created object in `*out`, transferring ownership to the caller.
@@ -479,6 +481,6 @@ mod tests {
     fn scratch_reports_impossible_allocations() {
         assert_eq!(scratch(3, "x").unwrap(), vec![0.0; 3]);
         let error = scratch(usize::MAX / 8, "x").unwrap_err();
-        assert_eq!(status_of(&error), EQF_ERR_INVALID_ARGUMENT);
+        assert_eq!(status_of(&error), EQF_ERR_RESOURCE);
     }
 }

@@ -24,7 +24,8 @@ use super::{catch, check_not_null, check_output, count, input_array, scratch, wr
 /// @param log_w  output, n log weights
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, kT
 ///         not positive and finite); EQF_ERR_NON_FINITE (U NaN or -infinity, log_q not finite,
-///         a log weight not representable)
+///         a log weight not representable); EQF_ERR_RESOURCE (the temporary of n log weights
+///         needs more than 1 TiB or memory is refused)
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn eqf_log_weights(
@@ -37,12 +38,13 @@ pub unsafe extern "C" fn eqf_log_weights(
     catch(|| {
         let n = count(n, "n")?;
         check_output(log_w, n, "log_w")?;
+        // The temporary first: an impossible count fails before the host's arrays are read.
+        let mut weights = scratch(n, "log_w")?;
         // SAFETY: `U` and `log_q` are NULL (rejected) or point to n doubles that the caller does
         // not modify during the call (this function's contract). The borrows end before
         // `log_w`, which may alias them, is written.
         let (energies, log_densities) =
             unsafe { (input_array(U, n, "U")?, input_array(log_q, n, "log_q")?) };
-        let mut weights = scratch(n, "log_w")?;
         log_weights_into(energies, log_densities, kT, &mut weights)?;
         // SAFETY: `log_w` was checked (non-NULL, aligned) for n doubles and is writable for n
         // doubles (this function's contract); `weights` is our own temporary.

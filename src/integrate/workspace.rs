@@ -103,16 +103,13 @@ impl Workspace {
         // Within the limit, so n * n fits in usize.
         let len = n * n;
         let zeroed = || -> Result<Vec<f64>> {
-            let mut m = Vec::new();
-            m.try_reserve_exact(len).map_err(|_| {
+            crate::alloc::zeros(Some(len), "").map_err(|_| {
                 Error::resource(
                     format!("{} (the system refused the memory)", what()),
                     need,
                     MAX_WORKSPACE_BYTES,
                 )
-            })?;
-            m.resize(len, 0.0);
-            Ok(m)
+            })
         };
         let matrices = [zeroed()?, zeroed()?, zeroed()?, zeroed()?, zeroed()?];
         let [jac, dk_prev, dk, step_jac, chord] = matrices;

@@ -74,7 +74,8 @@ impl<F: TrainableField> Rk4Tape<F> {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] if `len` is 0 or `n_steps` is outside `1..=100000` (the range
-    /// [`crate::integrate::Integrator`] accepts).
+    /// [`crate::integrate::Integrator`] accepts); [`Error::Resource`] if the recorded states
+    /// (4·n_steps·len doubles) cannot be allocated.
     pub fn new(len: usize, n_steps: usize) -> Result<Self> {
         if len == 0 {
             return Err(Error::invalid("RK4 tape: state length must be positive"));
@@ -87,7 +88,11 @@ impl<F: TrainableField> Rk4Tape<F> {
             recorded: false,
             ws: Workspace::new(len),
             steps: vec![([0.0; 3], 0.0); n_steps],
-            states: vec![0.0; 4 * n_steps * len],
+            // 4·n_steps·N·D: up to 10⁵ steps of 3·10⁶ coordinates, so checked.
+            states: crate::alloc::zeros(
+                n_steps.checked_mul(4).and_then(|m| m.checked_mul(len)),
+                "the RK4 tape of training (4 states per step)",
+            )?,
             x_bar: v(),
             x_acc: v(),
             y_bar: v(),

@@ -314,7 +314,9 @@ impl<'a> Trainer<'a> {
     /// [`Error::DimensionMismatch`] / [`Error::NonFinite`] for malformed data; any error of the
     /// losses during training (e.g. a KL sample with `U = +∞`), or parameters the field
     /// rejects after a step; [`Error::NotInvertible`] if a validation set was given and no
-    /// validated epoch's RK4 map is invertible on all of it. On error the flow is unchanged.
+    /// validated epoch's RK4 map is invertible on all of it; [`Error::Resource`] if one step
+    /// would hold more than [`crate::alloc::MAX_ALLOCATION_BYTES`] (checked before training) or
+    /// the memory is refused. On error the flow is unchanged.
     pub fn run<F>(&self, flow: &mut Flow, mut progress: F) -> Result<TrainSummary>
     where
         F: FnMut(&EpochReport) -> bool,
@@ -325,7 +327,9 @@ impl<'a> Trainer<'a> {
         let mut run = Run::new(c, flow, n_train, energy)?;
         let initial_validation_nll = self.validation_nll(&run.work)?;
         let mut batches = Minibatches::new(run.n_train, c.batch_size, run.len);
-        let mut epochs = Vec::with_capacity(c.n_epochs);
+        // Grows with the epochs actually run: `n_epochs` is the host's number (up to 2^40 from
+        // C), and a progress callback may stop long before it.
+        let mut epochs = Vec::new();
         let mut kept = KeptParams::default();
         let mut stopped_early = false;
         for epoch in 0..c.n_epochs {
@@ -389,6 +393,7 @@ impl<'a> Trainer<'a> {
         if let Some(e) = energy {
             e.check_for(flow.layout())?;
         }
+        check_step_memory(&c, len, flow.field().params().len(), n_train)?;
         Ok((n_train, energy))
     }
 
@@ -590,9 +595,62 @@ impl<'a> Run<'a> {
                 mixed: vec![0.0; n_params],
             },
             step_index: 0,
-            total_steps: steps_per_epoch * config.n_epochs as u64,
+            // Both factors come from the host (up to 2^40 each through C).
+            total_steps: steps_per_epoch.saturating_mul(config.n_epochs as u64),
         })
     }
+}
+
+/// Fails with [`Error::Resource`] if one optimiser step would hold more than
+/// [`crate::alloc::MAX_ALLOCATION_BYTES`] at once, before anything is allocated.
+///
+/// The counts are the host's (`n_kl_samples` and `batch_size` up to 2^40 through C) and the
+/// memory is spread over one buffer per sample, which no single fallible allocation guards:
+/// every KL sample keeps its RK4 trajectory (4·n_steps·N·D), its state and cotangent (2·N·D) and
+/// its parameter gradient (P); every minibatch sample its parameter gradient (P); equivariant-OT
+/// flow matching aligns every pair of the batch (batch²·(N·D + 1)). One thread's RK4 tape is
+/// checked where it is allocated (`Rk4Tape::new`).
+fn check_step_memory(c: &TrainConfig, len: usize, n_params: usize, n_train: usize) -> Result<()> {
+    let (len, p) = (len as u128, n_params as u128);
+    let batch = c.batch_size.min(n_train) as u128;
+    // Through C every factor is below 2^41 (counts) or 2^22 (N·D, steps) and no product
+    // overflows u128; the Rust API takes any usize, so checked: `None` is reported as a need
+    // that does not fit a number.
+    let kl = if c.lambda.needs_kl() {
+        (4 * c.n_rk4_steps as u128)
+            .checked_mul(len)
+            .and_then(|t| t.checked_add(2 * len + p))
+            .and_then(|per| per.checked_mul(c.n_kl_samples as u128))
+    } else {
+        Some(0)
+    };
+    let ml = batch.checked_mul(p);
+    let ot = match c.objective {
+        Objective::FlowMatching {
+            pairing: Pairing::EquivariantOt,
+        } => batch
+            .checked_mul(batch)
+            .and_then(|b2| b2.checked_mul(len + 1)),
+        _ => Some(0),
+    };
+    let doubles = kl
+        .zip(ml)
+        .and_then(|(kl, ml)| kl.checked_add(ml))
+        .zip(ot)
+        .and_then(|(a, ot)| a.checked_add(ot));
+    crate::alloc::check_need(
+        doubles.and_then(|d| d.checked_mul(8)),
+        &format!(
+            "one training step ({} KL samples of {} RK4 steps, batch of {batch}, N·D = {len}, \
+             {p} parameters)",
+            if c.lambda.needs_kl() {
+                c.n_kl_samples
+            } else {
+                0
+            },
+            c.n_rk4_steps
+        ),
+    )
 }
 
 /// The gradients of one step: of the data term, of the KL term, and their mix that the

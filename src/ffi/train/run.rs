@@ -55,7 +55,11 @@ use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, threa
 ///         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
 ///         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
 ///         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
-///         callback failed); other codes from the losses. The flow is unchanged on failure
+///         callback failed); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
+///         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
+///         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
+///         or the RK4 tape's memory is refused); other codes from the losses. The flow is
+///         unchanged on failure
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_train(
     flow: *mut eqf_flow,

@@ -883,3 +883,119 @@ fn the_lipschitz_penalty_setter_validates_and_leaves_the_options_unchanged_on_er
         assert_eq!(options.config(), good);
     }
 }
+
+/// Asserts `EQF_ERR_RESOURCE` with the need and the 1 TiB limit in the message.
+fn assert_resource(status: i32, needle: &str) {
+    assert_eq!(status, crate::ffi::EQF_ERR_RESOURCE, "{}", message());
+    let message = message();
+    assert!(
+        message.contains(needle)
+            && message.contains("needs")
+            && message.contains("limit is 1099511627776 bytes"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_absurd_epoch_count_is_not_allocated_up_front() {
+    // Issue 14: the epoch reports were reserved for all n_epochs at once, so 2^40 epochs
+    // aborted the host before the first epoch ran.
+    let data = dw4_data(32, 4);
+    let options = Options::small();
+    let mut record = Progress {
+        reports: Vec::new(),
+        stop_after: 1,
+    };
+    // SAFETY: live options; `record` outlives the training call below.
+    unsafe {
+        assert_eq!(eqf_train_options_set_epochs(options.0, 1 << 40), EQF_OK);
+        let user = (&raw mut record).cast();
+        assert_eq!(
+            eqf_train_options_set_progress(options.0, Some(progress), user),
+            EQF_OK
+        );
+    }
+    let flow = FlowHandle::new(5);
+    let (status, summary) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_OK, "{}", message());
+    assert_eq!((summary.stopped_early, summary.n_epochs), (1, 1));
+    assert_eq!(record.reports[0].n_epochs, 1 << 40);
+}
+
+#[test]
+fn an_absurd_kl_sample_count_is_a_resource_error_and_leaves_the_flow_unchanged() {
+    let data = dw4_data(32, 4);
+    let options = ml_kl_options();
+    let mut energy = std::ptr::null_mut();
+    // SAFETY: valid pointer slot; live options; the energy handle is freed once.
+    unsafe {
+        let status = eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut energy);
+        assert_eq!(status, EQF_OK);
+        assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
+        assert_eq!(eqf_energy_free(energy), EQF_OK);
+        assert_eq!(eqf_train_options_set_kl_samples(options.0, 1 << 40), EQF_OK);
+    }
+    let flow = FlowHandle::new(5);
+    let before = flow.params();
+    let (status, summary) = flow.train(&options, &data, &[]);
+    // 2^40 trajectories of 4·6 steps·8 coordinates (and more) each.
+    assert_resource(
+        status,
+        "one training step (1099511627776 KL samples of 6 RK4 steps",
+    );
+    assert_eq!(flow.params(), before);
+    assert_eq!(summary.n_epochs, -7, "summary not written");
+}
+
+#[test]
+fn equivariant_ot_on_a_huge_batch_is_a_resource_error() {
+    // 2^17 configurations in one batch: 2^34 alignments of N·D = 8 coordinates, 1.2 TiB.
+    let n_train = 1usize << 17;
+    let data: Vec<f64> = (0..n_train * 8).map(|i| ((i % 97) as f64).sin()).collect();
+    let options = Options::small();
+    // SAFETY: live options.
+    unsafe {
+        assert_eq!(eqf_train_options_set_batch_size(options.0, 1 << 40), EQF_OK);
+        assert_eq!(
+            eqf_train_options_set_objective(options.0, EQF_OBJECTIVE_FLOW_MATCHING_OT),
+            EQF_OK
+        );
+    }
+    let flow = FlowHandle::new(5);
+    let before = flow.params();
+    let (status, _) = flow.train(&options, &data, &[]);
+    assert_resource(status, "batch of 131072");
+    assert_eq!(flow.params(), before);
+}
+
+#[test]
+fn an_rk4_tape_beyond_the_limit_is_a_resource_error() {
+    // N·D = 400,000 coordinates and 10^5 steps: a tape of 4·10^5·4·10^5 doubles, 1.28 TB.
+    let mut flow = std::ptr::null_mut();
+    // SAFETY: a valid pointer slot.
+    let status = unsafe { eqf_flow_new(200_000, 2, 0, &raw mut flow) };
+    assert_eq!(status, EQF_OK);
+    let flow = FlowHandle(flow);
+    let options = Options::small();
+    // SAFETY: live options.
+    let status = unsafe { eqf_train_options_set_rk4_steps(options.0, 100_000) };
+    assert_eq!(status, EQF_OK);
+    let data: Vec<f64> = (0..400_000).map(|i| ((i % 89) as f64).cos()).collect();
+    let before = flow.params();
+    let mut summary = sentinel_summary();
+    // SAFETY: live handles; one configuration of N·D doubles; a full summary.
+    let status = unsafe {
+        eqf_flow_train(
+            flow.0,
+            options.0,
+            1,
+            data.as_ptr(),
+            0,
+            std::ptr::null(),
+            &raw mut summary,
+        )
+    };
+    assert_resource(status, "the RK4 tape of training");
+    assert_eq!(flow.params(), before);
+    assert_eq!(summary.n_epochs, -7);
+}

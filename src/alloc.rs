@@ -1,0 +1,118 @@
+//! Fallible allocation of buffers whose size a host or a file decides.
+//!
+//! Rust aborts the process when an allocation fails, and a library embedded in a simulation code
+//! must never abort its host (issue 14). Every buffer whose length follows from a count passed
+//! in by a caller therefore goes through this module: the byte need is computed with checked
+//! arithmetic, a need above [`MAX_ALLOCATION_BYTES`] is refused before the system is asked, and
+//! a refusal by the allocator below it is reported too. Both become [`Error::Resource`] with the
+//! need and the limit, and nothing is allocated.
+//!
+//! What this cannot promise: on a system that overcommits memory (Linux by default) an
+//! allocation the kernel grants may still be reclaimed by its out-of-memory killer when the pages
+//! are first written. The limit keeps absurd counts (an uninitialised `int64_t`) from getting
+//! that far; it does not know how much memory this machine has.
+
+use crate::{Error, Result};
+
+/// Largest single buffer eqflow allocates for a caller-decided size: 1 TiB. Anything beyond is an
+/// uninitialised or corrupted count on every machine eqflow targets; refusing it by rule makes the
+/// failure the same everywhere instead of depending on the system's overcommit policy.
+pub const MAX_ALLOCATION_BYTES: u64 = 1 << 40;
+
+/// The bytes of `len` items of `T`, `None` when the product does not even fit a `u128` (it
+/// always does for a `usize` length; `None` is kept for lengths that overflowed earlier).
+fn bytes_of<T>(len: Option<usize>) -> Option<u128> {
+    len.and_then(|n| (n as u128).checked_mul(std::mem::size_of::<T>() as u128))
+}
+
+/// Fails with [`Error::Resource`] naming `what` if `need_bytes` (`None`: a size computation that
+/// overflowed) is above [`MAX_ALLOCATION_BYTES`].
+///
+/// For a need spread over many allocations (one trajectory per sample), which no single
+/// fallible allocation can guard.
+pub(crate) fn check_need(need_bytes: Option<u128>, what: &str) -> Result<()> {
+    match need_bytes {
+        Some(need) if need <= u128::from(MAX_ALLOCATION_BYTES) => Ok(()),
+        need => Err(Error::resource(
+            what,
+            need.unwrap_or(u128::MAX),
+            MAX_ALLOCATION_BYTES,
+        )),
+    }
+}
+
+/// An empty vector with room for `len` items (`None`: a length whose computation overflowed),
+/// or [`Error::Resource`] instead of an abort.
+pub(crate) fn with_capacity<T>(len: Option<usize>, what: &str) -> Result<Vec<T>> {
+    let need = bytes_of::<T>(len);
+    check_need(need, what)?;
+    // Within the limit, so `len` is `Some`.
+    let len = len.unwrap_or(0);
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::resource(
+            format!("{what} (the system refused the memory)"),
+            need.unwrap_or(u128::MAX),
+            MAX_ALLOCATION_BYTES,
+        )
+    })?;
+    Ok(v)
+}
+
+/// `len` copies of `value` (`None`: a length whose computation overflowed), or
+/// [`Error::Resource`] instead of an abort.
+pub(crate) fn filled<T: Clone>(len: Option<usize>, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = with_capacity(len, what)?;
+    v.resize(len.unwrap_or(0), value);
+    Ok(v)
+}
+
+/// `len` zeros: [`filled`] for the commonest case.
+pub(crate) fn zeros(len: Option<usize>, what: &str) -> Result<Vec<f64>> {
+    filled(len, 0.0, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn need_of(error: &Error) -> u128 {
+        match error {
+            Error::Resource {
+                need_bytes,
+                limit_bytes,
+                ..
+            } => {
+                assert_eq!(*limit_bytes, MAX_ALLOCATION_BYTES);
+                *need_bytes
+            }
+            other => panic!("expected a resource error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_buffers_are_allocated_and_filled() {
+        assert_eq!(zeros(Some(3), "x").unwrap(), vec![0.0; 3]);
+        assert_eq!(filled(Some(2), 7u32, "x").unwrap(), vec![7, 7]);
+        assert!(with_capacity::<f64>(Some(5), "x").unwrap().capacity() >= 5);
+        assert!(zeros(Some(0), "x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn needs_above_the_limit_or_overflowing_are_resource_errors() {
+        let error = zeros(Some(usize::MAX / 8), "log q").unwrap_err();
+        assert_eq!(need_of(&error), (usize::MAX / 8) as u128 * 8);
+        assert!(error.to_string().contains("log q needs"), "{error}");
+        assert!(error.to_string().contains("limit is 1099511627776 bytes"));
+        // One byte over the limit is refused without asking the system.
+        let over = (MAX_ALLOCATION_BYTES / 8 + 1) as usize;
+        assert_eq!(
+            need_of(&zeros(Some(over), "x").unwrap_err()),
+            over as u128 * 8
+        );
+        // A length whose computation overflowed.
+        assert_eq!(need_of(&zeros(None, "x").unwrap_err()), u128::MAX);
+        assert_eq!(need_of(&check_need(None, "x").unwrap_err()), u128::MAX);
+        assert!(check_need(Some(u128::from(MAX_ALLOCATION_BYTES)), "x").is_ok());
+    }
+}
