@@ -22,6 +22,7 @@
 
 use rayon::prelude::*;
 
+use super::losses::check_configurations;
 use super::pool::parallel;
 use crate::error::{Error, Result, check_finite};
 use crate::field::{Cotangent, TrainableField, with_family};
@@ -169,19 +170,11 @@ pub fn adjoint_ml_gradient_into(
     gradient: &mut [f64],
 ) -> Result<AdjointLoss> {
     let len = flow.layout().len();
-    if x.is_empty() || !x.len().is_multiple_of(len) {
-        return Err(Error::size(
-            "training configurations (a positive multiple of N·D)",
-            len * (x.len() / len).max(1),
-            x.len(),
-        ));
-    }
-    check_finite(x, "training configurations")?;
+    let n = check_configurations(x, len, "training configurations")?;
     let p = flow.field().params().len();
     if gradient.len() != p {
         return Err(Error::size("loss gradient", p, gradient.len()));
     }
-    let n = x.len() / len;
     let prior = flow.prior();
     // Per sample: its loss, the two solves' statistics and its gradient.
     type Sample = (f64, Stats, Stats, Vec<f64>);

@@ -601,16 +601,7 @@ impl<'a> Losses<'a> {
     }
 
     fn check_data(&self, x: &[f64]) -> Result<usize> {
-        let len = self.prior.layout().len();
-        if x.is_empty() || !x.len().is_multiple_of(len) {
-            return Err(Error::size(
-                "training configurations (a positive multiple of N·D)",
-                len * (x.len() / len).max(1),
-                x.len(),
-            ));
-        }
-        check_finite(x, "training configurations")?;
-        Ok(x.len() / len)
+        check_configurations(x, self.prior.layout().len(), "training configurations")
     }
 
     /// Runs `f(i, ws, gradient_i)` for samples `0..n` in parallel; returns the mean loss and
@@ -660,6 +651,24 @@ impl<'a> Losses<'a> {
         results.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(losses.iter().sum::<f64>() / n as f64)
     }
+}
+
+/// Number of configurations of length `len` in `x`, after checking it holds whole, finite
+/// configurations: the rule for every batch of data a loss or the trainer is given.
+///
+/// # Errors
+///
+/// [`Error::DimensionMismatch`] for an empty or ragged `x`; [`Error::NonFinite`] naming `what`.
+pub(crate) fn check_configurations(x: &[f64], len: usize, what: &str) -> Result<usize> {
+    if x.is_empty() || !x.len().is_multiple_of(len) {
+        return Err(Error::size(
+            format!("{what} (a positive multiple of N·D)"),
+            len * (x.len() / len).max(1),
+            x.len(),
+        ));
+    }
+    check_finite(x, what)?;
+    Ok(x.len() / len)
 }
 
 /// Writes the mean of the per-sample gradients (`gradient.len()` numbers each) into

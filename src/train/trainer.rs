@@ -7,11 +7,11 @@ use rand::RngExt;
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::flow_matching::flow_matching_step;
-use super::losses::{KlEnergy, Losses};
+use super::losses::{KlEnergy, Losses, check_configurations};
 use super::schedule::LambdaSchedule;
 use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
-use crate::error::{Error, Result, check_finite};
+use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::integrate::{DensityMode, Integrator, Method};
 use crate::integrate::{certificate_penalty, certificate_times};
@@ -377,9 +377,9 @@ impl<'a> Trainer<'a> {
                 .lipschitz_bounds_vjp(&times, &vec![0.0; times.len()], &mut scratch)?;
         }
         let len = flow.layout().len();
-        let n_train = check_data(self.train, len, "training set")?;
+        let n_train = check_configurations(self.train, len, "training set")?;
         if let Some(v) = self.validation {
-            check_data(v, len, "validation set")?;
+            check_configurations(v, len, "validation set")?;
         }
         let energy = match (self.energy, c.lambda.needs_kl()) {
             (Some(e), _) => Some(e),
@@ -731,19 +731,6 @@ impl KeptParams {
             (None, None) => unreachable!("at least one epoch runs"),
         }
     }
-}
-
-/// Number of configurations in `x`, after checking it holds whole, finite configurations.
-fn check_data(x: &[f64], len: usize, what: &str) -> Result<usize> {
-    if x.is_empty() || !x.len().is_multiple_of(len) {
-        return Err(Error::size(
-            format!("{what} (a positive multiple of N·D)"),
-            len * (x.len() / len).max(1),
-            x.len(),
-        ));
-    }
-    check_finite(x, what)?;
-    Ok(x.len() / len)
 }
 
 /// `order` becomes a permutation of `0..n` that depends only on `(seed, epoch)` (Fisher–Yates).
