@@ -987,3 +987,31 @@ fn npy_header_declaring_2_to_the_40_elements_is_refused_without_allocating_them(
         format_error_containing(read_bytes(&npy_bytes(&dict, &data)), "truncated data");
     }
 }
+
+#[test]
+fn a_model_file_larger_than_any_model_is_refused_before_it_is_read() {
+    use eqflow::io::model::{self, MAX_MODEL_FILE_BYTES};
+    let path = scratch("huge_model").join("huge.json");
+    // A sparse file: 1 GiB + 1 byte of size on disk costs nothing, and reading it whole would
+    // cost the host a gibibyte.
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(MAX_MODEL_FILE_BYTES + 1).unwrap();
+    drop(file);
+    match model::load(&path) {
+        Err(Error::Resource {
+            need_bytes,
+            limit_bytes,
+            ..
+        }) => {
+            assert_eq!(need_bytes, u128::from(MAX_MODEL_FILE_BYTES + 1));
+            assert_eq!(limit_bytes, MAX_MODEL_FILE_BYTES);
+        }
+        other => panic!("expected a resource error, got {other:?}"),
+    }
+    // A small file of zeros is read and refused for what it is: not JSON.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(1024).unwrap();
+    drop(file);
+    assert!(matches!(model::load(&path), Err(Error::Format { .. })));
+    std::fs::remove_file(&path).unwrap();
+}

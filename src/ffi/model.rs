@@ -40,14 +40,15 @@ unsafe fn path_arg(path: *const c_char) -> Result<PathBuf> {
 /// guarantees hold are refused with EQF_ERR_INVALID_ARGUMENT naming the field: `prior_sigma` in
 /// [1e-6, 1e6], kernel centres and parameters of magnitude at most 1e6, log inverse bandwidths
 /// of magnitude at most 10, and a field weak enough for the step (see docs/embedding.md). Only
-/// regular files are read (a FIFO, device or folder is EQF_ERR_IO, without blocking).
+/// regular files are read (a FIFO, device or folder is EQF_ERR_IO, without blocking), and only
+/// up to 1 GiB (no model is that large; a larger file is EQF_ERR_RESOURCE, refused unread).
 ///
 /// @param path  NUL-terminated file path
 /// @param out   on success receives the new flow, to be released with `eqf_flow_free`;
 ///              untouched on failure
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot read); EQF_ERR_FORMAT (not a valid
 ///         model file); EQF_ERR_INVALID_ARGUMENT, EQF_ERR_DIMENSION_MISMATCH or
-///         EQF_ERR_NON_FINITE (invalid contents)
+///         EQF_ERR_NON_FINITE (invalid contents); EQF_ERR_RESOURCE (a file over 1 GiB)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_load(path: *const c_char, out: *mut *mut eqf_flow) -> i32 {
     catch(|| {

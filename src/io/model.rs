@@ -49,6 +49,12 @@ use crate::prior::Prior;
 use crate::species::Species;
 use crate::system::System;
 
+/// Largest model file eqflow reads: 1 GiB. The largest field a model can hold (a `dense` field
+/// at its size limits: 1,024 particles in 3-D and 1,024 hidden units, about 6.3 million
+/// parameters) needs well under that at the ~40 bytes per number of pretty-printed JSON; a
+/// larger file is not a model, and reading it whole would only risk the host's memory.
+pub const MAX_MODEL_FILE_BYTES: u64 = 1 << 30;
+
 /// The `format` field of every model file.
 pub const FORMAT: &str = "eqflow-model";
 /// The newest format version this build reads and the one it writes.
@@ -307,14 +313,37 @@ impl ModelFile {
     }
 
     /// Reads and parses a model file (does not build the flow; see [`load`]). Only a regular
-    /// file is read (see `io::open_regular`).
+    /// file is read (see `io::open_regular`), and at most [`MAX_MODEL_FILE_BYTES`] of it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] for a file that cannot be read or is not a regular file;
+    /// [`Error::Resource`] for a file larger than [`MAX_MODEL_FILE_BYTES`] (refused before it is
+    /// read, and again if it grows while being read); [`Error::Format`] for malformed JSON.
     pub fn read(path: &Path) -> Result<Self> {
+        let too_large = |need: u64| {
+            Error::resource(
+                format!("model file {}", path.display()),
+                u128::from(need),
+                MAX_MODEL_FILE_BYTES,
+            )
+        };
+        let cannot = |e: std::io::Error| Error::Io {
+            what: format!("cannot read model file {}: {e}", path.display()),
+        };
+        let file = super::open_regular(path, "model file")?;
+        let size = file.metadata().map_err(cannot)?.len();
+        if size > MAX_MODEL_FILE_BYTES {
+            return Err(too_large(size));
+        }
         let mut text = String::new();
-        super::open_regular(path, "model file")?
+        // `take` bounds a file that grows between the size check and the read.
+        file.take(MAX_MODEL_FILE_BYTES + 1)
             .read_to_string(&mut text)
-            .map_err(|e| Error::Io {
-                what: format!("cannot read model file {}: {e}", path.display()),
-            })?;
+            .map_err(cannot)?;
+        if text.len() as u64 > MAX_MODEL_FILE_BYTES {
+            return Err(too_large(text.len() as u64));
+        }
         Self::from_json(&text)
     }
 
