@@ -90,7 +90,7 @@ program fortran_model
     real(c_double) :: state(D, N), U, worst, max_contraction, rtol, atol, bound
     integer(c_int64_t) :: n_proposed, n_accepted
     integer(c_int32_t) :: status, method, density_mode
-    integer :: i, n_samples, n_moves, n_steps, needed
+    integer :: i, n_samples, n_moves, n_steps, needed, unit
     integer, target :: n_energy_calls
     character(len=:), allocatable :: model, save, argument
     logical :: quick, certified, accepted
@@ -211,6 +211,18 @@ program fortran_model
         call reloaded%load(save)
         call reloaded%log_density(x, log_q_reloaded)
         call expect(all(log_q_reloaded == log_q_again), 'a reloaded model is bit-exact')
+
+        ! A file larger than any model (1 GiB + 1 byte, written sparse: one byte at its end) is
+        ! refused from its size with EQF_ERR_RESOURCE, before eqflow reads it; the flow is kept.
+        open (newunit=unit, file=save//'.huge', access='stream', status='replace', &
+              action='write')
+        write (unit, pos=1073741825) 'x'
+        close (unit)
+        call reloaded%load(save//'.huge', status)
+        call expect(status == EQF_ERR_RESOURCE, 'a 1 GiB file is refused: EQF_ERR_RESOURCE')
+        call expect(reloaded%n_particles() == N, 'a refused load keeps the flow')
+        open (newunit=unit, file=save//'.huge', access='stream', status='old')
+        close (unit, status='delete')
     end if
 
     ! Failures through `status`: a missing file (the flow is kept), objects without a handle;
