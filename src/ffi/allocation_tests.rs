@@ -5,11 +5,11 @@
 //! read, which is also why the tiny arrays passed here are sound (they are never touched).
 
 use super::energy::{eqf_energy, eqf_energy_eval, eqf_energy_free, eqf_energy_lennard_jones};
-use super::flow::{eqf_flow, eqf_flow_free, eqf_flow_log_density, eqf_flow_new, eqf_flow_sample};
+use super::flow::{eqf_flow_log_density, eqf_flow_sample};
 use super::flow_options::{
-    eqf_flow_options, eqf_flow_options_fit_scales, eqf_flow_options_free, eqf_flow_options_new,
-    eqf_flow_options_scales, eqf_flow_options_set_species,
+    eqf_flow_options_fit_scales, eqf_flow_options_scales, eqf_flow_options_set_species,
 };
+use super::test_handles::{FlowHandle, FlowOptionsHandle};
 use super::weights::eqf_log_weights;
 use super::{EQF_ERR_INVALID_ARGUMENT, EQF_ERR_RESOURCE, EQF_OK, with_last_error};
 
@@ -28,28 +28,9 @@ fn assert_resource(status: i32, need: u128) {
     );
 }
 
-/// A flow of `n` particles in `dim` dimensions, freed on drop.
-struct Flow(*mut eqf_flow);
-
-impl Flow {
-    fn new(n: i64, dim: i64) -> Flow {
-        let mut flow = std::ptr::null_mut();
-        // SAFETY: a valid pointer slot.
-        assert_eq!(unsafe { eqf_flow_new(n, dim, 0, &raw mut flow) }, EQF_OK);
-        Flow(flow)
-    }
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        // SAFETY: created by `eqf_flow_new`, freed once.
-        assert_eq!(unsafe { eqf_flow_free(self.0) }, EQF_OK);
-    }
-}
-
 #[test]
 fn sampling_an_absurd_number_of_samples_is_a_resource_error() {
-    let flow = Flow::new(4, 2);
+    let flow = FlowHandle::new(4, 2, 0);
     // 2^37 samples of N·D = 8: exactly EQF_MAX_ELEMENTS doubles, 8 TiB.
     let n = 1i64 << 37;
     let (mut x, mut log_q) = ([f64::NAN; 8], [f64::NAN; 1]);
@@ -64,7 +45,7 @@ fn sampling_an_absurd_number_of_samples_is_a_resource_error() {
 
 #[test]
 fn densities_of_an_absurd_number_of_configurations_are_a_resource_error() {
-    let flow = Flow::new(2, 1);
+    let flow = FlowHandle::new(2, 1, 0);
     // 2^39 configurations of N·D = 2: log q alone needs 4 TiB.
     let n = 1i64 << 39;
     let (x, mut log_q) = ([0.0; 2], [f64::NAN; 1]);
@@ -111,17 +92,7 @@ fn energies_and_weights_of_absurd_counts_are_resource_errors() {
     assert!(log_w[0].is_nan());
 }
 
-/// Owned flow options, freed on drop.
-struct Options(*mut eqf_flow_options);
-
-impl Options {
-    fn new() -> Options {
-        let mut out = std::ptr::null_mut();
-        // SAFETY: a valid pointer slot.
-        assert_eq!(unsafe { eqf_flow_options_new(&raw mut out) }, EQF_OK);
-        Options(out)
-    }
-
+impl FlowOptionsHandle {
     fn scales(&self) -> [f64; 3] {
         let mut s = [0.0; 3];
         // SAFETY: live options; three valid output slots.
@@ -132,18 +103,11 @@ impl Options {
     }
 }
 
-impl Drop for Options {
-    fn drop(&mut self) {
-        // SAFETY: created by `eqf_flow_options_new`, freed once.
-        assert_eq!(unsafe { eqf_flow_options_free(self.0) }, EQF_OK);
-    }
-}
-
 #[test]
 fn fitting_scales_to_a_million_particles_is_a_resource_error() {
     // One configuration of 10^6 particles has ~5·10^11 pair distances, 4 TB: the buffer was
     // reserved infallibly and aborted the host.
-    let options = Options::new();
+    let options = FlowOptionsHandle::new();
     let before = options.scales();
     let x: Vec<f64> = (0..3_000_000).map(|i| f64::from(i % 1013) * 0.01).collect();
     // SAFETY: live options; `x` holds 1·N·D doubles.
@@ -157,7 +121,7 @@ fn fitting_scales_to_a_million_particles_is_a_resource_error() {
 fn species_of_too_many_particles_are_refused_before_the_indices_are_copied() {
     // The indices were copied for n_particles (up to 2^40) before the particle limit was
     // checked: a count past the host's array read beyond it.
-    let options = Options::new();
+    let options = FlowOptionsHandle::new();
     let species = [0u32; 1];
     // SAFETY: live options; `species` is never read (the count is refused first).
     let status = unsafe { eqf_flow_options_set_species(options.0, species.as_ptr(), 1 << 40, 1) };

@@ -372,21 +372,19 @@ pub unsafe extern "C" fn eqf_flow_log_density(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::test_handles::FlowHandle;
     use crate::ffi::{EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_OK};
 
-    /// A flow handle for N = 3, D = 2, freed on drop.
-    struct Handle(*mut eqf_flow);
+    /// A flow handle for N = 3, D = 2.
+    fn handle(seed: u64) -> FlowHandle {
+        FlowHandle::new(3, 2, seed)
+    }
 
-    impl Handle {
-        fn new(seed: u64) -> Handle {
-            let mut flow = std::ptr::null_mut();
-            // SAFETY: `flow` is a valid pointer slot.
-            assert_eq!(unsafe { eqf_flow_new(3, 2, seed, &raw mut flow) }, EQF_OK);
-            Handle(flow)
-        }
-
+    impl FlowHandle {
         fn sample(&self, seed: u64, n: usize) -> (i32, Vec<f64>, Vec<f64>) {
-            let mut x = vec![f64::NAN; n * 6];
+            // SAFETY: live handle, not used by other threads.
+            let len = unsafe { (*self.0).inner.layout().len() };
+            let mut x = vec![f64::NAN; n * len];
             let mut log_q = vec![f64::NAN; n];
             // SAFETY: live handle; buffers of n*N*D and n doubles.
             let status = unsafe {
@@ -398,7 +396,7 @@ mod tests {
 
     #[test]
     fn certificate_agrees_with_the_rust_flow_and_rejects_null() {
-        let h = Handle::new(4);
+        let h = handle(4);
         let (mut certified, mut contraction, mut needed) = (-7, f64::NAN, -7);
         // SAFETY: live handle, valid output slots.
         let status = unsafe {
@@ -449,16 +447,9 @@ mod tests {
         }
     }
 
-    impl Drop for Handle {
-        fn drop(&mut self) {
-            // SAFETY: created by `eqf_flow_new`, freed once.
-            assert_eq!(unsafe { eqf_flow_free(self.0) }, EQF_OK);
-        }
-    }
-
     #[test]
     fn sampling_matches_the_rust_api_and_extends_with_n() {
-        let flow = Handle::new(5);
+        let flow = handle(5);
         let (status, x, log_q) = flow.sample(9, 4);
         assert_eq!(status, EQF_OK);
         let (x_rust, log_q_rust) = Flow::new(3, 2, 5).unwrap().sample(9, 4).unwrap();
@@ -477,7 +468,7 @@ mod tests {
 
     #[test]
     fn one_flow_is_shared_by_threads() {
-        let flow = Handle::new(1);
+        let flow = handle(1);
         let (_, x, log_q) = flow.sample(3, 5);
         let address = flow.0 as usize;
         let results: Vec<(Vec<f64>, Vec<f64>)> = (0..4)
@@ -524,7 +515,7 @@ mod tests {
         // SAFETY: `flow` is a valid pointer slot.
         let status = unsafe { eqf_flow_new(100_000, 2, 0, &raw mut flow) };
         assert_eq!(status, EQF_OK);
-        let flow = Handle(flow);
+        let flow = FlowHandle(flow);
         let mut x = vec![f64::NAN; 200_000];
         let mut log_q = [f64::NAN];
         // SAFETY: live handle; buffers of N*D and 1 doubles.
@@ -546,7 +537,7 @@ mod tests {
         let mut flow = std::ptr::null_mut();
         // SAFETY: `flow` is a valid pointer slot.
         assert_eq!(unsafe { eqf_flow_new(50_000, 3, 0, &raw mut flow) }, EQF_OK);
-        let flow = Handle(flow);
+        let flow = FlowHandle(flow);
         let x: Vec<f64> = (0..150_000).map(|i| f64::from(i % 977) * 0.37).collect();
         // SAFETY: live handle; buffers of N*D and 1 doubles.
         let status = unsafe { eqf_flow_log_density(flow.0, 1, x.as_ptr(), log_q.as_mut_ptr()) };
@@ -568,7 +559,7 @@ mod tests {
         // SAFETY: NUL-terminated path; `flow` is a valid pointer slot.
         let status = unsafe { crate::ffi::model::eqf_flow_load(c_path.as_ptr(), &raw mut flow) };
         assert_eq!(status, EQF_OK, "{}", last_message());
-        let flow = Handle(flow);
+        let flow = FlowHandle(flow);
         let mut x = vec![0.0; 120_000];
         let mut log_q = [0.0];
         // SAFETY: live handle; buffers of N*D and 1 doubles.
@@ -579,7 +570,7 @@ mod tests {
 
     #[test]
     fn failed_calls_write_nothing() {
-        let flow = Handle::new(2);
+        let flow = handle(2);
         let (_, mut x, _) = flow.sample(4, 2);
         x[7] = f64::INFINITY;
         let mut log_q = [-1.0; 2];
@@ -596,7 +587,7 @@ mod tests {
     }
 
     /// A copy of `h`'s flow with `n_steps` exact-discrete RK4 steps and strict mode `require`.
-    fn strict_copy(h: &Handle, n_steps: i64, require: i32) -> Handle {
+    fn strict_copy(h: &FlowHandle, n_steps: i64, require: i32) -> FlowHandle {
         use crate::ffi::integrator::{
             EQF_DENSITY_EXACT_DISCRETE, EQF_METHOD_RK4, eqf_flow_with_integrator,
         };
@@ -621,12 +612,12 @@ mod tests {
             );
             assert_eq!(eqf_flow_free(stepped), EQF_OK);
         }
-        Handle(strict)
+        FlowHandle(strict)
     }
 
     #[test]
     fn strict_mode_refuses_an_uncertified_grid_naming_the_certified_step_count() {
-        let h = Handle::new(4);
+        let h = handle(4);
         // SAFETY: live handle.
         let flow = unsafe { &(*h.0).inner };
         let needed = flow.certified_step_count().unwrap();

@@ -429,6 +429,7 @@ mod tests {
     use crate::ffi::integrator::{
         EQF_DENSITY_CONTINUOUS, EQF_DENSITY_EXACT_DISCRETE, EQF_METHOD_DOPRI5, EQF_METHOD_RK4,
     };
+    use crate::ffi::test_handles::FlowOptionsHandle;
     use crate::ffi::{
         EQF_ERR_DIMENSION_MISMATCH, EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE,
         EQF_ERR_NULL_POINTER, EQF_OK,
@@ -436,17 +437,8 @@ mod tests {
     use crate::flow::Flow;
     use crate::integrate::DensityMode;
 
-    /// Owned options, freed on drop.
-    struct Options(*mut eqf_flow_options);
-
-    impl Options {
-        fn new() -> Options {
-            let mut out = std::ptr::null_mut();
-            // SAFETY: a valid slot for the handle.
-            assert_eq!(unsafe { eqf_flow_options_new(&raw mut out) }, EQF_OK);
-            Options(out)
-        }
-
+    /// What these tests read from options (the handle itself: `ffi::test_handles`).
+    impl FlowOptionsHandle {
         fn config(&self) -> FlowConfig {
             // SAFETY: live options, not modified concurrently.
             unsafe { (*self.0).config.clone() }
@@ -465,16 +457,9 @@ mod tests {
         }
     }
 
-    impl Drop for Options {
-        fn drop(&mut self) {
-            // SAFETY: created by `eqf_flow_options_new`, freed once.
-            assert_eq!(unsafe { eqf_flow_options_free(self.0) }, EQF_OK);
-        }
-    }
-
     #[test]
     fn default_options_give_the_flow_of_eqf_flow_new() {
-        let options = Options::new();
+        let options = FlowOptionsHandle::new();
         assert_eq!(options.config(), FlowConfig::default());
         let flow = options.flow(4, 2);
         let preset = Flow::new(4, 2, 0).unwrap();
@@ -485,7 +470,7 @@ mod tests {
 
     #[test]
     fn the_coordkernel_family_is_selectable_by_name() {
-        let options = Options::new();
+        let options = FlowOptionsHandle::new();
         let name = c"coordkernel";
         // SAFETY: live options; a NUL-terminated name.
         let status = unsafe { eqf_flow_options_set_family(options.0, name.as_ptr()) };
@@ -498,7 +483,7 @@ mod tests {
 
     #[test]
     fn the_dense_family_is_selectable_by_name() {
-        let options = Options::new();
+        let options = FlowOptionsHandle::new();
         let name = c"dense";
         // SAFETY: live options; a NUL-terminated name.
         let status = unsafe { eqf_flow_options_set_family(options.0, name.as_ptr()) };
@@ -516,7 +501,7 @@ mod tests {
 
     #[test]
     fn setters_apply_and_validate_and_leave_the_options_unchanged_on_failure() {
-        let options = Options::new();
+        let options = FlowOptionsHandle::new();
         let o = options.0;
         let envpair = c"envpair";
         // SAFETY: live options or NULL (rejected); NUL-terminated names.
@@ -643,7 +628,7 @@ mod tests {
 
     #[test]
     fn fitted_scales_are_kept_only_on_success() {
-        let options = Options::new();
+        let options = FlowOptionsHandle::new();
         let o = options.0;
         // Two particles 3 length units apart, in 1-D: σ² = 2·1.5²/((2−1)·1).
         let x = [0.0, 3.0, 10.0, 13.0];

@@ -40,6 +40,8 @@ pub use status::*;
 
 #[cfg(test)]
 mod allocation_tests;
+#[cfg(test)]
+mod test_handles;
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -7,7 +7,8 @@ use super::run::eqf_flow_train;
 use super::summary::{SUMMARY_V1_SIZE, eqf_train_epoch, eqf_train_summary};
 use crate::energy::DoubleWell;
 use crate::ffi::energy::{eqf_energy_double_well, eqf_energy_free, eqf_energy_lennard_jones};
-use crate::ffi::flow::{eqf_flow, eqf_flow_free, eqf_flow_new, eqf_flow_sample};
+use crate::ffi::flow::{eqf_flow, eqf_flow_new, eqf_flow_sample};
+use crate::ffi::test_handles::FlowHandle;
 use crate::ffi::threads::eqf_set_num_threads;
 use crate::ffi::{
     EQF_ERR_CALLBACK, EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_ERR_NULL_POINTER, EQF_OK,
@@ -67,22 +68,8 @@ impl Drop for Options {
     }
 }
 
-/// An owned DW-4 flow handle, freed on drop.
-struct FlowHandle(*mut eqf_flow);
-
+/// DW-4 flows (N = 4, D = 2) train here.
 impl FlowHandle {
-    fn new(seed: u64) -> FlowHandle {
-        let mut flow = std::ptr::null_mut();
-        // SAFETY: a valid pointer slot.
-        assert_eq!(unsafe { eqf_flow_new(4, 2, seed, &raw mut flow) }, EQF_OK);
-        FlowHandle(flow)
-    }
-
-    fn params(&self) -> Vec<f64> {
-        // SAFETY: live handle, not used by other threads.
-        unsafe { (*self.0).inner.field().params().to_vec() }
-    }
-
     /// Trains with `data` (and `validation`), returning the status and the summary.
     fn train(
         &self,
@@ -104,13 +91,6 @@ impl FlowHandle {
             )
         };
         (status, summary)
-    }
-}
-
-impl Drop for FlowHandle {
-    fn drop(&mut self) {
-        // SAFETY: created by `eqf_flow_new`, freed once.
-        assert_eq!(unsafe { eqf_flow_free(self.0) }, EQF_OK);
     }
 }
 
@@ -392,7 +372,7 @@ fn ml_training_matches_the_rust_trainer_and_fills_the_summary() {
     let data = dw4_data(48, 1);
     let validation = dw4_data(16, 2);
     let options = Options::small();
-    let flow = FlowHandle::new(3);
+    let flow = FlowHandle::new(4, 2, 3);
     let before = flow.params();
     let (status, summary) = flow.train(&options, &data, &validation);
     assert_eq!(status, EQF_OK, "{}", message());
@@ -423,7 +403,7 @@ fn ml_training_matches_the_rust_trainer_and_fills_the_summary() {
     assert!(summary.wall_seconds > 0.0);
 
     // Without a validation set its NLLs are NaN and the last epoch is kept.
-    let flow = FlowHandle::new(3);
+    let flow = FlowHandle::new(4, 2, 3);
     let (status, summary) = flow.train(&options, &data, &[]);
     assert_eq!(status, EQF_OK);
     assert!(summary.initial_validation_nll.is_nan());
@@ -438,7 +418,7 @@ fn summary_sizes_are_honoured_in_both_directions() {
     let options = Options::small();
     // SAFETY: live options.
     unsafe { assert_eq!(eqf_train_options_set_epochs(options.0, 1), EQF_OK) };
-    let flow = FlowHandle::new(4);
+    let flow = FlowHandle::new(4, 2, 4);
     let n = (data.len() / 8) as i64;
 
     // A caller compiled against a newer header: a larger struct. Only this library's
@@ -528,7 +508,7 @@ fn progress_reports_every_epoch_and_can_stop_early() {
             EQF_OK
         );
     }
-    let flow = FlowHandle::new(5);
+    let flow = FlowHandle::new(4, 2, 5);
     let (status, summary) = flow.train(&options, &data, &validation);
     assert_eq!(status, EQF_OK);
     assert_eq!(summary.stopped_early, 0);
@@ -553,7 +533,7 @@ fn progress_reports_every_epoch_and_can_stop_early() {
     // Non-zero from the callback stops after that epoch: a success, not an error.
     record.reports.clear();
     record.stop_after = 2;
-    let flow = FlowHandle::new(5);
+    let flow = FlowHandle::new(4, 2, 5);
     let (status, summary) = flow.train(&options, &data, &validation);
     assert_eq!(status, EQF_OK);
     assert_eq!(record.reports.len(), 2);
@@ -583,7 +563,7 @@ fn kl_callback_runs_on_the_calling_thread_and_matches_the_builtin_energy_bit_for
     let validation = dw4_data(8, 7);
     let options = ml_kl_options();
     // λ < 1 without a KL energy is refused, naming the setters.
-    let flow = FlowHandle::new(8);
+    let flow = FlowHandle::new(4, 2, 8);
     let (status, _) = flow.train(&options, &data, &validation);
     assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
     assert!(
@@ -601,7 +581,7 @@ fn kl_callback_runs_on_the_calling_thread_and_matches_the_builtin_energy_bit_for
         assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
         assert_eq!(eqf_energy_free(energy), EQF_OK);
     }
-    let builtin = FlowHandle::new(8);
+    let builtin = FlowHandle::new(4, 2, 8);
     let (status, builtin_summary) = builtin.train(&options, &data, &validation);
     assert_eq!(status, EQF_OK, "{}", message());
 
@@ -611,7 +591,7 @@ fn kl_callback_runs_on_the_calling_thread_and_matches_the_builtin_energy_bit_for
     let status =
         unsafe { eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), host.user()) };
     assert_eq!(status, EQF_OK);
-    let callback = FlowHandle::new(8);
+    let callback = FlowHandle::new(4, 2, 8);
     let (status, callback_summary) = callback.train(&options, &data, &validation);
     assert_eq!(status, EQF_OK, "{}", message());
     assert_eq!(callback.params(), builtin.params());
@@ -668,7 +648,7 @@ fn callback_failures_stop_training_and_leave_the_flow_and_summary_unchanged() {
             let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
             assert_eq!(status, EQF_OK);
         }
-        let flow = FlowHandle::new(9);
+        let flow = FlowHandle::new(4, 2, 9);
         let before = flow.params();
         let (status, summary) = flow.train(&options, &data, &[]);
         assert_eq!(status, expected, "{}", message());
@@ -685,7 +665,7 @@ fn callback_failures_stop_training_and_leave_the_flow_and_summary_unchanged() {
 fn bad_arguments_are_rejected_before_training() {
     let data = dw4_data(16, 9);
     let options = Options::small();
-    let flow = FlowHandle::new(10);
+    let flow = FlowHandle::new(4, 2, 10);
     let before = flow.params();
     let n = (data.len() / 8) as i64;
     let x = data.as_ptr();
@@ -780,7 +760,7 @@ fn training_is_bit_identical_for_one_and_two_threads() {
     let mut results = Vec::new();
     for threads in [1, 2] {
         assert_eq!(eqf_set_num_threads(threads), EQF_OK);
-        let flow = FlowHandle::new(11);
+        let flow = FlowHandle::new(4, 2, 11);
         let (status, summary) = flow.train(&options, &data, &validation);
         assert_eq!(status, EQF_OK, "{}", message());
         results.push((flow.params(), summary.best_validation_nll.to_bits()));
@@ -794,7 +774,7 @@ fn training_is_bit_identical_for_one_and_two_threads() {
 fn sampling_after_training_uses_the_new_parameters() {
     let data = dw4_data(32, 12);
     let options = Options::small();
-    let flow = FlowHandle::new(13);
+    let flow = FlowHandle::new(4, 2, 13);
     let sample = |flow: &FlowHandle| {
         let (mut x, mut log_q) = (vec![0.0; 5 * 8], vec![0.0; 5]);
         // SAFETY: live handle; buffers of 5 configurations and 5 doubles.
@@ -915,7 +895,7 @@ fn an_absurd_epoch_count_is_not_allocated_up_front() {
             EQF_OK
         );
     }
-    let flow = FlowHandle::new(5);
+    let flow = FlowHandle::new(4, 2, 5);
     let (status, summary) = flow.train(&options, &data, &[]);
     assert_eq!(status, EQF_OK, "{}", message());
     assert_eq!((summary.stopped_early, summary.n_epochs), (1, 1));
@@ -935,7 +915,7 @@ fn an_absurd_kl_sample_count_is_a_resource_error_and_leaves_the_flow_unchanged()
         assert_eq!(eqf_energy_free(energy), EQF_OK);
         assert_eq!(eqf_train_options_set_kl_samples(options.0, 1 << 40), EQF_OK);
     }
-    let flow = FlowHandle::new(5);
+    let flow = FlowHandle::new(4, 2, 5);
     let before = flow.params();
     let (status, summary) = flow.train(&options, &data, &[]);
     // 2^40 trajectories of 4·6 steps·8 coordinates (and more) each.
@@ -961,7 +941,7 @@ fn equivariant_ot_on_a_huge_batch_is_a_resource_error() {
             EQF_OK
         );
     }
-    let flow = FlowHandle::new(5);
+    let flow = FlowHandle::new(4, 2, 5);
     let before = flow.params();
     let (status, _) = flow.train(&options, &data, &[]);
     assert_resource(status, "batch of 131072");
