@@ -231,9 +231,10 @@ pub trait TrainableField: FieldFamily {
     /// `theta_bar` (flat parameter layout). What a Lipschitz penalty in training needs to keep
     /// the trained field certifiable at its step count (`train::TrainConfig::lipschitz_penalty`).
     ///
-    /// Provided once for every family (do not override): it checks the sizes and that the
-    /// bounds are finite, then asks the family for the gradient
-    /// ([`TrainableField::add_lipschitz_bounds_vjp`]). On an error `theta_bar` is unchanged.
+    /// Provided once for every family (do not override): it checks the sizes, asks the family
+    /// for the bounds and their gradient ([`TrainableField::lipschitz_bounds_and_vjp`], into a
+    /// scratch vector), checks that the bounds are finite, and only then adds the gradient to
+    /// `theta_bar`, so that on an error `theta_bar` is unchanged.
     ///
     /// # Errors
     ///
@@ -260,34 +261,36 @@ pub trait TrainableField: FieldFamily {
                 theta_bar.len(),
             ));
         }
-        let bounds = self.lipschitz_bounds(times);
+        let mut gradient = vec![0.0; theta_bar.len()];
+        let bounds = self.lipschitz_bounds_and_vjp(times, bounds_bar, &mut gradient)?;
         if let Some(b) = bounds.iter().find(|b| !b.is_finite()) {
             return Err(crate::Error::non_finite(format!(
                 "the {} field's Lipschitz bound ({b})",
                 Self::NAME
             )));
         }
-        self.add_lipschitz_bounds_vjp(times, &bounds, bounds_bar, theta_bar)?;
+        for (t, g) in theta_bar.iter_mut().zip(&gradient) {
+            *t += g;
+        }
         Ok(bounds)
     }
 
-    /// Adds `Σ_t bounds_bar[t]·∂L(t)/∂θ` to `theta_bar`, given `bounds` =
-    /// [`FieldFamily::lipschitz_bounds`]`(times)`, all finite, and every slice sized
-    /// ([`TrainableField::lipschitz_bounds_vjp`] checked them). Must leave `theta_bar`
-    /// unchanged when it fails.
+    /// The bounds [`FieldFamily::lipschitz_bounds`]`(times)` (the same numbers), computed once,
+    /// and `Σ_t bounds_bar[t]·∂L(t)/∂θ` added to `gradient` (zeros, one per parameter; the
+    /// sizes are checked by [`TrainableField::lipschitz_bounds_vjp`], which discards
+    /// `gradient` unless every bound is finite).
     ///
     /// # Errors
     ///
     /// The default refuses ([`crate::Error::InvalidArgument`]): a family whose bound has no
     /// gradient cannot be trained with the penalty.
-    fn add_lipschitz_bounds_vjp(
+    fn lipschitz_bounds_and_vjp(
         &self,
         times: &[f64],
-        bounds: &[f64],
         bounds_bar: &[f64],
-        theta_bar: &mut [f64],
-    ) -> Result<()> {
-        let _ = (times, bounds, bounds_bar, theta_bar);
+        gradient: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        let _ = (times, bounds_bar, gradient);
         Err(crate::Error::invalid(format!(
             "the {} field family has no gradient of its Lipschitz bound: it cannot be trained \
              with a Lipschitz penalty (use more RK4 steps to certify it instead)",

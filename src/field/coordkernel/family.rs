@@ -237,13 +237,13 @@ impl TrainableField for CoordKernelField {
 
     /// Exact where no `M_qk(t)` is zero: the bound is `Σ_qk C_qk |M_qk(t)|` with `M(t) = V·τ(t)`,
     /// so `∂L(t)/∂V_qkr = C_qk sign(M_qk(t)) τ_r(t)`, taking the subgradient 0 at `M_qk = 0`.
-    fn add_lipschitz_bounds_vjp(
+    fn lipschitz_bounds_and_vjp(
         &self,
         times: &[f64],
-        _bounds: &[f64],
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
-    ) -> Result<()> {
+    ) -> Result<Vec<f64>> {
+        let bounds = self.lipschitz_bounds(times);
         let coef = self.bound_coefficients();
         let r = self.config.n_time;
         for (&t, &l_bar) in times.iter().zip(bounds_bar) {
@@ -265,7 +265,7 @@ impl TrainableField for CoordKernelField {
                 }
             }
         }
-        Ok(())
+        Ok(bounds)
     }
 
     fn time_point_key(&self, key: &mut Vec<f64>) {

@@ -158,13 +158,13 @@ impl TrainableField for DenseField {
     /// Exact where no `|A_h·|` or `|B_·h|` is zero: `∂L/∂A_h· = |B_·h| A_h·/|A_h·|` and
     /// `∂L/∂B_·h = |A_h·| B_·h/|B_·h|`, mapped to `W1` and `W2` through `A = W1 P/ℓ` and
     /// `B = P W2` (the subgradient 0 where a norm vanishes).
-    fn add_lipschitz_bounds_vjp(
+    fn lipschitz_bounds_and_vjp(
         &self,
-        _times: &[f64],
-        _bounds: &[f64],
+        times: &[f64],
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
-    ) -> Result<()> {
+    ) -> Result<Vec<f64>> {
+        let bounds = self.lipschitz_bounds(times);
         let l_bar: f64 = bounds_bar.iter().sum();
         let n = self.layout.len();
         let h = self.config.n_hidden;
@@ -187,7 +187,7 @@ impl TrainableField for DenseField {
                 }
             }
         }
-        Ok(())
+        Ok(bounds)
     }
 
     /// The time points depend on the time alone (the time features are fixed), not on the

@@ -166,17 +166,13 @@ impl TrainableField for KernelField {
     }
 
     /// See `src/field/kernel/bound.rs`: exact for the bound as computed, away from ties of its maxima.
-    fn add_lipschitz_bounds_vjp(
+    fn lipschitz_bounds_and_vjp(
         &self,
         times: &[f64],
-        bounds: &[f64],
         bounds_bar: &[f64],
-        theta_bar: &mut [f64],
-    ) -> Result<()> {
-        // The gradient recomputes the bounds on the way; `bounds` only says they are finite.
-        let _ = bounds;
-        self.lipschitz_bounds_gradient(times, bounds_bar, theta_bar)
-            .map(|_| ())
+        gradient: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        self.lipschitz_bounds_gradient(times, bounds_bar, gradient)
             .ok_or_else(|| {
                 crate::Error::non_finite(
                     "the kernel field's Lipschitz bound (bandwidths too disparate for its grid, or \
