@@ -550,8 +550,9 @@ public:
         return set(eqf_train_options_set_lambda_linear(raw_, start, end));
     }
 
-    /* EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD (default), EQF_OBJECTIVE_FLOW_MATCHING,
-     * EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED or EQF_OBJECTIVE_FLOW_MATCHING_OT. */
+    /* EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD (default), EQF_OBJECTIVE_DISCRETE_LIKELIHOOD,
+     * EQF_OBJECTIVE_FLOW_MATCHING, EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED or
+     * EQF_OBJECTIVE_FLOW_MATCHING_OT. */
     TrainOptions &objective(int32_t objective) {
         return set(eqf_train_options_set_objective(raw_, objective));
     }

@@ -1107,3 +1107,84 @@ fn the_lipschitz_penalty_trains_a_certified_flow_and_needs_the_bound_gradient() 
     assert!(err.to_string().contains("Lipschitz penalty"), "{err}");
     assert_eq!(flow, before);
 }
+
+#[test]
+fn exact_discrete_likelihood_trains_the_models_own_density_and_refuses_families_without_it() {
+    let data = dw4_mcmc(256, 30);
+    let validation = dw4_mcmc(128, 31);
+    let energy = DoubleWell::dw4();
+    // Few steps, where the continuous-mode loss and the model's map part ways.
+    let n_steps = 6;
+    let config = TrainConfig {
+        n_epochs: 4,
+        batch_size: 32,
+        n_rk4_steps: n_steps,
+        seed: 8,
+        objective: Objective::DiscreteLikelihood,
+        ..TrainConfig::default()
+    };
+    let run = |threads: usize, config: TrainConfig| {
+        pool(threads).install(|| {
+            let mut flow = Flow::new(4, 2, 0).unwrap();
+            flow.set_integrator(
+                Integrator::new(Method::Rk4 { n_steps }, DensityMode::ExactDiscrete).unwrap(),
+            );
+            let summary = Trainer::new(config, &data)
+                .with_validation(&validation)
+                .with_energy(&energy)
+                .run(&mut flow, |_| true)
+                .unwrap();
+            (flow, summary)
+        })
+    };
+    let (flow, summary) = run(2, config);
+    let (flow1, summary1) = run(1, config);
+    assert_eq!(
+        flow.field().params(),
+        flow1.field().params(),
+        "thread count"
+    );
+    assert_eq!(summary.epochs[3].train_nll, summary1.epochs[3].train_nll);
+    let initial = summary.initial_validation_nll.unwrap();
+    let best = summary.epochs[summary.best_epoch].validation_nll.unwrap();
+    assert!(best < initial - 0.5, "NLL {initial} → {best}");
+    // The training NLL is the exact-discrete NLL of the training batches: the first epoch's
+    // mean is that of the data under the parameters as they moved, so compare the last
+    // epoch's to the flow's own density on the training set only loosely, and the kept
+    // parameters' validation NLL exactly.
+    let exact = reference_nll(&flow, &validation);
+    assert!(
+        (exact - best).abs() < 1e-6 * best.abs(),
+        "{exact} vs {best}"
+    );
+    let train_now = reference_nll(&flow, &data);
+    let last = summary.epochs[summary.best_epoch].train_nll;
+    assert!((train_now - last).abs() < 0.5, "{train_now} vs {last}");
+
+    // Mixed with reverse KL it trains too.
+    let mixed = TrainConfig {
+        n_epochs: 2,
+        lambda: LambdaSchedule::Linear {
+            start: 0.9,
+            end: 0.5,
+        },
+        n_kl_samples: 8,
+        ..config
+    };
+    let (_, summary) = run(2, mixed);
+    assert!(summary.epochs[1].train_kl.is_some());
+    assert!(summary.epochs[1].train_nll.is_finite());
+
+    // A family without the Jacobian's reverse pass is refused before anything runs.
+    let system = eqflow::system::System::preset("dw4").unwrap();
+    let mut coord = system.untrained_flow_of("coordkernel", 1).unwrap();
+    let before = coord.field().params().to_vec();
+    let err = Trainer::new(config, &data)
+        .run(&mut coord, |_| panic!("no epoch may run"))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("coordkernel") && err.to_string().contains("exact-discrete"),
+        "{err}"
+    );
+    assert_eq!(coord.field().params(), &before[..]);
+}

@@ -33,6 +33,15 @@ pub(crate) fn single_species<F: FieldFamily>(layout: Layout, species: &Species) 
     }
 }
 
+/// The refusal of a family without [`TrainableField::jacobian_vjp_at`] to be trained by the
+/// exact-discrete likelihood.
+pub(crate) fn no_jacobian_reverse(name: &str) -> crate::Error {
+    crate::Error::invalid(format!(
+        "the {name} field family has no reverse pass of its Jacobian: it cannot be trained by \
+         the exact-discrete likelihood (train by the continuous-mode likelihood instead)"
+    ))
+}
+
 /// The largest magnitude a network family's parameter may have (coordkernel, envpair, dense):
 /// beyond it the activations are far outside any trained regime and a Lipschitz bound built
 /// from the weights is meaningless.
@@ -327,6 +336,40 @@ pub trait TrainableField: FieldFamily {
         adjoint: &mut Self::Adjoint,
         scratch: &mut Self::Scratch,
     );
+
+    /// Whether [`TrainableField::jacobian_vjp_at`] exists: the reverse pass of the field's
+    /// whole Jacobian, which training by the exact-discrete likelihood needs (the step
+    /// log-determinants of the RK4 map are built from stage Jacobians).
+    const JACOBIAN_REVERSE: bool = false;
+
+    /// The vector–Jacobian product of one evaluation's velocity *and Jacobian* at `x`: with
+    /// `v_bar` (length n = N·D) the cotangent of `v` and `jac_bar` (n × n, row-major like
+    /// [`VectorField::velocity_jacobian_into`]) the cotangent of `∂v/∂x`, adds
+    /// `∂/∂x [v̄·v + Σ_ab J̄_ab ∂v_a/∂x_b]` to `x_bar` and accumulates the parameter part in
+    /// `adjoint`, as [`TrainableField::vjp_at`] does (the same time points and finish).
+    ///
+    /// # Errors
+    ///
+    /// The default refuses ([`crate::Error::InvalidArgument`]): a family without it cannot be
+    /// trained by the exact-discrete likelihood. No size checks otherwise: the caller sized
+    /// everything.
+    #[allow(clippy::too_many_arguments)] // the reverse pass's buffers, unpacked
+    fn jacobian_vjp_at(
+        &self,
+        x: &[f64],
+        point: &Self::TimePoint,
+        time_index: usize,
+        v_bar: &[f64],
+        jac_bar: &[f64],
+        x_bar: &mut [f64],
+        adjoint: &mut Self::Adjoint,
+        scratch: &mut Self::Scratch,
+    ) -> Result<()> {
+        let _ = (
+            x, point, time_index, v_bar, jac_bar, x_bar, adjoint, scratch,
+        );
+        Err(no_jacobian_reverse(Self::NAME))
+    }
 
     /// Ends a reverse pass: adds the accumulated parameter cotangent to `theta_bar` (flat
     /// parameter layout). `points` are the time points the evaluations used, by index.

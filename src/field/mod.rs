@@ -22,8 +22,8 @@ pub mod kernel;
 mod preset;
 mod registry;
 
-pub(crate) use family::single_species;
 pub use family::{FieldFamily, TrainableField};
+pub(crate) use family::{no_jacobian_reverse, single_species};
 pub use kernel::{
     EPS_D, KernelConfig, KernelField, MAX_DIST_KERNELS, MAX_TIME_KERNELS, ParamLayout,
     TabulatedField, TimeSlice, VjpScratch,

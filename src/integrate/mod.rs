@@ -9,9 +9,9 @@
 //! The integrator knows a [`VectorField`], nothing of priors or flows.
 
 mod certificate;
-mod discrete;
+pub(crate) mod discrete;
 pub(crate) mod dopri5;
-mod linalg;
+pub(crate) mod linalg;
 pub(crate) mod rk4;
 mod workspace;
 

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::discrete_ml::{DiscreteMlWorkspace, discrete_ml_sample};
 use super::pool::parallel;
 use super::tape::Rk4Tape;
 use crate::boltzmann::Kt;
@@ -26,6 +27,8 @@ pub struct LossWorkspace<F: TrainableField> {
     state: Vec<f64>,
     x_bar: Vec<f64>,
     latent: Vec<f64>,
+    /// The exact-discrete loss's buffers, made on first use.
+    discrete: Option<DiscreteMlWorkspace<F>>,
 }
 
 impl<F: TrainableField> LossWorkspace<F> {
@@ -42,6 +45,7 @@ impl<F: TrainableField> LossWorkspace<F> {
             state: vec![0.0; len],
             x_bar: vec![0.0; len],
             latent: vec![0.0; len],
+            discrete: None,
         })
     }
 }
@@ -361,6 +365,51 @@ impl<'a> Losses<'a> {
         let len = self.prior.layout().len();
         with_family!(self.field, field => self.batch(field, n, gradient, |i, ws, g| {
             ml_sample(field, self.prior, &x[i * len..(i + 1) * len], ws, g)
+        }))
+    }
+
+    /// Mean exact-discrete ML loss (NLL, nats) of the configurations in `x`: `−log q` of the
+    /// RK4 map of `n_steps` steps, the density a model with that grid reports in its
+    /// exact-discrete mode (of the field itself; a model may integrate a tabulated form of it
+    /// that agrees to ~1e−6). See [`super::discrete_ml`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Losses::discrete_ml_gradient_into`].
+    pub fn discrete_nll(&self, x: &[f64]) -> Result<f64> {
+        self.discrete_ml_batch(x, None)
+    }
+
+    /// Mean exact-discrete ML loss of the configurations in `x`, with its mean gradient
+    /// written to `gradient` (overwritten, length [`Losses::n_params`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Losses::ml_gradient_into`]; also [`Error::InvalidArgument`] for a field family
+    /// without the Jacobian's reverse pass, and what the inverse of the map reports for a
+    /// configuration it cannot pull back. `gradient` is unspecified on error.
+    pub fn discrete_ml_gradient_into(&self, x: &[f64], gradient: &mut [f64]) -> Result<f64> {
+        self.discrete_ml_batch(x, Some(gradient))
+    }
+
+    fn discrete_ml_batch(&self, x: &[f64], gradient: Option<&mut [f64]>) -> Result<f64> {
+        let n = self.check_data(x)?;
+        let len = self.prior.layout().len();
+        let n_steps = self.n_steps;
+        with_family!(self.field, field => self.batch(field, n, gradient, |i, ws, g| {
+            let mut discrete = match ws.discrete.take() {
+                Some(d) => d,
+                None => DiscreteMlWorkspace::new(len, n_steps)?,
+            };
+            let loss = discrete_ml_sample(
+                field,
+                self.prior,
+                &x[i * len..(i + 1) * len],
+                &mut discrete,
+                g,
+            );
+            ws.discrete = Some(discrete);
+            loss
         }))
     }
 

@@ -63,6 +63,7 @@
 mod adamw;
 pub mod adjoint;
 pub mod assignment;
+pub mod discrete_ml;
 mod flow_matching;
 mod losses;
 pub mod pairing;

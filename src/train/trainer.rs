@@ -88,9 +88,16 @@ impl LrSchedule {
 /// The data term of training.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Objective {
-    /// Maximum likelihood through the RK4 map, mixed with reverse KL by the λ schedule.
+    /// Maximum likelihood through the RK4 map, mixed with reverse KL by the λ schedule: the
+    /// continuous-mode density (the divergence integrated by RK4), the paper's loss.
     #[default]
     MaximumLikelihood,
+    /// Maximum likelihood of the exact-discrete density of the RK4 map of `n_rk4_steps`
+    /// steps (the density the model samples and evaluates with; [`super::discrete_ml`]),
+    /// mixed with reverse KL like [`Objective::MaximumLikelihood`]. Needs a family with the
+    /// Jacobian's reverse pass ([`crate::field::TrainableField::JACOBIAN_REVERSE`]: the kernel
+    /// field).
+    DiscreteLikelihood,
     /// Conditional flow matching from the prior: each step draws one prior sample and one
     /// time per data configuration of the batch (stream [`Stream::FlowMatching`]) and regresses
     /// the field on the straight path between them, the pairs chosen by `pairing`. Trains
@@ -305,8 +312,9 @@ impl<'a> Trainer<'a> {
 
     /// Trains `flow` and leaves the best parameters in it (see [`TrainSummary::best_epoch`]).
     /// `progress` is called after every epoch; returning `false` stops the run (the summary
-    /// then says `stopped_early`). The flow's integrator is not changed: training always
-    /// differentiates continuous-mode RK4 with `config.n_rk4_steps` steps.
+    /// then says `stopped_early`). The flow's integrator is not changed: training
+    /// differentiates RK4 with `config.n_rk4_steps` steps, in the continuous mode or, for
+    /// [`Objective::DiscreteLikelihood`], the exact-discrete one.
     ///
     /// # Errors
     ///
@@ -375,6 +383,9 @@ impl<'a> Trainer<'a> {
             let mut scratch = vec![0.0; flow.field().params().len()];
             flow.field()
                 .lipschitz_bounds_vjp(&times, &vec![0.0; times.len()], &mut scratch)?;
+        }
+        if c.objective == Objective::DiscreteLikelihood {
+            crate::field::with_family!(flow.field(), f => check_jacobian_reverse(f))?;
         }
         let len = flow.layout().len();
         let n_train = check_configurations(self.train, len, "training set")?;
@@ -473,7 +484,9 @@ impl<'a> Trainer<'a> {
             lambda,
             n_steps,
             train_nll: match c.objective {
-                Objective::MaximumLikelihood => sum_nll / run.n_train as f64,
+                Objective::MaximumLikelihood | Objective::DiscreteLikelihood => {
+                    sum_nll / run.n_train as f64
+                }
                 Objective::FlowMatching { .. } => f64::NAN,
             },
             train_kl: (run.energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
@@ -495,6 +508,10 @@ impl<'a> Trainer<'a> {
                 losses.ml_gradient_into(xb, &mut g.ml)?
             }
             Objective::MaximumLikelihood => losses.nll(xb)?,
+            Objective::DiscreteLikelihood if lambda > 0.0 => {
+                losses.discrete_ml_gradient_into(xb, &mut g.ml)?
+            }
+            Objective::DiscreteLikelihood => losses.discrete_nll(xb)?,
             Objective::FlowMatching { pairing } => {
                 // The "NLL" slot carries the flow-matching loss: the data term.
                 flow_matching_step(
@@ -651,6 +668,16 @@ fn check_step_memory(c: &TrainConfig, len: usize, n_params: usize, n_train: usiz
             c.n_rk4_steps
         ),
     )
+}
+
+/// Refuses a family without the Jacobian's reverse pass for exact-discrete training, before
+/// anything runs.
+fn check_jacobian_reverse<F: crate::field::TrainableField>(_field: &F) -> Result<()> {
+    if F::JACOBIAN_REVERSE {
+        Ok(())
+    } else {
+        Err(crate::field::no_jacobian_reverse(F::NAME))
+    }
 }
 
 /// The gradients of one step: of the data term, of the KL term, and their mix that the

@@ -108,7 +108,10 @@ struct TrainArgs {
     /// Epochs of the first phase, whose objective --objective chooses.
     #[arg(long, default_value_t = 50)]
     epochs: usize,
-    /// Objective of the first phase: `ml` (maximum likelihood through the RK4 map), `fm`
+    /// Objective of the first phase: `ml` (maximum likelihood through the RK4 map, of the
+    /// continuous-mode density: the paper's loss), `ml-discrete` (maximum likelihood of the
+    /// exact-discrete density of the RK4 map, the density the model reports; its KL epochs
+    /// too; kernel field only), `fm`
     /// (conditional flow matching from the prior, pairs in order), `fm-align` (pairs in order,
     /// each aligned over permutations and rotations/reflections) or `fm-ot` (flow matching
     /// with equivariant optimal-transport pairs: alignment and a batch assignment).
@@ -844,6 +847,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let mut flow = system.untrained_flow_of(&a.field, a.seed)?;
     let (objective, phase_name, label) = match a.objective.as_str() {
         "ml" => (Objective::MaximumLikelihood, "ml", "ML"),
+        "ml-discrete" => (
+            Objective::DiscreteLikelihood,
+            "ml_discrete",
+            "ML (exact-discrete)",
+        ),
         "fm" => (
             Objective::FlowMatching {
                 pairing: Pairing::InOrder,
@@ -867,19 +875,23 @@ fn run_train(a: TrainArgs) -> Result<()> {
         ),
         other => {
             return Err(eqflow::Error::InvalidArgument {
-                what: format!("--objective '{other}': expected ml, fm, fm-align or fm-ot"),
+                what: format!(
+                    "--objective '{other}': expected ml, ml-discrete, fm, fm-align or fm-ot"
+                ),
             });
         }
     };
-    if a.finetune_epochs > 0 && objective == Objective::MaximumLikelihood {
+    let likelihood = matches!(
+        objective,
+        Objective::MaximumLikelihood | Objective::DiscreteLikelihood
+    );
+    if a.finetune_epochs > 0 && likelihood {
         return Err(eqflow::Error::InvalidArgument {
             what: "--finetune-epochs follows a flow-matching phase (--objective fm or fm-ot)"
                 .into(),
         });
     }
-    if a.field == "envpair"
-        && (objective == Objective::MaximumLikelihood || a.finetune_epochs > 0 || a.kl_epochs > 0)
-    {
+    if a.field == "envpair" && (likelihood || a.finetune_epochs > 0 || a.kl_epochs > 0) {
         return Err(eqflow::Error::InvalidArgument {
             what: "--field envpair trains by flow matching only (--objective fm or fm-ot, \
                    no --finetune-epochs or --kl-epochs): its divergence has no reverse pass"
@@ -918,9 +930,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
     )?;
     let mut phases = vec![json!({"phase": phase_name, "summary": summary_json(&first)})];
     let mut last = first;
-    // Later phases: ML at a constant rate, validated every epoch.
+    // Later phases: ML at a constant rate, validated every epoch; of the exact-discrete
+    // density if the first phase trained it.
     let config = TrainConfig {
-        objective: Objective::MaximumLikelihood,
+        objective: if objective == Objective::DiscreteLikelihood {
+            Objective::DiscreteLikelihood
+        } else {
+            Objective::MaximumLikelihood
+        },
         validate_every: 1,
         lr_schedule: LrSchedule::Constant,
         ..config

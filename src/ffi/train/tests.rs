@@ -832,6 +832,14 @@ fn objective_is_set_and_validated() {
             options.config().objective,
             crate::train::Objective::MaximumLikelihood
         );
+        assert_eq!(
+            eqf_train_options_set_objective(o, EQF_OBJECTIVE_DISCRETE_LIKELIHOOD),
+            EQF_OK
+        );
+        assert_eq!(
+            options.config().objective,
+            crate::train::Objective::DiscreteLikelihood
+        );
     }
 }
 

@@ -241,6 +241,41 @@ impl TrainableField for KernelField {
         }
     }
 
+    const JACOBIAN_REVERSE: bool = true;
+
+    /// See `src/field/kernel/jacobian_vjp.rs`.
+    fn jacobian_vjp_at(
+        &self,
+        x: &[f64],
+        point: &TimePoint,
+        time_index: usize,
+        v_bar: &[f64],
+        jac_bar: &[f64],
+        x_bar: &mut [f64],
+        adjoint: &mut KernelAdjoint,
+        scratch: &mut VjpScratch,
+    ) -> Result<()> {
+        let (kp, n_types) = (adjoint.padded, adjoint.n_types);
+        let span = n_types * kp;
+        let c_bar = self.jacobian_vjp_pairs_at(
+            x,
+            point,
+            v_bar,
+            jac_bar,
+            x_bar,
+            &mut adjoint.w_sums[time_index * span..(time_index + 1) * span],
+            &mut adjoint.acc,
+            scratch,
+        );
+        for (sum, c) in adjoint.c_sums[time_index * n_types..(time_index + 1) * n_types]
+            .iter_mut()
+            .zip(c_bar)
+        {
+            *sum += c;
+        }
+        Ok(())
+    }
+
     fn adjoint_finish(
         &self,
         points: &[TimePoint],

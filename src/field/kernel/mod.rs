@@ -11,6 +11,7 @@
 
 mod bound;
 mod family;
+mod jacobian_vjp;
 mod kernel_field;
 mod kernels;
 pub mod limits;

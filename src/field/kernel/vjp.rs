@@ -143,7 +143,7 @@ pub struct TimePoint {
 /// [`KernelField::time_slice`]), `τ_r`, `1/S_t` and `∂h_r/∂q_r`.
 #[derive(Clone)]
 pub(crate) struct TimePart {
-    slice: TimeSlice,
+    pub(super) slice: TimeSlice,
     tau: [f64; MAX_TIME_KERNELS],
     inv_t: f64,
     /// `∂h_r/∂q_r = −(t − μ_r)² h_r · 2 a_r`, with `q_r = −log γ_r`, `a_r = exp(2 q_r)`.
@@ -164,6 +164,11 @@ impl TimePoint {
     /// Pair type `ty`'s part.
     pub(crate) fn part(&self, ty: usize) -> &TimePart {
         &self.parts[ty]
+    }
+
+    /// Every pair type's part, in pair-type order.
+    pub(crate) fn parts(&self) -> &[TimePart] {
+        &self.parts
     }
 
     /// Pair type `ty`'s folded time basis.
@@ -198,7 +203,7 @@ pub(crate) struct ParamAccumulator {
     /// `Σ c̄ w_k(t)`; `s̄_k = 2 s_k ·` this.
     s: Vec<f64>,
     /// `Σ ā_k` (pair sums of `∂L/∂a_k`); `p̄_k = 2 a_k ·` this.
-    a: Vec<f64>,
+    pub(super) a: Vec<f64>,
     /// `Σ h̄_r ∂h_r/∂q_r`.
     q: Vec<f64>,
 }
@@ -461,10 +466,10 @@ fn unfold_lanes(
 }
 
 /// φ₀ = A/S, φ', φ'' and the quantities the parameter pass needs, for one distance.
-struct Radial2 {
-    phi0: f64,
-    dphi: f64,
-    d2phi: f64,
+pub(super) struct Radial2 {
+    pub(super) phi0: f64,
+    pub(super) dphi: f64,
+    pub(super) d2phi: f64,
     inv_s: f64,
     gamma: f64,
 }
@@ -554,7 +559,13 @@ fn vjp_pairs(
 /// sums that give φ, φ', φ''. Each sum is its own one-accumulator lane loop: with several sums
 /// in one loop the vectoriser pairs unrelated sums and falls back to 2-wide code.
 #[inline(always)]
-fn radial_second(d: f64, mu: &[f64], a: &[f64], w: &[f64], scratch: &mut VjpScratch) -> Radial2 {
+pub(super) fn radial_second(
+    d: f64,
+    mu: &[f64],
+    a: &[f64],
+    w: &[f64],
+    scratch: &mut VjpScratch,
+) -> Radial2 {
     let kp = mu.len();
     let VjpScratch {
         e, ea, g, gea, g2, ..
@@ -611,7 +622,7 @@ fn radial_second(d: f64, mu: &[f64], a: &[f64], w: &[f64], scratch: &mut VjpScra
 /// Padding lanes are skipped: their `e` is ~1e100, and `0 · e³` could overflow to NaN.
 #[allow(clippy::too_many_arguments)] // inlined into the pair loop
 #[inline(always)]
-fn accumulate_kernels(
+pub(super) fn accumulate_kernels(
     n_dist: usize,
     w: &[f64],
     alpha: f64,
