@@ -1188,3 +1188,50 @@ fn exact_discrete_likelihood_trains_the_models_own_density_and_refuses_families_
     );
     assert_eq!(coord.field().params(), &before[..]);
 }
+
+#[test]
+fn exact_discrete_training_goes_on_through_folds_and_keeps_a_usable_epoch() {
+    // One RK4 step: the map soon folds at some training configurations (their loss falls
+    // back to the continuous mode's) and some epochs' fields are too strong for a model file
+    // or not invertible on the validation set (+∞, never kept).
+    let data = dw4_mcmc(128, 40);
+    let validation = dw4_mcmc(64, 41);
+    let config = TrainConfig {
+        n_epochs: 8,
+        batch_size: 16,
+        n_rk4_steps: 1,
+        seed: 2,
+        objective: Objective::DiscreteLikelihood,
+        optimizer: eqflow::train::AdamWConfig {
+            lr: 0.01,
+            ..eqflow::train::AdamWConfig::default()
+        },
+        ..TrainConfig::default()
+    };
+    let mut flow = Flow::new(4, 2, 0).unwrap();
+    let summary = Trainer::new(config, &data)
+        .with_validation(&validation)
+        .run(&mut flow, |_| true)
+        .unwrap();
+    let refused = summary
+        .epochs
+        .iter()
+        .filter(|e| e.validation_nll == Some(f64::INFINITY))
+        .count();
+    assert!(
+        refused > 0,
+        "the scenario must reach the limit: {:?}",
+        summary.epochs
+    );
+    let best = summary.epochs[summary.best_epoch].validation_nll.unwrap();
+    assert!(best.is_finite());
+    flow.field().check_usable(1.0).unwrap();
+    flow.set_integrator(
+        Integrator::new(Method::Rk4 { n_steps: 1 }, DensityMode::ExactDiscrete).unwrap(),
+    );
+    let exact = reference_nll(&flow, &validation);
+    assert!(
+        (exact - best).abs() < 1e-6 * best.abs(),
+        "{exact} vs {best}"
+    );
+}

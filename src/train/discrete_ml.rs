@@ -163,7 +163,8 @@ impl<F: TrainableField> DiscreteMlWorkspace<F> {
 
 /// Exact-discrete ML loss of one configuration `x` (any centre of mass; it is removed first):
 /// `−log q(x)` of the RK4 map of `ws.n_steps()` steps on [0, 1], in nats. If `theta_bar` is
-/// given, `∂(−log q)/∂θ` is *added* to it (see the module docs).
+/// given, `∂(−log q)/∂θ` is *added* to it (see the module docs), only once everything has
+/// succeeded: on an error `theta_bar` is unchanged.
 ///
 /// # Errors
 ///

@@ -371,7 +371,10 @@ impl<'a> Losses<'a> {
     /// Mean exact-discrete ML loss (NLL, nats) of the configurations in `x`: `−log q` of the
     /// RK4 map of `n_steps` steps, the density a model with that grid reports in its
     /// exact-discrete mode (of the field itself; a model may integrate a tabulated form of it
-    /// that agrees to ~1e−6). See [`super::discrete_ml`].
+    /// that agrees to ~1e−6). See [`super::discrete_ml`]. A configuration the map cannot pull
+    /// back (a step folds there) contributes its continuous-mode loss instead
+    /// ([`ml_sample`]), so that training goes on; the trainer never keeps parameters whose
+    /// map fails on the validation set.
     ///
     /// # Errors
     ///
@@ -401,15 +404,21 @@ impl<'a> Losses<'a> {
                 Some(d) => d,
                 None => DiscreteMlWorkspace::new(len, n_steps)?,
             };
-            let loss = discrete_ml_sample(
-                field,
-                self.prior,
-                &x[i * len..(i + 1) * len],
-                &mut discrete,
-                g,
-            );
+            let xi = &x[i * len..(i + 1) * len];
+            let mut g = g;
+            let loss = discrete_ml_sample(field, self.prior, xi, &mut discrete, g.as_deref_mut());
             ws.discrete = Some(discrete);
-            loss
+            match loss {
+                // Where the map cannot pull x back (a step folds there, so the exact-discrete
+                // density is not defined by one preimage), the continuous-mode loss, the
+                // density of the flow the steps approximate, stands in: it still pulls the
+                // field towards the data instead of stopping the run. Nothing was added to
+                // the gradient by the failed attempt (it adds only at its end).
+                Err(Error::NotInvertible { .. } | Error::NotConverged { .. }) => {
+                    ml_sample(field, self.prior, xi, ws, g)
+                }
+                other => other,
+            }
         }))
     }
 

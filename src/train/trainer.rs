@@ -218,7 +218,8 @@ pub struct EpochReport {
     /// Mean `−log q` of the validation set with the parameters at the end of the epoch, if a
     /// validation set was given and this epoch was validated: the exact density of the RK4 map
     /// with `n_rk4_steps` (exact-discrete), +∞ if that map is not invertible at some
-    /// validation configuration.
+    /// validation configuration or if the field is too strong for the step to be saved
+    /// ([`crate::field::FieldFamily::check_usable`]): such an epoch is never kept.
     pub validation_nll: Option<f64>,
     /// Wall time since training started.
     pub elapsed: Duration,
@@ -354,8 +355,8 @@ impl<'a> Trainer<'a> {
             return Err(Error::NotInvertible {
                 what: format!(
                     "no validated epoch gives an RK4 map ({} steps) that is invertible on the \
-                     whole validation set; the flow is unchanged (use more RK4 steps or a \
-                     smaller learning rate)",
+                     whole validation set with a field a model file accepts for that step; the \
+                     flow is unchanged (use more RK4 steps or a smaller learning rate)",
                     c.n_rk4_steps
                 ),
             });
@@ -421,6 +422,15 @@ impl<'a> Trainer<'a> {
         let Some(v) = self.validation else {
             return Ok(None);
         };
+        // Parameters a model file would refuse (a field too strong for the step) are never
+        // kept: their map is not one a host may run, whatever its NLL.
+        if flow
+            .field()
+            .check_usable(1.0 / self.config.n_rk4_steps as f64)
+            .is_err()
+        {
+            return Ok(Some(f64::INFINITY));
+        }
         let mut exact = flow.clone();
         // A measurement of the map, not a proposal: strict mode's refusal has no place here.
         exact.set_require_certificate(false);
@@ -819,5 +829,50 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_field_too_strong_for_the_step_is_never_a_kept_epoch() {
+        // DW-4 configurations on a square of side 4 (every pair near the wells).
+        let square = [-2.0, -2.0, 2.0, -2.0, 2.0, 2.0, -2.0, 2.0];
+        let data: Vec<f64> = (0..4)
+            .flat_map(|i| square.iter().map(move |v| v + 0.01 * f64::from(i)))
+            .collect();
+        let config = TrainConfig {
+            n_epochs: 1,
+            ..TrainConfig::default()
+        };
+        let trainer = Trainer::new(config, &data).with_validation(&data);
+        let mut flow = Flow::new(4, 2, 0).unwrap();
+        let usable = trainer.validation_nll(&flow).unwrap().unwrap();
+        assert!(usable.is_finite());
+        // The same field, its time weights scaled by the first power of 2 at which a model
+        // file refuses it at 20 steps (step strength above 2.5), while its map is still
+        // invertible on the data: only the model limit makes the epoch unkeepable.
+        let w = flow
+            .field()
+            .param_blocks()
+            .into_iter()
+            .find(|(name, _)| *name == "w")
+            .unwrap()
+            .1;
+        let base = flow.field().params().to_vec();
+        let mut factor = 1.0;
+        while flow.field().check_usable(1.0 / 20.0).is_ok() {
+            factor *= 2.0;
+            let mut p = base.clone();
+            p[w.clone()].iter_mut().for_each(|v| *v *= factor);
+            flow.set_params(&p).unwrap();
+        }
+        let mut exact = flow.clone();
+        exact.set_integrator(
+            Integrator::new(Method::Rk4 { n_steps: 20 }, DensityMode::ExactDiscrete).unwrap(),
+        );
+        let each = exact.log_density_each(&data).unwrap();
+        assert!(
+            each.iter().all(|r| r.as_ref().is_ok_and(|q| q.is_finite())),
+            "at ×{factor} the map must still be invertible: {each:?}"
+        );
+        assert_eq!(trainer.validation_nll(&flow).unwrap(), Some(f64::INFINITY));
     }
 }
