@@ -1,5 +1,7 @@
 //! One maximum-likelihood training step (loss and exact gradient of all 620 parameters through
-//! RK4-20, plus the AdamW update) on DW-4 at batch 256, on one and two threads.
+//! RK4-20, plus the AdamW update) on DW-4 at batch 256, on one and two threads; and the
+//! exact-discrete likelihood's gradient (`Losses::discrete_ml_gradient_into`) at 20 and 5 RK4
+//! steps, one thread.
 //! Run: `cargo bench --bench train`. Target: ≥ 20× bgflow's 0.94 s, i.e. ≤ 47 ms on one core.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -35,6 +37,33 @@ fn bench(c: &mut Criterion) {
                             .unwrap();
                         adam.step(&mut params, &gradient).unwrap();
                         black_box(loss)
+                    })
+                })
+            },
+        );
+    }
+    // The exact-discrete likelihood: the densities and gradient of the map a model samples
+    // with, at the paper's 20 steps and at the 5 of DW-4's default recipe.
+    let single = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for n_steps in [20, 5] {
+        let losses = Losses::new(&flow, n_steps).unwrap();
+        let mut gradient = vec![0.0; losses.n_params()];
+        group.bench_function(
+            BenchmarkId::new(
+                "ml_discrete_gradient_batch256",
+                format!("{n_steps}steps_1t"),
+            ),
+            |b| {
+                b.iter(|| {
+                    single.install(|| {
+                        black_box(
+                            losses
+                                .discrete_ml_gradient_into(black_box(&x), &mut gradient)
+                                .unwrap(),
+                        )
                     })
                 })
             },

@@ -81,7 +81,17 @@ fn mcmc_train_eval_sample_pipeline() {
     assert!(best.is_finite() && best < 15.0, "validation NLL {best}");
     let saved = eqflow::io::model::ModelFile::read(&model).unwrap();
     assert_eq!(saved.system.unwrap().name, "dw4");
-    assert!(saved.training.is_some());
+    // DW-4's default recipe: the exact-discrete likelihood through 5 RK4 steps.
+    assert!(
+        matches!(
+            saved.integrator,
+            eqflow::io::model::IntegratorSpec::Rk4 { n_steps: 5, .. }
+        ),
+        "{:?}",
+        saved.integrator
+    );
+    let training = saved.training.unwrap().to_string();
+    assert!(training.contains("ml_discrete"), "{training}");
 
     let e = json(&eqflow(&[
         "eval",
@@ -392,7 +402,7 @@ fn flow_matching_objective_trains_and_fine_tunes() {
     for (args, needle) in [
         (
             vec!["--objective", "xyz"],
-            "expected ml, fm, fm-align or fm-ot",
+            "expected ml, ml-discrete, fm, fm-align or fm-ot",
         ),
         (vec!["--finetune-epochs", "1"], "--finetune-epochs follows"),
         (vec!["--field", "envpair"], "trains by flow matching only"),
@@ -1573,6 +1583,11 @@ fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
             "32",
             "--lipschitz-penalty",
             penalty,
+            // The paper's recipe: at DW-4's default 5 steps a certificate costs more.
+            "--objective",
+            "ml",
+            "--rk4-steps",
+            "20",
             "--json",
             "-q",
         ];
@@ -1604,7 +1619,7 @@ fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
     let cert = &t["certificate"];
     assert_eq!(cert["certified"], true, "{t}");
     assert!(cert["max_step_contraction"].as_f64().unwrap() < 1.0);
-    assert_eq!(cert["n_steps"], 20, "the default step count");
+    assert_eq!(cert["n_steps"], 20, "the step count asked for");
     let e = json(&eqflow(&[
         "eval",
         "--model",
