@@ -5,8 +5,9 @@
 //! takes the vCPU, which a longer call (density) meets more often. Pin the process
 //! (`taskset -c 1`) for A/B runs.
 //!
-//! Run: `cargo run --release --example density_ratio -- [dw4|lj13|both|MODEL.json] [ROUNDS]`
-//! (default both, 10 rounds; batches of 2,000 DW-4 / 200 LJ-13 samples of untrained flows, or
+//! Run: `cargo run --release --example density_ratio -- [dw4|lj13|lj55|both|MODEL.json]
+//! [ROUNDS]` (default both = dw4 and lj13, 10 rounds; batches of 2,000 DW-4 / 200 LJ-13 / 40
+//! LJ-55 samples of untrained flows, or
 //! of a saved model such as `models/dw4.json`: 2,000 samples for up to 4 particles, else 200).
 
 use cpu_time::ThreadTime;
@@ -34,8 +35,10 @@ fn main() -> eqflow::Result<()> {
         for (name, n, dim, kernels, batch) in [
             ("dw4", 4, 2, KernelConfig::double_well(), 2000),
             ("lj13", 13, 3, KernelConfig::lennard_jones(), 200),
+            ("lj55", 55, 3, KernelConfig::lennard_jones(), 40),
         ] {
-            if which != "both" && which != name {
+            // lj55 (165 dimensions) only when asked for: "both" means DW-4 and LJ-13.
+            if which != name && (which != "both" || name == "lj55") {
                 continue;
             }
             let layout = Layout::new(n, dim)?;
