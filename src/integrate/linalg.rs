@@ -42,19 +42,34 @@ pub(crate) fn gemm_acc(n: usize, alpha: f64, a: &[f64], b: &[f64], c: &mut [f64]
     for (i, i_done) in row_starts {
         let mut j = 0;
         while j + NR <= n {
-            gemm_block::<NR>(n, alpha, a, b, c, (i, i_done), (j, j));
+            wide_block(n, alpha, (a, b, c), (i, i_done), (j, j));
             j += NR;
         }
         // The rest: one wide block moved back if it is wider than a narrow one and fits,
         // else narrow blocks (the last one moved back).
         while j < n {
             if n - j > MR && n >= NR {
-                gemm_block::<NR>(n, alpha, a, b, c, (i, i_done), (n - NR, j));
+                wide_block(n, alpha, (a, b, c), (i, i_done), (n - NR, j));
                 break;
             }
             gemm_block::<MR>(n, alpha, a, b, c, (i, i_done), (j.min(n - MR), j));
             j += MR;
         }
+    }
+}
+
+/// An `MR × NR` block of [`gemm_acc`]: the AVX-512 kernel where the CPU has it, else the same
+/// operations in safe Rust ([`gemm_block`], its twin; the same bits).
+#[inline(always)]
+fn wide_block(
+    n: usize,
+    alpha: f64,
+    (a, b, c): (&[f64], &[f64], &mut [f64]),
+    rows: (usize, usize),
+    cols: (usize, usize),
+) {
+    if !super::simd::gemm_block16(n, alpha, (a, b, &mut *c), rows, cols) {
+        gemm_block::<NR>(n, alpha, a, b, c, rows, cols);
     }
 }
 
@@ -593,6 +608,51 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_simd_block_has_the_bits_of_its_safe_twin() {
+        // Whole blocks and blocks shifted back (adding only from i_done, j_done on), at sizes
+        // with and without tails. On a CPU without AVX-512 the kernel declines and there is
+        // nothing to compare; the CI machine has it.
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        for n in [16, 17, 39, 165] {
+            let a: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let b: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let c0: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let last = (n - MR, n - NR);
+            for (rows, cols) in [
+                ((0, 0), (0, 0)),
+                ((last.0, last.0), (last.1, last.1)),
+                ((last.0, n - 3), (last.1, n - 5)),
+                ((last.0, last.0 + 1), (0, 7)),
+            ] {
+                let alpha = rng.random_range(-2.0..2.0);
+                let (mut simd, mut safe) = (c0.clone(), c0.clone());
+                if !crate::integrate::simd::gemm_block16(n, alpha, (&a, &b, &mut simd), rows, cols)
+                {
+                    return;
+                }
+                gemm_block::<NR>(n, alpha, &a, &b, &mut safe, rows, cols);
+                for (e, (x, y)) in simd.iter().zip(&safe).enumerate() {
+                    assert_eq!(
+                        x.to_bits(),
+                        y.to_bits(),
+                        "n = {n}, block {rows:?} {cols:?}, {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside an n = 20 product")]
+    fn the_simd_block_refuses_a_block_outside_the_matrix() {
+        let m = vec![0.0; 400];
+        let mut c = m.clone();
+        if !crate::integrate::simd::gemm_block16(20, 1.0, (&m, &m, &mut c), (12, 12), (5, 5)) {
+            panic!("outside an n = 20 product (no AVX-512 here: nothing to check)");
         }
     }
 

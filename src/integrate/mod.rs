@@ -13,6 +13,10 @@ pub(crate) mod discrete;
 pub(crate) mod dopri5;
 pub(crate) mod linalg;
 pub(crate) mod rk4;
+// The one module besides the C ABI allowed `unsafe`: SIMD intrinsics with run-time feature
+// detection, checked bit for bit against their safe twin in `linalg`.
+#[allow(unsafe_code)]
+mod simd;
 mod workspace;
 
 pub use certificate::{
