@@ -36,26 +36,54 @@ pub(crate) fn gemm_acc(n: usize, alpha: f64, a: &[f64], b: &[f64], c: &mut [f64]
         }
         return;
     }
-    // Block origins: multiples of the block size, the last one moved back to end at n. Each
-    // block adds to c only from `done` on, where the previous block stopped.
-    let row_starts = (0..n.div_ceil(MR)).map(|q| ((q * MR).min(n - MR), q * MR));
-    for (i, i_done) in row_starts {
-        let mut j = 0;
-        while j + NR <= n {
-            wide_block(n, alpha, (a, b, c), (i, i_done), (j, j));
-            j += NR;
-        }
-        // The rest: one wide block moved back if it is wider than a narrow one and fits,
-        // else narrow blocks (the last one moved back).
-        while j < n {
-            if n - j > MR && n >= NR {
-                wide_block(n, alpha, (a, b, c), (i, i_done), (n - NR, j));
-                break;
-            }
-            gemm_block::<MR>(n, alpha, a, b, c, (i, i_done), (j.min(n - MR), j));
-            j += MR;
+    for (width, rows, cols) in blocks(0, n) {
+        match width {
+            Width::Wide => wide_block(n, alpha, (a, b, &mut *c), rows, cols),
+            Width::Narrow => gemm_block::<MR>(n, alpha, a, b, c, rows, cols),
         }
     }
+}
+
+/// The two widths of a register block: [`NR`] or [`MR`] columns.
+#[derive(Clone, Copy)]
+enum Width {
+    Wide,
+    Narrow,
+}
+
+/// The register blocks `(width, (i, i_done), (j, j_done))` that tile rows and columns `lo..n`
+/// (at least [`MR`] of them), for [`gemm_acc`] and the LU's [`schur_update`].
+///
+/// Block origins are multiples of the block size from `lo`, the last one moved back to end at
+/// n; a block writes only from `i_done` and `j_done` on, where the previous one stopped, so an
+/// entry that two blocks compute (the same bits) is written once. In each block row: wide
+/// blocks, then the rest in one wide block moved back if it is wider than a narrow one and
+/// fits, else narrow blocks (the last one moved back). An iterator rather than a walker taking
+/// a closure: the callers' arithmetic stays in their bodies, which `multiversion` compiles with
+/// FMA (a closure body would not be, and would call the C library's `fma`).
+#[inline(always)]
+fn blocks(lo: usize, n: usize) -> impl Iterator<Item = (Width, (usize, usize), (usize, usize))> {
+    let m = n - lo;
+    (0..m.div_ceil(MR)).flat_map(move |q| {
+        let rows = (lo + (q * MR).min(m - MR), lo + q * MR);
+        let mut j = lo;
+        std::iter::from_fn(move || {
+            let (width, cols) = if j + NR <= n {
+                j += NR;
+                (Width::Wide, (j - NR, j - NR))
+            } else if j >= n {
+                return None;
+            } else if n - j > MR && m >= NR {
+                let done = j;
+                j = n;
+                (Width::Wide, (n - NR, done))
+            } else {
+                j += MR;
+                (Width::Narrow, ((j - MR).min(n - MR), j - MR))
+            };
+            Some((width, rows, cols))
+        })
+    })
 }
 
 /// An `MR × NR` block of [`gemm_acc`]: the AVX-512 kernel where the CPU has it, else the same
@@ -91,8 +119,28 @@ fn gemm_block<const W: usize>(
     (i, i_done): (usize, usize),
     (j, j_done): (usize, usize),
 ) {
+    let acc = block_products::<W>(n, 0..n, (a, b), i, j);
+    for (r, acc) in acc.iter().enumerate().skip(i_done - i) {
+        let row = &mut c[(i + r) * n + j_done..(i + r) * n + j + W];
+        for (c, acc) in row.iter_mut().zip(&acc[j_done - j..]) {
+            *c = alpha.mul_add(*acc, *c);
+        }
+    }
+}
+
+/// `Σ_{k ∈ ks} a[i + r][k]·b[k][j + col]` for the `MR × W` block at rows `i..`, columns `j..`
+/// of n × n row-major matrices, each entry a fused multiply-add chain over k in order: the
+/// register block of [`gemm_block`] and of the LU's [`schur_block`].
+#[inline(always)]
+fn block_products<const W: usize>(
+    n: usize,
+    ks: Range<usize>,
+    (a, b): (&[f64], &[f64]),
+    i: usize,
+    j: usize,
+) -> [[f64; W]; MR] {
     let mut acc = [[0.0f64; W]; MR];
-    for k in 0..n {
+    for k in ks {
         let bk: &[f64; W] = b[k * n + j..k * n + j + W].try_into().unwrap();
         for (r, acc) in acc.iter_mut().enumerate() {
             let aik = a[(i + r) * n + k];
@@ -101,12 +149,7 @@ fn gemm_block<const W: usize>(
             }
         }
     }
-    for (r, acc) in acc.iter().enumerate().skip(i_done - i) {
-        let row = &mut c[(i + r) * n + j_done..(i + r) * n + j + W];
-        for (c, acc) in row.iter_mut().zip(&acc[j_done - j..]) {
-            *c = alpha.mul_add(*acc, *c);
-        }
-    }
+    acc
 }
 
 /// In-place LU factorisation with partial pivoting of the n × n row-major matrix `a`.
@@ -245,20 +288,10 @@ fn schur_update(n: usize, p: usize, pe: usize, a: &mut [f64]) {
         }
         return;
     }
-    let row_starts = (0..m.div_ceil(MR)).map(|q| (pe + (q * MR).min(m - MR), pe + q * MR));
-    for (i, i_done) in row_starts {
-        let mut j = pe;
-        while j + NR <= n {
-            schur_block::<NR>(n, p..pe, a, (i, i_done), (j, j));
-            j += NR;
-        }
-        while j < n {
-            if n - j > MR && m >= NR {
-                schur_block::<NR>(n, p..pe, a, (i, i_done), (n - NR, j));
-                break;
-            }
-            schur_block::<MR>(n, p..pe, a, (i, i_done), (j.min(n - MR), j));
-            j += MR;
+    for (width, rows, cols) in blocks(pe, n) {
+        match width {
+            Width::Wide => schur_block::<NR>(n, p..pe, a, rows, cols),
+            Width::Narrow => schur_block::<MR>(n, p..pe, a, rows, cols),
         }
     }
 }
@@ -273,16 +306,7 @@ fn schur_block<const W: usize>(
     (i, i_done): (usize, usize),
     (j, j_done): (usize, usize),
 ) {
-    let mut acc = [[0.0f64; W]; MR];
-    for k in ks {
-        let uk: &[f64; W] = a[k * n + j..k * n + j + W].try_into().unwrap();
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let lik = a[(i + r) * n + k];
-            for (acc, u) in acc.iter_mut().zip(uk) {
-                *acc = lik.mul_add(*u, *acc);
-            }
-        }
-    }
+    let acc = block_products::<W>(n, ks, (a, a), i, j);
     for (r, acc) in acc.iter().enumerate().skip(i_done - i) {
         let row = &mut a[(i + r) * n + j_done..(i + r) * n + j + W];
         for (x, acc) in row.iter_mut().zip(&acc[j_done - j..]) {
