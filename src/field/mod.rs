@@ -12,6 +12,7 @@
 //! | `coordkernel` | [`coordkernel`] | the kernel field's pair coefficient modulated by both particles' coordination numbers, linear in its 864 parameters; trains by ML, KL and flow matching |
 //! | `dense` | [`dense`] | the non-equivariant baseline: one tanh hidden layer on the flattened centred coordinates, CoM projected out, 1,456 parameters for DW-4 |
 //! | `envpair` | [`envpair`] | pair coefficients from a network of distance, time and both particles' learned environments, ~5,000 parameters; trained by flow matching |
+//! | `kernelcoord` | [`kernelcoord`] | the paper's kernel field plus a coordkernel correction that starts at zero, 1,484 parameters; trains by ML, KL and flow matching |
 
 pub mod coordkernel;
 pub mod dense;
@@ -19,6 +20,7 @@ pub mod envpair;
 pub mod exp;
 mod family;
 pub mod kernel;
+pub mod kernelcoord;
 mod preset;
 mod registry;
 

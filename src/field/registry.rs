@@ -20,6 +20,7 @@ use super::dense::DenseField;
 use super::envpair::EnvPairField;
 use super::family::{FieldFamily, TrainableField};
 use super::kernel::KernelField;
+use super::kernelcoord::KernelCoordField;
 use crate::error::{Error, Result};
 use crate::geometry::Layout;
 use crate::species::Species;
@@ -162,6 +163,8 @@ field_families! {$;
     CoordKernel(CoordKernelField),
     /// The non-equivariant dense baseline (`src/field/dense/`).
     Dense(DenseField),
+    /// The paper's kernel field plus a coordination correction (`src/field/kernelcoord/`).
+    KernelCoord(KernelCoordField),
 }
 pub(crate) use with_family;
 
