@@ -30,6 +30,7 @@
 //!   number only. Downhill moves are accepted and uphill ones rejected at any kT, and no NaN
 //!   can arise from admissible inputs.
 
+use crate::energy::Compact;
 use crate::error::{Error, Result, check_finite};
 
 /// A temperature kT, in the energy units of U: positive and finite, checked once on
@@ -51,7 +52,8 @@ impl Kt {
             Ok(Kt(kt))
         } else {
             Err(Error::invalid(format!(
-                "kT must be positive and finite, got {kt}"
+                "kT must be positive and finite, got {}",
+                Compact(kt)
             )))
         }
     }
@@ -120,9 +122,11 @@ pub fn log_weight(kt: Kt, u: f64, log_q: f64) -> Result<f64> {
         Ok(log_w)
     } else {
         Err(Error::non_finite(format!(
-            "log weight −U/kT − log q = {log_w} is not representable (U = {u}, kT = {}, \
-             log q = {log_q}); use a larger kT or shift the energy",
-            kt.0
+            "log weight −U/kT − log q = {log_w} is not representable (U = {}, kT = {}, \
+             log q = {}); use a larger kT or shift the energy",
+            Compact(u),
+            Compact(kt.0),
+            Compact(log_q)
         )))
     }
 }

@@ -64,6 +64,7 @@
 //! `F_b − F_a = −kT · log(P_b/P_a)` ([`free_energy_difference`]).
 
 use crate::boltzmann::{Kt, check_log_weights};
+use crate::energy::Compact;
 use crate::error::{Error, Result};
 
 /// An estimate with its standard error (one standard deviation of the estimator).
@@ -294,7 +295,8 @@ pub fn bridge_sampling(log_w_flow: &[f64], log_w_target: &[f64]) -> Result<Bridg
     if !log_z.value.is_finite() || !log_z.standard_error.is_finite() {
         return Err(Error::non_finite(format!(
             "bridge sampling: log Z = {} ± {} (the flow and target samples do not overlap)",
-            log_z.value, log_z.standard_error
+            Compact(log_z.value),
+            Compact(log_z.standard_error)
         )));
     }
     Ok(BridgeSampling {
@@ -397,7 +399,10 @@ pub fn state_populations(states: &[usize], weights: &[f64], n_states: usize) -> 
             return Err(Error::non_finite(format!("weight {i} = {w}")));
         }
         if w < 0.0 {
-            return Err(Error::invalid(format!("weight {i} = {w} is negative")));
+            return Err(Error::invalid(format!(
+                "weight {i} = {} is negative",
+                Compact(w)
+            )));
         }
         let slot = p.get_mut(s).ok_or_else(|| {
             Error::invalid(format!(
@@ -428,8 +433,9 @@ pub fn free_energy_difference(kt: Kt, population_from: f64, population_to: f64) 
     for (what, p) in [("from", population_from), ("to", population_to)] {
         if !(p.is_finite() && p > 0.0) {
             return Err(Error::invalid(format!(
-                "free-energy difference: population of the '{what}' state is {p}; it must be \
-                 positive and finite"
+                "free-energy difference: population of the '{what}' state is {}; it must be \
+                 positive and finite",
+                Compact(p)
             )));
         }
     }

@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::boltzmann::Kt;
-use crate::energy::{DoubleWell, Energy, LennardJones, SpeciesLennardJones};
+use crate::energy::{Compact, DoubleWell, Energy, LennardJones, SpeciesLennardJones};
 use crate::error::{Error, Result};
 use crate::field::{Family, Interaction, Preset};
 use crate::flow::Flow;
@@ -50,9 +51,164 @@ pub enum EnergySpec {
     },
 }
 
+/// The largest energy scale a system may have, in its own energy units: what the sum of one
+/// parameter's pair terms reaches at the system's length scale (see [`EnergySpec::build`]).
+/// Far below the overflow of `f64` (1.8e308), so that sums over pairs, gradients, squares in
+/// the training losses and `U/kT` stay representable.
+pub const MAX_ENERGY_SCALE: f64 = 1e100;
+
+/// The range of the length parameters (`r_m`, `|d0|`): configurations of that size keep their
+/// squared distances far from overflow and underflow.
+pub const LENGTH_RANGE: (f64, f64) = (1e-50, 1e50);
+
 impl EnergySpec {
-    /// Builds the energy, validating the parameters.
+    /// Builds the energy, validating the parameters: those of the energy's constructor, and
+    /// that the energy defines a Boltzmann distribution whose numbers are representable:
+    ///
+    /// - a double well must confine the particles: `c > 0`, or `c = 0` with `b > 0`, or
+    ///   `b = c = 0` with `a > 0` (otherwise the energy is flat or unbounded below and
+    ///   `exp(−U/kT)` has no normalisation);
+    /// - lengths (`r_m`, `|d0|`) lie in [`LENGTH_RANGE`];
+    /// - each energy parameter's pair terms, summed over all pairs at the system's length scale
+    ///   (for the double well the largest of 1, `|d0|` and the wells' offset from `d0`; for
+    ///   Lennard-Jones `ε` per pair and `k·N·(N·r_m)²` for the tether), stay below
+    ///   [`MAX_ENERGY_SCALE`].
+    ///
+    /// # Errors
+    ///
+    /// Those of the energy's constructor; [`Error::InvalidArgument`] naming the field
+    /// (`energy.c`, …) for an energy that does not confine or whose scale is out of range.
     pub fn build(&self) -> Result<Box<dyn Energy>> {
+        let energy = self.build_unchecked()?;
+        self.check_usable().map_err(Error::invalid)?;
+        Ok(energy)
+    }
+
+    /// The checks of [`EnergySpec::build`] beyond the constructor's, as a message naming the
+    /// field.
+    fn check_usable(&self) -> std::result::Result<(), String> {
+        let (n_particles, _) = self.shape();
+        let n = n_particles as f64;
+        let n_pairs = n * (n - 1.0) / 2.0;
+        let length = |name: &str, value: f64| {
+            let (lo, hi) = LENGTH_RANGE;
+            if (name == "d0" && value == 0.0) || (lo..=hi).contains(&value.abs()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "field `energy.{name}` = {} is outside the length range [{}, {}] (in \
+                     magnitude): squared distances at that scale leave the range of f64",
+                    Compact(value),
+                    Compact(lo),
+                    Compact(hi)
+                ))
+            }
+        };
+        let scale = |name: &str, value: f64, term: &str, reach: f64| {
+            // A NaN reach (never expected) is refused too.
+            if reach.is_nan() || reach > MAX_ENERGY_SCALE {
+                return Err(format!(
+                    "field `energy.{name}` = {} makes energies too large: {term} reaches {} \
+                     over the system's {} pairs at its length scale, beyond the limit of {} \
+                     (energies, their sums and U/kT would overflow)",
+                    Compact(value),
+                    Compact(reach),
+                    n_pairs,
+                    Compact(MAX_ENERGY_SCALE)
+                ));
+            }
+            Ok(())
+        };
+        match *self {
+            EnergySpec::DoubleWell { a, b, c, d0, .. } => {
+                let unconfined = |fields: &str, why: &str| {
+                    Err(format!(
+                        "{fields}: {why}, so the energy has no minimum and exp(−U/kT) no \
+                         normalisation; a double well confines for c > 0, or c = 0 with b > 0"
+                    ))
+                };
+                if c < 0.0 {
+                    return unconfined(
+                        &format!("field `energy.c` = {} is negative", Compact(c)),
+                        "the quartic term falls without bound as particles separate",
+                    );
+                }
+                if c == 0.0 && b < 0.0 {
+                    return unconfined(
+                        &format!(
+                            "field `energy.b` = {} is negative with `energy.c` = 0",
+                            Compact(b)
+                        ),
+                        "the quadratic term falls without bound as particles separate",
+                    );
+                }
+                if c == 0.0 && b == 0.0 && a <= 0.0 {
+                    return unconfined(
+                        &format!(
+                            "field `energy.a` = {} with `energy.b` = `energy.c` = 0",
+                            Compact(a)
+                        ),
+                        "the pair energy is flat or falls as particles separate",
+                    );
+                }
+                length("d0", d0)?;
+                // Where the pairs sit: around d0, within the wells' offset from it.
+                let mut reach = d0.abs().max(1.0);
+                if c > 0.0 {
+                    reach = reach.max((b.abs() / c).sqrt()).max((a.abs() / c).cbrt());
+                } else if b > 0.0 {
+                    reach = reach.max(a.abs() / b);
+                }
+                for (name, value, power, term) in [
+                    ("a", a, 1, "a·(d − d0)"),
+                    ("b", b, 2, "b·(d − d0)²"),
+                    ("c", c, 4, "c·(d − d0)⁴"),
+                ] {
+                    if value != 0.0 {
+                        scale(name, value, term, n_pairs * value.abs() * reach.powi(power))?;
+                    }
+                }
+            }
+            EnergySpec::LennardJones {
+                epsilon,
+                r_m,
+                oscillator_k,
+                ..
+            } => {
+                length("r_m", r_m)?;
+                scale("epsilon", epsilon, "the well depth ε", n_pairs * epsilon)?;
+                scale(
+                    "oscillator_k",
+                    oscillator_k,
+                    "the tether k·N·(N·r_m)²",
+                    oscillator_k * n * (n * r_m).powi(2),
+                )?;
+            }
+            EnergySpec::LennardJonesSpecies {
+                ref epsilon,
+                ref r_m,
+                oscillator_k,
+                ..
+            } => {
+                for &r in r_m {
+                    length("r_m", r)?;
+                }
+                let eps = epsilon.iter().copied().fold(0.0, f64::max);
+                let r_max = r_m.iter().copied().fold(0.0, f64::max);
+                scale("epsilon", eps, "the well depth ε", n_pairs * eps)?;
+                scale(
+                    "oscillator_k",
+                    oscillator_k,
+                    "the tether k·N·(N·r_m)²",
+                    oscillator_k * n * (n * r_max).powi(2),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The energy with its constructor's checks only.
+    fn build_unchecked(&self) -> Result<Box<dyn Energy>> {
         if let EnergySpec::LennardJonesSpecies {
             n_particles,
             dim,
@@ -216,13 +372,16 @@ impl System {
     /// - optional `name` (default: the file's stem), `units` (a label, default `reduced`) and
     ///   `description` (free text, ignored).
     ///
-    /// Unknown fields are refused, so that a misspelt parameter is not silently defaulted.
+    /// Unknown fields are refused, so that a misspelt parameter is not silently defaulted, and
+    /// so is a field given twice (JSON parsers keep one of the two silently).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if the file cannot be read; [`Error::Format`] naming the file and the
-    /// field for invalid JSON, a missing, unknown or mistyped field, N and D that contradict
-    /// each other, a non-positive kT or unusable energy parameters.
+    /// field for invalid JSON, a missing, unknown, repeated or mistyped field, a blank `name`,
+    /// N and D that contradict each other, a non-positive kT, or energy parameters that are
+    /// unusable (see [`EnergySpec::build`]: a double well that does not confine, energies
+    /// beyond [`MAX_ENERGY_SCALE`], lengths outside [`LENGTH_RANGE`]).
     pub fn from_file(path: impl AsRef<Path>) -> Result<System> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
@@ -245,8 +404,14 @@ impl System {
         let fail = |what: String| Error::Format {
             what: format!("system file {origin}: {what}"),
         };
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        let value = parse_unique(text).map_err(|e| {
+            // A repeated key is a data error of the parse; anything else is bad syntax.
+            if e.is_data() {
+                fail(e.to_string())
+            } else {
+                fail(format!("not valid JSON: {e}"))
+            }
+        })?;
         let top = value
             .as_object()
             .ok_or_else(|| fail("expected a JSON object at the top level".into()))?;
@@ -266,12 +431,19 @@ impl System {
             "species",
         ])?;
         let name = fields.string("name")?.unwrap_or(default_name).to_string();
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(fail(format!(
+                "field `name` = {:?} must be a non-blank name without control characters",
+                name
+            )));
+        }
         let units = fields.string("units")?.unwrap_or("reduced").to_string();
         fields.string("description")?;
         let kt = fields.number("kt")?;
         if !(kt.is_finite() && kt > 0.0) {
             return Err(fail(format!(
-                "field `kt` must be positive and finite, got {kt}"
+                "field `kt` must be positive and finite, got {}",
+                Compact(kt)
             )));
         }
         let energy = fields.object("energy")?;
@@ -353,8 +525,9 @@ impl System {
             }
         };
         energy
-            .build()
+            .build_unchecked()
             .map_err(|e| fail(format!("field `energy`: {e}")))?;
+        energy.check_usable().map_err(fail)?;
         Ok(System {
             name,
             energy,
@@ -431,7 +604,8 @@ impl System {
     }
 
     /// An untrained flow as [`System::untrained_flow`], with a field of the registered family
-    /// `family` (`"kernel"`, `"coordkernel"`, `"envpair"` or `"dense"`) in this system's preset.
+    /// `family` (`"kernel"`, `"coordkernel"`, `"envpair"`, `"kernelcoord"` or `"dense"`) in this
+    /// system's preset.
     ///
     /// # Errors
     ///
@@ -460,6 +634,102 @@ impl System {
     pub fn validate(&self) -> Result<()> {
         Kt::new(self.kt)?;
         self.energy.build().map(|_| ())
+    }
+}
+
+/// Parses JSON text into a [`Value`], refusing an object that gives a key twice: serde_json
+/// would keep the last silently, so `{"kt": 1, "kt": 100}` would run at kT = 100 unnoticed.
+/// The error of a repeated key is a data error ([`serde_json::Error::is_data`]) naming the
+/// field by its path (`energy.epsilon`) and its place in the text.
+fn parse_unique(text: &str) -> serde_json::Result<Value> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = UniqueKeys {
+        path: String::new(),
+    }
+    .deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+/// A JSON value whose objects have distinct keys; `path` names where it sits, for messages.
+struct UniqueKeys {
+    path: String,
+}
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        // JSON has no NaN or infinity, so this is always a number.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(UniqueKeys {
+            path: format!("{}[{}]", self.path, items.len()),
+        })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "field `{path}` is given twice (JSON keeps one value per field)"
+                )));
+            }
+            let value = map.next_value_seed(UniqueKeys { path })?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -812,5 +1082,89 @@ mod tests {
         let missing = System::from_file("/nonexistent/system.json").unwrap_err();
         assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
         assert!(missing.to_string().contains("/nonexistent/system.json"));
+    }
+
+    #[test]
+    fn repeated_fields_blank_names_unconfined_and_overflowing_energies_are_refused() {
+        let dw = |a: &str, b: &str, c: &str| {
+            format!(
+                r#"{{"n_particles": 4, "dim": 2, "kt": 1, "energy": {{"kind": "double_well",
+                    "a": {a}, "b": {b}, "c": {c}, "d0": 4}}}}"#
+            )
+        };
+        let lj = |epsilon: &str, r_m: &str, k: &str| {
+            format!(
+                r#"{{"n_particles": 13, "dim": 3, "kt": 1, "energy": {{"kind": "lennard_jones",
+                    "epsilon": {epsilon}, "r_m": {r_m}, "oscillator_k": {k}}}}}"#
+            )
+        };
+        let cases = [
+            (
+                r#"{"n_particles": 4, "dim": 2, "kt": 1, "kt": 100, "energy": {"kind":
+                    "double_well", "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#
+                    .to_string(),
+                "field `kt` is given twice",
+            ),
+            (
+                r#"{"n_particles": 13, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
+                    "epsilon": 2, "r_m": 1, "epsilon": 3, "oscillator_k": 1}}"#
+                    .to_string(),
+                "field `energy.epsilon` is given twice",
+            ),
+            (
+                r#"{"name": " ", "n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind":
+                    "double_well", "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#
+                    .to_string(),
+                "field `name`",
+            ),
+            (
+                r#"{"name": "", "n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind":
+                    "double_well", "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#
+                    .to_string(),
+                "field `name`",
+            ),
+            (dw("0", "-4", "-0.9"), "field `energy.c` = -0.9 is negative"),
+            (dw("0", "-4", "0"), "field `energy.b` = -4 is negative"),
+            (dw("0", "0", "0"), "field `energy.a` = 0"),
+            (dw("-1", "0", "0"), "field `energy.a` = -1"),
+            (dw("0", "-4", "1e300"), "field `energy.c` = 1e300"),
+            (dw("0", "-1e200", "0.9"), "field `energy.b` = -1e200"),
+            (lj("1e308", "1", "1"), "field `energy.epsilon` = 1e308"),
+            (lj("1e99", "1", "1"), "field `energy.epsilon` = 1e99"),
+            (lj("2", "1", "1e98"), "field `energy.oscillator_k` = 1e98"),
+            (lj("2", "1e60", "0"), "field `energy.r_m` = 1e60"),
+            (
+                lj("2", &format!("{:?}", -(0.1 + 0.2)), "1"),
+                "r_m must be positive with a finite positive square, got -0.3",
+            ),
+        ];
+        for (text, needle) in cases {
+            let error = System::from_json(&text, "bad.json", "bad").unwrap_err();
+            assert!(matches!(error, Error::Format { .. }), "{error:?}");
+            let message = error.to_string();
+            assert!(message.contains("system file bad.json: "), "{message}");
+            assert!(message.contains(needle), "{needle:?} not in {message:?}");
+            assert!(message.len() < 400, "long message: {message}");
+        }
+        // Confining edge cases stay valid: a harmonic pair (c = 0, b > 0), a linear one
+        // (b = c = 0, a > 0), and the benchmark scale with room to spare.
+        for text in [
+            dw("1", "2", "0"),
+            dw("1.5", "0", "0"),
+            lj("1e90", "1", "1e80"),
+        ] {
+            System::from_json(&text, "ok.json", "ok").unwrap();
+        }
+        // A model file's record of a system is checked alike.
+        let spec = EnergySpec::DoubleWell {
+            n_particles: 4,
+            dim: 2,
+            a: 0.0,
+            b: -4.0,
+            c: -1.0,
+            d0: 4.0,
+        };
+        let message = spec.build().err().unwrap().to_string();
+        assert!(message.contains("`energy.c`"), "{message}");
     }
 }

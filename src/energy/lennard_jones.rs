@@ -1,7 +1,7 @@
 //! Lennard-Jones clusters held together by a harmonic oscillator: the LJ-13 benchmark
 //! (DESIGN.md §2).
 
-use super::{Energy, add_pair_gradient, squared_distance};
+use super::{Compact, Energy, add_pair_gradient, squared_distance};
 use crate::{Error, Result};
 
 /// Lennard-Jones pair potential plus a harmonic tether to the centre of mass,
@@ -72,19 +72,22 @@ impl LennardJones {
         }
         if epsilon <= 0.0 {
             return Err(Error::invalid(format!(
-                "LennardJones: epsilon must be positive, got {epsilon}"
+                "LennardJones: epsilon must be positive, got {}",
+                Compact(epsilon)
             )));
         }
         // The pair term is evaluated through r_m², which must neither overflow nor vanish.
         let r_m2 = r_m * r_m;
         if r_m <= 0.0 || !r_m2.is_finite() || r_m2 == 0.0 {
             return Err(Error::invalid(format!(
-                "LennardJones: r_m must be positive with a finite positive square, got {r_m}"
+                "LennardJones: r_m must be positive with a finite positive square, got {}",
+                Compact(r_m)
             )));
         }
         if oscillator_k < 0.0 {
             return Err(Error::invalid(format!(
-                "LennardJones: oscillator_k must be non-negative, got {oscillator_k}"
+                "LennardJones: oscillator_k must be non-negative, got {}",
+                Compact(oscillator_k)
             )));
         }
         Ok(Self {

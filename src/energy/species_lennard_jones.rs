@@ -2,7 +2,7 @@
 //! unordered species pair (a binary LJ cluster, say), with the harmonic tether of
 //! [`super::LennardJones`].
 
-use super::{Energy, add_pair_gradient, squared_distance};
+use super::{Compact, Energy, add_pair_gradient, squared_distance};
 use crate::species::Species;
 use crate::{Error, Result};
 
@@ -69,7 +69,8 @@ impl SpeciesLennardJones {
         }
         if oscillator_k < 0.0 {
             return Err(Error::invalid(format!(
-                "SpeciesLennardJones: oscillator_k must be non-negative, got {oscillator_k}"
+                "SpeciesLennardJones: oscillator_k must be non-negative, got {}",
+                Compact(oscillator_k)
             )));
         }
         for ty in 0..n_types {
@@ -85,14 +86,16 @@ impl SpeciesLennardJones {
             if eps <= 0.0 {
                 return Err(Error::invalid(format!(
                     "SpeciesLennardJones: epsilon of species pair ({a}, {b}) must be positive, \
-                     got {eps}"
+                     got {}",
+                    Compact(eps)
                 )));
             }
             let r2 = r * r;
             if r <= 0.0 || !r2.is_finite() || r2 == 0.0 {
                 return Err(Error::invalid(format!(
                     "SpeciesLennardJones: r_m of species pair ({a}, {b}) must be positive with \
-                     a finite positive square, got {r}"
+                     a finite positive square, got {}",
+                    Compact(r)
                 )));
             }
         }

@@ -6,6 +6,7 @@
 //! anything is allocated: a run that would hold more than [`MAX_MEMORY_BYTES`] of samples fails
 //! with a message giving the need and the limit.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -26,7 +27,9 @@ use eqflow::train::{
 };
 use eqflow::{Flow, Result};
 
+mod args;
 mod demo;
+mod output;
 mod plot;
 mod repro;
 
@@ -92,21 +95,25 @@ struct TrainArgs {
     /// Output model file (JSON).
     #[arg(long)]
     out: PathBuf,
-    /// Training samples (the first n of the file).
-    #[arg(long, default_value_t = 1000)]
+    /// Training samples (the first n of the file; at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = args::positive_count,
+          allow_negative_numbers = true)]
     n_train: usize,
-    /// Validation samples (the next ones in the file, if any): the best epoch is kept.
-    #[arg(long, default_value_t = 1000)]
+    /// Validation samples (the next ones in the file, if any; 0 for none): the best epoch is
+    /// kept.
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     n_val: usize,
     /// Field family: `kernel` (the paper's pairwise RBF field; trains by ml, fm or fm-ot),
     /// `coordkernel` (pair coefficients modulated by both particles' coordination numbers;
     /// trains by every objective), `envpair` (environment-modulated pair field; trains by fm
-    /// or fm-ot only) or `dense` (the non-equivariant baseline: a tanh network of the flattened
-    /// coordinates; trains by every objective).
+    /// or fm-ot only), `kernelcoord` (the paper's field plus a coordination correction that
+    /// starts at zero; trains by every objective but ml-discrete) or `dense` (the
+    /// non-equivariant baseline: a tanh network of the flattened coordinates; trains by every
+    /// objective).
     #[arg(long, default_value = "kernel")]
     field: String,
-    /// Epochs of the first phase, whose objective --objective chooses.
-    #[arg(long, default_value_t = 50)]
+    /// Epochs of the first phase, whose objective --objective chooses (1 to 1,000,000).
+    #[arg(long, default_value_t = 50, value_parser = args::epochs, allow_negative_numbers = true)]
     epochs: usize,
     /// Objective of the first phase (default: the recipe of the system and field, see
     /// --rk4-steps): `ml` (maximum likelihood through the RK4 map, of the continuous-mode
@@ -118,11 +125,15 @@ struct TrainArgs {
     /// with equivariant optimal-transport pairs: alignment and a batch assignment).
     #[arg(long)]
     objective: Option<String>,
-    /// Epochs of maximum likelihood after a flow-matching first phase (fine-tuning).
-    #[arg(long, default_value_t = 0)]
+    /// Epochs of maximum likelihood after a flow-matching first phase (fine-tuning; at most
+    /// 1,000,000).
+    #[arg(long, default_value_t = 0, value_parser = args::extra_epochs,
+          allow_negative_numbers = true)]
     finetune_epochs: usize,
-    /// Further epochs of the mixed loss λ·ML + (1−λ)·KL (needs the energy's gradient).
-    #[arg(long, default_value_t = 0)]
+    /// Further epochs of the mixed loss λ·ML + (1−λ)·KL (needs the energy's gradient; at most
+    /// 1,000,000).
+    #[arg(long, default_value_t = 0, value_parser = args::extra_epochs,
+          allow_negative_numbers = true)]
     kl_epochs: usize,
     /// ML weight λ of the mixed loss over the KL epochs, as in the library and the C API:
     /// `const:L` or `linear:L0:L1` (the paper: linear:1:0.5).
@@ -132,11 +143,13 @@ struct TrainArgs {
     /// `linear:W0:W1`); use --lambda-schedule.
     #[arg(long, conflicts_with = "lambda_schedule")]
     kl_weight_schedule: Option<String>,
-    /// Minibatch size.
-    #[arg(long, default_value_t = 64)]
+    /// Minibatch size (at least 1).
+    #[arg(long, default_value_t = 64, value_parser = args::positive_count,
+          allow_negative_numbers = true)]
     batch_size: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = 5e-3)]
+    /// AdamW learning rate (positive, at most 1e6).
+    #[arg(long, default_value_t = 5e-3, value_parser = args::learning_rate,
+          allow_hyphen_values = true)]
     lr: f64,
     /// RK4 steps of the trained map: training differentiates through this many steps, and the
     /// model file samples and evaluates densities with them (exact-discrete). Fewer steps make
@@ -145,8 +158,8 @@ struct TrainArgs {
     /// and the map part ways at few steps). Default, with --objective, the best recipe measured
     /// (docs/field_families.md, "Training by the exact-discrete likelihood"): DW-4 with the
     /// kernel field `ml-discrete` at 5 steps (the same NLL and ESS as 20 steps, 3.8× the
-    /// samples per second); otherwise `ml` at 20 steps.
-    #[arg(long)]
+    /// samples per second); otherwise `ml` at 20 steps. At most 100,000.
+    #[arg(long, value_parser = args::rk4_steps, allow_negative_numbers = true)]
     rk4_steps: Option<usize>,
     /// Strict mode: the model file asks for a step certificate (exact-discrete sampling and
     /// densities refuse uncertified grids), and training fails, writing nothing, if the trained
@@ -160,18 +173,21 @@ struct TrainArgs {
     lr_schedule: String,
     /// Epochs between validation NLLs of the first phase (the last epoch is always validated;
     /// the best validated epoch is kept).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = args::validate_every,
+          allow_negative_numbers = true)]
     validate_every: usize,
     /// Random seed (initial weights, shuffles, KL latents).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Weight of the step-certificate penalty in every phase (0: off): keeps the field's
     /// Lipschitz bound, the one `eqflow eval` certifies with, low enough that every RK4 step of
     /// the trained map is a bijection (kernel, coordkernel and dense fields).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = args::non_negative,
+          allow_hyphen_values = true)]
     lipschitz_penalty: f64,
     /// The increment bound the penalty aims below, in (0, 1): the certificate needs < 1.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = args::open_unit,
+          allow_hyphen_values = true)]
     lipschitz_target: f64,
     #[command(flatten)]
     common: Common,
@@ -183,7 +199,7 @@ struct DemoArgs {
     #[arg(long, default_value = "eqflow-demo")]
     out_dir: PathBuf,
     /// Random seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     #[command(flatten)]
     common: Common,
@@ -205,23 +221,27 @@ struct McmcArgs {
     /// (see systems/ and README.md).
     #[arg(long)]
     system: String,
-    /// Number of samples to write (at most 16 GiB of samples and energies).
-    #[arg(short = 'n', long = "n-samples", default_value_t = 10_000)]
+    /// Number of samples to write (at least 1, at most 16 GiB of samples and energies).
+    #[arg(short = 'n', long = "n-samples", default_value_t = 10_000,
+          value_parser = args::positive_count, allow_negative_numbers = true)]
     n: usize,
     /// Output file (.npy, float64, shape (n, N·D); or .xyz).
     #[arg(long)]
     out: PathBuf,
     /// Random seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
-    /// Independent chains.
-    #[arg(long, default_value_t = 64)]
+    /// Independent chains (at least 1; at most -n are used).
+    #[arg(long, default_value_t = 64, value_parser = args::positive_count,
+          allow_negative_numbers = true)]
     chains: usize,
-    /// Burn-in steps per chain (step size adapted here only).
-    #[arg(long, default_value_t = 10_000)]
+    /// Burn-in steps per chain (step size adapted here only). Burn-in and production steps
+    /// together are at most 10^12 per chain.
+    #[arg(long, default_value_t = 10_000, value_parser = args::steps,
+          allow_negative_numbers = true)]
     burnin: usize,
-    /// Steps between kept samples.
-    #[arg(long, default_value_t = 100)]
+    /// Steps between kept samples (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = args::thin, allow_negative_numbers = true)]
     thin: usize,
     #[command(flatten)]
     common: Common,
@@ -232,15 +252,16 @@ struct SampleArgs {
     /// Model file (JSON) written by `eqflow train` or `eqf_flow_save`.
     #[arg(long)]
     model: PathBuf,
-    /// Number of samples (at most 16 GiB of samples, log q, energies and log w).
-    #[arg(short = 'n', long = "n-samples", default_value_t = 10_000)]
+    /// Number of samples (at least 1, at most 16 GiB of samples, log q, energies and log w).
+    #[arg(short = 'n', long = "n-samples", default_value_t = 10_000,
+          value_parser = args::positive_count, allow_negative_numbers = true)]
     n: usize,
     /// Output file for the configurations (.npy or .xyz); log q goes to `<stem>_log_q.npy` and,
-    /// with a system, log w to `<stem>_log_w.npy`.
+    /// with a system, log w to `<stem>_log_w.npy`. All are written or none.
     #[arg(long)]
     out: PathBuf,
     /// Random seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// System for the importance weights, a built-in name or a system file (default: the one
     /// recorded in the model file).
@@ -267,14 +288,18 @@ struct EvalArgs {
     /// system's energy (a built-in name or a system file), and log Z of the target by bridge sampling between
     /// them and the data (assumed independent samples of the target), hence the data's entropy
     /// S = <U/kT> + log Z and NLL − S = KL(data‖flow), in the NLL's CoM-free convention.
+    /// log Z by importance sampling is reported beside it; when the two differ by more than 3
+    /// combined standard errors a warning goes to stderr (`log_z_consistent`: false in JSON).
+    /// The system must have the model's N and D.
     #[arg(long)]
     system: Option<String>,
-    /// Fresh samples for the ESS and log Z (at most 16 GiB of samples, log q, energies and
-    /// log w).
-    #[arg(long, default_value_t = 10_000)]
+    /// Fresh samples for the ESS and log Z (at least 1, at most 16 GiB of samples, log q,
+    /// energies and log w).
+    #[arg(long, default_value_t = 10_000, value_parser = args::positive_count,
+          allow_negative_numbers = true)]
     n_samples: usize,
     /// Seed of the fresh samples.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Fail if any configuration cannot be evaluated (by default such configurations are
     /// counted and reported, and the NLL is over the others).
@@ -302,10 +327,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("eqflow: error: {e}");
+            // Not eprintln!, which panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "eqflow: error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A warning on stderr (never a panic, whatever stderr is).
+fn warn(text: &str) {
+    let _ = writeln!(std::io::stderr(), "warning: {text}");
 }
 
 fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
@@ -322,12 +353,41 @@ fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
     bar
 }
 
-fn report(common: &Common, value: Value, text: String) {
-    if common.json {
-        println!("{value}");
-    } else {
-        print!("{text}");
+/// Prints the summary of a command: `value` with `--json`, else `text`.
+///
+/// # Errors
+///
+/// [`eqflow::Error::Internal`] if `text` holds a NaN (a result that is not a number must
+/// never be reported as one, with success); what [`report_table`] reports.
+fn report(common: &Common, value: Value, text: String) -> Result<()> {
+    if text.contains("NaN") {
+        return Err(eqflow::Error::Internal {
+            what: format!("a result is not a number: {}", text.trim_end()),
+        });
     }
+    report_table(common, value, text)
+}
+
+/// As [`report`], for the tables of `eqflow repro`, whose cells may be non-finite on purpose
+/// (a diverged run).
+///
+/// # Errors
+///
+/// [`eqflow::Error::Io`] if stdout cannot be written (a closed pipe, say; `println!` would
+/// panic).
+fn report_table(common: &Common, value: Value, text: String) -> Result<()> {
+    let out = if common.json {
+        format!("{value}\n")
+    } else {
+        text
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| eqflow::Error::Io {
+            what: format!("cannot write the results to stdout: {e}"),
+        })
 }
 
 fn is_xyz(path: &Path) -> bool {
@@ -352,8 +412,16 @@ fn read_data(path: &Path, layout: Layout) -> Result<Vec<f64>> {
     }
 }
 
-fn write_data(path: &Path, x: &[f64], layout: Layout, props: &[(&str, &[f64])]) -> Result<()> {
-    if is_xyz(path) {
+/// Writes configurations to `path` in the format of `target`'s extension (`path` may be a
+/// temporary that becomes `target`).
+fn write_data(
+    target: &Path,
+    path: &Path,
+    x: &[f64],
+    layout: Layout,
+    props: &[(&str, &[f64])],
+) -> Result<()> {
+    if is_xyz(target) {
         io::write_xyz(path, x, layout, props)
     } else {
         io::write_configurations(path, x, layout, Dtype::F64, ConfigShape::Flat)
@@ -368,11 +436,81 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{stem}_{suffix}.npy"))
 }
 
-fn mean_and_se(values: &[f64]) -> (f64, f64) {
+/// Mean and standard error of the mean; no standard error from fewer than two values (one
+/// value says nothing about the spread, and `± 0` would claim an exact result).
+fn mean_and_se(values: &[f64]) -> (f64, Option<f64>) {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, (var / n).sqrt())
+    if values.len() < 2 {
+        return (mean, None);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, Some((var / n).sqrt()).filter(|se| se.is_finite()))
+}
+
+/// `value ± se` with `decimals` decimals, `± n/a` without a standard error.
+fn plus_minus(value: f64, se: Option<f64>, decimals: usize) -> String {
+    match se {
+        Some(se) => format!("{value:.decimals$} ± {se:.decimals$}"),
+        None => format!("{value:.decimals$} ± n/a"),
+    }
+}
+
+/// Loads a model file; every error names the file.
+fn load_model(path: &Path) -> Result<(Flow, model::ModelFile)> {
+    model::load(path).map_err(|e| {
+        let shown = path.display().to_string();
+        if e.to_string().contains(&shown) {
+            return e;
+        }
+        let what = |inner: String| format!("model file {shown}: {inner}");
+        match e {
+            eqflow::Error::Format { what: w } => eqflow::Error::Format { what: what(w) },
+            eqflow::Error::InvalidArgument { what: w } => {
+                eqflow::Error::InvalidArgument { what: what(w) }
+            }
+            eqflow::Error::NonFinite { what: w } => eqflow::Error::NonFinite { what: what(w) },
+            eqflow::Error::Io { what: w } => eqflow::Error::Io { what: what(w) },
+            eqflow::Error::DimensionMismatch {
+                what: w,
+                expected,
+                found,
+            } => eqflow::Error::DimensionMismatch {
+                what: what(w),
+                expected,
+                found,
+            },
+            other => eqflow::Error::Format {
+                what: what(other.to_string()),
+            },
+        }
+    })
+}
+
+/// Refuses a system (given as `--system name`) whose configurations are not the model's:
+/// another N or D. Checked before any sample is drawn. Species may differ: the flow is a
+/// normalised density on the same space whatever species it was built for, so its importance
+/// weights against the system's energy stay exact.
+fn check_system_matches(flow: &Flow, system: &System, name: &str, model: &Path) -> Result<()> {
+    let (n, d) = system.energy.shape();
+    if (n, d) != (flow.n_particles(), flow.dim()) {
+        return Err(eqflow::Error::InvalidArgument {
+            what: format!(
+                "--system {name} has {n} particles in {d} dimensions, but the model file {} is \
+                 for {} particles in {} dimensions",
+                model.display(),
+                flow.n_particles(),
+                flow.dim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The path of a `--system` argument that is a file (a built-in name is not), for the check
+/// that no output overwrites it.
+fn system_file(name: &str) -> Option<&Path> {
+    (!System::PRESETS.contains(&name)).then(|| Path::new(name))
 }
 
 fn run_mcmc(a: McmcArgs) -> Result<()> {
@@ -380,10 +518,17 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     let energy = system.energy.build()?;
     let layout = Layout::new(energy.n_particles(), energy.dim())?;
     check_memory("mcmc -n", a.n, layout.len() + 1)?;
+    let n_chains = a.chains.min(a.n);
+    check_mcmc_steps(a.burnin, a.n.div_ceil(n_chains), a.thin)?;
+    let inputs: Vec<(&str, &Path)> = system_file(&a.system)
+        .map(|p| ("--system", p))
+        .into_iter()
+        .collect();
+    output::check_output("--out", &a.out, &inputs)?;
     let spacing = system.neighbour_distance();
     let config = McmcConfig {
         kt: system.kt,
-        n_chains: a.chains.min(a.n.max(1)),
+        n_chains,
         n_burnin: a.burnin,
         n_samples: a.n,
         thin: a.thin,
@@ -401,23 +546,39 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    write_data(&a.out, &out.x, layout, &[("energy", &out.energies)])?;
+    write_data(&a.out, &a.out, &out.x, layout, &[("energy", &out.energies)])?;
     let (mean_u, se_u) = mean_and_se(&out.energies);
     let acceptance = out.stats.acceptance();
+    let se_text = se_u.map_or("n/a".to_string(), |se| format!("{se:.4}"));
     report(
         &a.common,
         json!({"command": "mcmc", "system": a.system, "n_samples": a.n, "out": a.out,
                "mean_energy": mean_u, "mean_energy_se_iid": se_u, "acceptance": acceptance,
                "chains": config.n_chains, "seconds": seconds}),
         format!(
-            "{} samples of {} written to {}\nmean energy {mean_u:.4} (± {se_u:.4} if independent)\n\
+            "{} samples of {} written to {}\nmean energy {mean_u:.4} (± {se_text} if independent)\n\
              acceptance {acceptance:.3} over {} chains, {seconds:.1} s\n",
             a.n,
             system.name,
             a.out.display(),
             config.n_chains
         ),
-    );
+    )
+}
+
+/// Refuses chains longer than [`args::MAX_MCMC_STEPS`]: `burnin` steps, then `per_chain`
+/// samples `thin` steps apart.
+fn check_mcmc_steps(burnin: usize, per_chain: usize, thin: usize) -> Result<()> {
+    let steps = (per_chain as u128) * (thin as u128) + burnin as u128;
+    if steps > u128::from(args::MAX_MCMC_STEPS) {
+        return Err(eqflow::Error::InvalidArgument {
+            what: format!(
+                "--burnin {burnin} + {per_chain} samples per chain (-n / --chains) × --thin \
+                 {thin} = {steps} Metropolis steps per chain, beyond the limit of {} (10^12)",
+                args::MAX_MCMC_STEPS
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -429,29 +590,47 @@ fn system_for(name: Option<&str>, file: &model::ModelFile) -> Result<Option<Syst
 }
 
 fn run_sample(a: SampleArgs) -> Result<()> {
-    let (mut flow, file) = model::load(&a.model)?;
+    let (mut flow, file) = load_model(&a.model)?;
     if a.require_certificate {
         flow.set_require_certificate(true);
     }
     let system = system_for(a.system.as_deref(), &file)?;
+    if let (Some(system), Some(name)) = (&system, &a.system) {
+        check_system_matches(&flow, system, name, &a.model)?;
+    }
     check_memory("sample -n", a.n, flow.layout().len() + 3)?;
+    let (log_q_path, log_w_path) = (sidecar(&a.out, "log_q"), sidecar(&a.out, "log_w"));
+    let mut inputs = vec![("--model", a.model.as_path())];
+    if let Some(path) = a.system.as_deref().and_then(system_file) {
+        inputs.push(("--system", path));
+    }
+    output::check_output("--out", &a.out, &inputs)?;
+    output::check_output("--out (its log q file)", &log_q_path, &inputs)?;
+    if system.is_some() {
+        output::check_output("--out (its log w file)", &log_w_path, &inputs)?;
+    }
     let start = Instant::now();
     let (x, log_q) = flow.sample(a.seed, a.n)?;
     let seconds = start.elapsed().as_secs_f64();
     let mut props: Vec<(&str, &[f64])> = vec![("log_q", &log_q)];
     let mut log_w = vec![0.0; a.n];
     let mut ess = None;
+    // All outputs or none: a failure leaves every target as it was.
+    let mut staged = output::Staged::new();
     if let Some(system) = &system {
         let energy = system.energy.build()?;
         let mut u = vec![0.0; a.n];
         energies_into(energy.as_ref(), &x, &mut u)?;
         log_weights_into(&u, &log_q, system.kt, &mut log_w)?;
         ess = Some(kish_ess(&log_w));
-        io::write_values(sidecar(&a.out, "log_w"), &log_w, Dtype::F64)?;
+        staged.write(&log_w_path, |tmp| io::write_values(tmp, &log_w, Dtype::F64))?;
         props.push(("log_w", &log_w));
     }
-    write_data(&a.out, &x, flow.layout(), &props)?;
-    io::write_values(sidecar(&a.out, "log_q"), &log_q, Dtype::F64)?;
+    staged.write(&a.out, |tmp| {
+        write_data(&a.out, tmp, &x, flow.layout(), &props)
+    })?;
+    staged.write(&log_q_path, |tmp| io::write_values(tmp, &log_q, Dtype::F64))?;
+    staged.commit()?;
     let ess_text = ess.map_or(String::new(), |e| {
         format!("Kish ESS {e:.1} ({:.2}% of n)\n", 100.0 * e / a.n as f64)
     });
@@ -463,17 +642,17 @@ fn run_sample(a: SampleArgs) -> Result<()> {
             "{} samples written to {} (log q in {}), {seconds:.2} s\n{ess_text}",
             a.n,
             a.out.display(),
-            sidecar(&a.out, "log_q").display()
+            log_q_path.display()
         ),
-    );
-    Ok(())
+    )
 }
 
 /// What `eqflow eval` measures.
 struct Evaluation {
-    /// Mean NLL and its standard error over the configurations that could be evaluated.
+    /// Mean NLL and its standard error over the configurations that could be evaluated (none
+    /// from a single configuration).
     nll: f64,
-    nll_se: f64,
+    nll_se: Option<f64>,
     /// Configurations evaluated, and those that could not be (with the first error).
     n_evaluated: usize,
     n_failed: usize,
@@ -496,6 +675,25 @@ struct FreeEnergy {
     entropy: Estimate,
     /// NLL − S = KL(data‖flow), with the error of the difference (not of the two terms).
     kl: Estimate,
+}
+
+/// How many combined standard errors the two log Z estimates may differ by before they are
+/// reported as inconsistent: at 3, independent Gaussian errors trip it in 0.3 % of runs.
+const LOG_Z_AGREEMENT: f64 = 3.0;
+
+impl FreeEnergy {
+    /// Whether bridge and importance sampling agree within [`LOG_Z_AGREEMENT`] combined
+    /// standard errors. They estimate the same log Z, so a larger gap means that one of them
+    /// is wrong: the flow misses part of the target (importance sampling, biased low), the data
+    /// are not independent samples of the target, or too few samples overlap.
+    fn log_z_consistent(&self) -> bool {
+        let gap = (self.log_z.value - self.log_z_is.value).abs();
+        let se = self
+            .log_z
+            .standard_error
+            .hypot(self.log_z_is.standard_error);
+        gap <= LOG_Z_AGREEMENT * se
+    }
 }
 
 /// log Z, entropy and KL from the log weights of fresh flow samples and of the evaluated data
@@ -566,6 +764,11 @@ fn evaluate(
         });
     }
     let (mean, se) = mean_and_se(&nll);
+    if !mean.is_finite() {
+        return Err(eqflow::Error::NonFinite {
+            what: format!("the mean NLL of {} configurations is {mean}", nll.len()),
+        });
+    }
     let (ess, free_energy) = match system {
         Some(system) => {
             let energy = system.energy.build()?;
@@ -640,6 +843,7 @@ fn free_energy_report(
                "log_z_is_se": v(|f| f.log_z_is.standard_error),
                "entropy": v(|f| f.entropy.value), "entropy_se": v(|f| f.entropy.standard_error),
                "kl_data_flow": v(|f| f.kl.value), "kl_data_flow_se": v(|f| f.kl.standard_error),
+               "log_z_consistent": fe.map(FreeEnergy::log_z_consistent),
                "free_energy_error": error})
     };
     match fe {
@@ -652,13 +856,18 @@ fn free_energy_report(
             fields(Some(f), None),
             format!(
                 "log Z (CoM-free, bridge sampling with {n_samples} fresh samples) {:.4} ± {:.4}; \
-                 importance sampling {:.4} ± {:.4}\n\
+                 importance sampling {:.4} ± {:.4}{}\n\
                  entropy of the data S = <U/kT> + log Z {:.4} ± {:.4} (the NLL's floor); \
                  NLL − S = KL(data‖flow) {:.4} ± {:.4}\n",
                 f.log_z.value,
                 f.log_z.standard_error,
                 f.log_z_is.value,
                 f.log_z_is.standard_error,
+                if f.log_z_consistent() {
+                    ""
+                } else {
+                    " (inconsistent: see the warning)"
+                },
                 f.entropy.value,
                 f.entropy.standard_error,
                 f.kl.value,
@@ -669,9 +878,18 @@ fn free_energy_report(
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
-    let (mut flow, _) = model::load(&a.model)?;
+    let (mut flow, _) = load_model(&a.model)?;
     if a.require_certificate {
         flow.set_require_certificate(true);
+    }
+    let system = a
+        .system
+        .as_deref()
+        .map(System::from_name_or_file)
+        .transpose()?;
+    if let (Some(system), Some(name)) = (&system, &a.system) {
+        check_system_matches(&flow, system, name, &a.model)?;
+        check_memory("eval --n-samples", a.n_samples, flow.layout().len() + 3)?;
     }
     let data = read_data(&a.data, flow.layout())?;
     if data.is_empty() {
@@ -681,14 +899,6 @@ fn run_eval(a: EvalArgs) -> Result<()> {
                 a.data.display()
             ),
         });
-    }
-    let system = a
-        .system
-        .as_deref()
-        .map(System::from_name_or_file)
-        .transpose()?;
-    if system.is_some() {
-        check_memory("eval --n-samples", a.n_samples, flow.layout().len() + 3)?;
     }
     let start = Instant::now();
     let e = evaluate(&flow, &data, system.as_ref(), a.n_samples, a.seed, a.strict)?;
@@ -709,6 +919,17 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         ),
         None => String::new(),
     };
+    if let Some(Ok(f)) = &e.free_energy
+        && !f.log_z_consistent()
+    {
+        warn(&format!(
+            "the two estimates of log Z disagree beyond {LOG_Z_AGREEMENT} combined standard \
+             errors (bridge sampling {:.4} ± {:.4}, importance sampling {:.4} ± {:.4}): at \
+             least one is wrong; are the data independent samples of this system at its kT, \
+             and does the flow cover it? log Z, the entropy and the KL are not to be trusted",
+            f.log_z.value, f.log_z.standard_error, f.log_z_is.value, f.log_z_is.standard_error
+        ));
+    }
     let (free_energy, free_energy_text) = free_energy_report(e.free_energy.as_ref(), a.n_samples);
     let mut value = json!({"command": "eval", "n_data": n + e.n_failed, "n_evaluated": n,
                "n_failed": e.n_failed, "nll": nll, "nll_se": se,
@@ -721,11 +942,11 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         &a.common,
         value,
         format!(
-            "NLL per sample {nll:.4} ± {se:.4} (−log q with normaliser, CoM removed, n = {n})\n\
-             {failed_text}{ess_text}{free_energy_text}{certificate_text}"
+            "NLL per sample {} (−log q with normaliser, CoM removed, n = {n})\n\
+             {failed_text}{ess_text}{free_energy_text}{certificate_text}",
+            plus_minus(nll, se, 4)
         ),
-    );
-    Ok(())
+    )
 }
 
 /// Parses `const:A` or `linear:A0:A1` into a λ schedule: the numbers are λ itself, or with
@@ -848,6 +1069,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let system = System::from_name_or_file(&a.system)?;
     let energy = system.energy.build()?;
     let layout = Layout::new(energy.n_particles(), energy.dim())?;
+    let mut inputs = vec![("--data", a.data.as_path())];
+    if let Some(path) = system_file(&a.system) {
+        inputs.push(("--system", path));
+    }
+    output::check_output("--out", &a.out, &inputs)?;
     let data = read_data(&a.data, layout)?;
     let len = layout.len();
     let n_total = data.len() / len;
@@ -864,6 +1090,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let n_val = a.n_val.min(n_total - a.n_train);
     let validation = (n_val > 0).then(|| &data[a.n_train * len..(a.n_train + n_val) * len]);
     let mut flow = system.untrained_flow_of(&a.field, a.seed)?;
+    // A system whose flow no model file can hold (a prior width out of the file's range, say)
+    // is refused now, not after the training.
+    model::ModelFile::from_flow(&flow, Some(system.clone()), None)
+        .to_flow()
+        .map_err(|e| eqflow::Error::InvalidArgument {
+            what: format!(
+                "--system {}: a model of this system could not be saved ({e}); nothing was \
+                 trained",
+                a.system
+            ),
+        })?;
     let (default_objective, default_steps) = default_recipe(&a.system, &a.field);
     let objective_name = a.objective.as_deref().unwrap_or(default_objective);
     let (objective, phase_name, label) = match objective_name {
@@ -1013,11 +1250,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
                           "phases": phases, "seconds": seconds});
     if a.require_certificate {
         flow.set_require_certificate(true);
-        flow.check_certified().map_err(|e| eqflow::Error::InvalidArgument {
-            what: format!(
-                "--require-certificate: the trained model is not certified, so nothing was                  written ({e}); train with --lipschitz-penalty or more --rk4-steps"
-            ),
-        })?;
+        flow.check_certified()
+            .map_err(|e| eqflow::Error::InvalidArgument {
+                what: format!(
+                    "--require-certificate: the trained model is not certified, so nothing was \
+                 written ({e}); train with --lipschitz-penalty or more --rk4-steps"
+                ),
+            })?;
     }
     model::save(&flow, Some(system), Some(training), &a.out)?;
     let best = last.epochs[last.best_epoch].validation_nll;
@@ -1033,6 +1272,5 @@ fn run_train(a: TrainArgs) -> Result<()> {
             best.map_or("n/a".to_string(), |v| format!("{v:.4}")),
             a.out.display()
         ),
-    );
-    Ok(())
+    )
 }

@@ -43,7 +43,7 @@ use eqflow::{Energy, Flow, Result};
 
 use super::{RunArgs, cell, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
-use crate::report;
+use crate::report_table as report;
 
 /// The three models, in table order: (key, field family, augmented).
 const MODELS: [(&str, &str, bool); 3] = [
@@ -675,8 +675,7 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
             },
             figure.display()
         ),
-    );
-    Ok(())
+    )
 }
 
 fn finite_or_null(v: f64) -> Value {

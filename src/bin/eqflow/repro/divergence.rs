@@ -24,7 +24,7 @@ use rand::RngExt;
 use super::hutchinson::{Hutchinson, Probe};
 use super::{RunArgs, cell, create_out_dir, seconds_per_call, table, write_csv};
 use crate::plot::{self, Panel, Series};
-use crate::report;
+use crate::report_table as report;
 
 /// Dimension of the configurations (the LJ preset is 3-D).
 const DIM: usize = 3;
@@ -329,8 +329,7 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
             timing_path.display(),
             figure.display()
         ),
-    );
-    Ok(())
+    )
 }
 
 fn draw(

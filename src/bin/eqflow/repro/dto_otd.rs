@@ -29,7 +29,7 @@ use eqflow::train::{AdamW, AdamWConfig, Losses};
 
 use super::{RunArgs, cell, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
-use crate::report;
+use crate::report_table as report;
 
 /// Sizes of one run.
 struct Plan {
@@ -310,8 +310,7 @@ pub(super) fn run(a: &RunArgs, weight_decay: f64, iterations: Option<usize>) -> 
             csv.display(),
             figure.display()
         ),
-    );
-    Ok(())
+    )
 }
 
 fn draw(path: &std::path::Path, rows: &[Row], initial_nll: f64) -> std::result::Result<(), String> {

@@ -36,7 +36,7 @@ use eqflow::{Energy, Flow, Result};
 
 use super::{RunArgs, cell, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
-use crate::report;
+use crate::report_table as report;
 
 /// Two minima are the same state when their sorted pair distances differ by less than this
 /// everywhere (length units; the benchmark systems' length scale is 1). Minimisation to a
@@ -639,8 +639,7 @@ pub(super) fn run(a: &RunArgs, plan: &Plan) -> Result<()> {
             minima_path.display(),
             figure.display()
         ),
-    );
-    Ok(())
+    )
 }
 
 fn draw(path: &Path, dw4: &Dw4Result, rounds: &[Lj13Round]) -> std::result::Result<(), String> {

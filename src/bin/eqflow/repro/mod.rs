@@ -13,7 +13,6 @@
 //! | `metastable` | Fig. 7, Table 1 | [`metastable`] |
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -144,7 +143,8 @@ fn create_out_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes a CSV file: a header line, then one line per row. Non-finite values are written
-/// `nan`, which the tests and common readers (numpy, pandas) parse.
+/// `nan`, which the tests and common readers (numpy, pandas) parse. The file is replaced
+/// atomically: a failure leaves no half-written file at `path`.
 fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut text = header.join(",");
     text.push('\n');
@@ -152,11 +152,8 @@ fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
         text.push_str(&row.join(","));
         text.push('\n');
     }
-    let io_err = |e: std::io::Error| eqflow::Error::Io {
-        what: format!("cannot write {}: {e}", path.display()),
-    };
-    let mut file = std::fs::File::create(path).map_err(io_err)?;
-    file.write_all(text.as_bytes()).map_err(io_err)
+    // Atomically: a failed write leaves no half-written file at `path`.
+    crate::output::write_atomically(path, text.as_bytes())
 }
 
 /// A number for a CSV cell: full precision, `nan` for anything non-finite.

@@ -41,7 +41,7 @@ use eqflow::{Energy, Flow};
 use super::hutchinson::{Hutchinson, Probe};
 use super::{RunArgs, cell, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
-use crate::report;
+use crate::report_table as report;
 
 /// The pair-distance range of the profile: both wells (d ≈ 2.5 and 5.5) and the barrier.
 const D_RANGE: (f64, f64) = (1.0, 7.0);
@@ -687,8 +687,7 @@ pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<(
             summary_path.display(),
             figure.display()
         ),
-    );
-    Ok(())
+    )
 }
 
 fn draw(

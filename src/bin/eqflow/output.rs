@@ -1,0 +1,279 @@
+//! Output files of the commands: checked before any expensive work, never an input, and
+//! written so that a failure leaves every target as it was.
+//!
+//! Each library writer is atomic already (a temporary renamed over the target). A command
+//! with several outputs (`sample`: the samples, `_log_q.npy` and `_log_w.npy`) stages them
+//! ([`Staged`]) and renames them over their targets only once every one is written, so a
+//! failed run cannot leave new samples beside an old run's log q.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use eqflow::{Error, Result};
+
+/// Distinguishes the temporaries of this process.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io_error(what: String) -> Error {
+    Error::Io { what }
+}
+
+/// Whether two existing paths are one file (the same inode, whatever the spelling, symbolic
+/// or hard link).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The folder a file `path` goes into (`.` for a bare name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A new, empty file beside `target` with a name no other file has; its path.
+fn create_temporary(target: &Path) -> std::io::Result<PathBuf> {
+    let name = target
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let stem: String = name.chars().take(48).collect();
+    let pid = std::process::id();
+    let mut last = None;
+    for _ in 0..64 {
+        let id = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = folder_of(target).join(format!(".{stem}.eqflow-out-{pid}-{id}.tmp"));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(_) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+/// Checks that `path` (given as `flag`) can take an output before any work is done: it names
+/// a file, not a folder nor a special file (a FIFO, a device: eqflow replaces regular files
+/// only), in an existing folder where a file can be created, and is none of `inputs` (flag
+/// and path of each input of the command; an input that does not exist is skipped).
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] naming the flag and the path, or [`Error::Io`] when the folder
+/// cannot be written.
+pub fn check_output(flag: &str, path: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let shown = path.display();
+    let bad = |why: String| Error::InvalidArgument {
+        what: format!("{flag} {shown}: {why}"),
+    };
+    let text = path.as_os_str().to_string_lossy();
+    if path.file_name().is_none()
+        || text.ends_with('/')
+        || text.ends_with(std::path::MAIN_SEPARATOR)
+    {
+        return Err(bad("not a file name".into()));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(bad("is a folder; give a file name".into()));
+        }
+        if !meta.is_file() {
+            return Err(bad(
+                "is a special file (a FIFO, socket or device); eqflow writes regular files only"
+                    .into(),
+            ));
+        }
+    }
+    let folder = folder_of(path);
+    match std::fs::metadata(folder) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(bad(format!("{} is not a folder", folder.display()))),
+        Err(_) => {
+            return Err(bad(format!(
+                "the folder {} does not exist",
+                folder.display()
+            )));
+        }
+    }
+    // The one sure test of writability: create a file there (and remove it).
+    let probe = create_temporary(path).map_err(|e| {
+        io_error(format!(
+            "{flag} {shown}: cannot create files in the folder {}: {e}",
+            folder.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(probe);
+    for (input_flag, input) in inputs {
+        if same_file(path, input) {
+            return Err(bad(format!(
+                "is the same file as {input_flag} {}; eqflow never overwrites an input, \
+                 choose another output",
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Outputs written to temporaries beside their targets and renamed over them together by
+/// [`Staged::commit`]; dropped uncommitted, they remove their temporaries and leave the targets
+/// as they were.
+pub struct Staged {
+    /// (temporary, target) of each output written so far.
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    pub fn new() -> Self {
+        Staged { files: Vec::new() }
+    }
+
+    /// Writes the output for `target` with `write`, which is given the temporary's path.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if no temporary can be created beside `target`; what `write` returns.
+    pub fn write(&mut self, target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let tmp = create_temporary(target)
+            .map_err(|e| io_error(format!("cannot write {}: {e}", target.display())))?;
+        // Registered first, so that a failed write removes it too.
+        self.files.push((tmp.clone(), target.to_path_buf()));
+        write(&tmp)
+    }
+
+    /// Renames every temporary over its target, in the order written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the target whose rename failed (the temporaries not yet renamed are
+    /// removed).
+    pub fn commit(mut self) -> Result<()> {
+        let files = std::mem::take(&mut self.files);
+        let mut pending = files.iter();
+        for (tmp, target) in pending.by_ref() {
+            if let Err(e) = std::fs::rename(tmp, target) {
+                let _ = std::fs::remove_file(tmp);
+                for (rest, _) in pending {
+                    let _ = std::fs::remove_file(rest);
+                }
+                return Err(io_error(format!("cannot write {}: {e}", target.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary beside it, flushed and renamed over it.
+/// A failure leaves `path` as it was.
+///
+/// # Errors
+///
+/// [`Error::Io`] naming `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut staged = Staged::new();
+    staged.write(path, |tmp| {
+        let written = (|| {
+            let mut file = OpenOptions::new().write(true).truncate(true).open(tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        })();
+        written.map_err(|e| io_error(format!("cannot write {}: {e}", path.display())))
+    })?;
+    staged.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("eqflow-output-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn staged_outputs_land_together_or_not_at_all() {
+        let dir = fresh("staged");
+        let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
+        std::fs::write(&a, "old a").unwrap();
+        // The second write fails: the first target keeps its old contents, no temporary stays.
+        let mut staged = Staged::new();
+        staged
+            .write(&a, |tmp| {
+                std::fs::write(tmp, "new a").map_err(|e| io_error(e.to_string()))
+            })
+            .unwrap();
+        let failed = staged.write(&b, |_| Err(io_error("disk full".into())));
+        assert!(failed.is_err());
+        drop(staged);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "old a");
+        assert_eq!(entries(&dir), ["a.csv"]);
+        // Both written: both land on commit.
+        let mut staged = Staged::new();
+        for (path, text) in [(&a, "new a"), (&b, "new b")] {
+            staged
+                .write(path, |tmp| {
+                    std::fs::write(tmp, text).map_err(|e| io_error(e.to_string()))
+                })
+                .unwrap();
+        }
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "new a");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "new b");
+        assert_eq!(entries(&dir), ["a.csv", "b.csv"]);
+        // An atomic write into a missing folder fails and creates nothing.
+        assert!(write_atomically(&dir.join("missing").join("c.csv"), b"x").is_err());
+        write_atomically(&a, b"third").unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "third");
+        assert_eq!(entries(&dir), ["a.csv", "b.csv"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_output_is_never_an_input() {
+        let dir = fresh("inputs");
+        let data = dir.join("data.npy");
+        std::fs::write(&data, "data").unwrap();
+        let spelt = dir.join(".").join("data.npy");
+        let error = check_output("--out", &spelt, &[("--data", &data)]).unwrap_err();
+        assert!(error.to_string().contains("same file as --data"), "{error}");
+        check_output("--out", &dir.join("other.npy"), &[("--data", &data)]).unwrap();
+        assert_eq!(entries(&dir), ["data.npy"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

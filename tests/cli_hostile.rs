@@ -1,0 +1,751 @@
+//! The `eqflow` command line against hostile input (issue 14): never a panic, never a wrong
+//! number reported with success, never an input overwritten, and nothing expensive started
+//! that is bound to fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const MODEL_DW4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");
+
+fn eqflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eqflow"))
+        .args(args)
+        .output()
+        .expect("eqflow runs")
+}
+
+/// Runs eqflow and fails the test if it is still running after `seconds`: what is refused
+/// must be refused before the work starts.
+fn eqflow_within(seconds: u64, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eqflow"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eqflow runs");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(seconds) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{args:?} still runs after {seconds} s: not refused up front");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts a failure with a message holding every one of `needles`, and no panic or NaN.
+fn assert_refused(out: &Output, args: &[&str], needles: &[&str]) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "{args:?} succeeded: {}", stdout(out));
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "{args:?}: exit {:?}: {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(!stdout(out).contains("NaN"), "{args:?}: {}", stdout(out));
+    for needle in needles {
+        assert!(err.contains(needle), "{args:?}: {needle:?} not in {err:?}");
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "eqflow failed: {}", stderr(out));
+    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+}
+
+/// A fresh folder for one test.
+fn folder(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `n` DW-4 configurations from a short MCMC run.
+fn dw4_data(dir: &Path, n: &str) -> PathBuf {
+    let data = dir.join("dw4.npy");
+    json(&eqflow(&[
+        "mcmc",
+        "--system",
+        "dw4",
+        "-n",
+        n,
+        "--chains",
+        "16",
+        "--burnin",
+        "2000",
+        "--thin",
+        "50",
+        "--out",
+        s(&data),
+        "--seed",
+        "2",
+        "--json",
+        "-q",
+    ]));
+    data
+}
+
+/// The four DW-4 configurations of one frame written as `.npy`.
+fn one_configuration(path: &Path) {
+    eqflow::io::write_configurations(
+        path,
+        &[0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0],
+        eqflow::geometry::Layout::new(4, 2).unwrap(),
+        eqflow::io::Dtype::F64,
+        eqflow::io::ConfigShape::Flat,
+    )
+    .unwrap();
+}
+
+#[test]
+fn zero_counts_and_bad_floats_are_refused_naming_the_flag() {
+    let dir = folder("hostile_zero");
+    let out = dir.join("x.npy");
+    let data = dir.join("data.npy");
+    one_configuration(&data);
+    let train = |flag: &'static str, value: &'static str| {
+        vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            flag,
+            value,
+        ]
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["sample", "--model", MODEL_DW4, "-n", "0", "--out", s(&out)],
+            "--n-samples",
+        ),
+        (
+            vec![
+                "eval",
+                "--model",
+                MODEL_DW4,
+                "--data",
+                s(&data),
+                "--system",
+                "dw4",
+                "--n-samples",
+                "0",
+            ],
+            "--n-samples",
+        ),
+        (
+            vec!["mcmc", "--system", "dw4", "-n", "0", "--out", s(&out)],
+            "--n-samples",
+        ),
+        (
+            vec!["mcmc", "--system", "dw4", "--chains", "0", "--out", s(&out)],
+            "--chains",
+        ),
+        (
+            vec!["mcmc", "--system", "dw4", "--thin", "0", "--out", s(&out)],
+            "--thin",
+        ),
+        (train("--batch-size", "0"), "--batch-size"),
+        (train("--n-train", "0"), "--n-train"),
+        (train("--rk4-steps", "0"), "--rk4-steps"),
+        (train("--rk4-steps", "100001"), "--rk4-steps"),
+        (train("--epochs", "0"), "--epochs"),
+        (train("--validate-every", "0"), "--validate-every"),
+        (train("--lr", "0"), "--lr"),
+        (train("--lr", "nan"), "--lr"),
+        (train("--lr", "inf"), "--lr"),
+        (train("--lr", "1e300"), "--lr"),
+        (train("--lipschitz-target", "1"), "--lipschitz-target"),
+        (train("--lipschitz-target", "0"), "--lipschitz-target"),
+        (train("--lipschitz-target", "NaN"), "--lipschitz-target"),
+        (train("--lipschitz-penalty", "inf"), "--lipschitz-penalty"),
+    ];
+    for (args, flag) in cases {
+        let r = eqflow_within(10, &args);
+        assert_refused(&r, &args, &[flag]);
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn negative_numbers_are_values_with_a_message_about_them() {
+    let dir = folder("hostile_negative");
+    let out = dir.join("x.npy");
+    let data = dir.join("data.npy");
+    one_configuration(&data);
+    let train = |flag: &'static str, value: &'static str| {
+        vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            flag,
+            value,
+        ]
+    };
+    let cases = [
+        (train("--lr", "-1"), "--lr", "-1"),
+        (train("--lr", "-inf"), "--lr", "-inf"),
+        (
+            train("--lipschitz-penalty", "-0.5"),
+            "--lipschitz-penalty",
+            "-0.5",
+        ),
+        (
+            train("--lipschitz-target", "-0.5"),
+            "--lipschitz-target",
+            "-0.5",
+        ),
+        (train("--epochs", "-3"), "--epochs", "-3"),
+        (train("--seed", "-1"), "--seed", "-1"),
+        (
+            vec!["mcmc", "--system", "dw4", "-n", "-5", "--out", s(&out)],
+            "--n-samples",
+            "-5",
+        ),
+        (
+            vec![
+                "mcmc",
+                "--system",
+                "dw4",
+                "--burnin",
+                "-1",
+                "--out",
+                s(&out),
+            ],
+            "--burnin",
+            "-1",
+        ),
+        (
+            vec![
+                "sample",
+                "--model",
+                MODEL_DW4,
+                "--seed",
+                "-2",
+                "--out",
+                s(&out),
+            ],
+            "--seed",
+            "-2",
+        ),
+    ];
+    for (args, flag, value) in cases {
+        let r = eqflow_within(10, &args);
+        assert_refused(&r, &args, &[flag, &format!("'{value}'")]);
+        assert!(
+            !stderr(&r).contains("unexpected argument"),
+            "{}",
+            stderr(&r)
+        );
+    }
+}
+
+#[test]
+fn outputs_are_checked_before_any_work_and_never_overwrite_an_input() {
+    let dir = folder("hostile_outputs");
+    let data = dw4_data(&dir, "64");
+    let before = std::fs::read(&data).unwrap();
+    // The data as the output, however spelt: refused, the data untouched.
+    let link = dir.join("link.npy");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&data, &link).unwrap();
+    let dotted = format!("{}/./dw4.npy", s(&dir));
+    let mut spellings = vec![s(&data), dotted.as_str()];
+    if link.exists() {
+        spellings.push(s(&link));
+    }
+    for out in spellings {
+        let args = [
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            s(&data),
+            "--out",
+            out,
+            "--n-train",
+            "32",
+            "--epochs",
+            "1000",
+        ];
+        let r = eqflow_within(10, &args);
+        assert_refused(
+            &r,
+            &args,
+            &["--out", "same file as --data", "never overwrites"],
+        );
+        assert_eq!(std::fs::read(&data).unwrap(), before);
+    }
+    // The system file as the output of mcmc.
+    let system = dir.join("dw4_file.json");
+    std::fs::write(
+        &system,
+        r#"{"n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind": "double_well",
+            "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#,
+    )
+    .unwrap();
+    let system_text = std::fs::read(&system).unwrap();
+    let args = [
+        "mcmc",
+        "--system",
+        s(&system),
+        "-n",
+        "16",
+        "--out",
+        s(&system),
+    ];
+    assert_refused(&eqflow_within(10, &args), &args, &["same file as --system"]);
+    assert_eq!(std::fs::read(&system).unwrap(), system_text);
+    // Outputs that cannot be written are refused before a long run: without the check, this
+    // burn-in would run for minutes before the write failed.
+    let missing = dir.join("no_such_folder").join("x.npy");
+    let folder_out = dir.clone();
+    for (out, needle) in [
+        (s(&missing), "does not exist"),
+        (s(&folder_out), "is a folder"),
+        ("/dev/null", "special file"),
+    ] {
+        let args = [
+            "mcmc",
+            "--system",
+            "dw4",
+            "-n",
+            "64",
+            "--burnin",
+            "1000000000",
+            "--out",
+            out,
+        ];
+        assert_refused(&eqflow_within(10, &args), &args, &["--out", needle]);
+    }
+    // sample: a log q file that cannot be written stops the run before sampling, and no output
+    // of it is left behind.
+    std::fs::create_dir(dir.join("s_log_q.npy")).unwrap();
+    let samples = dir.join("s.npy");
+    let args = [
+        "sample",
+        "--model",
+        MODEL_DW4,
+        "-n",
+        "1000000",
+        "--out",
+        s(&samples),
+        "-q",
+    ];
+    assert_refused(
+        &eqflow_within(10, &args),
+        &args,
+        &["s_log_q.npy", "is a folder"],
+    );
+    assert!(!samples.exists() && !dir.join("s_log_w.npy").exists());
+    // Nothing but the files made here remains (no temporaries).
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut expected = vec!["dw4.npy", "dw4_file.json", "s_log_q.npy"];
+    if link.exists() {
+        expected.push("link.npy");
+    }
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+}
+
+#[test]
+fn a_system_of_other_particles_than_the_model_is_refused_before_sampling() {
+    let dir = folder("hostile_mismatch");
+    let data = dir.join("one.npy");
+    one_configuration(&data);
+    let out = dir.join("s.npy");
+    // A million LJ-13-sized samples would take minutes; the mismatch is found first.
+    for args in [
+        vec![
+            "sample",
+            "--model",
+            MODEL_DW4,
+            "--system",
+            "lj13",
+            "-n",
+            "1000000",
+            "--out",
+            s(&out),
+            "-q",
+        ],
+        vec![
+            "eval",
+            "--model",
+            MODEL_DW4,
+            "--data",
+            s(&data),
+            "--system",
+            "lj13",
+            "--n-samples",
+            "1000000",
+            "-q",
+        ],
+    ] {
+        let r = eqflow_within(10, &args);
+        assert_refused(
+            &r,
+            &args,
+            &[
+                "--system lj13 has 13 particles in 3 dimensions",
+                MODEL_DW4,
+                "4 particles in 2",
+            ],
+        );
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn one_sample_gives_no_standard_error_and_no_result_is_nan() {
+    let dir = folder("hostile_one");
+    let data = dir.join("one.npy");
+    one_configuration(&data);
+    let args = ["eval", "--model", MODEL_DW4, "--data", s(&data), "-q"];
+    let text = eqflow(&args);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let text = stdout(&text);
+    assert!(text.contains("± n/a"), "{text}");
+    assert!(
+        !text.contains("NaN") && !text.contains("± 0.0000"),
+        "{text}"
+    );
+    let e = json(&eqflow(&[&args[..], &["--json"]].concat()));
+    assert!(e["nll"].as_f64().unwrap().is_finite(), "{e}");
+    assert!(e["nll_se"].is_null(), "{e}");
+    // One MCMC sample: its mean energy has no error bar either.
+    let out = dir.join("m.npy");
+    let args = [
+        "mcmc",
+        "--system",
+        "dw4",
+        "-n",
+        "1",
+        "--burnin",
+        "100",
+        "--out",
+        s(&out),
+        "-q",
+    ];
+    let r = eqflow(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stdout(&r).contains("± n/a"), "{}", stdout(&r));
+    let m = json(&eqflow(&[&args[..], &["--json"]].concat()));
+    assert!(m["mean_energy_se_iid"].is_null(), "{m}");
+    // Empty data of either format are errors, not a NaN NLL.
+    let xyz = dir.join("empty.xyz");
+    std::fs::write(&xyz, "").unwrap();
+    let npy = dir.join("empty.npy");
+    eqflow::io::write_array(&npy, &[0, 8], &[], eqflow::io::Dtype::F64).unwrap();
+    for empty in [&xyz, &npy] {
+        let args = [
+            "eval",
+            "--model",
+            MODEL_DW4,
+            "--data",
+            s(empty),
+            "--system",
+            "dw4",
+        ];
+        assert_refused(&eqflow(&args), &args, &[s(empty)]);
+    }
+}
+
+#[test]
+fn model_file_errors_name_the_file() {
+    let dir = folder("hostile_models");
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(MODEL_DW4).unwrap()).unwrap();
+    let mut huge = model.clone();
+    huge["params"][0] = serde_json::json!(1e300);
+    let mut no_format = model.clone();
+    no_format.as_object_mut().unwrap().remove("format");
+    let cases = [
+        ("garbage.json", "not json at all".to_string()),
+        ("no_format.json", no_format.to_string()),
+        ("huge.json", huge.to_string()),
+    ];
+    let data = dir.join("one.npy");
+    one_configuration(&data);
+    for (name, text) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        for args in [
+            vec![
+                "sample",
+                "--model",
+                s(&path),
+                "-n",
+                "4",
+                "--out",
+                s(&dir.join("x.npy")),
+            ],
+            vec!["eval", "--model", s(&path), "--data", s(&data)],
+        ] {
+            assert_refused(
+                &eqflow(&args),
+                &args,
+                &[&format!("model file {}", s(&path))],
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_system_files_are_refused_naming_file_and_field_in_short_words() {
+    let dir = folder("hostile_systems");
+    let dw = |a: &str, b: &str, c: &str| {
+        format!(
+            r#"{{"n_particles": 4, "dim": 2, "kt": 1, "energy": {{"kind": "double_well",
+                "a": {a}, "b": {b}, "c": {c}, "d0": 4}}}}"#
+        )
+    };
+    let lj = |epsilon: &str, r_m: &str| {
+        format!(
+            r#"{{"n_particles": 6, "dim": 3, "kt": 1, "energy": {{"kind": "lennard_jones",
+                "epsilon": {epsilon}, "r_m": {r_m}, "oscillator_k": 1}}}}"#
+        )
+    };
+    let cases = [
+        (
+            "twice.json",
+            r#"{"n_particles": 4, "dim": 2, "kt": 1, "kt": 100, "energy": {"kind":
+                "double_well", "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#
+                .to_string(),
+            "field `kt` is given twice",
+        ),
+        (
+            "twice_inside.json",
+            r#"{"n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind": "double_well",
+                "a": 0, "b": -4, "b": 4, "c": 0.9, "d0": 4}}"#
+                .to_string(),
+            "field `energy.b` is given twice",
+        ),
+        (
+            "unnamed.json",
+            r#"{"name": "", "n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind":
+                "double_well", "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#
+                .to_string(),
+            "field `name`",
+        ),
+        ("falling.json", dw("0", "-4", "-0.9"), "field `energy.c`"),
+        ("no_quartic.json", dw("0", "-4", "0"), "field `energy.b`"),
+        ("flat.json", dw("0", "0", "0"), "field `energy.a`"),
+        (
+            "deep.json",
+            lj("1e308", "1"),
+            "field `energy.epsilon` = 1e308",
+        ),
+        (
+            "negative_rm.json",
+            lj("2", &format!("{:?}", -(0.1 + 0.2))),
+            "got -0.3",
+        ),
+    ];
+    let out = dir.join("x.npy");
+    for (name, text, needle) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let args = ["mcmc", "--system", s(&path), "-n", "16", "--out", s(&out)];
+        let r = eqflow_within(10, &args);
+        assert_refused(&r, &args, &[s(&path), needle]);
+        let err = stderr(&r);
+        assert!(
+            err.len() < 600 && !err.contains("0000000"),
+            "long numbers in {err}"
+        );
+    }
+}
+
+#[test]
+fn absurd_counts_are_refused_up_front_with_their_limit() {
+    let dir = folder("hostile_counts");
+    let data = dir.join("one.npy");
+    one_configuration(&data);
+    let out = dir.join("x.npy");
+    let train = |flag: &'static str, value: &'static str| {
+        vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--n-train",
+            "1",
+            flag,
+            value,
+        ]
+    };
+    let cases = [
+        (
+            vec![
+                "mcmc",
+                "--system",
+                "dw4",
+                "-n",
+                "64",
+                "--burnin",
+                "1000000000000000000",
+                "--out",
+                s(&out),
+            ],
+            vec!["--burnin", "1000000000000"],
+        ),
+        (
+            vec![
+                "mcmc",
+                "--system",
+                "dw4",
+                "-n",
+                "100000",
+                "--chains",
+                "1",
+                "--thin",
+                "100000000000",
+                "--out",
+                s(&out),
+            ],
+            vec!["--thin", "10^12"],
+        ),
+        (
+            train("--epochs", "1000000000000000000"),
+            vec!["--epochs", "1000000"],
+        ),
+        (
+            train("--kl-epochs", "10000000"),
+            vec!["--kl-epochs", "1000000"],
+        ),
+        (
+            train("--finetune-epochs", "10000000"),
+            vec!["--finetune-epochs", "1000000"],
+        ),
+        (
+            vec![
+                "eval",
+                "--model",
+                MODEL_DW4,
+                "--data",
+                s(&data),
+                "--system",
+                "dw4",
+                "--n-samples",
+                "1000000000000000000",
+            ],
+            vec!["eval --n-samples", "resource limit"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let r = eqflow_within(10, &args);
+        assert_refused(&r, &args, &needles);
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn log_z_estimates_that_disagree_are_flagged() {
+    let dir = folder("hostile_log_z");
+    let data = dw4_data(&dir, "200");
+    // DW-4 at half the temperature: the data (sampled at kT = 1) are not its samples, so
+    // bridge sampling, which takes them as such, parts from importance sampling.
+    let cold = dir.join("cold.json");
+    std::fs::write(
+        &cold,
+        r#"{"n_particles": 4, "dim": 2, "kt": 0.5, "energy": {"kind": "double_well",
+            "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#,
+    )
+    .unwrap();
+    let eval = |system: &str| {
+        eqflow(&[
+            "eval",
+            "--model",
+            MODEL_DW4,
+            "--data",
+            s(&data),
+            "--system",
+            system,
+            "--n-samples",
+            "200",
+            "--json",
+            "-q",
+        ])
+    };
+    let r = eval(s(&cold));
+    let e = json(&r);
+    assert_eq!(e["log_z_consistent"], false, "{e}");
+    assert!(
+        stderr(&r).contains("warning: the two estimates of log Z disagree"),
+        "{}",
+        stderr(&r)
+    );
+    let r = eval("dw4");
+    let e = json(&r);
+    assert_eq!(e["log_z_consistent"], true, "{e}");
+    assert!(!stderr(&r).contains("warning"), "{}", stderr(&r));
+    // Without a system there is nothing to compare.
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        MODEL_DW4,
+        "--data",
+        s(&data),
+        "--json",
+        "-q",
+    ]));
+    assert!(e["log_z_consistent"].is_null(), "{e}");
+}
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let dir = folder("hostile_pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eqflow"))
+        .args([
+            "mcmc",
+            "--system",
+            "dw4",
+            "-n",
+            "64",
+            "--burnin",
+            "20000",
+            "--out",
+            s(&dir.join("x.npy")),
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before eqflow prints: its write then fails (EPIPE).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
