@@ -23,6 +23,7 @@
 //! either the old file or the complete new one, concurrent saves to different paths never share
 //! a temporary, and a failed save removes its own temporary and touches nothing else.
 
+pub mod json;
 pub mod model;
 pub mod npy;
 pub mod xyz;

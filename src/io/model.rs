@@ -299,10 +299,17 @@ impl ModelFile {
     }
 
     /// Parses JSON text.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Format`] for text that is not JSON, a key given twice in any object (free-form
+    /// parts included: see [`super::json`]), or a missing, unknown or mistyped field.
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Format {
+        let malformed = |e: serde_json::Error| Error::Format {
             what: format!("model file: {e}"),
-        })
+        };
+        super::json::parse_unique(text).map_err(malformed)?;
+        serde_json::from_str(text).map_err(malformed)
     }
 
     /// Pretty-printed JSON text.
@@ -567,6 +574,31 @@ mod tests {
         assert!(matches!(err, Error::Format { .. }));
         // NaN is not JSON.
         assert!(ModelFile::from_json(&text.replacen("0.", "NaN", 1)).is_err());
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_any_depth() {
+        let text = ModelFile::from_flow(
+            &Flow::new(4, 2, 3).unwrap(),
+            None,
+            Some(serde_json::json!({"epochs": 3})),
+        )
+        .to_json();
+        ModelFile::from_json(&text).unwrap();
+        // Top level (a typed field), inside the field's free-form settings (the last value
+        // would win there, building another field than the file shows), inside the
+        // training summary.
+        for (key, twice) in [
+            ("\"prior_sigma\":", "\"prior_sigma\": 2.0, \"prior_sigma\":"),
+            ("\"mu_time\":", "\"mu_time\": [0.5], \"mu_time\":"),
+            ("\"epochs\":", "\"epochs\": 1, \"epochs\":"),
+        ] {
+            assert!(text.contains(key), "{key}");
+            let err = ModelFile::from_json(&text.replacen(key, twice, 1)).unwrap_err();
+            assert!(matches!(err, Error::Format { .. }), "{err}");
+            let name = key.trim_end_matches(':').trim_matches('"');
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]
