@@ -749,3 +749,46 @@ fn a_closed_stdout_is_an_error_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
 }
+
+#[test]
+fn repro_numbers_are_refused_before_the_output_folder_exists() {
+    let dir = folder("hostile_repro");
+    let out = dir.join("never");
+    let o = s(&out);
+    let cases: [(Vec<&str>, Vec<&str>); 7] = [
+        (
+            vec!["repro", "dto-otd", "--out", o, "--weight-decay", "-1"],
+            vec!["--weight-decay", "≥ 0"],
+        ),
+        (
+            vec!["repro", "dto-otd", "--out", o, "--weight-decay", "nan"],
+            vec!["--weight-decay", "finite"],
+        ),
+        (
+            // Finite and ≥ 0, but learning rate × weight decay ≥ 1 flips every parameter's sign.
+            vec!["repro", "dto-otd", "--out", o, "--weight-decay", "1e300"],
+            vec!["weight_decay"],
+        ),
+        (
+            vec!["repro", "dto-otd", "--out", o, "--iterations", "0"],
+            vec!["--iterations", "at least 1"],
+        ),
+        (
+            vec!["repro", "metastable", "--out", o, "--rounds", "100000"],
+            vec!["--rounds", "10000"],
+        ),
+        (
+            vec!["repro", "metastable", "--out", o, "--n-long", "-5"],
+            vec!["--n-long"],
+        ),
+        (
+            vec!["repro", "metastable", "--out", o, "--lj13-epochs", "0"],
+            vec!["--lj13-epochs", "at least 1"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let r = eqflow_within(10, &args);
+        assert_refused(&r, &args, &needles);
+        assert!(!out.exists(), "{args:?} created its output folder");
+    }
+}

@@ -102,6 +102,39 @@ pub fn rk4_steps(text: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// Most training iterations of `repro dto-otd` (as [`MAX_EPOCHS`]).
+pub const MAX_ITERATIONS: usize = MAX_EPOCHS;
+
+/// Most rounds of `repro metastable` (each trains a flow and runs two MCMC chains).
+pub const MAX_ROUNDS: usize = 10_000;
+
+/// Most samples of `repro metastable`'s long LJ-13 chain, all kept in memory (3.1 GB).
+pub const MAX_LONG_SAMPLES: usize = 10_000_000;
+
+/// A count from 1 to `max` of `unit`.
+fn count_up_to(text: &str, max: usize, unit: &str) -> Result<usize, String> {
+    let n = positive_count(text)?;
+    if n > max {
+        return Err(format!("must be at most {max} {unit}"));
+    }
+    Ok(n)
+}
+
+/// Training iterations: 1 to [`MAX_ITERATIONS`].
+pub fn iterations(text: &str) -> Result<usize, String> {
+    count_up_to(text, MAX_ITERATIONS, "iterations")
+}
+
+/// Experiment rounds: 1 to [`MAX_ROUNDS`].
+pub fn rounds(text: &str) -> Result<usize, String> {
+    count_up_to(text, MAX_ROUNDS, "rounds")
+}
+
+/// Samples of a long chain kept in memory: 1 to [`MAX_LONG_SAMPLES`].
+pub fn long_samples(text: &str) -> Result<usize, String> {
+    count_up_to(text, MAX_LONG_SAMPLES, "samples")
+}
+
 /// Epochs between validations: at least 1.
 pub fn validate_every(text: &str) -> Result<usize, String> {
     positive_count(text).map_err(|e| format!("{e} (validate_every: epochs between validations)"))
@@ -162,6 +195,13 @@ mod tests {
         for bad in ["-0.1", "nan", "inf"] {
             assert!(non_negative(bad).is_err(), "{bad}");
         }
+        for bad in ["0", "-3", "1000001"] {
+            assert!(iterations(bad).is_err(), "{bad}");
+        }
+        assert_eq!(iterations("1000000"), Ok(1_000_000));
+        assert!(rounds("10001").is_err());
+        assert!(long_samples("10000001").is_err());
+        assert_eq!(long_samples("2000"), Ok(2000));
         for bad in ["0", "1", "1.5", "-0.5", "nan"] {
             assert!(open_unit(bad).is_err(), "{bad}");
         }

@@ -180,6 +180,12 @@ fn train(
 
 pub(super) fn run(a: &RunArgs, weight_decay: f64, iterations: Option<usize>) -> Result<()> {
     let clock = std::time::Instant::now();
+    // The optimiser's settings are checked before the output folder and the data exist.
+    AdamWConfig {
+        weight_decay,
+        ..AdamWConfig::default()
+    }
+    .validate()?;
     create_out_dir(&a.out)?;
     let base = if a.quick { QUICK } else { FULL };
     let plan = &Plan {

@@ -20,7 +20,7 @@ use clap::{Args, Subcommand};
 
 use eqflow::Result;
 
-use super::Common;
+use super::{Common, args};
 
 mod baseline;
 mod divergence;
@@ -90,10 +90,12 @@ struct DtoOtdArgs {
     run: RunArgs,
     /// AdamW's decoupled weight decay for both schemes (the paper regularises W by weight
     /// decay; how much decides whether DTO's fixed grid stays a faithful ODE solution).
-    #[arg(long, default_value_t = dto_otd::DEFAULT_WEIGHT_DECAY)]
+    /// (≥ 0, with learning rate × weight decay below 1).
+    #[arg(long, default_value_t = dto_otd::DEFAULT_WEIGHT_DECAY,
+          value_parser = args::non_negative, allow_negative_numbers = true)]
     weight_decay: f64,
-    /// Training iterations (default 1,000, or 3 with --quick).
-    #[arg(long)]
+    /// Training iterations (default 1,000, or 3 with --quick; at most 10⁶).
+    #[arg(long, value_parser = args::iterations, allow_negative_numbers = true)]
     iterations: Option<usize>,
 }
 
@@ -101,14 +103,15 @@ struct DtoOtdArgs {
 struct MetastableArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// LJ-13 rounds (default 10, or 1 with --quick).
-    #[arg(long)]
+    /// LJ-13 rounds (default 10, or 1 with --quick; at most 10,000).
+    #[arg(long, value_parser = args::rounds, allow_negative_numbers = true)]
     rounds: Option<usize>,
-    /// Samples of the long LJ-13 MCMC trajectory (default 100,000, or 2,000 with --quick).
-    #[arg(long)]
+    /// Samples of the long LJ-13 MCMC trajectory (default 100,000, or 2,000 with --quick; at
+    /// most 10⁷, all kept in memory).
+    #[arg(long, value_parser = args::long_samples, allow_negative_numbers = true)]
     n_long: Option<usize>,
-    /// ML epochs of each LJ-13 flow (default 20, or 2 with --quick).
-    #[arg(long)]
+    /// ML epochs of each LJ-13 flow (default 20, or 2 with --quick; at most 10⁶).
+    #[arg(long, value_parser = args::epochs, allow_negative_numbers = true)]
     lj13_epochs: Option<usize>,
 }
 
