@@ -30,7 +30,7 @@
 //!   number only. Downhill moves are accepted and uphill ones rejected at any kT, and no NaN
 //!   can arise from admissible inputs.
 
-use crate::energy::Compact;
+use crate::error::Compact;
 use crate::error::{Error, Result, check_finite};
 
 /// A temperature kT, in the energy units of U: positive and finite, checked once on

@@ -151,3 +151,58 @@ pub(crate) fn check_finite(values: &[f64], what: &str) -> Result<()> {
         Some(i) => Err(Error::non_finite(format!("{what}[{i}] = {}", values[i]))),
     }
 }
+
+/// A number for a message: at most six significant digits with trailing zeros dropped, in
+/// exponent notation outside `[1e-4, 1e6)`. `0.1 + 0.2` reads `0.3` and `1e308` reads `1e308`
+/// (`{}` would write 0.30000000000000004 and 309 digits). Not for messages whose point is a
+/// difference in the last digits.
+#[derive(Debug, Clone, Copy)]
+pub struct Compact(pub f64);
+
+impl std::fmt::Display for Compact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let x = self.0;
+        if !x.is_finite() || x == 0.0 {
+            return write!(f, "{x}");
+        }
+        let trim = |m: &str| -> String {
+            if m.contains('.') {
+                m.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                m.to_string()
+            }
+        };
+        if (1e-4..1e6).contains(&x.abs()) {
+            let decimals = (5 - x.abs().log10().floor() as i32).max(0) as usize;
+            f.write_str(&trim(&format!("{x:.decimals$}")))
+        } else {
+            let text = format!("{x:.5e}");
+            let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+            write!(f, "{}e{exponent}", trim(mantissa))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Compact;
+
+    #[test]
+    fn compact_numbers_are_short() {
+        let cases = [
+            (0.1 + 0.2, "0.3"),
+            (-(0.1 + 0.2), "-0.3"),
+            (1e308, "1e308"),
+            (-1.5e-300, "-1.5e-300"),
+            (123_456.7, "123457"),
+            (2.0, "2"),
+            (0.000_125, "0.000125"),
+            (0.0, "0"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-inf"),
+        ];
+        for (x, text) in cases {
+            assert_eq!(Compact(x).to_string(), text, "{x:e}");
+        }
+    }
+}

@@ -64,7 +64,7 @@
 //! `F_b − F_a = −kT · log(P_b/P_a)` ([`free_energy_difference`]).
 
 use crate::boltzmann::{Kt, check_log_weights};
-use crate::energy::Compact;
+use crate::error::Compact;
 use crate::error::{Error, Result};
 
 /// An estimate with its standard error (one standard deviation of the estimator).

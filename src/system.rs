@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::boltzmann::Kt;
-use crate::energy::{Compact, DoubleWell, Energy, LennardJones, SpeciesLennardJones};
-use crate::error::{Error, Result};
+use crate::energy::{DoubleWell, Energy, LennardJones, SpeciesLennardJones};
+use crate::error::{Compact, Error, Result};
 use crate::field::{Family, Interaction, Preset};
 use crate::flow::Flow;
 use crate::geometry::Layout;

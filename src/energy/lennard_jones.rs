@@ -1,7 +1,8 @@
 //! Lennard-Jones clusters held together by a harmonic oscillator: the LJ-13 benchmark
 //! (DESIGN.md §2).
 
-use super::{Compact, Energy, add_pair_gradient, squared_distance};
+use super::{Energy, add_pair_gradient, squared_distance};
+use crate::error::Compact;
 use crate::{Error, Result};
 
 /// Lennard-Jones pair potential plus a harmonic tether to the centre of mass,

@@ -2,7 +2,8 @@
 //! unordered species pair (a binary LJ cluster, say), with the harmonic tether of
 //! [`super::LennardJones`].
 
-use super::{Compact, Energy, add_pair_gradient, squared_distance};
+use super::{Energy, add_pair_gradient, squared_distance};
+use crate::error::Compact;
 use crate::species::Species;
 use crate::{Error, Result};
 

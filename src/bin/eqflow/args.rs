@@ -5,6 +5,8 @@
 //! Counts that size memory (`-n`, `--n-samples`) have no fixed bound here: they are checked
 //! against the memory limit once the system's size is known (`check_memory` in `main.rs`).
 
+use eqflow::error::Compact;
+
 /// Most epochs of one training phase (`--epochs`, `--finetune-epochs`, `--kl-epochs`).
 pub const MAX_EPOCHS: usize = 1_000_000;
 
@@ -14,28 +16,6 @@ pub const MAX_MCMC_STEPS: u64 = 1_000_000_000_000;
 
 /// Largest learning rate: beyond it AdamW only diverges (and its weight decay leaves its range).
 pub const MAX_LR: f64 = 1e6;
-
-/// A number for a message: six significant digits at most (as the library's messages).
-pub fn compact(x: f64) -> String {
-    if !x.is_finite() || x == 0.0 {
-        return format!("{x}");
-    }
-    let trim = |m: &str| {
-        if m.contains('.') {
-            m.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            m.to_string()
-        }
-    };
-    if (1e-4..1e6).contains(&x.abs()) {
-        let decimals = (5 - x.abs().log10().floor() as i32).max(0) as usize;
-        trim(&format!("{x:.decimals$}"))
-    } else {
-        let text = format!("{x:.5e}");
-        let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
-        format!("{}e{exponent}", trim(mantissa))
-    }
-}
 
 fn count(text: &str) -> Result<usize, String> {
     text.parse::<usize>()
@@ -146,7 +126,7 @@ pub fn learning_rate(text: &str) -> Result<f64, String> {
     if x > 0.0 && x <= MAX_LR {
         Ok(x)
     } else {
-        Err(format!("must be positive and at most {}", compact(MAX_LR)))
+        Err(format!("must be positive and at most {}", Compact(MAX_LR)))
     }
 }
 
@@ -205,13 +185,5 @@ mod tests {
         for bad in ["0", "1", "1.5", "-0.5", "nan"] {
             assert!(open_unit(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn compact_numbers_are_short() {
-        assert_eq!(compact(0.1 + 0.2), "0.3");
-        assert_eq!(compact(1e308), "1e308");
-        assert_eq!(compact(-2.5e-7), "-2.5e-7");
-        assert_eq!(compact(17.0), "17");
     }
 }
