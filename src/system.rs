@@ -67,6 +67,8 @@ impl EnergySpec {
     /// - a double well must confine the particles: `c > 0`, or `c = 0` with `b > 0`, or
     ///   `b = c = 0` with `a > 0` (otherwise the energy is flat or unbounded below and
     ///   `exp(−U/kT)` has no normalisation);
+    /// - a Lennard-Jones cluster must be tethered, `oscillator_k > 0` (otherwise a particle
+    ///   that leaves feels a constant energy over an infinite volume: no normalisation);
     /// - lengths (`r_m`, `|d0|`) lie in [`LENGTH_RANGE`];
     /// - each energy parameter's pair terms, summed over all pairs at the system's length scale
     ///   (for the double well the largest of 1, `|d0|` and the wells' offset from `d0`; for
@@ -117,6 +119,22 @@ impl EnergySpec {
                 ));
             }
             Ok(())
+        };
+        // A cluster without its tether is not a Boltzmann distribution: a particle that
+        // leaves feels an energy that tends to a constant over an infinite volume, so Z is
+        // infinite and log Z, the entropy and the KL that `eval` reports have no meaning.
+        let untethered = |k: f64| {
+            if k > 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "field `energy.oscillator_k` = {}: without the harmonic tether nothing \
+                     holds the cluster together (the pair energy tends to 0 as particles \
+                     separate), so exp(−U/kT) has no normalisation; it must be > 0 (LJ-13 \
+                     uses 1)",
+                    Compact(k)
+                ))
+            }
         };
         match *self {
             EnergySpec::DoubleWell { a, b, c, d0, .. } => {
@@ -174,6 +192,7 @@ impl EnergySpec {
                 oscillator_k,
                 ..
             } => {
+                untethered(oscillator_k)?;
                 length("r_m", r_m)?;
                 scale("epsilon", epsilon, "the well depth ε", n_pairs * epsilon)?;
                 scale(
@@ -189,6 +208,7 @@ impl EnergySpec {
                 oscillator_k,
                 ..
             } => {
+                untethered(oscillator_k)?;
                 for &r in r_m {
                     length("r_m", r)?;
                 }
@@ -804,15 +824,7 @@ mod tests {
         let e = lj.energy.build().unwrap();
         assert_eq!((e.n_particles(), e.dim()), (13, 3));
         // The LJ-13 convention's pair minimum is −ε = −2 at d = r_m.
-        let pair = EnergySpec::LennardJones {
-            n_particles: 2,
-            dim: 3,
-            epsilon: 2.0,
-            r_m: 1.0,
-            oscillator_k: 0.0,
-        }
-        .build()
-        .unwrap();
+        let pair = LennardJones::new(2, 3, 2.0, 1.0, 0.0).unwrap();
         assert!((pair.energy(&[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]) + 2.0).abs() < 1e-12);
         let dw4 = System::preset("dw4").unwrap();
         assert_eq!(dw4.energy.shape(), (4, 2));
@@ -1035,7 +1047,11 @@ mod tests {
             (lj("1e308", "1", "1"), "field `energy.epsilon` = 1e308"),
             (lj("1e99", "1", "1"), "field `energy.epsilon` = 1e99"),
             (lj("2", "1", "1e98"), "field `energy.oscillator_k` = 1e98"),
-            (lj("2", "1e60", "0"), "field `energy.r_m` = 1e60"),
+            (lj("2", "1e60", "1"), "field `energy.r_m` = 1e60"),
+            (
+                lj("2", "1", "0"),
+                "field `energy.oscillator_k` = 0: without the harmonic tether",
+            ),
             (
                 lj("2", &format!("{:?}", -(0.1 + 0.2)), "1"),
                 "r_m must be positive with a finite positive square, got -0.3",
