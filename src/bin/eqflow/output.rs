@@ -55,10 +55,15 @@ fn create_temporary(target: &Path) -> std::io::Result<PathBuf> {
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
     let stem: String = name.chars().take(48).collect();
     let pid = std::process::id();
+    let extension = target
+        .extension()
+        .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
     let mut last = None;
     for _ in 0..64 {
         let id = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = folder_of(target).join(format!(".{stem}.eqflow-out-{pid}-{id}.tmp"));
+        // The target's extension last: a writer that picks its format by the extension
+        // (plotters' PNG encoder) writes the temporary as it will the target.
+        let tmp = folder_of(target).join(format!(".{stem}.eqflow-out-{pid}-{id}.tmp{extension}"));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(_) => return Ok(tmp),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
