@@ -103,13 +103,13 @@ struct TrainArgs {
     /// kept.
     #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     n_val: usize,
-    /// Field family: `kernel` (the paper's pairwise RBF field; trains by ml, fm or fm-ot),
-    /// `coordkernel` (pair coefficients modulated by both particles' coordination numbers;
-    /// trains by every objective), `envpair` (environment-modulated pair field; trains by fm
-    /// or fm-ot only), `kernelcoord` (the paper's field plus a coordination correction that
-    /// starts at zero; trains by every objective but ml-discrete) or `dense` (the
-    /// non-equivariant baseline: a tanh network of the flattened coordinates; trains by every
-    /// objective).
+    /// Field family: `kernel` (the paper's pairwise RBF field; trains by every objective, the
+    /// only family with ml-discrete), `coordkernel` (pair coefficients modulated by both
+    /// particles' coordination numbers; every objective but ml-discrete), `envpair`
+    /// (environment-modulated pair field; fm, fm-align or fm-ot only), `kernelcoord` (the
+    /// paper's field plus a coordination correction that starts at zero; every objective but
+    /// ml-discrete) or `dense` (the non-equivariant baseline: a tanh network of the flattened
+    /// coordinates; every objective but ml-discrete).
     #[arg(long, default_value = "kernel")]
     field: String,
     /// Epochs of the first phase, whose objective --objective chooses (1 to 1,000,000).
