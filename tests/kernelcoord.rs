@@ -284,6 +284,20 @@ fn invalid_settings_and_parameters_are_refused_and_change_nothing() {
     );
     assert!(field.set_params(&p[1..]).is_err());
     assert!(KernelCoordField::new(layout, small((0.0, 4.0)), p[1..].to_vec()).is_err());
+    // Settings whose parameter count overflows (a corrupt model file) are refused by name,
+    // before any count is computed: no arithmetic overflow, no size mismatch of 10^18.
+    for (n_rbf, n_shells) in [
+        (4_000_000_000_000_000_000, 4),
+        (16, 1_000_000_000_000_000_000),
+    ] {
+        let mut bad = small((0.0, 4.0));
+        bad.coord.n_rbf = n_rbf;
+        bad.coord.n_shells = n_shells;
+        let message = KernelCoordField::new(layout, bad, p.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("is outside [2, 64]"), "{message}");
+    }
     // Several species: the correction has none, so the family refuses them.
     let two = eqflow::species::Species::new(2, vec![0, 1, 0, 1]).unwrap();
     assert!(KernelCoordField::untrained(layout, small((0.0, 4.0)), two, 0).is_err());

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Compact, Error, Result};
 use crate::field::linspace;
 
 /// The largest number of Gaussians in any basis (distance, time or coordination shells):
@@ -88,8 +88,10 @@ impl CoordKernelConfig {
         ] {
             if !ok(lo) || !ok(hi) || hi - lo < 1e-6 {
                 return Err(Error::invalid(format!(
-                    "coordkernel {what} range [{lo}, {hi}] must satisfy 0 ≤ min < max ≤ 1e6 \
-                     (by at least 1e-6)"
+                    "coordkernel {what} range [{}, {}] must satisfy 0 ≤ min < max ≤ 1e6 \
+                     (by at least 1e-6)",
+                    Compact(lo),
+                    Compact(hi)
                 )));
             }
         }

@@ -52,6 +52,10 @@ impl KernelCoordField {
     /// What either part refuses (settings, layout, parameter values); a parameter vector whose
     /// length is not the two parts' together ([`Error::DimensionMismatch`]).
     pub fn new(layout: Layout, config: KernelCoordConfig, params: Vec<f64>) -> Result<Self> {
+        // The settings first: the parameter counts below are products of them, which
+        // settings out of range would overflow.
+        config.kernel.validate()?;
+        config.coord.validate()?;
         let n_kernel =
             ParamLayout::new(config.kernel.mu_dist.len(), config.kernel.mu_time.len()).len();
         let n_coord = config.coord.n_params();
