@@ -792,3 +792,31 @@ fn repro_numbers_are_refused_before_the_output_folder_exists() {
         assert!(!out.exists(), "{args:?} created its output folder");
     }
 }
+
+#[test]
+fn configurations_go_to_npy_or_xyz_files_only() {
+    let dir = folder("hostile_formats");
+    for name in ["samples.txt", "samples.csv", "samples.NPZ"] {
+        let out = dir.join(name);
+        for args in [
+            vec!["mcmc", "--system", "dw4", "-n", "8", "--out", s(&out)],
+            vec!["sample", "--model", MODEL_DW4, "-n", "8", "--out", s(&out)],
+        ] {
+            let r = eqflow_within(10, &args);
+            assert_refused(
+                &r,
+                &args,
+                &["--out", "eqflow writes configurations as .npy"],
+            );
+            assert!(!out.exists(), "{args:?} wrote {name}");
+        }
+    }
+    // Either case of the two formats, and a bare name (a .npy file), are written.
+    for name in ["a.NPY", "b.Xyz", "bare"] {
+        let out = dir.join(name);
+        let args = ["mcmc", "--system", "dw4", "-n", "8", "--out", s(&out), "-q"];
+        let r = eqflow_within(30, &args);
+        assert!(r.status.success(), "{args:?}: {}", stderr(&r));
+        assert!(out.exists(), "{name}");
+    }
+}

@@ -25,7 +25,7 @@ use eqflow::system::System;
 use eqflow::train::{
     LambdaSchedule, LrSchedule, Objective, Pairing, TrainConfig, TrainSummary, Trainer,
 };
-use eqflow::{Flow, Result};
+use eqflow::{Error, Flow, Result};
 
 mod args;
 mod demo;
@@ -225,7 +225,7 @@ struct McmcArgs {
     #[arg(short = 'n', long = "n-samples", default_value_t = 10_000,
           value_parser = args::positive_count, allow_negative_numbers = true)]
     n: usize,
-    /// Output file (.npy, float64, shape (n, N·D); or .xyz).
+    /// Output file (.npy, float64, shape (n, N·D); or .xyz; other extensions are refused).
     #[arg(long)]
     out: PathBuf,
     /// Random seed.
@@ -256,7 +256,7 @@ struct SampleArgs {
     #[arg(short = 'n', long = "n-samples", default_value_t = 10_000,
           value_parser = args::positive_count, allow_negative_numbers = true)]
     n: usize,
-    /// Output file for the configurations (.npy or .xyz); log q goes to `<stem>_log_q.npy` and,
+    /// Output file for the configurations (.npy or .xyz; other extensions are refused); log q goes to `<stem>_log_q.npy` and,
     /// with a system, log w to `<stem>_log_w.npy`. All are written or none.
     #[arg(long)]
     out: PathBuf,
@@ -395,6 +395,25 @@ fn is_xyz(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("xyz"))
 }
 
+/// Refuses an output of configurations whose extension names another format than the two
+/// eqflow writes: `--out samples.txt` or `.csv` would otherwise get a NumPy file under a text
+/// name. A name without an extension gets a .npy file.
+fn check_configurations_output(flag: &str, path: &Path) -> Result<()> {
+    match path.extension() {
+        Some(e) if !e.eq_ignore_ascii_case("npy") && !e.eq_ignore_ascii_case("xyz") => {
+            Err(Error::InvalidArgument {
+                what: format!(
+                    "{flag} {}: eqflow writes configurations as .npy (NumPy) or .xyz \
+                     (extended XYZ), not .{}",
+                    path.display(),
+                    e.to_string_lossy()
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads configurations from .npy or .xyz.
 fn read_data(path: &Path, layout: Layout) -> Result<Vec<f64>> {
     if is_xyz(path) {
@@ -524,6 +543,7 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
         .map(|p| ("--system", p))
         .into_iter()
         .collect();
+    check_configurations_output("--out", &a.out)?;
     output::check_output("--out", &a.out, &inputs)?;
     let spacing = system.neighbour_distance();
     let config = McmcConfig {
@@ -604,6 +624,7 @@ fn run_sample(a: SampleArgs) -> Result<()> {
     if let Some(path) = a.system.as_deref().and_then(system_file) {
         inputs.push(("--system", path));
     }
+    check_configurations_output("--out", &a.out)?;
     output::check_output("--out", &a.out, &inputs)?;
     output::check_output("--out (its log q file)", &log_q_path, &inputs)?;
     if system.is_some() {
