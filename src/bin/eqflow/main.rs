@@ -256,8 +256,9 @@ struct SampleArgs {
     #[arg(short = 'n', long = "n-samples", default_value_t = 10_000,
           value_parser = args::positive_count, allow_negative_numbers = true)]
     n: usize,
-    /// Output file for the configurations (.npy or .xyz; other extensions are refused); log q goes to `<stem>_log_q.npy` and,
-    /// with a system, log w to `<stem>_log_w.npy`. All are written or none.
+    /// Output file for the configurations (.npy or .xyz; other extensions are refused); log q
+    /// goes to `<stem>_log_q.npy` and, with a system, log w to `<stem>_log_w.npy`. All are
+    /// written or none.
     #[arg(long)]
     out: PathBuf,
     /// Random seed.
