@@ -1177,13 +1177,13 @@ fn exact_discrete_likelihood_trains_the_models_own_density_and_refuses_families_
 
     // A family without the Jacobian's reverse pass is refused before anything runs.
     let system = eqflow::system::System::preset("dw4").unwrap();
-    let mut coord = system.untrained_flow_of("coordkernel", 1).unwrap();
+    let mut coord = system.untrained_flow_of("dense", 1).unwrap();
     let before = coord.field().params().to_vec();
     let err = Trainer::new(config, &data)
         .run(&mut coord, |_| panic!("no epoch may run"))
         .unwrap_err();
     assert!(
-        err.to_string().contains("coordkernel") && err.to_string().contains("exact-discrete"),
+        err.to_string().contains("dense") && err.to_string().contains("exact-discrete"),
         "{err}"
     );
     assert_eq!(coord.field().params(), &before[..]);

@@ -83,15 +83,14 @@ unsafe fn update(
 }
 
 /// Sets the field family by its name: "kernel" (the paper's pairwise RBF kernel field, the
-/// default; trains by every objective, the only family with the exact-discrete likelihood), "coordkernel" (pair
-/// coefficients modulated by both particles' coordination numbers, shells on the middle half
-/// of the distance range; trains by every objective but the exact-discrete likelihood), "envpair" (the environment-modulated
-/// pair field; trains by flow matching only), "kernelcoord" (the paper's kernel field plus a
-/// coordination correction that starts at zero, so an untrained one is the kernel field;
-/// trains by every objective but the exact-discrete likelihood) or "dense" (the
+/// default; trains by every objective), "coordkernel" (pair coefficients modulated by both
+/// particles' coordination numbers, shells on the middle half of the distance range; every
+/// objective), "envpair" (the environment-modulated pair field; flow matching only),
+/// "kernelcoord" (the paper's kernel field plus a coordination correction that starts at
+/// zero, so an untrained one is the kernel field; every objective) or "dense" (the
 /// non-equivariant baseline: a tanh network of the flattened centred coordinates, not
-/// permutation or rotation equivariant; trains by every objective but the exact-discrete
-/// likelihood). Kernel counts left at their defaults follow the family (kernel:
+/// permutation or rotation equivariant; every objective but the exact-discrete likelihood).
+/// Kernel counts left at their defaults follow the family (kernel:
 /// 50 and 10, also for kernelcoord's kernel part; coordkernel and envpair: 16 and 6; dense:
 /// hidden width 64 and 6 time features); counts set with `eqf_flow_options_set_kernel_counts`
 /// must suit the new family.

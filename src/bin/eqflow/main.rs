@@ -103,13 +103,12 @@ struct TrainArgs {
     /// kept.
     #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     n_val: usize,
-    /// Field family: `kernel` (the paper's pairwise RBF field; trains by every objective, the
-    /// only family with ml-discrete), `coordkernel` (pair coefficients modulated by both
-    /// particles' coordination numbers; every objective but ml-discrete), `envpair`
-    /// (environment-modulated pair field; fm, fm-align or fm-ot only), `kernelcoord` (the
-    /// paper's field plus a coordination correction that starts at zero; every objective but
-    /// ml-discrete) or `dense` (the non-equivariant baseline: a tanh network of the flattened
-    /// coordinates; every objective but ml-discrete).
+    /// Field family: `kernel` (the paper's pairwise RBF field; trains by every objective),
+    /// `coordkernel` (pair coefficients modulated by both particles' coordination numbers;
+    /// every objective), `envpair` (environment-modulated pair field; fm, fm-align or fm-ot
+    /// only), `kernelcoord` (the paper's field plus a coordination correction that starts at
+    /// zero; every objective) or `dense` (the non-equivariant baseline: a tanh network of the
+    /// flattened coordinates; every objective but ml-discrete).
     #[arg(long, default_value = "kernel")]
     field: String,
     /// Epochs of the first phase, whose objective --objective chooses (1 to 1,000,000).
@@ -118,8 +117,8 @@ struct TrainArgs {
     /// Objective of the first phase (default: the recipe of the system and field, see
     /// --rk4-steps): `ml` (maximum likelihood through the RK4 map, of the continuous-mode
     /// density: the paper's loss), `ml-discrete` (maximum likelihood of the exact-discrete
-    /// density of the RK4 map, the density the model reports; its KL epochs too; kernel field
-    /// only), `fm`
+    /// density of the RK4 map, the density the model reports; its KL epochs too; every family
+    /// but envpair and dense), `fm`
     /// (conditional flow matching from the prior, pairs in order), `fm-align` (pairs in order,
     /// each aligned over permutations and rotations/reflections) or `fm-ot` (flow matching
     /// with equivariant optimal-transport pairs: alignment and a batch assignment).
@@ -544,8 +543,8 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
         .map(|p| ("--system", p))
         .into_iter()
         .collect();
-    check_configurations_output("--out", &a.out)?;
     output::check_output("--out", &a.out, &inputs)?;
+    check_configurations_output("--out", &a.out)?;
     let spacing = system.neighbour_distance();
     let config = McmcConfig {
         kt: system.kt,
@@ -625,8 +624,8 @@ fn run_sample(a: SampleArgs) -> Result<()> {
     if let Some(path) = a.system.as_deref().and_then(system_file) {
         inputs.push(("--system", path));
     }
-    check_configurations_output("--out", &a.out)?;
     output::check_output("--out", &a.out, &inputs)?;
+    check_configurations_output("--out", &a.out)?;
     output::check_output("--out (its log q file)", &log_q_path, &inputs)?;
     if system.is_some() {
         output::check_output("--out (its log w file)", &log_w_path, &inputs)?;

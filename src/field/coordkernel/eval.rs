@@ -57,6 +57,9 @@ pub struct CoordKernelScratch {
     pub(super) d_bar: Vec<f64>,
     pub(super) r_bar: Vec<f64>,
     pub(super) v: Vec<f64>,
+    // The Jacobian's reverse pass: the cotangents of Y and H (same shapes).
+    pub(super) y_bar: Vec<f64>,
+    pub(super) dh_bar: Vec<f64>,
     // One pair's radial basis and coefficients, kept here so that an evaluation does not
     // zero 4.6 KB of stack per call.
     pub(super) radial: Radial,
@@ -90,6 +93,14 @@ impl CoordKernelScratch {
             grow(&mut self.r_bar, n * n * dim);
             grow(&mut self.v, n * dim);
         }
+    }
+}
+
+impl CoordKernelScratch {
+    /// Grows the cotangents of the Jacobian's environment factors to `len` entries each.
+    pub(super) fn ensure_jacobian_reverse(&mut self, len: usize) {
+        grow_scratch(&mut self.y_bar, len);
+        grow_scratch(&mut self.dh_bar, len);
     }
 }
 

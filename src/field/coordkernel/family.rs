@@ -300,6 +300,25 @@ impl TrainableField for CoordKernelField {
         self.vjp_into(x, point, cotangent.v, cotangent.div, x_bar, m_bar, scratch);
     }
 
+    const JACOBIAN_REVERSE: bool = true;
+
+    fn jacobian_vjp_at(
+        &self,
+        x: &[f64],
+        point: &CoordKernelTimePoint,
+        time_index: usize,
+        v_bar: &[f64],
+        jac_bar: &[f64],
+        x_bar: &mut [f64],
+        adjoint: &mut Vec<f64>,
+        scratch: &mut CoordKernelScratch,
+    ) -> Result<()> {
+        let qk = self.config.n_features() * self.config.n_rbf;
+        let m_bar = &mut adjoint[time_index * qk..(time_index + 1) * qk];
+        self.jacobian_vjp_into(x, point, v_bar, jac_bar, x_bar, m_bar, scratch);
+        Ok(())
+    }
+
     /// `V̄_qkr += Σ_t M̄_qk(t) τ_r(t)`.
     fn adjoint_finish(
         &self,

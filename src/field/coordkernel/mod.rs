@@ -15,8 +15,10 @@
 //! centre of a cluster against its surface), which a pair potential's gradient cannot.
 //!
 //! It is **linear in its parameters** V, with closed-form velocity, divergence, dense Jacobian
-//! (`eval.rs`) and the reverse pass of both velocity and divergence (`vjp.rs`): it trains by
-//! maximum likelihood, KL and flow matching. Its Lipschitz bound is a closed form of V.
+//! (`eval.rs`), the reverse pass of both velocity and divergence (`vjp.rs`) and of the velocity
+//! and the whole Jacobian (`jacobian_vjp.rs`): it trains by maximum likelihood (of the
+//! continuous-mode or the exact-discrete density), KL and flow matching. Its Lipschitz bound
+//! is a closed form of V.
 
 // The loops index several parallel arrays (per particle, per pair, per shell) by the same
 // index; iterator zips of four slices read worse than the index.
@@ -27,6 +29,7 @@ mod coordkernel_field;
 mod eval;
 mod family;
 mod grid;
+mod jacobian_vjp;
 mod table;
 mod vjp;
 

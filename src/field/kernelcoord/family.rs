@@ -195,6 +195,41 @@ impl TrainableField for KernelCoordField {
         );
     }
 
+    const JACOBIAN_REVERSE: bool = true;
+
+    fn jacobian_vjp_at(
+        &self,
+        x: &[f64],
+        point: &Self::TimePoint,
+        time_index: usize,
+        v_bar: &[f64],
+        jac_bar: &[f64],
+        x_bar: &mut [f64],
+        adjoint: &mut Self::Adjoint,
+        scratch: &mut KernelCoordScratch,
+    ) -> Result<()> {
+        self.kernel.jacobian_vjp_at(
+            x,
+            &point.0,
+            time_index,
+            v_bar,
+            jac_bar,
+            x_bar,
+            &mut adjoint.0,
+            &mut scratch.kernel,
+        )?;
+        self.coord.jacobian_vjp_at(
+            x,
+            &point.1,
+            time_index,
+            v_bar,
+            jac_bar,
+            x_bar,
+            &mut adjoint.1,
+            &mut scratch.coord,
+        )
+    }
+
     fn adjoint_finish(
         &self,
         points: &[Self::TimePoint],
