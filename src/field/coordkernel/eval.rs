@@ -311,19 +311,11 @@ impl CoordKernelField {
         let na = self.config.n_shells;
         let nd = n * dim;
         let nk = n * na;
-        let kappa = 1.0 / (n - 1) as f64;
         ws.ensure(self, true, false);
         jac.fill(0.0);
+        self.environment_factors(x, ws);
         let mut r = [0.0; MAX_DIM];
-        let (y, h) = (&mut ws.y[..nd * nk], &mut ws.dh[..nk * nd]);
         for i in 0..n {
-            for a in 0..na {
-                for c in 0..dim {
-                    let g = ws.g[(i * na + a) * dim + c];
-                    h[(i * na + a) * nd + i * dim + c] = g;
-                    y[(i * dim + c) * nk + i * na + a] = ws.p[(i * na + a) * dim + c];
-                }
-            }
             for j in 0..n {
                 if i == j {
                     continue;
@@ -341,17 +333,9 @@ impl CoordKernelField {
                         jac[(i * dim + c) * nd + j * dim + c2] -= b;
                     }
                 }
-                for a in 0..na {
-                    // ∂h_i^a/∂x_j = −κ c'_a(d_ij) u_ij.
-                    let f = -kappa * ws.c1[(i * n + j) * na + a] / d;
-                    let psi_ji = ws.psi[(j * n + i) * na + a];
-                    for c in 0..dim {
-                        h[(i * na + a) * nd + j * dim + c] = f * r[c];
-                        y[(i * dim + c) * nk + j * na + a] = psi_ji * r[c];
-                    }
-                }
             }
         }
+        let (y, h) = (&ws.y[..nd * nk], &ws.dh[..nk * nd]);
         add_product(nk, nd, y, h, jac);
     }
 }

@@ -183,9 +183,10 @@ impl CoordKernelField {
         }
     }
 
-    /// Fills `Y` and `H` (see [`CoordKernelField::jacobian_into`]) from the state of an
-    /// evaluation with the divergence at the same `x`.
-    fn environment_factors(&self, x: &[f64], ws: &mut CoordKernelScratch) {
+    /// Fills the Jacobian's environment factors `Y` and `H` (see
+    /// [`CoordKernelField::jacobian_into`], which uses them too) from the state of an
+    /// evaluation with the divergence at the same `x`; `ws` must hold room for them.
+    pub(super) fn environment_factors(&self, x: &[f64], ws: &mut CoordKernelScratch) {
         let n = self.layout.n_particles;
         let dim = self.layout.dim;
         let na = self.config.n_shells;
