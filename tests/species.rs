@@ -442,6 +442,7 @@ fn sampled_equals_evaluated_log_q_and_model_files_record_the_species() {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"species\""), "{name}: species not recorded");
         let (loaded, file) = model::load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(loaded.field(), flow.field(), "{name}");
         assert_eq!(file.species.as_ref(), flow.field().species());
         let (x2, log_q2) = loaded.sample(3, 32).unwrap();

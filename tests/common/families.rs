@@ -141,6 +141,7 @@ pub fn check_model_round_trip(flow: &Flow, family: &str) {
     let path = dir.join(format!("{family}.json"));
     model::save(flow, None, None, &path).unwrap();
     let (loaded, _) = model::load(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(loaded.field().family(), family);
     assert_eq!(loaded.field(), flow.field());
     let (x, log_q) = loaded.sample(3, 64).unwrap();

@@ -3,8 +3,9 @@
 //!
 //! Each library writer is atomic already (a temporary renamed over the target). A command
 //! with several outputs (`sample`: the samples, `_log_q.npy` and `_log_w.npy`) stages them
-//! ([`Staged`]) and renames them over their targets only once every one is written, so a
-//! failed run cannot leave new samples beside an old run's log q.
+//! ([`Staged`]) and renames them over their targets only once every one is written, undoing
+//! the renames already made if a later one fails, so a failed run cannot leave new samples
+//! beside an old run's log q.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -162,25 +163,92 @@ impl Staged {
         write(&tmp)
     }
 
-    /// Renames every temporary over its target, in the order written.
+    /// Renames every temporary over its target, in the order written. If a rename fails
+    /// halfway, the targets already replaced get their earlier contents back (a target that
+    /// did not exist is removed), so the outputs land together or not at all.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] naming the target whose rename failed (the temporaries not yet renamed are
-    /// removed).
+    /// [`Error::Io`] naming the target whose rename failed (every temporary is removed and every
+    /// target is as it was), or naming a target whose earlier contents could not be kept aside.
     pub fn commit(mut self) -> Result<()> {
         let files = std::mem::take(&mut self.files);
-        let mut pending = files.iter();
-        for (tmp, target) in pending.by_ref() {
-            if let Err(e) = std::fs::rename(tmp, target) {
-                let _ = std::fs::remove_file(tmp);
-                for (rest, _) in pending {
-                    let _ = std::fs::remove_file(rest);
+        // The earlier contents of each target, kept aside under a second name: a hard link
+        // (no copy, the same inode survives the rename), or a copy where links are refused.
+        let mut kept: Vec<Option<PathBuf>> = Vec::with_capacity(files.len());
+        let mut failure = None;
+        for (_, target) in &files {
+            match keep_aside(target) {
+                Ok(backup) => kept.push(backup),
+                Err(e) => {
+                    failure = Some(io_error(format!(
+                        "cannot write {}: its earlier contents cannot be kept aside: {e}",
+                        target.display()
+                    )));
+                    break;
                 }
-                return Err(io_error(format!("cannot write {}: {e}", target.display())));
             }
         }
-        Ok(())
+        if failure.is_none() {
+            for (done, (tmp, target)) in files.iter().enumerate() {
+                if let Err(e) = std::fs::rename(tmp, target) {
+                    // Undo the renames already made, newest first.
+                    for ((_, earlier), backup) in files[..done].iter().zip(&kept).rev() {
+                        let _ = match backup {
+                            Some(backup) => std::fs::rename(backup, earlier),
+                            None => std::fs::remove_file(earlier),
+                        };
+                    }
+                    failure = Some(io_error(format!("cannot write {}: {e}", target.display())));
+                    break;
+                }
+            }
+        }
+        for (tmp, _) in &files {
+            let _ = std::fs::remove_file(tmp);
+        }
+        for backup in kept.iter().flatten() {
+            let _ = std::fs::remove_file(backup);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// A second name for what `target` is now, beside it (`None` if nothing is there yet, or a
+/// folder, over which the rename itself fails): a hard link to a regular file (or a copy if
+/// the file system refuses links), a new link with the same destination for a symbolic link.
+fn keep_aside(target: &Path) -> std::io::Result<Option<PathBuf>> {
+    let meta = match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => return Ok(None),
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let backup = create_temporary(target)?;
+    std::fs::remove_file(&backup)?;
+    let made = if meta.file_type().is_symlink() {
+        symlink_like(target, &backup)
+    } else {
+        std::fs::hard_link(target, &backup).or_else(|_| std::fs::copy(target, &backup).map(|_| ()))
+    };
+    match made {
+        Ok(()) => Ok(Some(backup)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&backup);
+            Err(e)
+        }
+    }
+}
+
+/// A symbolic link at `copy` that points where the link `link` points.
+fn symlink_like(link: &Path, copy: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(std::fs::read_link(link)?, copy)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::copy(link, copy).map(|_| ())
     }
 }
 
@@ -261,6 +329,50 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "new a");
         assert_eq!(std::fs::read_to_string(&b).unwrap(), "new b");
         assert_eq!(entries(&dir), ["a.csv", "b.csv"]);
+        // A rename that fails halfway (the second target is a folder): the first target gets
+        // its earlier contents back, a target that did not exist is removed again, nothing else
+        // stays behind.
+        let (c, folder) = (dir.join("c.csv"), dir.join("d.csv"));
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("inside"), "kept").unwrap();
+        let mut staged = Staged::new();
+        for (path, text) in [(&a, "newer a"), (&c, "new c"), (&folder, "new d")] {
+            staged
+                .write(path, |tmp| {
+                    std::fs::write(tmp, text).map_err(|e| io_error(e.to_string()))
+                })
+                .unwrap();
+        }
+        let error = staged.commit().unwrap_err();
+        assert!(error.to_string().contains("d.csv"), "{error}");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "new a");
+        assert_eq!(
+            std::fs::read_to_string(folder.join("inside")).unwrap(),
+            "kept"
+        );
+        assert_eq!(entries(&dir), ["a.csv", "b.csv", "d.csv"]);
+        std::fs::remove_dir_all(&folder).unwrap();
+        // A symbolic link as a target is replaced by the file, and restored on failure.
+        #[cfg(unix)]
+        {
+            let link = dir.join("link.csv");
+            std::os::unix::fs::symlink(&b, &link).unwrap();
+            std::fs::create_dir(&folder).unwrap();
+            std::fs::write(folder.join("inside"), "kept").unwrap();
+            let mut staged = Staged::new();
+            for path in [&link, &folder] {
+                staged
+                    .write(path, |tmp| {
+                        std::fs::write(tmp, "x").map_err(|e| io_error(e.to_string()))
+                    })
+                    .unwrap();
+            }
+            assert!(staged.commit().is_err());
+            assert_eq!(std::fs::read_link(&link).unwrap(), b);
+            assert_eq!(std::fs::read_to_string(&b).unwrap(), "new b");
+            std::fs::remove_dir_all(&folder).unwrap();
+            std::fs::remove_file(&link).unwrap();
+        }
         // An atomic write into a missing folder fails and creates nothing.
         assert!(write_atomically(&dir.join("missing").join("c.csv"), b"x").is_err());
         write_atomically(&a, b"third").unwrap();
