@@ -75,6 +75,8 @@ module eqflow
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING_OT = 2
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED = 3
     integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_DISCRETE_LIKELIHOOD = 4
+    integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_HUTCHINSON_RADEMACHER = 5
+    integer(c_int32_t), parameter, public :: EQF_OBJECTIVE_HUTCHINSON_GAUSSIAN = 6
 
     ! Limits (eqflow.h): elements of one array, bytes of one exact-discrete workspace, particles.
     integer(c_int64_t), parameter, public :: EQF_MAX_ELEMENTS = 1099511627776_c_int64_t

@@ -230,12 +230,27 @@
 /**
  * Objective: maximum likelihood of the exact-discrete density of the RK4 map of the options'
  * step count (the density the flow samples and evaluates with in its exact-discrete mode),
- * mixed with reverse KL by lambda like EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD. Kernel field only
- * (other families: EQF_ERR_INVALID_ARGUMENT from `eqf_flow_train`, the flow unchanged).
+ * mixed with reverse KL by lambda like EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD. For the families with
+ * the Jacobian's reverse pass: kernel, coordkernel, kernelcoord (others:
+ * EQF_ERR_INVALID_ARGUMENT from `eqf_flow_train`, the flow unchanged).
  * Costs about twice the continuous-mode likelihood per step at 20 RK4 steps; it is what
  * keeps a flow with few steps (5–10) exact-trained.
  */
 #define EQF_OBJECTIVE_DISCRETE_LIKELIHOOD 4
+
+/**
+ * Objective: maximum likelihood through the RK4 map with the divergence replaced by its
+ * Hutchinson estimate, one Rademacher probe (entries ±1) per training configuration and step:
+ * how the paper trained its non-equivariant baseline. Lambda must be 1. Dense field only
+ * (others: EQF_ERR_INVALID_ARGUMENT from `eqf_flow_train`, the flow unchanged). Validation
+ * NLLs and every density use the exact divergence.
+ */
+#define EQF_OBJECTIVE_HUTCHINSON_RADEMACHER 5
+
+/**
+ * Objective: as EQF_OBJECTIVE_HUTCHINSON_RADEMACHER with Gaussian probes (larger variance).
+ */
+#define EQF_OBJECTIVE_HUTCHINSON_GAUSSIAN 6
 
 /**
  * An energy function U(x) of N particles in D dimensions (opaque).
@@ -1436,7 +1451,7 @@ int32_t eqf_train_options_set_lambda_linear(eqf_train_options *options, double s
  * @param options    the options (not NULL)
  * @param objective  one of the `EQF_OBJECTIVE_*` constants
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown objective, or flow
- *         matching with a lambda schedule below 1; options unchanged)
+ *         matching or a Hutchinson objective with a lambda schedule below 1; options unchanged)
  */
 int32_t eqf_train_options_set_objective(eqf_train_options *options, int32_t objective);
 

@@ -15,6 +15,7 @@
 //! | [`Stream::FieldInit`] | seed | 0 | a field's initial weights |
 //! | [`Stream::FlowMatching`]`(k)` | seed ⊕ `FLOW_MATCHING_KEY` | k | step k's prior samples and times |
 //! | [`Stream::HutchinsonProbe`]`(k)` | seed ⊕ `PROBE_KEY` | k | the probes of `eqflow repro`'s Hutchinson estimates (never a density) |
+//! | [`Stream::TrainingProbe`]`(i)` | seed ⊕ `TRAINING_PROBE_KEY` | i | the Hutchinson probe of training configuration `i` (step k, batch B: i = k·B + position) |
 //!
 //! The reverse-KL loss shares [`Stream::Sample`] with sampling on purpose: KL sample `i` with
 //! seed `s` is the flow sample `i` with seed `s`. Move proposals are disjoint from every
@@ -37,6 +38,10 @@ const FLOW_MATCHING_KEY: u64 = 0x464c_4f57_4d41_5443;
 /// its probe.
 const PROBE_KEY: u64 = 0x4855_5443_4849_4e53;
 
+/// The key mixed into the user's seed for the Hutchinson probes of training, apart from the
+/// repro experiments' probes and from every sample stream.
+const TRAINING_PROBE_KEY: u64 = 0x5452_4e50_524f_4245;
+
 /// The first stream number of the move's proposals.
 const MOVE_STREAMS: u64 = 1 << 63;
 
@@ -58,6 +63,8 @@ pub enum Stream {
     /// The probe vectors of Hutchinson trace estimate set `k` (the `eqflow repro` experiments
     /// that measure the estimator against the exact divergence; no density uses it).
     HutchinsonProbe(u64),
+    /// The Hutchinson probe of training configuration `i` (counted over the run's steps).
+    TrainingProbe(u64),
 }
 
 /// The generator of `stream` for the user's `seed`.
@@ -71,6 +78,7 @@ pub fn stream(seed: u64, stream: Stream) -> ChaCha20Rng {
         Stream::FieldInit => (seed, 0),
         Stream::FlowMatching(k) => (seed ^ FLOW_MATCHING_KEY, k),
         Stream::HutchinsonProbe(k) => (seed ^ PROBE_KEY, k),
+        Stream::TrainingProbe(i) => (seed ^ TRAINING_PROBE_KEY, i),
     };
     let mut rng = ChaCha20Rng::seed_from_u64(key);
     rng.set_stream(number);
@@ -98,6 +106,10 @@ mod tests {
         assert_eq!(first(7, Stream::MoveProposal(3)), raw(7, (1 << 63) + 3));
         assert_eq!(first(7, Stream::Shuffle(3)), raw(7 ^ SHUFFLE_KEY, 3));
         assert_eq!(first(7, Stream::HutchinsonProbe(3)), raw(7 ^ PROBE_KEY, 3));
+        assert_eq!(
+            first(7, Stream::TrainingProbe(3)),
+            raw(7 ^ TRAINING_PROBE_KEY, 3)
+        );
         // The field initialisation is the unnumbered generator of the seed.
         assert_eq!(
             first(7, Stream::FieldInit),

@@ -402,7 +402,7 @@ fn flow_matching_objective_trains_and_fine_tunes() {
     for (args, needle) in [
         (
             vec!["--objective", "xyz"],
-            "expected ml, ml-discrete, fm, fm-align or fm-ot",
+            "expected ml, ml-discrete, ml-hutchinson, ml-hutchinson-gaussian, fm, fm-align or fm-ot",
         ),
         (vec!["--finetune-epochs", "1"], "--finetune-epochs follows"),
         (vec!["--field", "envpair"], "trains by flow matching only"),
@@ -443,6 +443,56 @@ fn flow_matching_objective_trains_and_fine_tunes() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{err}");
     }
+}
+
+#[test]
+fn the_dense_baseline_trains_with_the_hutchinson_estimate_and_other_families_refuse_it() {
+    let (dir, data) = dw4_reference_data("cli_hutchinson", "120", "9");
+    let data_s = data.to_str().unwrap();
+    let model = dir.join("dense_h.json");
+    let train = |field: &str, objective: &str, out: &Path| {
+        eqflow(&[
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            data_s,
+            "--out",
+            out.to_str().unwrap(),
+            "--field",
+            field,
+            "--objective",
+            objective,
+            "--n-train",
+            "80",
+            "--n-val",
+            "40",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "20",
+            "--rk4-steps",
+            "6",
+            "--json",
+            "-q",
+        ])
+    };
+    for objective in ["ml-hutchinson", "ml-hutchinson-gaussian"] {
+        let t = json(&train("dense", objective, &model));
+        assert!(t["best_validation_nll"].as_f64().unwrap().is_finite());
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+        assert_eq!(
+            file["training"]["phases"][0]["phase"].as_str().unwrap(),
+            objective.replace('-', "_")
+        );
+    }
+    let refused = dir.join("kernel_h.json");
+    let out = train("kernel", "ml-hutchinson", &refused);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Hutchinson"), "{err}");
+    assert!(!refused.exists(), "nothing written");
 }
 
 #[test]

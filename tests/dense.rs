@@ -458,3 +458,131 @@ fn the_checks_catch_a_divergence_or_jacobian_off_by_a_little() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Hutchinson estimate (training only): its value, its mean, its reverse pass.
+
+/// `v(x, t)` and the probe estimate `εᵀ(∂v/∂x)ε` by the family's probe pass.
+fn probed(field: &DenseField, x: &[f64], t: f64, eps: &[f64]) -> (Vec<f64>, f64) {
+    let mut v = vec![0.0; x.len()];
+    let est = field.probe_velocity_at_into(x, &field.time_point(t), eps, &mut v);
+    (v, est)
+}
+
+#[test]
+fn probe_estimate_is_the_quadratic_form_of_the_jacobian_and_averages_to_the_divergence() {
+    let mut r = rng(21);
+    for (name, field, spread) in cases() {
+        let n = field.layout().len();
+        let t = 0.41;
+        let x = random_config(&mut r, n, spread);
+        let (v_exact, jac, div) = families::jacobian_of(&field, &x, t);
+        for _ in 0..3 {
+            let eps: Vec<f64> = (0..n).map(|_| r.random_range(-2.0..2.0)).collect();
+            let (v, est) = probed(&field, &x, t, &eps);
+            assert_eq!(v, v_exact, "{name}: the same velocity bits");
+            let quad: f64 = (0..n)
+                .map(|a| {
+                    (0..n)
+                        .map(|b| eps[a] * jac[a * n + b] * eps[b])
+                        .sum::<f64>()
+                })
+                .sum();
+            assert!(
+                (est - quad).abs() < 1e-10 * (1.0 + quad.abs()),
+                "{name}: {est} vs {quad}"
+            );
+        }
+        // Over all 2ⁿ Rademacher sign patterns the mean is the trace exactly (DW-4: 256).
+        if n <= 10 {
+            let mut sum = 0.0;
+            for bits in 0u32..1 << n {
+                let eps: Vec<f64> = (0..n)
+                    .map(|a| if bits >> a & 1 == 1 { 1.0 } else { -1.0 })
+                    .collect();
+                sum += probed(&field, &x, t, &eps).1;
+            }
+            let mean = sum / f64::from(1u32 << n);
+            assert!(
+                (mean - div).abs() < 1e-10 * (1.0 + div.abs()),
+                "{name}: {mean} vs {div}"
+            );
+        }
+    }
+}
+
+/// `v̄·v + δ·εᵀ(∂v/∂x)ε` at `x`, `t`.
+fn probe_loss(
+    field: &DenseField,
+    x: &[f64],
+    t: f64,
+    eps: &[f64],
+    v_bar: &[f64],
+    delta: f64,
+) -> f64 {
+    let (v, est) = probed(field, x, t, eps);
+    v.iter().zip(v_bar).map(|(a, b)| a * b).sum::<f64>() + delta * est
+}
+
+#[test]
+fn probe_reverse_pass_matches_finite_differences_in_x_and_every_parameter() {
+    let mut r = rng(22);
+    for (name, field, spread) in cases().into_iter().take(3) {
+        let n = field.layout().len();
+        let t = 0.27;
+        let x = random_config(&mut r, n, spread);
+        let eps: Vec<f64> = (0..n).map(|_| r.random_range(-1.5..1.5)).collect();
+        let v_bar: Vec<f64> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        let delta = 0.9;
+        let point = field.time_point(t);
+        let mut x_bar = vec![0.0; n];
+        let mut adjoint = Vec::new();
+        let mut scratch = field.new_scratch();
+        field.adjoint_reset(&mut adjoint, 1);
+        let cot = Cotangent {
+            v: &v_bar,
+            div: delta,
+        };
+        field
+            .probe_vjp_at(
+                &x,
+                &point,
+                0,
+                &eps,
+                cot,
+                &mut x_bar,
+                &mut adjoint,
+                &mut scratch,
+            )
+            .unwrap();
+        let mut theta_bar = vec![0.0; field.params().len()];
+        field.adjoint_finish(&[point], &mut adjoint, &mut theta_bar);
+        let h = 1e-6;
+        let mut worst: f64 = 0.0;
+        for b in 0..n {
+            let mut y = x.clone();
+            y[b] = x[b] + h;
+            let up = probe_loss(&field, &y, t, &eps, &v_bar, delta);
+            y[b] = x[b] - h;
+            let down = probe_loss(&field, &y, t, &eps, &v_bar, delta);
+            let fd = (up - down) / (2.0 * h);
+            worst = worst.max((fd - x_bar[b]).abs() / (1.0 + fd.abs()));
+        }
+        assert!(worst < 1e-6, "{name}: x̄ error {worst}");
+        let p0 = field.params().to_vec();
+        let mut worst: f64 = 0.0;
+        for i in 0..p0.len() {
+            let mut f = field.clone();
+            let mut p = p0.clone();
+            p[i] = p0[i] + h;
+            f.set_params(&p).unwrap();
+            let up = probe_loss(&f, &x, t, &eps, &v_bar, delta);
+            p[i] = p0[i] - h;
+            f.set_params(&p).unwrap();
+            let down = probe_loss(&f, &x, t, &eps, &v_bar, delta);
+            let fd = (up - down) / (2.0 * h);
+            worst = worst.max((fd - theta_bar[i]).abs() / (1.0 + fd.abs()));
+        }
+        assert!(worst < 1e-6, "{name}: θ̄ error {worst}");
+    }
+}

@@ -1235,3 +1235,162 @@ fn exact_discrete_training_goes_on_through_folds_and_keeps_a_usable_epoch() {
         "{exact} vs {best}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Maximum likelihood with the Hutchinson estimate (the paper's training of its baseline).
+
+/// A small dense DW-4 field whose parameters are all clearly non-zero.
+fn small_dense(seed: u64) -> eqflow::field::dense::DenseField {
+    use eqflow::field::dense::{DenseConfig, DenseField};
+    let layout = eqflow::geometry::Layout::new(4, 2).unwrap();
+    let config = DenseConfig {
+        n_hidden: 6,
+        n_time: 3,
+        length_scale: 2.0,
+    };
+    let base = DenseField::initialise(layout, config.clone(), seed).unwrap();
+    let mut r = rng(seed ^ 0x4b);
+    let p: Vec<f64> = base
+        .params()
+        .iter()
+        .map(|v| v + r.random_range(-0.4..0.4))
+        .collect();
+    DenseField::new(layout, config, p).unwrap()
+}
+
+#[test]
+fn probed_tape_gradient_matches_finite_differences_and_other_families_refuse_a_probe() {
+    use eqflow::field::dense::DenseField;
+    let field = small_dense(5);
+    let mut r = rng(6);
+    let x0 = random_config(&mut r, 8, 2.0);
+    let c: Vec<f64> = (0..8).map(|_| r.random_range(-1.0..1.0)).collect();
+    let eps: Vec<f64> = (0..8)
+        .map(|_| if r.random::<bool>() { 1.0 } else { -1.0 })
+        .collect();
+    let c_ell = -0.8;
+    let objective = |field: &DenseField, x: &[f64]| {
+        let mut tape = Rk4Tape::new(8, 5).unwrap();
+        tape.set_probe(Some(&eps)).unwrap();
+        let mut y = x.to_vec();
+        let ell = tape.integrate(field, &mut y, false).unwrap();
+        y.iter().zip(&c).map(|(a, b)| a * b).sum::<f64>() + c_ell * ell
+    };
+    let mut tape = Rk4Tape::new(8, 5).unwrap();
+    tape.set_probe(Some(&eps)).unwrap();
+    let mut y = x0.clone();
+    let ell = tape.integrate(&field, &mut y, false).unwrap();
+    // The estimate differs from the exact log-determinant (a probe is not the trace).
+    let mut exact_tape = Rk4Tape::new(8, 5).unwrap();
+    let exact = exact_tape
+        .integrate(&field, &mut x0.clone(), false)
+        .unwrap();
+    assert!((ell - exact).abs() > 1e-6, "{ell} vs {exact}");
+    let mut theta_bar = vec![0.0; field.params().len()];
+    let x_bar = tape
+        .backward(&field, &c, c_ell, &mut theta_bar)
+        .unwrap()
+        .to_vec();
+    let fd = fd_jacobian(|y| vec![objective(&field, y)], &x0, 1e-6);
+    let err = block_error(&x_bar, &fd, 1e-3);
+    assert!(err < 1e-7, "x̄ {err}");
+    let p0 = field.params().to_vec();
+    let fd = fd_jacobian(
+        |p| {
+            let f = DenseField::new(field.layout(), field.config().clone(), p.to_vec()).unwrap();
+            vec![objective(&f, &x0)]
+        },
+        &p0,
+        1e-6,
+    );
+    let err = block_error(&theta_bar, &fd, 1e-3);
+    assert!(err < 1e-7, "θ̄ {err}");
+    // Without a probe again: the exact log-determinant.
+    tape.set_probe(None).unwrap();
+    let again = tape.integrate(&field, &mut x0.clone(), false).unwrap();
+    assert_eq!(again, exact);
+    // Bad probes are refused; a family without the estimate refuses a probed integration.
+    assert!(tape.set_probe(Some(&eps[..7])).is_err());
+    let mut nan = eps.clone();
+    nan[3] = f64::NAN;
+    assert!(tape.set_probe(Some(&nan)).is_err());
+    let flow = continuous_flow(4, 2, KernelConfig::double_well(), 8);
+    let kernel = flow.field().as_kernel().unwrap();
+    let mut ktape = Rk4Tape::new(8, 5).unwrap();
+    ktape.set_probe(Some(&eps)).unwrap();
+    let err = ktape.integrate(kernel, &mut x0.clone(), false).unwrap_err();
+    assert!(err.to_string().contains("Hutchinson"), "{err}");
+}
+
+#[test]
+fn hutchinson_training_lowers_the_exact_nll_is_thread_independent_and_refuses_misuse() {
+    use eqflow::train::Probe;
+    let data = dw4_mcmc(256, 40);
+    let validation = dw4_mcmc(128, 41);
+    let config = TrainConfig {
+        n_epochs: 4,
+        batch_size: 32,
+        n_rk4_steps: 8,
+        seed: 3,
+        objective: Objective::HutchinsonLikelihood {
+            probe: Probe::Rademacher,
+        },
+        ..TrainConfig::default()
+    };
+    let system = eqflow::system::System::preset("dw4").unwrap();
+    let run = |threads: usize, config: TrainConfig| {
+        pool(threads).install(|| {
+            let mut flow = system.untrained_flow_of("dense", 2).unwrap();
+            let summary = Trainer::new(config, &data)
+                .with_validation(&validation)
+                .run(&mut flow, |_| true);
+            (flow, summary)
+        })
+    };
+    let (flow, summary) = run(2, config);
+    let summary = summary.unwrap();
+    let (flow1, summary1) = run(1, config);
+    let summary1 = summary1.unwrap();
+    assert_eq!(flow.field().params(), flow1.field().params(), "threads");
+    assert_eq!(summary.epochs[3].train_nll, summary1.epochs[3].train_nll);
+    let initial = summary.initial_validation_nll.unwrap();
+    let best = summary.epochs[summary.best_epoch].validation_nll.unwrap();
+    assert!(
+        best < initial - 0.5,
+        "exact validation NLL {initial} → {best}"
+    );
+    // Another probe distribution, or exact ML, is another run.
+    let gaussian = TrainConfig {
+        objective: Objective::HutchinsonLikelihood {
+            probe: Probe::Gaussian,
+        },
+        ..config
+    };
+    let exact = TrainConfig {
+        objective: Objective::MaximumLikelihood,
+        ..config
+    };
+    for other in [gaussian, exact] {
+        let (f, s) = run(2, other);
+        s.unwrap();
+        assert_ne!(f.field().params(), flow.field().params());
+    }
+    // Refused before anything runs: with a KL term, and for a family without the estimate.
+    let mixed = TrainConfig {
+        lambda: LambdaSchedule::Linear {
+            start: 1.0,
+            end: 0.5,
+        },
+        n_kl_samples: 4,
+        ..config
+    };
+    let (_, s) = run(2, mixed);
+    assert!(s.unwrap_err().to_string().contains("Hutchinson"));
+    let mut kernel = system.untrained_flow_of("kernel", 1).unwrap();
+    let before = kernel.field().params().to_vec();
+    let err = Trainer::new(config, &data)
+        .run(&mut kernel, |_| panic!("no epoch may run"))
+        .unwrap_err();
+    assert!(err.to_string().contains("Hutchinson"), "{err}");
+    assert_eq!(kernel.field().params(), &before[..]);
+}

@@ -42,6 +42,16 @@ pub(crate) fn no_jacobian_reverse(name: &str) -> crate::Error {
     ))
 }
 
+/// The refusal of a Hutchinson probe by a family without
+/// [`TrainableField::PROBE_DIVERGENCE`].
+pub(crate) fn no_probe_divergence(name: &str) -> crate::Error {
+    crate::Error::invalid(format!(
+        "the '{name}' field family has no Hutchinson estimate of its divergence: train it with \
+         the exact divergence (objective ml or ml-discrete); the estimate exists for the dense \
+         baseline"
+    ))
+}
+
 /// The largest magnitude a network family's parameter may have (coordkernel, envpair, dense):
 /// beyond it the activations are far outside any trained regime and a Lipschitz bound built
 /// from the weights is meaningless.
@@ -369,6 +379,54 @@ pub trait TrainableField: FieldFamily {
             x, point, time_index, v_bar, jac_bar, x_bar, adjoint, scratch,
         );
         Err(no_jacobian_reverse(Self::NAME))
+    }
+
+    /// Whether the family has a Hutchinson estimate of its divergence with its reverse pass
+    /// ([`TrainableField::probe_velocity_at_into`], [`TrainableField::probe_vjp_at`]): what
+    /// maximum-likelihood training with a stochastic trace needs (the paper's non-equivariant
+    /// baseline, §7.3). Never used for a density: every density eqflow reports has the exact
+    /// divergence. The training tape refuses a probe for a family without it.
+    const PROBE_DIVERGENCE: bool = false;
+
+    /// `v(x, t)` into `v`, returning the Hutchinson estimate `εᵀ(∂v/∂x)ε` of the divergence
+    /// for the probe `probe` (length N·D). Called only when
+    /// [`TrainableField::PROBE_DIVERGENCE`]; the default (never called) returns NaN, which
+    /// the integration would report as non-finite.
+    fn probe_velocity_at_into(
+        &self,
+        x: &[f64],
+        point: &Self::TimePoint,
+        probe: &[f64],
+        v: &mut [f64],
+    ) -> f64 {
+        let _ = probe;
+        self.velocity_at_into(x, point, v);
+        f64::NAN
+    }
+
+    /// [`TrainableField::vjp_at`] with `cotangent.div` the cotangent of the probe's estimate
+    /// `εᵀ(∂v/∂x)ε` instead of the divergence. Called only when
+    /// [`TrainableField::PROBE_DIVERGENCE`]; the default refuses.
+    ///
+    /// # Errors
+    ///
+    /// The default refuses ([`crate::Error::InvalidArgument`]).
+    #[allow(clippy::too_many_arguments)] // the reverse pass's buffers, unpacked
+    fn probe_vjp_at(
+        &self,
+        x: &[f64],
+        point: &Self::TimePoint,
+        time_index: usize,
+        probe: &[f64],
+        cotangent: Cotangent<'_>,
+        x_bar: &mut [f64],
+        adjoint: &mut Self::Adjoint,
+        scratch: &mut Self::Scratch,
+    ) -> Result<()> {
+        let _ = (
+            x, point, time_index, probe, cotangent, x_bar, adjoint, scratch,
+        );
+        Err(no_probe_divergence(Self::NAME))
     }
 
     /// Ends a reverse pass: adds the accumulated parameter cotangent to `theta_bar` (flat

@@ -25,7 +25,7 @@ mod preset;
 mod registry;
 
 pub use family::{FieldFamily, TrainableField};
-pub(crate) use family::{no_jacobian_reverse, single_species};
+pub(crate) use family::{no_jacobian_reverse, no_probe_divergence, single_species};
 pub use kernel::{
     EPS_D, KernelConfig, KernelField, MAX_DIST_KERNELS, MAX_TIME_KERNELS, ParamLayout,
     TabulatedField, TimeSlice, VjpScratch,

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::discrete_ml::{DiscreteMlWorkspace, discrete_ml_sample};
 use super::pool::parallel;
+use super::probe::Probe;
 use super::tape::Rk4Tape;
 use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
@@ -15,6 +16,7 @@ use crate::flow::{Flow, sample_rng};
 use crate::geometry::{Layout, MAX_DIM, remove_center_of_mass};
 use crate::integrate::check_rk4_steps;
 use crate::prior::Prior;
+use crate::rng::{self, Stream};
 
 /// Buffers of one sample's loss and gradient: the RK4 tape and state-sized scratch. One per
 /// thread; nothing allocates after creation.
@@ -27,6 +29,8 @@ pub struct LossWorkspace<F: TrainableField> {
     state: Vec<f64>,
     x_bar: Vec<f64>,
     latent: Vec<f64>,
+    /// A Hutchinson probe ([`Losses::hutchinson_ml_gradient_into`]).
+    probe: Vec<f64>,
     /// The exact-discrete loss's buffers, made on first use.
     discrete: Option<DiscreteMlWorkspace<F>>,
 }
@@ -45,6 +49,7 @@ impl<F: TrainableField> LossWorkspace<F> {
             state: vec![0.0; len],
             x_bar: vec![0.0; len],
             latent: vec![0.0; len],
+            probe: vec![0.0; len],
             discrete: None,
         })
     }
@@ -365,6 +370,40 @@ impl<'a> Losses<'a> {
         let len = self.prior.layout().len();
         with_family!(self.field, field => self.batch(field, n, gradient, |i, ws, g| {
             ml_sample(field, self.prior, &x[i * len..(i + 1) * len], ws, g)
+        }))
+    }
+
+    /// Mean ML loss of the configurations in `x` with the divergence replaced by its Hutchinson
+    /// estimate `εᵀ(∂v/∂x)ε` (one probe per configuration, the same at every stage: the paper's
+    /// training of its non-equivariant baseline, §7.3), with its mean gradient written to
+    /// `gradient`. Configuration `i` draws its probe from stream
+    /// [`Stream::TrainingProbe`]`(first_index + i)` of `seed`, so results are bit-identical for
+    /// any thread count. The path does not depend on the probe and `ℓ` is linear in the
+    /// per-stage estimates, so the loss is an unbiased estimate of the continuous-mode NLL
+    /// ([`Losses::nll`]) over probes: a training signal, not a density.
+    ///
+    /// # Errors
+    ///
+    /// As [`Losses::ml_gradient_into`]; [`Error::InvalidArgument`] for a field family without
+    /// the estimate ([`crate::field::TrainableField::PROBE_DIVERGENCE`]: the dense baseline has
+    /// it).
+    pub fn hutchinson_ml_gradient_into(
+        &self,
+        x: &[f64],
+        probe: Probe,
+        seed: u64,
+        first_index: u64,
+        gradient: &mut [f64],
+    ) -> Result<f64> {
+        let n = self.check_data(x)?;
+        let len = self.prior.layout().len();
+        with_family!(self.field, field => self.batch(field, n, Some(gradient), |i, ws, g| {
+            let index = first_index.wrapping_add(i as u64);
+            probe.draw_into(&mut rng::stream(seed, Stream::TrainingProbe(index)), &mut ws.probe);
+            ws.tape.set_probe(Some(&ws.probe))?;
+            let loss = ml_sample(field, self.prior, &x[i * len..(i + 1) * len], ws, g);
+            ws.tape.set_probe(None)?;
+            loss
         }))
     }
 

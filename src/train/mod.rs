@@ -68,12 +68,14 @@ mod flow_matching;
 mod losses;
 pub mod pairing;
 pub(crate) mod pool;
+mod probe;
 mod schedule;
 pub mod tape;
 mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use losses::{KlTarget, LossWorkspace, Losses, flow_matching_sample, kl_sample, ml_sample};
+pub use probe::Probe;
 pub use schedule::LambdaSchedule;
 pub use tape::Rk4Tape;
 pub use trainer::{

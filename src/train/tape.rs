@@ -66,6 +66,10 @@ pub struct Rk4Tape<F: TrainableField> {
     key_scratch: Vec<f64>,
     grid_forward: Option<bool>,
     forward: bool,
+    /// The Hutchinson probe ε of the next integrations (length `len`) when `probed`: ℓ then
+    /// integrates `εᵀ(∂v/∂x)ε` instead of the divergence ([`Rk4Tape::set_probe`]).
+    probe: Vec<f64>,
+    probed: bool,
 }
 
 impl<F: TrainableField> Rk4Tape<F> {
@@ -106,7 +110,35 @@ impl<F: TrainableField> Rk4Tape<F> {
             key_scratch: Vec::new(),
             grid_forward: None,
             forward: true,
+            probe: Vec::new(),
+            probed: false,
         })
+    }
+
+    /// Sets the Hutchinson probe ε of the integrations that follow (`None`: the exact
+    /// divergence, the default): ℓ then integrates the unbiased estimate `εᵀ(∂v/∂x)ε` of the
+    /// divergence with the same ε at every stage and step (as FFJORD does), and the reverse pass
+    /// differentiates that estimate. For training only: the returned ℓ is an estimate, not a
+    /// density. Invalidates the last recording.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DimensionMismatch`] unless the probe has the state's length;
+    /// [`Error::NonFinite`] for a non-finite probe entry.
+    pub fn set_probe(&mut self, probe: Option<&[f64]>) -> Result<()> {
+        if let Some(p) = probe {
+            if p.len() != self.len {
+                return Err(Error::size("RK4 tape probe", self.len, p.len()));
+            }
+            if let Some(i) = p.iter().position(|v| !v.is_finite()) {
+                return Err(Error::non_finite(format!("Hutchinson probe entry {i}")));
+            }
+            self.probe.clear();
+            self.probe.extend_from_slice(p);
+        }
+        self.probed = probe.is_some();
+        self.recorded = false;
+        Ok(())
     }
 
     /// Number of RK4 steps on [0, 1].
@@ -136,6 +168,9 @@ impl<F: TrainableField> Rk4Tape<F> {
         if x.len() != self.len || field.state_len() != self.len {
             return Err(Error::size("RK4 tape state", self.len, x.len()));
         }
+        if self.probed && !F::PROBE_DIVERGENCE {
+            return Err(crate::field::no_probe_divergence(F::NAME));
+        }
         self.set_direction(forward);
         let n = self.n_steps;
         let len = self.len;
@@ -143,6 +178,7 @@ impl<F: TrainableField> Rk4Tape<F> {
         // the forward pass then skips recomputing them at every field evaluation.
         self.prepare_grid(field);
         let (grid, grid_index) = (&self.grid, &self.grid_index);
+        let probe = self.probed.then_some(&self.probe[..]);
         let mut recorder = Recorder {
             states: &mut self.states,
             len,
@@ -152,7 +188,13 @@ impl<F: TrainableField> Rk4Tape<F> {
             n,
             forward,
             &mut self.ws,
-            |y, s, _, i, v| field.velocity_at_into(y, &grid[grid_index[3 * s + i]], v),
+            |y, s, _, i, v| {
+                let point = &grid[grid_index[3 * s + i]];
+                match probe {
+                    Some(eps) => field.probe_velocity_at_into(y, point, eps, v),
+                    None => field.velocity_at_into(y, point, v),
+                }
+            },
             &mut recorder,
         );
         if !log_det.is_finite() {
@@ -238,15 +280,28 @@ impl<F: TrainableField> Rk4Tape<F> {
                     v: &self.k_bar,
                     div: div_bar,
                 };
-                field.vjp_at(
-                    y,
-                    &self.grid[i],
-                    i,
-                    cot,
-                    &mut self.y_bar,
-                    &mut self.adjoint,
-                    scratch,
-                );
+                if self.probed {
+                    field.probe_vjp_at(
+                        y,
+                        &self.grid[i],
+                        i,
+                        &self.probe,
+                        cot,
+                        &mut self.y_bar,
+                        &mut self.adjoint,
+                        scratch,
+                    )?;
+                } else {
+                    field.vjp_at(
+                        y,
+                        &self.grid[i],
+                        i,
+                        cot,
+                        &mut self.y_bar,
+                        &mut self.adjoint,
+                        scratch,
+                    );
+                }
                 for (a, yb) in self.x_acc.iter_mut().zip(&self.y_bar) {
                     *a += yb;
                 }

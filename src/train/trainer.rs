@@ -98,6 +98,13 @@ pub enum Objective {
     /// Jacobian's reverse pass ([`crate::field::TrainableField::JACOBIAN_REVERSE`]: the kernel
     /// field).
     DiscreteLikelihood,
+    /// Maximum likelihood through the continuous-mode RK4 map with the divergence replaced by
+    /// its Hutchinson estimate `εᵀ(∂v/∂x)ε`, one probe per training configuration and step
+    /// (stream [`Stream::TrainingProbe`]): how the paper trained its non-equivariant baseline
+    /// (§7.3). The epoch's `train_nll` is the estimate's mean; validation NLLs use the exact
+    /// density as for every objective. Alone only (λ = 1), and for a family with the estimate
+    /// ([`crate::field::TrainableField::PROBE_DIVERGENCE`]: the dense baseline).
+    HutchinsonLikelihood { probe: crate::train::Probe },
     /// Conditional flow matching from the prior: each step draws one prior sample and one
     /// time per data configuration of the batch (stream [`Stream::FlowMatching`]) and regresses
     /// the field on the straight path between them, the pairs chosen by `pairing`. Trains
@@ -190,6 +197,14 @@ impl TrainConfig {
         if matches!(self.objective, Objective::FlowMatching { .. }) && self.lambda.needs_kl() {
             return Err(Error::invalid(
                 "flow matching trains alone (λ = 1); add the KL term in a second, ML+KL run",
+            ));
+        }
+        if matches!(self.objective, Objective::HutchinsonLikelihood { .. })
+            && self.lambda.needs_kl()
+        {
+            return Err(Error::invalid(
+                "the Hutchinson likelihood trains alone (λ = 1): its KL term would need the \
+                 exact divergence; add it in a second, ML+KL run",
             ));
         }
         Ok(())
@@ -388,6 +403,9 @@ impl<'a> Trainer<'a> {
         if c.objective == Objective::DiscreteLikelihood {
             crate::field::with_family!(flow.field(), f => check_jacobian_reverse(f))?;
         }
+        if matches!(c.objective, Objective::HutchinsonLikelihood { .. }) {
+            crate::field::with_family!(flow.field(), f => check_probe_divergence(f))?;
+        }
         let len = flow.layout().len();
         let n_train = check_configurations(self.train, len, "training set")?;
         if let Some(v) = self.validation {
@@ -494,9 +512,9 @@ impl<'a> Trainer<'a> {
             lambda,
             n_steps,
             train_nll: match c.objective {
-                Objective::MaximumLikelihood | Objective::DiscreteLikelihood => {
-                    sum_nll / run.n_train as f64
-                }
+                Objective::MaximumLikelihood
+                | Objective::DiscreteLikelihood
+                | Objective::HutchinsonLikelihood { .. } => sum_nll / run.n_train as f64,
                 Objective::FlowMatching { .. } => f64::NAN,
             },
             train_kl: (run.energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
@@ -522,6 +540,11 @@ impl<'a> Trainer<'a> {
                 losses.discrete_ml_gradient_into(xb, &mut g.ml)?
             }
             Objective::DiscreteLikelihood => losses.discrete_nll(xb)?,
+            Objective::HutchinsonLikelihood { probe } => {
+                // λ = 1 always (validated): every step has the gradient.
+                let first = run.step_index.wrapping_mul(c.batch_size as u64);
+                losses.hutchinson_ml_gradient_into(xb, probe, c.seed, first, &mut g.ml)?
+            }
             Objective::FlowMatching { pairing } => {
                 // The "NLL" slot carries the flow-matching loss: the data term.
                 flow_matching_step(
@@ -687,6 +710,16 @@ fn check_jacobian_reverse<F: crate::field::TrainableField>(_field: &F) -> Result
         Ok(())
     } else {
         Err(crate::field::no_jacobian_reverse(F::NAME))
+    }
+}
+
+/// Refuses a family without the Hutchinson estimate for Hutchinson training, before anything
+/// runs.
+fn check_probe_divergence<F: crate::field::TrainableField>(_field: &F) -> Result<()> {
+    if F::PROBE_DIVERGENCE {
+        Ok(())
+    } else {
+        Err(crate::field::no_probe_divergence(F::NAME))
     }
 }
 

@@ -23,7 +23,7 @@ use eqflow::io::{self, ConfigShape, Dtype, model};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::system::System;
 use eqflow::train::{
-    LambdaSchedule, LrSchedule, Objective, Pairing, TrainConfig, TrainSummary, Trainer,
+    LambdaSchedule, LrSchedule, Objective, Pairing, Probe, TrainConfig, TrainSummary, Trainer,
 };
 use eqflow::{Error, Flow, Result};
 
@@ -120,8 +120,11 @@ struct TrainArgs {
     /// density of the RK4 map, the density the model reports; its KL epochs too; every family
     /// but envpair and dense), `fm`
     /// (conditional flow matching from the prior, pairs in order), `fm-align` (pairs in order,
-    /// each aligned over permutations and rotations/reflections) or `fm-ot` (flow matching
-    /// with equivariant optimal-transport pairs: alignment and a batch assignment).
+    /// each aligned over permutations and rotations/reflections), `fm-ot` (flow matching
+    /// with equivariant optimal-transport pairs: alignment and a batch assignment) or
+    /// `ml-hutchinson` / `ml-hutchinson-gaussian` (`ml` with the divergence replaced by its
+    /// Hutchinson estimate, one Rademacher or Gaussian probe per configuration and step: how
+    /// the paper trained its baseline; dense field only; validation stays exact).
     #[arg(long)]
     objective: Option<String>,
     /// Epochs of maximum likelihood after a flow-matching first phase (fine-tuning; at most
@@ -1131,6 +1134,20 @@ fn run_train(a: TrainArgs) -> Result<()> {
             "ml_discrete",
             "ML (exact-discrete)",
         ),
+        "ml-hutchinson" => (
+            Objective::HutchinsonLikelihood {
+                probe: Probe::Rademacher,
+            },
+            "ml_hutchinson",
+            "ML (Hutchinson)",
+        ),
+        "ml-hutchinson-gaussian" => (
+            Objective::HutchinsonLikelihood {
+                probe: Probe::Gaussian,
+            },
+            "ml_hutchinson_gaussian",
+            "ML (Hutchinson, Gaussian)",
+        ),
         "fm" => (
             Objective::FlowMatching {
                 pairing: Pairing::InOrder,
@@ -1155,14 +1172,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
         other => {
             return Err(eqflow::Error::InvalidArgument {
                 what: format!(
-                    "--objective '{other}': expected ml, ml-discrete, fm, fm-align or fm-ot"
+                    "--objective '{other}': expected ml, ml-discrete, ml-hutchinson, \
+                     ml-hutchinson-gaussian, fm, fm-align or fm-ot"
                 ),
             });
         }
     };
     let likelihood = matches!(
         objective,
-        Objective::MaximumLikelihood | Objective::DiscreteLikelihood
+        Objective::MaximumLikelihood
+            | Objective::DiscreteLikelihood
+            | Objective::HutchinsonLikelihood { .. }
     );
     if a.finetune_epochs > 0 && likelihood {
         return Err(eqflow::Error::InvalidArgument {

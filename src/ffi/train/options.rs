@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use crate::energy::Energy;
-use crate::train::{LambdaSchedule, Objective, Pairing, TrainConfig};
+use crate::train::{LambdaSchedule, Objective, Pairing, Probe, TrainConfig};
 use crate::{Error, Result};
 
 use super::callback::{EnergyGradFn, ProgressFn, eqf_energy_grad_fn, eqf_train_progress_fn};
@@ -348,11 +348,20 @@ pub const EQF_OBJECTIVE_FLOW_MATCHING_OT: i32 = 2;
 pub const EQF_OBJECTIVE_FLOW_MATCHING_ALIGNED: i32 = 3;
 /// Objective: maximum likelihood of the exact-discrete density of the RK4 map of the options'
 /// step count (the density the flow samples and evaluates with in its exact-discrete mode),
-/// mixed with reverse KL by lambda like EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD. Kernel field only
-/// (other families: EQF_ERR_INVALID_ARGUMENT from `eqf_flow_train`, the flow unchanged).
+/// mixed with reverse KL by lambda like EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD. For the families with
+/// the Jacobian's reverse pass: kernel, coordkernel, kernelcoord (others:
+/// EQF_ERR_INVALID_ARGUMENT from `eqf_flow_train`, the flow unchanged).
 /// Costs about twice the continuous-mode likelihood per step at 20 RK4 steps; it is what
 /// keeps a flow with few steps (5–10) exact-trained.
 pub const EQF_OBJECTIVE_DISCRETE_LIKELIHOOD: i32 = 4;
+/// Objective: maximum likelihood through the RK4 map with the divergence replaced by its
+/// Hutchinson estimate, one Rademacher probe (entries ±1) per training configuration and step:
+/// how the paper trained its non-equivariant baseline. Lambda must be 1. Dense field only
+/// (others: EQF_ERR_INVALID_ARGUMENT from `eqf_flow_train`, the flow unchanged). Validation
+/// NLLs and every density use the exact divergence.
+pub const EQF_OBJECTIVE_HUTCHINSON_RADEMACHER: i32 = 5;
+/// Objective: as EQF_OBJECTIVE_HUTCHINSON_RADEMACHER with Gaussian probes (larger variance).
+pub const EQF_OBJECTIVE_HUTCHINSON_GAUSSIAN: i32 = 6;
 
 /// Sets the training objective (`EQF_OBJECTIVE_*`). A flow-matching run reports NaN as its
 /// epochs' `train_nll` (no likelihood is computed; the validation NLL is); fine-tune it with a
@@ -361,7 +370,7 @@ pub const EQF_OBJECTIVE_DISCRETE_LIKELIHOOD: i32 = 4;
 /// @param options    the options (not NULL)
 /// @param objective  one of the `EQF_OBJECTIVE_*` constants
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown objective, or flow
-///         matching with a lambda schedule below 1; options unchanged)
+///         matching or a Hutchinson objective with a lambda schedule below 1; options unchanged)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_train_options_set_objective(
     options: *mut eqf_train_options,
@@ -373,6 +382,12 @@ pub unsafe extern "C" fn eqf_train_options_set_objective(
             c.objective = match objective {
                 EQF_OBJECTIVE_MAXIMUM_LIKELIHOOD => Objective::MaximumLikelihood,
                 EQF_OBJECTIVE_DISCRETE_LIKELIHOOD => Objective::DiscreteLikelihood,
+                EQF_OBJECTIVE_HUTCHINSON_RADEMACHER => Objective::HutchinsonLikelihood {
+                    probe: Probe::Rademacher,
+                },
+                EQF_OBJECTIVE_HUTCHINSON_GAUSSIAN => Objective::HutchinsonLikelihood {
+                    probe: Probe::Gaussian,
+                },
                 EQF_OBJECTIVE_FLOW_MATCHING => Objective::FlowMatching {
                     pairing: Pairing::InOrder,
                 },

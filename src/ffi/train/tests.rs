@@ -840,6 +840,22 @@ fn objective_is_set_and_validated() {
             options.config().objective,
             crate::train::Objective::DiscreteLikelihood
         );
+        for (constant, probe) in [
+            (
+                EQF_OBJECTIVE_HUTCHINSON_RADEMACHER,
+                crate::train::Probe::Rademacher,
+            ),
+            (
+                EQF_OBJECTIVE_HUTCHINSON_GAUSSIAN,
+                crate::train::Probe::Gaussian,
+            ),
+        ] {
+            assert_eq!(eqf_train_options_set_objective(o, constant), EQF_OK);
+            assert_eq!(
+                options.config().objective,
+                crate::train::Objective::HutchinsonLikelihood { probe }
+            );
+        }
     }
 }
 

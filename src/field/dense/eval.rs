@@ -31,6 +31,10 @@ pub struct DenseScratch {
     /// The reverse pass's `P x` and the velocity of the forward pass it reruns.
     pub(super) px: Vec<f64>,
     pub(super) v: Vec<f64>,
+    /// A Hutchinson probe's `P ε`, `u = A ε` and `w = Bᵀ ε` ([`DenseField::probe_divergence`]).
+    pub(super) p_eps: Vec<f64>,
+    pub(super) probe_u: Vec<f64>,
+    pub(super) probe_w: Vec<f64>,
 }
 
 impl DenseScratch {
@@ -42,6 +46,9 @@ impl DenseScratch {
         grow_scratch(&mut self.pv_bar, f.layout.len());
         grow_scratch(&mut self.px, f.layout.len());
         grow_scratch(&mut self.v, f.layout.len());
+        grow_scratch(&mut self.p_eps, f.layout.len());
+        grow_scratch(&mut self.probe_u, h);
+        grow_scratch(&mut self.probe_w, h);
     }
 }
 
@@ -103,6 +110,45 @@ impl DenseField {
                 .sum::<f64>();
         }
         div
+    }
+
+    /// The Hutchinson estimate `εᵀ(∂v/∂x)ε = Σ_h s_h u_h w_h` with `u = A ε`, `w = Bᵀ ε`
+    /// (the divergence's formula with `c_h` replaced by `u_h w_h`, whose mean over probes with
+    /// `E[εεᵀ] = I` is `c_h`), at the point of the last [`DenseField::evaluate`] with `ws`;
+    /// leaves `P ε`, `u` and `w` in `ws` for the reverse pass.
+    pub(super) fn probe_divergence(&self, probe: &[f64], ws: &mut DenseScratch) -> f64 {
+        let n = self.layout.len();
+        let h = self.config.n_hidden;
+        ws.p_eps[..n].copy_from_slice(&probe[..n]);
+        project_com(&mut ws.p_eps[..n], self.layout.dim);
+        let mut estimate = 0.0;
+        for k in 0..h {
+            let u: f64 = self.a1[k * n..(k + 1) * n]
+                .iter()
+                .zip(&ws.p_eps[..n])
+                .map(|(a, e)| a * e)
+                .sum();
+            let w: f64 = (0..n).map(|i| self.a2[i * h + k] * ws.p_eps[i]).sum();
+            ws.probe_u[k] = u;
+            ws.probe_w[k] = w;
+            estimate += ws.slope[k] * (u * w);
+        }
+        estimate
+    }
+
+    /// `v` into `v`; returns the Hutchinson estimate of the divergence with `probe`
+    /// ([`DenseField::probe_divergence`]).
+    pub(super) fn probe_velocity_at(
+        &self,
+        x: &[f64],
+        point: &DenseTimePoint,
+        probe: &[f64],
+        v: &mut [f64],
+    ) -> f64 {
+        with_scratch(|ws| {
+            self.evaluate(x, point, v, ws);
+            self.probe_divergence(probe, ws)
+        })
     }
 
     /// `v` into `v`; returns the divergence.

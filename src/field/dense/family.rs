@@ -224,12 +224,50 @@ impl TrainableField for DenseField {
         self.vjp_into(
             x,
             point,
+            None,
             cotangent.v,
             cotangent.div,
             x_bar,
             adjoint,
             scratch,
         );
+    }
+
+    const PROBE_DIVERGENCE: bool = true;
+
+    fn probe_velocity_at_into(
+        &self,
+        x: &[f64],
+        point: &DenseTimePoint,
+        probe: &[f64],
+        v: &mut [f64],
+    ) -> f64 {
+        self.probe_velocity_at(x, point, probe, v)
+    }
+
+    fn probe_vjp_at(
+        &self,
+        x: &[f64],
+        point: &DenseTimePoint,
+        time_index: usize,
+        probe: &[f64],
+        cotangent: Cotangent<'_>,
+        x_bar: &mut [f64],
+        adjoint: &mut Vec<f64>,
+        scratch: &mut DenseScratch,
+    ) -> Result<()> {
+        let _ = time_index;
+        self.vjp_into(
+            x,
+            point,
+            Some(probe),
+            cotangent.v,
+            cotangent.div,
+            x_bar,
+            adjoint,
+            scratch,
+        );
+        Ok(())
     }
 
     fn adjoint_finish(

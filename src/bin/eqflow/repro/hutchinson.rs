@@ -2,78 +2,21 @@
 //! what it costs in accuracy: `div v = E_ε[εᵀ (∂v/∂x) ε]` for probes with `E[εεᵀ] = I`.
 //!
 //! It lives here, in the reproduction command, and not in the library on purpose: every
-//! density eqflow reports uses the exact divergence (DESIGN.md §1); this estimator exists only
-//! to show why (paper Fig. 3). The product `εᵀ ∂v/∂x` is the field family's exact reverse pass
+//! density eqflow reports uses the exact divergence (DESIGN.md §1); this estimator, for any
+//! family, exists only to show why (paper Fig. 3). (Training with the estimate, the paper's
+//! recipe for its baseline, is the library's `Objective::HutchinsonLikelihood`, through the
+//! dense family's closed-form probe pass; the probe distributions live in the library for it.)
+//! The product `εᵀ ∂v/∂x` is the field family's exact reverse pass
 //! ([`TrainableField::vjp_at`], one vector–Jacobian product, what an AD framework's single
 //! backward pass gives), never a finite difference.
 //!
 //! It is generic over [`TrainableField`], so it serves the non-equivariant `dense` baseline
 //! unchanged (the paper estimated its baseline's divergence this way during LJ-13 training,
 //! §7.3); the test below checks it on that family against the closed-form divergence.
-//!
-//! Variance of one estimate with `A = ∂v/∂x` and `S = (A + Aᵀ)/2` (only the symmetric part
-//! enters `εᵀAε`): Gaussian probes `2‖S‖_F²`, Rademacher probes `2(‖S‖_F² − Σ_a S_aa²)`.
-
-use rand::{Rng, RngExt};
-use rand_distr::{Distribution, StandardNormal};
 
 use eqflow::field::{Cotangent, TrainableField};
 
-/// The distribution of the probe vector ε.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    /// ε ~ N(0, I).
-    Gaussian,
-    /// ε_a = ±1 with probability ½ each (the smaller variance of the two).
-    Rademacher,
-}
-
-impl Probe {
-    pub const ALL: [Probe; 2] = [Probe::Gaussian, Probe::Rademacher];
-
-    /// The name in CSV files and tables.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Probe::Gaussian => "gaussian",
-            Probe::Rademacher => "rademacher",
-        }
-    }
-
-    /// Fills `eps` with one probe drawn from `rng`.
-    pub fn draw_into<R: Rng + ?Sized>(self, rng: &mut R, eps: &mut [f64]) {
-        for e in eps.iter_mut() {
-            *e = match self {
-                Probe::Gaussian => StandardNormal.sample(rng),
-                Probe::Rademacher => {
-                    if rng.random::<bool>() {
-                        1.0
-                    } else {
-                        -1.0
-                    }
-                }
-            };
-        }
-    }
-
-    /// The variance of one estimate, from the field's dense Jacobian `jacobian` (row-major
-    /// n × n) at the point of the estimate.
-    #[must_use]
-    pub fn variance(self, jacobian: &[f64], n: usize) -> f64 {
-        let (mut frob, mut diag) = (0.0, 0.0);
-        for a in 0..n {
-            for b in 0..n {
-                let s = 0.5 * (jacobian[a * n + b] + jacobian[b * n + a]);
-                frob += s * s;
-            }
-            diag += jacobian[a * n + a].powi(2);
-        }
-        match self {
-            Probe::Gaussian => 2.0 * frob,
-            Probe::Rademacher => 2.0 * (frob - diag),
-        }
-    }
-}
+pub use eqflow::train::Probe;
 
 /// One field's Hutchinson estimator with its reverse-pass buffers (one per thread).
 pub struct Hutchinson<'a, F: TrainableField> {
@@ -147,7 +90,7 @@ impl<'a, F: TrainableField> Hutchinson<'a, F> {
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
+    use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
