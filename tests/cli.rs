@@ -1483,6 +1483,66 @@ fn repro_baseline_quick_shows_the_baseline_overfitting_and_counts_parameters() {
 }
 
 #[test]
+fn repro_baseline_trains_the_baselines_with_the_hutchinson_estimate_on_request() {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_baseline_hutchinson");
+    let _ = std::fs::remove_dir_all(&base);
+    let run = |divergence: &str| {
+        let dir = base.join(divergence);
+        json(&eqflow(&[
+            "repro",
+            "baseline",
+            "--out",
+            dir.to_str().unwrap(),
+            "--quick",
+            "--divergence",
+            divergence,
+            "--json",
+            "-q",
+        ]))
+    };
+    let (exact, hutch) = (run("exact"), run("hutchinson"));
+    assert_eq!(hutch["baseline_divergence"], "hutchinson");
+    let rows = |out: &serde_json::Value| out["systems"][0]["rows"].as_array().unwrap().clone();
+    let (exact_rows, hutch_rows) = (rows(&exact), rows(&hutch));
+    assert_eq!(exact_rows.len(), hutch_rows.len());
+    for (e, h) in exact_rows.iter().zip(&hutch_rows) {
+        assert_eq!(e["model"], h["model"]);
+        if e["model"] == "kernel" {
+            // The equivariant flow trains with the exact divergence either way.
+            assert_eq!(e["test_nll"], h["test_nll"], "{e} {h}");
+        } else {
+            assert_ne!(e["test_nll"], h["test_nll"], "{e} {h}");
+            assert!(h["test_nll"].as_f64().is_some_and(f64::is_finite), "{h}");
+        }
+    }
+    // Trained with the estimate, the baseline still memorises 10 configurations.
+    let dense10 = hutch_rows
+        .iter()
+        .find(|r| r["model"] == "dense" && r["n_train"] == 10)
+        .unwrap();
+    let (train, test) = (
+        dense10["train_nll"].as_f64().unwrap(),
+        dense10["test_nll"].as_f64().unwrap(),
+    );
+    assert!(train + 5.0 < test, "{dense10}");
+    // An unknown choice is refused before the output folder exists.
+    let refused = base.join("refused");
+    let out = eqflow(&[
+        "repro",
+        "baseline",
+        "--out",
+        refused.to_str().unwrap(),
+        "--quick",
+        "--divergence",
+        "stochastic",
+        "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--divergence"));
+    assert!(!refused.exists());
+}
+
+#[test]
 fn repro_errors_are_messages_not_panics() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro_errors");
     let missing = dir.join("no_such_model.json");

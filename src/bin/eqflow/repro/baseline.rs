@@ -5,7 +5,9 @@
 //! through the same RK4 map (the system's recommended step count, exact-discrete densities):
 //! - `kernel`: the paper's equivariant field (620 parameters);
 //! - `dense`: the non-equivariant baseline, a tanh network of the flattened coordinates and time
-//!   (the `dense` field family, docs/field_families.md), exact divergence;
+//!   (the `dense` field family, docs/field_families.md), trained with the exact divergence, or
+//!   with its Hutchinson estimate (`--divergence hutchinson`: one Rademacher probe per
+//!   configuration and step, the paper's recipe for its baseline);
 //! - `dense_aug`: the same family trained on the training set with every configuration replaced
 //!   by [`Plan::n_copies`] random copies, each rotated or reflected about its centre of mass by
 //!   a Haar-random orthogonal matrix and its particles relabelled by a uniform permutation
@@ -38,7 +40,7 @@ use eqflow::flow::sample_rng;
 use eqflow::integrate::{DensityMode, Integrator, Method};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::system::System;
-use eqflow::train::{TrainConfig, Trainer};
+use eqflow::train::{Objective, Probe, TrainConfig, Trainer};
 use eqflow::{Energy, Flow, Result};
 
 use super::{RunArgs, cell, create_out_dir, table, write_csv};
@@ -291,7 +293,24 @@ fn untrained(system: &System, family: &str, seed: u64) -> Result<Flow> {
     Ok(flow)
 }
 
-/// Trains `flow` by ML on `train` for about `n_steps` optimiser steps (whole epochs, so the
+/// The baselines' ML objective for `--divergence` (`exact` or `hutchinson`).
+///
+/// # Errors
+///
+/// [`eqflow::Error::InvalidArgument`] naming the flag for anything else.
+fn baseline_objective(divergence: &str) -> Result<Objective> {
+    match divergence {
+        "exact" => Ok(Objective::MaximumLikelihood),
+        "hutchinson" => Ok(Objective::HutchinsonLikelihood {
+            probe: Probe::Rademacher,
+        }),
+        other => Err(eqflow::Error::InvalidArgument {
+            what: format!("--divergence '{other}': expected exact or hutchinson"),
+        }),
+    }
+}
+
+/// Trains `flow` by ML (`objective`) on `train` for about `n_steps` optimiser steps (whole epochs, so the
 /// count is rounded up to one), validated on `validation` (a slice of the un-augmented
 /// training set, about 50 times per run); returns the steps taken.
 ///
@@ -307,6 +326,7 @@ fn train(
     n_steps: usize,
     batch_size: usize,
     seed: u64,
+    objective: Objective,
 ) -> Result<u64> {
     let n = train.len() / flow.layout().len();
     let batch_size = batch_size.min(n).max(1);
@@ -319,6 +339,7 @@ fn train(
         seed,
         n_rk4_steps: rk4_steps(system),
         validate_every: n_epochs.div_ceil(50),
+        objective,
         ..TrainConfig::default()
     };
     Ok(Trainer::new(config, train)
@@ -331,6 +352,7 @@ fn run_system(
     plan: &Plan,
     sp: &SystemPlan,
     seed: u64,
+    baseline: Objective,
     quiet: bool,
 ) -> Result<(SystemResult, Vec<Flow>, Vec<f64>)> {
     let system = System::preset(sp.name)?;
@@ -368,6 +390,11 @@ fn run_system(
             let start = std::time::Instant::now();
             let data = if aug { &augmented[..] } else { train_set };
             let mut flow = untrained(&system, family, seed)?;
+            let objective = if family == "dense" {
+                baseline
+            } else {
+                Objective::MaximumLikelihood
+            };
             let n_steps = train(
                 &mut flow,
                 &system,
@@ -376,6 +403,7 @@ fn run_system(
                 sp.n_steps,
                 sp.batch_size,
                 seed,
+                objective,
             )?;
             let row = Row {
                 model,
@@ -499,14 +527,15 @@ fn energy_histograms(flows: &[Flow], test: &[f64], plan: &Plan, seed: u64) -> Re
     })
 }
 
-pub(super) fn run(a: &RunArgs) -> Result<()> {
+pub(super) fn run(a: &RunArgs, divergence: &str) -> Result<()> {
     let start = std::time::Instant::now();
+    let baseline = baseline_objective(divergence)?;
     create_out_dir(&a.out)?;
     let plan = if a.quick { &QUICK } else { &FULL };
     let mut results = Vec::new();
     let mut histograms = None;
     for sp in plan.systems {
-        let (result, flows, test) = run_system(plan, sp, a.seed, a.common.quiet)?;
+        let (result, flows, test) = run_system(plan, sp, a.seed, baseline, a.common.quiet)?;
         if sp.name == "dw4" && flows.len() == MODELS.len() {
             histograms = Some(energy_histograms(
                 &flows,
@@ -650,14 +679,14 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
     report(
         &a.common,
         json!({"command": "repro", "experiment": "baseline", "quick": a.quick, "seed": a.seed,
-               "n_copies": plan.n_copies,
+               "baseline_divergence": divergence, "n_copies": plan.n_copies,
                "sizes": plan.sizes, "systems": systems_json, "histograms": hist_json,
                "nll_csv": nll_path, "figure": figure, "seconds": seconds}),
         format!(
             "equivariant flow (kernel) against the non-equivariant baseline (dense) and the \
              baseline trained on {} random rotations/reflections and permutations of each \
-             configuration (dense_aug); NLL of the exact-discrete density, train on the \
-             un-augmented set\n{text}{}{ess_text}CSV: {}{}\nfigure: {}\n{seconds:.1} s\n",
+             configuration (dense_aug), both trained with the {divergence} divergence; NLL of \
+             the exact-discrete density, train on the un-augmented set\n{text}{}{ess_text}CSV: {}{}\nfigure: {}\n{seconds:.1} s\n",
             plan.n_copies,
             if histograms.is_some() {
                 format!(
