@@ -310,9 +310,10 @@ fn baseline_objective(divergence: &str) -> Result<Objective> {
     }
 }
 
-/// Trains `flow` by ML (`objective`) on `train` for about `n_steps` optimiser steps (whole epochs, so the
-/// count is rounded up to one), validated on `validation` (a slice of the un-augmented
-/// training set, about 50 times per run); returns the steps taken.
+/// Trains `flow` by ML (`objective`) on `train` for about `sp.n_steps` optimiser steps of
+/// batch `sp.batch_size` (whole epochs, so the count is rounded up to one), validated on
+/// `validation` (a slice of the un-augmented training set, about 50 times per run); returns
+/// the steps taken.
 ///
 /// Why validate on training data: the kept parameters are the epoch whose exact-discrete RK4
 /// map fits the training slice best, so an epoch whose map stopped being invertible (which the
@@ -323,13 +324,12 @@ fn train(
     system: &System,
     train: &[f64],
     validation: &[f64],
-    n_steps: usize,
-    batch_size: usize,
+    sp: &SystemPlan,
     seed: u64,
     objective: Objective,
 ) -> Result<u64> {
     let n = train.len() / flow.layout().len();
-    let batch_size = batch_size.min(n).max(1);
+    let (n_steps, batch_size) = (sp.n_steps, sp.batch_size.min(n).max(1));
     let per_epoch = n.div_ceil(batch_size);
     let n_epochs = n_steps.div_ceil(per_epoch).max(1);
     let config = TrainConfig {
@@ -395,16 +395,7 @@ fn run_system(
             } else {
                 Objective::MaximumLikelihood
             };
-            let n_steps = train(
-                &mut flow,
-                &system,
-                data,
-                eval_set,
-                sp.n_steps,
-                sp.batch_size,
-                seed,
-                objective,
-            )?;
+            let n_steps = train(&mut flow, &system, data, eval_set, sp, seed, objective)?;
             let row = Row {
                 model,
                 n_train: n,
