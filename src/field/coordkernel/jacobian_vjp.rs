@@ -15,11 +15,13 @@
 //!   `c̄'_a += κ (W_ij − W_ji)·u` and `ū += κ c'_a (W_ij − W_ji)`.
 //!
 //! From there the chain through `φ`, `F`, `ψ` to the coordinations, the radial coefficients
-//! and the distances is [`super::vjp`]'s, whose divergence terms are this pass at `J̄ = δ I`
-//! (`E_ij = δ G_i`, `W_ij − W_ji = δ (P_i − P_j)`): a test checks the two agree.
+//! and the distances is [`super::reverse_chain`]'s, shared with the divergence's pass
+//! ([`super::vjp`]), whose seeds are this pass's at `J̄ = δ I` (`E_ij = δ G_i`,
+//! `W_ij − W_ji = δ (P_i − P_j)`): a test checks the two agree.
 
-use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint, MAX_FEATURES};
+use super::coordkernel_field::{CoordKernelField, CoordKernelTimePoint};
 use super::eval::CoordKernelScratch;
+use super::reverse_chain::{Seeds, reverse_chain};
 use crate::field::pair_geometry;
 use crate::geometry::MAX_DIM;
 
@@ -41,9 +43,6 @@ impl CoordKernelField {
         let na = self.config.n_shells;
         let nd = n * dim;
         let nk = n * na;
-        let k = self.config.n_rbf;
-        let nq = self.config.n_features();
-        let kappa = 1.0 / (n - 1) as f64;
         ws.ensure(self, true, true);
         ws.ensure_jacobian_reverse(nd * nk);
         let mut v = std::mem::take(&mut ws.v);
@@ -68,119 +67,21 @@ impl CoordKernelField {
                 }
             }
         }
-        // Ȳ[(i, c), (j, a)] and H̄[(j, a), (m, c)].
-        let yb = |i: usize, c: usize, j: usize, a: usize| y_bar[(i * dim + c) * nk + j * na + a];
-        let hb = |j: usize, a: usize, m: usize, c: usize| h_bar[(j * na + a) * nd + m * dim + c];
-        ws.h_bar[..nk].fill(0.0);
-        let mut r = [0.0; MAX_DIM];
-        let rad = &mut ws.radial;
-        let mut a_bar = [0.0; MAX_FEATURES];
-        let mut a1_bar = [0.0; MAX_FEATURES];
-        for i in 0..n {
-            for j in i + 1..n {
-                let (_, d) = pair_geometry(x, dim, i, j, &mut r);
-                rad.fill(self, point, d, true);
-                let ij = i * n + j;
-                let (phi, fd) = (ws.phi[ij], ws.fd[ij]);
-                // The pair blocks: S = J̄_ii − J̄_ij + J̄_jj − J̄_ji.
-                let mut s = [[0.0; MAX_DIM]; MAX_DIM];
-                for c in 0..dim {
-                    for c2 in 0..dim {
-                        let at = |p: usize, m: usize| jac_bar[(p * dim + c) * nd + m * dim + c2];
-                        s[c][c2] = at(i, i) - at(i, j) + at(j, j) - at(j, i);
-                    }
-                }
-                let mut trace = 0.0;
-                let mut rsr = 0.0;
-                let mut s_sym_r = [0.0; MAX_DIM];
-                for c in 0..dim {
-                    trace += s[c][c];
-                    for c2 in 0..dim {
-                        rsr += r[c] * s[c][c2] * r[c2];
-                        s_sym_r[c] += (s[c][c2] + s[c2][c]) * r[c2];
-                    }
-                }
-                let beta = rsr / d;
-                let mut phi_bar = trace;
-                let mut r_bar = [0.0; MAX_DIM];
-                for c in 0..dim {
-                    let diff = v_bar[i * dim + c] - v_bar[j * dim + c];
-                    phi_bar += diff * r[c];
-                    r_bar[c] = phi * diff + fd * (s_sym_r[c] / d - beta * r[c] / (d * d));
-                }
-                let fd_bar = beta;
-                a_bar[0] = phi_bar;
-                a1_bar[0] = fd_bar;
-                for a in 0..na {
-                    let (hi, hj) = (ws.h[i * na + a], ws.h[j * na + a]);
-                    let (ap, ax) = (rad.a[1 + a], rad.a[1 + na + a]);
-                    let (a1p, a1x) = (rad.a1[1 + a], rad.a1[1 + na + a]);
-                    let psi_ij = ap + hj * ax;
-                    let psi_ji = ap + hi * ax;
-                    let (mut psi_bar_ij, mut psi_bar_ji) = (0.0, 0.0);
-                    for c in 0..dim {
-                        let e_ij = yb(i, c, i, a) - yb(j, c, i, a);
-                        let e_ji = yb(j, c, j, a) - yb(i, c, j, a);
-                        psi_bar_ij += e_ij * r[c];
-                        psi_bar_ji -= e_ji * r[c];
-                        r_bar[c] += psi_ij * e_ij - psi_ji * e_ji;
-                    }
-                    let (hs, hp) = (hi + hj, hi * hj);
-                    a_bar[1 + a] = phi_bar * hs + psi_bar_ij + psi_bar_ji;
-                    a_bar[1 + na + a] = phi_bar * hp + psi_bar_ij * hj + psi_bar_ji * hi;
-                    a1_bar[1 + a] = fd_bar * hs;
-                    a1_bar[1 + na + a] = fd_bar * hp;
-                    ws.h_bar[i * na + a] +=
-                        phi_bar * psi_ij + fd_bar * (a1p + hj * a1x) + psi_bar_ji * ax;
-                    ws.h_bar[j * na + a] +=
-                        phi_bar * psi_ji + fd_bar * (a1p + hi * a1x) + psi_bar_ij * ax;
-                }
-                let mut d_bar = 0.0;
-                for q in 0..nq {
-                    let row = &mut m_bar[q * k..(q + 1) * k];
-                    for kk in 0..k {
-                        row[kk] += rad.b[kk] * a_bar[q] + rad.b1[kk] * a1_bar[q];
-                    }
-                    d_bar += rad.a1[q] * a_bar[q] + rad.a2[q] * a1_bar[q];
-                }
-                ws.d_bar[ij] = d_bar;
-                ws.r_bar[ij * dim..(ij + 1) * dim].copy_from_slice(&r_bar[..dim]);
-            }
-        }
-        // The coordinations and the shells' slopes in H, now that h̄ is complete.
-        for i in 0..n {
-            for j in i + 1..n {
-                let (_, d) = pair_geometry(x, dim, i, j, &mut r);
-                let ij = i * n + j;
-                let mut d_bar = ws.d_bar[ij];
-                let mut r_bar = [0.0; MAX_DIM];
-                r_bar[..dim].copy_from_slice(&ws.r_bar[ij * dim..(ij + 1) * dim]);
-                let mut u_bar = [0.0; MAX_DIM];
-                for a in 0..na {
-                    let (_, c1, c2) = self.shell(a, d);
-                    let c_bar = kappa * (ws.h_bar[i * na + a] + ws.h_bar[j * na + a]);
-                    let mut c1_bar = 0.0;
-                    for c in 0..dim {
-                        let w_ij = hb(i, a, i, c) - hb(i, a, j, c);
-                        let w_ji = hb(j, a, j, c) - hb(j, a, i, c);
-                        let w_diff = w_ij - w_ji;
-                        c1_bar += kappa * w_diff * r[c] / d;
-                        u_bar[c] += kappa * c1 * w_diff;
-                    }
-                    d_bar += c_bar * c1 + c1_bar * c2;
-                }
-                let mut u_r = 0.0;
-                for c in 0..dim {
-                    u_r += u_bar[c] * r[c];
-                }
-                d_bar -= u_r / (d * d);
-                for c in 0..dim {
-                    let g = r_bar[c] + u_bar[c] / d + d_bar * r[c] / d;
-                    x_bar[i * dim + c] += g;
-                    x_bar[j * dim + c] -= g;
-                }
-            }
-        }
+        let (y_bar, h_bar) = (
+            std::mem::take(&mut ws.y_bar),
+            std::mem::take(&mut ws.dh_bar),
+        );
+        let seeds = JacobianSeeds {
+            jac_bar,
+            y_bar: &y_bar,
+            h_bar: &h_bar,
+            dim,
+            na,
+            nd,
+            nk,
+        };
+        reverse_chain(self, x, point, v_bar, &seeds, x_bar, m_bar, ws);
+        (ws.y_bar, ws.dh_bar) = (y_bar, h_bar);
     }
 
     /// Fills the Jacobian's environment factors `Y` and `H` (see
@@ -217,5 +118,96 @@ impl CoordKernelField {
                 }
             }
         }
+    }
+}
+
+/// The Jacobian's cotangent `J̄` entering the chain (module docs), with `Ȳ = J̄ Hᵀ` and
+/// `H̄ = Yᵀ J̄` computed.
+struct JacobianSeeds<'a> {
+    jac_bar: &'a [f64],
+    y_bar: &'a [f64],
+    h_bar: &'a [f64],
+    dim: usize,
+    na: usize,
+    nd: usize,
+    nk: usize,
+}
+
+impl JacobianSeeds<'_> {
+    /// `Ȳ[(i, c), (j, a)]`.
+    fn yb(&self, i: usize, c: usize, j: usize, a: usize) -> f64 {
+        self.y_bar[(i * self.dim + c) * self.nk + j * self.na + a]
+    }
+
+    /// `H̄[(j, a), (m, c)]`.
+    fn hb(&self, j: usize, a: usize, m: usize, c: usize) -> f64 {
+        self.h_bar[(j * self.na + a) * self.nd + m * self.dim + c]
+    }
+}
+
+impl Seeds for JacobianSeeds<'_> {
+    /// The pair blocks `B = φ I + F r rᵀ/d`: with `S = J̄_ii − J̄_ij + J̄_jj − J̄_ji`,
+    /// `φ̄ += tr S`, `F̄ = rᵀSr/d`, `r̄ += F [(S + Sᵀ) r/d − (rᵀSr/d) r/d²]`; no z coupling.
+    fn pair(
+        &self,
+        (i, j): (usize, usize),
+        r: &[f64; MAX_DIM],
+        d: f64,
+        _z: f64,
+        fd: f64,
+        r_bar: &mut [f64; MAX_DIM],
+    ) -> (f64, f64, f64) {
+        let (dim, nd) = (self.dim, self.nd);
+        let mut s = [[0.0; MAX_DIM]; MAX_DIM];
+        for c in 0..dim {
+            for c2 in 0..dim {
+                let at = |p: usize, m: usize| self.jac_bar[(p * dim + c) * nd + m * dim + c2];
+                s[c][c2] = at(i, i) - at(i, j) + at(j, j) - at(j, i);
+            }
+        }
+        let mut trace = 0.0;
+        let mut rsr = 0.0;
+        let mut s_sym_r = [0.0; MAX_DIM];
+        for c in 0..dim {
+            trace += s[c][c];
+            for c2 in 0..dim {
+                rsr += r[c] * s[c][c2] * r[c2];
+                s_sym_r[c] += (s[c][c2] + s[c2][c]) * r[c2];
+            }
+        }
+        let beta = rsr / d;
+        for c in 0..dim {
+            r_bar[c] = fd * (s_sym_r[c] / d - beta * r[c] / (d * d));
+        }
+        (trace, beta, 0.0)
+    }
+
+    /// `E_ij = P̄_i − Ȳ[(j,·),(i,a)]` with `P̄_i = Ȳ[(i,·),(i,a)]`.
+    fn environment_out(
+        &self,
+        i: usize,
+        j: usize,
+        a: usize,
+        e_ij: &mut [f64; MAX_DIM],
+        e_ji: &mut [f64; MAX_DIM],
+    ) {
+        for c in 0..self.dim {
+            e_ij[c] = self.yb(i, c, i, a) - self.yb(j, c, i, a);
+            e_ji[c] = self.yb(j, c, j, a) - self.yb(i, c, j, a);
+        }
+    }
+
+    fn z_coupling(&self) -> f64 {
+        0.0
+    }
+
+    /// `W_ij − W_ji` with `W_ij = Ḡ_i − H̄[(i,a),(j,·)]` and `Ḡ_i = H̄[(i,a),(i,·)]`.
+    fn environment_in(&self, i: usize, j: usize, a: usize, w: &mut [f64; MAX_DIM]) -> bool {
+        for c in 0..self.dim {
+            let w_ij = self.hb(i, a, i, c) - self.hb(i, a, j, c);
+            let w_ji = self.hb(j, a, j, c) - self.hb(j, a, i, c);
+            w[c] = w_ij - w_ji;
+        }
+        true
     }
 }

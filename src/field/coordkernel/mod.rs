@@ -16,7 +16,8 @@
 //!
 //! It is **linear in its parameters** V, with closed-form velocity, divergence, dense Jacobian
 //! (`eval.rs`), the reverse pass of both velocity and divergence (`vjp.rs`) and of the velocity
-//! and the whole Jacobian (`jacobian_vjp.rs`): it trains by maximum likelihood (of the
+//! and the whole Jacobian (`jacobian_vjp.rs`), the two sharing one chain (`reverse_chain.rs`):
+//! it trains by maximum likelihood (of the
 //! continuous-mode or the exact-discrete density), KL and flow matching. Its Lipschitz bound
 //! is a closed form of V.
 
@@ -30,6 +31,7 @@ mod eval;
 mod family;
 mod grid;
 mod jacobian_vjp;
+mod reverse_chain;
 mod table;
 mod vjp;
 
