@@ -95,8 +95,8 @@ pub enum Objective {
     /// Maximum likelihood of the exact-discrete density of the RK4 map of `n_rk4_steps`
     /// steps (the density the model samples and evaluates with; [`super::discrete_ml`]),
     /// mixed with reverse KL like [`Objective::MaximumLikelihood`]. Needs a family with the
-    /// Jacobian's reverse pass ([`crate::field::TrainableField::JACOBIAN_REVERSE`]: the kernel
-    /// field).
+    /// Jacobian's reverse pass ([`crate::field::TrainableField::JACOBIAN_REVERSE`]: the kernel,
+    /// coordkernel and kernelcoord fields).
     DiscreteLikelihood,
     /// Maximum likelihood through the continuous-mode RK4 map with the divergence replaced by
     /// its Hutchinson estimate `εᵀ(∂v/∂x)ε`, one probe per training configuration and step
