@@ -66,10 +66,9 @@ pub struct Rk4Tape<F: TrainableField> {
     key_scratch: Vec<f64>,
     grid_forward: Option<bool>,
     forward: bool,
-    /// The Hutchinson probe ε of the next integrations (length `len`) when `probed`: ℓ then
-    /// integrates `εᵀ(∂v/∂x)ε` instead of the divergence ([`Rk4Tape::set_probe`]).
+    /// The Hutchinson probe ε of the next integrations (length `len`), or empty for the exact
+    /// divergence: with a probe ℓ integrates `εᵀ(∂v/∂x)ε` instead ([`Rk4Tape::set_probe`]).
     probe: Vec<f64>,
-    probed: bool,
 }
 
 impl<F: TrainableField> Rk4Tape<F> {
@@ -111,7 +110,6 @@ impl<F: TrainableField> Rk4Tape<F> {
             grid_forward: None,
             forward: true,
             probe: Vec::new(),
-            probed: false,
         })
     }
 
@@ -133,12 +131,17 @@ impl<F: TrainableField> Rk4Tape<F> {
             if let Some(i) = p.iter().position(|v| !v.is_finite()) {
                 return Err(Error::non_finite(format!("Hutchinson probe entry {i}")));
             }
-            self.probe.clear();
-            self.probe.extend_from_slice(p);
         }
-        self.probed = probe.is_some();
+        // The state length is positive, so an empty buffer means "no probe".
+        self.probe.clear();
+        self.probe.extend_from_slice(probe.unwrap_or_default());
         self.recorded = false;
         Ok(())
+    }
+
+    /// Whether the integrations use a Hutchinson probe ([`Rk4Tape::set_probe`]).
+    fn probed(&self) -> bool {
+        !self.probe.is_empty()
     }
 
     /// Number of RK4 steps on [0, 1].
@@ -168,7 +171,7 @@ impl<F: TrainableField> Rk4Tape<F> {
         if x.len() != self.len || field.state_len() != self.len {
             return Err(Error::size("RK4 tape state", self.len, x.len()));
         }
-        if self.probed && !F::PROBE_DIVERGENCE {
+        if self.probed() && !F::PROBE_DIVERGENCE {
             return Err(crate::field::no_probe_divergence(F::NAME));
         }
         self.set_direction(forward);
@@ -178,7 +181,7 @@ impl<F: TrainableField> Rk4Tape<F> {
         // the forward pass then skips recomputing them at every field evaluation.
         self.prepare_grid(field);
         let (grid, grid_index) = (&self.grid, &self.grid_index);
-        let probe = self.probed.then_some(&self.probe[..]);
+        let probe = self.probed().then_some(&self.probe[..]);
         let mut recorder = Recorder {
             states: &mut self.states,
             len,
@@ -246,6 +249,7 @@ impl<F: TrainableField> Rk4Tape<F> {
         }
         self.prepare_grid(field);
         field.adjoint_reset(&mut self.adjoint, self.grid.len());
+        let probed = self.probed();
         let scratch = self.vjp.get_or_insert_with(|| field.new_scratch());
         let len = self.len;
         self.x_bar.copy_from_slice(x_bar_end);
@@ -280,7 +284,7 @@ impl<F: TrainableField> Rk4Tape<F> {
                     v: &self.k_bar,
                     div: div_bar,
                 };
-                if self.probed {
+                if probed {
                     field.probe_vjp_at(
                         y,
                         &self.grid[i],

@@ -400,12 +400,7 @@ impl<'a> Trainer<'a> {
             flow.field()
                 .lipschitz_bounds_vjp(&times, &vec![0.0; times.len()], &mut scratch)?;
         }
-        if c.objective == Objective::DiscreteLikelihood {
-            crate::field::with_family!(flow.field(), f => check_jacobian_reverse(f))?;
-        }
-        if matches!(c.objective, Objective::HutchinsonLikelihood { .. }) {
-            crate::field::with_family!(flow.field(), f => check_probe_divergence(f))?;
-        }
+        crate::field::with_family!(flow.field(), f => check_family_trains_by(f, c.objective))?;
         let len = flow.layout().len();
         let n_train = check_configurations(self.train, len, "training set")?;
         if let Some(v) = self.validation {
@@ -703,23 +698,21 @@ fn check_step_memory(c: &TrainConfig, len: usize, n_params: usize, n_train: usiz
     )
 }
 
-/// Refuses a family without the Jacobian's reverse pass for exact-discrete training, before
-/// anything runs.
-fn check_jacobian_reverse<F: crate::field::TrainableField>(_field: &F) -> Result<()> {
-    if F::JACOBIAN_REVERSE {
-        Ok(())
-    } else {
-        Err(crate::field::no_jacobian_reverse(F::NAME))
-    }
-}
-
-/// Refuses a family without the Hutchinson estimate for Hutchinson training, before anything
-/// runs.
-fn check_probe_divergence<F: crate::field::TrainableField>(_field: &F) -> Result<()> {
-    if F::PROBE_DIVERGENCE {
-        Ok(())
-    } else {
-        Err(crate::field::no_probe_divergence(F::NAME))
+/// Refuses, before anything runs, an objective whose reverse pass the family lacks: the
+/// Jacobian's for exact-discrete training, the Hutchinson estimate's for Hutchinson training.
+/// (A family without the divergence's reverse pass is refused by the tape at the first step.)
+fn check_family_trains_by<F: crate::field::TrainableField>(
+    _field: &F,
+    objective: Objective,
+) -> Result<()> {
+    match objective {
+        Objective::DiscreteLikelihood if !F::JACOBIAN_REVERSE => {
+            Err(crate::field::no_jacobian_reverse(F::NAME))
+        }
+        Objective::HutchinsonLikelihood { .. } if !F::PROBE_DIVERGENCE => {
+            Err(crate::field::no_probe_divergence(F::NAME))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -677,7 +677,8 @@ pub(super) fn run(a: &RunArgs, divergence: &str) -> Result<()> {
             "equivariant flow (kernel) against the non-equivariant baseline (dense) and the \
              baseline trained on {} random rotations/reflections and permutations of each \
              configuration (dense_aug), both trained with the {divergence} divergence; NLL of \
-             the exact-discrete density, train on the un-augmented set\n{text}{}{ess_text}CSV: {}{}\nfigure: {}\n{seconds:.1} s\n",
+             the exact-discrete density, train on the un-augmented set\n\
+             {text}{}{ess_text}CSV: {}{}\nfigure: {}\n{seconds:.1} s\n",
             plan.n_copies,
             if histograms.is_some() {
                 format!(
