@@ -14,7 +14,7 @@ use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::integrate::{DensityMode, Integrator, Method};
-use crate::integrate::{certificate_penalty, certificate_times};
+use crate::integrate::{certificate_penalty, certificate_times, certify_rk4};
 use crate::rng::{self, Stream};
 
 /// Settings of a training run. `Default` is the paper's DW-4 protocol (DESIGN.md §2): 50 epochs,
@@ -236,6 +236,11 @@ pub struct EpochReport {
     /// validation configuration or if the field is too strong for the step to be saved
     /// ([`crate::field::FieldFamily::check_usable`]): such an epoch is never kept.
     pub validation_nll: Option<f64>,
+    /// With the certificate penalty on ([`TrainConfig::lipschitz_penalty`] > 0): whether the
+    /// field at the end of the epoch is certified at `n_rk4_steps`
+    /// ([`crate::integrate::certify_rk4`], the certificate a model file reports). A run with the
+    /// penalty keeps a certified epoch over any uncertified one. `None` without the penalty.
+    pub certified: Option<bool>,
     /// Wall time since training started.
     pub elapsed: Duration,
 }
@@ -248,7 +253,9 @@ pub struct TrainSummary {
     /// Validation NLL of the parameters before training, if a validation set was given.
     pub initial_validation_nll: Option<f64>,
     /// The epoch whose parameters were left in the flow: the lowest validation NLL (earliest
-    /// on ties) if a validation set was given, else the last completed epoch.
+    /// on ties) if a validation set was given, else the last completed epoch. With the
+    /// certificate penalty on, certified epochs come first: the best (or last) certified
+    /// epoch, and an uncertified one only if no epoch was certified.
     pub best_epoch: usize,
     /// True if the progress callback stopped the run.
     pub stopped_early: bool,
@@ -501,6 +508,11 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
+        // Cheap beside an epoch: the penalty evaluates the same bounds at every step.
+        let certified = (c.lipschitz_penalty > 0.0).then(|| {
+            let field = run.work.field();
+            certify_rk4(&|t| field.lipschitz_bounds(t), c.n_rk4_steps).is_certified()
+        });
         Ok(EpochReport {
             epoch,
             n_epochs: c.n_epochs,
@@ -515,6 +527,7 @@ impl<'a> Trainer<'a> {
             train_kl: (run.energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
             train_loss: sum_loss / n_steps as f64,
             validation_nll,
+            certified,
             elapsed: start.elapsed(),
         })
     }
@@ -757,40 +770,66 @@ impl Minibatches {
 
 /// Which epoch's parameters the run leaves in the flow: the lowest validation NLL among
 /// validated epochs (the earliest on ties); without a validation set, or if the run stopped
-/// before its first validation, the last epoch's.
+/// before its first validation, the last epoch's. Epochs known to be uncertified
+/// ([`EpochReport::certified`] `Some(false)`, only with the certificate penalty on) rank after
+/// every other epoch: a run that aims at a certified field keeps one whenever it met one.
 #[derive(Default)]
 struct KeptParams {
-    /// Validation NLL, epoch and parameters of the best validated epoch.
-    best: Option<(f64, usize, Vec<f64>)>,
-    /// Epoch and parameters of the last epoch.
-    last: Option<(usize, Vec<f64>)>,
+    /// Rank, validation NLL, epoch and parameters of the best validated epoch.
+    best: Option<(Rank, f64, usize, Vec<f64>)>,
+    /// Rank, epoch and parameters of the preferred epoch without validation: the last one
+    /// of the best rank.
+    last: Option<(Rank, usize, Vec<f64>)>,
+}
+
+/// How an epoch ranks before its NLL is compared: certified (or not asked) before
+/// uncertified, and both before a map that failed validation (+∞), which is never kept.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Eligible,
+    Uncertified,
+    Unusable,
+}
+
+impl Rank {
+    fn of(report: &EpochReport) -> Self {
+        if report.validation_nll == Some(f64::INFINITY) {
+            Rank::Unusable
+        } else if report.certified == Some(false) {
+            Rank::Uncertified
+        } else {
+            Rank::Eligible
+        }
+    }
 }
 
 impl KeptParams {
     /// Records the epoch of `report`, which ended with `params`.
     fn record(&mut self, has_validation: bool, report: &EpochReport, params: &[f64]) {
-        let better = match (has_validation, report.validation_nll, &self.best) {
-            (false, _, _) => true,
-            (true, Some(v), Some((b, _, _))) => v < *b,
-            (true, Some(_), None) => true,
-            (true, None, _) => false,
-        };
-        if better {
-            let nll = report.validation_nll.unwrap_or(f64::NAN);
-            self.best = Some((nll, report.epoch, params.to_vec()));
+        let rank = Rank::of(report);
+        if has_validation && let Some(v) = report.validation_nll {
+            let better = match &self.best {
+                Some((r, b, _, _)) => rank < *r || (rank == *r && v < *b),
+                None => true,
+            };
+            if better {
+                self.best = Some((rank, v, report.epoch, params.to_vec()));
+            }
         }
-        self.last = Some((report.epoch, params.to_vec()));
+        if self.last.as_ref().is_none_or(|(r, _, _)| rank <= *r) {
+            self.last = Some((rank, report.epoch, params.to_vec()));
+        }
     }
 
     /// The validation NLL of the best validated epoch, if any was validated.
     fn best_nll(&self) -> Option<f64> {
-        self.best.as_ref().map(|(nll, _, _)| *nll)
+        self.best.as_ref().map(|(_, nll, _, _)| *nll)
     }
 
     /// The epoch and parameters to keep.
     fn choice(self) -> (usize, Vec<f64>) {
         match (self.best, self.last) {
-            (Some((_, epoch, params)), _) | (None, Some((epoch, params))) => (epoch, params),
+            (Some((_, _, epoch, params)), _) | (None, Some((_, epoch, params))) => (epoch, params),
             (None, None) => unreachable!("at least one epoch runs"),
         }
     }
@@ -900,5 +939,70 @@ mod tests {
             "at ×{factor} the map must still be invertible: {each:?}"
         );
         assert_eq!(trainer.validation_nll(&flow).unwrap(), Some(f64::INFINITY));
+    }
+    /// A report of `epoch` with `nll` and `certified`, the rest irrelevant to the choice.
+    fn report(epoch: usize, nll: Option<f64>, certified: Option<bool>) -> EpochReport {
+        EpochReport {
+            epoch,
+            n_epochs: 10,
+            lambda: 1.0,
+            n_steps: 1,
+            train_nll: 0.0,
+            train_kl: None,
+            train_loss: 0.0,
+            validation_nll: nll,
+            certified,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// The epoch `KeptParams` keeps from `(validation NLL, certified)` per epoch.
+    fn kept(validation: bool, epochs: &[(Option<f64>, Option<bool>)]) -> usize {
+        let mut kept = KeptParams::default();
+        for (e, &(nll, cert)) in epochs.iter().enumerate() {
+            kept.record(validation, &report(e, nll, cert), &[e as f64]);
+        }
+        let (epoch, params) = kept.choice();
+        assert_eq!(params, [epoch as f64], "the epoch's own parameters");
+        epoch
+    }
+
+    #[test]
+    fn a_certified_epoch_is_kept_over_a_better_uncertified_one() {
+        let (yes, no, inf) = (Some(true), Some(false), Some(f64::INFINITY));
+        // Without the penalty (no certificates): the lowest NLL, the earliest on ties.
+        assert_eq!(
+            kept(
+                true,
+                &[(Some(3.0), None), (Some(2.0), None), (Some(2.0), None)]
+            ),
+            1
+        );
+        // With it: the best certified epoch, although an uncertified one fits better.
+        assert_eq!(
+            kept(true, &[(Some(3.0), yes), (Some(1.0), no), (Some(2.5), yes)]),
+            2
+        );
+        assert_eq!(
+            kept(true, &[(Some(1.0), no), (Some(3.0), yes), (Some(2.0), no)]),
+            1
+        );
+        // No certified epoch: the best uncertified one.
+        assert_eq!(
+            kept(true, &[(Some(3.0), no), (Some(1.0), no), (Some(2.0), no)]),
+            1
+        );
+        // A map that failed validation is never preferred, certified or not.
+        assert_eq!(kept(true, &[(inf, yes), (Some(5.0), no)]), 1);
+        // Unvalidated epochs do not compete with validated ones.
+        assert_eq!(
+            kept(true, &[(Some(5.0), no), (None, yes), (Some(6.0), no)]),
+            0
+        );
+        // Without validation: the last epoch, or the last certified one.
+        assert_eq!(kept(false, &[(None, None), (None, None), (None, None)]), 2);
+        assert_eq!(kept(false, &[(None, yes), (None, yes), (None, no)]), 1);
+        assert_eq!(kept(false, &[(None, no), (None, no)]), 1);
+        assert_eq!(kept(false, &[(None, no), (None, yes), (None, no)]), 1);
     }
 }

@@ -1047,6 +1047,7 @@ fn summary_json(s: &TrainSummary) -> Value {
         "epochs": s.epochs.iter().map(|e| json!({
             "epoch": e.epoch, "lambda": e.lambda, "train_nll": e.train_nll,
             "train_kl": e.train_kl, "validation_nll": e.validation_nll,
+            "certified": e.certified,
             "seconds": e.elapsed.as_secs_f64()})).collect::<Vec<_>>(),
         "initial_validation_nll": s.initial_validation_nll,
         "best_epoch": s.best_epoch,
