@@ -739,13 +739,15 @@ int64_t eqf_flow_dim(const eqf_flow *flow);
 /**
  * Whether every step of the flow's fixed-grid RK4 map is certified to be a bijection, so
  * that the exact-discrete density is the density of what the flow proposes (one preimage per
- * configuration). The certificate bounds the Lipschitz constant of each step's increment by
- * the field's global Lipschitz bound (see docs/embedding.md, "Step certificate"); it is
- * certified when that bound is below 1 for every step.
+ * configuration). From the field's global Lipschitz bound and its compression bound (how fast
+ * the field can bring two configurations together), the certificate bounds how strongly each
+ * step's increment can pull two configurations together (see docs/embedding.md, "Step
+ * certificate"); it is certified when that bound is below 1 for every step, which makes each
+ * step strongly monotone and so one-to-one and onto.
  *
  * @param flow            the flow (not NULL)
  * @param certified       output: 1 if certified, 0 if not (also 0 for an adaptive method)
- * @param max_contraction output: the worst step's increment bound (certified when < 1);
+ * @param max_contraction output: the worst step's bound (certified when < 1);
  *                        +infinity for an adaptive method
  * @param n_steps_needed  output or NULL: the smallest RK4 step count the field certifies, or
  *                        -1 if none up to the largest step count (this search costs more:

@@ -194,14 +194,15 @@ impl Flow {
     }
 
     /// The certificate that every step of this flow's fixed-grid RK4 map is a bijection
-    /// (see [`crate::integrate::certify_rk4`]), from the field family's Lipschitz bound;
+    /// (see [`crate::integrate::certify_rk4`]), from the field family's Lipschitz and
+    /// compression bounds;
     /// `None` for an adaptive method, which is not a fixed map. Costs 2·n_steps + 1 bound
     /// evaluations, batched (a few milliseconds for the kernel field).
     #[must_use]
     pub fn certificate(&self) -> Option<StepCertificate> {
         match self.integrator.method() {
             Method::Rk4 { n_steps } => {
-                Some(certify_rk4(&|t| self.field.lipschitz_bounds(t), n_steps))
+                Some(certify_rk4(&|t| self.field.certificate_bounds(t), n_steps))
             }
             Method::Dopri5(_) => None,
         }
@@ -211,7 +212,7 @@ impl Flow {
     /// certifies, if any.
     #[must_use]
     pub fn certified_step_count(&self) -> Option<usize> {
-        steps_needed(&|t| self.field.lipschitz_bounds(t), MAX_RK4_STEPS)
+        steps_needed(&|t| self.field.certificate_bounds(t), MAX_RK4_STEPS)
     }
 
     /// Strict mode: with `true`, sampling and density evaluation in the exact-discrete mode fail
@@ -257,8 +258,12 @@ impl Flow {
         Some(Error::Uncertified {
             what: format!(
                 "this flow requires a step certificate, and its worst RK4 step (from t = {:.3}) \
-                 has increment bound {:.4} (needs < 1; field Lipschitz bound up to {:.4})",
-                cert.worst_step_start, cert.max_contraction, cert.max_lipschitz
+                 has bound {:.4} (needs < 1; field Lipschitz bound up to {:.4}, compression \
+                 bound up to {:.4})",
+                cert.worst_step_start,
+                cert.max_contraction,
+                cert.max_lipschitz,
+                cert.max_compression
             ),
             n_steps: cert.n_steps,
             certified_steps: self.certified_step_count(),

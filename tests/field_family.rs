@@ -67,6 +67,62 @@ fn lipschitz_bound_dominates_the_jacobian_everywhere() {
     }
 }
 
+/// `−λ_min` of the Jacobian's symmetric part (the Jacobian row-major, n × n).
+fn compression(field: &dyn VectorField, x: &[f64], t: f64) -> f64 {
+    let n = x.len();
+    let mut v = vec![0.0; n];
+    let mut jac = vec![0.0; n * n];
+    field.velocity_jacobian_into(x, t, &mut v, &mut jac);
+    let m = DMatrix::from_row_slice(n, n, &jac);
+    let m = (&m + m.transpose()) * 0.5;
+    -SymmetricEigen::new(m).eigenvalues.min()
+}
+
+#[test]
+fn compression_bound_dominates_the_jacobians_symmetric_part_everywhere() {
+    let mut r = rng(12);
+    for (name, field) in fields() {
+        let len = field.layout().len();
+        for t in [0.0, 0.37, 1.0] {
+            let (l, mu) = (field.lipschitz_bound(t), field.compression_bounds(&[t])[0]);
+            assert!((0.0..=l).contains(&mu), "{name} t={t}: μ {mu}, L {l}");
+            for spread in [0.3, 1.0, 2.5, 5.0, 9.0] {
+                for _ in 0..8 {
+                    let x = random_config(&mut r, len, spread);
+                    let c = compression(&field, &x, t);
+                    assert!(c <= mu, "{name} t={t}: −λ_min = {c} > μ {mu}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compression_bound_is_attained_by_two_particles() {
+    // Two particles: the Jacobian's eigenvalues are 2·(φ, φ + φ'r²/d) and zeros, so
+    // −λ_min = 2·max(0, −φ, −(φ + φ'r²/d)) at their distance and the bound is exact in the
+    // supremum over d, as the Lipschitz bound is.
+    let mut nonzero = 0;
+    for kernels in [KernelConfig::double_well(), KernelConfig::lennard_jones()] {
+        for seed in [5, 6] {
+            let field: Field = random_field(2, 3, kernels.clone(), seed).into();
+            for t in [0.1, 0.9] {
+                let mu = field.compression_bounds(&[t])[0];
+                let mut best = 0.0f64;
+                for i in 0..6000 {
+                    let d = 1e-3 + i as f64 * 0.00371;
+                    let x = [0.0, 0.0, 0.0, d, 0.0, 0.0];
+                    best = best.max(compression(&field, &x, t));
+                }
+                assert!(best <= mu, "{best} > {mu}");
+                assert!(best >= 0.98 * mu, "bound {mu} is loose: max −λ_min {best}");
+                nonzero += usize::from(mu > 0.0);
+            }
+        }
+    }
+    assert!(nonzero >= 4, "too few fields that compress: {nonzero}");
+}
+
 #[test]
 fn lipschitz_bound_is_attained_by_two_particles() {
     // For two particles the Jacobian is [[B, −B], [−B, B]] (up to sign) with the pair block

@@ -250,12 +250,30 @@ fn lipschitz_bound_dominates_the_jacobian_and_its_gradient_is_exact() {
         for ((l, a), b) in bounds.iter().zip(&a).zip(&b) {
             assert_eq!(*l, a + b, "{name}: the sum of the parts' bounds");
         }
+        let compression = field.compression_bounds(&times);
+        let (a, b) = (
+            field.kernel().compression_bounds(&times),
+            field.coord().compression_bounds(&times),
+        );
+        for ((m, a), b) in compression.iter().zip(&a).zip(&b) {
+            assert_eq!(
+                *m,
+                a + b,
+                "{name}: the sum of the parts' compression bounds"
+            );
+        }
         if field.params().len() < 400 {
             let (_, max_grad, scale) =
                 families::check_lipschitz_bound_gradient(name, &field, &times);
             assert!(
                 max_grad > 1.0,
                 "{name}: gradient {max_grad} (bound {scale})"
+            );
+            let (_, max_grad, scale) =
+                families::check_compression_bound_gradient(name, &field, &times);
+            assert!(
+                max_grad > 1.0,
+                "{name}: compression gradient {max_grad} (bound {scale})"
             );
         }
     }

@@ -213,6 +213,19 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
         self.lipschitz_bounds(&[t])[0]
     }
 
+    /// Upper bounds `μ(t) ≥ 0` on how fast `v(·, t)` can bring two configurations together:
+    /// `uᵀ(∂v/∂x)u ≥ −μ(t)·|u|²` for every configuration x and direction u (that is,
+    /// `μ ≥ −λ_min` of the Jacobian's symmetric part), at each of `times`. The step
+    /// certificate needs only this one-sided bound for the first-order part of a forward RK4
+    /// step (`integrate::certify_rk4`): a field that expands strongly but compresses weakly
+    /// certifies with fewer steps. The default, [`FieldFamily::lipschitz_bounds`], is always
+    /// valid (`−λ_min ≤ ‖∂v/∂x‖`); a family with a tighter bound overrides this together
+    /// with [`TrainableField::compression_bounds_and_vjp`], so that the penalty differentiates
+    /// the bound the certificate uses.
+    fn compression_bounds(&self, times: &[f64]) -> Vec<f64> {
+        self.lipschitz_bounds(times)
+    }
+
     /// A faster field that agrees with `self` at the flow times `times` (the stage times of a
     /// fixed grid) and is what a fixed-grid flow integrates there: e.g. tabulated radial
     /// functions. `None` (the default): integrate `self`.
@@ -266,32 +279,27 @@ pub trait TrainableField: FieldFamily {
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
     ) -> Result<Vec<f64>> {
-        if bounds_bar.len() != times.len() {
-            return Err(crate::Error::size(
-                "Lipschitz bound cotangents",
-                times.len(),
-                bounds_bar.len(),
-            ));
-        }
-        if theta_bar.len() != self.params().len() {
-            return Err(crate::Error::size(
-                format!("{} parameter cotangents", Self::NAME),
-                self.params().len(),
-                theta_bar.len(),
-            ));
-        }
-        let mut gradient = vec![0.0; theta_bar.len()];
-        let bounds = self.lipschitz_bounds_and_vjp(times, bounds_bar, &mut gradient)?;
-        if let Some(b) = bounds.iter().find(|b| !b.is_finite()) {
-            return Err(crate::Error::non_finite(format!(
-                "the {} field's Lipschitz bound ({b})",
-                Self::NAME
-            )));
-        }
-        for (t, g) in theta_bar.iter_mut().zip(&gradient) {
-            *t += g;
-        }
-        Ok(bounds)
+        checked_bounds_vjp(self, "Lipschitz", times, bounds_bar, theta_bar, |g| {
+            self.lipschitz_bounds_and_vjp(times, bounds_bar, g)
+        })
+    }
+
+    /// [`TrainableField::lipschitz_bounds_vjp`] for the compression bounds
+    /// ([`FieldFamily::compression_bounds`], the same numbers), with the same checks and the
+    /// same guarantee: on an error `theta_bar` is unchanged. Provided (do not override).
+    ///
+    /// # Errors
+    ///
+    /// As [`TrainableField::lipschitz_bounds_vjp`].
+    fn compression_bounds_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        theta_bar: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        checked_bounds_vjp(self, "compression", times, bounds_bar, theta_bar, |g| {
+            self.compression_bounds_and_vjp(times, bounds_bar, g)
+        })
     }
 
     /// The bounds [`FieldFamily::lipschitz_bounds`]`(times)` (the same numbers), computed once,
@@ -315,6 +323,22 @@ pub trait TrainableField: FieldFamily {
              with a Lipschitz penalty (use more RK4 steps to certify it instead)",
             Self::NAME
         )))
+    }
+
+    /// [`TrainableField::lipschitz_bounds_and_vjp`] for [`FieldFamily::compression_bounds`].
+    /// The default is the Lipschitz bound's, matching the default compression bound; a family
+    /// that overrides one overrides both (the shared family tests compare their values).
+    ///
+    /// # Errors
+    ///
+    /// As [`TrainableField::lipschitz_bounds_and_vjp`].
+    fn compression_bounds_and_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        gradient: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        self.lipschitz_bounds_and_vjp(times, bounds_bar, gradient)
     }
 
     /// Appends to `key` the numbers that [`TrainableField::time_point`] depends on (bitwise),
@@ -437,4 +461,43 @@ pub trait TrainableField: FieldFamily {
         adjoint: &mut Self::Adjoint,
         theta_bar: &mut [f64],
     );
+}
+
+/// The checks of [`TrainableField::lipschitz_bounds_vjp`] and
+/// [`TrainableField::compression_bounds_vjp`] around the family's `bounds_and_vjp` (into a
+/// scratch gradient): sizes first, finite bounds after, and `theta_bar` touched only on success.
+fn checked_bounds_vjp<F: TrainableField>(
+    field: &F,
+    which: &str,
+    times: &[f64],
+    bounds_bar: &[f64],
+    theta_bar: &mut [f64],
+    bounds_and_vjp: impl FnOnce(&mut [f64]) -> Result<Vec<f64>>,
+) -> Result<Vec<f64>> {
+    if bounds_bar.len() != times.len() {
+        return Err(crate::Error::size(
+            format!("{which} bound cotangents"),
+            times.len(),
+            bounds_bar.len(),
+        ));
+    }
+    if theta_bar.len() != field.params().len() {
+        return Err(crate::Error::size(
+            format!("{} parameter cotangents", F::NAME),
+            field.params().len(),
+            theta_bar.len(),
+        ));
+    }
+    let mut gradient = vec![0.0; theta_bar.len()];
+    let bounds = bounds_and_vjp(&mut gradient)?;
+    if let Some(b) = bounds.iter().find(|b| !b.is_finite()) {
+        return Err(crate::Error::non_finite(format!(
+            "the {} field's {which} bound ({b})",
+            F::NAME
+        )));
+    }
+    for (t, g) in theta_bar.iter_mut().zip(&gradient) {
+        *t += g;
+    }
+    Ok(bounds)
 }

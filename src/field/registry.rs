@@ -372,6 +372,35 @@ impl Field {
         with_family!(self, f => TrainableField::lipschitz_bounds_vjp(f, times, bounds_bar, theta_bar))
     }
 
+    /// Both bounds the step certificate reads ([`crate::integrate::certify_rk4`]).
+    #[must_use]
+    pub fn certificate_bounds(&self, times: &[f64]) -> crate::integrate::FieldBounds {
+        crate::integrate::FieldBounds {
+            lipschitz: self.lipschitz_bounds(times),
+            compression: self.compression_bounds(times),
+        }
+    }
+
+    /// See [`FieldFamily::compression_bounds`].
+    #[must_use]
+    pub fn compression_bounds(&self, times: &[f64]) -> Vec<f64> {
+        with_family!(self, f => f.compression_bounds(times))
+    }
+
+    /// See [`TrainableField::compression_bounds_vjp`].
+    ///
+    /// # Errors
+    ///
+    /// As the family's (the default refuses).
+    pub fn compression_bounds_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        theta_bar: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        with_family!(self, f => TrainableField::compression_bounds_vjp(f, times, bounds_bar, theta_bar))
+    }
+
     /// See [`FieldFamily::grid_dynamics`].
     #[must_use]
     pub fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {

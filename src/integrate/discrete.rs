@@ -556,7 +556,8 @@ impl<F: VectorField + ?Sized> ForwardStep<'_, F> {
     /// Jacobian at y and tries the Newton step `−J⁻¹r`, halving it until the residual
     /// decreases (Armijo); where J is singular or the Newton direction finds no decrease, the
     /// fixed-point step `−r` (that is `y ← x − Δ(y)`, a contraction wherever the increment's
-    /// Lipschitz constant is below 1, which the step certificate bounds) is tried the same way.
+    /// Lipschitz constant is below 1, which `StepCertificate::max_increment_lipschitz`
+    /// bounds) is tried the same way.
     /// It never fails at an intermediate iterate whose Jacobian folds (the fast path does).
     ///
     /// What it returns is proved by its end: the residual `‖Φ_h(y) − x‖∞` at the returned y is

@@ -20,8 +20,8 @@ mod simd;
 mod workspace;
 
 pub use certificate::{
-    StepCertificate, certificate_penalty, certificate_times, certify_rk4, increment_bound,
-    increment_bound_gradient, steps_needed,
+    FieldBounds, StepCertificate, certificate_penalty, certificate_times, certify_rk4,
+    increment_bound, step_bound, step_bound_gradient, steps_needed,
 };
 pub use dopri5::Dopri5Config;
 pub use rk4::rk4_stage_times;

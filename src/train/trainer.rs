@@ -404,8 +404,11 @@ impl<'a> Trainer<'a> {
             // The family must have the bound's gradient (the default refuses at once).
             let times = certificate_times(c.n_rk4_steps);
             let mut scratch = vec![0.0; flow.field().params().len()];
+            let zeros = vec![0.0; times.len()];
             flow.field()
-                .lipschitz_bounds_vjp(&times, &vec![0.0; times.len()], &mut scratch)?;
+                .lipschitz_bounds_vjp(&times, &zeros, &mut scratch)?;
+            flow.field()
+                .compression_bounds_vjp(&times, &zeros, &mut scratch)?;
         }
         crate::field::with_family!(flow.field(), f => check_family_trains_by(f, c.objective))?;
         let len = flow.layout().len();
@@ -511,7 +514,7 @@ impl<'a> Trainer<'a> {
         // Cheap beside an epoch: the penalty evaluates the same bounds at every step.
         let certified = (c.lipschitz_penalty > 0.0).then(|| {
             let field = run.work.field();
-            certify_rk4(&|t| field.lipschitz_bounds(t), c.n_rk4_steps).is_certified()
+            certify_rk4(&|t| field.certificate_bounds(t), c.n_rk4_steps).is_certified()
         });
         Ok(EpochReport {
             epoch,
@@ -593,16 +596,21 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Adds `config.lipschitz_penalty · ∇P` (the certificate penalty of the field's Lipschitz
-/// bounds on the training grid) to `gradient`; returns P.
+/// Adds `config.lipschitz_penalty · ∇P` (the certificate penalty of the field's Lipschitz and
+/// compression bounds on the training grid) to `gradient`; returns P. On an error `gradient`
+/// is unchanged (both reverse passes run into a copy first).
 fn add_certificate_penalty(flow: &Flow, config: &TrainConfig, gradient: &mut [f64]) -> Result<f64> {
     let times = certificate_times(config.n_rk4_steps);
     let field = flow.field();
-    let bounds = field.lipschitz_bounds(&times);
-    let (value, l_bar) = certificate_penalty(&bounds, config.n_rk4_steps, config.lipschitz_target);
+    let bounds = field.certificate_bounds(&times);
+    let (value, bar) = certificate_penalty(&bounds, config.n_rk4_steps, config.lipschitz_target);
     if value > 0.0 {
-        let weighted: Vec<f64> = l_bar.iter().map(|b| config.lipschitz_penalty * b).collect();
-        field.lipschitz_bounds_vjp(&times, &weighted, gradient)?;
+        let weighted =
+            |v: &[f64]| -> Vec<f64> { v.iter().map(|b| config.lipschitz_penalty * b).collect() };
+        let mut g = gradient.to_vec();
+        field.lipschitz_bounds_vjp(&times, &weighted(&bar.lipschitz), &mut g)?;
+        field.compression_bounds_vjp(&times, &weighted(&bar.compression), &mut g)?;
+        gradient.copy_from_slice(&g);
     }
     Ok(value)
 }

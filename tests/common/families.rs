@@ -120,14 +120,27 @@ pub fn check_lipschitz_bound<F: FieldFamily>(name: &str, field: &F, r: &mut ChaC
     let n = field.state_len();
     for t in [0.0, 0.5, 1.0] {
         let bound = field.lipschitz_bound(t);
+        let compression = field.compression_bounds(&[t])[0];
         assert!(bound.is_finite() && bound > 0.0, "{name}: {bound}");
+        assert!(
+            (0.0..=bound).contains(&compression),
+            "{name}: compression bound {compression} outside [0, L = {bound}]"
+        );
         for spread in [0.2, 1.0, 3.0, 8.0, 40.0] {
             let x = random_config(r, n, spread);
             let (_, jac, _) = jacobian_of(field, &x, t);
-            let norm = DMatrix::from_row_slice(n, n, &jac).singular_values().max();
+            let m = DMatrix::from_row_slice(n, n, &jac);
+            let norm = m.singular_values().max();
             assert!(
                 norm <= bound,
                 "{name} t={t} spread={spread}: ‖J‖ {norm} > {bound}"
+            );
+            let sym = (&m + m.transpose()) * 0.5;
+            let lowest = sym.symmetric_eigenvalues().min();
+            assert!(
+                -lowest <= compression,
+                "{name} t={t} spread={spread}: −λ_min(sym J) {} > μ {compression}",
+                -lowest
             );
         }
     }
@@ -174,10 +187,46 @@ pub fn check_lipschitz_bound_gradient<F: TrainableField + Clone>(
     field: &F,
     times: &[f64],
 ) -> (Vec<f64>, f64, f64) {
+    check_bound_gradient(name, field, times, Bound::Lipschitz)
+}
+
+/// [`check_lipschitz_bound_gradient`] for the compression bounds
+/// ([`FieldFamily::compression_bounds`], [`TrainableField::compression_bounds_vjp`]).
+pub fn check_compression_bound_gradient<F: TrainableField + Clone>(
+    name: &str,
+    field: &F,
+    times: &[f64],
+) -> (Vec<f64>, f64, f64) {
+    check_bound_gradient(name, field, times, Bound::Compression)
+}
+
+/// Which of a family's two certificate bounds a check reads.
+#[derive(Clone, Copy)]
+enum Bound {
+    Lipschitz,
+    Compression,
+}
+
+impl Bound {
+    fn values<F: TrainableField>(self, f: &F, times: &[f64]) -> Vec<f64> {
+        match self {
+            Bound::Lipschitz => f.lipschitz_bounds(times),
+            Bound::Compression => f.compression_bounds(times),
+        }
+    }
+}
+
+fn check_bound_gradient<F: TrainableField + Clone>(
+    name: &str,
+    field: &F,
+    times: &[f64],
+    which: Bound,
+) -> (Vec<f64>, f64, f64) {
     let mut r = rng(0xb0b);
     let bounds_bar: Vec<f64> = times.iter().map(|_| r.random_range(0.2..1.5)).collect();
     let objective = |f: &F| -> f64 {
-        f.lipschitz_bounds(times)
+        which
+            .values(f, times)
             .iter()
             .zip(&bounds_bar)
             .map(|(l, w)| l * w)
@@ -185,10 +234,12 @@ pub fn check_lipschitz_bound_gradient<F: TrainableField + Clone>(
     };
     let p = field.params().to_vec();
     let mut grad = vec![0.0; p.len()];
-    let bounds = field
-        .lipschitz_bounds_vjp(times, &bounds_bar, &mut grad)
-        .unwrap();
-    assert_eq!(bounds, field.lipschitz_bounds(times), "{name}");
+    let bounds = match which {
+        Bound::Lipschitz => field.lipschitz_bounds_vjp(times, &bounds_bar, &mut grad),
+        Bound::Compression => field.compression_bounds_vjp(times, &bounds_bar, &mut grad),
+    }
+    .unwrap();
+    assert_eq!(bounds, which.values(field, times), "{name}");
     let scale = objective(field);
     let h = 1e-6;
     let mut worst = 0.0f64;

@@ -844,12 +844,18 @@ fn certificate_report(flow: &Flow) -> (serde_json::Value, String) {
                "max_step_contraction": cert.max_contraction,
                "worst_step_start": cert.worst_step_start,
                "max_lipschitz_bound": cert.max_lipschitz,
+               "max_compression_bound": cert.max_compression,
+               "max_increment_lipschitz": cert.max_increment_lipschitz,
                "certified_from_steps": needed}),
         format!(
             "step certificate ({} RK4 steps): every step a bijection: {verdict} (worst step's \
-             increment bound {:.3} at t = {:.3}, needs < 1; field Lipschitz bound up to {:.3}); \
-             certified from {needed_text}\n",
-            cert.n_steps, cert.max_contraction, cert.worst_step_start, cert.max_lipschitz
+             bound {:.3} at t = {:.3}, needs < 1; field Lipschitz bound up to {:.3}, \
+             compression bound up to {:.3}); certified from {needed_text}\n",
+            cert.n_steps,
+            cert.max_contraction,
+            cert.worst_step_start,
+            cert.max_lipschitz,
+            cert.max_compression
         ),
     )
 }

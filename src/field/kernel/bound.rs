@@ -1,20 +1,27 @@
-//! The kernel field's global Lipschitz bound `L(t)` (its part of the step certificate,
-//! [`crate::integrate::certify_rk4`]) and the bound's gradient with respect to the parameters
-//! (what a Lipschitz penalty in training needs).
+//! The kernel field's global Lipschitz bound `L(t)` and compression bound `μ(t)` (its part of
+//! the step certificate, [`crate::integrate::certify_rk4`]) and their gradients with respect to
+//! the parameters (what the certificate penalty in training needs).
 //!
 //! `L(t) = N · max_d max(|φ|, |φ + φ'·r²/d|)`. Why it bounds `‖∂v/∂x‖₂`: the Jacobian is
-//! `−Σ_{i<j} (e_i − e_j)(e_i − e_j)ᵀ ⊗ B_ij` with the symmetric pair block
-//! `B_ij = φ I + φ' r rᵀ/d`, whose eigenvalues are φ and `φ + φ' r²/d`, so
-//! `|uᵀ J u| ≤ M Σ_{i<j} |u_i − u_j|² ≤ M N |u|²` (the complete graph's Laplacian has norm N)
-//! and J is symmetric. With several species each pair's block has its pair type's φ, and M is
-//! the largest of the pair types' maxima: the bound is the largest per-type bound.
+//! `Σ_{i<j} (e_i − e_j)(e_i − e_j)ᵀ ⊗ B_ij` (with `r = x_i − x_j`) with the symmetric pair
+//! block `B_ij = φ I + φ' r rᵀ/d`, whose eigenvalues are φ and `φ + φ' r²/d`, so
+//! `uᵀ J u = Σ_{i<j} (u_i − u_j)ᵀ B_ij (u_i − u_j)`, `|uᵀ J u| ≤ M Σ_{i<j} |u_i − u_j|² ≤ M N |u|²`
+//! (the complete graph's Laplacian has norm N) and J is symmetric. With several species each
+//! pair's block has its pair type's φ, and M is the largest of the pair types' maxima: the
+//! bound is the largest per-type bound.
+//!
+//! `μ(t) = N · max(0, max_d max(−φ, −(φ + φ'·r²/d)))` by the same sum: only a pair block's
+//! negative eigenvalues make `uᵀ J u` negative, so `uᵀ J u ≥ −μ |u|²`. Flows from a narrow
+//! prior to spread-out data mostly push pairs apart (positive eigenvalues), so μ is often far
+//! below L (shipped DW-4 model at t = 1: 11 against 88); both are taken by the same grid
+//! maximum below, with `f` the quantity of each (`Side`).
 //!
 //! The maximum over d is taken on a grid from `d = √ε_d` to the distance past which every
 //! Gaussian underflows to exactly 0 (φ is constant there, so that last point covers the tail),
 //! with spacing the largest power of two not above `γ_min/40` (so between `γ_min/80` and
 //! `γ_min/40`; not `γ_min/32`, a power of two for the presets' γ = 0.5, where the spacing would
 //! jump under any change of the bandwidths). Between two grid points
-//! `f = max(|φ|, |φ + φ'r²/d|)` is bounded by the larger end value plus half the largest change
+//! `f` (`max(|φ|, |φ + φ'r²/d|)`, or `max(−φ, −(φ + φ'r²/d))` for μ) is bounded by the larger end value plus half the largest change
 //! of f over that interval and its two neighbours (a first-order margin from the local slope,
 //! where the error of the plain grid maximum is second order). This is sound for an f that is
 //! smooth on the grid's scale, which the Gaussians of width ≥ 40 grid spacings make it; it is
@@ -26,7 +33,7 @@
 //! The spacing is a power of two so that the grid's points do not move with the bandwidths:
 //! the bound is then, for a fixed grid, a piecewise smooth function of the parameters (smooth
 //! away from ties of its maxima and sign changes), and its gradient there is what
-//! [`KernelField::lipschitz_bounds_gradient`] computes: through `w(t)` and `c(t)` (W, b, s and the
+//! [`KernelField::bounds_gradient`] computes: through `w(t)` and `c(t)` (W, b, s and the
 //! time bandwidths, by the reverse of the time fold) and through `ρ` (the distance
 //! bandwidths), at the few grid points the maximum and its margin are taken from.
 
@@ -47,6 +54,49 @@ struct BoundGrid {
     rho: Vec<f64>,
     /// `ρ'_k(d_i)·r²/d`, the factor of the second eigenvalue.
     rho_slope: Vec<f64>,
+}
+
+/// Which bound a grid maximum computes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Side {
+    /// The Lipschitz bound: `f = max(|φ|, |φ + φ'r²/d|)`, the pair block's largest
+    /// eigenvalue magnitude.
+    Both,
+    /// The compression bound: `f = max(−φ, −(φ + φ'r²/d))`, the pair block's most negative
+    /// eigenvalue, negated (clamped at 0 after the maximum): only negative eigenvalues of
+    /// `∂v/∂x` bring configurations together along a forward step.
+    Compression,
+}
+
+impl Side {
+    /// `f` of the side from `φ` and `φ'r²/d`.
+    fn value(self, phi: f64, slope: f64) -> f64 {
+        match self {
+            Side::Both => phi.abs().max((phi + slope).abs()),
+            Side::Compression => (-phi).max(-(phi + slope)),
+        }
+    }
+
+    /// `(∂f/∂φ, ∂f/∂slope)·f̄` at one point (the first branch on ties).
+    fn cotangent(self, phi: f64, slope: f64, f_bar: f64) -> (f64, f64) {
+        match self {
+            Side::Both => {
+                if phi.abs() >= (phi + slope).abs() {
+                    (f_bar * phi.signum(), 0.0)
+                } else {
+                    let s = f_bar * (phi + slope).signum();
+                    (s, s)
+                }
+            }
+            Side::Compression => {
+                if -phi >= -(phi + slope) {
+                    (-f_bar, 0.0)
+                } else {
+                    (-f_bar, -f_bar)
+                }
+            }
+        }
+    }
 }
 
 /// Where one time's bound was taken: `N·(f[a] + ½·sign·(f[j] − f[j+1]))`, with the change term
@@ -122,13 +172,20 @@ impl KernelField {
         (phi, slope)
     }
 
-    /// The bound at the time folded into `slice` (`f` is scratch of the grid's length), and
-    /// where it was taken.
-    fn bound_at(&self, grid: &BoundGrid, slice: &TimeSlice, f: &mut [f64]) -> (f64, Argmax) {
+    /// The bound of `side` at the time folded into `slice` (`f` is scratch of the grid's
+    /// length), and where it was taken; `None` for a compression bound clamped at 0 (the
+    /// field does not compress anywhere: nothing to differentiate).
+    fn bound_at(
+        &self,
+        side: Side,
+        grid: &BoundGrid,
+        slice: &TimeSlice,
+        f: &mut [f64],
+    ) -> (f64, Option<Argmax>) {
         let n_dist = self.kernels().n_dist();
         for (i, fi) in f.iter_mut().enumerate() {
             let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
-            *fi = phi.abs().max((phi + slope).abs());
+            *fi = side.value(phi, slope);
         }
         let change = |i: usize| match (f.get(i), f.get(i + 1)) {
             (Some(a), Some(b)) => (a - b).abs(),
@@ -157,12 +214,17 @@ impl KernelField {
                 };
             }
         }
-        (self.layout().n_particles as f64 * m, at)
+        let n = self.layout().n_particles as f64;
+        if side == Side::Compression && m <= 0.0 {
+            return (0.0, None);
+        }
+        (n * m, Some(at))
     }
 
-    /// [`crate::field::FieldFamily::lipschitz_bounds`] for the kernel field (module docs): the
-    /// largest of the pair types' bounds.
-    pub(crate) fn kernel_lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
+    /// [`crate::field::FieldFamily::lipschitz_bounds`] (`Side::Both`) or
+    /// [`crate::field::FieldFamily::compression_bounds`] (`Side::Compression`) for the kernel
+    /// field (module docs): the largest of the pair types' bounds.
+    pub(crate) fn kernel_bounds(&self, side: Side, times: &[f64]) -> Vec<f64> {
         let mut bounds = vec![f64::NEG_INFINITY; times.len()];
         for ty in 0..self.n_pair_types() {
             let Some(grid) = self.bound_grid(ty) else {
@@ -170,7 +232,9 @@ impl KernelField {
             };
             let mut f = vec![0.0; grid.n_points];
             for (bound, &t) in bounds.iter_mut().zip(times) {
-                let b = self.bound_at(&grid, &self.time_slice_of(ty, t), &mut f).0;
+                let b = self
+                    .bound_at(side, &grid, &self.time_slice_of(ty, t), &mut f)
+                    .0;
                 // A NaN bound wins, as in `bound_at`.
                 if b.is_nan() || b > *bound {
                     *bound = b;
@@ -185,8 +249,9 @@ impl KernelField {
     ///
     /// With several species the gradient is that of the pair type whose bound is the largest
     /// at each time (the first on ties), through that type's block only.
-    pub(crate) fn lipschitz_bounds_gradient(
+    pub(crate) fn bounds_gradient(
         &self,
+        side: Side,
         times: &[f64],
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
@@ -208,10 +273,10 @@ impl KernelField {
         for (&t, &l_bar) in times.iter().zip(bounds_bar) {
             let point = self.time_point(t);
             // The pair type with the largest bound.
-            let mut best: Option<(usize, f64, Argmax)> = None;
+            let mut best: Option<(usize, f64, Option<Argmax>)> = None;
             for (ty, grid) in grids.iter().enumerate() {
                 let (bound, at) =
-                    self.bound_at(grid, point.part_slice(ty), &mut f[..grid.n_points]);
+                    self.bound_at(side, grid, point.part_slice(ty), &mut f[..grid.n_points]);
                 if !bound.is_finite() {
                     return None;
                 }
@@ -222,9 +287,10 @@ impl KernelField {
             let (ty, bound, at) = best?;
             let (grid, slice) = (&grids[ty], point.part_slice(ty));
             bounds.push(bound);
-            if l_bar == 0.0 {
+            // A clamped compression bound (0) is flat in the parameters.
+            let Some(at) = at.filter(|_| l_bar != 0.0) else {
                 continue;
-            }
+            };
             // Cotangents of f at the points the bound was taken from.
             let mut f_bar: Vec<(usize, f64)> = vec![(at.a, n * l_bar)];
             if let Some((j, sign)) = at.change {
@@ -235,13 +301,7 @@ impl KernelField {
             let mut c_bar = 0.0;
             for (i, fb) in f_bar {
                 let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
-                // f = |φ| or |φ + slope|, whichever is larger (the first on ties).
-                let (phi_bar, slope_bar) = if phi.abs() >= (phi + slope).abs() {
-                    (fb * phi.signum(), 0.0)
-                } else {
-                    let s = fb * (phi + slope).signum();
-                    (s, s)
-                };
+                let (phi_bar, slope_bar) = side.cotangent(phi, slope, fb);
                 c_bar += phi_bar;
                 let row = i * n_dist..(i + 1) * n_dist;
                 for ((wb, r), rs) in w_bar
@@ -324,7 +384,7 @@ impl KernelField {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::field::{FieldFamily, KernelConfig};
+    use crate::field::KernelConfig;
     use crate::geometry::Layout;
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -358,38 +418,42 @@ mod tests {
             field.set_params(&p).unwrap();
             let times = [0.0, 0.237, 0.5, 0.9];
             let weights = [0.3, -1.0, 0.7, 1.5];
-            let mut grad = vec![0.0; p.len()];
-            let bounds = field
-                .lipschitz_bounds_gradient(&times, &weights, &mut grad)
-                .unwrap();
-            assert_eq!(bounds, field.lipschitz_bounds(&times), "the same bound");
-            let value = |q: &[f64]| {
-                let mut f = field.clone();
-                f.set_params(q).unwrap();
-                f.lipschitz_bounds(&times)
-                    .iter()
-                    .zip(&weights)
-                    .map(|(l, w)| l * w)
-                    .sum::<f64>()
-            };
-            let eps = 1e-6;
-            let mut q = p.clone();
-            let mut worst = 0.0f64;
-            let scale = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-            for i in 0..p.len() {
-                q[i] = p[i] + eps;
-                let up = value(&q);
-                q[i] = p[i] - eps;
-                let down = value(&q);
-                q[i] = p[i];
-                let fd = (up - down) / (2.0 * eps);
-                worst = worst.max((fd - grad[i]).abs());
+            for side in [Side::Both, Side::Compression] {
+                let bounds_of = |f: &KernelField| f.kernel_bounds(side, &times);
+                let mut grad = vec![0.0; p.len()];
+                let bounds = field
+                    .bounds_gradient(side, &times, &weights, &mut grad)
+                    .unwrap();
+                assert_eq!(bounds, bounds_of(&field), "the same bound");
+                assert!(bounds.iter().all(|b| *b > 0.0), "{side:?}: {bounds:?}");
+                let value = |q: &[f64]| {
+                    let mut f = field.clone();
+                    f.set_params(q).unwrap();
+                    bounds_of(&f)
+                        .iter()
+                        .zip(&weights)
+                        .map(|(l, w)| l * w)
+                        .sum::<f64>()
+                };
+                let eps = 1e-6;
+                let mut q = p.clone();
+                let mut worst = 0.0f64;
+                let scale = grad.iter().fold(0.0f64, |m, g: &f64| m.max(g.abs()));
+                for i in 0..p.len() {
+                    q[i] = p[i] + eps;
+                    let up = value(&q);
+                    q[i] = p[i] - eps;
+                    let down = value(&q);
+                    q[i] = p[i];
+                    let fd = (up - down) / (2.0 * eps);
+                    worst = worst.max((fd - grad[i]).abs());
+                }
+                assert!(scale > 0.0);
+                assert!(
+                    worst < 1e-5 * scale,
+                    "{n} particles, {side:?}: worst |FD − gradient| {worst:e} against {scale:e}"
+                );
             }
-            assert!(scale > 0.0);
-            assert!(
-                worst < 1e-5 * scale,
-                "{n} particles: worst |FD − gradient| {worst:e} against {scale:e}"
-            );
         }
     }
 }

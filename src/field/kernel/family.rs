@@ -4,6 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::bound::Side;
 use super::vjp::{ParamAccumulator, TimePoint, VjpScratch};
 use super::{KernelConfig, KernelField, TabulatedField};
 use crate::error::{Error, Result};
@@ -126,7 +127,13 @@ impl FieldFamily for KernelField {
 
     /// `N · max_d max(|φ|, |φ + φ'·r²/d|)` at each time: see `src/field/kernel/bound.rs`.
     fn lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
-        self.kernel_lipschitz_bounds(times)
+        self.kernel_bounds(Side::Both, times)
+    }
+
+    /// `N · max(0, max_d max(−φ, −(φ + φ'·r²/d)))` at each time: see
+    /// `src/field/kernel/bound.rs`.
+    fn compression_bounds(&self, times: &[f64]) -> Vec<f64> {
+        self.kernel_bounds(Side::Compression, times)
     }
 
     fn check_usable(&self, h: f64) -> Result<()> {
@@ -172,10 +179,26 @@ impl TrainableField for KernelField {
         bounds_bar: &[f64],
         gradient: &mut [f64],
     ) -> Result<Vec<f64>> {
-        self.lipschitz_bounds_gradient(times, bounds_bar, gradient)
+        self.bounds_gradient(Side::Both, times, bounds_bar, gradient)
             .ok_or_else(|| {
                 crate::Error::non_finite(
                     "the kernel field's Lipschitz bound (bandwidths too disparate for its grid, or \
+                     a field that is not finite)",
+                )
+            })
+    }
+
+    /// See `src/field/kernel/bound.rs`, as for the Lipschitz bound's gradient.
+    fn compression_bounds_and_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        gradient: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        self.bounds_gradient(Side::Compression, times, bounds_bar, gradient)
+            .ok_or_else(|| {
+                crate::Error::non_finite(
+                    "the kernel field's compression bound (bandwidths too disparate for its grid, or \
                      a field that is not finite)",
                 )
             })

@@ -106,6 +106,13 @@ impl FieldFamily for KernelCoordField {
         a.iter().zip(&b).map(|(a, b)| a + b).collect()
     }
 
+    /// The sum of the parts' compression bounds: `uᵀ(J_a + J_b)u ≥ −(μ_a + μ_b)|u|²`.
+    fn compression_bounds(&self, times: &[f64]) -> Vec<f64> {
+        let a = self.kernel.compression_bounds(times);
+        let b = self.coord.compression_bounds(times);
+        a.iter().zip(&b).map(|(a, b)| a + b).collect()
+    }
+
     /// The sum of the parts' fixed-grid forms (the kernel part tabulated).
     fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {
         let a = self
@@ -140,6 +147,22 @@ impl TrainableField for KernelCoordField {
             .kernel
             .lipschitz_bounds_and_vjp(times, bounds_bar, ga)?;
         let b = self.coord.lipschitz_bounds_and_vjp(times, bounds_bar, gb)?;
+        Ok(a.iter().zip(&b).map(|(a, b)| a + b).collect())
+    }
+
+    fn compression_bounds_and_vjp(
+        &self,
+        times: &[f64],
+        bounds_bar: &[f64],
+        gradient: &mut [f64],
+    ) -> Result<Vec<f64>> {
+        let (ga, gb) = gradient.split_at_mut(self.n_kernel_params());
+        let a = self
+            .kernel
+            .compression_bounds_and_vjp(times, bounds_bar, ga)?;
+        let b = self
+            .coord
+            .compression_bounds_and_vjp(times, bounds_bar, gb)?;
         Ok(a.iter().zip(&b).map(|(a, b)| a + b).collect())
     }
 
