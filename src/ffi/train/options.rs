@@ -205,11 +205,13 @@ pub unsafe extern "C" fn eqf_train_options_set_weight_decay(
 }
 
 /// Sets the step-certificate penalty: every optimiser step adds `weight * P` to the loss,
-/// where P = sum over RK4 steps of max(0, c - target)^2 and c is the step's bound on the
-/// Lipschitz constant of its increment from the field's Lipschitz bound (the certificate that
-/// every RK4 step of the trained map is a bijection needs c < 1). Weight 0, the default, is
-/// off. Needs the kernel or coordkernel field (`eqf_flow_train` fails with
-/// EQF_ERR_INVALID_ARGUMENT for a family whose bound has no gradient).
+/// where P = sum over RK4 steps of max(0, c - target)^2 and c is the step's certificate bound
+/// (from the field's Lipschitz and compression bounds, as `eqf_flow_certificate` reports it;
+/// every RK4 step of the trained map is a bijection when c < 1), and the run keeps a certified
+/// epoch over any uncertified one. Weight 0, the default (the paper's protocol), is off;
+/// `eqflow train` uses weight 1 for the kernel field. Needs the kernel, coordkernel,
+/// kernelcoord or dense field (`eqf_flow_train` fails with EQF_ERR_INVALID_ARGUMENT for a
+/// family whose bound has no gradient).
 ///
 /// @param options  the options (not NULL)
 /// @param weight   finite and >= 0 (0: off)
