@@ -14,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 use crate::field::{Field, KernelConfig, KernelField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::{
-    DensityMode, Integrator, MAX_RK4_STEPS, Method, Stats, StepCertificate, Workspace, certify_rk4,
-    rk4_stage_times, steps_needed,
+    DensityMode, FieldBounds, Integrator, MAX_RK4_STEPS, Method, Stats, StepCertificate, Workspace,
+    certify_rk4, rk4_stage_times, steps_needed,
 };
 use crate::prior::Prior;
 use crate::rng::{self, Stream};
@@ -201,10 +201,18 @@ impl Flow {
     #[must_use]
     pub fn certificate(&self) -> Option<StepCertificate> {
         match self.integrator.method() {
-            Method::Rk4 { n_steps } => {
-                Some(certify_rk4(&|t| self.field.certificate_bounds(t), n_steps))
-            }
+            Method::Rk4 { n_steps } => Some(certify_rk4(&|t| self.certificate_bounds(t), n_steps)),
             Method::Dopri5(_) => None,
+        }
+    }
+
+    /// The field's two bounds at `times` that the step certificate reads (its Lipschitz and
+    /// compression bounds; [`crate::integrate::certify_rk4`]).
+    #[must_use]
+    pub fn certificate_bounds(&self, times: &[f64]) -> FieldBounds {
+        FieldBounds {
+            lipschitz: self.field.lipschitz_bounds(times),
+            compression: self.field.compression_bounds(times),
         }
     }
 
@@ -212,7 +220,7 @@ impl Flow {
     /// certifies, if any.
     #[must_use]
     pub fn certified_step_count(&self) -> Option<usize> {
-        steps_needed(&|t| self.field.certificate_bounds(t), MAX_RK4_STEPS)
+        steps_needed(&|t| self.certificate_bounds(t), MAX_RK4_STEPS)
     }
 
     /// Strict mode: with `true`, sampling and density evaluation in the exact-discrete mode fail

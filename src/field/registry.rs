@@ -372,15 +372,6 @@ impl Field {
         with_family!(self, f => TrainableField::lipschitz_bounds_vjp(f, times, bounds_bar, theta_bar))
     }
 
-    /// Both bounds the step certificate reads ([`crate::integrate::certify_rk4`]).
-    #[must_use]
-    pub fn certificate_bounds(&self, times: &[f64]) -> crate::integrate::FieldBounds {
-        crate::integrate::FieldBounds {
-            lipschitz: self.lipschitz_bounds(times),
-            compression: self.compression_bounds(times),
-        }
-    }
-
     /// See [`FieldFamily::compression_bounds`].
     #[must_use]
     pub fn compression_bounds(&self, times: &[f64]) -> Vec<f64> {

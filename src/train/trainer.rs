@@ -513,8 +513,8 @@ impl<'a> Trainer<'a> {
         };
         // Cheap beside an epoch: the penalty evaluates the same bounds at every step.
         let certified = (c.lipschitz_penalty > 0.0).then(|| {
-            let field = run.work.field();
-            certify_rk4(&|t| field.certificate_bounds(t), c.n_rk4_steps).is_certified()
+            let flow = &run.work;
+            certify_rk4(&|t| flow.certificate_bounds(t), c.n_rk4_steps).is_certified()
         });
         Ok(EpochReport {
             epoch,
@@ -602,7 +602,7 @@ impl<'a> Trainer<'a> {
 fn add_certificate_penalty(flow: &Flow, config: &TrainConfig, gradient: &mut [f64]) -> Result<f64> {
     let times = certificate_times(config.n_rk4_steps);
     let field = flow.field();
-    let bounds = field.certificate_bounds(&times);
+    let bounds = flow.certificate_bounds(&times);
     let (value, bar) = certificate_penalty(&bounds, config.n_rk4_steps, config.lipschitz_target);
     if value > 0.0 {
         let weighted =
