@@ -275,6 +275,26 @@ fn lipschitz_bound_dominates_the_jacobian_and_its_gradient_is_exact() {
                 max_grad > 1.0,
                 "{name}: compression gradient {max_grad} (bound {scale})"
             );
+            // The penalty's combined pass (the trait's default here) is the two passes.
+            let (lb, mb): (Vec<f64>, Vec<f64>) = (
+                times.iter().map(|t| 0.5 + t).collect(),
+                times.iter().map(|t| 1.0 - t).collect(),
+            );
+            let mut both = vec![0.0; field.params().len()];
+            let (l, m) = field
+                .certificate_bounds_vjp(&times, &mut |_, _| (lb.clone(), mb.clone()), &mut both)
+                .unwrap();
+            assert_eq!((l, m), (bounds.clone(), compression.clone()));
+            let mut apart = vec![0.0; field.params().len()];
+            field.lipschitz_bounds_vjp(&times, &lb, &mut apart).unwrap();
+            field
+                .compression_bounds_vjp(&times, &mb, &mut apart)
+                .unwrap();
+            // The same sums in another order: equal to round-off.
+            let scale = apart.iter().fold(0.0f64, |a, g| a.max(g.abs()));
+            for (b, a) in both.iter().zip(&apart) {
+                assert!((b - a).abs() <= 1e-12 * scale, "{name}: {b} vs {a}");
+            }
         }
     }
 }

@@ -85,6 +85,10 @@ pub(crate) fn check_network_params(name: &str, params: &[f64], expected: usize) 
     }
 }
 
+/// The cotangents of a field's certificate bounds as a function of the bounds:
+/// `(L, μ) ↦ (L̄, μ̄)`, one entry per time each ([`TrainableField::certificate_bounds_vjp`]).
+pub type BoundCotangents<'a> = dyn FnMut(&[f64], &[f64]) -> (Vec<f64>, Vec<f64>) + 'a;
+
 /// A family of vector fields for a fixed particle layout, with its trainable parameters in one
 /// flat vector.
 ///
@@ -323,6 +327,83 @@ pub trait TrainableField: FieldFamily {
              with a Lipschitz penalty (use more RK4 steps to certify it instead)",
             Self::NAME
         )))
+    }
+
+    /// Both bounds the step certificate reads, `(L, μ)` at `times`, and, with cotangents
+    /// `bars(L, μ) -> (L̄, μ̄)` computed from them (the certificate penalty's), their
+    /// vector–Jacobian product added to `gradient`. Provided once for every family with the
+    /// checks (do not override): see [`TrainableField::certificate_bounds_and_vjp`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::DimensionMismatch`] unless `theta_bar` has one entry per parameter and
+    /// the cotangents one per time; [`crate::Error::NonFinite`] for a bound that is not finite;
+    /// what the family's gradients report. On an error `theta_bar` is unchanged.
+    fn certificate_bounds_vjp(
+        &self,
+        times: &[f64],
+        bars: &mut BoundCotangents<'_>,
+        theta_bar: &mut [f64],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        if theta_bar.len() != self.params().len() {
+            return Err(crate::Error::size(
+                format!("{} parameter cotangents", Self::NAME),
+                self.params().len(),
+                theta_bar.len(),
+            ));
+        }
+        let mut sizes_ok = true;
+        let mut checked = |l: &[f64], m: &[f64]| {
+            let (l_bar, m_bar) = bars(l, m);
+            if l_bar.len() != times.len() || m_bar.len() != times.len() {
+                sizes_ok = false;
+                return (vec![0.0; times.len()], vec![0.0; times.len()]);
+            }
+            (l_bar, m_bar)
+        };
+        let mut gradient = vec![0.0; theta_bar.len()];
+        let (l, m) = self.certificate_bounds_and_vjp(times, &mut checked, &mut gradient)?;
+        if !sizes_ok {
+            return Err(crate::Error::invalid(
+                "certificate bound cotangents need one entry per time",
+            ));
+        }
+        if let Some(b) = l.iter().chain(&m).find(|b| !b.is_finite()) {
+            return Err(crate::Error::non_finite(format!(
+                "the {} field's certificate bound ({b})",
+                Self::NAME
+            )));
+        }
+        for (t, g) in theta_bar.iter_mut().zip(&gradient) {
+            *t += g;
+        }
+        Ok((l, m))
+    }
+
+    /// [`TrainableField::certificate_bounds_vjp`] without the checks, into `gradient` (zeros,
+    /// one per parameter). The default computes the bounds, then each one's reverse pass
+    /// (which computes its bound again), skipping a pass whose cotangents are all zero; a
+    /// family may share the work (the kernel field takes both bounds and both gradients from
+    /// one pass over its distance grid).
+    ///
+    /// # Errors
+    ///
+    /// As [`TrainableField::lipschitz_bounds_and_vjp`].
+    fn certificate_bounds_and_vjp(
+        &self,
+        times: &[f64],
+        bars: &mut BoundCotangents<'_>,
+        gradient: &mut [f64],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (l, m) = (self.lipschitz_bounds(times), self.compression_bounds(times));
+        let (l_bar, m_bar) = bars(&l, &m);
+        if l_bar.iter().any(|b| *b != 0.0) {
+            self.lipschitz_bounds_and_vjp(times, &l_bar, gradient)?;
+        }
+        if m_bar.iter().any(|b| *b != 0.0) {
+            self.compression_bounds_and_vjp(times, &m_bar, gradient)?;
+        }
+        Ok((l, m))
     }
 
     /// [`TrainableField::lipschitz_bounds_and_vjp`] for [`FieldFamily::compression_bounds`].

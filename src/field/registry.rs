@@ -392,6 +392,20 @@ impl Field {
         with_family!(self, f => TrainableField::compression_bounds_vjp(f, times, bounds_bar, theta_bar))
     }
 
+    /// See [`TrainableField::certificate_bounds_vjp`].
+    ///
+    /// # Errors
+    ///
+    /// As the family's.
+    pub fn certificate_bounds_vjp(
+        &self,
+        times: &[f64],
+        bars: &mut crate::field::BoundCotangents<'_>,
+        theta_bar: &mut [f64],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        with_family!(self, f => TrainableField::certificate_bounds_vjp(f, times, bars, theta_bar))
+    }
+
     /// See [`FieldFamily::grid_dynamics`].
     #[must_use]
     pub fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {

@@ -14,7 +14,7 @@ use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::integrate::{DensityMode, Integrator, Method};
-use crate::integrate::{certificate_penalty, certificate_times, certify_rk4};
+use crate::integrate::{FieldBounds, certificate_penalty, certificate_times, certify_rk4};
 use crate::rng::{self, Stream};
 
 /// Settings of a training run. `Default` is the paper's DW-4 protocol (DESIGN.md §2): 50 epochs,
@@ -598,20 +598,27 @@ impl<'a> Trainer<'a> {
 
 /// Adds `config.lipschitz_penalty · ∇P` (the certificate penalty of the field's Lipschitz and
 /// compression bounds on the training grid) to `gradient`; returns P. On an error `gradient`
-/// is unchanged (both reverse passes run into a copy first).
+/// is unchanged.
 fn add_certificate_penalty(flow: &Flow, config: &TrainConfig, gradient: &mut [f64]) -> Result<f64> {
     let times = certificate_times(config.n_rk4_steps);
-    let field = flow.field();
-    let bounds = flow.certificate_bounds(&times);
-    let (value, bar) = certificate_penalty(&bounds, config.n_rk4_steps, config.lipschitz_target);
-    if value > 0.0 {
-        let weighted =
-            |v: &[f64]| -> Vec<f64> { v.iter().map(|b| config.lipschitz_penalty * b).collect() };
-        let mut g = gradient.to_vec();
-        field.lipschitz_bounds_vjp(&times, &weighted(&bar.lipschitz), &mut g)?;
-        field.compression_bounds_vjp(&times, &weighted(&bar.compression), &mut g)?;
-        gradient.copy_from_slice(&g);
-    }
+    let mut value = 0.0;
+    flow.field().certificate_bounds_vjp(
+        &times,
+        &mut |lipschitz, compression| {
+            let bounds = FieldBounds {
+                lipschitz: lipschitz.to_vec(),
+                compression: compression.to_vec(),
+            };
+            let (p, bar) =
+                certificate_penalty(&bounds, config.n_rk4_steps, config.lipschitz_target);
+            value = p;
+            let weighted = |v: &[f64]| -> Vec<f64> {
+                v.iter().map(|b| config.lipschitz_penalty * b).collect()
+            };
+            (weighted(&bar.lipschitz), weighted(&bar.compression))
+        },
+        gradient,
+    )?;
     Ok(value)
 }
 

@@ -106,6 +106,52 @@ struct Argmax {
     change: Option<(usize, f64)>,
 }
 
+/// One time's bound of one side: the pair type it came from, its value, where it was taken.
+struct Taken {
+    ty: usize,
+    bound: f64,
+    at: Option<Argmax>,
+}
+
+/// The parameter cotangents of the bounds, accumulated over times and sides before they are
+/// added to θ̄: per pair type, the time-unfolded W, b, s and time-bandwidth parts and the
+/// distance-bandwidth cotangents `ā` (`a = 1/γ²`).
+struct BoundGradient {
+    acc: Vec<ParamAccumulator>,
+    a_bar: Vec<f64>,
+    w_bar: Vec<f64>,
+}
+
+impl BoundGradient {
+    fn new(field: &KernelField) -> Self {
+        let n_types = field.n_pair_types();
+        let mut acc = vec![ParamAccumulator::default(); n_types];
+        acc.iter_mut().for_each(|a| a.reset(field));
+        BoundGradient {
+            acc,
+            a_bar: vec![0.0; n_types * field.kernels().n_dist()],
+            w_bar: vec![0.0; field.mu_padded().len()],
+        }
+    }
+
+    /// `theta_bar +=` the accumulated cotangents.
+    fn add_to(&self, field: &KernelField, theta_bar: &mut [f64]) {
+        let n_dist = field.kernels().n_dist();
+        for (ty, acc) in self.acc.iter().enumerate() {
+            acc.add_to(field, ty, theta_bar);
+            let a = &field.block(ty).a_pad;
+            let offset = field.block_range(ty).start;
+            let range = field.param_layout().log_inv_gamma_dist();
+            let range = range.start + offset..range.end + offset;
+            let a_bar = &self.a_bar[ty * n_dist..(ty + 1) * n_dist];
+            for ((t, a), ab) in theta_bar[range].iter_mut().zip(a).zip(a_bar) {
+                // a = exp(2p): ∂a/∂p = 2a.
+                *t += 2.0 * a * ab;
+            }
+        }
+    }
+}
+
 impl KernelField {
     /// The grid of pair type `ty`'s bound, `None` when it would be too large (the bound is
     /// then +∞).
@@ -187,13 +233,20 @@ impl KernelField {
             let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
             *fi = side.value(phi, slope);
         }
+        self.grid_maximum(side, f)
+    }
+
+    /// The bound of `side` from its `f` on the grid: `N ·` the largest end value plus half the
+    /// largest neighbouring change (module docs), and where it was taken; `None` for a
+    /// compression bound clamped at 0.
+    fn grid_maximum(&self, side: Side, f: &[f64]) -> (f64, Option<Argmax>) {
         let change = |i: usize| match (f.get(i), f.get(i + 1)) {
             (Some(a), Some(b)) => (a - b).abs(),
             _ => 0.0,
         };
         let mut m = f[0];
         let mut at = Argmax { a: 0, change: None };
-        for i in 0..grid.n_points - 1 {
+        for i in 0..f.len() - 1 {
             let candidates = [i.saturating_sub(1), i, i + 1];
             let j = candidates.into_iter().fold(candidates[0], |best, j| {
                 if change(j) > change(best) { j } else { best }
@@ -244,8 +297,104 @@ impl KernelField {
         bounds
     }
 
-    /// The bounds at `times` and `theta_bar += Σ_t bounds_bar[t]·∂L(t)/∂θ` (module docs), or
-    /// `None` (nothing added) where the bound is +∞ or not finite.
+    /// The grids of every pair type, `None` if one would be too large (the bounds are +∞).
+    fn bound_grids(&self) -> Option<Vec<BoundGrid>> {
+        (0..self.n_pair_types())
+            .map(|ty| self.bound_grid(ty))
+            .collect()
+    }
+
+    /// For each of `sides` and each of `times`: the bound (the largest over pair types, the
+    /// first on ties) and where it was taken, from one evaluation of φ and φ'r²/d on each
+    /// type's grid per time, shared by the sides. `None` if a bound is not finite.
+    fn take(&self, sides: &[Side], grids: &[BoundGrid], times: &[f64]) -> Option<Vec<Vec<Taken>>> {
+        let n_dist = self.kernels().n_dist();
+        let longest = grids.iter().map(|g| g.n_points).max().unwrap_or(0);
+        let (mut phi, mut slope, mut f) =
+            (vec![0.0; longest], vec![0.0; longest], vec![0.0; longest]);
+        let mut taken: Vec<Vec<Taken>> = sides
+            .iter()
+            .map(|_| Vec::with_capacity(times.len()))
+            .collect();
+        for &t in times {
+            let point = self.time_point(t);
+            let mut best: Vec<Option<Taken>> = sides.iter().map(|_| None).collect();
+            for (ty, grid) in grids.iter().enumerate() {
+                let n = grid.n_points;
+                let slice = point.part_slice(ty);
+                for i in 0..n {
+                    (phi[i], slope[i]) = Self::phi_and_slope(grid, n_dist, slice, i);
+                }
+                for (side, best) in sides.iter().zip(&mut best) {
+                    for i in 0..n {
+                        f[i] = side.value(phi[i], slope[i]);
+                    }
+                    let (bound, at) = self.grid_maximum(*side, &f[..n]);
+                    if !bound.is_finite() {
+                        return None;
+                    }
+                    if best.as_ref().is_none_or(|b| bound > b.bound) {
+                        *best = Some(Taken { ty, bound, at });
+                    }
+                }
+            }
+            for (taken, best) in taken.iter_mut().zip(best) {
+                taken.push(best?);
+            }
+        }
+        Some(taken)
+    }
+
+    /// Adds `Σ_t bars[t]·∂(bound of side at t)/∂θ` to `g` from where each bound was taken.
+    fn backprop(
+        &self,
+        side: Side,
+        grids: &[BoundGrid],
+        times: &[f64],
+        taken: &[Taken],
+        bars: &[f64],
+        g: &mut BoundGradient,
+    ) {
+        let n_dist = self.kernels().n_dist();
+        let n = self.layout().n_particles as f64;
+        for ((&t, taken), &l_bar) in times.iter().zip(taken).zip(bars) {
+            // A clamped compression bound (0) is flat in the parameters.
+            let Some(at) = taken.at.as_ref().filter(|_| l_bar != 0.0) else {
+                continue;
+            };
+            let ty = taken.ty;
+            let point = self.time_point(t);
+            let (grid, slice) = (&grids[ty], point.part_slice(ty));
+            // Cotangents of f at the points the bound was taken from.
+            let mut f_bar: Vec<(usize, f64)> = vec![(at.a, n * l_bar)];
+            if let Some((j, sign)) = at.change {
+                f_bar.push((j, 0.5 * n * l_bar * sign));
+                f_bar.push((j + 1, -0.5 * n * l_bar * sign));
+            }
+            g.w_bar.fill(0.0);
+            let mut c_bar = 0.0;
+            for (i, fb) in f_bar {
+                let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
+                let (phi_bar, slope_bar) = side.cotangent(phi, slope, fb);
+                c_bar += phi_bar;
+                let row = i * n_dist..(i + 1) * n_dist;
+                for ((wb, r), rs) in g
+                    .w_bar
+                    .iter_mut()
+                    .zip(&grid.rho[row.clone()])
+                    .zip(&grid.rho_slope[row])
+                {
+                    *wb += phi_bar * r + slope_bar * rs;
+                }
+                let a_bar = &mut g.a_bar[ty * n_dist..(ty + 1) * n_dist];
+                self.add_bandwidth_cotangent(ty, grid, slice, i, phi_bar, slope_bar, a_bar);
+            }
+            self.unfold_time(ty, point.part(ty), c_bar, &mut g.w_bar, &mut g.acc[ty]);
+        }
+    }
+
+    /// The bounds of `side` at `times` and `theta_bar += Σ_t bounds_bar[t]·∂L(t)/∂θ` (module
+    /// docs), or `None` (nothing added) where a bound is +∞ or not finite.
     ///
     /// With several species the gradient is that of the pair type whose bound is the largest
     /// at each time (the first on ties), through that type's block only.
@@ -256,79 +405,35 @@ impl KernelField {
         bounds_bar: &[f64],
         theta_bar: &mut [f64],
     ) -> Option<Vec<f64>> {
-        let n_types = self.n_pair_types();
-        let grids = (0..n_types)
-            .map(|ty| self.bound_grid(ty))
-            .collect::<Option<Vec<_>>>()?;
-        let k = self.kernels();
-        let n_dist = k.n_dist();
-        let n = self.layout().n_particles as f64;
-        let padded = self.mu_padded().len();
-        let mut f = vec![0.0; grids.iter().map(|g| g.n_points).max().unwrap_or(0)];
-        let mut acc = vec![ParamAccumulator::default(); n_types];
-        acc.iter_mut().for_each(|a| a.reset(self));
-        let mut a_bar = vec![0.0; n_types * n_dist];
-        let mut w_bar = vec![0.0; padded];
-        let mut bounds = Vec::with_capacity(times.len());
-        for (&t, &l_bar) in times.iter().zip(bounds_bar) {
-            let point = self.time_point(t);
-            // The pair type with the largest bound.
-            let mut best: Option<(usize, f64, Option<Argmax>)> = None;
-            for (ty, grid) in grids.iter().enumerate() {
-                let (bound, at) =
-                    self.bound_at(side, grid, point.part_slice(ty), &mut f[..grid.n_points]);
-                if !bound.is_finite() {
-                    return None;
-                }
-                if best.as_ref().is_none_or(|(_, b, _)| bound > *b) {
-                    best = Some((ty, bound, at));
-                }
-            }
-            let (ty, bound, at) = best?;
-            let (grid, slice) = (&grids[ty], point.part_slice(ty));
-            bounds.push(bound);
-            // A clamped compression bound (0) is flat in the parameters.
-            let Some(at) = at.filter(|_| l_bar != 0.0) else {
-                continue;
-            };
-            // Cotangents of f at the points the bound was taken from.
-            let mut f_bar: Vec<(usize, f64)> = vec![(at.a, n * l_bar)];
-            if let Some((j, sign)) = at.change {
-                f_bar.push((j, 0.5 * n * l_bar * sign));
-                f_bar.push((j + 1, -0.5 * n * l_bar * sign));
-            }
-            w_bar.fill(0.0);
-            let mut c_bar = 0.0;
-            for (i, fb) in f_bar {
-                let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
-                let (phi_bar, slope_bar) = side.cotangent(phi, slope, fb);
-                c_bar += phi_bar;
-                let row = i * n_dist..(i + 1) * n_dist;
-                for ((wb, r), rs) in w_bar
-                    .iter_mut()
-                    .zip(&grid.rho[row.clone()])
-                    .zip(&grid.rho_slope[row])
-                {
-                    *wb += phi_bar * r + slope_bar * rs;
-                }
-                let a_bar = &mut a_bar[ty * n_dist..(ty + 1) * n_dist];
-                self.add_bandwidth_cotangent(ty, grid, slice, i, phi_bar, slope_bar, a_bar);
-            }
-            self.unfold_time(ty, point.part(ty), c_bar, &mut w_bar, &mut acc[ty]);
-        }
-        for (ty, acc) in acc.iter().enumerate() {
-            acc.add_to(self, ty, theta_bar);
-            let a = &self.block(ty).a_pad;
-            let offset = self.block_range(ty).start;
-            let range = self.param_layout().log_inv_gamma_dist();
-            let range = range.start + offset..range.end + offset;
-            let a_bar = &a_bar[ty * n_dist..(ty + 1) * n_dist];
-            for ((t, a), ab) in theta_bar[range].iter_mut().zip(a).zip(a_bar) {
-                // a = exp(2p): ∂a/∂p = 2a.
-                *t += 2.0 * a * ab;
-            }
-        }
-        Some(bounds)
+        let grids = self.bound_grids()?;
+        let taken = self.take(&[side], &grids, times)?;
+        let mut g = BoundGradient::new(self);
+        self.backprop(side, &grids, times, &taken[0], bounds_bar, &mut g);
+        g.add_to(self, theta_bar);
+        Some(taken[0].iter().map(|t| t.bound).collect())
+    }
+
+    /// Both bounds at `times` (Lipschitz, compression) from one pass over the grids, then
+    /// cotangents `bars(L, μ)` computed from them and their vector–Jacobian product added to
+    /// `theta_bar`: what [`KernelField::bounds_gradient`] twice for each side, after the bounds
+    /// themselves, computes with four passes. `None` (nothing added) where a bound is not finite.
+    pub(crate) fn both_bounds_gradient(
+        &self,
+        times: &[f64],
+        bars: &mut crate::field::BoundCotangents<'_>,
+        theta_bar: &mut [f64],
+    ) -> Option<(Vec<f64>, Vec<f64>)> {
+        let grids = self.bound_grids()?;
+        let sides = [Side::Both, Side::Compression];
+        let taken = self.take(&sides, &grids, times)?;
+        let bounds = |k: usize| -> Vec<f64> { taken[k].iter().map(|t| t.bound).collect() };
+        let (l, m) = (bounds(0), bounds(1));
+        let (l_bar, m_bar) = bars(&l, &m);
+        let mut g = BoundGradient::new(self);
+        self.backprop(Side::Both, &grids, times, &taken[0], &l_bar, &mut g);
+        self.backprop(Side::Compression, &grids, times, &taken[1], &m_bar, &mut g);
+        g.add_to(self, theta_bar);
+        Some((l, m))
     }
 
     /// `a_bar[l] += φ̄·∂φ/∂a_l + s̄·∂(φ'·r²/d)/∂a_l` at grid point `i` (a_l = 1/γ_l²): only the
@@ -454,6 +559,64 @@ mod tests {
                     "{n} particles, {side:?}: worst |FD − gradient| {worst:e} against {scale:e}"
                 );
             }
+        }
+    }
+
+    /// The one-pass path of the certificate penalty equals the separate passes: the same
+    /// bounds bit for bit, the cotangents computed from them, the same gradient.
+    #[test]
+    fn both_bounds_in_one_pass_equal_the_separate_passes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        for (n, dim, kernels) in [
+            (4, 2, KernelConfig::double_well()),
+            (13, 3, KernelConfig::lennard_jones()),
+        ] {
+            let layout = Layout::new(n, dim).unwrap();
+            let mut field = KernelField::initialise(layout, kernels, 3).unwrap();
+            let mut p = field.params().to_vec();
+            let pl = field.param_layout();
+            for v in &mut p[pl.b()] {
+                *v = rng.random_range(-0.3..0.3);
+            }
+            for v in &mut p[pl.s()] {
+                *v = rng.random_range(-0.5..0.5);
+            }
+            field.set_params(&p).unwrap();
+            let times = crate::integrate::certificate_times(4);
+            // Cotangents that depend on the bounds (as the penalty's do).
+            let mut bars = |l: &[f64], m: &[f64]| -> (Vec<f64>, Vec<f64>) {
+                (
+                    l.iter().map(|v| 0.1 * v).collect(),
+                    m.iter().map(|v| 1.0 - 0.05 * v).collect(),
+                )
+            };
+            let mut fast = vec![0.0; p.len()];
+            let (l, m) = field
+                .both_bounds_gradient(&times, &mut bars, &mut fast)
+                .unwrap();
+            assert_eq!(l, field.kernel_bounds(Side::Both, &times));
+            assert_eq!(m, field.kernel_bounds(Side::Compression, &times));
+            assert!(
+                m.iter().any(|m| *m > 0.0),
+                "{n}: the compression side must matter"
+            );
+            let (l_bar, m_bar) = bars(&l, &m);
+            let mut slow = vec![0.0; p.len()];
+            field
+                .bounds_gradient(Side::Both, &times, &l_bar, &mut slow)
+                .unwrap();
+            field
+                .bounds_gradient(Side::Compression, &times, &m_bar, &mut slow)
+                .unwrap();
+            let scale = slow.iter().fold(0.0f64, |a, g| a.max(g.abs()));
+            let worst = fast
+                .iter()
+                .zip(&slow)
+                .fold(0.0f64, |a, (f, s)| a.max((f - s).abs()));
+            assert!(
+                scale > 0.0 && worst <= 1e-12 * scale,
+                "{n}: {worst} of {scale}"
+            );
         }
     }
 }

@@ -188,6 +188,23 @@ impl TrainableField for KernelField {
             })
     }
 
+    /// Both bounds and both gradients from one pass over the distance grid
+    /// (`src/field/kernel/bound.rs`).
+    fn certificate_bounds_and_vjp(
+        &self,
+        times: &[f64],
+        bars: &mut crate::field::BoundCotangents<'_>,
+        gradient: &mut [f64],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        self.both_bounds_gradient(times, bars, gradient)
+            .ok_or_else(|| {
+                crate::Error::non_finite(
+                    "the kernel field's certificate bounds (bandwidths too disparate for its \
+                     grid, or a field that is not finite)",
+                )
+            })
+    }
+
     /// See `src/field/kernel/bound.rs`, as for the Lipschitz bound's gradient.
     fn compression_bounds_and_vjp(
         &self,
