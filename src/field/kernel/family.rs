@@ -180,12 +180,7 @@ impl TrainableField for KernelField {
         gradient: &mut [f64],
     ) -> Result<Vec<f64>> {
         self.bounds_gradient(Side::Both, times, bounds_bar, gradient)
-            .ok_or_else(|| {
-                crate::Error::non_finite(
-                    "the kernel field's Lipschitz bound (bandwidths too disparate for its grid, or \
-                     a field that is not finite)",
-                )
-            })
+            .ok_or_else(|| bound_not_finite("Lipschitz bound"))
     }
 
     /// Both bounds and both gradients from one pass over the distance grid
@@ -197,12 +192,7 @@ impl TrainableField for KernelField {
         gradient: &mut [f64],
     ) -> Result<(Vec<f64>, Vec<f64>)> {
         self.both_bounds_gradient(times, bars, gradient)
-            .ok_or_else(|| {
-                crate::Error::non_finite(
-                    "the kernel field's certificate bounds (bandwidths too disparate for its \
-                     grid, or a field that is not finite)",
-                )
-            })
+            .ok_or_else(|| bound_not_finite("certificate bounds"))
     }
 
     /// See `src/field/kernel/bound.rs`, as for the Lipschitz bound's gradient.
@@ -213,12 +203,7 @@ impl TrainableField for KernelField {
         gradient: &mut [f64],
     ) -> Result<Vec<f64>> {
         self.bounds_gradient(Side::Compression, times, bounds_bar, gradient)
-            .ok_or_else(|| {
-                crate::Error::non_finite(
-                    "the kernel field's compression bound (bandwidths too disparate for its grid, or \
-                     a field that is not finite)",
-                )
-            })
+            .ok_or_else(|| bound_not_finite("compression bound"))
     }
 
     fn time_point_key(&self, key: &mut Vec<f64>) {
@@ -335,4 +320,12 @@ impl TrainableField for KernelField {
             acc.add_to(self, ty, theta_bar);
         }
     }
+}
+
+/// The error of a kernel bound's gradient that cannot be taken: `what` is not finite.
+fn bound_not_finite(what: &str) -> Error {
+    Error::non_finite(format!(
+        "the kernel field's {what} (bandwidths too disparate for its grid, or a field that is \
+         not finite)"
+    ))
 }

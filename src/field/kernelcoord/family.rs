@@ -127,6 +127,22 @@ impl FieldFamily for KernelCoordField {
     }
 }
 
+impl KernelCoordField {
+    /// A bound of the sum from its parts' (`‖J_a + J_b‖ ≤ ‖J_a‖ + ‖J_b‖`, and alike for the
+    /// compression bound) with each part's gradient written into its own parameter block.
+    fn sum_of_parts(
+        &self,
+        gradient: &mut [f64],
+        kernel: impl FnOnce(&KernelField, &mut [f64]) -> Result<Vec<f64>>,
+        coord: impl FnOnce(&CoordKernelField, &mut [f64]) -> Result<Vec<f64>>,
+    ) -> Result<Vec<f64>> {
+        let (ga, gb) = gradient.split_at_mut(self.n_kernel_params());
+        let a = kernel(&self.kernel, ga)?;
+        let b = coord(&self.coord, gb)?;
+        Ok(a.iter().zip(&b).map(|(a, b)| a + b).collect())
+    }
+}
+
 impl TrainableField for KernelCoordField {
     type TimePoint = (TimePoint, CoordKernelTimePoint);
     type Adjoint = (KernelAdjoint, Vec<f64>);
@@ -142,12 +158,11 @@ impl TrainableField for KernelCoordField {
         bounds_bar: &[f64],
         gradient: &mut [f64],
     ) -> Result<Vec<f64>> {
-        let (ga, gb) = gradient.split_at_mut(self.n_kernel_params());
-        let a = self
-            .kernel
-            .lipschitz_bounds_and_vjp(times, bounds_bar, ga)?;
-        let b = self.coord.lipschitz_bounds_and_vjp(times, bounds_bar, gb)?;
-        Ok(a.iter().zip(&b).map(|(a, b)| a + b).collect())
+        self.sum_of_parts(
+            gradient,
+            |kernel, g| kernel.lipschitz_bounds_and_vjp(times, bounds_bar, g),
+            |coord, g| coord.lipschitz_bounds_and_vjp(times, bounds_bar, g),
+        )
     }
 
     fn compression_bounds_and_vjp(
@@ -156,14 +171,11 @@ impl TrainableField for KernelCoordField {
         bounds_bar: &[f64],
         gradient: &mut [f64],
     ) -> Result<Vec<f64>> {
-        let (ga, gb) = gradient.split_at_mut(self.n_kernel_params());
-        let a = self
-            .kernel
-            .compression_bounds_and_vjp(times, bounds_bar, ga)?;
-        let b = self
-            .coord
-            .compression_bounds_and_vjp(times, bounds_bar, gb)?;
-        Ok(a.iter().zip(&b).map(|(a, b)| a + b).collect())
+        self.sum_of_parts(
+            gradient,
+            |kernel, g| kernel.compression_bounds_and_vjp(times, bounds_bar, g),
+            |coord, g| coord.compression_bounds_and_vjp(times, bounds_bar, g),
+        )
     }
 
     fn time_point_key(&self, key: &mut Vec<f64>) {
