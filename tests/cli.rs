@@ -1805,6 +1805,36 @@ fn default_training_of_the_kernel_field_is_certified_and_other_families_opt_in()
     // Families whose loose bound the penalty would ruin train without it unless asked.
     let (_, file) = train("coord.json", &["--field", "coordkernel"]);
     assert_eq!(file["training"]["lipschitz_penalty"], 0.0);
+    // So do systems where it was not measured cheap (the kernel bound grows with N).
+    let dw2 = dir.join("dw2.npy");
+    let dw2_model = dir.join("dw2.json");
+    json(&eqflow(&[
+        "mcmc",
+        "--system",
+        "dw2",
+        "-n",
+        "60",
+        "--out",
+        dw2.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]));
+    json(&eqflow(&[
+        "train",
+        "--system",
+        "dw2",
+        "--data",
+        dw2.to_str().unwrap(),
+        "--out",
+        dw2_model.to_str().unwrap(),
+        "--n-train",
+        "40",
+        "--epochs",
+        "1",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(model_file(&dw2_model)["training"]["lipschitz_penalty"], 0.0);
 }
 
 #[test]
