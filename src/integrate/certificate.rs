@@ -105,7 +105,9 @@ pub fn increment_bound(l_start: f64, l_middle: f64, l_end: f64, h: f64) -> f64 {
 
 /// The certificate's bound `c` of one RK4 step (module docs) from the Lipschitz bounds `l` and
 /// the compression bounds `m` at its start, middle and end times; each `μ` is used as
-/// `min(μ, L)` (both bound −λ_min).
+/// `min(μ, L)` (both bound −λ_min). `h` is the step of the forward map, from the prior at
+/// t = 0 towards t = 1 (its magnitude is used): the compression bound is one-sided, so it
+/// bounds the map taken in that direction, which is the map every sample and density uses.
 #[must_use]
 pub fn step_bound(l: [f64; 3], m: [f64; 3], h: f64) -> f64 {
     step_bound_gradient(l, m, h).0
