@@ -132,35 +132,15 @@ fn reverse_pass_matches_finite_differences_in_x_and_every_parameter() {
                     .collect();
                 assert!(max_abs_diff(&x_bar, &jt_v) < 1e-10, "{name}: x̄");
             }
-            // x̄ against central differences of the scalar.
-            let h = 1e-6;
-            let mut worst: f64 = 0.0;
-            for b in 0..n {
-                let mut y = x.clone();
-                y[b] = x[b] + h;
-                let up = scalar_loss(&field, &y, t, &v_bar, delta);
-                y[b] = x[b] - h;
-                let down = scalar_loss(&field, &y, t, &v_bar, delta);
-                let fd = (up - down) / (2.0 * h);
-                worst = worst.max((fd - x_bar[b]).abs() / (1.0 + fd.abs()));
-            }
-            assert!(worst < 1e-6, "{name} δ={delta}: x̄ error {worst}");
-            // θ̄ against central differences over every parameter.
-            let p0 = field.params().to_vec();
-            let mut worst: f64 = 0.0;
-            for i in 0..p0.len() {
-                let mut f = field.clone();
-                let mut p = p0.clone();
-                p[i] = p0[i] + h;
-                f.set_params(&p).unwrap();
-                let up = scalar_loss(&f, &x, t, &v_bar, delta);
-                p[i] = p0[i] - h;
-                f.set_params(&p).unwrap();
-                let down = scalar_loss(&f, &x, t, &v_bar, delta);
-                let fd = (up - down) / (2.0 * h);
-                worst = worst.max((fd - theta_bar[i]).abs() / (1.0 + fd.abs()));
-            }
-            assert!(worst < 1e-6, "{name} δ={delta}: θ̄ error {worst}");
+            // x̄ and θ̄ against central differences of the scalar.
+            families::assert_gradients(
+                &format!("{name} δ={delta}"),
+                &field,
+                &x,
+                |f: &CoordKernelField, y: &[f64]| scalar_loss(f, y, t, &v_bar, delta),
+                &x_bar,
+                &theta_bar,
+            );
         }
     }
 }

@@ -184,45 +184,6 @@ fn reverse(
     (x_bar, theta_bar)
 }
 
-/// Checks `x̄` and `θ̄` against central differences of `loss(field, x)` in every coordinate
-/// and every parameter (relative error below 1e-6).
-fn assert_gradients(
-    name: &str,
-    field: &DenseField,
-    x: &[f64],
-    loss: impl Fn(&DenseField, &[f64]) -> f64,
-    x_bar: &[f64],
-    theta_bar: &[f64],
-) {
-    let h = 1e-6;
-    let mut worst: f64 = 0.0;
-    for b in 0..x.len() {
-        let mut y = x.to_vec();
-        y[b] = x[b] + h;
-        let up = loss(field, &y);
-        y[b] = x[b] - h;
-        let down = loss(field, &y);
-        let fd = (up - down) / (2.0 * h);
-        worst = worst.max((fd - x_bar[b]).abs() / (1.0 + fd.abs()));
-    }
-    assert!(worst < 1e-6, "{name}: x̄ error {worst}");
-    let p0 = field.params().to_vec();
-    let mut worst: f64 = 0.0;
-    for i in 0..p0.len() {
-        let mut f = field.clone();
-        let mut p = p0.clone();
-        p[i] = p0[i] + h;
-        f.set_params(&p).unwrap();
-        let up = loss(&f, x);
-        p[i] = p0[i] - h;
-        f.set_params(&p).unwrap();
-        let down = loss(&f, x);
-        let fd = (up - down) / (2.0 * h);
-        worst = worst.max((fd - theta_bar[i]).abs() / (1.0 + fd.abs()));
-    }
-    assert!(worst < 1e-6, "{name}: θ̄ error {worst}");
-}
-
 #[test]
 fn reverse_pass_matches_finite_differences_in_x_and_every_parameter() {
     let mut r = rng(7);
@@ -242,7 +203,7 @@ fn reverse_pass_matches_finite_differences_in_x_and_every_parameter() {
                 assert!(max_abs_diff(&x_bar, &jt_v) < 1e-10, "{name}: x̄");
             }
             let loss = |f: &DenseField, y: &[f64]| scalar_loss(f, y, t, &v_bar, delta);
-            assert_gradients(
+            families::assert_gradients(
                 &format!("{name} δ={delta}"),
                 &field,
                 &x,
@@ -579,6 +540,6 @@ fn probe_reverse_pass_matches_finite_differences_in_x_and_every_parameter() {
         let mut theta_bar = vec![0.0; field.params().len()];
         field.adjoint_finish(&[point], &mut adjoint, &mut theta_bar);
         let loss = |f: &DenseField, y: &[f64]| probe_loss(f, y, t, &eps, &v_bar, delta);
-        assert_gradients(name, &field, &x, loss, &x_bar, &theta_bar);
+        families::assert_gradients(name, &field, &x, loss, &x_bar, &theta_bar);
     }
 }

@@ -261,3 +261,42 @@ fn check_bound_gradient<F: TrainableField + Clone>(
     let max_grad = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
     (bounds_bar, max_grad, scale)
 }
+
+/// Checks `x̄` and `θ̄` against central differences of `loss(field, x)` in every coordinate
+/// and every parameter (relative error below 1e-6).
+pub fn assert_gradients<F: FieldFamily + Clone>(
+    name: &str,
+    field: &F,
+    x: &[f64],
+    loss: impl Fn(&F, &[f64]) -> f64,
+    x_bar: &[f64],
+    theta_bar: &[f64],
+) {
+    let h = 1e-6;
+    let mut worst: f64 = 0.0;
+    for b in 0..x.len() {
+        let mut y = x.to_vec();
+        y[b] = x[b] + h;
+        let up = loss(field, &y);
+        y[b] = x[b] - h;
+        let down = loss(field, &y);
+        let fd = (up - down) / (2.0 * h);
+        worst = worst.max((fd - x_bar[b]).abs() / (1.0 + fd.abs()));
+    }
+    assert!(worst < 1e-6, "{name}: x̄ error {worst}");
+    let p0 = field.params().to_vec();
+    let mut worst: f64 = 0.0;
+    for i in 0..p0.len() {
+        let mut f = field.clone();
+        let mut p = p0.clone();
+        p[i] = p0[i] + h;
+        f.set_params(&p).unwrap();
+        let up = loss(&f, x);
+        p[i] = p0[i] - h;
+        f.set_params(&p).unwrap();
+        let down = loss(&f, x);
+        let fd = (up - down) / (2.0 * h);
+        worst = worst.max((fd - theta_bar[i]).abs() / (1.0 + fd.abs()));
+    }
+    assert!(worst < 1e-6, "{name}: θ̄ error {worst}");
+}
