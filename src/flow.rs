@@ -14,8 +14,9 @@ use std::sync::{Arc, OnceLock};
 use crate::field::{Field, KernelConfig, KernelField, VectorField};
 use crate::geometry::{Layout, remove_center_of_mass};
 use crate::integrate::{
-    DensityMode, FieldBounds, Integrator, MAX_RK4_STEPS, Method, Stats, StepCertificate, Workspace,
-    certify_rk4, rk4_stage_times, steps_needed,
+    ConfigurationCertificate, DensityMode, FieldBounds, Integrator, MAX_RK4_STEPS, Method, Stats,
+    StepCertificate, Workspace, certificate_times, certify_pull_back, certify_rk4, rk4_stage_times,
+    steps_needed,
 };
 use crate::prior::Prior;
 use crate::rng::{self, Stream};
@@ -214,6 +215,56 @@ impl Flow {
             lipschitz: self.field.lipschitz_bounds(times),
             compression: self.field.compression_bounds(times),
         }
+    }
+
+    /// A certificate for each configuration in `x` (n·N·D, any centre of mass) that it has
+    /// exactly one preimage under this flow's RK4 map, so that the exact-discrete density at
+    /// it is the push-forward density even where [`Flow::certificate`] fails for the whole
+    /// space (see [`ConfigurationCertificate`] and `src/integrate/local_certificate.rs` for
+    /// what is proved). Each configuration is pulled back through the map as for its density
+    /// and has its own outcome: non-finite coordinates or an inverse that fails give that
+    /// configuration's error. The field's bounds are tabulated once per call; configurations
+    /// run in parallel, each on one thread (results do not depend on the thread count).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an adaptive method (not a fixed map);
+    /// [`Error::DimensionMismatch`] if `x` is not whole configurations; [`Error::Resource`]
+    /// if the bound tables cannot be allocated.
+    pub fn certify_configurations(
+        &self,
+        x: &[f64],
+    ) -> Result<Vec<Result<ConfigurationCertificate>>> {
+        let Method::Rk4 { n_steps } = self.integrator.method() else {
+            return Err(Error::invalid(
+                "per-configuration certificates are for the fixed-grid RK4 map; this flow \
+                 uses an adaptive method",
+            ));
+        };
+        let len = self.layout().len();
+        if !x.len().is_multiple_of(len) {
+            return Err(Error::size(
+                "certify_configurations input x (whole configurations)",
+                len * (x.len() / len + 1),
+                x.len(),
+            ));
+        }
+        let times = certificate_times(n_steps);
+        let global = self.certificate_bounds(&times);
+        let local = self.field.local_bounds(&times)?;
+        let local = local.as_deref();
+        let dynamics = self.dynamics();
+        Ok(x.par_chunks(len)
+            .map_init(
+                || (self.workspace(), vec![0.0; len]),
+                |(ws, z), xi| {
+                    check_finite(xi, "configuration")?;
+                    z.copy_from_slice(xi);
+                    remove_center_of_mass(z, self.dim());
+                    certify_pull_back(dynamics, local, &global, z, n_steps, ws)
+                },
+            )
+            .collect())
     }
 
     /// The smallest RK4 step count (up to [`MAX_RK4_STEPS`]) whose grid this flow's field

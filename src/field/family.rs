@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Cotangent, Preset, VectorField};
+use super::{Cotangent, LocalBounds, Preset, VectorField};
 use crate::error::Result;
 use crate::geometry::Layout;
 use crate::species::Species;
@@ -228,6 +228,19 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
     /// the bound the certificate uses.
     fn compression_bounds(&self, times: &[f64]) -> Vec<f64> {
         self.lipschitz_bounds(times)
+    }
+
+    /// Bounds of the field on balls of configurations at each of `times`, tabulated once
+    /// ([`LocalBounds`]), for the per-configuration certificate where the global bounds are
+    /// too pessimistic (`integrate::certify_pull_back`). `Ok(None)` (the default): the family
+    /// has none, and that certificate is the global one.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Resource`] if the tables cannot be allocated.
+    fn local_bounds(&self, times: &[f64]) -> Result<Option<Box<dyn LocalBounds>>> {
+        let _ = times;
+        Ok(None)
     }
 
     /// A faster field that agrees with `self` at the flow times `times` (the stage times of a

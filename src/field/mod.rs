@@ -21,6 +21,7 @@ pub mod exp;
 mod family;
 pub mod kernel;
 pub mod kernelcoord;
+mod local;
 mod preset;
 mod registry;
 
@@ -30,6 +31,7 @@ pub use kernel::{
     EPS_D, KernelConfig, KernelField, MAX_DIST_KERNELS, MAX_TIME_KERNELS, ParamLayout,
     TabulatedField, TimeSlice, VjpScratch,
 };
+pub use local::{BallBounds, LocalBounds};
 pub use preset::{Interaction, MAX_DISTANCE, MAX_LENGTH_SCALE, Preset};
 pub(crate) use registry::with_family;
 pub use registry::{Family, Field, FieldSpec};

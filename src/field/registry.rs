@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::LocalBounds;
 use super::Preset;
 use super::VectorField;
 use super::coordkernel::CoordKernelField;
@@ -370,6 +371,15 @@ impl Field {
         theta_bar: &mut [f64],
     ) -> Result<Vec<f64>> {
         with_family!(self, f => TrainableField::lipschitz_bounds_vjp(f, times, bounds_bar, theta_bar))
+    }
+
+    /// See [`FieldFamily::local_bounds`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Resource`] if the tables cannot be allocated.
+    pub fn local_bounds(&self, times: &[f64]) -> Result<Option<Box<dyn LocalBounds>>> {
+        with_family!(self, f => f.local_bounds(times))
     }
 
     /// See [`FieldFamily::compression_bounds`].

@@ -12,6 +12,7 @@ mod certificate;
 pub(crate) mod discrete;
 pub(crate) mod dopri5;
 pub(crate) mod linalg;
+mod local_certificate;
 pub(crate) mod rk4;
 // The one module besides the C ABI allowed `unsafe`: SIMD intrinsics with run-time feature
 // detection, checked bit for bit against their safe twin in `linalg`.
@@ -24,6 +25,8 @@ pub use certificate::{
     increment_bound, step_bound, step_bound_gradient, steps_needed,
 };
 pub use dopri5::Dopri5Config;
+pub(crate) use local_certificate::certify_pull_back;
+pub use local_certificate::{CentreValues, ConfigurationCertificate, local_step_bound};
 pub use rk4::rk4_stage_times;
 pub use workspace::{MAX_WORKSPACE_BYTES, Workspace};
 // The exact RK4 step and grid the continuous mode uses, for the reverse pass of training, which

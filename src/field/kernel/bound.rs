@@ -47,9 +47,9 @@ use crate::field::exp::{UNDERFLOW, exp_nonpositive};
 const MAX_BOUND_POINTS: f64 = (1u64 << 20) as f64;
 
 /// The d-grid of the bound and the normalised bases on it.
-struct BoundGrid {
-    n_points: usize,
-    step: f64,
+pub(super) struct BoundGrid {
+    pub(super) n_points: usize,
+    pub(super) step: f64,
     /// `ρ_k(d_i)`, row-major (point, kernel).
     rho: Vec<f64>,
     /// `ρ'_k(d_i)·r²/d`, the factor of the second eigenvalue.
@@ -70,7 +70,7 @@ pub(crate) enum Side {
 
 impl Side {
     /// `f` of the side from `φ` and `φ'r²/d`.
-    fn value(self, phi: f64, slope: f64) -> f64 {
+    pub(super) fn value(self, phi: f64, slope: f64) -> f64 {
         match self {
             Side::Both => phi.abs().max((phi + slope).abs()),
             Side::Compression => (-phi).max(-(phi + slope)),
@@ -155,7 +155,7 @@ impl BoundGradient {
 impl KernelField {
     /// The grid of pair type `ty`'s bound, `None` when it would be too large (the bound is
     /// then +∞).
-    fn bound_grid(&self, ty: usize) -> Option<BoundGrid> {
+    pub(super) fn bound_grid(&self, ty: usize) -> Option<BoundGrid> {
         let k = self.kernels();
         let n_dist = k.n_dist();
         let a = &self.block(ty).a_pad[..n_dist];
@@ -205,7 +205,12 @@ impl KernelField {
     }
 
     /// `φ` and `φ'·r²/d` at grid point `i` for the time folded into `slice`.
-    fn phi_and_slope(grid: &BoundGrid, n_dist: usize, slice: &TimeSlice, i: usize) -> (f64, f64) {
+    pub(super) fn phi_and_slope(
+        grid: &BoundGrid,
+        n_dist: usize,
+        slice: &TimeSlice,
+        i: usize,
+    ) -> (f64, f64) {
         let row = i * n_dist..(i + 1) * n_dist;
         let w = &slice.w[..n_dist];
         let phi = grid.rho[row.clone()]

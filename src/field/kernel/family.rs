@@ -140,6 +140,14 @@ impl FieldFamily for KernelField {
         super::limits::check_usable(self, h)
     }
 
+    /// Per-pair maxima over the distances a pair reaches inside the ball: see
+    /// `src/field/kernel/local.rs`. `None` with several species.
+    fn local_bounds(&self, times: &[f64]) -> Result<Option<Box<dyn crate::field::LocalBounds>>> {
+        Ok(self
+            .local_bound_tables(times)?
+            .map(|t| Box::new(t) as Box<dyn crate::field::LocalBounds>))
+    }
+
     fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {
         TabulatedField::new(self, times).map(|t| Arc::new(t) as Arc<dyn VectorField + Send>)
     }

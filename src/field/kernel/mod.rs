@@ -15,6 +15,7 @@ mod jacobian_vjp;
 mod kernel_field;
 mod kernels;
 pub mod limits;
+mod local;
 mod pairs;
 mod params;
 mod radial;
