@@ -356,6 +356,32 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
     assert_eq!(cert["certified"], false);
     assert!(cert["max_step_contraction"].as_f64().unwrap() > 1.0);
     assert!(cert["certified_from_steps"].as_u64().unwrap() > 20);
+    assert!(
+        cert.get("each").is_none(),
+        "per-configuration certificates are opt-in"
+    );
+    // Per configuration: the bad one is not pulled back, the others each get a verdict from
+    // a bound far below the global one.
+    let each = json(&eqflow(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        bad.to_str().unwrap(),
+        "--certify-each",
+        "--json",
+        "-q",
+    ]));
+    let each = &each["certificate"]["each"];
+    assert_eq!(each["n"], 51);
+    assert_eq!(each["not_pulled_back"], 1);
+    assert_eq!(
+        each["certified"].as_u64().unwrap() + each["not_certified"].as_u64().unwrap(),
+        50
+    );
+    assert!(each["steps_certified_locally"].as_u64().unwrap() > 0);
+    let worst = each["worst_step_bound"].as_f64().unwrap();
+    assert!(worst < cert["max_step_contraction"].as_f64().unwrap() / 5.0);
     let strict = eqflow(&[
         "eval",
         "--model",
