@@ -107,6 +107,15 @@ int main(int argc, char **argv) {
                 "a finite contraction bound");
         require(certificate.certified == (certificate.max_contraction < 1.0),
                 "certified exactly when the bound is below 1");
+        // Per configuration: never above the global bound, each sample certified when the
+        // flow is.
+        const std::vector<double> step_bound = flow.certify_configurations(x);
+        require(step_bound.size() == n, "one bound per configuration");
+        for (const double b : step_bound) {
+            require(b > 0.0 && b <= certificate.max_contraction,
+                    "per-configuration bounds at most the global one");
+            require(!certificate.certified || b < 1.0, "a certified flow certifies each sample");
+        }
         const eqflow::Flow adaptive =
             flow.with_integrator(EQF_METHOD_DOPRI5, 0, 1e-5, 1e-10, EQF_DENSITY_CONTINUOUS);
         const eqflow::StepCertificate adaptive_certificate = adaptive.certificate();

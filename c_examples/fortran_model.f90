@@ -86,11 +86,11 @@ program fortran_model
     type(eqf_solver_stats) :: work, no_work
     type(log_counts), target :: counts
     real(c_double), allocatable :: x(:, :, :), log_q(:), log_q_again(:), log_q_reloaded(:)
-    real(c_double), allocatable :: x_strict(:, :, :), log_q_strict(:)
+    real(c_double), allocatable :: x_strict(:, :, :), log_q_strict(:), step_bound(:)
     real(c_double) :: state(D, N), U, worst, max_contraction, rtol, atol, bound
     integer(c_int64_t) :: n_proposed, n_accepted
     integer(c_int32_t) :: status, method, density_mode
-    integer :: i, n_samples, n_moves, n_steps, needed, unit
+    integer :: i, n_samples, n_moves, n_steps, needed, unit, n_certified
     integer, target :: n_energy_calls
     character(len=:), allocatable :: model, save, argument
     logical :: quick, certified, accepted
@@ -150,11 +150,22 @@ program fortran_model
                 'a finite contraction bound')
     call expect(certified .eqv. (max_contraction < 1.0_c_double), &
                 'certified exactly when the bound is below 1')
+    ! Per configuration: never above the global bound, each of the samples certified when
+    ! the flow is.
+    allocate (step_bound(n_samples))
+    call flow%certify_configurations(x, step_bound, n_certified)
+    call expect(all(step_bound <= max_contraction) .and. all(step_bound > 0.0_c_double), &
+                'per-configuration bounds at most the global one')
+    call expect(n_certified == count(step_bound < 1.0_c_double), &
+                'certified exactly when the bound is below 1')
+    if (certified) call expect(n_certified == n_samples, 'a certified flow certifies each sample')
     call flow%with_integrator(EQF_METHOD_DOPRI5, 0, 1.0e-5_c_double, 1.0e-10_c_double, &
                               EQF_DENSITY_CONTINUOUS, adaptive)
     call adaptive%certificate(certified, bound)
     call expect(.not. certified .and. .not. ieee_is_finite(bound) .and. bound > 0, &
                 'Dormand-Prince is never certified')
+    call adaptive%certify_configurations(x, step_bound, status=status)
+    call expect(status == EQF_ERR_INVALID_ARGUMENT, 'no per-configuration certificate either')
     call adaptive%integrator(method=method, rtol=rtol, density_mode=density_mode)
     call expect(method == EQF_METHOD_DOPRI5 .and. rtol == 1.0e-5_c_double .and. &
                 density_mode == EQF_DENSITY_CONTINUOUS, 'the integrator of the copy')
@@ -261,7 +272,8 @@ program fortran_model
     call adaptive%free()
     call flow%free()
     ! The main program's variables live in its stack frame: free what they own.
-    deallocate (x, log_q, log_q_again, log_q_reloaded, model, save, argument, counts%last)
+    deallocate (x, log_q, log_q_again, log_q_reloaded, step_bound, model, save, argument, &
+                counts%last)
     write (*, '(a)') 'fortran_model: ok'
 
 contains

@@ -185,6 +185,7 @@ module eqflow
     public :: eqf_version, eqf_set_log_callback, eqf_flow_load, eqf_flow_certificate
     public :: eqf_flow_integrator, eqf_move_solver_stats, eqf_set_callback_error
     public :: eqf_flow_with_require_certificate, eqf_flow_require_certificate
+    public :: eqf_flow_certify_configurations
     interface
         function eqf_set_callback_error(message) bind(C, name="eqf_set_callback_error") &
                 result(status)
@@ -220,6 +221,17 @@ module eqflow
             integer(c_int64_t), intent(inout), optional :: n_steps_needed
             integer(c_int32_t) :: status
         end function eqf_flow_certificate
+
+        function eqf_flow_certify_configurations(flow, n, x, step_bound, n_certified) &
+                bind(C, name="eqf_flow_certify_configurations") result(status)
+            import :: c_ptr, c_int64_t, c_double, c_int32_t
+            type(c_ptr), value :: flow
+            integer(c_int64_t), value :: n
+            real(c_double), intent(in) :: x(*)
+            real(c_double), intent(inout) :: step_bound(*)
+            integer(c_int64_t), intent(inout), optional :: n_certified
+            integer(c_int32_t) :: status
+        end function eqf_flow_certify_configurations
 
         function eqf_flow_with_require_certificate(flow, require, out) &
                 bind(C, name="eqf_flow_with_require_certificate") result(status)
@@ -744,6 +756,7 @@ module eqflow
         procedure :: with_integrator => flow_with_integrator
         procedure :: integrator => flow_integrator
         procedure :: certificate => flow_certificate
+        procedure :: certify_configurations => flow_certify_configurations
         procedure :: with_require_certificate => flow_with_require_certificate
         procedure :: require_certificate => flow_require_certificate
         procedure :: n_particles => flow_n_particles
@@ -1045,6 +1058,27 @@ contains
         if (present(max_contraction)) max_contraction = contraction
         call finish(code, status, 'eqf_flow_certificate')
     end subroutine flow_certificate
+
+    ! Per-configuration certificates (eqf_flow_certify_configurations) of the
+    ! n = size(step_bound) configurations x(D, N, n): each one's worst step bound, below 1 when
+    ! it is proved to have exactly one preimage under the RK4 map (its density is exact even
+    ! where the flow's certificate fails); n_certified counts them.
+    subroutine flow_certify_configurations(this, x, step_bound, n_certified, status)
+        class(eqflow_flow), intent(in) :: this
+        real(c_double), intent(in), contiguous :: x(:, :, :)
+        real(c_double), intent(inout), contiguous :: step_bound(:)
+        integer, intent(out), optional :: n_certified
+        integer(c_int32_t), intent(out), optional :: status
+        integer(c_int64_t) :: count
+        integer(c_int32_t) :: code
+        if (.not. batch_shape_ok(this, x, size(step_bound), 'certify_configurations: x', &
+            status)) return
+        count = 0
+        code = eqf_flow_certify_configurations(this%ptr, size(step_bound, kind=c_int64_t), x, &
+            step_bound, count)
+        if (present(n_certified)) n_certified = int(count)
+        call finish(code, status, 'eqf_flow_certify_configurations')
+    end subroutine flow_certify_configurations
 
     ! A new flow with this flow's parameters and integrator and strict mode on or off
     ! (eqf_flow_with_require_certificate): in strict mode an uncertified exact-discrete grid is

@@ -386,6 +386,22 @@ public:
         return needed;
     }
 
+    /* Per-configuration certificates of the configurations in x (a multiple of N*D doubles):
+     * each one's worst step bound, below 1 when it is proved to have exactly one preimage
+     * under the RK4 map (its density is exact even where certificate() fails); see
+     * eqf_flow_certify_configurations. */
+    std::vector<double> certify_configurations(const std::vector<double> &x) const {
+        const std::size_t per = size();
+        if (x.size() % per != 0) {
+            throw Error(EQF_ERR_DIMENSION_MISMATCH,
+                        "certify_configurations: x is not a whole number of configurations");
+        }
+        std::vector<double> bounds(x.size() / per);
+        detail::check(eqf_flow_certify_configurations(get(), detail::count(bounds.size()),
+                                                      x.data(), bounds.data(), nullptr));
+        return bounds;
+    }
+
     /* n samples into caller arrays of n*N*D and n doubles; see eqf_flow_sample. */
     void sample(uint64_t seed, int64_t n, double *x, double *log_q) const {
         detail::check(eqf_flow_sample(get(), seed, n, x, log_q));
