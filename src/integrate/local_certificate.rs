@@ -29,9 +29,9 @@
 //!    configuration is the pulled-back point of the step after it), the configuration has
 //!    exactly one preimage under the whole map, and its density is the push-forward density.
 //!
-//! A step whose global bound is below 1 is certified everywhere; the certificate reports, per
-//! step, the smaller of the two bounds. Without local bounds (a family that provides none)
-//! the certificate is the global one.
+//! A step whose global bound is below 1 is certified everywhere and its local bound is not
+//! computed; for the others the certificate takes the smaller of the two bounds. Without
+//! local bounds (a family that provides none) the certificate is the global one.
 //!
 //! This is a uniqueness proof around the solution the inverse found, not a statement about
 //! Newton's basin: it needs no second derivatives, and it rules out a second preimage
@@ -63,8 +63,10 @@ pub struct ConfigurationCertificate {
     pub worst_step_start: f64,
     /// Steps certified by their local bound that the global bound does not certify.
     pub locally_certified_steps: usize,
-    /// The largest radius over the steps of the ball holding every preimage (+∞ when the
-    /// field family has no local bounds or its growth bound is too weak to place them).
+    /// The largest radius of the ball holding every preimage, over the steps whose local
+    /// bound was computed: those the global bound does not certify (0 if there are none;
+    /// +∞ when the field family has no local bounds or its growth bound is too weak to place
+    /// the preimages).
     pub max_radius: f64,
 }
 
@@ -252,9 +254,9 @@ fn centre_values<F: VectorField + ?Sized>(
 
 /// Pulls the CoM-free configuration `x` back through the RK4 grid of `n_steps` steps in place
 /// (as the exact-discrete density does) and certifies it on the way (module docs): at each
-/// step the smaller of the global bound (`global`, at `certificate_times(n_steps)`) and the
-/// bound on the ball holding the preimages of the step's output (`local`, tabulated at the
-/// same times; `None`: global bounds only).
+/// step the global bound (`global`, at `certificate_times(n_steps)`) or, where that is not
+/// below 1, the smaller of it and the bound on the ball holding the preimages of the step's
+/// output (`local`, tabulated at the same times; `None`: global bounds only).
 ///
 /// # Errors
 ///
@@ -283,22 +285,29 @@ pub(crate) fn certify_pull_back<F: VectorField + ?Sized>(
         let pick = |v: &[f64]| [v[2 * s], v[2 * s + 1], v[2 * s + 2]];
         let global_c = step_bound(pick(&global.lipschitz), pick(&global.compression), h);
         let times = grid_stage_times(s, n, true);
-        let (local_c, radius) = match local {
-            Some(local) => {
+        // A step the global bound certifies needs nothing local (the local bound could only
+        // lower a bound that is already below 1).
+        let globally_certified = global_c < 1.0;
+        let c = match local {
+            Some(local) if !globally_certified => {
                 let values = centre_values(field, x, times, h, &mut centre);
-                local_step_bound(local, s, (x, &values), h, &mut scratch)
+                let (local_c, radius) = local_step_bound(local, s, (x, &values), h, &mut scratch);
+                cert.max_radius = cert.max_radius.max(radius);
+                if local_c < 1.0 {
+                    cert.locally_certified_steps += 1;
+                }
+                min_bound(global_c, local_c)
             }
-            None => (f64::INFINITY, f64::INFINITY),
+            _ if globally_certified => global_c,
+            _ => {
+                cert.max_radius = f64::INFINITY;
+                min_bound(global_c, f64::INFINITY)
+            }
         };
-        let c = min_bound(global_c, local_c);
-        if local_c < 1.0 && (global_c.is_nan() || global_c >= 1.0) {
-            cert.locally_certified_steps += 1;
-        }
         if c.is_nan() || c > cert.max_step_bound {
             cert.max_step_bound = c;
             cert.worst_step_start = s as f64 * h;
         }
-        cert.max_radius = cert.max_radius.max(radius);
         inverse_step(field, x, times, h, &mut carry, true, ws)?;
     }
     Ok(cert)
