@@ -62,8 +62,9 @@ fn point_in_ball(
 
 /// Every bound on a ball dominates the field's magnitude, Jacobian norm and compression at
 /// points of that ball (on its sphere and inside), and the growth bound dominates the
-/// magnitude anywhere; on the unpenalised DW-4 model (whose global bound comes from a spike
-/// past the data's distances), the shipped LJ-13 model and random fields.
+/// magnitude anywhere; at data-like configurations of the unpenalised DW-4 model (whose
+/// global bound comes from a spike past the data's distances) and the shipped LJ-13 model, and
+/// at random ones of random fields of one and of two species.
 #[test]
 fn ball_bounds_dominate_the_field_in_the_ball() {
     let mut r = rng(3);
@@ -84,6 +85,24 @@ fn ball_bounds_dominate_the_field_in_the_ball() {
         let x = random_config(&mut r, 6 * n * dim, 1.5);
         fields.push((format!("random {n}x{dim}"), field.into(), x));
     }
+    // Two species: three pair types, each with its own radial function.
+    let layout = Layout::new(5, 2).unwrap();
+    let species = eqflow::Species::new(2, vec![0, 1, 0, 1, 1]).unwrap();
+    let base = KernelField::initialise_with_species(
+        layout,
+        KernelConfig::double_well(),
+        species.clone(),
+        4,
+    )
+    .unwrap();
+    let p: Vec<f64> = base
+        .params()
+        .iter()
+        .map(|v| v + r.random_range(-0.3..0.3))
+        .collect();
+    let field = KernelField::with_species(layout, KernelConfig::double_well(), species, p).unwrap();
+    let x = random_config(&mut r, 6 * layout.len(), 2.5);
+    fields.push(("two species".into(), field.into(), x));
     let times = [0.0, 0.35, 1.0];
     let mut scratch = Vec::new();
     for (name, field, x) in &fields {

@@ -141,7 +141,7 @@ impl FieldFamily for KernelField {
     }
 
     /// Per-pair maxima over the distances a pair reaches inside the ball: see
-    /// `src/field/kernel/local.rs`. `None` with several species.
+    /// `src/field/kernel/local.rs`.
     fn local_bounds(&self, times: &[f64]) -> Result<Option<Box<dyn crate::field::LocalBounds>>> {
         Ok(self
             .local_bound_tables(times)?

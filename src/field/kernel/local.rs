@@ -3,14 +3,18 @@
 //! over the distances the pair can reach inside the ball.
 //!
 //! With `φ = c + ψ` (`c(t)` the constant the radial function tends to past its last kernel),
-//! on a centre-of-mass-free configuration `v_i = c·N·(x_i − x̄) + Σ_j ψ(d_ij)·r_ij`, so
+//! `v_i = Σ_j c·r_ij + Σ_j ψ(d_ij)·r_ij`. The first part is `(L_c ⊗ I)x` with `L_c` the
+//! Laplacian of the complete graph weighted by the pairs' constants; it vanishes on the
+//! centre of mass, so its norm is at most `‖L_c‖·‖x − x̄‖ ≤ N·max|c|·‖x − x̄‖` (one species:
+//! exactly `|c|·N·‖x − x̄‖`). So
 //!
 //! ```text
-//! ‖v(x)‖ ≤ |c|·N·‖x − x̄‖ + sqrt(Σ_i G_i²),   G_i = Σ_{j≠i} sup d|ψ(d)|   (|r_ij| ≤ d_ij)
+//! ‖v(x)‖ ≤ N·max|c|·‖x − x̄‖ + sqrt(Σ_i G_i²),   G_i = Σ_{j≠i} sup d|ψ_ij(d)|   (|r_ij| ≤ d_ij)
 //! ```
 //!
-//! with the supremum over all d (the growth bound: `G_i = (N − 1)·sup d|ψ|`) or over the
-//! pair's reachable distances (on a ball). Inside the ball `‖x − y‖ ≤ ρ` a pair's softened
+//! with the supremum over all d and pair types (the growth bound: `G_i = (N − 1)·sup d|ψ|`)
+//! or over the pair's reachable distances and its own type (on a ball). With several species
+//! each pair type has its own grid and tables. Inside the ball `‖x − y‖ ≤ ρ` a pair's softened
 //! distance moves by at most `|(x_i − x_j) − (y_i − y_j)| ≤ √2·ρ`. The Jacobian is
 //! `Σ_{i<j} (e_i − e_j)(e_i − e_j)ᵀ ⊗ B_ij` (`bound.rs`), so with `M_ij` the largest
 //! eigenvalue magnitude of `B_ij` over the pair's reachable distances,
@@ -31,6 +35,7 @@ use super::pairs::EPS_D;
 use crate::Result;
 use crate::alloc;
 use crate::field::local::{BallBounds, LocalBounds};
+use crate::species::Species;
 
 /// Grid cells per block of an envelope's block maxima.
 const BLOCK: usize = 16;
@@ -126,8 +131,8 @@ impl Envelope {
     }
 }
 
-/// One time's envelopes: the pair block's eigenvalue magnitude (Lipschitz), its negated most
-/// negative eigenvalue (compression), and `d·|ψ(d)|` (magnitude).
+/// One time's envelopes of one pair type: the pair block's eigenvalue magnitude (Lipschitz),
+/// its negated most negative eigenvalue (compression), and `d·|ψ(d)|` (magnitude).
 struct TimeTable {
     lipschitz: Envelope,
     compression: Envelope,
@@ -136,76 +141,18 @@ struct TimeTable {
     c: f64,
 }
 
-/// The kernel field's [`LocalBounds`] at a list of times (single species).
-pub(crate) struct KernelLocalBounds {
-    n_particles: usize,
-    dim: usize,
-    /// The grid's first distance and spacing.
-    d0: f64,
+/// One pair type's grid and its tables at every time.
+struct TypeTables {
     step: f64,
     n_cells: usize,
     times: Vec<TimeTable>,
 }
 
-impl KernelField {
-    /// The tables of [`KernelLocalBounds`] at `times`; `None` for several species (their pair
-    /// types have different constants c, which the growth bound above does not cover) and for
-    /// grids too large to tabulate: the per-configuration certificate then uses the global
-    /// bounds.
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Resource`] if the tables cannot be allocated.
-    pub(crate) fn local_bound_tables(&self, times: &[f64]) -> Result<Option<KernelLocalBounds>> {
-        if self.n_pair_types() != 1 {
-            return Ok(None);
-        }
-        let Some(grid) = self.bound_grid(0) else {
-            return Ok(None);
-        };
-        let n_cells = grid.n_points.saturating_sub(1).max(1);
-        if n_cells.saturating_mul(times.len()) > MAX_TABLE_CELLS {
-            return Ok(None);
-        }
-        let n_dist = self.kernels().n_dist();
-        let n = grid.n_points;
-        let mut f_both = alloc::zeros(Some(n), "the local bound tables")?;
-        let mut f_compression = alloc::zeros(Some(n), "the local bound tables")?;
-        let mut f_pull = alloc::zeros(Some(n), "the local bound tables")?;
-        let mut tables = alloc::with_capacity(Some(times.len()), "the local bound tables")?;
-        for &t in times {
-            let slice = self.time_slice_of(0, t);
-            for i in 0..n {
-                let d = EPS_D.sqrt() + i as f64 * grid.step;
-                let (phi, slope) = Self::phi_and_slope(&grid, n_dist, &slice, i);
-                f_both[i] = Side::Both.value(phi, slope);
-                f_compression[i] = Side::Compression.value(phi, slope);
-                f_pull[i] = d * (phi - slice.c).abs();
-            }
-            tables.push(TimeTable {
-                lipschitz: Envelope::new(&f_both)?,
-                compression: Envelope::new(&f_compression)?,
-                pull: Envelope::new(&f_pull)?,
-                c: slice.c,
-            });
-        }
-        let layout = self.layout();
-        Ok(Some(KernelLocalBounds {
-            n_particles: layout.n_particles,
-            dim: layout.dim,
-            d0: EPS_D.sqrt(),
-            step: grid.step,
-            n_cells,
-            times: tables,
-        }))
-    }
-}
-
-impl KernelLocalBounds {
+impl TypeTables {
     /// The grid cell holding distance `d` (clamped to the grid: past its end φ is constant,
     /// which the last cell covers).
     fn cell(&self, d: f64) -> usize {
-        let x = ((d - self.d0) / self.step).floor();
+        let x = ((d - EPS_D.sqrt()) / self.step).floor();
         if x.is_nan() || x >= (self.n_cells - 1) as f64 {
             // NaN: a non-finite configuration; the last cell is as good as any (the caller
             // checks the configuration before).
@@ -218,15 +165,107 @@ impl KernelLocalBounds {
     }
 }
 
+/// The kernel field's [`LocalBounds`] at a list of times.
+pub(crate) struct KernelLocalBounds {
+    n_particles: usize,
+    dim: usize,
+    /// `None` for a single species.
+    species: Option<Species>,
+    /// One per pair type.
+    types: Vec<TypeTables>,
+}
+
+impl KernelField {
+    /// The tables of [`KernelLocalBounds`] at `times`; `None` for grids too large to tabulate
+    /// (the per-configuration certificate then uses the global bounds).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Resource`] if the tables cannot be allocated.
+    pub(crate) fn local_bound_tables(&self, times: &[f64]) -> Result<Option<KernelLocalBounds>> {
+        const WHAT: &str = "the local bound tables";
+        let n_dist = self.kernels().n_dist();
+        let mut types = alloc::with_capacity(Some(self.n_pair_types()), WHAT)?;
+        let mut cells_total = 0_usize;
+        for ty in 0..self.n_pair_types() {
+            let Some(grid) = self.bound_grid(ty) else {
+                return Ok(None);
+            };
+            let n_cells = grid.n_points.saturating_sub(1).max(1);
+            cells_total = cells_total.saturating_add(n_cells.saturating_mul(times.len()));
+            if cells_total > MAX_TABLE_CELLS {
+                return Ok(None);
+            }
+            let n = grid.n_points;
+            let mut f_both = alloc::zeros(Some(n), WHAT)?;
+            let mut f_compression = alloc::zeros(Some(n), WHAT)?;
+            let mut f_pull = alloc::zeros(Some(n), WHAT)?;
+            let mut tables = alloc::with_capacity(Some(times.len()), WHAT)?;
+            for &t in times {
+                let slice = self.time_slice_of(ty, t);
+                for i in 0..n {
+                    let d = EPS_D.sqrt() + i as f64 * grid.step;
+                    let (phi, slope) = Self::phi_and_slope(&grid, n_dist, &slice, i);
+                    f_both[i] = Side::Both.value(phi, slope);
+                    f_compression[i] = Side::Compression.value(phi, slope);
+                    f_pull[i] = d * (phi - slice.c).abs();
+                }
+                tables.push(TimeTable {
+                    lipschitz: Envelope::new(&f_both)?,
+                    compression: Envelope::new(&f_compression)?,
+                    pull: Envelope::new(&f_pull)?,
+                    c: slice.c,
+                });
+            }
+            types.push(TypeTables {
+                step: grid.step,
+                n_cells,
+                times: tables,
+            });
+        }
+        let layout = self.layout();
+        Ok(Some(KernelLocalBounds {
+            n_particles: layout.n_particles,
+            dim: layout.dim,
+            species: self.species().cloned(),
+            types,
+        }))
+    }
+}
+
+impl KernelLocalBounds {
+    /// The tables of the pair `i < j`.
+    fn tables_of(&self, i: usize, j: usize) -> &TypeTables {
+        match &self.species {
+            None => &self.types[0],
+            Some(species) => &self.types[species.pair_type_of_particles(i, j)],
+        }
+    }
+
+    /// `N·max |c|` over the pair types at time `k`: the norm of the constant part's linear
+    /// map on centre-of-mass-free configurations (module docs).
+    fn linear_norm(&self, k: usize) -> f64 {
+        let c = self
+            .types
+            .iter()
+            .map(|t| t.times[k].c.abs())
+            .fold(0.0, nan_max);
+        c * self.n_particles as f64
+    }
+}
+
 impl LocalBounds for KernelLocalBounds {
     fn growth(&self, k: usize) -> (f64, f64) {
-        let table = &self.times[k];
         let n = self.n_particles as f64;
-        (n.sqrt() * (n - 1.0) * table.pull.max(), table.c.abs() * n)
+        let pull = self
+            .types
+            .iter()
+            .map(|t| t.times[k].pull.max())
+            .fold(0.0, nan_max);
+        (n.sqrt() * (n - 1.0) * pull, self.linear_norm(k))
     }
 
     fn on_ball(&self, k: usize, centre: &[f64], radius: f64, scratch: &mut Vec<f64>) -> BallBounds {
-        let table = &self.times[k];
         let (n, dim) = (self.n_particles, self.dim);
         scratch.clear();
         scratch.resize(3 * n, 0.0);
@@ -243,7 +282,9 @@ impl LocalBounds for KernelLocalBounds {
                     })
                     .sum();
                 let d = (r2 + EPS_D).sqrt();
-                let (lo, hi) = (self.cell(d - reach), self.cell(d + reach));
+                let tables = self.tables_of(i, j);
+                let table = &tables.times[k];
+                let (lo, hi) = (tables.cell(d - reach), tables.cell(d + reach));
                 let m = table.lipschitz.max_over(lo, hi);
                 let mc = nan_max(table.compression.max_over(lo, hi), 0.0);
                 let g = table.pull.max_over(lo, hi);
@@ -261,7 +302,7 @@ impl LocalBounds for KernelLocalBounds {
         let centre_norm = centre.iter().map(|x| x * x).sum::<f64>().sqrt();
         let pull = row_pull.iter().map(|g| g * g).sum::<f64>().sqrt();
         BallBounds {
-            magnitude: table.c.abs() * nf * (centre_norm + radius) + pull,
+            magnitude: self.linear_norm(k) * (centre_norm + radius) + pull,
             lipschitz: laplacian_bound(nf * max_lipschitz, 2.0 * row_max(row_lipschitz)),
             compression: laplacian_bound(nf * max_compression, 2.0 * row_max(row_compression)),
         }
