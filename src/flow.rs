@@ -241,14 +241,7 @@ impl Flow {
                  uses an adaptive method",
             ));
         };
-        let len = self.layout().len();
-        if !x.len().is_multiple_of(len) {
-            return Err(Error::size(
-                "certify_configurations input x (whole configurations)",
-                len * (x.len() / len + 1),
-                x.len(),
-            ));
-        }
+        let len = self.whole_configurations(x, "certify_configurations")?;
         let times = certificate_times(n_steps);
         let global = self.certificate_bounds(&times);
         let local = self.field.local_bounds(&times)?;
@@ -265,6 +258,20 @@ impl Flow {
                 },
             )
             .collect())
+    }
+
+    /// The length of one configuration, after checking that `x` (the input of `method`) holds
+    /// whole ones.
+    fn whole_configurations(&self, x: &[f64], method: &str) -> Result<usize> {
+        let len = self.layout().len();
+        if !x.len().is_multiple_of(len) {
+            return Err(Error::size(
+                format!("{method} input x (whole configurations)"),
+                len * (x.len() / len + 1),
+                x.len(),
+            ));
+        }
+        Ok(len)
     }
 
     /// The smallest RK4 step count (up to [`MAX_RK4_STEPS`]) whose grid this flow's field
@@ -480,14 +487,7 @@ impl Flow {
     ///
     /// [`Error::DimensionMismatch`] if `x` is not whole configurations.
     pub fn log_density_each(&self, x: &[f64]) -> Result<Vec<Result<f64>>> {
-        let len = self.layout().len();
-        if !x.len().is_multiple_of(len) {
-            return Err(Error::size(
-                "log_density input x (whole configurations)",
-                len * (x.len() / len + 1),
-                x.len(),
-            ));
-        }
+        let len = self.whole_configurations(x, "log_density")?;
         self.check_certified()?;
         self.dynamics();
         Ok(x.par_chunks(len)
