@@ -849,13 +849,19 @@ fn configuration_certificate_report(flow: &Flow, data: &[f64]) -> Result<(Value,
         .map(|c| c.max_step_bound)
         .fold(f64::NEG_INFINITY, f64::max);
     let locally: usize = ok.iter().map(|c| c.locally_certified_steps).sum();
+    // −∞: no configuration was pulled back.
+    let worst_text = if worst == f64::NEG_INFINITY {
+        "n/a".to_string()
+    } else {
+        format!("{worst:.3}")
+    };
     Ok((
         json!({"n": certs.len(), "certified": certified, "not_certified": ok.len() - certified,
                "not_pulled_back": failed, "worst_step_bound": worst.is_finite().then_some(worst),
                "steps_certified_locally": locally}),
         format!(
             "per-configuration certificate: {certified} of {} configurations have exactly one \
-             preimage ({} not proved, {failed} not pulled back; worst step bound {worst:.3}; \
+             preimage ({} not proved, {failed} not pulled back; worst step bound {worst_text}; \
              {locally} steps certified by local bounds only)\n",
             certs.len(),
             ok.len() - certified
