@@ -851,8 +851,8 @@ int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, d
  * Each configuration is pulled back as for its density; at each step the field's bounds on a
  * ball holding every preimage of the step's output prove the step one-to-one there (see
  * docs/embedding.md, "Step certificate"; a field family without local bounds gives the global
- * certificate). Steps the global certificate covers cost nothing extra; for a flow it does
- * not cover, a configuration costs about 10 density evaluations on DW-4 and 6 on LJ-13.
+ * certificate). A configuration costs one or two density evaluations on a flow the global
+ * certificate covers, and about 10 on DW-4 and 6 on LJ-13 on one it does not.
  *
  * The arrays are owned by the caller and written only if the call succeeds. With `n == 0`
  * nothing is read or written and the arrays may be NULL. Thread-safe; parallel over the

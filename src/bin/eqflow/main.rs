@@ -322,7 +322,7 @@ struct EvalArgs {
     /// pull-back, where the global step certificate fails (see docs/embedding.md, "Step
     /// certificate"). Reports how many configurations are certified; costs about 10 density
     /// evaluations per configuration on DW-4 and 6 on LJ-13 when the global certificate
-    /// fails, about one when it holds.
+    /// fails, one or two when it holds.
     #[arg(long)]
     certify_each: bool,
     #[command(flatten)]
