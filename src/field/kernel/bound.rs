@@ -152,6 +152,40 @@ impl BoundGradient {
     }
 }
 
+/// `|f[i] − f[i+1]|`, 0 past the grid's end.
+fn grid_change(f: &[f64], i: usize) -> f64 {
+    match (f.get(i), f.get(i + 1)) {
+        (Some(a), Some(b)) => (a - b).abs(),
+        _ => 0.0,
+    }
+}
+
+/// The bound of `f` over grid cell `[d_i, d_{i+1}]` (`i + 1 < f.len()`; module docs): the
+/// larger end value `f[a]` plus half the largest change `|f[j] − f[j+1]|` over the cell and its
+/// two neighbours, with `a` and `j`. NaN if any value it reads is NaN, so that a NaN is never
+/// hidden behind a larger neighbour. What the global bound maximises over all cells and the
+/// local bounds (`local.rs`) over the cells a pair can reach.
+pub(super) fn cell_candidate(f: &[f64], i: usize) -> (f64, usize, usize) {
+    let candidates = [i.saturating_sub(1), i, i + 1];
+    let j = candidates.into_iter().fold(candidates[0], |best, j| {
+        if grid_change(f, j) > grid_change(f, best) {
+            j
+        } else {
+            best
+        }
+    });
+    let a = if f[i + 1] > f[i] { i + 1 } else { i };
+    let mut read = [f[i], f[i + 1]]
+        .into_iter()
+        .chain(candidates.map(|j| grid_change(f, j)));
+    let value = if read.any(f64::is_nan) {
+        f64::NAN
+    } else {
+        f[a] + 0.5 * grid_change(f, j)
+    };
+    (value, a, j)
+}
+
 impl KernelField {
     /// The grid of pair type `ty`'s bound, `None` when it would be too large (the bound is
     /// then +∞).
@@ -245,19 +279,10 @@ impl KernelField {
     /// largest neighbouring change (module docs), and where it was taken; `None` for a
     /// compression bound clamped at 0.
     fn grid_maximum(&self, side: Side, f: &[f64]) -> (f64, Option<Argmax>) {
-        let change = |i: usize| match (f.get(i), f.get(i + 1)) {
-            (Some(a), Some(b)) => (a - b).abs(),
-            _ => 0.0,
-        };
         let mut m = f[0];
         let mut at = Argmax { a: 0, change: None };
         for i in 0..f.len() - 1 {
-            let candidates = [i.saturating_sub(1), i, i + 1];
-            let j = candidates.into_iter().fold(candidates[0], |best, j| {
-                if change(j) > change(best) { j } else { best }
-            });
-            let a = if f[i + 1] > f[i] { i + 1 } else { i };
-            let value = f[a] + 0.5 * change(j);
+            let (value, a, j) = cell_candidate(f, i);
             // A NaN candidate wins (f64::max would skip it), so a NaN bound is never hidden.
             if value.is_nan() || value > m {
                 m = value;

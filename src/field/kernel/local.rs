@@ -30,7 +30,7 @@
 //! two partial blocks of cells and two lookups.
 
 use super::KernelField;
-use super::bound::Side;
+use super::bound::{Side, cell_candidate};
 use super::pairs::EPS_D;
 use crate::Result;
 use crate::alloc;
@@ -49,9 +49,9 @@ fn nan_max(a: f64, b: f64) -> f64 {
     if a.is_nan() || a > b { a } else { b }
 }
 
-/// An upper envelope of a function sampled on the grid: per cell `[d_i, d_{i+1}]`, the larger
-/// end value plus half the largest change over the cell and its two neighbours (the margin of
-/// the global bound's grid maximum), with the maxima of blocks of [`BLOCK`] cells and a sparse
+/// An upper envelope of a function sampled on the grid: per cell `[d_i, d_{i+1}]`, the global
+/// bound's candidate for that cell (`bound::cell_candidate`: the larger end value plus half the
+/// largest change over the cell and its two neighbours), with the maxima of blocks of [`BLOCK`] cells and a sparse
 /// table over the blocks, so that a maximum over any range costs at most two partial blocks
 /// and two table lookups.
 struct Envelope {
@@ -64,18 +64,12 @@ impl Envelope {
     fn new(f: &[f64]) -> Result<Envelope> {
         const WHAT: &str = "the local bound tables";
         let n_cells = f.len().saturating_sub(1).max(1);
-        let change = |i: usize| match (f.get(i), f.get(i + 1)) {
-            (Some(a), Some(b)) => (a - b).abs(),
-            _ => 0.0,
-        };
         let mut cells = alloc::with_capacity(Some(n_cells), WHAT)?;
-        for i in 0..n_cells {
-            let ends = nan_max(f[i], *f.get(i + 1).unwrap_or(&f[i]));
-            let margin = nan_max(
-                nan_max(change(i.saturating_sub(1)), change(i)),
-                change(i + 1),
-            );
-            cells.push(ends + 0.5 * margin);
+        if f.len() < 2 {
+            // One point: φ is constant on the whole grid.
+            cells.push(f[0]);
+        } else {
+            cells.extend((0..n_cells).map(|i| cell_candidate(f, i).0));
         }
         let n_blocks = n_cells.div_ceil(BLOCK);
         let mut blocks = alloc::with_capacity(Some(n_blocks), WHAT)?;
