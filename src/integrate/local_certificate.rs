@@ -269,6 +269,9 @@ pub(crate) fn certify_pull_back<F: VectorField + ?Sized>(
     n_steps: usize,
     ws: &mut Workspace,
 ) -> Result<ConfigurationCertificate> {
+    // The inverse's matrices first: an oversized state fails with `Error::Resource` at once,
+    // not after the local bounds' O(N²) pair work (about ten minutes at N = 50,000).
+    ws.reserve_exact_discrete()?;
     let n = n_steps.max(1);
     let h = 1.0 / n as f64;
     let mut carry = InverseCarry::new();
