@@ -2,9 +2,14 @@
 //! would it be; with what each costs.
 //!
 //! `cargo run --release --example certificate -- models/dw4.json models/lj13.json`
+//!
+//! An argument `untrained:N` stands for the untrained default flow of N particles in 3-D
+//! (`eqf_flow_new`'s settings, seed 0): how the step-count search scales with N.
 
 use std::time::Instant;
 
+use eqflow::flow_config::FlowConfig;
+use eqflow::geometry::Layout;
 use eqflow::io::model;
 
 fn main() -> eqflow::Result<()> {
@@ -18,7 +23,15 @@ fn main() -> eqflow::Result<()> {
         paths
     };
     for path in paths {
-        let (flow, _) = model::load(path.as_ref())?;
+        let flow = match path.strip_prefix("untrained:") {
+            Some(n) => {
+                let n = n.parse().map_err(|_| eqflow::Error::InvalidArgument {
+                    what: format!("untrained:N needs a particle count, got {n}"),
+                })?;
+                FlowConfig::default().build(Layout::new(n, 3)?)?
+            }
+            None => model::load(path.as_ref())?.0,
+        };
         let start = Instant::now();
         let Some(cert) = flow.certificate() else {
             println!("{path}: adaptive method, no fixed map to certify");

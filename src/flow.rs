@@ -211,9 +211,10 @@ impl Flow {
     /// compression bounds; [`crate::integrate::certify_rk4`]).
     #[must_use]
     pub fn certificate_bounds(&self, times: &[f64]) -> FieldBounds {
+        let (lipschitz, compression) = self.field.certificate_bounds(times);
         FieldBounds {
-            lipschitz: self.field.lipschitz_bounds(times),
-            compression: self.field.compression_bounds(times),
+            lipschitz,
+            compression,
         }
     }
 
@@ -278,7 +279,17 @@ impl Flow {
     /// certifies, if any.
     #[must_use]
     pub fn certified_step_count(&self) -> Option<usize> {
-        steps_needed(&|t| self.certificate_bounds(t), MAX_RK4_STEPS)
+        let bounds = self.field.certificate_bounder();
+        steps_needed(
+            &|t| {
+                let (lipschitz, compression) = bounds(t);
+                FieldBounds {
+                    lipschitz,
+                    compression,
+                }
+            },
+            MAX_RK4_STEPS,
+        )
     }
 
     /// Strict mode: with `true`, sampling and density evaluation in the exact-discrete mode fail

@@ -87,6 +87,10 @@ pub(crate) fn check_network_params(name: &str, params: &[f64], expected: usize) 
 
 /// The cotangents of a field's certificate bounds as a function of the bounds:
 /// `(L, μ) ↦ (L̄, μ̄)`, one entry per time each ([`TrainableField::certificate_bounds_vjp`]).
+/// Both bounds of the step certificate, (Lipschitz, compression), at any list of times:
+/// [`FieldFamily::certificate_bounder`].
+pub type CertificateBounder<'a> = Box<dyn Fn(&[f64]) -> (Vec<f64>, Vec<f64>) + 'a>;
+
 pub type BoundCotangents<'a> = dyn FnMut(&[f64], &[f64]) -> (Vec<f64>, Vec<f64>) + 'a;
 
 /// A family of vector fields for a fixed particle layout, with its trainable parameters in one
@@ -228,6 +232,20 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
     /// the bound the certificate uses.
     fn compression_bounds(&self, times: &[f64]) -> Vec<f64> {
         self.lipschitz_bounds(times)
+    }
+
+    /// Both bounds of the step certificate at `times`: ([`FieldFamily::lipschitz_bounds`],
+    /// [`FieldFamily::compression_bounds`]), the same numbers. A family may share the work
+    /// of the two (the kernel field evaluates φ once per time for both).
+    fn certificate_bounds(&self, times: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        (self.lipschitz_bounds(times), self.compression_bounds(times))
+    }
+
+    /// [`FieldFamily::certificate_bounds`] as a function of the times, for a caller that asks
+    /// in many calls (the step-count search): a family may tabulate once what does not
+    /// depend on time (the kernel field its distance grids), with the same numbers.
+    fn certificate_bounder(&self) -> CertificateBounder<'_> {
+        Box::new(move |times| self.certificate_bounds(times))
     }
 
     /// Bounds of the field on balls of configurations at each of `times`, tabulated once
@@ -408,7 +426,7 @@ pub trait TrainableField: FieldFamily {
         bars: &mut BoundCotangents<'_>,
         gradient: &mut [f64],
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let (l, m) = (self.lipschitz_bounds(times), self.compression_bounds(times));
+        let (l, m) = self.certificate_bounds(times);
         let (l_bar, m_bar) = bars(&l, &m);
         if l_bar.iter().any(|b| *b != 0.0) {
             self.lipschitz_bounds_and_vjp(times, &l_bar, gradient)?;

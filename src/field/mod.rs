@@ -25,7 +25,7 @@ mod local;
 mod preset;
 mod registry;
 
-pub use family::{BoundCotangents, FieldFamily, TrainableField};
+pub use family::{BoundCotangents, CertificateBounder, FieldFamily, TrainableField};
 pub(crate) use family::{no_jacobian_reverse, no_probe_divergence, single_species};
 pub use kernel::{
     EPS_D, KernelConfig, KernelField, MAX_DIST_KERNELS, MAX_TIME_KERNELS, ParamLayout,

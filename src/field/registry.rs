@@ -388,6 +388,18 @@ impl Field {
         with_family!(self, f => f.compression_bounds(times))
     }
 
+    /// See [`FieldFamily::certificate_bounds`].
+    #[must_use]
+    pub fn certificate_bounds(&self, times: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        with_family!(self, f => f.certificate_bounds(times))
+    }
+
+    /// See [`FieldFamily::certificate_bounder`].
+    #[must_use]
+    pub fn certificate_bounder(&self) -> crate::field::CertificateBounder<'_> {
+        with_family!(self, f => f.certificate_bounder())
+    }
+
     /// See [`TrainableField::compression_bounds_vjp`].
     ///
     /// # Errors

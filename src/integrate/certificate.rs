@@ -43,7 +43,7 @@
 //! What it proves depends on the bounds: for the kernel field they come from a sampled
 //! maximum with a slope margin (see `field::kernel`), not interval arithmetic.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use super::rk4::grid_stage_times;
@@ -232,7 +232,10 @@ pub fn certify_rk4(bounds: &dyn Fn(&[f64]) -> FieldBounds, n_steps: usize) -> St
 /// The smallest step count in `1..=max_steps` whose grid is certified, if any. Finer grids
 /// need not be certified monotonically (their stage times differ), so this searches by
 /// doubling and then bisection between an uncertified and a certified count, and returns a
-/// count that is certified. Bounds are computed once per distinct time.
+/// count that is certified. Bounds are computed once per distinct time, and a probe first
+/// tries the step containing the last full certificate's worst step start, which rejects most
+/// uncertified counts from three times (`bounds` is best a function that tabulates once what
+/// does not depend on time: [`crate::field::FieldFamily::certificate_bounder`]).
 #[must_use]
 pub fn steps_needed(bounds: &dyn Fn(&[f64]) -> FieldBounds, max_steps: usize) -> Option<usize> {
     let cache = RefCell::new(HashMap::<u64, (f64, f64)>::new());
@@ -259,7 +262,27 @@ pub fn steps_needed(bounds: &dyn Fn(&[f64]) -> FieldBounds, max_steps: usize) ->
             compression,
         }
     };
-    let certified = |n: usize| certify_rk4(&cached, n).is_certified();
+    // Where the last full certificate was worst: a grid that is not certified usually fails
+    // at the step containing that time too, and three bounds show it without the other
+    // 2·n − 2 (a bound ≥ 1 at any step is a failure; below 1 it decides nothing).
+    let worst = Cell::new(None::<f64>);
+    let certified = |n: usize| {
+        if let Some(t) = worst.get() {
+            let s = ((t * n as f64) as usize).min(n - 1);
+            let b = cached(&grid_stage_times(s, n, true));
+            let c = step_bound(
+                of_step(&b.lipschitz, 0),
+                of_step(&b.compression, 0),
+                1.0 / n as f64,
+            );
+            if c.is_nan() || c >= 1.0 {
+                return false;
+            }
+        }
+        let cert = certify_rk4(&cached, n);
+        worst.set(Some(cert.worst_step_start));
+        cert.is_certified()
+    };
     let mut hi = 1;
     while !certified(hi) {
         if hi >= max_steps {
@@ -310,6 +333,37 @@ mod tests {
         assert_eq!(steps_needed(&constant(7.0, 7.0), 1000), Some(11));
         assert_eq!(steps_needed(&constant(0.1, 0.1), 1000), Some(1));
         assert_eq!(steps_needed(&constant(1e9, 1e9), 1000), None);
+    }
+
+    /// For a field whose bounds peak in time, the search returns the first certified count of
+    /// a linear scan, and its pre-check at the last worst step keeps the uncertified probes
+    /// cheap: it asks for far fewer distinct times than the full grids it probes.
+    #[test]
+    fn the_search_finds_the_scanned_count_with_few_bound_evaluations() {
+        for (peak, most) in [(3.0, 40), (40.0, 400), (900.0, 7_000)] {
+            let asked = Cell::new(0_usize);
+            let bounds = |times: &[f64]| {
+                asked.set(asked.get() + times.len());
+                let l: Vec<f64> = times
+                    .iter()
+                    .map(|t| 1.0 + peak * (-(t - 0.6) * (t - 0.6) / 0.02).exp())
+                    .collect();
+                FieldBounds {
+                    compression: l.iter().map(|l| 0.5 * l).collect(),
+                    lipschitz: l,
+                }
+            };
+            let found = steps_needed(&bounds, 100_000).unwrap();
+            let searched = asked.get();
+            let scanned = (1..)
+                .find(|&n| certify_rk4(&bounds, n).is_certified())
+                .unwrap();
+            assert_eq!(found, scanned, "peak {peak}");
+            assert!(
+                searched <= most,
+                "peak {peak}: {searched} times for {found} steps"
+            );
+        }
     }
 
     #[test]

@@ -25,10 +25,17 @@
 //! of f over that interval and its two neighbours (a first-order margin from the local slope,
 //! where the error of the plain grid maximum is second order). This is sound for an f that is
 //! smooth on the grid's scale, which the Gaussians of width ≥ 40 grid spacings make it; it is
-//! not an interval-arithmetic enclosure. The normalised bases `ρ_k(d)` and `ρ'_k(d)` do not
-//! depend on t, so they are computed once for all times: φ(·, t) is then `ρ·w(t) + c(t)`.
-//! Bandwidths so disparate that the grid would exceed 2²⁰ points give the (true, useless)
-//! bound +∞.
+//! not an interval-arithmetic enclosure. Bandwidths so disparate that the grid would exceed
+//! 2²⁰ points give the (true, useless) bound +∞.
+//!
+//! Tables. φ is linear in the time basis: `φ(d, t) = Σ_k ρ_k(d)·w_k(t) + c(t)` with
+//! `w_k(t) = Σ_r W_kr τ_r(t)`, so `φ(d, t) = Σ_r τ_r(t)·Ψ_r(d) + c(t)` with
+//! `Ψ_r = Σ_k W_kr ρ_k`, and alike for `φ'·r²/d`. The grid tabulates, once per field, the
+//! shorter of the two bases (`Ψ_r` when there are fewer time than distance kernels, as in
+//! both presets: 10 against 50, else `ρ_k`); one time's φ on the whole grid is then that
+//! many multiply-adds per point. The step-count search asks for thousands of times at large
+//! N, so this (with a one-pass grid maximum for finite values) is what makes it take seconds
+//! rather than a minute at N = 1,000 (BENCHMARKS.md, session 22).
 //!
 //! The spacing is a power of two so that the grid's points do not move with the bandwidths:
 //! the bound is then, for a fixed grid, a piecewise smooth function of the parameters (smooth
@@ -38,22 +45,98 @@
 //! bandwidths), at the few grid points the maximum and its margin are taken from.
 
 use super::pairs::EPS_D;
+use super::radial::MAX_PADDED;
 use super::radial::NORM_EPS;
 use super::vjp::ParamAccumulator;
-use super::{KernelField, TimeSlice};
+use super::{KernelField, MAX_TIME_KERNELS, TimeSlice};
 use crate::field::exp::{UNDERFLOW, exp_nonpositive};
 
 /// The largest d-grid the bound evaluates.
 const MAX_BOUND_POINTS: f64 = (1u64 << 20) as f64;
 
-/// The d-grid of the bound and the normalised bases on it.
+/// The most time-dependent weights a grid's φ can have (module docs, "Tables").
+const MAX_GRID_WEIGHTS: usize = if MAX_TIME_KERNELS < MAX_PADDED {
+    MAX_PADDED
+} else {
+    MAX_TIME_KERNELS
+};
+
+/// The d-grid of one pair type's bound and its tables: `φ(d_i, t) = Σ_j a_j(t)·B_j(d_i) + c(t)`
+/// and `φ'(d_i, t)·r²/d = Σ_j a_j(t)·B'_j(d_i)` (module docs, "Tables").
 pub(super) struct BoundGrid {
     pub(super) n_points: usize,
     pub(super) step: f64,
-    /// `ρ_k(d_i)`, row-major (point, kernel).
-    rho: Vec<f64>,
-    /// `ρ'_k(d_i)·r²/d`, the factor of the second eigenvalue.
-    rho_slope: Vec<f64>,
+    /// Whether the tables hold the time-folded basis `Ψ_r = Σ_k W_kr ρ_k` (weights τ_r(t))
+    /// rather than `ρ_k` (weights w_k(t)).
+    folded: bool,
+    /// The number of basis functions `j`.
+    n_basis: usize,
+    /// `B_j(d_i)` at `[j · n_points + i]`: basis-major, so that one time's φ over the grid is
+    /// `n_basis` contiguous multiply-adds.
+    basis: Vec<f64>,
+    /// `B'_j(d_i)·r²/d`, laid out as `basis`.
+    basis_slope: Vec<f64>,
+}
+
+/// The time-dependent weights of φ on one pair type's grid at one time.
+pub(super) struct GridWeights {
+    a: [f64; MAX_GRID_WEIGHTS],
+    n: usize,
+    /// `c(t)`.
+    pub(super) c: f64,
+}
+
+impl BoundGrid {
+    /// `φ` and `φ'·r²/d` over the whole grid into `phi` and `slope` (at least `n_points`
+    /// long): the same bits as [`BoundGrid::phi_and_slope`] at every point.
+    pub(super) fn fill(&self, weights: &GridWeights, phi: &mut [f64], slope: &mut [f64]) {
+        let n = self.n_points;
+        let (phi, slope) = (&mut phi[..n], &mut slope[..n]);
+        phi.fill(0.0);
+        slope.fill(0.0);
+        for (j, &a) in weights.a[..weights.n].iter().enumerate() {
+            let row = j * n..(j + 1) * n;
+            for (p, b) in phi.iter_mut().zip(&self.basis[row.clone()]) {
+                *p += a * b;
+            }
+            for (s, b) in slope.iter_mut().zip(&self.basis_slope[row]) {
+                *s += a * b;
+            }
+        }
+        phi.iter_mut().for_each(|p| *p += weights.c);
+    }
+
+    /// `φ` and `φ'·r²/d` at grid point `i`.
+    pub(super) fn phi_and_slope(&self, weights: &GridWeights, i: usize) -> (f64, f64) {
+        let n = self.n_points;
+        let (mut phi, mut slope) = (0.0, 0.0);
+        for (j, &a) in weights.a[..weights.n].iter().enumerate() {
+            phi += a * self.basis[j * n + i];
+            slope += a * self.basis_slope[j * n + i];
+        }
+        (phi + weights.c, slope)
+    }
+}
+
+/// The normalised bases `ρ_k(d)` and `ρ'_k(d)·r²/d` of a field with distance centres `mu`
+/// and inverse squared bandwidths `a` into `rho` and `rho_slope` (one per kernel).
+fn normalised_basis(d: f64, mu: &[f64], a: &[f64], rho: &mut [f64], rho_slope: &mut [f64]) {
+    let n_dist = a.len();
+    let (mut total, mut total_slope) = (NORM_EPS, 0.0);
+    for kk in 0..n_dist {
+        let e = d - mu[kk];
+        let g = exp_nonpositive(-(e * e * a[kk]));
+        rho[kk] = g;
+        rho_slope[kk] = -2.0 * e * a[kk] * g;
+        total += g;
+        total_slope += rho_slope[kk];
+    }
+    let r2_over_d = (d * d - EPS_D) / d;
+    for kk in 0..n_dist {
+        let r = rho[kk] / total;
+        rho_slope[kk] = (rho_slope[kk] - r * total_slope) / total * r2_over_d;
+        rho[kk] = r;
+    }
 }
 
 /// Which bound a grid maximum computes.
@@ -186,12 +269,80 @@ pub(super) fn cell_candidate(f: &[f64], i: usize) -> (f64, usize, usize) {
     (value, a, j)
 }
 
+/// The largest of `f[0]` and every cell's [`cell_candidate`], and where it was taken (the
+/// first on ties); a NaN candidate wins, so that a NaN is never hidden.
+fn grid_argmax(f: &[f64]) -> (f64, Argmax) {
+    let mut m = f[0];
+    let mut at = Argmax { a: 0, change: None };
+    for i in 0..f.len() - 1 {
+        let (value, a, j) = cell_candidate(f, i);
+        // A NaN candidate wins (f64::max would skip it), so a NaN bound is never hidden.
+        if value.is_nan() || value > m {
+            m = value;
+            at = argmax_at(f, a, j);
+        }
+    }
+    (m, at)
+}
+
+/// [`grid_argmax`] for finite `f` (no candidate can then be NaN), the same value and place:
+/// one pass that carries each cell's three neighbouring changes over to the next cell instead
+/// of recomputing them (what the step-count search spends most of its time in).
+fn finite_grid_argmax(f: &[f64]) -> (f64, Argmax) {
+    let n = f.len();
+    let change = |k: usize| {
+        if k + 1 < n {
+            (f[k] - f[k + 1]).abs()
+        } else {
+            0.0
+        }
+    };
+    let mut m = f[0];
+    let mut at = Argmax { a: 0, change: None };
+    // The changes of cells i − 1 (saturating at 0) and i.
+    let (mut before, mut here) = (change(0), change(0));
+    for i in 0..n - 1 {
+        let after = change(i + 1);
+        // The first largest of [i − 1, i, i + 1], as `cell_candidate` chooses.
+        let (mut j, mut largest) = (i.saturating_sub(1), before);
+        if here > largest {
+            (j, largest) = (i, here);
+        }
+        if after > largest {
+            (j, largest) = (i + 1, after);
+        }
+        let a = if f[i + 1] > f[i] { i + 1 } else { i };
+        let value = f[a] + 0.5 * largest;
+        if value > m {
+            m = value;
+            at = argmax_at(f, a, j);
+        }
+        (before, here) = (here, after);
+    }
+    (m, at)
+}
+
+/// Where a cell's candidate `f[a] + ½·|f[j] − f[j+1]|` was taken, with the sign that gives
+/// `f[j] − f[j+1]` its absolute value.
+fn argmax_at(f: &[f64], a: usize, j: usize) -> Argmax {
+    let sign = if j + 1 < f.len() && f[j] < f[j + 1] {
+        -1.0
+    } else {
+        1.0
+    };
+    Argmax {
+        a,
+        change: (j + 1 < f.len()).then_some((j, sign)),
+    }
+}
+
 impl KernelField {
-    /// The grid of pair type `ty`'s bound, `None` when it would be too large (the bound is
-    /// then +∞).
+    /// The grid of pair type `ty`'s bound and its tables (module docs), `None` when it would
+    /// be too large (the bound is then +∞).
     pub(super) fn bound_grid(&self, ty: usize) -> Option<BoundGrid> {
         let k = self.kernels();
         let n_dist = k.n_dist();
+        let n_time = self.param_layout().n_time;
         let a = &self.block(ty).a_pad[..n_dist];
         let mu = &k.mu_dist;
         let gamma_min = a
@@ -209,94 +360,92 @@ impl KernelField {
             return None;
         }
         let n_points = n_points as usize;
-        let mut rho = vec![0.0; n_points * n_dist];
-        let mut rho_slope = vec![0.0; n_points * n_dist];
-        let mut g = vec![0.0; n_dist];
-        let mut dg = vec![0.0; n_dist];
+        let folded = n_time < n_dist;
+        let n_basis = if folded { n_time } else { n_dist };
+        let mut basis = vec![0.0; n_basis * n_points];
+        let mut basis_slope = vec![0.0; n_basis * n_points];
+        let (mut rho, mut rho_slope) = (vec![0.0; n_dist], vec![0.0; n_dist]);
+        // W_kr with r fastest (`w_t` holds it with k fastest, padded), so that the sums
+        // Ψ_r = Σ_k W_kr ρ_k of one point run over r side by side.
+        let padded = self.mu_padded().len();
+        let w_t = &self.block(ty).w_t;
+        let w: Vec<f64> = (0..n_dist)
+            .flat_map(|k| (0..n_time).map(move |r| w_t[r * padded + k]))
+            .collect();
+        let (mut psi, mut psi_slope) = (vec![0.0; n_time], vec![0.0; n_time]);
         for i in 0..n_points {
             let d = EPS_D.sqrt() + i as f64 * step;
-            let (mut total, mut total_slope) = (NORM_EPS, 0.0);
-            for kk in 0..n_dist {
-                let e = d - mu[kk];
-                g[kk] = exp_nonpositive(-(e * e * a[kk]));
-                dg[kk] = -2.0 * e * a[kk] * g[kk];
-                total += g[kk];
-                total_slope += dg[kk];
-            }
-            let r2_over_d = (d * d - EPS_D) / d;
-            for kk in 0..n_dist {
-                let r = g[kk] / total;
-                rho[i * n_dist + kk] = r;
-                rho_slope[i * n_dist + kk] = (dg[kk] - r * total_slope) / total * r2_over_d;
+            normalised_basis(d, mu, a, &mut rho, &mut rho_slope);
+            let (b, bs) = if folded {
+                psi.fill(0.0);
+                psi_slope.fill(0.0);
+                for ((w, r), rs) in w.chunks_exact(n_time).zip(&rho).zip(&rho_slope) {
+                    for ((p, ps), w) in psi.iter_mut().zip(&mut psi_slope).zip(w) {
+                        *p += w * r;
+                        *ps += w * rs;
+                    }
+                }
+                (&psi, &psi_slope)
+            } else {
+                (&rho, &rho_slope)
+            };
+            for j in 0..n_basis {
+                basis[j * n_points + i] = b[j];
+                basis_slope[j * n_points + i] = bs[j];
             }
         }
         Some(BoundGrid {
             n_points,
             step,
-            rho,
-            rho_slope,
+            folded,
+            n_basis,
+            basis,
+            basis_slope,
         })
     }
 
-    /// `φ` and `φ'·r²/d` at grid point `i` for the time folded into `slice`.
-    pub(super) fn phi_and_slope(
+    /// The weights of `grid` (pair type `ty`'s) at the time folded into `slice`, which is
+    /// `t`: `τ(t)` for a folded grid, `w(t)` otherwise, and `c(t)` from `slice`.
+    pub(super) fn grid_weights(
+        &self,
+        ty: usize,
         grid: &BoundGrid,
-        n_dist: usize,
         slice: &TimeSlice,
-        i: usize,
-    ) -> (f64, f64) {
-        let row = i * n_dist..(i + 1) * n_dist;
-        let w = &slice.w[..n_dist];
-        let phi = grid.rho[row.clone()]
-            .iter()
-            .zip(w)
-            .map(|(r, w)| r * w)
-            .sum::<f64>()
-            + slice.c;
-        let slope = grid.rho_slope[row].iter().zip(w).map(|(r, w)| r * w).sum();
-        (phi, slope)
+        t: f64,
+    ) -> GridWeights {
+        let mut weights = GridWeights {
+            a: [0.0; MAX_GRID_WEIGHTS],
+            n: grid.n_basis,
+            c: slice.c,
+        };
+        if grid.folded {
+            self.time_basis_of_into(ty, t, &mut weights.a[..grid.n_basis]);
+        } else {
+            weights.a[..grid.n_basis].copy_from_slice(&slice.w[..grid.n_basis]);
+        }
+        weights
     }
 
-    /// The bound of `side` at the time folded into `slice` (`f` is scratch of the grid's
-    /// length), and where it was taken; `None` for a compression bound clamped at 0 (the
-    /// field does not compress anywhere: nothing to differentiate).
-    fn bound_at(
-        &self,
-        side: Side,
-        grid: &BoundGrid,
-        slice: &TimeSlice,
-        f: &mut [f64],
-    ) -> (f64, Option<Argmax>) {
+    /// `ρ_k(d_i)` and `ρ'_k(d_i)·r²/d` at grid point `i` of pair type `ty`'s grid: what the
+    /// gradient needs at the few points a bound was taken from.
+    fn basis_at(&self, ty: usize, grid: &BoundGrid, i: usize) -> (Vec<f64>, Vec<f64>) {
         let n_dist = self.kernels().n_dist();
-        for (i, fi) in f.iter_mut().enumerate() {
-            let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
-            *fi = side.value(phi, slope);
-        }
-        self.grid_maximum(side, f)
+        let a = &self.block(ty).a_pad[..n_dist];
+        let d = EPS_D.sqrt() + i as f64 * grid.step;
+        let (mut rho, mut rho_slope) = (vec![0.0; n_dist], vec![0.0; n_dist]);
+        normalised_basis(d, &self.kernels().mu_dist, a, &mut rho, &mut rho_slope);
+        (rho, rho_slope)
     }
 
     /// The bound of `side` from its `f` on the grid: `N ·` the largest end value plus half the
     /// largest neighbouring change (module docs), and where it was taken; `None` for a
     /// compression bound clamped at 0.
     fn grid_maximum(&self, side: Side, f: &[f64]) -> (f64, Option<Argmax>) {
-        let mut m = f[0];
-        let mut at = Argmax { a: 0, change: None };
-        for i in 0..f.len() - 1 {
-            let (value, a, j) = cell_candidate(f, i);
-            // A NaN candidate wins (f64::max would skip it), so a NaN bound is never hidden.
-            if value.is_nan() || value > m {
-                m = value;
-                let sign = if j + 1 < f.len() && f[j] < f[j + 1] {
-                    -1.0
-                } else {
-                    1.0
-                };
-                at = Argmax {
-                    a,
-                    change: (j + 1 < f.len()).then_some((j, sign)),
-                };
-            }
-        }
+        let (m, at) = if f.iter().all(|v| v.is_finite()) {
+            finite_grid_argmax(f)
+        } else {
+            grid_argmax(f)
+        };
         let n = self.layout().n_particles as f64;
         if side == Side::Compression && m <= 0.0 {
             return (0.0, None);
@@ -304,31 +453,57 @@ impl KernelField {
         (n * m, Some(at))
     }
 
-    /// [`crate::field::FieldFamily::lipschitz_bounds`] (`Side::Both`) or
+    /// [`crate::field::FieldFamily::lipschitz_bounds`] (`Side::Both`) and
     /// [`crate::field::FieldFamily::compression_bounds`] (`Side::Compression`) for the kernel
-    /// field (module docs): the largest of the pair types' bounds.
-    pub(crate) fn kernel_bounds(&self, side: Side, times: &[f64]) -> Vec<f64> {
-        let mut bounds = vec![f64::NEG_INFINITY; times.len()];
-        for ty in 0..self.n_pair_types() {
-            let Some(grid) = self.bound_grid(ty) else {
-                return vec![f64::INFINITY; times.len()];
-            };
-            let mut f = vec![0.0; grid.n_points];
-            for (bound, &t) in bounds.iter_mut().zip(times) {
-                let b = self
-                    .bound_at(side, &grid, &self.time_slice_of(ty, t), &mut f)
-                    .0;
-                // A NaN bound wins, as in `bound_at`.
-                if b.is_nan() || b > *bound {
-                    *bound = b;
+    /// field (module docs): for each of `sides`, the largest of the pair types' bounds at each
+    /// of `times`. See [`KernelField::kernel_bounds_on`].
+    pub(crate) fn kernel_bounds_of(&self, sides: &[Side], times: &[f64]) -> Vec<Vec<f64>> {
+        self.kernel_bounds_on(self.bound_grids().as_deref(), sides, times)
+    }
+
+    /// [`KernelField::kernel_bounds_of`] on grids tabulated once ([`KernelField::bound_grids`],
+    /// `None` when one is too large: every bound is then +∞), so that a caller asking at many
+    /// times in many calls (the step-count search) builds them once. One evaluation of φ per
+    /// pair type and time serves every side; a NaN bound wins over every other.
+    pub(super) fn kernel_bounds_on(
+        &self,
+        grids: Option<&[BoundGrid]>,
+        sides: &[Side],
+        times: &[f64],
+    ) -> Vec<Vec<f64>> {
+        let Some(grids) = grids else {
+            return vec![vec![f64::INFINITY; times.len()]; sides.len()];
+        };
+        let mut bounds = vec![vec![f64::NEG_INFINITY; times.len()]; sides.len()];
+        let longest = grids.iter().map(|g| g.n_points).max().unwrap_or(0);
+        let (mut phi, mut slope, mut f) =
+            (vec![0.0; longest], vec![0.0; longest], vec![0.0; longest]);
+        for (ty, grid) in grids.iter().enumerate() {
+            let n = grid.n_points;
+            for (k, &t) in times.iter().enumerate() {
+                let weights = self.grid_weights(ty, grid, &self.time_slice_of(ty, t), t);
+                grid.fill(&weights, &mut phi, &mut slope);
+                for (side, bounds) in sides.iter().zip(&mut bounds) {
+                    for i in 0..n {
+                        f[i] = side.value(phi[i], slope[i]);
+                    }
+                    let b = self.grid_maximum(*side, &f[..n]).0;
+                    if b.is_nan() || b > bounds[k] {
+                        bounds[k] = b;
+                    }
                 }
             }
         }
         bounds
     }
 
+    /// [`KernelField::kernel_bounds_of`] for one side.
+    pub(crate) fn kernel_bounds(&self, side: Side, times: &[f64]) -> Vec<f64> {
+        self.kernel_bounds_of(&[side], times).swap_remove(0)
+    }
+
     /// The grids of every pair type, `None` if one would be too large (the bounds are +∞).
-    fn bound_grids(&self) -> Option<Vec<BoundGrid>> {
+    pub(super) fn bound_grids(&self) -> Option<Vec<BoundGrid>> {
         (0..self.n_pair_types())
             .map(|ty| self.bound_grid(ty))
             .collect()
@@ -338,7 +513,6 @@ impl KernelField {
     /// first on ties) and where it was taken, from one evaluation of φ and φ'r²/d on each
     /// type's grid per time, shared by the sides. `None` if a bound is not finite.
     fn take(&self, sides: &[Side], grids: &[BoundGrid], times: &[f64]) -> Option<Vec<Vec<Taken>>> {
-        let n_dist = self.kernels().n_dist();
         let longest = grids.iter().map(|g| g.n_points).max().unwrap_or(0);
         let (mut phi, mut slope, mut f) =
             (vec![0.0; longest], vec![0.0; longest], vec![0.0; longest]);
@@ -351,10 +525,8 @@ impl KernelField {
             let mut best: Vec<Option<Taken>> = sides.iter().map(|_| None).collect();
             for (ty, grid) in grids.iter().enumerate() {
                 let n = grid.n_points;
-                let slice = point.part_slice(ty);
-                for i in 0..n {
-                    (phi[i], slope[i]) = Self::phi_and_slope(grid, n_dist, slice, i);
-                }
+                let weights = self.grid_weights(ty, grid, point.part_slice(ty), t);
+                grid.fill(&weights, &mut phi, &mut slope);
                 for (side, best) in sides.iter().zip(&mut best) {
                     for i in 0..n {
                         f[i] = side.value(phi[i], slope[i]);
@@ -403,17 +575,13 @@ impl KernelField {
             }
             g.w_bar.fill(0.0);
             let mut c_bar = 0.0;
+            let weights = self.grid_weights(ty, grid, slice, t);
             for (i, fb) in f_bar {
-                let (phi, slope) = Self::phi_and_slope(grid, n_dist, slice, i);
+                let (phi, slope) = grid.phi_and_slope(&weights, i);
                 let (phi_bar, slope_bar) = side.cotangent(phi, slope, fb);
                 c_bar += phi_bar;
-                let row = i * n_dist..(i + 1) * n_dist;
-                for ((wb, r), rs) in g
-                    .w_bar
-                    .iter_mut()
-                    .zip(&grid.rho[row.clone()])
-                    .zip(&grid.rho_slope[row])
-                {
+                let (rho, rho_slope) = self.basis_at(ty, grid, i);
+                for ((wb, r), rs) in g.w_bar.iter_mut().zip(&rho).zip(&rho_slope) {
                     *wb += phi_bar * r + slope_bar * rs;
                 }
                 let a_bar = &mut g.a_bar[ty * n_dist..(ty + 1) * n_dist];
@@ -589,6 +757,82 @@ mod tests {
                     "{n} particles, {side:?}: worst |FD − gradient| {worst:e} against {scale:e}"
                 );
             }
+        }
+    }
+
+    /// The grid's tables give φ and φ'·r²/d of the field's own radial function (what the pair
+    /// loops evaluate), both with the time-folded basis (fewer time than distance kernels)
+    /// and with the distance basis; `fill` gives the same bits as the pointwise form.
+    #[test]
+    fn grid_tables_reproduce_the_radial_function() {
+        use super::super::radial::RadialFn;
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let few_distances = KernelConfig {
+            mu_dist: vec![0.5, 1.5, 2.5, 4.0],
+            gamma_dist: vec![0.6; 4],
+            mu_time: (0..9).map(|r| r as f64 / 8.0).collect(),
+            gamma_time: vec![0.2; 9],
+        };
+        for (kernels, folded) in [
+            (KernelConfig::double_well(), true),
+            (KernelConfig::lennard_jones(), true),
+            (few_distances, false),
+        ] {
+            let layout = Layout::new(5, 3).unwrap();
+            let mut field = KernelField::initialise(layout, kernels, 4).unwrap();
+            let p: Vec<f64> = field
+                .params()
+                .iter()
+                .map(|v| v + rng.random_range(-0.3..0.3))
+                .collect();
+            field.set_params(&p).unwrap();
+            let grid = field.bound_grid(0).unwrap();
+            assert_eq!(grid.folded, folded);
+            let (mut phi, mut slope) = (vec![0.0; grid.n_points], vec![0.0; grid.n_points]);
+            for t in [0.0, 0.31, 0.77, 1.0] {
+                let slice = field.time_slice_of(0, t);
+                let weights = field.grid_weights(0, &grid, &slice, t);
+                grid.fill(&weights, &mut phi, &mut slope);
+                let radial = field.exact_radial(0, &slice);
+                let mut scratch = radial.scratch();
+                let scale = phi.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                for i in (0..grid.n_points).step_by(7) {
+                    assert_eq!(grid.phi_and_slope(&weights, i), (phi[i], slope[i]));
+                    let d = EPS_D.sqrt() + i as f64 * grid.step;
+                    let (exact, dexact) = radial.eval(d, &mut scratch);
+                    let exact_slope = dexact * (d * d - EPS_D) / d;
+                    assert!(
+                        (phi[i] - exact).abs() <= 1e-12 * scale
+                            && (slope[i] - exact_slope).abs() <= 1e-11 * scale.max(1.0) * d,
+                        "folded {folded}, t {t}, d {d}: ({}, {}) against ({exact}, {exact_slope})",
+                        phi[i],
+                        slope[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The one-pass scan for finite values takes the same maximum, bit for bit, at the same
+    /// place as the general scan, ties included (small integers make many).
+    #[test]
+    fn the_finite_scan_takes_the_maximum_where_the_general_scan_does() {
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        for case in 0..4000 {
+            let n = rng.random_range(1..12);
+            let f: Vec<f64> = (0..n)
+                .map(|_| {
+                    if case % 2 == 0 {
+                        f64::from(rng.random_range(0..4_i32))
+                    } else {
+                        rng.random_range(-3.0..3.0)
+                    }
+                })
+                .collect();
+            let (m, at) = grid_argmax(&f);
+            let (m_fast, at_fast) = finite_grid_argmax(&f);
+            assert_eq!(m.to_bits(), m_fast.to_bits(), "{f:?}");
+            assert_eq!((at.a, at.change), (at_fast.a, at_fast.change), "{f:?}");
         }
     }
 

@@ -136,6 +136,22 @@ impl FieldFamily for KernelField {
         self.kernel_bounds(Side::Compression, times)
     }
 
+    /// Both sides from one evaluation of φ per time (`src/field/kernel/bound.rs`).
+    fn certificate_bounds(&self, times: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        self.certificate_bounder()(times)
+    }
+
+    /// The distance grids of every pair type built once, then both sides at each time.
+    fn certificate_bounder(&self) -> crate::field::CertificateBounder<'_> {
+        let grids = self.bound_grids();
+        Box::new(move |times| {
+            let mut both =
+                self.kernel_bounds_on(grids.as_deref(), &[Side::Both, Side::Compression], times);
+            let compression = both.pop().unwrap_or_default();
+            (both.pop().unwrap_or_default(), compression)
+        })
+    }
+
     fn check_usable(&self, h: f64) -> Result<()> {
         super::limits::check_usable(self, h)
     }

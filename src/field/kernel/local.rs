@@ -178,7 +178,6 @@ impl KernelField {
     /// [`crate::Error::Resource`] if the tables cannot be allocated.
     pub(crate) fn local_bound_tables(&self, times: &[f64]) -> Result<Option<KernelLocalBounds>> {
         const WHAT: &str = "the local bound tables";
-        let n_dist = self.kernels().n_dist();
         let mut types = alloc::with_capacity(Some(self.n_pair_types()), WHAT)?;
         let mut cells_total = 0_usize;
         for ty in 0..self.n_pair_types() {
@@ -194,12 +193,19 @@ impl KernelField {
             let mut f_both = alloc::zeros(Some(n), WHAT)?;
             let mut f_compression = alloc::zeros(Some(n), WHAT)?;
             let mut f_pull = alloc::zeros(Some(n), WHAT)?;
+            let mut phi = alloc::zeros(Some(n), WHAT)?;
+            let mut slope = alloc::zeros(Some(n), WHAT)?;
             let mut tables = alloc::with_capacity(Some(times.len()), WHAT)?;
             for &t in times {
                 let slice = self.time_slice_of(ty, t);
+                grid.fill(
+                    &self.grid_weights(ty, &grid, &slice, t),
+                    &mut phi,
+                    &mut slope,
+                );
                 for i in 0..n {
                     let d = EPS_D.sqrt() + i as f64 * grid.step;
-                    let (phi, slope) = Self::phi_and_slope(&grid, n_dist, &slice, i);
+                    let (phi, slope) = (phi[i], slope[i]);
                     f_both[i] = Side::Both.value(phi, slope);
                     f_compression[i] = Side::Compression.value(phi, slope);
                     f_pull[i] = d * (phi - slice.c).abs();

@@ -113,6 +113,24 @@ impl FieldFamily for KernelCoordField {
         a.iter().zip(&b).map(|(a, b)| a + b).collect()
     }
 
+    /// The sums of the parts' bounds, each part's from its own shared pass.
+    fn certificate_bounds(&self, times: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        self.certificate_bounder()(times)
+    }
+
+    /// The sum of the parts' bounders, each tabulated once.
+    fn certificate_bounder(&self) -> crate::field::CertificateBounder<'_> {
+        let (a, b) = (
+            self.kernel.certificate_bounder(),
+            self.coord.certificate_bounder(),
+        );
+        Box::new(move |times| {
+            let ((la, ma), (lb, mb)) = (a(times), b(times));
+            let sum = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a + b).collect();
+            (sum(&la, &lb), sum(&ma, &mb))
+        })
+    }
+
     /// The sum of the parts' fixed-grid forms (the kernel part tabulated).
     fn grid_dynamics(&self, times: &[f64]) -> Option<Arc<dyn VectorField + Send>> {
         let a = self
