@@ -2045,3 +2045,39 @@ fn bad_species_in_system_files_are_errors_naming_the_file_and_the_field() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `eqflow sample` says when the flow's RK4 map is not certified one-to-one (its log q then
+/// rests on an unproved single preimage): a warning on stderr naming the certified step count
+/// and the certificate in the JSON; nothing for a certified flow.
+#[test]
+fn sampling_an_uncertified_flow_warns_and_reports_its_certificate() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_sample_uncertified");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("s.npy");
+    let certified = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");
+    for (model, is_certified) in [(UNPENALISED_DW4, false), (certified, true)] {
+        let run = eqflow(&[
+            "sample",
+            "--model",
+            model,
+            "-n",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "-q",
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+        let s = json(&run);
+        assert_eq!(s["certificate"]["certified"], is_certified, "{model}");
+        if is_certified {
+            assert!(!stderr.contains("warning"), "{model}: {stderr}");
+        } else {
+            assert!(
+                stderr.contains("not certified one-to-one at its 20 steps")
+                    && stderr.contains("certified from 81 steps"),
+                "{stderr}"
+            );
+        }
+    }
+}

@@ -667,13 +667,14 @@ fn run_sample(a: SampleArgs) -> Result<()> {
     })?;
     staged.write(&log_q_path, |tmp| io::write_values(tmp, &log_q, Dtype::F64))?;
     staged.commit()?;
+    let certificate = warn_if_uncertified(&flow);
     let ess_text = ess.map_or(String::new(), |e| {
         format!("Kish ESS {e:.1} ({:.2}% of n)\n", 100.0 * e / a.n as f64)
     });
     report(
         &a.common,
         json!({"command": "sample", "n_samples": a.n, "out": a.out, "ess": ess,
-               "seconds": seconds}),
+               "seconds": seconds, "certificate": certificate}),
         format!(
             "{} samples written to {} (log q in {}), {seconds:.2} s\n{ess_text}",
             a.n,
@@ -867,6 +868,34 @@ fn configuration_certificate_report(flow: &Flow, data: &[f64]) -> Result<(Value,
             ok.len() - certified
         ),
     ))
+}
+
+/// For a flow whose densities are those of the discrete RK4 map: a warning on stderr when
+/// its steps are not certified one-to-one (strict mode off, or it would have refused), since
+/// every log q it reported assumes a single preimage. Returns the certificate's JSON.
+fn warn_if_uncertified(flow: &Flow) -> Value {
+    if flow.integrator().mode() != eqflow::integrate::DensityMode::ExactDiscrete {
+        return json!(null);
+    }
+    let Some(cert) = flow.certificate() else {
+        return json!(null);
+    };
+    let (value, _) = certificate_report(flow);
+    if !cert.is_certified() {
+        let needed = value["certified_from_steps"]
+            .as_u64()
+            .map_or("no step count up to the maximum".to_string(), |n| {
+                format!("{n} steps")
+            });
+        warn(&format!(
+            "this flow's RK4 map is not certified one-to-one at its {} steps (worst step's \
+             bound {:.3}, needs < 1; certified from {needed}): each log q assumes its sample \
+             has no second preimage, which is not proved; `eqflow eval --certify-each` checks \
+             configurations one by one, `--require-certificate` refuses such flows",
+            cert.n_steps, cert.max_contraction
+        ));
+    }
+    value
 }
 
 /// The step certificate of `flow` for the report: JSON and a line of text.
