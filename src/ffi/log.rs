@@ -48,6 +48,15 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the host installed a log callback: lets a caller skip work whose only purpose is a
+/// message.
+pub(crate) fn logging() -> bool {
+    LOGGER
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+}
+
 /// Sends a message to the host's callback, if one is installed. `message` is only formatted
 /// when there is a callback.
 pub(crate) fn log(level: i32, message: impl FnOnce() -> String) {
@@ -75,7 +84,9 @@ pub(crate) fn log(level: i32, message: impl FnOnce() -> String) {
 ///
 /// Messages: every failed call at `EQF_LOG_DEBUG` (with the status; the same text is available
 /// from `eqf_last_error_message`), caught internal panics at `EQF_LOG_ERROR`, an ignored
-/// `EQFLOW_NUM_THREADS` at `EQF_LOG_WARNING`, thread pool (re)configuration at `EQF_LOG_INFO`.
+/// `EQFLOW_NUM_THREADS` at `EQF_LOG_WARNING`, a model loaded by `eqf_flow_load` whose RK4 map
+/// is not certified one-to-one (exact-discrete mode, strict mode off) at `EQF_LOG_WARNING`,
+/// thread pool (re)configuration at `EQF_LOG_INFO`.
 ///
 /// The setting is process-wide. The callback may be called from any thread, concurrently, for
 /// as long as it is installed, so it must be thread-safe; `user` is passed back unchanged and

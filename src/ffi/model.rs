@@ -1,11 +1,14 @@
 //! Model files through the C ABI: `eqf_flow_load` and `eqf_flow_save`.
 
 use std::ffi::{CStr, c_char};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::flow::eqf_flow;
+use super::log;
 use super::{catch, check_not_null, handle, write_handle};
 use crate::error::{Error, Result};
+use crate::flow::Flow;
+use crate::integrate::DensityMode;
 use crate::io::model;
 
 /// Reads a NUL-terminated path.
@@ -56,11 +59,44 @@ pub unsafe extern "C" fn eqf_flow_load(path: *const c_char, out: *mut *mut eqf_f
         // SAFETY: `path` is NULL (rejected) or NUL-terminated (this function's contract).
         let path = unsafe { path_arg(path) }?;
         let (flow, _) = model::load(&path)?;
+        log_if_uncertified(&flow, &path);
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract); it is written only now that the flow was loaded successfully.
         unsafe { write_handle(out, eqf_flow::from_flow(flow)) };
         Ok(())
     })
+}
+
+/// Tells the host's log callback, at `EQF_LOG_WARNING`, that the flow loaded from `path` will
+/// report exact-discrete densities through an RK4 map not certified one-to-one (strict mode
+/// off, so nothing refuses it): every log q then rests on an unproved single preimage. Costs
+/// nothing without a callback.
+fn log_if_uncertified(flow: &Flow, path: &Path) {
+    if !log::logging()
+        || flow.requires_certificate()
+        || flow.integrator().mode() != DensityMode::ExactDiscrete
+    {
+        return;
+    }
+    let Some(cert) = flow.certificate().filter(|c| !c.is_certified()) else {
+        return;
+    };
+    let needed = flow
+        .certified_step_count()
+        .map_or("no step count up to the maximum".to_string(), |n| {
+            format!("{n} steps")
+        });
+    log::log(log::EQF_LOG_WARNING, || {
+        format!(
+            "model file {}: the RK4 map is not certified one-to-one at its {} steps (worst \
+             step's bound {:.3}, needs < 1; certified from {needed}): each log q assumes a \
+             single preimage, which is not proved (eqf_flow_certify_configurations checks \
+             configurations; eqf_flow_with_require_certificate refuses such flows)",
+            path.display(),
+            cert.n_steps,
+            cert.max_contraction
+        )
+    });
 }
 
 /// Saves a flow to a model file (JSON; the parameters are written so that loading them back is
@@ -79,4 +115,51 @@ pub unsafe extern "C" fn eqf_flow_save(flow: *const eqf_flow, path: *const c_cha
         let path = unsafe { path_arg(path) }?;
         model::save(flow.flow(), None, None, &path)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::log::tests::{INSTALLS, RECEIVED, record};
+    use crate::ffi::log::{EQF_LOG_WARNING, eqf_set_log_callback};
+    use std::ffi::{CString, c_void};
+    use std::sync::PoisonError;
+
+    /// Loading a model whose RK4 map is not certified warns the host's log callback, naming
+    /// the file and the certified step count; a certified model does not.
+    #[test]
+    fn loading_an_uncertified_model_warns_the_log_callback() {
+        let _guard = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let uncertified = format!("{dir}/tests/data/dw4_v1_unpenalised.json");
+        let certified = format!("{dir}/models/dw4.json");
+        // SAFETY: `record` is thread-safe; the user pointer is never dereferenced.
+        unsafe { eqf_set_log_callback(Some(record), 0x10ad as *mut c_void) };
+        for path in [&uncertified, &certified] {
+            let c_path = CString::new(path.as_str()).unwrap();
+            let mut flow = std::ptr::null_mut();
+            // SAFETY: a valid path and a valid out pointer.
+            assert_eq!(unsafe { eqf_flow_load(c_path.as_ptr(), &raw mut flow) }, 0);
+            // SAFETY: `flow` was returned by eqf_flow_load.
+            assert_eq!(unsafe { crate::ffi::flow::eqf_flow_free(flow) }, 0);
+        }
+        // SAFETY: removing the callback is always allowed.
+        unsafe { eqf_set_log_callback(None, std::ptr::null_mut()) };
+        let received = RECEIVED.lock().unwrap();
+        let warned = |path: &str| {
+            received.iter().any(|(user, level, text)| {
+                *user == 0x10ad
+                    && *level == EQF_LOG_WARNING
+                    && text.contains(path)
+                    && text.contains("not certified")
+            })
+        };
+        assert!(warned(&uncertified), "{received:?}");
+        let message = received
+            .iter()
+            .find(|(_, _, text)| text.contains(&uncertified))
+            .unwrap();
+        assert!(message.2.contains("certified from 81 steps"), "{message:?}");
+        assert!(!warned(&certified), "{received:?}");
+    }
 }
