@@ -85,12 +85,12 @@ pub(crate) fn check_network_params(name: &str, params: &[f64], expected: usize) 
     }
 }
 
-/// The cotangents of a field's certificate bounds as a function of the bounds:
-/// `(L, μ) ↦ (L̄, μ̄)`, one entry per time each ([`TrainableField::certificate_bounds_vjp`]).
 /// Both bounds of the step certificate, (Lipschitz, compression), at any list of times:
 /// [`FieldFamily::certificate_bounder`].
 pub type CertificateBounder<'a> = Box<dyn Fn(&[f64]) -> (Vec<f64>, Vec<f64>) + 'a>;
 
+/// The cotangents of a field's certificate bounds as a function of the bounds:
+/// `(L, μ) ↦ (L̄, μ̄)`, one entry per time each ([`TrainableField::certificate_bounds_vjp`]).
 pub type BoundCotangents<'a> = dyn FnMut(&[f64], &[f64]) -> (Vec<f64>, Vec<f64>) + 'a;
 
 /// A family of vector fields for a fixed particle layout, with its trainable parameters in one
