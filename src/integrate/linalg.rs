@@ -152,6 +152,73 @@ fn block_products<const W: usize>(
     acc
 }
 
+/// `Σ ln|p|` over a sequence of pivots `p`, with one logarithm for the whole sequence instead of
+/// one per pivot: each normal `|p| = m·2^e` (m in [1, 2)) adds e to an integer exponent and
+/// multiplies m into a running mantissa product, renormalised before it can overflow; at the
+/// end `ln(product) + exponent·ln 2` (ln 2 in two parts, so that the exponent's term is exact
+/// to round-off for any exponent a determinant can have). Subnormal pivots take their own
+/// logarithm. On small Jacobians (DW-4: 8 × 8) the per-pivot logarithms were a tenth of the
+/// sampling time.
+struct LogAbsProduct {
+    mantissa: f64,
+    exponent: i64,
+    rest: f64,
+}
+
+impl LogAbsProduct {
+    /// The high part of ln 2 (its last 32 bits zero, so that `e · LN2_HI` is exact for
+    /// |e| < 2³²) and the rest (fdlibm's split).
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    /// Bits of an f64's significand.
+    const SIGNIFICAND: u64 = (1 << 52) - 1;
+    /// The exponent field of 1.0.
+    const ONE: u64 = 1023 << 52;
+    /// 2⁵¹²: the product is renormalised once it reaches it.
+    const RENORMALISE: f64 = f64::from_bits((1023 + 512) << 52);
+
+    fn new() -> Self {
+        LogAbsProduct {
+            mantissa: 1.0,
+            exponent: 0,
+            rest: 0.0,
+        }
+    }
+
+    /// `(m, e)` with `x = m·2^e` and m in [1, 2), for a positive normal `x`.
+    #[inline(always)]
+    fn split(x: f64) -> (f64, i64) {
+        let bits = x.to_bits();
+        let e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+        (f64::from_bits((bits & Self::SIGNIFICAND) | Self::ONE), e)
+    }
+
+    /// Adds `ln|p|` for a finite non-zero `p`.
+    #[inline(always)]
+    fn add(&mut self, p: f64) {
+        let a = p.abs();
+        if !a.is_normal() {
+            self.rest += a.ln();
+            return;
+        }
+        let (m, e) = Self::split(a);
+        self.exponent += e;
+        self.mantissa *= m;
+        // Each factor is below 2, so the product cannot overflow before the next check.
+        if self.mantissa >= Self::RENORMALISE {
+            let (m, e) = Self::split(self.mantissa);
+            self.mantissa = m;
+            self.exponent += e;
+        }
+    }
+
+    /// The sum of the logarithms added.
+    fn value(&self) -> f64 {
+        let e = self.exponent as f64;
+        self.mantissa.ln() + e * Self::LN2_LO + e * Self::LN2_HI + self.rest
+    }
+}
+
 /// In-place LU factorisation with partial pivoting of the n × n row-major matrix `a`.
 ///
 /// Returns `(log|det a|, sign of det a)`; sign 0 means singular (a zero pivot). `piv[i]` is the
@@ -178,7 +245,7 @@ pub(crate) fn lu_factor(n: usize, a: &mut [f64], piv: &mut [usize]) -> (f64, f64
 #[inline(always)]
 fn lu_factor_by_panels(n: usize, panel: usize, a: &mut [f64], piv: &mut [usize]) -> (f64, f64) {
     let a = &mut a[..n * n];
-    let mut log_abs = 0.0;
+    let mut log_abs = LogAbsProduct::new();
     let mut sign = 1.0;
     let mut p = 0;
     while p < n {
@@ -202,7 +269,7 @@ fn lu_factor_by_panels(n: usize, panel: usize, a: &mut [f64], piv: &mut [usize])
             if pivot < 0.0 {
                 sign = -sign;
             }
-            log_abs += pivot.abs().ln();
+            log_abs.add(pivot);
             let inv = 1.0 / pivot;
             let next = col + 1;
             let mut candidate = (next, f64::NAN);
@@ -246,7 +313,7 @@ fn lu_factor_by_panels(n: usize, panel: usize, a: &mut [f64], piv: &mut [usize])
         }
         p = pe;
     }
-    (log_abs, sign)
+    (log_abs.value(), sign)
 }
 
 /// Size from which [`lu_factor`] works by panels.
