@@ -86,6 +86,25 @@ pub(super) struct GridWeights {
     pub(super) c: f64,
 }
 
+/// The buffers of one pass over a grid ([`KernelField::side_maxima`]): φ, φ'·r²/d and one
+/// side's f, each as long as the longest grid.
+struct GridScratch {
+    phi: Vec<f64>,
+    slope: Vec<f64>,
+    f: Vec<f64>,
+}
+
+impl GridScratch {
+    fn for_grids(grids: &[BoundGrid]) -> Self {
+        let longest = grids.iter().map(|g| g.n_points).max().unwrap_or(0);
+        GridScratch {
+            phi: vec![0.0; longest],
+            slope: vec![0.0; longest],
+            f: vec![0.0; longest],
+        }
+    }
+}
+
 impl BoundGrid {
     /// `φ` and `φ'·r²/d` over the whole grid into `phi` and `slope` (at least `n_points`
     /// long): the same bits as [`BoundGrid::phi_and_slope`] at every point.
@@ -475,26 +494,43 @@ impl KernelField {
             return vec![vec![f64::INFINITY; times.len()]; sides.len()];
         };
         let mut bounds = vec![vec![f64::NEG_INFINITY; times.len()]; sides.len()];
-        let longest = grids.iter().map(|g| g.n_points).max().unwrap_or(0);
-        let (mut phi, mut slope, mut f) =
-            (vec![0.0; longest], vec![0.0; longest], vec![0.0; longest]);
+        let mut scratch = GridScratch::for_grids(grids);
         for (ty, grid) in grids.iter().enumerate() {
-            let n = grid.n_points;
             for (k, &t) in times.iter().enumerate() {
-                let weights = self.grid_weights(ty, grid, &self.time_slice_of(ty, t), t);
-                grid.fill(&weights, &mut phi, &mut slope);
-                for (side, bounds) in sides.iter().zip(&mut bounds) {
-                    for i in 0..n {
-                        f[i] = side.value(phi[i], slope[i]);
+                self.side_maxima(ty, grid, t, sides, &mut scratch, |s, b, _| {
+                    let bound = &mut bounds[s][k];
+                    if b.is_nan() || b > *bound {
+                        *bound = b;
                     }
-                    let b = self.grid_maximum(*side, &f[..n]).0;
-                    if b.is_nan() || b > bounds[k] {
-                        bounds[k] = b;
-                    }
-                }
+                });
             }
         }
         bounds
+    }
+
+    /// φ and φ'·r²/d on pair type `ty`'s `grid` at time `t`, then `each(s, bound, where)` with
+    /// the grid maximum of each of `sides` ([`KernelField::grid_maximum`]): the one pass over
+    /// a grid that the bounds' values and their gradients share.
+    fn side_maxima(
+        &self,
+        ty: usize,
+        grid: &BoundGrid,
+        t: f64,
+        sides: &[Side],
+        scratch: &mut GridScratch,
+        mut each: impl FnMut(usize, f64, Option<Argmax>),
+    ) {
+        let n = grid.n_points;
+        let GridScratch { phi, slope, f } = scratch;
+        let weights = self.grid_weights(ty, grid, &self.time_slice_of(ty, t), t);
+        grid.fill(&weights, phi, slope);
+        for (s, side) in sides.iter().enumerate() {
+            for i in 0..n {
+                f[i] = side.value(phi[i], slope[i]);
+            }
+            let (bound, at) = self.grid_maximum(*side, &f[..n]);
+            each(s, bound, at);
+        }
     }
 
     /// [`KernelField::kernel_bounds_of`] for one side.
@@ -513,31 +549,23 @@ impl KernelField {
     /// first on ties) and where it was taken, from one evaluation of φ and φ'r²/d on each
     /// type's grid per time, shared by the sides. `None` if a bound is not finite.
     fn take(&self, sides: &[Side], grids: &[BoundGrid], times: &[f64]) -> Option<Vec<Vec<Taken>>> {
-        let longest = grids.iter().map(|g| g.n_points).max().unwrap_or(0);
-        let (mut phi, mut slope, mut f) =
-            (vec![0.0; longest], vec![0.0; longest], vec![0.0; longest]);
+        let mut scratch = GridScratch::for_grids(grids);
         let mut taken: Vec<Vec<Taken>> = sides
             .iter()
             .map(|_| Vec::with_capacity(times.len()))
             .collect();
         for &t in times {
-            let point = self.time_point(t);
             let mut best: Vec<Option<Taken>> = sides.iter().map(|_| None).collect();
+            let mut finite = true;
             for (ty, grid) in grids.iter().enumerate() {
-                let n = grid.n_points;
-                let weights = self.grid_weights(ty, grid, point.part_slice(ty), t);
-                grid.fill(&weights, &mut phi, &mut slope);
-                for (side, best) in sides.iter().zip(&mut best) {
-                    for i in 0..n {
-                        f[i] = side.value(phi[i], slope[i]);
+                self.side_maxima(ty, grid, t, sides, &mut scratch, |s, bound, at| {
+                    finite &= bound.is_finite();
+                    if best[s].as_ref().is_none_or(|b| bound > b.bound) {
+                        best[s] = Some(Taken { ty, bound, at });
                     }
-                    let (bound, at) = self.grid_maximum(*side, &f[..n]);
-                    if !bound.is_finite() {
-                        return None;
-                    }
-                    if best.as_ref().is_none_or(|b| bound > b.bound) {
-                        *best = Some(Taken { ty, bound, at });
-                    }
+                });
+                if !finite {
+                    return None;
                 }
             }
             for (taken, best) in taken.iter_mut().zip(best) {
