@@ -78,23 +78,18 @@ fn log_if_uncertified(flow: &Flow, path: &Path) {
     {
         return;
     }
+    // The step-count search only for a grid that is not certified.
     let Some(cert) = flow.certificate().filter(|c| !c.is_certified()) else {
         return;
     };
-    let needed = flow
-        .certified_step_count()
-        .map_or("no step count up to the maximum".to_string(), |n| {
-            format!("{n} steps")
-        });
+    let Some(warning) = cert.uncertified_warning(flow.certified_step_count()) else {
+        return;
+    };
     log::log(log::EQF_LOG_WARNING, || {
         format!(
-            "model file {}: the RK4 map is not certified one-to-one at its {} steps (worst \
-             step's bound {:.3}, needs < 1; certified from {needed}): each log q assumes a \
-             single preimage, which is not proved (eqf_flow_certify_configurations checks \
-             configurations; eqf_flow_with_require_certificate refuses such flows)",
-            path.display(),
-            cert.n_steps,
-            cert.max_contraction
+            "model file {}: {warning} (eqf_flow_certify_configurations checks configurations; \
+             eqf_flow_with_require_certificate refuses such flows)",
+            path.display()
         )
     });
 }

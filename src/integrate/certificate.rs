@@ -94,6 +94,33 @@ impl StepCertificate {
     pub fn is_certified(&self) -> bool {
         self.max_contraction < 1.0
     }
+
+    /// What a host should be told about a flow that reports exact-discrete densities through
+    /// this grid without strict mode, `None` when the grid is certified; `needed` is the
+    /// certified step count (`Flow::certified_step_count`). The command line's warning and
+    /// the C API's log message are this text with their own pointers to the remedies.
+    #[must_use]
+    pub fn uncertified_warning(&self, needed: Option<usize>) -> Option<String> {
+        (!self.is_certified()).then(|| {
+            format!(
+                "the RK4 map is not certified one-to-one at its {} steps (worst step's bound \
+                 {:.3}, needs < 1; certified from {}): each log q assumes a single preimage, \
+                 which is not proved",
+                self.n_steps,
+                self.max_contraction,
+                needed_steps_text(needed)
+            )
+        })
+    }
+}
+
+/// A certified step count (`Flow::certified_step_count`) as a message reads it: "N steps", or
+/// that none up to the maximum certifies.
+#[must_use]
+pub fn needed_steps_text(needed: Option<usize>) -> String {
+    needed.map_or("no step count up to the maximum".to_string(), |n| {
+        format!("{n} steps")
+    })
 }
 
 /// The bound `c_L` on the Lipschitz constant of one RK4 step's increment, from the field

@@ -22,7 +22,7 @@ mod workspace;
 
 pub use certificate::{
     FieldBounds, StepCertificate, certificate_penalty, certificate_times, certify_rk4,
-    increment_bound, step_bound, step_bound_gradient, steps_needed,
+    increment_bound, needed_steps_text, step_bound, step_bound_gradient, steps_needed,
 };
 pub use dopri5::Dopri5Config;
 pub(crate) use local_certificate::certify_pull_back;

@@ -880,22 +880,14 @@ fn warn_if_uncertified(flow: &Flow) -> Value {
     let Some(cert) = flow.certificate() else {
         return json!(null);
     };
-    let (value, _) = certificate_report(flow);
-    if !cert.is_certified() {
-        let needed = value["certified_from_steps"]
-            .as_u64()
-            .map_or("no step count up to the maximum".to_string(), |n| {
-                format!("{n} steps")
-            });
+    let needed = flow.certified_step_count();
+    if let Some(warning) = cert.uncertified_warning(needed) {
         warn(&format!(
-            "this flow's RK4 map is not certified one-to-one at its {} steps (worst step's \
-             bound {:.3}, needs < 1; certified from {needed}): each log q assumes its sample \
-             has no second preimage, which is not proved; `eqflow eval --certify-each` checks \
-             configurations one by one, `--require-certificate` refuses such flows",
-            cert.n_steps, cert.max_contraction
+            "this flow: {warning}; `eqflow eval --certify-each` checks configurations one by \
+             one, `--require-certificate` refuses such flows"
         ));
     }
-    value
+    certificate_report_of(&cert, needed).0
 }
 
 /// The step certificate of `flow` for the report: JSON and a line of text.
@@ -906,11 +898,15 @@ fn certificate_report(flow: &Flow) -> (serde_json::Value, String) {
             "step certificate: none (adaptive method)\n".to_string(),
         );
     };
-    let needed = flow.certified_step_count();
+    certificate_report_of(&cert, flow.certified_step_count())
+}
+
+/// [`certificate_report`] from the certificate and the certified step count `needed`.
+fn certificate_report_of(
+    cert: &eqflow::integrate::StepCertificate,
+    needed: Option<usize>,
+) -> (serde_json::Value, String) {
     let verdict = if cert.is_certified() { "yes" } else { "no" };
-    let needed_text = needed.map_or("no step count up to the maximum".to_string(), |n| {
-        format!("{n} steps")
-    });
     (
         json!({"n_steps": cert.n_steps, "certified": cert.is_certified(),
                "max_step_contraction": cert.max_contraction,
@@ -922,12 +918,13 @@ fn certificate_report(flow: &Flow) -> (serde_json::Value, String) {
         format!(
             "step certificate ({} RK4 steps): every step a bijection: {verdict} (worst step's \
              bound {:.3} at t = {:.3}, needs < 1; field Lipschitz bound up to {:.3}, \
-             compression bound up to {:.3}); certified from {needed_text}\n",
+             compression bound up to {:.3}); certified from {}\n",
             cert.n_steps,
             cert.max_contraction,
             cert.worst_step_start,
             cert.max_lipschitz,
-            cert.max_compression
+            cert.max_compression,
+            eqflow::integrate::needed_steps_text(needed)
         ),
     )
 }
