@@ -890,6 +890,26 @@ fn warn_if_uncertified(flow: &Flow) -> Value {
     certificate_report_of(&cert, needed).0
 }
 
+/// The epoch of a run with the certificate penalty that fitted better than the certified epoch
+/// the run kept (by more than 0.01 nats of validation NLL), as `(epoch, validation NLL)`: the
+/// price of the certificate, which `eqflow train` states (a run whose later epochs all exceed
+/// the bound keeps an early, poorly fitted certified epoch). `None` when the kept epoch is the
+/// best or is itself uncertified (no epoch was certified: the certificate report says so).
+fn better_uncertified_epoch(summary: &TrainSummary) -> Option<(usize, f64)> {
+    let kept = summary.epochs.get(summary.best_epoch)?;
+    let kept_nll = kept.validation_nll.filter(|v| v.is_finite())?;
+    if kept.certified != Some(true) {
+        return None;
+    }
+    summary
+        .epochs
+        .iter()
+        .filter(|e| e.certified == Some(false))
+        .filter_map(|e| Some((e.epoch, e.validation_nll.filter(|v| v.is_finite())?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|(_, nll)| *nll < kept_nll - 0.01)
+}
+
 /// The step certificate of `flow` for the report: JSON and a line of text.
 fn certificate_report(flow: &Flow) -> (serde_json::Value, String) {
     let Some(cert) = flow.certificate() else {
@@ -1422,10 +1442,23 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
     model::save(&flow, Some(system), Some(training), &a.out)?;
     let best = last.epochs[last.best_epoch].validation_nll;
+    let better_uncertified = better_uncertified_epoch(&last);
+    if let Some((epoch, nll)) = better_uncertified {
+        warn(&format!(
+            "kept epoch {} of the last phase, the best certified one (validation NLL {}); epoch \
+             {epoch} fitted better ({nll:.4}) but was not certified at {} RK4 steps: train with \
+             a lower --lipschitz-target, a higher --lipschitz-penalty or more --rk4-steps",
+            last.best_epoch,
+            best.map_or("n/a".to_string(), |v| format!("{v:.4}")),
+            rk4_steps,
+        ));
+    }
     let (certificate, certificate_text) = certificate_report(&flow);
     report(
         &a.common,
         json!({"command": "train", "out": a.out, "best_validation_nll": best,
+               "better_uncertified_epoch": better_uncertified
+                   .map(|(epoch, nll)| json!({"epoch": epoch, "validation_nll": nll})),
                "seconds": seconds, "certificate": certificate}),
         format!(
             "trained on {} samples in {seconds:.1} s; best validation NLL {}\nmodel written to {}\n\
@@ -1435,4 +1468,63 @@ fn run_train(a: TrainArgs) -> Result<()> {
             a.out.display()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::better_uncertified_epoch;
+    use eqflow::train::{EpochReport, TrainSummary};
+    use std::time::Duration;
+
+    fn summary(epochs: &[(Option<f64>, Option<bool>)], best_epoch: usize) -> TrainSummary {
+        TrainSummary {
+            epochs: epochs
+                .iter()
+                .enumerate()
+                .map(|(epoch, &(validation_nll, certified))| EpochReport {
+                    epoch,
+                    n_epochs: epochs.len(),
+                    lambda: 1.0,
+                    n_steps: 1,
+                    train_nll: 0.0,
+                    train_kl: None,
+                    train_loss: 0.0,
+                    validation_nll,
+                    certified,
+                    elapsed: Duration::ZERO,
+                })
+                .collect(),
+            initial_validation_nll: None,
+            best_epoch,
+            stopped_early: false,
+            n_steps: epochs.len() as u64,
+            wall_time: Duration::ZERO,
+        }
+    }
+
+    /// The note names the best-fitting uncertified epoch only when the run kept a certified
+    /// epoch that fits worse by more than 0.01 nats (the session-23 run that kept epoch 0 at
+    /// 13.88 over epoch 48 at 8.59).
+    #[test]
+    fn a_kept_certified_epoch_is_compared_with_the_best_uncertified_one() {
+        let (c, u) = (Some(true), Some(false));
+        let kept_early = summary(&[(Some(13.88), c), (Some(9.1), u), (Some(8.59), u)], 0);
+        assert_eq!(better_uncertified_epoch(&kept_early), Some((2, 8.59)));
+        // Within 0.01 nats: no note; a better certified epoch kept: no note.
+        let close = summary(&[(Some(8.60), c), (Some(8.595), u)], 0);
+        assert_eq!(better_uncertified_epoch(&close), None);
+        let best_kept = summary(&[(Some(9.0), u), (Some(8.5), c)], 1);
+        assert_eq!(better_uncertified_epoch(&best_kept), None);
+        // No epoch certified (the kept one is not): the certificate report says so instead.
+        let none_certified = summary(&[(Some(9.0), u), (Some(8.5), u)], 1);
+        assert_eq!(better_uncertified_epoch(&none_certified), None);
+        // Without the penalty (`certified` None) or without validation: no note; an
+        // unevaluable (+∞) uncertified epoch is never the better one.
+        let no_penalty = summary(&[(Some(9.0), None), (Some(8.5), None)], 0);
+        assert_eq!(better_uncertified_epoch(&no_penalty), None);
+        let no_validation = summary(&[(None, c), (None, u)], 0);
+        assert_eq!(better_uncertified_epoch(&no_validation), None);
+        let infinite = summary(&[(Some(9.0), c), (Some(f64::INFINITY), u)], 0);
+        assert_eq!(better_uncertified_epoch(&infinite), None);
+    }
 }
