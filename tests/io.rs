@@ -1015,3 +1015,72 @@ fn a_model_file_larger_than_any_model_is_refused_before_it_is_read() {
     assert!(matches!(model::load(&path), Err(Error::Format { .. })));
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A save replaces regular files only: a socket (standing for any special file: a FIFO, or a
+/// device such as /dev/null, which a rename would replace by a file) is refused and left as it
+/// was; a symbolic link is followed, so the link survives and names the new content; a link
+/// to a folder or to nothing is refused. No temporary is left behind.
+#[cfg(unix)]
+#[test]
+fn saves_replace_regular_files_only_and_write_through_symbolic_links() {
+    use eqflow::Flow;
+    use eqflow::io::model;
+    use std::os::unix::fs::{FileTypeExt, symlink};
+    let dir = scratch("save_special");
+    let flows = [Flow::new(4, 2, 1).unwrap(), Flow::new(4, 2, 2).unwrap()];
+    let socket = dir.join("socket.json");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let e = model::save(&flows[0], None, None, &socket)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("special file") && e.contains("socket.json"),
+        "{e}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+
+    let real = dir.join("real.json");
+    model::save(&flows[0], None, None, &real).unwrap();
+    let link = dir.join("link.json");
+    symlink("real.json", &link).unwrap();
+    model::save(&flows[1], None, None, &link).unwrap();
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(model::load(&real).unwrap().0, flows[1]);
+    assert_eq!(model::load(&link).unwrap().0, flows[1]);
+
+    let to_dir = dir.join("to_dir.json");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    symlink("sub", &to_dir).unwrap();
+    let e = model::save(&flows[0], None, None, &to_dir)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("link to a directory"), "{e}");
+    let dangling = dir.join("dangling.json");
+    symlink("nowhere.json", &dangling).unwrap();
+    let e = model::save(&flows[0], None, None, &dangling)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    assert!(!dir.join("nowhere.json").exists());
+    assert_eq!(
+        listing(&dir),
+        [
+            "dangling.json",
+            "link.json",
+            "real.json",
+            "socket.json",
+            "sub",
+            "to_dir.json"
+        ]
+    );
+}

@@ -96,7 +96,9 @@ fn log_if_uncertified(flow: &Flow, path: &Path) {
 
 /// Saves a flow to a model file (JSON; the parameters are written so that loading them back is
 /// bit-exact). The file is written to a temporary name and renamed into place, so a failed
-/// save never leaves a truncated model behind.
+/// save never leaves a truncated model behind. Only a regular file (or a new name) is replaced:
+/// a symbolic link is followed to the regular file it names, and a folder, a FIFO, a socket, a
+/// device (`/dev/null`) or a link to one of them or to nothing is refused with EQF_ERR_IO.
 ///
 /// @param flow  the flow
 /// @param path  NUL-terminated file path

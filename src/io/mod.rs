@@ -138,8 +138,10 @@ fn create_temporary(dir: &Path, target_name: &str) -> std::io::Result<(PathBuf, 
 /// Writes a file atomically: `write` fills a new temporary file in the target's folder, which is
 /// flushed to disk and renamed over `path`; the folder is flushed afterwards where possible.
 ///
-/// On any failure the temporary this call created is removed, and `path` is as it was. A `path`
-/// that is a folder (or has no file name) is refused before anything is created.
+/// On any failure the temporary this call created is removed, and `path` is as it was. Only a
+/// regular file or a new name is replaced ([`save_target`]): a `path` that is a folder, a
+/// special file or has no file name is refused before anything is created, and a symbolic
+/// link is followed to the regular file it names (the link stays a link).
 ///
 /// # Errors
 ///
@@ -152,9 +154,8 @@ pub(crate) fn write_atomically(
     let fail = |reason: &dyn std::fmt::Display| Error::Io {
         what: format!("cannot write {what} {}: {reason}", path.display()),
     };
-    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        return Err(fail(&"it is a directory"));
-    }
+    let target = save_target(path).map_err(|why| fail(&why))?;
+    let path = target.as_path();
     let Some(name) = path.file_name() else {
         return Err(fail(&"the path has no file name"));
     };
@@ -179,6 +180,37 @@ pub(crate) fn write_atomically(
     }
     sync_dir(dir);
     Ok(())
+}
+
+/// The file a save to `path` replaces: `path` itself when it is a regular file or does not
+/// exist yet, the regular file a symbolic link at `path` names (renaming over the link would
+/// replace it by a file and leave its target stale), or why neither: a save renames a new file
+/// over its target, which for a FIFO, socket or device (`/dev/null`) would replace the node
+/// itself, and for a folder fails.
+fn save_target(path: &Path) -> std::result::Result<std::path::PathBuf, &'static str> {
+    const SPECIAL: &str =
+        "it is a special file (a FIFO, socket or device); eqflow writes regular files only";
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        // A new name (or one that cannot be inspected, which creating the temporary reports).
+        return Ok(path.to_path_buf());
+    };
+    if meta.file_type().is_symlink() {
+        let Ok(target) = std::fs::canonicalize(path) else {
+            return Err("it is a symbolic link whose target does not exist");
+        };
+        return match std::fs::metadata(&target) {
+            Ok(m) if m.is_file() => Ok(target),
+            Ok(m) if m.is_dir() => Err("it is a symbolic link to a directory"),
+            _ => Err("it is a symbolic link to a special file; eqflow writes regular files only"),
+        };
+    }
+    if meta.is_dir() {
+        Err("it is a directory")
+    } else if meta.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(SPECIAL)
+    }
 }
 
 /// Flushes a folder's entries (the rename) to disk; best effort, as not every platform or file
