@@ -132,6 +132,17 @@ impl FlowConfig {
             self.integrator,
         )?;
         flow.set_require_certificate(self.require_certificate);
+        // Settings each in range can still make a field outside the solvers' ranges (a
+        // distance range of (0, 7e-4) asks for bandwidths below the smallest a model file
+        // may hold): refused here by the loader's own checks, which `eqf_flow_save` applies.
+        let file = crate::io::model::ModelFile::from_flow(&flow, None, None);
+        crate::io::model::check_loads(&file.to_json()).map_err(|e| {
+            Error::invalid(format!(
+                "these flow settings (distance range {:e} to {:e}) make a field outside the \
+                 usable ranges: {e}",
+                self.distance_range.0, self.distance_range.1
+            ))
+        })?;
         Ok(flow)
     }
 }
@@ -259,6 +270,48 @@ mod tests {
         assert_eq!(built.field().params(), preset.field().params());
         assert_eq!(built.field().spec(), preset.field().spec());
         assert_eq!(built.prior().sigma(), 1.0);
+    }
+
+    /// Every flow the settings build can be saved and loaded back, over distance ranges from
+    /// far too narrow to far too wide and every family: the narrow ones (bandwidths below
+    /// the smallest a model file may hold) are refused when built, naming the range.
+    #[test]
+    fn every_flow_the_settings_build_saves_and_loads_back() {
+        let layout = Layout::new(3, 2).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "eqflow_flow_config_{}_save.json",
+            std::process::id()
+        ));
+        let mut refused = 0;
+        for &family in Family::ALL {
+            for hi in [1e-6, 3e-4, 7e-4, 1e-2, 1.0, 1e3, 1e6] {
+                let config = FlowConfig {
+                    family,
+                    distance_range: (0.0, hi),
+                    ..FlowConfig::default()
+                };
+                match config.build(layout) {
+                    Ok(flow) => {
+                        crate::io::model::save(&flow, None, None, &path)
+                            .unwrap_or_else(|e| panic!("{family:?}, range to {hi}: {e}"));
+                        let (back, _) = crate::io::model::load(&path).unwrap();
+                        assert_eq!(back, flow);
+                    }
+                    Err(e) => {
+                        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+                        // The kernel family's refusal is the new check's: it names the range.
+                        let e = e.to_string();
+                        assert!(
+                            family != Family::Kernel || e.contains("distance range"),
+                            "{e}"
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        assert!(refused > 0, "the narrowest ranges must be refused");
     }
 
     #[test]

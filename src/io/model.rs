@@ -383,12 +383,19 @@ pub fn save(
     path: &Path,
 ) -> Result<()> {
     let file = ModelFile::from_flow(flow, system, training);
-    file.to_flow().map_err(|e| {
+    let json = file.to_json();
+    check_loads(&json).map_err(|e| {
         Error::invalid(format!(
             "refusing to save a model that could not be loaded back: {e}"
         ))
     })?;
-    file.write(path)
+    super::write_atomically(path, "model file", |w| w.write_all(json.as_bytes()))
+}
+
+/// Whether the model file `json` loads, by the loader itself: parsing checks settings (a
+/// coordkernel shell range, say) that building a flow from the parsed file no longer sees.
+pub(crate) fn check_loads(json: &str) -> Result<()> {
+    ModelFile::from_json(json)?.to_flow().map(|_| ())
 }
 
 #[cfg(test)]

@@ -378,7 +378,10 @@ impl KernelField {
         if step.is_nan() || step <= 0.0 || n_points.is_nan() || n_points > MAX_BOUND_POINTS {
             return None;
         }
-        let n_points = n_points as usize;
+        // Kernels that have all decayed before the grid's first point (centres below √ε_d, as
+        // a distance range of (0, 3e-4) or negative centres give) leave φ zero on the whole
+        // grid, which still needs two points: the scan reads a point and its neighbour.
+        let n_points = n_points.max(2.0) as usize;
         let folded = n_time < n_dist;
         let n_basis = if folded { n_time } else { n_dist };
         let mut basis = vec![0.0; n_basis * n_points];
@@ -866,6 +869,35 @@ mod tests {
 
     /// The one-pass path of the certificate penalty equals the separate passes: the same
     /// bounds bit for bit, the cotangents computed from them, the same gradient.
+    #[test]
+    fn kernels_decayed_before_the_first_grid_point_give_finite_bounds() {
+        // Centres in [0, 1e-4] with bandwidths to match, and centres at −1: every Gaussian
+        // has underflowed before √ε_d = 1e-3, where the grid starts (the grid was empty and
+        // its scan read past it).
+        let layout = Layout::new(4, 2).unwrap();
+        let tiny = KernelConfig {
+            mu_dist: (0..5).map(|k| k as f64 * 2.5e-5).collect(),
+            gamma_dist: vec![3e-5; 5],
+            ..KernelConfig::double_well()
+        };
+        let negative = KernelConfig {
+            mu_dist: vec![-1.0; 5],
+            gamma_dist: vec![1e-2; 5],
+            ..KernelConfig::double_well()
+        };
+        for kernels in [tiny, negative] {
+            let field = KernelField::initialise(layout, kernels, 1).unwrap();
+            let times = crate::integrate::certificate_times(4);
+            for side in [Side::Both, Side::Compression] {
+                let bounds = field.kernel_bounds(side, &times);
+                assert!(
+                    bounds.iter().all(|b| b.is_finite() && *b >= 0.0),
+                    "{bounds:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn both_bounds_in_one_pass_equal_the_separate_passes() {
         let mut rng = ChaCha8Rng::seed_from_u64(12);
