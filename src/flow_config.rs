@@ -99,7 +99,7 @@ impl FlowConfig {
     pub fn validate(&self) -> Result<()> {
         if !(MIN_PRIOR_SIGMA..=MAX_PRIOR_SIGMA).contains(&self.prior_sigma) {
             return Err(Error::invalid(format!(
-                "prior sigma = {} is outside [{MIN_PRIOR_SIGMA:e}, {MAX_PRIOR_SIGMA:e}]",
+                "prior sigma = {:e} is outside [{MIN_PRIOR_SIGMA:e}, {MAX_PRIOR_SIGMA:e}]",
                 self.prior_sigma
             )));
         }
@@ -221,10 +221,19 @@ pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
     };
     let (low, high) = (quantile(FIT_LOW_QUANTILE), quantile(FIT_HIGH_QUANTILE));
     let prior_sigma = (sum_sq / (n * (n_particles - 1) * dim) as f64).sqrt();
+    // Finite coordinates can still overflow a squared distance or the sum of squares (a
+    // particle at 1e300): no scale to fit then either, but for another reason.
+    let largest = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if !(high.is_finite() && prior_sigma.is_finite()) {
+        return Err(Error::invalid(format!(
+            "the {n} configurations' pair distances or spread overflow (coordinates up to \
+             {largest:e} in magnitude): no length scale to fit"
+        )));
+    }
     if !(high > 0.0 && prior_sigma > 0.0) {
         return Err(Error::invalid(format!(
-            "the {n} configurations have no spread (pair distances up to {high}, RMS \
-             displacement from the centre of mass {prior_sigma}): no length scale to fit"
+            "the {n} configurations have no spread (pair distances up to {high:e}, RMS \
+             displacement from the centre of mass {prior_sigma:e}): no length scale to fit"
         )));
     }
     let pad = FIT_PADDING * (high - low);
@@ -415,5 +424,13 @@ mod tests {
             fit_scales(layout, &[2.0; 6]),
             Err(Error::InvalidArgument { .. })
         ));
+        // Finite coordinates whose distances overflow: said so, not "no spread … NaN".
+        for far in [1e300, f64::MAX] {
+            let mut huge = x[..6].to_vec();
+            huge[0] = -far;
+            huge[2] = far;
+            let e = fit_scales(layout, &huge).unwrap_err().to_string();
+            assert!(e.contains("overflow") && !e.contains("NaN"), "{e}");
+        }
     }
 }

@@ -88,8 +88,16 @@ thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// Records `message` as this thread's last error.
+/// Records `message` as this thread's last error, with any NUL byte (which can come from a
+/// model file's strings, say) written as `\0`: C reads the message up to its first NUL, so an
+/// embedded one would cut off the rest, and the length `eqf_last_error_message` returns would
+/// not be the length C sees.
 fn set_last_error(message: String) {
+    let message = if message.contains('\0') {
+        message.replace('\0', "\\0")
+    } else {
+        message
+    };
     // `try_with` fails only while the thread is being torn down; then there is nobody left to
     // read the message, and failing here would abort.
     let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = message);

@@ -80,6 +80,22 @@ mod tests {
         assert_eq!(version.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
     }
 
+    /// A NUL inside a message (a model file's family name "kernel\u0000x", say) would end the
+    /// C string there: it is shown as `\0`, and the length returned is the length C reads.
+    #[test]
+    fn a_nul_inside_a_message_does_not_cut_it_off() {
+        let _ = catch(|| Err(Error::invalid("unknown field family 'kernel\0x'")));
+        let mut buf = [b'x' as c_char; 128];
+        let n = eqf_last_error_message(buf.as_mut_ptr(), buf.len());
+        // SAFETY: the function NUL-terminated `buf`.
+        let copied = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
+        assert_eq!(
+            copied,
+            "invalid argument: unknown field family 'kernel\\0x'"
+        );
+        assert_eq!(n, copied.len());
+    }
+
     #[test]
     fn last_error_message_is_snprintf_like() {
         // A fresh thread has no error.

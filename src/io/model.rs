@@ -275,6 +275,9 @@ impl ModelFile {
             }
         }
         self.check_prior_sigma()?;
+        // The integrator first: a step count out of range is named as such, not as the step
+        // strength it would give (0 steps read as one).
+        let integrator = self.integrator.to_integrator()?;
         let h = match self.integrator {
             IntegratorSpec::Rk4 { n_steps, .. } => 1.0 / n_steps.max(1) as f64,
             // Dormand–Prince adapts its steps, but its output must not overflow either.
@@ -282,7 +285,7 @@ impl ModelFile {
         };
         field.check_usable(h)?;
         let prior = Prior::new(layout, self.prior_sigma)?;
-        let mut flow = Flow::from_parts(prior, field, self.integrator.to_integrator()?)?;
+        let mut flow = Flow::from_parts(prior, field, integrator)?;
         flow.set_require_certificate(self.require_certificate);
         Ok(flow)
     }
@@ -465,6 +468,17 @@ mod tests {
         f.integrator = IntegratorSpec::Rk4 {
             n_steps: 0,
             density: DensitySpec::Continuous,
+        };
+        expect_err(f, "n_steps");
+        // Weights strong enough that one step (what 0 steps was read as) is too strong: the
+        // step count is still what is named, not the step strength.
+        let mut f = sample_file();
+        for w in &mut f.params[..500] {
+            *w *= 8.0;
+        }
+        f.integrator = IntegratorSpec::Rk4 {
+            n_steps: 0,
+            density: DensitySpec::ExactDiscrete,
         };
         expect_err(f, "n_steps");
     }
