@@ -30,6 +30,7 @@ mod integrator;
 mod flow_options;
 mod log;
 mod model;
+mod panic_hook;
 mod status;
 mod threads;
 mod train;
@@ -136,12 +137,18 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Failures are also reported to the log callback (`eqf_set_log_callback`): errors at
 /// `EQF_LOG_DEBUG` (the host sees the status anyway), caught panics at `EQF_LOG_ERROR`.
 pub(crate) fn catch(f: impl FnOnce() -> Result<()>) -> i32 {
-    let error = match catch_unwind(AssertUnwindSafe(f)) {
+    let error = match panic_hook::quietly(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(Ok(())) => return EQF_OK,
         Ok(Err(error)) => error,
-        Err(payload) => Error::Internal {
-            what: panic_message(payload.as_ref()),
-        },
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            Error::Internal {
+                what: match panic_hook::take_location() {
+                    Some(at) => format!("{message} (at {at})"),
+                    None => message,
+                },
+            }
+        }
     };
     let status = status::status_of(&error);
     let message = error.to_string();
