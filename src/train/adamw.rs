@@ -55,18 +55,24 @@ impl AdamWConfig {
             if v.is_finite() && valid {
                 Ok(())
             } else {
-                Err(Error::invalid(format!("AdamW {name} out of range: {v}")))
+                Err(Error::invalid(format!("AdamW {name} out of range: {v:e}")))
             }
         };
         ok("lr", self.lr, self.lr > 0.0)?;
         ok("beta1", self.beta1, (0.0..1.0).contains(&self.beta1))?;
         ok("beta2", self.beta2, (0.0..1.0).contains(&self.beta2))?;
         ok("eps", self.eps, self.eps > 0.0)?;
-        ok(
-            "weight_decay",
-            self.weight_decay,
-            self.weight_decay >= 0.0 && self.lr * self.weight_decay < 1.0,
-        )?;
+        ok("weight_decay", self.weight_decay, self.weight_decay >= 0.0)?;
+        // Decoupled decay scales the parameters by 1 − lr·wd per step: at 1 or more it would
+        // zero or flip them, whichever of the two factors is the large one.
+        if self.lr * self.weight_decay >= 1.0 {
+            return Err(Error::invalid(format!(
+                "AdamW lr × weight_decay = {:e} must be below 1 (lr {:e}, weight_decay {:e})",
+                self.lr * self.weight_decay,
+                self.lr,
+                self.weight_decay
+            )));
+        }
         Ok(())
     }
 }
@@ -170,6 +176,27 @@ mod tests {
     use super::*;
 
     /// Three steps on two parameters, worked by hand from the update rule in the module docs.
+    /// A learning rate so large that lr·wd reaches 1 is named as such (it used to blame
+    /// weight_decay alone), and values print in exponent form.
+    #[test]
+    fn the_decay_product_is_named_when_it_is_the_problem() {
+        let config = AdamWConfig {
+            lr: 1e300,
+            ..AdamWConfig::default()
+        };
+        let e = config.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("lr × weight_decay") && e.contains("1e300"),
+            "{e}"
+        );
+        let negative = AdamWConfig {
+            weight_decay: -1e-300,
+            ..AdamWConfig::default()
+        };
+        let e = negative.validate().unwrap_err().to_string();
+        assert!(e.contains("weight_decay out of range: -1e-300"), "{e}");
+    }
+
     #[test]
     fn three_steps_match_a_hand_computation() {
         let config = AdamWConfig {
