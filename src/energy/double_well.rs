@@ -1,6 +1,6 @@
 //! The pairwise double-well potential of the DW-2 and DW-4 benchmarks (DESIGN.md §2).
 
-use super::{Energy, add_pair_gradient, squared_distance};
+use super::{Energy, add_pair_gradient, distance, finish_gradient};
 use crate::{Error, Result};
 
 /// Double-well pair potential: for every unordered pair at distance `d` (plain Euclidean distance,
@@ -13,9 +13,14 @@ use crate::{Error, Result};
 /// permutations of the particles.
 ///
 /// At `d = 0` the direction of the pair gradient is undefined and the pair contributes zero to
-/// the gradient (its energy is still counted). At astronomically large distances (beyond ~1e77
-/// for the benchmark parameters) the energy overflows to `±∞`; a pair whose derivative overflows
-/// contributes zero to the gradient, so the gradient never holds NaN.
+/// the gradient (its energy is still counted). Distances are exact to rounding for any finite
+/// coordinates (no intermediate square overflows). At astronomically large distances (beyond
+/// ~1e77 for the benchmark parameters) the energy overflows to `±∞` (the sign of the leading
+/// coefficient, never NaN for a single pair); a pair whose derivative overflows contributes zero
+/// to the gradient. Where `U = +∞` the gradient is finite but meaningless; where `U` is finite
+/// but a pair's derivative overflows the gradient is filled with NaN (not representable), and a
+/// `−∞` energy or opposite infinities across pairs (NaN) are not valid energies: the checked
+/// helper [`super::energies_gradients_into`] reports all of these as errors.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DoubleWell {
     n_particles: usize,
@@ -110,17 +115,35 @@ impl DoubleWell {
 
     /// Pair energy in Horner form `s(a + s(b + c s²))`: for huge `s` it overflows to `±∞`
     /// instead of producing `∞ − ∞` from separately overflowing terms.
+    /// At `s = +∞` (a distance beyond `f64::MAX`) the limit, `±∞` by the sign of the leading
+    /// non-zero coefficient: Horner's form would make `0·∞ = NaN` from a zero coefficient.
     #[inline]
     fn pair(&self, d: f64) -> f64 {
         let s = d - self.d0;
+        if s.is_infinite() {
+            return Self::limit(&[self.c, self.b, self.a], 0.0);
+        }
         s * (self.a + s * (self.b + self.c * s * s))
     }
 
-    /// Derivative of the pair energy with respect to `d`.
+    /// Derivative of the pair energy with respect to `d` (its limit at `s = +∞`, as for
+    /// [`DoubleWell::pair`]).
     #[inline]
     fn pair_derivative(&self, d: f64) -> f64 {
         let s = d - self.d0;
+        if s.is_infinite() {
+            return Self::limit(&[self.c, self.b], self.a);
+        }
         self.a + s * (2.0 * self.b + 4.0 * self.c * s * s)
+    }
+
+    /// The limit at `s → +∞` of a polynomial with the coefficients `growing` of its positive
+    /// powers (highest first) and the constant `constant`.
+    fn limit(growing: &[f64], constant: f64) -> f64 {
+        match growing.iter().find(|c| **c != 0.0) {
+            Some(c) => c.signum() * f64::INFINITY,
+            None => constant,
+        }
     }
 }
 
@@ -140,7 +163,7 @@ impl Energy for DoubleWell {
         for i in 0..n {
             let xi = &x[i * dim..(i + 1) * dim];
             for j in i + 1..n {
-                let d = squared_distance(xi, &x[j * dim..(j + 1) * dim]).sqrt();
+                let d = distance(xi, &x[j * dim..(j + 1) * dim]);
                 u += self.pair(d);
             }
         }
@@ -153,19 +176,22 @@ impl Energy for DoubleWell {
         debug_assert_eq!(gradient.len(), n * dim);
         gradient.fill(0.0);
         let mut u = 0.0;
+        let mut overflowed = false;
         for i in 0..n {
             for j in i + 1..n {
-                let d =
-                    squared_distance(&x[i * dim..(i + 1) * dim], &x[j * dim..(j + 1) * dim]).sqrt();
+                let d = distance(&x[i * dim..(i + 1) * dim], &x[j * dim..(j + 1) * dim]);
                 u += self.pair(d);
                 let dudd = self.pair_derivative(d);
-                // d == 0: no direction to push along; non-finite dudd: U is infinite anyway,
-                // and ∞·0 in a zero component would poison the gradient with NaN.
-                if d > 0.0 && dudd.is_finite() {
+                // d == 0: no direction to push along; non-finite dudd: left out (∞·0 in a zero
+                // component would poison the gradient with NaN) and `finish_gradient` decides.
+                if !dudd.is_finite() {
+                    overflowed = true;
+                } else if d > 0.0 {
                     add_pair_gradient(x, gradient, dim, (i, j), d, dudd);
                 }
             }
         }
+        finish_gradient(u, gradient, overflowed);
         u
     }
 }
@@ -302,6 +328,44 @@ mod tests {
         assert_eq!(
             DoubleWell::new(4, 2, 0.0, -4.0, 0.9, 4.0).unwrap(),
             DoubleWell::dw4()
+        );
+    }
+
+    #[test]
+    fn overflowing_distances_give_no_nan() {
+        // Every sign pattern of the coefficients, with zeros: Horner's form used to give
+        // 0·∞ = NaN once the distance (or its square) overflowed.
+        let far: [&[f64]; 3] = [
+            &[0.0, 0.0, 1e200, 0.0],
+            &[-1e308, 0.0, 1e308, 0.0],
+            &[1e308, 1e308, -1e308, -1e308],
+        ];
+        for a in [-1.0, 0.0, 1.0] {
+            for b in [-4.0, 0.0, 4.0] {
+                for c in [-0.9, 0.0, 0.9] {
+                    let e = DoubleWell::new(2, 2, a, b, c, 4.0).unwrap();
+                    for x in far {
+                        let (u, g) = energy_and_gradient(&e, x);
+                        assert!(!u.is_nan(), "{a} {b} {c} {x:?}");
+                        assert_eq!(e.energy(x).to_bits(), u.to_bits());
+                        if u.is_finite() || u == f64::INFINITY {
+                            assert!(g.iter().all(|gk| gk.is_finite()), "{a} {b} {c}: {g:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // d = 1e200 exactly, not +∞: a linear pair has U = d − d0 and a unit gradient.
+        let e = DoubleWell::new(2, 2, 1.0, 0.0, 0.0, 0.0).unwrap();
+        let (u, g) = energy_and_gradient(&e, far[0]);
+        assert_eq!(u, 1e200);
+        assert_eq!(g, vec![-1.0, 0.0, 1.0, 0.0]);
+        // Subnormal separations: the distance does not underflow to 0.
+        let (u, g) = energy_and_gradient(&e, &[0.0, 0.0, 3e-320, 4e-320]);
+        assert!((u - 5e-320).abs() <= 1e-323, "{u:e}");
+        assert!(
+            (g[2] - 0.6).abs() < 1e-2 && (g[3] - 0.8).abs() < 1e-2,
+            "{g:?}"
         );
     }
 }

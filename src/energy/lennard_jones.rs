@@ -1,7 +1,7 @@
 //! Lennard-Jones clusters held together by a harmonic oscillator: the LJ-13 benchmark
 //! (DESIGN.md §2).
 
-use super::{Energy, add_pair_gradient, squared_distance};
+use super::{Energy, add_pair_gradient, coordinate_mean, finish_gradient, squared_distance};
 use crate::error::Compact;
 use crate::{Error, Result};
 
@@ -22,7 +22,10 @@ use crate::{Error, Result};
 /// **Overlaps.** Coincident particles (`d = 0`) give `U = +∞`, as do distances so small that the
 /// pair term overflows; never NaN. The gradient of such a pair, whose direction is undefined or
 /// whose size is not representable, contributes zero, so the gradient stays finite; it is not
-/// meaningful when `U = +∞`.
+/// meaningful when `U = +∞`. Any finite coordinates are handled, up to `±f64::MAX` (a
+/// difference of coordinates that overflows, a centre of mass whose sum overflows); where `U` is
+/// finite but a pair's derivative overflows, the gradient is filled with NaN (not representable),
+/// which [`super::energies_gradients_into`] reports as an error.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LennardJones {
     n_particles: usize,
@@ -144,7 +147,7 @@ impl LennardJones {
         let (n, dim) = (self.n_particles, self.dim);
         let mut sum = 0.0;
         for k in 0..dim {
-            let mean = (0..n).map(|i| x[i * dim + k]).sum::<f64>() / n as f64;
+            let mean = coordinate_mean(x, n, dim, k);
             sum += (0..n)
                 .map(|i| (x[i * dim + k] - mean) * (x[i * dim + k] - mean))
                 .sum::<f64>();
@@ -192,7 +195,7 @@ impl Energy for LennardJones {
         let mut oscillator = 0.0;
         if self.oscillator_k > 0.0 {
             for k in 0..dim {
-                let mean = (0..n).map(|i| x[i * dim + k]).sum::<f64>() / n as f64;
+                let mean = coordinate_mean(x, n, dim, k);
                 let mut sum = 0.0;
                 for i in 0..n {
                     let dev = x[i * dim + k] - mean;
@@ -206,22 +209,33 @@ impl Energy for LennardJones {
         }
 
         let mut pairs = 0.0;
+        let mut overflowed = false;
         for i in 0..n {
             for j in i + 1..n {
                 let d2 = squared_distance(&x[i * dim..(i + 1) * dim], &x[j * dim..(j + 1) * dim]);
                 let s6 = self.inverse_sixth(d2);
                 pairs += s6 * (s6 - 2.0);
                 let d = d2.sqrt();
-                // dU/dd = (12ε/d)(s6 − s6²). Non-finite at d = 0 or when it overflows; U is then
-                // +∞ or beyond 1e300 and the move rejects it, so dropping the pair only keeps
-                // NaN (∞·0 in a zero component, ∞ − ∞ across pairs) out of the gradient.
+                // dU/dd = (12ε/d)(s6 − s6²). Non-finite at d = 0 or when it overflows: the pair
+                // is left out (∞·0 in a zero component, ∞ − ∞ across pairs would be NaN) and
+                // `finish_gradient` decides what the gradient then is. A squared distance that
+                // overflows gives s6 = 0, dU/dd = 0: no contribution.
                 let dudd = 12.0 * self.epsilon * s6 * (1.0 - s6) / d;
                 if dudd.is_finite() {
                     add_pair_gradient(x, gradient, dim, (i, j), d, dudd);
+                } else {
+                    overflowed = true;
                 }
             }
         }
-        self.epsilon * pairs + 0.5 * self.oscillator_k * oscillator
+        // Skipped at k = 0 like in `energy`, so that both return the same U.
+        let u = if self.oscillator_k > 0.0 {
+            self.epsilon * pairs + 0.5 * self.oscillator_k * oscillator
+        } else {
+            self.epsilon * pairs
+        };
+        finish_gradient(u, gradient, overflowed);
+        u
     }
 }
 
@@ -362,5 +376,56 @@ mod tests {
             assert!(non_finite(LennardJones::new(13, 3, 1.0, 1.0, bad)));
         }
         assert!(LennardJones::new(13, 3, 1.0, 1.0, 0.0).is_ok());
+    }
+
+    #[test]
+    fn coordinates_near_f64_max_give_no_nan() {
+        // Differences that overflow (2e308), a centre of mass whose plain sum overflows, and
+        // pairs whose squared distance overflows: U is finite or +∞, the gradient finite.
+        let cases: [&[f64]; 3] = [
+            &[-1e308, 0.0, 1e308, 0.0, 1.0, 1.0, 2.0, 2.0],
+            &[1e308, 0.0, 1e308, 1.0, 1e308, 2.0, 1e308, 3.0],
+            &[1e200, 0.0, -1e200, 0.0, 0.0, 1e200, 0.0, 0.0],
+        ];
+        for k in [0.0, 1.0, 1e300] {
+            let e = LennardJones::new(4, 2, 1.0, 1.0, k).unwrap();
+            for x in cases {
+                let (u, g) = energy_and_gradient(&e, x);
+                assert!(
+                    !u.is_nan() && u != f64::NEG_INFINITY,
+                    "k = {k}, {x:?}: U = {u}"
+                );
+                assert_eq!(e.energy(x).to_bits(), u.to_bits(), "k = {k}, {x:?}");
+                assert!(g.iter().all(|gk| gk.is_finite()), "k = {k}, {x:?}: {g:?}");
+            }
+        }
+        // Four particles on a line at 1e308 (y = 0..3): the mean of x is 1e308, not +∞, so
+        // the oscillator is that of the y spread alone.
+        let e = LennardJones::new(4, 2, 1.0, 1.0, 1.0).unwrap();
+        let (u, g) = energy_and_gradient(&e, cases[1]);
+        let shifted = [0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 3.0];
+        let (u_ref, g_ref) = energy_and_gradient(&e, &shifted);
+        assert!((u - u_ref).abs() < 1e-12, "{u} vs {u_ref}");
+        for (a, b) in g.iter().zip(&g_ref) {
+            assert!((a - b).abs() < 1e-12, "{g:?} vs {g_ref:?}");
+        }
+    }
+
+    #[test]
+    fn a_finite_energy_with_an_overflowing_gradient_is_marked_not_representable() {
+        // At d = 1e-3 (r_m = 1): s6 = 1e18, U = ε·s6·(s6 − 2) ≈ 1e306 is finite but
+        // dU/dd = 12ε·s6(1 − s6)/d ≈ −1.2e310 overflows: the pair is not silently dropped.
+        let e = LennardJones::new(2, 1, 1e270, 1.0, 0.0).unwrap();
+        let x = [0.0, 1e-3];
+        let (u, g) = energy_and_gradient(&e, &x);
+        assert!(u.is_finite(), "U = {u}");
+        assert!(g.iter().all(|gk| gk.is_nan()), "{g:?}");
+        let mut u_batch = [0.0];
+        let mut g_batch = [7.0; 2];
+        let error =
+            super::super::energies_gradients_into(&e, &x, &mut u_batch, &mut g_batch).unwrap_err();
+        assert!(matches!(error, Error::NonFinite { .. }), "{error}");
+        assert!(error.to_string().contains("gradient[0]"), "{error}");
+        assert_eq!((u_batch, g_batch), ([0.0], [7.0; 2]), "nothing written");
     }
 }

@@ -2,7 +2,7 @@
 //! unordered species pair (a binary LJ cluster, say), with the harmonic tether of
 //! [`super::LennardJones`].
 
-use super::{Energy, add_pair_gradient, squared_distance};
+use super::{Energy, add_pair_gradient, coordinate_mean, finish_gradient, squared_distance};
 use crate::error::Compact;
 use crate::species::Species;
 use crate::{Error, Result};
@@ -12,7 +12,9 @@ use crate::{Error, Result};
 /// The conventions of [`super::LennardJones`] (plain distances, the pair minimum `−ε_ab` at
 /// `d = r_ab`, ε = 2 for the LJ-13 data convention, `U = +∞` for overlaps and no NaN) hold per
 /// species pair. `epsilon` and `r_m` are given per unordered species pair in the pair-type
-/// order of [`crate::species`] (`(0,0), (0,1), …, (1,1), …`); `r_m = 2^(1/6)·σ`. With every
+/// order of [`crate::species`] (`(0,0), (0,1), …, (1,1), …`); `r_m = 2^(1/6)·σ`. Any finite
+/// coordinates are handled, and the gradient follows the rules of [`super::LennardJones`]
+/// (finite but meaningless where `U = +∞`, NaN where `U` is finite but the gradient overflows). With every
 /// `ε_ab` and `r_ab` equal it is [`super::LennardJones`] (to rounding: ε multiplies each pair
 /// here, the sum there).
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +142,7 @@ impl SpeciesLennardJones {
         let (n, dim) = (self.species.n_particles(), self.dim);
         let mut sum = 0.0;
         for k in 0..dim {
-            let mean = (0..n).map(|i| x[i * dim + k]).sum::<f64>() / n as f64;
+            let mean = coordinate_mean(x, n, dim, k);
             for i in 0..n {
                 let dev = x[i * dim + k] - mean;
                 sum += dev * dev;
@@ -152,10 +154,12 @@ impl SpeciesLennardJones {
         sum
     }
 
-    /// The pair sum, and with `gradient` its gradient added.
-    fn pairs(&self, x: &[f64], mut gradient: Option<&mut [f64]>) -> f64 {
+    /// The pair sum, and with `gradient` its gradient added; whether a pair was left out of
+    /// the gradient because its derivative is not finite.
+    fn pairs(&self, x: &[f64], mut gradient: Option<&mut [f64]>) -> (f64, bool) {
         let (n, dim) = (self.species.n_particles(), self.dim);
         let mut u = 0.0;
+        let mut overflowed = false;
         for i in 0..n {
             let xi = &x[i * dim..(i + 1) * dim];
             for j in i + 1..n {
@@ -173,11 +177,13 @@ impl SpeciesLennardJones {
                     let dudd = 12.0 * eps * s6 * (1.0 - s6) / d;
                     if dudd.is_finite() {
                         add_pair_gradient(x, g, dim, (i, j), d, dudd);
+                    } else {
+                        overflowed = true;
                     }
                 }
             }
         }
-        u
+        (u, overflowed)
     }
 }
 
@@ -192,7 +198,7 @@ impl Energy for SpeciesLennardJones {
 
     fn energy(&self, x: &[f64]) -> f64 {
         debug_assert_eq!(x.len(), self.n_particles() * self.dim);
-        let mut u = self.pairs(x, None);
+        let (mut u, _) = self.pairs(x, None);
         // Skipped at k = 0 so that a far-flung configuration cannot produce 0·∞.
         if self.oscillator_k > 0.0 {
             u += 0.5 * self.oscillator_k * self.oscillator(x, None);
@@ -209,11 +215,38 @@ impl Energy for SpeciesLennardJones {
         } else {
             gradient.fill(0.0);
         }
-        let u = self.pairs(x, Some(gradient));
-        if self.oscillator_k > 0.0 {
-            u + 0.5 * self.oscillator_k * oscillator
+        let (pairs, overflowed) = self.pairs(x, Some(gradient));
+        let u = if self.oscillator_k > 0.0 {
+            pairs + 0.5 * self.oscillator_k * oscillator
         } else {
-            u
+            pairs
+        };
+        finish_gradient(u, gradient, overflowed);
+        u
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    #[test]
+    fn coordinates_near_f64_max_give_no_nan() {
+        let species = Species::new(2, vec![0, 1, 0, 1]).unwrap();
+        for k in [0.0, 1.0] {
+            let e =
+                SpeciesLennardJones::new(2, species.clone(), vec![1.0, 2.0, 1.5], vec![1.0; 3], k)
+                    .unwrap();
+            for x in [
+                [-1e308, 0.0, 1e308, 0.0, 1.0, 1.0, 2.0, 2.0],
+                [1e308, 0.0, 1e308, 1.0, 1e308, 2.0, 1e308, 3.0],
+            ] {
+                let mut g = [f64::NAN; 8];
+                let u = e.energy_gradient_into(&x, &mut g);
+                assert!(!u.is_nan() && u != f64::NEG_INFINITY, "k = {k}: U = {u}");
+                assert_eq!(e.energy(&x).to_bits(), u.to_bits());
+                assert!(g.iter().all(|gk| gk.is_finite()), "k = {k}, {x:?}: {g:?}");
+            }
         }
     }
 }

@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::energy::{
-    DoubleWell, Energy, LennardJones, SpeciesLennardJones, energies_gradients_into, energies_into,
-};
+use crate::energy::{DoubleWell, Energy, LennardJones, SpeciesLennardJones, evaluate_into};
 use crate::{Error, Result};
 
 use super::{
-    array_len, catch, check_not_null, check_output, count, free_handle, handle, input_array,
-    scratch, species_from, threads, write_handle, write_output,
+    EQF_MAX_PARTICLES, array_len, catch, check_not_null, check_output, count, free_handle, handle,
+    input_array, scratch, species_from, threads, write_handle, write_output,
 };
 
 /// An energy function U(x) of N particles in D dimensions (opaque).
@@ -24,9 +22,18 @@ pub struct eqf_energy {
     pub(super) inner: Arc<dyn Energy>,
 }
 
-/// Converts the (particles, dimensions) pair of a constructor into `usize`.
+/// Converts the (particles, dimensions) pair of a constructor into `usize`, with the limits of
+/// every energy and flow: at most `EQF_MAX_PARTICLES` particles and at most `EQF_MAX_ELEMENTS`
+/// numbers per configuration (`EQF_ERR_INVALID_ARGUMENT`, as `eqf_flow_new`).
 fn shape(n_particles: i64, dim: i64) -> Result<(usize, usize)> {
-    Ok((count(n_particles, "n_particles")?, count(dim, "dim")?))
+    let (n, d) = (count(n_particles, "n_particles")?, count(dim, "dim")?);
+    if n > crate::geometry::MAX_PARTICLES {
+        return Err(Error::invalid(format!(
+            "n_particles = {n} exceeds EQF_MAX_PARTICLES = {EQF_MAX_PARTICLES}"
+        )));
+    }
+    array_len(n, d, "a configuration (n_particles x dim)")?;
+    Ok((n, d))
 }
 
 /// Validates `out`, builds the energy, and hands it to the caller.
@@ -56,8 +63,9 @@ unsafe fn create(
 /// with d = |x_i - x_j| the plain Euclidean distance. The benchmark parameters are a = 0,
 /// b = -4, c = 0.9, d0 = 4 (with kT = 1).
 ///
-/// @param n_particles  N, number of particles (at least 1; a single particle has U = 0)
-/// @param dim          D, spatial dimension (at least 1)
+/// @param n_particles  N, number of particles (1 to EQF_MAX_PARTICLES; a single particle has
+///                     U = 0)
+/// @param dim          D, spatial dimension (at least 1, with N*D at most EQF_MAX_ELEMENTS)
 /// @param a, b, c, d0  the polynomial coefficients and the reference distance
 /// @param out          on success receives a new energy, to be released with
 ///                     `eqf_energy_free`; untouched on failure
@@ -95,8 +103,8 @@ pub unsafe extern "C" fn eqf_energy_double_well(
 /// The LJ-13 benchmark uses epsilon = 2, r_m = 1, oscillator_k = 1 (kT = 1): epsilon = 2
 /// reproduces the convention of the published LJ-13 data sets.
 ///
-/// @param n_particles   N, number of particles (at least 1)
-/// @param dim           D, spatial dimension (at least 1)
+/// @param n_particles   N, number of particles (1 to EQF_MAX_PARTICLES)
+/// @param dim           D, spatial dimension (at least 1, with N*D at most EQF_MAX_ELEMENTS)
 /// @param epsilon       well depth (> 0)
 /// @param r_m           distance of the pair minimum (> 0)
 /// @param oscillator_k  spring constant of the centre-of-mass oscillator (>= 0)
@@ -143,8 +151,9 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones(
 /// `epsilon` and `r_m` are symmetric n_species x n_species arrays, row-major
 /// (`epsilon[a * n_species + b]`), C `double epsilon[S][S]`.
 ///
-/// @param n_particles   N, number of particles (at least 1), and of species indices
-/// @param dim           D, spatial dimension (at least 1)
+/// @param n_particles   N, number of particles (1 to EQF_MAX_PARTICLES), and of species
+///                      indices
+/// @param dim           D, spatial dimension (at least 1, with N*D at most EQF_MAX_ELEMENTS)
 /// @param species       N species indices, each below n_species (not NULL)
 /// @param n_species     S, the number of species (1 to 8)
 /// @param epsilon       S*S well depths (> 0), symmetric (not NULL)
@@ -224,10 +233,15 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones_species(
 /// @param n         number of configurations (>= 0)
 /// @param x         input, n*N*D doubles, finite
 /// @param U         output, n doubles: U[s] is the energy of configuration s (may be +infinity
-///                  where the energy is singular, e.g. two coincident Lennard-Jones particles)
-/// @param gradient  output, n*N*D doubles, or NULL to skip the gradient
+///                  where the energy is singular, e.g. two coincident Lennard-Jones particles,
+///                  or overflows; never NaN or -infinity)
+/// @param gradient  output, n*N*D doubles, or NULL to skip the gradient; always finite: where
+///                  U[s] is +infinity the gradient of configuration s does not exist and what
+///                  is written there is finite but carries no meaning
 /// @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
-///         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity);
+///         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity, or a
+///         result is not representable: a U that would be NaN or -infinity, or, with U finite,
+///         a gradient component that overflows; the message names the output);
 ///         EQF_ERR_RESOURCE (the temporaries for n results need more than 1 TiB or memory is
 ///         refused)
 #[unsafe(no_mangle)]
@@ -260,13 +274,15 @@ pub unsafe extern "C" fn eqf_energy_eval(
         // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
         // modify during the call (this function's contract).
         let x = unsafe { input_array(x, len, "x") }?;
+        // Into the temporaries, checked there (a NaN or -inf U, a non-finite gradient is an
+        // error): the host's arrays are written only on success.
         if gradient.is_null() {
-            threads::install(|| energies_into(inner, x, &mut energies))?;
+            threads::install(|| evaluate_into(inner, x, &mut energies, None))?;
             // SAFETY: `U` was checked (non-NULL, aligned) for n doubles and is writable for n
             // doubles (this function's contract).
             unsafe { write_output(U, &energies) };
         } else {
-            threads::install(|| energies_gradients_into(inner, x, &mut energies, &mut gradients))?;
+            threads::install(|| evaluate_into(inner, x, &mut energies, Some(&mut gradients)))?;
             // SAFETY: both outputs were checked (non-NULL, aligned) for n and n*N*D doubles and
             // are writable for that many (this function's contract).
             unsafe {
@@ -293,6 +309,7 @@ pub unsafe extern "C" fn eqf_energy_free(energy: *mut eqf_energy) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::energy::energies_gradients_into;
     use crate::ffi::{EQF_ERR_NON_FINITE, EQF_OK};
 
     fn lennard_jones() -> *mut eqf_energy {
@@ -340,5 +357,152 @@ mod tests {
         assert_eq!(gradient, [7.0; 9]);
         // SAFETY: created above, freed once.
         assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+    }
+
+    fn message() -> String {
+        crate::ffi::with_last_error(str::to_owned)
+    }
+
+    /// Evaluates one configuration through the C API with sentinel outputs; returns the status,
+    /// U and the gradient (the sentinels if nothing was written).
+    fn eval_one(energy: *mut eqf_energy, x: &[f64]) -> (i32, f64, Vec<f64>) {
+        let mut u = [7.0];
+        let mut gradient = vec![7.0; x.len()];
+        // SAFETY: live handle; x, U and gradient of one configuration.
+        let status = unsafe {
+            eqf_energy_eval(energy, 1, x.as_ptr(), u.as_mut_ptr(), gradient.as_mut_ptr())
+        };
+        (status, u[0], gradient)
+    }
+
+    #[test]
+    fn far_flung_coordinates_give_a_finite_gradient() {
+        // x_0 − x_1 = −2e308 overflows to −inf: the pair's unit vector used to be ∞/∞ = NaN.
+        let x = [-1e308, 0.0, 1e308, 0.0, 1.0, 1.0, 2.0, 2.0];
+        let mut pair = [0.0; 4];
+        let reference = LennardJones::new(2, 2, 1.0, 1.0, 0.0).unwrap();
+        reference.energy_gradient_into(&[1.0, 1.0, 2.0, 2.0], &mut pair);
+        for k in [0.0, 1.0] {
+            let mut energy = std::ptr::null_mut();
+            // SAFETY: a valid pointer slot.
+            let status = unsafe { eqf_energy_lennard_jones(4, 2, 1.0, 1.0, k, &raw mut energy) };
+            assert_eq!(status, EQF_OK);
+            let (status, u, gradient) = eval_one(energy, &x);
+            assert_eq!(status, EQF_OK, "{}", message());
+            assert!(
+                gradient.iter().all(|g| g.is_finite()),
+                "k = {k}: {gradient:?}"
+            );
+            if k == 0.0 {
+                assert_eq!(u, -0.234375);
+                assert_eq!(gradient[..4], [0.0; 4]);
+                assert_eq!(gradient[4..], pair);
+            } else {
+                // The oscillator overflows; the gradient is finite (here still the exact one).
+                assert_eq!(u, f64::INFINITY);
+                assert_eq!(gradient[0], -1e308 - 0.75);
+            }
+            // SAFETY: created above, freed once.
+            assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+        }
+    }
+
+    #[test]
+    fn double_well_energies_are_never_nan_and_never_minus_infinity_with_success() {
+        // a (d − d0) alone: c = 0 used to give 0·∞ = NaN once d² overflowed.
+        let double_well = |a: f64, c: f64| {
+            let mut energy = std::ptr::null_mut();
+            // SAFETY: a valid pointer slot.
+            let status = unsafe { eqf_energy_double_well(2, 2, a, 0.0, c, 0.0, &raw mut energy) };
+            assert_eq!(status, EQF_OK);
+            energy
+        };
+        // d = 1e200: d² overflows, the distance does not.
+        let linear = double_well(1.0, 0.0);
+        let (status, u, gradient) = eval_one(linear, &[0.0, 0.0, 1e200, 0.0]);
+        assert_eq!(status, EQF_OK, "{}", message());
+        assert_eq!(u, 1e200);
+        assert_eq!(gradient, [-1.0, 0.0, 1.0, 0.0]);
+        // d = 2e308 > f64::MAX: U = +∞, a valid energy, with a finite gradient.
+        let far = [-1e308, 0.0, 1e308, 0.0];
+        let (status, u, gradient) = eval_one(linear, &far);
+        assert_eq!(status, EQF_OK, "{}", message());
+        assert_eq!(u, f64::INFINITY);
+        assert!(gradient.iter().all(|g| g.is_finite()), "{gradient:?}");
+        // a < 0: U = −∞ is not an energy: an error naming U, nothing written.
+        let falling = double_well(-1.0, 0.0);
+        let (status, u, gradient) = eval_one(falling, &far);
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert!(message().contains("U[0] = -inf"), "{}", message());
+        assert_eq!((u, gradient), (7.0, vec![7.0; 4]));
+        // A finite U whose gradient overflows (4c·1.1³ > f64::MAX > c·1.1⁴): an error naming
+        // the gradient; U alone is fine.
+        let steep = double_well(0.0, 1e308);
+        let x = [0.0, 0.0, 1.1, 0.0];
+        let (status, u, gradient) = eval_one(steep, &x);
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert!(message().contains("gradient["), "{}", message());
+        assert_eq!((u, gradient), (7.0, vec![7.0; 4]));
+        let mut u = [7.0];
+        // SAFETY: live handle; x of one configuration, U of one double, no gradient.
+        let status =
+            unsafe { eqf_energy_eval(steep, 1, x.as_ptr(), u.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(status, EQF_OK);
+        assert!(u[0].is_finite() && u[0] > 1e308, "{}", u[0]);
+        for energy in [linear, falling, steep] {
+            // SAFETY: created above, freed once.
+            assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+        }
+    }
+
+    #[test]
+    fn constructors_enforce_the_particle_and_element_limits() {
+        use crate::ffi::EQF_ERR_INVALID_ARGUMENT;
+        let species = [0u32; 4];
+        let (epsilon, r_m) = ([1.0], [1.0]);
+        let build = |n: i64, dim: i64, which: usize| {
+            let mut energy = std::ptr::null_mut();
+            // SAFETY: a valid pointer slot; species of 4 indices (read only for n = 4) and
+            // 1x1 parameter arrays.
+            let status = unsafe {
+                match which {
+                    0 => eqf_energy_double_well(n, dim, 0.0, -4.0, 0.9, 4.0, &raw mut energy),
+                    1 => eqf_energy_lennard_jones(n, dim, 1.0, 1.0, 1.0, &raw mut energy),
+                    _ => eqf_energy_lennard_jones_species(
+                        n,
+                        dim,
+                        species.as_ptr(),
+                        1,
+                        epsilon.as_ptr(),
+                        r_m.as_ptr(),
+                        1.0,
+                        &raw mut energy,
+                    ),
+                }
+            };
+            if status == EQF_OK {
+                // SAFETY: created just now, freed once.
+                assert_eq!(unsafe { eqf_energy_free(energy) }, EQF_OK);
+            } else {
+                assert!(energy.is_null(), "out written on failure");
+            }
+            status
+        };
+        for which in 0..3 {
+            for (n, dim, needle) in [
+                (2_000_000, 3, "EQF_MAX_PARTICLES"),
+                (4, 1 << 40, "EQF_MAX_ELEMENTS"),
+            ] {
+                assert_eq!(
+                    build(n, dim, which),
+                    EQF_ERR_INVALID_ARGUMENT,
+                    "{which}: {n} x {dim}"
+                );
+                assert!(message().contains(needle), "{}", message());
+            }
+            if which < 2 {
+                assert_eq!(build(1_000_000, 3, which), EQF_OK, "{}", message());
+            }
+        }
     }
 }

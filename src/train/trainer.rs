@@ -490,19 +490,22 @@ impl<'a> Trainer<'a> {
         let len = run.len;
         let lambda = c.lambda.at(epoch, c.n_epochs);
         shuffled_order(&mut batches.order, run.n_train, c.seed, epoch as u64);
-        let (mut sum_nll, mut sum_kl, mut sum_loss, mut n_steps) = (0.0, 0.0, 0.0, 0);
+        let (mut mean_nll, mut mean_kl, mut mean_loss) =
+            (Mean::default(), Mean::default(), Mean::default());
+        let mut n_steps = 0;
+        let (n_train, steps_in_epoch) = (
+            run.n_train as f64,
+            run.n_train.div_ceil(c.batch_size) as f64,
+        );
         for chunk in batches.order.chunks(c.batch_size) {
             let xb = &mut batches.batch[..chunk.len() * len];
             for (dst, &i) in xb.chunks_exact_mut(len).zip(chunk) {
                 dst.copy_from_slice(&self.train[i * len..(i + 1) * len]);
             }
-            let (nll, kl) = self.step(run, xb, lambda)?;
-            sum_nll += nll * chunk.len() as f64;
-            sum_kl += kl.unwrap_or(0.0);
-            sum_loss += match kl {
-                Some(k) => lambda * nll + (1.0 - lambda) * k,
-                None => nll,
-            };
+            let (nll, kl, loss) = self.step(run, xb, lambda, (epoch, n_steps))?;
+            mean_nll.add(nll, chunk.len() as f64, n_train);
+            mean_kl.add(kl.unwrap_or(0.0), 1.0, steps_in_epoch);
+            mean_loss.add(loss, 1.0, steps_in_epoch);
             n_steps += 1;
         }
         let validate = (epoch + 1).is_multiple_of(c.validate_every) || epoch + 1 == c.n_epochs;
@@ -516,19 +519,29 @@ impl<'a> Trainer<'a> {
             let flow = &run.work;
             certify_rk4(&|t| flow.certificate_bounds(t), c.n_rk4_steps).is_certified()
         });
+        let has_nll = !matches!(c.objective, Objective::FlowMatching { .. });
+        let train_nll = mean_nll.value(n_train);
+        let train_kl =
+            (run.energy.is_some() && lambda < 1.0).then(|| mean_kl.value(n_steps as f64));
+        let train_loss = mean_loss.value(n_steps as f64);
+        // Finite step losses have a finite mean (`Mean`); this only guards the last rounding.
+        for (what, value) in [
+            ("the mean training NLL", has_nll.then_some(train_nll)),
+            ("the mean KL loss", train_kl),
+            ("the mean training loss", Some(train_loss)),
+        ] {
+            if let Some(value) = value {
+                check_converging(what, value, format_args!("of epoch {epoch}"))?;
+            }
+        }
         Ok(EpochReport {
             epoch,
             n_epochs: c.n_epochs,
             lambda,
             n_steps,
-            train_nll: match c.objective {
-                Objective::MaximumLikelihood
-                | Objective::DiscreteLikelihood
-                | Objective::HutchinsonLikelihood { .. } => sum_nll / run.n_train as f64,
-                Objective::FlowMatching { .. } => f64::NAN,
-            },
-            train_kl: (run.energy.is_some() && lambda < 1.0).then(|| sum_kl / n_steps as f64),
-            train_loss: sum_loss / n_steps as f64,
+            train_nll: if has_nll { train_nll } else { f64::NAN },
+            train_kl,
+            train_loss,
             validation_nll,
             certified,
             elapsed: start.elapsed(),
@@ -537,11 +550,33 @@ impl<'a> Trainer<'a> {
 
     /// One optimiser step on the minibatch `xb` with ML weight `lambda`: the data term's
     /// gradient, the KL term's if λ < 1, their mix, AdamW. Returns the data term (the NLL, or
-    /// the flow-matching loss) and the KL loss, if computed.
-    fn step(&self, run: &mut Run<'a>, xb: &[f64], lambda: f64) -> Result<(f64, Option<f64>)> {
+    /// the flow-matching loss), the KL loss, if computed, and the mixed loss.
+    ///
+    /// A loss or gradient that is not finite (NaN, or ±∞ from a sum that overflowed) is a
+    /// diverged run, [`Error::NonFinite`] naming the term, the epoch and the step `at` (both
+    /// 0-based), before the optimiser moves: the parameters are unchanged.
+    fn step(
+        &self,
+        run: &mut Run<'a>,
+        xb: &[f64],
+        lambda: f64,
+        (epoch, step): (usize, usize),
+    ) -> Result<(f64, Option<f64>, f64)> {
         let c = self.config;
+        let at = |what: &str, value: f64| {
+            check_converging(what, value, format_args!("at epoch {epoch} step {step}"))
+        };
         let losses = Losses::new(&run.work, c.n_rk4_steps)?;
         let g = &mut run.gradients;
+        let data = match c.objective {
+            Objective::FlowMatching { .. } => "flow-matching loss",
+            _ => "NLL",
+        };
+        let data_gradient = lambda > 0.0
+            || matches!(
+                c.objective,
+                Objective::FlowMatching { .. } | Objective::HutchinsonLikelihood { .. }
+            );
         let nll = match c.objective {
             Objective::MaximumLikelihood if lambda > 0.0 => {
                 losses.ml_gradient_into(xb, &mut g.ml)?
@@ -583,16 +618,79 @@ impl<'a> Trainer<'a> {
             }
             _ => None,
         };
+        at(&format!("the {data}"), nll)?;
+        if data_gradient {
+            check_gradient(&format!("the {data}"), &g.ml, (epoch, step))?;
+        }
+        if let Some(kl) = kl {
+            at("the KL loss", kl)?;
+            check_gradient("the KL loss", &g.kl, (epoch, step))?;
+        }
+        let loss = match kl {
+            Some(k) => lambda * nll + (1.0 - lambda) * k,
+            None => nll,
+        };
+        at("the mixed loss", loss)?;
         g.mix(lambda, kl.is_some());
         if c.lipschitz_penalty > 0.0 {
             add_certificate_penalty(&run.work, &c, &mut g.mixed)?;
         }
+        check_gradient("the training loss", &g.mixed, (epoch, step))?;
         let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
         run.optimizer.set_lr(lr)?;
         run.optimizer.step(&mut run.params, &g.mixed)?;
         run.work.set_params(&run.params)?;
         run.step_index += 1;
-        Ok((nll, kl))
+        Ok((nll, kl, loss))
+    }
+}
+
+/// Fails with [`Error::NonFinite`], "training diverged", if `value` (the loss `what`, `at`
+/// where) is NaN or infinite.
+fn check_converging(what: &str, value: f64, at: std::fmt::Arguments<'_>) -> Result<()> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    Err(Error::non_finite(format!(
+        "training diverged: {what} {at} is {value}; the flow is unchanged (check the energy, \
+         kT and the learning rate)"
+    )))
+}
+
+/// Fails with [`Error::NonFinite`], "training diverged", at the first component of the
+/// gradient of `what` that is NaN or infinite.
+fn check_gradient(what: &str, gradient: &[f64], (epoch, step): (usize, usize)) -> Result<()> {
+    match gradient.iter().position(|g| !g.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::non_finite(format!(
+            "training diverged: the gradient of {what} at epoch {epoch} step {step} has \
+             parameter component {i} = {}; the flow is unchanged (check the energy, kT and the \
+             learning rate)",
+            gradient[i]
+        ))),
+    }
+}
+
+/// The mean of an epoch's per-step values, which stays finite when they are: the plain
+/// weighted sum divided by the total (bit for bit what the reports always gave), unless that
+/// sum overflows; then the sum of the terms each divided by the total first.
+#[derive(Default)]
+struct Mean {
+    sum: f64,
+    scaled: f64,
+}
+
+impl Mean {
+    /// Adds `value` with `weight`, of weights summing to `total` over the epoch.
+    fn add(&mut self, value: f64, weight: f64, total: f64) {
+        self.sum += value * weight;
+        self.scaled += value * (weight / total);
+    }
+
+    /// The mean, the weights having summed to `total`.
+    fn value(&self, total: f64) -> f64 {
+        let mean = self.sum / total;
+        if mean.is_finite() { mean } else { self.scaled }
     }
 }
 

@@ -147,6 +147,8 @@ enum Failure {
     NanGradient,
     MissingGradient,
     InfiniteEnergy,
+    /// A finite energy of the given value, with the DW-4 gradient.
+    Energy(f64),
 }
 
 impl Host {
@@ -212,6 +214,7 @@ unsafe extern "C" fn host_energy(
             Failure::NanGradient => gradient[5] = f64::NAN,
             Failure::MissingGradient => {}
             Failure::InfiniteEnergy => value = f64::INFINITY,
+            Failure::Energy(u) => value = u,
         }
     }
     // SAFETY: a writable double (see above).
@@ -1002,4 +1005,106 @@ fn an_rk4_tape_beyond_the_limit_is_a_resource_error() {
     assert_resource(status, "the RK4 tape of training");
     assert_eq!(flow.params(), before);
     assert_eq!(summary.n_epochs, -7);
+}
+
+#[test]
+fn a_diverged_kl_loss_fails_and_leaves_the_flow_unchanged() {
+    // Finite U = -1e308 with a finite gradient: each sample's loss is finite, but the mean of
+    // the step (a sum over its KL samples) overflows to -inf.
+    let data = dw4_data(32, 8);
+    let options = ml_kl_options();
+    // From the third sample of the second step on (index 8 + 2 = 10).
+    let host = Host::new(10, Failure::Energy(-1e308));
+    let mut reports = Progress {
+        reports: Vec::new(),
+        stop_after: usize::MAX,
+    };
+    // SAFETY: live options; `host` and `reports` outlive the training call.
+    unsafe {
+        let user = host.user();
+        let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
+        assert_eq!(status, EQF_OK);
+        let user = (&raw mut reports).cast();
+        assert_eq!(
+            eqf_train_options_set_progress(options.0, Some(progress), user),
+            EQF_OK
+        );
+    }
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let (status, summary) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_ERR_NON_FINITE, "{}", message());
+    let message = message();
+    assert!(
+        message.contains("training diverged: the KL loss at epoch 0 step 1 is -inf"),
+        "{message}"
+    );
+    assert_eq!(flow.params(), before);
+    assert_eq!(summary, sentinel_summary());
+    assert!(reports.reports.is_empty(), "no report of the failed epoch");
+
+    // The Rust trainer (and so the CLI) says the same.
+    let mut reference = Flow::new(4, 2, 9).unwrap();
+    let params = reference.field().params().to_vec();
+    struct Diverging;
+    impl crate::energy::SerialEnergy for Diverging {
+        fn n_particles(&self) -> usize {
+            4
+        }
+        fn dim(&self) -> usize {
+            2
+        }
+        fn energy_gradient_into(&self, x: &[f64], gradient: &mut [f64]) -> crate::Result<f64> {
+            DoubleWell::dw4().energy_gradient_into(x, gradient);
+            Ok(-1e308)
+        }
+    }
+    let error = Trainer::new(options.config(), &data)
+        .with_serial_energy(&Diverging)
+        .run(&mut reference, |_| true)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("training diverged: the KL loss at epoch 0 step 0 is -inf"),
+        "{error}"
+    );
+    assert_eq!(reference.field().params(), &params[..]);
+}
+
+#[test]
+fn a_large_but_finite_kl_loss_trains_with_finite_reports() {
+    // One KL sample per step of loss ~1e308: every step is finite, but the plain sum of the
+    // epoch's KL losses would overflow.
+    let data = dw4_data(32, 8);
+    let options = ml_kl_options();
+    // SAFETY: live options.
+    unsafe { assert_eq!(eqf_train_options_set_kl_samples(options.0, 1), EQF_OK) };
+    let host = Host::new(0, Failure::Energy(1e308));
+    let mut reports = Progress {
+        reports: Vec::new(),
+        stop_after: usize::MAX,
+    };
+    // SAFETY: live options; `host` and `reports` outlive the training call.
+    unsafe {
+        let user = host.user();
+        let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
+        assert_eq!(status, EQF_OK);
+        let user = (&raw mut reports).cast();
+        assert_eq!(
+            eqf_train_options_set_progress(options.0, Some(progress), user),
+            EQF_OK
+        );
+    }
+    let flow = FlowHandle::new(4, 2, 9);
+    let (status, summary) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_OK, "{}", message());
+    assert_eq!(summary.n_epochs, 2);
+    assert_eq!(reports.reports.len(), 2);
+    for report in &reports.reports {
+        for value in [report.train_nll, report.train_kl, report.train_loss] {
+            assert!(value.is_finite(), "{value}");
+        }
+        assert!(report.train_kl > 9e307, "{}", report.train_kl);
+    }
 }
