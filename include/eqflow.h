@@ -554,8 +554,9 @@ int32_t eqf_set_callback_error(const char *message);
  * with d = |x_i - x_j| the plain Euclidean distance. The benchmark parameters are a = 0,
  * b = -4, c = 0.9, d0 = 4 (with kT = 1).
  *
- * @param n_particles  N, number of particles (at least 1; a single particle has U = 0)
- * @param dim          D, spatial dimension (at least 1)
+ * @param n_particles  N, number of particles (1 to EQF_MAX_PARTICLES; a single particle has
+ *                     U = 0)
+ * @param dim          D, spatial dimension (at least 1, with N*D at most EQF_MAX_ELEMENTS)
  * @param a, b, c, d0  the polynomial coefficients and the reference distance
  * @param out          on success receives a new energy, to be released with
  *                     `eqf_energy_free`; untouched on failure
@@ -583,8 +584,8 @@ int32_t eqf_energy_double_well(int64_t n_particles,
  * The LJ-13 benchmark uses epsilon = 2, r_m = 1, oscillator_k = 1 (kT = 1): epsilon = 2
  * reproduces the convention of the published LJ-13 data sets.
  *
- * @param n_particles   N, number of particles (at least 1)
- * @param dim           D, spatial dimension (at least 1)
+ * @param n_particles   N, number of particles (1 to EQF_MAX_PARTICLES)
+ * @param dim           D, spatial dimension (at least 1, with N*D at most EQF_MAX_ELEMENTS)
  * @param epsilon       well depth (> 0)
  * @param r_m           distance of the pair minimum (> 0)
  * @param oscillator_k  spring constant of the centre-of-mass oscillator (>= 0)
@@ -615,8 +616,9 @@ int32_t eqf_energy_lennard_jones(int64_t n_particles,
  * `epsilon` and `r_m` are symmetric n_species x n_species arrays, row-major
  * (`epsilon[a * n_species + b]`), C `double epsilon[S][S]`.
  *
- * @param n_particles   N, number of particles (at least 1), and of species indices
- * @param dim           D, spatial dimension (at least 1)
+ * @param n_particles   N, number of particles (1 to EQF_MAX_PARTICLES), and of species
+ *                      indices
+ * @param dim           D, spatial dimension (at least 1, with N*D at most EQF_MAX_ELEMENTS)
  * @param species       N species indices, each below n_species (not NULL)
  * @param n_species     S, the number of species (1 to 8)
  * @param epsilon       S*S well depths (> 0), symmetric (not NULL)
@@ -654,10 +656,15 @@ int32_t eqf_energy_lennard_jones_species(int64_t n_particles,
  * @param n         number of configurations (>= 0)
  * @param x         input, n*N*D doubles, finite
  * @param U         output, n doubles: U[s] is the energy of configuration s (may be +infinity
- *                  where the energy is singular, e.g. two coincident Lennard-Jones particles)
- * @param gradient  output, n*N*D doubles, or NULL to skip the gradient
+ *                  where the energy is singular, e.g. two coincident Lennard-Jones particles,
+ *                  or overflows; never NaN or -infinity)
+ * @param gradient  output, n*N*D doubles, or NULL to skip the gradient; always finite: where
+ *                  U[s] is +infinity the gradient of configuration s does not exist and what
+ *                  is written there is finite but carries no meaning
  * @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
- *         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity);
+ *         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity, or a
+ *         result is not representable: a U that would be NaN or -infinity, or, with U finite,
+ *         a gradient component that overflows; the message names the output);
  *         EQF_ERR_RESOURCE (the temporaries for n results need more than 1 TiB or memory is
  *         refused)
  */
@@ -1015,11 +1022,16 @@ int32_t eqf_move_free(eqf_move *move);
  *
  * @param flow          the flow to copy (not NULL)
  * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
+ * A Dormand–Prince solve whose step size collapses (the tolerances cannot be met at some
+ * point, for example across a discontinuity of the field) fails at once with
+ * EQF_ERR_NOT_CONVERGED instead of running its maximum number of steps.
+ *
  * @param n_steps       RK4: number of equal steps on [0, 1], 1 to 100000 (default 20).
  *                      Dormand–Prince: maximum number of attempted steps before failing with
- *                      EQF_ERR_NOT_CONVERGED, 0 for the default (100000)
- * @param rtol, atol    Dormand–Prince: relative and absolute tolerances (> 0, finite); ignored
- *                      by RK4
+ *                      EQF_ERR_NOT_CONVERGED, 1 to 1000000, 0 for the default (100000)
+ * @param rtol, atol    Dormand–Prince: relative and absolute tolerances, finite, rtol at least
+ *                      2.2e-15 (10 × machine epsilon) and atol at least 1e-100 (smaller
+ *                      tolerances cannot be met in double precision); ignored by RK4
  * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
  * @param out           on success receives the new flow, to be released with
  *                      `eqf_flow_free`; untouched on failure
@@ -1135,8 +1147,9 @@ int32_t eqf_flow_options_set_prior_sigma(eqf_flow_options *options, double sigma
  * @param options       the options (not NULL)
  * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
  * @param n_steps       RK4: 1 to 100000 equal steps; Dormand–Prince: maximum number of
- *                      attempted steps, 0 for the default
- * @param rtol, atol    Dormand–Prince tolerances (> 0, finite); ignored by RK4
+ *                      attempted steps, 1 to 1000000, 0 for the default
+ * @param rtol, atol    Dormand–Prince tolerances, finite, rtol at least 2.2e-15 and atol at
+ *                      least 1e-100 (as `eqf_flow_with_integrator`); ignored by RK4
  * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
  */
@@ -1251,7 +1264,10 @@ int32_t eqf_flow_options_scales(const eqf_flow_options *options,
  * @param out          on success receives the new flow, to be released with
  *                     `eqf_flow_free`; untouched on failure
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n_particles or dim out of
- *         range); EQF_ERR_DIMENSION_MISMATCH (species set with another number of particles)
+ *         range, or settings whose field lies outside the ranges a model file may hold, such
+ *         as a distance range so narrow that the kernels' bandwidths fall below the smallest
+ *         allowed: the flow could be neither saved nor loaded); EQF_ERR_DIMENSION_MISMATCH
+ *         (species set with another number of particles)
  */
 int32_t eqf_flow_new_with_options(int64_t n_particles,
                                   int64_t dim,
@@ -1318,9 +1334,12 @@ int32_t eqf_flow_save(const eqf_flow *flow, const char *path);
  * Sets the number of threads that batch calls (`eqf_flow_sample`, `eqf_flow_log_density`,
  * `eqf_energy_eval`) may use.
  *
- * `n >= 1` uses exactly n threads; `n == 0` restores the default, which is the environment
+ * `n >= 1` uses n threads; `n == 0` restores the default, which is the environment
  * variable `EQFLOW_NUM_THREADS` (read once, at the first batch call or the first
- * `eqf_set_num_threads(0)`), else one thread per core. A host that runs several MPI ranks or
+ * `eqf_set_num_threads(0)`), else `RAYON_NUM_THREADS`, else one thread per core. Whatever is
+ * asked, the pool has at most 4 threads per core and never more than 1024 (a larger request
+ * is capped, with a warning to the log callback): thousands of threads take tens of seconds to
+ * start and can exhaust the process's memory maps. A host that runs several MPI ranks or
  * its own OpenMP threads per node should call `eqf_set_num_threads(1)` (or set
  * `EQFLOW_NUM_THREADS=1`) so that eqflow does not oversubscribe the cores. Results are
  * bit-identical for any number of threads.
@@ -1329,15 +1348,18 @@ int32_t eqf_flow_save(const eqf_flow *flow, const char *path);
  * calls run in other threads is safe: those calls finish on the previous pool. Moves
  * (`eqf_move_*`) always run on the calling thread and are not affected.
  *
- * @param n  number of threads (0 = default, at most 4096)
- * @return EQF_OK; EQF_ERR_INVALID_ARGUMENT (n negative or above 4096, or the threads cannot be
- *         started)
+ * @param n  number of threads (0 = default, at most 4096; at most 4 per core and 1024 are
+ *           started)
+ * @return EQF_OK; EQF_ERR_INVALID_ARGUMENT (n negative or above 4096); EQF_ERR_RESOURCE (the
+ *         system refused to start the threads: the message gives the count and the system's
+ *         reason; the previous pool stays in use)
  */
 int32_t eqf_set_num_threads(int64_t n);
 
 /**
  * The number of threads batch calls use now (starting the pool if needed), or -1 if the pool
- * cannot be started (the message is then recorded for `eqf_last_error_message`).
+ * cannot be started (the message is then recorded for `eqf_last_error_message`; batch calls
+ * then fail with EQF_ERR_RESOURCE).
  */
 int64_t eqf_num_threads(void);
 

@@ -196,8 +196,9 @@ pub unsafe extern "C" fn eqf_flow_options_set_prior_sigma(
 /// @param options       the options (not NULL)
 /// @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
 /// @param n_steps       RK4: 1 to 100000 equal steps; Dormand–Prince: maximum number of
-///                      attempted steps, 0 for the default
-/// @param rtol, atol    Dormand–Prince tolerances (> 0, finite); ignored by RK4
+///                      attempted steps, 1 to 1000000, 0 for the default
+/// @param rtol, atol    Dormand–Prince tolerances, finite, rtol at least 2.2e-15 and atol at
+///                      least 1e-100 (as `eqf_flow_with_integrator`); ignored by RK4
 /// @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
 #[unsafe(no_mangle)]
@@ -403,7 +404,10 @@ pub unsafe extern "C" fn eqf_flow_options_scales(
 /// @param out          on success receives the new flow, to be released with
 ///                     `eqf_flow_free`; untouched on failure
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n_particles or dim out of
-///         range); EQF_ERR_DIMENSION_MISMATCH (species set with another number of particles)
+///         range, or settings whose field lies outside the ranges a model file may hold, such
+///         as a distance range so narrow that the kernels' bandwidths fall below the smallest
+///         allowed: the flow could be neither saved nor loaded); EQF_ERR_DIMENSION_MISMATCH
+///         (species set with another number of particles)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_new_with_options(
     n_particles: i64,

@@ -79,11 +79,16 @@ pub(super) fn integrator(
 ///
 /// @param flow          the flow to copy (not NULL)
 /// @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
+/// A Dormand–Prince solve whose step size collapses (the tolerances cannot be met at some
+/// point, for example across a discontinuity of the field) fails at once with
+/// EQF_ERR_NOT_CONVERGED instead of running its maximum number of steps.
+///
 /// @param n_steps       RK4: number of equal steps on [0, 1], 1 to 100000 (default 20).
 ///                      Dormand–Prince: maximum number of attempted steps before failing with
-///                      EQF_ERR_NOT_CONVERGED, 0 for the default (100000)
-/// @param rtol, atol    Dormand–Prince: relative and absolute tolerances (> 0, finite); ignored
-///                      by RK4
+///                      EQF_ERR_NOT_CONVERGED, 1 to 1000000, 0 for the default (100000)
+/// @param rtol, atol    Dormand–Prince: relative and absolute tolerances, finite, rtol at least
+///                      2.2e-15 (10 × machine epsilon) and atol at least 1e-100 (smaller
+///                      tolerances cannot be met in double precision); ignored by RK4
 /// @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
 /// @param out           on success receives the new flow, to be released with
 ///                      `eqf_flow_free`; untouched on failure
@@ -196,6 +201,31 @@ mod tests {
             }
             let status = eqf_flow_with_integrator(flow, 0, -1, 0.0, 0.0, 0, &raw mut other);
             assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+            // Settings Dormand–Prince cannot finish with (they used to be accepted and made
+            // every sample run ~max_steps zero-length steps): tolerances below round-off, a
+            // step limit beyond the cap.
+            for (n_steps, rtol, atol) in [
+                (0, 5e-324, 5e-324),
+                (0, 1e-16, 1e-10),
+                (0, 1e-5, 1e-300),
+                (10_000_000, 1e-5, 1e-10),
+                (1_000_000_000_000, 1e-5, 1e-10),
+            ] {
+                let status = eqf_flow_with_integrator(
+                    flow,
+                    EQF_METHOD_DOPRI5,
+                    n_steps,
+                    rtol,
+                    atol,
+                    EQF_DENSITY_CONTINUOUS,
+                    &raw mut other,
+                );
+                assert_eq!(
+                    status, EQF_ERR_INVALID_ARGUMENT,
+                    "{n_steps} {rtol:e} {atol:e}"
+                );
+                assert_eq!(other, std::ptr::dangling_mut::<eqf_flow>());
+            }
 
             let status = eqf_flow_with_integrator(
                 flow,

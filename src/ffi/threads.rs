@@ -7,6 +7,7 @@
 //! thread. Results never depend on the pool size: every sample is computed sequentially from its
 //! own random stream (see `crate::flow`).
 
+use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -18,12 +19,43 @@ use crate::{Error, Result};
 /// Largest thread count `eqf_set_num_threads` accepts; beyond it a count is a mistake.
 const MAX_THREADS: i64 = 4096;
 
+/// Threads per core the pool may have at most. More threads than cores only adds switching;
+/// a few per core leave room for cores the OS reports conservatively (cgroup quotas).
+const THREADS_PER_CORE: usize = 4;
+
+/// Absolute ceiling of the pool, whatever the core count. Starting thousands of threads takes
+/// tens of seconds and can exhaust the process's memory maps (the thread start-up then aborts
+/// the whole process, which no error handling can catch); results are bit-identical for any
+/// count, so capping a request changes no number.
+const MAX_POOL_THREADS: usize = 1024;
+
+/// The stack every pool thread reserves: Rust's default for spawned threads (rayon sets none),
+/// reported in the message when the system refuses the threads.
+const THREAD_STACK_BYTES: u64 = 2 << 20;
+
 /// The environment variable read (once, when the pool is first needed) for the default size.
 const ENV_VAR: &str = "EQFLOW_NUM_THREADS";
+
+/// rayon's own variable, honoured for the default size when [`ENV_VAR`] is not set (as rayon
+/// would), but read here so that it is capped too.
+const RAYON_ENV_VAR: &str = "RAYON_NUM_THREADS";
 
 /// The pool, built on first use. Replaced as a whole by `eqf_set_num_threads`; calls already
 /// running keep the `Arc` of the pool they started in.
 static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+
+/// The cores this process may use (1 if the system cannot tell).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+/// The most threads the pool gets on a machine with `cores` cores:
+/// `min(THREADS_PER_CORE · cores, MAX_POOL_THREADS)`.
+fn thread_cap(cores: usize) -> usize {
+    THREADS_PER_CORE
+        .saturating_mul(cores)
+        .clamp(1, MAX_POOL_THREADS)
+}
 
 /// `EQFLOW_NUM_THREADS`, parsed once: `Some(n)` for a positive integer, else `None`.
 fn env_threads() -> Option<usize> {
@@ -45,19 +77,70 @@ fn env_threads() -> Option<usize> {
     })
 }
 
-/// Builds a pool of `n` threads; `0` means the default (`EQFLOW_NUM_THREADS`, else rayon's
-/// default: `RAYON_NUM_THREADS` or one thread per core).
+/// A `RAYON_NUM_THREADS` value as rayon reads it: a positive integer, anything else (0, text)
+/// meaning the default.
+fn parse_rayon_threads(value: Option<&str>) -> Option<usize> {
+    value
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+}
+
+/// The default request and where it comes from: `EQFLOW_NUM_THREADS`, else
+/// `RAYON_NUM_THREADS`, else one thread per core.
+fn default_request() -> (usize, &'static str) {
+    if let Some(n) = env_threads() {
+        return (n, ENV_VAR);
+    }
+    match parse_rayon_threads(std::env::var(RAYON_ENV_VAR).ok().as_deref()) {
+        Some(n) => (n, RAYON_ENV_VAR),
+        None => (cores(), "the core count"),
+    }
+}
+
+/// The error of a pool the system refused to start: the real request, the size actually tried,
+/// and the system's reason.
+fn start_failure(
+    requested: usize,
+    source: &str,
+    size: usize,
+    cap: usize,
+    reason: &dyn std::fmt::Display,
+) -> Error {
+    Error::resource(
+        format!(
+            "the stacks of a pool of {size} threads for batch calls ({source} asked for \
+             {requested}, capped at {cap}; the system refused to start them: {reason})"
+        ),
+        (size as u128).saturating_mul(u128::from(THREAD_STACK_BYTES)),
+        (cap as u64).saturating_mul(THREAD_STACK_BYTES),
+    )
+}
+
+/// Builds a pool of `n` threads; `0` means the default (`EQFLOW_NUM_THREADS`, else
+/// `RAYON_NUM_THREADS`, else one thread per core). Either is capped at [`thread_cap`], with a
+/// warning: the count is always explicit, so rayon never reads its variable uncapped.
 fn build(n: usize) -> Result<Arc<ThreadPool>> {
-    let n = if n == 0 {
-        env_threads().unwrap_or(0)
+    let (requested, source) = if n == 0 {
+        default_request()
     } else {
-        n
+        (n, "eqf_set_num_threads")
     };
+    let cap = thread_cap(cores());
+    let size = requested.clamp(1, cap);
+    if size < requested {
+        log(EQF_LOG_WARNING, || {
+            format!(
+                "{source} asks for {requested} threads; eqflow starts at most {cap} \
+                 ({THREADS_PER_CORE} per core, at most {MAX_POOL_THREADS}); results do not \
+                 depend on the count"
+            )
+        });
+    }
     let pool = ThreadPoolBuilder::new()
-        .num_threads(n)
+        .num_threads(size)
         .thread_name(|i| format!("eqflow-{i}"))
         .build()
-        .map_err(|error| Error::invalid(format!("cannot start {n} threads: {error}")))?;
+        .map_err(|error| start_failure(requested, source, size, cap, &error))?;
     let size = pool.current_num_threads();
     log(EQF_LOG_INFO, || {
         format!("batch calls use a pool of {size} threads")
@@ -94,9 +177,12 @@ pub(crate) fn install_sections<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// Sets the number of threads that batch calls (`eqf_flow_sample`, `eqf_flow_log_density`,
 /// `eqf_energy_eval`) may use.
 ///
-/// `n >= 1` uses exactly n threads; `n == 0` restores the default, which is the environment
+/// `n >= 1` uses n threads; `n == 0` restores the default, which is the environment
 /// variable `EQFLOW_NUM_THREADS` (read once, at the first batch call or the first
-/// `eqf_set_num_threads(0)`), else one thread per core. A host that runs several MPI ranks or
+/// `eqf_set_num_threads(0)`), else `RAYON_NUM_THREADS`, else one thread per core. Whatever is
+/// asked, the pool has at most 4 threads per core and never more than 1024 (a larger request
+/// is capped, with a warning to the log callback): thousands of threads take tens of seconds to
+/// start and can exhaust the process's memory maps. A host that runs several MPI ranks or
 /// its own OpenMP threads per node should call `eqf_set_num_threads(1)` (or set
 /// `EQFLOW_NUM_THREADS=1`) so that eqflow does not oversubscribe the cores. Results are
 /// bit-identical for any number of threads.
@@ -105,9 +191,11 @@ pub(crate) fn install_sections<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 /// calls run in other threads is safe: those calls finish on the previous pool. Moves
 /// (`eqf_move_*`) always run on the calling thread and are not affected.
 ///
-/// @param n  number of threads (0 = default, at most 4096)
-/// @return EQF_OK; EQF_ERR_INVALID_ARGUMENT (n negative or above 4096, or the threads cannot be
-///         started)
+/// @param n  number of threads (0 = default, at most 4096; at most 4 per core and 1024 are
+///           started)
+/// @return EQF_OK; EQF_ERR_INVALID_ARGUMENT (n negative or above 4096); EQF_ERR_RESOURCE (the
+///         system refused to start the threads: the message gives the count and the system's
+///         reason; the previous pool stays in use)
 #[unsafe(no_mangle)]
 pub extern "C" fn eqf_set_num_threads(n: i64) -> i32 {
     catch(|| {
@@ -123,7 +211,8 @@ pub extern "C" fn eqf_set_num_threads(n: i64) -> i32 {
 }
 
 /// The number of threads batch calls use now (starting the pool if needed), or -1 if the pool
-/// cannot be started (the message is then recorded for `eqf_last_error_message`).
+/// cannot be started (the message is then recorded for `eqf_last_error_message`; batch calls
+/// then fail with EQF_ERR_RESOURCE).
 #[unsafe(no_mangle)]
 pub extern "C" fn eqf_num_threads() -> i64 {
     super::catch_value(-1, || {
@@ -153,6 +242,100 @@ mod tests {
             assert_eq!(status, 0);
         }
         (x, log_q, again)
+    }
+
+    #[test]
+    fn the_pool_is_capped_at_four_threads_per_core_and_1024() {
+        assert_eq!(thread_cap(1), 4);
+        assert_eq!(thread_cap(2), 8);
+        assert_eq!(thread_cap(256), MAX_POOL_THREADS);
+        assert_eq!(thread_cap(usize::MAX), MAX_POOL_THREADS);
+        assert_eq!(thread_cap(0), 1);
+        // RAYON_NUM_THREADS as rayon reads it: 0 and text mean the default.
+        assert_eq!(parse_rayon_threads(Some(" 5000 ")), Some(5000));
+        assert_eq!(parse_rayon_threads(Some("0")), None);
+        assert_eq!(parse_rayon_threads(Some("many")), None);
+        assert_eq!(parse_rayon_threads(None), None);
+    }
+
+    #[test]
+    fn a_pool_the_system_refuses_is_a_resource_error_with_the_real_count_and_reason() {
+        // Before: "invalid argument: cannot start 0 threads: …", with the default's 0.
+        let reason = std::io::Error::from_raw_os_error(11);
+        let error = start_failure(5000, RAYON_ENV_VAR, 8, 8, &reason);
+        assert_eq!(
+            crate::ffi::status::status_of(&error),
+            crate::ffi::EQF_ERR_RESOURCE
+        );
+        let text = error.to_string();
+        for needle in [
+            "asked for 5000",
+            RAYON_ENV_VAR,
+            "8 threads",
+            &reason.to_string(),
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_thread_count_is_capped_and_starts_fast() {
+        // Before: eqf_set_num_threads(4096) started 4096 threads (~24 s here) and then failed.
+        let _guard = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: `record` is thread-safe; the user pointer is never dereferenced.
+        unsafe { eqf_set_log_callback(Some(record), std::ptr::null_mut()) };
+        let cap = thread_cap(cores());
+        let start = std::time::Instant::now();
+        assert_eq!(eqf_set_num_threads(MAX_THREADS), 0);
+        assert_eq!(eqf_num_threads(), i64::try_from(cap).unwrap());
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+        assert_eq!(eqf_set_num_threads(0), 0);
+        // SAFETY: removing the callback is always allowed.
+        unsafe { eqf_set_log_callback(None, std::ptr::null_mut()) };
+        let received = RECEIVED.lock().unwrap_or_else(PoisonError::into_inner);
+        let warning = format!("asks for {MAX_THREADS} threads; eqflow starts at most {cap}");
+        assert!(
+            received
+                .iter()
+                .any(|(_, level, text)| *level == EQF_LOG_WARNING && text.contains(&warning)),
+            "{received:?}"
+        );
+    }
+
+    /// The child half of `rayon_num_threads_5000_in_the_environment_is_capped`: run alone, in a
+    /// process of its own with `RAYON_NUM_THREADS` set.
+    #[test]
+    #[ignore = "run by rayon_num_threads_5000_in_the_environment_is_capped in a child process"]
+    fn child_builds_the_default_pool_from_the_environment() {
+        let start = std::time::Instant::now();
+        let expected = std::env::var("EQFLOW_TEST_EXPECTED_THREADS").unwrap();
+        assert_eq!(eqf_num_threads().to_string(), expected);
+        assert_eq!(
+            install(|| Ok(rayon::current_num_threads()))
+                .unwrap()
+                .to_string(),
+            expected
+        );
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn rayon_num_threads_5000_in_the_environment_is_capped() {
+        // Before: with RAYON_NUM_THREADS=5000 every batch call spent ~29 s trying to start 5000
+        // threads and failed with "invalid argument: cannot start 0 threads".
+        let test = "ffi::threads::tests::child_builds_the_default_pool_from_the_environment";
+        let cap = thread_cap(cores());
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--ignored", "--test-threads=1"])
+            .env("RAYON_NUM_THREADS", "5000")
+            .env_remove(ENV_VAR)
+            .env("EQFLOW_TEST_EXPECTED_THREADS", cap.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
     }
 
     #[test]

@@ -52,14 +52,33 @@ const E: [f64; 7] = [
     -1.0 / 40.0,
 ];
 
+/// Smallest relative tolerance [`Dopri5Config::validate`] accepts: ten units of round-off,
+/// `10 · f64::EPSILON` ≈ 2.2e-15. The error test compares an estimate that is itself computed in
+/// double precision; below this the round-off of the step update alone exceeds the tolerance,
+/// so no step size meets it and the controller would shrink the step until it vanishes.
+pub const MIN_RTOL: f64 = 10.0 * f64::EPSILON;
+
+/// Smallest absolute tolerance [`Dopri5Config::validate`] accepts: 1e-100. Coordinates and
+/// log-densities of any physical system are many orders of magnitude above it, so no meaningful
+/// setting is refused; below it the scaled error `(error / atol)²` of a component at zero
+/// overflows to infinity (at `atol` = 5e-324 the initial step even comes out as zero).
+pub const MIN_ATOL: f64 = 1e-100;
+
+/// Largest `max_steps` [`Dopri5Config::validate`] accepts: 1,000,000, ten times the default.
+/// Every attempted step costs seven field evaluations, so a solve that needs more is better
+/// reported as not converged (or moved to a fixed-grid method) than left to run for minutes per
+/// configuration.
+pub const MAX_DOPRI5_STEPS: usize = 1_000_000;
+
 /// Tolerances and limits of the adaptive solver.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dopri5Config {
-    /// Relative tolerance (> 0).
+    /// Relative tolerance, finite and at least [`MIN_RTOL`].
     pub rtol: f64,
-    /// Absolute tolerance (> 0).
+    /// Absolute tolerance, finite and at least [`MIN_ATOL`].
     pub atol: f64,
-    /// Maximum number of attempted steps before failing with `NotConverged`.
+    /// Maximum number of attempted steps before failing with `NotConverged`, in
+    /// `1..=`[`MAX_DOPRI5_STEPS`].
     pub max_steps: usize,
 }
 
@@ -75,16 +94,28 @@ impl Default for Dopri5Config {
 }
 
 impl Dopri5Config {
+    /// Checks the tolerances and the step limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the setting: `rtol` below [`MIN_RTOL`] or `atol` below
+    /// [`MIN_ATOL`] (tolerances that round-off cannot meet), either not finite, `max_steps`
+    /// outside `1..=`[`MAX_DOPRI5_STEPS`].
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("rtol", self.rtol), ("atol", self.atol)] {
-            if !(v.is_finite() && v > 0.0) {
+        for (name, v, min) in [("rtol", self.rtol, MIN_RTOL), ("atol", self.atol, MIN_ATOL)] {
+            // `!(v >= min)` also refuses NaN.
+            if !(v.is_finite() && v >= min) {
                 return Err(Error::invalid(format!(
-                    "Dormand–Prince {name} must be positive, got {v}"
+                    "Dormand–Prince {name} must be finite and at least {min:e} (smaller \
+                     tolerances cannot be met in double precision), got {v:e}"
                 )));
             }
         }
-        if self.max_steps == 0 {
-            return Err(Error::invalid("Dormand–Prince max_steps must be positive"));
+        if !(1..=MAX_DOPRI5_STEPS).contains(&self.max_steps) {
+            return Err(Error::invalid(format!(
+                "Dormand–Prince max_steps must be in 1..={MAX_DOPRI5_STEPS}, got {}",
+                self.max_steps
+            )));
         }
         Ok(())
     }
@@ -182,7 +213,10 @@ pub(crate) fn integrate_rhs(
     };
     let mut h = (100.0 * h0).min(h1).min(span.abs()) * dir;
 
+    // The scale of the times of this solve, for the step-collapse test below.
+    let t_scale = t0.abs().max(t1.abs());
     let mut attempts = 0;
+    let mut rejected = false;
     loop {
         if attempts >= cfg.max_steps {
             return Err(Error::NotConverged {
@@ -195,6 +229,28 @@ pub(crate) fn integrate_rhs(
         }
         attempts += 1;
         let last = (t1 - t).abs() <= h.abs() * (1.0 + 1e-12);
+        // The step has collapsed when the controller proposes zero or NaN (which no growth
+        // factor can repair), or when a rejection has shrunk it below ten units of round-off
+        // of the time scale (Hairer's "step size too small", with the span's scale so that it
+        // applies at t = 0 too). The tolerances cannot be met there: every further attempt
+        // would repeat the rejection, or accept zero-length steps, until `max_steps`, which
+        // took hours. The size test applies only after a rejection: the initial-step heuristic
+        // legitimately proposes tiny steps (1e-86 for atol = 1e-100, from ℓ's scale at ℓ = 0,
+        // even below an ulp of t), which are accepted and grow fivefold per step. Tested on the
+        // controller's proposal, before a final step is clipped to the (possibly tiny) rest of
+        // the span.
+        let stalled = h == 0.0 || h.is_nan();
+        let too_small = rejected && 0.1 * h.abs() <= f64::EPSILON * t.abs().max(t_scale);
+        if !last && (stalled || too_small) {
+            return Err(Error::NotConverged {
+                what: format!(
+                    "Dormand–Prince step size collapsed to h = {h:e} at t = {t} before t = {t1} \
+                     (rtol = {:e}, atol = {:e} cannot be met here)",
+                    cfg.rtol, cfg.atol
+                ),
+                residual: (t1 - t).abs(),
+            });
+        }
         if last {
             h = t1 - t;
         }
@@ -238,6 +294,7 @@ pub(crate) fn integrate_rhs(
                 "Dormand–Prince error estimate at t = {t} (the field blew up)"
             )));
         }
+        rejected = norm > 1.0;
         if norm <= 1.0 {
             stats.n_steps += 1;
             x.copy_from_slice(trial);
@@ -258,5 +315,164 @@ pub(crate) fn integrate_rhs(
         };
         let factor = if norm > 1.0 { factor.min(1.0) } else { factor };
         h *= factor;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Integrates `rhs` over [0, 1] from `x0`, counting the right-hand side's evaluations
+    /// independently of the solver's statistics.
+    fn solve(
+        cfg: &Dopri5Config,
+        x0: &[f64],
+        mut rhs: impl FnMut(&[f64], f64, &mut [f64]) -> f64,
+    ) -> (Result<(f64, Stats)>, u64) {
+        let mut evaluations = 0;
+        let mut counted = |x: &[f64], t: f64, v: &mut [f64]| {
+            evaluations += 1;
+            rhs(x, t, v)
+        };
+        let mut x = x0.to_vec();
+        let mut ws = Workspace::new(x.len());
+        let result = integrate_rhs(&mut counted, cfg, &mut x, 0.0, 1.0, &mut ws);
+        (result, evaluations)
+    }
+
+    /// dx/dt = −x, dℓ/dt = −n: smooth and easy.
+    fn decay(x: &[f64], _t: f64, v: &mut [f64]) -> f64 {
+        for (v, x) in v.iter_mut().zip(x) {
+            *v = -x;
+        }
+        -(x.len() as f64)
+    }
+
+    #[test]
+    fn subnormal_tolerances_fail_at_once_instead_of_running_max_steps() {
+        // The reproduced hang: tolerances the old validation accepted (> 0, finite) gave a zero
+        // step at t = 0 that was accepted forever, ~1 s per 100,000 attempts. Validation now
+        // refuses them; the solver itself must still fail fast if it ever meets them.
+        let cfg = Dopri5Config {
+            rtol: 5e-324,
+            atol: 5e-324,
+            max_steps: 1_000_000,
+        };
+        assert!(cfg.validate().is_err());
+        let (result, evaluations) = solve(&cfg, &[1.0, 0.5], decay);
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::NotConverged { .. }), "{err}");
+        assert!(err.to_string().contains("collapsed"), "{err}");
+        assert!(
+            evaluations < 100,
+            "{evaluations} evaluations before failing"
+        );
+    }
+
+    #[test]
+    fn a_step_collapsing_at_a_jump_fails_fast_with_valid_tolerances() {
+        // x stays exactly 0 until the velocity jumps at t = 0.5: every step across the jump
+        // has an error of the order of its own size relative to the solution, at any step
+        // size, so the tolerance cannot be met. Without the collapse test the step shrank to
+        // ~atol and then crawled until max_steps.
+        let cfg = Dopri5Config {
+            rtol: MIN_RTOL,
+            atol: MIN_ATOL,
+            max_steps: MAX_DOPRI5_STEPS,
+        };
+        cfg.validate().unwrap();
+        let jump = |_x: &[f64], t: f64, v: &mut [f64]| {
+            v[0] = if t < 0.5 { 0.0 } else { 1.0 };
+            0.0
+        };
+        let (result, evaluations) = solve(&cfg, &[0.0], jump);
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::NotConverged { .. }), "{err}");
+        assert!(
+            evaluations < 10_000,
+            "{evaluations} evaluations before failing"
+        );
+    }
+
+    #[test]
+    fn tolerances_at_the_floors_still_converge_on_a_smooth_problem() {
+        let cfg = Dopri5Config {
+            rtol: MIN_RTOL,
+            atol: MIN_ATOL,
+            max_steps: MAX_DOPRI5_STEPS,
+        };
+        let (result, _) = solve(&cfg, &[1.0, 0.5], decay);
+        let (ell, stats) = result.unwrap();
+        assert!((ell + 2.0).abs() < 1e-13, "{ell}");
+        assert!(stats.n_steps > 0);
+        // A short span far from t = 0 is still integrated (the collapse test is relative).
+        let mut x = vec![1.0];
+        let mut ws = Workspace::new(1);
+        let t0 = 0.5;
+        let t1 = t0 + 4.0 * f64::EPSILON;
+        let (ell, _) = integrate_rhs(&mut decay, &cfg, &mut x, t0, t1, &mut ws).unwrap();
+        assert!((ell + (t1 - t0)).abs() < 1e-30, "{ell}");
+    }
+
+    #[test]
+    fn tolerances_below_round_off_and_huge_step_limits_are_refused() {
+        let ok = Dopri5Config::default();
+        ok.validate().unwrap();
+        let cases = [
+            ("rtol", Dopri5Config { rtol: 5e-324, ..ok }),
+            ("rtol", Dopri5Config { rtol: 1e-16, ..ok }),
+            (
+                "rtol",
+                Dopri5Config {
+                    rtol: f64::NAN,
+                    ..ok
+                },
+            ),
+            ("rtol", Dopri5Config { rtol: 0.0, ..ok }),
+            ("atol", Dopri5Config { atol: 1e-300, ..ok }),
+            (
+                "atol",
+                Dopri5Config {
+                    atol: f64::INFINITY,
+                    ..ok
+                },
+            ),
+            ("max_steps", Dopri5Config { max_steps: 0, ..ok }),
+            (
+                "max_steps",
+                Dopri5Config {
+                    max_steps: MAX_DOPRI5_STEPS + 1,
+                    ..ok
+                },
+            ),
+            (
+                "max_steps",
+                Dopri5Config {
+                    max_steps: 1_000_000_000_000,
+                    ..ok
+                },
+            ),
+        ];
+        for (name, cfg) in cases {
+            let err = cfg.validate().unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+        for cfg in [
+            Dopri5Config {
+                rtol: MIN_RTOL,
+                ..ok
+            },
+            Dopri5Config {
+                atol: MIN_ATOL,
+                ..ok
+            },
+            Dopri5Config {
+                max_steps: MAX_DOPRI5_STEPS,
+                ..ok
+            },
+        ] {
+            cfg.validate().unwrap();
+        }
     }
 }

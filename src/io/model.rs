@@ -641,4 +641,29 @@ mod tests {
         let err = ModelFile::from_json(&text.replace("true", "1")).unwrap_err();
         assert!(matches!(err, Error::Format { .. }), "{err}");
     }
+
+    #[test]
+    fn a_dormand_prince_setting_that_cannot_finish_is_refused_at_load() {
+        // Before: tolerances of 5e-324 ("> 0, finite") and max_steps = 1e12 loaded, and every
+        // sample then ran ~10^12 zero-length steps.
+        let with = |rtol: f64, atol: f64, max_steps: usize| {
+            let mut f = sample_file();
+            f.integrator = IntegratorSpec::Dopri5 {
+                rtol,
+                atol,
+                max_steps,
+            };
+            ModelFile::from_json(&f.to_json()).unwrap().to_flow()
+        };
+        for (rtol, atol, max_steps, name) in [
+            (5e-324, 5e-324, 100_000, "rtol"),
+            (1e-5, 5e-324, 100_000, "atol"),
+            (1e-5, 1e-10, 1_000_000_000_000, "max_steps"),
+        ] {
+            let err = with(rtol, atol, max_steps).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+        with(1e-5, 1e-10, 100_000).unwrap();
+    }
 }

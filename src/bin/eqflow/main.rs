@@ -5,6 +5,12 @@
 //! Counts that size memory (`mcmc -n`, `sample -n`, `eval --n-samples`) are checked before
 //! anything is allocated: a run that would hold more than [`MAX_MEMORY_BYTES`] of samples fails
 //! with a message giving the need and the limit.
+//!
+//! Parallel work runs in rayon's global pool, built here explicitly with one thread per core or
+//! `RAYON_NUM_THREADS`, capped at [`THREADS_PER_CORE`] per core and [`MAX_THREADS`] (the rule
+//! of the library's pool for C hosts): left to rayon, `RAYON_NUM_THREADS=5000` started 5000
+//! threads, which took half a minute and then aborted the process. Results are bit-identical
+//! for any thread count.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,6 +57,62 @@ fn check_memory(what: &str, n: usize, doubles_per_item: usize) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Threads per core the global pool may have at most (as the library's pool for C hosts).
+const THREADS_PER_CORE: usize = 4;
+
+/// Absolute ceiling of the global pool: starting thousands of threads takes tens of seconds and
+/// can exhaust the memory maps, and a thread that cannot start aborts the whole process.
+const MAX_THREADS: usize = 1024;
+
+/// The size of the global pool: `requested` (`RAYON_NUM_THREADS`, if a positive integer) or
+/// `cores`, capped at `min(THREADS_PER_CORE · cores, MAX_THREADS)`. Returns the size and, when
+/// the request was capped, the cap.
+fn pool_size(requested: Option<usize>, cores: usize) -> (usize, Option<usize>) {
+    let cap = THREADS_PER_CORE.saturating_mul(cores).clamp(1, MAX_THREADS);
+    let wanted = requested.unwrap_or(cores).max(1);
+    (wanted.min(cap), (wanted > cap).then_some(cap))
+}
+
+/// Builds rayon's global pool with the capped thread count before any parallel work, so that
+/// rayon never builds it implicitly from an uncapped `RAYON_NUM_THREADS`.
+///
+/// # Errors
+///
+/// [`Error::Resource`] if the system refuses to start the threads, with the count and the
+/// system's reason.
+fn start_thread_pool() -> Result<()> {
+    let value = std::env::var("RAYON_NUM_THREADS").ok();
+    // As rayon reads it: 0 or text means the default.
+    let requested = value
+        .as_deref()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n >= 1);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let (size, capped) = pool_size(requested, cores);
+    if let (Some(cap), Some(requested)) = (capped, requested) {
+        warn(&format!(
+            "RAYON_NUM_THREADS={requested} is capped at {cap} threads ({THREADS_PER_CORE} per \
+             core, at most {MAX_THREADS}); results do not depend on the count"
+        ));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(size)
+        .build_global()
+        .map_err(|e| {
+            // Rust's default stack for a spawned thread (rayon sets none).
+            const STACK_BYTES: u64 = 2 << 20;
+            Error::Resource {
+                what: format!(
+                    "the stacks of {size} worker threads (RAYON_NUM_THREADS = {}; the system \
+                     refused to start them: {e})",
+                    value.as_deref().unwrap_or("unset")
+                ),
+                need_bytes: size as u128 * u128::from(STACK_BYTES),
+                limit_bytes: MAX_THREADS as u64 * STACK_BYTES,
+            }
+        })
 }
 
 #[derive(Parser)]
@@ -331,14 +393,14 @@ struct EvalArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = start_thread_pool().and_then(|()| match cli.command {
         Command::Mcmc(a) => run_mcmc(a),
         Command::Sample(a) => run_sample(a),
         Command::Eval(a) => run_eval(a),
         Command::Train(a) => run_train(*a),
         Command::Demo(a) => demo::run(a),
         Command::Repro(a) => repro::run(a),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -1472,7 +1534,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::better_uncertified_epoch;
+    use super::{MAX_THREADS, better_uncertified_epoch, pool_size};
     use eqflow::train::{EpochReport, TrainSummary};
     use std::time::Duration;
 
@@ -1526,5 +1588,20 @@ mod tests {
         assert_eq!(better_uncertified_epoch(&no_validation), None);
         let infinite = summary(&[(Some(9.0), c), (Some(f64::INFINITY), u)], 0);
         assert_eq!(better_uncertified_epoch(&infinite), None);
+    }
+
+    /// `RAYON_NUM_THREADS=5000` used to start 5000 threads and abort after ~26 s.
+    #[test]
+    fn the_global_pool_is_capped_at_four_threads_per_core_and_1024() {
+        assert_eq!(pool_size(None, 2), (2, None));
+        assert_eq!(pool_size(Some(3), 2), (3, None));
+        assert_eq!(pool_size(Some(8), 2), (8, None));
+        assert_eq!(pool_size(Some(5000), 2), (8, Some(8)));
+        assert_eq!(
+            pool_size(Some(20_000), 512),
+            (MAX_THREADS, Some(MAX_THREADS))
+        );
+        assert_eq!(pool_size(None, 2048), (MAX_THREADS, Some(MAX_THREADS)));
+        assert_eq!(pool_size(None, 0), (1, None));
     }
 }
