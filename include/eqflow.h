@@ -1107,7 +1107,10 @@ int32_t eqf_flow_options_set_family(eqf_flow_options *options, const char *name)
  * at `linspace(min, max, n_dist)` with widths 3.06 times their spacing (the proportion of the
  * paper's double-well preset); the envpair family spaces its Gaussians over the same range.
  * Cover the distances of the host's configurations with some room on either side, or let
- * `eqf_flow_options_fit_scales` choose.
+ * `eqf_flow_options_fit_scales` choose. The kernels' widths must lie between 4.5e-5 and 2.2e4
+ * (what a model file may hold): with the default 50 kernels, ranges from about 7.3e-4 to 3.5e5
+ * wide (Å and nm are fine; express metres as nm). `eqf_flow_new_with_options` refuses
+ * settings outside it, naming the range.
  *
  * @param options  the options (not NULL)
  * @param min      centre of the first kernel, finite and >= 0
