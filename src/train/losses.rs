@@ -272,12 +272,25 @@ pub fn flow_matching_sample<F: TrainableField>(
 /// same arithmetic.
 fn kl_value(u: f64, kt: f64, log_det: f64, x_bar: Option<&mut [f64]>) -> Result<f64> {
     if !u.is_finite() {
+        // +∞ is what overlapping particles give; NaN and −∞ are never energies.
+        let why = if u == f64::INFINITY {
+            "overlapping particles?"
+        } else {
+            "not an energy"
+        };
         return Err(Error::non_finite(format!(
-            "energy U(F(z)) = {u} of a flow sample in the KL loss (overlapping particles?); \
-             the KL gradient is undefined there"
+            "energy U(F(z)) = {u} of a flow sample in the KL loss ({why}); the KL gradient is \
+             undefined there"
         )));
     }
     let loss = u / kt - log_det;
+    // A finite energy can still give an infinite loss (U = −1e308 at kT = 1e-10, say).
+    if !loss.is_finite() {
+        return Err(Error::non_finite(format!(
+            "KL loss U/kT − log|det| = {loss} of a flow sample (U = {u:e}, kT = {kt:e}) is not \
+             finite"
+        )));
+    }
     if let Some(x_bar) = x_bar {
         let inv_kt = 1.0 / kt;
         x_bar.iter_mut().for_each(|g| *g *= inv_kt);
@@ -780,4 +793,30 @@ fn reduce_mean(per_sample: &[f64], gradient: &mut [f64]) {
     }
     let inv = 1.0 / (per_sample.len() / p) as f64;
     gradient.iter_mut().for_each(|a| *a *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kl_value;
+
+    /// Each way a sample's KL loss cannot be a number is named: +∞ (overlapping particles), an
+    /// energy that is none (−∞, NaN), and a finite energy whose U/kT overflows.
+    #[test]
+    fn a_sample_kl_loss_that_is_not_a_number_is_named() {
+        let message = |u: f64, kt: f64| kl_value(u, kt, 0.5, None).unwrap_err().to_string();
+        assert!(message(f64::INFINITY, 1.0).contains("overlapping particles"));
+        for u in [f64::NEG_INFINITY, f64::NAN] {
+            let m = message(u, 1.0);
+            assert!(
+                m.contains("not an energy") && !m.contains("overlapping"),
+                "{m}"
+            );
+        }
+        let m = message(-1e308, 1e-10);
+        assert!(
+            m.contains("is not finite") && m.contains("kT = 1e-10"),
+            "{m}"
+        );
+        assert_eq!(kl_value(2.0, 0.5, 0.5, None).unwrap(), 3.5);
+    }
 }
