@@ -273,8 +273,14 @@ pub unsafe extern "C" fn eqf_flow_require_certificate(
 /// contiguous: coordinate k of particle i of sample s is `x[(s*N + i)*D + k]` (C
 /// `double x[n][N][D]`, Fortran `x(D, N, n)`). Samples have their centre of mass at the
 /// origin. `log_q[s]` is the natural log of the flow's density at sample s, with respect to
-/// Lebesgue measure on the centre-of-mass-free subspace, normalising constant included; it
-/// equals what `eqf_flow_log_density` returns for the same configuration (to round-off).
+/// Lebesgue measure on the centre-of-mass-free subspace, normalising constant included. In
+/// the exact-discrete density mode (the default) it equals what `eqf_flow_log_density`
+/// returns for the same configuration to round-off. In the continuous mode both numbers
+/// approximate the ODE's density, integrated forward here and backward there, and agree only
+/// to the integrator's accuracy (measured on DW-4 and LJ-13: up to ~2 at RK4 with 5 steps,
+/// 2e-3 at 20 steps and at Dormand–Prince rtol 1e-5; with Dormand–Prince, rotated copies of a
+/// configuration also differ at that level, since its step control is not rotation
+/// invariant): use the exact-discrete mode wherever the two must match.
 ///
 /// Deterministic: the same flow, seed and n give bit-identical output whatever the number of
 /// threads. Sample s depends only on (seed, s), so a larger n extends a smaller one.

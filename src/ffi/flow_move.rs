@@ -1,5 +1,6 @@
 //! The Boltzmann-generator Monte Carlo move behind an opaque `eqf_move` handle.
 
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -22,7 +23,8 @@ use super::{
 /// errors (EQF_ERR_NON_FINITE). `user` is passed through unchanged from `eqf_move_step`.
 ///
 /// The callback runs on the thread that called `eqf_move_step`. It must not use the same move
-/// (it may use flows, energies and other moves), and must not unwind through eqflow (no C++
+/// (it may use flows, energies and other moves: a call on the same move from the callback
+/// fails with EQF_ERR_INVALID_STATE and does nothing), and must not unwind through eqflow (no C++
 /// exception, no longjmp): catch exceptions in the callback and return non-zero instead.
 #[allow(non_camel_case_types, non_snake_case)]
 pub type eqf_energy_fn = Option<
@@ -131,7 +133,7 @@ pub unsafe extern "C" fn eqf_move_propose(
     catch(|| {
         // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
         // thread uses during the call (this function's contract).
-        let mv = unsafe { handle_mut(r#move, "move") }?;
+        let mv = unsafe { move_mut(r#move) }?;
         let len = mv.buffer.len();
         check_output(x_proposed, len, "x_proposed")?;
         // SAFETY: `x_current` is NULL (rejected) or points to N*D doubles that the caller does
@@ -172,7 +174,7 @@ pub unsafe extern "C" fn eqf_move_accept(
     catch(|| {
         // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
         // thread uses during the call (this function's contract).
-        let mv = unsafe { handle_mut(r#move, "move") }?;
+        let mv = unsafe { move_mut(r#move) }?;
         check_not_null(accepted, "accepted")?;
         let decision = mv.inner.accept(U_proposed)?;
         // SAFETY: `accepted` is non-NULL (checked above) and valid for one write (this
@@ -215,7 +217,9 @@ pub unsafe extern "C" fn eqf_move_step(
     catch(|| {
         // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
         // thread uses during the call (this function's contract).
-        let mv = unsafe { handle_mut(r#move, "move") }?;
+        let mv = unsafe { move_mut(r#move) }?;
+        // Until the step returns, the energy callback must not use this move: marked here.
+        let _stepping = Stepping::enter(r#move);
         let len = mv.buffer.len();
         check_not_null(U, "U")?;
         check_not_null(accepted, "accepted")?;
@@ -282,7 +286,7 @@ pub unsafe extern "C" fn eqf_move_stats(
     catch(|| {
         // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` (this
         // function's contract).
-        let mv = unsafe { handle(r#move, "move") }?;
+        let mv = unsafe { move_ref(r#move) }?;
         check_not_null(n_proposed, "n_proposed")?;
         check_not_null(n_accepted, "n_accepted")?;
         let stats = mv.inner.stats();
@@ -344,7 +348,7 @@ pub unsafe extern "C" fn eqf_move_solver_stats(
     catch(|| {
         // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` (this
         // function's contract).
-        let mv = unsafe { handle(r#move, "move") }?;
+        let mv = unsafe { move_ref(r#move) }?;
         check_not_null(stats, "stats")?;
         let value = eqf_solver_stats::from(mv.inner.stats().solver);
         // SAFETY: `stats` is non-NULL (checked above) and valid for one write (this
@@ -360,9 +364,81 @@ pub unsafe extern "C" fn eqf_move_solver_stats(
 /// @return EQF_OK
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_move_free(r#move: *mut eqf_move) -> i32 {
+    // Freeing a move from its own step's callback would pull it from under the step.
+    if stepping(r#move) {
+        return catch(|| Err(stepping_error()));
+    }
     // SAFETY: `move` is NULL or a handle from `eqf_move_new` not freed yet (this function's
     // contract).
     unsafe { free_handle(r#move) }
+}
+
+thread_local! {
+    /// The moves whose `eqf_move_step` runs on this thread, by address: their energy callback
+    /// runs inside the step, holding the move, and must not use it.
+    static STEPPING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether `move` is inside `eqf_move_step` on this thread (compared by address only: the
+/// move itself is not touched, as the step holds it).
+fn stepping(r#move: *const eqf_move) -> bool {
+    STEPPING
+        .try_with(|s| s.borrow().contains(&r#move.addr()))
+        .unwrap_or(false)
+}
+
+fn stepping_error() -> Error {
+    Error::InvalidState {
+        what: "the move is inside its own eqf_move_step on this thread (called from the step's \
+               energy callback, which must not use the same move); nothing was done"
+            .to_owned(),
+    }
+}
+
+/// Marks a move as inside `eqf_move_step` until dropped (also when the step fails).
+struct Stepping(usize);
+
+impl Stepping {
+    fn enter(r#move: *const eqf_move) -> Self {
+        let address = r#move.addr();
+        let _ = STEPPING.try_with(|s| s.borrow_mut().push(address));
+        Stepping(address)
+    }
+}
+
+impl Drop for Stepping {
+    fn drop(&mut self) {
+        let _ = STEPPING.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if let Some(i) = s.iter().rposition(|a| *a == self.0) {
+                s.remove(i);
+            }
+        });
+    }
+}
+
+/// Borrows a move for a call, refusing one inside its own step on this thread.
+///
+/// # Safety
+/// As [`handle_mut`].
+unsafe fn move_mut<'a>(r#move: *mut eqf_move) -> crate::Result<&'a mut eqf_move> {
+    if stepping(r#move) {
+        return Err(stepping_error());
+    }
+    // SAFETY: forwarded contract of this function.
+    unsafe { handle_mut(r#move, "move") }
+}
+
+/// Borrows a move for reading, refusing one inside its own step on this thread.
+///
+/// # Safety
+/// As [`handle`].
+unsafe fn move_ref<'a>(r#move: *const eqf_move) -> crate::Result<&'a eqf_move> {
+    if stepping(r#move) {
+        return Err(stepping_error());
+    }
+    // SAFETY: forwarded contract of this function.
+    unsafe { handle(r#move, "move") }
 }
 
 #[cfg(test)]
@@ -407,6 +483,97 @@ mod tests {
         // SAFETY: eqflow passes a writable double.
         unsafe { u.write(f64::NAN) };
         0
+    }
+
+    /// What the re-entrant callback below tried, and the statuses it got.
+    struct Reentry {
+        mv: *mut eqf_move,
+        statuses: Vec<i32>,
+    }
+
+    /// A DW-4 energy that first calls every move function on its own move (`user` points to a
+    /// `Reentry`), which the step holds: each must be refused, touching nothing.
+    unsafe extern "C" fn reentrant(
+        user: *mut c_void,
+        n_particles: i64,
+        dim: i64,
+        x: *const f64,
+        u: *mut f64,
+    ) -> i32 {
+        // SAFETY: the test passes a live `Reentry`; eqflow passes N*D doubles and a writable
+        // double; the move functions get valid buffers of the right sizes.
+        unsafe {
+            let r = &mut *user.cast::<Reentry>();
+            let len = (n_particles * dim) as usize;
+            let x_slice = std::slice::from_raw_parts(x, len);
+            let (mut y, mut uu, mut accepted) = (x_slice.to_vec(), 0.0, -7);
+            let (mut p, mut a) = (0, 0);
+            let mut solver = eqf_solver_stats::default();
+            r.statuses.extend([
+                eqf_move_step(
+                    r.mv,
+                    y.as_mut_ptr(),
+                    &raw mut uu,
+                    Some(dw4),
+                    std::ptr::null_mut(),
+                    &raw mut accepted,
+                ),
+                eqf_move_propose(r.mv, x, 0.0, y.as_mut_ptr()),
+                eqf_move_accept(r.mv, 0.0, &raw mut accepted),
+                eqf_move_stats(r.mv, &raw mut p, &raw mut a),
+                eqf_move_solver_stats(r.mv, &raw mut solver),
+                eqf_move_free(r.mv),
+            ]);
+            u.write(DoubleWell::dw4().energy(x_slice));
+        }
+        0
+    }
+
+    /// Issue 14 (session 23): the energy callback of `eqf_move_step` calling the same move
+    /// (a nested step, a propose/accept pair, the statistics, even a free) got EQF_OK and
+    /// corrupted the chain (40 proposals counted for 20 steps, U written next to another x).
+    /// Each is now EQF_ERR_INVALID_STATE, and the outer step is the only one counted.
+    #[test]
+    fn the_energy_callback_cannot_use_the_move_it_runs_in() {
+        let mv = new_move(3);
+        let mut reentry = Reentry {
+            mv,
+            statuses: Vec::new(),
+        };
+        let mut x = [0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0];
+        let mut u = DoubleWell::dw4().energy(&x);
+        let mut accepted = -7;
+        // SAFETY: live move and buffers; `reentry` outlives the call; freed once below.
+        unsafe {
+            let user = (&raw mut reentry).cast::<c_void>();
+            let status = eqf_move_step(
+                mv,
+                x.as_mut_ptr(),
+                &raw mut u,
+                Some(reentrant),
+                user,
+                &raw mut accepted,
+            );
+            assert_eq!(status, EQF_OK);
+            assert_eq!(reentry.statuses, [EQF_ERR_INVALID_STATE; 6]);
+            assert_eq!(stats(mv).0, 1);
+            if accepted == 1 {
+                assert_eq!(u, DoubleWell::dw4().energy(&x));
+            }
+            // After the step the move is usable again.
+            let energy = DoubleWell::dw4();
+            let status = eqf_move_step(
+                mv,
+                x.as_mut_ptr(),
+                &raw mut u,
+                Some(dw4),
+                (&raw const energy).cast_mut().cast::<c_void>(),
+                &raw mut accepted,
+            );
+            assert_eq!(status, EQF_OK);
+            assert_eq!(stats(mv).0, 2);
+            assert_eq!(eqf_move_free(mv), EQF_OK);
+        }
     }
 
     #[test]

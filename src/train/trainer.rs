@@ -639,7 +639,15 @@ impl<'a> Trainer<'a> {
         let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
         run.optimizer.set_lr(lr)?;
         run.optimizer.step(&mut run.params, &g.mixed)?;
-        run.work.set_params(&run.params)?;
+        // The step itself can leave the usable ranges (a bandwidth whose 1/γ² overflows after
+        // a step at a huge learning rate): a diverged run, said as such.
+        run.work.set_params(&run.params).map_err(|e| {
+            Error::non_finite(format!(
+                "training diverged: the optimiser step at epoch {epoch} step {step} (learning \
+                 rate {lr:e}) left the field's usable ranges ({e}); the flow is unchanged \
+                 (lower the learning rate)"
+            ))
+        })?;
         run.step_index += 1;
         Ok((nll, kl, loss))
     }

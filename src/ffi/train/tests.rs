@@ -1072,6 +1072,28 @@ fn a_diverged_kl_loss_fails_and_leaves_the_flow_unchanged() {
     assert_eq!(reference.field().params(), &params[..]);
 }
 
+/// Session 23: a learning rate within the setter's range (1e3 here, 1e6 in the CLI report)
+/// can throw the parameters out of the field's usable ranges in one step; the error says the
+/// run diverged and names the learning rate (it read "log inverse bandwidth 1000.69 gives an
+/// unusable 1/γ²"), and the flow is unchanged.
+#[test]
+fn a_step_that_leaves_the_usable_ranges_is_a_diverged_run_naming_the_learning_rate() {
+    let data = dw4_data(32, 8);
+    let options = Options::small();
+    // SAFETY: live options.
+    unsafe { assert_eq!(eqf_train_options_set_learning_rate(options.0, 1e3), EQF_OK) };
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let (status, _) = flow.train(&options, &data, &[]);
+    let message = message();
+    assert_eq!(status, EQF_ERR_NON_FINITE, "{message}");
+    assert!(
+        message.contains("training diverged") && message.contains("learning rate 1e3"),
+        "{message}"
+    );
+    assert_eq!(flow.params(), before);
+}
+
 #[test]
 fn a_large_but_finite_kl_loss_trains_with_finite_reports() {
     // One KL sample per step of loss ~1e308: every step is finite, but the plain sum of the
