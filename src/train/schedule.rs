@@ -66,7 +66,7 @@ impl LambdaSchedule {
             LambdaSchedule::Linear { start, end } => [start, end],
         };
         if let Some(l) = values.iter().find(|l| !(0.0..=1.0).contains(*l)) {
-            return Err(Error::invalid(format!("λ must lie in [0, 1], got {l}")));
+            return Err(Error::invalid(format!("λ must lie in [0, 1], got {l:e}")));
         }
         Ok(())
     }

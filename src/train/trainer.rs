@@ -178,18 +178,18 @@ impl TrainConfig {
             && !(final_fraction > 0.0 && final_fraction <= 1.0)
         {
             return Err(Error::invalid(format!(
-                "cosine learning-rate final fraction {final_fraction} is outside (0, 1]"
+                "cosine learning-rate final fraction {final_fraction:e} is outside (0, 1]"
             )));
         }
         if !(self.lipschitz_penalty >= 0.0 && self.lipschitz_penalty.is_finite()) {
             return Err(Error::invalid(format!(
-                "lipschitz_penalty {} must be finite and ≥ 0",
+                "lipschitz_penalty {:e} must be finite and ≥ 0",
                 self.lipschitz_penalty
             )));
         }
         if !(self.lipschitz_target > 0.0 && self.lipschitz_target < 1.0) {
             return Err(Error::invalid(format!(
-                "lipschitz_target {} is outside (0, 1): the certificate needs increment bounds \
+                "lipschitz_target {:e} is outside (0, 1): the certificate needs increment bounds \
                  below 1",
                 self.lipschitz_target
             )));

@@ -317,7 +317,7 @@ fn options_start_at_the_paper_defaults_and_setters_validate() {
         rejected(eqf_train_options_set_kl_samples(o, -1), "n_kl_samples");
         rejected(
             eqf_train_options_set_lambda(o, 1.5),
-            "λ must lie in [0, 1], got 1.5",
+            "λ must lie in [0, 1], got 1.5e0",
         );
         rejected(
             eqf_train_options_set_lambda(o, -0.1),
