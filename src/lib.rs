@@ -94,6 +94,7 @@ pub mod reference_mcmc;
 pub mod rng;
 pub mod species;
 pub mod system;
+pub mod thread_count;
 pub mod train;
 
 // The C ABI (`include/eqflow.h`): with `integrate::simd` (one AVX-512 kernel, checked bit for

@@ -18,18 +18,25 @@ fn eqflow(args: &[&str]) -> Output {
 /// Runs eqflow and fails the test if it is still running after `seconds`: what is refused
 /// must be refused before the work starts.
 fn eqflow_within(seconds: u64, args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eqflow"))
+    eqflow_within_env(seconds, &[], args)
+}
+
+/// [`eqflow_within`] with the variables `env` set (and `RAYON_NUM_THREADS` only if given).
+fn eqflow_within_env(seconds: u64, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eqflow"));
+    command
         .args(args)
+        .env_remove("RAYON_NUM_THREADS")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("eqflow runs");
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("eqflow runs");
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > Duration::from_secs(seconds) {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("{args:?} still runs after {seconds} s: not refused up front");
+            panic!("{env:?} {args:?} still runs after {seconds} s: not refused up front");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -818,5 +825,85 @@ fn configurations_go_to_npy_or_xyz_files_only() {
         let r = eqflow_within(30, &args);
         assert!(r.status.success(), "{args:?}: {}", stderr(&r));
         assert!(out.exists(), "{name}");
+    }
+}
+
+fn as_str(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A huge thread count and a Dormand–Prince setting that cannot finish: a fast, clear
+/// outcome, never a panic, an abort or a hang.
+#[test]
+fn a_huge_rayon_num_threads_is_capped_and_changes_no_sample() {
+    // Before: RAYON_NUM_THREADS=5000 aborted after ~26 s ("failed to allocate an alternative
+    // stack", exit 101) and 20000 hung for more than a minute.
+    let dir = folder("hostile-threads");
+    let reference = dir.join("one.npy");
+    let args = |out: &Path| -> Vec<String> {
+        let args = [
+            "sample", "--model", MODEL_DW4, "-n", "5", "--seed", "3", "-q", "--out",
+        ];
+        let mut args: Vec<String> = args.map(str::to_owned).to_vec();
+        args.push(s(out).to_owned());
+        args
+    };
+    let one_args = args(&reference);
+    let one = eqflow_within_env(60, &[("RAYON_NUM_THREADS", "1")], &as_str(&one_args));
+    assert!(one.status.success(), "{}", stderr(&one));
+    for threads in ["5000", "20000"] {
+        let out = dir.join(format!("t{threads}.npy"));
+        let many_args = args(&out);
+        let run = eqflow_within_env(30, &[("RAYON_NUM_THREADS", threads)], &as_str(&many_args));
+        let err = stderr(&run);
+        assert!(run.status.success(), "{threads}: {:?} {err}", run.status);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains(&format!("RAYON_NUM_THREADS={threads} is capped")),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&reference).unwrap(),
+            "the samples depend on the thread count"
+        );
+    }
+}
+
+#[test]
+fn a_dormand_prince_model_that_cannot_finish_is_refused_at_once() {
+    // Before: a model file with rtol = atol = 5e-324 and max_steps = 1e12 loaded, and sampling
+    // ran ~1 s per 100,000 zero-length steps, effectively forever.
+    let dir = folder("hostile-dopri");
+    let text = std::fs::read_to_string(MODEL_DW4).unwrap();
+    let mut model: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (rtol, atol, max_steps, name) in [
+        (5e-324, 5e-324, 1_000_000_000_000_u64, "rtol"),
+        (1e-5, 1e-10, 1_000_000_000_000, "max_steps"),
+    ] {
+        model["integrator"] = serde_json::json!({
+            "method": "dopri5", "rtol": rtol, "atol": atol, "max_steps": max_steps
+        });
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, model.to_string()).unwrap();
+        let out = dir.join("o.npy");
+        let run = eqflow_within(
+            30,
+            &[
+                "sample",
+                "--model",
+                s(&path),
+                "-n",
+                "5",
+                "--out",
+                s(&out),
+                "-q",
+            ],
+        );
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(name), "{name}: {err}");
+        assert!(!out.exists(), "nothing written");
     }
 }

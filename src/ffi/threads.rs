@@ -7,55 +7,27 @@
 //! thread. Results never depend on the pool size: every sample is computed sequentially from its
 //! own random stream (see `crate::flow`).
 
-use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::catch;
 use super::log::{EQF_LOG_INFO, EQF_LOG_WARNING, log};
+use crate::thread_count::{
+    MAX_POOL_THREADS, RAYON_ENV_VAR, THREAD_STACK_BYTES, THREADS_PER_CORE, cores,
+    rayon_env_threads, thread_cap,
+};
 use crate::{Error, Result};
 
 /// Largest thread count `eqf_set_num_threads` accepts; beyond it a count is a mistake.
 const MAX_THREADS: i64 = 4096;
 
-/// Threads per core the pool may have at most. More threads than cores only adds switching;
-/// a few per core leave room for cores the OS reports conservatively (cgroup quotas).
-const THREADS_PER_CORE: usize = 4;
-
-/// Absolute ceiling of the pool, whatever the core count. Starting thousands of threads takes
-/// tens of seconds and can exhaust the process's memory maps (the thread start-up then aborts
-/// the whole process, which no error handling can catch); results are bit-identical for any
-/// count, so capping a request changes no number.
-const MAX_POOL_THREADS: usize = 1024;
-
-/// The stack every pool thread reserves: Rust's default for spawned threads (rayon sets none),
-/// reported in the message when the system refuses the threads.
-const THREAD_STACK_BYTES: u64 = 2 << 20;
-
 /// The environment variable read (once, when the pool is first needed) for the default size.
 const ENV_VAR: &str = "EQFLOW_NUM_THREADS";
-
-/// rayon's own variable, honoured for the default size when [`ENV_VAR`] is not set (as rayon
-/// would), but read here so that it is capped too.
-const RAYON_ENV_VAR: &str = "RAYON_NUM_THREADS";
 
 /// The pool, built on first use. Replaced as a whole by `eqf_set_num_threads`; calls already
 /// running keep the `Arc` of the pool they started in.
 static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
-
-/// The cores this process may use (1 if the system cannot tell).
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
-}
-
-/// The most threads the pool gets on a machine with `cores` cores:
-/// `min(THREADS_PER_CORE · cores, MAX_POOL_THREADS)`.
-fn thread_cap(cores: usize) -> usize {
-    THREADS_PER_CORE
-        .saturating_mul(cores)
-        .clamp(1, MAX_POOL_THREADS)
-}
 
 /// `EQFLOW_NUM_THREADS`, parsed once: `Some(n)` for a positive integer, else `None`.
 fn env_threads() -> Option<usize> {
@@ -77,21 +49,13 @@ fn env_threads() -> Option<usize> {
     })
 }
 
-/// A `RAYON_NUM_THREADS` value as rayon reads it: a positive integer, anything else (0, text)
-/// meaning the default.
-fn parse_rayon_threads(value: Option<&str>) -> Option<usize> {
-    value
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n >= 1)
-}
-
 /// The default request and where it comes from: `EQFLOW_NUM_THREADS`, else
 /// `RAYON_NUM_THREADS`, else one thread per core.
 fn default_request() -> (usize, &'static str) {
     if let Some(n) = env_threads() {
         return (n, ENV_VAR);
     }
-    match parse_rayon_threads(std::env::var(RAYON_ENV_VAR).ok().as_deref()) {
+    match rayon_env_threads() {
         Some(n) => (n, RAYON_ENV_VAR),
         None => (cores(), "the core count"),
     }
@@ -242,20 +206,6 @@ mod tests {
             assert_eq!(status, 0);
         }
         (x, log_q, again)
-    }
-
-    #[test]
-    fn the_pool_is_capped_at_four_threads_per_core_and_1024() {
-        assert_eq!(thread_cap(1), 4);
-        assert_eq!(thread_cap(2), 8);
-        assert_eq!(thread_cap(256), MAX_POOL_THREADS);
-        assert_eq!(thread_cap(usize::MAX), MAX_POOL_THREADS);
-        assert_eq!(thread_cap(0), 1);
-        // RAYON_NUM_THREADS as rayon reads it: 0 and text mean the default.
-        assert_eq!(parse_rayon_threads(Some(" 5000 ")), Some(5000));
-        assert_eq!(parse_rayon_threads(Some("0")), None);
-        assert_eq!(parse_rayon_threads(Some("many")), None);
-        assert_eq!(parse_rayon_threads(None), None);
     }
 
     #[test]

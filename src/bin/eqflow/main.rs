@@ -7,8 +7,8 @@
 //! with a message giving the need and the limit.
 //!
 //! Parallel work runs in rayon's global pool, built here explicitly with one thread per core or
-//! `RAYON_NUM_THREADS`, capped at [`THREADS_PER_CORE`] per core and [`MAX_THREADS`] (the rule
-//! of the library's pool for C hosts): left to rayon, `RAYON_NUM_THREADS=5000` started 5000
+//! `RAYON_NUM_THREADS`, capped by [`eqflow::thread_count`] (the rule of the library's pool for
+//! C hosts): left to rayon, `RAYON_NUM_THREADS=5000` started 5000
 //! threads, which took half a minute and then aborted the process. Results are bit-identical
 //! for any thread count.
 
@@ -28,6 +28,10 @@ use eqflow::geometry::Layout;
 use eqflow::io::{self, ConfigShape, Dtype, model};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::system::System;
+use eqflow::thread_count::{
+    MAX_POOL_THREADS, RAYON_ENV_VAR, THREAD_STACK_BYTES, THREADS_PER_CORE, cores,
+    parse_rayon_threads, thread_cap,
+};
 use eqflow::train::{
     LambdaSchedule, LrSchedule, Objective, Pairing, Probe, TrainConfig, TrainSummary, Trainer,
 };
@@ -59,18 +63,11 @@ fn check_memory(what: &str, n: usize, doubles_per_item: usize) -> Result<()> {
     Ok(())
 }
 
-/// Threads per core the global pool may have at most (as the library's pool for C hosts).
-const THREADS_PER_CORE: usize = 4;
-
-/// Absolute ceiling of the global pool: starting thousands of threads takes tens of seconds and
-/// can exhaust the memory maps, and a thread that cannot start aborts the whole process.
-const MAX_THREADS: usize = 1024;
-
 /// The size of the global pool: `requested` (`RAYON_NUM_THREADS`, if a positive integer) or
-/// `cores`, capped at `min(THREADS_PER_CORE · cores, MAX_THREADS)`. Returns the size and, when
-/// the request was capped, the cap.
+/// `cores`, capped by [`thread_cap`]. Returns the size and, when the request was capped, the
+/// cap.
 fn pool_size(requested: Option<usize>, cores: usize) -> (usize, Option<usize>) {
-    let cap = THREADS_PER_CORE.saturating_mul(cores).clamp(1, MAX_THREADS);
+    let cap = thread_cap(cores);
     let wanted = requested.unwrap_or(cores).max(1);
     (wanted.min(cap), (wanted > cap).then_some(cap))
 }
@@ -83,35 +80,26 @@ fn pool_size(requested: Option<usize>, cores: usize) -> (usize, Option<usize>) {
 /// [`Error::Resource`] if the system refuses to start the threads, with the count and the
 /// system's reason.
 fn start_thread_pool() -> Result<()> {
-    let value = std::env::var("RAYON_NUM_THREADS").ok();
-    // As rayon reads it: 0 or text means the default.
-    let requested = value
-        .as_deref()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n >= 1);
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let (size, capped) = pool_size(requested, cores);
+    let value = std::env::var(RAYON_ENV_VAR).ok();
+    let requested = parse_rayon_threads(value.as_deref());
+    let (size, capped) = pool_size(requested, cores());
     if let (Some(cap), Some(requested)) = (capped, requested) {
         warn(&format!(
             "RAYON_NUM_THREADS={requested} is capped at {cap} threads ({THREADS_PER_CORE} per \
-             core, at most {MAX_THREADS}); results do not depend on the count"
+             core, at most {MAX_POOL_THREADS}); results do not depend on the count"
         ));
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(size)
         .build_global()
-        .map_err(|e| {
-            // Rust's default stack for a spawned thread (rayon sets none).
-            const STACK_BYTES: u64 = 2 << 20;
-            Error::Resource {
-                what: format!(
-                    "the stacks of {size} worker threads (RAYON_NUM_THREADS = {}; the system \
+        .map_err(|e| Error::Resource {
+            what: format!(
+                "the stacks of {size} worker threads (RAYON_NUM_THREADS = {}; the system \
                      refused to start them: {e})",
-                    value.as_deref().unwrap_or("unset")
-                ),
-                need_bytes: size as u128 * u128::from(STACK_BYTES),
-                limit_bytes: MAX_THREADS as u64 * STACK_BYTES,
-            }
+                value.as_deref().unwrap_or("unset")
+            ),
+            need_bytes: size as u128 * u128::from(THREAD_STACK_BYTES),
+            limit_bytes: MAX_POOL_THREADS as u64 * THREAD_STACK_BYTES,
         })
 }
 
@@ -1534,7 +1522,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_THREADS, better_uncertified_epoch, pool_size};
+    use super::{MAX_POOL_THREADS, better_uncertified_epoch, pool_size};
     use eqflow::train::{EpochReport, TrainSummary};
     use std::time::Duration;
 
@@ -1599,9 +1587,12 @@ mod tests {
         assert_eq!(pool_size(Some(5000), 2), (8, Some(8)));
         assert_eq!(
             pool_size(Some(20_000), 512),
-            (MAX_THREADS, Some(MAX_THREADS))
+            (MAX_POOL_THREADS, Some(MAX_POOL_THREADS))
         );
-        assert_eq!(pool_size(None, 2048), (MAX_THREADS, Some(MAX_THREADS)));
+        assert_eq!(
+            pool_size(None, 2048),
+            (MAX_POOL_THREADS, Some(MAX_POOL_THREADS))
+        );
         assert_eq!(pool_size(None, 0), (1, None));
     }
 }

@@ -1007,6 +1007,22 @@ fn an_rk4_tape_beyond_the_limit_is_a_resource_error() {
     assert_eq!(summary.n_epochs, -7);
 }
 
+/// Installs `host`'s KL energy and a progress callback that records into `reports`; both must
+/// outlive the training calls made with `options`.
+fn install_energy_and_progress(options: &Options, host: &Host, reports: &mut Progress) {
+    // SAFETY: live options; the caller keeps `host` and `reports` alive through training.
+    unsafe {
+        let user = host.user();
+        let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
+        assert_eq!(status, EQF_OK);
+        let user = std::ptr::from_mut(reports).cast();
+        assert_eq!(
+            eqf_train_options_set_progress(options.0, Some(progress), user),
+            EQF_OK
+        );
+    }
+}
+
 #[test]
 fn a_diverged_kl_loss_fails_and_leaves_the_flow_unchanged() {
     // Finite U = -1e308 with a finite gradient: each sample's loss is finite, but the mean of
@@ -1019,17 +1035,7 @@ fn a_diverged_kl_loss_fails_and_leaves_the_flow_unchanged() {
         reports: Vec::new(),
         stop_after: usize::MAX,
     };
-    // SAFETY: live options; `host` and `reports` outlive the training call.
-    unsafe {
-        let user = host.user();
-        let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
-        assert_eq!(status, EQF_OK);
-        let user = (&raw mut reports).cast();
-        assert_eq!(
-            eqf_train_options_set_progress(options.0, Some(progress), user),
-            EQF_OK
-        );
-    }
+    install_energy_and_progress(&options, &host, &mut reports);
     let flow = FlowHandle::new(4, 2, 9);
     let before = flow.params();
     let (status, summary) = flow.train(&options, &data, &[]);
@@ -1107,17 +1113,7 @@ fn a_large_but_finite_kl_loss_trains_with_finite_reports() {
         reports: Vec::new(),
         stop_after: usize::MAX,
     };
-    // SAFETY: live options; `host` and `reports` outlive the training call.
-    unsafe {
-        let user = host.user();
-        let status = eqf_train_options_set_kl_energy_fn(options.0, Some(host_energy), user);
-        assert_eq!(status, EQF_OK);
-        let user = (&raw mut reports).cast();
-        assert_eq!(
-            eqf_train_options_set_progress(options.0, Some(progress), user),
-            EQF_OK
-        );
-    }
+    install_energy_and_progress(&options, &host, &mut reports);
     let flow = FlowHandle::new(4, 2, 9);
     let (status, summary) = flow.train(&options, &data, &[]);
     assert_eq!(status, EQF_OK, "{}", message());
