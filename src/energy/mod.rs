@@ -249,25 +249,45 @@ fn distance(xi: &[f64], xj: &[f64]) -> f64 {
         return d2.sqrt();
     }
     let halve = !d2.is_finite();
-    let diff = |a: f64, b: f64| if halve { a * 0.5 - b * 0.5 } else { a - b };
+    match scaled_difference(xi, xj, halve) {
+        None => 0.0,
+        Some((m, norm)) => {
+            let d = m * norm;
+            if halve { 2.0 * d } else { d }
+        }
+    }
+}
+
+/// `x_i − x_j` (each component halved first if `halve`, so that no difference overflows) as
+/// its largest component magnitude `m` and the norm of the difference divided by `m`: the
+/// length is `m · norm` (twice that if halved), formed without overflow or underflow. `None`
+/// for a zero difference. Shared by [`distance`] and the slow path of [`add_pair_gradient`].
+#[inline]
+fn scaled_difference(xi: &[f64], xj: &[f64], halve: bool) -> Option<(f64, f64)> {
     let m = xi
         .iter()
         .zip(xj)
-        .map(|(&a, &b)| diff(a, b).abs())
+        .map(|(&a, &b)| difference(a, b, halve).abs())
         .fold(0.0, f64::max);
     if m == 0.0 {
-        return 0.0;
+        return None;
     }
-    let sum: f64 = xi
+    let norm = xi
         .iter()
         .zip(xj)
         .map(|(&a, &b)| {
-            let t = diff(a, b) / m;
+            let t = difference(a, b, halve) / m;
             t * t
         })
-        .sum();
-    let d = m * sum.sqrt();
-    if halve { 2.0 * d } else { d }
+        .sum::<f64>()
+        .sqrt();
+    Some((m, norm))
+}
+
+/// `a − b`, or `a/2 − b/2` (which cannot overflow) if `halve`.
+#[inline]
+fn difference(a: f64, b: f64, halve: bool) -> f64 {
+    if halve { a * 0.5 - b * 0.5 } else { a - b }
 }
 
 /// Adds the gradient of a pair term `f(d_ij)` to particles `i < j`:
@@ -306,26 +326,11 @@ fn add_pair_gradient(
         }
         return;
     }
-    let half = |a: f64, b: f64| a * 0.5 - b * 0.5;
-    let m = xi
-        .iter()
-        .zip(xj)
-        .map(|(&a, &b)| half(a, b).abs())
-        .fold(0.0, f64::max);
-    if m == 0.0 {
+    let Some((m, norm)) = scaled_difference(xi, xj, true) else {
         return;
-    }
-    let norm = xi
-        .iter()
-        .zip(xj)
-        .map(|(&a, &b)| {
-            let t = half(a, b) / m;
-            t * t
-        })
-        .sum::<f64>()
-        .sqrt();
+    };
     for (((gi_k, gj_k), &xi_k), &xj_k) in gi.iter_mut().zip(gj).zip(xi).zip(xj) {
-        let g = dudd * ((half(xi_k, xj_k) / m) / norm);
+        let g = dudd * ((difference(xi_k, xj_k, true) / m) / norm);
         *gi_k += g;
         *gj_k -= g;
     }
