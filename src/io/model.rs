@@ -360,8 +360,7 @@ impl ModelFile {
     /// Writes the model file atomically (see `io::write_atomically`): a reader sees the old
     /// file or the whole new one, and a failed write leaves `path` as it was.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let json = self.to_json();
-        super::write_atomically(path, "model file", |w| w.write_all(json.as_bytes()))
+        write_json(path, &self.to_json())
     }
 }
 
@@ -392,6 +391,11 @@ pub fn save(
             "refusing to save a model that could not be loaded back: {e}"
         ))
     })?;
+    write_json(path, &json)
+}
+
+/// Writes a model file's JSON text atomically (see `io::write_atomically`).
+fn write_json(path: &Path, json: &str) -> Result<()> {
     super::write_atomically(path, "model file", |w| w.write_all(json.as_bytes()))
 }
 
