@@ -144,16 +144,18 @@ int main(int argc, char **argv) {
                         "one step fewer is not certified");
                 require(certificate.certified == (*count <= 20),
                         "the model's grid is certified iff it has enough steps");
-                // Strict mode: the certified grid samples, one step fewer is refused with the
-                // certified step count in the message.
-                const eqflow::Flow strict_fine = fine.with_require_certificate(true);
-                require(strict_fine.require_certificate() && !fine.require_certificate(),
-                        "strict mode is a property of the copy");
-                require(strict_fine.sample(3, 4).second.size() == 4,
+                // Strict mode, on for every flow unless it opts out: the certified grid
+                // samples, one step fewer is refused with the certified step count in the
+                // message, and its opt-out (a copy) samples anyway.
+                const eqflow::Flow lax_coarse = coarse.with_require_certificate(false);
+                require(fine.require_certificate() && coarse.require_certificate() &&
+                            !lax_coarse.require_certificate(),
+                        "strict by default; the opt-out is a property of the copy");
+                require(fine.sample(3, 4).second.size() == 4,
                         "a certified grid samples in strict mode");
                 bool refused = false;
                 try {
-                    (void)coarse.with_require_certificate(true).sample(3, 4);
+                    (void)coarse.sample(3, 4);
                 } catch (const eqflow::Error &e) {
                     const std::string expected =
                         "certified with " + std::to_string(*count) + " RK4 steps";
@@ -161,6 +163,8 @@ int main(int argc, char **argv) {
                               std::string(e.what()).find(expected) != std::string::npos;
                 }
                 require(refused, "an uncertified grid is refused in strict mode");
+                require(lax_coarse.sample(3, 4).second.size() == 4,
+                        "the opt-out samples an uncertified grid");
             }
         }
 

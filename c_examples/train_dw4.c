@@ -296,6 +296,20 @@ int main(int argc, char **argv) {
             host.n_calls);
     REQUIRE(host.n_foreign_thread == 0, "the KL callback ran on another thread %ld times",
             host.n_foreign_thread);
+    /* Strict mode (the default): training leaves the flow certified one-to-one at its RK4 step
+     * count, raising the count where the trained field needs more than its 20. */
+    {
+        int32_t certified = 0, method = 0, mode = 0;
+        int64_t n_steps = 0;
+        double contraction = 0.0, rtol = 0.0, atol = 0.0;
+        TRY(eqf_flow_certificate(flow, &certified, &contraction, NULL));
+        TRY(eqf_flow_integrator(flow, &method, &n_steps, &rtol, &atol, &mode));
+        REQUIRE(certified == 1 && contraction < 1.0 && n_steps >= 20,
+                "the trained flow is not certified (bound %.3f at %lld steps)", contraction,
+                (long long)n_steps);
+        printf("trained flow certified at %lld RK4 steps (worst step bound %.3f)\n",
+               (long long)n_steps, contraction);
+    }
     TRY(mean_nll(flow, n_validation, validation, &nll_trained));
 
     /* 4. Save, load back: the same densities, bit for bit. */

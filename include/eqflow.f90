@@ -1082,7 +1082,8 @@ contains
 
     ! A new flow with this flow's parameters and integrator and strict mode on or off
     ! (eqf_flow_with_require_certificate): in strict mode an uncertified exact-discrete grid is
-    ! refused with EQF_ERR_UNCERTIFIED, the message naming the certified step count.
+    ! refused with EQF_ERR_UNCERTIFIED, the message naming the certified step count. Every
+    ! flow is strict unless it opts out (.false.).
     subroutine flow_with_require_certificate(this, require, new, status)
         class(eqflow_flow), intent(in) :: this
         logical, intent(in) :: require

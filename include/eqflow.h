@@ -692,6 +692,12 @@ int32_t eqf_energy_free(eqf_energy *energy);
  * integrated with 20 fixed RK4 steps and reports the exact density of that discrete map.
  * Same arguments, same flow.
  *
+ * The flow is in strict mode (`eqf_flow_with_require_certificate`) and certified at its 20
+ * steps: where the drawn weights are not (from N = 4 on, more often with more particles), the
+ * field's output weights are scaled down by the largest factor 2^(-k/8) that certifies it,
+ * so the new flow samples at once. This costs a few certificate evaluations (milliseconds;
+ * about 0.2 s at N = 1000).
+ *
  * @param n_particles  N, number of particles (2 to EQF_MAX_PARTICLES)
  * @param dim          D, spatial dimension (1, 2 or 3)
  * @param seed         seed of the random initial weights
@@ -774,8 +780,9 @@ int32_t eqf_flow_certificate(const eqf_flow *flow,
  * density mode fail with EQF_ERR_UNCERTIFIED, before writing anything, unless the flow's step
  * certificate (`eqf_flow_certificate`) proves every RK4 step a bijection; the message names the
  * step count that would be certified (use it with `eqf_flow_with_integrator`). Strict mode
- * has no effect in the continuous density mode. It is saved by `eqf_flow_save`. Off by
- * default.
+ * has no effect in the continuous density mode. It is saved by `eqf_flow_save`. **On by
+ * default** for every flow (new, loaded or trained); `require = 0` is the explicit opt-out,
+ * for a host that accepts densities through a map not proved one-to-one.
  *
  * Flows are immutable and shared between threads, so the setting is not changed in place:
  * the new flow is independent of the old one (either may be freed first).
@@ -931,7 +938,9 @@ int32_t eqf_move_new(const eqf_flow *flow, double kT, uint64_t seed, eqf_move **
  * @param x_proposed  output, N*D doubles, distinct from x_current; written only on success
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_NON_FINITE (NaN or infinite coordinates, U
  *         NaN or -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
- *         (the flow cannot evaluate the current state or produce a proposal). On failure the
+ *         (the flow cannot evaluate the current state or produce a proposal);
+ *         EQF_ERR_UNCERTIFIED (strict mode, the default, and the flow's RK4 grid is not
+ *         certified one-to-one: `eqf_flow_with_require_certificate`). On failure the
  *         move is unchanged (including its random stream, statistics and pending proposal)
  */
 int32_t eqf_move_propose(eqf_move *move,
@@ -978,7 +987,8 @@ int32_t eqf_move_accept(eqf_move *move, double U_proposed, int32_t *accepted);
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_CALLBACK (energy returned non-zero);
  *         EQF_ERR_NON_FINITE (NaN or infinite coordinates, an energy that is NaN or
  *         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE (the
- *         flow cannot evaluate the current state or produce a proposal). On failure x, U,
+ *         flow cannot evaluate the current state or produce a proposal); EQF_ERR_UNCERTIFIED
+ *         (strict mode, the default, with an uncertified RK4 grid). On failure x, U,
  *         accepted and the move (random stream and statistics included) are unchanged, so the
  *         step can be retried and gives the same proposal
  */
@@ -1025,7 +1035,10 @@ int32_t eqf_move_free(eqf_move *move);
  *
  * Flows are immutable and shared between threads, so the integrator is not changed in place:
  * the new flow is independent of the old one (either may be freed first). Moves created from
- * the new flow (`eqf_move_new`) propose and evaluate with its integrator.
+ * the new flow (`eqf_move_new`) propose and evaluate with its integrator. The copy keeps
+ * strict mode: fewer RK4 steps than the field's certified count (`eqf_flow_certificate`)
+ * make its exact-discrete calls fail with EQF_ERR_UNCERTIFIED, unless strict mode is off
+ * (`eqf_flow_with_require_certificate`).
  *
  * @param flow          the flow to copy (not NULL)
  * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
@@ -1071,7 +1084,7 @@ int32_t eqf_flow_integrator(const eqf_flow *flow,
  * Creates flow options with the defaults of `eqf_flow_new`: the "kernel" family (the paper's
  * pairwise RBF field), distance kernels centred on [0, 8] of the host's length unit, 50
  * distance and 10 time kernels, prior sigma 1, 20 fixed RK4 steps with the exact density of
- * that discrete map, seed 0.
+ * that discrete map, seed 0, strict mode on.
  *
  * @param out  on success receives the new options, to be released with
  *             `eqf_flow_options_free`; untouched on failure
@@ -1184,10 +1197,12 @@ int32_t eqf_flow_options_set_seed(eqf_flow_options *options, uint64_t seed);
  * Sets strict mode of the flows created from these options (see
  * `eqf_flow_with_require_certificate`): in the exact-discrete density mode they refuse to
  * sample, evaluate densities or propose moves (EQF_ERR_UNCERTIFIED, naming the step count that
- * would be certified) unless their step certificate proves every RK4 step a bijection.
+ * would be certified) unless their step certificate proves every RK4 step a bijection. On
+ * (the default), `eqf_flow_new_with_options` makes each new flow certified at its step count
+ * (damping its initial output weights as `eqf_flow_new` does); off keeps the weights as drawn.
  *
  * @param options  the options (not NULL)
- * @param require  1: strict mode on, 0: off (the default)
+ * @param require  1: strict mode on (the default), 0: off
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (require neither 0 nor 1;
  *         the options are unchanged)
  */
@@ -1291,8 +1306,9 @@ int32_t eqf_flow_new_with_options(int64_t n_particles,
  * Messages: every failed call at `EQF_LOG_DEBUG` (with the status; the same text is available
  * from `eqf_last_error_message`), caught internal panics at `EQF_LOG_ERROR`, an ignored
  * `EQFLOW_NUM_THREADS` at `EQF_LOG_WARNING`, a model loaded by `eqf_flow_load` whose RK4 map
- * is not certified one-to-one (exact-discrete mode, strict mode off) at `EQF_LOG_WARNING`,
- * thread pool (re)configuration at `EQF_LOG_INFO`.
+ * is not certified one-to-one (exact-discrete mode) at `EQF_LOG_WARNING`, thread pool
+ * (re)configuration and the step count `eqf_flow_train` raised (strict mode) at
+ * `EQF_LOG_INFO`.
  *
  * The setting is process-wide. The callback may be called from any thread, concurrently, for
  * as long as it is installed, so it must be thread-safe; `user` is passed back unchanged and
@@ -1585,7 +1601,14 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  * and the reported NLL.
  *
  * Training differentiates continuous-mode RK4 with the options' step count; the flow's own
- * integrator and density mode (what sampling, densities and moves use) are kept. Afterwards
+ * integrator and density mode (what sampling, densities and moves use) are kept, with one
+ * exception: in strict mode (the default, `eqf_flow_with_require_certificate`) a trained
+ * field that its RK4 step count does not certify gets the smallest step count that does, if
+ * that is at most 16 times its own (`eqf_flow_certificate` reports it; logged at
+ * `EQF_LOG_INFO`), so that the trained flow samples; beyond that the flow keeps its steps
+ * and its exact-discrete calls fail with EQF_ERR_UNCERTIFIED naming the count (logged at
+ * `EQF_LOG_WARNING`). Train with `eqf_train_options_set_lipschitz_penalty` to keep the step
+ * count. Afterwards
  * every call on the flow uses the new parameters; moves created from the flow before the
  * call keep their own copy of the old flow.
  *

@@ -336,7 +336,8 @@ public:
 
     /* A new flow with the same parameters and integrator and strict mode on or off: in strict
      * mode an uncertified exact-discrete grid is refused (EQF_ERR_UNCERTIFIED, the message
-     * naming the certified step count); see eqf_flow_with_require_certificate. */
+     * naming the certified step count). Every flow is strict unless it opts out (false); see
+     * eqf_flow_with_require_certificate. */
     Flow with_require_certificate(bool require) const {
         eqf_flow *out = nullptr;
         detail::check(eqf_flow_with_require_certificate(get(), require ? 1 : 0, &out));

@@ -136,7 +136,12 @@ impl fmt::Display for Error {
                          {n_steps})",
                         crate::integrate::MAX_RK4_STEPS
                     ),
-                }
+                }?;
+                write!(
+                    f,
+                    "; or opt out of strict mode (C: eqf_flow_with_require_certificate with 0; \
+                     CLI: --allow-uncertified)"
+                )
             }
         }
     }

@@ -30,7 +30,7 @@ use crate::rng::{self, Stream};
 /// parameters change (so a training loop that sets parameters every step never pays for
 /// them); densities are exact for that form, which is what the flow integrates.
 ///
-/// Strict mode ([`Flow::set_require_certificate`], off by default) makes the exact-discrete
+/// Strict mode ([`Flow::set_require_certificate`], on by default) makes the exact-discrete
 /// mode refuse a step grid that the flow's [`Flow::certificate`] does not cover.
 #[derive(Clone)]
 pub struct Flow {
@@ -68,6 +68,14 @@ impl PartialEq for Flow {
     }
 }
 
+/// At most this many times its own step count does training give an uncertified flow in
+/// strict mode ([`Flow::raise_to_certified_steps`]): past it the sampling cost would be out of
+/// proportion, and the flow keeps its steps and refuses exact-discrete work, naming the count,
+/// until the host decides. Measured: the kernel field trained without the certificate penalty
+/// needs 6× its 20 steps on DW-4 (the paper's protocol), 5× on LJ-13 and 10.7× on LJ-55, all
+/// within; the looser bounds of the coordkernel (41×) and envpair (3,300×) fields are not.
+pub const MAX_STEP_GROWTH: usize = 16;
+
 /// The random stream of sample `index` for a call with `seed`: [`rng::Stream::Sample`].
 #[must_use]
 pub fn sample_rng(seed: u64, index: u64) -> ChaCha20Rng {
@@ -77,10 +85,16 @@ pub fn sample_rng(seed: u64, index: u64) -> ChaCha20Rng {
 impl Flow {
     /// An untrained flow: the double-well kernel preset, `W ~ N(0, 1/K)` drawn from `seed`, a unit
     /// prior, RK4 with 20 steps and the exact-discrete density.
+    ///
+    /// Strict mode is on, so the initial weights are damped where needed to make the flow
+    /// certified at its 20 steps ([`Flow::certify_initial_field`]): from N = 4 the paper's
+    /// draw is not (25 steps needed at N = 4, 83 at N = 13).
     pub fn new(n_particles: usize, dim: usize, seed: u64) -> Result<Flow> {
         let layout = Layout::new(n_particles, dim)?;
         let field = KernelField::initialise(layout, KernelConfig::double_well(), seed)?;
-        Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())
+        let mut flow = Flow::from_parts(Prior::new(layout, 1.0)?, field, Integrator::default())?;
+        flow.certify_initial_field()?;
+        Ok(flow)
     }
 
     /// Assembles a flow, checking that prior and field describe the same particles.
@@ -103,7 +117,7 @@ impl Flow {
             integrator,
             tabulate: true,
             tabulated: OnceLock::new(),
-            require_certificate: false,
+            require_certificate: true,
             refusal: OnceLock::new(),
         })
     }
@@ -292,14 +306,97 @@ impl Flow {
         )
     }
 
-    /// Strict mode: with `true`, sampling and density evaluation in the exact-discrete mode fail
-    /// with [`Error::Uncertified`] (naming [`Flow::certified_step_count`]) unless
-    /// [`Flow::certificate`] proves every RK4 step a bijection, so that no density this flow
-    /// reports can silently miss a second preimage. Off by default (an uncertified grid is
-    /// usually still invertible where the samples are; BENCHMARKS.md, "Session 8"). No effect
-    /// in the continuous mode, whose densities are approximate anyway. Saved in model files.
+    /// Strict mode: with `true` (the default), sampling and density evaluation in the
+    /// exact-discrete mode fail with [`Error::Uncertified`] (naming
+    /// [`Flow::certified_step_count`]) unless [`Flow::certificate`] proves every RK4 step a
+    /// bijection, so that no density this flow reports can silently miss a second preimage.
+    /// `false` is the explicit opt-out (an uncertified grid is usually still invertible where
+    /// the samples are; BENCHMARKS.md, "Session 8"). No effect in the continuous mode, whose
+    /// densities are approximate anyway. Saved in model files.
     pub fn set_require_certificate(&mut self, require: bool) {
         self.require_certificate = require;
+    }
+
+    /// Makes an untrained flow certified at its own RK4 step count, for strict mode: if
+    /// [`Flow::certificate`] fails, the field's output is damped
+    /// ([`crate::field::FieldFamily::output_linear_blocks`]: those blocks scaled by the
+    /// largest factor of the form 2^(−k/8) that certifies), or, for a family whose field is
+    /// linear in no block, the step count is raised to [`Flow::certified_step_count`].
+    /// Nothing changes for a certified flow or a flow without a fixed grid. Returns the
+    /// factor applied to the output (1 when none).
+    ///
+    /// Why damp rather than add steps: an untrained flow is made to be trained, and its
+    /// initial scale is arbitrary (the paper's `N(0, 1/K)`), whereas extra steps would stay
+    /// with the trained flow and slow every sample.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Uncertified`] if neither makes the flow certified (a step count beyond
+    /// [`MAX_RK4_STEPS`]).
+    pub fn certify_initial_field(&mut self) -> Result<f64> {
+        let Some(cert) = self.certificate() else {
+            return Ok(1.0);
+        };
+        if cert.is_certified() {
+            return Ok(1.0);
+        }
+        let blocks = self.field.output_linear_blocks();
+        if blocks.is_empty() {
+            self.raise_to_certified_steps(MAX_RK4_STEPS)?;
+            return Ok(1.0);
+        }
+        let original = self.field.params().to_vec();
+        let mut damped = original.clone();
+        // The bounds are linear in the factor; 2^(-1/8) steps keep the field within 9 % of the
+        // largest certified scale, and 2^(-8·60) reaches any field a model file can hold.
+        for k in 1..=480 {
+            let factor = (-f64::from(k) / 8.0).exp2();
+            for range in &blocks {
+                for (d, o) in damped[range.clone()]
+                    .iter_mut()
+                    .zip(&original[range.clone()])
+                {
+                    *d = o * factor;
+                }
+            }
+            self.set_params(&damped)?;
+            if self.certificate().is_some_and(|c| c.is_certified()) {
+                return Ok(factor);
+            }
+        }
+        self.set_params(&original)?;
+        Err(self.refusal_now().unwrap_or_else(|| {
+            Error::invalid("the untrained field cannot be certified by damping its output")
+        }))
+    }
+
+    /// Raises the RK4 step count to [`Flow::certified_step_count`] if the flow is not
+    /// certified at its own and that count is at most `max_steps`: what training does in
+    /// strict mode (a step count that grows with the field, up to [`MAX_STEP_GROWTH`] times
+    /// the trained one). Returns the new step count, `None` when nothing changed (certified,
+    /// or not a fixed grid).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Uncertified`] (the flow unchanged), naming the certified count, if it is
+    /// above `max_steps` or there is none up to [`MAX_RK4_STEPS`].
+    pub fn raise_to_certified_steps(&mut self, max_steps: usize) -> Result<Option<usize>> {
+        let Some(cert) = self.certificate() else {
+            return Ok(None);
+        };
+        if cert.is_certified() {
+            return Ok(None);
+        }
+        let refusal = |flow: &Flow| {
+            flow.refusal_now()
+                .unwrap_or_else(|| Error::invalid("no RK4 step count certifies this flow"))
+        };
+        let Some(needed) = self.certified_step_count().filter(|&n| n <= max_steps) else {
+            return Err(refusal(self));
+        };
+        let integrator = Integrator::new(Method::Rk4 { n_steps: needed }, self.integrator.mode())?;
+        self.set_integrator(integrator);
+        Ok(Some(needed))
     }
 
     /// Whether strict mode is on ([`Flow::set_require_certificate`]).

@@ -51,7 +51,10 @@ pub struct FlowConfig {
     /// need the kernel family.
     pub species: Option<Species>,
     /// Strict mode ([`Flow::set_require_certificate`]): the flow refuses exact-discrete work
-    /// unless its step certificate proves every RK4 step a bijection. Default false.
+    /// unless its step certificate proves every RK4 step a bijection. Default true, and then
+    /// [`FlowConfig::build`] makes the untrained flow certified
+    /// ([`Flow::certify_initial_field`]); false is the opt-out, with the paper's initial
+    /// weights as drawn.
     pub require_certificate: bool,
 }
 
@@ -68,7 +71,7 @@ impl Default for FlowConfig {
             integrator: Integrator::default(),
             seed: 0,
             species: None,
-            require_certificate: false,
+            require_certificate: true,
         }
     }
 }
@@ -132,6 +135,9 @@ impl FlowConfig {
             self.integrator,
         )?;
         flow.set_require_certificate(self.require_certificate);
+        if self.require_certificate {
+            flow.certify_initial_field()?;
+        }
         // Settings each in range can still make a field outside the solvers' ranges (a
         // distance range of (0, 7e-4) asks for bandwidths below the smallest a model file
         // may hold): refused here by the loader's own checks, which `eqf_flow_save` applies.

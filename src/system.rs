@@ -603,7 +603,10 @@ impl System {
     /// An untrained flow for this system: the paper's kernel field with this system's kernel
     /// preset and its initialisation from `seed`, a prior of σ = [`System::length_scale`] (1
     /// for the benchmark systems), and the default integrator (what `eqflow train` starts
-    /// from).
+    /// from). Strict mode is on, with the paper's initial weights as drawn, which from N = 4
+    /// are usually not certified at 20 steps: training makes the flow certified
+    /// (`eqflow train` by its certificate penalty or more steps), or
+    /// [`Flow::certify_initial_field`] damps them first.
     ///
     /// # Errors
     ///

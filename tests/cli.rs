@@ -47,6 +47,20 @@ fn dw4_reference_data(test: &str, n: &str, seed: &str) -> (std::path::PathBuf, s
     (dir, data)
 }
 
+/// Checks a trained model's RK4 step count: the one it trained with, or, where strict mode (the
+/// default) found that grid uncertified, the certified count it raised it to, recorded in the
+/// training summary and at most `MAX_STEP_GROWTH` times the trained count.
+fn check_trained_steps(n_steps: u64, training: &serde_json::Value, trained: u64) {
+    match training["certified_rk4_steps"].as_u64() {
+        None => assert_eq!(n_steps, trained, "{training}"),
+        Some(raised) => {
+            assert_eq!(n_steps, raised, "{training}");
+            let most = trained * eqflow::flow::MAX_STEP_GROWTH as u64;
+            assert!(raised > trained && raised <= most, "{training}");
+        }
+    }
+}
+
 #[test]
 fn mcmc_train_eval_sample_pipeline() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_pipeline");
@@ -88,16 +102,15 @@ fn mcmc_train_eval_sample_pipeline() {
     assert!(best.is_finite() && best < 15.0, "validation NLL {best}");
     let saved = eqflow::io::model::ModelFile::read(&model).unwrap();
     assert_eq!(saved.system.unwrap().name, "dw4");
-    // DW-4's default recipe: the exact-discrete likelihood through 5 RK4 steps.
-    assert!(
-        matches!(
-            saved.integrator,
-            eqflow::io::model::IntegratorSpec::Rk4 { n_steps: 5, .. }
-        ),
-        "{:?}",
-        saved.integrator
-    );
-    let training = saved.training.unwrap().to_string();
+    // DW-4's default recipe: the exact-discrete likelihood through 5 RK4 steps (three epochs
+    // may leave the field uncertified there: strict mode then raises the count).
+    let eqflow::io::model::IntegratorSpec::Rk4 { n_steps, .. } = saved.integrator else {
+        panic!("{:?}", saved.integrator)
+    };
+    let training = saved.training.unwrap();
+    check_trained_steps(n_steps as u64, &training, 5);
+    assert_eq!(t["certificate"]["certified"], true, "{t}");
+    let training = training.to_string();
     assert!(training.contains("ml_discrete"), "{training}");
 
     let e = json(&eqflow(&[
@@ -329,7 +342,7 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
     let bad = dir.join("with_bad.npy");
     npy::write_configurations(&bad, &x, layout, Dtype::F64, ConfigShape::Flat).unwrap();
     // An uncertified model, so that the certificate report says so (the shipped ones are
-    // certified).
+    // certified); evaluated with strict mode's opt-out, which it needs.
     let model = UNPENALISED_DW4;
     let e = json(&eqflow(&[
         "eval",
@@ -337,6 +350,7 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
         model,
         "--data",
         bad.to_str().unwrap(),
+        "--allow-uncertified",
         "--json",
         "-q",
     ]));
@@ -344,7 +358,14 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
     assert_eq!(e["n_evaluated"], 50);
     assert_eq!(e["n_failed"], 1);
     let clean = json(&eqflow(&[
-        "eval", "--model", model, "--data", data_s, "--json", "-q",
+        "eval",
+        "--model",
+        model,
+        "--data",
+        data_s,
+        "--allow-uncertified",
+        "--json",
+        "-q",
     ]));
     assert_eq!(clean["n_failed"], 0);
     assert_eq!(
@@ -369,6 +390,7 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
         "--data",
         bad.to_str().unwrap(),
         "--certify-each",
+        "--allow-uncertified",
         "--json",
         "-q",
     ]));
@@ -389,6 +411,7 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
         "--data",
         bad.to_str().unwrap(),
         "--strict",
+        "--allow-uncertified",
         "-q",
     ]);
     assert!(!strict.status.success());
@@ -574,20 +597,34 @@ fn envpair_field_trains_by_aligned_flow_matching_and_round_trips() {
         .filter(|e| e["validation_nll"].is_number())
         .count();
     assert_eq!(validated, 2, "validated at epochs 2 and 4 only");
-    // The model evaluates: sampled and evaluated log q agree (exact-discrete mode).
-    let e = json(&eqflow(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data_s,
-        "--system",
-        "dw4",
-        "--n-samples",
-        "50",
-        "--json",
-        "-q",
-    ]));
+    // The envpair bound is loose: the trained field is certified only from tens of thousands
+    // of steps, far beyond what strict mode raises a count to, so the model keeps its 20 and
+    // refuses exact-discrete work, naming the count, unless the host opts out.
+    assert_eq!(t["certificate"]["certified"], false, "{t}");
+    assert_eq!(t["certificate"]["n_steps"], 20, "{t}");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data_s,
+            "--system",
+            "dw4",
+            "--n-samples",
+            "50",
+            "--json",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        eqflow(&args)
+    };
+    let refused = eval(&[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("(this flow has 20)"), "{err}");
+    // With the opt-out it evaluates: sampled and evaluated log q agree (exact-discrete mode).
+    let e = json(&eval(&["--allow-uncertified"]));
     assert!(e["nll"].as_f64().unwrap().is_finite(), "{e}");
 }
 
@@ -671,19 +708,36 @@ fn check_trained_and_evaluates(file: &serde_json::Value, model: &Path, data: &st
     let first = epochs[0]["validation_nll"].as_f64().unwrap();
     let last = epochs[epochs.len() - 1]["validation_nll"].as_f64().unwrap();
     assert!(last < first, "validation NLL {first} -> {last}");
-    let e = json(&eqflow(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data,
-        "--system",
-        "dw4",
-        "--n-samples",
-        "50",
-        "--json",
-        "-q",
-    ]));
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data,
+            "--system",
+            "dw4",
+            "--n-samples",
+            "50",
+            "--json",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        eqflow(&args)
+    };
+    // Strict mode: a model certified at its steps (raised if need be) evaluates; one whose
+    // loose bound would need more than MAX_STEP_GROWTH times its steps is refused unless the host opts out.
+    let (flow, _) = eqflow::io::model::load(model).unwrap();
+    let extra: &[&str] = if flow.certificate().unwrap().is_certified() {
+        &[]
+    } else {
+        let refused = eval(&[]);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("--allow-uncertified"), "{err}");
+        &["--allow-uncertified"]
+    };
+    let e = json(&eval(extra));
     assert!(e["nll"].as_f64().unwrap().is_finite(), "{e}");
 }
 
@@ -1648,8 +1702,16 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
     let (dir, data) = dw4_reference_data("cli_require_certificate", "40", "7");
     let data_s = data.to_str().unwrap();
     let model = UNPENALISED_DW4;
+    // The opt-out evaluates it, and reports its certificate.
     let plain = json(&eqflow(&[
-        "eval", "--model", model, "--data", data_s, "--json", "-q",
+        "eval",
+        "--model",
+        model,
+        "--data",
+        data_s,
+        "--allow-uncertified",
+        "--json",
+        "-q",
     ]));
     assert_eq!(plain["certificate"]["certified"], false);
     let needed = plain["certificate"]["certified_from_steps"]
@@ -1658,16 +1720,23 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
     let expected = format!("certified with {needed} RK4 steps (this flow has 20)");
     let samples = dir.join("s.npy");
     let samples_s = samples.to_str().unwrap();
-    for args in [
-        vec!["eval", "--model", model, "--data", data_s],
-        vec!["sample", "--model", model, "-n", "5", "--out", samples_s],
-    ] {
-        let mut args = args;
-        args.extend(["--require-certificate", "-q"]);
-        let out = eqflow(&args);
-        assert!(!out.status.success(), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&expected), "{args:?}: {err}");
+    // Strict mode is the default for a file that does not opt out; the option says so too.
+    for flag in [None, Some("--require-certificate")] {
+        for args in [
+            vec!["eval", "--model", model, "--data", data_s],
+            vec!["sample", "--model", model, "-n", "5", "--out", samples_s],
+        ] {
+            let mut args = args;
+            args.extend(flag);
+            args.push("-q");
+            let out = eqflow(&args);
+            assert!(!out.status.success(), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&expected) && err.contains("--allow-uncertified"),
+                "{args:?}: {err}"
+            );
+        }
     }
     assert!(!samples.exists(), "a refused sample writes nothing");
     // The model with its certified step count passes; with strict mode in the file (and 20
@@ -1690,6 +1759,21 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
     assert_eq!(e["certificate"]["certified"], true);
     assert_eq!(e["n_failed"], 0);
     file["integrator"]["n_steps"] = 20.into();
+    file["require_certificate"] = false.into();
+    let lax = dir.join("lax.json");
+    std::fs::write(&lax, file.to_string()).unwrap();
+    let out = eqflow(&[
+        "sample",
+        "--model",
+        lax.to_str().unwrap(),
+        "-n",
+        "5",
+        "--out",
+        samples_s,
+        "-q",
+    ]);
+    assert!(out.status.success(), "a file's opt-out samples");
+    std::fs::remove_file(&samples).unwrap();
     file["require_certificate"] = true.into();
     let strict = dir.join("strict.json");
     std::fs::write(&strict, file.to_string()).unwrap();
@@ -1711,7 +1795,7 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
 fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
     let (dir, data) = dw4_reference_data("cli_lipschitz_penalty", "256", "8");
     let data_s = data.to_str().unwrap();
-    let run = |penalty: &str, name: &str, strict: bool| {
+    let run_with = |penalty: &str, name: &str, extra: &[&str]| {
         let model = dir.join(name);
         let mut args = vec![
             "train",
@@ -1739,17 +1823,34 @@ fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
             "--json",
             "-q",
         ];
-        if strict {
-            args.push("--require-certificate");
-        }
+        args.extend_from_slice(extra);
         (eqflow(&args), model)
+    };
+    let run = |penalty: &str, name: &str, strict: bool| {
+        let extra: &[&str] = if strict {
+            &["--require-certificate"]
+        } else {
+            &[]
+        };
+        run_with(penalty, name, extra)
     };
     let train = |penalty: &str, name: &str| {
         let (out, model) = run(penalty, name, false);
         (json(&out), model)
     };
-    let (plain, _) = train("0", "plain.json");
+    // Without the penalty the trained field is not certified at 20 steps: strict mode (the
+    // default) raises the count, and the opt-out keeps it.
+    let (raised, raised_model) = train("0", "raised.json");
+    assert_eq!(raised["certificate"]["certified"], true, "{raised}");
+    let raised_steps = raised["certificate"]["n_steps"].as_u64().unwrap();
+    check_trained_steps(raised_steps, &model_file(&raised_model)["training"], 20);
+    assert!(raised_steps > 20, "{raised}");
+    let (plain, _) = {
+        let (out, model) = run_with("0", "plain.json", &["--allow-uncertified"]);
+        (json(&out), model)
+    };
     assert_eq!(plain["certificate"]["certified"], false, "{plain}");
+    assert_eq!(plain["certificate"]["n_steps"], 20, "{plain}");
     // Strict training of the same uncertified field fails and writes nothing.
     let (strict_plain, strict_model) = run("0", "strict_plain.json", true);
     assert!(!strict_plain.status.success());
@@ -1762,7 +1863,10 @@ fn lipschitz_penalty_trains_a_certified_model_that_strict_mode_accepts() {
     // Strict training of the penalised field records strict mode in the model file.
     let (strict, strict_model) = run("1", "strict.json", true);
     assert_eq!(json(&strict)["certificate"]["certified"], true);
-    assert_eq!(model_file(&strict_model)["require_certificate"], true);
+    assert!(
+        model_file(&strict_model)["require_certificate"].is_null(),
+        "strict mode, the default, is the absence of the opt-out"
+    );
     let (t, model) = train("1", "penalised.json");
     let cert = &t["certificate"];
     assert_eq!(cert["certified"], true, "{t}");
@@ -1813,7 +1917,9 @@ fn default_training_of_the_kernel_field_is_certified_and_other_families_opt_in()
     // here the penalty is checked as recorded; `lipschitz_penalty_trains_a_certified_model_…`
     // checks that it certifies.
     let (out, file) = train("default.json", &[]);
-    assert_eq!(out["certificate"]["n_steps"], 5, "{out}");
+    let n_steps = out["certificate"]["n_steps"].as_u64().unwrap();
+    check_trained_steps(n_steps, &file["training"], 5);
+    assert_eq!(out["certificate"]["certified"], true, "{out}");
     assert_eq!(file["training"]["lipschitz_penalty"], 1.0);
     let epochs = &file["training"]["phases"][0]["summary"]["epochs"];
     assert!(
@@ -1887,7 +1993,8 @@ fn rk4_steps_set_the_trained_map_and_the_model_samples_with_it() {
         ])
     };
     let t = json(&train("6"));
-    assert_eq!(t["certificate"]["n_steps"], 6);
+    let n_steps = t["certificate"]["n_steps"].as_u64().unwrap();
+    check_trained_steps(n_steps, &model_file(&model)["training"], 6);
     let e = json(&eqflow(&[
         "eval",
         "--model",
@@ -1898,7 +2005,7 @@ fn rk4_steps_set_the_trained_map_and_the_model_samples_with_it() {
         "-q",
     ]));
     assert_eq!(
-        e["certificate"]["n_steps"], 6,
+        e["certificate"]["n_steps"], n_steps,
         "the model file keeps the steps"
     );
     assert_eq!(e["n_failed"], 0);
@@ -2064,6 +2171,7 @@ fn sampling_an_uncertified_flow_warns_and_reports_its_certificate() {
             "5",
             "--out",
             out.to_str().unwrap(),
+            "--allow-uncertified",
             "--json",
             "-q",
         ]);

@@ -186,12 +186,16 @@ fn invalid_settings_and_parameters_are_refused() {
 fn coordkernel_flow(seed: u64) -> Flow {
     let layout = Layout::new(4, 2).unwrap();
     let field = random_coordkernel(4, 2, CoordKernelConfig::double_well(), seed);
-    Flow::from_parts(
+    let mut flow = Flow::from_parts(
         Prior::new(layout, 1.0).unwrap(),
         field,
         Integrator::default(),
     )
-    .unwrap()
+    .unwrap();
+    // Strict mode off: these strong random fields (not certified at 20 steps) test the map's
+    // exactness and symmetries where the step certificate cannot vouch for it.
+    flow.set_require_certificate(false);
+    flow
 }
 
 #[test]

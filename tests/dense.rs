@@ -351,12 +351,16 @@ fn parameter_blocks_have_the_documented_sizes() {
 fn dense_flow(seed: u64) -> Flow {
     let layout = Layout::new(4, 2).unwrap();
     let field = random_dense(4, 2, DenseConfig::double_well(), seed);
-    Flow::from_parts(
+    let mut flow = Flow::from_parts(
         Prior::new(layout, 1.0).unwrap(),
         field,
         Integrator::default(),
     )
-    .unwrap()
+    .unwrap();
+    // Strict mode off: these strong random fields (not certified at 20 steps) test the map's
+    // exactness and symmetries where the step certificate cannot vouch for it.
+    flow.set_require_certificate(false);
+    flow
 }
 
 #[test]

@@ -449,3 +449,99 @@ fn every_family_refuses_wrong_sizes_for_the_bound_gradient_and_writes_nothing() 
         }
     }
 }
+
+/// The blocks a family names in `output_linear_blocks` really scale its field: the untrained
+/// flow's damping (`Flow::certify_initial_field`) and its bounds rest on it.
+#[test]
+fn every_family_is_linear_in_its_output_blocks() {
+    use rand::{RngExt, SeedableRng};
+    let layout = Layout::new(5, 3).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for &family in Family::ALL {
+        let preset = Preset::Range {
+            range: (0.3, 1.7),
+            counts: Some((6, 4)),
+        };
+        let mut field = family
+            .untrained(layout, &preset, Species::single(5), 2)
+            .unwrap();
+        let blocks = field.output_linear_blocks();
+        assert!(!blocks.is_empty(), "{family:?} names no output block");
+        // Nonzero output weights (some families start them at zero).
+        let mut params = field.params().to_vec();
+        for range in &blocks {
+            for p in &mut params[range.clone()] {
+                *p = rng.random_range(-0.5..0.5);
+            }
+        }
+        field.set_params(&params).unwrap();
+        let mut scaled = field.clone();
+        let factor = 0.37;
+        let mut damped = params.clone();
+        for range in &blocks {
+            for p in &mut damped[range.clone()] {
+                *p *= factor;
+            }
+        }
+        scaled.set_params(&damped).unwrap();
+        for _ in 0..4 {
+            let x: Vec<f64> = (0..layout.len())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let t = rng.random_range(0.0..1.0);
+            let (mut v, mut w) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            field.velocity_into(&x, t, &mut v);
+            scaled.velocity_into(&x, t, &mut w);
+            let scale = v.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+            assert!(scale > 0.0, "{family:?}: zero field");
+            for (a, b) in v.iter().zip(&w) {
+                assert!(
+                    (factor * a - b).abs() <= 1e-12 * scale,
+                    "{family:?}: {factor} · {a} ≠ {b}"
+                );
+            }
+        }
+        let (l, ls) = (
+            field.lipschitz_bounds(&[0.3]),
+            scaled.lipschitz_bounds(&[0.3]),
+        );
+        assert!(
+            ls[0] <= factor * l[0] * (1.0 + 1e-9),
+            "{family:?}: {ls:?} vs {l:?}"
+        );
+    }
+}
+
+/// Strict mode is the default, and an untrained flow of every family is built certified at
+/// its step count: a new flow samples at once, whatever N.
+#[test]
+fn untrained_flows_of_every_family_are_certified_by_default() {
+    use eqflow::flow_config::FlowConfig;
+    for (n, dim) in [(4, 2), (13, 3), (40, 3)] {
+        let layout = Layout::new(n, dim).unwrap();
+        for &family in Family::ALL {
+            let config = FlowConfig {
+                family,
+                seed: 0, // the kernel field's draw needs 25 steps at N = 4
+                ..FlowConfig::default()
+            };
+            let flow = config.build(layout).unwrap();
+            assert!(flow.requires_certificate());
+            let cert = flow.certificate().unwrap();
+            assert!(cert.is_certified(), "{family:?} N = {n}: {cert:?}");
+            flow.sample(1, 2).unwrap();
+            // The opt-out keeps the paper's draw, uncertified from N = 4 on for the kernel field.
+            let lax = FlowConfig {
+                require_certificate: false,
+                ..config
+            }
+            .build(layout)
+            .unwrap();
+            assert!(!lax.requires_certificate());
+            if family == Family::Kernel {
+                assert!(!lax.certificate().unwrap().is_certified(), "N = {n}");
+                assert_eq!(cert.n_steps, 20, "damped, not stepped");
+            }
+        }
+    }
+}

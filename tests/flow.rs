@@ -14,7 +14,11 @@ use rand::RngExt;
 fn flow_with(n: usize, dim: usize, kernels: KernelConfig, seed: u64, integ: Integrator) -> Flow {
     let field = random_field(n, dim, kernels, seed);
     let prior = Prior::new(Layout::new(n, dim).unwrap(), 1.0).unwrap();
-    Flow::from_parts(prior, field, integ).unwrap()
+    let mut flow = Flow::from_parts(prior, field, integ).unwrap();
+    // Strict mode off: these strong random fields (not certified at 20 steps) test the map's
+    // exactness and symmetries where the step certificate cannot vouch for it.
+    flow.set_require_certificate(false);
+    flow
 }
 
 fn continuous_rk4(n_steps: usize) -> Integrator {
@@ -296,7 +300,9 @@ fn extreme_finite_coordinates_give_finite_densities_or_errors() {
         lj.untrained_flow_of("coordkernel", 5).unwrap(),
     ];
     let mut r = rng(44);
-    for flow in flows {
+    for mut flow in flows {
+        // The paper's draw, mostly uncertified at 20 steps: the subject is the arithmetic.
+        flow.set_require_certificate(false);
         let len = flow.layout().len();
         let dim = flow.layout().dim;
         let (x, log_q) = flow.sample(3, 1).unwrap();

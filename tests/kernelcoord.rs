@@ -344,12 +344,16 @@ fn invalid_settings_and_parameters_are_refused_and_change_nothing() {
 fn kernelcoord_flow(seed: u64) -> Flow {
     let layout = Layout::new(4, 2).unwrap();
     let field = random_kernelcoord(4, 2, small((0.0, 4.0)), seed);
-    Flow::from_parts(
+    let mut flow = Flow::from_parts(
         Prior::new(layout, 1.0).unwrap(),
         field,
         Integrator::default(),
     )
-    .unwrap()
+    .unwrap();
+    // Strict mode off: these strong random fields (not certified at 20 steps) test the map's
+    // exactness and symmetries where the step certificate cannot vouch for it.
+    flow.set_require_certificate(false);
+    flow
 }
 
 #[test]

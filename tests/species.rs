@@ -86,7 +86,11 @@ fn cases() -> Vec<(&'static str, KernelField, f64)> {
 fn flow_of(field: KernelField, sigma: f64, mode: DensityMode) -> Flow {
     let layout = field.layout();
     let integrator = Integrator::new(Method::Rk4 { n_steps: 20 }, mode).unwrap();
-    Flow::from_parts(Prior::new(layout, sigma).unwrap(), field, integrator).unwrap()
+    let mut flow = Flow::from_parts(Prior::new(layout, sigma).unwrap(), field, integrator).unwrap();
+    // Strict mode off: these strong random fields (not certified at their steps) test the
+    // map's exactness and symmetries where the step certificate cannot vouch for it.
+    flow.set_require_certificate(false);
+    flow
 }
 
 /// A random permutation that maps every particle to one of its own species.

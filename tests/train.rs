@@ -134,6 +134,9 @@ fn with_params(flow: &Flow, params: &[f64]) -> Flow {
 fn reference_nll(flow: &Flow, x: &[f64]) -> f64 {
     let n = x.len() / flow.layout().len();
     let mut log_q = vec![0.0; n];
+    // A measurement of whatever map training made: strict mode's refusal has no place here.
+    let mut flow = flow.clone();
+    flow.set_require_certificate(false);
     flow.log_density_into(x, &mut log_q).unwrap();
     -log_q.iter().sum::<f64>() / n as f64
 }
@@ -984,6 +987,7 @@ fn validation_is_the_exact_density_and_non_invertible_epochs_are_never_kept() {
     eval.set_integrator(
         Integrator::new(Method::Rk4 { n_steps: 2 }, DensityMode::ExactDiscrete).unwrap(),
     );
+    eval.set_require_certificate(false); // the folding map is the subject
     assert!(
         eval.log_density_each(&validation)
             .unwrap()

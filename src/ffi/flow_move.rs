@@ -120,7 +120,9 @@ pub unsafe extern "C" fn eqf_move_new(
 /// @param x_proposed  output, N*D doubles, distinct from x_current; written only on success
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_NON_FINITE (NaN or infinite coordinates, U
 ///         NaN or -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
-///         (the flow cannot evaluate the current state or produce a proposal). On failure the
+///         (the flow cannot evaluate the current state or produce a proposal);
+///         EQF_ERR_UNCERTIFIED (strict mode, the default, and the flow's RK4 grid is not
+///         certified one-to-one: `eqf_flow_with_require_certificate`). On failure the
 ///         move is unchanged (including its random stream, statistics and pending proposal)
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
@@ -201,7 +203,8 @@ pub unsafe extern "C" fn eqf_move_accept(
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_CALLBACK (energy returned non-zero);
 ///         EQF_ERR_NON_FINITE (NaN or infinite coordinates, an energy that is NaN or
 ///         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE (the
-///         flow cannot evaluate the current state or produce a proposal). On failure x, U,
+///         flow cannot evaluate the current state or produce a proposal); EQF_ERR_UNCERTIFIED
+///         (strict mode, the default, with an uncertified RK4 grid). On failure x, U,
 ///         accepted and the move (random stream and statistics included) are unchanged, so the
 ///         step can be retried and gives the same proposal
 #[unsafe(no_mangle)]

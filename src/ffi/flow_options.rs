@@ -34,7 +34,7 @@ pub struct eqf_flow_options {
 /// Creates flow options with the defaults of `eqf_flow_new`: the "kernel" family (the paper's
 /// pairwise RBF field), distance kernels centred on [0, 8] of the host's length unit, 50
 /// distance and 10 time kernels, prior sigma 1, 20 fixed RK4 steps with the exact density of
-/// that discrete map, seed 0.
+/// that discrete map, seed 0, strict mode on.
 ///
 /// @param out  on success receives the new options, to be released with
 ///             `eqf_flow_options_free`; untouched on failure
@@ -245,10 +245,12 @@ pub unsafe extern "C" fn eqf_flow_options_set_seed(
 /// Sets strict mode of the flows created from these options (see
 /// `eqf_flow_with_require_certificate`): in the exact-discrete density mode they refuse to
 /// sample, evaluate densities or propose moves (EQF_ERR_UNCERTIFIED, naming the step count that
-/// would be certified) unless their step certificate proves every RK4 step a bijection.
+/// would be certified) unless their step certificate proves every RK4 step a bijection. On
+/// (the default), `eqf_flow_new_with_options` makes each new flow certified at its step count
+/// (damping its initial output weights as `eqf_flow_new` does); off keeps the weights as drawn.
 ///
 /// @param options  the options (not NULL)
-/// @param require  1: strict mode on, 0: off (the default)
+/// @param require  1: strict mode on (the default), 0: off
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (require neither 0 nor 1;
 ///         the options are unchanged)
 #[unsafe(no_mangle)]

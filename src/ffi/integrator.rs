@@ -75,7 +75,10 @@ pub(super) fn integrator(
 ///
 /// Flows are immutable and shared between threads, so the integrator is not changed in place:
 /// the new flow is independent of the old one (either may be freed first). Moves created from
-/// the new flow (`eqf_move_new`) propose and evaluate with its integrator.
+/// the new flow (`eqf_move_new`) propose and evaluate with its integrator. The copy keeps
+/// strict mode: fewer RK4 steps than the field's certified count (`eqf_flow_certificate`)
+/// make its exact-discrete calls fail with EQF_ERR_UNCERTIFIED, unless strict mode is off
+/// (`eqf_flow_with_require_certificate`).
 ///
 /// @param flow          the flow to copy (not NULL)
 /// @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5

@@ -85,8 +85,9 @@ pub(crate) fn log(level: i32, message: impl FnOnce() -> String) {
 /// Messages: every failed call at `EQF_LOG_DEBUG` (with the status; the same text is available
 /// from `eqf_last_error_message`), caught internal panics at `EQF_LOG_ERROR`, an ignored
 /// `EQFLOW_NUM_THREADS` at `EQF_LOG_WARNING`, a model loaded by `eqf_flow_load` whose RK4 map
-/// is not certified one-to-one (exact-discrete mode, strict mode off) at `EQF_LOG_WARNING`,
-/// thread pool (re)configuration at `EQF_LOG_INFO`.
+/// is not certified one-to-one (exact-discrete mode) at `EQF_LOG_WARNING`, thread pool
+/// (re)configuration and the step count `eqf_flow_train` raised (strict mode) at
+/// `EQF_LOG_INFO`.
 ///
 /// The setting is process-wide. The callback may be called from any thread, concurrently, for
 /// as long as it is installed, so it must be thread-safe; `user` is passed back unchanged and

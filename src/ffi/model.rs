@@ -67,15 +67,12 @@ pub unsafe extern "C" fn eqf_flow_load(path: *const c_char, out: *mut *mut eqf_f
     })
 }
 
-/// Tells the host's log callback, at `EQF_LOG_WARNING`, that the flow loaded from `path` will
-/// report exact-discrete densities through an RK4 map not certified one-to-one (strict mode
-/// off, so nothing refuses it): every log q then rests on an unproved single preimage. Costs
-/// nothing without a callback.
+/// Tells the host's log callback, at `EQF_LOG_WARNING`, that the flow loaded from `path` has
+/// an RK4 map not certified one-to-one: in strict mode (the default) its exact-discrete calls
+/// will be refused, so the host learns why at load; with strict mode off it will report
+/// densities that rest on an unproved single preimage. Costs nothing without a callback.
 fn log_if_uncertified(flow: &Flow, path: &Path) {
-    if !log::logging()
-        || flow.requires_certificate()
-        || flow.integrator().mode() != DensityMode::ExactDiscrete
-    {
+    if !log::logging() || flow.integrator().mode() != DensityMode::ExactDiscrete {
         return;
     }
     // The step-count search only for a grid that is not certified.
@@ -85,12 +82,15 @@ fn log_if_uncertified(flow: &Flow, path: &Path) {
     let Some(warning) = cert.uncertified_warning(flow.certified_step_count()) else {
         return;
     };
+    let remedy = if flow.requires_certificate() {
+        "strict mode: sampling, densities and moves will fail with EQF_ERR_UNCERTIFIED; give it \
+         the certified step count with eqf_flow_with_integrator, or opt out with \
+         eqf_flow_with_require_certificate"
+    } else {
+        "strict mode off; eqf_flow_certify_configurations checks configurations"
+    };
     log::log(log::EQF_LOG_WARNING, || {
-        format!(
-            "model file {}: {warning} (eqf_flow_certify_configurations checks configurations; \
-             eqf_flow_with_require_certificate refuses such flows)",
-            path.display()
-        )
+        format!("model file {}: {warning} ({remedy})", path.display())
     });
 }
 

@@ -196,6 +196,15 @@ pub trait FieldFamily: VectorField + Clone + Debug + PartialEq + Send + Sync + '
     /// Names and ranges of the parameter blocks, in order, covering `0..params().len()`.
     fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)>;
 
+    /// The parameter ranges in which the field is jointly linear: scaling all of them by c
+    /// scales `v(x, t)` by c everywhere, and so the Lipschitz and compression bounds. An
+    /// untrained flow damps them to be certified at its step count
+    /// ([`crate::Flow::certify_initial_field`]). Empty (the default): none, and such a flow
+    /// raises its step count instead.
+    fn output_linear_blocks(&self) -> Vec<Range<usize>> {
+        Vec::new()
+    }
+
     /// Refuses settings and parameters that are finite but so extreme that a flow integrated
     /// with steps of size `h` would be meaningless (the model-file loader calls it). Default:
     /// everything [`FieldFamily::from_config`] accepts is usable.
@@ -612,4 +621,16 @@ fn checked_bounds_vjp<F: TrainableField>(
         *t += g;
     }
     Ok(bounds)
+}
+
+/// The ranges of the blocks named in `names`, for [`FieldFamily::output_linear_blocks`].
+pub(crate) fn named_blocks(
+    blocks: Vec<(&'static str, Range<usize>)>,
+    names: &[&str],
+) -> Vec<Range<usize>> {
+    blocks
+        .into_iter()
+        .filter(|(name, _)| names.contains(name))
+        .map(|(_, range)| range)
+        .collect()
 }

@@ -338,6 +338,12 @@ impl Field {
         with_family!(self, f => f.param_blocks())
     }
 
+    /// See [`FieldFamily::output_linear_blocks`].
+    #[must_use]
+    pub fn output_linear_blocks(&self) -> Vec<Range<usize>> {
+        with_family!(self, f => f.output_linear_blocks())
+    }
+
     /// See [`FieldFamily::check_usable`].
     ///
     /// # Errors

@@ -14,10 +14,13 @@
 //! without it (every file written before species existed) is a single-species flow. With
 //! several species `param_order` lists the five block names once per species-pair type.
 //!
-//! An optional `"require_certificate": true` turns on strict mode
-//! ([`Flow::set_require_certificate`]); it is written only when on, and a file without it
-//! (every file written before strict mode existed) loads with strict mode off. Builds older
-//! than strict mode refuse a file that has it (unknown key) rather than drop the requirement.
+//! An optional `"require_certificate": false` turns strict mode off
+//! ([`Flow::set_require_certificate`], on by default): it is written only when off, and a file
+//! without it (every file written before strict mode became the default) loads with strict
+//! mode on, so an uncertified model refuses exact-discrete work until its step count is raised
+//! or the host opts out. Files of the builds in which strict mode was opt-in carry
+//! `"require_certificate": true` when on, which still reads. Builds older than strict mode
+//! refuse a file that has the key (unknown key).
 //!
 //! Version 1 (written before field families existed) had the kernel field's settings in a
 //! top-level `"kernels"` object instead of `"field"`; it is still read, as the `kernel`
@@ -130,8 +133,13 @@ impl IntegratorSpec {
     }
 }
 
-fn is_false(value: &bool) -> bool {
-    !*value
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// Strict mode's value in a file that does not name it: on.
+fn strict_by_default() -> bool {
+    true
 }
 
 /// Everything in a model file.
@@ -155,8 +163,8 @@ pub struct ModelFile {
     pub param_order: Vec<String>,
     pub params: Vec<f64>,
     pub integrator: IntegratorSpec,
-    /// Strict mode ([`Flow::set_require_certificate`]); absent means off.
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// Strict mode ([`Flow::set_require_certificate`]); absent means on.
+    #[serde(default = "strict_by_default", skip_serializing_if = "is_true")]
     pub require_certificate: bool,
     /// The system (energy, kT, units) the flow was trained for, if any.
     pub system: Option<System>,
@@ -627,22 +635,28 @@ mod tests {
     }
 
     #[test]
-    fn strict_mode_is_saved_only_when_on_and_old_files_load_without_it() {
+    fn strict_mode_is_the_default_and_only_its_opt_out_is_saved() {
+        // On (the default): written as before strict mode existed, and such files load on.
         let text = sample_file().to_json();
-        assert!(
-            !text.contains("require_certificate"),
-            "off: written as before"
-        );
+        assert!(!text.contains("require_certificate"), "{text}");
         let flow = ModelFile::from_json(&text).unwrap().to_flow().unwrap();
-        assert!(!flow.requires_certificate());
-        let mut strict = Flow::new(4, 2, 3).unwrap();
-        strict.set_require_certificate(true);
-        let text = ModelFile::from_flow(&strict, None, None).to_json();
-        assert!(text.contains("\"require_certificate\": true"), "{text}");
+        assert!(flow.requires_certificate());
+        // The opt-out is recorded and read back.
+        let mut lax = Flow::new(4, 2, 3).unwrap();
+        lax.set_require_certificate(false);
+        let text = ModelFile::from_flow(&lax, None, None).to_json();
+        assert!(text.contains("\"require_certificate\": false"), "{text}");
         let back = ModelFile::from_json(&text).unwrap().to_flow().unwrap();
+        assert!(!back.requires_certificate());
+        assert_eq!(back, lax);
+        // The files of the opt-in builds still read.
+        let old = text.replace(
+            "\"require_certificate\": false",
+            "\"require_certificate\": true",
+        );
+        let back = ModelFile::from_json(&old).unwrap().to_flow().unwrap();
         assert!(back.requires_certificate());
-        assert_eq!(back, strict);
-        let err = ModelFile::from_json(&text.replace("true", "1")).unwrap_err();
+        let err = ModelFile::from_json(&text.replace("false", "0")).unwrap_err();
         assert!(matches!(err, Error::Format { .. }), "{err}");
     }
 

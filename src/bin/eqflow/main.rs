@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use eqflow::boltzmann::{kish_ess, log_weights_into};
 use eqflow::energy::energies_into;
+use eqflow::flow::MAX_STEP_GROWTH;
 use eqflow::free_energy::{self, Estimate};
 use eqflow::geometry::Layout;
 use eqflow::io::{self, ConfigShape, Dtype, model};
@@ -213,12 +214,17 @@ struct TrainArgs {
     /// samples per second); otherwise `ml` at 20 steps. At most 100,000.
     #[arg(long, value_parser = args::rk4_steps, allow_negative_numbers = true)]
     rk4_steps: Option<usize>,
-    /// Strict mode: the model file asks for a step certificate (exact-discrete sampling and
-    /// densities refuse uncertified grids), and training fails, writing nothing, if the trained
-    /// field is not certified at its step count (pair with --lipschitz-penalty, or more
-    /// --rk4-steps).
-    #[arg(long)]
+    /// Fail, writing nothing, if the trained field is not certified at its step count (pair
+    /// with --lipschitz-penalty, or more --rk4-steps). Without it, the model file asks for a
+    /// step certificate (strict mode: exact-discrete sampling and densities refuse uncertified
+    /// grids) and an uncertified trained field gets the smallest RK4 step count that
+    /// certifies it (a warning says so).
+    #[arg(long, conflicts_with = "allow_uncertified")]
     require_certificate: bool,
+    /// Opt out of strict mode: the model keeps its RK4 step count even if the trained field
+    /// is not certified at it, and samples and evaluates densities anyway.
+    #[arg(long)]
+    allow_uncertified: bool,
     /// Learning rate over the first phase: `const` or `cosine:F` (decay to F·lr at the last
     /// step, F in (0, 1]).
     #[arg(long, default_value = "const")]
@@ -324,11 +330,16 @@ struct SampleArgs {
     /// recorded in the model file).
     #[arg(long)]
     system: Option<String>,
-    /// Strict mode: refuse (with an error naming the step count that would be certified) unless
-    /// the step certificate proves every RK4 step of the model a bijection (exact-discrete mode
-    /// only). Also on when the model file asks for it.
-    #[arg(long)]
+    /// Strict mode, even for a model file that opts out of it: refuse (with an error naming
+    /// the step count that would be certified) unless the step certificate proves every RK4
+    /// step of the model a bijection (exact-discrete mode only). The default unless the model
+    /// file says `"require_certificate": false`.
+    #[arg(long, conflicts_with = "allow_uncertified")]
     require_certificate: bool,
+    /// Opt out of strict mode: use the model's RK4 map even where the step certificate does
+    /// not prove it one-to-one.
+    #[arg(long)]
+    allow_uncertified: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -362,11 +373,16 @@ struct EvalArgs {
     /// counted and reported, and the NLL is over the others).
     #[arg(long)]
     strict: bool,
-    /// Strict mode: refuse (with an error naming the step count that would be certified) unless
-    /// the step certificate proves every RK4 step of the model a bijection (exact-discrete mode
-    /// only). Also on when the model file asks for it.
-    #[arg(long)]
+    /// Strict mode, even for a model file that opts out of it: refuse (with an error naming
+    /// the step count that would be certified) unless the step certificate proves every RK4
+    /// step of the model a bijection (exact-discrete mode only). The default unless the model
+    /// file says `"require_certificate": false`.
+    #[arg(long, conflicts_with = "allow_uncertified")]
     require_certificate: bool,
+    /// Opt out of strict mode: use the model's RK4 map even where the step certificate does
+    /// not prove it one-to-one.
+    #[arg(long)]
+    allow_uncertified: bool,
     /// Also certify each configuration: prove that it has exactly one preimage under the RK4
     /// map (so that its density is exact) from the field's bounds on a ball around its
     /// pull-back, where the global step certificate fails (see docs/embedding.md, "Step
@@ -678,6 +694,9 @@ fn run_sample(a: SampleArgs) -> Result<()> {
     let (mut flow, file) = load_model(&a.model)?;
     if a.require_certificate {
         flow.set_require_certificate(true);
+    }
+    if a.allow_uncertified {
+        flow.set_require_certificate(false);
     }
     let system = system_for(a.system.as_deref(), &file)?;
     if let (Some(system), Some(name)) = (&system, &a.system) {
@@ -1050,6 +1069,9 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let (mut flow, _) = load_model(&a.model)?;
     if a.require_certificate {
         flow.set_require_certificate(true);
+    }
+    if a.allow_uncertified {
+        flow.set_require_certificate(false);
     }
     let system = a
         .system
@@ -1480,8 +1502,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
                           "lipschitz_penalty": lipschitz_penalty,
                           "lipschitz_target": a.lipschitz_target,
                           "phases": phases, "seconds": seconds});
+    let mut training = training;
     if a.require_certificate {
-        flow.set_require_certificate(true);
         flow.check_certified()
             .map_err(|e| eqflow::Error::InvalidArgument {
                 what: format!(
@@ -1489,6 +1511,28 @@ fn run_train(a: TrainArgs) -> Result<()> {
                  written ({e}); train with --lipschitz-penalty or more --rk4-steps"
                 ),
             })?;
+    } else if a.allow_uncertified {
+        flow.set_require_certificate(false);
+    } else {
+        // Strict mode, the default: the steps grow with the field (within bounds), so that the
+        // model samples.
+        match flow.raise_to_certified_steps(rk4_steps.saturating_mul(MAX_STEP_GROWTH)) {
+            Ok(Some(needed)) => {
+                warn(&format!(
+                    "the trained field is not certified at {rk4_steps} RK4 steps: the model \
+                     samples with {needed}, the smallest certified count (--allow-uncertified \
+                     keeps {rk4_steps}; --lipschitz-penalty trains for a certified field)"
+                ));
+                training["certified_rk4_steps"] = json!(needed);
+            }
+            Ok(None) => {}
+            Err(e) => warn(&format!(
+                "the trained field is not certified at {rk4_steps} RK4 steps, nor at up to \
+                 {MAX_STEP_GROWTH} times as many: the model keeps {rk4_steps} and, in strict \
+                 mode, refuses to sample and evaluate ({e}); --allow-uncertified saves it with \
+                 strict mode off"
+            )),
+        }
     }
     model::save(&flow, Some(system), Some(training), &a.out)?;
     let best = last.epochs[last.best_epoch].validation_nll;

@@ -2,13 +2,14 @@
 //! the trained parameters and the summary only on success.
 
 use crate::Error;
+use crate::flow::MAX_STEP_GROWTH;
 use crate::train::{EpochReport, Trainer};
 
 use super::callback::HostEnergy;
 use super::options::{KlTargetEnergy, eqf_train_options};
 use super::summary::{eqf_train_epoch, eqf_train_summary, summary_bytes};
 use crate::ffi::flow::eqf_flow;
-use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, threads};
+use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, log, threads};
 
 /// Trains `flow` in place: maximum likelihood on the host's configurations `x_train`, mixed
 /// with the reverse KL divergence to exp(-U/kT) when the options' lambda is below 1 (see the
@@ -26,7 +27,14 @@ use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, threa
 /// and the reported NLL.
 ///
 /// Training differentiates continuous-mode RK4 with the options' step count; the flow's own
-/// integrator and density mode (what sampling, densities and moves use) are kept. Afterwards
+/// integrator and density mode (what sampling, densities and moves use) are kept, with one
+/// exception: in strict mode (the default, `eqf_flow_with_require_certificate`) a trained
+/// field that its RK4 step count does not certify gets the smallest step count that does, if
+/// that is at most 16 times its own (`eqf_flow_certificate` reports it; logged at
+/// `EQF_LOG_INFO`), so that the trained flow samples; beyond that the flow keeps its steps
+/// and its exact-discrete calls fail with EQF_ERR_UNCERTIFIED naming the count (logged at
+/// `EQF_LOG_WARNING`). Train with `eqf_train_options_set_lipschitz_penalty` to keep the step
+/// count. Afterwards
 /// every call on the flow uses the new parameters; moves created from the flow before the
 /// call keep their own copy of the old flow.
 ///
@@ -137,6 +145,28 @@ pub unsafe extern "C" fn eqf_flow_train(
         };
         let mut trained = current.inner.clone();
         let result = threads::install_sections(|| trainer.run(&mut trained, progress))?;
+        // Strict mode (the default): the trained field may need more steps than the flow has;
+        // they grow with it, so that the trained flow samples. Past the largest step count it
+        // keeps its own and strict mode names the problem at its first use.
+        if trained.requires_certificate() {
+            let before = trained.certificate().map_or(0, |c| c.n_steps);
+            match trained.raise_to_certified_steps(before.saturating_mul(MAX_STEP_GROWTH)) {
+                Ok(Some(needed)) => log::log(log::EQF_LOG_INFO, || {
+                    format!(
+                        "eqf_flow_train: the trained field is certified from {needed} RK4 \
+                         steps, not at the flow's {before}: the flow now has {needed} (strict \
+                         mode; a flow with it off keeps its steps)"
+                    )
+                }),
+                Ok(None) => {}
+                Err(e) => log::log(log::EQF_LOG_WARNING, || {
+                    format!(
+                        "eqf_flow_train: the trained flow keeps its {before} RK4 steps, and \
+                         strict mode will refuse its exact-discrete work: {e}"
+                    )
+                }),
+            }
+        }
 
         // SAFETY: a live handle that no other thread uses during the call (this function's
         // contract); the shared borrow `current` is no longer used. The commit cannot fail.

@@ -126,6 +126,11 @@ impl FieldFamily for CoordKernelField {
         self.config.param_blocks()
     }
 
+    /// All of them: the field is linear in its parameters V.
+    fn output_linear_blocks(&self) -> Vec<Range<usize>> {
+        std::iter::once(0..self.params().len()).collect()
+    }
+
     /// `2(N−1)(Φ + F) + (4N − 3)·C'·Σ_a Ψ_a`, in closed form from the parameters (no
     /// sampling, so it is a proof, not an estimate).
     ///

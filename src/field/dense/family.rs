@@ -7,6 +7,7 @@ use super::config::DenseConfig;
 use super::dense_field::{DenseField, DenseTimePoint};
 use super::eval::DenseScratch;
 use crate::error::Result;
+use crate::field::family::named_blocks;
 use crate::field::single_species;
 use crate::field::{Cotangent, FieldFamily, Interaction, Preset, TrainableField, VectorField};
 use crate::geometry::Layout;
@@ -133,6 +134,11 @@ impl FieldFamily for DenseField {
 
     fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)> {
         self.config.param_blocks(self.layout.len())
+    }
+
+    /// The output layer `w2` and its time bias `b2`.
+    fn output_linear_blocks(&self) -> Vec<Range<usize>> {
+        named_blocks(self.param_blocks(), &["w2", "b2"])
     }
 
     /// `Σ_h |A_h·| |B_·h|`, the same at every time (a proof, not an estimate): the Jacobian

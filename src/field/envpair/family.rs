@@ -8,6 +8,7 @@ use super::envpair_field::{EnvPairField, EnvPairTimePoint};
 use super::eval::{EnvPairScratch, with_scratch};
 use super::net::{SILU_SLOPE_MAX, silu_and_slope};
 use crate::error::Result;
+use crate::field::family::named_blocks;
 use crate::field::single_species;
 use crate::field::{
     Cotangent, EPS_D, FieldFamily, Interaction, Preset, TrainableField, VectorField,
@@ -124,6 +125,11 @@ impl FieldFamily for EnvPairField {
 
     fn param_blocks(&self) -> Vec<(&'static str, Range<usize>)> {
         self.blocks.named()
+    }
+
+    /// The pair network's output layer and the tail `c(t)`: φ is linear in them together.
+    fn output_linear_blocks(&self) -> Vec<Range<usize>> {
+        named_blocks(self.param_blocks(), &["pair_w2", "pair_b2", "tail"])
     }
 
     /// `2(N−1)·M_B + 4(N−1)·A·‖G‖·M'`, from bounds on the networks over every input they can

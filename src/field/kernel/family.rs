@@ -125,6 +125,16 @@ impl FieldFamily for KernelField {
             .collect()
     }
 
+    /// Every pair type's `w` and `b`: φ is linear in them together (the bandwidths only shape
+    /// the basis, and the offsets enter as `s_k²·w_k(t)`; `src/field/kernel/radial.rs`).
+    fn output_linear_blocks(&self) -> Vec<Range<usize>> {
+        self.param_blocks()
+            .into_iter()
+            .filter(|(name, _)| matches!(*name, "w" | "b"))
+            .map(|(_, range)| range)
+            .collect()
+    }
+
     /// `N · max_d max(|φ|, |φ + φ'·r²/d|)` at each time: see `src/field/kernel/bound.rs`.
     fn lipschitz_bounds(&self, times: &[f64]) -> Vec<f64> {
         self.kernel_bounds(Side::Both, times)

@@ -94,6 +94,19 @@ impl FieldFamily for KernelCoordField {
         blocks
     }
 
+    /// Both parts' (a sum of fields is linear in the union).
+    fn output_linear_blocks(&self) -> Vec<Range<usize>> {
+        let offset = self.n_kernel_params();
+        let mut blocks = self.kernel.output_linear_blocks();
+        blocks.extend(
+            self.coord
+                .output_linear_blocks()
+                .into_iter()
+                .map(|r| r.start + offset..r.end + offset),
+        );
+        blocks
+    }
+
     fn check_usable(&self, h: f64) -> Result<()> {
         self.kernel.check_usable(h)?;
         self.coord.check_usable(h)

@@ -283,7 +283,7 @@ fn nll(flow: &Flow, x: &[f64]) -> Result<Nll> {
 
 /// An untrained flow of `family` for `system` with the exact-discrete RK4 map it trains as.
 fn untrained(system: &System, family: &str, seed: u64) -> Result<Flow> {
-    let mut flow = system.untrained_flow_of(family, seed)?;
+    let mut flow = super::untrained_as_published(system, family, seed)?;
     flow.set_integrator(Integrator::new(
         Method::Rk4 {
             n_steps: rk4_steps(system),

@@ -208,7 +208,7 @@ pub(super) fn run(a: &RunArgs, weight_decay: f64, iterations: Option<usize>) -> 
         plan.thin,
         a.seed.wrapping_add(1),
     )?;
-    let start = system.untrained_flow_of("kernel", a.seed)?;
+    let start = super::untrained_as_published(&system, "kernel", a.seed)?;
     let initial_nll = test_nll(&start, &test)?;
     let mut rows = Vec::new();
     for scheme in Scheme::ALL {

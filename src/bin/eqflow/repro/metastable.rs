@@ -292,7 +292,7 @@ fn run_dw4(plan: &Plan, seed: u64, quiet: bool) -> Result<Dw4Result> {
         }
         Ok(out)
     };
-    let mut flow = system.untrained_flow(seed)?;
+    let mut flow = super::untrained_as_published(&system, "kernel", seed)?;
     let flow_provenance = train(&mut flow, &data, plan.dw4_epochs, system.kt, seed)?;
     let (flow_found, flow_census) = sample_minima(&flow, "equivariant")?;
     let flow_in_reference = flow_found
@@ -300,7 +300,7 @@ fn run_dw4(plan: &Plan, seed: u64, quiet: bool) -> Result<Dw4Result> {
         .map(|f| index_in(&reference, &f.x, 2))
         .collect::<Result<Vec<_>>>()?;
     // The baseline, picked up by name once a build registers the family.
-    let baseline = match system.untrained_flow_of(BASELINE_FAMILY, seed) {
+    let baseline = match super::untrained_as_published(&system, BASELINE_FAMILY, seed) {
         Err(e) => Baseline::NotAvailable(format!("not available in this build ({e})")),
         Ok(mut dense) => match train(&mut dense, &data, plan.dw4_epochs, system.kt, seed) {
             Err(e) => Baseline::NotAvailable(format!("training failed: {e}")),
@@ -353,7 +353,7 @@ fn run_lj13_round(plan: &Plan, seed: u64, round: usize, quiet: bool) -> Result<L
     let training = mcmc(&system, energy, plan.lj13_n_short, round_seed)?;
     let short = mcmc(&system, energy, plan.lj13_n_short, round_seed + 1)?;
     let long = mcmc(&system, energy, plan.lj13_n_long, round_seed + 2)?;
-    let mut flow = system.untrained_flow(round_seed)?;
+    let mut flow = super::untrained_as_published(&system, "kernel", round_seed)?;
     let flow_provenance = train(
         &mut flow,
         &training,

@@ -151,6 +151,20 @@ pub fn run(a: ReproArgs) -> Result<()> {
 }
 
 /// Creates the output directory.
+/// An untrained flow of `family` for `system` as the reproductions measure it: strict mode
+/// off. A reproduction measures whatever RK4 map the paper's protocol trains, at the grid the
+/// protocol names, certified or not (docs/REPRODUCTION.md); strict mode would refuse to
+/// measure most of them (the dense baseline's bound needs thousands of steps).
+fn untrained_as_published(
+    system: &eqflow::system::System,
+    family: &str,
+    seed: u64,
+) -> Result<eqflow::Flow> {
+    let mut flow = system.untrained_flow_of(family, seed)?;
+    flow.set_require_certificate(false);
+    Ok(flow)
+}
+
 fn create_out_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| eqflow::Error::Io {
         what: format!("cannot create {}: {e}", dir.display()),

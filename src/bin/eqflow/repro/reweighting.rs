@@ -151,7 +151,7 @@ fn dw2_flow(
         return Ok((flow, data.x, provenance));
     }
     let (train, validation) = data.x.split_at(plan.n_train * 4);
-    let mut flow = system.untrained_flow(seed)?;
+    let mut flow = super::untrained_as_published(system, "kernel", seed)?;
     let train_config = TrainConfig {
         n_epochs: plan.n_epochs,
         kt: system.kt,
