@@ -695,8 +695,9 @@ int32_t eqf_energy_free(eqf_energy *energy);
  * The flow is in strict mode (`eqf_flow_with_require_certificate`) and certified at its 20
  * steps: where the drawn weights are not (from N = 4 on, more often with more particles), the
  * field's output weights are scaled down by the largest factor 2^(-k/8) that certifies it,
- * so the new flow samples at once. This costs a few certificate evaluations (milliseconds;
- * about 0.2 s at N = 1000).
+ * so the new flow samples at once. This costs one certificate evaluation (a few
+ * milliseconds) per trial factor: 7 ms at N = 4, 53 ms at N = 13, 0.17 s at N = 55, 0.28 s
+ * at N = 1000 (BENCHMARKS.md, session 24).
  *
  * @param n_particles  N, number of particles (2 to EQF_MAX_PARTICLES)
  * @param dim          D, spatial dimension (1, 2 or 3)
