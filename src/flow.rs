@@ -347,8 +347,8 @@ impl Flow {
         }
         let original = self.field.params().to_vec();
         let mut damped = original.clone();
-        // The bounds are linear in the factor; 2^(-1/8) steps keep the field within 9 % of the
-        // largest certified scale, and 2^(-8·60) reaches any field a model file can hold.
+        // The bounds are linear in the factor, so the first certified factor is within 9 % of
+        // the largest certified scale; the search gives up at 2^(-60) (an error, not a loop).
         for k in 1..=480 {
             let factor = (-f64::from(k) / 8.0).exp2();
             for range in &blocks {

@@ -357,16 +357,7 @@ fn eval_counts_configurations_it_cannot_evaluate_unless_strict_and_reports_the_c
     assert_eq!(e["n_data"], 51);
     assert_eq!(e["n_evaluated"], 50);
     assert_eq!(e["n_failed"], 1);
-    let clean = json(&eqflow(&[
-        "eval",
-        "--model",
-        model,
-        "--data",
-        data_s,
-        "--allow-uncertified",
-        "--json",
-        "-q",
-    ]));
+    let clean = eval_allowing_uncertified(model, data_s);
     assert_eq!(clean["n_failed"], 0);
     assert_eq!(
         clean["nll"], e["nll"],
@@ -602,23 +593,7 @@ fn envpair_field_trains_by_aligned_flow_matching_and_round_trips() {
     // refuses exact-discrete work, naming the count, unless the host opts out.
     assert_eq!(t["certificate"]["certified"], false, "{t}");
     assert_eq!(t["certificate"]["n_steps"], 20, "{t}");
-    let eval = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data_s,
-            "--system",
-            "dw4",
-            "--n-samples",
-            "50",
-            "--json",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        eqflow(&args)
-    };
+    let eval = |extra: &[&str]| eval_against_dw4(&model, data_s, extra);
     let refused = eval(&[]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -699,6 +674,39 @@ fn model_file(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `eqflow eval --json` of `model` on `data` with strict mode's opt-out.
+fn eval_allowing_uncertified(model: &str, data: &str) -> serde_json::Value {
+    json(&eqflow(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--allow-uncertified",
+        "--json",
+        "-q",
+    ]))
+}
+
+/// `eqflow eval` of `model` on `data` with 50 fresh samples against DW-4, and `extra` options.
+fn eval_against_dw4(model: &Path, data: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--system",
+        "dw4",
+        "--n-samples",
+        "50",
+        "--json",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    eqflow(&args)
+}
+
 /// Maximum likelihood improved on the first epoch's validation NLL, and the model evaluates
 /// `data` to a finite NLL with an ESS against DW-4.
 fn check_trained_and_evaluates(file: &serde_json::Value, model: &Path, data: &str) {
@@ -708,25 +716,10 @@ fn check_trained_and_evaluates(file: &serde_json::Value, model: &Path, data: &st
     let first = epochs[0]["validation_nll"].as_f64().unwrap();
     let last = epochs[epochs.len() - 1]["validation_nll"].as_f64().unwrap();
     assert!(last < first, "validation NLL {first} -> {last}");
-    let eval = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data,
-            "--system",
-            "dw4",
-            "--n-samples",
-            "50",
-            "--json",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        eqflow(&args)
-    };
+    let eval = |extra: &[&str]| eval_against_dw4(model, data, extra);
     // Strict mode: a model certified at its steps (raised if need be) evaluates; one whose
-    // loose bound would need more than MAX_STEP_GROWTH times its steps is refused unless the host opts out.
+    // loose bound would need more than MAX_STEP_GROWTH times its steps is refused unless the
+    // host opts out.
     let (flow, _) = eqflow::io::model::load(model).unwrap();
     let extra: &[&str] = if flow.certificate().unwrap().is_certified() {
         &[]
@@ -1703,16 +1696,7 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
     let data_s = data.to_str().unwrap();
     let model = UNPENALISED_DW4;
     // The opt-out evaluates it, and reports its certificate.
-    let plain = json(&eqflow(&[
-        "eval",
-        "--model",
-        model,
-        "--data",
-        data_s,
-        "--allow-uncertified",
-        "--json",
-        "-q",
-    ]));
+    let plain = eval_allowing_uncertified(model, data_s);
     assert_eq!(plain["certificate"]["certified"], false);
     let needed = plain["certificate"]["certified_from_steps"]
         .as_u64()
@@ -1758,35 +1742,26 @@ fn require_certificate_refuses_an_uncertified_model_naming_the_certified_step_co
     ]));
     assert_eq!(e["certificate"]["certified"], true);
     assert_eq!(e["n_failed"], 0);
+    // At 20 steps: a file's opt-out samples; a file that asks for strict mode is refused.
     file["integrator"]["n_steps"] = 20.into();
-    file["require_certificate"] = false.into();
-    let lax = dir.join("lax.json");
-    std::fs::write(&lax, file.to_string()).unwrap();
-    let out = eqflow(&[
-        "sample",
-        "--model",
-        lax.to_str().unwrap(),
-        "-n",
-        "5",
-        "--out",
-        samples_s,
-        "-q",
-    ]);
-    assert!(out.status.success(), "a file's opt-out samples");
-    std::fs::remove_file(&samples).unwrap();
-    file["require_certificate"] = true.into();
-    let strict = dir.join("strict.json");
-    std::fs::write(&strict, file.to_string()).unwrap();
-    let out = eqflow(&[
-        "sample",
-        "--model",
-        strict.to_str().unwrap(),
-        "-n",
-        "5",
-        "--out",
-        samples_s,
-        "-q",
-    ]);
+    let mut sample_file = |name: &str, require: bool| {
+        file["require_certificate"] = require.into();
+        let path = dir.join(name);
+        std::fs::write(&path, file.to_string()).unwrap();
+        let _ = std::fs::remove_file(&samples);
+        eqflow(&[
+            "sample",
+            "--model",
+            path.to_str().unwrap(),
+            "-n",
+            "5",
+            "--out",
+            samples_s,
+            "-q",
+        ])
+    };
+    assert!(sample_file("lax.json", false).status.success());
+    let out = sample_file("strict.json", true);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
 }
