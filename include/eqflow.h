@@ -1609,9 +1609,8 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  * `EQF_LOG_INFO`), so that the trained flow samples; beyond that the flow keeps its steps
  * and its exact-discrete calls fail with EQF_ERR_UNCERTIFIED naming the count (logged at
  * `EQF_LOG_WARNING`). Train with `eqf_train_options_set_lipschitz_penalty` to keep the step
- * count. Afterwards
- * every call on the flow uses the new parameters; moves created from the flow before the
- * call keep their own copy of the old flow.
+ * count. Afterwards every call on the flow uses the new parameters; moves created from the
+ * flow before the call keep their own copy of the old flow.
  *
  * Deterministic: the same flow, data, options and seed give bit-identical parameters for any
  * number of threads (`eqf_set_num_threads`), and a host callback that computes the same

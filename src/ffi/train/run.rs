@@ -34,9 +34,8 @@ use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, log, 
 /// `EQF_LOG_INFO`), so that the trained flow samples; beyond that the flow keeps its steps
 /// and its exact-discrete calls fail with EQF_ERR_UNCERTIFIED naming the count (logged at
 /// `EQF_LOG_WARNING`). Train with `eqf_train_options_set_lipschitz_penalty` to keep the step
-/// count. Afterwards
-/// every call on the flow uses the new parameters; moves created from the flow before the
-/// call keep their own copy of the old flow.
+/// count. Afterwards every call on the flow uses the new parameters; moves created from the
+/// flow before the call keep their own copy of the old flow.
 ///
 /// Deterministic: the same flow, data, options and seed give bit-identical parameters for any
 /// number of threads (`eqf_set_num_threads`), and a host callback that computes the same
@@ -146,8 +145,8 @@ pub unsafe extern "C" fn eqf_flow_train(
         let mut trained = current.inner.clone();
         let result = threads::install_sections(|| trainer.run(&mut trained, progress))?;
         // Strict mode (the default): the trained field may need more steps than the flow has;
-        // they grow with it, so that the trained flow samples. Past the largest step count it
-        // keeps its own and strict mode names the problem at its first use.
+        // they grow with it, so that the trained flow samples. Past MAX_STEP_GROWTH times its
+        // own it keeps them, and strict mode names the problem at its first use.
         if trained.requires_certificate() {
             let before = trained.certificate().map_or(0, |c| c.n_steps);
             match trained.raise_to_certified_steps(before.saturating_mul(MAX_STEP_GROWTH)) {
