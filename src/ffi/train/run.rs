@@ -3,6 +3,7 @@
 
 use crate::Error;
 use crate::flow::MAX_STEP_GROWTH;
+use crate::integrate::Method;
 use crate::train::{EpochReport, Trainer};
 
 use super::callback::HostEnergy;
@@ -148,7 +149,12 @@ pub unsafe extern "C" fn eqf_flow_train(
         // they grow with it, so that the trained flow samples. Past MAX_STEP_GROWTH times its
         // own it keeps them, and strict mode names the problem at its first use.
         if trained.requires_certificate() {
-            let before = trained.certificate().map_or(0, |c| c.n_steps);
+            // The step count, read off the integrator (the certificate is computed once, by
+            // the raise).
+            let before = match trained.integrator().method() {
+                Method::Rk4 { n_steps } => n_steps,
+                Method::Dopri5(_) => 0,
+            };
             match trained.raise_to_certified_steps(before.saturating_mul(MAX_STEP_GROWTH)) {
                 Ok(Some(needed)) => log::log(log::EQF_LOG_INFO, || {
                     format!(
