@@ -542,6 +542,39 @@ fn untrained_flows_of_every_family_are_certified_by_default() {
                 assert!(!lax.certificate().unwrap().is_certified(), "N = {n}");
                 assert_eq!(cert.n_steps, 20, "damped, not stepped");
             }
+            check_largest_certified_damping(&lax, &format!("{family:?} N = {n}"));
         }
+    }
+}
+
+/// `Flow::certify_initial_field` finds its factor 2^(−k/8) from bounds predicted once; it must
+/// still be the largest of that form that certifies: the next larger one does not.
+fn check_largest_certified_damping(lax: &eqflow::Flow, what: &str) {
+    let mut damped = lax.clone();
+    let factor = damped.certify_initial_field().unwrap();
+    assert!(damped.certificate().unwrap().is_certified(), "{what}");
+    let blocks = lax.field().output_linear_blocks();
+    let scaled = |f: f64| {
+        let mut p = lax.field().params().to_vec();
+        for range in &blocks {
+            for v in &mut p[range.clone()] {
+                *v *= f;
+            }
+        }
+        p
+    };
+    assert_eq!(damped.field().params(), &scaled(factor)[..], "{what}");
+    if lax.certificate().unwrap().is_certified() {
+        assert_eq!(factor, 1.0, "{what}");
+    } else if !blocks.is_empty() {
+        assert!(factor < 1.0, "{what}");
+        let mut larger = lax.clone();
+        larger
+            .set_params(&scaled(factor * 2f64.powf(0.125)))
+            .unwrap();
+        assert!(
+            !larger.certificate().unwrap().is_certified(),
+            "{what}: {factor} is not the largest certified factor"
+        );
     }
 }
