@@ -490,6 +490,49 @@ fn infinite_kl_energies_are_errors_that_name_the_sample() {
     assert!(losses.kl_gradient_into(bad_kt, 0, 0, 2, &mut g).is_err());
 }
 
+/// An energy of 1e308 everywhere: each sample's KL loss is finite, their sum is not.
+struct Huge;
+impl Energy for Huge {
+    fn n_particles(&self) -> usize {
+        4
+    }
+    fn dim(&self) -> usize {
+        2
+    }
+    fn energy(&self, _: &[f64]) -> f64 {
+        1e308
+    }
+    fn energy_gradient_into(&self, _: &[f64], g: &mut [f64]) -> f64 {
+        g.fill(0.0);
+        1e308
+    }
+}
+
+/// Finite per-sample KL losses whose mean overflows are an error, not a loss of ±∞ (which an
+/// optimiser would turn into NaN parameters), and the caller's gradient is left as it was.
+#[test]
+fn a_kl_batch_whose_sum_overflows_is_an_error() {
+    let flow = continuous_flow(4, 2, KernelConfig::double_well(), 1);
+    let losses = Losses::new(&flow, 4).unwrap();
+    let target = || KlTarget {
+        energy: &Huge,
+        kt: 1.0,
+    };
+    // One sample is finite (the same energy is not refused as such).
+    assert!(losses.kl(target(), 9, 0, 1).unwrap().is_finite());
+    let mut g = vec![7.0; losses.n_params()];
+    for result in [
+        losses.kl(target(), 9, 0, 3),
+        losses.kl_gradient_into(target(), 9, 0, 3, &mut g),
+    ] {
+        match result {
+            Err(Error::NonFinite { what }) => assert!(what.contains("overflow"), "{what}"),
+            other => panic!("expected NonFinite, got {other:?}"),
+        }
+    }
+    assert!(g.iter().all(|&v| v == 7.0), "the gradient was written");
+}
+
 /// DW-4 configurations from a random-walk Metropolis chain at kT = 1 (thinned), with their
 /// centres of mass left in place.
 fn dw4_mcmc(n_samples: usize, seed: u64) -> Vec<f64> {

@@ -705,9 +705,9 @@ impl<'a> Losses<'a> {
                     .collect()
             });
             results.into_iter().collect::<Result<Vec<()>>>()?;
-            reduce_mean(&per_sample, gradient);
+            return batch_mean(&losses, Some((&per_sample, gradient)));
         }
-        Ok(losses.iter().sum::<f64>() / n as f64)
+        batch_mean(&losses, None)
     }
 
     fn check_data(&self, x: &[f64]) -> Result<usize> {
@@ -726,12 +726,12 @@ impl<'a> Losses<'a> {
         let n_steps = self.n_steps;
         let init = || LossWorkspace::<F>::new(len, n_steps);
         let mut losses = vec![0.0; n];
-        let results: Vec<Result<()>> = if let Some(gradient) = gradient {
+        if let Some(gradient) = gradient {
             if gradient.len() != p {
                 return Err(Error::size("loss gradient", p, gradient.len()));
             }
             let mut per_sample = vec![0.0; n * p];
-            let results = parallel(|| {
+            let results: Vec<Result<()>> = parallel(|| {
                 per_sample
                     .par_chunks_mut(p)
                     .zip(losses.par_iter_mut())
@@ -743,10 +743,10 @@ impl<'a> Losses<'a> {
                     })
                     .collect()
             });
-            reduce_mean(&per_sample, gradient);
-            results
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+            batch_mean(&losses, Some((&per_sample, gradient)))
         } else {
-            parallel(|| {
+            let results: Vec<Result<()>> = parallel(|| {
                 losses
                     .par_iter_mut()
                     .enumerate()
@@ -756,10 +756,10 @@ impl<'a> Losses<'a> {
                         Ok(())
                     })
                     .collect()
-            })
-        };
-        results.into_iter().collect::<Result<Vec<()>>>()?;
-        Ok(losses.iter().sum::<f64>() / n as f64)
+            });
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+            batch_mean(&losses, None)
+        }
     }
 }
 
@@ -779,6 +779,31 @@ pub(crate) fn check_configurations(x: &[f64], len: usize, what: &str) -> Result<
     }
     check_finite(x, what)?;
     Ok(x.len() / len)
+}
+
+/// The mean of a batch's per-sample losses and, with `gradient = (per_sample, out)`, the mean
+/// of its per-sample gradients written into `out`, only if both are finite. Each per-sample
+/// value is finite (checked where it is made), but their sum can still overflow; a loss or
+/// gradient of ±∞ must not reach the optimiser, and a failed batch leaves `out` as it was.
+fn batch_mean(losses: &[f64], gradient: Option<(&[f64], &mut [f64])>) -> Result<f64> {
+    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+    if !mean.is_finite() {
+        return Err(Error::non_finite(format!(
+            "the mean loss of a batch of {} samples is {mean}: their finite losses overflow \
+             when summed",
+            losses.len()
+        )));
+    }
+    if let Some((per_sample, out)) = gradient {
+        let mut mean_gradient = vec![0.0; out.len()];
+        reduce_mean(per_sample, &mut mean_gradient);
+        check_finite(
+            &mean_gradient,
+            "the batch's mean loss gradient (finite per-sample gradients that overflow when summed)",
+        )?;
+        out.copy_from_slice(&mean_gradient);
+    }
+    Ok(mean)
 }
 
 /// Writes the mean of the per-sample gradients (`gradient.len()` numbers each) into

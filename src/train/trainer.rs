@@ -577,19 +577,25 @@ impl<'a> Trainer<'a> {
                 c.objective,
                 Objective::FlowMatching { .. } | Objective::HutchinsonLikelihood { .. }
             );
+        // A loss that cannot be computed in floating point (a batch whose finite per-sample
+        // losses overflow when summed, an infinite energy at a sample) says where it happened.
+        let diverged = |e: Error| match e {
+            Error::NonFinite { what } => Error::non_finite(format!(
+                "training diverged at epoch {epoch} step {step}: {what}; the flow is unchanged"
+            )),
+            e => e,
+        };
         let nll = match c.objective {
-            Objective::MaximumLikelihood if lambda > 0.0 => {
-                losses.ml_gradient_into(xb, &mut g.ml)?
-            }
-            Objective::MaximumLikelihood => losses.nll(xb)?,
+            Objective::MaximumLikelihood if lambda > 0.0 => losses.ml_gradient_into(xb, &mut g.ml),
+            Objective::MaximumLikelihood => losses.nll(xb),
             Objective::DiscreteLikelihood if lambda > 0.0 => {
-                losses.discrete_ml_gradient_into(xb, &mut g.ml)?
+                losses.discrete_ml_gradient_into(xb, &mut g.ml)
             }
-            Objective::DiscreteLikelihood => losses.discrete_nll(xb)?,
+            Objective::DiscreteLikelihood => losses.discrete_nll(xb),
             Objective::HutchinsonLikelihood { probe } => {
                 // λ = 1 always (validated): every step has the gradient.
                 let first = run.step_index.wrapping_mul(c.batch_size as u64);
-                losses.hutchinson_ml_gradient_into(xb, probe, c.seed, first, &mut g.ml)?
+                losses.hutchinson_ml_gradient_into(xb, probe, c.seed, first, &mut g.ml)
             }
             Objective::FlowMatching { pairing } => {
                 // The "NLL" slot carries the flow-matching loss: the data term.
@@ -601,20 +607,18 @@ impl<'a> Trainer<'a> {
                     c.seed,
                     pairing,
                     &mut g.ml,
-                )?
+                )
             }
-        };
+        }
+        .map_err(diverged)?;
         let kl = match run.energy {
             Some(energy) if lambda < 1.0 => {
                 let first = run.step_index.wrapping_mul(c.n_kl_samples as u64);
-                Some(losses.kl_batch(
-                    energy,
-                    c.kt,
-                    c.seed,
-                    first,
-                    c.n_kl_samples,
-                    Some(&mut g.kl),
-                )?)
+                Some(
+                    losses
+                        .kl_batch(energy, c.kt, c.seed, first, c.n_kl_samples, Some(&mut g.kl))
+                        .map_err(diverged)?,
+                )
             }
             _ => None,
         };
