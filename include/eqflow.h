@@ -302,7 +302,10 @@ typedef struct eqf_flow_options eqf_flow_options;
  * A move keeps its own copy of the flow (freeing the flow first is safe), a cache of log q of
  * the current state (recomputed only when the coordinates differ, bit for bit, from the last
  * ones it saw), and acceptance statistics. A move belongs to one thread at a time; give each
- * thread (chain) its own move. Created by `eqf_move_new`, released with `eqf_move_free`.
+ * thread (chain) its own move. A call on a move that another thread's call is using fails
+ * with EQF_ERR_INVALID_STATE and does nothing (it does not wait, and nothing races); only
+ * `eqf_move_free` cannot be guarded so: never free a move another thread may be using.
+ * Created by `eqf_move_new`, released with `eqf_move_free`.
  */
 typedef struct eqf_move eqf_move;
 

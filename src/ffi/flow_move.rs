@@ -2,15 +2,15 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crate::Error;
 use crate::flow_move::FlowMove;
 
 use super::flow::eqf_flow;
 use super::{
-    catch, check_not_null, check_output, free_handle, handle, handle_mut, input_array,
-    write_handle, write_output,
+    catch, check_not_null, check_output, free_handle, handle, input_array, write_handle,
+    write_output,
 };
 
 /// An energy callback supplied by the host: writes U(x) of one configuration into `*U` and
@@ -54,9 +54,18 @@ pub type eqf_energy_fn = Option<
 /// A move keeps its own copy of the flow (freeing the flow first is safe), a cache of log q of
 /// the current state (recomputed only when the coordinates differ, bit for bit, from the last
 /// ones it saw), and acceptance statistics. A move belongs to one thread at a time; give each
-/// thread (chain) its own move. Created by `eqf_move_new`, released with `eqf_move_free`.
+/// thread (chain) its own move. A call on a move that another thread's call is using fails
+/// with EQF_ERR_INVALID_STATE and does nothing (it does not wait, and nothing races); only
+/// `eqf_move_free` cannot be guarded so: never free a move another thread may be using.
+/// Created by `eqf_move_new`, released with `eqf_move_free`.
 #[allow(non_camel_case_types)]
 pub struct eqf_move {
+    /// Held by each call for its duration: a second thread's call finds it taken.
+    state: Mutex<MoveState>,
+}
+
+/// What an `eqf_move` holds.
+struct MoveState {
     inner: FlowMove,
     /// The host's coordinates during `eqf_move_step`, reused to avoid an allocation per step.
     buffer: Vec<f64>,
@@ -94,9 +103,10 @@ pub unsafe extern "C" fn eqf_move_new(
         check_not_null(out, "out")?;
         let inner = FlowMove::new(Arc::new(flow.inner.clone()), kT, seed)?;
         let buffer = vec![0.0; flow.inner.layout().len()];
+        let state = Mutex::new(MoveState { inner, buffer });
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract); it is written only now that the move exists.
-        unsafe { write_handle(out, eqf_move { inner, buffer }) };
+        unsafe { write_handle(out, eqf_move { state }) };
         Ok(())
     })
 }
@@ -133,9 +143,9 @@ pub unsafe extern "C" fn eqf_move_propose(
     x_proposed: *mut f64,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
-        // thread uses during the call (this function's contract).
-        let mv = unsafe { move_mut(r#move) }?;
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new`, not freed
+        // during the call (this function's contract); another thread's call is refused.
+        let mut mv = unsafe { lock_move(r#move) }?;
         let len = mv.buffer.len();
         check_output(x_proposed, len, "x_proposed")?;
         // SAFETY: `x_current` is NULL (rejected) or points to N*D doubles that the caller does
@@ -174,9 +184,9 @@ pub unsafe extern "C" fn eqf_move_accept(
     accepted: *mut i32,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
-        // thread uses during the call (this function's contract).
-        let mv = unsafe { move_mut(r#move) }?;
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new`, not freed
+        // during the call (this function's contract); another thread's call is refused.
+        let mut mv = unsafe { lock_move(r#move) }?;
         check_not_null(accepted, "accepted")?;
         let decision = mv.inner.accept(U_proposed)?;
         // SAFETY: `accepted` is non-NULL (checked above) and valid for one write (this
@@ -218,9 +228,10 @@ pub unsafe extern "C" fn eqf_move_step(
     accepted: *mut i32,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` that no other
-        // thread uses during the call (this function's contract).
-        let mv = unsafe { move_mut(r#move) }?;
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new`, not freed
+        // during the call (this function's contract); another thread's call is refused.
+        let mut guard = unsafe { lock_move(r#move) }?;
+        let mv = &mut *guard;
         // Until the step returns, the energy callback must not use this move: marked here.
         let _stepping = Stepping::enter(r#move);
         let len = mv.buffer.len();
@@ -287,9 +298,9 @@ pub unsafe extern "C" fn eqf_move_stats(
     n_accepted: *mut i64,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` (this
-        // function's contract).
-        let mv = unsafe { move_ref(r#move) }?;
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new`, not freed
+        // during the call (this function's contract); another thread's call is refused.
+        let mv = unsafe { lock_move(r#move) }?;
         check_not_null(n_proposed, "n_proposed")?;
         check_not_null(n_accepted, "n_accepted")?;
         let stats = mv.inner.stats();
@@ -349,9 +360,9 @@ pub unsafe extern "C" fn eqf_move_solver_stats(
     stats: *mut eqf_solver_stats,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new` (this
-        // function's contract).
-        let mv = unsafe { move_ref(r#move) }?;
+        // SAFETY: `move` is NULL (rejected) or a live handle from `eqf_move_new`, not freed
+        // during the call (this function's contract); another thread's call is refused.
+        let mv = unsafe { lock_move(r#move) }?;
         check_not_null(stats, "stats")?;
         let value = eqf_solver_stats::from(mv.inner.stats().solver);
         // SAFETY: `stats` is non-NULL (checked above) and valid for one write (this
@@ -420,28 +431,30 @@ impl Drop for Stepping {
     }
 }
 
-/// Borrows a move for a call, refusing one inside its own step on this thread.
+/// Takes a move for a call, refusing one inside its own step on this thread (its energy
+/// callback) and one that another thread's call holds. Never waits: a host that shares a move
+/// between threads gets an error, not a stall or a race.
 ///
 /// # Safety
-/// As [`handle_mut`].
-unsafe fn move_mut<'a>(r#move: *mut eqf_move) -> crate::Result<&'a mut eqf_move> {
+/// As [`handle`]: `move` is NULL or a live move (not freed during the call).
+unsafe fn lock_move<'a>(r#move: *const eqf_move) -> crate::Result<MutexGuard<'a, MoveState>> {
     if stepping(r#move) {
         return Err(stepping_error());
     }
-    // SAFETY: forwarded contract of this function.
-    unsafe { handle_mut(r#move, "move") }
-}
-
-/// Borrows a move for reading, refusing one inside its own step on this thread.
-///
-/// # Safety
-/// As [`handle`].
-unsafe fn move_ref<'a>(r#move: *const eqf_move) -> crate::Result<&'a eqf_move> {
-    if stepping(r#move) {
-        return Err(stepping_error());
+    // SAFETY: forwarded contract of this function; the move is only ever shared, its state
+    // is reached through the lock.
+    let mv = unsafe { handle(r#move, "move") }?;
+    match mv.state.try_lock() {
+        Ok(state) => Ok(state),
+        // A panic inside an earlier call (caught by `catch`, reported as EQF_ERR_INTERNAL)
+        // marks the lock; the state is what that call left, as it was before the lock existed.
+        Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => Err(Error::InvalidState {
+            what: "the move is in use by a call on another thread (a move belongs to one \
+                   thread at a time: give each thread its own); nothing was done"
+                .to_owned(),
+        }),
     }
-    // SAFETY: forwarded contract of this function.
-    unsafe { handle(r#move, "move") }
 }
 
 #[cfg(test)]
@@ -577,6 +590,109 @@ mod tests {
             assert_eq!(stats(mv).0, 2);
             assert_eq!(eqf_move_free(mv), EQF_OK);
         }
+    }
+
+    /// What the blocking callback below shares with the test: it says it is inside the step,
+    /// then waits until told to go on.
+    struct Gate {
+        inside: std::sync::mpsc::Sender<()>,
+        go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    /// A DW-4 energy that holds its step open until the test lets it go (`user`: a `Gate`).
+    unsafe extern "C" fn gated(
+        user: *mut c_void,
+        n_particles: i64,
+        dim: i64,
+        x: *const f64,
+        u: *mut f64,
+    ) -> i32 {
+        // SAFETY: the test passes a live `Gate` that outlives the step.
+        let gate = unsafe { &*user.cast::<Gate>() };
+        gate.inside.send(()).unwrap();
+        gate.go.lock().unwrap().recv().unwrap();
+        let energy = DoubleWell::dw4();
+        // SAFETY: as `dw4`'s contract.
+        unsafe {
+            dw4(
+                (&raw const energy).cast_mut().cast(),
+                n_particles,
+                dim,
+                x,
+                u,
+            )
+        }
+    }
+
+    /// A host that uses one move from two threads at once (forbidden) gets an error on the
+    /// second thread, with nothing changed, instead of a data race.
+    #[test]
+    fn a_move_in_use_on_another_thread_is_refused() {
+        let mv = new_move(3);
+        let (inside_tx, inside_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let gate = Gate {
+            inside: inside_tx,
+            go: std::sync::Mutex::new(go_rx),
+        };
+        let address = mv.addr();
+        std::thread::scope(|scope| {
+            let gate = &gate;
+            let stepper = scope.spawn(move || {
+                let mv = std::ptr::with_exposed_provenance_mut::<eqf_move>(address);
+                let mut x = [0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0];
+                let mut u = DoubleWell::dw4().energy(&x);
+                let mut accepted = -7;
+                // SAFETY: live move and buffers; the gate outlives the step.
+                unsafe {
+                    let user = std::ptr::from_ref(gate).cast_mut().cast::<c_void>();
+                    eqf_move_step(
+                        mv,
+                        x.as_mut_ptr(),
+                        &raw mut u,
+                        Some(gated),
+                        user,
+                        &raw mut accepted,
+                    )
+                }
+            });
+            inside_rx.recv().unwrap();
+            // The step is inside its callback, holding the move: every call is refused.
+            let mut x = [0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0];
+            let mut y = x;
+            let (mut u, mut accepted, mut p, mut a) = (0.0, -7, -1, -1);
+            let mut solver = eqf_solver_stats::default();
+            let energy = DoubleWell::dw4();
+            let user = (&raw const energy).cast_mut().cast::<c_void>();
+            // SAFETY: live move and buffers of the right sizes.
+            let statuses = unsafe {
+                [
+                    eqf_move_propose(mv, x.as_ptr(), 1.0, y.as_mut_ptr()),
+                    eqf_move_accept(mv, 1.0, &raw mut accepted),
+                    eqf_move_step(
+                        mv,
+                        x.as_mut_ptr(),
+                        &raw mut u,
+                        Some(dw4),
+                        user,
+                        &raw mut accepted,
+                    ),
+                    eqf_move_stats(mv, &raw mut p, &raw mut a),
+                    eqf_move_solver_stats(mv, &raw mut solver),
+                ]
+            };
+            assert_eq!(statuses, [EQF_ERR_INVALID_STATE; 5]);
+            let message = crate::ffi::with_last_error(str::to_owned);
+            assert!(message.contains("another thread"), "{message}");
+            assert_eq!((accepted, p, a, u), (-7, -1, -1, 0.0), "outputs written");
+            assert_eq!(solver, eqf_solver_stats::default());
+            go_tx.send(()).unwrap();
+            assert_eq!(stepper.join().unwrap(), EQF_OK);
+        });
+        // The step completed; the move is usable from here again.
+        assert_eq!(stats(mv).0, 1);
+        // SAFETY: freed once.
+        assert_eq!(unsafe { eqf_move_free(mv) }, EQF_OK);
     }
 
     #[test]
