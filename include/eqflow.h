@@ -265,11 +265,12 @@ typedef struct eqf_energy eqf_energy;
 /**
  * An equivariant normalizing flow over configurations of N particles in D dimensions (opaque).
  *
- * Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. A flow is
- * immutable: one handle may be shared by any number of threads, which may sample and evaluate
- * densities concurrently without locking. The one exception is `eqf_flow_train`, which
- * replaces the parameters of the flow it is given: no other thread may use that flow during
- * the call.
+ * Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. One
+ * handle may be shared by any number of threads, which may sample and evaluate densities
+ * concurrently without locking on their side. The one call that changes a flow is
+ * `eqf_flow_train`: other threads may go on using the flow while it trains; they see the old
+ * flow until the call commits the trained one, an instant swap that no call sees half done.
+ * Never free a flow that another thread may be using.
  */
 typedef struct eqf_flow eqf_flow;
 
@@ -1621,8 +1622,11 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  *
  * Threads: the per-sample work runs in eqflow's thread pool; the loop, the progress callback
  * and a host KL energy callback run on the calling thread only. Unlike the other flow
- * functions, this one **modifies the flow**: no other thread may use the flow during the call
- * (the callbacks may read it; they see the parameters from before the call).
+ * functions, this one **modifies the flow**, by one swap at its end: until then the callbacks
+ * and other threads may read the flow and see the parameters from before the call; calls on
+ * other threads that read it then finish on the old flow or start on the new one. Called from
+ * a callback of another eqflow call that reads a flow on this thread (a log callback), it
+ * fails with EQF_ERR_INVALID_STATE before training.
  *
  * On failure the flow is unchanged, `summary` is not written, and the message says what
  * failed (for a failed KL energy: which prior sample and how).

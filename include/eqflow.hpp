@@ -5,8 +5,9 @@
  * and releases its handle in the destructor. A failed call throws eqflow::Error, which carries
  * the EQF_ERR_* status and the library's message. The thread contract is that of the C API:
  * Flow and Energy objects are immutable and may be shared between threads (as const
- * references), except that Flow::train retrains a flow in place while no other thread uses it;
- * a Move, a FlowOptions and a TrainOptions belong to one thread at a time.
+ * references); Flow::train retrains a flow in place, swapping in the result at its end, while
+ * other threads may go on reading it; a Move, a FlowOptions and a TrainOptions belong to one
+ * thread at a time.
  *
  * Layout of configurations (as in eqflow.h): particle-major, x[i*D + k] (C double x[N][D]), a
  * batch of n configurations adds the slowest index, x[(s*N + i)*D + k].

@@ -1,5 +1,7 @@
 //! Normalizing flows behind an opaque `eqf_flow` handle.
 
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+
 use crate::flow::Flow;
 
 use super::{
@@ -9,23 +11,82 @@ use super::{
 
 /// An equivariant normalizing flow over configurations of N particles in D dimensions (opaque).
 ///
-/// Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. A flow is
-/// immutable: one handle may be shared by any number of threads, which may sample and evaluate
-/// densities concurrently without locking. The one exception is `eqf_flow_train`, which
-/// replaces the parameters of the flow it is given: no other thread may use that flow during
-/// the call.
+/// Created by `eqf_flow_new`, owned by the caller and released with `eqf_flow_free`. One
+/// handle may be shared by any number of threads, which may sample and evaluate densities
+/// concurrently without locking on their side. The one call that changes a flow is
+/// `eqf_flow_train`: other threads may go on using the flow while it trains; they see the old
+/// flow until the call commits the trained one, an instant swap that no call sees half done.
+/// Never free a flow that another thread may be using.
 #[allow(non_camel_case_types)]
 pub struct eqf_flow {
-    pub(super) inner: Flow,
+    /// Written only by `eqf_flow_train`'s final swap (no allocation or callback under the
+    /// lock), so readers wait at most for that swap and never for training.
+    inner: RwLock<Flow>,
 }
 
 impl eqf_flow {
     pub(crate) fn from_flow(inner: Flow) -> Self {
-        eqf_flow { inner }
+        eqf_flow {
+            inner: RwLock::new(inner),
+        }
     }
 
-    pub(crate) fn flow(&self) -> &Flow {
-        &self.inner
+    /// The flow, for the duration of a call. A panic while the lock was held (caught and
+    /// reported as an internal error) cannot have left a half-written flow: the only writer
+    /// is [`eqf_flow::replace`], a move.
+    pub(crate) fn flow(&self) -> FlowRead<'_> {
+        let _ = READING.try_with(|n| n.set(n.get() + 1));
+        FlowRead(self.inner.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the flow (a trained one), waiting for calls on other threads that read it.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidState`] if this thread is inside a call that reads a flow (a
+    /// callback of that call training a flow): waiting for it would never end.
+    pub(crate) fn replace(&self, flow: Flow) -> crate::Result<()> {
+        check_not_reading()?;
+        let old = std::mem::replace(
+            &mut *self.inner.write().unwrap_or_else(PoisonError::into_inner),
+            flow,
+        );
+        // The old flow is freed after the lock is released.
+        drop(old);
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Flow read locks held by this thread (calls in progress that read a flow).
+    static READING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Fails if this thread holds a flow's read lock: a commit from there could wait for itself.
+pub(crate) fn check_not_reading() -> crate::Result<()> {
+    if READING.try_with(std::cell::Cell::get).unwrap_or(0) > 0 {
+        return Err(crate::Error::InvalidState {
+            what: "eqf_flow_train was called from a callback inside another eqflow call that \
+                   reads a flow on this thread; nothing was done"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A flow read for one call (counted per thread for [`check_not_reading`]).
+pub(crate) struct FlowRead<'a>(RwLockReadGuard<'a, Flow>);
+
+impl std::ops::Deref for FlowRead<'_> {
+    type Target = Flow;
+    fn deref(&self) -> &Flow {
+        &self.0
+    }
+}
+
+impl Drop for FlowRead<'_> {
+    fn drop(&mut self) {
+        let _ = READING.try_with(|n| n.set(n.get().saturating_sub(1)));
     }
 }
 
@@ -64,7 +125,7 @@ pub unsafe extern "C" fn eqf_flow_new(
         let inner = Flow::new(n_particles, dim, seed)?;
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract); it is written only now that the flow was built successfully.
-        unsafe { write_handle(out, eqf_flow { inner }) };
+        unsafe { write_handle(out, eqf_flow::from_flow(inner)) };
         Ok(())
     })
 }
@@ -90,7 +151,7 @@ pub unsafe extern "C" fn eqf_flow_n_particles(flow: *const eqf_flow) -> i64 {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract).
         let flow = unsafe { handle(flow, "flow") }?;
-        Ok(i64::try_from(flow.inner.n_particles()).unwrap_or(i64::MAX))
+        Ok(i64::try_from(flow.flow().n_particles()).unwrap_or(i64::MAX))
     })
 }
 
@@ -117,9 +178,9 @@ pub unsafe extern "C" fn eqf_flow_species(
     catch(|| {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract).
-        let flow = unsafe { handle(flow, "flow") }?;
-        let n = flow.inner.n_particles();
-        let field_species = flow.inner.field().species();
+        let flow = unsafe { handle(flow, "flow") }?.flow();
+        let n = flow.n_particles();
+        let field_species = flow.field().species();
         if !species.is_null() {
             let len = count(n_particles, "n_particles")?;
             if len != n {
@@ -153,7 +214,7 @@ pub unsafe extern "C" fn eqf_flow_dim(flow: *const eqf_flow) -> i64 {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract).
         let flow = unsafe { handle(flow, "flow") }?;
-        Ok(i64::try_from(flow.inner.dim()).unwrap_or(i64::MAX))
+        Ok(i64::try_from(flow.flow().dim()).unwrap_or(i64::MAX))
     })
 }
 
@@ -183,13 +244,12 @@ pub unsafe extern "C" fn eqf_flow_certificate(
     catch(|| {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract).
-        let flow = unsafe { handle(flow, "flow") }?;
+        let flow = unsafe { handle(flow, "flow") }?.flow();
         check_not_null(certified, "certified")?;
         check_not_null(max_contraction, "max_contraction")?;
-        let cert = flow.inner.certificate();
+        let cert = flow.certificate();
         let needed = (!n_steps_needed.is_null()).then(|| {
-            flow.inner
-                .certified_step_count()
+            flow.certified_step_count()
                 .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
         });
         // SAFETY: `certified` and `max_contraction` are non-NULL (checked above) and valid for
@@ -244,11 +304,11 @@ pub unsafe extern "C" fn eqf_flow_with_require_certificate(
                 });
             }
         };
-        let mut inner = flow.inner.clone();
+        let mut inner = flow.flow().clone();
         inner.set_require_certificate(require);
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract); it is written only now that the new flow exists.
-        unsafe { write_handle(out, eqf_flow { inner }) };
+        unsafe { write_handle(out, eqf_flow::from_flow(inner)) };
         Ok(())
     })
 }
@@ -270,7 +330,7 @@ pub unsafe extern "C" fn eqf_flow_require_certificate(
         check_not_null(require, "require")?;
         // SAFETY: `require` is non-NULL (checked above) and valid for one write (this
         // function's contract).
-        unsafe { require.write(i32::from(flow.inner.requires_certificate())) };
+        unsafe { require.write(i32::from(flow.flow().requires_certificate())) };
         Ok(())
     })
 }
@@ -318,8 +378,7 @@ pub unsafe extern "C" fn eqf_flow_sample(
     catch(|| {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract); flows are never mutated.
-        let flow = unsafe { handle(flow, "flow") }?;
-        let flow = &flow.inner;
+        let flow = unsafe { handle(flow, "flow") }?.flow();
         let n = count(n, "n")?;
         let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
         check_output(x, len, "x")?;
@@ -367,8 +426,7 @@ pub unsafe extern "C" fn eqf_flow_log_density(
     catch(|| {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract); flows are never mutated.
-        let flow = unsafe { handle(flow, "flow") }?;
-        let flow = &flow.inner;
+        let flow = unsafe { handle(flow, "flow") }?.flow();
         let n = count(n, "n")?;
         let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
         check_output(log_q, n, "log_q")?;
@@ -421,8 +479,7 @@ pub unsafe extern "C" fn eqf_flow_certify_configurations(
     catch(|| {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract); flows are never mutated.
-        let flow = unsafe { handle(flow, "flow") }?;
-        let flow = &flow.inner;
+        let flow = unsafe { handle(flow, "flow") }?.flow();
         let n = count(n, "n")?;
         let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
         check_output(step_bound, n, "step_bound")?;
@@ -465,7 +522,7 @@ mod tests {
     impl FlowHandle {
         fn sample(&self, seed: u64, n: usize) -> (i32, Vec<f64>, Vec<f64>) {
             // SAFETY: live handle, not used by other threads.
-            let len = unsafe { (*self.0).inner.layout().len() };
+            let len = unsafe { (*self.0).flow().layout().len() };
             let mut x = vec![f64::NAN; n * len];
             let mut log_q = vec![f64::NAN; n];
             // SAFETY: live handle; buffers of n*N*D and n doubles.
@@ -481,7 +538,7 @@ mod tests {
         let h = handle(6);
         let (_, mut x, _) = h.sample(2, 3);
         // SAFETY: live handle.
-        let flow = unsafe { &(*h.0).inner };
+        let flow = unsafe { (*h.0).flow() };
         let expected: Vec<f64> = flow
             .certify_configurations(&x)
             .unwrap()
@@ -560,7 +617,7 @@ mod tests {
         };
         assert_eq!(status, EQF_OK);
         // SAFETY: live handle.
-        let flow = unsafe { &(*h.0).inner };
+        let flow = unsafe { (*h.0).flow() };
         let cert = flow.certificate().unwrap();
         assert_eq!(certified, i32::from(cert.is_certified()));
         assert_eq!(contraction.to_bits(), cert.max_contraction.to_bits());
@@ -773,7 +830,7 @@ mod tests {
     fn strict_mode_refuses_an_uncertified_grid_naming_the_certified_step_count() {
         let h = handle(4);
         // SAFETY: live handle.
-        let flow = unsafe { &(*h.0).inner };
+        let flow = unsafe { (*h.0).flow() };
         let needed = flow.certified_step_count().unwrap();
         assert!(needed > 1, "the test needs a grid that is not certified");
         // Certified (enough steps): strict mode changes no bit.
@@ -832,7 +889,7 @@ mod tests {
             assert!(out.is_null());
         }
         // SAFETY: live handle.
-        let original = unsafe { &(*h.0).inner };
+        let original = unsafe { (*h.0).flow() };
         assert!(original.requires_certificate(), "original unchanged");
     }
 }

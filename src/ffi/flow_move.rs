@@ -99,10 +99,10 @@ pub unsafe extern "C" fn eqf_move_new(
     catch(|| {
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract); flows are never mutated.
-        let flow = unsafe { handle(flow, "flow") }?;
+        let flow = unsafe { handle(flow, "flow") }?.flow();
         check_not_null(out, "out")?;
-        let inner = FlowMove::new(Arc::new(flow.inner.clone()), kT, seed)?;
-        let buffer = vec![0.0; flow.inner.layout().len()];
+        let inner = FlowMove::new(Arc::new(flow.clone()), kT, seed)?;
+        let buffer = vec![0.0; flow.layout().len()];
         let state = Mutex::new(MoveState { inner, buffer });
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract); it is written only now that the move exists.
@@ -635,7 +635,7 @@ mod tests {
             inside: inside_tx,
             go: std::sync::Mutex::new(go_rx),
         };
-        let address = mv.addr();
+        let address = mv.expose_provenance();
         std::thread::scope(|scope| {
             let gate = &gate;
             let stepper = scope.spawn(move || {

@@ -462,7 +462,7 @@ mod tests {
             unsafe {
                 let status = eqf_flow_new_with_options(n_particles, dim, self.0, &raw mut out);
                 assert_eq!(status, EQF_OK);
-                let flow = (*out).inner.clone();
+                let flow = (*out).flow().clone();
                 assert_eq!(eqf_flow_free(out), EQF_OK);
                 flow
             }

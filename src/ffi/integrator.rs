@@ -113,11 +113,11 @@ pub unsafe extern "C" fn eqf_flow_with_integrator(
         let flow = unsafe { handle(flow, "flow") }?;
         check_not_null(out, "out")?;
         let integrator = integrator(method, n_steps, rtol, atol, density_mode)?;
-        let mut inner: Flow = flow.inner.clone();
+        let mut inner: Flow = flow.flow().clone();
         inner.set_integrator(integrator);
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract); it is written only now that the new flow exists.
-        unsafe { write_handle(out, eqf_flow { inner }) };
+        unsafe { write_handle(out, eqf_flow::from_flow(inner)) };
         Ok(())
     })
 }
@@ -140,7 +140,7 @@ pub unsafe extern "C" fn eqf_flow_integrator(
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract); flows are never mutated.
         let flow = unsafe { handle(flow, "flow") }?;
-        let integrator = flow.inner.integrator();
+        let integrator = flow.flow().integrator();
         let (m, steps, r, a) = match integrator.method() {
             Method::Rk4 { n_steps } => (EQF_METHOD_RK4, n_steps, 0.0, 0.0),
             Method::Dopri5(cfg) => (EQF_METHOD_DOPRI5, cfg.max_steps, cfg.rtol, cfg.atol),
@@ -256,7 +256,7 @@ mod tests {
             let status = eqf_flow_integrator(flow, no_i32, no_i64, no_f64, no_f64, no_i32);
             assert_eq!(status, EQF_OK);
             assert_eq!(eqf_flow_free(flow), EQF_OK);
-            assert_eq!((*other).inner.integrator().mode(), DensityMode::Continuous);
+            assert_eq!((*other).flow().integrator().mode(), DensityMode::Continuous);
             assert_eq!(eqf_flow_free(other), EQF_OK);
         }
     }

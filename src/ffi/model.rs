@@ -110,7 +110,7 @@ pub unsafe extern "C" fn eqf_flow_save(flow: *const eqf_flow, path: *const c_cha
         let flow = unsafe { handle(flow, "flow") }?;
         // SAFETY: `path` is NULL (rejected) or NUL-terminated (this function's contract).
         let path = unsafe { path_arg(path) }?;
-        model::save(flow.flow(), None, None, &path)
+        model::save(&flow.flow(), None, None, &path)
     })
 }
 

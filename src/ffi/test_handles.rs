@@ -22,7 +22,7 @@ impl FlowHandle {
     /// The field's parameters.
     pub(super) fn params(&self) -> Vec<f64> {
         // SAFETY: live handle, not used by other threads.
-        unsafe { (*self.0).inner.field().params().to_vec() }
+        unsafe { (*self.0).flow().field().params().to_vec() }
     }
 }
 

@@ -9,8 +9,9 @@ use crate::train::{EpochReport, Trainer};
 use super::callback::HostEnergy;
 use super::options::{KlTargetEnergy, eqf_train_options};
 use super::summary::{eqf_train_epoch, eqf_train_summary, summary_bytes};
+use crate::ffi::flow::check_not_reading;
 use crate::ffi::flow::eqf_flow;
-use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, log, threads};
+use crate::ffi::{array_len, catch, count, handle, input_array, log, threads};
 
 /// Trains `flow` in place: maximum likelihood on the host's configurations `x_train`, mixed
 /// with the reverse KL divergence to exp(-U/kT) when the options' lambda is below 1 (see the
@@ -44,8 +45,11 @@ use crate::ffi::{array_len, catch, count, handle, handle_mut, input_array, log, 
 ///
 /// Threads: the per-sample work runs in eqflow's thread pool; the loop, the progress callback
 /// and a host KL energy callback run on the calling thread only. Unlike the other flow
-/// functions, this one **modifies the flow**: no other thread may use the flow during the call
-/// (the callbacks may read it; they see the parameters from before the call).
+/// functions, this one **modifies the flow**, by one swap at its end: until then the callbacks
+/// and other threads may read the flow and see the parameters from before the call; calls on
+/// other threads that read it then finish on the old flow or start on the new one. Called from
+/// a callback of another eqflow call that reads a flow on this thread (a log callback), it
+/// fails with EQF_ERR_INVALID_STATE before training.
 ///
 /// On failure the flow is unchanged, `summary` is not written, and the message says what
 /// failed (for a failed KL energy: which prior sample and how).
@@ -79,17 +83,19 @@ pub unsafe extern "C" fn eqf_flow_train(
     summary: *mut eqf_train_summary,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `flow` is NULL (rejected) or a live handle that no other thread uses during
-        // the call (this function's contract). Only shared access until the final commit, so
-        // callbacks may read the flow.
+        // SAFETY: `flow` is NULL (rejected) or a live handle, not freed during the call (this
+        // function's contract). Only read until the final commit, so callbacks and other
+        // threads may read the flow meanwhile.
         let current = unsafe { handle(flow.cast_const(), "flow") }?;
+        // Before training, not after it: the commit below cannot happen from here.
+        check_not_reading()?;
         // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
         // (this function's contract).
         let options = unsafe { handle(options, "options") }?;
         // SAFETY: `summary` is NULL or points to a struct whose first field is its size (this
         // function's contract).
         let summary_bytes = unsafe { summary_bytes(summary) }?;
-        let len = current.inner.layout().len();
+        let len = current.flow().layout().len();
         let n_train = count(n_train, "n_train")?;
         if n_train == 0 {
             return Err(Error::invalid(
@@ -117,8 +123,8 @@ pub unsafe extern "C" fn eqf_flow_train(
             Some(KlTargetEnergy::Callback { energy, user }) => Some(HostEnergy {
                 energy: *energy,
                 user: *user,
-                n_particles: current.inner.n_particles(),
-                dim: current.inner.dim(),
+                n_particles: current.flow().n_particles(),
+                dim: current.flow().dim(),
             }),
             _ => None,
         };
@@ -143,7 +149,7 @@ pub unsafe extern "C" fn eqf_flow_train(
                 unsafe { progress(user, &raw const report) == 0 }
             }
         };
-        let mut trained = current.inner.clone();
+        let mut trained = current.flow().clone();
         let result = threads::install_sections(|| trainer.run(&mut trained, progress))?;
         // Strict mode (the default): the trained field may need more steps than the flow has;
         // they grow with it, so that the trained flow samples. Past MAX_STEP_GROWTH times its
@@ -173,10 +179,11 @@ pub unsafe extern "C" fn eqf_flow_train(
             }
         }
 
-        // SAFETY: a live handle that no other thread uses during the call (this function's
-        // contract); the shared borrow `current` is no longer used. The commit cannot fail.
-        let flow = unsafe { handle_mut(flow, "flow") }?;
-        flow.inner = trained;
+        // SAFETY: a live handle, not freed during the call (this function's contract). The
+        // commit waits only for other threads' calls that read the old flow, and cannot fail
+        // (this thread reads no flow: checked before training).
+        let flow = unsafe { handle(flow.cast_const(), "flow") }?;
+        flow.replace(trained)?;
         if let Some(bytes) = summary_bytes {
             let mut written = eqf_train_summary::from(&result);
             written.size = bytes as u64;

@@ -1128,3 +1128,104 @@ fn a_large_but_finite_kl_loss_trains_with_finite_reports() {
         assert!(report.train_kl > 9e307, "{}", report.train_kl);
     }
 }
+
+/// What the gated progress callback shares with the test: it reports that training has
+/// reached an epoch's end, then waits until told to go on.
+struct TrainGate {
+    inside: std::sync::mpsc::Sender<()>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+unsafe extern "C" fn gated_progress(user: *mut c_void, _: *const eqf_train_epoch) -> i32 {
+    // SAFETY: the test passes a live `TrainGate` that outlives training.
+    let gate = unsafe { &*user.cast::<TrainGate>() };
+    gate.inside.send(()).unwrap();
+    gate.go.lock().unwrap().recv().unwrap();
+    0
+}
+
+/// Another thread may sample from a flow while `eqf_flow_train` retrains it: it sees the old
+/// flow, bit for bit, until the call ends, and the trained one after (no torn read).
+#[test]
+fn other_threads_read_the_old_flow_until_training_commits() {
+    let data = dw4_data(32, 8);
+    let options = Options::small();
+    let (inside_tx, inside_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let gate = TrainGate {
+        inside: inside_tx,
+        go: std::sync::Mutex::new(go_rx),
+    };
+    // SAFETY: live options; the gate outlives training.
+    unsafe {
+        let user = std::ptr::from_ref(&gate).cast_mut().cast::<c_void>();
+        let status = eqf_train_options_set_progress(options.0, Some(gated_progress), user);
+        assert_eq!(status, EQF_OK);
+    }
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let sample = |flow: *const eqf_flow| {
+        let (mut x, mut log_q) = (vec![0.0; 8], [0.0]);
+        // SAFETY: a live flow; outputs of one DW-4 sample.
+        let status = unsafe { eqf_flow_sample(flow, 5, 1, x.as_mut_ptr(), log_q.as_mut_ptr()) };
+        assert_eq!(status, EQF_OK, "{}", message());
+        (x, log_q[0])
+    };
+    let old_sample = sample(flow.0);
+    let address = flow.0.expose_provenance();
+    let options_address = options.0.expose_provenance();
+    let data = &data;
+    std::thread::scope(|scope| {
+        let trainer = scope.spawn(move || {
+            let flow = std::ptr::with_exposed_provenance_mut::<eqf_flow>(address);
+            let options = std::ptr::with_exposed_provenance::<eqf_train_options>(options_address);
+            let mut summary = sentinel_summary();
+            // SAFETY: live handles; whole DW-4 configurations; a full summary.
+            unsafe {
+                eqf_flow_train(
+                    flow,
+                    options,
+                    32,
+                    data.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                    &raw mut summary,
+                )
+            }
+        });
+        for _ in 0..2 {
+            // Training is held inside an epoch's report: the flow is the old one.
+            inside_rx.recv().unwrap();
+            assert_eq!(sample(flow.0), old_sample);
+            go_tx.send(()).unwrap();
+        }
+        assert_eq!(trainer.join().unwrap(), EQF_OK);
+    });
+    assert_ne!(flow.params(), before, "trained");
+    assert_ne!(sample(flow.0), old_sample);
+}
+
+/// The commit of a trained flow waits for readers on other threads; from a thread that itself
+/// holds a flow's read lock (a log callback inside a call) it refuses instead of waiting for
+/// itself, and `eqf_flow_train` refuses before training.
+#[test]
+fn a_commit_from_inside_a_flow_call_on_the_same_thread_is_refused() {
+    let flow = FlowHandle::new(4, 2, 9);
+    let other = crate::Flow::new(4, 2, 10).unwrap();
+    let data = dw4_data(32, 8);
+    let options = Options::small();
+    // SAFETY: a live handle.
+    let handle = unsafe { &*flow.0 };
+    let reading = handle.flow();
+    assert!(matches!(
+        handle.replace(other.clone()),
+        Err(crate::Error::InvalidState { .. })
+    ));
+    let (status, summary) = flow.train(&options, &data, &[]);
+    assert_eq!(status, crate::ffi::EQF_ERR_INVALID_STATE);
+    assert!(message().contains("from a callback"), "{}", message());
+    assert_eq!(summary, sentinel_summary());
+    drop(reading);
+    handle.replace(other.clone()).unwrap();
+    assert_eq!(flow.params(), other.field().params());
+}
