@@ -23,8 +23,9 @@
 !
 ! Thread contract: as in eqflow.h. Flows and energies are immutable and may be shared between
 ! threads (OpenMP); flow%train retrains a flow in place, swapping in the result at its end,
-! while other threads may go on reading it; a move, flow options and training options belong to
-! one thread at a time. An energy callback must be
+! while other threads may go on reading it; a move belongs to one thread at a time (a call on a
+! move another thread is using fails with EQF_ERR_INVALID_STATE); calls on options objects are
+! serialised, and training copies its options when it starts. An energy callback must be
 ! bind(C) with the interface eqf_energy_fn below and return 0 on success; the training callbacks
 ! (eqf_energy_grad_fn, eqf_train_progress_fn) likewise. Training calls them only on the thread
 ! that called flow%train, never concurrently, so they may use non-thread-safe code. The log

@@ -281,7 +281,8 @@ typedef struct eqf_flow eqf_flow;
  * options unchanged). Released with `eqf_flow_options_free`.
  *
  * Settings are independent of the number of particles: one options object may create flows
- * of any size with `eqf_flow_new_with_options`. It belongs to one thread at a time.
+ * of any size with `eqf_flow_new_with_options`. Calls on one options object from several
+ * threads are serialised by a lock (none holds it for long).
  */
 typedef struct eqf_flow_options eqf_flow_options;
 
@@ -316,8 +317,10 @@ typedef struct eqf_move eqf_move;
  * functions, each of which validates its value at once (a rejected value leaves the options
  * unchanged). Released with `eqf_train_options_free`.
  *
- * One options object may be used for any number of `eqf_flow_train` calls and flows; it must
- * not be modified while a training call that uses it runs. It belongs to one thread at a time.
+ * One options object may be used for any number of `eqf_flow_train` calls and flows. Each
+ * training call works on a copy of the options made when it starts, so changing them during
+ * training (from a callback, or from another thread) affects only later calls. Calls on one
+ * options object from several threads are serialised by a lock (none holds it for long).
  */
 typedef struct eqf_train_options eqf_train_options;
 

@@ -6,8 +6,9 @@
  * the EQF_ERR_* status and the library's message. The thread contract is that of the C API:
  * Flow and Energy objects are immutable and may be shared between threads (as const
  * references); Flow::train retrains a flow in place, swapping in the result at its end, while
- * other threads may go on reading it; a Move, a FlowOptions and a TrainOptions belong to one
- * thread at a time.
+ * other threads may go on reading it; a Move belongs to one thread at a time (a call on a move
+ * that another thread is using throws, status EQF_ERR_INVALID_STATE); FlowOptions and
+ * TrainOptions calls are serialised by a lock, and training copies its options when it starts.
  *
  * Layout of configurations (as in eqflow.h): particle-major, x[i*D + k] (C double x[N][D]), a
  * batch of n configurations adds the slowest index, x[(s*N + i)*D + k].

@@ -6,6 +6,7 @@
 //! and keep it only if the whole configuration is still valid.
 
 use std::ffi::{CStr, c_char};
+use std::sync::{Mutex, PoisonError};
 
 use crate::Result;
 use crate::error::Error;
@@ -15,8 +16,8 @@ use crate::geometry::Layout;
 use super::flow::eqf_flow;
 use super::integrator::integrator;
 use super::{
-    array_len, catch, check_not_null, count, free_handle, handle, handle_mut, input_array,
-    species_from, update_validated, write_handle,
+    array_len, catch, check_not_null, count, free_handle, handle, input_array, species_from,
+    update_validated, write_handle,
 };
 
 /// Settings of an untrained flow (opaque), created by `eqf_flow_options_new` with the defaults
@@ -25,10 +26,23 @@ use super::{
 /// options unchanged). Released with `eqf_flow_options_free`.
 ///
 /// Settings are independent of the number of particles: one options object may create flows
-/// of any size with `eqf_flow_new_with_options`. It belongs to one thread at a time.
+/// of any size with `eqf_flow_new_with_options`. Calls on one options object from several
+/// threads are serialised by a lock (none holds it for long).
 #[allow(non_camel_case_types)]
 pub struct eqf_flow_options {
-    config: FlowConfig,
+    /// Locked for a setter's update or a reader's copy, never across other work, so that two
+    /// threads misusing one options object neither race nor wait long.
+    config: Mutex<FlowConfig>,
+}
+
+impl eqf_flow_options {
+    /// A copy of the settings.
+    fn config(&self) -> FlowConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Creates flow options with the defaults of `eqf_flow_new`: the "kernel" family (the paper's
@@ -44,7 +58,7 @@ pub unsafe extern "C" fn eqf_flow_options_new(out: *mut *mut eqf_flow_options) -
     catch(|| {
         check_not_null(out, "out")?;
         let options = eqf_flow_options {
-            config: FlowConfig::default(),
+            config: Mutex::new(FlowConfig::default()),
         };
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract).
@@ -68,17 +82,21 @@ pub unsafe extern "C" fn eqf_flow_options_free(options: *mut eqf_flow_options) -
 /// configuration is still valid, so a rejected value leaves the options unchanged.
 ///
 /// # Safety
-/// `options` must be NULL or a live handle from `eqf_flow_options_new` that no other thread
-/// uses during the call.
+/// `options` must be NULL or a live handle from `eqf_flow_options_new`, not freed during the
+/// call (another thread's call waits for the lock).
 unsafe fn update(
     options: *mut eqf_flow_options,
     change: impl FnOnce(&mut FlowConfig) -> Result<()>,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (the
-        // caller's contract).
-        let options = unsafe { handle_mut(options, "options") }?;
-        update_validated(&mut options.config, FlowConfig::validate, change)
+        // SAFETY: `options` is NULL (rejected) or a live handle (the caller's contract); its
+        // settings are reached through their lock.
+        let options = unsafe { handle(options.cast_const(), "options") }?;
+        let mut config = options
+            .config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        update_validated(&mut *config, FlowConfig::validate, change)
     })
 }
 
@@ -382,12 +400,12 @@ pub unsafe extern "C" fn eqf_flow_options_scales(
     catch(|| {
         // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
         // (this function's contract).
-        let options = unsafe { handle(options, "options") }?;
-        let (min, max) = options.config.distance_range;
+        let config = unsafe { handle(options, "options") }?.config();
+        let (min, max) = config.distance_range;
         for (ptr, value) in [
             (distance_min, min),
             (distance_max, max),
-            (prior_sigma, options.config.prior_sigma),
+            (prior_sigma, config.prior_sigma),
         ] {
             if !ptr.is_null() {
                 // SAFETY: non-NULL, so valid for one write of a double (this function's
@@ -423,10 +441,10 @@ pub unsafe extern "C" fn eqf_flow_new_with_options(
     catch(|| {
         // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
         // (this function's contract).
-        let options = unsafe { handle(options, "options") }?;
+        let config = unsafe { handle(options, "options") }?.config();
         check_not_null(out, "out")?;
         let layout = Layout::new(count(n_particles, "n_particles")?, count(dim, "dim")?)?;
-        let flow = options.config.build(layout)?;
+        let flow = config.build(layout)?;
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract); it is written only now that the flow exists.
         unsafe { write_handle(out, eqf_flow::from_flow(flow)) };
@@ -453,7 +471,7 @@ mod tests {
     impl FlowOptionsHandle {
         fn config(&self) -> FlowConfig {
             // SAFETY: live options, not modified concurrently.
-            unsafe { (*self.0).config.clone() }
+            unsafe { (*self.0).config() }
         }
 
         fn flow(&self, n_particles: i64, dim: i64) -> Flow {

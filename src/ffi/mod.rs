@@ -201,18 +201,6 @@ pub(crate) unsafe fn handle<'a, T>(ptr: *const T, what: &str) -> Result<&'a T> {
     Ok(unsafe { &*ptr })
 }
 
-/// Borrows the object behind a handle mutably, failing on NULL.
-///
-/// # Safety
-/// `ptr` must be NULL or point to a live `T` (one returned by the matching `_new` and not yet
-/// freed) that nobody else accesses for `'a`.
-pub(crate) unsafe fn handle_mut<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T> {
-    check_not_null(ptr, what)?;
-    // SAFETY: non-NULL was checked just above; liveness and exclusive access are the caller's
-    // contract (a move belongs to one thread at a time and is used between `_new` and `_free`).
-    Ok(unsafe { &mut *ptr })
-}
-
 /// The one rule of every options setter: applies `change` to a copy of `settings` and keeps
 /// the copy only if `validate` accepts the whole configuration, so that a rejected value leaves
 /// the options exactly as they were.

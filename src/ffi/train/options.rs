@@ -2,7 +2,7 @@
 //! destructor, and one validating setter per setting.
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::energy::Energy;
 use crate::train::{LambdaSchedule, Objective, Pairing, Probe, TrainConfig};
@@ -11,7 +11,7 @@ use crate::{Error, Result};
 use super::callback::{EnergyGradFn, ProgressFn, eqf_energy_grad_fn, eqf_train_progress_fn};
 use crate::ffi::energy::eqf_energy;
 use crate::ffi::{
-    catch, check_not_null, count, free_handle, handle, handle_mut, update_validated, write_handle,
+    catch, check_not_null, count, free_handle, handle, update_validated, write_handle,
 };
 
 /// The target energy of the KL term, as the options hold it.
@@ -31,13 +31,34 @@ pub(super) enum KlTargetEnergy {
 /// functions, each of which validates its value at once (a rejected value leaves the options
 /// unchanged). Released with `eqf_train_options_free`.
 ///
-/// One options object may be used for any number of `eqf_flow_train` calls and flows; it must
-/// not be modified while a training call that uses it runs. It belongs to one thread at a time.
+/// One options object may be used for any number of `eqf_flow_train` calls and flows. Each
+/// training call works on a copy of the options made when it starts, so changing them during
+/// training (from a callback, or from another thread) affects only later calls. Calls on one
+/// options object from several threads are serialised by a lock (none holds it for long).
 #[allow(non_camel_case_types)]
 pub struct eqf_train_options {
+    /// Locked for a setter's update or a training call's copy, never across training, so that
+    /// two threads misusing one options object neither race nor wait long.
+    state: Mutex<TrainOptions>,
+}
+
+/// What an `eqf_train_options` holds; a training call works on its own copy.
+#[derive(Clone)]
+pub(super) struct TrainOptions {
     pub(super) config: TrainConfig,
     pub(super) progress: Option<(ProgressFn, *mut c_void)>,
     pub(super) kl_energy: Option<KlTargetEnergy>,
+}
+
+impl eqf_train_options {
+    /// The settings as they are now (a training call's copy).
+    pub(super) fn snapshot(&self) -> TrainOptions {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TrainOptions> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Creates training options with the defaults of the paper's DW-4 protocol, maximum-likelihood
@@ -57,9 +78,11 @@ pub unsafe extern "C" fn eqf_train_options_new(out: *mut *mut eqf_train_options)
     catch(|| {
         check_not_null(out, "out")?;
         let options = eqf_train_options {
-            config: TrainConfig::default(),
-            progress: None,
-            kl_energy: None,
+            state: Mutex::new(TrainOptions {
+                config: TrainConfig::default(),
+                progress: None,
+                kl_energy: None,
+            }),
         };
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
         // contract).
@@ -83,17 +106,17 @@ pub unsafe extern "C" fn eqf_train_options_free(options: *mut eqf_train_options)
 /// configuration is still valid, so a rejected value leaves the options unchanged.
 ///
 /// # Safety
-/// `options` must be NULL or a live handle from `eqf_train_options_new` that no other thread
-/// uses during the call.
+/// `options` must be NULL or a live handle from `eqf_train_options_new`, not freed during the
+/// call (another thread's call waits for the lock).
 unsafe fn update(
     options: *mut eqf_train_options,
     change: impl FnOnce(&mut TrainConfig) -> Result<()>,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (the
-        // caller's contract).
-        let options = unsafe { handle_mut(options, "options") }?;
-        update_validated(&mut options.config, TrainConfig::validate, change)
+        // SAFETY: `options` is NULL (rejected) or a live handle (the caller's contract); its
+        // state is reached through its lock.
+        let options = unsafe { handle(options.cast_const(), "options") }?;
+        update_validated(&mut options.lock().config, TrainConfig::validate, change)
     })
 }
 
@@ -424,10 +447,10 @@ pub unsafe extern "C" fn eqf_train_options_set_progress(
     user: *mut c_void,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (this
-        // function's contract).
-        let options = unsafe { handle_mut(options, "options") }?;
-        options.progress = progress.map(|f| (f, user));
+        // SAFETY: `options` is NULL (rejected) or a live handle (this function's contract);
+        // its state is reached through its lock.
+        let options = unsafe { handle(options.cast_const(), "options") }?;
+        options.lock().progress = progress.map(|f| (f, user));
         Ok(())
     })
 }
@@ -447,10 +470,10 @@ pub unsafe extern "C" fn eqf_train_options_set_kl_energy(
     energy: *const eqf_energy,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (this
-        // function's contract).
-        let options = unsafe { handle_mut(options, "options") }?;
-        options.kl_energy = if energy.is_null() {
+        // SAFETY: `options` is NULL (rejected) or a live handle (this function's contract);
+        // its state is reached through its lock.
+        let options = unsafe { handle(options.cast_const(), "options") }?;
+        let kl_energy = if energy.is_null() {
             None
         } else {
             // SAFETY: non-NULL, so a live handle from an `eqf_energy_*` constructor (this
@@ -458,6 +481,7 @@ pub unsafe extern "C" fn eqf_train_options_set_kl_energy(
             let energy = unsafe { handle(energy, "energy") }?;
             Some(KlTargetEnergy::Builtin(Arc::clone(&energy.inner)))
         };
+        options.lock().kl_energy = kl_energy;
         Ok(())
     })
 }
@@ -477,10 +501,10 @@ pub unsafe extern "C" fn eqf_train_options_set_kl_energy_fn(
     user: *mut c_void,
 ) -> i32 {
     catch(|| {
-        // SAFETY: `options` is NULL (rejected) or a live handle used by this thread only (this
-        // function's contract).
-        let options = unsafe { handle_mut(options, "options") }?;
-        options.kl_energy = energy.map(|energy| KlTargetEnergy::Callback { energy, user });
+        // SAFETY: `options` is NULL (rejected) or a live handle (this function's contract);
+        // its state is reached through its lock.
+        let options = unsafe { handle(options.cast_const(), "options") }?;
+        options.lock().kl_energy = energy.map(|energy| KlTargetEnergy::Callback { energy, user });
         Ok(())
     })
 }

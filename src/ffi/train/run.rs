@@ -89,9 +89,10 @@ pub unsafe extern "C" fn eqf_flow_train(
         let current = unsafe { handle(flow.cast_const(), "flow") }?;
         // Before training, not after it: the commit below cannot happen from here.
         check_not_reading()?;
-        // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
-        // (this function's contract).
-        let options = unsafe { handle(options, "options") }?;
+        // SAFETY: `options` is NULL (rejected) or a live handle (this function's contract).
+        // Training works on a copy: changes to the options during the call affect only later
+        // calls.
+        let options = unsafe { handle(options, "options") }?.snapshot();
         // SAFETY: `summary` is NULL or points to a struct whose first field is its size (this
         // function's contract).
         let summary_bytes = unsafe { summary_bytes(summary) }?;

@@ -56,8 +56,8 @@ impl Options {
     }
 
     fn config(&self) -> TrainConfig {
-        // SAFETY: live options, not modified concurrently.
-        unsafe { (*self.0).config }
+        // SAFETY: live options.
+        unsafe { (*self.0).snapshot().config }
     }
 }
 
@@ -356,17 +356,17 @@ fn options_start_at_the_paper_defaults_and_setters_validate() {
             eqf_train_options_set_progress(o, Some(progress), null.cast()),
             EQF_OK
         );
-        assert!((*o).progress.is_some());
+        assert!((*o).snapshot().progress.is_some());
         assert_eq!(eqf_train_options_set_progress(o, None, null.cast()), EQF_OK);
-        assert!((*o).progress.is_none());
+        assert!((*o).snapshot().progress.is_none());
         let fn_set = eqf_train_options_set_kl_energy_fn(o, Some(host_energy), null.cast());
         assert_eq!(fn_set, EQF_OK);
         assert!(matches!(
-            (*o).kl_energy,
+            (*o).snapshot().kl_energy,
             Some(KlTargetEnergy::Callback { .. })
         ));
         assert_eq!(eqf_train_options_set_kl_energy(o, std::ptr::null()), EQF_OK);
-        assert!((*o).kl_energy.is_none());
+        assert!((*o).snapshot().kl_energy.is_none());
     }
 }
 
@@ -1228,4 +1228,33 @@ fn a_commit_from_inside_a_flow_call_on_the_same_thread_is_refused() {
     drop(reading);
     handle.replace(other.clone()).unwrap();
     assert_eq!(flow.params(), other.field().params());
+}
+
+unsafe extern "C" fn shorten_options(user: *mut c_void, _: *const eqf_train_epoch) -> i32 {
+    // SAFETY: the test passes its live options as `user`.
+    let status = unsafe { eqf_train_options_set_epochs(user.cast(), 1) };
+    assert_eq!(status, EQF_OK);
+    0
+}
+
+/// A training call works on the options as they were when it started: a progress callback
+/// that changes them (to one epoch) changes later calls only.
+#[test]
+fn options_changed_during_training_apply_to_later_calls() {
+    let data = dw4_data(32, 8);
+    let options = Options::small();
+    // SAFETY: live options, which outlive both training calls.
+    unsafe {
+        let user = options.0.cast::<c_void>();
+        let status = eqf_train_options_set_progress(options.0, Some(shorten_options), user);
+        assert_eq!(status, EQF_OK);
+    }
+    let flow = FlowHandle::new(4, 2, 9);
+    let (status, summary) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_OK, "{}", message());
+    assert_eq!(summary.n_epochs, 2, "the epochs set when the call started");
+    assert_eq!(options.config().n_epochs, 1);
+    let (status, summary) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_OK, "{}", message());
+    assert_eq!(summary.n_epochs, 1);
 }
