@@ -29,30 +29,46 @@ const ENV_VAR: &str = "EQFLOW_NUM_THREADS";
 /// running keep the `Arc` of the pool they started in.
 static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
 
-/// `EQFLOW_NUM_THREADS`, parsed once: `Some(n)` for a positive integer, else `None`.
-fn env_threads() -> Option<usize> {
-    static PARSED: OnceLock<Option<usize>> = OnceLock::new();
-    *PARSED.get_or_init(|| {
-        let value = std::env::var(ENV_VAR).ok()?;
-        match value.trim().parse::<usize>() {
-            Ok(n) if n >= 1 && n as i64 <= MAX_THREADS => Some(n),
-            _ => {
-                log(EQF_LOG_WARNING, || {
-                    format!(
+/// Messages for the log callback, given only after the pool's lock is released: a callback may
+/// call eqflow, whose batch calls take that lock (logging while holding it deadlocked them).
+type Notes = Vec<(i32, String)>;
+
+/// Gives `notes` to the log callback; call with no lock held.
+fn emit(notes: Notes) {
+    for (level, text) in notes {
+        log(level, || text);
+    }
+}
+
+/// `EQFLOW_NUM_THREADS`, parsed once: `Some(n)` for a positive integer, else `None` with the
+/// warning to log when it is set but not usable.
+fn env_threads() -> (Option<usize>, Option<String>) {
+    static PARSED: OnceLock<(Option<usize>, Option<String>)> = OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            let Ok(value) = std::env::var(ENV_VAR) else {
+                return (None, None);
+            };
+            match value.trim().parse::<usize>() {
+                Ok(n) if n >= 1 && n as i64 <= MAX_THREADS => (Some(n), None),
+                _ => (
+                    None,
+                    Some(format!(
                         "{ENV_VAR}={value:?} is not an integer in 1..={MAX_THREADS}; ignored \
                          (eqflow uses one thread per core)"
-                    )
-                });
-                None
+                    )),
+                ),
             }
-        }
-    })
+        })
+        .clone()
 }
 
 /// The default request and where it comes from: `EQFLOW_NUM_THREADS`, else
 /// `RAYON_NUM_THREADS`, else one thread per core.
-fn default_request() -> (usize, &'static str) {
-    if let Some(n) = env_threads() {
+fn default_request(notes: &mut Notes) -> (usize, &'static str) {
+    let (threads, warning) = env_threads();
+    notes.extend(warning.map(|text| (EQF_LOG_WARNING, text)));
+    if let Some(n) = threads {
         return (n, ENV_VAR);
     }
     match rayon_env_threads() {
@@ -82,23 +98,25 @@ fn start_failure(
 
 /// Builds a pool of `n` threads; `0` means the default (`EQFLOW_NUM_THREADS`, else
 /// `RAYON_NUM_THREADS`, else one thread per core). Either is capped at [`thread_cap`], with a
-/// warning: the count is always explicit, so rayon never reads its variable uncapped.
-fn build(n: usize) -> Result<Arc<ThreadPool>> {
+/// warning: the count is always explicit, so rayon never reads its variable uncapped. What it
+/// has to say goes to `notes`, for [`emit`] once no lock is held.
+fn build(n: usize, notes: &mut Notes) -> Result<Arc<ThreadPool>> {
     let (requested, source) = if n == 0 {
-        default_request()
+        default_request(notes)
     } else {
         (n, "eqf_set_num_threads")
     };
     let cap = thread_cap(cores());
     let size = requested.clamp(1, cap);
     if size < requested {
-        log(EQF_LOG_WARNING, || {
+        notes.push((
+            EQF_LOG_WARNING,
             format!(
                 "{source} asks for {requested} threads; eqflow starts at most {cap} \
                  ({THREADS_PER_CORE} per core, at most {MAX_POOL_THREADS}); results do not \
                  depend on the count"
-            )
-        });
+            ),
+        ));
     }
     let pool = ThreadPoolBuilder::new()
         .num_threads(size)
@@ -106,9 +124,10 @@ fn build(n: usize) -> Result<Arc<ThreadPool>> {
         .build()
         .map_err(|error| start_failure(requested, source, size, cap, &error))?;
     let size = pool.current_num_threads();
-    log(EQF_LOG_INFO, || {
-        format!("batch calls use a pool of {size} threads")
-    });
+    notes.push((
+        EQF_LOG_INFO,
+        format!("batch calls use a pool of {size} threads"),
+    ));
     Ok(Arc::new(pool))
 }
 
@@ -117,13 +136,16 @@ pub(super) fn pool() -> Result<Arc<ThreadPool>> {
     if let Some(pool) = POOL.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
         return Ok(Arc::clone(pool));
     }
-    let mut slot = POOL.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(pool) = slot.as_ref() {
-        return Ok(Arc::clone(pool));
-    }
-    let pool = build(0)?;
-    *slot = Some(Arc::clone(&pool));
-    Ok(pool)
+    let mut notes = Notes::new();
+    let built = {
+        let mut slot = POOL.write().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(pool) => Ok(Arc::clone(pool)),
+            None => build(0, &mut notes).inspect(|pool| *slot = Some(Arc::clone(pool))),
+        }
+    };
+    emit(notes);
+    built
 }
 
 /// Runs `f` in eqflow's thread pool: the rayon parallelism inside `f` uses that pool only.
@@ -168,8 +190,10 @@ pub extern "C" fn eqf_set_num_threads(n: i64) -> i32 {
                 "number of threads must be in 0..={MAX_THREADS}, got {n}"
             )));
         }
-        let pool = build(usize::try_from(n).unwrap_or(0))?;
-        *POOL.write().unwrap_or_else(PoisonError::into_inner) = Some(pool);
+        let mut notes = Notes::new();
+        let built = build(usize::try_from(n).unwrap_or(0), &mut notes);
+        emit(notes);
+        *POOL.write().unwrap_or_else(PoisonError::into_inner) = Some(built?);
         Ok(())
     })
 }
@@ -206,6 +230,39 @@ mod tests {
             assert_eq!(status, 0);
         }
         (x, log_q, again)
+    }
+
+    /// A log callback that calls eqflow: the pool's lock must be free while it runs.
+    unsafe extern "C" fn calls_eqflow(
+        _user: *mut std::ffi::c_void,
+        _level: i32,
+        _message: *const std::ffi::c_char,
+    ) {
+        assert!(eqf_num_threads() >= 1);
+    }
+
+    #[test]
+    fn a_log_callback_may_call_eqflow_while_the_pool_is_built() {
+        // Before: the first batch call built the pool and logged its size while holding the
+        // pool's write lock; a callback calling eqf_num_threads (or any batch call) waited for
+        // that lock forever.
+        let _guard = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: `calls_eqflow` is thread-safe; the user pointer is never dereferenced.
+        unsafe { eqf_set_log_callback(Some(calls_eqflow), std::ptr::null_mut()) };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // The first use: builds the pool and logs its size.
+            *POOL.write().unwrap_or_else(PoisonError::into_inner) = None;
+            let first = eqf_num_threads();
+            let set = eqf_set_num_threads(1);
+            let _ = done.send((first, set, eqf_set_num_threads(0)));
+        });
+        let outcome = finished.recv_timeout(std::time::Duration::from_secs(60));
+        // SAFETY: removing the callback is always allowed.
+        unsafe { eqf_set_log_callback(None, std::ptr::null_mut()) };
+        let (first, set, reset) = outcome.expect("a callback calling eqflow deadlocked");
+        assert!(first >= 1);
+        assert_eq!((set, reset), (0, 0));
     }
 
     #[test]
