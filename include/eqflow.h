@@ -1300,7 +1300,11 @@ int32_t eqf_flow_options_scales(const eqf_flow_options *options,
  *         range, or settings whose field lies outside the ranges a model file may hold, such
  *         as a distance range so narrow that the kernels' bandwidths fall below the smallest
  *         allowed: the flow could be neither saved nor loaded); EQF_ERR_DIMENSION_MISMATCH
- *         (species set with another number of particles)
+ *         (species set with another number of particles); EQF_ERR_UNCERTIFIED (strict mode,
+ *         the default: no damping of the untrained field's output down to 2^-60 certifies
+ *         it, as when its kernels' bandwidths are so disparate that its Lipschitz bound is
+ *         infinite; the message gives the bound; `eqf_flow_options_set_require_certificate`
+ *         with 0 builds it uncertified)
  */
 int32_t eqf_flow_new_with_options(int64_t n_particles,
                                   int64_t dim,
@@ -1357,6 +1361,9 @@ int32_t eqf_flow_load(const char *path, eqf_flow **out);
  * save never leaves a truncated model behind. Only a regular file (or a new name) is replaced:
  * a symbolic link is followed to the regular file it names, and a folder, a FIFO, a socket, a
  * device (`/dev/null`) or a link to one of them or to nothing is refused with EQF_ERR_IO.
+ * An existing file is replaced only if the process could write it (a read-only file is
+ * refused, as `fopen(path, "w")` would be), and the new file keeps its permissions (a 0600
+ * model stays private).
  *
  * @param flow  the flow
  * @param path  NUL-terminated file path
@@ -1628,8 +1635,9 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  * functions, this one **modifies the flow**, by one swap at its end: until then the callbacks
  * and other threads may read the flow and see the parameters from before the call; calls on
  * other threads that read it then finish on the old flow or start on the new one. Called from
- * a callback of another eqflow call that reads a flow on this thread (a log callback), it
- * fails with EQF_ERR_INVALID_STATE before training.
+ * a callback of another eqflow call that reads a flow on this thread (a log callback), or
+ * while another `eqf_flow_train` trains the same flow (from its progress or energy callback,
+ * or on another thread), it fails with EQF_ERR_INVALID_STATE before training.
  *
  * On failure the flow is unchanged, `summary` is not written, and the message says what
  * failed (for a failed KL energy: which prior sample and how).
@@ -1647,7 +1655,8 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  *         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
  *         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
  *         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
- *         callback failed); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
+ *         callback failed); EQF_ERR_INVALID_STATE (the flow is training already, or this
+ *         thread is inside a callback of a call that reads a flow); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
  *         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
  *         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
  *         or the RK4 tape's memory is refused); other codes from the losses. The flow is

@@ -25,8 +25,9 @@ pub(crate) fn clear() {
 /// `what` with the message the callback attached on this thread, if any (and clears it).
 pub(crate) fn annotate(what: String) -> String {
     match MESSAGE.try_with(|m| m.borrow_mut().take()).ok().flatten() {
-        Some(message) => format!("{what}: {message}"),
-        None => what,
+        // An empty message says nothing: no dangling ": ".
+        Some(message) if !message.trim().is_empty() => format!("{what}: {message}"),
+        _ => what,
     }
 }
 
@@ -78,5 +79,11 @@ mod tests {
         // SAFETY: a valid C string.
         unsafe { eqf_set_callback_error(long.as_ptr()) };
         assert_eq!(annotate(String::new()).len(), 2 + MAX_MESSAGE_BYTES);
+        // An empty or blank message adds nothing.
+        for blank in [c"", c"  "] {
+            // SAFETY: a valid C string.
+            unsafe { eqf_set_callback_error(blank.as_ptr()) };
+            assert_eq!(annotate("failed".into()), "failed");
+        }
     }
 }

@@ -22,13 +22,39 @@ pub struct eqf_flow {
     /// Written only by `eqf_flow_train`'s final swap (no allocation or callback under the
     /// lock), so readers wait at most for that swap and never for training.
     inner: RwLock<Flow>,
+    /// Set while `eqf_flow_train` runs on this flow: a second run (from a callback of the
+    /// first, or on another thread) is refused instead of one run's commit silently replacing
+    /// the other's.
+    training: std::sync::atomic::AtomicBool,
 }
 
 impl eqf_flow {
     pub(crate) fn from_flow(inner: Flow) -> Self {
         eqf_flow {
             inner: RwLock::new(inner),
+            training: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the flow as training until the returned guard is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidState`] if a training run of this flow is in progress.
+    pub(crate) fn begin_training(&self) -> crate::Result<TrainingRun<'_>> {
+        use std::sync::atomic::Ordering;
+        if self
+            .training
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(crate::Error::InvalidState {
+                what: "eqf_flow_train is already training this flow (called from a callback of \
+                       that run, or on another thread); nothing was done"
+                    .to_owned(),
+            });
+        }
+        Ok(TrainingRun(&self.training))
     }
 
     /// The flow, for the duration of a call. A panic while the lock was held (caught and
@@ -72,6 +98,15 @@ pub(crate) fn check_not_reading() -> crate::Result<()> {
         });
     }
     Ok(())
+}
+
+/// A training run of one flow in progress (see [`eqf_flow::begin_training`]).
+pub(crate) struct TrainingRun<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for TrainingRun<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// A flow read for one call (counted per thread for [`check_not_reading`]).

@@ -430,7 +430,11 @@ pub unsafe extern "C" fn eqf_flow_options_scales(
 ///         range, or settings whose field lies outside the ranges a model file may hold, such
 ///         as a distance range so narrow that the kernels' bandwidths fall below the smallest
 ///         allowed: the flow could be neither saved nor loaded); EQF_ERR_DIMENSION_MISMATCH
-///         (species set with another number of particles)
+///         (species set with another number of particles); EQF_ERR_UNCERTIFIED (strict mode,
+///         the default: no damping of the untrained field's output down to 2^-60 certifies
+///         it, as when its kernels' bandwidths are so disparate that its Lipschitz bound is
+///         infinite; the message gives the bound; `eqf_flow_options_set_require_certificate`
+///         with 0 builds it uncertified)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_new_with_options(
     n_particles: i64,
@@ -527,6 +531,22 @@ mod tests {
         let status = unsafe { eqf_flow_options_set_kernel_counts(options.0, 5000, 6) };
         assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
         assert_eq!(options.config().kernel_counts, None);
+    }
+
+    #[test]
+    fn species_of_fewer_than_two_particles_are_refused_by_the_setter() {
+        // Before: one index was accepted, and every flow built from the options then failed.
+        let options = FlowOptionsHandle::new();
+        let species = [0u32, 1];
+        // SAFETY: live options; `species` holds the indices the counts name.
+        unsafe {
+            let status = eqf_flow_options_set_species(options.0, species.as_ptr(), 1, 2);
+            assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+            assert_eq!(options.config(), FlowConfig::default());
+            let status = eqf_flow_options_set_species(options.0, species.as_ptr(), 2, 2);
+            assert_eq!(status, EQF_OK);
+        }
+        assert_eq!(options.config().species.map(|s| s.n_species()), Some(2));
     }
 
     #[test]

@@ -308,10 +308,12 @@ pub(crate) unsafe fn species_from(
     n_species: i64,
 ) -> Result<crate::Species> {
     let n_particles = count(n_particles, "n_particles")?;
-    // Before the indices are copied: the copy is as long as the host says.
-    if n_particles > crate::geometry::MAX_PARTICLES {
+    // Before the indices are copied: the copy is as long as the host says. One particle is no
+    // flow or energy either (it was accepted here and refused only when a flow was built).
+    if !(2..=crate::geometry::MAX_PARTICLES).contains(&n_particles) {
         return Err(Error::invalid(format!(
-            "n_particles = {n_particles} exceeds EQF_MAX_PARTICLES = {EQF_MAX_PARTICLES}"
+            "n_particles = {n_particles} is outside 2..=EQF_MAX_PARTICLES \
+             ({EQF_MAX_PARTICLES})"
         )));
     }
     let n_species = count(n_species, "n_species")?;

@@ -48,8 +48,9 @@ use crate::ffi::{array_len, catch, count, handle, input_array, log, threads};
 /// functions, this one **modifies the flow**, by one swap at its end: until then the callbacks
 /// and other threads may read the flow and see the parameters from before the call; calls on
 /// other threads that read it then finish on the old flow or start on the new one. Called from
-/// a callback of another eqflow call that reads a flow on this thread (a log callback), it
-/// fails with EQF_ERR_INVALID_STATE before training.
+/// a callback of another eqflow call that reads a flow on this thread (a log callback), or
+/// while another `eqf_flow_train` trains the same flow (from its progress or energy callback,
+/// or on another thread), it fails with EQF_ERR_INVALID_STATE before training.
 ///
 /// On failure the flow is unchanged, `summary` is not written, and the message says what
 /// failed (for a failed KL energy: which prior sample and how).
@@ -67,7 +68,8 @@ use crate::ffi::{array_len, catch, count, handle, input_array, log, threads};
 ///         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
 ///         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
 ///         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
-///         callback failed); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
+///         callback failed); EQF_ERR_INVALID_STATE (the flow is training already, or this
+///         thread is inside a callback of a call that reads a flow); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
 ///         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
 ///         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
 ///         or the RK4 tape's memory is refused); other codes from the losses. The flow is
@@ -89,6 +91,8 @@ pub unsafe extern "C" fn eqf_flow_train(
         let current = unsafe { handle(flow.cast_const(), "flow") }?;
         // Before training, not after it: the commit below cannot happen from here.
         check_not_reading()?;
+        // One run per flow at a time; released however the call ends.
+        let _run = current.begin_training()?;
         // SAFETY: `options` is NULL (rejected) or a live handle (this function's contract).
         // Training works on a copy: changes to the options during the call affect only later
         // calls.

@@ -1258,3 +1258,58 @@ fn options_changed_during_training_apply_to_later_calls() {
     assert_eq!(status, EQF_OK, "{}", message());
     assert_eq!(summary.n_epochs, 1);
 }
+
+/// What [`train_again`] needs: the flow it trains and what that call returned.
+struct Nested {
+    flow: *mut eqf_flow,
+    options: *const eqf_train_options,
+    data: Vec<f64>,
+    status: Option<i32>,
+}
+
+unsafe extern "C" fn train_again(user: *mut c_void, _: *const eqf_train_epoch) -> i32 {
+    // SAFETY: the test passes its live `Nested` as `user`, used by this callback only.
+    let nested = unsafe { &mut *user.cast::<Nested>() };
+    // SAFETY: live handles; the data are whole DW-4 configurations.
+    let status = unsafe {
+        eqf_flow_train(
+            nested.flow,
+            nested.options,
+            (nested.data.len() / 8) as i64,
+            nested.data.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+        )
+    };
+    nested.status.get_or_insert(status);
+    0
+}
+
+/// A progress callback that trains the flow being trained is refused (before: it trained,
+/// and the outer run's commit then silently replaced the inner run's result); after the run,
+/// the flow trains again.
+#[test]
+fn training_a_flow_from_its_own_training_run_is_refused() {
+    let data = dw4_data(32, 8);
+    let flow = FlowHandle::new(4, 2, 9);
+    let inner_options = Options::small();
+    let mut nested = Nested {
+        flow: flow.0,
+        options: inner_options.0,
+        data: data.clone(),
+        status: None,
+    };
+    let options = Options::small();
+    // SAFETY: live options; `nested` outlives the training call that uses it.
+    unsafe {
+        let user = (&raw mut nested).cast::<c_void>();
+        let status = eqf_train_options_set_progress(options.0, Some(train_again), user);
+        assert_eq!(status, EQF_OK);
+    }
+    let (status, _) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_OK, "{}", message());
+    assert_eq!(nested.status, Some(crate::ffi::EQF_ERR_INVALID_STATE));
+    let (status, _) = flow.train(&inner_options, &data, &[]);
+    assert_eq!(status, EQF_OK, "{}", message());
+}
