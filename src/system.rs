@@ -56,6 +56,10 @@ pub enum EnergySpec {
 /// the training losses and `U/kT` stay representable.
 pub const MAX_ENERGY_SCALE: f64 = 1e100;
 
+/// The largest system file read, in bytes: 64 MiB holds a species list for the largest flow
+/// (a few bytes per particle) many times over; larger is a wrong file, refused before reading.
+pub const MAX_SYSTEM_FILE_BYTES: u64 = 64 << 20;
+
 /// The range of the length parameters (`r_m`, `|d0|`): configurations of that size keep their
 /// squared distances far from overflow and underflow.
 pub const LENGTH_RANGE: (f64, f64) = (1e-50, 1e50);
@@ -396,16 +400,16 @@ impl System {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the file cannot be read; [`Error::Format`] naming the file and the
+    /// [`Error::Io`] if the file cannot be read or is not a regular file (a FIFO, a device: read
+    /// to the end they block or never end); [`Error::Resource`] for a file larger than
+    /// [`MAX_SYSTEM_FILE_BYTES`]; [`Error::Format`] naming the file and the
     /// field for invalid JSON, a missing, unknown, repeated or mistyped field, a blank `name`,
     /// N and D that contradict each other, a non-positive kT, or energy parameters that are
     /// unusable (see [`EnergySpec::build`]: a double well that does not confine, energies
     /// beyond [`MAX_ENERGY_SCALE`], lengths outside [`LENGTH_RANGE`]).
     pub fn from_file(path: impl AsRef<Path>) -> Result<System> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            what: format!("cannot read system file {}: {e}", path.display()),
-        })?;
+        let text = crate::io::read_text_bounded(path, "system file", MAX_SYSTEM_FILE_BYTES)?;
         let stem = path.file_stem().map_or_else(
             || "system".to_string(),
             |s| s.to_string_lossy().into_owned(),

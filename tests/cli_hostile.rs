@@ -907,3 +907,142 @@ fn a_dormand_prince_model_that_cannot_finish_is_refused_at_once() {
         assert!(!out.exists(), "nothing written");
     }
 }
+
+#[test]
+fn a_path_that_is_not_utf8_is_refused_before_any_work() {
+    // Before: `sample`, `mcmc`, `train` and `demo` did the work, wrote their files and then
+    // panicked putting the path into the JSON report.
+    use std::os::unix::ffi::OsStrExt;
+    let dir = folder("hostile_non_utf8");
+    let bad = dir.join(std::ffi::OsStr::from_bytes(b"bad\xff.npy"));
+    let bad_dir = dir.join(std::ffi::OsStr::from_bytes(b"demo\xff"));
+    let data = dw4_data(&dir, "64");
+    let bad_args: [&[&std::ffi::OsStr]; 5] = [
+        &[
+            "sample".as_ref(),
+            "--model".as_ref(),
+            MODEL_DW4.as_ref(),
+            "-n".as_ref(),
+            "5".as_ref(),
+            "--out".as_ref(),
+            bad.as_os_str(),
+        ],
+        &[
+            "mcmc".as_ref(),
+            "--system".as_ref(),
+            "dw4".as_ref(),
+            "-n".as_ref(),
+            "5".as_ref(),
+            "--out".as_ref(),
+            bad.as_os_str(),
+        ],
+        &[
+            "train".as_ref(),
+            "--system".as_ref(),
+            "dw4".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--epochs".as_ref(),
+            "1".as_ref(),
+            "--out".as_ref(),
+            bad.as_os_str(),
+        ],
+        &[
+            "eval".as_ref(),
+            "--model".as_ref(),
+            MODEL_DW4.as_ref(),
+            "--data".as_ref(),
+            bad.as_os_str(),
+        ],
+        &["demo".as_ref(), "--out-dir".as_ref(), bad_dir.as_os_str()],
+    ];
+    for args in bad_args {
+        let out = Command::new(env!("CARGO_BIN_EXE_eqflow"))
+            .args(args)
+            .arg("-q")
+            .output()
+            .expect("eqflow runs");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("invalid UTF-8"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != "dw4.npy")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "files written before the refusal: {left:?}"
+    );
+}
+
+#[test]
+fn a_system_file_must_be_a_regular_file_of_bounded_size() {
+    // Before: `--system /dev/zero` grew memory without bound and a FIFO without a writer hung.
+    let dir = folder("hostile_system_special");
+    let fifo = dir.join("fifo.json");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    let mut paths = vec!["/dev/zero".to_string(), s(&dir).to_string()];
+    if made.is_ok_and(|status| status.success()) {
+        paths.push(s(&fifo).to_string());
+    }
+    let huge = dir.join("huge.json");
+    let file = std::fs::File::create(&huge).unwrap();
+    file.set_len(eqflow::system::MAX_SYSTEM_FILE_BYTES + 1)
+        .unwrap();
+    for path in &paths {
+        let out_file = dir.join("out.npy");
+        let args = ["mcmc", "--system", path, "-n", "5", "--out", s(&out_file)];
+        let out = eqflow_within(20, &args);
+        assert_refused(&out, &args, &["system file", "not a regular file"]);
+    }
+    let out_file = dir.join("out.npy");
+    let args = [
+        "mcmc",
+        "--system",
+        s(&huge),
+        "-n",
+        "5",
+        "--out",
+        s(&out_file),
+    ];
+    let out = eqflow_within(20, &args);
+    assert_refused(&out, &args, &["system file", "huge.json", "limit"]);
+    assert!(!out_file.exists());
+}
+
+#[test]
+fn reference_mcmc_steps_scale_with_the_system_length() {
+    // Before: every chain started from the step 0.1 in any units, so an LJ-13 file with
+    // r_m = 1e-10 accepted nothing and returned copies of its starting lattice.
+    let dir = folder("hostile_mcmc_units");
+    let system = dir.join("tiny.json");
+    std::fs::write(
+        &system,
+        r#"{"n_particles": 13, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
+            "epsilon": 2, "r_m": 1e-10, "oscillator_k": 1}}"#,
+    )
+    .unwrap();
+    let out_file = dir.join("tiny.npy");
+    let value = json(&eqflow(&[
+        "mcmc",
+        "--system",
+        s(&system),
+        "-n",
+        "200",
+        "--burnin",
+        "2000",
+        "--thin",
+        "5",
+        "--chains",
+        "4",
+        "--out",
+        s(&out_file),
+        "--json",
+        "-q",
+    ]));
+    let acceptance = value["acceptance"].as_f64().unwrap();
+    assert!((0.1..0.9).contains(&acceptance), "{value}");
+}

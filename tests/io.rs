@@ -1084,3 +1084,50 @@ fn saves_replace_regular_files_only_and_write_through_symbolic_links() {
         ]
     );
 }
+
+/// A save keeps the permissions of the file it replaces (a private model stays private) and
+/// refuses a file this process could not write (a read-only one, unless it runs as root, who
+/// may write it anyway), leaving it and its folder as they were.
+#[cfg(unix)]
+#[test]
+fn saves_keep_the_replaced_files_permissions_and_refuse_read_only_files() {
+    use eqflow::Flow;
+    use eqflow::io::model;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("save_permissions");
+    let flows = [Flow::new(4, 2, 1).unwrap(), Flow::new(4, 2, 2).unwrap()];
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    let private = dir.join("private.json");
+    model::save(&flows[0], None, None, &private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    model::save(&flows[1], None, None, &private).unwrap();
+    assert_eq!(mode(&private), 0o600);
+    assert_eq!(model::load(&private).unwrap().0, flows[1]);
+
+    let locked = dir.join("locked.json");
+    model::save(&flows[0], None, None, &locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = std::fs::read(&locked).unwrap();
+    let writable = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&locked)
+        .is_ok();
+    let saved = model::save(&flows[1], None, None, &locked);
+    if writable {
+        // Root: writing into the file would succeed too, so the save does, keeping the mode.
+        saved.unwrap();
+        assert_eq!(model::load(&locked).unwrap().0, flows[1]);
+    } else {
+        let e = saved.unwrap_err().to_string();
+        assert!(
+            e.contains("locked.json") && e.contains("cannot be written"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&locked).unwrap(), before);
+    }
+    assert_eq!(mode(&locked), 0o444);
+    assert_eq!(listing(&dir), ["locked.json", "private.json"]);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
+}

@@ -99,6 +99,9 @@ fn log_if_uncertified(flow: &Flow, path: &Path) {
 /// save never leaves a truncated model behind. Only a regular file (or a new name) is replaced:
 /// a symbolic link is followed to the regular file it names, and a folder, a FIFO, a socket, a
 /// device (`/dev/null`) or a link to one of them or to nothing is refused with EQF_ERR_IO.
+/// An existing file is replaced only if the process could write it (a read-only file is
+/// refused, as `fopen(path, "w")` would be), and the new file keeps its permissions (a 0600
+/// model stays private).
 ///
 /// @param flow  the flow
 /// @param path  NUL-terminated file path

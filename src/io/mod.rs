@@ -108,6 +108,42 @@ pub(crate) fn open_regular(path: &Path, what: &str) -> Result<File> {
     Ok(file)
 }
 
+/// Reads the whole of a text file that must be a regular file (see [`open_regular`]) of at most
+/// `limit` bytes: refused before reading when larger, and again if it grows while being read.
+/// `what` names the kind of file in messages ("model file", "system file").
+///
+/// # Errors
+///
+/// [`Error::Io`] for a file that cannot be read, is not a regular file or is not UTF-8;
+/// [`Error::Resource`] for a file larger than `limit`.
+pub(crate) fn read_text_bounded(path: &Path, what: &str, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let too_large = |need: u64| {
+        Error::resource(
+            format!("{what} {}", path.display()),
+            u128::from(need),
+            limit,
+        )
+    };
+    let cannot = |e: std::io::Error| Error::Io {
+        what: format!("cannot read {what} {}: {e}", path.display()),
+    };
+    let file = open_regular(path, what)?;
+    let size = file.metadata().map_err(cannot)?.len();
+    if size > limit {
+        return Err(too_large(size));
+    }
+    let mut text = String::new();
+    // `take` bounds a file that grows between the size check and the read.
+    file.take(limit.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > limit {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
+}
+
 /// Distinguishes the temporaries of the saves of this process (with the process id, those of
 /// all processes).
 static SAVE_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -141,7 +177,9 @@ fn create_temporary(dir: &Path, target_name: &str) -> std::io::Result<(PathBuf, 
 /// On any failure the temporary this call created is removed, and `path` is as it was. Only a
 /// regular file or a new name is replaced ([`save_target`]): a `path` that is a folder, a
 /// special file or has no file name is refused before anything is created, and a symbolic
-/// link is followed to the regular file it names (the link stays a link).
+/// link is followed to the regular file it names (the link stays a link). An existing file is
+/// replaced only if this process could write it (a read-only file is refused, as writing into
+/// it would be), and the new file keeps its permissions.
 ///
 /// # Errors
 ///
@@ -154,8 +192,19 @@ pub(crate) fn write_atomically(
     let fail = |reason: &dyn std::fmt::Display| Error::Io {
         what: format!("cannot write {what} {}: {reason}", path.display()),
     };
-    let target = save_target(path).map_err(|why| fail(&why))?;
+    let (target, replaced) = save_target(path).map_err(|why| fail(&why))?;
     let path = target.as_path();
+    // The rename needs only the folder's permission; a file its owner made read-only (or that
+    // belongs to someone else) is replaced only if this process could write it. Opening it for
+    // writing (without truncating) asks exactly that, before the temporary exists, so that a
+    // refusal leaves nothing behind.
+    if replaced.is_some()
+        && let Err(e) = OpenOptions::new().write(true).open(path)
+    {
+        return Err(fail(&format_args!(
+            "the existing file cannot be written ({e}); it is left as it is"
+        )));
+    }
     let Some(name) = path.file_name() else {
         return Err(fail(&"the path has no file name"));
     };
@@ -165,6 +214,11 @@ pub(crate) fn write_atomically(
     };
     let (tmp, file) = create_temporary(dir, &name.to_string_lossy()).map_err(|e| fail(&e))?;
     let written = (|| {
+        if let Some(meta) = &replaced {
+            // The new file keeps the old one's permissions: a private (0600) model stays
+            // private instead of getting the umask's default.
+            file.set_permissions(meta.permissions())?;
+        }
         let mut writer = BufWriter::new(&file);
         write(&mut writer)?;
         writer.flush()?;
@@ -187,19 +241,23 @@ pub(crate) fn write_atomically(
 /// replace it by a file and leave its target stale), or why neither: a save renames a new file
 /// over its target, which for a FIFO, socket or device (`/dev/null`) would replace the node
 /// itself, and for a folder fails.
-fn save_target(path: &Path) -> std::result::Result<std::path::PathBuf, &'static str> {
+///
+/// With the target, the metadata of the file it replaces (`None` for a new name).
+fn save_target(
+    path: &Path,
+) -> std::result::Result<(std::path::PathBuf, Option<std::fs::Metadata>), &'static str> {
     const SPECIAL: &str =
         "it is a special file (a FIFO, socket or device); eqflow writes regular files only";
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         // A new name (or one that cannot be inspected, which creating the temporary reports).
-        return Ok(path.to_path_buf());
+        return Ok((path.to_path_buf(), None));
     };
     if meta.file_type().is_symlink() {
         let Ok(target) = std::fs::canonicalize(path) else {
             return Err("it is a symbolic link whose target does not exist");
         };
         return match std::fs::metadata(&target) {
-            Ok(m) if m.is_file() => Ok(target),
+            Ok(m) if m.is_file() => Ok((target, Some(m))),
             Ok(m) if m.is_dir() => Err("it is a symbolic link to a directory"),
             _ => Err("it is a symbolic link to a special file; eqflow writes regular files only"),
         };
@@ -207,7 +265,7 @@ fn save_target(path: &Path) -> std::result::Result<std::path::PathBuf, &'static 
     if meta.is_dir() {
         Err("it is a directory")
     } else if meta.is_file() {
-        Ok(path.to_path_buf())
+        Ok((path.to_path_buf(), Some(meta)))
     } else {
         Err(SPECIAL)
     }

@@ -38,7 +38,6 @@
 //! ([`crate::field::FieldFamily::check_usable`]; for the kernel field see
 //! [`crate::field::kernel`]'s limits).
 
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -339,29 +338,7 @@ impl ModelFile {
     /// [`Error::Resource`] for a file larger than [`MAX_MODEL_FILE_BYTES`] (refused before it is
     /// read, and again if it grows while being read); [`Error::Format`] for malformed JSON.
     pub fn read(path: &Path) -> Result<Self> {
-        let too_large = |need: u64| {
-            Error::resource(
-                format!("model file {}", path.display()),
-                u128::from(need),
-                MAX_MODEL_FILE_BYTES,
-            )
-        };
-        let cannot = |e: std::io::Error| Error::Io {
-            what: format!("cannot read model file {}: {e}", path.display()),
-        };
-        let file = super::open_regular(path, "model file")?;
-        let size = file.metadata().map_err(cannot)?.len();
-        if size > MAX_MODEL_FILE_BYTES {
-            return Err(too_large(size));
-        }
-        let mut text = String::new();
-        // `take` bounds a file that grows between the size check and the read.
-        file.take(MAX_MODEL_FILE_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(cannot)?;
-        if text.len() as u64 > MAX_MODEL_FILE_BYTES {
-            return Err(too_large(text.len() as u64));
-        }
+        let text = super::read_text_bounded(path, "model file", MAX_MODEL_FILE_BYTES)?;
         Self::from_json(&text)
     }
 

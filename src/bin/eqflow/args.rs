@@ -33,6 +33,16 @@ fn number(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A file or folder path. Taken as text, so that a name that is not UTF-8 is refused by the
+/// parser with a clear message: the JSON reports (`--json`) and the derived file names
+/// (`_log_q.npy`) are text, and such a name used to pass here and panic after the work was done.
+pub fn path(text: &str) -> Result<std::path::PathBuf, String> {
+    if text.is_empty() {
+        return Err("the path is empty".into());
+    }
+    Ok(std::path::PathBuf::from(text))
+}
+
 /// A count of at least 1.
 pub fn positive_count(text: &str) -> Result<usize, String> {
     match count(text)? {

@@ -141,10 +141,10 @@ struct TrainArgs {
     #[arg(long)]
     system: String,
     /// Training data (.npy or .xyz); samples after the first --n-train are used for validation.
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     data: PathBuf,
     /// Output model file (JSON).
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     out: PathBuf,
     /// Training samples (the first n of the file; at least 1).
     #[arg(long, default_value_t = 1000, value_parser = args::positive_count,
@@ -258,7 +258,7 @@ struct TrainArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// Directory for the data, the model and the plot.
-    #[arg(long, default_value = "eqflow-demo")]
+    #[arg(long, value_parser = args::path, default_value = "eqflow-demo")]
     out_dir: PathBuf,
     /// Random seed.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -288,7 +288,7 @@ struct McmcArgs {
           value_parser = args::positive_count, allow_negative_numbers = true)]
     n: usize,
     /// Output file (.npy, float64, shape (n, N·D); or .xyz; other extensions are refused).
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     out: PathBuf,
     /// Random seed.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -312,7 +312,7 @@ struct McmcArgs {
 #[derive(Args)]
 struct SampleArgs {
     /// Model file (JSON) written by `eqflow train` or `eqf_flow_save`.
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     model: PathBuf,
     /// Number of samples (at least 1, at most 16 GiB of samples, log q, energies and log w).
     #[arg(short = 'n', long = "n-samples", default_value_t = 10_000,
@@ -321,7 +321,7 @@ struct SampleArgs {
     /// Output file for the configurations (.npy or .xyz; other extensions are refused); log q
     /// goes to `<stem>_log_q.npy` and, with a system, log w to `<stem>_log_w.npy`. All are
     /// written or none.
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     out: PathBuf,
     /// Random seed.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -347,10 +347,10 @@ struct SampleArgs {
 #[derive(Args)]
 struct EvalArgs {
     /// Model file (JSON).
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     model: PathBuf,
     /// Data to evaluate (.npy with shape (n, N·D) or (n, N, D), or .xyz).
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     data: PathBuf,
     /// Also draw fresh samples and report the ESS of their importance weights against this
     /// system's energy (a built-in name or a system file), and log Z of the target by bridge sampling between
@@ -629,6 +629,9 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     let spacing = system.neighbour_distance();
     let config = McmcConfig {
         kt: system.kt,
+        // The default 0.1 is in the benchmark systems' units; a system of r_m = 1e-10 would
+        // adapt from it for millions of steps with nothing accepted.
+        initial_step: McmcConfig::default().initial_step * system.length_scale(),
         n_chains,
         n_burnin: a.burnin,
         n_samples: a.n,
@@ -650,6 +653,13 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     write_data(&a.out, &a.out, &out.x, layout, &[("energy", &out.energies)])?;
     let (mean_u, se_u) = mean_and_se(&out.energies);
     let acceptance = out.stats.acceptance();
+    if acceptance < MIN_MCMC_ACCEPTANCE {
+        warn(&format!(
+            "the chains accepted {:.2} % of their moves: the samples are nearly copies of the \
+             starting configurations (a longer --burnin lets the step size adapt)",
+            100.0 * acceptance
+        ));
+    }
     let se_text = se_u.map_or("n/a".to_string(), |se| format!("{se:.4}"));
     report(
         &a.common,
@@ -666,6 +676,9 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
         ),
     )
 }
+
+/// Below this production acceptance `eqflow mcmc` warns that the chains barely moved.
+const MIN_MCMC_ACCEPTANCE: f64 = 0.01;
 
 /// Refuses chains longer than [`args::MAX_MCMC_STEPS`]: `burnin` steps, then `per_chain`
 /// samples `thin` steps apart.

@@ -246,6 +246,7 @@ pub(super) fn mcmc(
         kt: system.kt,
         n_chains: 16.min(n),
         n_burnin: 5_000,
+        initial_step: McmcConfig::default().initial_step * system.length_scale(),
         n_samples: n,
         thin,
         seed,

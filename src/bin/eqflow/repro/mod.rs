@@ -63,7 +63,7 @@ enum Experiment {
 #[derive(Args)]
 struct RunArgs {
     /// Directory for the CSV files and the figure (created if missing).
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     out: PathBuf,
     /// The reduced form: the same steps at small sizes, a few seconds (what the tests run).
     #[arg(long)]
@@ -80,7 +80,7 @@ struct ReweightingArgs {
     #[command(flatten)]
     run: RunArgs,
     /// A trained DW-2 model file (kernel field) to use instead of training one here.
-    #[arg(long)]
+    #[arg(long, value_parser = args::path)]
     model: Option<PathBuf>,
 }
 
