@@ -48,11 +48,13 @@ pub enum Error {
     /// A flow that requires its step certificate (strict mode,
     /// [`crate::Flow::set_require_certificate`]) was asked to sample or evaluate densities in
     /// the exact-discrete mode with a step grid its certificate does not cover.
-    /// `certified_steps` is the smallest RK4 step count the field certifies, if any.
+    /// `certified_steps` is the smallest RK4 step count the field certifies, if any up to
+    /// `searched_steps`.
     Uncertified {
         what: String,
         n_steps: usize,
         certified_steps: Option<usize>,
+        searched_steps: usize,
     },
 }
 
@@ -123,6 +125,7 @@ impl fmt::Display for Error {
                 what,
                 n_steps,
                 certified_steps,
+                searched_steps,
             } => {
                 write!(f, "uncertified step grid: {what}; ")?;
                 match certified_steps {
@@ -132,9 +135,8 @@ impl fmt::Display for Error {
                     ),
                     None => write!(
                         f,
-                        "no RK4 step count up to {} certifies the field (this flow has \
-                         {n_steps})",
-                        crate::integrate::MAX_RK4_STEPS
+                        "no RK4 step count up to {searched_steps} certifies the field (this \
+                         flow has {n_steps})"
                     ),
                 }?;
                 write!(

@@ -293,6 +293,15 @@ impl Flow {
     /// certifies, if any.
     #[must_use]
     pub fn certified_step_count(&self) -> Option<usize> {
+        self.certified_step_count_up_to(MAX_RK4_STEPS)
+    }
+
+    /// [`Flow::certified_step_count`] searched only up to `max_steps`: `None` also when the
+    /// count is larger. A field with a loose bound (tens of thousands of steps) costs a search
+    /// to that count of seconds to a minute; a caller that would not use such a count anyway
+    /// (a refusal, a raise capped at [`MAX_STEP_GROWTH`]) stops early.
+    #[must_use]
+    pub fn certified_step_count_up_to(&self, max_steps: usize) -> Option<usize> {
         let bounds = self.field.certificate_bounder();
         steps_needed(
             &|t| {
@@ -302,8 +311,9 @@ impl Flow {
                     compression,
                 }
             },
-            MAX_RK4_STEPS,
+            max_steps.clamp(1, MAX_RK4_STEPS),
         )
+        .filter(|&n| n <= max_steps)
     }
 
     /// Strict mode: with `true` (the default), sampling and density evaluation in the
@@ -432,7 +442,7 @@ impl Flow {
             flow.refusal_now()
                 .unwrap_or_else(|| Error::invalid("no RK4 step count certifies this flow"))
         };
-        let Some(needed) = self.certified_step_count().filter(|&n| n <= max_steps) else {
+        let Some(needed) = self.certified_step_count_up_to(max_steps) else {
             return Err(refusal(self));
         };
         let integrator = Integrator::new(Method::Rk4 { n_steps: needed }, self.integrator.mode())?;
@@ -470,6 +480,12 @@ impl Flow {
         if cert.is_certified() {
             return None;
         }
+        // A refusal names counts the host could use: up to MAX_STEP_GROWTH times its own, the
+        // raise's limit (searching a loose bound's 30,000 steps took 25 s per refusal).
+        let searched_steps = cert
+            .n_steps
+            .saturating_mul(MAX_STEP_GROWTH)
+            .clamp(1, MAX_RK4_STEPS);
         Some(Error::Uncertified {
             what: format!(
                 "this flow requires a step certificate, and its worst RK4 step (from t = {:.3}) \
@@ -481,7 +497,8 @@ impl Flow {
                 cert.max_compression
             ),
             n_steps: cert.n_steps,
-            certified_steps: self.certified_step_count(),
+            certified_steps: self.certified_step_count_up_to(searched_steps),
+            searched_steps,
         })
     }
 

@@ -116,6 +116,7 @@ mod tests {
                 what: what(),
                 n_steps: 20,
                 certified_steps: Some(40),
+                searched_steps: 320,
             },
         ]
     }

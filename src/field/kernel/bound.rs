@@ -16,8 +16,10 @@
 //! below L (shipped DW-4 model at t = 1: 11 against 88); both are taken by the same grid
 //! maximum below, with `f` the quantity of each (`Side`).
 //!
-//! The maximum over d is taken on a grid from `d = √ε_d` to the distance past which every
-//! Gaussian underflows to exactly 0 (φ is constant there, so that last point covers the tail),
+//! The maximum over d is taken on a grid from `d = √ε_d` (or, when every Gaussian underflows to
+//! exactly 0 below some distance, from the last grid point before it: φ is the constant `c(t)`
+//! there, which that point has) to the distance past which every Gaussian underflows to exactly
+//! 0 (φ is constant there too, so that last point covers the tail),
 //! with spacing the largest power of two not above `γ_min/40` (so between `γ_min/80` and
 //! `γ_min/40`; not `γ_min/32`, a power of two for the presets' γ = 0.5, where the spacing would
 //! jump under any change of the bandwidths). Between two grid points
@@ -66,6 +68,9 @@ const MAX_GRID_WEIGHTS: usize = if MAX_TIME_KERNELS < MAX_PADDED {
 pub(super) struct BoundGrid {
     pub(super) n_points: usize,
     pub(super) step: f64,
+    /// The first point's distance: `√ε_d`, or a later point of the same lattice where every
+    /// Gaussian underflows below it (φ is the constant `c(t)` there, as past the last point).
+    pub(super) origin: f64,
     /// Whether the tables hold the time-folded basis `Ψ_r = Σ_k W_kr ρ_k` (weights τ_r(t))
     /// rather than `ρ_k` (weights w_k(t)).
     folded: bool,
@@ -106,6 +111,11 @@ impl GridScratch {
 }
 
 impl BoundGrid {
+    /// The distance of grid point `i`.
+    pub(super) fn distance(&self, i: usize) -> f64 {
+        self.origin + i as f64 * self.step
+    }
+
     /// `φ` and `φ'·r²/d` over the whole grid into `phi` and `slope` (at least `n_points`
     /// long): the same bits as [`BoundGrid::phi_and_slope`] at every point.
     pub(super) fn fill(&self, weights: &GridWeights, phi: &mut [f64], slope: &mut [f64]) {
@@ -373,8 +383,22 @@ impl KernelField {
             .zip(a)
             .map(|(mu, a)| mu + (-UNDERFLOW / a).sqrt())
             .fold(0.0, f64::max);
+        // Below the first kernel's reach φ is constant as well: the grid starts at the last
+        // lattice point before it (kernels far from 0 with narrow bandwidths, as a distance
+        // range of [9.999, 10], then need thousands of points instead of millions).
+        let d_start = mu
+            .iter()
+            .zip(a)
+            .map(|(mu, a)| mu - (-UNDERFLOW / a).sqrt())
+            .fold(f64::INFINITY, f64::min);
         let step = (gamma_min / 40.0).log2().floor().exp2();
-        let n_points = ((d_end - EPS_D.sqrt()) / step).ceil() + 2.0;
+        let skipped = ((d_start - EPS_D.sqrt()) / step).floor().max(0.0);
+        let origin = if skipped.is_finite() {
+            EPS_D.sqrt() + skipped * step
+        } else {
+            EPS_D.sqrt()
+        };
+        let n_points = ((d_end - origin) / step).ceil() + 2.0;
         if step.is_nan() || step <= 0.0 || n_points.is_nan() || n_points > MAX_BOUND_POINTS {
             return None;
         }
@@ -396,7 +420,7 @@ impl KernelField {
             .collect();
         let (mut psi, mut psi_slope) = (vec![0.0; n_time], vec![0.0; n_time]);
         for i in 0..n_points {
-            let d = EPS_D.sqrt() + i as f64 * step;
+            let d = origin + i as f64 * step;
             normalised_basis(d, mu, a, &mut rho, &mut rho_slope);
             let (b, bs) = if folded {
                 psi.fill(0.0);
@@ -419,6 +443,7 @@ impl KernelField {
         Some(BoundGrid {
             n_points,
             step,
+            origin,
             folded,
             n_basis,
             basis,
@@ -453,7 +478,7 @@ impl KernelField {
     fn basis_at(&self, ty: usize, grid: &BoundGrid, i: usize) -> (Vec<f64>, Vec<f64>) {
         let n_dist = self.kernels().n_dist();
         let a = &self.block(ty).a_pad[..n_dist];
-        let d = EPS_D.sqrt() + i as f64 * grid.step;
+        let d = grid.distance(i);
         let (mut rho, mut rho_slope) = (vec![0.0; n_dist], vec![0.0; n_dist]);
         normalised_basis(d, &self.kernels().mu_dist, a, &mut rho, &mut rho_slope);
         (rho, rho_slope)
@@ -685,7 +710,7 @@ impl KernelField {
         let n_dist = k.n_dist();
         let a = &self.block(ty).a_pad[..n_dist];
         let w = &slice.w[..n_dist];
-        let d = EPS_D.sqrt() + i as f64 * grid.step;
+        let d = grid.distance(i);
         let r2_over_d = (d * d - EPS_D) / d;
         let (mut total, mut total_slope, mut weighted_slope) = (NORM_EPS, 0.0, 0.0);
         let mut g = vec![0.0; n_dist];
@@ -829,7 +854,7 @@ mod tests {
                 let scale = phi.iter().fold(0.0f64, |m, v| m.max(v.abs()));
                 for i in (0..grid.n_points).step_by(7) {
                     assert_eq!(grid.phi_and_slope(&weights, i), (phi[i], slope[i]));
-                    let d = EPS_D.sqrt() + i as f64 * grid.step;
+                    let d = grid.distance(i);
                     let (exact, dexact) = radial.eval(d, &mut scratch);
                     let exact_slope = dexact * (d * d - EPS_D) / d;
                     assert!(

@@ -138,6 +138,8 @@ struct TimeTable {
 /// One pair type's grid and its tables at every time.
 struct TypeTables {
     step: f64,
+    /// The grid's first distance ([`BoundGrid`]'s).
+    origin: f64,
     n_cells: usize,
     times: Vec<TimeTable>,
 }
@@ -146,7 +148,7 @@ impl TypeTables {
     /// The grid cell holding distance `d` (clamped to the grid: past its end φ is constant,
     /// which the last cell covers).
     fn cell(&self, d: f64) -> usize {
-        let x = ((d - EPS_D.sqrt()) / self.step).floor();
+        let x = ((d - self.origin) / self.step).floor();
         if x.is_nan() || x >= (self.n_cells - 1) as f64 {
             // NaN: a non-finite configuration; the last cell is as good as any (the caller
             // checks the configuration before).
@@ -204,7 +206,7 @@ impl KernelField {
                     &mut slope,
                 );
                 for i in 0..n {
-                    let d = EPS_D.sqrt() + i as f64 * grid.step;
+                    let d = grid.distance(i);
                     let (phi, slope) = (phi[i], slope[i]);
                     f_both[i] = Side::Both.value(phi, slope);
                     f_compression[i] = Side::Compression.value(phi, slope);
@@ -219,6 +221,7 @@ impl KernelField {
             }
             types.push(TypeTables {
                 step: grid.step,
+                origin: grid.origin,
                 n_cells,
                 times: tables,
             });
