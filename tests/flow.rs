@@ -440,3 +440,46 @@ fn absurd_sample_counts_are_resource_errors_not_aborts() {
         }
     }
 }
+
+/// A refusal names the certified step count only up to `MAX_STEP_GROWTH` times the flow's
+/// own: a field that needs more says so without searching further (a loose bound's search to
+/// 30,000 steps cost 25 s per refused call).
+#[test]
+fn a_refusal_searches_step_counts_up_to_sixteen_times_the_flows_own() {
+    let mut flow = Flow::new(4, 2, 0).unwrap();
+    let blocks = flow.field().output_linear_blocks();
+    let mut params = flow.field().params().to_vec();
+    for block in blocks {
+        for p in &mut params[block] {
+            *p *= 200.0;
+        }
+    }
+    flow.set_params(&params).unwrap();
+    let needed = flow
+        .certified_step_count()
+        .expect("a finite bound certifies some count");
+    let limit = 20 * eqflow::flow::MAX_STEP_GROWTH;
+    assert!(
+        needed > limit,
+        "the test needs a field beyond the search: {needed}"
+    );
+    assert_eq!(flow.certified_step_count_up_to(limit), None);
+    assert_eq!(flow.certified_step_count_up_to(needed), Some(needed));
+    match flow.sample(1, 2) {
+        Err(Error::Uncertified {
+            n_steps,
+            certified_steps,
+            searched_steps,
+            ..
+        }) => assert_eq!(
+            (n_steps, certified_steps, searched_steps),
+            (20, None, limit)
+        ),
+        other => panic!("{other:?}"),
+    }
+    let message = flow.sample(1, 2).unwrap_err().to_string();
+    assert!(
+        message.contains(&format!("up to {limit} certifies")),
+        "{message}"
+    );
+}
