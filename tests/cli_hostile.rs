@@ -1046,3 +1046,133 @@ fn reference_mcmc_steps_scale_with_the_system_length() {
     let acceptance = value["acceptance"].as_f64().unwrap();
     assert!((0.1..0.9).contains(&acceptance), "{value}");
 }
+
+#[test]
+fn train_refuses_a_data_name_for_its_model_and_a_bad_schedule_it_would_not_use() {
+    // Before: `--out model.npy` wrote JSON into a data-named file, and `--lambda-schedule
+    // bogus` passed whenever --kl-epochs was 0.
+    let dir = folder("hostile_train_args");
+    let data = dw4_data(&dir, "64");
+    for (extra, needles) in [
+        (
+            vec!["--out", "m.npy"],
+            vec!["--out", "m.npy", "a model file is JSON"],
+        ),
+        (
+            vec!["--out", "m.XYZ"],
+            vec!["--out", "a model file is JSON"],
+        ),
+        (
+            vec!["--out", "m.json", "--lambda-schedule", "bogus:xx"],
+            vec!["--lambda-schedule"],
+        ),
+        (
+            vec!["--out", "m.json", "--kl-weight-schedule", "nan"],
+            vec!["--kl-weight-schedule"],
+        ),
+    ] {
+        let out_path = dir.join(extra[1]);
+        let mut args = vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            s(&data),
+            "--epochs",
+            "1",
+            extra[0],
+            s(&out_path),
+        ];
+        args.extend(&extra[2..]);
+        let out = eqflow_within(20, &args);
+        assert_refused(&out, &args, &needles);
+        assert!(!out_path.exists(), "{args:?}");
+    }
+}
+
+#[test]
+fn sample_names_a_log_w_file_left_from_an_earlier_run() {
+    // Before: a model without a system replaced x.npy and x_log_q.npy but silently left the
+    // earlier run's x_log_w.npy beside them.
+    let dir = folder("hostile_stale_log_w");
+    let out_file = dir.join("x.npy");
+    json(&eqflow(&[
+        "sample",
+        "--model",
+        MODEL_DW4,
+        "-n",
+        "5",
+        "--out",
+        s(&out_file),
+        "--json",
+        "-q",
+    ]));
+    let log_w = dir.join("x_log_w.npy");
+    assert!(log_w.exists());
+    let mut model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(MODEL_DW4).unwrap()).unwrap();
+    model.as_object_mut().unwrap().remove("system");
+    let bare = dir.join("bare.json");
+    std::fs::write(&bare, model.to_string()).unwrap();
+    let out = eqflow(&[
+        "sample",
+        "--model",
+        s(&bare),
+        "-n",
+        "3",
+        "--out",
+        s(&out_file),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("x_log_w.npy") && err.contains("earlier run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_negative_kl_estimate_is_flagged() {
+    // Before: data scaled by 1e10 gave "KL(data‖flow) -1.6e42" with exit 0 and no word.
+    let dir = folder("hostile_negative_kl");
+    let data = dir.join("far.npy");
+    let mut rng = 1u64;
+    let x: Vec<f64> = (0..10 * 8)
+        .map(|_| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1e10
+        })
+        .collect();
+    eqflow::io::write_configurations(
+        &data,
+        &x,
+        eqflow::geometry::Layout::new(4, 2).unwrap(),
+        eqflow::io::Dtype::F64,
+        eqflow::io::ConfigShape::Flat,
+    )
+    .unwrap();
+    let out = eqflow(&[
+        "eval",
+        "--model",
+        MODEL_DW4,
+        "--data",
+        s(&data),
+        "--system",
+        "dw4",
+        "--n-samples",
+        "100",
+        "-q",
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let text = stdout(&out);
+    if text.contains("KL(data‖flow) -") {
+        assert!(err.contains("which no flow can give"), "{text}\n{err}");
+    }
+    assert!(
+        text.contains("KL(data‖flow) -"),
+        "the case this test is about: {text}"
+    );
+}

@@ -287,7 +287,8 @@ struct McmcArgs {
     #[arg(short = 'n', long = "n-samples", default_value_t = 10_000,
           value_parser = args::positive_count, allow_negative_numbers = true)]
     n: usize,
-    /// Output file (.npy, float64, shape (n, N·D); or .xyz; other extensions are refused).
+    /// Output file (.npy, float64, shape (n, N·D); or .xyz; a name without an extension is
+    /// written as .npy; other extensions are refused).
     #[arg(long, value_parser = args::path)]
     out: PathBuf,
     /// Random seed.
@@ -486,6 +487,23 @@ fn check_configurations_output(flag: &str, path: &Path) -> Result<()> {
                 what: format!(
                     "{flag} {}: eqflow writes configurations as .npy (NumPy) or .xyz \
                      (extended XYZ), not .{}",
+                    path.display(),
+                    e.to_string_lossy()
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a model output named like a data file (`.npy`, `.xyz`): a model file is JSON, and
+/// a later `--data` given that name would fail to parse it.
+fn check_model_output(flag: &str, path: &Path) -> Result<()> {
+    match path.extension() {
+        Some(e) if e.eq_ignore_ascii_case("npy") || e.eq_ignore_ascii_case("xyz") => {
+            Err(Error::InvalidArgument {
+                what: format!(
+                    "{flag} {}: a model file is JSON (for example .json), not .{}",
                     path.display(),
                     e.to_string_lossy()
                 ),
@@ -749,16 +767,30 @@ fn run_sample(a: SampleArgs) -> Result<()> {
     })?;
     staged.write(&log_q_path, |tmp| io::write_values(tmp, &log_q, Dtype::F64))?;
     staged.commit()?;
+    if system.is_none() && log_w_path.exists() {
+        // Not removed (eqflow deletes no file it did not write in this run), but named: it
+        // holds the weights of earlier samples, not of these.
+        warn(&format!(
+            "{} is from an earlier run and does not belong to these samples (without a system \
+             no log weights are written)",
+            log_w_path.display()
+        ));
+    }
     let certificate = warn_if_uncertified(&flow);
     let ess_text = ess.map_or(String::new(), |e| {
         format!("Kish ESS {e:.1} ({:.2}% of n)\n", 100.0 * e / a.n as f64)
     });
+    let log_w_text = if system.is_some() {
+        format!(", log w in {}", log_w_path.display())
+    } else {
+        String::new()
+    };
     report(
         &a.common,
         json!({"command": "sample", "n_samples": a.n, "out": a.out, "ess": ess,
                "seconds": seconds, "certificate": certificate}),
         format!(
-            "{} samples written to {} (log q in {}), {seconds:.2} s\n{ess_text}",
+            "{} samples written to {} (log q in {}{log_w_text}), {seconds:.2} s\n{ess_text}",
             a.n,
             a.out.display(),
             log_q_path.display()
@@ -1141,6 +1173,19 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             f.log_z.value, f.log_z.standard_error, f.log_z_is.value, f.log_z_is.standard_error
         ));
     }
+    if let Some(Ok(f)) = &e.free_energy
+        && f.kl.value < -LOG_Z_AGREEMENT * f.kl.standard_error
+    {
+        // KL(data‖flow) ≥ 0 always: a clearly negative estimate means the estimate, not the
+        // flow, is off (data that are not samples of this system at its kT, say).
+        warn(&format!(
+            "the estimate of KL(data‖flow) is {:.4} ± {:.4}, below 0 by more than \
+             {LOG_Z_AGREEMENT} standard errors, which no flow can give: are the data \
+             independent samples of this system at its kT? The entropy and the KL are not to \
+             be trusted",
+            f.kl.value, f.kl.standard_error
+        ));
+    }
     let (free_energy, free_energy_text) = free_energy_report(e.free_energy.as_ref(), a.n_samples);
     let mut value = json!({"command": "eval", "n_data": n + e.n_failed, "n_evaluated": n,
                "n_failed": e.n_failed, "nll": nll, "nll_se": se,
@@ -1300,6 +1345,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
         inputs.push(("--system", path));
     }
     output::check_output("--out", &a.out, &inputs)?;
+    check_model_output("--out", &a.out)?;
+    // Checked up front, also when no KL epoch will use it: a typo is an error, not ignored.
+    let lambda = lambda_schedule(&a)?;
     let data = read_data(&a.data, layout)?;
     let len = layout.len();
     let n_total = data.len() / len;
@@ -1485,7 +1533,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         let start_params = (flow.field().params().to_vec(), certified(&flow));
         let kl_config = TrainConfig {
             n_epochs: a.kl_epochs,
-            lambda: lambda_schedule(&a)?,
+            lambda,
             seed: a.seed.wrapping_add(1),
             ..config
         };
