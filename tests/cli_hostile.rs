@@ -1176,3 +1176,30 @@ fn a_negative_kl_estimate_is_flagged() {
         "the case this test is about: {text}"
     );
 }
+
+#[test]
+fn a_refused_repro_model_leaves_no_output_folder_and_is_named() {
+    // Before: the folder was created first, and a model file out of range was refused without
+    // its name.
+    let dir = folder("hostile_repro_model");
+    let out_dir = dir.join("never");
+    let mut model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(MODEL_DW4).unwrap()).unwrap();
+    model["prior_sigma"] = serde_json::json!(0.0);
+    let bad = dir.join("sigma0.json");
+    std::fs::write(&bad, model.to_string()).unwrap();
+    for (model, needle) in [(MODEL_DW4, "DW-2 model"), (s(&bad), "sigma0.json")] {
+        let args = [
+            "repro",
+            "reweighting",
+            "--quick",
+            "--out",
+            s(&out_dir),
+            "--model",
+            model,
+        ];
+        let out = eqflow_within(30, &args);
+        assert_refused(&out, &args, &[needle]);
+        assert!(!out_dir.exists(), "{args:?}");
+    }
+}

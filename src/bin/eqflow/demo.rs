@@ -69,7 +69,10 @@ fn mcmc_run(
 pub(super) fn run(a: DemoArgs) -> Result<()> {
     let start = Instant::now();
     std::fs::create_dir_all(&a.out_dir).map_err(|e| eqflow::Error::Io {
-        what: format!("cannot create {}: {e}", a.out_dir.display()),
+        what: format!(
+            "cannot create the output folder --out-dir {}: {e}",
+            a.out_dir.display()
+        ),
     })?;
     let system = System::preset("dw4")?;
     let energy = system.energy.build()?;

@@ -575,7 +575,7 @@ fn plus_minus(value: f64, se: Option<f64>, decimals: usize) -> String {
 }
 
 /// Loads a model file; every error names the file.
-fn load_model(path: &Path) -> Result<(Flow, model::ModelFile)> {
+pub(crate) fn load_model(path: &Path) -> Result<(Flow, model::ModelFile)> {
     model::load(path).map_err(|e| {
         let shown = path.display().to_string();
         if e.to_string().contains(&shown) {

@@ -167,7 +167,10 @@ fn untrained_as_published(
 
 fn create_out_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| eqflow::Error::Io {
-        what: format!("cannot create {}: {e}", dir.display()),
+        what: format!(
+            "cannot create the output folder --out {}: {e}",
+            dir.display()
+        ),
     })
 }
 

@@ -31,7 +31,6 @@ use eqflow::boltzmann::{kish_ess, log_weights_into, relative_weights_into};
 use eqflow::field::{KernelField, TrainableField};
 use eqflow::flow::sample_rng;
 use eqflow::integrate::Method;
-use eqflow::io::model;
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
 use eqflow::rng::{self, Stream};
 use eqflow::system::System;
@@ -116,7 +115,7 @@ fn dw2_flow(
     // A given model is checked before the reference data are drawn, so a wrong file fails fast.
     let loaded = match model {
         Some(path) => {
-            let (flow, _) = model::load(path)?;
+            let (flow, _) = crate::load_model(path)?;
             if flow.layout() != eqflow::geometry::Layout::new(2, 2)?
                 || flow.field().as_kernel().is_none()
             {
@@ -413,7 +412,6 @@ struct Estimator {
 
 pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<()> {
     let start = std::time::Instant::now();
-    create_out_dir(&a.out)?;
     let plan = if a.quick { &QUICK } else { &FULL };
     let system = System::preset("dw2")?;
     let energy = system.energy.build()?;
@@ -426,6 +424,8 @@ pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<(
         model_path,
         a.common.quiet,
     )?;
+    // After the model is checked: a refused model leaves no empty output folder behind.
+    create_out_dir(&a.out)?;
     let field = flow
         .field()
         .as_kernel()
