@@ -707,6 +707,31 @@ fn xyz_malformed_files_are_format_errors() {
             format!("{good}junk\n"),
             "expected the atom count of frame 1",
         ),
+        // Periodic frames: read as clusters, their distances across the box would be wrong.
+        (
+            frame(
+                "2",
+                &format!("{head} pbc=\"T T T\""),
+                &["X 0 0 0", "X 1 0 0"],
+            ),
+            "frame 0 is periodic",
+        ),
+        (
+            frame(
+                "2",
+                &format!("{head} pbc=\"F T F\""),
+                &["X 0 0 0", "X 1 0 0"],
+            ),
+            "frame 0 is periodic",
+        ),
+        (
+            frame(
+                "2",
+                &format!("Lattice=\"9 0 0 0 9 0 0 0 9\" {head}"),
+                &["X 0 0 0", "X 1 0 0"],
+            ),
+            "frame 0 is periodic",
+        ),
     ];
     for (text, needle) in cases {
         match xyz::read_xyz_from(text.as_bytes(), 3) {

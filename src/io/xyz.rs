@@ -113,7 +113,8 @@ pub fn write_xyz_to<W: Write>(
 /// [`Error::InvalidArgument`] if `dim` is not 1, 2 or 3 or the frames have fewer than two atoms;
 /// [`Error::Io`] if the file cannot be opened or read; [`Error::Format`] for an empty file, a
 /// bad atom count, a truncated frame, frames of different atom counts, a malformed comment or
-/// atom line, non-zero components beyond `dim`, or frames whose numeric properties differ;
+/// atom line, non-zero components beyond `dim`, frames whose numeric properties differ, or a
+/// periodic frame (a true `pbc`, or a `Lattice` without `pbc`: eqflow has no periodic systems);
 /// [`Error::NonFinite`] for a NaN or infinite coordinate or a NaN property.
 pub fn read_xyz(path: impl AsRef<Path>, dim: usize) -> Result<XyzTrajectory> {
     let path = path.as_ref();
@@ -170,6 +171,15 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
         let comment = lines.expect_line(frame, "the comment line", n_atoms)?;
         let parsed = parse_comment(&comment).map_err(|what| lines.error(&what))?;
         // Without `Properties=` the comment is free text: `t=3` in it is no property.
+        if parsed.properties_spec.is_some() && parsed.periodic {
+            // Read as a cluster, a periodic frame's distances across the box would be wrong
+            // without a word: eqflow's systems have no periodic boundaries.
+            return Err(lines.error(&format!(
+                "frame {frame} is periodic (pbc or Lattice in its comment line); eqflow's \
+                 systems are clusters without periodic boundaries, so its distances would be \
+                 wrong (write pbc=\"F F F\" if the cell is only a box around a cluster)"
+            )));
+        }
         let (columns, values) = match &parsed.properties_spec {
             Some(spec) => (
                 Some(columns_of(spec).map_err(|what| lines.error(&what))?),
@@ -354,6 +364,9 @@ struct Comment {
     properties_spec: Option<String>,
     /// Numeric `key=value` pairs, in order.
     values: Vec<(String, f64)>,
+    /// Whether the frame declares periodic boundaries: a `pbc` with a true component, or a
+    /// `Lattice` without `pbc` (extended XYZ's default is then periodic).
+    periodic: bool,
 }
 
 /// Splits a comment line into `key=value` pairs (values may be double-quoted and contain
@@ -362,7 +375,9 @@ fn parse_comment(line: &str) -> std::result::Result<Comment, String> {
     let mut comment = Comment {
         properties_spec: None,
         values: Vec::new(),
+        periodic: false,
     };
+    let (mut lattice, mut pbc) = (false, None::<bool>);
     let mut rest = line.trim_start();
     while !rest.is_empty() {
         let key_end = rest
@@ -392,6 +407,14 @@ fn parse_comment(line: &str) -> std::result::Result<Comment, String> {
         }
         if key == "Properties" {
             comment.properties_spec = Some(value.to_string());
+        } else if key == "Lattice" {
+            lattice = true;
+        } else if key == "pbc" {
+            pbc = Some(
+                value
+                    .split_whitespace()
+                    .any(|flag| ["t", "true", "1"].contains(&flag.to_ascii_lowercase().as_str())),
+            );
         } else if let Ok(v) = value.parse::<f64>() {
             if comment.values.iter().any(|(k, _)| k == key) {
                 return Err(format!("property {key:?} appears twice"));
@@ -399,6 +422,7 @@ fn parse_comment(line: &str) -> std::result::Result<Comment, String> {
             comment.values.push((key.to_string(), v));
         }
     }
+    comment.periodic = pbc.unwrap_or(lattice);
     Ok(comment)
 }
 
