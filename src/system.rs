@@ -512,13 +512,26 @@ impl System {
                 ])?;
                 let oscillator_k = energy.number("oscillator_k")?;
                 match species {
-                    None => EnergySpec::LennardJones {
-                        n_particles,
-                        dim,
-                        epsilon: energy.number("epsilon")?,
-                        r_m: energy.number("r_m")?,
-                        oscillator_k,
-                    },
+                    None => {
+                        // A matrix belongs to a species system: say what is missing rather
+                        // than that a number was expected.
+                        for key in ["epsilon", "r_m"] {
+                            if energy.map.get(key).is_some_and(Value::is_array) {
+                                return Err((energy.fail)(format!(
+                                    "field `energy.{key}` is a matrix (one value per species \
+                                     pair), which needs the top-level `species` list (one \
+                                     species index per particle); without it, give a number"
+                                )));
+                            }
+                        }
+                        EnergySpec::LennardJones {
+                            n_particles,
+                            dim,
+                            epsilon: energy.number("epsilon")?,
+                            r_m: energy.number("r_m")?,
+                            oscillator_k,
+                        }
+                    }
                     Some(species) => EnergySpec::LennardJonesSpecies {
                         n_particles,
                         dim,
