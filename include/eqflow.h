@@ -446,8 +446,8 @@ typedef struct {
  *
  * Called on the thread that called `eqf_flow_train`, never concurrently. It may use other
  * eqflow objects and read the flow being trained (which still holds its parameters from
- * before the call), but must not train, free or otherwise modify that flow, and must not
- * unwind through eqflow (no C++ exception, no longjmp). `user` is passed through unchanged
+ * before the call), but must not free that flow (training it again is refused with
+ * EQF_ERR_INVALID_STATE), and must not unwind through eqflow (no C++ exception, no longjmp). `user` is passed through unchanged
  * from `eqf_train_options_set_progress`.
  */
 typedef int32_t (*eqf_train_progress_fn)(void *user, const eqf_train_epoch *report);
@@ -470,8 +470,8 @@ typedef int32_t (*eqf_train_progress_fn)(void *user, const eqf_train_epoch *repo
  *
  * Called **only on the thread that called `eqf_flow_train`, one configuration at a time, never
  * concurrently**, while eqflow's own threads wait: a non-thread-safe energy (Fortran with
- * global state, MPI initialised with MPI_THREAD_FUNNELED) is safe. It must not train, free or
- * modify the flow being trained, and must not unwind through eqflow (no C++ exception, no
+ * global state, MPI initialised with MPI_THREAD_FUNNELED) is safe. It must not free the flow
+ * being trained (training it again is refused with EQF_ERR_INVALID_STATE), and must not unwind through eqflow (no C++ exception, no
  * longjmp). `user` is passed through unchanged from `eqf_train_options_set_kl_energy_fn`.
  */
 typedef int32_t (*eqf_energy_grad_fn)(void *user,

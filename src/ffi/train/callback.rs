@@ -15,8 +15,8 @@ use super::summary::eqf_train_epoch;
 ///
 /// Called on the thread that called `eqf_flow_train`, never concurrently. It may use other
 /// eqflow objects and read the flow being trained (which still holds its parameters from
-/// before the call), but must not train, free or otherwise modify that flow, and must not
-/// unwind through eqflow (no C++ exception, no longjmp). `user` is passed through unchanged
+/// before the call), but must not free that flow (training it again is refused with
+/// EQF_ERR_INVALID_STATE), and must not unwind through eqflow (no C++ exception, no longjmp). `user` is passed through unchanged
 /// from `eqf_train_options_set_progress`.
 #[allow(non_camel_case_types)]
 pub type eqf_train_progress_fn =
@@ -39,8 +39,8 @@ pub type eqf_train_progress_fn =
 ///
 /// Called **only on the thread that called `eqf_flow_train`, one configuration at a time, never
 /// concurrently**, while eqflow's own threads wait: a non-thread-safe energy (Fortran with
-/// global state, MPI initialised with MPI_THREAD_FUNNELED) is safe. It must not train, free or
-/// modify the flow being trained, and must not unwind through eqflow (no C++ exception, no
+/// global state, MPI initialised with MPI_THREAD_FUNNELED) is safe. It must not free the flow
+/// being trained (training it again is refused with EQF_ERR_INVALID_STATE), and must not unwind through eqflow (no C++ exception, no
 /// longjmp). `user` is passed through unchanged from `eqf_train_options_set_kl_energy_fn`.
 #[allow(non_camel_case_types, non_snake_case)]
 pub type eqf_energy_grad_fn = Option<
