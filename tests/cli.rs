@@ -2088,7 +2088,8 @@ fn bad_species_in_system_files_are_errors_naming_the_file_and_the_field() {
         (
             "nopairs.json",
             format!(r#"{{{head}, {}}}"#, energy("[[2, 2], [2, 2]]")),
-            "field `energy.epsilon` must be a number",
+            "field `energy.epsilon` is a matrix (one value per species pair), which needs the \
+             top-level `species` list",
         ),
         (
             "dw.json",

@@ -541,13 +541,6 @@ fn bad_system_files_are_refused_naming_file_and_field_in_short_words() {
     };
     let cases = [
         (
-            "matrix_without_species.json",
-            r#"{"n_particles": 4, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
-                "epsilon": [[2, 1], [1, 2]], "r_m": [[1, 1], [1, 1]], "oscillator_k": 1}}"#
-                .to_string(),
-            "needs the top-level `species` list",
-        ),
-        (
             "twice.json",
             r#"{"n_particles": 4, "dim": 2, "kt": 1, "kt": 100, "energy": {"kind":
                 "double_well", "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#
