@@ -438,12 +438,10 @@ impl Flow {
         if cert.is_certified() {
             return Ok(None);
         }
-        let refusal = |flow: &Flow| {
-            flow.refusal_now()
-                .unwrap_or_else(|| Error::invalid("no RK4 step count certifies this flow"))
-        };
         let Some(needed) = self.certified_step_count_up_to(max_steps) else {
-            return Err(refusal(self));
+            // The search just done is the refusal's: no count up to `max_steps`.
+            let searched = max_steps.clamp(1, MAX_RK4_STEPS);
+            return Err(uncertified(&cert, None, searched));
         };
         let integrator = Integrator::new(Method::Rk4 { n_steps: needed }, self.integrator.mode())?;
         self.set_integrator(integrator);
@@ -486,20 +484,8 @@ impl Flow {
             .n_steps
             .saturating_mul(MAX_STEP_GROWTH)
             .clamp(1, MAX_RK4_STEPS);
-        Some(Error::Uncertified {
-            what: format!(
-                "this flow requires a step certificate, and its worst RK4 step (from t = {:.3}) \
-                 has bound {:.4} (needs < 1; field Lipschitz bound up to {:.4}, compression \
-                 bound up to {:.4})",
-                cert.worst_step_start,
-                cert.max_contraction,
-                cert.max_lipschitz,
-                cert.max_compression
-            ),
-            n_steps: cert.n_steps,
-            certified_steps: self.certified_step_count_up_to(searched_steps),
-            searched_steps,
-        })
+        let certified_steps = self.certified_step_count_up_to(searched_steps);
+        Some(uncertified(&cert, certified_steps, searched_steps))
     }
 
     /// A workspace sized for this flow (one per thread when calling the single-sample methods).
@@ -702,4 +688,24 @@ fn first_error(results: Vec<Result<Stats>>) -> Result<Stats> {
         total += r?;
     }
     Ok(total)
+}
+
+/// Strict mode's refusal of the grid `cert` covers, with the certified step count found by a
+/// search up to `searched_steps` (`None`: none up to it).
+fn uncertified(
+    cert: &StepCertificate,
+    certified_steps: Option<usize>,
+    searched_steps: usize,
+) -> Error {
+    Error::Uncertified {
+        what: format!(
+            "this flow requires a step certificate, and its worst RK4 step (from t = {:.3}) \
+             has bound {:.4} (needs < 1; field Lipschitz bound up to {:.4}, compression bound \
+             up to {:.4})",
+            cert.worst_step_start, cert.max_contraction, cert.max_lipschitz, cert.max_compression
+        ),
+        n_steps: cert.n_steps,
+        certified_steps,
+        searched_steps,
+    }
 }

@@ -170,7 +170,6 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
         }
         let comment = lines.expect_line(frame, "the comment line", n_atoms)?;
         let parsed = parse_comment(&comment).map_err(|what| lines.error(&what))?;
-        // Without `Properties=` the comment is free text: `t=3` in it is no property.
         if parsed.properties_spec.is_some() && parsed.periodic {
             // Read as a cluster, a periodic frame's distances across the box would be wrong
             // without a word: eqflow's systems have no periodic boundaries.
@@ -180,6 +179,7 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
                  wrong (write pbc=\"F F F\" if the cell is only a box around a cluster)"
             )));
         }
+        // Without `Properties=` the comment is free text: `t=3` in it is no property.
         let (columns, values) = match &parsed.properties_spec {
             Some(spec) => (
                 Some(columns_of(spec).map_err(|what| lines.error(&what))?),

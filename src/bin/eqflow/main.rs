@@ -477,21 +477,24 @@ fn is_xyz(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("xyz"))
 }
 
+/// Whether `extension` names one of the two configuration formats (`.npy`, `.xyz`).
+fn is_data_extension(extension: &std::ffi::OsStr) -> bool {
+    extension.eq_ignore_ascii_case("npy") || extension.eq_ignore_ascii_case("xyz")
+}
+
 /// Refuses an output of configurations whose extension names another format than the two
 /// eqflow writes: `--out samples.txt` or `.csv` would otherwise get a NumPy file under a text
 /// name. A name without an extension gets a .npy file.
 fn check_configurations_output(flag: &str, path: &Path) -> Result<()> {
     match path.extension() {
-        Some(e) if !e.eq_ignore_ascii_case("npy") && !e.eq_ignore_ascii_case("xyz") => {
-            Err(Error::InvalidArgument {
-                what: format!(
-                    "{flag} {}: eqflow writes configurations as .npy (NumPy) or .xyz \
+        Some(e) if !is_data_extension(e) => Err(Error::InvalidArgument {
+            what: format!(
+                "{flag} {}: eqflow writes configurations as .npy (NumPy) or .xyz \
                      (extended XYZ), not .{}",
-                    path.display(),
-                    e.to_string_lossy()
-                ),
-            })
-        }
+                path.display(),
+                e.to_string_lossy()
+            ),
+        }),
         _ => Ok(()),
     }
 }
@@ -500,15 +503,13 @@ fn check_configurations_output(flag: &str, path: &Path) -> Result<()> {
 /// a later `--data` given that name would fail to parse it.
 fn check_model_output(flag: &str, path: &Path) -> Result<()> {
     match path.extension() {
-        Some(e) if e.eq_ignore_ascii_case("npy") || e.eq_ignore_ascii_case("xyz") => {
-            Err(Error::InvalidArgument {
-                what: format!(
-                    "{flag} {}: a model file is JSON (for example .json), not .{}",
-                    path.display(),
-                    e.to_string_lossy()
-                ),
-            })
-        }
+        Some(e) if is_data_extension(e) => Err(Error::InvalidArgument {
+            what: format!(
+                "{flag} {}: a model file is JSON (for example .json), not .{}",
+                path.display(),
+                e.to_string_lossy()
+            ),
+        }),
         _ => Ok(()),
     }
 }
@@ -644,22 +645,13 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
         .collect();
     output::check_output("--out", &a.out, &inputs)?;
     check_configurations_output("--out", &a.out)?;
-    let spacing = system.neighbour_distance();
     let config = McmcConfig {
-        kt: system.kt,
-        // The default 0.1 is in the benchmark systems' units; a system of r_m = 1e-10 would
-        // adapt from it for millions of steps with nothing accepted.
-        initial_step: McmcConfig::default().initial_step * system.length_scale(),
         n_chains,
         n_burnin: a.burnin,
         n_samples: a.n,
         thin: a.thin,
         seed: a.seed,
-        initial: InitialState::Lattice {
-            spacing,
-            jitter: 0.1,
-        },
-        ..McmcConfig::default()
+        ..mcmc_in_units_of(&system)
     };
     let bar = progress(1000, a.common.quiet, "mcmc");
     let start = Instant::now();
@@ -693,6 +685,23 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
             config.n_chains
         ),
     )
+}
+
+/// The reference MCMC settings of `system` in its own units: its kT, chains started from a
+/// jittered lattice at its neighbour distance, and the default initial step scaled by its
+/// length (0.1 is in the benchmark systems' units; a system of r_m = 1e-10 would adapt from it
+/// for millions of steps with nothing accepted). The rest are the defaults.
+pub(crate) fn mcmc_in_units_of(system: &System) -> McmcConfig {
+    let defaults = McmcConfig::default();
+    McmcConfig {
+        kt: system.kt,
+        initial_step: defaults.initial_step * system.length_scale(),
+        initial: InitialState::Lattice {
+            spacing: system.neighbour_distance(),
+            jitter: 0.1,
+        },
+        ..defaults
+    }
 }
 
 /// Below this production acceptance `eqflow mcmc` warns that the chains barely moved.

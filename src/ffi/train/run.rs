@@ -69,11 +69,11 @@ use crate::ffi::{array_len, catch, count, handle, input_array, log, threads};
 ///         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
 ///         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
 ///         callback failed); EQF_ERR_INVALID_STATE (the flow is training already, or this
-///         thread is inside a callback of a call that reads a flow); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
-///         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
-///         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
-///         or the RK4 tape's memory is refused); other codes from the losses. The flow is
-///         unchanged on failure
+///         thread is inside a callback of a call that reads a flow); EQF_ERR_RESOURCE (one
+///         training step would hold more than 1 TiB: n_kl_samples RK4 trajectories of
+///         4*n_rk4_steps*N*D doubles, the per-sample gradients of a minibatch, the batch^2
+///         alignments of equivariant-OT flow matching; or the RK4 tape's memory is refused);
+///         other codes from the losses. The flow is unchanged on failure
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_train(
     flow: *mut eqf_flow,

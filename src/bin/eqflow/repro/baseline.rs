@@ -38,7 +38,7 @@ use eqflow::boltzmann::{kish_ess, log_weights_into, relative_weights_into};
 use eqflow::energy::energies_into;
 use eqflow::flow::sample_rng;
 use eqflow::integrate::{DensityMode, Integrator, Method};
-use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
+use eqflow::reference_mcmc::{self, McmcConfig};
 use eqflow::system::System;
 use eqflow::train::{Objective, Probe, TrainConfig, Trainer};
 use eqflow::{Energy, Flow, Result};
@@ -243,18 +243,12 @@ pub(super) fn mcmc(
     seed: u64,
 ) -> Result<Vec<f64>> {
     let config = McmcConfig {
-        kt: system.kt,
         n_chains: 16.min(n),
         n_burnin: 5_000,
-        initial_step: McmcConfig::default().initial_step * system.length_scale(),
         n_samples: n,
         thin,
         seed,
-        initial: InitialState::Lattice {
-            spacing: system.neighbour_distance(),
-            jitter: 0.1,
-        },
-        ..McmcConfig::default()
+        ..crate::mcmc_in_units_of(system)
     };
     Ok(reference_mcmc::run(energy, &config)?.x)
 }
