@@ -6,8 +6,8 @@
  * pre-filled with sentinels here and must still hold them afterwards. Also checks the
  * snprintf-like truncation of eqf_last_error_message, that _free(NULL) is fine, that n = 0 is
  * a valid no-op, that training options reject bad values and leave themselves unchanged, that
- * a failing training call (bad sizes, a failing KL callback) leaves the flow unchanged, and
- * that the library keeps working after failures.
+ * a failing training call (bad sizes, a failing KL callback) leaves the flow unchanged, that
+ * outputs sharing memory are refused, and that the library keeps working after failures.
  *
  * Valid C99 and C++17. Exit status 0 when every check passes, 1 otherwise (each failed check is
  * reported on stderr).
@@ -303,6 +303,122 @@ static void energy_calls(const eqf_energy *energy, const eqf_flow *flow) {
     CHECK(!untouched(gradient, N_SAMPLES * PER_SAMPLE));
 }
 
+/* A host energy for the move checks: the double-well energy handle passed as `user`. */
+static int32_t host_energy(void *user, int64_t n_particles, int64_t dim, const double *x,
+                           double *U) {
+    (void)n_particles;
+    (void)dim;
+    return eqf_energy_eval((const eqf_energy *)user, 1, x, U, NULL);
+}
+
+/* Outputs that share memory are refused before any work (the second result written would
+ * overwrite the first and be reported with EQF_OK), and so is a proposal written over the
+ * current state; arrays that merely touch are fine, and an output may overlap an input
+ * elsewhere (results are written after every input is read). */
+static void shared_memory(const eqf_flow *flow, eqf_energy *energy) {
+    double both[N_SAMPLES * PER_SAMPLE + N_SAMPLES];
+    double x_ok[N_SAMPLES * PER_SAMPLE], log_q_ok[N_SAMPLES], U_ok[N_SAMPLES];
+    double buffer[N_SAMPLES * PER_SAMPLE];
+    eqf_move *move = NULL;
+    eqf_flow_options *options = NULL;
+
+    /* eqf_flow_sample: log_q inside x fails, writing nothing; log_q just after x is fine. */
+    fill(both, N_SAMPLES * PER_SAMPLE + N_SAMPLES);
+    CHECK_FAILS(eqf_flow_sample(flow, 2, N_SAMPLES, both, both + 5), EQF_ERR_INVALID_ARGUMENT,
+                "overlap");
+    CHECK(untouched(both, N_SAMPLES * PER_SAMPLE + N_SAMPLES));
+    CHECK_FAILS(eqf_flow_sample(flow, 2, N_SAMPLES, both + 1, both), EQF_ERR_INVALID_ARGUMENT,
+                "log_q");
+    CHECK(untouched(both, N_SAMPLES * PER_SAMPLE + N_SAMPLES));
+    CHECK(eqf_flow_sample(flow, 2, N_SAMPLES, x_ok, log_q_ok) == EQF_OK);
+    CHECK(eqf_flow_sample(flow, 2, N_SAMPLES, both, both + N_SAMPLES * PER_SAMPLE) == EQF_OK);
+    CHECK(memcmp(both, x_ok, sizeof x_ok) == 0 &&
+          memcmp(both + N_SAMPLES * PER_SAMPLE, log_q_ok, sizeof log_q_ok) == 0);
+
+    /* eqf_flow_log_density in place: log_q over the start of x gives the same numbers. */
+    {
+        double log_q[N_SAMPLES];
+        CHECK(eqf_flow_log_density(flow, N_SAMPLES, x_ok, log_q) == EQF_OK);
+        memcpy(buffer, x_ok, sizeof x_ok);
+        CHECK(eqf_flow_log_density(flow, N_SAMPLES, buffer, buffer) == EQF_OK);
+        CHECK(memcmp(buffer, log_q, sizeof log_q) == 0);
+    }
+
+    /* eqf_energy_eval: U inside the gradient fails; the gradient in place of x works. */
+    CHECK(eqf_energy_eval(energy, N_SAMPLES, x_ok, U_ok, NULL) == EQF_OK);
+    fill(both, N_SAMPLES * PER_SAMPLE + N_SAMPLES);
+    CHECK_FAILS(eqf_energy_eval(energy, N_SAMPLES, x_ok, both + 7, both),
+                EQF_ERR_INVALID_ARGUMENT, "gradient");
+    CHECK(untouched(both, N_SAMPLES * PER_SAMPLE + N_SAMPLES));
+    {
+        double gradient[N_SAMPLES * PER_SAMPLE], U[N_SAMPLES];
+        CHECK(eqf_energy_eval(energy, N_SAMPLES, x_ok, U, gradient) == EQF_OK);
+        memcpy(buffer, x_ok, sizeof x_ok);
+        CHECK(eqf_energy_eval(energy, N_SAMPLES, buffer, U, buffer) == EQF_OK);
+        CHECK(memcmp(buffer, gradient, sizeof gradient) == 0 && memcmp(U, U_ok, sizeof U) == 0);
+    }
+
+    /* Scalar outputs of getters: one pointer for two results. */
+    {
+        int32_t certified = -7, method = -7;
+        double scale = SENTINEL;
+        uint32_t species[N_PARTICLES] = {9, 9, 9, 9};
+        CHECK_FAILS(eqf_flow_certificate(flow, &certified, (double *)(void *)&certified, NULL),
+                    EQF_ERR_INVALID_ARGUMENT, "max_contraction");
+        CHECK(certified == -7);
+        CHECK_FAILS(eqf_flow_integrator(flow, &method, NULL, NULL, NULL, &method),
+                    EQF_ERR_INVALID_ARGUMENT, "density_mode");
+        CHECK(method == -7);
+        CHECK_FAILS(eqf_flow_species(flow, species, N_PARTICLES, (int64_t *)(void *)species),
+                    EQF_ERR_INVALID_ARGUMENT, "n_species");
+        CHECK(species[0] == 9 && species[1] == 9);
+        CHECK_FAILS(eqf_flow_certify_configurations(flow, 1, x_ok, &scale, (int64_t *)&scale),
+                    EQF_ERR_INVALID_ARGUMENT, "n_certified");
+        CHECK(scale == SENTINEL);
+        CHECK(eqf_flow_options_new(&options) == EQF_OK);
+        CHECK_FAILS(eqf_flow_options_scales(options, &scale, NULL, &scale),
+                    EQF_ERR_INVALID_ARGUMENT, "prior_sigma");
+        CHECK(scale == SENTINEL);
+        CHECK(eqf_flow_options_free(options) == EQF_OK);
+    }
+
+    /* Moves: the proposal over (or across) the current state, U or accepted inside x. */
+    CHECK(eqf_move_new(flow, 1.0, 3, &move) == EQF_OK);
+    memcpy(buffer, x_ok, PER_SAMPLE * sizeof(double));
+    CHECK_FAILS(eqf_move_propose(move, buffer, U_ok[0], buffer), EQF_ERR_INVALID_ARGUMENT,
+                "x_proposed");
+    CHECK_FAILS(eqf_move_propose(move, buffer, U_ok[0], buffer + PER_SAMPLE - 1),
+                EQF_ERR_INVALID_ARGUMENT, "x_current");
+    CHECK(memcmp(buffer, x_ok, PER_SAMPLE * sizeof(double)) == 0);
+    {
+        double state[PER_SAMPLE + 1];
+        int32_t accepted = -7;
+        int64_t n_proposed = -7;
+        memcpy(state, x_ok, PER_SAMPLE * sizeof(double));
+        state[PER_SAMPLE] = U_ok[0];
+        CHECK_FAILS(eqf_move_step(move, state, state + 3, host_energy, (void *)energy,
+                                  &accepted),
+                    EQF_ERR_INVALID_ARGUMENT, "overlap");
+        CHECK_FAILS(eqf_move_step(move, state, state + PER_SAMPLE, host_energy, (void *)energy,
+                                  (int32_t *)(void *)(state + PER_SAMPLE)),
+                    EQF_ERR_INVALID_ARGUMENT, "accepted");
+        CHECK(memcmp(state, x_ok, PER_SAMPLE * sizeof(double)) == 0 && accepted == -7);
+        CHECK_FAILS(eqf_move_stats(move, &n_proposed, &n_proposed), EQF_ERR_INVALID_ARGUMENT,
+                    "n_accepted");
+        CHECK(n_proposed == -7);
+        /* Nothing was decided by the refused calls; a proper step works. */
+        CHECK(eqf_move_step(move, state, state + PER_SAMPLE, host_energy, (void *)energy,
+                            &accepted) == EQF_OK);
+        CHECK(accepted == 0 || accepted == 1);
+        {
+            int64_t n_accepted = -7;
+            CHECK(eqf_move_stats(move, &n_proposed, &n_accepted) == EQF_OK);
+            CHECK(n_proposed == 1);
+        }
+    }
+    CHECK(eqf_move_free(move) == EQF_OK);
+}
+
 /* Model files: a save/load round trip, and corrupt, truncated, missing and NULL paths. Files go
  * to /tmp under a name made unique per process by the address of a local (ASLR), since the
  * test harness runs several builds of this program at once. */
@@ -521,6 +637,7 @@ int main(void) {
     }
     flow_calls(flow);
     energy_calls(energy, flow);
+    shared_memory(flow, energy);
     model_files(flow);
     training(flow);
     CHECK(eqf_flow_free(flow) == EQF_OK);

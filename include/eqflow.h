@@ -9,7 +9,9 @@
  * one of the EQF_ERR_* codes; the message of the calling thread's last failure is available
  * from eqf_last_error_message(). Counts are int64_t. Arrays are caller-owned, contiguous and
  * particle-major: coordinate k of particle i of configuration s is x[(s*N + i)*D + k]
- * (C double x[n][N][D], Fortran x(D, N, n)). Results are written only when a call succeeds.
+ * (C double x[n][N][D], Fortran x(D, N, n)). Results are written only when a call succeeds,
+ * after every input is read. Two outputs of one call must not share memory, nor an output an
+ * input its function documents as distinct: such calls fail with EQF_ERR_INVALID_ARGUMENT.
  * Handles are created by eqf_*_new-style functions and released by the matching eqf_*_free.
  * Flows and energies are immutable and may be shared between threads; the one exception is
  * eqf_flow_train, which retrains a flow in place while no other thread uses it.
@@ -670,7 +672,8 @@ int32_t eqf_energy_lennard_jones_species(int64_t n_particles,
  *                  U[s] is +infinity the gradient of configuration s does not exist and what
  *                  is written there is finite but carries no meaning
  * @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
- *         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity, or a
+ *         (n negative or too large, or U and gradient share memory); EQF_ERR_NON_FINITE (x
+ *         contains NaN or infinity, or a
  *         result is not representable: a U that would be NaN or -infinity, or, with U finite,
  *         a gradient component that overflows; the message names the output);
  *         EQF_ERR_RESOURCE (the temporaries for n results need more than 1 TiB or memory is
@@ -744,8 +747,8 @@ int64_t eqf_flow_n_particles(const eqf_flow *flow);
  *                     not NULL
  * @param n_species    output or NULL: the number of species S (pair types: S (S + 1) / 2)
  * @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL); EQF_ERR_DIMENSION_MISMATCH (n_particles
- *         is not the flow's N); EQF_ERR_INVALID_ARGUMENT (n_particles negative, or `species`
- *         not aligned). Nothing is written on failure.
+ *         is not the flow's N); EQF_ERR_INVALID_ARGUMENT (n_particles negative, `species`
+ *         not aligned, or the two outputs share memory). Nothing is written on failure.
  */
 int32_t eqf_flow_species(const eqf_flow *flow,
                          uint32_t *species,
@@ -774,7 +777,7 @@ int64_t eqf_flow_dim(const eqf_flow *flow);
  * @param n_steps_needed  output or NULL: the smallest RK4 step count the field certifies, or
  *                        -1 if none up to the largest step count (this search costs more:
  *                        pass NULL if you only need the verdict)
- * @return EQF_OK; EQF_ERR_NULL_POINTER
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (two outputs share memory)
  */
 int32_t eqf_flow_certificate(const eqf_flow *flow,
                              int32_t *certified,
@@ -839,11 +842,11 @@ int32_t eqf_flow_require_certificate(const eqf_flow *flow, int32_t *require);
  * @param n      number of samples (>= 0)
  * @param x      output, n*N*D doubles
  * @param log_q  output, n doubles
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
- *         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
- *         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
- *         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362), the temporaries for the n
- *         samples need more than 1 TiB, or memory is refused;
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, or
+ *         x and log_q share memory); EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow
+ *         cannot produce a valid sample (a badly trained flow); EQF_ERR_RESOURCE if the
+ *         exact-discrete workspace would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362),
+ *         the temporaries for the n samples need more than 1 TiB, or memory is refused;
  *         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
  */
 int32_t eqf_flow_sample(const eqf_flow *flow, uint64_t seed, int64_t n, double *x, double *log_q);
@@ -894,8 +897,9 @@ int32_t eqf_flow_log_density(const eqf_flow *flow, int64_t n, const double *x, d
  *                     each step's global and local bound); the configuration is certified to
  *                     have exactly one preimage when it is below 1
  * @param n_certified  output or NULL: how many of the n configurations are certified
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, or an
- *         adaptive integrator); EQF_ERR_NON_FINITE (x contains NaN or infinity);
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, an
+ *         adaptive integrator, or step_bound and n_certified share memory);
+ *         EQF_ERR_NON_FINITE (x contains NaN or infinity);
  *         EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE if some configuration cannot be
  *         pulled back; EQF_ERR_RESOURCE if memory is refused
  */
@@ -944,8 +948,9 @@ int32_t eqf_move_new(const eqf_flow *flow, double kT, uint64_t seed, eqf_move **
  * @param x_current   input, N*D finite doubles: the current configuration (any centre of mass)
  * @param U_current   its energy (+infinity allowed; NaN and -infinity are errors)
  * @param x_proposed  output, N*D doubles, distinct from x_current; written only on success
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_NON_FINITE (NaN or infinite coordinates, U
- *         NaN or -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (x_proposed shares memory
+ *         with x_current); EQF_ERR_NON_FINITE (NaN or infinite coordinates, U NaN or
+ *         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
  *         (the flow cannot evaluate the current state or produce a proposal);
  *         EQF_ERR_UNCERTIFIED (strict mode, the default, and the flow's RK4 grid is not
  *         certified one-to-one: `eqf_flow_with_require_certificate`). On failure the
@@ -992,7 +997,8 @@ int32_t eqf_move_accept(eqf_move *move, double U_proposed, int32_t *accepted);
  *                  step, on the thread of the caller
  * @param user      passed unchanged to `energy`
  * @param accepted  output: 1 if accepted, 0 if rejected; written only on success
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_CALLBACK (energy returned non-zero);
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (two of x, U and accepted
+ *         share memory); EQF_ERR_CALLBACK (energy returned non-zero);
  *         EQF_ERR_NON_FINITE (NaN or infinite coordinates, an energy that is NaN or
  *         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE (the
  *         flow cannot evaluate the current state or produce a proposal); EQF_ERR_UNCERTIFIED
@@ -1015,7 +1021,7 @@ int32_t eqf_move_step(eqf_move *move,
  * @param move        the move (not NULL)
  * @param n_proposed  output, number of decided proposals
  * @param n_accepted  output, number of accepted proposals
- * @return EQF_OK; EQF_ERR_NULL_POINTER
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (the outputs share memory)
  */
 int32_t eqf_move_stats(const eqf_move *move, int64_t *n_proposed, int64_t *n_accepted);
 
@@ -1079,7 +1085,8 @@ int32_t eqf_flow_with_integrator(const eqf_flow *flow,
  * it. For RK4, `rtol` and `atol` receive 0; for Dormand–Prince, `n_steps` receives the maximum
  * number of attempted steps.
  *
- * @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL); EQF_ERR_INVALID_ARGUMENT (two outputs
+ *         share memory)
  */
 int32_t eqf_flow_integrator(const eqf_flow *flow,
                             int32_t *method,
@@ -1279,7 +1286,8 @@ int32_t eqf_flow_options_fit_scales(eqf_flow_options *options,
  * @param distance_min  output or NULL: centre of the first distance kernel
  * @param distance_max  output or NULL: centre of the last distance kernel
  * @param prior_sigma   output or NULL: the prior's sigma
- * @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL); EQF_ERR_INVALID_ARGUMENT (two
+ *         outputs share memory)
  */
 int32_t eqf_flow_options_scales(const eqf_flow_options *options,
                                 double *distance_min,

@@ -6,8 +6,9 @@ use crate::energy::{DoubleWell, Energy, LennardJones, SpeciesLennardJones, evalu
 use crate::{Error, Result};
 
 use super::{
-    EQF_MAX_PARTICLES, array_len, catch, check_not_null, check_output, count, free_handle, handle,
-    input_array, scratch, species_from, threads, write_handle, write_output,
+    EQF_MAX_PARTICLES, Region, array_len, catch, check_disjoint, check_not_null, check_output,
+    count, free_handle, handle, input_array, scratch, species_from, threads, write_handle,
+    write_output,
 };
 
 /// An energy function U(x) of N particles in D dimensions (opaque).
@@ -239,7 +240,8 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones_species(
 ///                  U[s] is +infinity the gradient of configuration s does not exist and what
 ///                  is written there is finite but carries no meaning
 /// @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
-///         (n negative or too large); EQF_ERR_NON_FINITE (x contains NaN or infinity, or a
+///         (n negative or too large, or U and gradient share memory); EQF_ERR_NON_FINITE (x
+///         contains NaN or infinity, or a
 ///         result is not representable: a U that would be NaN or -infinity, or, with U finite,
 ///         a gradient component that overflows; the message names the output);
 ///         EQF_ERR_RESOURCE (the temporaries for n results need more than 1 TiB or memory is
@@ -271,6 +273,7 @@ pub unsafe extern "C" fn eqf_energy_eval(
         } else {
             scratch(len, "gradient")?
         };
+        check_disjoint(&[Region::of(U, n, "U"), Region::of(gradient, len, "gradient")])?;
         // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
         // modify during the call (this function's contract).
         let x = unsafe { input_array(x, len, "x") }?;

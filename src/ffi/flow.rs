@@ -5,8 +5,8 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use crate::flow::Flow;
 
 use super::{
-    array_len, catch, catch_value, check_not_null, check_output, count, free_handle, handle,
-    input_array, scratch, threads, write_handle, write_output,
+    Region, array_len, catch, catch_value, check_disjoint, check_not_null, check_output, count,
+    free_handle, handle, input_array, scratch, threads, write_handle, write_output,
 };
 
 /// An equivariant normalizing flow over configurations of N particles in D dimensions (opaque).
@@ -201,8 +201,8 @@ pub unsafe extern "C" fn eqf_flow_n_particles(flow: *const eqf_flow) -> i64 {
 ///                     not NULL
 /// @param n_species    output or NULL: the number of species S (pair types: S (S + 1) / 2)
 /// @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL); EQF_ERR_DIMENSION_MISMATCH (n_particles
-///         is not the flow's N); EQF_ERR_INVALID_ARGUMENT (n_particles negative, or `species`
-///         not aligned). Nothing is written on failure.
+///         is not the flow's N); EQF_ERR_INVALID_ARGUMENT (n_particles negative, `species`
+///         not aligned, or the two outputs share memory). Nothing is written on failure.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_species(
     flow: *const eqf_flow,
@@ -221,6 +221,10 @@ pub unsafe extern "C" fn eqf_flow_species(
             if len != n {
                 return Err(crate::Error::size("species (one per particle)", n, len));
             }
+            check_disjoint(&[
+                Region::of(species, n, "species"),
+                Region::of(n_species, 1, "n_species"),
+            ])?;
             if !species.is_aligned() {
                 return Err(crate::Error::invalid("species is not aligned for uint32_t"));
             }
@@ -268,7 +272,7 @@ pub unsafe extern "C" fn eqf_flow_dim(flow: *const eqf_flow) -> i64 {
 /// @param n_steps_needed  output or NULL: the smallest RK4 step count the field certifies, or
 ///                        -1 if none up to the largest step count (this search costs more:
 ///                        pass NULL if you only need the verdict)
-/// @return EQF_OK; EQF_ERR_NULL_POINTER
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (two outputs share memory)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_certificate(
     flow: *const eqf_flow,
@@ -282,6 +286,11 @@ pub unsafe extern "C" fn eqf_flow_certificate(
         let flow = unsafe { handle(flow, "flow") }?.flow();
         check_not_null(certified, "certified")?;
         check_not_null(max_contraction, "max_contraction")?;
+        check_disjoint(&[
+            Region::of(certified, 1, "certified"),
+            Region::of(max_contraction, 1, "max_contraction"),
+            Region::of(n_steps_needed, 1, "n_steps_needed"),
+        ])?;
         let cert = flow.certificate();
         let needed = (!n_steps_needed.is_null()).then(|| {
             flow.certified_step_count()
@@ -396,11 +405,11 @@ pub unsafe extern "C" fn eqf_flow_require_certificate(
 /// @param n      number of samples (>= 0)
 /// @param x      output, n*N*D doubles
 /// @param log_q  output, n doubles
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large);
-///         EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow cannot produce a valid
-///         sample (a badly trained flow); EQF_ERR_RESOURCE if the exact-discrete workspace
-///         would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362), the temporaries for the n
-///         samples need more than 1 TiB, or memory is refused;
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, or
+///         x and log_q share memory); EQF_ERR_NOT_INVERTIBLE or EQF_ERR_NON_FINITE if the flow
+///         cannot produce a valid sample (a badly trained flow); EQF_ERR_RESOURCE if the
+///         exact-discrete workspace would exceed EQF_MAX_WORKSPACE_BYTES (N·D above 10,362),
+///         the temporaries for the n samples need more than 1 TiB, or memory is refused;
 ///         EQF_ERR_UNCERTIFIED (strict mode, see `eqf_flow_with_require_certificate`)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_sample(
@@ -420,6 +429,7 @@ pub unsafe extern "C" fn eqf_flow_sample(
         check_output(log_q, n, "log_q")?;
         let mut samples = scratch(len, "x")?;
         let mut log_densities = scratch(n, "log_q")?;
+        check_disjoint(&[Region::of(x, len, "x"), Region::of(log_q, n, "log_q")])?;
         threads::install(|| flow.sample_into(seed, &mut samples, &mut log_densities))?;
         // SAFETY: both outputs were checked (non-NULL, aligned) for n*N*D and n doubles and are
         // writable for that many (this function's contract).
@@ -499,8 +509,9 @@ pub unsafe extern "C" fn eqf_flow_log_density(
 ///                     each step's global and local bound); the configuration is certified to
 ///                     have exactly one preimage when it is below 1
 /// @param n_certified  output or NULL: how many of the n configurations are certified
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, or an
-///         adaptive integrator); EQF_ERR_NON_FINITE (x contains NaN or infinity);
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (n negative or too large, an
+///         adaptive integrator, or step_bound and n_certified share memory);
+///         EQF_ERR_NON_FINITE (x contains NaN or infinity);
 ///         EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE if some configuration cannot be
 ///         pulled back; EQF_ERR_RESOURCE if memory is refused
 #[unsafe(no_mangle)]
@@ -518,6 +529,10 @@ pub unsafe extern "C" fn eqf_flow_certify_configurations(
         let n = count(n, "n")?;
         let len = array_len(n, flow.n_particles().saturating_mul(flow.dim()), "x")?;
         check_output(step_bound, n, "step_bound")?;
+        check_disjoint(&[
+            Region::of(step_bound, n, "step_bound"),
+            Region::of(n_certified, 1, "n_certified"),
+        ])?;
         let mut bounds = scratch(n, "step_bound")?;
         // SAFETY: `x` is NULL (rejected) or points to n*N*D doubles that the caller does not
         // modify during the call (this function's contract).

@@ -9,8 +9,8 @@ use crate::flow_move::FlowMove;
 
 use super::flow::eqf_flow;
 use super::{
-    catch, check_not_null, check_output, free_handle, handle, input_array, write_handle,
-    write_output,
+    Region, catch, check_disjoint, check_not_null, check_output, free_handle, handle, input_array,
+    write_handle, write_output,
 };
 
 /// An energy callback supplied by the host: writes U(x) of one configuration into `*U` and
@@ -128,8 +128,9 @@ pub unsafe extern "C" fn eqf_move_new(
 /// @param x_current   input, N*D finite doubles: the current configuration (any centre of mass)
 /// @param U_current   its energy (+infinity allowed; NaN and -infinity are errors)
 /// @param x_proposed  output, N*D doubles, distinct from x_current; written only on success
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_NON_FINITE (NaN or infinite coordinates, U
-///         NaN or -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (x_proposed shares memory
+///         with x_current); EQF_ERR_NON_FINITE (NaN or infinite coordinates, U NaN or
+///         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE
 ///         (the flow cannot evaluate the current state or produce a proposal);
 ///         EQF_ERR_UNCERTIFIED (strict mode, the default, and the flow's RK4 grid is not
 ///         certified one-to-one: `eqf_flow_with_require_certificate`). On failure the
@@ -148,6 +149,10 @@ pub unsafe extern "C" fn eqf_move_propose(
         let mut mv = unsafe { lock_move(r#move) }?;
         let len = mv.buffer.len();
         check_output(x_proposed, len, "x_proposed")?;
+        check_disjoint(&[
+            Region::of(x_current, len, "x_current"),
+            Region::of(x_proposed, len, "x_proposed"),
+        ])?;
         // SAFETY: `x_current` is NULL (rejected) or points to N*D doubles that the caller does
         // not modify during the call (this function's contract).
         let x = unsafe { input_array(x_current, len, "x_current") }?;
@@ -210,7 +215,8 @@ pub unsafe extern "C" fn eqf_move_accept(
 ///                  step, on the thread of the caller
 /// @param user      passed unchanged to `energy`
 /// @param accepted  output: 1 if accepted, 0 if rejected; written only on success
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_CALLBACK (energy returned non-zero);
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (two of x, U and accepted
+///         share memory); EQF_ERR_CALLBACK (energy returned non-zero);
 ///         EQF_ERR_NON_FINITE (NaN or infinite coordinates, an energy that is NaN or
 ///         -infinity, non-finite log q); EQF_ERR_NOT_CONVERGED or EQF_ERR_NOT_INVERTIBLE (the
 ///         flow cannot evaluate the current state or produce a proposal); EQF_ERR_UNCERTIFIED
@@ -243,6 +249,11 @@ pub unsafe extern "C" fn eqf_move_step(
             });
         };
         check_output(x, len, "x")?;
+        check_disjoint(&[
+            Region::of(x, len, "x"),
+            Region::of(U, 1, "U"),
+            Region::of(accepted, 1, "accepted"),
+        ])?;
         // SAFETY: `x` is non-NULL and aligned (checked above) and points to N*D doubles (this
         // function's contract); the borrow ends with the copy.
         mv.buffer
@@ -290,7 +301,7 @@ pub unsafe extern "C" fn eqf_move_step(
 /// @param move        the move (not NULL)
 /// @param n_proposed  output, number of decided proposals
 /// @param n_accepted  output, number of accepted proposals
-/// @return EQF_OK; EQF_ERR_NULL_POINTER
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (the outputs share memory)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_move_stats(
     r#move: *const eqf_move,
@@ -303,6 +314,10 @@ pub unsafe extern "C" fn eqf_move_stats(
         let mv = unsafe { lock_move(r#move) }?;
         check_not_null(n_proposed, "n_proposed")?;
         check_not_null(n_accepted, "n_accepted")?;
+        check_disjoint(&[
+            Region::of(n_proposed, 1, "n_proposed"),
+            Region::of(n_accepted, 1, "n_accepted"),
+        ])?;
         let stats = mv.inner.stats();
         // SAFETY: both pointers are non-NULL (checked above) and valid for one write each
         // (this function's contract).

@@ -16,8 +16,8 @@ use crate::geometry::Layout;
 use super::flow::eqf_flow;
 use super::integrator::integrator;
 use super::{
-    array_len, catch, check_not_null, count, free_handle, handle, input_array, species_from,
-    update_validated, write_handle,
+    Region, array_len, catch, check_disjoint, check_not_null, count, free_handle, handle,
+    input_array, species_from, update_validated, write_handle,
 };
 
 /// Settings of an untrained flow (opaque), created by `eqf_flow_options_new` with the defaults
@@ -389,7 +389,8 @@ pub unsafe extern "C" fn eqf_flow_options_fit_scales(
 /// @param distance_min  output or NULL: centre of the first distance kernel
 /// @param distance_max  output or NULL: centre of the last distance kernel
 /// @param prior_sigma   output or NULL: the prior's sigma
-/// @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (options is NULL); EQF_ERR_INVALID_ARGUMENT (two
+///         outputs share memory)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_options_scales(
     options: *const eqf_flow_options,
@@ -401,6 +402,11 @@ pub unsafe extern "C" fn eqf_flow_options_scales(
         // SAFETY: `options` is NULL (rejected) or a live handle not modified during the call
         // (this function's contract).
         let config = unsafe { handle(options, "options") }?.config();
+        check_disjoint(&[
+            Region::of(distance_min, 1, "distance_min"),
+            Region::of(distance_max, 1, "distance_max"),
+            Region::of(prior_sigma, 1, "prior_sigma"),
+        ])?;
         let (min, max) = config.distance_range;
         for (ptr, value) in [
             (distance_min, min),

@@ -5,7 +5,7 @@ use crate::integrate::{DensityMode, Dopri5Config, Integrator, Method};
 use crate::{Error, Result};
 
 use super::flow::eqf_flow;
-use super::{catch, check_not_null, handle, write_handle};
+use super::{Region, catch, check_disjoint, check_not_null, handle, write_handle};
 
 /// Integration method: fixed-grid classical Runge–Kutta 4 with `n_steps` equal steps (the
 /// default, 20 steps). The only method that supports `EQF_DENSITY_EXACT_DISCRETE`.
@@ -126,7 +126,8 @@ pub unsafe extern "C" fn eqf_flow_with_integrator(
 /// it. For RK4, `rtol` and `atol` receive 0; for Dormand–Prince, `n_steps` receives the maximum
 /// number of attempted steps.
 ///
-/// @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER (flow is NULL); EQF_ERR_INVALID_ARGUMENT (two outputs
+///         share memory)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_integrator(
     flow: *const eqf_flow,
@@ -140,6 +141,13 @@ pub unsafe extern "C" fn eqf_flow_integrator(
         // SAFETY: `flow` is NULL (rejected) or a live handle from `eqf_flow_new` (this
         // function's contract); flows are never mutated.
         let flow = unsafe { handle(flow, "flow") }?;
+        check_disjoint(&[
+            Region::of(method, 1, "method"),
+            Region::of(n_steps, 1, "n_steps"),
+            Region::of(rtol, 1, "rtol"),
+            Region::of(atol, 1, "atol"),
+            Region::of(density_mode, 1, "density_mode"),
+        ])?;
         let integrator = flow.flow().integrator();
         let (m, steps, r, a) = match integrator.method() {
             Method::Rk4 { n_steps } => (EQF_METHOD_RK4, n_steps, 0.0, 0.0),

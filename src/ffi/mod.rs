@@ -16,7 +16,10 @@
 //! * a NULL handle or array is rejected with `EQF_ERR_NULL_POINTER`, with a message naming the
 //!   argument; when a count is 0 the arrays it sizes are never touched and may be NULL;
 //! * results are computed into temporaries and copied into the caller's buffers only on success,
-//!   so a failed call writes nothing (and `*out` of a constructor is only written on success).
+//!   so a failed call writes nothing (and `*out` of a constructor is only written on success);
+//! * two outputs of one call that share memory (and an output sharing memory with an input the
+//!   function documents as distinct) are refused by [`check_disjoint`] before any work: the
+//!   second result written would overwrite the first and be reported with `EQF_OK`.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -328,6 +331,55 @@ pub(crate) fn check_output(ptr: *mut f64, len: usize, what: &str) -> Result<()> 
     check_array(ptr, len, what)
 }
 
+/// The memory a caller's argument covers, for [`check_disjoint`]: `len` elements of `T` at
+/// `ptr` (nothing when `ptr` is NULL or `len` is 0).
+#[derive(Clone, Copy)]
+pub(crate) struct Region<'a> {
+    start: usize,
+    bytes: usize,
+    what: &'a str,
+}
+
+impl<'a> Region<'a> {
+    pub(crate) fn of<T>(ptr: *const T, len: usize, what: &'a str) -> Self {
+        let bytes = if ptr.is_null() {
+            0
+        } else {
+            len.saturating_mul(size_of::<T>())
+        };
+        Self {
+            start: ptr.addr(),
+            bytes,
+            what,
+        }
+    }
+
+    fn overlaps(&self, other: &Region) -> bool {
+        self.bytes > 0
+            && other.bytes > 0
+            && self.start < other.start.saturating_add(other.bytes)
+            && other.start < self.start.saturating_add(self.bytes)
+    }
+}
+
+/// Refuses arguments that share memory where each must have its own: two outputs (the second
+/// written would overwrite the first, a wrong number returned with `EQF_OK`), or an output and
+/// an input that a function documents as distinct. Checked before any work, so the call
+/// fails with nothing written.
+pub(crate) fn check_disjoint(regions: &[Region]) -> Result<()> {
+    for (i, a) in regions.iter().enumerate() {
+        for b in &regions[i + 1..] {
+            if a.overlaps(b) {
+                return Err(Error::invalid(format!(
+                    "{} and {} overlap in memory; they must be separate arrays",
+                    a.what, b.what
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copies a finished result into a caller-owned output array that [`check_output`] accepted
 /// for `values.len()` doubles.
 ///
@@ -410,6 +462,35 @@ mod tests {
             with_last_error(str::to_owned),
             "invalid argument: main thread"
         );
+    }
+
+    #[test]
+    fn regions_overlap_when_they_share_a_byte() {
+        let values = [0.0_f64; 4];
+        let p = values.as_ptr();
+        let whole = Region::of(p, 4, "whole");
+        // Addresses only, never dereferenced.
+        let (second, third, end) = (p.wrapping_add(1), p.wrapping_add(2), p.wrapping_add(4));
+        assert!(check_disjoint(&[Region::of(p, 2, "a"), Region::of(third, 2, "b")]).is_ok());
+        let error =
+            check_disjoint(&[Region::of(p, 2, "a"), Region::of(second, 1, "b")]).unwrap_err();
+        assert!(error.to_string().contains("a and b overlap"), "{error}");
+        // An `i32` at the start of a double, and a double half over the next one.
+        assert!(check_disjoint(&[whole, Region::of(p.cast::<i32>(), 1, "flag")]).is_err());
+        let halfway = p.cast::<u8>().wrapping_add(4).cast::<f64>();
+        assert!(check_disjoint(&[Region::of(p, 1, "a"), Region::of(halfway, 1, "b")]).is_err());
+        // Touching is not overlapping; NULL and empty regions overlap nothing.
+        assert!(check_disjoint(&[Region::of(p, 4, "a"), Region::of(end, 3, "b")]).is_ok());
+        assert!(check_disjoint(&[whole, Region::of(std::ptr::null::<f64>(), 9, "null")]).is_ok());
+        assert!(check_disjoint(&[Region::of(p, 4, "a"), Region::of(p, 0, "empty")]).is_ok());
+        // Three regions: the pair that overlaps is named.
+        let error = check_disjoint(&[
+            Region::of(p, 1, "a"),
+            Region::of(second, 1, "b"),
+            Region::of(second, 2, "c"),
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("b and c"), "{error}");
     }
 
     #[test]
