@@ -485,6 +485,51 @@ fn one_sample_gives_no_standard_error_and_no_result_is_nan() {
 }
 
 #[test]
+fn eval_says_when_it_ignores_the_fresh_sample_flags() {
+    let dir = folder("hostile_eval_flags");
+    let data = dir.join("one.npy");
+    one_configuration(&data);
+    let base = [
+        "eval",
+        "--model",
+        MODEL_DW4,
+        "--data",
+        s(&data),
+        "--json",
+        "-q",
+    ];
+    let plain = eqflow(&base);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(!stderr(&plain).contains("ignored"), "{}", stderr(&plain));
+    for extra in [
+        &["--n-samples", "7"][..],
+        &["--seed", "3"],
+        &["--seed", "0"],
+    ] {
+        let out = eqflow(&[&base[..], extra].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("need --system: ignored"),
+            "{extra:?}: {}",
+            stderr(&out)
+        );
+        // The NLL is the data's, whatever the ignored flags say.
+        assert_eq!(json(&out)["nll"], json(&plain)["nll"], "{extra:?}");
+    }
+    // With a system they are used: no warning, and the ESS is over that many samples.
+    let args = [&base[..], &["--system", "dw4", "--n-samples", "50"]].concat();
+    let out = eqflow(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("ignored"), "{}", stderr(&out));
+    let e = json(&out);
+    let (ess, fraction) = (
+        e["ess"].as_f64().unwrap(),
+        e["ess_fraction"].as_f64().unwrap(),
+    );
+    assert!((ess / 50.0 - fraction).abs() < 1e-12, "{e}");
+}
+
+#[test]
 fn model_file_errors_name_the_file() {
     let dir = folder("hostile_models");
     let model: serde_json::Value =

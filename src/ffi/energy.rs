@@ -241,9 +241,9 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones_species(
 ///                  is written there is finite but carries no meaning
 /// @return EQF_OK; EQF_ERR_NULL_POINTER (energy, x or U is NULL); EQF_ERR_INVALID_ARGUMENT
 ///         (n negative or too large, or U and gradient share memory); EQF_ERR_NON_FINITE (x
-///         contains NaN or infinity, or a
-///         result is not representable: a U that would be NaN or -infinity, or, with U finite,
-///         a gradient component that overflows; the message names the output);
+///         contains NaN or infinity, or a result is not representable: a U that would be NaN
+///         or -infinity, or, with U finite, a gradient component that overflows; the message
+///         names the output);
 ///         EQF_ERR_RESOURCE (the temporaries for n results need more than 1 TiB or memory is
 ///         refused)
 #[unsafe(no_mangle)]

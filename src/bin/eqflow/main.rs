@@ -362,14 +362,13 @@ struct EvalArgs {
     /// The system must have the model's N and D.
     #[arg(long)]
     system: Option<String>,
-    /// Fresh samples for the ESS and log Z (at least 1, at most 16 GiB of samples, log q,
-    /// energies and log w).
-    #[arg(long, default_value_t = 10_000, value_parser = args::positive_count,
-          allow_negative_numbers = true)]
-    n_samples: usize,
-    /// Seed of the fresh samples.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    seed: u64,
+    /// Fresh samples for the ESS and log Z, with --system (default 10,000; at least 1, at
+    /// most 16 GiB of samples, log q, energies and log w).
+    #[arg(long, value_parser = args::positive_count, allow_negative_numbers = true)]
+    n_samples: Option<usize>,
+    /// Seed of the fresh samples, with --system (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    seed: Option<u64>,
     /// Fail if any configuration cannot be evaluated (by default such configurations are
     /// counted and reported, and the NLL is over the others).
     #[arg(long)]
@@ -1119,7 +1118,20 @@ fn free_energy_report(
     }
 }
 
+/// Fresh samples `eqflow eval --system` draws unless `--n-samples` says otherwise.
+const EVAL_SAMPLES: usize = 10_000;
+
 fn run_eval(a: EvalArgs) -> Result<()> {
+    if a.system.is_none() && (a.n_samples.is_some() || a.seed.is_some()) {
+        // Without a system there are no fresh samples: a user who asked for some should hear
+        // that the numbers below are not theirs.
+        warn(
+            "--n-samples and --seed set the fresh samples for the ESS and log Z, which need \
+             --system: ignored (only the data's NLL is computed)",
+        );
+    }
+    let n_samples = a.n_samples.unwrap_or(EVAL_SAMPLES);
+    let seed = a.seed.unwrap_or(0);
     let (mut flow, _) = load_model(&a.model)?;
     if a.require_certificate {
         flow.set_require_certificate(true);
@@ -1134,7 +1146,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         .transpose()?;
     if let (Some(system), Some(name)) = (&system, &a.system) {
         check_system_matches(&flow, system, name, &a.model)?;
-        check_memory("eval --n-samples", a.n_samples, flow.layout().len() + 3)?;
+        check_memory("eval --n-samples", n_samples, flow.layout().len() + 3)?;
     }
     let data = read_data(&a.data, flow.layout())?;
     if data.is_empty() {
@@ -1146,7 +1158,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         });
     }
     let start = Instant::now();
-    let e = evaluate(&flow, &data, system.as_ref(), a.n_samples, a.seed, a.strict)?;
+    let e = evaluate(&flow, &data, system.as_ref(), n_samples, seed, a.strict)?;
     let seconds = start.elapsed().as_secs_f64();
     let (mut certificate, mut certificate_text) = certificate_report(&flow);
     if a.certify_each {
@@ -1160,8 +1172,8 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let ess_text = ess.map_or(String::new(), |e| {
         format!(
             "Kish ESS of {} fresh samples: {e:.1} ({:.2}%)\n",
-            a.n_samples,
-            100.0 * e / a.n_samples as f64
+            n_samples,
+            100.0 * e / n_samples as f64
         )
     });
     let failed_text = match &e.first_failure {
@@ -1195,10 +1207,10 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             f.kl.value, f.kl.standard_error
         ));
     }
-    let (free_energy, free_energy_text) = free_energy_report(e.free_energy.as_ref(), a.n_samples);
+    let (free_energy, free_energy_text) = free_energy_report(e.free_energy.as_ref(), n_samples);
     let mut value = json!({"command": "eval", "n_data": n + e.n_failed, "n_evaluated": n,
                "n_failed": e.n_failed, "nll": nll, "nll_se": se,
-               "ess": ess, "ess_fraction": ess.map(|e| e / a.n_samples as f64),
+               "ess": ess, "ess_fraction": ess.map(|e| e / n_samples as f64),
                "certificate": certificate, "seconds": seconds});
     if let (Value::Object(map), Value::Object(more)) = (&mut value, free_energy) {
         map.extend(more);
