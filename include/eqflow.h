@@ -775,8 +775,9 @@ int64_t eqf_flow_dim(const eqf_flow *flow);
  * @param max_contraction output: the worst step's bound (certified when < 1);
  *                        +infinity for an adaptive method
  * @param n_steps_needed  output or NULL: the smallest RK4 step count the field certifies, or
- *                        -1 if none up to the largest step count (this search costs more:
- *                        pass NULL if you only need the verdict)
+ *                        -1 if none up to 16 times the flow's own count or 4,096, whichever
+ *                        is larger (at most EQF_MAX_RK4_STEPS; this search costs more: pass
+ *                        NULL if you only need the verdict)
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (two outputs share memory)
  */
 int32_t eqf_flow_certificate(const eqf_flow *flow,

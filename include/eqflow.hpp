@@ -377,7 +377,8 @@ public:
     }
 
     /* The smallest RK4 step count whose map the field certifies, or nothing if none up to the
-     * largest step count (a search: costlier than certificate()); see eqf_flow_certificate. */
+     * search's limit (16 times the flow's own count or 4,096, whichever is larger; a search:
+     * costlier than certificate()); see eqf_flow_certificate. */
     std::optional<int64_t> certified_step_count() const {
         int32_t certified = 0;
         double max_contraction = 0.0;

@@ -593,6 +593,9 @@ fn envpair_field_trains_by_aligned_flow_matching_and_round_trips() {
     // refuses exact-discrete work, naming the count, unless the host opts out.
     assert_eq!(t["certificate"]["certified"], false, "{t}");
     assert_eq!(t["certificate"]["n_steps"], 20, "{t}");
+    // The report searched up to 4,096 steps (16 × 20 is less), not to 100,000 (15.7 s).
+    assert!(t["certificate"]["certified_from_steps"].is_null(), "{t}");
+    assert_eq!(t["certificate"]["certified_steps_searched"], 4096, "{t}");
     let eval = |extra: &[&str]| eval_against_dw4(&model, data_s, extra);
     let refused = eval(&[]);
     assert!(!refused.status.success());

@@ -1220,6 +1220,20 @@ fn a_negative_kl_estimate_is_flagged() {
         text.contains("KL(data‖flow) -"),
         "the case this test is about: {text}"
     );
+    // The numbers of order 1e42 are printed as such, not as 43 digits and four zeros.
+    for line in text.lines().chain(err.lines()) {
+        assert!(
+            !line
+                .chars()
+                .collect::<Vec<_>>()
+                .windows(20)
+                .any(|w| w.iter().all(char::is_ascii_digit)),
+            "a number printed with 20 digits or more: {line}"
+        );
+    }
+    let scientific =
+        |token: &str| token.contains('e') && token.parse::<f64>().is_ok_and(|x| x.abs() >= 1e9);
+    assert!(text.split_whitespace().any(scientific), "{text}");
 }
 
 #[test]

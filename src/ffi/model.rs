@@ -79,7 +79,8 @@ fn log_if_uncertified(flow: &Flow, path: &Path) {
     let Some(cert) = flow.certificate().filter(|c| !c.is_certified()) else {
         return;
     };
-    let Some(warning) = cert.uncertified_warning(flow.certified_step_count()) else {
+    let needed = flow.certified_step_count();
+    let Some(warning) = cert.uncertified_warning(needed, flow.step_search_limit()) else {
         return;
     };
     let remedy = if flow.requires_certificate() {

@@ -97,10 +97,11 @@ impl StepCertificate {
 
     /// What a host should be told about a flow that reports exact-discrete densities through
     /// this grid without strict mode, `None` when the grid is certified; `needed` is the
-    /// certified step count (`Flow::certified_step_count`). The command line's warning and
-    /// the C API's log message are this text with their own pointers to the remedies.
+    /// certified step count found by a search up to `searched` steps
+    /// (`Flow::certified_step_count`, `Flow::step_search_limit`). The command line's warning
+    /// and the C API's log message are this text with their own pointers to the remedies.
     #[must_use]
-    pub fn uncertified_warning(&self, needed: Option<usize>) -> Option<String> {
+    pub fn uncertified_warning(&self, needed: Option<usize>, searched: usize) -> Option<String> {
         (!self.is_certified()).then(|| {
             format!(
                 "the RK4 map is not certified one-to-one at its {} steps (worst step's bound \
@@ -108,17 +109,17 @@ impl StepCertificate {
                  which is not proved",
                 self.n_steps,
                 self.max_contraction,
-                needed_steps_text(needed)
+                needed_steps_text(needed, searched)
             )
         })
     }
 }
 
 /// A certified step count (`Flow::certified_step_count`) as a message reads it: "N steps", or
-/// that none up to the maximum certifies.
+/// that none up to `searched`, the search's limit, certifies.
 #[must_use]
-pub fn needed_steps_text(needed: Option<usize>) -> String {
-    needed.map_or("no step count up to the maximum".to_string(), |n| {
+pub fn needed_steps_text(needed: Option<usize>, searched: usize) -> String {
+    needed.map_or(format!("no step count up to {searched}"), |n| {
         format!("{n} steps")
     })
 }

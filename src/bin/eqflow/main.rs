@@ -569,8 +569,26 @@ fn mean_and_se(values: &[f64]) -> (f64, Option<f64>) {
 /// `value ± se` with `decimals` decimals, `± n/a` without a standard error.
 fn plus_minus(value: f64, se: Option<f64>, decimals: usize) -> String {
     match se {
-        Some(se) => format!("{value:.decimals$} ± {se:.decimals$}"),
-        None => format!("{value:.decimals$} ± n/a"),
+        Some(se) => format!("{} ± {}", num(value, decimals), num(se, decimals)),
+        None => format!("{} ± n/a", num(value, decimals)),
+    }
+}
+
+/// An estimate with its standard error, for the text reports.
+fn estimate(e: &Estimate) -> String {
+    plus_minus(e.value, Some(e.standard_error), 4)
+}
+
+/// A number for the text reports: `decimals` places, in scientific notation when it is at
+/// least 1e9 in size or nonzero below the last place (fixed notation would print 1e300 with
+/// 300 digits, and 1e-9 as 0.0000).
+fn num(value: f64, decimals: usize) -> String {
+    let size = value.abs();
+    let smallest = 10f64.powi(-i32::try_from(decimals).unwrap_or(i32::MAX));
+    if value.is_finite() && (size >= 1e9 || (size > 0.0 && size < smallest)) {
+        format!("{value:.decimals$e}")
+    } else {
+        format!("{value:.decimals$}")
     }
 }
 
@@ -669,18 +687,19 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
             100.0 * acceptance
         ));
     }
-    let se_text = se_u.map_or("n/a".to_string(), |se| format!("{se:.4}"));
+    let se_text = se_u.map_or("n/a".to_string(), |se| num(se, 4));
     report(
         &a.common,
         json!({"command": "mcmc", "system": a.system, "n_samples": a.n, "out": a.out,
                "mean_energy": mean_u, "mean_energy_se_iid": se_u, "acceptance": acceptance,
                "chains": config.n_chains, "seconds": seconds}),
         format!(
-            "{} samples of {} written to {}\nmean energy {mean_u:.4} (± {se_text} if independent)\n\
+            "{} samples of {} written to {}\nmean energy {} (± {se_text} if independent)\n\
              acceptance {acceptance:.3} over {} chains, {seconds:.1} s\n",
             a.n,
             system.name,
             a.out.display(),
+            num(mean_u, 4),
             config.n_chains
         ),
     )
@@ -976,7 +995,7 @@ fn configuration_certificate_report(flow: &Flow, data: &[f64]) -> Result<(Value,
     let worst_text = if worst == f64::NEG_INFINITY {
         "n/a".to_string()
     } else {
-        format!("{worst:.3}")
+        num(worst, 3)
     };
     Ok((
         json!({"n": certs.len(), "certified": certified, "not_certified": ok.len() - certified,
@@ -1003,13 +1022,13 @@ fn warn_if_uncertified(flow: &Flow) -> Value {
         return json!(null);
     };
     let needed = flow.certified_step_count();
-    if let Some(warning) = cert.uncertified_warning(needed) {
+    if let Some(warning) = cert.uncertified_warning(needed, flow.step_search_limit()) {
         warn(&format!(
             "this flow: {warning}; `eqflow eval --certify-each` checks configurations one by \
              one, `--require-certificate` refuses such flows"
         ));
     }
-    certificate_report_of(&cert, needed).0
+    certificate_report_of(&cert, needed, flow.step_search_limit()).0
 }
 
 /// The epoch of a run with the certificate penalty that fitted better than the certified epoch
@@ -1040,13 +1059,15 @@ fn certificate_report(flow: &Flow) -> (serde_json::Value, String) {
             "step certificate: none (adaptive method)\n".to_string(),
         );
     };
-    certificate_report_of(&cert, flow.certified_step_count())
+    certificate_report_of(&cert, flow.certified_step_count(), flow.step_search_limit())
 }
 
-/// [`certificate_report`] from the certificate and the certified step count `needed`.
+/// [`certificate_report`] from the certificate and the certified step count `needed` found by
+/// a search up to `searched` steps.
 fn certificate_report_of(
     cert: &eqflow::integrate::StepCertificate,
     needed: Option<usize>,
+    searched: usize,
 ) -> (serde_json::Value, String) {
     let verdict = if cert.is_certified() { "yes" } else { "no" };
     (
@@ -1056,17 +1077,17 @@ fn certificate_report_of(
                "max_lipschitz_bound": cert.max_lipschitz,
                "max_compression_bound": cert.max_compression,
                "max_increment_lipschitz": cert.max_increment_lipschitz,
-               "certified_from_steps": needed}),
+               "certified_from_steps": needed, "certified_steps_searched": searched}),
         format!(
             "step certificate ({} RK4 steps): every step a bijection: {verdict} (worst step's \
-             bound {:.3} at t = {:.3}, needs < 1; field Lipschitz bound up to {:.3}, \
-             compression bound up to {:.3}); certified from {}\n",
+             bound {} at t = {:.3}, needs < 1; field Lipschitz bound up to {}, compression \
+             bound up to {}); certified from {}\n",
             cert.n_steps,
-            cert.max_contraction,
+            num(cert.max_contraction, 3),
             cert.worst_step_start,
-            cert.max_lipschitz,
-            cert.max_compression,
-            eqflow::integrate::needed_steps_text(needed)
+            num(cert.max_lipschitz, 3),
+            num(cert.max_compression, 3),
+            eqflow::integrate::needed_steps_text(needed, searched)
         ),
     )
 }
@@ -1096,23 +1117,19 @@ fn free_energy_report(
         Some(Ok(f)) => (
             fields(Some(f), None),
             format!(
-                "log Z (CoM-free, bridge sampling with {n_samples} fresh samples) {:.4} ± {:.4}; \
-                 importance sampling {:.4} ± {:.4}{}\n\
-                 entropy of the data S = <U/kT> + log Z {:.4} ± {:.4} (the NLL's floor); \
-                 NLL − S = KL(data‖flow) {:.4} ± {:.4}\n",
-                f.log_z.value,
-                f.log_z.standard_error,
-                f.log_z_is.value,
-                f.log_z_is.standard_error,
+                "log Z (CoM-free, bridge sampling with {n_samples} fresh samples) {}; \
+                 importance sampling {}{}\n\
+                 entropy of the data S = <U/kT> + log Z {} (the NLL's floor); \
+                 NLL − S = KL(data‖flow) {}\n",
+                estimate(&f.log_z),
+                estimate(&f.log_z_is),
                 if f.log_z_consistent() {
                     ""
                 } else {
                     " (inconsistent: see the warning)"
                 },
-                f.entropy.value,
-                f.entropy.standard_error,
-                f.kl.value,
-                f.kl.standard_error
+                estimate(&f.entropy),
+                estimate(&f.kl),
             ),
         ),
     }
@@ -1188,10 +1205,11 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     {
         warn(&format!(
             "the two estimates of log Z disagree beyond {LOG_Z_AGREEMENT} combined standard \
-             errors (bridge sampling {:.4} ± {:.4}, importance sampling {:.4} ± {:.4}): at \
-             least one is wrong; are the data independent samples of this system at its kT, \
-             and does the flow cover it? log Z, the entropy and the KL are not to be trusted",
-            f.log_z.value, f.log_z.standard_error, f.log_z_is.value, f.log_z_is.standard_error
+             errors (bridge sampling {}, importance sampling {}): at least one is wrong; are \
+             the data independent samples of this system at its kT, and does the flow cover \
+             it? log Z, the entropy and the KL are not to be trusted",
+            estimate(&f.log_z),
+            estimate(&f.log_z_is)
         ));
     }
     if let Some(Ok(f)) = &e.free_energy
@@ -1200,11 +1218,10 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         // KL(data‖flow) ≥ 0 always: a clearly negative estimate means the estimate, not the
         // flow, is off (data that are not samples of this system at its kT, say).
         warn(&format!(
-            "the estimate of KL(data‖flow) is {:.4} ± {:.4}, below 0 by more than \
-             {LOG_Z_AGREEMENT} standard errors, which no flow can give: are the data \
-             independent samples of this system at its kT? The entropy and the KL are not to \
-             be trusted",
-            f.kl.value, f.kl.standard_error
+            "the estimate of KL(data‖flow) is {}, below 0 by more than {LOG_Z_AGREEMENT} \
+             standard errors, which no flow can give: are the data independent samples of this \
+             system at its kT? The entropy and the KL are not to be trusted",
+            estimate(&f.kl)
         ));
     }
     let (free_energy, free_energy_text) = free_energy_report(e.free_energy.as_ref(), n_samples);
@@ -1286,8 +1303,8 @@ fn train_phase(
     let summary = trainer.run(flow, |r| {
         bar.set_position(r.epoch as u64 + 1);
         bar.set_message(format!(
-            "{label} {:.3}",
-            r.validation_nll.unwrap_or(r.train_nll)
+            "{label} {}",
+            num(r.validation_nll.unwrap_or(r.train_nll), 3)
         ));
         true
     })?;
@@ -1622,10 +1639,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some((epoch, nll)) = better_uncertified {
         warn(&format!(
             "kept epoch {} of the last phase, the best certified one (validation NLL {}); epoch \
-             {epoch} fitted better ({nll:.4}) but was not certified at {} RK4 steps: train with \
+             {epoch} fitted better ({}) but was not certified at {} RK4 steps: train with \
              a lower --lipschitz-target, a higher --lipschitz-penalty or more --rk4-steps",
             last.best_epoch,
-            best.map_or("n/a".to_string(), |v| format!("{v:.4}")),
+            best.map_or("n/a".to_string(), |v| num(v, 4)),
+            num(nll, 4),
             rk4_steps,
         ));
     }
@@ -1640,7 +1658,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             "trained on {} samples in {seconds:.1} s; best validation NLL {}\nmodel written to {}\n\
              {certificate_text}",
             a.n_train,
-            best.map_or("n/a".to_string(), |v| format!("{v:.4}")),
+            best.map_or("n/a".to_string(), |v| num(v, 4)),
             a.out.display()
         ),
     )
@@ -1648,9 +1666,31 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_POOL_THREADS, better_uncertified_epoch, pool_size};
+    use super::{MAX_POOL_THREADS, better_uncertified_epoch, num, plus_minus, pool_size};
     use eqflow::train::{EpochReport, TrainSummary};
     use std::time::Duration;
+
+    /// Text reports print any finite number in a few characters: fixed notation in the usual
+    /// range, scientific where fixed would print hundreds of digits or only zeros.
+    #[test]
+    fn numbers_in_reports_stay_short_and_keep_their_value() {
+        assert_eq!(num(8.66951, 4), "8.6695");
+        assert_eq!(num(-21.3, 2), "-21.30");
+        assert_eq!(num(0.0, 4), "0.0000");
+        assert_eq!(num(123_456_789.0, 1), "123456789.0");
+        assert_eq!(num(1e300, 4), "1.0000e300");
+        assert_eq!(num(-1.6e42, 4), "-1.6000e42");
+        assert_eq!(num(2.5e-9, 4), "2.5000e-9");
+        assert_eq!(num(f64::INFINITY, 4), "inf");
+        assert_eq!(num(f64::MIN_POSITIVE, 3), "2.225e-308");
+        assert_eq!(plus_minus(1e30, Some(1e-30), 4), "1.0000e30 ± 1.0000e-30");
+        for x in [1.5e308, -1.5e308, 1e-320, 7.0, 1e9, 999_999_999.9] {
+            let text = num(x, 4);
+            assert!(text.len() <= 16, "{x}: {text}");
+            let back: f64 = text.parse().unwrap();
+            assert!((back - x).abs() <= 1e-4 * x.abs(), "{x}: {text}");
+        }
+    }
 
     fn summary(epochs: &[(Option<f64>, Option<bool>)], best_epoch: usize) -> TrainSummary {
         TrainSummary {
