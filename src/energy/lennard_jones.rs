@@ -220,7 +220,7 @@ impl Energy for LennardJones {
                 // is left out (∞·0 in a zero component, ∞ − ∞ across pairs would be NaN) and
                 // `finish_gradient` decides what the gradient then is. A squared distance that
                 // overflows gives s6 = 0, dU/dd = 0: no contribution.
-                let dudd = 12.0 * self.epsilon * s6 * (1.0 - s6) / d;
+                let dudd = pair_derivative(self.epsilon, s6, d);
                 if dudd.is_finite() {
                     add_pair_gradient(x, gradient, dim, (i, j), d, dudd);
                 } else {
@@ -237,6 +237,21 @@ impl Energy for LennardJones {
         finish_gradient(u, gradient, overflowed);
         u
     }
+}
+
+/// dU/dd = (12ε/d)(s6 − s6²) of one pair at distance `d` (`s6 = (r_m/d)⁶`), non-finite only
+/// where it overflows (or at d = 0). Evaluated left to right as always; where that gives a
+/// non-finite value the factor 12 = 16 · 0.75 is split so that 0.75·ε cannot overflow: an ε
+/// above f64::MAX / 12 (which the constructors accept) made 12ε infinite before s6(1 − s6)/d
+/// could scale it down, and the gradient was refused as overflowing at any distance, even 0
+/// at the pair minimum (∞ · 0).
+#[inline]
+pub(super) fn pair_derivative(epsilon: f64, s6: f64, d: f64) -> f64 {
+    let dudd = 12.0 * epsilon * s6 * (1.0 - s6) / d;
+    if dudd.is_finite() {
+        return dudd;
+    }
+    16.0 * (0.75 * epsilon * s6 * (1.0 - s6) / d)
 }
 
 #[cfg(test)]
@@ -408,6 +423,44 @@ mod tests {
         assert!((u - u_ref).abs() < 1e-12, "{u} vs {u_ref}");
         for (a, b) in g.iter().zip(&g_ref) {
             assert!((a - b).abs() < 1e-12, "{g:?} vs {g_ref:?}");
+        }
+    }
+
+    /// The gradient is linear in ε: at ε up to f64::MAX it is ε times the gradient at ε = 1
+    /// wherever that product is finite (it was refused as overflowing above ε ≈ 1.5e307, even
+    /// at the pair minimum, where it is 0), for both Lennard-Jones energies.
+    #[test]
+    fn the_gradient_at_an_epsilon_near_f64_max_is_epsilon_times_the_unit_one() {
+        use crate::energy::SpeciesLennardJones;
+        use crate::species::Species;
+        let unit = LennardJones::new(2, 1, 1.0, 1.0, 0.0).unwrap();
+        for epsilon in [1e300, 1.4e307, 1.6e307, 1e308, f64::MAX] {
+            let big = LennardJones::new(2, 1, epsilon, 1.0, 0.0).unwrap();
+            let species = SpeciesLennardJones::new(
+                1,
+                Species::new(1, vec![0, 0]).unwrap(),
+                vec![epsilon],
+                vec![1.0],
+                0.0,
+            )
+            .unwrap();
+            for d in [1.0, 1.5, 2.0, 10.0, 1e3, 1e10, 1e100] {
+                let x = [0.0, d];
+                let (_, g1) = energy_and_gradient(&unit, &x);
+                let expected = g1[1] * epsilon;
+                if !expected.is_finite() {
+                    continue;
+                }
+                for e in [&big as &dyn Energy, &species] {
+                    let mut g = [f64::NAN; 2];
+                    let u = e.energy_gradient_into(&x, &mut g);
+                    assert!(u.is_finite(), "ε = {epsilon}, d = {d}: U = {u}");
+                    assert!(
+                        (g[1] - expected).abs() <= 1e-14 * expected.abs() && g[0] == -g[1],
+                        "ε = {epsilon}, d = {d}: {g:?}, expected {expected}"
+                    );
+                }
+            }
         }
     }
 

@@ -42,7 +42,7 @@ pub use species_lennard_jones::SpeciesLennardJones;
 
 use rayon::prelude::*;
 
-use crate::error::check_finite;
+use crate::error::{Compact, check_finite};
 use crate::{Error, Result};
 
 /// A potential energy `U(x)` of `N` identical particles in `D` dimensions.
@@ -199,7 +199,7 @@ fn check_gradients(u: &[f64], gradient: &[f64], per_sample: usize, dim: usize) -
                 gradient[index],
                 within / dim,
                 within % dim,
-                u[s]
+                Compact(u[s])
             )))
         }
     }

@@ -2,6 +2,7 @@
 //! unordered species pair (a binary LJ cluster, say), with the harmonic tether of
 //! [`super::LennardJones`].
 
+use super::lennard_jones::pair_derivative;
 use super::{Energy, add_pair_gradient, coordinate_mean, finish_gradient, squared_distance};
 use crate::error::Compact;
 use crate::species::Species;
@@ -174,7 +175,7 @@ impl SpeciesLennardJones {
                     let d = d2.sqrt();
                     // dU/dd = (12ε/d)(s6 − s6²); dropped where not finite (U is +∞ or huge
                     // there), as in `LennardJones`.
-                    let dudd = 12.0 * eps * s6 * (1.0 - s6) / d;
+                    let dudd = pair_derivative(eps, s6, d);
                     if dudd.is_finite() {
                         add_pair_gradient(x, g, dim, (i, j), d, dudd);
                     } else {

@@ -115,8 +115,9 @@ impl SerialEnergy for HostEnergy {
         {
             return fail(format!(
                 "the KL energy callback returned a non-finite gradient (component {k} is {}) \
-                 with U = {u}",
-                gradient[k]
+                 with U = {}",
+                gradient[k],
+                crate::error::Compact(u)
             ));
         }
         Ok(u)
