@@ -515,12 +515,15 @@ typedef struct {
      */
     int64_t stopped_early;
     /**
-     * Validation NLL of the flow before training; NaN without a validation set.
+     * Validation NLL of the flow before training; NaN without a validation set. Like every
+     * NLL of the run, it is the density of the map training differentiates
+     * (`eqf_train_options_set_rk4_steps`, `..._set_objective`), which differs from the flow's
+     * own `eqf_flow_log_density` when its integrator differs.
      */
     double initial_validation_nll;
     /**
-     * Validation NLL of the best epoch (the parameters now in the flow); NaN without a
-     * validation set.
+     * Validation NLL of the best epoch (the parameters now in the flow), through training's
+     * map as above; NaN without a validation set.
      */
     double best_validation_nll;
     /**
@@ -1065,7 +1068,7 @@ int32_t eqf_move_free(eqf_move *move);
  *                      Dormand–Prince: maximum number of attempted steps before failing with
  *                      EQF_ERR_NOT_CONVERGED, 1 to 1000000, 0 for the default (100000)
  * @param rtol, atol    Dormand–Prince: relative and absolute tolerances, finite, rtol at least
- *                      2.2e-15 (10 × machine epsilon) and atol at least 1e-100 (smaller
+ *                      10 × DBL_EPSILON (2.2204e-15) and atol at least 1e-100 (smaller
  *                      tolerances cannot be met in double precision); ignored by RK4
  * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
  * @param out           on success receives the new flow, to be released with
@@ -1187,8 +1190,9 @@ int32_t eqf_flow_options_set_prior_sigma(eqf_flow_options *options, double sigma
  * @param method        EQF_METHOD_RK4 or EQF_METHOD_DOPRI5
  * @param n_steps       RK4: 1 to 100000 equal steps; Dormand–Prince: maximum number of
  *                      attempted steps, 1 to 1000000, 0 for the default
- * @param rtol, atol    Dormand–Prince tolerances, finite, rtol at least 2.2e-15 and atol at
- *                      least 1e-100 (as `eqf_flow_with_integrator`); ignored by RK4
+ * @param rtol, atol    Dormand–Prince tolerances, finite, rtol at least 10 × DBL_EPSILON
+ *                      (2.2204e-15) and atol at least 1e-100 (as `eqf_flow_with_integrator`);
+ *                      ignored by RK4
  * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
  */

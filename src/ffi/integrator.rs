@@ -90,7 +90,7 @@ pub(super) fn integrator(
 ///                      Dormand–Prince: maximum number of attempted steps before failing with
 ///                      EQF_ERR_NOT_CONVERGED, 1 to 1000000, 0 for the default (100000)
 /// @param rtol, atol    Dormand–Prince: relative and absolute tolerances, finite, rtol at least
-///                      2.2e-15 (10 × machine epsilon) and atol at least 1e-100 (smaller
+///                      10 × DBL_EPSILON (2.2204e-15) and atol at least 1e-100 (smaller
 ///                      tolerances cannot be met in double precision); ignored by RK4
 /// @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
 /// @param out           on success receives the new flow, to be released with

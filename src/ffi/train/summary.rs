@@ -61,10 +61,13 @@ pub struct eqf_train_summary {
     pub n_steps: i64,
     /// 1 if the progress callback stopped the run early, else 0.
     pub stopped_early: i64,
-    /// Validation NLL of the flow before training; NaN without a validation set.
+    /// Validation NLL of the flow before training; NaN without a validation set. Like every
+    /// NLL of the run, it is the density of the map training differentiates
+    /// (`eqf_train_options_set_rk4_steps`, `..._set_objective`), which differs from the flow's
+    /// own `eqf_flow_log_density` when its integrator differs.
     pub initial_validation_nll: f64,
-    /// Validation NLL of the best epoch (the parameters now in the flow); NaN without a
-    /// validation set.
+    /// Validation NLL of the best epoch (the parameters now in the flow), through training's
+    /// map as above; NaN without a validation set.
     pub best_validation_nll: f64,
     /// Validation NLL after the last completed epoch; NaN without a validation set.
     pub final_validation_nll: f64,
