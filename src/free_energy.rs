@@ -293,10 +293,11 @@ pub fn bridge_sampling(log_w_flow: &[f64], log_w_target: &[f64]) -> Result<Bridg
         standard_error: (target_variance + flow_variance).sqrt(),
     };
     if !log_z.value.is_finite() || !log_z.standard_error.is_finite() {
+        // The slope of the bridge equation vanished: 0/0 in the error, or ∞ in both.
         return Err(Error::non_finite(format!(
-            "bridge sampling: log Z = {} ± {} (the flow and target samples do not overlap)",
-            Compact(log_z.value),
-            Compact(log_z.standard_error)
+            "bridge sampling: log Z = {} has no finite standard error (the flow and target \
+             samples do not overlap)",
+            Compact(log_z.value)
         )));
     }
     Ok(BridgeSampling {

@@ -530,6 +530,48 @@ fn eval_says_when_it_ignores_the_fresh_sample_flags() {
 }
 
 #[test]
+fn names_with_nan_in_them_are_not_results_that_are_not_numbers() {
+    // Before: any "NaN" in the report's text, a path's included, failed a finished run as an
+    // internal error (exit 1) after its outputs were written.
+    let dir = folder("hostile_nan_names").join("NaN");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("BaNaNa.npy");
+    let args = [
+        "mcmc",
+        "--system",
+        "dw4",
+        "-n",
+        "20",
+        "--burnin",
+        "20",
+        "--out",
+        s(&data),
+        "-q",
+    ];
+    let out = eqflow(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("BaNaNa.npy"), "{}", stdout(&out));
+    let samples = dir.join("NaN_samples.npy");
+    let args = [
+        "sample",
+        "--model",
+        MODEL_DW4,
+        "-n",
+        "20",
+        "--out",
+        s(&samples),
+        "--system",
+        "dw4",
+        "-q",
+    ];
+    let out = eqflow(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let args = ["eval", "--model", MODEL_DW4, "--data", s(&data), "-q"];
+    let out = eqflow(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn model_file_errors_name_the_file() {
     let dir = folder("hostile_models");
     let model: serde_json::Value =

@@ -438,15 +438,42 @@ fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
 ///
 /// # Errors
 ///
-/// [`eqflow::Error::Internal`] if `text` holds a NaN (a result that is not a number must
-/// never be reported as one, with success); what [`report_table`] reports.
+/// [`eqflow::Error::Internal`] if `text` reports a number as NaN (a result that is not a
+/// number must never be reported as one, with success); what [`report_table`] reports.
 fn report(common: &Common, value: Value, text: String) -> Result<()> {
-    if text.contains("NaN") {
+    if reports_nan(&text, &value) {
         return Err(eqflow::Error::Internal {
             what: format!("a result is not a number: {}", text.trim_end()),
         });
     }
     report_table(common, value, text)
+}
+
+/// Whether `text` shows a number as NaN: a word that is exactly `NaN` (as `{}` formats one)
+/// once the strings of `value` (paths, names and messages, which the text repeats) are taken
+/// out. `BaNaNa.npy`, `NaN_samples.npy` or a folder named `NaN` are the user's names, not
+/// results: a plain search for "NaN" failed such runs as internal errors after they had
+/// written their outputs. (A name that is exactly `NaN` hides a NaN result: this is a last
+/// check, not the one that keeps NaN out of results.)
+fn reports_nan(text: &str, value: &Value) -> bool {
+    fn strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::String(s) if !s.is_empty() => out.push(s),
+            Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut names = Vec::new();
+    strings(value, &mut names);
+    // Longest first, so that a name containing another is taken out whole.
+    names.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut rest = text.to_string();
+    for name in names {
+        rest = rest.replace(name, " ");
+    }
+    rest.split(|c: char| c.is_whitespace() || "(),;:=[]{}±%".contains(c))
+        .any(|word| matches!(word, "NaN" | "-NaN" | "+NaN"))
 }
 
 /// As [`report`], for the tables of `eqflow repro`, whose cells may be non-finite on purpose
@@ -690,7 +717,8 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     let se_text = se_u.map_or("n/a".to_string(), |se| num(se, 4));
     report(
         &a.common,
-        json!({"command": "mcmc", "system": a.system, "n_samples": a.n, "out": a.out,
+        json!({"command": "mcmc", "system": a.system, "system_name": system.name,
+               "n_samples": a.n, "out": a.out,
                "mean_energy": mean_u, "mean_energy_se_iid": se_u, "acceptance": acceptance,
                "chains": config.n_chains, "seconds": seconds}),
         format!(
@@ -1666,9 +1694,35 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_POOL_THREADS, better_uncertified_epoch, num, plus_minus, pool_size};
+    use super::{
+        MAX_POOL_THREADS, better_uncertified_epoch, num, plus_minus, pool_size, reports_nan,
+    };
     use eqflow::train::{EpochReport, TrainSummary};
     use std::time::Duration;
+
+    /// A NaN result in a report is caught; the user's names that contain "NaN" are not.
+    #[test]
+    fn a_nan_result_is_caught_and_names_with_nan_in_them_are_not() {
+        let value = serde_json::json!({"out": "runs/NaN/BaNaNa_NaN.npy", "system": "NaNo",
+                                       "error": "log Z = 3 ± NaN", "n": 3, "list": ["NaN.json"]});
+        for text in [
+            "3 samples of NaNo written to runs/NaN/BaNaNa_NaN.npy\nmean energy -2.5000\n",
+            "model NaN.json: log Z = 3 ± NaN\n",
+            "NaNocluster, NaN_samples.npy, model_NaN.json, BaNaNa: 1.5 ± 0.1\n",
+        ] {
+            assert!(!reports_nan(text, &value), "{text}");
+        }
+        for text in [
+            "mean energy NaN (± n/a if independent)\n",
+            "NLL per sample 3.2 ± NaN (n = 3)\n",
+            "Kish ESS NaN (NaN% of n)\n",
+            "written to runs/NaN/BaNaNa_NaN.npy\nKL -NaN\n",
+            "log Z (bridge sampling) NaN; importance sampling 2.0\n",
+        ] {
+            assert!(reports_nan(text, &value), "{text}");
+        }
+        assert!(reports_nan("x = NaN", &serde_json::json!({"empty": ""})));
+    }
 
     /// Text reports print any finite number in a few characters: fixed notation in the usual
     /// range, scientific where fixed would print hundreds of digits or only zeros.
