@@ -885,6 +885,25 @@ fn repro_numbers_are_refused_before_the_output_folder_exists() {
         assert_refused(&r, &args, &needles);
         assert!(!out.exists(), "{args:?} created its output folder");
     }
+    // An --out that names a file (or lies below one) is refused by every experiment before
+    // its work: reweighting trained its flow first (3.7 s for the full run).
+    let file = dir.join("a_file");
+    std::fs::write(&file, "keep").unwrap();
+    let below = file.join("sub");
+    for experiment in [
+        "reweighting",
+        "dto-otd",
+        "metastable",
+        "divergence",
+        "baseline",
+    ] {
+        for target in [&file, &below] {
+            let args = ["repro", experiment, "--out", s(target), "-q"];
+            let r = eqflow_within(10, &args);
+            assert_refused(&r, &args, &[s(&file)]);
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
 }
 
 #[test]

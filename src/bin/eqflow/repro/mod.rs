@@ -165,6 +165,31 @@ fn untrained_as_published(
     Ok(flow)
 }
 
+/// Checks, creating nothing, that [`create_out_dir`] can make `dir`: it is a folder, or the
+/// nearest part of its path that exists is one. For experiments that must check other inputs
+/// before creating the folder but should not train first and then fail on an `--out` that
+/// names a file.
+fn check_out_dir(dir: &Path) -> Result<()> {
+    let refused = |what: String| eqflow::Error::Io {
+        what: format!(
+            "cannot create the output folder --out {}: {what}",
+            dir.display()
+        ),
+    };
+    let mut path = dir;
+    loop {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => return Err(refused(format!("{} is not a folder", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => path = parent,
+                _ => return Ok(()),
+            },
+            Err(e) => return Err(refused(e.to_string())),
+        }
+    }
+}
+
 fn create_out_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| eqflow::Error::Io {
         what: format!(

@@ -38,7 +38,7 @@ use eqflow::train::{TrainConfig, Trainer};
 use eqflow::{Energy, Flow};
 
 use super::hutchinson::{Hutchinson, Probe};
-use super::{RunArgs, cell, create_out_dir, table, write_csv};
+use super::{RunArgs, cell, check_out_dir, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
 use crate::report_table as report;
 
@@ -413,6 +413,9 @@ struct Estimator {
 pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<()> {
     let start = std::time::Instant::now();
     let plan = if a.quick { &QUICK } else { &FULL };
+    // Before the flow is trained (seconds), creating nothing: the folder itself comes after
+    // the model is checked.
+    check_out_dir(&a.out)?;
     let system = System::preset("dw2")?;
     let energy = system.energy.build()?;
     let kt = system.kt;
