@@ -1194,6 +1194,43 @@ fn train_refuses_a_data_name_for_its_model_and_a_bad_schedule_it_would_not_use()
         assert_refused(&out, &args, &needles);
         assert!(!out_path.exists(), "{args:?}");
     }
+    // Valid flags the run will not use are named on stderr, not silently ignored.
+    let model = dir.join("m.json");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            s(&data),
+            "--out",
+            s(&model),
+            "--n-train",
+            "40",
+            "--n-val",
+            "20",
+            "--epochs",
+            "1",
+            "-q",
+        ];
+        args.extend(extra);
+        let out = eqflow(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stderr(&out)
+    };
+    let err = train(&["--lambda-schedule", "const:0.5"]);
+    assert!(err.contains("--kl-epochs is 0: ignored"), "{err}");
+    let err = train(&["--lipschitz-target", "0.8", "--lipschitz-penalty", "0"]);
+    assert!(err.contains("the penalty is 0: ignored"), "{err}");
+    let err = train(&[
+        "--lambda-schedule",
+        "const:0.5",
+        "--kl-epochs",
+        "1",
+        "--lipschitz-target",
+        "0.8",
+    ]);
+    assert!(!err.contains("ignored"), "{err}");
 }
 
 #[test]

@@ -189,9 +189,9 @@ struct TrainArgs {
           allow_negative_numbers = true)]
     kl_epochs: usize,
     /// ML weight λ of the mixed loss over the KL epochs, as in the library and the C API:
-    /// `const:L` or `linear:L0:L1` (the paper: linear:1:0.5).
-    #[arg(long, default_value = "linear:1:0.5")]
-    lambda_schedule: String,
+    /// `const:L` or `linear:L0:L1` (default, the paper's: linear:1:0.5).
+    #[arg(long)]
+    lambda_schedule: Option<String>,
     /// Deprecated spelling that takes the KL weight 1−λ instead of λ (`const:W` or
     /// `linear:W0:W1`); use --lambda-schedule.
     #[arg(long, conflicts_with = "lambda_schedule")]
@@ -247,10 +247,10 @@ struct TrainArgs {
     /// would cost most of their fit).
     #[arg(long, value_parser = args::non_negative, allow_hyphen_values = true)]
     lipschitz_penalty: Option<f64>,
-    /// The increment bound the penalty aims below, in (0, 1): the certificate needs < 1.
-    #[arg(long, default_value_t = 0.9, value_parser = args::open_unit,
-          allow_hyphen_values = true)]
-    lipschitz_target: f64,
+    /// The increment bound the penalty aims below, in (0, 1): the certificate needs < 1
+    /// (default 0.9).
+    #[arg(long, value_parser = args::open_unit, allow_hyphen_values = true)]
+    lipschitz_target: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -1305,7 +1305,36 @@ fn lambda_schedule(a: &TrainArgs) -> Result<LambdaSchedule> {
             );
             parse_schedule("--kl-weight-schedule", text, true)
         }
-        None => parse_schedule("--lambda-schedule", &a.lambda_schedule, false),
+        None => parse_schedule(
+            "--lambda-schedule",
+            a.lambda_schedule
+                .as_deref()
+                .unwrap_or(PAPER_LAMBDA_SCHEDULE),
+            false,
+        ),
+    }
+}
+
+/// `--lipschitz-target`'s default: the increment bound the certificate penalty aims below
+/// (docs/field_families.md, "Certified by default": 0.97 and 0.99 fitted no better).
+const LIPSCHITZ_TARGET: f64 = 0.9;
+
+/// The paper's λ schedule over the KL epochs, `--lambda-schedule`'s default.
+const PAPER_LAMBDA_SCHEDULE: &str = "linear:1:0.5";
+
+/// Warns about `eqflow train` flags that the run will not use (they are still checked): a
+/// user who set them should not believe they shaped the model.
+fn warn_unused_train_flags(a: &TrainArgs, lipschitz_penalty: f64) {
+    if a.kl_epochs == 0 && (a.lambda_schedule.is_some() || a.kl_weight_schedule.is_some()) {
+        warn(
+            "--lambda-schedule / --kl-weight-schedule apply to the KL epochs, and --kl-epochs \
+             is 0: ignored",
+        );
+    }
+    if lipschitz_penalty == 0.0 && a.lipschitz_target.is_some() {
+        warn(
+            "--lipschitz-target is the certificate penalty's target, and the penalty is 0: ignored",
+        );
     }
 }
 
@@ -1502,14 +1531,16 @@ fn run_train(a: TrainArgs) -> Result<()> {
     );
     if a.finetune_epochs > 0 && likelihood {
         return Err(eqflow::Error::InvalidArgument {
-            what: "--finetune-epochs follows a flow-matching phase (--objective fm or fm-ot)"
+            what: "--finetune-epochs follows a flow-matching phase (--objective fm, fm-ot or \
+                   fm-align)"
                 .into(),
         });
     }
     if a.field == "envpair" && (likelihood || a.finetune_epochs > 0 || a.kl_epochs > 0) {
         return Err(eqflow::Error::InvalidArgument {
-            what: "--field envpair trains by flow matching only (--objective fm or fm-ot, \
-                   no --finetune-epochs or --kl-epochs): its divergence has no reverse pass"
+            what: "--field envpair trains by flow matching only (--objective fm, fm-ot or \
+                   fm-align, no --finetune-epochs or --kl-epochs): its divergence has no \
+                   reverse pass"
                 .into(),
         });
     }
@@ -1517,6 +1548,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let lipschitz_penalty = a
         .lipschitz_penalty
         .unwrap_or_else(|| default_lipschitz_penalty(&a.system, &a.field));
+    warn_unused_train_flags(&a, lipschitz_penalty);
     let mut config = TrainConfig {
         n_epochs: a.epochs,
         batch_size: a.batch_size,
@@ -1526,7 +1558,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         validate_every: a.validate_every,
         lr_schedule: parse_lr_schedule(&a.lr_schedule)?,
         lipschitz_penalty,
-        lipschitz_target: a.lipschitz_target,
+        lipschitz_target: a.lipschitz_target.unwrap_or(LIPSCHITZ_TARGET),
         n_rk4_steps: rk4_steps,
         ..TrainConfig::default()
     };
@@ -1627,7 +1659,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let training = json!({"data": a.data, "n_train": a.n_train, "n_validation": n_val,
                           "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
                           "lipschitz_penalty": lipschitz_penalty,
-                          "lipschitz_target": a.lipschitz_target,
+                          "lipschitz_target": config.lipschitz_target,
                           "phases": phases, "seconds": seconds});
     let mut training = training;
     if a.require_certificate {
