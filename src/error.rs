@@ -85,6 +85,58 @@ impl Error {
             found,
         }
     }
+
+    /// The same error (same variant, so the same C status) with its message prefixed by
+    /// `context: `: where a caller knows what a library error is about (the system file whose
+    /// length scale is out of range, say) and the library does not.
+    #[must_use]
+    pub fn in_context(self, context: &str) -> Self {
+        let with = |what: String| format!("{context}: {what}");
+        match self {
+            Error::InvalidArgument { what } => Error::InvalidArgument { what: with(what) },
+            Error::DimensionMismatch {
+                what,
+                expected,
+                found,
+            } => Error::DimensionMismatch {
+                what: with(what),
+                expected,
+                found,
+            },
+            Error::NonFinite { what } => Error::NonFinite { what: with(what) },
+            Error::NotConverged { what, residual } => Error::NotConverged {
+                what: with(what),
+                residual,
+            },
+            Error::NotInvertible { what } => Error::NotInvertible { what: with(what) },
+            Error::InvalidState { what } => Error::InvalidState { what: with(what) },
+            Error::Callback { what } => Error::Callback { what: with(what) },
+            Error::Io { what } => Error::Io { what: with(what) },
+            Error::Format { what } => Error::Format { what: with(what) },
+            Error::NullPointer { what } => Error::NullPointer { what: with(what) },
+            Error::Internal { what } => Error::Internal { what: with(what) },
+            Error::Resource {
+                what,
+                need_bytes,
+                limit_bytes,
+            } => Error::Resource {
+                what: with(what),
+                need_bytes,
+                limit_bytes,
+            },
+            Error::Uncertified {
+                what,
+                n_steps,
+                certified_steps,
+                searched_steps,
+            } => Error::Uncertified {
+                what: with(what),
+                n_steps,
+                certified_steps,
+                searched_steps,
+            },
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -192,7 +244,48 @@ impl std::fmt::Display for Compact {
 
 #[cfg(test)]
 mod tests {
-    use super::Compact;
+    use super::{Compact, Error};
+
+    /// Context changes the message of every variant, nothing else.
+    #[test]
+    fn context_prefixes_the_message_and_keeps_the_variant() {
+        let errors = [
+            Error::invalid("a"),
+            Error::size("b", 3, 4),
+            Error::non_finite("c"),
+            Error::NotConverged {
+                what: "d".into(),
+                residual: 0.5,
+            },
+            Error::NotInvertible { what: "e".into() },
+            Error::InvalidState { what: "f".into() },
+            Error::Callback { what: "g".into() },
+            Error::Io { what: "h".into() },
+            Error::Format { what: "i".into() },
+            Error::NullPointer { what: "j".into() },
+            Error::Internal { what: "k".into() },
+            Error::resource("l", 10, 5),
+            Error::Uncertified {
+                what: "m".into(),
+                n_steps: 20,
+                certified_steps: Some(40),
+                searched_steps: 320,
+            },
+        ];
+        for e in errors {
+            let plain = e.to_string();
+            let inner = plain.split(':').next().unwrap_or("");
+            let with = e.clone().in_context("--system s.json");
+            assert_eq!(
+                std::mem::discriminant(&with),
+                std::mem::discriminant(&e),
+                "{plain}"
+            );
+            let text = with.to_string();
+            assert!(text.contains("--system s.json: "), "{text}");
+            assert_eq!(text.replace("--system s.json: ", ""), plain, "{inner}");
+        }
+    }
 
     #[test]
     fn compact_numbers_are_short() {

@@ -612,6 +612,56 @@ fn model_file_errors_name_the_file() {
 }
 
 #[test]
+fn errors_caused_by_a_valid_system_file_name_it() {
+    // Before: "preset length scale 1e40 must be in (0, 1e5]" and "mcmc: chain 0 starts at
+    // U = inf", with no word of the file whose values caused them.
+    let dir = folder("hostile_system_context");
+    let data = dw4_data(&dir, "32");
+    let huge = dir.join("huge_rm.json");
+    std::fs::write(
+        &huge,
+        r#"{"n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind": "lennard_jones",
+            "epsilon": 1, "r_m": 1e40, "oscillator_k": 1}}"#,
+    )
+    .unwrap();
+    let model = dir.join("m.json");
+    let args = [
+        "train",
+        "--system",
+        s(&huge),
+        "--data",
+        s(&data),
+        "--out",
+        s(&model),
+        "--epochs",
+        "1",
+        "--n-train",
+        "24",
+        "--n-val",
+        "8",
+    ];
+    assert_refused(
+        &eqflow(&args),
+        &args,
+        &[&format!("--system {}", s(&huge)), "1e40"],
+    );
+    let spread = dir.join("spread.json");
+    std::fs::write(
+        &spread,
+        r#"{"n_particles": 4, "dim": 2, "kt": 1, "species": [0, 0, 1, 1],
+            "energy": {"kind": "lennard_jones", "epsilon": [[1, 1], [1, 1]],
+            "r_m": [[1e-30, 1e30], [1e30, 1]], "oscillator_k": 1}}"#,
+    )
+    .unwrap();
+    let out = dir.join("x.npy");
+    let args = ["mcmc", "--system", s(&spread), "-n", "4", "--out", s(&out)];
+    let r = eqflow(&args);
+    if !r.status.success() {
+        assert_refused(&r, &args, &[&format!("--system {}", s(&spread))]);
+    }
+}
+
+#[test]
 fn bad_system_files_are_refused_naming_file_and_field_in_short_words() {
     let dir = folder("hostile_systems");
     let dw = |a: &str, b: &str, c: &str| {

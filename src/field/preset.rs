@@ -5,7 +5,7 @@
 //! Keeping the request family-neutral is what lets a new family become selectable from the CLI,
 //! the C flow options and system files by its registration line alone.
 
-use crate::error::{Error, Result};
+use crate::error::{Compact, Error, Result};
 
 /// Largest upper end of a [`Preset::Range`] (length units): beyond it the Gaussians of a
 /// distance basis stop being meaningful in f64.
@@ -57,7 +57,8 @@ impl Preset {
             Preset::Benchmark { length_scale, .. } => {
                 if !(length_scale > 0.0 && length_scale <= MAX_LENGTH_SCALE) {
                     return Err(Error::invalid(format!(
-                        "preset length scale {length_scale} must be in (0, {MAX_LENGTH_SCALE:e}]"
+                        "preset length scale {} must be in (0, {MAX_LENGTH_SCALE:e}]",
+                        Compact(length_scale)
                     )));
                 }
             }

@@ -230,7 +230,7 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
                     x.push(v);
                 } else if v != 0.0 {
                     return Err(lines.error(&format!(
-                        "frame {frame}, atom {atom}: coordinate {k} is {v}, not 0, but the \
+                        "frame {frame}, atom {atom}: coordinate {k} is {token}, not 0, but the \
                          file is read as {dim}-D"
                     )));
                 }

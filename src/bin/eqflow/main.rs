@@ -701,7 +701,10 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     let start = Instant::now();
     let out = reference_mcmc::run_with_progress(energy.as_ref(), &config, &|p| {
         bar.set_position(1000 * p.steps_done / p.steps_total.max(1));
-    })?;
+    })
+    // A chain that cannot start is the system's doing (its lattice at the neighbour distance
+    // overlaps, say): the message names it.
+    .map_err(|e| e.in_context(&format!("--system {}", a.system)))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     write_data(&a.out, &a.out, &out.x, layout, &[("energy", &out.energies)])?;
@@ -1458,7 +1461,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let train = &data[..a.n_train * len];
     let n_val = a.n_val.min(n_total - a.n_train);
     let validation = (n_val > 0).then(|| &data[a.n_train * len..(a.n_train + n_val) * len]);
-    let mut flow = system.untrained_flow_of(&a.field, a.seed)?;
+    let mut flow = system
+        .untrained_flow_of(&a.field, a.seed)
+        .map_err(|e| e.in_context(&format!("--system {}", a.system)))?;
     // A system whose flow no model file can hold (a prior width out of the file's range, say)
     // is refused now, not after the training.
     model::ModelFile::from_flow(&flow, Some(system.clone()), None)
