@@ -379,7 +379,8 @@ impl System {
         System::from_file(path)
     }
 
-    /// Reads a system file: a JSON object with
+    /// Reads a system file: a JSON object (or, in a file named `*.toml`, a TOML table with
+    /// the same fields: [`System::from_toml`]) with
     ///
     /// - `n_particles`, `dim`: N and D (integers; may instead, or also, be given inside
     ///   `energy`, as model files record them, and then must agree);
@@ -414,7 +415,44 @@ impl System {
             || "system".to_string(),
             |s| s.to_string_lossy().into_owned(),
         );
-        System::from_json(&text, &path.display().to_string(), &stem)
+        let origin = path.display().to_string();
+        let is_toml = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+        if is_toml {
+            System::from_toml(&text, &origin, &stem)
+        } else {
+            System::from_json(&text, &origin, &stem)
+        }
+    }
+
+    /// Parses the text of a TOML system file: the fields of [`System::from_file`] as TOML keys
+    /// (`kt = 1.0`, an `[energy]` table, `epsilon = [[1.0, 1.5], [1.5, 1.0]]`), checked exactly
+    /// as the JSON form is, since both become the same tree. TOML itself refuses a key given
+    /// twice; a date or time where a number belongs is a mistyped field.
+    ///
+    /// # Errors
+    ///
+    /// As [`System::from_file`]; [`Error::Format`] naming the file for invalid TOML.
+    pub fn from_toml(text: &str, origin: &str, default_name: &str) -> Result<System> {
+        let fail = |what: String| Error::Format {
+            what: format!("system file {origin}: {what}"),
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(String::new(), |span| {
+                let start = span.start.min(text.len());
+                let line = text.as_bytes()[..start]
+                    .iter()
+                    .filter(|&&c| c == b'\n')
+                    .count()
+                    + 1;
+                format!(" (line {line})")
+            });
+            fail(format!("not valid TOML{line}: {}", e.message().trim_end()))
+        })?;
+        let value = serde_json::to_value(&table)
+            .map_err(|e| fail(format!("cannot be read as a system: {e}")))?;
+        System::from_value(&value, origin, default_name)
     }
 
     /// Parses the text of a system file (see [`System::from_file`]); `origin` names it in
@@ -432,9 +470,20 @@ impl System {
             if e.is_data() {
                 fail(e.to_string())
             } else {
-                fail(format!("not valid JSON: {e}"))
+                fail(format!(
+                    "not valid JSON: {e} (a TOML system file is read as TOML when its name ends \
+                     in .toml)"
+                ))
             }
         })?;
+        System::from_value(&value, origin, default_name)
+    }
+
+    /// A system from the parsed tree of a system file, JSON or TOML.
+    fn from_value(value: &serde_json::Value, origin: &str, default_name: &str) -> Result<System> {
+        let fail = |what: String| Error::Format {
+            what: format!("system file {origin}: {what}"),
+        };
         let top = value
             .as_object()
             .ok_or_else(|| fail("expected a JSON object at the top level".into()))?;
@@ -878,6 +927,58 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("systems")
             .join(name)
+    }
+
+    /// A TOML system file is the JSON one's twin: the same system from the same fields, and
+    /// the same refusals (with TOML's own for its syntax and repeated keys).
+    #[test]
+    fn toml_system_files_read_like_json_ones() {
+        let json = System::from_file(shipped("lj_binary.json")).unwrap();
+        let toml = System::from_file(shipped("lj_binary.toml")).unwrap();
+        assert_eq!(toml, json);
+        let dw = r#"
+            kt = 1
+            n_particles = 4
+            dim = 2
+            [energy]
+            kind = "double_well"
+            a = 0
+            b = -4
+            c = 0.9
+            d0 = 4
+        "#;
+        let system = System::from_toml(dw, "dw.toml", "dw").unwrap();
+        assert_eq!(system.name, "dw");
+        assert_eq!(system.energy.shape(), (4, 2));
+        let cases = [
+            (
+                dw.replace("c = 0.9", "c = -0.9"),
+                "field `energy.c` = -0.9 is negative",
+            ),
+            (dw.replace("kt = 1", "kt = 1\nkt = 2"), "line 3"),
+            (dw.replace("kt = 1", "kt = 1979-05-27"), "`kt`"),
+            (dw.replace("kt = 1", "kt = \"1\""), "`kt`"),
+            (dw.replace("kt = 1", "temperature = 1"), "temperature"),
+            (dw.replace("[energy]", "[energy"), "not valid TOML (line"),
+            (
+                dw.replace("kt = 1", "kt = 0"),
+                "field `kt` must be positive",
+            ),
+        ];
+        for (text, needle) in cases {
+            let error = System::from_toml(&text, "bad.toml", "bad").unwrap_err();
+            let message = error.to_string();
+            assert!(matches!(error, Error::Format { .. }), "{message}");
+            assert!(
+                message.contains("system file bad.toml") && message.contains(needle),
+                "{needle}: {message}"
+            );
+        }
+        // A TOML file under another name is read as JSON, and the message says why it failed.
+        let message = System::from_json(dw, "dw.json", "dw")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains(".toml"), "{message}");
     }
 
     #[test]

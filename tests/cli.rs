@@ -1997,6 +1997,14 @@ fn the_binary_lj_file_runs_mcmc_and_trains_a_flow_with_its_species() {
     let data = dir.join("x.npy");
     let m = quick_mcmc(&system, &data, "60");
     assert!(m["mean_energy"].as_f64().unwrap().is_finite());
+    // The TOML twin of the file is the same system: the same chains, bit for bit.
+    let from_toml = dir.join("x_toml.npy");
+    let t = quick_mcmc(&shipped_system("lj_binary.toml"), &from_toml, "60");
+    assert_eq!(t["mean_energy"], m["mean_energy"], "{t}");
+    assert_eq!(
+        std::fs::read(&from_toml).unwrap(),
+        std::fs::read(&data).unwrap()
+    );
     let model = dir.join("lj_binary.json");
     let t = json(&eqflow(&[
         "train",

@@ -18,7 +18,7 @@
 //! * results are computed into temporaries and copied into the caller's buffers only on success,
 //!   so a failed call writes nothing (and `*out` of a constructor is only written on success);
 //! * two outputs of one call that share memory (and an output sharing memory with an input the
-//!   function documents as distinct) are refused by [`check_disjoint`] before any work: the
+//!   function documents as distinct) are refused by `check_disjoint` before any work: the
 //!   second result written would overwrite the first and be reported with `EQF_OK`.
 
 #![warn(clippy::undocumented_unsafe_blocks)]

@@ -136,7 +136,7 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// System: a built-in name (dw2, dw4, lj13, lj55) or the path of a JSON system file
+    /// System: a built-in name (dw2, dw4, lj13, lj55) or the path of a JSON or TOML system file
     /// (see systems/ and README.md); gives the energy, kT and the kernel preset.
     #[arg(long)]
     system: String,
@@ -279,7 +279,7 @@ struct Common {
 
 #[derive(Args)]
 struct McmcArgs {
-    /// System: a built-in name (dw2, dw4, lj13, lj55) or the path of a JSON system file
+    /// System: a built-in name (dw2, dw4, lj13, lj55) or the path of a JSON or TOML system file
     /// (see systems/ and README.md).
     #[arg(long)]
     system: String,
