@@ -90,52 +90,23 @@ impl Error {
     /// `context: `: where a caller knows what a library error is about (the system file whose
     /// length scale is out of range, say) and the library does not.
     #[must_use]
-    pub fn in_context(self, context: &str) -> Self {
-        let with = |what: String| format!("{context}: {what}");
-        match self {
-            Error::InvalidArgument { what } => Error::InvalidArgument { what: with(what) },
-            Error::DimensionMismatch {
-                what,
-                expected,
-                found,
-            } => Error::DimensionMismatch {
-                what: with(what),
-                expected,
-                found,
-            },
-            Error::NonFinite { what } => Error::NonFinite { what: with(what) },
-            Error::NotConverged { what, residual } => Error::NotConverged {
-                what: with(what),
-                residual,
-            },
-            Error::NotInvertible { what } => Error::NotInvertible { what: with(what) },
-            Error::InvalidState { what } => Error::InvalidState { what: with(what) },
-            Error::Callback { what } => Error::Callback { what: with(what) },
-            Error::Io { what } => Error::Io { what: with(what) },
-            Error::Format { what } => Error::Format { what: with(what) },
-            Error::NullPointer { what } => Error::NullPointer { what: with(what) },
-            Error::Internal { what } => Error::Internal { what: with(what) },
-            Error::Resource {
-                what,
-                need_bytes,
-                limit_bytes,
-            } => Error::Resource {
-                what: with(what),
-                need_bytes,
-                limit_bytes,
-            },
-            Error::Uncertified {
-                what,
-                n_steps,
-                certified_steps,
-                searched_steps,
-            } => Error::Uncertified {
-                what: with(what),
-                n_steps,
-                certified_steps,
-                searched_steps,
-            },
-        }
+    pub fn in_context(mut self, context: &str) -> Self {
+        // Every variant carries its message in `what`.
+        let (Error::InvalidArgument { what }
+        | Error::DimensionMismatch { what, .. }
+        | Error::NonFinite { what }
+        | Error::NotConverged { what, .. }
+        | Error::NotInvertible { what }
+        | Error::InvalidState { what }
+        | Error::Callback { what }
+        | Error::Io { what }
+        | Error::Format { what }
+        | Error::NullPointer { what }
+        | Error::Internal { what }
+        | Error::Resource { what, .. }
+        | Error::Uncertified { what, .. }) = &mut self;
+        *what = format!("{context}: {what}");
+        self
     }
 }
 

@@ -313,8 +313,7 @@ impl Flow {
             Method::Rk4 { n_steps } => n_steps,
             Method::Dopri5(_) => 1,
         };
-        own.saturating_mul(MAX_STEP_GROWTH)
-            .clamp(MIN_STEP_SEARCH, MAX_RK4_STEPS)
+        grown_step_count(own).max(MIN_STEP_SEARCH)
     }
 
     /// [`Flow::certified_step_count`] searched only up to `max_steps`: `None` also when the
@@ -501,10 +500,7 @@ impl Flow {
         }
         // A refusal names counts the host could use: up to MAX_STEP_GROWTH times its own, the
         // raise's limit (searching a loose bound's 30,000 steps took 25 s per refusal).
-        let searched_steps = cert
-            .n_steps
-            .saturating_mul(MAX_STEP_GROWTH)
-            .clamp(1, MAX_RK4_STEPS);
+        let searched_steps = grown_step_count(cert.n_steps);
         let certified_steps = self.certified_step_count_up_to(searched_steps);
         Some(uncertified(&cert, certified_steps, searched_steps))
     }
@@ -709,6 +705,14 @@ fn first_error(results: Vec<Result<Stats>>) -> Result<Stats> {
         total += r?;
     }
     Ok(total)
+}
+
+/// [`MAX_STEP_GROWTH`] times `n_steps`, within `1..=MAX_RK4_STEPS`: the largest count a
+/// refusal names, and the base of the reports' search limit.
+fn grown_step_count(n_steps: usize) -> usize {
+    n_steps
+        .saturating_mul(MAX_STEP_GROWTH)
+        .clamp(1, MAX_RK4_STEPS)
 }
 
 /// Strict mode's refusal of the grid `cert` covers, with the certified step count found by a

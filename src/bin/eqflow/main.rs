@@ -626,25 +626,15 @@ pub(crate) fn load_model(path: &Path) -> Result<(Flow, model::ModelFile)> {
         if e.to_string().contains(&shown) {
             return e;
         }
-        let what = |inner: String| format!("model file {shown}: {inner}");
+        let context = format!("model file {shown}");
         match e {
-            eqflow::Error::Format { what: w } => eqflow::Error::Format { what: what(w) },
-            eqflow::Error::InvalidArgument { what: w } => {
-                eqflow::Error::InvalidArgument { what: what(w) }
-            }
-            eqflow::Error::NonFinite { what: w } => eqflow::Error::NonFinite { what: what(w) },
-            eqflow::Error::Io { what: w } => eqflow::Error::Io { what: what(w) },
-            eqflow::Error::DimensionMismatch {
-                what: w,
-                expected,
-                found,
-            } => eqflow::Error::DimensionMismatch {
-                what: what(w),
-                expected,
-                found,
-            },
+            eqflow::Error::Format { .. }
+            | eqflow::Error::InvalidArgument { .. }
+            | eqflow::Error::NonFinite { .. }
+            | eqflow::Error::Io { .. }
+            | eqflow::Error::DimensionMismatch { .. } => e.in_context(&context),
             other => eqflow::Error::Format {
-                what: what(other.to_string()),
+                what: format!("{context}: {other}"),
             },
         }
     })

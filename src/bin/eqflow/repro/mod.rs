@@ -170,33 +170,35 @@ fn untrained_as_published(
 /// before creating the folder but should not train first and then fail on an `--out` that
 /// names a file.
 fn check_out_dir(dir: &Path) -> Result<()> {
-    let refused = |what: String| eqflow::Error::Io {
-        what: format!(
-            "cannot create the output folder --out {}: {what}",
-            dir.display()
-        ),
-    };
     let mut path = dir;
     loop {
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return Ok(()),
-            Ok(_) => return Err(refused(format!("{} is not a folder", path.display()))),
+            Ok(_) => {
+                let why = format!("{} is not a folder", path.display());
+                return Err(out_dir_refused(dir, why));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match path.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => path = parent,
                 _ => return Ok(()),
             },
-            Err(e) => return Err(refused(e.to_string())),
+            Err(e) => return Err(out_dir_refused(dir, e)),
         }
     }
 }
 
 fn create_out_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| eqflow::Error::Io {
+    std::fs::create_dir_all(dir).map_err(|e| out_dir_refused(dir, e))
+}
+
+/// The error of an output folder `--out dir` that cannot be made, and why.
+fn out_dir_refused(dir: &Path, why: impl std::fmt::Display) -> eqflow::Error {
+    eqflow::Error::Io {
         what: format!(
-            "cannot create the output folder --out {}: {e}",
+            "cannot create the output folder --out {}: {why}",
             dir.display()
         ),
-    })
+    }
 }
 
 /// Writes a CSV file: a header line, then one line per row. Non-finite values are written
