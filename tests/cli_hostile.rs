@@ -109,16 +109,28 @@ fn dw4_data(dir: &Path, n: &str) -> PathBuf {
     data
 }
 
-/// The four DW-4 configurations of one frame written as `.npy`.
-fn one_configuration(path: &Path) {
+/// Writes `text` to the file `name` in `dir`; its path.
+fn written(dir: &Path, name: impl AsRef<Path>, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// DW-4 configurations (4 particles in 2-D, 8 values each) written as `.npy`.
+fn write_dw4(path: &Path, x: &[f64]) {
     eqflow::io::write_configurations(
         path,
-        &[0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0],
+        x,
         eqflow::geometry::Layout::new(4, 2).unwrap(),
         eqflow::io::Dtype::F64,
         eqflow::io::ConfigShape::Flat,
     )
     .unwrap();
+}
+
+/// One DW-4 configuration written as `.npy`.
+fn one_configuration(path: &Path) {
+    write_dw4(path, &[0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0]);
 }
 
 #[test]
@@ -307,13 +319,12 @@ fn outputs_are_checked_before_any_work_and_never_overwrite_an_input() {
         assert_eq!(std::fs::read(&data).unwrap(), before);
     }
     // The system file as the output of mcmc.
-    let system = dir.join("dw4_file.json");
-    std::fs::write(
-        &system,
+    let system = written(
+        &dir,
+        "dw4_file.json",
         r#"{"n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind": "double_well",
             "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#,
-    )
-    .unwrap();
+    );
     let system_text = std::fs::read(&system).unwrap();
     let args = [
         "mcmc",
@@ -466,8 +477,7 @@ fn one_sample_gives_no_standard_error_and_no_result_is_nan() {
     let m = json(&eqflow(&[&args[..], &["--json"]].concat()));
     assert!(m["mean_energy_se_iid"].is_null(), "{m}");
     // Empty data of either format are errors, not a NaN NLL.
-    let xyz = dir.join("empty.xyz");
-    std::fs::write(&xyz, "").unwrap();
+    let xyz = written(&dir, "empty.xyz", "");
     let npy = dir.join("empty.npy");
     eqflow::io::write_array(&npy, &[0, 8], &[], eqflow::io::Dtype::F64).unwrap();
     for empty in [&xyz, &npy] {
@@ -588,8 +598,7 @@ fn model_file_errors_name_the_file() {
     let data = dir.join("one.npy");
     one_configuration(&data);
     for (name, text) in cases {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
+        let path = written(&dir, name, &text);
         for args in [
             vec![
                 "sample",
@@ -617,13 +626,12 @@ fn errors_caused_by_a_valid_system_file_name_it() {
     // U = inf", with no word of the file whose values caused them.
     let dir = folder("hostile_system_context");
     let data = dw4_data(&dir, "32");
-    let huge = dir.join("huge_rm.json");
-    std::fs::write(
-        &huge,
+    let huge = written(
+        &dir,
+        "huge_rm.json",
         r#"{"n_particles": 4, "dim": 2, "kt": 1, "energy": {"kind": "lennard_jones",
             "epsilon": 1, "r_m": 1e40, "oscillator_k": 1}}"#,
-    )
-    .unwrap();
+    );
     let model = dir.join("m.json");
     let args = [
         "train",
@@ -645,14 +653,13 @@ fn errors_caused_by_a_valid_system_file_name_it() {
         &args,
         &[&format!("--system {}", s(&huge)), "1e40"],
     );
-    let spread = dir.join("spread.json");
-    std::fs::write(
-        &spread,
+    let spread = written(
+        &dir,
+        "spread.json",
         r#"{"n_particles": 4, "dim": 2, "kt": 1, "species": [0, 0, 1, 1],
             "energy": {"kind": "lennard_jones", "epsilon": [[1, 1], [1, 1]],
             "r_m": [[1e-30, 1e30], [1e30, 1]], "oscillator_k": 1}}"#,
-    )
-    .unwrap();
+    );
     let out = dir.join("x.npy");
     let args = ["mcmc", "--system", s(&spread), "-n", "4", "--out", s(&out)];
     let r = eqflow(&args);
@@ -714,8 +721,7 @@ fn bad_system_files_are_refused_naming_file_and_field_in_short_words() {
     ];
     let out = dir.join("x.npy");
     for (name, text, needle) in cases {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
+        let path = written(&dir, name, &text);
         let args = ["mcmc", "--system", s(&path), "-n", "16", "--out", s(&out)];
         let r = eqflow_within(10, &args);
         assert_refused(&r, &args, &[s(&path), needle]);
@@ -819,13 +825,12 @@ fn log_z_estimates_that_disagree_are_flagged() {
     let data = dw4_data(&dir, "200");
     // DW-4 at half the temperature: the data (sampled at kT = 1) are not its samples, so
     // bridge sampling, which takes them as such, parts from importance sampling.
-    let cold = dir.join("cold.json");
-    std::fs::write(
-        &cold,
+    let cold = written(
+        &dir,
+        "cold.json",
         r#"{"n_particles": 4, "dim": 2, "kt": 0.5, "energy": {"kind": "double_well",
             "a": 0, "b": -4, "c": 0.9, "d0": 4}}"#,
-    )
-    .unwrap();
+    );
     let eval = |system: &str| {
         eqflow(&[
             "eval",
@@ -937,8 +942,7 @@ fn repro_numbers_are_refused_before_the_output_folder_exists() {
     }
     // An --out that names a file (or lies below one) is refused by every experiment before
     // its work: reweighting trained its flow first (3.7 s for the full run).
-    let file = dir.join("a_file");
-    std::fs::write(&file, "keep").unwrap();
+    let file = written(&dir, "a_file", "keep");
     let below = file.join("sub");
     for experiment in [
         "reweighting",
@@ -1040,8 +1044,7 @@ fn a_dormand_prince_model_that_cannot_finish_is_refused_at_once() {
         model["integrator"] = serde_json::json!({
             "method": "dopri5", "rtol": rtol, "atol": atol, "max_steps": max_steps
         });
-        let path = dir.join(format!("{name}.json"));
-        std::fs::write(&path, model.to_string()).unwrap();
+        let path = written(&dir, format!("{name}.json"), &model.to_string());
         let out = dir.join("o.npy");
         let run = eqflow_within(
             30,
@@ -1174,13 +1177,12 @@ fn reference_mcmc_steps_scale_with_the_system_length() {
     // Before: every chain started from the step 0.1 in any units, so an LJ-13 file with
     // r_m = 1e-10 accepted nothing and returned copies of its starting lattice.
     let dir = folder("hostile_mcmc_units");
-    let system = dir.join("tiny.json");
-    std::fs::write(
-        &system,
+    let system = written(
+        &dir,
+        "tiny.json",
         r#"{"n_particles": 13, "dim": 3, "kt": 1, "energy": {"kind": "lennard_jones",
             "epsilon": 2, "r_m": 1e-10, "oscillator_k": 1}}"#,
-    )
-    .unwrap();
+    );
     let out_file = dir.join("tiny.npy");
     let value = json(&eqflow(&[
         "mcmc",
@@ -1305,8 +1307,7 @@ fn sample_names_a_log_w_file_left_from_an_earlier_run() {
     let mut model: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(MODEL_DW4).unwrap()).unwrap();
     model.as_object_mut().unwrap().remove("system");
-    let bare = dir.join("bare.json");
-    std::fs::write(&bare, model.to_string()).unwrap();
+    let bare = written(&dir, "bare.json", &model.to_string());
     let out = eqflow(&[
         "sample",
         "--model",
@@ -1338,14 +1339,7 @@ fn a_negative_kl_estimate_is_flagged() {
             ((rng >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1e10
         })
         .collect();
-    eqflow::io::write_configurations(
-        &data,
-        &x,
-        eqflow::geometry::Layout::new(4, 2).unwrap(),
-        eqflow::io::Dtype::F64,
-        eqflow::io::ConfigShape::Flat,
-    )
-    .unwrap();
+    write_dw4(&data, &x);
     let out = eqflow(&[
         "eval",
         "--model",
@@ -1393,8 +1387,7 @@ fn a_refused_repro_model_leaves_no_output_folder_and_is_named() {
     let mut model: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(MODEL_DW4).unwrap()).unwrap();
     model["prior_sigma"] = serde_json::json!(0.0);
-    let bad = dir.join("sigma0.json");
-    std::fs::write(&bad, model.to_string()).unwrap();
+    let bad = written(&dir, "sigma0.json", &model.to_string());
     for (model, needle) in [(MODEL_DW4, "DW-2 model"), (s(&bad), "sigma0.json")] {
         let args = [
             "repro",

@@ -441,20 +441,25 @@ fn absurd_sample_counts_are_resource_errors_not_aborts() {
     }
 }
 
+/// Multiplies the parameters the field's output is linear in by `factor`: a field as much
+/// stiffer, whose certified step count grows with it.
+fn scale_output(flow: &mut Flow, factor: f64) {
+    let mut params = flow.field().params().to_vec();
+    for block in flow.field().output_linear_blocks() {
+        for p in &mut params[block] {
+            *p *= factor;
+        }
+    }
+    flow.set_params(&params).unwrap();
+}
+
 /// A refusal names the certified step count only up to `MAX_STEP_GROWTH` times the flow's
 /// own: a field that needs more says so without searching further (a loose bound's search to
 /// 30,000 steps cost 25 s per refused call).
 #[test]
 fn a_refusal_searches_step_counts_up_to_sixteen_times_the_flows_own() {
     let mut flow = Flow::new(4, 2, 0).unwrap();
-    let blocks = flow.field().output_linear_blocks();
-    let mut params = flow.field().params().to_vec();
-    for block in blocks {
-        for p in &mut params[block] {
-            *p *= 200.0;
-        }
-    }
-    flow.set_params(&params).unwrap();
+    scale_output(&mut flow, 200.0);
     let needed = flow
         .certified_step_count()
         .expect("a finite bound certifies some count");
@@ -517,14 +522,7 @@ fn reports_search_step_counts_up_to_a_limit_that_grows_with_the_flows_own() {
     assert_eq!(with(&mut flow, dopri), MIN_STEP_SEARCH);
     // A field scaled until it needs more than the limit at 20 steps: reported as none.
     with(&mut flow, Method::Rk4 { n_steps: 20 });
-    let blocks = flow.field().output_linear_blocks();
-    let mut params = flow.field().params().to_vec();
-    for block in blocks {
-        for p in &mut params[block] {
-            *p *= 800.0;
-        }
-    }
-    flow.set_params(&params).unwrap();
+    scale_output(&mut flow, 800.0);
     let needed = flow
         .certified_step_count_up_to(MAX_RK4_STEPS)
         .expect("a finite bound certifies some count");
