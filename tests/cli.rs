@@ -2059,6 +2059,111 @@ fn the_binary_lj_file_runs_mcmc_and_trains_a_flow_with_its_species() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// XYZ files of a several-species system keep each particle's species (a `species_index`
+/// column), and reading one checks it: a file whose particles are in another order, or of
+/// another system, is refused instead of read as this one.
+#[test]
+fn xyz_files_of_the_binary_lj_system_keep_and_check_the_species() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_lj_binary_xyz");
+    std::fs::create_dir_all(&dir).unwrap();
+    let system = shipped_system("lj_binary.toml");
+    let data = dir.join("x.xyz");
+    quick_mcmc(&system, &data, "40");
+    let text = std::fs::read_to_string(&data).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].starts_with("Properties=species:S:1:pos:R:3:species_index:I:1 "));
+    let indices: Vec<&str> = lines[2..15]
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        indices,
+        [
+            "0", "0", "0", "0", "0", "0", "0", "0", "1", "1", "1", "1", "1"
+        ]
+    );
+
+    // The file trains a flow of the system, whose samples are written with the species too.
+    let model = dir.join("m.json");
+    let train = |data: &Path, system: &str| {
+        eqflow(&[
+            "train",
+            "--system",
+            system,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--n-train",
+            "30",
+            "--n-val",
+            "10",
+            "--epochs",
+            "1",
+            "--json",
+            "-q",
+        ])
+    };
+    json(&train(&data, &system));
+    let samples = dir.join("s.xyz");
+    json(&eqflow(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "-n",
+        "3",
+        "--out",
+        samples.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]));
+    let written = std::fs::read_to_string(&samples).unwrap();
+    assert_eq!(
+        written.lines().nth(1).unwrap().split(' ').next(),
+        lines[1].split(' ').next()
+    );
+    let e = json(&eqflow(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        samples.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(e["n_failed"], 0, "{e}");
+
+    // Particles 0 (species 0) and 12 (species 1) swapped in every frame (15 lines each).
+    let mut swapped: Vec<String> = lines.iter().map(|l| (*l).to_string()).collect();
+    for frame in 0..lines.len() / 15 {
+        swapped.swap(15 * frame + 2, 15 * frame + 14);
+    }
+    let swapped_path = dir.join("swapped.xyz");
+    std::fs::write(&swapped_path, swapped.join("\n") + "\n").unwrap();
+    for out in [
+        train(&swapped_path, &system),
+        eqflow(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            swapped_path.to_str().unwrap(),
+        ]),
+    ] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("particle 0 has species_index 1"), "{err}");
+    }
+    // Identical particles: the binary cluster's file is not LJ-13 data.
+    let out = train(&data, "lj13");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("particle 8") && err.contains("identical"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_species_in_system_files_are_errors_naming_the_file_and_the_field() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_bad_species");

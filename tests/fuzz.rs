@@ -191,7 +191,9 @@ fn npy_and_xyz_readers_return_data_or_errors() {
     .unwrap();
     let npy_seed = std::fs::read(&npy_path).unwrap();
     let xyz_path = scratch("seed.xyz");
-    xyz::write_xyz(&xyz_path, &x, layout, &[]).unwrap();
+    // With a species column, so its parsing and cross-frame checks are fuzzed too.
+    let species = eqflow::species::Species::new(2, vec![0, 1, 1, 0]).unwrap();
+    xyz::write_xyz_with_species(&xyz_path, &x, layout, Some(&species), &[]).unwrap();
     let xyz_seed = std::fs::read(&xyz_path).unwrap();
     let mutated = scratch("mutated.bin");
     for it in 0..iterations() {
@@ -211,7 +213,13 @@ fn npy_and_xyz_readers_return_data_or_errors() {
         std::fs::write(&mutated, &bytes).unwrap();
         let what = format!("xyz mutation {it}");
         no_panic(&what, || {
-            let _ = xyz::read_xyz(&mutated, 2);
+            if let Ok(t) = xyz::read_xyz(&mutated, 2) {
+                let n = t.layout.n_particles;
+                assert!(
+                    t.species.as_ref().is_none_or(|s| s.len() == n),
+                    "{what}: species indices for {n} particles"
+                );
+            }
             let _ = xyz::read_xyz(&mutated, 3);
         });
     }

@@ -8,6 +8,7 @@ use eqflow::geometry::Layout;
 use eqflow::io::npy::{self, ConfigShape, NpyArray};
 use eqflow::io::xyz;
 use eqflow::io::{self as eio, Dtype};
+use eqflow::species::Species;
 
 /// A fresh directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
@@ -594,6 +595,93 @@ fn xyz_reader_accepts_plain_and_richer_extended_files() {
     // pos need not come second.
     let moved = "2\nProperties=id:I:1:species:S:1:pos:R:3\n0 H 1 2 3\n1 H 4 5 6\n";
     assert_eq!(xyz::read_xyz_from(moved.as_bytes(), 3).unwrap().x[3], 4.0);
+}
+
+#[test]
+fn xyz_keeps_the_species_of_a_several_species_system() {
+    let dir = scratch("xyz_species");
+    let l = layout(5, 3);
+    let x = configurations(3, l.len());
+    let species = Species::new(3, vec![0, 2, 1, 0, 2]).unwrap();
+    let log_q = [1.0, 2.0, 3.0];
+    let path = dir.join("binary.xyz");
+    eio::write_xyz_with_species(&path, &x, l, Some(&species), &[("log_q", &log_q)]).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1],
+        "Properties=species:S:1:pos:R:3:species_index:I:1 log_q=1.0"
+    );
+    // The index is the last column; the species symbol stays ASE's dummy atom.
+    assert!(
+        lines[3].starts_with("X ") && lines[3].ends_with(" 2"),
+        "{}",
+        lines[3]
+    );
+    let t = eio::read_xyz(&path, 3).unwrap();
+    assert_eq!(t.species.as_deref(), Some(species.of_particle()));
+    assert_eq!(t.x, x);
+    assert_eq!(t.property("log_q"), Some(&log_q[..]));
+
+    // Identical particles (no species, or one) write no column: what write_xyz writes.
+    let plain = dir.join("plain.xyz");
+    eio::write_xyz(&plain, &x, l, &[]).unwrap();
+    let single = dir.join("single.xyz");
+    eio::write_xyz_with_species(&single, &x, l, Some(&Species::single(5)), &[]).unwrap();
+    assert_eq!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&single).unwrap()
+    );
+    assert_eq!(eio::read_xyz(&plain, 3).unwrap().species, None);
+
+    // A species list for another particle count is refused, and nothing is written.
+    let wrong = dir.join("wrong.xyz");
+    let three = Species::new(2, vec![0, 1, 1]).unwrap();
+    assert!(matches!(
+        eio::write_xyz_with_species(&wrong, &x, l, Some(&three), &[]),
+        Err(Error::DimensionMismatch { .. })
+    ));
+    assert!(!wrong.exists());
+}
+
+#[test]
+fn xyz_species_index_columns_are_checked() {
+    let frame = |props: &str, a: &str, b: &str| {
+        format!("2\nProperties=species:S:1:pos:R:3{props}\nX 0 0 0{a}\nX 1 0 0{b}\n")
+    };
+    let ok = frame(":species_index:I:1", " 1", " 0");
+    assert_eq!(
+        xyz::read_xyz_from(ok.as_bytes(), 3).unwrap().species,
+        Some(vec![1, 0])
+    );
+    let cases = [
+        (
+            frame(":species_index:I:1", " -1", " 0"),
+            "not a non-negative integer",
+        ),
+        (
+            frame(":species_index:I:1", " 1.5", " 0"),
+            "not a non-negative integer",
+        ),
+        (frame(":species_index:R:1", " 1", " 0"), "must be I:1"),
+        // A particle that changes species between frames.
+        (
+            ok.clone() + &frame(":species_index:I:1", " 0", " 0"),
+            "a particle keeps its species",
+        ),
+        // A column in some frames only.
+        (
+            ok.clone() + &frame("", "", ""),
+            "has no species_index column",
+        ),
+        (frame("", "", "") + &ok, "has a species_index column"),
+    ];
+    for (text, needle) in cases {
+        match xyz::read_xyz_from(text.as_bytes(), 3) {
+            Err(Error::Format { what }) => assert!(what.contains(needle), "{what}"),
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
 }
 
 #[test]

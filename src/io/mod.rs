@@ -39,7 +39,7 @@ pub use npy::{
     ConfigShape, NpyArray, read_array, read_configurations, read_values, write_array,
     write_configurations, write_values,
 };
-pub use xyz::{XyzTrajectory, read_xyz, write_xyz};
+pub use xyz::{XyzTrajectory, read_xyz, write_xyz, write_xyz_with_species};
 
 /// Floating-point type of the numbers stored in a file (little-endian IEEE 754).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

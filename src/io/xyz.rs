@@ -12,8 +12,14 @@
 //! The first line is the number of particles N, the second a comment line of `key=value` pairs:
 //! `Properties` declares the per-atom columns (a species, then the position) and every other
 //! pair is a per-frame property (energies, `log q`, `log w`, whatever the caller passes). All
-//! particles are written as species `X` (ASE's dummy atom): the benchmark particles are
-//! identical and have no chemical identity.
+//! particles are written as species `X` (ASE's dummy atom): eqflow's particles have no chemical
+//! identity.
+//!
+//! **Species.** A system of several particle species ([`Species`]) gets one more per-atom column,
+//! `species_index:I:1` (`Properties=species:S:1:pos:R:3:species_index:I:1`), the particle's
+//! species index: ASE reads it as an integer array, OVITO can colour by it, and
+//! [`read_xyz`] returns it ([`XyzTrajectory::species`]), so a file read back says which particle
+//! is which instead of losing it. Files of identical particles have no such column.
 //!
 //! **Dimensions.** XYZ positions always have three components. Systems with D < 3 are written
 //! with the missing components equal to 0 (a 2-D system lies in the z = 0 plane), and reading
@@ -29,11 +35,15 @@ use std::path::Path;
 use super::{format_error, in_file};
 use crate::error::{Error, Result, check_finite};
 use crate::geometry::{Layout, MAX_DIM};
+use crate::species::Species;
 
 /// Species written for every particle.
 const SPECIES: &str = "X";
 /// Column declaration written in every frame.
 const PROPERTIES: &str = "species:S:1:pos:R:3";
+/// The per-atom column of a particle's species index, written after the position for systems
+/// of several species.
+pub const SPECIES_INDEX: &str = "species_index";
 
 /// Frames read from an XYZ file.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +55,9 @@ pub struct XyzTrajectory {
     /// The numeric per-frame properties of the comment lines, in the order of the first frame:
     /// `(name, one value per frame)`. Non-numeric values (such as `pbc="F F F"`) are ignored.
     pub properties: Vec<(String, Vec<f64>)>,
+    /// The per-atom species indices of a `species_index:I:1` column (one per atom, the same in
+    /// every frame), `None` when the file has no such column.
+    pub species: Option<Vec<u32>>,
 }
 
 impl XyzTrajectory {
@@ -66,7 +79,8 @@ impl XyzTrajectory {
 
 /// Writes `n = x.len() / (N·D)` configurations of `layout` as extended XYZ frames, each with
 /// the per-frame `properties` given as `(name, n values)`, e.g. `[("energy", &u), ("log_q",
-/// &log_q)]`.
+/// &log_q)]`. The particles are identical (no species column): [`write_xyz_with_species`]
+/// writes a system of several species.
 ///
 /// # Errors
 ///
@@ -81,10 +95,29 @@ pub fn write_xyz(
     layout: Layout,
     properties: &[(&str, &[f64])],
 ) -> Result<()> {
+    write_xyz_with_species(path, x, layout, None, properties)
+}
+
+/// As [`write_xyz`], with the particles' species: with several species every atom line gets its
+/// species index in a `species_index:I:1` column (module docs); `None` or a single species
+/// writes what [`write_xyz`] writes.
+///
+/// # Errors
+///
+/// As [`write_xyz`], and [`Error::DimensionMismatch`] if `species` does not have one index per
+/// particle of `layout`.
+pub fn write_xyz_with_species(
+    path: impl AsRef<Path>,
+    x: &[f64],
+    layout: Layout,
+    species: Option<&Species>,
+    properties: &[(&str, &[f64])],
+) -> Result<()> {
     let path = path.as_ref();
+    let species = species_column(species, layout).map_err(|e| in_file(path, e))?;
     check_frames(x, layout, properties).map_err(|e| in_file(path, e))?;
     super::write_atomically(path, "XYZ file", |mut w| {
-        write_unchecked(&mut w, x, layout, properties)
+        write_unchecked(&mut w, x, layout, species, properties)
     })
 }
 
@@ -96,13 +129,15 @@ pub fn write_xyz_to<W: Write>(
     properties: &[(&str, &[f64])],
 ) -> Result<()> {
     check_frames(x, layout, properties)?;
-    write_unchecked(&mut writer, x, layout, properties).map_err(|e| Error::Io {
+    write_unchecked(&mut writer, x, layout, None, properties).map_err(|e| Error::Io {
         what: format!("cannot write XYZ frames: {e}"),
     })
 }
 
 /// Reads every frame of an (extended) XYZ file as configurations in `dim` dimensions; N is the
-/// atom count of the frames. Species are ignored.
+/// atom count of the frames. The species column (`species:S:1`) is ignored; a
+/// `species_index:I:1` column, as [`write_xyz_with_species`] writes, is returned as
+/// [`XyzTrajectory::species`].
 ///
 /// Plain XYZ (a comment line without `Properties=`) is read as columns `species x y z` with no
 /// properties; extended XYZ must declare a `pos:R:3` column, and its lines must have exactly the
@@ -113,7 +148,8 @@ pub fn write_xyz_to<W: Write>(
 /// [`Error::InvalidArgument`] if `dim` is not 1, 2 or 3 or the frames have fewer than two atoms;
 /// [`Error::Io`] if the file cannot be opened or read; [`Error::Format`] for an empty file, a
 /// bad atom count, a truncated frame, frames of different atom counts, a malformed comment or
-/// atom line, non-zero components beyond `dim`, frames whose numeric properties differ, or a
+/// atom line, non-zero components beyond `dim`, frames whose numeric properties differ, a
+/// `species_index` that is not a non-negative integer or differs between frames, or a
 /// periodic frame (a true `pbc`, or a `Lattice` without `pbc`: eqflow has no periodic systems);
 /// [`Error::NonFinite`] for a NaN or infinite coordinate or a NaN property.
 pub fn read_xyz(path: impl AsRef<Path>, dim: usize) -> Result<XyzTrajectory> {
@@ -136,6 +172,8 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
     let mut layout: Option<Layout> = None;
     let mut x = Vec::new();
     let mut properties: Vec<(String, Vec<f64>)> = Vec::new();
+    // The first frame's species indices (if it has the column); later frames must agree.
+    let mut species: Option<Vec<u32>> = None;
     let mut frame = 0usize;
     loop {
         // Blank lines between or after frames are tolerated; anything else starts a frame.
@@ -194,16 +232,35 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
                 .collect();
         }
         merge_properties(&mut properties, values, frame, lines.number)?;
+        let species_at = columns.and_then(|c| c.species_at);
+        if frame == 0 {
+            species = species_at.map(|_| Vec::new());
+        } else if species.is_some() != species_at.is_some() {
+            return Err(lines.error(&format!(
+                "frame {frame} {} {SPECIES_INDEX} column, the first frame {}",
+                if species_at.is_some() {
+                    "has a"
+                } else {
+                    "has no"
+                },
+                if species.is_some() {
+                    "does"
+                } else {
+                    "does not"
+                },
+            )));
+        }
 
         for atom in 0..n_atoms {
             let line = lines.expect_line(frame, &format!("atom {atom}"), n_atoms)?;
             let tokens: Vec<&str> = line.split_whitespace().collect();
             let pos_at = match columns {
-                Some((pos_at, total)) if tokens.len() == total => pos_at,
-                Some((_, total)) => {
+                Some(c) if tokens.len() == c.total => c.pos_at,
+                Some(c) => {
                     return Err(lines.error(&format!(
-                        "frame {frame}, atom {atom}: {} columns, Properties declares {total}",
-                        tokens.len()
+                        "frame {frame}, atom {atom}: {} columns, Properties declares {}",
+                        tokens.len(),
+                        c.total
                     )));
                 }
                 None if tokens.len() >= 4 => 1,
@@ -235,6 +292,25 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
                     )));
                 }
             }
+            if let (Some(at), Some(indices)) = (species_at, species.as_mut()) {
+                let token = tokens[at];
+                let index: u32 = token.parse().map_err(|_| {
+                    lines.error(&format!(
+                        "frame {frame}, atom {atom}: {SPECIES_INDEX} {:?} is not a \
+                         non-negative integer",
+                        clip(token)
+                    ))
+                })?;
+                if frame == 0 {
+                    indices.push(index);
+                } else if indices[atom] != index {
+                    return Err(lines.error(&format!(
+                        "frame {frame}, atom {atom}: {SPECIES_INDEX} {index}, but {} in the \
+                         first frame (a particle keeps its species)",
+                        indices[atom]
+                    )));
+                }
+            }
         }
         frame += 1;
     }
@@ -243,7 +319,19 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
         layout,
         x,
         properties,
+        species,
     })
+}
+
+/// The species indices to write as a column: `None` for identical particles (no column).
+fn species_column(species: Option<&Species>, layout: Layout) -> Result<Option<&[u32]>> {
+    match species {
+        Some(s) if !s.is_single() => {
+            s.check_count(layout.n_particles)?;
+            Ok(Some(s.of_particle()))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn check_frames(x: &[f64], layout: Layout, properties: &[(&str, &[f64])]) -> Result<()> {
@@ -294,20 +382,27 @@ fn write_unchecked<W: Write>(
     writer: &mut W,
     x: &[f64],
     layout: Layout,
+    species: Option<&[u32]>,
     properties: &[(&str, &[f64])],
 ) -> std::io::Result<()> {
     for (f, frame) in x.chunks_exact(layout.len()).enumerate() {
         writeln!(writer, "{}", layout.n_particles)?;
         write!(writer, "Properties={PROPERTIES}")?;
+        if species.is_some() {
+            write!(writer, ":{SPECIES_INDEX}:I:1")?;
+        }
         for (name, values) in properties {
             // `{:?}` is the shortest representation that parses back to the same f64.
             write!(writer, " {name}={:?}", values[f])?;
         }
         writeln!(writer)?;
-        for particle in frame.chunks_exact(layout.dim) {
+        for (i, particle) in frame.chunks_exact(layout.dim).enumerate() {
             write!(writer, "{SPECIES}")?;
             for k in 0..3 {
                 write!(writer, " {:?}", particle.get(k).copied().unwrap_or(0.0))?;
+            }
+            if let Some(indices) = species {
+                write!(writer, " {}", indices[i])?;
             }
             writeln!(writer)?;
         }
@@ -426,9 +521,19 @@ fn parse_comment(line: &str) -> std::result::Result<Comment, String> {
     Ok(comment)
 }
 
-/// The column of the first position component and the number of columns, from a `Properties`
-/// value such as `species:S:1:pos:R:3:forces:R:3`.
-fn columns_of(spec: &str) -> std::result::Result<(usize, usize), String> {
+/// Where an atom line's columns are, from its `Properties` declaration.
+#[derive(Clone, Copy)]
+struct Columns {
+    /// The column of the first position component.
+    pos_at: usize,
+    /// The column of the `species_index:I:1` property, if declared.
+    species_at: Option<usize>,
+    /// The number of columns.
+    total: usize,
+}
+
+/// The columns of a `Properties` value such as `species:S:1:pos:R:3:forces:R:3`.
+fn columns_of(spec: &str) -> std::result::Result<Columns, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     if !parts.len().is_multiple_of(3) {
         return Err(format!(
@@ -436,7 +541,7 @@ fn columns_of(spec: &str) -> std::result::Result<(usize, usize), String> {
         ));
     }
     let mut total = 0usize;
-    let mut pos_at = None;
+    let (mut pos_at, mut species_at) = (None, None);
     for triple in parts.chunks_exact(3) {
         let count: usize = triple[2]
             .parse()
@@ -449,12 +554,22 @@ fn columns_of(spec: &str) -> std::result::Result<(usize, usize), String> {
             }
             pos_at = Some(total);
         }
+        if triple[0] == SPECIES_INDEX {
+            if triple[1] != "I" || count != 1 {
+                return Err(format!("Properties={spec:?}: {SPECIES_INDEX} must be I:1"));
+            }
+            species_at = Some(total);
+        }
         total = total
             .checked_add(count)
             .ok_or_else(|| format!("Properties={spec:?}: too many columns"))?;
     }
     let pos_at = pos_at.ok_or_else(|| format!("Properties={spec:?} declares no pos column"))?;
-    Ok((pos_at, total))
+    Ok(Columns {
+        pos_at,
+        species_at,
+        total,
+    })
 }
 
 /// Appends the numeric properties of `frame` (comment on line `line`) to `properties`, which

@@ -28,6 +28,7 @@ use eqflow::free_energy::{self, Estimate};
 use eqflow::geometry::Layout;
 use eqflow::io::{self, ConfigShape, Dtype, model};
 use eqflow::reference_mcmc::{self, InitialState, McmcConfig};
+use eqflow::species::Species;
 use eqflow::system::System;
 use eqflow::thread_count::{
     MAX_POOL_THREADS, RAYON_ENV_VAR, THREAD_STACK_BYTES, THREADS_PER_CORE, cores,
@@ -540,8 +541,10 @@ fn check_model_output(flag: &str, path: &Path) -> Result<()> {
     }
 }
 
-/// Reads configurations from .npy or .xyz.
-fn read_data(path: &Path, layout: Layout) -> Result<Vec<f64>> {
+/// Reads configurations from .npy or .xyz. An XYZ file's species column, when it has one, must
+/// give every particle the species `species` gives it (all 0 for identical particles): a file
+/// of another system, or with its particles in another order, is refused, not read as this one.
+fn read_data(path: &Path, layout: Layout, species: Option<&Species>) -> Result<Vec<f64>> {
     if is_xyz(path) {
         let traj = io::read_xyz(path, layout.dim)?;
         if traj.layout != layout {
@@ -551,6 +554,25 @@ fn read_data(path: &Path, layout: Layout) -> Result<Vec<f64>> {
                 found: traj.layout.n_particles,
             });
         }
+        if let Some(in_file) = &traj.species {
+            let expected = |i: usize| species.map_or(0, |s| s.of_particle()[i]);
+            if let Some(i) = (0..in_file.len()).find(|&i| in_file[i] != expected(i)) {
+                return Err(eqflow::Error::InvalidArgument {
+                    what: format!(
+                        "{}: particle {i} has {} {}, but it is of species {} here{}",
+                        path.display(),
+                        io::xyz::SPECIES_INDEX,
+                        in_file[i],
+                        expected(i),
+                        if species.is_none() {
+                            " (the particles are identical: one species, index 0)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+        }
         Ok(traj.x)
     } else {
         io::read_configurations(path, layout)
@@ -558,16 +580,16 @@ fn read_data(path: &Path, layout: Layout) -> Result<Vec<f64>> {
 }
 
 /// Writes configurations to `path` in the format of `target`'s extension (`path` may be a
-/// temporary that becomes `target`).
+/// temporary that becomes `target`); XYZ files of several species get their species column.
 fn write_data(
     target: &Path,
     path: &Path,
     x: &[f64],
-    layout: Layout,
+    (layout, species): (Layout, Option<&Species>),
     props: &[(&str, &[f64])],
 ) -> Result<()> {
     if is_xyz(target) {
-        io::write_xyz(path, x, layout, props)
+        io::write_xyz_with_species(path, x, layout, species, props)
     } else {
         io::write_configurations(path, x, layout, Dtype::F64, ConfigShape::Flat)
     }
@@ -697,7 +719,13 @@ fn run_mcmc(a: McmcArgs) -> Result<()> {
     .map_err(|e| e.in_context(&format!("--system {}", a.system)))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    write_data(&a.out, &a.out, &out.x, layout, &[("energy", &out.energies)])?;
+    write_data(
+        &a.out,
+        &a.out,
+        &out.x,
+        (layout, system.species()),
+        &[("energy", &out.energies)],
+    )?;
     let (mean_u, se_u) = mean_and_se(&out.energies);
     let acceptance = out.stats.acceptance();
     if acceptance < MIN_MCMC_ACCEPTANCE {
@@ -811,7 +839,13 @@ fn run_sample(a: SampleArgs) -> Result<()> {
         props.push(("log_w", &log_w));
     }
     staged.write(&a.out, |tmp| {
-        write_data(&a.out, tmp, &x, flow.layout(), &props)
+        write_data(
+            &a.out,
+            tmp,
+            &x,
+            (flow.layout(), flow.field().species()),
+            &props,
+        )
     })?;
     staged.write(&log_q_path, |tmp| io::write_values(tmp, &log_q, Dtype::F64))?;
     staged.commit()?;
@@ -1186,7 +1220,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         check_system_matches(&flow, system, name, &a.model)?;
         check_memory("eval --n-samples", n_samples, flow.layout().len() + 3)?;
     }
-    let data = read_data(&a.data, flow.layout())?;
+    let data = read_data(&a.data, flow.layout(), flow.field().species())?;
     if data.is_empty() {
         return Err(eqflow::Error::InvalidArgument {
             what: format!(
@@ -1436,7 +1470,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     check_model_output("--out", &a.out)?;
     // Checked up front, also when no KL epoch will use it: a typo is an error, not ignored.
     let lambda = lambda_schedule(&a)?;
-    let data = read_data(&a.data, layout)?;
+    let data = read_data(&a.data, layout, system.species())?;
     let len = layout.len();
     let n_total = data.len() / len;
     if a.n_train == 0 || a.n_train > n_total {
