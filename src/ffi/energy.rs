@@ -184,7 +184,7 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones_species(
         create(out, || {
             let (_, dim) = shape(n_particles, dim)?;
             // SAFETY: `species` points to n_particles indices (this function's contract).
-            let species = species_from(species, n_particles, n_species)?;
+            let species = species_from(species, n_particles, n_species, 1)?;
             let s = species.n_species();
             let matrix = |ptr: *const f64, what: &str| -> Result<Vec<f64>> {
                 // SAFETY: `ptr` points to S·S doubles, valid and unmodified during the call
@@ -506,6 +506,10 @@ mod tests {
             if which < 2 {
                 assert_eq!(build(1_000_000, 3, which), EQF_OK, "{}", message());
             }
+            // One particle is in every constructor's documented range (U is its oscillator
+            // term); none is refused.
+            assert_eq!(build(1, 3, which), EQF_OK, "{which}: {}", message());
+            assert_eq!(build(0, 3, which), EQF_ERR_INVALID_ARGUMENT, "{which}");
         }
     }
 }

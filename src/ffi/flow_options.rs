@@ -326,7 +326,7 @@ pub unsafe extern "C" fn eqf_flow_options_set_species(
             } else {
                 // SAFETY: `species` points to n_particles indices, valid and unmodified during
                 // the call (this function's contract).
-                Some(species_from(species, n_particles, n_species)?)
+                Some(species_from(species, n_particles, n_species, 2)?)
             };
             Ok(())
         })

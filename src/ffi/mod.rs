@@ -301,7 +301,8 @@ pub(crate) unsafe fn input_indices<'a>(
 }
 
 /// The species of `n_particles` particles from a caller's index array and species count,
-/// validated ([`crate::Species::new`]).
+/// validated ([`crate::Species::new`]); `n_particles` must be between `min_particles` (2 for
+/// a flow, 1 for an energy: each function's documented range) and `EQF_MAX_PARTICLES`.
 ///
 /// # Safety
 /// As [`input_indices`] for `n_particles` indices.
@@ -309,13 +310,13 @@ pub(crate) unsafe fn species_from(
     species: *const u32,
     n_particles: i64,
     n_species: i64,
+    min_particles: usize,
 ) -> Result<crate::Species> {
     let n_particles = count(n_particles, "n_particles")?;
-    // Before the indices are copied: the copy is as long as the host says. One particle is no
-    // flow or energy either (it was accepted here and refused only when a flow was built).
-    if !(2..=crate::geometry::MAX_PARTICLES).contains(&n_particles) {
+    // Before the indices are copied: the copy is as long as the host says.
+    if !(min_particles..=crate::geometry::MAX_PARTICLES).contains(&n_particles) {
         return Err(Error::invalid(format!(
-            "n_particles = {n_particles} is outside 2..=EQF_MAX_PARTICLES \
+            "n_particles = {n_particles} is outside {min_particles}..=EQF_MAX_PARTICLES \
              ({EQF_MAX_PARTICLES})"
         )));
     }
