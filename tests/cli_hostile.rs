@@ -960,6 +960,59 @@ fn repro_numbers_are_refused_before_the_output_folder_exists() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
 }
 
+/// Every output file of `demo` and `repro` is checked before the work: one that cannot be
+/// written (here a folder in its place) or that is the run's own `--model` is refused before
+/// any other output is replaced. Before, `demo` and `repro` failed only when they reached that
+/// file, after overwriting the earlier ones, and `repro reweighting` overwrote its `--model`.
+#[test]
+fn demo_and_repro_check_every_output_file_before_any_work() {
+    let dir = folder("hostile_repro_outputs");
+    let demo = dir.join("demo");
+    std::fs::create_dir_all(demo.join("dw4_energies.png")).unwrap();
+    let kept = written(&demo, "dw4_mcmc.npy", "keep");
+    let args = ["demo", "--out-dir", s(&demo), "-q"];
+    let out = eqflow_within(10, &args);
+    assert_refused(&out, &args, &["dw4_energies.png", "is a folder"]);
+    assert!(!stderr(&out).contains("i/o error: i/o error"));
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep");
+
+    for (experiment, in_the_way, earlier) in [
+        ("reweighting", "reweighting.png", "reweighting_profile.csv"),
+        ("dto-otd", "dto_otd.png", "dto_otd.csv"),
+        ("divergence", "divergence.png", "divergence_error.csv"),
+        ("metastable", "metastable.png", "metastable_dw4_minima.csv"),
+        ("baseline", "baseline.png", "baseline_nll.csv"),
+    ] {
+        let out_dir = dir.join(experiment);
+        std::fs::create_dir_all(out_dir.join(in_the_way)).unwrap();
+        let kept = written(&out_dir, earlier, "keep");
+        let args = ["repro", experiment, "--quick", "--out", s(&out_dir), "-q"];
+        let out = eqflow_within(10, &args);
+        assert_refused(&out, &args, &[in_the_way, "is a folder"]);
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep", "{args:?}");
+    }
+
+    // The reweighting experiment's --model is one of its outputs' paths.
+    let out_dir = dir.join("own_model");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let model = out_dir.join("reweighting_summary.csv");
+    std::fs::copy(MODEL_DW4, &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let args = [
+        "repro",
+        "reweighting",
+        "--quick",
+        "--out",
+        s(&out_dir),
+        "--model",
+        s(&model),
+        "-q",
+    ];
+    let out = eqflow_within(10, &args);
+    assert_refused(&out, &args, &["is the same file as --model"]);
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+}
+
 #[test]
 fn configurations_go_to_npy_or_xyz_files_only() {
     let dir = folder("hostile_formats");

@@ -66,6 +66,11 @@ fn mcmc_run(
     Ok(out)
 }
 
+/// The demo's files under `--out-dir`.
+const MCMC_NPY: &str = "dw4_mcmc.npy";
+const MODEL_JSON: &str = "dw4_model.json";
+const PLOT_PNG: &str = "dw4_energies.png";
+
 pub(super) fn run(a: DemoArgs) -> Result<()> {
     let start = Instant::now();
     std::fs::create_dir_all(&a.out_dir).map_err(|e| eqflow::Error::Io {
@@ -74,6 +79,11 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
             a.out_dir.display()
         ),
     })?;
+    // Before a minute of work: a run that fails on its last output must not have replaced the
+    // first ones already.
+    for name in [MCMC_NPY, MODEL_JSON, PLOT_PNG] {
+        crate::output::check_output("--out-dir", &a.out_dir.join(name), &[])?;
+    }
     let system = System::preset("dw4")?;
     let energy = system.energy.build()?;
     let layout = Layout::new(4, 2)?;
@@ -84,7 +94,7 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     let data = mcmc_run(energy.as_ref(), 2_000, 100, a.seed, quiet)?;
     let long = mcmc_run(energy.as_ref(), 100_000, 20, a.seed.wrapping_add(1), quiet)?;
     eqflow::io::write_configurations(
-        a.out_dir.join("dw4_mcmc.npy"),
+        a.out_dir.join(MCMC_NPY),
         &data.x,
         layout,
         Dtype::F64,
@@ -113,7 +123,7 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     // grow with the trained field until every one is proved a bijection.
     flow.raise_to_certified_steps(config.n_rk4_steps * eqflow::flow::MAX_STEP_GROWTH)?;
     let rk4_steps = flow.certificate().map_or(0, |c| c.n_steps);
-    let model_path = a.out_dir.join("dw4_model.json");
+    let model_path = a.out_dir.join(MODEL_JSON);
     model::save(
         &flow,
         Some(system.clone()),
@@ -179,7 +189,7 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     let se_flow = se_boot_mean.unwrap_or(f64::NAN) * (boots.len() as f64).sqrt();
 
     // 5. The plot.
-    let plot_path = a.out_dir.join("dw4_energies.png");
+    let plot_path = a.out_dir.join(PLOT_PNG);
     plot::energy_histograms(
         &plot_path,
         "DW-4 energies: MCMC, flow, reweighted flow",

@@ -41,8 +41,17 @@ fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<(), String>) -> Re
         .write(path, |tmp| {
             draw(tmp).map_err(|what| eqflow::Error::Io { what })
         })
-        .map_err(|e| e.to_string())?;
-    staged.commit().map_err(|e| e.to_string())
+        .map_err(message)?;
+    staged.commit().map_err(message)
+}
+
+/// An error's text for the callers, which report it as an i/o error: an i/o error's own
+/// message without its "i/o error: " prefix, which would otherwise appear twice.
+fn message(e: eqflow::Error) -> String {
+    match e {
+        eqflow::Error::Io { what } => what,
+        other => other.to_string(),
+    }
 }
 
 /// Normalised histogram of `values` with optional weights over `n_bins` bins on `[lo, hi]`.

@@ -43,7 +43,7 @@ use eqflow::system::System;
 use eqflow::train::{Objective, Probe, TrainConfig, Trainer};
 use eqflow::{Energy, Flow, Result};
 
-use super::{RunArgs, cell, create_out_dir, table, write_csv};
+use super::{RunArgs, cell, check_outputs, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
 use crate::report_table as report;
 
@@ -513,9 +513,16 @@ fn energy_histograms(flows: &[Flow], test: &[f64], plan: &Plan, seed: u64) -> Re
     })
 }
 
+/// The experiment's files under `--out`.
+const BASELINE_NLL_CSV: &str = "baseline_nll.csv";
+const BASELINE_DW4_ENERGY_CSV: &str = "baseline_dw4_energy.csv";
+const BASELINE_PNG: &str = "baseline.png";
+const OUTPUTS: [&str; 3] = [BASELINE_NLL_CSV, BASELINE_DW4_ENERGY_CSV, BASELINE_PNG];
+
 pub(super) fn run(a: &RunArgs, divergence: &str) -> Result<()> {
     let start = std::time::Instant::now();
     let baseline = baseline_objective(divergence)?;
+    check_outputs(&a.out, &OUTPUTS, &[])?;
     create_out_dir(&a.out)?;
     let plan = if a.quick { &QUICK } else { &FULL };
     let mut results = Vec::new();
@@ -534,7 +541,7 @@ pub(super) fn run(a: &RunArgs, divergence: &str) -> Result<()> {
     }
 
     // CSV: NLL against training-set size.
-    let nll_path = a.out.join("baseline_nll.csv");
+    let nll_path = a.out.join(BASELINE_NLL_CSV);
     let mut csv_rows = Vec::new();
     let mut table_rows = Vec::new();
     let mut systems_json = Vec::new();
@@ -602,7 +609,7 @@ pub(super) fn run(a: &RunArgs, divergence: &str) -> Result<()> {
     )?;
 
     // CSV: the DW-4 energy histograms.
-    let hist_path = a.out.join("baseline_dw4_energy.csv");
+    let hist_path = a.out.join(BASELINE_DW4_ENERGY_CSV);
     let mut hist_json = Value::Null;
     let mut ess_text = String::new();
     if let Some(h) = &histograms {
@@ -644,7 +651,7 @@ pub(super) fn run(a: &RunArgs, divergence: &str) -> Result<()> {
                            "csv": hist_path, "models": models});
     }
 
-    let figure = a.out.join("baseline.png");
+    let figure = a.out.join(BASELINE_PNG);
     draw(&figure, &results, histograms.as_ref()).map_err(|what| eqflow::Error::Io { what })?;
 
     let seconds = start.elapsed().as_secs_f64();

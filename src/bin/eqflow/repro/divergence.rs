@@ -22,7 +22,7 @@ use eqflow::rng::{self, Stream};
 use rand::RngExt;
 
 use super::hutchinson::{Hutchinson, Probe};
-use super::{RunArgs, cell, create_out_dir, seconds_per_call, table, write_csv};
+use super::{RunArgs, cell, check_outputs, create_out_dir, seconds_per_call, table, write_csv};
 use crate::plot::{self, Panel, Series};
 use crate::report_table as report;
 
@@ -196,8 +196,15 @@ fn timing_at(field: &KernelField, n: usize, n_index: usize, plan: &Plan, seed: u
     }
 }
 
+/// The experiment's files under `--out`.
+const DIVERGENCE_ERROR_CSV: &str = "divergence_error.csv";
+const DIVERGENCE_TIMING_CSV: &str = "divergence_timing.csv";
+const DIVERGENCE_PNG: &str = "divergence.png";
+const OUTPUTS: [&str; 3] = [DIVERGENCE_ERROR_CSV, DIVERGENCE_TIMING_CSV, DIVERGENCE_PNG];
+
 pub(super) fn run(a: &RunArgs) -> Result<()> {
     let start = std::time::Instant::now();
+    check_outputs(&a.out, &OUTPUTS, &[])?;
     create_out_dir(&a.out)?;
     let plan = if a.quick { &QUICK } else { &FULL };
     let mut errors = Vec::new();
@@ -216,7 +223,7 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
         }
     }
 
-    let error_path = a.out.join("divergence_error.csv");
+    let error_path = a.out.join(DIVERGENCE_ERROR_CSV);
     let error_rows: Vec<Vec<String>> = errors
         .iter()
         .map(|r| {
@@ -252,7 +259,7 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
         ],
         &error_rows,
     )?;
-    let timing_path = a.out.join("divergence_timing.csv");
+    let timing_path = a.out.join(DIVERGENCE_TIMING_CSV);
     let timing_rows: Vec<Vec<String>> = timings
         .iter()
         .map(|r| {
@@ -277,7 +284,7 @@ pub(super) fn run(a: &RunArgs) -> Result<()> {
         &timing_rows,
     )?;
 
-    let figure = a.out.join("divergence.png");
+    let figure = a.out.join(DIVERGENCE_PNG);
     draw(&figure, &errors, &timings).map_err(|what| eqflow::Error::Io { what })?;
 
     let seconds = start.elapsed().as_secs_f64();

@@ -27,7 +27,7 @@ use eqflow::system::System;
 use eqflow::train::adjoint::adjoint_ml_gradient_into;
 use eqflow::train::{AdamW, AdamWConfig, Losses};
 
-use super::{RunArgs, cell, create_out_dir, table, write_csv};
+use super::{RunArgs, cell, check_outputs, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
 use crate::report_table as report;
 
@@ -178,6 +178,11 @@ fn train(
     Ok(rows)
 }
 
+/// The experiment's files under `--out`.
+const DTO_OTD_CSV: &str = "dto_otd.csv";
+const DTO_OTD_PNG: &str = "dto_otd.png";
+const OUTPUTS: [&str; 2] = [DTO_OTD_CSV, DTO_OTD_PNG];
+
 pub(super) fn run(a: &RunArgs, weight_decay: f64, iterations: Option<usize>) -> Result<()> {
     let clock = std::time::Instant::now();
     // The optimiser's settings are checked before the output folder and the data exist.
@@ -186,6 +191,7 @@ pub(super) fn run(a: &RunArgs, weight_decay: f64, iterations: Option<usize>) -> 
         ..AdamWConfig::default()
     }
     .validate()?;
+    check_outputs(&a.out, &OUTPUTS, &[])?;
     create_out_dir(&a.out)?;
     let base = if a.quick { QUICK } else { FULL };
     let plan = &Plan {
@@ -230,7 +236,7 @@ pub(super) fn run(a: &RunArgs, weight_decay: f64, iterations: Option<usize>) -> 
         }
     }
 
-    let csv = a.out.join("dto_otd.csv");
+    let csv = a.out.join(DTO_OTD_CSV);
     let csv_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -258,7 +264,7 @@ pub(super) fn run(a: &RunArgs, weight_decay: f64, iterations: Option<usize>) -> 
         ],
         &csv_rows,
     )?;
-    let figure = a.out.join("dto_otd.png");
+    let figure = a.out.join(DTO_OTD_PNG);
     draw(&figure, &rows, initial_nll).map_err(|what| eqflow::Error::Io { what })?;
 
     let summary: Vec<Vec<String>> = Scheme::ALL

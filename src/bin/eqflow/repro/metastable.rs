@@ -34,7 +34,7 @@ use eqflow::system::System;
 use eqflow::train::{TrainConfig, Trainer};
 use eqflow::{Energy, Flow, Result};
 
-use super::{RunArgs, cell, create_out_dir, table, write_csv};
+use super::{RunArgs, cell, check_outputs, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
 use crate::report_table as report;
 
@@ -415,8 +415,21 @@ fn minima_row(source: &str, k: usize, f: &Found, reference: Option<usize>) -> Ve
     row
 }
 
+/// The experiment's files under `--out`.
+const METASTABLE_DW4_MINIMA_CSV: &str = "metastable_dw4_minima.csv";
+const METASTABLE_LJ13_COUNTS_CSV: &str = "metastable_lj13_counts.csv";
+const METASTABLE_LJ13_MINIMA_CSV: &str = "metastable_lj13_minima.csv";
+const METASTABLE_PNG: &str = "metastable.png";
+const OUTPUTS: [&str; 4] = [
+    METASTABLE_DW4_MINIMA_CSV,
+    METASTABLE_LJ13_COUNTS_CSV,
+    METASTABLE_LJ13_MINIMA_CSV,
+    METASTABLE_PNG,
+];
+
 pub(super) fn run(a: &RunArgs, plan: &Plan) -> Result<()> {
     let start = std::time::Instant::now();
+    check_outputs(&a.out, &OUTPUTS, &[])?;
     create_out_dir(&a.out)?;
     if plan.lj13_rounds == 0 || plan.lj13_n_long == 0 || plan.lj13_epochs == 0 {
         return Err(eqflow::Error::InvalidArgument {
@@ -452,7 +465,7 @@ pub(super) fn run(a: &RunArgs, plan: &Plan) -> Result<()> {
             ));
         }
     }
-    let dw4_path = a.out.join("metastable_dw4_minima.csv");
+    let dw4_path = a.out.join(METASTABLE_DW4_MINIMA_CSV);
     let mut header = vec![
         "source",
         "minimum",
@@ -472,8 +485,8 @@ pub(super) fn run(a: &RunArgs, plan: &Plan) -> Result<()> {
         rounds.push(run_lj13_round(plan, a.seed, r, quiet)?);
     }
     let lj13_seconds = t_lj13.elapsed().as_secs_f64();
-    let counts_path = a.out.join("metastable_lj13_counts.csv");
-    let minima_path = a.out.join("metastable_lj13_minima.csv");
+    let counts_path = a.out.join(METASTABLE_LJ13_COUNTS_CSV);
+    let minima_path = a.out.join(METASTABLE_LJ13_MINIMA_CSV);
     let mut count_rows = Vec::new();
     let mut minima_rows = Vec::new();
     for (r, round) in rounds.iter().enumerate() {
@@ -558,7 +571,7 @@ pub(super) fn run(a: &RunArgs, plan: &Plan) -> Result<()> {
             "census": rounds.iter().map(|r| census_json(&r.census[s])).collect::<Vec<_>>()}));
     }
 
-    let figure = a.out.join("metastable.png");
+    let figure = a.out.join(METASTABLE_PNG);
     draw(&figure, &dw4, &rounds).map_err(|what| eqflow::Error::Io { what })?;
 
     let seconds = start.elapsed().as_secs_f64();

@@ -165,26 +165,35 @@ fn untrained_as_published(
     Ok(flow)
 }
 
-/// Checks, creating nothing, that [`create_out_dir`] can make `dir`: it is a folder, or the
-/// nearest part of its path that exists is one. For experiments that must check other inputs
-/// before creating the folder but should not train first and then fail on an `--out` that
-/// names a file.
-fn check_out_dir(dir: &Path) -> Result<()> {
+/// Checks, creating nothing, that [`create_out_dir`] can make `dir` (it is a folder, or the
+/// nearest part of its path that exists is one) and that every one of the experiment's output
+/// files `names` can be written there: none is a folder or a special file, or one of the
+/// command's `inputs` ([`crate::output::check_output`]). Called before any work, so that an
+/// experiment does not train for minutes and then fail on its output, or fail half-way with
+/// some of its files already replaced.
+fn check_outputs(dir: &Path, names: &[&str], inputs: &[(&str, &Path)]) -> Result<()> {
     let mut path = dir;
     loop {
         match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(m) if m.is_dir() => break,
             Ok(_) => {
                 let why = format!("{} is not a folder", path.display());
                 return Err(out_dir_refused(dir, why));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match path.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => path = parent,
-                _ => return Ok(()),
+                _ => break,
             },
             Err(e) => return Err(out_dir_refused(dir, e)),
         }
     }
+    // Files can only be in the way when the folder exists already.
+    if dir.is_dir() {
+        for name in names {
+            crate::output::check_output("--out", &dir.join(name), inputs)?;
+        }
+    }
+    Ok(())
 }
 
 fn create_out_dir(dir: &Path) -> Result<()> {

@@ -38,7 +38,7 @@ use eqflow::train::{TrainConfig, Trainer};
 use eqflow::{Energy, Flow};
 
 use super::hutchinson::{Hutchinson, Probe};
-use super::{RunArgs, cell, check_out_dir, create_out_dir, table, write_csv};
+use super::{RunArgs, cell, check_outputs, create_out_dir, table, write_csv};
 use crate::plot::{self, Panel, Series};
 use crate::report_table as report;
 
@@ -410,12 +410,25 @@ struct Estimator {
     log_q_error: Option<(f64, f64)>,
 }
 
+/// The experiment's files under `--out`.
+const REWEIGHTING_PROFILE_CSV: &str = "reweighting_profile.csv";
+const REWEIGHTING_SAMPLES_CSV: &str = "reweighting_samples.csv";
+const REWEIGHTING_SUMMARY_CSV: &str = "reweighting_summary.csv";
+const REWEIGHTING_PNG: &str = "reweighting.png";
+const OUTPUTS: [&str; 4] = [
+    REWEIGHTING_PROFILE_CSV,
+    REWEIGHTING_SAMPLES_CSV,
+    REWEIGHTING_SUMMARY_CSV,
+    REWEIGHTING_PNG,
+];
+
 pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<()> {
     let start = std::time::Instant::now();
     let plan = if a.quick { &QUICK } else { &FULL };
     // Before the flow is trained (seconds), creating nothing: the folder itself comes after
     // the model is checked.
-    check_out_dir(&a.out)?;
+    let model_input = model_path.map(|m| ("--model", m));
+    check_outputs(&a.out, &OUTPUTS, model_input.as_slice())?;
     let system = System::preset("dw2")?;
     let energy = system.energy.build()?;
     let kt = system.kt;
@@ -541,7 +554,7 @@ pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<(
 
     // CSV: the profiles.
     let width = (D_RANGE.1 - D_RANGE.0) / n_bins as f64;
-    let profile_path = a.out.join("reweighting_profile.csv");
+    let profile_path = a.out.join(REWEIGHTING_PROFILE_CSV);
     let rows: Vec<Vec<String>> = (0..n_bins)
         .map(|b| {
             let est = |i: usize| cell(estimators[i].profile[b]);
@@ -577,7 +590,7 @@ pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<(
         &rows,
     )?;
     // CSV: per-sample log-densities (first probe set).
-    let samples_path = a.out.join("reweighting_samples.csv");
+    let samples_path = a.out.join(REWEIGHTING_SAMPLES_CSV);
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
@@ -604,7 +617,7 @@ pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<(
         &rows,
     )?;
     // CSV: the summary.
-    let summary_path = a.out.join("reweighting_summary.csv");
+    let summary_path = a.out.join(REWEIGHTING_SUMMARY_CSV);
     let mut summary_rows = Vec::new();
     let mut table_rows = Vec::new();
     let mut summary_json = Vec::new();
@@ -647,7 +660,7 @@ pub(super) fn run(a: &RunArgs, model_path: Option<&std::path::Path>) -> Result<(
         &summary_rows,
     )?;
 
-    let figure = a.out.join("reweighting.png");
+    let figure = a.out.join(REWEIGHTING_PNG);
     draw(
         &figure,
         &exact,
