@@ -820,6 +820,27 @@ fn xyz_malformed_files_are_format_errors() {
             ),
             "frame 0 is periodic",
         ),
+        // Without `Properties=` too: plain XYZ with a cell, as ASE writes it.
+        (
+            frame(
+                "2",
+                "pbc=\"T T T\" Lattice=\"3 0 0 0 3 0 0 0 3\"",
+                &["X 0 0 0", "X 1 0 0"],
+            ),
+            "frame 0 is periodic",
+        ),
+        (
+            frame(
+                "2",
+                "Lattice=\"3 0 0 0 3 0 0 0 3\"",
+                &["X 0 0 0", "X 1 0 0"],
+            ),
+            "frame 0 is periodic",
+        ),
+        (
+            frame("2", "pbc=T", &["X 0 0 0", "X 1 0 0"]),
+            "frame 0 is periodic",
+        ),
     ];
     for (text, needle) in cases {
         match xyz::read_xyz_from(text.as_bytes(), 3) {

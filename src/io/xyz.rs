@@ -208,9 +208,10 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
         }
         let comment = lines.expect_line(frame, "the comment line", n_atoms)?;
         let parsed = parse_comment(&comment).map_err(|what| lines.error(&what))?;
-        if parsed.properties_spec.is_some() && parsed.periodic {
+        if parsed.periodic {
             // Read as a cluster, a periodic frame's distances across the box would be wrong
-            // without a word: eqflow's systems have no periodic boundaries.
+            // without a word: eqflow's systems have no periodic boundaries. Plain XYZ too:
+            // ASE writes and reads `Lattice` and `pbc` there without `Properties`.
             return Err(lines.error(&format!(
                 "frame {frame} is periodic (pbc or Lattice in its comment line); eqflow's \
                  systems are clusters without periodic boundaries, so its distances would be \
