@@ -357,6 +357,17 @@ impl System {
         })
     }
 
+    /// The built-in system ([`System::PRESETS`]) this one is, whatever it is called: the one
+    /// with the same energy (form and every parameter) and kT. The name, description and units
+    /// label do not count, so `systems/lj13.json` is `lj13`, and a file that calls itself
+    /// `dw4` with other parameters is none.
+    #[must_use]
+    pub fn builtin_equivalent(&self) -> Option<&'static str> {
+        Self::PRESETS.iter().copied().find(|name| {
+            Self::preset(name).is_ok_and(|b| b.energy == self.energy && b.kt == self.kt)
+        })
+    }
+
     /// A built-in system by name ([`System::PRESETS`]), or else the system file at that path
     /// ([`System::from_file`]). A file whose name is a built-in one is reached as `./name`.
     ///
@@ -993,6 +1004,21 @@ mod tests {
         assert_eq!(System::from_json(&recorded, "x", "y").unwrap(), lj38);
         // Builtin names win; anything else is a path.
         assert_eq!(System::from_name_or_file("lj13").unwrap().name, "lj13");
+        // Built-ins are recognised by their energy and kT, not by their name.
+        for name in System::PRESETS {
+            let mut renamed = System::preset(name).unwrap();
+            assert_eq!(renamed.builtin_equivalent(), Some(*name));
+            renamed.name = "mine".into();
+            renamed.units = "eV".into();
+            assert_eq!(renamed.builtin_equivalent(), Some(*name));
+            renamed.kt = 1.5;
+            assert_eq!(renamed.builtin_equivalent(), None);
+        }
+        let mut other = System::preset("lj13").unwrap();
+        if let EnergySpec::LennardJones { epsilon, .. } = &mut other.energy {
+            *epsilon = 1.0;
+        }
+        assert_eq!(other.builtin_equivalent(), None);
         let path = shipped("lj38.json");
         let by_path = System::from_name_or_file(path.to_str().unwrap()).unwrap();
         assert_eq!(by_path, lj38);

@@ -861,6 +861,57 @@ fn quick_mcmc(system: &str, out: &Path, n: &str) -> serde_json::Value {
     ]))
 }
 
+/// `train`'s defaults (objective, steps, certificate penalty) belong to the system, not to the
+/// word given to `--system`: the shipped LJ-13 file, and a file with DW-4's energy under another
+/// name, train as the built-ins do. Before, both got the generic recipe (no penalty).
+#[test]
+fn train_defaults_follow_the_system_not_its_name() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_recipe_by_system");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lj13_file = shipped_system("lj13.json");
+    let mut dw4 = serde_json::to_value(eqflow::system::System::preset("dw4").unwrap()).unwrap();
+    dw4["name"] = "my_double_well".into();
+    let dw4_file = dir.join("mine.json");
+    std::fs::write(&dw4_file, dw4.to_string()).unwrap();
+    let dw4_file = dw4_file.to_str().unwrap().to_string();
+    for (builtin, file) in [("lj13", lj13_file.as_str()), ("dw4", dw4_file.as_str())] {
+        let data = dir.join(format!("{builtin}.npy"));
+        quick_mcmc(builtin, &data, "30");
+        let trained = |system: &str, out: &str| {
+            let model = dir.join(out);
+            json(&eqflow(&[
+                "train",
+                "--system",
+                system,
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                model.to_str().unwrap(),
+                "--n-train",
+                "20",
+                "--n-val",
+                "10",
+                "--epochs",
+                "1",
+                "--json",
+                "-q",
+            ]));
+            let t = model_file(&model)["training"].clone();
+            (
+                t["lipschitz_penalty"].clone(),
+                t["phases"][0]["phase"].clone(),
+            )
+        };
+        let by_name = trained(builtin, &format!("{builtin}_name.json"));
+        assert_eq!(by_name.0, 1.0, "{builtin}");
+        assert_eq!(
+            trained(file, &format!("{builtin}_file.json")),
+            by_name,
+            "{file}"
+        );
+    }
+}
+
 #[test]
 fn the_shipped_lj13_file_is_the_builtin_lj13() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_lj13_file");

@@ -1411,16 +1411,17 @@ fn summary_json(s: &TrainSummary) -> Value {
 }
 
 /// The objective and RK4 step count `eqflow train` uses when neither is given: the best
-/// recipe measured for the system and field family (docs/field_families.md, "Training by the
+/// recipe measured for the system (the built-in one it is, [`System::builtin_equivalent`], so
+/// a system file with DW-4's energy trains as `--system dw4` does) and field family (docs/field_families.md, "Training by the
 /// exact-discrete likelihood"). DW-4 with the kernel field trains the exact-discrete density
 /// of a 5-step map: held-out NLL 8.37–8.44 and ESS 16–18 % over three seeds, as the 20-step
 /// continuous-mode recipe (8.36, 18.5 %), at 3.8× the samples per core-second. Elsewhere the
 /// paper's protocol (continuous-mode ML through 20 steps) stays: on LJ-13 the exact-discrete
 /// loss gave the same NLL at 20 steps for 6× the training time, and other families have no
 /// reverse pass of their Jacobian.
-fn default_recipe(system: &str, field: &str) -> (&'static str, usize) {
+fn default_recipe(system: Option<&str>, field: &str) -> (&'static str, usize) {
     match (system, field) {
-        ("dw4", "kernel") => ("ml-discrete", 5),
+        (Some("dw4"), "kernel") => ("ml-discrete", 5),
         _ => ("ml", 20),
     }
 }
@@ -1432,9 +1433,9 @@ fn default_recipe(system: &str, field: &str) -> (&'static str, usize) {
 /// grows with the number of particles (LJ-55: 27 nats worse after 5 epochs, and still not
 /// certified at 20 steps), and the other families' looser bounds would cost most of their fit
 /// (coordkernel: +3.9 nats on DW-4).
-fn default_lipschitz_penalty(system: &str, field: &str) -> f64 {
+fn default_lipschitz_penalty(system: Option<&str>, field: &str) -> f64 {
     match (system, field) {
-        ("dw4" | "lj13", "kernel") => 1.0,
+        (Some("dw4" | "lj13"), "kernel") => 1.0,
         _ => 0.0,
     }
 }
@@ -1499,7 +1500,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 a.system
             ),
         })?;
-    let (default_objective, default_steps) = default_recipe(&a.system, &a.field);
+    let (default_objective, default_steps) = default_recipe(system.builtin_equivalent(), &a.field);
     let objective_name = a.objective.as_deref().unwrap_or(default_objective);
     let (objective, phase_name, label) = match objective_name {
         "ml" => (Objective::MaximumLikelihood, "ml", "ML"),
@@ -1576,7 +1577,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let rk4_steps = a.rk4_steps.unwrap_or(default_steps);
     let lipschitz_penalty = a
         .lipschitz_penalty
-        .unwrap_or_else(|| default_lipschitz_penalty(&a.system, &a.field));
+        .unwrap_or_else(|| default_lipschitz_penalty(system.builtin_equivalent(), &a.field));
     warn_unused_train_flags(&a, lipschitz_penalty);
     let mut config = TrainConfig {
         n_epochs: a.epochs,
