@@ -56,6 +56,49 @@ pub enum EnergySpec {
 /// the training losses and `U/kT` stay representable.
 pub const MAX_ENERGY_SCALE: f64 = 1e100;
 
+/// The tree of a TOML system file as the JSON tree [`System::from_value`] checks. JSON has no
+/// infinities, NaN or dates, which a generic conversion turns into `null` or an internal
+/// object that the field checks would then report as "found null"; they are refused here,
+/// naming the field (`path`, `energy.epsilon[0][1]`) and what was written.
+fn toml_to_json(value: &toml::Value, path: &str) -> std::result::Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    let field = |what: &str| format!("field `{path}` {what}");
+    Ok(match value {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) if f.is_finite() => {
+            serde_json::Number::from_f64(*f).map_or(J::Null, J::Number)
+        }
+        toml::Value::Float(f) => return Err(field(&format!("is {f}: it must be a finite number"))),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => {
+            return Err(field(&format!(
+                "is the date or time {d}, not a number or text"
+            )));
+        }
+        toml::Value::Array(items) => J::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| toml_to_json(v, &format!("{path}[{i}]")))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        toml::Value::Table(table) => J::Object(
+            table
+                .iter()
+                .map(|(k, v)| {
+                    let inner = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    Ok((k.clone(), toml_to_json(v, &inner)?))
+                })
+                .collect::<std::result::Result<_, String>>()?,
+        ),
+    })
+}
+
 /// The largest system file read, in bytes: 64 MiB holds a species list for the largest flow
 /// (a few bytes per particle) many times over; larger is a wrong file, refused before reading.
 pub const MAX_SYSTEM_FILE_BYTES: u64 = 64 << 20;
@@ -461,8 +504,7 @@ impl System {
             });
             fail(format!("not valid TOML{line}: {}", e.message().trim_end()))
         })?;
-        let value = serde_json::to_value(&table)
-            .map_err(|e| fail(format!("cannot be read as a system: {e}")))?;
+        let value = toml_to_json(&toml::Value::Table(table), "").map_err(fail)?;
         System::from_value(&value, origin, default_name)
     }
 
@@ -967,7 +1009,16 @@ mod tests {
                 "field `energy.c` = -0.9 is negative",
             ),
             (dw.replace("kt = 1", "kt = 1\nkt = 2"), "line 3"),
-            (dw.replace("kt = 1", "kt = 1979-05-27"), "`kt`"),
+            (
+                dw.replace("kt = 1", "kt = 1979-05-27"),
+                "field `kt` is the date or time 1979-05-27",
+            ),
+            (dw.replace("kt = 1", "kt = inf"), "field `kt` is inf"),
+            (dw.replace("kt = 1", "kt = nan"), "field `kt` is NaN"),
+            (
+                dw.replace("d0 = 4", "d0 = -inf"),
+                "field `energy.d0` is -inf",
+            ),
             (dw.replace("kt = 1", "kt = \"1\""), "`kt`"),
             (dw.replace("kt = 1", "temperature = 1"), "temperature"),
             (dw.replace("[energy]", "[energy"), "not valid TOML (line"),

@@ -1013,6 +1013,48 @@ fn demo_and_repro_check_every_output_file_before_any_work() {
     assert_eq!(std::fs::read(&model).unwrap(), before);
 }
 
+/// Text inputs that begin with a UTF-8 byte-order mark (Windows editors write one) read as
+/// without it. Before, a JSON system or model file with one was refused as "expected value at
+/// line 1 column 1", and an XYZ file's atom count as "\u{feff}4", while TOML accepted it.
+#[test]
+fn text_inputs_with_a_byte_order_mark_are_read() {
+    let dir = folder("hostile_bom");
+    let system = serde_json::to_string(&eqflow::system::System::preset("dw4").unwrap()).unwrap();
+    let system = written(&dir, "dw4.json", &format!("\u{feff}{system}"));
+    let model = std::fs::read_to_string(MODEL_DW4).unwrap();
+    let model = written(&dir, "model.json", &format!("\u{feff}{model}"));
+    let xyz = written(
+        &dir,
+        "x.xyz",
+        "\u{feff}4\nProperties=species:S:1:pos:R:3\nX 0 0 0\nX 2 0 0\nX 0 2 0\nX 2 2 0\n",
+    );
+    let samples = dir.join("s.npy");
+    json(&eqflow(&[
+        "mcmc",
+        "--system",
+        s(&system),
+        "-n",
+        "4",
+        "--out",
+        s(&samples),
+        "--json",
+        "-q",
+    ]));
+    json(&eqflow(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&xyz),
+        "--system",
+        s(&system),
+        "--n-samples",
+        "10",
+        "--json",
+        "-q",
+    ]));
+}
+
 #[test]
 fn configurations_go_to_npy_or_xyz_files_only() {
     let dir = folder("hostile_formats");

@@ -110,7 +110,8 @@ pub(crate) fn open_regular(path: &Path, what: &str) -> Result<File> {
 
 /// Reads the whole of a text file that must be a regular file (see [`open_regular`]) of at most
 /// `limit` bytes: refused before reading when larger, and again if it grows while being read.
-/// `what` names the kind of file in messages ("model file", "system file").
+/// `what` names the kind of file in messages ("model file", "system file"). A leading UTF-8
+/// byte-order mark is dropped.
 ///
 /// # Errors
 ///
@@ -140,6 +141,11 @@ pub(crate) fn read_text_bounded(path: &Path, what: &str, limit: u64) -> Result<S
         .map_err(cannot)?;
     if text.len() as u64 > limit {
         return Err(too_large(text.len() as u64));
+    }
+    // A byte-order mark (Windows editors write one) is no part of the text: JSON parsers refuse
+    // it as "expected value at line 1 column 1", which names no cause.
+    if let Some(rest) = text.strip_prefix('\u{feff}') {
+        text = rest.to_owned();
     }
     Ok(text)
 }

@@ -426,6 +426,12 @@ impl<B: BufRead> Lines<B> {
                 if line.ends_with('\r') {
                     line.pop();
                 }
+                // A byte-order mark before the first atom count (Windows editors write one).
+                if self.number == 1
+                    && let Some(rest) = line.strip_prefix('\u{feff}')
+                {
+                    line = rest.to_owned();
+                }
                 Ok(Some(line))
             }
             Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(format_error(
