@@ -604,15 +604,30 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Mean and standard error of the mean; no standard error from fewer than two values (one
-/// value says nothing about the spread, and `± 0` would claim an exact result).
+/// value says nothing about the spread, and `± 0` would claim an exact result). Computed in
+/// units of the largest |value|, so that both are finite whenever they are representable:
+/// NLLs of 1e300 (configurations far outside the flow's support) would overflow the sums of
+/// squares and lose a standard error that exists.
 fn mean_and_se(values: &[f64]) -> (f64, Option<f64>) {
     let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    if values.len() < 2 {
-        return (mean, None);
+    let scale = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    if !scale.is_finite() || scale == 0.0 {
+        // Infinite or NaN values (no spread to speak of), or all zeros (an exact 0 ± 0).
+        let mean = values.iter().sum::<f64>() / n;
+        let se = (values.len() >= 2 && scale == 0.0).then_some(0.0);
+        return (mean, se);
     }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, Some((var / n).sqrt()).filter(|se| se.is_finite()))
+    let mean = values.iter().map(|v| v / scale).sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean * scale, None);
+    }
+    let var = values
+        .iter()
+        .map(|v| (v / scale - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0);
+    let se = (var / n).sqrt() * scale;
+    (mean * scale, Some(se).filter(|se| se.is_finite()))
 }
 
 /// `value ± se` with `decimals` decimals, `± n/a` without a standard error.
@@ -1757,8 +1772,32 @@ fn run_train(a: TrainArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{
-        MAX_POOL_THREADS, better_uncertified_epoch, num, plus_minus, pool_size, reports_nan,
+        MAX_POOL_THREADS, better_uncertified_epoch, mean_and_se, num, plus_minus, pool_size,
+        reports_nan,
     };
+
+    /// The mean and its standard error exist for values near the largest f64 and keep their
+    /// value at ordinary scales.
+    #[test]
+    fn mean_and_standard_error_do_not_overflow() {
+        let (mean, se) = mean_and_se(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((mean - 2.5).abs() < 1e-15);
+        assert!((se.unwrap() - (5.0_f64 / 12.0).sqrt()).abs() < 1e-15);
+        let huge = [7.5e300, -3.0e300, 1.0e308, 2.0e300];
+        let (mean, se) = mean_and_se(&huge);
+        assert!(
+            mean.is_finite() && se.is_some_and(f64::is_finite),
+            "{mean} {se:?}"
+        );
+        // Exact against the same formula at a scale where nothing overflows.
+        let small: Vec<f64> = huge.iter().map(|v| v * 1e-300).collect();
+        let (m, e) = mean_and_se(&small);
+        assert!((mean * 1e-300 - m).abs() <= 1e-12 * m.abs());
+        assert!((se.unwrap() * 1e-300 - e.unwrap()).abs() <= 1e-12 * e.unwrap());
+        assert_eq!(mean_and_se(&[0.0, 0.0]), (0.0, Some(0.0)));
+        assert_eq!(mean_and_se(&[5.0]), (5.0, None));
+        assert_eq!(mean_and_se(&[f64::INFINITY, 1.0]).1, None);
+    }
     use eqflow::train::{EpochReport, TrainSummary};
     use std::time::Duration;
 
