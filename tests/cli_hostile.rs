@@ -1378,6 +1378,53 @@ fn train_refuses_a_data_name_for_its_model_and_a_bad_schedule_it_would_not_use()
         "0.8",
     ]);
     assert!(!err.contains("ignored"), "{err}");
+    // KL epochs whose λ never leaves 1 (pure ML) train no KL term: said, not silent.
+    for (extra, silent) in [
+        (vec!["--kl-epochs", "1"], false),
+        (
+            vec!["--kl-epochs", "2", "--lambda-schedule", "const:1"],
+            false,
+        ),
+        (vec!["--kl-epochs", "2"], true),
+    ] {
+        let err = train(&extra);
+        assert_eq!(!err.contains("no KL term"), silent, "{extra:?}: {err}");
+    }
+    // A validation set smaller than asked for, or none for --validate-every, is said.
+    let validated = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--system",
+            "dw4",
+            "--data",
+            s(&data),
+            "--out",
+            s(&model),
+            "--n-train",
+            "40",
+            "--epochs",
+            "1",
+            "-q",
+        ];
+        args.extend(extra);
+        let out = eqflow(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stderr(&out)
+    };
+    let err = validated(&["--n-val", "100"]);
+    assert!(
+        err.contains("--n-val 100") && err.contains("validating on 24"),
+        "{err}"
+    );
+    let err = validated(&["--n-val", "0", "--validate-every", "5"]);
+    assert!(err.contains("--validate-every is given"), "{err}");
+    let err = validated(&["--n-val", "24", "--validate-every", "5"]);
+    assert!(
+        !err.contains("--n-val") && !err.contains("--validate-every"),
+        "{err}"
+    );
+    // The default --n-val (1000) shrinks to what the file holds without a word.
+    assert!(!validated(&[]).contains("--n-val"));
 }
 
 #[test]

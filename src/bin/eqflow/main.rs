@@ -151,10 +151,10 @@ struct TrainArgs {
     #[arg(long, default_value_t = 1000, value_parser = args::positive_count,
           allow_negative_numbers = true)]
     n_train: usize,
-    /// Validation samples (the next ones in the file, if any; 0 for none): the best epoch is
-    /// kept.
-    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
-    n_val: usize,
+    /// Validation samples (the next ones in the file, if any; 0 for none; default 1000): the
+    /// best epoch is kept.
+    #[arg(long, allow_negative_numbers = true)]
+    n_val: Option<usize>,
     /// Field family: `kernel` (the paper's pairwise RBF field; trains by every objective),
     /// `coordkernel` (pair coefficients modulated by both particles' coordination numbers;
     /// every objective), `envpair` (environment-modulated pair field; fm, fm-align or fm-ot
@@ -230,11 +230,10 @@ struct TrainArgs {
     /// step, F in (0, 1]).
     #[arg(long, default_value = "const")]
     lr_schedule: String,
-    /// Epochs between validation NLLs of the first phase (the last epoch is always validated;
-    /// the best validated epoch is kept).
-    #[arg(long, default_value_t = 1, value_parser = args::validate_every,
-          allow_negative_numbers = true)]
-    validate_every: usize,
+    /// Epochs between validation NLLs of the first phase (default 1; the last epoch is always
+    /// validated; the best validated epoch is kept).
+    #[arg(long, value_parser = args::validate_every, allow_negative_numbers = true)]
+    validate_every: Option<usize>,
     /// Random seed (initial weights, shuffles, KL latents).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
@@ -1361,17 +1360,52 @@ fn lambda_schedule(a: &TrainArgs) -> Result<LambdaSchedule> {
 /// (docs/field_families.md, "Certified by default": 0.97 and 0.99 fitted no better).
 const LIPSCHITZ_TARGET: f64 = 0.9;
 
+/// `--n-val`'s default.
+const DEFAULT_N_VAL: usize = 1000;
+
+/// Warns when the validation set is not what the flags asked for: `--n-val` larger than what
+/// the file holds after the training samples, or `--validate-every` with no validation
+/// samples at all.
+fn warn_short_validation(a: &TrainArgs, n_val: usize, n_total: usize) {
+    if let Some(asked) = a.n_val
+        && asked > n_val
+    {
+        warn(&format!(
+            "--n-val {asked}, but {} holds {n_total} samples and --n-train takes {}: \
+             validating on {n_val}",
+            a.data.display(),
+            a.n_train
+        ));
+    }
+    if n_val == 0 && a.validate_every.is_some() {
+        warn("--validate-every is given, but there are no validation samples: ignored");
+    }
+}
+
 /// The paper's λ schedule over the KL epochs, `--lambda-schedule`'s default.
 const PAPER_LAMBDA_SCHEDULE: &str = "linear:1:0.5";
 
 /// Warns about `eqflow train` flags that the run will not use (they are still checked): a
 /// user who set them should not believe they shaped the model.
-fn warn_unused_train_flags(a: &TrainArgs, lipschitz_penalty: f64) {
+fn warn_unused_train_flags(a: &TrainArgs, lambda: LambdaSchedule, lipschitz_penalty: f64) {
     if a.kl_epochs == 0 && (a.lambda_schedule.is_some() || a.kl_weight_schedule.is_some()) {
         warn(
             "--lambda-schedule / --kl-weight-schedule apply to the KL epochs, and --kl-epochs \
              is 0: ignored",
         );
+    }
+    // λ = 1 is pure maximum likelihood: KL epochs that never go below it train no KL term
+    // (the paper's schedule over a single epoch is its first value, 1).
+    if a.kl_epochs > 0 && (0..a.kl_epochs).all(|e| lambda.at(e, a.kl_epochs) >= 1.0) {
+        warn(&format!(
+            "λ is 1 in all {} KL epochs (--lambda-schedule {}), so they train by maximum \
+             likelihood alone: no KL term (λ = 1 is pure ML; a schedule going below 1, or more \
+             epochs of linear:1:0.5, mixes the KL in)",
+            a.kl_epochs,
+            a.lambda_schedule
+                .as_deref()
+                .unwrap_or(PAPER_LAMBDA_SCHEDULE)
+        ));
     }
     if lipschitz_penalty == 0.0 && a.lipschitz_target.is_some() {
         warn(
@@ -1499,7 +1533,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
         });
     }
     let train = &data[..a.n_train * len];
-    let n_val = a.n_val.min(n_total - a.n_train);
+    let n_val = a.n_val.unwrap_or(DEFAULT_N_VAL).min(n_total - a.n_train);
+    warn_short_validation(&a, n_val, n_total);
     let validation = (n_val > 0).then(|| &data[a.n_train * len..(a.n_train + n_val) * len]);
     let mut flow = system
         .untrained_flow_of(&a.field, a.seed)
@@ -1593,14 +1628,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let lipschitz_penalty = a
         .lipschitz_penalty
         .unwrap_or_else(|| default_lipschitz_penalty(system.builtin_equivalent(), &a.field));
-    warn_unused_train_flags(&a, lipschitz_penalty);
+    warn_unused_train_flags(&a, lambda, lipschitz_penalty);
     let mut config = TrainConfig {
         n_epochs: a.epochs,
         batch_size: a.batch_size,
         kt: system.kt,
         seed: a.seed,
         objective,
-        validate_every: a.validate_every,
+        validate_every: a.validate_every.unwrap_or(1),
         lr_schedule: parse_lr_schedule(&a.lr_schedule)?,
         lipschitz_penalty,
         lipschitz_target: a.lipschitz_target.unwrap_or(LIPSCHITZ_TARGET),
