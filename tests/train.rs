@@ -1153,6 +1153,23 @@ fn the_lipschitz_penalty_trains_a_certified_flow_and_needs_the_bound_gradient() 
         .unwrap_err();
     assert!(err.to_string().contains("Lipschitz penalty"), "{err}");
     assert_eq!(flow, before);
+    // A finite weight whose weighted gradient overflows names the penalty, not the energy,
+    // kT or the learning rate. From the unpenalised (uncertified) flow, where the penalty
+    // pulls.
+    let mut flow = plain.clone();
+    let huge = TrainConfig {
+        lipschitz_penalty: 1e308,
+        ..config
+    };
+    let err = Trainer::new(huge, &data)
+        .run(&mut flow, |_| true)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("certificate penalty") && message.contains("lower lipschitz_penalty"),
+        "{message}"
+    );
+    assert_eq!(flow, plain);
 }
 
 #[test]

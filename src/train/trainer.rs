@@ -636,10 +636,20 @@ impl<'a> Trainer<'a> {
         };
         at("the mixed loss", loss)?;
         g.mix(lambda, kl.is_some());
+        check_gradient("the training loss", &g.mixed, (epoch, step))?;
         if c.lipschitz_penalty > 0.0 {
             add_certificate_penalty(&run.work, &c, &mut g.mixed)?;
+            // Finite before the penalty, not after: the penalty's weight is the cause.
+            if let Some(i) = g.mixed.iter().position(|g| !g.is_finite()) {
+                return Err(Error::non_finite(format!(
+                    "training diverged: the gradient of the training loss with the certificate \
+                     penalty at epoch {epoch} step {step} has parameter component {i} = {}; \
+                     the flow is unchanged (the penalty's weight {:e} is too large: lower \
+                     lipschitz_penalty)",
+                    g.mixed[i], c.lipschitz_penalty
+                )));
+            }
         }
-        check_gradient("the training loss", &g.mixed, (epoch, step))?;
         let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
         run.optimizer.set_lr(lr)?;
         run.optimizer.step(&mut run.params, &g.mixed)?;
