@@ -1123,6 +1123,22 @@ fn a_huge_rayon_num_threads_is_capped_and_changes_no_sample() {
             "the samples depend on the thread count"
         );
     }
+    // A value rayon would ignore silently is named; 0 (rayon's "the default") is not.
+    for (threads, named) in [("abc", true), ("-1", true), ("2.5", true), ("0", false)] {
+        let out = dir.join("t_odd.npy");
+        let run = eqflow_within_env(30, &[("RAYON_NUM_THREADS", threads)], &as_str(&args(&out)));
+        let err = stderr(&run);
+        assert!(run.status.success(), "{threads}: {err}");
+        assert_eq!(
+            err.contains("is not a number of threads"),
+            named,
+            "{threads}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&reference).unwrap()
+        );
+    }
 }
 
 #[test]

@@ -74,6 +74,13 @@ fn pool_size(requested: Option<usize>, cores: usize) -> (usize, Option<usize>) {
     (wanted.min(cap), (wanted > cap).then_some(cap))
 }
 
+/// Whether a `RAYON_NUM_THREADS` value is one rayon reads as a count: blank, or a non-negative
+/// integer (0 is rayon's "the default").
+fn is_thread_count(value: &str) -> bool {
+    let value = value.trim();
+    value.is_empty() || value.parse::<usize>().is_ok()
+}
+
 /// Builds rayon's global pool with the capped thread count before any parallel work, so that
 /// rayon never builds it implicitly from an uncapped `RAYON_NUM_THREADS`.
 ///
@@ -85,6 +92,13 @@ fn start_thread_pool() -> Result<()> {
     let value = std::env::var(RAYON_ENV_VAR).ok();
     let requested = parse_rayon_threads(value.as_deref());
     let (size, capped) = pool_size(requested, cores());
+    if let Some(text) = value.as_deref().filter(|v| !is_thread_count(v)) {
+        // rayon ignores such a value silently; a typo should not pass for a setting.
+        warn(&format!(
+            "RAYON_NUM_THREADS={text:?} is not a number of threads (a non-negative integer; 0 \
+             or unset means the default): using the default, {size}"
+        ));
+    }
     if let (Some(cap), Some(requested)) = (capped, requested) {
         warn(&format!(
             "RAYON_NUM_THREADS={requested} is capped at {cap} threads ({THREADS_PER_CORE} per \
