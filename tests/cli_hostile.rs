@@ -1055,6 +1055,65 @@ fn text_inputs_with_a_byte_order_mark_are_read() {
     ]));
 }
 
+/// Ctrl-C (or SIGTERM) during a write removes the write's temporary: no target is ever
+/// half-written, but before, an 88 MB `.big.npy.eqflow-<pid>-0.tmp` stayed behind, under a
+/// name no later run reuses.
+#[test]
+fn an_interrupted_write_leaves_no_temporary_behind() {
+    let dir = folder("hostile_interrupt");
+    let target = dir.join("big.npy");
+    let temporaries = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.starts_with(".big.npy").then_some(name)
+            })
+            .collect::<Vec<_>>()
+    };
+    // Runs large enough that the write (and its fsync) lasts long enough to be interrupted; a
+    // round that finished before its signal arrived checks nothing, and at least one must not.
+    let mut interrupted = 0;
+    for (n, signal) in [
+        ("2000000", "-INT"),
+        ("2000000", "-TERM"),
+        ("8000000", "-INT"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eqflow"))
+            .args([
+                "mcmc", "--system", "dw4", "-n", n, "--burnin", "0", "--thin", "1",
+            ])
+            .args(["--seed", "1", "-q", "--out", s(&target)])
+            .env("RAYON_NUM_THREADS", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while temporaries().is_empty() && child.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no write started"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        if status.success() || !killed.success() {
+            let _ = std::fs::remove_file(&target);
+            continue;
+        }
+        interrupted += 1;
+        assert_eq!(status.code(), Some(130), "{signal}: {status:?}");
+        assert!(temporaries().is_empty(), "{signal}: {:?}", temporaries());
+        assert!(!target.exists(), "{signal}: a half-written target");
+    }
+    assert!(interrupted > 0, "every run finished before its signal");
+}
+
 #[test]
 fn configurations_go_to_npy_or_xyz_files_only() {
     let dir = folder("hostile_formats");

@@ -411,6 +411,15 @@ struct EvalArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C or SIGTERM mid-write: no target is ever half-written (each is a temporary renamed
+    // over it), but the temporary itself would stay behind under a name no later run reuses.
+    // The handler runs on its own thread, removes the unfinished temporaries and exits as a
+    // shell reports an interrupt (128 + SIGINT). Without a handler (one could not be installed)
+    // the default action applies, as before.
+    let _ = ctrlc::set_handler(|| {
+        eqflow::io::remove_unfinished();
+        std::process::exit(130);
+    });
     let result = start_thread_pool().and_then(|()| match cli.command {
         Command::Mcmc(a) => run_mcmc(a),
         Command::Sample(a) => run_sample(a),

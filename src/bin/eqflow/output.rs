@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use eqflow::io::Unfinished;
 use eqflow::{Error, Result};
 
 /// Distinguishes the temporaries of this process.
@@ -143,11 +144,17 @@ pub fn check_output(flag: &str, path: &Path, inputs: &[(&str, &Path)]) -> Result
 pub struct Staged {
     /// (temporary, target) of each output written so far.
     files: Vec<(PathBuf, PathBuf)>,
+    /// The temporaries, registered for removal if a signal stops the process
+    /// ([`eqflow::io::remove_unfinished`]) until they are renamed or removed.
+    unfinished: Vec<Unfinished>,
 }
 
 impl Staged {
     pub fn new() -> Self {
-        Staged { files: Vec::new() }
+        Staged {
+            files: Vec::new(),
+            unfinished: Vec::new(),
+        }
     }
 
     /// Writes the output for `target` with `write`, which is given the temporary's path.
@@ -160,6 +167,7 @@ impl Staged {
             .map_err(|e| io_error(format!("cannot write {}: {e}", target.display())))?;
         // Registered first, so that a failed write removes it too.
         self.files.push((tmp.clone(), target.to_path_buf()));
+        self.unfinished.push(Unfinished::register(tmp.clone()));
         write(&tmp)
     }
 
@@ -176,10 +184,14 @@ impl Staged {
         // The earlier contents of each target, kept aside under a second name: a hard link
         // (no copy, the same inode survives the rename), or a copy where links are refused.
         let mut kept: Vec<Option<PathBuf>> = Vec::with_capacity(files.len());
+        let mut kept_unfinished = Vec::with_capacity(files.len());
         let mut failure = None;
         for (_, target) in &files {
             match keep_aside(target) {
-                Ok(backup) => kept.push(backup),
+                Ok(backup) => {
+                    kept_unfinished.extend(backup.clone().map(Unfinished::register));
+                    kept.push(backup);
+                }
                 Err(e) => {
                     failure = Some(io_error(format!(
                         "cannot write {}: its earlier contents cannot be kept aside: {e}",
