@@ -1131,7 +1131,9 @@ int32_t eqf_flow_options_free(eqf_flow_options *options);
  * Kernel counts left at their defaults follow the family (kernel:
  * 50 and 10, also for kernelcoord's kernel part; coordkernel and envpair: 16 and 6; dense:
  * hidden width 64 and 6 time features); counts set with `eqf_flow_options_set_kernel_counts`
- * must suit the new family.
+ * must suit the new family. Particle limits below EQF_MAX_PARTICLES, checked when the flow is
+ * created (EQF_ERR_INVALID_ARGUMENT): coordkernel, kernelcoord and envpair at most 256
+ * particles, dense at most 1,024.
  *
  * @param options  the options (not NULL)
  * @param name     NUL-terminated family name (not NULL)
