@@ -657,11 +657,24 @@ fn xyz_species_index_columns_are_checked() {
     let cases = [
         (
             frame(":species_index:I:1", " -1", " 0"),
-            "not a non-negative integer",
+            "not a species index",
         ),
         (
             frame(":species_index:I:1", " 1.5", " 0"),
-            "not a non-negative integer",
+            "not a species index",
+        ),
+        (
+            frame(":species_index:I:1", " 4294967296", " 0"),
+            "from 0 to 4294967295",
+        ),
+        // A column declared twice: which one is meant would be the reader's guess.
+        (
+            frame(":species_index:I:1:species_index:I:1", " 1 0", " 0 1"),
+            "declares the column \"species_index\" twice",
+        ),
+        (
+            frame(":pos:R:3", " 0 0 0", " 0 0 0"),
+            "declares the column \"pos\" twice",
         ),
         (frame(":species_index:R:1", " 1", " 0"), "must be I:1"),
         // A particle that changes species between frames.

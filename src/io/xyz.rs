@@ -297,9 +297,10 @@ pub fn read_xyz_from<R: BufRead>(reader: R, dim: usize) -> Result<XyzTrajectory>
                 let token = tokens[at];
                 let index: u32 = token.parse().map_err(|_| {
                     lines.error(&format!(
-                        "frame {frame}, atom {atom}: {SPECIES_INDEX} {:?} is not a \
-                         non-negative integer",
-                        clip(token)
+                        "frame {frame}, atom {atom}: {SPECIES_INDEX} {:?} is not a species \
+                         index (an integer from 0 to {})",
+                        clip(token),
+                        u32::MAX
                     ))
                 })?;
                 if frame == 0 {
@@ -549,7 +550,18 @@ fn columns_of(spec: &str) -> std::result::Result<Columns, String> {
     }
     let mut total = 0usize;
     let (mut pos_at, mut species_at) = (None, None);
-    for triple in parts.chunks_exact(3) {
+    for (k, triple) in parts.chunks_exact(3).enumerate() {
+        // A name declared twice would leave which column is meant to the reader: refused.
+        if parts
+            .chunks_exact(3)
+            .take(k)
+            .any(|earlier| earlier[0] == triple[0])
+        {
+            return Err(format!(
+                "Properties={spec:?} declares the column {:?} twice",
+                triple[0]
+            ));
+        }
         let count: usize = triple[2]
             .parse()
             .ok()
