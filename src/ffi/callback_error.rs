@@ -31,6 +31,26 @@ pub(crate) fn annotate(what: String) -> String {
     }
 }
 
+/// `bytes` as text of at most [`MAX_MESSAGE_BYTES`] bytes that ends on a whole character.
+///
+/// Cutting the bytes at the limit first could split a character, which the lossy conversion
+/// would then turn into a 3-byte replacement character, past the limit. So a prefix a few
+/// bytes longer is converted, and the text is cut afterwards at a character boundary. The
+/// extra bytes cannot change what is kept: a replacement character is never shorter than the
+/// bytes it replaces, so whatever the cut at `MAX + 4` produces starts past `MAX`.
+fn bounded(bytes: &[u8]) -> String {
+    let prefix = &bytes[..bytes.len().min(MAX_MESSAGE_BYTES + 4)];
+    let mut text = String::from_utf8_lossy(prefix).into_owned();
+    if text.len() > MAX_MESSAGE_BYTES {
+        let end = (0..=MAX_MESSAGE_BYTES)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(end);
+    }
+    text
+}
+
 /// Attaches a message to the failure a host callback is about to report (by returning a
 /// non-zero status from an energy or energy-gradient callback). The status of the eqflow call
 /// that invoked the callback is then `EQF_ERR_CALLBACK` and `eqf_last_error_message` ends with
@@ -48,7 +68,7 @@ pub unsafe extern "C" fn eqf_set_callback_error(message: *const c_char) -> i32 {
         // SAFETY: `message` is non-NULL and, by this function's contract, NUL-terminated and
         // readable; the borrow ends with the copy below.
         let bytes = unsafe { CStr::from_ptr(message) }.to_bytes();
-        Some(String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE_BYTES)]).into_owned())
+        Some(bounded(bytes))
     };
     let _ = MESSAGE.try_with(|m| *m.borrow_mut() = text);
     EQF_OK
@@ -84,6 +104,45 @@ mod tests {
             // SAFETY: a valid C string.
             unsafe { eqf_set_callback_error(blank.as_ptr()) };
             assert_eq!(annotate("failed".into()), "failed");
+        }
+    }
+
+    /// A message cut at the limit keeps whole characters only: before, the cut split the
+    /// 2-byte 'é' that straddles byte 4,096 and the lossy conversion made the half a 3-byte
+    /// U+FFFD, 4,098 bytes in all.
+    #[test]
+    fn a_long_message_is_cut_before_a_split_character() {
+        let text = format!("{}éé", "a".repeat(MAX_MESSAGE_BYTES - 1));
+        let c_text = std::ffi::CString::new(text).unwrap();
+        clear();
+        // SAFETY: a valid C string.
+        unsafe { eqf_set_callback_error(c_text.as_ptr()) };
+        let kept = annotate(String::new());
+        let kept = kept.strip_prefix(": ").unwrap();
+        // (Lengths and a tail compared, not the 4 kB texts, for a readable failure.)
+        assert_eq!(
+            kept.len(),
+            MAX_MESSAGE_BYTES - 1,
+            "ends {:?}",
+            &kept[kept.len() - 8..]
+        );
+        assert!(kept.bytes().all(|b| b == b'a'));
+        // Exactly at the limit, a whole 'é' ends the text.
+        assert_eq!(
+            bounded(format!("{}éé", "a".repeat(MAX_MESSAGE_BYTES - 2)).as_bytes()).len(),
+            MAX_MESSAGE_BYTES
+        );
+        // Invalid bytes near the limit: replaced, and still at most the limit, on a boundary.
+        for lead in MAX_MESSAGE_BYTES - 4..=MAX_MESSAGE_BYTES + 2 {
+            let mut bytes = vec![b'a'; lead];
+            bytes.extend_from_slice(b"\xff\xc3\xa9\xe2\x82tail");
+            let kept = bounded(&bytes);
+            assert!(kept.len() <= MAX_MESSAGE_BYTES, "{lead}: {}", kept.len());
+            assert!(
+                kept.len() >= MAX_MESSAGE_BYTES - 3,
+                "{lead}: {}",
+                kept.len()
+            );
         }
     }
 }
