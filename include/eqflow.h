@@ -549,8 +549,11 @@ extern "C" {
  * non-zero status from an energy or energy-gradient callback). The status of the eqflow call
  * that invoked the callback is then `EQF_ERR_CALLBACK` and `eqf_last_error_message` ends with
  * this text. Call it from inside the callback, on the thread that runs the callback; a
- * message set elsewhere, or by a callback that then returns 0, is discarded. NULL clears the
- * message. The text is copied (at most 4,096 bytes; invalid UTF-8 is replaced).
+ * message set elsewhere, or by a callback that then returns 0, is discarded. Each callback
+ * has its own message: a callback that calls an eqflow function which runs another host
+ * callback (a step of another move, a training run with a KL energy callback) keeps the
+ * message it set, whatever the inner callback sets. NULL clears the message. The text is
+ * copied (at most 4,096 bytes, ending on a whole character; invalid UTF-8 is replaced).
  *
  * @param message  NUL-terminated text, or NULL
  * @return EQF_OK

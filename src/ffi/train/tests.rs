@@ -664,6 +664,93 @@ fn callback_failures_stop_training_and_leave_the_flow_and_summary_unchanged() {
     }
 }
 
+/// A move energy that sets the message "MOVE-INNER" and returns the DW-4 energy (success).
+unsafe extern "C" fn move_energy_with_message(
+    _: *mut c_void,
+    n_particles: i64,
+    dim: i64,
+    x: *const f64,
+    u: *mut f64,
+) -> i32 {
+    // SAFETY: a valid C string; eqflow passes N*D doubles and a writable double.
+    unsafe {
+        crate::ffi::callback_error::eqf_set_callback_error(c"MOVE-INNER".as_ptr());
+        let x = std::slice::from_raw_parts(x, (n_particles * dim) as usize);
+        u.write(DoubleWell::dw4().energy(x));
+    }
+    0
+}
+
+/// A KL energy that sets the message "KL-OUTER", runs a step of the move `user` points to
+/// (whose callback sets "MOVE-INNER" and succeeds), and fails.
+unsafe extern "C" fn kl_energy_nesting_a_step(
+    user: *mut c_void,
+    n_particles: i64,
+    dim: i64,
+    x: *const f64,
+    u: *mut f64,
+    _: *mut f64,
+) -> i32 {
+    // SAFETY: a valid C string; the test passes a live move as `user`; eqflow passes N*D
+    // doubles and a writable double; the nested step gets buffers of the right sizes.
+    unsafe {
+        crate::ffi::callback_error::eqf_set_callback_error(c"KL-OUTER".as_ptr());
+        let mut y = std::slice::from_raw_parts(x, (n_particles * dim) as usize).to_vec();
+        let mut u_y = DoubleWell::dw4().energy(&y);
+        let mut accepted = -7;
+        let status = crate::ffi::flow_move::eqf_move_step(
+            user.cast(),
+            y.as_mut_ptr(),
+            &raw mut u_y,
+            Some(move_energy_with_message),
+            std::ptr::null_mut(),
+            &raw mut accepted,
+        );
+        assert_eq!(status, EQF_OK);
+        u.write(0.0);
+    }
+    1
+}
+
+/// Issue F1 of the C-ABI sweep, from a KL energy: its message "KL-OUTER" was replaced by the
+/// message of the move callback it ran (which succeeded, so its message is discarded).
+#[test]
+fn a_kl_callback_keeps_its_message_across_a_nested_move_step() {
+    let data = dw4_data(16, 8);
+    let options = ml_kl_options();
+    let mut flow_for_move = std::ptr::null_mut();
+    let mut mv = std::ptr::null_mut();
+    // SAFETY: valid pointer slots; live options; the move outlives the training call.
+    unsafe {
+        assert_eq!(eqf_flow_new(4, 2, 5, &raw mut flow_for_move), EQF_OK);
+        assert_eq!(
+            crate::ffi::flow_move::eqf_move_new(flow_for_move, 1.0, 3, &raw mut mv),
+            EQF_OK
+        );
+        let status = eqf_train_options_set_kl_energy_fn(
+            options.0,
+            Some(kl_energy_nesting_a_step),
+            mv.cast(),
+        );
+        assert_eq!(status, EQF_OK);
+    }
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let (status, _) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_ERR_CALLBACK, "{}", message());
+    let message = message();
+    assert!(
+        message.contains("returned 1: KL-OUTER") && !message.contains("MOVE-INNER"),
+        "{message}"
+    );
+    assert_eq!(flow.params(), before);
+    // SAFETY: created above, freed once.
+    unsafe {
+        assert_eq!(crate::ffi::flow_move::eqf_move_free(mv), EQF_OK);
+        assert_eq!(crate::ffi::flow::eqf_flow_free(flow_for_move), EQF_OK);
+    }
+}
+
 #[test]
 fn bad_arguments_are_rejected_before_training() {
     let data = dw4_data(16, 9);
