@@ -1651,9 +1651,10 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  * functions, this one **modifies the flow**, by one swap at its end: until then the callbacks
  * and other threads may read the flow and see the parameters from before the call; calls on
  * other threads that read it then finish on the old flow or start on the new one. Called from
- * a callback of another eqflow call that reads a flow on this thread (a log callback), or
- * while another `eqf_flow_train` trains the same flow (from its progress or energy callback,
- * or on another thread), it fails with EQF_ERR_INVALID_STATE before training.
+ * a callback of another eqflow call that reads a flow on this thread (a log callback: any
+ * message of that call, the one reporting its failure included), or while another
+ * `eqf_flow_train` trains the same flow (from its progress or energy callback, or on another
+ * thread), it fails with EQF_ERR_INVALID_STATE before training.
  *
  * On failure the flow is unchanged, `summary` is not written, and the message says what
  * failed (for a failed KL energy: which prior sample and how).

@@ -1317,6 +1317,101 @@ fn a_commit_from_inside_a_flow_call_on_the_same_thread_is_refused() {
     assert_eq!(flow.params(), other.field().params());
 }
 
+/// What [`train_from_log`] trains, and the statuses it got.
+struct TrainFromLog {
+    /// The test's thread: messages of other tests' calls (on other threads) are ignored.
+    thread: std::thread::ThreadId,
+    flow: *mut eqf_flow,
+    options: *const eqf_train_options,
+    data: Vec<f64>,
+    statuses: std::sync::Mutex<Vec<i32>>,
+}
+
+/// A log callback that trains `user`'s flow (a `TrainFromLog`) on every message of its test's
+/// thread.
+unsafe extern "C" fn train_from_log(user: *mut c_void, _: i32, _: *const std::ffi::c_char) {
+    // SAFETY: the test installs this callback with a live `TrainFromLog`, shared read-only
+    // apart from its lock, and removes it before that is dropped.
+    let train = unsafe { &*user.cast::<TrainFromLog>() };
+    if std::thread::current().id() != train.thread {
+        return;
+    }
+    // SAFETY: live handles; whole DW-4 configurations.
+    let status = unsafe {
+        eqf_flow_train(
+            train.flow,
+            train.options,
+            (train.data.len() / 8) as i64,
+            train.data.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+        )
+    };
+    train.statuses.lock().unwrap().push(status);
+}
+
+/// Issue F4 of the C-ABI sweep: the report of a failed call that reads a flow went to the log
+/// callback after the call had let go of the flow, so `eqf_flow_train` from that callback
+/// trained the flow while the outer call had not returned, against the documented rule. Now
+/// every message of such a call, its failure report included, is sent as from inside it;
+/// the report of a call that reads no flow still lets the callback train.
+#[test]
+fn a_log_callback_cannot_train_from_the_failure_report_of_a_flow_call() {
+    use crate::ffi::log::{eqf_set_log_callback, tests::INSTALLS};
+    let _installs = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let data = dw4_data(16, 8);
+    let options = Options::small();
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let train = TrainFromLog {
+        thread: std::thread::current().id(),
+        flow: flow.0,
+        options: options.0,
+        data: data.clone(),
+        statuses: std::sync::Mutex::new(Vec::new()),
+    };
+    let take_statuses = || std::mem::take(&mut *train.statuses.lock().unwrap());
+    // SAFETY: `train_from_log` is thread-safe (it acts on this thread only) and `train`
+    // outlives its installation (removed below).
+    unsafe { eqf_set_log_callback(Some(train_from_log), (&raw const train).cast_mut().cast()) };
+
+    // A density at a NaN coordinate fails after reading the flow.
+    let mut x = data[..8].to_vec();
+    x[3] = f64::NAN;
+    let mut log_q = [0.0];
+    // SAFETY: live handle; one configuration and one output.
+    let status = unsafe {
+        crate::ffi::flow::eqf_flow_log_density(flow.0, 1, x.as_ptr(), log_q.as_mut_ptr())
+    };
+    let density_failed = (status, take_statuses(), flow.params() == before);
+    // A training run of the flow that fails (NaN data): its report must not train it either.
+    let (status, _) = flow.train(&options, &x, &[]);
+    let training_failed = (status, take_statuses(), flow.params() == before);
+    // A failure of a call that reads no flow: training from its report is fine.
+    let status = crate::ffi::catch(|| Err(crate::Error::invalid("no flow read")));
+    let other_failed = (status, take_statuses(), flow.params() == before);
+
+    // SAFETY: removing the callback is always allowed.
+    unsafe { eqf_set_log_callback(None, std::ptr::null_mut()) };
+    // (The failed run sends two messages; each is refused.)
+    for (status, nested, unchanged) in [density_failed, training_failed] {
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert!(!nested.is_empty(), "no message");
+        assert!(
+            nested
+                .iter()
+                .all(|s| *s == crate::ffi::EQF_ERR_INVALID_STATE),
+            "{nested:?}"
+        );
+        assert!(unchanged, "trained from the failure report");
+    }
+    assert_eq!(
+        other_failed,
+        (EQF_ERR_INVALID_ARGUMENT, vec![EQF_OK], false)
+    );
+}
+
 unsafe extern "C" fn shorten_options(user: *mut c_void, _: *const eqf_train_epoch) -> i32 {
     // SAFETY: the test passes its live options as `user`.
     let status = unsafe { eqf_train_options_set_epochs(user.cast(), 1) };
