@@ -1589,11 +1589,19 @@ int32_t eqf_train_options_set_progress(eqf_train_options *options,
                                        void *user);
 
 /**
- * Sets a built-in energy (from `eqf_energy_double_well` or `eqf_energy_lennard_jones`) as the
- * target of the KL term, replacing a KL target set before; NULL removes the target. The
- * options keep the energy alive, so its handle may be freed right after this call. Its
- * particles must be those of the flow that is trained (checked by `eqf_flow_train`). Built-in
- * energies are evaluated in eqflow's thread pool.
+ * Sets a built-in energy (from `eqf_energy_double_well`, `eqf_energy_lennard_jones` or
+ * `eqf_energy_lennard_jones_species`) as the target of the KL term, replacing a KL target set
+ * before; NULL removes the target. The options keep the energy alive, so its handle may be
+ * freed right after this call. Built-in energies are evaluated in eqflow's thread pool.
+ *
+ * Its particles must be those of the flow that is trained, which `eqf_flow_train` checks
+ * (EQF_ERR_INVALID_ARGUMENT otherwise): the same N and D and, for an energy with several
+ * species, exactly the flow's species (`eqf_flow_options_set_species`: the same number of
+ * species and the same species index for every particle). An energy of identical particles
+ * (the double well, Lennard-Jones, or one species) suits any flow, one with species too: the
+ * flow can learn a target that does not tell its species apart. An energy with several
+ * species does not suit a flow of identical particles, which cannot tell them apart. A host
+ * callback (`eqf_train_options_set_kl_energy_fn`) is checked for N and D only.
  *
  * @param options  the options (not NULL)
  * @param energy   the energy, or NULL
@@ -1669,14 +1677,16 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  *                      `sizeof(eqf_train_summary)`; written only on success
  * @return EQF_OK (also when the progress callback stopped training early);
  *         EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (a count out of range, no training
- *         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
- *         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
- *         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
- *         callback failed); EQF_ERR_INVALID_STATE (the flow is training already, or this
- *         thread is inside a callback of a call that reads a flow); EQF_ERR_RESOURCE (one
- *         training step would hold more than 1 TiB: n_kl_samples RK4 trajectories of
- *         4*n_rk4_steps*N*D doubles, the per-sample gradients of a minibatch, the batch^2
- *         alignments of equivariant-OT flow matching; or the RK4 tape's memory is refused);
+ *         configurations, lambda < 1 without a KL energy, a KL energy for other particles:
+ *         another N or D, or species other than the flow's, see
+ *         `eqf_train_options_set_kl_energy`; a summary size below 80); EQF_ERR_NON_FINITE
+ *         (NaN or infinite data, a KL sample with infinite energy, a training step that
+ *         diverged); EQF_ERR_CALLBACK (the KL energy callback failed); EQF_ERR_INVALID_STATE
+ *         (the flow is training already, or this thread is inside a callback of a call that
+ *         reads a flow); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
+ *         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
+ *         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
+ *         or the RK4 tape's memory is refused);
  *         other codes from the losses. The flow is unchanged on failure
  */
 int32_t eqf_flow_train(eqf_flow *flow,

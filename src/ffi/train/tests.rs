@@ -751,6 +751,118 @@ fn a_kl_callback_keeps_its_message_across_a_nested_move_step() {
     }
 }
 
+/// A DW-4-sized flow (N = 4, D = 2) whose particles are of the given species.
+fn species_flow(species: &[u32; 4], n_species: i64) -> FlowHandle {
+    let options = crate::ffi::test_handles::FlowOptionsHandle::new();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live options; four indices; a valid pointer slot.
+    unsafe {
+        let status = crate::ffi::flow_options::eqf_flow_options_set_species(
+            options.0,
+            species.as_ptr(),
+            4,
+            n_species,
+        );
+        assert_eq!(status, EQF_OK, "{}", message());
+        let status =
+            crate::ffi::flow_options::eqf_flow_new_with_options(4, 2, options.0, &raw mut out);
+        assert_eq!(status, EQF_OK, "{}", message());
+    }
+    FlowHandle(out)
+}
+
+/// A Lennard-Jones energy of four particles in 2-D of the given species (pair minima at 4,
+/// as in DW-4; unlike species pairs bound more weakly), to be freed by the caller.
+fn species_energy(species: &[u32; 4], n_species: usize) -> *mut crate::ffi::energy::eqf_energy {
+    let s = n_species;
+    let epsilon: Vec<f64> = (0..s * s)
+        .map(|k| if k / s == k % s { 1.0 } else { 0.5 })
+        .collect();
+    let r_m = vec![4.0; s * s];
+    let mut out = std::ptr::null_mut();
+    // SAFETY: four indices, S×S parameter arrays and a valid pointer slot.
+    let status = unsafe {
+        crate::ffi::energy::eqf_energy_lennard_jones_species(
+            4,
+            2,
+            species.as_ptr(),
+            s as i64,
+            epsilon.as_ptr(),
+            r_m.as_ptr(),
+            1.0,
+            &raw mut out,
+        )
+    };
+    assert_eq!(status, EQF_OK, "{}", message());
+    out
+}
+
+/// Issue G of the C-ABI sweep: a KL energy whose species differ from the flow's was accepted
+/// (only N and D were checked), training the flow towards a system it does not describe. An
+/// energy with several species needs exactly the flow's species; an energy of identical
+/// particles suits any flow.
+#[test]
+fn a_kl_energy_of_other_species_than_the_flows_is_refused() {
+    let data = dw4_data(16, 8);
+    let options = ml_kl_options();
+    let binary = [0, 0, 1, 1];
+    let mut double_well = std::ptr::null_mut();
+    // SAFETY: a valid pointer slot.
+    let status = unsafe { eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut double_well) };
+    assert_eq!(status, EQF_OK);
+    let cases = [
+        // (flow species, energy, None if accepted or what the refusal says)
+        (
+            Some(binary),
+            species_energy(&[0, 1, 0, 1], 2),
+            Some("particle 1 is of species 1, the flow's of species 0"),
+        ),
+        (
+            Some(binary),
+            species_energy(&[0, 0, 1, 2], 3),
+            Some("KL energy has 3 species, the flow 2"),
+        ),
+        (
+            None,
+            species_energy(&binary, 2),
+            Some("the flow treats all particles as one species"),
+        ),
+        (Some(binary), species_energy(&binary, 2), None),
+        (Some(binary), double_well, None),
+        (Some(binary), species_energy(&[0; 4], 1), None),
+        (None, species_energy(&[0; 4], 1), None),
+    ];
+    for (i, (flow_species, energy, refusal)) in cases.into_iter().enumerate() {
+        let flow = match flow_species {
+            Some(species) => species_flow(&species, 2),
+            None => FlowHandle::new(4, 2, 9),
+        };
+        // SAFETY: live options and energy; the options keep the energy, freed here once.
+        unsafe {
+            assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
+            assert_eq!(eqf_energy_free(energy), EQF_OK);
+        }
+        let before = flow.params();
+        let (status, summary) = flow.train(&options, &data, &[]);
+        let message = message();
+        match refusal {
+            Some(needle) => {
+                assert_eq!(status, EQF_ERR_INVALID_ARGUMENT, "case {i}: {message}");
+                assert!(
+                    message.contains(needle),
+                    "case {i}: {message:?} lacks {needle:?}"
+                );
+                assert_eq!(flow.params(), before, "case {i}");
+                assert_eq!(summary, sentinel_summary(), "case {i}");
+            }
+            None => {
+                assert_eq!(status, EQF_OK, "case {i}: {message}");
+                assert_ne!(flow.params(), before, "case {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_arguments_are_rejected_before_training() {
     let data = dw4_data(16, 9);
