@@ -7,7 +7,9 @@
  * snprintf-like truncation of eqf_last_error_message, that _free(NULL) is fine, that n = 0 is
  * a valid no-op, that training options reject bad values and leave themselves unchanged, that
  * a failing training call (bad sizes, a failing KL callback) leaves the flow unchanged, that
- * outputs sharing memory are refused, and that the library keeps working after failures.
+ * outputs sharing memory are refused, that an energy callback's eqf_set_callback_error
+ * message survives a nested callback (a step of another move run from inside it), and that the
+ * library keeps working after failures.
  *
  * Valid C99 and C++17. Exit status 0 when every check passes, 1 otherwise (each failed check is
  * reported on stderr).
@@ -309,6 +311,82 @@ static int32_t host_energy(void *user, int64_t n_particles, int64_t dim, const d
     (void)n_particles;
     (void)dim;
     return eqf_energy_eval((const eqf_energy *)user, 1, x, U, NULL);
+}
+
+/* What the nesting energy callback below works with. */
+struct nesting {
+    eqf_move *inner_move; /* stepped from inside the outer move's energy callback */
+    eqf_energy *energy;   /* the double well, for both moves */
+    int inner_fails;      /* whether the inner callback fails */
+    int32_t inner_status; /* what the inner step returned */
+};
+
+/* The inner move's energy: says "INNER", then fails or returns the double-well energy. */
+static int32_t inner_energy(void *user, int64_t n_particles, int64_t dim, const double *x,
+                            double *U) {
+    const struct nesting *nesting = (const struct nesting *)user;
+    eqf_set_callback_error("INNER");
+    if (nesting->inner_fails) {
+        return 2;
+    }
+    return host_energy(nesting->energy, n_particles, dim, x, U);
+}
+
+/* The outer move's energy: says "OUTER", runs a step of the inner move, and fails. */
+static int32_t outer_energy(void *user, int64_t n_particles, int64_t dim, const double *x,
+                            double *U) {
+    struct nesting *nesting = (struct nesting *)user;
+    double y[PER_SAMPLE], U_y = 0.0;
+    int32_t accepted = -7;
+    (void)n_particles;
+    (void)dim;
+    eqf_set_callback_error("OUTER");
+    memcpy(y, x, sizeof y);
+    if (eqf_energy_eval(nesting->energy, 1, y, &U_y, NULL) == EQF_OK) {
+        nesting->inner_status =
+            eqf_move_step(nesting->inner_move, y, &U_y, inner_energy, nesting, &accepted);
+    }
+    *U = 0.0;
+    return 1;
+}
+
+static int ends_with(const char *text, const char *suffix) {
+    size_t n = strlen(text), m = strlen(suffix);
+    return n >= m && strcmp(text + n - m, suffix) == 0;
+}
+
+/* Each callback has its own eqf_set_callback_error message: the outer callback's "OUTER" is
+ * what its failure reports, whether the nested callback succeeded after saying "INNER" (its
+ * message is discarded) or failed with it (its message belongs to the inner step). */
+static void nested_callback_messages(const eqf_flow *flow, eqf_energy *energy) {
+    struct nesting nesting;
+    eqf_move *outer = NULL;
+    double x[PER_SAMPLE], log_q, U;
+    int32_t accepted = -7;
+    int inner_fails;
+
+    nesting.inner_move = NULL;
+    nesting.energy = energy;
+    CHECK(eqf_move_new(flow, 1.0, 7, &outer) == EQF_OK);
+    CHECK(eqf_move_new(flow, 1.0, 8, &nesting.inner_move) == EQF_OK);
+    CHECK(eqf_flow_sample(flow, 9, 1, x, &log_q) == EQF_OK);
+    if (outer != NULL && nesting.inner_move != NULL) {
+        for (inner_fails = 0; inner_fails <= 1; inner_fails++) {
+            const char *message;
+            nesting.inner_fails = inner_fails;
+            nesting.inner_status = -1;
+            CHECK(eqf_energy_eval(energy, 1, x, &U, NULL) == EQF_OK);
+            CHECK_FAILS(eqf_move_step(outer, x, &U, outer_energy, &nesting, &accepted),
+                        EQF_ERR_CALLBACK, "returned 1: OUTER");
+            message = last_message();
+            CHECK(ends_with(message, "OUTER"));
+            CHECK(strstr(message, "INNER") == NULL);
+            CHECK(nesting.inner_status == (inner_fails ? EQF_ERR_CALLBACK : EQF_OK));
+            CHECK(accepted == -7);
+        }
+    }
+    CHECK(eqf_move_free(outer) == EQF_OK);
+    CHECK(eqf_move_free(nesting.inner_move) == EQF_OK);
 }
 
 /* Outputs that share memory are refused before any work (the second result written would
@@ -638,6 +716,7 @@ int main(void) {
     flow_calls(flow);
     energy_calls(energy, flow);
     shared_memory(flow, energy);
+    nested_callback_messages(flow, energy);
     model_files(flow);
     training(flow);
     CHECK(eqf_flow_free(flow) == EQF_OK);

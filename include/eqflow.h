@@ -549,8 +549,11 @@ extern "C" {
  * non-zero status from an energy or energy-gradient callback). The status of the eqflow call
  * that invoked the callback is then `EQF_ERR_CALLBACK` and `eqf_last_error_message` ends with
  * this text. Call it from inside the callback, on the thread that runs the callback; a
- * message set elsewhere, or by a callback that then returns 0, is discarded. NULL clears the
- * message. The text is copied (at most 4,096 bytes; invalid UTF-8 is replaced).
+ * message set elsewhere, or by a callback that then returns 0, is discarded. Each callback
+ * has its own message: a callback that calls an eqflow function which runs another host
+ * callback (a step of another move, a training run with a KL energy callback) keeps the
+ * message it set, whatever the inner callback sets. NULL clears the message. The text is
+ * copied (at most 4,096 bytes, ending on a whole character; invalid UTF-8 is replaced).
  *
  * @param message  NUL-terminated text, or NULL
  * @return EQF_OK
@@ -1273,8 +1276,10 @@ int32_t eqf_flow_options_set_species(eqf_flow_options *options,
  * @param dim          D (1, 2 or 3)
  * @param x            n_configs * N * D doubles, particle-major (not NULL)
  * @param n_configs    at least 1
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range, or
- *         configurations without spread); EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range,
+ *         configurations without spread, or scales no flow takes, such as a prior sigma
+ *         outside [1e-6, 1e6]: the message gives the distances and spread found);
+ *         EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
  *         EQF_ERR_NON_FINITE (a NaN or infinite coordinate); EQF_ERR_RESOURCE (the pair
  *         distances of one configuration need more than 1 TiB, N above about 524,000, or
  *         memory is refused). On failure the options are unchanged.
@@ -1588,11 +1593,19 @@ int32_t eqf_train_options_set_progress(eqf_train_options *options,
                                        void *user);
 
 /**
- * Sets a built-in energy (from `eqf_energy_double_well` or `eqf_energy_lennard_jones`) as the
- * target of the KL term, replacing a KL target set before; NULL removes the target. The
- * options keep the energy alive, so its handle may be freed right after this call. Its
- * particles must be those of the flow that is trained (checked by `eqf_flow_train`). Built-in
- * energies are evaluated in eqflow's thread pool.
+ * Sets a built-in energy (from `eqf_energy_double_well`, `eqf_energy_lennard_jones` or
+ * `eqf_energy_lennard_jones_species`) as the target of the KL term, replacing a KL target set
+ * before; NULL removes the target. The options keep the energy alive, so its handle may be
+ * freed right after this call. Built-in energies are evaluated in eqflow's thread pool.
+ *
+ * Its particles must be those of the flow that is trained, which `eqf_flow_train` checks
+ * (EQF_ERR_INVALID_ARGUMENT otherwise): the same N and D and, for an energy with several
+ * species, exactly the flow's species (`eqf_flow_options_set_species`: the same number of
+ * species and the same species index for every particle). An energy of identical particles
+ * (the double well, Lennard-Jones, or one species) suits any flow, one with species too: the
+ * flow can learn a target that does not tell its species apart. An energy with several
+ * species does not suit a flow of identical particles, which cannot tell them apart. A host
+ * callback (`eqf_train_options_set_kl_energy_fn`) is checked for N and D only.
  *
  * @param options  the options (not NULL)
  * @param energy   the energy, or NULL
@@ -1650,9 +1663,10 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  * functions, this one **modifies the flow**, by one swap at its end: until then the callbacks
  * and other threads may read the flow and see the parameters from before the call; calls on
  * other threads that read it then finish on the old flow or start on the new one. Called from
- * a callback of another eqflow call that reads a flow on this thread (a log callback), or
- * while another `eqf_flow_train` trains the same flow (from its progress or energy callback,
- * or on another thread), it fails with EQF_ERR_INVALID_STATE before training.
+ * a callback of another eqflow call that reads a flow on this thread (a log callback: any
+ * message of that call, the one reporting its failure included), or while another
+ * `eqf_flow_train` trains the same flow (from its progress or energy callback, or on another
+ * thread), it fails with EQF_ERR_INVALID_STATE before training.
  *
  * On failure the flow is unchanged, `summary` is not written, and the message says what
  * failed (for a failed KL energy: which prior sample and how).
@@ -1667,14 +1681,16 @@ int32_t eqf_train_options_set_kl_energy_fn(eqf_train_options *options,
  *                      `sizeof(eqf_train_summary)`; written only on success
  * @return EQF_OK (also when the progress callback stopped training early);
  *         EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (a count out of range, no training
- *         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
- *         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
- *         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
- *         callback failed); EQF_ERR_INVALID_STATE (the flow is training already, or this
- *         thread is inside a callback of a call that reads a flow); EQF_ERR_RESOURCE (one
- *         training step would hold more than 1 TiB: n_kl_samples RK4 trajectories of
- *         4*n_rk4_steps*N*D doubles, the per-sample gradients of a minibatch, the batch^2
- *         alignments of equivariant-OT flow matching; or the RK4 tape's memory is refused);
+ *         configurations, lambda < 1 without a KL energy, a KL energy for other particles:
+ *         another N or D, or species other than the flow's, see
+ *         `eqf_train_options_set_kl_energy`; a summary size below 80); EQF_ERR_NON_FINITE
+ *         (NaN or infinite data, a KL sample with infinite energy, a training step that
+ *         diverged); EQF_ERR_CALLBACK (the KL energy callback failed); EQF_ERR_INVALID_STATE
+ *         (the flow is training already, or this thread is inside a callback of a call that
+ *         reads a flow); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
+ *         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
+ *         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
+ *         or the RK4 tape's memory is refused);
  *         other codes from the losses. The flow is unchanged on failure
  */
 int32_t eqf_flow_train(eqf_flow *flow,

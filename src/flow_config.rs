@@ -200,21 +200,28 @@ pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
         n.div_ceil(stride).checked_mul(n_pairs),
         "the pair distances of the configurations to fit scales to",
     )?;
+    // Squares of lengths near 1e-300 underflow to 0 (and near 1e200 overflow), which made
+    // configurations of tiny spread look like ones of none: lengths are divided by a power of
+    // two near the largest coordinate before they are squared, and multiplied back after the
+    // square root. Scaling by a power of two is exact, so where the squares neither underflow
+    // nor overflow the result is bit for bit the unscaled one.
+    let largest = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let unit = power_of_two_near(largest);
     let mut sum_sq = 0.0;
     let mut centred = vec![0.0; len];
     for (s, config) in x.chunks_exact(len).enumerate() {
         centred.copy_from_slice(config);
         remove_center_of_mass(&mut centred, dim);
-        sum_sq += centred.iter().map(|v| v * v).sum::<f64>();
+        sum_sq += centred.iter().map(|v| (v / unit).powi(2)).sum::<f64>();
         if s % stride != 0 {
             continue;
         }
         for i in 0..n_particles {
             for j in i + 1..n_particles {
                 let d2: f64 = (0..dim)
-                    .map(|k| (centred[i * dim + k] - centred[j * dim + k]).powi(2))
+                    .map(|k| ((centred[i * dim + k] - centred[j * dim + k]) / unit).powi(2))
                     .sum();
-                distances.push(d2.sqrt());
+                distances.push(unit * d2.sqrt());
             }
         }
     }
@@ -226,10 +233,9 @@ pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
         distances[below] + frac * (distances[above] - distances[below])
     };
     let (low, high) = (quantile(FIT_LOW_QUANTILE), quantile(FIT_HIGH_QUANTILE));
-    let prior_sigma = (sum_sq / (n * (n_particles - 1) * dim) as f64).sqrt();
-    // Finite coordinates can still overflow a squared distance or the sum of squares (a
-    // particle at 1e300): no scale to fit then either, but for another reason.
-    let largest = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let prior_sigma = unit * (sum_sq / (n * (n_particles - 1) * dim) as f64).sqrt();
+    // Finite coordinates can still overflow a distance (particles at -1.7e308 and 1.7e308): no
+    // scale to fit then either, but for another reason.
     if !(high.is_finite() && prior_sigma.is_finite()) {
         return Err(Error::invalid(format!(
             "the {n} configurations' pair distances or spread overflow (coordinates up to \
@@ -257,10 +263,22 @@ pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
     };
     check.validate().map_err(|e| {
         Error::invalid(format!(
-            "the scales fitted to the {n} configurations are unusable: {e}"
+            "the scales fitted to the {n} configurations (pair distances up to {high:e}, RMS \
+             displacement from the centre of mass {prior_sigma:e}) are unusable: {e}"
         ))
     })?;
     Ok(scales)
+}
+
+/// The power of two nearest `value` from below (at most 2^1023, at least 2^-1022), 1 for 0:
+/// dividing by it is exact, and brings `value` into [1, 2) (below 1 for subnormal values).
+fn power_of_two_near(value: f64) -> f64 {
+    if value == 0.0 || !value.is_finite() {
+        return 1.0;
+    }
+    // The biased exponent of a normal number; 0 for a subnormal, taken as that of 2^-1022.
+    let biased = ((value.to_bits() >> 52) & 0x7ff).max(1);
+    f64::from_bits(biased << 52)
 }
 
 #[cfg(test)]
@@ -431,12 +449,52 @@ mod tests {
             Err(Error::InvalidArgument { .. })
         ));
         // Finite coordinates whose distances overflow: said so, not "no spread … NaN".
-        for far in [1e300, f64::MAX] {
-            let mut huge = x[..6].to_vec();
-            huge[0] = -far;
-            huge[2] = far;
-            let e = fit_scales(layout, &huge).unwrap_err().to_string();
-            assert!(e.contains("overflow") && !e.contains("NaN"), "{e}");
+        let mut huge = x[..6].to_vec();
+        huge[0] = -f64::MAX;
+        huge[2] = f64::MAX;
+        let e = fit_scales(layout, &huge).unwrap_err().to_string();
+        assert!(e.contains("overflow") && !e.contains("NaN"), "{e}");
+    }
+
+    /// Issue from the C-ABI sweep: configurations at 1e-300 were refused (rightly: no flow
+    /// has such scales) as having "no spread (pair distances up to 0e0 …)", because the
+    /// squared distances underflowed. Refused now with the distances and spread they have;
+    /// likewise at 1e300, where the squares overflowed. Ordinary scales are unchanged bit for
+    /// bit (the lengths are scaled by a power of two).
+    #[test]
+    fn tiny_and_huge_configurations_are_refused_with_their_real_scales() {
+        let layout = Layout::new(4, 2).unwrap();
+        // Four particles on a line, 1 apart: pair distances 1 to 3.
+        let line = [0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 3.0, 0.0];
+        let unit = fit_scales(layout, &line).unwrap();
+        for factor in [1e-300, 1e-200, 1e300] {
+            let scaled: Vec<f64> = line.iter().map(|v| v * factor).collect();
+            let e = fit_scales(layout, &scaled).unwrap_err().to_string();
+            assert!(e.contains("are unusable"), "{factor:e}: {e}");
+            // The number after `what` in the message, in units of `factor`.
+            let quoted = |what: &str| -> f64 {
+                let at = e.find(what).unwrap() + what.len();
+                let number: String = e[at..]
+                    .chars()
+                    .take_while(|c| !matches!(c, ' ' | ',' | ')'))
+                    .collect();
+                number.parse::<f64>().unwrap() / factor
+            };
+            // The high quantile of the distances 1, 1, 1, 2, 2, 3; the spread of the line.
+            let distance = quoted("pair distances up to ");
+            assert!(distance > 2.0 && distance <= 3.0, "{factor:e}: {e}");
+            let sigma = quoted("centre of mass ");
+            assert!(
+                (sigma / unit.prior_sigma - 1.0).abs() < 1e-3,
+                "{factor:e}: {e}"
+            );
         }
+        // Exact scaling: a configuration 2^-10 the size gives 2^-10 the scales, bit for bit.
+        let small: Vec<f64> = line.iter().map(|v| v * 2f64.powi(-10)).collect();
+        let scales = fit_scales(layout, &small).unwrap();
+        assert_eq!(scales.prior_sigma, unit.prior_sigma * 2f64.powi(-10));
+        assert_eq!(power_of_two_near(3.0), 2.0);
+        assert_eq!(power_of_two_near(1e-310), 2f64.powi(-1022));
+        assert_eq!(power_of_two_near(f64::MAX), 2f64.powi(1023));
     }
 }

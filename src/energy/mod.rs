@@ -43,9 +43,10 @@ pub use species_lennard_jones::SpeciesLennardJones;
 use rayon::prelude::*;
 
 use crate::error::{Compact, check_finite};
-use crate::{Error, Result};
+use crate::{Error, Result, Species};
 
-/// A potential energy `U(x)` of `N` identical particles in `D` dimensions.
+/// A potential energy `U(x)` of `N` particles in `D` dimensions, identical unless
+/// [`Energy::species`] says otherwise.
 ///
 /// Implementations must be pure functions of `x` (no interior state), so that batches can be
 /// evaluated in parallel and give identical results for any thread count.
@@ -67,6 +68,13 @@ pub trait Energy: Send + Sync {
     ///
     /// Sizes are the caller's guarantee, as for [`Energy::energy`].
     fn energy_gradient_into(&self, x: &[f64], gradient: &mut [f64]) -> f64;
+
+    /// The species of the particles, where the energy tells them apart; `None` (the default)
+    /// when all particles are identical. A flow trained towards the energy must tell the same
+    /// particles apart ([`crate::train::Trainer`] checks it).
+    fn species(&self) -> Option<&Species> {
+        None
+    }
 }
 
 /// Numbers of configurations and of coordinates per configuration, after checking that `x`

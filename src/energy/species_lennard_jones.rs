@@ -193,6 +193,10 @@ impl Energy for SpeciesLennardJones {
         self.species.n_particles()
     }
 
+    fn species(&self) -> Option<&Species> {
+        Some(&self.species)
+    }
+
     fn dim(&self) -> usize {
         self.dim
     }

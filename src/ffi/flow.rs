@@ -62,6 +62,7 @@ impl eqf_flow {
     /// is [`eqf_flow::replace`], a move.
     pub(crate) fn flow(&self) -> FlowRead<'_> {
         let _ = READING.try_with(|n| n.set(n.get() + 1));
+        let _ = CALL_READ_A_FLOW.try_with(|read| read.set(true));
         FlowRead(self.inner.read().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -84,8 +85,61 @@ impl eqf_flow {
 }
 
 thread_local! {
-    /// Flow read locks held by this thread (calls in progress that read a flow).
+    /// Flow read locks held by this thread (calls in progress that read a flow), and log
+    /// messages of such calls being delivered (see [`LogOfAFlowCall`]).
     static READING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether the innermost eqflow call on this thread has read a flow (see [`CallFrame`]).
+    static CALL_READ_A_FLOW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// One exported call on this thread, from its start until its failure, if any, has been
+/// reported (held by `catch`). It records whether the call read a flow, so that every log
+/// message of such a call, the failure report included, counts as sent from inside a call
+/// that reads a flow. The failure report goes out after the call's own flow guard is gone: a
+/// log callback training the flow from there would change it while the call has not returned,
+/// which `eqf_flow_train` documents as refused. Calls made from the call's host callbacks have
+/// frames of their own, and the enclosing call's record is restored when they end.
+pub(crate) struct CallFrame {
+    enclosing: bool,
+}
+
+impl CallFrame {
+    pub(crate) fn enter() -> CallFrame {
+        let enclosing = CALL_READ_A_FLOW
+            .try_with(|read| read.replace(false))
+            .unwrap_or(false);
+        CallFrame { enclosing }
+    }
+}
+
+impl Drop for CallFrame {
+    fn drop(&mut self) {
+        let _ = CALL_READ_A_FLOW.try_with(|read| read.set(self.enclosing));
+    }
+}
+
+/// Held while a log message is delivered: if the call that sends it read a flow, this thread
+/// counts as reading one, so that `eqf_flow_train` from the log callback is refused.
+pub(crate) struct LogOfAFlowCall(bool);
+
+impl LogOfAFlowCall {
+    pub(crate) fn enter() -> LogOfAFlowCall {
+        let read = CALL_READ_A_FLOW
+            .try_with(std::cell::Cell::get)
+            .unwrap_or(false);
+        if read {
+            let _ = READING.try_with(|n| n.set(n.get() + 1));
+        }
+        LogOfAFlowCall(read)
+    }
+}
+
+impl Drop for LogOfAFlowCall {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = READING.try_with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
 }
 
 /// Fails if this thread holds a flow's read lock: a commit from there could wait for itself.

@@ -264,19 +264,22 @@ pub unsafe extern "C" fn eqf_move_step(
         let (n_particles, dim) = (n_particles as i64, dim as i64);
         let decision = mv.inner.step(&mut mv.buffer, &mut u, |proposal| {
             let mut value = f64::NAN;
-            super::callback_error::clear();
-            // SAFETY: `energy` and `user` come from the host, which guarantees that `energy`
-            // accepts `user` and reads N*D doubles from `x`; `proposal` holds N*D doubles and
-            // `value` is a live local double.
-            let status =
-                unsafe { energy(user, n_particles, dim, proposal.as_ptr(), &raw mut value) };
+            // In a message slot of its own: the callback may itself run eqflow calls with
+            // callbacks (another move's step), whose messages must not replace its own.
+            let (status, message) = super::callback_error::run_host_callback(|| {
+                // SAFETY: `energy` and `user` come from the host, which guarantees that
+                // `energy` accepts `user` and reads N*D doubles from `x`; `proposal` holds N*D
+                // doubles and `value` is a live local double.
+                unsafe { energy(user, n_particles, dim, proposal.as_ptr(), &raw mut value) }
+            });
             if status == 0 {
                 Ok(value)
             } else {
                 Err(Error::Callback {
-                    what: super::callback_error::annotate(format!(
-                        "the energy callback returned {status}"
-                    )),
+                    what: super::callback_error::annotate(
+                        format!("the energy callback returned {status}"),
+                        message,
+                    ),
                 })
             }
         })?;
@@ -760,6 +763,124 @@ mod tests {
                 EQF_ERR_NULL_POINTER
             );
             eqf_move_free(mv);
+        }
+    }
+
+    /// What [`outer_with_message`] steps from inside its energy callback, and what it saw.
+    struct Nesting {
+        /// Another move, stepped with [`inner_with_message`].
+        inner_move: *mut eqf_move,
+        /// Whether the inner callback fails (after setting its message).
+        inner_fails: bool,
+        inner_status: i32,
+        inner_message: String,
+    }
+
+    /// Sets the message "INNER", then fails if `*user` (a bool) says so, else returns the DW-4
+    /// energy.
+    unsafe extern "C" fn inner_with_message(
+        user: *mut c_void,
+        n_particles: i64,
+        dim: i64,
+        x: *const f64,
+        u: *mut f64,
+    ) -> i32 {
+        // SAFETY: a valid C string; the test passes a live bool as `user`; eqflow passes N*D
+        // doubles and a writable double, as `dw4` needs.
+        unsafe {
+            crate::ffi::callback_error::eqf_set_callback_error(c"INNER".as_ptr());
+            if *user.cast::<bool>() {
+                return 2;
+            }
+            let energy = DoubleWell::dw4();
+            dw4(
+                (&raw const energy).cast_mut().cast(),
+                n_particles,
+                dim,
+                x,
+                u,
+            )
+        }
+    }
+
+    /// Sets the message "OUTER", steps another move (whose callback sets "INNER"), and fails.
+    unsafe extern "C" fn outer_with_message(
+        user: *mut c_void,
+        n_particles: i64,
+        dim: i64,
+        x: *const f64,
+        u: *mut f64,
+    ) -> i32 {
+        // SAFETY: the test passes a live `Nesting` as `user`; eqflow passes N*D doubles and a
+        // writable double; the nested step gets buffers of the right sizes.
+        unsafe {
+            let nesting = &mut *user.cast::<Nesting>();
+            crate::ffi::callback_error::eqf_set_callback_error(c"OUTER".as_ptr());
+            let mut y = std::slice::from_raw_parts(x, (n_particles * dim) as usize).to_vec();
+            let mut u_y = DoubleWell::dw4().energy(&y);
+            let mut accepted = -7;
+            nesting.inner_status = eqf_move_step(
+                nesting.inner_move,
+                y.as_mut_ptr(),
+                &raw mut u_y,
+                Some(inner_with_message),
+                (&raw mut nesting.inner_fails).cast(),
+                &raw mut accepted,
+            );
+            nesting.inner_message = crate::ffi::with_last_error(str::to_owned);
+            u.write(0.0);
+        }
+        1
+    }
+
+    /// Issue F1 of the C-ABI sweep: an energy callback that ran a step of another move lost
+    /// its own message to the nested step (whose call site cleared the one slot), or got the
+    /// inner callback's, even from an inner callback that succeeded.
+    #[test]
+    fn an_energy_callback_keeps_its_message_across_a_nested_step() {
+        let (outer_move, inner_move) = (new_move(3), new_move(4));
+        for inner_fails in [false, true] {
+            let mut nesting = Nesting {
+                inner_move,
+                inner_fails,
+                inner_status: -1,
+                inner_message: String::new(),
+            };
+            let mut x = [0.0, 0.0, 4.0, 0.0, 0.0, 4.0, 4.0, 4.0];
+            let mut u = DoubleWell::dw4().energy(&x);
+            let mut accepted = -7;
+            // SAFETY: live moves and buffers; `nesting` outlives the step.
+            let status = unsafe {
+                eqf_move_step(
+                    outer_move,
+                    x.as_mut_ptr(),
+                    &raw mut u,
+                    Some(outer_with_message),
+                    (&raw mut nesting).cast(),
+                    &raw mut accepted,
+                )
+            };
+            if inner_fails {
+                assert_eq!(nesting.inner_status, EQF_ERR_CALLBACK);
+                assert!(
+                    nesting.inner_message.ends_with("returned 2: INNER"),
+                    "{}",
+                    nesting.inner_message
+                );
+            } else {
+                assert_eq!(nesting.inner_status, EQF_OK, "{}", nesting.inner_message);
+            }
+            assert_eq!(status, EQF_ERR_CALLBACK);
+            let message = crate::ffi::with_last_error(str::to_owned);
+            assert!(
+                message.ends_with("returned 1: OUTER") && !message.contains("INNER"),
+                "inner callback fails: {inner_fails}; message {message:?}"
+            );
+        }
+        // SAFETY: freed once.
+        unsafe {
+            assert_eq!(eqf_move_free(outer_move), EQF_OK);
+            assert_eq!(eqf_move_free(inner_move), EQF_OK);
         }
     }
 

@@ -354,8 +354,10 @@ pub unsafe extern "C" fn eqf_flow_options_set_species(
 /// @param dim          D (1, 2 or 3)
 /// @param x            n_configs * N * D doubles, particle-major (not NULL)
 /// @param n_configs    at least 1
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range, or
-///         configurations without spread); EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (sizes out of range,
+///         configurations without spread, or scales no flow takes, such as a prior sigma
+///         outside [1e-6, 1e6]: the message gives the distances and spread found);
+///         EQF_ERR_DIMENSION_MISMATCH (n_configs is 0);
 ///         EQF_ERR_NON_FINITE (a NaN or infinite coordinate); EQF_ERR_RESOURCE (the pair
 ///         distances of one configuration need more than 1 TiB, N above about 524,000, or
 ///         memory is refused). On failure the options are unchanged.

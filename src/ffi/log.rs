@@ -72,6 +72,9 @@ pub(crate) fn log(level: i32, message: impl FnOnce() -> String) {
         return;
     };
     let _ = IN_CALLBACK.try_with(|flag| flag.set(true));
+    // A message of a call that reads a flow (its failure report too, sent after the call let
+    // go of the flow) is sent as from inside that call: the callback cannot train a flow.
+    let _reading = super::flow::LogOfAFlowCall::enter();
     // SAFETY: the callback and `user` were supplied together by the host through
     // `eqf_set_log_callback`, whose contract is that the callback accepts this pointer from any
     // thread; `text` is a valid NUL-terminated string that lives until after the call.

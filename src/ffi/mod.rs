@@ -140,6 +140,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Failures are also reported to the log callback (`eqf_set_log_callback`): errors at
 /// `EQF_LOG_DEBUG` (the host sees the status anyway), caught panics at `EQF_LOG_ERROR`.
 pub(crate) fn catch(f: impl FnOnce() -> Result<()>) -> i32 {
+    // Until the failure below is logged: a log callback of a call that read a flow must not
+    // train one, whether the flow is still held or not.
+    let _frame = flow::CallFrame::enter();
     let error = match panic_hook::quietly(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(Ok(())) => return EQF_OK,
         Ok(Err(error)) => error,

@@ -17,6 +17,7 @@ use crate::geometry::{Layout, MAX_DIM, remove_center_of_mass};
 use crate::integrate::check_rk4_steps;
 use crate::prior::Prior;
 use crate::rng::{self, Stream};
+use crate::species::Species;
 
 /// Buffers of one sample's loss and gradient: the RK4 tape and state-sized scratch. One per
 /// thread; nothing allocates after creation.
@@ -98,12 +99,14 @@ pub(crate) enum KlEnergy<'a> {
 }
 
 impl KlEnergy<'_> {
-    /// Checks that the energy is for the flow's particles, of `layout`: the one home of that
-    /// rule, for the trainer (before a run) and for every KL batch.
-    pub(crate) fn check_for(&self, layout: Layout) -> Result<()> {
-        let (n_particles, dim) = match self {
-            KlEnergy::Parallel(e) => (e.n_particles(), e.dim()),
-            KlEnergy::Serial(e) => (e.n_particles(), e.dim()),
+    /// Checks that the energy is for the flow's particles, of `layout` and `species` (the
+    /// field's): the one home of that rule, for the trainer (before a run) and for every KL
+    /// batch. See [`check_kl_species`] for the species.
+    pub(crate) fn check_for(&self, layout: Layout, species: Option<&Species>) -> Result<()> {
+        let (n_particles, dim, energy_species) = match self {
+            KlEnergy::Parallel(e) => (e.n_particles(), e.dim(), e.species()),
+            // A host callback says nothing about species: the host's responsibility.
+            KlEnergy::Serial(e) => (e.n_particles(), e.dim(), None),
         };
         if n_particles != layout.n_particles || dim != layout.dim {
             return Err(Error::invalid(format!(
@@ -112,8 +115,52 @@ impl KlEnergy<'_> {
                 layout.n_particles, layout.dim
             )));
         }
-        Ok(())
+        check_kl_species(energy_species, species)
     }
+}
+
+/// Which species a KL energy and a flow may have. An energy of identical particles (no
+/// species, or one) suits any flow: a flow that tells species apart can learn a target that
+/// does not. An energy that tells species apart needs a flow with exactly its species: a flow
+/// of identical particles is symmetric under swaps the target is not, so it cannot represent
+/// it, and a flow with other species (other counts, or particles of another species) would be
+/// trained towards a system it does not describe.
+fn check_kl_species(energy: Option<&Species>, flow: Option<&Species>) -> Result<()> {
+    fn several(s: Option<&Species>) -> Option<&Species> {
+        s.filter(|s| !s.is_single())
+    }
+    let (energy, flow) = match (several(energy), several(flow)) {
+        (None, _) => return Ok(()),
+        (Some(energy), Some(flow)) if energy == flow => return Ok(()),
+        (Some(energy), flow) => (energy, flow),
+    };
+    let Some(flow) = flow else {
+        return Err(Error::invalid(format!(
+            "KL energy tells {} species apart, the flow treats all particles as one species: \
+             it cannot learn the target (train a flow with the energy's species)",
+            energy.n_species()
+        )));
+    };
+    if energy.n_species() != flow.n_species() {
+        return Err(Error::invalid(format!(
+            "KL energy has {} species, the flow {}: the flow's species must be the energy's",
+            energy.n_species(),
+            flow.n_species()
+        )));
+    }
+    let differs = energy
+        .of_particle()
+        .iter()
+        .zip(flow.of_particle())
+        .enumerate()
+        .find(|(_, (a, b))| a != b);
+    Err(Error::invalid(match differs {
+        Some((i, (a, b))) => format!(
+            "KL energy's particle {i} is of species {a}, the flow's of species {b}: the \
+             flow's species must be the energy's"
+        ),
+        None => "KL energy's species differ from the flow's".to_owned(),
+    }))
 }
 
 /// ML loss of one configuration `x` (any centre of mass; it is removed first):
@@ -596,7 +643,7 @@ impl<'a> Losses<'a> {
         gradient: Option<&mut [f64]>,
     ) -> Result<f64> {
         Kt::new(kt)?;
-        energy.check_for(self.prior.layout())?;
+        energy.check_for(self.prior.layout(), field.species())?;
         if n == 0 {
             return Err(Error::invalid("KL loss needs at least one prior sample"));
         }

@@ -426,7 +426,7 @@ impl<'a> Trainer<'a> {
             }
         };
         if let Some(e) = energy {
-            e.check_for(flow.layout())?;
+            e.check_for(flow.layout(), flow.field().species())?;
         }
         check_step_memory(&c, len, flow.field().params().len(), n_train)?;
         Ok((n_train, energy))

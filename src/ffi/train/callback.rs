@@ -86,25 +86,29 @@ impl SerialEnergy for HostEnergy {
         let mut u = f64::NAN;
         // A gradient the callback does not write stays NaN and is reported below.
         gradient.fill(f64::NAN);
-        crate::ffi::callback_error::clear();
-        // SAFETY: `energy` and `user` come from the host, which guarantees that `energy`
-        // accepts `user`, reads N*D doubles from `x` and writes one double to `U` and N*D to
-        // `gradient`; `x` and `gradient` hold N*D doubles each and `u` is a live local.
-        let status = unsafe {
-            (self.energy)(
-                self.user,
-                self.n_particles as i64,
-                self.dim as i64,
-                x.as_ptr(),
-                &raw mut u,
-                gradient.as_mut_ptr(),
-            )
-        };
+        // In a message slot of its own: the callback may itself run eqflow calls with
+        // callbacks (a move's step), whose messages must not replace its own.
+        let (status, message) = crate::ffi::callback_error::run_host_callback(|| {
+            // SAFETY: `energy` and `user` come from the host, which guarantees that `energy`
+            // accepts `user`, reads N*D doubles from `x` and writes one double to `U` and N*D
+            // to `gradient`; `x` and `gradient` hold N*D doubles each and `u` is a live local.
+            unsafe {
+                (self.energy)(
+                    self.user,
+                    self.n_particles as i64,
+                    self.dim as i64,
+                    x.as_ptr(),
+                    &raw mut u,
+                    gradient.as_mut_ptr(),
+                )
+            }
+        });
         let fail = |what: String| Err(Error::Callback { what });
         if status != 0 {
-            return fail(crate::ffi::callback_error::annotate(format!(
-                "the KL energy callback returned {status}"
-            )));
+            return fail(crate::ffi::callback_error::annotate(
+                format!("the KL energy callback returned {status}"),
+                message,
+            ));
         }
         if u.is_nan() {
             return fail("the KL energy callback returned U = NaN".to_owned());

@@ -455,11 +455,19 @@ pub unsafe extern "C" fn eqf_train_options_set_progress(
     })
 }
 
-/// Sets a built-in energy (from `eqf_energy_double_well` or `eqf_energy_lennard_jones`) as the
-/// target of the KL term, replacing a KL target set before; NULL removes the target. The
-/// options keep the energy alive, so its handle may be freed right after this call. Its
-/// particles must be those of the flow that is trained (checked by `eqf_flow_train`). Built-in
-/// energies are evaluated in eqflow's thread pool.
+/// Sets a built-in energy (from `eqf_energy_double_well`, `eqf_energy_lennard_jones` or
+/// `eqf_energy_lennard_jones_species`) as the target of the KL term, replacing a KL target set
+/// before; NULL removes the target. The options keep the energy alive, so its handle may be
+/// freed right after this call. Built-in energies are evaluated in eqflow's thread pool.
+///
+/// Its particles must be those of the flow that is trained, which `eqf_flow_train` checks
+/// (EQF_ERR_INVALID_ARGUMENT otherwise): the same N and D and, for an energy with several
+/// species, exactly the flow's species (`eqf_flow_options_set_species`: the same number of
+/// species and the same species index for every particle). An energy of identical particles
+/// (the double well, Lennard-Jones, or one species) suits any flow, one with species too: the
+/// flow can learn a target that does not tell its species apart. An energy with several
+/// species does not suit a flow of identical particles, which cannot tell them apart. A host
+/// callback (`eqf_train_options_set_kl_energy_fn`) is checked for N and D only.
 ///
 /// @param options  the options (not NULL)
 /// @param energy   the energy, or NULL

@@ -48,9 +48,10 @@ use crate::ffi::{array_len, catch, count, handle, input_array, log, threads};
 /// functions, this one **modifies the flow**, by one swap at its end: until then the callbacks
 /// and other threads may read the flow and see the parameters from before the call; calls on
 /// other threads that read it then finish on the old flow or start on the new one. Called from
-/// a callback of another eqflow call that reads a flow on this thread (a log callback), or
-/// while another `eqf_flow_train` trains the same flow (from its progress or energy callback,
-/// or on another thread), it fails with EQF_ERR_INVALID_STATE before training.
+/// a callback of another eqflow call that reads a flow on this thread (a log callback: any
+/// message of that call, the one reporting its failure included), or while another
+/// `eqf_flow_train` trains the same flow (from its progress or energy callback, or on another
+/// thread), it fails with EQF_ERR_INVALID_STATE before training.
 ///
 /// On failure the flow is unchanged, `summary` is not written, and the message says what
 /// failed (for a failed KL energy: which prior sample and how).
@@ -65,14 +66,16 @@ use crate::ffi::{array_len, catch, count, handle, input_array, log, threads};
 ///                      `sizeof(eqf_train_summary)`; written only on success
 /// @return EQF_OK (also when the progress callback stopped training early);
 ///         EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (a count out of range, no training
-///         configurations, lambda < 1 without a KL energy, a KL energy for other particles, a
-///         summary size below 80); EQF_ERR_NON_FINITE (NaN or infinite data, a KL sample with
-///         infinite energy, a training step that diverged); EQF_ERR_CALLBACK (the KL energy
-///         callback failed); EQF_ERR_INVALID_STATE (the flow is training already, or this
-///         thread is inside a callback of a call that reads a flow); EQF_ERR_RESOURCE (one
-///         training step would hold more than 1 TiB: n_kl_samples RK4 trajectories of
-///         4*n_rk4_steps*N*D doubles, the per-sample gradients of a minibatch, the batch^2
-///         alignments of equivariant-OT flow matching; or the RK4 tape's memory is refused);
+///         configurations, lambda < 1 without a KL energy, a KL energy for other particles:
+///         another N or D, or species other than the flow's, see
+///         `eqf_train_options_set_kl_energy`; a summary size below 80); EQF_ERR_NON_FINITE
+///         (NaN or infinite data, a KL sample with infinite energy, a training step that
+///         diverged); EQF_ERR_CALLBACK (the KL energy callback failed); EQF_ERR_INVALID_STATE
+///         (the flow is training already, or this thread is inside a callback of a call that
+///         reads a flow); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
+///         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
+///         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
+///         or the RK4 tape's memory is refused);
 ///         other codes from the losses. The flow is unchanged on failure
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_train(

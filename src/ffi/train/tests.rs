@@ -664,6 +664,205 @@ fn callback_failures_stop_training_and_leave_the_flow_and_summary_unchanged() {
     }
 }
 
+/// A move energy that sets the message "MOVE-INNER" and returns the DW-4 energy (success).
+unsafe extern "C" fn move_energy_with_message(
+    _: *mut c_void,
+    n_particles: i64,
+    dim: i64,
+    x: *const f64,
+    u: *mut f64,
+) -> i32 {
+    // SAFETY: a valid C string; eqflow passes N*D doubles and a writable double.
+    unsafe {
+        crate::ffi::callback_error::eqf_set_callback_error(c"MOVE-INNER".as_ptr());
+        let x = std::slice::from_raw_parts(x, (n_particles * dim) as usize);
+        u.write(DoubleWell::dw4().energy(x));
+    }
+    0
+}
+
+/// A KL energy that sets the message "KL-OUTER", runs a step of the move `user` points to
+/// (whose callback sets "MOVE-INNER" and succeeds), and fails.
+unsafe extern "C" fn kl_energy_nesting_a_step(
+    user: *mut c_void,
+    n_particles: i64,
+    dim: i64,
+    x: *const f64,
+    u: *mut f64,
+    _: *mut f64,
+) -> i32 {
+    // SAFETY: a valid C string; the test passes a live move as `user`; eqflow passes N*D
+    // doubles and a writable double; the nested step gets buffers of the right sizes.
+    unsafe {
+        crate::ffi::callback_error::eqf_set_callback_error(c"KL-OUTER".as_ptr());
+        let mut y = std::slice::from_raw_parts(x, (n_particles * dim) as usize).to_vec();
+        let mut u_y = DoubleWell::dw4().energy(&y);
+        let mut accepted = -7;
+        let status = crate::ffi::flow_move::eqf_move_step(
+            user.cast(),
+            y.as_mut_ptr(),
+            &raw mut u_y,
+            Some(move_energy_with_message),
+            std::ptr::null_mut(),
+            &raw mut accepted,
+        );
+        assert_eq!(status, EQF_OK);
+        u.write(0.0);
+    }
+    1
+}
+
+/// Issue F1 of the C-ABI sweep, from a KL energy: its message "KL-OUTER" was replaced by the
+/// message of the move callback it ran (which succeeded, so its message is discarded).
+#[test]
+fn a_kl_callback_keeps_its_message_across_a_nested_move_step() {
+    let data = dw4_data(16, 8);
+    let options = ml_kl_options();
+    let mut flow_for_move = std::ptr::null_mut();
+    let mut mv = std::ptr::null_mut();
+    // SAFETY: valid pointer slots; live options; the move outlives the training call.
+    unsafe {
+        assert_eq!(eqf_flow_new(4, 2, 5, &raw mut flow_for_move), EQF_OK);
+        assert_eq!(
+            crate::ffi::flow_move::eqf_move_new(flow_for_move, 1.0, 3, &raw mut mv),
+            EQF_OK
+        );
+        let status = eqf_train_options_set_kl_energy_fn(
+            options.0,
+            Some(kl_energy_nesting_a_step),
+            mv.cast(),
+        );
+        assert_eq!(status, EQF_OK);
+    }
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let (status, _) = flow.train(&options, &data, &[]);
+    assert_eq!(status, EQF_ERR_CALLBACK, "{}", message());
+    let message = message();
+    assert!(
+        message.contains("returned 1: KL-OUTER") && !message.contains("MOVE-INNER"),
+        "{message}"
+    );
+    assert_eq!(flow.params(), before);
+    // SAFETY: created above, freed once.
+    unsafe {
+        assert_eq!(crate::ffi::flow_move::eqf_move_free(mv), EQF_OK);
+        assert_eq!(crate::ffi::flow::eqf_flow_free(flow_for_move), EQF_OK);
+    }
+}
+
+/// A DW-4-sized flow (N = 4, D = 2) whose particles are of the given species.
+fn species_flow(species: &[u32; 4], n_species: i64) -> FlowHandle {
+    let options = crate::ffi::test_handles::FlowOptionsHandle::new();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live options; four indices; a valid pointer slot.
+    unsafe {
+        let status = crate::ffi::flow_options::eqf_flow_options_set_species(
+            options.0,
+            species.as_ptr(),
+            4,
+            n_species,
+        );
+        assert_eq!(status, EQF_OK, "{}", message());
+        let status =
+            crate::ffi::flow_options::eqf_flow_new_with_options(4, 2, options.0, &raw mut out);
+        assert_eq!(status, EQF_OK, "{}", message());
+    }
+    FlowHandle(out)
+}
+
+/// A Lennard-Jones energy of four particles in 2-D of the given species (pair minima at 4,
+/// as in DW-4; unlike species pairs bound more weakly), to be freed by the caller.
+fn species_energy(species: &[u32; 4], n_species: usize) -> *mut crate::ffi::energy::eqf_energy {
+    let s = n_species;
+    let epsilon: Vec<f64> = (0..s * s)
+        .map(|k| if k / s == k % s { 1.0 } else { 0.5 })
+        .collect();
+    let r_m = vec![4.0; s * s];
+    let mut out = std::ptr::null_mut();
+    // SAFETY: four indices, S×S parameter arrays and a valid pointer slot.
+    let status = unsafe {
+        crate::ffi::energy::eqf_energy_lennard_jones_species(
+            4,
+            2,
+            species.as_ptr(),
+            s as i64,
+            epsilon.as_ptr(),
+            r_m.as_ptr(),
+            1.0,
+            &raw mut out,
+        )
+    };
+    assert_eq!(status, EQF_OK, "{}", message());
+    out
+}
+
+/// Issue G of the C-ABI sweep: a KL energy whose species differ from the flow's was accepted
+/// (only N and D were checked), training the flow towards a system it does not describe. An
+/// energy with several species needs exactly the flow's species; an energy of identical
+/// particles suits any flow.
+#[test]
+fn a_kl_energy_of_other_species_than_the_flows_is_refused() {
+    let data = dw4_data(16, 8);
+    let options = ml_kl_options();
+    let binary = [0, 0, 1, 1];
+    let mut double_well = std::ptr::null_mut();
+    // SAFETY: a valid pointer slot.
+    let status = unsafe { eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut double_well) };
+    assert_eq!(status, EQF_OK);
+    let cases = [
+        // (flow species, energy, None if accepted or what the refusal says)
+        (
+            Some(binary),
+            species_energy(&[0, 1, 0, 1], 2),
+            Some("particle 1 is of species 1, the flow's of species 0"),
+        ),
+        (
+            Some(binary),
+            species_energy(&[0, 0, 1, 2], 3),
+            Some("KL energy has 3 species, the flow 2"),
+        ),
+        (
+            None,
+            species_energy(&binary, 2),
+            Some("the flow treats all particles as one species"),
+        ),
+        (Some(binary), species_energy(&binary, 2), None),
+        (Some(binary), double_well, None),
+        (Some(binary), species_energy(&[0; 4], 1), None),
+        (None, species_energy(&[0; 4], 1), None),
+    ];
+    for (i, (flow_species, energy, refusal)) in cases.into_iter().enumerate() {
+        let flow = match flow_species {
+            Some(species) => species_flow(&species, 2),
+            None => FlowHandle::new(4, 2, 9),
+        };
+        // SAFETY: live options and energy; the options keep the energy, freed here once.
+        unsafe {
+            assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
+            assert_eq!(eqf_energy_free(energy), EQF_OK);
+        }
+        let before = flow.params();
+        let (status, summary) = flow.train(&options, &data, &[]);
+        let message = message();
+        match refusal {
+            Some(needle) => {
+                assert_eq!(status, EQF_ERR_INVALID_ARGUMENT, "case {i}: {message}");
+                assert!(
+                    message.contains(needle),
+                    "case {i}: {message:?} lacks {needle:?}"
+                );
+                assert_eq!(flow.params(), before, "case {i}");
+                assert_eq!(summary, sentinel_summary(), "case {i}");
+            }
+            None => {
+                assert_eq!(status, EQF_OK, "case {i}: {message}");
+                assert_ne!(flow.params(), before, "case {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_arguments_are_rejected_before_training() {
     let data = dw4_data(16, 9);
@@ -1228,6 +1427,101 @@ fn a_commit_from_inside_a_flow_call_on_the_same_thread_is_refused() {
     drop(reading);
     handle.replace(other.clone()).unwrap();
     assert_eq!(flow.params(), other.field().params());
+}
+
+/// What [`train_from_log`] trains, and the statuses it got.
+struct TrainFromLog {
+    /// The test's thread: messages of other tests' calls (on other threads) are ignored.
+    thread: std::thread::ThreadId,
+    flow: *mut eqf_flow,
+    options: *const eqf_train_options,
+    data: Vec<f64>,
+    statuses: std::sync::Mutex<Vec<i32>>,
+}
+
+/// A log callback that trains `user`'s flow (a `TrainFromLog`) on every message of its test's
+/// thread.
+unsafe extern "C" fn train_from_log(user: *mut c_void, _: i32, _: *const std::ffi::c_char) {
+    // SAFETY: the test installs this callback with a live `TrainFromLog`, shared read-only
+    // apart from its lock, and removes it before that is dropped.
+    let train = unsafe { &*user.cast::<TrainFromLog>() };
+    if std::thread::current().id() != train.thread {
+        return;
+    }
+    // SAFETY: live handles; whole DW-4 configurations.
+    let status = unsafe {
+        eqf_flow_train(
+            train.flow,
+            train.options,
+            (train.data.len() / 8) as i64,
+            train.data.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+        )
+    };
+    train.statuses.lock().unwrap().push(status);
+}
+
+/// Issue F4 of the C-ABI sweep: the report of a failed call that reads a flow went to the log
+/// callback after the call had let go of the flow, so `eqf_flow_train` from that callback
+/// trained the flow while the outer call had not returned, against the documented rule. Now
+/// every message of such a call, its failure report included, is sent as from inside it;
+/// the report of a call that reads no flow still lets the callback train.
+#[test]
+fn a_log_callback_cannot_train_from_the_failure_report_of_a_flow_call() {
+    use crate::ffi::log::{eqf_set_log_callback, tests::INSTALLS};
+    let _installs = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let data = dw4_data(16, 8);
+    let options = Options::small();
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let train = TrainFromLog {
+        thread: std::thread::current().id(),
+        flow: flow.0,
+        options: options.0,
+        data: data.clone(),
+        statuses: std::sync::Mutex::new(Vec::new()),
+    };
+    let take_statuses = || std::mem::take(&mut *train.statuses.lock().unwrap());
+    // SAFETY: `train_from_log` is thread-safe (it acts on this thread only) and `train`
+    // outlives its installation (removed below).
+    unsafe { eqf_set_log_callback(Some(train_from_log), (&raw const train).cast_mut().cast()) };
+
+    // A density at a NaN coordinate fails after reading the flow.
+    let mut x = data[..8].to_vec();
+    x[3] = f64::NAN;
+    let mut log_q = [0.0];
+    // SAFETY: live handle; one configuration and one output.
+    let status = unsafe {
+        crate::ffi::flow::eqf_flow_log_density(flow.0, 1, x.as_ptr(), log_q.as_mut_ptr())
+    };
+    let density_failed = (status, take_statuses(), flow.params() == before);
+    // A training run of the flow that fails (NaN data): its report must not train it either.
+    let (status, _) = flow.train(&options, &x, &[]);
+    let training_failed = (status, take_statuses(), flow.params() == before);
+    // A failure of a call that reads no flow: training from its report is fine.
+    let status = crate::ffi::catch(|| Err(crate::Error::invalid("no flow read")));
+    let other_failed = (status, take_statuses(), flow.params() == before);
+
+    // SAFETY: removing the callback is always allowed.
+    unsafe { eqf_set_log_callback(None, std::ptr::null_mut()) };
+    // (The failed run sends two messages; each is refused.)
+    for (status, nested, unchanged) in [density_failed, training_failed] {
+        assert_eq!(status, EQF_ERR_NON_FINITE);
+        assert!(!nested.is_empty(), "no message");
+        assert!(
+            nested
+                .iter()
+                .all(|s| *s == crate::ffi::EQF_ERR_INVALID_STATE),
+            "{nested:?}"
+        );
+        assert!(unchanged, "trained from the failure report");
+    }
+    assert_eq!(
+        other_failed,
+        (EQF_ERR_INVALID_ARGUMENT, vec![EQF_OK], false)
+    );
 }
 
 unsafe extern "C" fn shorten_options(user: *mut c_void, _: *const eqf_train_epoch) -> i32 {
