@@ -69,7 +69,11 @@ fn toml_to_json(value: &toml::Value, path: &str) -> std::result::Result<serde_js
         toml::Value::Float(f) if f.is_finite() => {
             serde_json::Number::from_f64(*f).map_or(J::Null, J::Number)
         }
-        toml::Value::Float(f) => return Err(field(&format!("is {f}: it must be a finite number"))),
+        toml::Value::Float(f) => {
+            return Err(field(&format!(
+                "is {f}: a system file's numbers are finite (and its names and labels text)"
+            )));
+        }
         toml::Value::Boolean(b) => J::Bool(*b),
         toml::Value::Datetime(d) => {
             return Err(field(&format!(
@@ -1018,6 +1022,11 @@ mod tests {
             (
                 dw.replace("d0 = 4", "d0 = -inf"),
                 "field `energy.d0` is -inf",
+            ),
+            (
+                dw.replace("kt = 1", "kt = 1\nname = nan"),
+                "field `name` is NaN: a system file's numbers are finite (and its names and \
+                 labels text)",
             ),
             (dw.replace("kt = 1", "kt = \"1\""), "`kt`"),
             (dw.replace("kt = 1", "temperature = 1"), "temperature"),

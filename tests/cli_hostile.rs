@@ -975,6 +975,19 @@ fn demo_and_repro_check_every_output_file_before_any_work() {
     assert_refused(&out, &args, &["dw4_energies.png", "is a folder"]);
     assert!(!stderr(&out).contains("i/o error: i/o error"));
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep");
+    // A symbolic link to nothing cannot be written through: refused before the work too.
+    std::fs::remove_dir(demo.join("dw4_energies.png")).unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere.json"), demo.join("dw4_model.json")).unwrap();
+    let out = eqflow_within(10, &args);
+    assert_refused(&out, &args, &["dw4_model.json", "target does not exist"]);
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep");
+    // A file where the folder should be is named as such (it said "File exists").
+    let args = ["demo", "--out-dir", s(&kept), "-q"];
+    assert_refused(
+        &eqflow_within(10, &args),
+        &args,
+        &["in the way, not a folder"],
+    );
 
     for (experiment, in_the_way, earlier) in [
         ("reweighting", "reweighting.png", "reweighting_profile.csv"),
@@ -1465,6 +1478,12 @@ fn train_refuses_a_data_name_for_its_model_and_a_bad_schedule_it_would_not_use()
         let err = train(&extra);
         assert_eq!(!err.contains("no KL term"), silent, "{extra:?}: {err}");
     }
+    // The deprecated flag's schedule (it takes 1 − λ) is named as the λ it gives.
+    let err = train(&["--kl-epochs", "2", "--kl-weight-schedule", "const:0"]);
+    assert!(
+        err.contains("no KL term") && err.contains("λ schedule const:1"),
+        "{err}"
+    );
     // A validation set smaller than asked for, or none for --validate-every, is said.
     let validated = |extra: &[&str]| {
         let mut args = vec![

@@ -75,8 +75,14 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     let start = Instant::now();
     std::fs::create_dir_all(&a.out_dir).map_err(|e| eqflow::Error::Io {
         what: format!(
-            "cannot create the output folder --out-dir {}: {e}",
-            a.out_dir.display()
+            "cannot create the output folder --out-dir {}: {}",
+            a.out_dir.display(),
+            // create_dir_all says "File exists" for a file (or a link to nothing) in the way.
+            if a.out_dir.exists() || a.out_dir.is_symlink() {
+                "a file of that name is in the way, not a folder".to_string()
+            } else {
+                e.to_string()
+            }
         ),
     })?;
     // Before a minute of work: a run that fails on its last output must not have replaced the

@@ -1383,6 +1383,15 @@ fn lambda_schedule(a: &TrainArgs) -> Result<LambdaSchedule> {
 /// (docs/field_families.md, "Certified by default": 0.97 and 0.99 fitted no better).
 const LIPSCHITZ_TARGET: f64 = 0.9;
 
+/// A λ schedule as `--lambda-schedule` writes it (`const:L`, `linear:A:B`), whichever flag
+/// gave it.
+fn schedule_text(lambda: LambdaSchedule) -> String {
+    match lambda {
+        LambdaSchedule::Constant(l) => format!("const:{l}"),
+        LambdaSchedule::Linear { start, end } => format!("linear:{start}:{end}"),
+    }
+}
+
 /// `--n-val`'s default.
 const DEFAULT_N_VAL: usize = 1000;
 
@@ -1421,13 +1430,11 @@ fn warn_unused_train_flags(a: &TrainArgs, lambda: LambdaSchedule, lipschitz_pena
     // (the paper's schedule over a single epoch is its first value, 1).
     if a.kl_epochs > 0 && (0..a.kl_epochs).all(|e| lambda.at(e, a.kl_epochs) >= 1.0) {
         warn(&format!(
-            "λ is 1 in all {} KL epochs (--lambda-schedule {}), so they train by maximum \
-             likelihood alone: no KL term (λ = 1 is pure ML; a schedule going below 1, or more \
-             epochs of linear:1:0.5, mixes the KL in)",
+            "λ is 1 in all {} KL epochs (λ schedule {}), so they train by maximum likelihood \
+             alone: no KL term (λ = 1 is pure ML; a schedule going below 1, or more epochs of \
+             linear:1:0.5, mixes the KL in)",
             a.kl_epochs,
-            a.lambda_schedule
-                .as_deref()
-                .unwrap_or(PAPER_LAMBDA_SCHEDULE)
+            schedule_text(lambda)
         ));
     }
     if lipschitz_penalty == 0.0 && a.lipschitz_target.is_some() {
@@ -1747,10 +1754,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
             a.common.quiet,
             "ML+KL",
         )?;
-        let lambda = match kl_config.lambda {
-            LambdaSchedule::Constant(l) => format!("const:{l}"),
-            LambdaSchedule::Linear { start, end } => format!("linear:{start}:{end}"),
-        };
+        let lambda = schedule_text(kl_config.lambda);
         let reverted = guard_certified(&mut flow, start_params)?;
         phases.push(json!({"phase": "ml_kl", "lambda_schedule": lambda,
                            "summary": summary_json(&kl), "reverted_uncertified": reverted}));

@@ -96,6 +96,12 @@ pub fn check_output(flag: &str, path: &Path, inputs: &[(&str, &Path)]) -> Result
     {
         return Err(bad("not a file name".into()));
     }
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && std::fs::metadata(path).is_err() {
+        // Every writer follows a link to the file it names (as the library's saves do), so a
+        // link to nothing cannot be written: said now, not after the work.
+        return Err(bad("is a symbolic link whose target does not exist".into()));
+    }
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.is_dir() {
             return Err(bad("is a folder; give a file name".into()));
@@ -163,6 +169,9 @@ impl Staged {
     ///
     /// [`Error::Io`] if no temporary can be created beside `target`; what `write` returns.
     pub fn write(&mut self, target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        // Through a symbolic link to the file it names, as the library's saves do: renaming
+        // over the link itself would replace it by a file and leave its target stale.
+        let target = &followed(target)?;
         let tmp = create_temporary(target)
             .map_err(|e| io_error(format!("cannot write {}: {e}", target.display())))?;
         // Registered first, so that a failed write removes it too.
@@ -226,41 +235,43 @@ impl Staged {
     }
 }
 
+/// `target`, or the file a symbolic link at `target` names (its canonical path).
+///
+/// # Errors
+///
+/// [`Error::Io`] for a link whose target does not exist.
+fn followed(target: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(target).map_err(|e| {
+            io_error(format!(
+                "cannot write {}: it is a symbolic link whose target does not exist ({e})",
+                target.display()
+            ))
+        }),
+        _ => Ok(target.to_path_buf()),
+    }
+}
+
 /// A second name for what `target` is now, beside it (`None` if nothing is there yet, or a
-/// folder, over which the rename itself fails): a hard link to a regular file (or a copy if
-/// the file system refuses links), a new link with the same destination for a symbolic link.
+/// folder, over which the rename itself fails): a hard link to the file (or a copy if the file
+/// system refuses links). Targets are never symbolic links here: [`Staged::write`] follows them.
 fn keep_aside(target: &Path) -> std::io::Result<Option<PathBuf>> {
-    let meta = match std::fs::symlink_metadata(target) {
+    match std::fs::metadata(target) {
         Ok(meta) if meta.is_dir() => return Ok(None),
-        Ok(meta) => meta,
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
-    };
+    }
     let backup = create_temporary(target)?;
     std::fs::remove_file(&backup)?;
-    let made = if meta.file_type().is_symlink() {
-        symlink_like(target, &backup)
-    } else {
-        std::fs::hard_link(target, &backup).or_else(|_| std::fs::copy(target, &backup).map(|_| ()))
-    };
+    let made =
+        std::fs::hard_link(target, &backup).or_else(|_| std::fs::copy(target, &backup).map(|_| ()));
     match made {
         Ok(()) => Ok(Some(backup)),
         Err(e) => {
             let _ = std::fs::remove_file(&backup);
             Err(e)
         }
-    }
-}
-
-/// A symbolic link at `copy` that points where the link `link` points.
-fn symlink_like(link: &Path, copy: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::symlink(std::fs::read_link(link)?, copy)
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::copy(link, copy).map(|_| ())
     }
 }
 
@@ -364,11 +375,25 @@ mod tests {
         );
         assert_eq!(entries(&dir), ["a.csv", "b.csv", "d.csv"]);
         std::fs::remove_dir_all(&folder).unwrap();
-        // A symbolic link as a target is replaced by the file, and restored on failure.
+        // A symbolic link as a target is followed: the file it names is replaced (and
+        // restored on failure), the link stays a link. A link to nothing is refused.
         #[cfg(unix)]
         {
             let link = dir.join("link.csv");
             std::os::unix::fs::symlink(&b, &link).unwrap();
+            write_atomically(&link, b"through the link").unwrap();
+            assert_eq!(std::fs::read_link(&link).unwrap(), b);
+            assert_eq!(std::fs::read_to_string(&b).unwrap(), "through the link");
+            write_atomically(&b, b"new b").unwrap();
+            let dangling = dir.join("dangling.csv");
+            std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+            let error = write_atomically(&dangling, b"x").unwrap_err().to_string();
+            assert!(error.contains("target does not exist"), "{error}");
+            let error = check_output("--out", &dangling, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("target does not exist"), "{error}");
+            std::fs::remove_file(&dangling).unwrap();
             std::fs::create_dir(&folder).unwrap();
             std::fs::write(folder.join("inside"), "kept").unwrap();
             let mut staged = Staged::new();
