@@ -99,13 +99,12 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     //    reference state populations.
     let data = mcmc_run(energy.as_ref(), 2_000, 100, a.seed, quiet)?;
     let long = mcmc_run(energy.as_ref(), 100_000, 20, a.seed.wrapping_add(1), quiet)?;
-    eqflow::io::write_configurations(
-        a.out_dir.join(MCMC_NPY),
-        &data.x,
-        layout,
-        Dtype::F64,
-        ConfigShape::Flat,
-    )?;
+    // The three outputs replace an earlier demo's together, once the whole demo has run: a
+    // failure or an interrupt half-way leaves the earlier set as it was.
+    let mut staged = crate::output::Staged::new();
+    staged.write(&a.out_dir.join(MCMC_NPY), |tmp| {
+        eqflow::io::write_configurations(tmp, &data.x, layout, Dtype::F64, ConfigShape::Flat)
+    })?;
     let (train, validation) = data.x.split_at(1_000 * 8);
 
     // 2. Training: the paper's protocol, 50 epochs of maximum likelihood.
@@ -130,12 +129,14 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     flow.raise_to_certified_steps(config.n_rk4_steps * eqflow::flow::MAX_STEP_GROWTH)?;
     let rk4_steps = flow.certificate().map_or(0, |c| c.n_steps);
     let model_path = a.out_dir.join(MODEL_JSON);
-    model::save(
-        &flow,
-        Some(system.clone()),
-        Some(json!({"command": "demo", "summary": summary_json(&summary)})),
-        &model_path,
-    )?;
+    staged.write(&model_path, |tmp| {
+        model::save(
+            &flow,
+            Some(system.clone()),
+            Some(json!({"command": "demo", "summary": summary_json(&summary)})),
+            tmp,
+        )
+    })?;
 
     // 3. Evaluation with the exact density of the sampler actually used.
     let nll: Vec<f64> = flow.log_density(validation)?.iter().map(|l| -l).collect();
@@ -196,14 +197,17 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
 
     // 5. The plot.
     let plot_path = a.out_dir.join(PLOT_PNG);
-    plot::energy_histograms(
-        &plot_path,
-        "DW-4 energies: MCMC, flow, reweighted flow",
-        &long.energies,
-        &u,
-        &log_w,
-    )
-    .map_err(|what| eqflow::Error::Io { what })?;
+    staged.write(&plot_path, |tmp| {
+        plot::energy_histograms(
+            tmp,
+            "DW-4 energies: MCMC, flow, reweighted flow",
+            &long.energies,
+            &u,
+            &log_w,
+        )
+        .map_err(|what| eqflow::Error::Io { what })
+    })?;
+    staged.commit()?;
 
     let seconds = start.elapsed().as_secs_f64();
     report(

@@ -5,8 +5,11 @@
 //! with several outputs (`sample`: the samples, `_log_q.npy` and `_log_w.npy`) stages them
 //! ([`Staged`]) and renames them over their targets only once every one is written, undoing
 //! the renames already made if a later one fails, so a failed run cannot leave new samples
-//! beside an old run's log q.
+//! beside an old run's log q. `demo` and `repro`, which write their files one by one as the
+//! work goes on, run inside [`all_or_none`]: every output written through [`write_output`]
+//! joins one [`Staged`] set that is committed only when the whole run has succeeded.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -283,23 +286,68 @@ impl Drop for Staged {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary beside it, flushed and renamed over it.
-/// A failure leaves `path` as it was.
+thread_local! {
+    /// The outputs of the [`all_or_none`] run in progress on this thread, if any.
+    static RUN: RefCell<Option<Staged>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` so that its outputs land together or not at all: every file it writes through
+/// [`write_output`] (and so [`write_atomically`] and the plots) is staged, and the whole set is
+/// renamed over its targets only when `work` succeeds. A failure, or a signal that stops the
+/// process (the temporaries are registered for removal), leaves every target as it was.
+///
+/// # Errors
+///
+/// What `work` returns (its staged files are removed), or the commit's [`Error::Io`].
+pub fn all_or_none<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let outer = RUN.with(|run| run.borrow_mut().replace(Staged::new()));
+    let result = work();
+    let staged = RUN.with(|run| std::mem::replace(&mut *run.borrow_mut(), outer));
+    let value = result?;
+    if let Some(staged) = staged {
+        staged.commit()?;
+    }
+    Ok(value)
+}
+
+/// Writes the output `target` with `write`, which is given a temporary's path: into the
+/// [`all_or_none`] run in progress on this thread, or else as a set of one, renamed over
+/// `target` at once.
+///
+/// # Errors
+///
+/// What [`Staged::write`] and [`Staged::commit`] return.
+pub fn write_output(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    // Taken out while `write` runs, so that nothing is borrowed across the caller's code.
+    match RUN.with(|run| run.borrow_mut().take()) {
+        Some(mut staged) => {
+            let written = staged.write(target, write);
+            RUN.with(|run| *run.borrow_mut() = Some(staged));
+            written
+        }
+        None => {
+            let mut staged = Staged::new();
+            staged.write(target, write)?;
+            staged.commit()
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary beside it, flushed and renamed over it
+/// ([`write_output`]). A failure leaves `path` as it was.
 ///
 /// # Errors
 ///
 /// [`Error::Io`] naming `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut staged = Staged::new();
-    staged.write(path, |tmp| {
+    write_output(path, |tmp| {
         let written = (|| {
             let mut file = OpenOptions::new().write(true).truncate(true).open(tmp)?;
             file.write_all(bytes)?;
             file.sync_all()
         })();
         written.map_err(|e| io_error(format!("cannot write {}: {e}", path.display())))
-    })?;
-    staged.commit()
+    })
 }
 
 #[cfg(test)]
@@ -320,6 +368,42 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// A run's outputs replace the earlier ones together when it succeeds and not at all when
+    /// it fails half-way (`demo` and `repro` wrote file by file, so a failure or Ctrl-C left a
+    /// new CSV beside an old figure).
+    #[test]
+    fn an_all_or_none_run_commits_its_outputs_only_when_it_succeeds() {
+        let dir = fresh("all_or_none");
+        let (a, b) = (dir.join("a.csv"), dir.join("b.png"));
+        std::fs::write(&a, "old a").unwrap();
+        std::fs::write(&b, "old b").unwrap();
+        let failed: Result<()> = all_or_none(|| {
+            write_atomically(&a, b"new a")?;
+            write_output(&b, |tmp| {
+                std::fs::write(tmp, "new b").map_err(|e| io_error(e.to_string()))
+            })?;
+            Err(io_error("the experiment failed after writing both".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "old a");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "old b");
+        assert_eq!(entries(&dir), ["a.csv", "b.png"], "no temporaries left");
+        let value = all_or_none(|| {
+            write_atomically(&a, b"new a")?;
+            // Staged, not yet written.
+            assert_eq!(std::fs::read_to_string(&a).unwrap(), "old a");
+            Ok(7)
+        })
+        .unwrap();
+        assert_eq!(value, 7);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "new a");
+        // Outside a run, a write lands at once.
+        write_atomically(&b, b"newer b").unwrap();
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "newer b");
+        assert_eq!(entries(&dir), ["a.csv", "b.png"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

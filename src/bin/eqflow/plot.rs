@@ -33,16 +33,13 @@ fn register_font_once() -> bool {
 }
 
 /// Draws a figure with `draw` into a temporary beside `path` and renames it over `path` once
-/// the PNG is complete, so a failed plot leaves no half-written file and an earlier figure
-/// stays as it was. The temporary keeps `path`'s extension, from which plotters picks the format.
+/// the PNG is complete (with the other outputs of an `output::all_or_none` run), so a failed
+/// plot leaves no half-written file and an earlier figure stays as it was. The temporary keeps `path`'s extension, from which plotters picks the format.
 fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
-    let mut staged = crate::output::Staged::new();
-    staged
-        .write(path, |tmp| {
-            draw(tmp).map_err(|what| eqflow::Error::Io { what })
-        })
-        .map_err(message)?;
-    staged.commit().map_err(message)
+    crate::output::write_output(path, |tmp| {
+        draw(tmp).map_err(|what| eqflow::Error::Io { what })
+    })
+    .map_err(message)
 }
 
 /// An error's text for the callers, which report it as an i/o error: an i/o error's own

@@ -128,6 +128,12 @@ struct MetastableArgs {
 }
 
 pub fn run(a: ReproArgs) -> Result<()> {
+    // An experiment writes its CSV files and figure as it goes: they replace the earlier
+    // run's together, only once the whole experiment has succeeded.
+    crate::output::all_or_none(|| run_experiment(a))
+}
+
+fn run_experiment(a: ReproArgs) -> Result<()> {
     match a.experiment {
         Experiment::Divergence(r) => divergence::run(&r),
         Experiment::Reweighting(r) => reweighting::run(&r.run, r.model.as_deref()),
