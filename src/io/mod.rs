@@ -40,7 +40,7 @@ pub use npy::{
     ConfigShape, NpyArray, read_array, read_configurations, read_values, write_array,
     write_configurations, write_values,
 };
-pub use unfinished::{Unfinished, remove_unfinished};
+pub use unfinished::{Unfinished, remove_unfinished_and_exit};
 pub use xyz::{XyzTrajectory, read_xyz, write_xyz, write_xyz_with_species};
 
 /// Floating-point type of the numbers stored in a file (little-endian IEEE 754).
@@ -220,9 +220,10 @@ pub(crate) fn write_atomically(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let (tmp, file) = create_temporary(dir, &name.to_string_lossy()).map_err(|e| fail(&e))?;
-    // Until renamed or removed below: a signal handler may remove it (`remove_unfinished`).
-    let _unfinished = Unfinished::register(tmp.clone());
+    // Registered until renamed or removed below: a signal handler may remove it.
+    let (_unfinished, tmp, file) =
+        Unfinished::create(|| create_temporary(dir, &name.to_string_lossy()))
+            .map_err(|e| fail(&e))?;
     let written = (|| {
         if let Some(meta) = &replaced {
             // The new file keeps the old one's permissions: a private (0600) model stays

@@ -5,10 +5,10 @@
 //! ([`super::write_atomically`]), so an interrupted write never leaves a half-written target.
 //! But a process killed mid-write (Ctrl-C during a large `eqflow mcmc`) used to leave the
 //! temporary itself behind, under a name no later run reuses. Each temporary is therefore
-//! registered here while it exists ([`Unfinished`]), and [`remove_unfinished`] deletes those
-//! that are still there: the command line calls it from its Ctrl-C/SIGTERM handler. The
-//! library installs no signal handler itself (a host's signals are its own); a host that
-//! wants the same can call [`remove_unfinished`] from its own.
+//! created and registered here while it exists ([`Unfinished`]), and
+//! [`remove_unfinished_and_exit`] deletes those that are still there: the command line calls
+//! it from its Ctrl-C/SIGTERM handler. The library installs no signal handler itself (a host's
+//! signals are its own); a host that wants the same can call it from its own.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -24,19 +24,29 @@ fn list() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A temporary file registered for [`remove_unfinished`] from its creation until this guard is
-/// dropped, which the writer does once the file has been renamed over its target or removed.
+/// A temporary file registered for [`remove_unfinished_and_exit`] from its creation until this
+/// guard is dropped, which the writer does once the file has been renamed over its target or removed.
 #[derive(Debug)]
 pub struct Unfinished {
     path: PathBuf,
 }
 
 impl Unfinished {
-    /// Registers `path`, a temporary this process has just created.
-    #[must_use]
-    pub fn register(path: PathBuf) -> Unfinished {
-        list().push(path.clone());
-        Unfinished { path }
+    /// Creates a temporary with `create` (which returns its path and whatever else the writer
+    /// needs, such as the open file) and registers it, both under the registry's lock: a
+    /// signal handler that removes the temporaries ([`remove_unfinished_and_exit`]) runs
+    /// either before the file exists or after it is registered, never in between.
+    ///
+    /// # Errors
+    ///
+    /// What `create` returns; nothing is registered then.
+    pub fn create<T>(
+        create: impl FnOnce() -> std::io::Result<(PathBuf, T)>,
+    ) -> std::io::Result<(Unfinished, PathBuf, T)> {
+        let mut list = list();
+        let (path, made) = create()?;
+        list.push(path.clone());
+        Ok((Unfinished { path: path.clone() }, path, made))
     }
 }
 
@@ -49,10 +59,22 @@ impl Drop for Unfinished {
     }
 }
 
-/// Removes every registered temporary that still exists and returns how many were removed.
-/// For a signal handler that runs on an ordinary thread (as the `ctrlc` crate's does), just
-/// before the process exits: a write in progress then fails, and its target stays as it was.
-pub fn remove_unfinished() -> usize {
+/// Removes every registered temporary that still exists, then exits the process with
+/// `code`, holding the registry's lock to the end so that no thread creates a temporary after
+/// the removal. For a signal handler that runs on an ordinary thread (as the `ctrlc` crate's
+/// does): a write in progress never completes, and its target stays as it was.
+pub fn remove_unfinished_and_exit(code: i32) -> ! {
+    let list = list();
+    for path in list.iter() {
+        let _ = std::fs::remove_file(path);
+    }
+    std::process::exit(code)
+}
+
+/// Removes every registered temporary that still exists and returns how many were removed
+/// (for tests; a handler that exits uses [`remove_unfinished_and_exit`]).
+#[cfg(test)]
+fn remove_unfinished() -> usize {
     let list = list();
     list.iter()
         .filter(|path| std::fs::remove_file(path).is_ok())
@@ -68,10 +90,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("eqflow-unfinished-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (a, b) = (dir.join(".a.tmp"), dir.join(".b.tmp"));
-        std::fs::write(&a, "a").unwrap();
-        std::fs::write(&b, "b").unwrap();
-        let guard_a = Unfinished::register(a.clone());
-        let guard_b = Unfinished::register(b.clone());
+        let make = |path: &PathBuf| {
+            std::fs::write(path, "x")?;
+            Ok((path.clone(), ()))
+        };
+        let (guard_a, _, ()) = Unfinished::create(|| make(&a)).unwrap();
+        let (guard_b, _, ()) = Unfinished::create(|| make(&b)).unwrap();
+        // A failed creation registers nothing.
+        let failed = Unfinished::create::<()>(|| Err(std::io::Error::other("no")));
+        assert!(failed.is_err());
         // `b` is finished (renamed or removed by its writer): no longer registered.
         drop(guard_b);
         // Other tests may register temporaries concurrently: count only ours.

@@ -416,10 +416,7 @@ fn main() -> ExitCode {
     // The handler runs on its own thread, removes the unfinished temporaries and exits as a
     // shell reports an interrupt (128 + SIGINT). Without a handler (one could not be installed)
     // the default action applies, as before.
-    let _ = ctrlc::set_handler(|| {
-        eqflow::io::remove_unfinished();
-        std::process::exit(130);
-    });
+    let _ = ctrlc::set_handler(|| eqflow::io::remove_unfinished_and_exit(130));
     let result = start_thread_pool().and_then(|()| match cli.command {
         Command::Mcmc(a) => run_mcmc(a),
         Command::Sample(a) => run_sample(a),

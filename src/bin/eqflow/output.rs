@@ -128,12 +128,13 @@ pub fn check_output(flag: &str, path: &Path, inputs: &[(&str, &Path)]) -> Result
         }
     }
     // The one sure test of writability: create a file there (and remove it).
-    let probe = create_temporary(path).map_err(|e| {
-        io_error(format!(
-            "{flag} {shown}: cannot create files in the folder {}: {e}",
-            folder.display()
-        ))
-    })?;
+    let (_registered, probe, ()) = Unfinished::create(|| Ok((create_temporary(path)?, ())))
+        .map_err(|e| {
+            io_error(format!(
+                "{flag} {shown}: cannot create files in the folder {}: {e}",
+                folder.display()
+            ))
+        })?;
     let _ = std::fs::remove_file(probe);
     for (input_flag, input) in inputs {
         if same_file(path, input) {
@@ -175,11 +176,12 @@ impl Staged {
         // Through a symbolic link to the file it names, as the library's saves do: renaming
         // over the link itself would replace it by a file and leave its target stale.
         let target = &followed(target)?;
-        let tmp = create_temporary(target)
+        // Created and registered for a signal handler's removal at once (see `Unfinished`).
+        let (registered, tmp, ()) = Unfinished::create(|| Ok((create_temporary(target)?, ())))
             .map_err(|e| io_error(format!("cannot write {}: {e}", target.display())))?;
-        // Registered first, so that a failed write removes it too.
+        // Listed first, so that a failed write removes it too.
         self.files.push((tmp.clone(), target.to_path_buf()));
-        self.unfinished.push(Unfinished::register(tmp.clone()));
+        self.unfinished.push(registered);
         write(&tmp)
     }
 
@@ -200,10 +202,11 @@ impl Staged {
         let mut failure = None;
         for (_, target) in &files {
             match keep_aside(target) {
-                Ok(backup) => {
-                    kept_unfinished.extend(backup.clone().map(Unfinished::register));
-                    kept.push(backup);
+                Ok(Some((registered, backup))) => {
+                    kept_unfinished.push(registered);
+                    kept.push(Some(backup));
                 }
+                Ok(None) => kept.push(None),
                 Err(e) => {
                     failure = Some(io_error(format!(
                         "cannot write {}: its earlier contents cannot be kept aside: {e}",
@@ -258,24 +261,28 @@ fn followed(target: &Path) -> Result<PathBuf> {
 /// A second name for what `target` is now, beside it (`None` if nothing is there yet, or a
 /// folder, over which the rename itself fails): a hard link to the file (or a copy if the file
 /// system refuses links). Targets are never symbolic links here: [`Staged::write`] follows them.
-fn keep_aside(target: &Path) -> std::io::Result<Option<PathBuf>> {
+fn keep_aside(target: &Path) -> std::io::Result<Option<(Unfinished, PathBuf)>> {
     match std::fs::metadata(target) {
         Ok(meta) if meta.is_dir() => return Ok(None),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     }
-    let backup = create_temporary(target)?;
-    std::fs::remove_file(&backup)?;
-    let made =
-        std::fs::hard_link(target, &backup).or_else(|_| std::fs::copy(target, &backup).map(|_| ()));
-    match made {
-        Ok(()) => Ok(Some(backup)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&backup);
-            Err(e)
+    // Made and registered at once: a signal handler removes it unless the commit did.
+    let (registered, backup, ()) = Unfinished::create(|| {
+        let backup = create_temporary(target)?;
+        std::fs::remove_file(&backup)?;
+        let made = std::fs::hard_link(target, &backup)
+            .or_else(|_| std::fs::copy(target, &backup).map(|_| ()));
+        match made {
+            Ok(()) => Ok((backup, ())),
+            Err(e) => {
+                let _ = std::fs::remove_file(&backup);
+                Err(e)
+            }
         }
-    }
+    })?;
+    Ok(Some((registered, backup)))
 }
 
 impl Drop for Staged {
