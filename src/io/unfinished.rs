@@ -65,20 +65,22 @@ impl Drop for Unfinished {
 /// does): a write in progress never completes, and its target stays as it was.
 pub fn remove_unfinished_and_exit(code: i32) -> ! {
     let list = list();
-    for path in list.iter() {
-        let _ = std::fs::remove_file(path);
-    }
+    remove_all(&list);
     std::process::exit(code)
 }
 
-/// Removes every registered temporary that still exists and returns how many were removed
-/// (for tests; a handler that exits uses [`remove_unfinished_and_exit`]).
-#[cfg(test)]
-fn remove_unfinished() -> usize {
-    let list = list();
-    list.iter()
+/// Removes the files of `paths` that still exist; how many were removed.
+fn remove_all(paths: &[PathBuf]) -> usize {
+    paths
+        .iter()
         .filter(|path| std::fs::remove_file(path).is_ok())
         .count()
+}
+
+/// [`remove_unfinished_and_exit`] without the exit, for tests.
+#[cfg(test)]
+fn remove_unfinished() -> usize {
+    remove_all(&list())
 }
 
 #[cfg(test)]

@@ -624,11 +624,11 @@ impl<'a> Trainer<'a> {
         };
         at(&format!("the {data}"), nll)?;
         if data_gradient {
-            check_gradient(&format!("the {data}"), &g.ml, (epoch, step))?;
+            check_gradient(&format!("the {data}"), &g.ml, (epoch, step), &USUAL_CAUSES)?;
         }
         if let Some(kl) = kl {
             at("the KL loss", kl)?;
-            check_gradient("the KL loss", &g.kl, (epoch, step))?;
+            check_gradient("the KL loss", &g.kl, (epoch, step), &USUAL_CAUSES)?;
         }
         let loss = match kl {
             Some(k) => lambda * nll + (1.0 - lambda) * k,
@@ -636,19 +636,20 @@ impl<'a> Trainer<'a> {
         };
         at("the mixed loss", loss)?;
         g.mix(lambda, kl.is_some());
-        check_gradient("the training loss", &g.mixed, (epoch, step))?;
+        check_gradient("the training loss", &g.mixed, (epoch, step), &USUAL_CAUSES)?;
         if c.lipschitz_penalty > 0.0 {
             add_certificate_penalty(&run.work, &c, &mut g.mixed)?;
             // Finite before the penalty, not after: the penalty's weight is the cause.
-            if let Some(i) = g.mixed.iter().position(|g| !g.is_finite()) {
-                return Err(Error::non_finite(format!(
-                    "training diverged: the gradient of the training loss with the certificate \
-                     penalty at epoch {epoch} step {step} has parameter component {i} = {}; \
-                     the flow is unchanged (the penalty's weight {:e} is too large: lower \
-                     lipschitz_penalty)",
-                    g.mixed[i], c.lipschitz_penalty
-                )));
-            }
+            check_gradient(
+                "the training loss with the certificate penalty",
+                &g.mixed,
+                (epoch, step),
+                // Formatted only on failure: this runs at every optimiser step.
+                &format_args!(
+                    "the penalty's weight {:e} is too large: lower lipschitz_penalty",
+                    c.lipschitz_penalty
+                ),
+            )?;
         }
         let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
         run.optimizer.set_lr(lr)?;
@@ -679,15 +680,22 @@ fn check_converging(what: &str, value: f64, at: std::fmt::Arguments<'_>) -> Resu
     )))
 }
 
+/// What a diverged gradient usually comes from, for [`check_gradient`]'s message.
+const USUAL_CAUSES: &str = "check the energy, kT and the learning rate";
+
 /// Fails with [`Error::NonFinite`], "training diverged", at the first component of the
-/// gradient of `what` that is NaN or infinite.
-fn check_gradient(what: &str, gradient: &[f64], (epoch, step): (usize, usize)) -> Result<()> {
+/// gradient of `what` that is NaN or infinite; the message ends with `remedy`.
+fn check_gradient(
+    what: &str,
+    gradient: &[f64],
+    (epoch, step): (usize, usize),
+    remedy: &dyn std::fmt::Display,
+) -> Result<()> {
     match gradient.iter().position(|g| !g.is_finite()) {
         None => Ok(()),
         Some(i) => Err(Error::non_finite(format!(
             "training diverged: the gradient of {what} at epoch {epoch} step {step} has \
-             parameter component {i} = {}; the flow is unchanged (check the energy, kT and the \
-             learning rate)",
+             parameter component {i} = {}; the flow is unchanged ({remedy})",
             gradient[i]
         ))),
     }

@@ -1577,7 +1577,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 a.system
             ),
         })?;
-    let (default_objective, default_steps) = default_recipe(system.builtin_equivalent(), &a.field);
+    // The built-in system this one is, whatever it is called: its recipe is the default.
+    let builtin = system.builtin_equivalent();
+    let (default_objective, default_steps) = default_recipe(builtin, &a.field);
     let objective_name = a.objective.as_deref().unwrap_or(default_objective);
     let (objective, phase_name, label) = match objective_name {
         "ml" => (Objective::MaximumLikelihood, "ml", "ML"),
@@ -1654,7 +1656,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let rk4_steps = a.rk4_steps.unwrap_or(default_steps);
     let lipschitz_penalty = a
         .lipschitz_penalty
-        .unwrap_or_else(|| default_lipschitz_penalty(system.builtin_equivalent(), &a.field));
+        .unwrap_or_else(|| default_lipschitz_penalty(builtin, &a.field));
     warn_unused_train_flags(&a, lambda, lipschitz_penalty);
     let mut config = TrainConfig {
         n_epochs: a.epochs,
