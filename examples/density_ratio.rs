@@ -44,7 +44,10 @@ fn main() -> eqflow::Result<()> {
             let layout = Layout::new(n, dim)?;
             let field = KernelField::initialise(layout, kernels, 0)?;
             let integrator = Integrator::new(Method::Rk4 { n_steps: 20 }, DensityMode::ExactDiscrete)?;
-            let flow = Flow::from_parts(Prior::new(layout, 1.0)?, field, integrator)?;
+            let mut flow = Flow::from_parts(Prior::new(layout, 1.0)?, field, integrator)?;
+            // Damped to be certified at its steps, as `Flow::new` does: strict mode refuses
+            // exact-discrete work through an uncertified grid (the same cost per sample).
+            flow.certify_initial_field()?;
             flows.push((name.to_string(), flow, batch));
         }
         for (name, flow, batch) in flows {
