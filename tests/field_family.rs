@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::families::jacobian_of;
 use common::*;
 use eqflow::Species;
 use eqflow::field::{Family, Field, Interaction, KernelConfig, Preset, VectorField};
@@ -576,5 +577,69 @@ fn check_largest_certified_damping(lax: &eqflow::Flow, what: &str) {
             !larger.certificate().unwrap().is_certified(),
             "{what}: {factor} is not the largest certified factor"
         );
+    }
+}
+
+/// Every family's field, and its fixed-grid form, claims translation invariance
+/// (`VectorField::translation_axes`), on which the exact-discrete forward map takes its step
+/// determinants in the quotient by translations: so the claim must hold, with random
+/// parameters (untrained corrections start at zero): `v(x + c) = v(x)` and every row of the
+/// Jacobian sums to zero over each axis's columns. A family whose claim failed would sample with
+/// log q off from its density, which `tests/flow.rs` would also catch for the kernel field.
+#[test]
+fn every_family_is_translation_invariant_as_it_claims() {
+    use rand::RngExt;
+    let mut r = rng(29);
+    for (n, dim) in [(4, 2), (5, 3)] {
+        let layout = Layout::new(n, dim).unwrap();
+        let preset = Preset::Benchmark {
+            interaction: Interaction::LennardJones,
+            length_scale: 1.0,
+        };
+        for &family in Family::ALL {
+            let mut field = family
+                .untrained(layout, &preset, Species::single(n), 3)
+                .unwrap();
+            let params: Vec<f64> = field
+                .params()
+                .iter()
+                .map(|p| p + 0.05 * r.random_range(-1.0..1.0))
+                .collect();
+            field.set_params(&params).unwrap();
+            let times = eqflow::integrate::rk4_stage_times(5);
+            let grid = field.grid_dynamics(&times);
+            let mut dynamics: Vec<(&str, &dyn VectorField)> = vec![("field", &field)];
+            if let Some(grid) = &grid {
+                dynamics.push(("grid", &**grid));
+            }
+            for (what, f) in dynamics {
+                let what = format!("{family:?} {what} N = {n}, D = {dim}");
+                assert_eq!(f.translation_axes(), Some(dim), "{what}");
+                for t in [0.0, 0.3, 0.5] {
+                    let x = random_config(&mut r, n * dim, 1.2);
+                    let c: Vec<f64> = (0..dim).map(|_| r.random_range(-3.0..3.0)).collect();
+                    let shifted: Vec<f64> =
+                        x.iter().enumerate().map(|(b, x)| x + c[b % dim]).collect();
+                    let (v, vs) = (velocity(f, &x, t), velocity(f, &shifted, t));
+                    let scale = v.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                    assert!(max_abs_diff(&v, &vs) <= 1e-10 * scale, "{what} t = {t}");
+                    let (_, jac, _) = jacobian_of(f, &x, t);
+                    let len = n * dim;
+                    for row in 0..len {
+                        let size = jac[row * len..(row + 1) * len]
+                            .iter()
+                            .fold(1.0f64, |m, j| m.max(j.abs()));
+                        for axis in 0..dim {
+                            let sum: f64 =
+                                (axis..len).step_by(dim).map(|b| jac[row * len + b]).sum();
+                            assert!(
+                                sum.abs() <= 1e-11 * size,
+                                "{what} t = {t}: row {row} axis {axis} sums to {sum}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

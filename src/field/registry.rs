@@ -494,4 +494,7 @@ impl VectorField for Field {
     fn symmetric_jacobian(&self) -> bool {
         self.as_vector_field().symmetric_jacobian()
     }
+    fn translation_axes(&self) -> Option<usize> {
+        self.as_vector_field().translation_axes()
+    }
 }

@@ -5,6 +5,33 @@ use std::ops::Range;
 
 use multiversion::multiversion;
 
+/// Replaces the n × n matrix `a` (row-major) by the matrix of the map it induces on the
+/// quotient by translations, in place in its first m × m entries, m = n − `dim`, and returns
+/// m; the state is n / `dim` particles in `dim` axes, particle-major.
+///
+/// For `a = I + M` with M mapping every translation to zero, the coordinates
+/// `q_i = x_i − x_last` of the quotient give `ã_ab = a_ab − a_(last, α(a)) b` for a, b < m,
+/// where `(last, α(a))` is the row of the last particle's axis of row a: `(a·x)_i − (a·x)_last`
+/// with `x_last = 0`. The translations are an invariant subspace on which `a` is the
+/// identity, so `det a = det ã`. (The identity's entries in the last particle's columns and
+/// rows drop out: `δ_ab − δ_(last, α) b = δ_ab` for b < m.)
+pub(crate) fn quotient_by_translations(n: usize, dim: usize, a: &mut [f64]) -> usize {
+    let m = n - dim;
+    // The last particle's rows are never written (m² ≤ m·n); each row is moved to no later
+    // place than it starts at, so the rows above it are done and it is read before it is
+    // overwritten.
+    let (head, last) = a[..n * n].split_at_mut(m * n);
+    for i in 0..m {
+        head.copy_within(i * n..i * n + m, i * m);
+        let axis = i % dim;
+        let subtracted = &last[axis * n..axis * n + m];
+        for (a, l) in head[i * m..i * m + m].iter_mut().zip(subtracted) {
+            *a -= l;
+        }
+    }
+    m
+}
+
 /// `c += alpha · a · b` for n × n row-major matrices.
 ///
 /// Written out rather than handed to a BLAS-like crate: at these sizes (n ≤ a few hundred,
@@ -562,6 +589,58 @@ mod tests {
             let expected = m.lu().solve(&nalgebra::DVector::from_vec(b)).unwrap();
             for (x, e) in x.iter().zip(expected.iter()) {
                 assert!((x - e).abs() < 1e-9 * e.abs().max(1.0), "{x} vs {e}");
+            }
+        }
+    }
+
+    /// `I + M` with M mapping translations to zero (M = A·C for a random A and the centring
+    /// C, which annihilates every translation) has the determinant of its quotient by
+    /// translations, and the quotient is the map on `q_i = x_i − x_last`.
+    #[test]
+    fn quotient_by_translations_keeps_the_determinant() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (n_particles, dim) in [(2, 1), (2, 2), (4, 2), (13, 3), (3, 3)] {
+            let n = n_particles * dim;
+            let a: Vec<f64> = (0..n * n).map(|_| rng.random_range(-0.4..0.4)).collect();
+            // Centring: C_bc = δ_bc − δ_(axis b, axis c)/N.
+            let centring = |b: usize, c: usize| {
+                f64::from(u8::from(b == c))
+                    - f64::from(u8::from(b % dim == c % dim)) / n_particles as f64
+            };
+            let mut full = vec![0.0; n * n];
+            for i in 0..n {
+                for j in 0..n {
+                    let m: f64 = (0..n).map(|k| a[i * n + k] * centring(k, j)).sum();
+                    full[i * n + j] = f64::from(u8::from(i == j)) + m;
+                }
+            }
+            let det = DMatrix::from_row_slice(n, n, &full).determinant();
+            let mut quotient = full.clone();
+            let m = quotient_by_translations(n, dim, &mut quotient);
+            assert_eq!(m, n - dim);
+            let reduced = DMatrix::from_row_slice(m, m, &quotient[..m * m]);
+            assert!(
+                (reduced.determinant() - det).abs() <= 1e-12 * det.abs().max(1.0),
+                "N = {n_particles}, D = {dim}: {} vs {det}",
+                reduced.determinant()
+            );
+            // The map on differences: x with x_last = 0, (full·x)_i − (full·x)_last.
+            let x: Vec<f64> = (0..n)
+                .map(|b| {
+                    if b < m {
+                        rng.random_range(-1.0..1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let image: Vec<f64> = (0..n)
+                .map(|i| (0..n).map(|k| full[i * n + k] * x[k]).sum())
+                .collect();
+            for i in 0..m {
+                let expected = image[i] - image[m + i % dim];
+                let got: f64 = (0..m).map(|k| quotient[i * m + k] * x[k]).sum();
+                assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
             }
         }
     }

@@ -20,6 +20,11 @@ impl VectorField for CoordKernelField {
         self.layout.len()
     }
 
+    /// Pair differences and coordination numbers only: translation invariant.
+    fn translation_axes(&self) -> Option<usize> {
+        Some(self.layout.dim)
+    }
+
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         self.velocity_at(x, &self.time_point(t), None, v, true)
     }

@@ -113,6 +113,11 @@ impl VectorField for GridCoordKernel {
         self.field.layout.len()
     }
 
+    /// Pair differences and coordination numbers only: translation invariant.
+    fn translation_axes(&self) -> Option<usize> {
+        Some(self.field.layout.dim)
+    }
+
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         self.at(t, |p, tables| self.field.velocity_at(x, p, tables, v, true))
     }

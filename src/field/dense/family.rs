@@ -18,6 +18,11 @@ impl VectorField for DenseField {
         self.layout.len()
     }
 
+    /// The network sees centred coordinates only: translation invariant.
+    fn translation_axes(&self) -> Option<usize> {
+        Some(self.layout.dim)
+    }
+
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         self.velocity_at(x, &self.time_point(t), v)
     }

@@ -21,6 +21,11 @@ impl VectorField for EnvPairField {
         self.layout.len()
     }
 
+    /// Pair differences and environments built from them only: translation invariant.
+    fn translation_axes(&self) -> Option<usize> {
+        Some(self.layout.dim)
+    }
+
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         debug_assert_eq!(x.len(), self.layout.len());
         let point = self.time_point(t);

@@ -388,6 +388,11 @@ impl VectorField for KernelField {
         self.layout.len()
     }
 
+    /// Pairwise in the differences `x_i − x_j`: translation invariant.
+    fn translation_axes(&self) -> Option<usize> {
+        Some(self.layout.dim)
+    }
+
     /// v is the gradient of a pair potential and the pair loops assemble its Jacobian
     /// symmetrically (tested in `tests/field.rs`).
     fn symmetric_jacobian(&self) -> bool {

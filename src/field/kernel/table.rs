@@ -337,6 +337,11 @@ impl VectorField for TabulatedField {
         self.field.state_len()
     }
 
+    /// Pairwise in the differences `x_i − x_j`: translation invariant.
+    fn translation_axes(&self) -> Option<usize> {
+        Some(self.field.layout().dim)
+    }
+
     /// v is the gradient of a pair potential and the pair loops assemble its Jacobian
     /// symmetrically (tested in `tests/field.rs`).
     fn symmetric_jacobian(&self) -> bool {

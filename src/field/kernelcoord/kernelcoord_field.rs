@@ -211,6 +211,13 @@ impl VectorField for KernelCoordField {
         FieldFamily::layout(&self.kernel).len()
     }
 
+    /// The sum of two translation-invariant fields.
+    fn translation_axes(&self) -> Option<usize> {
+        self.kernel
+            .translation_axes()
+            .filter(|&d| self.coord.translation_axes() == Some(d))
+    }
+
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
         sum_velocity(&self.kernel, &self.coord, x, t, v, true)
     }
@@ -239,6 +246,13 @@ pub(super) struct SumDynamics {
 impl VectorField for SumDynamics {
     fn state_len(&self) -> usize {
         self.a.state_len()
+    }
+
+    /// Translation invariant if both terms are.
+    fn translation_axes(&self) -> Option<usize> {
+        self.a
+            .translation_axes()
+            .filter(|&d| self.b.translation_axes() == Some(d))
     }
 
     fn velocity_into(&self, x: &[f64], t: f64, v: &mut [f64]) -> f64 {
