@@ -357,7 +357,7 @@ impl<'a> Trainer<'a> {
         let (n_train, energy) = self.check_inputs(flow)?;
         let mut run = Run::new(c, flow, n_train, energy)?;
         let initial_validation_nll = self.validation_nll(&run.work)?;
-        let mut batches = Minibatches::new(run.n_train, c.batch_size, run.len);
+        let mut batches = Minibatches::new(run.n_train, c.batch_size, run.len)?;
         // Grows with the epochs actually run: `n_epochs` is the host's number (up to 2^40 from
         // C), and a progress callback may stop long before it.
         let mut epochs = Vec::new();
@@ -903,11 +903,16 @@ struct Minibatches {
 }
 
 impl Minibatches {
-    fn new(n_train: usize, batch_size: usize, len: usize) -> Self {
-        Minibatches {
-            order: Vec::with_capacity(n_train),
-            batch: vec![0.0; batch_size.min(n_train) * len],
-        }
+    /// Fails with [`Error::Resource`] if the order or the batch (sizes the caller chose) cannot
+    /// be allocated.
+    fn new(n_train: usize, batch_size: usize, len: usize) -> Result<Self> {
+        Ok(Minibatches {
+            order: crate::alloc::with_capacity(Some(n_train), "the training set's order")?,
+            batch: crate::alloc::zeros(
+                batch_size.min(n_train).checked_mul(len),
+                "the minibatch buffer",
+            )?,
+        })
     }
 }
 
