@@ -653,7 +653,29 @@ impl<'a> Trainer<'a> {
         }
         let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
         run.optimizer.set_lr(lr)?;
-        run.optimizer.step(&mut run.params, &g.mixed)?;
+        run.optimizer
+            .step(&mut run.params, &g.mixed)
+            .map_err(|e| match e {
+                // A finite gradient too large for the optimiser: it used to make every update
+                // 0 (the square overflowed the second moment) and the run reported success.
+                Error::NonFinite { what } => {
+                    let remedy = match kl {
+                        Some(kl) if kl.abs() >= nll.abs() => format!(
+                            "the KL loss is {kl:e} at kT = {:e}: kT is far below the energy's \
+                             scale; raise kT, or give the energy in units near kT",
+                            c.kt
+                        ),
+                        _ => format!(
+                            "the {data} is {nll:e}: check the data's scale, the energy and kT"
+                        ),
+                    };
+                    Error::non_finite(format!(
+                        "training diverged at epoch {epoch} step {step}: the training loss's \
+                         {what}; the flow is unchanged ({remedy})"
+                    ))
+                }
+                e => e,
+            })?;
         // The step itself can leave the usable ranges (a bandwidth whose 1/γ² overflows after
         // a step at a huge learning rate): a diverged run, said as such.
         run.work.set_params(&run.params).map_err(|e| {
