@@ -885,10 +885,10 @@ fn check_family_trains_by<F: crate::field::TrainableField>(
 ) -> Result<()> {
     match objective {
         Objective::DiscreteLikelihood if !F::JACOBIAN_REVERSE => {
-            Err(crate::field::no_jacobian_reverse(F::NAME))
+            Err(crate::field::no_jacobian_reverse::<F>())
         }
         Objective::HutchinsonLikelihood { .. } if !F::PROBE_DIVERGENCE => {
-            Err(crate::field::no_probe_divergence(F::NAME))
+            Err(crate::field::no_probe_divergence::<F>())
         }
         _ => Ok(()),
     }
