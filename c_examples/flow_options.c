@@ -192,7 +192,7 @@ int main(void) {
     rejected(eqf_flow_options_set_distance_range(options, -0.1, 0.5), EQF_ERR_INVALID_ARGUMENT,
              "distance range", "negative min");
     rejected(eqf_flow_options_set_kernel_counts(options, 1, 6), EQF_ERR_INVALID_ARGUMENT,
-             "at least 2", "one distance kernel");
+             "needs 2..=128", "one distance kernel");
     rejected(eqf_flow_options_set_kernel_counts(options, 24, -3), EQF_ERR_INVALID_ARGUMENT,
              "n_time", "negative count");
     rejected(eqf_flow_options_set_prior_sigma(options, 0.0), EQF_ERR_INVALID_ARGUMENT,

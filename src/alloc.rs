@@ -12,6 +12,8 @@
 //! are first written. The limit keeps absurd counts (an uninitialised `int64_t`) from getting
 //! that far; it does not know how much memory this machine has.
 
+use rayon::iter::{IndexedParallelIterator, ParallelExtend};
+
 use crate::{Error, Result};
 
 /// Largest single buffer eqflow allocates for a caller-decided size: 1 TiB. Anything beyond is an
@@ -49,14 +51,70 @@ pub(crate) fn with_capacity<T>(len: Option<usize>, what: &str) -> Result<Vec<T>>
     // Within the limit, so `len` is `Some`.
     let len = len.unwrap_or(0);
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| {
+    let refused = || {
         Error::resource(
             format!("{what} (the system refused the memory)"),
             need.unwrap_or(u128::MAX),
             MAX_ALLOCATION_BYTES,
         )
-    })?;
+    };
+    if test_seam::system_refuses(need) {
+        return Err(refused());
+    }
+    v.try_reserve_exact(len).map_err(|_| refused())?;
     Ok(v)
+}
+
+/// The items of the indexed parallel iterator `items`, collected into a vector allocated
+/// fallibly on the calling thread before any item is made: [`Error::Resource`] instead of the
+/// abort of a plain `collect` when the system refuses one result slot per item.
+pub(crate) fn collect_indexed<I>(items: I, what: &str) -> Result<Vec<I::Item>>
+where
+    I: IndexedParallelIterator,
+{
+    let mut v = with_capacity(Some(items.len()), what)?;
+    // The capacity is already there: rayon's `reserve` for an indexed extension is a no-op.
+    v.par_extend(items);
+    Ok(v)
+}
+
+/// A test-only stand-in for a system that refuses memory below [`MAX_ALLOCATION_BYTES`] (Linux
+/// refuses a request it judges beyond RAM and swap): sites that allocate infallibly would
+/// abort the test process there, so the tests of each site make the refusal happen on demand,
+/// for the calling thread only, at sizes any machine has.
+#[cfg(test)]
+pub(crate) mod test_seam {
+    use std::cell::Cell;
+
+    thread_local! {
+        static REFUSE_ABOVE: Cell<Option<u128>> = const { Cell::new(None) };
+    }
+
+    /// Runs `f` with every fallible allocation of more than `bytes` on this thread refused as
+    /// the system would refuse it.
+    pub(crate) fn refusing_above<R>(bytes: u128, f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<u128>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                REFUSE_ABOVE.with(|r| r.set(self.0));
+            }
+        }
+        let _restore = Restore(REFUSE_ABOVE.with(|r| r.replace(Some(bytes))));
+        f()
+    }
+
+    pub(super) fn system_refuses(need: Option<u128>) -> bool {
+        REFUSE_ABOVE
+            .with(Cell::get)
+            .is_some_and(|limit| need.is_none_or(|n| n > limit))
+    }
+}
+
+#[cfg(not(test))]
+mod test_seam {
+    pub(super) fn system_refuses(_need: Option<u128>) -> bool {
+        false
+    }
 }
 
 /// `len` copies of `value` (`None`: a length whose computation overflowed), or

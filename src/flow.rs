@@ -268,8 +268,9 @@ impl Flow {
         let local = self.field.local_bounds(&times)?;
         let local = local.as_deref();
         let dynamics = self.dynamics();
-        Ok(x.par_chunks(len)
-            .map_init(
+        // One certificate per configuration: as many as the caller passed, allocated fallibly.
+        crate::alloc::collect_indexed(
+            x.par_chunks(len).map_init(
                 || (self.workspace(), vec![0.0; len]),
                 |(ws, z), xi| {
                     check_finite(xi, "configuration")?;
@@ -277,8 +278,9 @@ impl Flow {
                     remove_center_of_mass(z, self.dim());
                     certify_pull_back(dynamics, local, &global, z, n_steps, ws)
                 },
-            )
-            .collect())
+            ),
+            "the per-configuration certificates",
+        )
     }
 
     /// The length of one configuration, after checking that `x` (the input of `method`) holds
@@ -576,20 +578,22 @@ impl Flow {
         }
         self.check_certified()?;
         self.dynamics();
-        let results: Vec<Result<Stats>> = x
-            .par_chunks_mut(len)
-            .zip(log_q.par_iter_mut())
-            .enumerate()
-            .map_init(
-                || self.workspace(),
-                |ws, (i, (xi, lq))| {
-                    let (value, stats) =
-                        self.sample_one_into(&mut sample_rng(seed, i as u64), xi, ws)?;
-                    *lq = value;
-                    Ok(stats)
-                },
-            )
-            .collect();
+        // One outcome per sample, allocated fallibly before any output is written.
+        let results = crate::alloc::collect_indexed(
+            x.par_chunks_mut(len)
+                .zip(log_q.par_iter_mut())
+                .enumerate()
+                .map_init(
+                    || self.workspace(),
+                    |ws, (i, (xi, lq))| {
+                        let (value, stats) =
+                            self.sample_one_into(&mut sample_rng(seed, i as u64), xi, ws)?;
+                        *lq = value;
+                        Ok(stats)
+                    },
+                ),
+            "the per-sample outcomes of sampling",
+        )?;
         let stats = first_error(results)?;
         if let Some(z) = z {
             // Latents are regenerated rather than stored per sample: the same streams, cheap.
@@ -619,6 +623,8 @@ impl Flow {
         layout.check_batch("log_density input x", x, n)?;
         check_finite(x, "log_density input x")?;
         self.check_certified()?;
+        // The copy of the caller's configurations and one outcome per configuration are sized
+        // by the caller: allocated fallibly, before `z` or `log_q` is written.
         let mut own;
         let z = match z {
             Some(z) => {
@@ -626,24 +632,27 @@ impl Flow {
                 z
             }
             None => {
-                own = vec![0.0; x.len()];
+                own = crate::alloc::zeros(
+                    Some(x.len()),
+                    &format!("the working copy of {n} configurations to evaluate"),
+                )?;
                 &mut own[..]
             }
         };
+        let mut results = crate::alloc::with_capacity(
+            Some(n),
+            "the per-configuration outcomes of the densities",
+        )?;
         z.copy_from_slice(x);
         self.dynamics();
-        let results: Vec<Result<Stats>> = z
-            .par_chunks_mut(len)
-            .zip(log_q.par_iter_mut())
-            .map_init(
-                || self.workspace(),
-                |ws, (zi, lq)| {
-                    let (value, stats) = self.pull_back(zi, ws)?;
-                    *lq = value;
-                    Ok(stats)
-                },
-            )
-            .collect();
+        results.par_extend(z.par_chunks_mut(len).zip(log_q.par_iter_mut()).map_init(
+            || self.workspace(),
+            |ws, (zi, lq)| {
+                let (value, stats) = self.pull_back(zi, ws)?;
+                *lq = value;
+                Ok(stats)
+            },
+        ));
         first_error(results)
     }
 
@@ -659,15 +668,17 @@ impl Flow {
         let len = self.whole_configurations(x, "log_density")?;
         self.check_certified()?;
         self.dynamics();
-        Ok(x.par_chunks(len)
-            .map_init(
+        // One outcome per configuration: as many as the caller passed, allocated fallibly.
+        crate::alloc::collect_indexed(
+            x.par_chunks(len).map_init(
                 || (self.workspace(), vec![0.0; len]),
                 |(ws, z), xi| {
                     z.copy_from_slice(xi);
                     self.pull_back(z, ws).map(|(log_q, _)| log_q)
                 },
-            )
-            .collect())
+            ),
+            "the per-configuration densities",
+        )
     }
 
     /// Allocating convenience: `(x, log_q)` of `n` samples.

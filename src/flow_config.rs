@@ -205,12 +205,26 @@ pub fn fit_scales(layout: Layout, x: &[f64]) -> Result<Scales> {
     // two near the largest coordinate before they are squared, and multiplied back after the
     // square root. Scaling by a power of two is exact, so where the squares neither underflow
     // nor overflow the result is bit for bit the unscaled one.
+    //
+    // Each configuration is taken relative to its first particle before its centre of mass is
+    // removed: a naive mean of coordinates far from the origin (a square of side 16 offset by
+    // 1e17, every coordinate exact) rounds to a spacing of the offset and gave σ = 13.06
+    // instead of 9.24, while the differences to one particle are exact there. The power of two
+    // is chosen near the largest of these relative coordinates, which is what is squared.
     let largest = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let unit = power_of_two_near(largest);
+    let largest_relative = x.chunks_exact(len).fold(0.0f64, |m, config| {
+        config
+            .iter()
+            .enumerate()
+            .fold(m, |m, (i, v)| m.max((v - config[i % dim]).abs()))
+    });
+    let unit = power_of_two_near(largest_relative);
     let mut sum_sq = 0.0;
     let mut centred = vec![0.0; len];
     for (s, config) in x.chunks_exact(len).enumerate() {
-        centred.copy_from_slice(config);
+        for (i, (c, v)) in centred.iter_mut().zip(config).enumerate() {
+            *c = v - config[i % dim];
+        }
         remove_center_of_mass(&mut centred, dim);
         sum_sq += centred.iter().map(|v| (v / unit).powi(2)).sum::<f64>();
         if s % stride != 0 {
@@ -496,5 +510,27 @@ mod tests {
         assert_eq!(power_of_two_near(3.0), 2.0);
         assert_eq!(power_of_two_near(1e-310), 2f64.powi(-1022));
         assert_eq!(power_of_two_near(f64::MAX), 2f64.powi(1023));
+    }
+
+    /// Sweep 29: four particles on a square of side 16 offset by 1e17 (every coordinate
+    /// exact) gave σ = 13.06 instead of 9.24: the naive centre of mass rounded to the offset's
+    /// spacing. Configurations are centred relative to their first particle now, so any exact
+    /// offset gives the scales of the square at the origin, bit for bit.
+    #[test]
+    fn configurations_far_from_the_origin_have_the_scales_of_their_shape() {
+        let layout = Layout::new(4, 2).unwrap();
+        let square = [0.0, 0.0, 16.0, 0.0, 0.0, 16.0, 16.0, 16.0];
+        let at_origin = fit_scales(layout, &square).unwrap();
+        // σ² = 8 coordinates of ±8, squared, over (N−1)·D = 6.
+        assert!((at_origin.prior_sigma - (512.0f64 / 6.0).sqrt()).abs() < 1e-12);
+        for offset in [1e15, 1e17, -1e17, 2f64.powi(56)] {
+            let shifted: Vec<f64> = square.iter().map(|v| v + offset).collect();
+            assert!(shifted.iter().zip(&square).all(|(s, v)| s - offset == *v));
+            assert_eq!(
+                fit_scales(layout, &shifted).unwrap(),
+                at_origin,
+                "offset {offset:e}"
+            );
+        }
     }
 }

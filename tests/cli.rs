@@ -2329,3 +2329,34 @@ fn sampling_an_uncertified_flow_warns_and_reports_its_certificate() {
         }
     }
 }
+
+/// Sweep 29: a 3-D file of 13 particles evaluated with the 2-D DW-4 model failed on its first
+/// atom's third coordinate ("coordinate 2 is -0.18…, not 0, but the file is read as 2-D"),
+/// which did not say that the file holds another system: the particle counts come first.
+#[test]
+fn an_xyz_file_of_another_system_names_its_particle_count() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_xyz_other_system");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("lj13.xyz");
+    let mut text = String::from("13\nProperties=species:S:1:pos:R:3 energy=1.5\n");
+    for i in 0..13 {
+        let v = f64::from(i);
+        text.push_str(&format!(
+            "X {} {} {}\n",
+            v * 0.5,
+            -v * 0.25,
+            v * 0.125 - 0.5
+        ));
+    }
+    std::fs::write(&data, text).unwrap();
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json");
+    let out = eqflow(&["eval", "--model", model, "--data", data.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("particles per frame")
+            && stderr.contains("expected 4, found 13")
+            && stderr.contains("read as 2-D"),
+        "{stderr}"
+    );
+}

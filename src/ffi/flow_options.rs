@@ -544,6 +544,47 @@ mod tests {
         assert_eq!(options.config().kernel_counts, None);
     }
 
+    /// Sweep 29: values a family derives from the distance range were refused without the
+    /// range ("dense length_scale = 0.00000025"), and counts too large for the kernel family
+    /// were refused as "must be 1..=128" when the family needs at least 2.
+    #[test]
+    fn family_refusals_name_the_range_and_the_true_count_bounds() {
+        let options = FlowOptionsHandle::new();
+        let set_family = |name: &std::ffi::CStr| {
+            // SAFETY: live options; a NUL-terminated name.
+            let status = unsafe { eqf_flow_options_set_family(options.0, name.as_ptr()) };
+            (status, crate::ffi::with_last_error(str::to_owned))
+        };
+        // SAFETY: live options.
+        let status = unsafe { eqf_flow_options_set_distance_range(options.0, 0.0, 1e-6) };
+        assert_eq!(status, EQF_OK);
+        for (name, derived) in [
+            (c"dense", "dense length_scale"),
+            (c"coordkernel", "coordkernel shell range"),
+        ] {
+            let (status, message) = set_family(name);
+            assert_eq!(status, EQF_ERR_INVALID_ARGUMENT, "{message}");
+            assert!(
+                message.contains(derived) && message.contains("from the distance range [0, 1e-6]"),
+                "{message}"
+            );
+        }
+        // SAFETY: live options.
+        let status = unsafe { eqf_flow_options_set_distance_range(options.0, 0.0, 8.0) };
+        assert_eq!(status, EQF_OK);
+        assert_eq!(set_family(c"dense").0, EQF_OK);
+        // SAFETY: live options.
+        let status = unsafe { eqf_flow_options_set_kernel_counts(options.0, 1024, 64) };
+        assert_eq!(status, EQF_OK);
+        let (status, message) = set_family(c"kernel");
+        assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+        assert!(
+            message.contains("needs 2..=128 distance and 2..=64 time kernels, got 1024 and 64"),
+            "{message}"
+        );
+        assert_eq!(options.config().family, Family::Dense, "options unchanged");
+    }
+
     #[test]
     fn species_of_fewer_than_two_particles_are_refused_by_the_setter() {
         // Before: one index was accepted, and every flow built from the options then failed.

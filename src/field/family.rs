@@ -33,22 +33,48 @@ pub(crate) fn single_species<F: FieldFamily>(layout: Layout, species: &Species) 
     }
 }
 
+/// The training objectives family `F` accepts, as the CLI's `--objective` names them (the C
+/// API's `EQF_OBJECTIVE_*` constants are the same objectives): what each refusal of an
+/// objective offers instead, so that it never names one the family refuses too.
+fn accepted_objectives<F: TrainableField>() -> String {
+    let mut names = Vec::new();
+    if F::DIVERGENCE_REVERSE {
+        names.push("ml (the continuous-mode likelihood)");
+    }
+    if F::JACOBIAN_REVERSE {
+        names.push("ml-discrete");
+    }
+    if F::PROBE_DIVERGENCE {
+        names.push("ml-hutchinson");
+    }
+    names.push("flow matching (fm, fm-align, fm-ot)");
+    let last = names.pop().unwrap_or_default();
+    if names.is_empty() {
+        format!("it trains by {last} only")
+    } else {
+        format!("it trains by {} or {last}", names.join(", "))
+    }
+}
+
 /// The refusal of a family without [`TrainableField::jacobian_vjp_at`] to be trained by the
 /// exact-discrete likelihood.
-pub(crate) fn no_jacobian_reverse(name: &str) -> crate::Error {
+pub(crate) fn no_jacobian_reverse<F: TrainableField>() -> crate::Error {
     crate::Error::invalid(format!(
-        "the {name} field family has no reverse pass of its Jacobian: it cannot be trained by \
-         the exact-discrete likelihood (train by the continuous-mode likelihood instead)"
+        "the {} field family has no reverse pass of its Jacobian: it cannot be trained by \
+         the exact-discrete likelihood (objective ml-discrete); {}",
+        F::NAME,
+        accepted_objectives::<F>()
     ))
 }
 
 /// The refusal of a Hutchinson probe by a family without
 /// [`TrainableField::PROBE_DIVERGENCE`].
-pub(crate) fn no_probe_divergence(name: &str) -> crate::Error {
+pub(crate) fn no_probe_divergence<F: TrainableField>() -> crate::Error {
     crate::Error::invalid(format!(
-        "the '{name}' field family has no Hutchinson estimate of its divergence: train it with \
-         the exact divergence (objective ml or ml-discrete); the estimate exists for the dense \
-         baseline"
+        "the '{}' field family has no Hutchinson estimate of its divergence (objectives \
+         ml-hutchinson, ml-hutchinson-gaussian; the estimate exists for the dense baseline); {}",
+        F::NAME,
+        accepted_objectives::<F>()
     ))
 }
 
@@ -523,7 +549,7 @@ pub trait TrainableField: FieldFamily {
         let _ = (
             x, point, time_index, v_bar, jac_bar, x_bar, adjoint, scratch,
         );
-        Err(no_jacobian_reverse(Self::NAME))
+        Err(no_jacobian_reverse::<Self>())
     }
 
     /// Whether the family has a Hutchinson estimate of its divergence with its reverse pass
@@ -571,7 +597,7 @@ pub trait TrainableField: FieldFamily {
         let _ = (
             x, point, time_index, probe, cotangent, x_bar, adjoint, scratch,
         );
-        Err(no_probe_divergence(Self::NAME))
+        Err(no_probe_divergence::<Self>())
     }
 
     /// Ends a reverse pass: adds the accumulated parameter cotangent to `theta_bar` (flat
@@ -633,4 +659,51 @@ pub(crate) fn named_blocks(
         .filter(|(name, _)| names.contains(name))
         .map(|(_, range)| range)
         .collect()
+}
+
+#[cfg(test)]
+mod objective_refusal_tests {
+    use super::{no_jacobian_reverse, no_probe_divergence};
+    use crate::field::KernelField;
+    use crate::field::coordkernel::CoordKernelField;
+    use crate::field::dense::DenseField;
+    use crate::field::envpair::EnvPairField;
+
+    /// Sweep 29: envpair refused ml-discrete with "(train by the continuous-mode likelihood
+    /// instead)" and the Hutchinson objectives with "(objective ml or ml-discrete)", both of
+    /// which envpair cannot use either. Each refusal names what the family does accept.
+    #[test]
+    fn each_refusal_of_an_objective_names_only_objectives_the_family_accepts() {
+        let envpair = no_jacobian_reverse::<EnvPairField>().to_string();
+        assert!(
+            envpair.contains("it trains by flow matching (fm, fm-align, fm-ot) only")
+                && !envpair.contains("continuous-mode"),
+            "{envpair}"
+        );
+        let envpair = no_probe_divergence::<EnvPairField>().to_string();
+        assert!(
+            envpair.contains("it trains by flow matching (fm, fm-align, fm-ot) only")
+                && !envpair.contains("ml or ml-discrete"),
+            "{envpair}"
+        );
+        let dense = no_jacobian_reverse::<DenseField>().to_string();
+        assert!(
+            dense.contains(
+                "it trains by ml (the continuous-mode likelihood), ml-hutchinson or flow matching"
+            ) && !dense.contains("ml-discrete,"),
+            "{dense}"
+        );
+        for kernel in [
+            no_probe_divergence::<KernelField>().to_string(),
+            no_probe_divergence::<CoordKernelField>().to_string(),
+        ] {
+            assert!(
+                kernel.contains(
+                    "it trains by ml (the continuous-mode likelihood), ml-discrete or flow \
+                     matching"
+                ),
+                "{kernel}"
+            );
+        }
+    }
 }

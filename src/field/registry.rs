@@ -99,6 +99,7 @@ macro_rules! field_families {
                         <$ty as FieldFamily>::validate_config(
                             &<$ty as FieldFamily>::preset_config(preset)?,
                         )
+                        .map_err(|e| derived_from(e, self, preset))
                     } )+
                 }
             }
@@ -119,7 +120,8 @@ macro_rules! field_families {
                 match self {
                     $( Family::$variant => {
                         let config = <$ty as FieldFamily>::preset_config(preset)?;
-                        <$ty as FieldFamily>::validate_config(&config)?;
+                        <$ty as FieldFamily>::validate_config(&config)
+                            .map_err(|e| derived_from(e, self, preset))?;
                         <$ty as FieldFamily>::untrained(layout, config, species, seed)
                             .map(Field::$variant)
                     } )+
@@ -496,5 +498,25 @@ impl VectorField for Field {
     }
     fn translation_axes(&self) -> Option<usize> {
         self.as_vector_field().translation_axes()
+    }
+}
+
+/// A family's refusal of the settings it derived from a distance range and kernel counts
+/// (a dense length scale a quarter of the range's end, coordkernel shells in its middle half):
+/// the message names the range and counts, which the host set, next to the derived value,
+/// which it never did.
+fn derived_from(error: crate::Error, family: Family, preset: &Preset) -> crate::Error {
+    match (error, preset) {
+        (crate::Error::InvalidArgument { what }, Preset::Range { range, .. }) => {
+            let (k, r) = preset.counts_or(family.default_counts());
+            crate::Error::invalid(format!(
+                "{what} (the {} family derives its settings from the distance range [{}, {}] \
+                 and the kernel counts ({k}, {r}))",
+                family.name(),
+                crate::error::Compact(range.0),
+                crate::error::Compact(range.1)
+            ))
+        }
+        (error, _) => error,
     }
 }

@@ -137,7 +137,10 @@ impl AdamW {
     /// # Errors
     ///
     /// [`Error::DimensionMismatch`] for wrong lengths, [`Error::NonFinite`] for a non-finite
-    /// gradient; the parameters and the state are unchanged then.
+    /// gradient, or a finite one whose update is not finite: a component whose square
+    /// overflows the second moment (|g| above about 1e154, which made every update 0 while the
+    /// step reported success), or a moment or parameter that overflows. The parameters and the
+    /// state are unchanged then.
     pub fn step(&mut self, params: &mut [f64], gradient: &[f64]) -> Result<()> {
         if params.len() != self.m.len() {
             return Err(Error::size("AdamW parameters", self.m.len(), params.len()));
@@ -146,34 +149,92 @@ impl AdamW {
             return Err(Error::size("AdamW gradient", self.m.len(), gradient.len()));
         }
         check_finite(gradient, "gradient")?;
-        self.n_steps += 1;
+        let t = self.n_steps + 1;
+        // Every update is computed and checked before any is applied.
+        for (i, (&p, &g)) in params.iter().zip(gradient).enumerate() {
+            let u = self.update(i, p, g, t);
+            if !(u.m.is_finite() && u.v.is_finite() && u.param.is_finite()) {
+                let cause = if !u.v.is_finite() {
+                    format!("its square overflows AdamW's second moment ({:e})", u.v)
+                } else {
+                    format!(
+                        "its update overflows (first moment {:e}, parameter {:e})",
+                        u.m, u.param
+                    )
+                };
+                return Err(Error::non_finite(format!(
+                    "gradient component {i} is {g:e}: {cause}, so the optimiser cannot \
+                     take the step; the loss's scale is too large"
+                )));
+            }
+        }
+        for (i, (p, &g)) in params.iter_mut().zip(gradient).enumerate() {
+            let u = self.update(i, *p, g, t);
+            self.m[i] = u.m;
+            self.v[i] = u.v;
+            if self.config.amsgrad {
+                self.v_max[i] = u.v_hat;
+            }
+            *p = u.param;
+        }
+        self.n_steps = t;
+        Ok(())
+    }
+
+    /// The new moments and parameter `i` at step `t` (1-based) from the parameter `p` and the
+    /// gradient component `g`, without changing anything.
+    fn update(&self, i: usize, p: f64, g: f64, t: u64) -> Update {
         let c = self.config;
-        let t = self.n_steps as i32;
+        let t = t as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = c.lr / bias1;
         let decay = 1.0 - c.lr * c.weight_decay;
-        for i in 0..params.len() {
-            let g = gradient[i];
-            params[i] *= decay;
-            self.m[i] = c.beta1 * self.m[i] + (1.0 - c.beta1) * g;
-            self.v[i] = c.beta2 * self.v[i] + (1.0 - c.beta2) * g * g;
-            let v_hat = if c.amsgrad {
-                self.v_max[i] = self.v_max[i].max(self.v[i]);
-                self.v_max[i]
-            } else {
-                self.v[i]
-            };
-            let denom = v_hat.sqrt() / bias2_sqrt + c.eps;
-            params[i] -= step_size * self.m[i] / denom;
+        let m = c.beta1 * self.m[i] + (1.0 - c.beta1) * g;
+        let v = c.beta2 * self.v[i] + (1.0 - c.beta2) * g * g;
+        let v_hat = if c.amsgrad { self.v_max[i].max(v) } else { v };
+        let denom = v_hat.sqrt() / bias2_sqrt + c.eps;
+        Update {
+            m,
+            v,
+            v_hat,
+            param: p * decay - step_size * m / denom,
         }
-        Ok(())
     }
+}
+
+/// One component's step, see [`AdamW::update`].
+struct Update {
+    m: f64,
+    v: f64,
+    v_hat: f64,
+    param: f64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finite gradient whose square overflows the second moment made the update 0 and the
+    /// step succeed; it is refused, with the parameters and the state unchanged.
+    #[test]
+    fn a_gradient_the_update_cannot_hold_is_refused_and_changes_nothing() {
+        let mut adam = AdamW::new(AdamWConfig::default(), 2).unwrap();
+        let mut params = [1.0, 2.0];
+        adam.step(&mut params, &[0.5, -0.25]).unwrap();
+        let (state, kept) = (adam.clone(), params);
+        let e = adam.step(&mut params, &[0.1, 1e200]).unwrap_err();
+        assert!(matches!(e, Error::NonFinite { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains("gradient component 1 is 1e200") && e.contains("square overflows"),
+            "{e}"
+        );
+        assert_eq!((&adam, params), (&state, kept), "nothing changed");
+        // Below the overflow a large gradient still steps.
+        adam.step(&mut params, &[1e150, 0.0]).unwrap();
+        assert!(params[0] < kept[0]);
+    }
 
     /// Three steps on two parameters, worked by hand from the update rule in the module docs.
     /// A learning rate so large that lr·wd reaches 1 is named as such (it used to blame

@@ -194,7 +194,7 @@ pub fn discrete_ml_sample<F: TrainableField>(
         ));
     }
     if theta_bar.is_some() && !F::JACOBIAN_REVERSE {
-        return Err(crate::field::no_jacobian_reverse(F::NAME));
+        return Err(crate::field::no_jacobian_reverse::<F>());
     }
     let n_steps = ws.n_steps;
     let h = 1.0 / n_steps as f64;

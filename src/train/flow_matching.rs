@@ -4,9 +4,10 @@
 use rand::RngExt;
 
 use super::losses::Losses;
-use super::pairing::{aligned_pairs_into, equivariant_ot_pairs_into};
+use super::pairing::{OtBuffers, aligned_pairs_into, equivariant_ot_pairs_in};
 use super::pool::parallel;
 use super::trainer::Pairing;
+use crate::alloc;
 use crate::error::Result;
 use crate::flow::Flow;
 use crate::geometry::remove_center_of_mass;
@@ -28,27 +29,42 @@ pub(super) fn flow_matching_step(
     let len = layout.len();
     let n = data.len() / len;
     let mut rng = rng::stream(seed, stream);
-    let mut prior = vec![0.0; data.len()];
+    // The batch is the caller's (up to the whole training set): every buffer sized by it is
+    // allocated fallibly, on the calling thread, before any work.
+    let what = format!("the flow-matching pairs of a batch of {n}");
+    let mut prior = alloc::zeros(Some(data.len()), &what)?;
+    let mut t = alloc::with_capacity(Some(n), &what)?;
+    let mut targets = alloc::with_capacity(Some(data.len()), &what)?;
+    let mut paired = alloc::zeros(
+        Some(if pairing == Pairing::InOrder {
+            0
+        } else {
+            data.len()
+        }),
+        &what,
+    )?;
+    let mut ot = match pairing {
+        Pairing::EquivariantOt => Some(OtBuffers::new(n, layout)?),
+        _ => None,
+    };
     for z in prior.chunks_exact_mut(len) {
         flow.draw_latent_into(&mut rng, z);
     }
-    let t: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
-    let mut targets = data.to_vec();
+    t.extend((0..n).map(|_| rng.random::<f64>()));
+    targets.extend_from_slice(data);
     for x in targets.chunks_exact_mut(len) {
         remove_center_of_mass(x, layout.dim);
     }
-    match pairing {
-        Pairing::InOrder => {}
-        Pairing::Aligned => {
-            let mut paired = vec![0.0; targets.len()];
+    match (pairing, ot.as_mut()) {
+        (Pairing::Aligned, _) => {
             parallel(|| aligned_pairs_into(&prior, &targets, layout, &mut paired));
             targets = paired;
         }
-        Pairing::EquivariantOt => {
-            let mut paired = vec![0.0; targets.len()];
-            parallel(|| equivariant_ot_pairs_into(&prior, &targets, layout, &mut paired));
+        (Pairing::EquivariantOt, Some(ot)) => {
+            parallel(|| equivariant_ot_pairs_in(ot, &prior, &targets, layout, &mut paired));
             targets = paired;
         }
+        _ => {}
     }
     losses.flow_matching_gradient_into(&prior, &targets, &t, Some(gradient))
 }

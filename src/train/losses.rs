@@ -8,6 +8,7 @@ use super::discrete_ml::{DiscreteMlWorkspace, discrete_ml_sample};
 use super::pool::parallel;
 use super::probe::Probe;
 use super::tape::Rk4Tape;
+use crate::alloc;
 use crate::boltzmann::Kt;
 use crate::energy::{Energy, SerialEnergy};
 use crate::error::{Error, Result, check_finite};
@@ -658,51 +659,77 @@ impl<'a> Losses<'a> {
         let index = |i: usize| first_index.wrapping_add(i as u64);
         let init = || LossWorkspace::<F>::new(len, self.n_steps);
 
-        // (a) x = F(z) and log|det ∂F/∂z| of every sample, with the trajectory if needed.
-        let forward: Vec<Result<KlForward>> = parallel(|| {
-            (0..n)
-                .into_par_iter()
-                .map_init(init, |ws, i| {
-                    let ws = ws.as_mut().map_err(|e| e.clone())?;
-                    self.flow
-                        .draw_latent_into(&mut sample_rng(seed, index(i)), &mut ws.latent);
-                    ws.state.copy_from_slice(&ws.latent);
-                    let log_det = ws.tape.integrate(field, &mut ws.state, true)?;
-                    let trajectory = if with_gradient {
-                        ws.tape.trajectory()?.to_vec()
-                    } else {
-                        Vec::new()
-                    };
-                    Ok(KlForward {
-                        x: ws.state.clone(),
-                        log_det,
-                        trajectory,
-                    })
+        // (a) x = F(z) and log|det ∂F/∂z| of every sample, with the trajectory if needed. The
+        // sample count is the caller's: every buffer sized by it is allocated fallibly, on the
+        // calling thread before the samples run (the trajectories, one per sample, inside).
+        // The largest, the per-sample gradients, first: a refusal costs no integration.
+        let mut per_sample = alloc::zeros(
+            if with_gradient {
+                n.checked_mul(p)
+            } else {
+                Some(0)
+            },
+            &format!("the per-sample gradients of {n} KL samples ({p} parameters each)"),
+        )?;
+        let mut forward: Vec<Result<KlForward>> =
+            alloc::with_capacity(Some(n), "the forward passes of the KL samples")?;
+        parallel(|| {
+            forward.par_extend((0..n).into_par_iter().map_init(init, |ws, i| {
+                let ws = ws.as_mut().map_err(|e| e.clone())?;
+                self.flow
+                    .draw_latent_into(&mut sample_rng(seed, index(i)), &mut ws.latent);
+                ws.state.copy_from_slice(&ws.latent);
+                let log_det = ws.tape.integrate(field, &mut ws.state, true)?;
+                let trajectory = if with_gradient {
+                    let t = ws.tape.trajectory()?;
+                    let mut kept = alloc::with_capacity(Some(t.len()), "a KL sample's trajectory")?;
+                    kept.extend_from_slice(t);
+                    kept
+                } else {
+                    Vec::new()
+                };
+                let mut x = alloc::with_capacity(Some(len), "a KL sample")?;
+                x.extend_from_slice(&ws.state);
+                Ok(KlForward {
+                    x,
+                    log_det,
+                    trajectory,
                 })
-                .collect()
+            }));
         });
         // Energies are needed only up to the first sample whose integration failed: its error
         // is reported unless an earlier sample fails in (b).
         let n_ok = forward.iter().position(Result::is_err).unwrap_or(n);
-        let samples: Vec<&KlForward> = forward[..n_ok].iter().flatten().collect();
+        let mut samples: Vec<&KlForward> =
+            alloc::with_capacity(Some(n_ok), "the KL samples of a batch")?;
+        samples.extend(forward[..n_ok].iter().flatten());
 
         // (b) U and +∂U/∂x / kT of every sample, and its loss.
-        let mut x_bar = vec![0.0; if with_gradient { n_ok * len } else { 0 }];
-        let mut losses = vec![0.0; n_ok];
+        let mut x_bar = alloc::zeros(
+            if with_gradient {
+                n_ok.checked_mul(len)
+            } else {
+                Some(0)
+            },
+            "the energy gradients of the KL samples",
+        )?;
+        let mut losses = alloc::zeros(Some(n_ok), "the KL losses of a batch")?;
         {
             // Each sample's cotangent, none without a gradient.
-            let mut cotangents: Vec<Option<&mut [f64]>> = if with_gradient {
-                x_bar.chunks_exact_mut(len).map(Some).collect()
+            let mut cotangents: Vec<Option<&mut [f64]>> =
+                alloc::with_capacity(Some(n_ok), "the KL samples' cotangents")?;
+            if with_gradient {
+                cotangents.extend(x_bar.chunks_exact_mut(len).map(Some));
             } else {
-                (0..n_ok).map(|_| None).collect()
-            };
+                cotangents.extend((0..n_ok).map(|_| None));
+            }
             let loss_of = |i: usize, u: f64, x_bar: Option<&mut [f64]>| {
                 kl_value(u, kt, samples[i].log_det, x_bar)
                     .map_err(|e| name_sample(e, seed, index(i)))
             };
             match energy {
                 KlEnergy::Parallel(energy) => {
-                    let mut u = vec![0.0; n_ok];
+                    let mut u = alloc::zeros(Some(n_ok), "the energies of the KL samples")?;
                     parallel(|| {
                         u.par_iter_mut()
                             .zip(samples.par_iter())
@@ -737,21 +764,22 @@ impl<'a> Losses<'a> {
 
         // (c) the reverse passes, reduced in index order.
         if let Some(gradient) = gradient {
-            let mut per_sample = vec![0.0; n * p];
-            let results: Vec<Result<()>> = parallel(|| {
-                per_sample
-                    .par_chunks_mut(p)
-                    .zip(x_bar.par_chunks(len))
-                    .zip(samples.par_iter())
-                    .map_init(init, |ws, ((g, x_bar), s)| {
-                        let ws = ws.as_mut().map_err(|e| e.clone())?;
-                        ws.tape.restore(true, &s.trajectory)?;
-                        ws.tape.backward(field, x_bar, -1.0, g)?;
-                        Ok(())
-                    })
-                    .collect()
+            let mut results = outcomes(n)?;
+            parallel(|| {
+                results.par_extend(
+                    per_sample
+                        .par_chunks_mut(p)
+                        .zip(x_bar.par_chunks(len))
+                        .zip(samples.par_iter())
+                        .map_init(init, |ws, ((g, x_bar), s)| {
+                            let ws = ws.as_mut().map_err(|e| e.clone())?;
+                            ws.tape.restore(true, &s.trajectory)?;
+                            ws.tape.backward(field, x_bar, -1.0, g)?;
+                            Ok(())
+                        }),
+                );
             });
-            results.into_iter().collect::<Result<Vec<()>>>()?;
+            first_failure(results)?;
             return batch_mean(&losses, Some((&per_sample, gradient)));
         }
         batch_mean(&losses, None)
@@ -772,42 +800,60 @@ impl<'a> Losses<'a> {
         let len = self.prior.layout().len();
         let n_steps = self.n_steps;
         let init = || LossWorkspace::<F>::new(len, n_steps);
-        let mut losses = vec![0.0; n];
+        if let Some(gradient) = &gradient
+            && gradient.len() != p
+        {
+            return Err(Error::size("loss gradient", p, gradient.len()));
+        }
+        // The batch is the caller's (up to the whole training set): every buffer sized by it
+        // is allocated fallibly, here on the calling thread, before any sample runs.
+        let mut losses = alloc::zeros(Some(n), "the per-sample losses of a batch")?;
+        let mut results = outcomes(n)?;
         if let Some(gradient) = gradient {
-            if gradient.len() != p {
-                return Err(Error::size("loss gradient", p, gradient.len()));
-            }
-            let mut per_sample = vec![0.0; n * p];
-            let results: Vec<Result<()>> = parallel(|| {
-                per_sample
-                    .par_chunks_mut(p)
-                    .zip(losses.par_iter_mut())
-                    .enumerate()
-                    .map_init(init, |ws, (i, (g, l))| {
-                        let ws = ws.as_mut().map_err(|e| e.clone())?;
-                        *l = f(i, ws, Some(g))?;
-                        Ok(())
-                    })
-                    .collect()
+            let mut per_sample = alloc::zeros(
+                n.checked_mul(p),
+                &format!("the per-sample gradients of a batch of {n} ({p} parameters each)"),
+            )?;
+            parallel(|| {
+                results.par_extend(
+                    per_sample
+                        .par_chunks_mut(p)
+                        .zip(losses.par_iter_mut())
+                        .enumerate()
+                        .map_init(init, |ws, (i, (g, l))| {
+                            let ws = ws.as_mut().map_err(|e| e.clone())?;
+                            *l = f(i, ws, Some(g))?;
+                            Ok(())
+                        }),
+                );
             });
-            results.into_iter().collect::<Result<Vec<()>>>()?;
+            first_failure(results)?;
             batch_mean(&losses, Some((&per_sample, gradient)))
         } else {
-            let results: Vec<Result<()>> = parallel(|| {
-                losses
-                    .par_iter_mut()
-                    .enumerate()
-                    .map_init(init, |ws, (i, l)| {
+            parallel(|| {
+                results.par_extend(losses.par_iter_mut().enumerate().map_init(
+                    init,
+                    |ws, (i, l)| {
                         let ws = ws.as_mut().map_err(|e| e.clone())?;
                         *l = f(i, ws, None)?;
                         Ok(())
-                    })
-                    .collect()
+                    },
+                ));
             });
-            results.into_iter().collect::<Result<Vec<()>>>()?;
+            first_failure(results)?;
             batch_mean(&losses, None)
         }
     }
+}
+
+/// Room for the outcomes of `n` samples, allocated fallibly (`n` is the caller's batch).
+fn outcomes(n: usize) -> Result<Vec<Result<()>>> {
+    alloc::with_capacity(Some(n), "the per-sample outcomes of a batch")
+}
+
+/// The first failure among per-sample outcomes, in index order.
+fn first_failure(outcomes: Vec<Result<()>>) -> Result<()> {
+    outcomes.into_iter().find(Result::is_err).unwrap_or(Ok(()))
 }
 
 /// Number of configurations of length `len` in `x`, after checking it holds whole, finite

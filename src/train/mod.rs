@@ -69,6 +69,8 @@ mod losses;
 pub mod pairing;
 pub(crate) mod pool;
 mod probe;
+#[cfg(test)]
+mod refused_memory_tests;
 mod schedule;
 pub mod tape;
 mod trainer;

@@ -9,6 +9,8 @@ use nalgebra::DMatrix;
 use rayon::prelude::*;
 
 use super::assignment::min_cost_assignment;
+use crate::alloc;
+use crate::error::Result;
 use crate::geometry::Layout;
 
 /// Alternations of permutation and Kabsch in one alignment; each cannot increase the distance,
@@ -119,7 +121,51 @@ fn align_from(x: &[f64], y: &[f64], layout: Layout, mut r: DMatrix<f64>, out: &m
 /// minimum total aligned distance, and `paired[i]` receives the data configuration paired with
 /// prior sample `i`, aligned to it. Returns the data index chosen for each prior sample.
 /// O(n²) alignments: meant for minibatches.
+///
+/// # Errors
+///
+/// [`crate::Error::Resource`] if the n² aligned configurations cannot be held (above
+/// [`crate::alloc::MAX_ALLOCATION_BYTES`], or refused by the system); `paired` is untouched
+/// then.
 pub fn equivariant_ot_pairs_into(
+    prior: &[f64],
+    data: &[f64],
+    layout: Layout,
+    paired: &mut [f64],
+) -> Result<Vec<usize>> {
+    let mut buffers = OtBuffers::new(prior.len() / layout.len(), layout)?;
+    Ok(equivariant_ot_pairs_in(
+        &mut buffers,
+        prior,
+        data,
+        layout,
+        paired,
+    ))
+}
+
+/// The n² alignments of a batch of n and their costs, allocated fallibly up front (the batch
+/// is the caller's: 640 GB at n = 10⁵ for DW-4 used to abort the host).
+pub(crate) struct OtBuffers {
+    aligned: Vec<f64>,
+    cost: Vec<f64>,
+}
+
+impl OtBuffers {
+    /// Room for the alignments of a batch of `n` configurations of `layout`.
+    pub(crate) fn new(n: usize, layout: Layout) -> Result<Self> {
+        let pairs = n.checked_mul(n);
+        let what = format!("the equivariant-OT alignments of a batch of {n} ({n}² pairs)");
+        Ok(OtBuffers {
+            aligned: alloc::zeros(pairs.and_then(|p| p.checked_mul(layout.len())), &what)?,
+            cost: alloc::zeros(pairs, &what)?,
+        })
+    }
+}
+
+/// [`equivariant_ot_pairs_into`] in `buffers` (made by [`OtBuffers::new`] for this batch
+/// size).
+pub(crate) fn equivariant_ot_pairs_in(
+    buffers: &mut OtBuffers,
     prior: &[f64],
     data: &[f64],
     layout: Layout,
@@ -127,8 +173,7 @@ pub fn equivariant_ot_pairs_into(
 ) -> Vec<usize> {
     let len = layout.len();
     let n = prior.len() / len;
-    let mut aligned = vec![0.0; n * n * len];
-    let mut cost = vec![0.0; n * n];
+    let OtBuffers { aligned, cost } = buffers;
     // Each alignment is independent and deterministic: any thread count gives the same bits.
     aligned
         .par_chunks_mut(len)
@@ -143,7 +188,7 @@ pub fn equivariant_ot_pairs_into(
                 out,
             );
         });
-    let col = min_cost_assignment(&cost, n);
+    let col = min_cost_assignment(cost, n);
     for (i, &j) in col.iter().enumerate() {
         let slot = (i * n + j) * len;
         paired[i * len..(i + 1) * len].copy_from_slice(&aligned[slot..slot + len]);
@@ -265,7 +310,7 @@ mod tests {
             .flat_map(|_| random_com_free(&mut rng, layout))
             .collect();
         let mut paired = vec![0.0; data.len()];
-        let col = equivariant_ot_pairs_into(&prior, &data, layout, &mut paired);
+        let col = equivariant_ot_pairs_into(&prior, &data, layout, &mut paired).unwrap();
         let mut seen = col.clone();
         seen.sort_unstable();
         assert_eq!(seen, (0..n).collect::<Vec<_>>());

@@ -172,7 +172,7 @@ impl<F: TrainableField> Rk4Tape<F> {
             return Err(Error::size("RK4 tape state", self.len, x.len()));
         }
         if self.probed() && !F::PROBE_DIVERGENCE {
-            return Err(crate::field::no_probe_divergence(F::NAME));
+            return Err(crate::field::no_probe_divergence::<F>());
         }
         self.set_direction(forward);
         let n = self.n_steps;

@@ -357,7 +357,7 @@ impl<'a> Trainer<'a> {
         let (n_train, energy) = self.check_inputs(flow)?;
         let mut run = Run::new(c, flow, n_train, energy)?;
         let initial_validation_nll = self.validation_nll(&run.work)?;
-        let mut batches = Minibatches::new(run.n_train, c.batch_size, run.len);
+        let mut batches = Minibatches::new(run.n_train, c.batch_size, run.len)?;
         // Grows with the epochs actually run: `n_epochs` is the host's number (up to 2^40 from
         // C), and a progress callback may stop long before it.
         let mut epochs = Vec::new();
@@ -653,7 +653,29 @@ impl<'a> Trainer<'a> {
         }
         let lr = c.optimizer.lr * c.lr_schedule.factor(run.step_index, run.total_steps);
         run.optimizer.set_lr(lr)?;
-        run.optimizer.step(&mut run.params, &g.mixed)?;
+        run.optimizer
+            .step(&mut run.params, &g.mixed)
+            .map_err(|e| match e {
+                // A finite gradient too large for the optimiser: it used to make every update
+                // 0 (the square overflowed the second moment) and the run reported success.
+                Error::NonFinite { what } => {
+                    let remedy = match kl {
+                        Some(kl) if kl.abs() >= nll.abs() => format!(
+                            "the KL loss is {kl:e} at kT = {:e}: kT is far below the energy's \
+                             scale; raise kT, or give the energy in units near kT",
+                            c.kt
+                        ),
+                        _ => format!(
+                            "the {data} is {nll:e}: check the data's scale, the energy and kT"
+                        ),
+                    };
+                    Error::non_finite(format!(
+                        "training diverged at epoch {epoch} step {step}: the training loss's \
+                         {what}; the flow is unchanged ({remedy})"
+                    ))
+                }
+                e => e,
+            })?;
         // The step itself can leave the usable ranges (a bandwidth whose 1/γ² overflows after
         // a step at a huge learning rate): a diverged run, said as such.
         run.work.set_params(&run.params).map_err(|e| {
@@ -863,10 +885,10 @@ fn check_family_trains_by<F: crate::field::TrainableField>(
 ) -> Result<()> {
     match objective {
         Objective::DiscreteLikelihood if !F::JACOBIAN_REVERSE => {
-            Err(crate::field::no_jacobian_reverse(F::NAME))
+            Err(crate::field::no_jacobian_reverse::<F>())
         }
         Objective::HutchinsonLikelihood { .. } if !F::PROBE_DIVERGENCE => {
-            Err(crate::field::no_probe_divergence(F::NAME))
+            Err(crate::field::no_probe_divergence::<F>())
         }
         _ => Ok(()),
     }
@@ -903,11 +925,16 @@ struct Minibatches {
 }
 
 impl Minibatches {
-    fn new(n_train: usize, batch_size: usize, len: usize) -> Self {
-        Minibatches {
-            order: Vec::with_capacity(n_train),
-            batch: vec![0.0; batch_size.min(n_train) * len],
-        }
+    /// Fails with [`Error::Resource`] if the order or the batch (sizes the caller chose) cannot
+    /// be allocated.
+    fn new(n_train: usize, batch_size: usize, len: usize) -> Result<Self> {
+        Ok(Minibatches {
+            order: crate::alloc::with_capacity(Some(n_train), "the training set's order")?,
+            batch: crate::alloc::zeros(
+                batch_size.min(n_train).checked_mul(len),
+                "the minibatch buffer",
+            )?,
+        })
     }
 }
 

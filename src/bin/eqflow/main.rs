@@ -562,12 +562,40 @@ fn check_model_output(flag: &str, path: &Path) -> Result<()> {
     }
 }
 
+/// The atom count of an XYZ file's first frame (its first non-blank line, within the first
+/// 4 KiB), if it is one.
+fn xyz_first_atom_count(path: &Path) -> Option<usize> {
+    use std::io::{BufRead as _, Read as _};
+    let file = std::fs::File::open(path).ok()?;
+    std::io::BufReader::new(file.take(4096))
+        .lines()
+        .map_while(std::result::Result::ok)
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| l.trim().parse().ok())
+}
+
 /// Reads configurations from .npy or .xyz. An XYZ file's species column, when it has one, must
 /// give every particle the species `species` gives it (all 0 for identical particles): a file
 /// of another system, or with its particles in another order, is refused, not read as this one.
 fn read_data(path: &Path, layout: Layout, species: Option<&Species>) -> Result<Vec<f64>> {
     if is_xyz(path) {
-        let traj = io::read_xyz(path, layout.dim)?;
+        // A file of another system usually fails on its first atom line (a third coordinate
+        // where 2-D is read), which said nothing of its particle count: a count that differs
+        // from the model's is the error then, with the reader's as a detail.
+        let traj =
+            io::read_xyz(path, layout.dim).map_err(|e| match xyz_first_atom_count(path) {
+                Some(n) if n != layout.n_particles => eqflow::Error::DimensionMismatch {
+                    what: format!(
+                        "particles per frame in {} (a file of another system? read as {}-D it \
+                         also fails: {e})",
+                        path.display(),
+                        layout.dim
+                    ),
+                    expected: layout.n_particles,
+                    found: n,
+                },
+                _ => e,
+            })?;
         if traj.layout != layout {
             return Err(eqflow::Error::DimensionMismatch {
                 what: format!("particles per frame in {}", path.display()),

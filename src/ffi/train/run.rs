@@ -70,12 +70,14 @@ use crate::ffi::{array_len, catch, count, handle, input_array, log, threads};
 ///         another N or D, or species other than the flow's, see
 ///         `eqf_train_options_set_kl_energy`; a summary size below 80); EQF_ERR_NON_FINITE
 ///         (NaN or infinite data, a KL sample with infinite energy, a training step that
-///         diverged); EQF_ERR_CALLBACK (the KL energy callback failed); EQF_ERR_INVALID_STATE
+///         diverged, a finite gradient whose square overflows the optimiser's second moment:
+///         a loss scale far too large, typically kT far below the energy's scale);
+///         EQF_ERR_CALLBACK (the KL energy callback failed); EQF_ERR_INVALID_STATE
 ///         (the flow is training already, or this thread is inside a callback of a call that
 ///         reads a flow); EQF_ERR_RESOURCE (one training step would hold more than 1 TiB:
 ///         n_kl_samples RK4 trajectories of 4*n_rk4_steps*N*D doubles, the per-sample
 ///         gradients of a minibatch, the batch^2 alignments of equivariant-OT flow matching;
-///         or the RK4 tape's memory is refused);
+///         or the system refuses the memory of one of these or of the RK4 tape);
 ///         other codes from the losses. The flow is unchanged on failure
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_train(

@@ -1279,6 +1279,41 @@ fn a_diverged_kl_loss_fails_and_leaves_the_flow_unchanged() {
     assert_eq!(reference.field().params(), &params[..]);
 }
 
+/// Sweep 29: at kT = 1e-300 the built-in KL loss (~1e302) and its gradient (~1e299) are
+/// finite, but the gradient's square overflows AdamW's second moment, so every update was 0,
+/// the flow only weight-decayed, and the run returned OK. It is a diverged run naming the
+/// overflow and kT, and the flow is unchanged.
+#[test]
+fn a_gradient_whose_square_overflows_the_optimiser_is_a_diverged_run_naming_kt() {
+    let data = dw4_data(32, 8);
+    let options = ml_kl_options();
+    let mut energy = std::ptr::null_mut();
+    // SAFETY: valid pointer slot; live options; the energy handle is freed once.
+    unsafe {
+        assert_eq!(
+            eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut energy),
+            EQF_OK
+        );
+        assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
+        assert_eq!(eqf_energy_free(energy), EQF_OK);
+        assert_eq!(eqf_train_options_set_kT(options.0, 1e-300), EQF_OK);
+    }
+    let flow = FlowHandle::new(4, 2, 9);
+    let before = flow.params();
+    let (status, summary) = flow.train(&options, &data, &[]);
+    let message = message();
+    assert_eq!(status, EQF_ERR_NON_FINITE, "{message}");
+    assert!(
+        message.contains("training diverged at epoch 0 step 0")
+            && message.contains("square overflows AdamW's second moment")
+            && message.contains("kT = 1e-300")
+            && message.contains("the flow is unchanged"),
+        "{message}"
+    );
+    assert_eq!(flow.params(), before);
+    assert_eq!(summary, sentinel_summary());
+}
+
 /// Session 23: a learning rate within the setter's range (1e3 here, 1e6 in the CLI report)
 /// can throw the parameters out of the field's usable ranges in one step; the error says the
 /// run diverged and names the learning rate (it read "log inverse bandwidth 1000.69 gives an

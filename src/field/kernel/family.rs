@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::bound::Side;
+use super::kernels::{MAX_DIST_KERNELS, MAX_TIME_KERNELS};
 use super::vjp::{ParamAccumulator, TimePoint, VjpScratch};
 use super::{KernelConfig, KernelField, TabulatedField};
 use crate::error::{Error, Result};
@@ -72,10 +73,12 @@ impl FieldFamily for KernelField {
             }
             Preset::Range { range, .. } => {
                 let (k, r) = preset.counts_or(Self::default_counts());
-                if k < 2 || r < 2 {
+                // Checked here, before any kernel is laid out: the bounds the family really
+                // has (it used to state the 1..= bounds of `KernelConfig` for too many).
+                if !(2..=MAX_DIST_KERNELS).contains(&k) || !(2..=MAX_TIME_KERNELS).contains(&r) {
                     return Err(Error::invalid(format!(
-                        "the kernel family needs at least 2 distance and 2 time kernels, got \
-                         {k} and {r}"
+                        "the kernel family needs 2..={MAX_DIST_KERNELS} distance and \
+                         2..={MAX_TIME_KERNELS} time kernels, got {k} and {r}"
                     )));
                 }
                 let (min, max) = range;

@@ -1,0 +1,158 @@
+//! Buffers sized by the caller's batch, sample or configuration count that the system refuses
+//! below [`crate::alloc::MAX_ALLOCATION_BYTES`] (Linux refuses a request it judges beyond RAM
+//! and swap: 640 GB of equivariant-OT alignments for a DW-4 batch of 10^5) are
+//! [`Error::Resource`] with every object as it was; each used to be a plain `vec!` or
+//! `collect` whose refusal aborted the host. The refusal is made to happen here, on the test's
+//! thread, by [`crate::alloc::test_seam`], at sizes any machine has.
+
+use crate::alloc::test_seam::refusing_above;
+use crate::energy::DoubleWell;
+use crate::integrate::Stats;
+use crate::train::{LambdaSchedule, Objective, Pairing, TrainConfig, Trainer};
+use crate::{Error, Flow};
+
+/// `n` DW-4 configurations near a square of side 4.
+fn dw4_data(n: usize) -> Vec<f64> {
+    let square = [-2.0, -2.0, 2.0, -2.0, 2.0, 2.0, -2.0, 2.0];
+    (0..n)
+        .flat_map(|i| {
+            square
+                .iter()
+                .enumerate()
+                .map(move |(k, v)| v + 0.1 * ((i * 8 + k) as f64 * 0.77).sin())
+        })
+        .collect()
+}
+
+/// Asserts a refusal of the system naming `what`.
+fn assert_refused(error: &Error, what: &str) {
+    assert!(
+        matches!(error, Error::Resource { .. }),
+        "expected a resource error, got {error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(what) && message.contains("the system refused the memory"),
+        "{message}"
+    );
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        n_epochs: 1,
+        batch_size: 64,
+        n_rk4_steps: 4,
+        ..TrainConfig::default()
+    }
+}
+
+/// Trains a fresh DW-4 flow with the system refusing above `limit` bytes; returns the error
+/// after checking that the flow kept its parameters.
+fn refused_training(config: TrainConfig, data: &[f64], limit: u128) -> Error {
+    let mut flow = Flow::new(4, 2, 3).unwrap();
+    let before = flow.field().params().to_vec();
+    let energy = DoubleWell::dw4();
+    let trainer = Trainer::new(config, data).with_energy(&energy);
+    let error = refusing_above(limit, || trainer.run(&mut flow, |_| true)).unwrap_err();
+    assert_eq!(flow.field().params(), &before[..], "the flow is unchanged");
+    error
+}
+
+fn n_params() -> usize {
+    Flow::new(4, 2, 3).unwrap().field().params().len()
+}
+
+#[test]
+fn refused_equivariant_ot_alignments_are_a_resource_error() {
+    // 64² alignments of 8 doubles: 262 KB, refused; everything else of the step is smaller.
+    let config = TrainConfig {
+        objective: Objective::FlowMatching {
+            pairing: Pairing::EquivariantOt,
+        },
+        ..config()
+    };
+    let error = refused_training(config, &dw4_data(64), 100_000);
+    assert_refused(&error, "the equivariant-OT alignments of a batch of 64");
+    // The Rust function allocates them fallibly too; `paired` is untouched.
+    let layout = crate::geometry::Layout::new(4, 2).unwrap();
+    let data = dw4_data(64);
+    let mut paired = vec![f64::NAN; data.len()];
+    let error = refusing_above(100_000, || {
+        crate::train::pairing::equivariant_ot_pairs_into(&data, &data, layout, &mut paired)
+    })
+    .unwrap_err();
+    assert_refused(&error, "equivariant-OT alignments");
+    assert!(paired.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn refused_per_sample_gradients_of_a_batch_are_a_resource_error() {
+    // 64 gradients of P doubles, refused one byte short; the rest of the step is smaller.
+    let per_sample = (64 * n_params() * 8) as u128;
+    let error = refused_training(config(), &dw4_data(64), per_sample - 1);
+    assert_refused(&error, "the per-sample gradients of a batch of 64");
+}
+
+#[test]
+fn refused_per_sample_gradients_of_the_kl_samples_are_a_resource_error() {
+    // A data batch of 4 passes; the 64 KL samples' gradients are refused.
+    let config = TrainConfig {
+        batch_size: 4,
+        lambda: LambdaSchedule::Constant(0.5),
+        n_kl_samples: 64,
+        ..config()
+    };
+    let limit = (32 * n_params() * 8) as u128;
+    let error = refused_training(config, &dw4_data(4), limit);
+    assert_refused(&error, "the per-sample gradients of 64 KL samples");
+}
+
+#[test]
+fn refused_copies_and_outcomes_of_densities_are_resource_errors() {
+    let flow = Flow::new(4, 2, 3).unwrap();
+    let n = 1000;
+    let x = dw4_data(n);
+    // The working copy of the configurations (64 KB).
+    let mut log_q = vec![f64::NAN; n];
+    let error = refusing_above(32_000, || flow.log_density_into(&x, &mut log_q)).unwrap_err();
+    assert_refused(&error, "the working copy of 1000 configurations");
+    assert!(log_q.iter().all(|v| v.is_nan()), "log_q untouched");
+    // With the caller's z, one outcome per configuration; z untouched.
+    let outcomes = (n * std::mem::size_of::<crate::Result<Stats>>()) as u128;
+    let mut z = vec![f64::NAN; x.len()];
+    let error = refusing_above(outcomes - 1, || {
+        flow.log_density_full_into(&x, Some(&mut z), &mut log_q)
+    })
+    .unwrap_err();
+    assert_refused(&error, "the per-configuration outcomes of the densities");
+    assert!(
+        z.iter().chain(&log_q).all(|v| v.is_nan()),
+        "nothing written"
+    );
+    // Each configuration's own outcome.
+    let each = (n * std::mem::size_of::<crate::Result<f64>>()) as u128;
+    let error = refusing_above(each - 1, || flow.log_density_each(&x)).unwrap_err();
+    assert_refused(&error, "the per-configuration densities");
+}
+
+#[test]
+fn refused_outcomes_of_sampling_and_certificates_are_resource_errors() {
+    let flow = Flow::new(4, 2, 3).unwrap();
+    let n = 1000;
+    let outcomes = (n * std::mem::size_of::<crate::Result<Stats>>()) as u128;
+    let (mut x, mut log_q) = (vec![f64::NAN; n * 8], vec![f64::NAN; n]);
+    let error =
+        refusing_above(outcomes - 1, || flow.sample_into(1, &mut x, &mut log_q)).unwrap_err();
+    assert_refused(&error, "the per-sample outcomes of sampling");
+    assert!(
+        x.iter().chain(&log_q).all(|v| v.is_nan()),
+        "nothing written"
+    );
+
+    let x = dw4_data(n);
+    let certificates = (n * std::mem::size_of::<
+        crate::Result<crate::integrate::ConfigurationCertificate>,
+    >()) as u128;
+    let error = refusing_above(certificates - 1, || flow.certify_configurations(&x)).unwrap_err();
+    assert_refused(&error, "the per-configuration certificates");
+}
