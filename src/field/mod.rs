@@ -130,12 +130,12 @@ pub trait VectorField: Sync {
     /// translation invariant: `v(x + 1⊗c, t) = v(x, t)` for every `c ∈ R^D`, so that the
     /// Jacobian maps every translation to zero (its column blocks sum to zero in each row).
     ///
-    /// The exact-discrete forward map then computes its step log-determinants in the quotient
-    /// by translations, on (N−1)·D coordinates instead of N·D (see `integrate::discrete`):
-    /// the step is the identity on translations, so nothing of its determinant is lost, and the
-    /// products and LU of a step are smaller ((6/8)³ of the work for DW-4). A field that
-    /// claims it wrongly gets wrong densities: every family's claim is tested
-    /// (`tests/field_families.rs`). Default: `None`.
+    /// The exact-discrete forward map then factors its step Jacobians in the quotient by
+    /// translations, on (N−1)·D coordinates instead of N·D (see `integrate::discrete`): the
+    /// step is the identity on translations, so nothing of its determinant is lost, and the LU
+    /// is smaller ((6/8)³ of the work for DW-4). A field that claims it wrongly samples with
+    /// a wrong log q: every family's claim is tested (`tests/field_family.rs`). Default:
+    /// `None`.
     fn translation_axes(&self) -> Option<usize> {
         None
     }
