@@ -94,132 +94,128 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
     let energy = system.energy.build()?;
     let layout = Layout::new(4, 2)?;
     let quiet = a.common.quiet;
+    // The three outputs replace an earlier demo's together, once the whole demo has run
+    // (`output::all_or_none`, as `repro` does): a failure or an interrupt half-way leaves the
+    // earlier set as it was.
+    let (value, text) = crate::output::all_or_none(|| {
+        // 1. Reference data: 1,000 training + 1,000 validation samples, and a long run for the
+        //    reference state populations.
+        let data = mcmc_run(energy.as_ref(), 2_000, 100, a.seed, quiet)?;
+        let long = mcmc_run(energy.as_ref(), 100_000, 20, a.seed.wrapping_add(1), quiet)?;
+        crate::output::write_output(&a.out_dir.join(MCMC_NPY), |tmp| {
+            eqflow::io::write_configurations(tmp, &data.x, layout, Dtype::F64, ConfigShape::Flat)
+        })?;
+        let (train, validation) = data.x.split_at(1_000 * 8);
 
-    // 1. Reference data: 1,000 training + 1,000 validation samples, and a long run for the
-    //    reference state populations.
-    let data = mcmc_run(energy.as_ref(), 2_000, 100, a.seed, quiet)?;
-    let long = mcmc_run(energy.as_ref(), 100_000, 20, a.seed.wrapping_add(1), quiet)?;
-    // The three outputs replace an earlier demo's together, once the whole demo has run: a
-    // failure or an interrupt half-way leaves the earlier set as it was.
-    let mut staged = crate::output::Staged::new();
-    staged.write(&a.out_dir.join(MCMC_NPY), |tmp| {
-        eqflow::io::write_configurations(tmp, &data.x, layout, Dtype::F64, ConfigShape::Flat)
-    })?;
-    let (train, validation) = data.x.split_at(1_000 * 8);
+        // 2. Training: the paper's protocol, 50 epochs of maximum likelihood.
+        let mut flow = system.untrained_flow(a.seed)?;
+        let config = TrainConfig {
+            seed: a.seed,
+            ..TrainConfig::default()
+        };
+        let t_train = Instant::now();
+        let summary = train_phase(
+            &mut flow,
+            config,
+            train,
+            Some(validation),
+            None,
+            quiet,
+            "train",
+        )?;
+        let train_seconds = t_train.elapsed().as_secs_f64();
+        // Strict mode (the default): the paper's protocol has no certificate penalty, so the steps
+        // grow with the trained field until every one is proved a bijection.
+        flow.raise_to_certified_steps(config.n_rk4_steps * eqflow::flow::MAX_STEP_GROWTH)?;
+        let rk4_steps = flow.certificate().map_or(0, |c| c.n_steps);
+        let model_path = a.out_dir.join(MODEL_JSON);
+        crate::output::write_output(&model_path, |tmp| {
+            model::save(
+                &flow,
+                Some(system.clone()),
+                Some(json!({"command": "demo", "summary": summary_json(&summary)})),
+                tmp,
+            )
+        })?;
 
-    // 2. Training: the paper's protocol, 50 epochs of maximum likelihood.
-    let mut flow = system.untrained_flow(a.seed)?;
-    let config = TrainConfig {
-        seed: a.seed,
-        ..TrainConfig::default()
-    };
-    let t_train = Instant::now();
-    let summary = train_phase(
-        &mut flow,
-        config,
-        train,
-        Some(validation),
-        None,
-        quiet,
-        "train",
-    )?;
-    let train_seconds = t_train.elapsed().as_secs_f64();
-    // Strict mode (the default): the paper's protocol has no certificate penalty, so the steps
-    // grow with the trained field until every one is proved a bijection.
-    flow.raise_to_certified_steps(config.n_rk4_steps * eqflow::flow::MAX_STEP_GROWTH)?;
-    let rk4_steps = flow.certificate().map_or(0, |c| c.n_steps);
-    let model_path = a.out_dir.join(MODEL_JSON);
-    staged.write(&model_path, |tmp| {
-        model::save(
-            &flow,
-            Some(system.clone()),
-            Some(json!({"command": "demo", "summary": summary_json(&summary)})),
-            tmp,
-        )
-    })?;
+        // 3. Evaluation with the exact density of the sampler actually used.
+        let nll: Vec<f64> = flow.log_density(validation)?.iter().map(|l| -l).collect();
+        // The demo's counts are fixed and large, so every standard error exists; were one missing,
+        // its NaN would stop `report`.
+        let (nll_mean, nll_se) = mean_and_se(&nll);
+        let nll_se = nll_se.unwrap_or(f64::NAN);
+        let n = 10_000;
+        let (x, log_q) = flow.sample(a.seed.wrapping_add(2), n)?;
+        let mut u = vec![0.0; n];
+        energies_into(energy.as_ref(), &x, &mut u)?;
+        let mut log_w = vec![0.0; n];
+        log_weights_into(&u, &log_q, system.kt, &mut log_w)?;
+        let ess = kish_ess(&log_w);
 
-    // 3. Evaluation with the exact density of the sampler actually used.
-    let nll: Vec<f64> = flow.log_density(validation)?.iter().map(|l| -l).collect();
-    // The demo's counts are fixed and large, so every standard error exists; were one missing,
-    // its NaN would stop `report`.
-    let (nll_mean, nll_se) = mean_and_se(&nll);
-    let nll_se = nll_se.unwrap_or(f64::NAN);
-    let n = 10_000;
-    let (x, log_q) = flow.sample(a.seed.wrapping_add(2), n)?;
-    let mut u = vec![0.0; n];
-    energies_into(energy.as_ref(), &x, &mut u)?;
-    let mut log_w = vec![0.0; n];
-    log_weights_into(&u, &log_q, system.kt, &mut log_w)?;
-    let ess = kish_ess(&log_w);
+        // 4. Free-energy difference between the two most populated states.
+        let states_long = states(&long.x);
+        let states_flow = states(&x);
+        let p_mcmc = state_populations(&states_long, &vec![1.0; states_long.len()], N_STATES)?;
+        let mut w = vec![0.0; n];
+        relative_weights_into(&log_w, &mut w)?;
+        let p_flow = state_populations(&states_flow, &w, N_STATES)?;
+        let mut order: Vec<usize> = (0..N_STATES).collect();
+        order.sort_by(|&i, &j| p_mcmc[j].total_cmp(&p_mcmc[i]));
+        let (s1, s2) = (order[0], order[1]);
+        let kt = Kt::new(system.kt)?;
+        let delta_f = |p: &[f64]| free_energy_difference(kt, p[s1], p[s2]);
+        let (df_mcmc, df_flow) = (delta_f(&p_mcmc)?, delta_f(&p_flow)?);
+        // Standard errors: MCMC from 8 groups of independent chains (states switch slowly within a
+        // chain, so samples are not independent); the flow by bootstrap of its weighted samples.
+        let groups = (0..8)
+            .map(|g| {
+                let chains = g * 8..(g + 1) * 8;
+                let range = long.stats.chain_samples(chains.start).start
+                    ..long.stats.chain_samples(chains.end - 1).end;
+                let p = state_populations(
+                    &states_long[range.clone()],
+                    &vec![1.0; range.len()],
+                    N_STATES,
+                )?;
+                delta_f(&p)
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        let se_mcmc = mean_and_se(&groups).1.unwrap_or(f64::NAN);
+        let mut rng = eqflow::flow::sample_rng(a.seed, u64::MAX);
+        let boots = (0..200)
+            .map(|_| {
+                let idx: Vec<usize> = (0..n)
+                    .map(|_| rand::RngExt::random_range(&mut rng, 0..n))
+                    .collect();
+                let sb: Vec<usize> = idx.iter().map(|&i| states_flow[i]).collect();
+                let wb: Vec<f64> = idx.iter().map(|&i| w[i]).collect();
+                delta_f(&state_populations(&sb, &wb, N_STATES)?)
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        let (_, se_boot_mean) = mean_and_se(&boots);
+        let se_flow = se_boot_mean.unwrap_or(f64::NAN) * (boots.len() as f64).sqrt();
 
-    // 4. Free-energy difference between the two most populated states.
-    let states_long = states(&long.x);
-    let states_flow = states(&x);
-    let p_mcmc = state_populations(&states_long, &vec![1.0; states_long.len()], N_STATES)?;
-    let mut w = vec![0.0; n];
-    relative_weights_into(&log_w, &mut w)?;
-    let p_flow = state_populations(&states_flow, &w, N_STATES)?;
-    let mut order: Vec<usize> = (0..N_STATES).collect();
-    order.sort_by(|&i, &j| p_mcmc[j].total_cmp(&p_mcmc[i]));
-    let (s1, s2) = (order[0], order[1]);
-    let kt = Kt::new(system.kt)?;
-    let delta_f = |p: &[f64]| free_energy_difference(kt, p[s1], p[s2]);
-    let (df_mcmc, df_flow) = (delta_f(&p_mcmc)?, delta_f(&p_flow)?);
-    // Standard errors: MCMC from 8 groups of independent chains (states switch slowly within a
-    // chain, so samples are not independent); the flow by bootstrap of its weighted samples.
-    let groups = (0..8)
-        .map(|g| {
-            let chains = g * 8..(g + 1) * 8;
-            let range = long.stats.chain_samples(chains.start).start
-                ..long.stats.chain_samples(chains.end - 1).end;
-            let p = state_populations(
-                &states_long[range.clone()],
-                &vec![1.0; range.len()],
-                N_STATES,
-            )?;
-            delta_f(&p)
-        })
-        .collect::<Result<Vec<f64>>>()?;
-    let se_mcmc = mean_and_se(&groups).1.unwrap_or(f64::NAN);
-    let mut rng = eqflow::flow::sample_rng(a.seed, u64::MAX);
-    let boots = (0..200)
-        .map(|_| {
-            let idx: Vec<usize> = (0..n)
-                .map(|_| rand::RngExt::random_range(&mut rng, 0..n))
-                .collect();
-            let sb: Vec<usize> = idx.iter().map(|&i| states_flow[i]).collect();
-            let wb: Vec<f64> = idx.iter().map(|&i| w[i]).collect();
-            delta_f(&state_populations(&sb, &wb, N_STATES)?)
-        })
-        .collect::<Result<Vec<f64>>>()?;
-    let (_, se_boot_mean) = mean_and_se(&boots);
-    let se_flow = se_boot_mean.unwrap_or(f64::NAN) * (boots.len() as f64).sqrt();
-
-    // 5. The plot.
-    let plot_path = a.out_dir.join(PLOT_PNG);
-    staged.write(&plot_path, |tmp| {
+        // 5. The plot.
+        let plot_path = a.out_dir.join(PLOT_PNG);
         plot::energy_histograms(
-            tmp,
+            &plot_path,
             "DW-4 energies: MCMC, flow, reweighted flow",
             &long.energies,
             &u,
             &log_w,
         )
-        .map_err(|what| eqflow::Error::Io { what })
-    })?;
-    staged.commit()?;
+        .map_err(|what| eqflow::Error::Io { what })?;
 
-    let seconds = start.elapsed().as_secs_f64();
-    report(
-        &a.common,
-        json!({"command": "demo", "validation_nll": nll_mean, "validation_nll_se": nll_se,
+        let seconds = start.elapsed().as_secs_f64();
+        Ok((
+            json!({"command": "demo", "validation_nll": nll_mean, "validation_nll_se": nll_se,
                "ess": ess, "ess_fraction": ess / n as f64, "states": [s1, s2],
                "delta_f_mcmc": df_mcmc, "delta_f_mcmc_se": se_mcmc,
                "delta_f_reweighted_flow": df_flow, "delta_f_reweighted_flow_se": se_flow,
                "train_seconds": train_seconds, "seconds": seconds, "rk4_steps": rk4_steps,
                "model": model_path, "plot": plot_path}),
-        format!(
-            "DW-4 Boltzmann generator, {seconds:.0} s in all (training {train_seconds:.1} s)\n\
+            format!(
+                "DW-4 Boltzmann generator, {seconds:.0} s in all (training {train_seconds:.1} s)\n\
              validation NLL      {nll_mean:.3} ± {nll_se:.3}  (1,000 held-out MCMC samples)\n\
              Kish ESS            {ess:.0} of {n} ({:.1}%)\n\
              RK4 steps           {rk4_steps} (every step certified a bijection)\n\
@@ -228,9 +224,11 @@ pub(super) fn run(a: DemoArgs) -> Result<()> {
              \x20                   {df_flow:.3} ± {se_flow:.3} kT by the reweighted flow (10,000 samples)\n\
              model               {}\n\
              plot                {}\n",
-            100.0 * ess / n as f64,
-            model_path.display(),
-            plot_path.display()
-        ),
-    )
+                100.0 * ess / n as f64,
+                model_path.display(),
+                plot_path.display()
+            ),
+        ))
+    })?;
+    report(&a.common, value, text)
 }

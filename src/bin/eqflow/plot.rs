@@ -34,7 +34,8 @@ fn register_font_once() -> bool {
 
 /// Draws a figure with `draw` into a temporary beside `path` and renames it over `path` once
 /// the PNG is complete (with the other outputs of an `output::all_or_none` run), so a failed
-/// plot leaves no half-written file and an earlier figure stays as it was. The temporary keeps `path`'s extension, from which plotters picks the format.
+/// plot leaves no half-written file and an earlier figure stays as it was. The temporary keeps
+/// `path`'s extension, from which plotters picks the format.
 fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
     crate::output::write_output(path, |tmp| {
         draw(tmp).map_err(|what| eqflow::Error::Io { what })
