@@ -560,6 +560,19 @@ fn ml_kl_options() -> Options {
     options
 }
 
+/// Gives `options` the built-in DW-4 energy as its KL energy, the handle freed at once (the
+/// options keep it alive).
+fn set_double_well_kl_energy(options: &Options) {
+    let mut energy = std::ptr::null_mut();
+    // SAFETY: valid pointer slot; live options; the energy handle is freed once.
+    unsafe {
+        let status = eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut energy);
+        assert_eq!(status, EQF_OK);
+        assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
+        assert_eq!(eqf_energy_free(energy), EQF_OK);
+    }
+}
+
 #[test]
 fn kl_callback_runs_on_the_calling_thread_and_matches_the_builtin_energy_bit_for_bit() {
     let data = dw4_data(32, 6);
@@ -575,15 +588,8 @@ fn kl_callback_runs_on_the_calling_thread_and_matches_the_builtin_energy_bit_for
         message()
     );
 
-    // The built-in energy, its handle freed at once (the options keep it alive).
-    let mut energy = std::ptr::null_mut();
-    // SAFETY: valid pointer slot; live options; the energy handle is freed once.
-    unsafe {
-        let status = eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut energy);
-        assert_eq!(status, EQF_OK);
-        assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
-        assert_eq!(eqf_energy_free(energy), EQF_OK);
-    }
+    // The built-in energy.
+    set_double_well_kl_energy(&options);
     let builtin = FlowHandle::new(4, 2, 8);
     let (status, builtin_summary) = builtin.train(&options, &data, &validation);
     assert_eq!(status, EQF_OK, "{}", message());
@@ -1132,13 +1138,9 @@ fn an_absurd_epoch_count_is_not_allocated_up_front() {
 fn an_absurd_kl_sample_count_is_a_resource_error_and_leaves_the_flow_unchanged() {
     let data = dw4_data(32, 4);
     let options = ml_kl_options();
-    let mut energy = std::ptr::null_mut();
-    // SAFETY: valid pointer slot; live options; the energy handle is freed once.
+    set_double_well_kl_energy(&options);
+    // SAFETY: live options.
     unsafe {
-        let status = eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut energy);
-        assert_eq!(status, EQF_OK);
-        assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
-        assert_eq!(eqf_energy_free(energy), EQF_OK);
         assert_eq!(eqf_train_options_set_kl_samples(options.0, 1 << 40), EQF_OK);
     }
     let flow = FlowHandle::new(4, 2, 5);
@@ -1287,15 +1289,9 @@ fn a_diverged_kl_loss_fails_and_leaves_the_flow_unchanged() {
 fn a_gradient_whose_square_overflows_the_optimiser_is_a_diverged_run_naming_kt() {
     let data = dw4_data(32, 8);
     let options = ml_kl_options();
-    let mut energy = std::ptr::null_mut();
-    // SAFETY: valid pointer slot; live options; the energy handle is freed once.
+    set_double_well_kl_energy(&options);
+    // SAFETY: live options.
     unsafe {
-        assert_eq!(
-            eqf_energy_double_well(4, 2, 0.0, -4.0, 0.9, 4.0, &raw mut energy),
-            EQF_OK
-        );
-        assert_eq!(eqf_train_options_set_kl_energy(options.0, energy), EQF_OK);
-        assert_eq!(eqf_energy_free(energy), EQF_OK);
         assert_eq!(eqf_train_options_set_kT(options.0, 1e-300), EQF_OK);
     }
     let flow = FlowHandle::new(4, 2, 9);
