@@ -729,9 +729,13 @@ int32_t eqf_flow_new(int64_t n_particles, int64_t dim, uint64_t seed, eqf_flow *
  * Releases a flow created by `eqf_flow_new`.
  *
  * NULL is accepted and does nothing. The handle must not be used afterwards (by any thread),
- * nor freed twice.
+ * nor freed twice. A flow that a call is using at this moment (`eqf_flow_train` running on
+ * it, or any call reading it on another thread, or the call whose callback this is) is not
+ * freed: that would pull it from under the call. Free it once the call has returned. (A call
+ * that *starts* on another thread after the free cannot be detected: the host must order
+ * them.)
  *
- * @return EQF_OK
+ * @return EQF_OK; EQF_ERR_INVALID_STATE (a call is using the flow; nothing was freed)
  */
 int32_t eqf_flow_free(eqf_flow *flow);
 
@@ -1044,9 +1048,11 @@ int32_t eqf_move_solver_stats(const eqf_move *move, eqf_solver_stats *stats);
 
 /**
  * Releases a move created by `eqf_move_new`. NULL is accepted and does nothing. The flow the
- * move was created from is not affected.
+ * move was created from is not affected. A move that a call on another thread is using at
+ * this moment, or whose step is running the callback that asks, is not freed (a call that
+ * *starts* after the free cannot be detected: the host must order them).
  *
- * @return EQF_OK
+ * @return EQF_OK; EQF_ERR_INVALID_STATE (a call is using the move; nothing was freed)
  */
 int32_t eqf_move_free(eqf_move *move);
 
@@ -1072,7 +1078,9 @@ int32_t eqf_move_free(eqf_move *move);
  *                      EQF_ERR_NOT_CONVERGED, 1 to 1000000, 0 for the default (100000)
  * @param rtol, atol    Dormand–Prince: relative and absolute tolerances, finite, rtol at least
  *                      10 × DBL_EPSILON (2.2204e-15) and atol at least 1e-100 (smaller
- *                      tolerances cannot be met in double precision); ignored by RK4
+ *                      tolerances cannot be met in double precision), both at most 0.1 (a
+ *                      looser one crosses the flow in a step or two with the map and its
+ *                      density off by that much); ignored by RK4
  * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
  * @param out           on success receives the new flow, to be released with
  *                      `eqf_flow_free`; untouched on failure
@@ -1196,8 +1204,8 @@ int32_t eqf_flow_options_set_prior_sigma(eqf_flow_options *options, double sigma
  * @param n_steps       RK4: 1 to 100000 equal steps; Dormand–Prince: maximum number of
  *                      attempted steps, 1 to 1000000, 0 for the default
  * @param rtol, atol    Dormand–Prince tolerances, finite, rtol at least 10 × DBL_EPSILON
- *                      (2.2204e-15) and atol at least 1e-100 (as `eqf_flow_with_integrator`);
- *                      ignored by RK4
+ *                      (2.2204e-15), atol at least 1e-100, both at most 0.1 (as
+ *                      `eqf_flow_with_integrator`); ignored by RK4
  * @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
  */

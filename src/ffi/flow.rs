@@ -57,6 +57,16 @@ impl eqf_flow {
         Ok(TrainingRun(&self.training))
     }
 
+    /// Whether a call is using this flow: training it, or reading it (on another thread, or
+    /// the call whose callback asks). `eqf_flow_free` refuses such a flow.
+    fn in_use(&self) -> bool {
+        self.training.load(std::sync::atomic::Ordering::Acquire)
+            || matches!(
+                self.inner.try_write(),
+                Err(std::sync::TryLockError::WouldBlock)
+            )
+    }
+
     /// The flow, for the duration of a call. A panic while the lock was held (caught and
     /// reported as an internal error) cannot have left a half-written flow: the only writer
     /// is [`eqf_flow::replace`], a move.
@@ -222,13 +232,30 @@ pub unsafe extern "C" fn eqf_flow_new(
 /// Releases a flow created by `eqf_flow_new`.
 ///
 /// NULL is accepted and does nothing. The handle must not be used afterwards (by any thread),
-/// nor freed twice.
+/// nor freed twice. A flow that a call is using at this moment (`eqf_flow_train` running on
+/// it, or any call reading it on another thread, or the call whose callback this is) is not
+/// freed: that would pull it from under the call. Free it once the call has returned. (A call
+/// that *starts* on another thread after the free cannot be detected: the host must order
+/// them.)
 ///
-/// @return EQF_OK
+/// @return EQF_OK; EQF_ERR_INVALID_STATE (a call is using the flow; nothing was freed)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_free(flow: *mut eqf_flow) -> i32 {
     // SAFETY: `flow` is NULL or a handle from `eqf_flow_new` not freed yet (this function's
-    // contract).
+    // contract), so it can be read through a shared reference.
+    if let Some(live) = unsafe { flow.as_ref() }
+        && live.in_use()
+    {
+        return catch(|| {
+            Err(crate::Error::InvalidState {
+                what: "the flow is in use by a call (eqf_flow_train on it, a call on another \
+                       thread, or the call whose callback this is); it was not freed: free it \
+                       once that call has returned"
+                    .to_owned(),
+            })
+        });
+    }
+    // SAFETY: as above; no call is using the flow.
     unsafe { free_handle(flow) }
 }
 
@@ -617,7 +644,7 @@ pub unsafe extern "C" fn eqf_flow_certify_configurations(
 mod tests {
     use super::*;
     use crate::ffi::test_handles::FlowHandle;
-    use crate::ffi::{EQF_ERR_INVALID_ARGUMENT, EQF_ERR_NON_FINITE, EQF_OK};
+    use crate::ffi::{EQF_ERR_INVALID_ARGUMENT, EQF_ERR_INVALID_STATE, EQF_ERR_NON_FINITE, EQF_OK};
 
     /// A flow handle for N = 3, D = 2.
     fn handle(seed: u64) -> FlowHandle {
@@ -636,6 +663,47 @@ mod tests {
             };
             (status, x, log_q)
         }
+    }
+
+    /// A flow that a call is using is not freed from under it (it used to be: the call then
+    /// went on with freed memory, or training committed into it).
+    #[test]
+    fn a_flow_in_use_is_not_freed() {
+        let h = handle(2);
+        // SAFETY: a live handle, freed only by `h`'s drop.
+        let live = unsafe { &*h.0 };
+        let refused = |why: &str| {
+            // SAFETY: a live handle; refused, so not freed.
+            let status = unsafe { eqf_flow_free(h.0) };
+            assert_eq!(status, EQF_ERR_INVALID_STATE, "{why}");
+            let message = crate::ffi::with_last_error(str::to_owned);
+            assert!(message.contains("it was not freed"), "{why}: {message}");
+        };
+        // Read by a call on another thread.
+        let (reading_tx, reading_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let _read = live.flow();
+                reading_tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+            });
+            reading_rx.recv().unwrap();
+            refused("read on another thread");
+            done_tx.send(()).unwrap();
+        });
+        // Read by the call whose callback frees it.
+        {
+            let _read = live.flow();
+            refused("read by this thread's call");
+        }
+        // Training.
+        {
+            let _training = live.begin_training().unwrap();
+            refused("training");
+        }
+        // Idle again: `h`'s drop frees it with EQF_OK, and the flow is intact meanwhile.
+        assert_eq!(h.sample(1, 2).0, EQF_OK);
     }
 
     #[test]

@@ -391,14 +391,29 @@ pub unsafe extern "C" fn eqf_move_solver_stats(
 }
 
 /// Releases a move created by `eqf_move_new`. NULL is accepted and does nothing. The flow the
-/// move was created from is not affected.
+/// move was created from is not affected. A move that a call on another thread is using at
+/// this moment, or whose step is running the callback that asks, is not freed (a call that
+/// *starts* after the free cannot be detected: the host must order them).
 ///
-/// @return EQF_OK
+/// @return EQF_OK; EQF_ERR_INVALID_STATE (a call is using the move; nothing was freed)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_move_free(r#move: *mut eqf_move) -> i32 {
     // Freeing a move from its own step's callback would pull it from under the step.
     if stepping(r#move) {
         return catch(|| Err(stepping_error()));
+    }
+    // SAFETY: `move` is NULL or a handle from `eqf_move_new` not freed yet (this function's
+    // contract); its state is only reached through the lock.
+    if let Some(live) = unsafe { r#move.as_ref() }
+        && matches!(live.state.try_lock(), Err(TryLockError::WouldBlock))
+    {
+        return catch(|| {
+            Err(Error::InvalidState {
+                what: "the move is in use by a call on another thread; it was not freed: free \
+                       it once that call has returned"
+                    .to_owned(),
+            })
+        });
     }
     // SAFETY: `move` is NULL or a handle from `eqf_move_new` not freed yet (this function's
     // contract).
@@ -703,6 +718,12 @@ mod tests {
             let message = crate::ffi::with_last_error(str::to_owned);
             assert!(message.contains("another thread"), "{message}");
             assert_eq!((accepted, p, a, u), (-7, -1, -1, 0.0), "outputs written");
+            // Nor is it freed from under the step (that used to free it: the step then went
+            // on with freed memory).
+            // SAFETY: a live move; refused, so not freed.
+            assert_eq!(unsafe { eqf_move_free(mv) }, EQF_ERR_INVALID_STATE);
+            let message = crate::ffi::with_last_error(str::to_owned);
+            assert!(message.contains("it was not freed"), "{message}");
             assert_eq!(solver, eqf_solver_stats::default());
             go_tx.send(()).unwrap();
             assert_eq!(stepper.join().unwrap(), EQF_OK);

@@ -221,8 +221,8 @@ pub unsafe extern "C" fn eqf_flow_options_set_prior_sigma(
 /// @param n_steps       RK4: 1 to 100000 equal steps; Dormand–Prince: maximum number of
 ///                      attempted steps, 1 to 1000000, 0 for the default
 /// @param rtol, atol    Dormand–Prince tolerances, finite, rtol at least 10 × DBL_EPSILON
-///                      (2.2204e-15) and atol at least 1e-100 (as `eqf_flow_with_integrator`);
-///                      ignored by RK4
+///                      (2.2204e-15), atol at least 1e-100, both at most 0.1 (as
+///                      `eqf_flow_with_integrator`); ignored by RK4
 /// @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (options unchanged)
 #[unsafe(no_mangle)]

@@ -91,7 +91,9 @@ pub(super) fn integrator(
 ///                      EQF_ERR_NOT_CONVERGED, 1 to 1000000, 0 for the default (100000)
 /// @param rtol, atol    Dormand–Prince: relative and absolute tolerances, finite, rtol at least
 ///                      10 × DBL_EPSILON (2.2204e-15) and atol at least 1e-100 (smaller
-///                      tolerances cannot be met in double precision); ignored by RK4
+///                      tolerances cannot be met in double precision), both at most 0.1 (a
+///                      looser one crosses the flow in a step or two with the map and its
+///                      density off by that much); ignored by RK4
 /// @param density_mode  EQF_DENSITY_EXACT_DISCRETE (RK4 only) or EQF_DENSITY_CONTINUOUS
 /// @param out           on success receives the new flow, to be released with
 ///                      `eqf_flow_free`; untouched on failure
@@ -214,8 +216,13 @@ mod tests {
             assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
             // Settings Dormand–Prince cannot finish with (they used to be accepted and made
             // every sample run ~max_steps zero-length steps): tolerances below round-off, a
-            // step limit beyond the cap.
+            // step limit beyond the cap. And tolerances too loose for a density (accepted
+            // until session 30: at rtol 1e300 the solver crossed the flow in one step).
             for (n_steps, rtol, atol) in [
+                (0, 0.5, 1e-10),
+                (0, 1e300, 1e-10),
+                (0, 1e-5, 1.0),
+                (0, 1e-5, f64::MAX),
                 (0, 5e-324, 5e-324),
                 (0, 1e-16, 1e-10),
                 (0, 1e-5, 1e-300),

@@ -64,6 +64,14 @@ pub const MIN_RTOL: f64 = 10.0 * f64::EPSILON;
 /// overflows to infinity (at `atol` = 5e-324 the initial step even comes out as zero).
 pub const MIN_ATOL: f64 = 1e-100;
 
+/// Largest tolerance, relative or absolute, [`Dopri5Config::validate`] accepts: 0.1. The
+/// controller takes the largest step whose estimated error is within the tolerance, so at a
+/// tolerance of order one it crosses the whole interval in a step or two and returns a map and
+/// a log-density off by as much as the tolerance allows, with no sign of it: a setting above
+/// this asks for a solution the density could not be trusted with (the paper evaluates at
+/// rtol 1e-5, atol 1e-10).
+pub const MAX_TOLERANCE: f64 = 0.1;
+
 /// Largest `max_steps` [`Dopri5Config::validate`] accepts: 1,000,000, ten times the default.
 /// Every attempted step costs seven field evaluations, so a solve that needs more is better
 /// reported as not converged (or moved to a fixed-grid method) than left to run for minutes per
@@ -73,9 +81,9 @@ pub const MAX_DOPRI5_STEPS: usize = 1_000_000;
 /// Tolerances and limits of the adaptive solver.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dopri5Config {
-    /// Relative tolerance, finite and at least [`MIN_RTOL`].
+    /// Relative tolerance, in [`MIN_RTOL`]`..=`[`MAX_TOLERANCE`].
     pub rtol: f64,
-    /// Absolute tolerance, finite and at least [`MIN_ATOL`].
+    /// Absolute tolerance, in [`MIN_ATOL`]`..=`[`MAX_TOLERANCE`].
     pub atol: f64,
     /// Maximum number of attempted steps before failing with `NotConverged`, in
     /// `1..=`[`MAX_DOPRI5_STEPS`].
@@ -99,8 +107,9 @@ impl Dopri5Config {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] naming the setting: `rtol` below [`MIN_RTOL`] or `atol` below
-    /// [`MIN_ATOL`] (tolerances that round-off cannot meet), either not finite, `max_steps`
-    /// outside `1..=`[`MAX_DOPRI5_STEPS`].
+    /// [`MIN_ATOL`] (tolerances that round-off cannot meet), either above [`MAX_TOLERANCE`]
+    /// (an error bound too loose for a density) or not finite, `max_steps` outside
+    /// `1..=`[`MAX_DOPRI5_STEPS`].
     pub fn validate(&self) -> Result<()> {
         for (name, v, min) in [("rtol", self.rtol, MIN_RTOL), ("atol", self.atol, MIN_ATOL)] {
             // `!(v >= min)` also refuses NaN.
@@ -108,6 +117,13 @@ impl Dopri5Config {
                 return Err(Error::invalid(format!(
                     "Dormand–Prince {name} must be finite and at least {min:e} (smaller \
                      tolerances cannot be met in double precision), got {v:e}"
+                )));
+            }
+            if v > MAX_TOLERANCE {
+                return Err(Error::invalid(format!(
+                    "Dormand–Prince {name} must be at most {MAX_TOLERANCE} (a looser tolerance \
+                     lets the solver cross the flow in a step or two, with the map and its \
+                     density off by that much), got {v:e}"
                 )));
             }
         }
@@ -429,6 +445,16 @@ mod tests {
                 },
             ),
             ("rtol", Dopri5Config { rtol: 0.0, ..ok }),
+            ("rtol", Dopri5Config { rtol: 0.2, ..ok }),
+            ("rtol", Dopri5Config { rtol: 1e300, ..ok }),
+            ("atol", Dopri5Config { atol: 0.5, ..ok }),
+            (
+                "atol",
+                Dopri5Config {
+                    atol: f64::MAX,
+                    ..ok
+                },
+            ),
             ("atol", Dopri5Config { atol: 1e-300, ..ok }),
             (
                 "atol",

@@ -24,7 +24,7 @@ pub use certificate::{
     FieldBounds, StepCertificate, certificate_penalty, certificate_times, certify_rk4,
     increment_bound, needed_steps_text, step_bound, step_bound_gradient, steps_needed,
 };
-pub use dopri5::{Dopri5Config, MAX_DOPRI5_STEPS, MIN_ATOL, MIN_RTOL};
+pub use dopri5::{Dopri5Config, MAX_DOPRI5_STEPS, MAX_TOLERANCE, MIN_ATOL, MIN_RTOL};
 pub(crate) use local_certificate::certify_pull_back;
 pub use local_certificate::{CentreValues, ConfigurationCertificate, local_step_bound};
 pub use rk4::rk4_stage_times;

@@ -40,7 +40,7 @@ pub use npy::{
     ConfigShape, NpyArray, read_array, read_configurations, read_values, write_array,
     write_configurations, write_values,
 };
-pub use unfinished::{Unfinished, remove_unfinished_and_exit};
+pub use unfinished::{Unfinished, remove_unfinished_and_exit, uninterrupted};
 pub use xyz::{XyzTrajectory, read_xyz, write_xyz, write_xyz_with_species};
 
 /// Floating-point type of the numbers stored in a file (little-endian IEEE 754).

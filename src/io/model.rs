@@ -654,6 +654,9 @@ mod tests {
             (5e-324, 5e-324, 100_000, "rtol"),
             (1e-5, 5e-324, 100_000, "atol"),
             (1e-5, 1e-10, 1_000_000_000_000, "max_steps"),
+            // Loaded until session 30: a density off by up to the tolerance.
+            (1e300, 1e-10, 100_000, "rtol"),
+            (1e-5, 1.0, 100_000, "atol"),
         ] {
             let err = with(rtol, atol, max_steps).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");

@@ -13,6 +13,11 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+/// Held while a set of outputs is renamed over its targets ([`uninterrupted`]), and taken by
+/// [`remove_unfinished_and_exit`] before anything is removed. Always taken before the
+/// registry's lock, never while holding it.
+static COMMITTING: Mutex<()> = Mutex::new(());
+
 /// The registered temporaries, in creation order.
 static UNFINISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -22,6 +27,23 @@ fn list() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     UNFINISHED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`COMMITTING`], also after a panic while it was held (it guards no data).
+fn committing() -> std::sync::MutexGuard<'static, ()> {
+    COMMITTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `commit`, the renames that put a set of finished outputs in place, so that a signal
+/// handler's [`remove_unfinished_and_exit`] waits for it to end. Without this an interrupt
+/// between two renames removed the rest of the set, and the earlier contents kept aside to
+/// undo the renames, leaving new and old outputs side by side; now a late interrupt finds
+/// the set complete and exits with it in place.
+pub fn uninterrupted<T>(commit: impl FnOnce() -> T) -> T {
+    let _commit = committing();
+    commit()
 }
 
 /// A temporary file registered for [`remove_unfinished_and_exit`] from its creation until this
@@ -64,6 +86,8 @@ impl Drop for Unfinished {
 /// the removal. For a signal handler that runs on an ordinary thread (as the `ctrlc` crate's
 /// does): a write in progress never completes, and its target stays as it was.
 pub fn remove_unfinished_and_exit(code: i32) -> ! {
+    // Kept to the exit, like the registry: no commit starts after the removal.
+    let _commit = committing();
     let list = list();
     remove_all(&list);
     std::process::exit(code)
@@ -80,6 +104,7 @@ fn remove_all(paths: &[PathBuf]) -> usize {
 /// [`remove_unfinished_and_exit`] without the exit, for tests.
 #[cfg(test)]
 fn remove_unfinished() -> usize {
+    let _commit = committing();
     remove_all(&list())
 }
 
@@ -112,5 +137,31 @@ mod tests {
         remove_unfinished();
         assert!(a.exists(), "a dropped guard no longer names its file");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn removal_waits_for_a_commit_in_progress() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Barrier};
+        let started = Arc::new(Barrier::new(2));
+        let finished = Arc::new(AtomicBool::new(false));
+        let commit = {
+            let (started, finished) = (Arc::clone(&started), Arc::clone(&finished));
+            std::thread::spawn(move || {
+                uninterrupted(|| {
+                    started.wait();
+                    // Long enough for the removal below to run first if it did not wait.
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    finished.store(true, Ordering::SeqCst);
+                });
+            })
+        };
+        started.wait();
+        remove_unfinished();
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the removal ran while a set of outputs was being renamed into place"
+        );
+        commit.join().unwrap();
     }
 }

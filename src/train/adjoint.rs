@@ -162,7 +162,9 @@ pub fn adjoint_ml_sample<F: TrainableField>(
 ///
 /// [`Error::DimensionMismatch`] for an empty or ragged `x` or a wrong `gradient` length;
 /// [`Error::NonFinite`] for non-finite data; as [`adjoint_ml_sample`], the first failing
-/// sample in index order deciding. `gradient` is unchanged on error.
+/// sample in index order deciding; [`Error::Resource`] when the per-configuration gradients
+/// (n·P doubles) exceed the allocation limit or the system refuses them. `gradient` is
+/// unchanged on error.
 pub fn adjoint_ml_gradient_into(
     flow: &Flow,
     x: &[f64],
@@ -176,19 +178,29 @@ pub fn adjoint_ml_gradient_into(
         return Err(Error::size("loss gradient", p, gradient.len()));
     }
     let prior = flow.prior();
+    // One gradient per configuration, summed below in index order: n·P doubles, checked
+    // before any is made, each allocated fallibly, as are the result slots.
+    let what = format!("the adjoint gradients of {n} configurations ({p} parameters each)");
+    crate::alloc::check_need(
+        n.checked_mul(p)
+            .and_then(|d| d.checked_mul(8))
+            .map(|b| b as u128),
+        &what,
+    )?;
     // Per sample: its loss, the two solves' statistics and its gradient.
     type Sample = (f64, Stats, Stats, Vec<f64>);
     let results: Vec<Result<Sample>> = with_family!(flow.field(), field => {
         parallel(|| {
-            x.par_chunks_exact(len)
-                .map(|xi| {
-                    let mut g = vec![0.0; p];
+            crate::alloc::collect_indexed(
+                x.par_chunks_exact(len).map(|xi| {
+                    let mut g = crate::alloc::zeros(Some(p), &what)?;
                     let (nll, backward, forward) = adjoint_ml_sample(field, prior, xi, cfg, &mut g)?;
                     Ok((nll, backward, forward, g))
-                })
-                .collect()
+                }),
+                &what,
+            )
         })
-    });
+    })?;
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
     let mut loss = AdjointLoss {
         nll: 0.0,

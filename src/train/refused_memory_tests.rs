@@ -156,3 +156,20 @@ fn refused_outcomes_of_sampling_and_certificates_are_resource_errors() {
     let error = refusing_above(certificates - 1, || flow.certify_configurations(&x)).unwrap_err();
     assert_refused(&error, "the per-configuration certificates");
 }
+
+#[test]
+fn refused_adjoint_gradients_are_a_resource_error() {
+    // One result slot per configuration, with its gradient, was a plain `collect`.
+    let flow = Flow::new(4, 2, 3).unwrap();
+    let n = 1000;
+    let x = dw4_data(n);
+    let slots = (n * std::mem::size_of::<crate::Result<(f64, Stats, Stats, Vec<f64>)>>()) as u128;
+    let mut gradient = vec![f64::NAN; n_params()];
+    let cfg = crate::integrate::Dopri5Config::default();
+    let error = refusing_above(slots - 1, || {
+        crate::train::adjoint::adjoint_ml_gradient_into(&flow, &x, &cfg, &mut gradient)
+    })
+    .unwrap_err();
+    assert_refused(&error, "the adjoint gradients of 1000 configurations");
+    assert!(gradient.iter().all(|v| v.is_nan()), "gradient untouched");
+}
