@@ -112,6 +112,25 @@ fn mcmc_train_eval_sample_pipeline() {
     assert_eq!(t["certificate"]["certified"], true, "{t}");
     let training = training.to_string();
     assert!(training.contains("ml_discrete"), "{training}");
+    // One seed, one model file, byte for byte, whatever the thread count: the file records
+    // what was fitted and no wall-clock time (it used to hold each epoch's seconds).
+    let again = dir.join("dw4_again.json");
+    let rerun = Command::new(env!("CARGO_BIN_EXE_eqflow"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["train", "--system", "dw4", "--data", data_s, "--out"])
+        .arg(&again)
+        .args(["--n-train", "300", "--n-val", "100", "--epochs", "3", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert!(
+        std::fs::read(&model).unwrap() == std::fs::read(&again).unwrap(),
+        "two trainings with one seed wrote different model files"
+    );
 
     let e = json(&eqflow(&[
         "eval",

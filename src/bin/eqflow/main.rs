@@ -65,6 +65,27 @@ fn check_memory(what: &str, n: usize, doubles_per_item: usize) -> Result<()> {
     Ok(())
 }
 
+/// An empty vector with room for `n` items, or [`eqflow::Error::Resource`] naming `what` when
+/// the system refuses the memory. The command's own buffers, under [`MAX_MEMORY_BYTES`] by
+/// [`check_memory`], must not abort the process either (a plain `vec!` does when refused).
+fn reserved<T>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| eqflow::Error::Resource {
+            what: format!("{what} (the system refused the memory)"),
+            need_bytes: (n as u128).saturating_mul(std::mem::size_of::<T>() as u128),
+            limit_bytes: MAX_MEMORY_BYTES,
+        })?;
+    Ok(v)
+}
+
+/// `n` zeros, allocated as [`reserved`].
+fn zeros(n: usize, what: &str) -> Result<Vec<f64>> {
+    let mut v = reserved(n, what)?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
 /// The size of the global pool: `requested` (`RAYON_NUM_THREADS`, if a positive integer) or
 /// `cores`, capped by [`thread_cap`]. Returns the size and, when the request was capped, the
 /// cap.
@@ -416,8 +437,10 @@ fn main() -> ExitCode {
     // Ctrl-C or SIGTERM mid-write: no target is ever half-written (each is a temporary renamed
     // over it), but the temporary itself would stay behind under a name no later run reuses.
     // The handler runs on its own thread, removes the unfinished temporaries and exits as a
-    // shell reports an interrupt (128 + SIGINT). Without a handler (one could not be installed)
-    // the default action applies, as before.
+    // shell reports an interrupt (128 + SIGINT). An interrupt that comes while a set of
+    // finished outputs is being renamed into place waits for the set to be complete
+    // (`eqflow::io::uninterrupted`), so the run exits 130 with every output written. Without a
+    // handler (one could not be installed) the default action applies, as before.
     let _ = ctrlc::set_handler(|| eqflow::io::remove_unfinished_and_exit(130));
     let result = start_thread_pool().and_then(|()| match cli.command {
         Command::Mcmc(a) => run_mcmc(a),
@@ -889,13 +912,13 @@ fn run_sample(a: SampleArgs) -> Result<()> {
     let (x, log_q) = flow.sample(a.seed, a.n)?;
     let seconds = start.elapsed().as_secs_f64();
     let mut props: Vec<(&str, &[f64])> = vec![("log_q", &log_q)];
-    let mut log_w = vec![0.0; a.n];
+    let mut log_w = zeros(a.n, "the log weights of the samples")?;
     let mut ess = None;
     // All outputs or none: a failure leaves every target as it was.
     let mut staged = output::Staged::new();
     if let Some(system) = &system {
         let energy = system.energy.build()?;
-        let mut u = vec![0.0; a.n];
+        let mut u = zeros(a.n, "the energies of the samples")?;
         energies_into(energy.as_ref(), &x, &mut u)?;
         log_weights_into(&u, &log_q, system.kt, &mut log_w)?;
         ess = Some(kish_ess(&log_w));
@@ -1003,12 +1026,15 @@ fn free_energy_of(
     log_q_data: &[f64],
 ) -> Result<FreeEnergy> {
     let n = log_q_data.len();
-    let mut u = vec![0.0; n];
+    let mut u = zeros(n, "the energies of the data")?;
     energies_into(energy, x_data, &mut u)?;
-    let mut log_w_data = vec![0.0; n];
+    let mut log_w_data = zeros(n, "the log weights of the data")?;
     log_weights_into(&u, log_q_data, kt, &mut log_w_data)?;
     let bridge = free_energy::bridge_sampling(log_w_flow, &log_w_data)?;
-    let reduced: Vec<f64> = u.iter().map(|v| v / kt).collect();
+    let mut reduced = zeros(n, "the reduced energies of the data")?;
+    for (r, v) in reduced.iter_mut().zip(&u) {
+        *r = v / kt;
+    }
     Ok(FreeEnergy {
         log_z: bridge.log_z(),
         log_z_is: free_energy::importance_log_z(log_w_flow)?,
@@ -1027,11 +1053,14 @@ fn evaluate(
     seed: u64,
     strict: bool,
 ) -> Result<Evaluation> {
-    let mut nll = Vec::new();
+    let len = flow.layout().len();
+    let mut nll = reserved(data.len() / len, "the NLL of each configuration")?;
     // The configurations that evaluate, for the energies of the entropy estimate: it must be
     // over the same configurations as the NLL, or NLL − S would not be a KL divergence.
-    let mut x_evaluated = Vec::new();
-    let len = flow.layout().len();
+    let mut x_evaluated = reserved(
+        if system.is_some() { data.len() } else { 0 },
+        "the evaluated configurations",
+    )?;
     let (mut n_failed, mut first_failure) = (0, None);
     for (i, outcome) in flow.log_density_each(data)?.into_iter().enumerate() {
         match outcome {
@@ -1070,11 +1099,14 @@ fn evaluate(
         Some(system) => {
             let energy = system.energy.build()?;
             let (x, log_q) = flow.sample(seed, n_samples)?;
-            let mut u = vec![0.0; n_samples];
+            let mut u = zeros(n_samples, "the energies of the flow samples")?;
             energies_into(energy.as_ref(), &x, &mut u)?;
-            let mut log_w = vec![0.0; n_samples];
+            let mut log_w = zeros(n_samples, "the log weights of the flow samples")?;
             log_weights_into(&u, &log_q, system.kt, &mut log_w)?;
-            let log_q_data: Vec<f64> = nll.iter().map(|v| -v).collect();
+            let mut log_q_data = zeros(nll.len(), "the log densities of the data")?;
+            for (q, v) in log_q_data.iter_mut().zip(&nll) {
+                *q = -v;
+            }
             // Not fatal: without overlap (or with fewer than two samples) log Z has no estimate,
             // but the NLL and the ESS still stand.
             let fe = free_energy_of(
@@ -1502,17 +1534,18 @@ fn train_phase(
     Ok(summary)
 }
 
+/// A training phase as recorded in the model file: what was fitted, epoch by epoch, and no
+/// wall-clock time, so that one seed gives one file byte for byte (the command's report gives
+/// the time).
 fn summary_json(s: &TrainSummary) -> Value {
     json!({
         "epochs": s.epochs.iter().map(|e| json!({
             "epoch": e.epoch, "lambda": e.lambda, "train_nll": e.train_nll,
             "train_kl": e.train_kl, "validation_nll": e.validation_nll,
-            "certified": e.certified,
-            "seconds": e.elapsed.as_secs_f64()})).collect::<Vec<_>>(),
+            "certified": e.certified})).collect::<Vec<_>>(),
         "initial_validation_nll": s.initial_validation_nll,
         "best_epoch": s.best_epoch,
         "n_steps": s.n_steps,
-        "seconds": s.wall_time.as_secs_f64(),
     })
 }
 
@@ -1847,7 +1880,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
                           "batch_size": a.batch_size, "lr": lr, "seed": a.seed,
                           "lipschitz_penalty": lipschitz_penalty,
                           "lipschitz_target": config.lipschitz_target,
-                          "phases": phases, "seconds": seconds});
+                          "phases": phases});
     let mut training = training;
     if a.require_certificate {
         flow.check_certified()
@@ -1915,8 +1948,22 @@ fn run_train(a: TrainArgs) -> Result<()> {
 mod tests {
     use super::{
         MAX_POOL_THREADS, PAPER_SCHEDULE, better_uncertified_epoch, default_recipe, mean_and_se,
-        num, plus_minus, pool_size, reports_nan,
+        num, plus_minus, pool_size, reports_nan, reserved, zeros,
     };
+
+    /// The command's own buffers fail with a resource error naming them where a `vec!` would
+    /// abort (here a count whose bytes overflow, refused before the system is asked).
+    #[test]
+    fn buffers_the_system_cannot_give_are_resource_errors() {
+        let error = zeros(usize::MAX / 4, "the energies of the samples").unwrap_err();
+        assert!(matches!(error, eqflow::Error::Resource { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("the energies of the samples"),
+            "{error}"
+        );
+        assert!(reserved::<u8>(isize::MAX as usize + 1, "bytes").is_err());
+        assert_eq!(zeros(3, "three").unwrap(), [0.0; 3]);
+    }
 
     /// DW-4's kernel-field recipe trains 150 epochs at 1e-2 and LJ-13's 150 at 5e-3, through
     /// their own objective and steps only; any other objective, step count, field or system

@@ -195,50 +195,58 @@ impl Staged {
     /// target is as it was), or naming a target whose earlier contents could not be kept aside.
     pub fn commit(mut self) -> Result<()> {
         let files = std::mem::take(&mut self.files);
-        // The earlier contents of each target, kept aside under a second name: a hard link
-        // (no copy, the same inode survives the rename), or a copy where links are refused.
-        let mut kept: Vec<Option<PathBuf>> = Vec::with_capacity(files.len());
-        let mut kept_unfinished = Vec::with_capacity(files.len());
-        let mut failure = None;
-        for (_, target) in &files {
-            match keep_aside(target) {
-                Ok(Some((registered, backup))) => {
-                    kept_unfinished.push(registered);
-                    kept.push(Some(backup));
-                }
-                Ok(None) => kept.push(None),
-                Err(e) => {
-                    failure = Some(io_error(format!(
-                        "cannot write {}: its earlier contents cannot be kept aside: {e}",
-                        target.display()
-                    )));
-                    break;
-                }
-            }
-        }
-        if failure.is_none() {
-            for (done, (tmp, target)) in files.iter().enumerate() {
-                if let Err(e) = std::fs::rename(tmp, target) {
-                    // Undo the renames already made, newest first.
-                    for ((_, earlier), backup) in files[..done].iter().zip(&kept).rev() {
-                        let _ = match backup {
-                            Some(backup) => std::fs::rename(backup, earlier),
-                            None => std::fs::remove_file(earlier),
-                        };
-                    }
-                    failure = Some(io_error(format!("cannot write {}: {e}", target.display())));
-                    break;
-                }
-            }
-        }
-        for (tmp, _) in &files {
-            let _ = std::fs::remove_file(tmp);
-        }
-        for backup in kept.iter().flatten() {
-            let _ = std::fs::remove_file(backup);
-        }
-        failure.map_or(Ok(()), Err)
+        // An interrupt (Ctrl-C, SIGTERM) waits for the renames to end: its handler removes the
+        // unfinished temporaries and the earlier contents kept aside, which half-way through
+        // would leave new and old outputs side by side with nothing to undo them.
+        eqflow::io::uninterrupted(|| put_in_place(&files))
     }
+}
+
+/// [`Staged::commit`]'s renames, with the earlier contents kept aside to undo them.
+fn put_in_place(files: &[(PathBuf, PathBuf)]) -> Result<()> {
+    // The earlier contents of each target, kept aside under a second name: a hard link
+    // (no copy, the same inode survives the rename), or a copy where links are refused.
+    let mut kept: Vec<Option<PathBuf>> = Vec::with_capacity(files.len());
+    let mut kept_unfinished = Vec::with_capacity(files.len());
+    let mut failure = None;
+    for (_, target) in files {
+        match keep_aside(target) {
+            Ok(Some((registered, backup))) => {
+                kept_unfinished.push(registered);
+                kept.push(Some(backup));
+            }
+            Ok(None) => kept.push(None),
+            Err(e) => {
+                failure = Some(io_error(format!(
+                    "cannot write {}: its earlier contents cannot be kept aside: {e}",
+                    target.display()
+                )));
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        for (done, (tmp, target)) in files.iter().enumerate() {
+            if let Err(e) = std::fs::rename(tmp, target) {
+                // Undo the renames already made, newest first.
+                for ((_, earlier), backup) in files[..done].iter().zip(&kept).rev() {
+                    let _ = match backup {
+                        Some(backup) => std::fs::rename(backup, earlier),
+                        None => std::fs::remove_file(earlier),
+                    };
+                }
+                failure = Some(io_error(format!("cannot write {}: {e}", target.display())));
+                break;
+            }
+        }
+    }
+    for (tmp, _) in files {
+        let _ = std::fs::remove_file(tmp);
+    }
+    for backup in kept.iter().flatten() {
+        let _ = std::fs::remove_file(backup);
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// `target`, or the file a symbolic link at `target` names (its canonical path).
