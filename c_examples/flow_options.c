@@ -265,6 +265,9 @@ int main(void) {
               "the flow's species read back");
         rejected(eqf_flow_species(flow, read_back, N_PARTICLES - 1, NULL),
                  EQF_ERR_DIMENSION_MISMATCH, "species", "species of the wrong length");
+        /* A negative length is refused with or without the species array. */
+        rejected(eqf_flow_species(flow, NULL, -1, &n_species), EQF_ERR_INVALID_ARGUMENT,
+                 "n_particles", "a negative species length");
         check(eqf_flow_sample(flow, 5, N_SAMPLES, x_after, log_q_after) == EQF_OK, "sample");
         check(eqf_flow_log_density(flow, N_SAMPLES, x_after, log_q_again) == EQF_OK, "density");
         for (i = 0; i < N_SAMPLES; i++) {

@@ -733,7 +733,8 @@ int32_t eqf_flow_new(int64_t n_particles, int64_t dim, uint64_t seed, eqf_flow *
  * it, or any call reading it on another thread, or the call whose callback this is) is not
  * freed: that would pull it from under the call. Free it once the call has returned. (A call
  * that *starts* on another thread after the free cannot be detected: the host must order
- * them.)
+ * them.) The log callback reporting a call's failure runs once that call has let go of the
+ * flow, so a flow may be freed from there.
  *
  * @return EQF_OK; EQF_ERR_INVALID_STATE (a call is using the flow; nothing was freed)
  */

@@ -19,7 +19,7 @@ use crate::species::{MAX_SPECIES, Species};
 
 /// A potential energy by its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EnergySpec {
     /// Per unordered pair `a(d−d0) + b(d−d0)² + c(d−d0)⁴`.
     DoubleWell {
@@ -351,6 +351,7 @@ impl EnergySpec {
 
 /// A named system: energy, temperature and the kernel preset a flow for it starts from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct System {
     /// Short name (`dw2`, `dw4`, `lj13`, or a user's).
     pub name: String,

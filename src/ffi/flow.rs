@@ -236,7 +236,8 @@ pub unsafe extern "C" fn eqf_flow_new(
 /// it, or any call reading it on another thread, or the call whose callback this is) is not
 /// freed: that would pull it from under the call. Free it once the call has returned. (A call
 /// that *starts* on another thread after the free cannot be detected: the host must order
-/// them.)
+/// them.) The log callback reporting a call's failure runs once that call has let go of the
+/// flow, so a flow may be freed from there.
 ///
 /// @return EQF_OK; EQF_ERR_INVALID_STATE (a call is using the flow; nothing was freed)
 #[unsafe(no_mangle)]
@@ -297,8 +298,9 @@ pub unsafe extern "C" fn eqf_flow_species(
         let flow = unsafe { handle(flow, "flow") }?.flow();
         let n = flow.n_particles();
         let field_species = flow.field().species();
+        // Checked with or without `species`, as documented.
+        let len = count(n_particles, "n_particles")?;
         if !species.is_null() {
-            let len = count(n_particles, "n_particles")?;
             if len != n {
                 return Err(crate::Error::size("species (one per particle)", n, len));
             }

@@ -2,7 +2,7 @@
 
 use crate::boltzmann::{check_log_weights, kish_ess, log_weights_into};
 
-use super::{catch, check_not_null, check_output, count, input_array, scratch, write_output};
+use super::{catch, check_output, count, input_array, scratch, write_output};
 
 /// Computes the log importance weights `log_w[s] = -U[s]/kT - log_q[s]` of n configurations
 /// drawn from a flow (`log_q` from `eqf_flow_sample` or `eqf_flow_log_density`, `U` from the
@@ -67,7 +67,7 @@ pub unsafe extern "C" fn eqf_log_weights(
 pub unsafe extern "C" fn eqf_kish_ess(n: i64, log_w: *const f64, ess: *mut f64) -> i32 {
     catch(|| {
         let n = count(n, "n")?;
-        check_not_null(ess, "ess")?;
+        check_output(ess, 1, "ess")?;
         // SAFETY: `log_w` is NULL (rejected) or points to n doubles that the caller does not
         // modify during the call (this function's contract).
         let weights = unsafe { input_array(log_w, n, "log_w") }?;
@@ -140,6 +140,17 @@ mod tests {
         let status = unsafe { eqf_kish_ess(0, std::ptr::null(), &mut ess) };
         assert_eq!(status, EQF_OK);
         assert_eq!(ess, 0.0);
+        // A misaligned output is refused like a misaligned array (it used to be written).
+        let mut backing = [0.0f64; 2];
+        let misaligned = backing
+            .as_mut_ptr()
+            .cast::<u8>()
+            .wrapping_add(1)
+            .cast::<f64>();
+        // SAFETY: 3 log weights; the misaligned output is refused before any write.
+        let status = unsafe { eqf_kish_ess(3, log_w.as_ptr(), misaligned) };
+        assert_eq!(status, crate::ffi::EQF_ERR_INVALID_ARGUMENT);
+        assert_eq!(backing, [0.0; 2], "nothing written");
     }
 
     /// Issue 14: `−U/kT` of U = −1e308 at kT = 1e-10 is +1e318, not representable. The call

@@ -66,9 +66,10 @@ pub const VERSION: u32 = 2;
 pub const MIN_PRIOR_SIGMA: f64 = 1e-6;
 /// Largest `prior_sigma` a model file may have.
 pub const MAX_PRIOR_SIGMA: f64 = 1e6;
-/// Integrator settings as stored in a model file.
+/// Integrator settings as stored in a model file. A key a method does not have is refused (a
+/// `"density": "exact_discrete"` beside Dormand–Prince used to load, as the continuous mode).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum IntegratorSpec {
     Rk4 {
         n_steps: usize,
@@ -635,6 +636,46 @@ mod tests {
         assert!(back.requires_certificate());
         let err = ModelFile::from_json(&text.replace("false", "0")).unwrap_err();
         assert!(matches!(err, Error::Format { .. }), "{err}");
+    }
+
+    /// Every section refuses keys it does not have, as the top level and the field do: the
+    /// integrator and system sections used to ignore them, so that Dormand–Prince with
+    /// `"density": "exact_discrete"` (which the C API refuses) loaded as the continuous mode.
+    #[test]
+    fn unknown_keys_in_the_integrator_and_system_sections_are_refused() {
+        let mut value: serde_json::Value = serde_json::from_str(&sample_file().to_json()).unwrap();
+        value["integrator"] = serde_json::json!({"method": "dopri5", "rtol": 1e-5,
+            "atol": 1e-10, "max_steps": 100});
+        ModelFile::from_json(&value.to_string())
+            .unwrap()
+            .to_flow()
+            .unwrap();
+        let cases = [
+            (
+                "/integrator",
+                "density",
+                serde_json::json!("exact_discrete"),
+            ),
+            ("/integrator", "bogus", serde_json::json!(1)),
+            ("/system", "bogus", serde_json::json!(1)),
+            ("/system/energy", "bogus", serde_json::json!(1)),
+        ];
+        for (section, key, extra) in cases {
+            let mut bad = value.clone();
+            bad.pointer_mut(section).unwrap()[key] = extra;
+            let err = ModelFile::from_json(&bad.to_string()).unwrap_err();
+            assert!(
+                matches!(err, Error::Format { .. }),
+                "{section}.{key}: {err:?}"
+            );
+            assert!(err.to_string().contains(key), "{section}.{key}: {err}");
+        }
+        // RK4 has no tolerances.
+        let mut bad = value.clone();
+        bad["integrator"] = serde_json::json!({"method": "rk4", "n_steps": 20,
+            "density": "exact_discrete", "rtol": -1});
+        let err = ModelFile::from_json(&bad.to_string()).unwrap_err();
+        assert!(err.to_string().contains("rtol"), "{err}");
     }
 
     #[test]
