@@ -235,7 +235,9 @@ pub unsafe extern "C" fn eqf_energy_lennard_jones_species(
 /// @param x         input, n*N*D doubles, finite
 /// @param U         output, n doubles: U[s] is the energy of configuration s (may be +infinity
 ///                  where the energy is singular, e.g. two coincident Lennard-Jones particles,
-///                  or overflows; never NaN or -infinity)
+///                  or overflows, which includes squared distances beyond DBL_MAX (particles
+///                  more than ~1e154 apart) even where a tiny oscillator constant would bring
+///                  the sum back into range; never NaN or -infinity)
 /// @param gradient  output, n*N*D doubles, or NULL to skip the gradient; always finite: where
 ///                  U[s] is +infinity the gradient of configuration s does not exist and what
 ///                  is written there is finite but carries no meaning

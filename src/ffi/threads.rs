@@ -192,9 +192,16 @@ pub extern "C" fn eqf_set_num_threads(n: i64) -> i32 {
         }
         let mut notes = Notes::new();
         let built = build(usize::try_from(n).unwrap_or(0), &mut notes);
+        // The pool is in place before the notes reach the log callback, so a setting the
+        // callback makes comes after this one and stays (it used to be overwritten by this
+        // call's, with both returning EQF_OK).
+        if let Ok(pool) = built {
+            *POOL.write().unwrap_or_else(PoisonError::into_inner) = Some(pool);
+            emit(notes);
+            return Ok(());
+        }
         emit(notes);
-        *POOL.write().unwrap_or_else(PoisonError::into_inner) = Some(built?);
-        Ok(())
+        built.map(|_| ())
     })
 }
 
@@ -263,6 +270,39 @@ mod tests {
         let (first, set, reset) = outcome.expect("a callback calling eqflow deadlocked");
         assert!(first >= 1);
         assert_eq!((set, reset), (0, 0));
+    }
+
+    /// Set by the test below: the one thread count `sets_three_threads` is to apply.
+    static SET_FROM_CALLBACK: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// A log callback that sets 3 threads, once (its own call logs too).
+    unsafe extern "C" fn sets_three_threads(
+        _user: *mut std::ffi::c_void,
+        _level: i32,
+        _message: *const std::ffi::c_char,
+    ) {
+        if SET_FROM_CALLBACK.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            assert_eq!(eqf_set_num_threads(3), 0);
+        }
+    }
+
+    #[test]
+    fn a_thread_count_set_from_the_log_callback_is_the_one_that_stays() {
+        // Before: the outer call logged before installing its pool, so the callback's later
+        // setting was overwritten by the earlier one, both returning EQF_OK.
+        let _guard = INSTALLS.lock().unwrap_or_else(PoisonError::into_inner);
+        SET_FROM_CALLBACK.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: `sets_three_threads` is thread-safe; the user pointer is never dereferenced.
+        unsafe { eqf_set_log_callback(Some(sets_three_threads), std::ptr::null_mut()) };
+        let status = eqf_set_num_threads(1);
+        let now = eqf_num_threads();
+        // SAFETY: removing the callback is always allowed.
+        unsafe { eqf_set_log_callback(None, std::ptr::null_mut()) };
+        let called = !SET_FROM_CALLBACK.swap(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(eqf_set_num_threads(0), 0);
+        assert!(called, "the pool change was not logged");
+        assert_eq!((status, now), (0, 3));
     }
 
     #[test]
