@@ -168,7 +168,8 @@ pub struct ModelFile {
     pub require_certificate: bool,
     /// The system (energy, kT, units) the flow was trained for, if any.
     pub system: Option<System>,
-    /// A free-form training summary (losses per epoch, settings, timings), if any.
+    /// A free-form training summary (losses per epoch, settings), if any: no wall-clock
+    /// times, so that one seed gives one file byte for byte.
     pub training: Option<serde_json::Value>,
 }
 
