@@ -117,6 +117,50 @@ mod test_seam {
     }
 }
 
+/// Asks the system for `need_bytes` (`None`: a size computation that overflowed) and gives
+/// them back at once, for a need spread over many small allocations (a training grid of time
+/// points, a parse): a refusal then comes here as [`Error::Resource`] naming `what`, where it
+/// would otherwise come from one of the small ones as an abort.
+pub(crate) fn probe(need_bytes: Option<usize>, what: &str) -> Result<()> {
+    drop(with_capacity::<u8>(need_bytes, what)?);
+    Ok(())
+}
+
+/// Held from a [`probe`] to the end of the allocations it stands for ([`probed_build`]).
+static PROBED_BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`probe`], then `build` (the many small allocations it stood for), one thread at a time:
+/// two threads that probed at once would both pass and then share out memory that only one
+/// had been shown (the sweep saw `eqf_flow_train` abort so with two worker threads). For
+/// builds that are rare (once per parameter update per thread) and short.
+pub(crate) fn probed_build<T>(
+    need_bytes: Option<usize>,
+    what: &str,
+    build: impl FnOnce() -> T,
+) -> Result<T> {
+    let _one_at_a_time = PROBED_BUILDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    probe(need_bytes, what)?;
+    Ok(build())
+}
+
+/// Makes room in `v` for `len` items in all (`None`: a length whose computation overflowed), or
+/// [`Error::Resource`] instead of an abort; `v` keeps its items either way.
+pub(crate) fn reserve<T>(v: &mut Vec<T>, len: Option<usize>, what: &str) -> Result<()> {
+    let need = bytes_of::<T>(len);
+    check_need(need, what)?;
+    let additional = len.unwrap_or(0).saturating_sub(v.len());
+    if test_seam::system_refuses(need) || v.try_reserve_exact(additional).is_err() {
+        return Err(Error::resource(
+            format!("{what} (the system refused the memory)"),
+            need.unwrap_or(u128::MAX),
+            MAX_ALLOCATION_BYTES,
+        ));
+    }
+    Ok(())
+}
+
 /// `len` copies of `value` (`None`: a length whose computation overflowed), or
 /// [`Error::Resource`] instead of an abort.
 pub(crate) fn filled<T: Clone>(len: Option<usize>, value: T, what: &str) -> Result<Vec<T>> {

@@ -1160,6 +1160,13 @@ fn a_model_file_larger_than_any_model_is_refused_before_it_is_read() {
     file.set_len(1024).unwrap();
     drop(file);
     assert!(matches!(model::load(&path), Err(Error::Format { .. })));
+    // Bytes that are not UTF-8 are a malformed file too (they were an I/O error, "stream did
+    // not contain valid UTF-8", which says the file could not be read).
+    std::fs::write(&path, b"{\"format\": \"eqflow-model\xff\"}").unwrap();
+    match model::load(&path) {
+        Err(Error::Format { what }) => assert!(what.contains("UTF-8"), "{what}"),
+        other => panic!("expected a format error, got {other:?}"),
+    }
     std::fs::remove_file(&path).unwrap();
 }
 

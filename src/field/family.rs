@@ -328,6 +328,15 @@ pub trait TrainableField: FieldFamily {
     /// The precomputation at flow time `t`.
     fn time_point(&self, t: f64) -> Self::TimePoint;
 
+    /// Bytes one time point takes, its heap parts included, with what the reverse pass sums
+    /// per time point ([`TrainableField::adjoint_reset`]). A training grid holds two or three
+    /// per RK4 step, so at 10⁵ steps a kernel field's grid is ~0.4 GB per thread: the tape asks
+    /// the system for that much, fallibly, before building one. The default is the inline size,
+    /// right for a time point without heap parts whose reverse pass keeps nothing per time.
+    fn time_point_bytes(&self) -> usize {
+        std::mem::size_of::<Self::TimePoint>()
+    }
+
     /// The family's Lipschitz bounds at `times` ([`FieldFamily::lipschitz_bounds`], the same
     /// numbers) and their vector–Jacobian product: adds `Σ_t bounds_bar[t]·∂L(t)/∂θ` to
     /// `theta_bar` (flat parameter layout). What a Lipschitz penalty in training needs to keep
@@ -501,6 +510,19 @@ pub trait TrainableField: FieldFamily {
 
     /// Starts a reverse pass whose evaluations happen at `n_times` distinct time points.
     fn adjoint_reset(&self, adjoint: &mut Self::Adjoint, n_times: usize);
+
+    /// Reserves, fallibly, what [`TrainableField::adjoint_reset`] will hold for `n_times` time
+    /// points, so that the reset allocates nothing: a training grid of 10⁵ RK4 steps needs
+    /// ~90 MB of sums per thread for the kernel field, and a refusal there aborted the host.
+    /// The default reserves nothing, for families whose sums do not grow with the time points.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Resource`] when the system refuses the memory.
+    fn adjoint_reserve(&self, adjoint: &mut Self::Adjoint, n_times: usize) -> crate::Result<()> {
+        let _ = (adjoint, n_times);
+        Ok(())
+    }
 
     /// The vector–Jacobian product of one evaluation at `x` and time point `time_index` (of the
     /// points given to [`TrainableField::adjoint_finish`]): adds `v̄ᵀ∂v/∂x + div̄ ∂div/∂x` to

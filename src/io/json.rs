@@ -5,102 +5,182 @@
 //! field settings repeat `n_rbf` would build a different field than its author read. Typed
 //! structs refuse repeated fields already; this refuses them at every depth, free-form
 //! parts (a field family's settings, a training summary) included.
+//!
+//! The check walks the text without building anything: only the keys of the objects being
+//! read and the path to the current value are held. (It used to build a whole value tree, a
+//! path string per array element included, before the file's own parse: a 20 MB model file
+//! with five million extra parameters asked for over a gigabyte, and a refusal aborted the
+//! host.) It also counts the values, so that the reader can ask the system, fallibly, for
+//! the memory the parse that follows may need ([`parse_bytes`]).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Parses JSON text into a [`Value`], refusing an object that gives a key twice: serde_json
 /// would keep the last silently, so `{"kt": 1, "kt": 100}` would run at kT = 100 unnoticed.
 /// The error of a repeated key is a data error ([`serde_json::Error::is_data`]) naming the
 /// field by its path (`energy.epsilon`) and its place in the text.
 pub fn parse_unique(text: &str) -> serde_json::Result<Value> {
+    check_unique(text)?;
+    // No key is repeated, so serde_json's last-one-wins never applies.
+    serde_json::from_str(text)
+}
+
+/// Checks that no object of the JSON text gives a key twice (see [`parse_unique`]) and returns
+/// how many values the text holds (every number, string, array, object, `true`, `false` and
+/// `null`), without building them.
+pub fn check_unique(text: &str) -> serde_json::Result<u64> {
+    let path = RefCell::new(Vec::new());
+    let count = Cell::new(0);
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value = UniqueKeys {
-        path: String::new(),
+    UniqueKeys {
+        path: &path,
+        count: &count,
     }
     .deserialize(&mut deserializer)?;
     deserializer.end()?;
-    Ok(value)
+    Ok(count.get())
 }
 
-/// A JSON value whose objects have distinct keys; `path` names where it sits, for messages.
-struct UniqueKeys {
-    path: String,
+/// Bytes a parse may take per JSON value: a `serde_json::Value` (32 bytes) in a vector that
+/// may have doubled, or an object entry with its key, rounded up. Typed fields take less.
+const PARSE_BYTES_PER_VALUE: u64 = 128;
+
+/// The memory a parse of `n_values` JSON values (the count of [`check_unique`]) may take, for
+/// the reader to ask the system for first (`crate::alloc::probed_build`): where the system
+/// would refuse it, the refusal then comes as a resource error instead of aborting the process
+/// half-way through the parse. `None` when the product overflows.
+#[must_use]
+pub fn parse_bytes(n_values: u64) -> Option<usize> {
+    usize::try_from(n_values.checked_mul(PARSE_BYTES_PER_VALUE)?).ok()
 }
 
-impl<'de> DeserializeSeed<'de> for UniqueKeys {
-    type Value = Value;
+/// One step of the path to the value being read: an object's key or an array's index.
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// The path `a.b[3].c` of a value, for messages.
+fn render(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) if out.is_empty() => out.push_str(key),
+            Segment::Key(key) => {
+                out.push('.');
+                out.push_str(key);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// A JSON value whose objects have distinct keys, read and dropped; `path` holds where it sits
+/// (for the message of a repeated key, formatted only then) and `count` the values seen.
+#[derive(Clone, Copy)]
+struct UniqueKeys<'a> {
+    path: &'a RefCell<Vec<Segment>>,
+    count: &'a Cell<u64>,
+}
+
+impl UniqueKeys<'_> {
+    fn one(&self) {
+        self.count.set(self.count.get().saturating_add(1));
+    }
+
+    /// Reads the next value with `segment` on the path.
+    fn within<T>(&self, segment: Segment, read: impl FnOnce(Self) -> T) -> T {
+        self.path.borrow_mut().push(segment);
+        let result = read(*self);
+        self.path.borrow_mut().pop();
+        result
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(
         self,
         deserializer: D,
-    ) -> std::result::Result<Value, D::Error> {
+    ) -> std::result::Result<(), D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for UniqueKeys {
-    type Value = Value;
+impl<'de> Visitor<'de> for UniqueKeys<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+        self.one();
+        Ok(())
     }
 
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+        self.one();
+        Ok(())
     }
 
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+        self.one();
+        Ok(())
     }
 
-    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
-        // JSON has no NaN or infinity, so this is always a number.
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+        self.one();
+        Ok(())
     }
 
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+        self.one();
+        Ok(())
     }
 
-    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        self.one();
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(UniqueKeys {
-            path: format!("{}[{}]", self.path, items.len()),
-        })? {
-            items.push(item);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        self.one();
+        let mut index = 0;
+        while self
+            .within(Segment::Index(index), |item| seq.next_element_seed(item))?
+            .is_some()
+        {
+            index += 1;
         }
-        Ok(Value::Array(items))
+        Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
-        let mut object = Map::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        self.one();
+        let mut keys = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() {
-                key.clone()
-            } else {
-                format!("{}.{key}", self.path)
-            };
-            if object.contains_key(&key) {
-                return Err(de::Error::custom(format!(
-                    "field `{path}` is given twice (JSON keeps one value per field)"
-                )));
+            if keys.contains(&key) {
+                let mut path = self.path.borrow_mut();
+                path.push(Segment::Key(key));
+                let message = format!(
+                    "field `{}` is given twice (JSON keeps one value per field)",
+                    render(&path)
+                );
+                path.pop();
+                return Err(de::Error::custom(message));
             }
-            let value = map.next_value_seed(UniqueKeys { path })?;
-            object.insert(key, value);
+            self.within(Segment::Key(key.clone()), |value| {
+                map.next_value_seed(value)
+            })?;
+            keys.insert(key);
         }
-        Ok(Value::Object(object))
+        Ok(())
     }
 }

@@ -117,8 +117,9 @@ pub(crate) fn open_regular(path: &Path, what: &str) -> Result<File> {
 ///
 /// # Errors
 ///
-/// [`Error::Io`] for a file that cannot be read, is not a regular file or is not UTF-8;
-/// [`Error::Resource`] for a file larger than `limit`.
+/// [`Error::Io`] for a file that cannot be read or is not a regular file; [`Error::Format`]
+/// for one that is not UTF-8; [`Error::Resource`] for a file larger than `limit`, or whose
+/// text the system refuses the memory for.
 pub(crate) fn read_text_bounded(path: &Path, what: &str, limit: u64) -> Result<String> {
     use std::io::Read;
     let too_large = |need: u64| {
@@ -137,17 +138,35 @@ pub(crate) fn read_text_bounded(path: &Path, what: &str, limit: u64) -> Result<S
         return Err(too_large(size));
     }
     let mut text = String::new();
+    // The file's size up front, fallibly: a system that refuses it gets a resource error, not
+    // an abort or an I/O error ("out of memory").
+    let refused = || {
+        Error::resource(
+            format!("{what} {} (the system refused the memory)", path.display()),
+            u128::from(size),
+            limit,
+        )
+    };
+    text.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))
+        .map_err(|_| refused())?;
     // `take` bounds a file that grows between the size check and the read.
     file.take(limit.saturating_add(1))
         .read_to_string(&mut text)
-        .map_err(cannot)?;
+        .map_err(|e| match e.kind() {
+            // Read, but not text: a malformed file, as a parser would say.
+            std::io::ErrorKind::InvalidData => Error::Format {
+                what: format!("{what} {}: {e}", path.display()),
+            },
+            std::io::ErrorKind::OutOfMemory => refused(),
+            _ => cannot(e),
+        })?;
     if text.len() as u64 > limit {
         return Err(too_large(text.len() as u64));
     }
     // A byte-order mark (Windows editors write one) is no part of the text: JSON parsers refuse
-    // it as "expected value at line 1 column 1", which names no cause.
-    if let Some(rest) = text.strip_prefix('\u{feff}') {
-        text = rest.to_owned();
+    // it as "expected value at line 1 column 1", which names no cause. Removed in place.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
     }
     Ok(text)
 }

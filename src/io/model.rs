@@ -315,13 +315,19 @@ impl ModelFile {
     /// # Errors
     ///
     /// [`Error::Format`] for text that is not JSON, a key given twice in any object (free-form
-    /// parts included: see [`super::json`]), or a missing, unknown or mistyped field.
+    /// parts included: see [`super::json`]), or a missing, unknown or mistyped field;
+    /// [`Error::Resource`] when the system refuses the memory the parse may take.
     pub fn from_json(text: &str) -> Result<Self> {
         let malformed = |e: serde_json::Error| Error::Format {
             what: format!("model file: {e}"),
         };
-        super::json::parse_unique(text).map_err(malformed)?;
-        serde_json::from_str(text).map_err(malformed)
+        let n_values = super::json::check_unique(text).map_err(malformed)?;
+        crate::alloc::probed_build(
+            super::json::parse_bytes(n_values),
+            &format!("parsing the model file ({n_values} JSON values)"),
+            || serde_json::from_str(text),
+        )?
+        .map_err(malformed)
     }
 
     /// Pretty-printed JSON text.
@@ -611,6 +617,43 @@ mod tests {
             let name = key.trim_end_matches(':').trim_matches('"');
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    /// A file of many values whose parse the system would refuse memory for is a resource
+    /// error before the parse (under `ulimit -v`, a 20 MB file with five million extra
+    /// parameters aborted the process: the duplicate-key check built a whole value tree).
+    #[test]
+    fn a_parse_the_system_refuses_memory_for_is_a_resource_error() {
+        let text = sample_file().to_json();
+        let padded = text.replacen(
+            "\"params\": [",
+            &format!("\"params\": [{}", "0.0,".repeat(100_000)),
+            1,
+        );
+        let n_values = crate::io::json::check_unique(&padded).unwrap();
+        assert!(n_values > 100_000, "{n_values}");
+        let error =
+            crate::alloc::test_seam::refusing_above(1 << 20, || ModelFile::from_json(&padded))
+                .unwrap_err();
+        assert!(matches!(error, Error::Resource { .. }), "{error:?}");
+        assert!(error.to_string().contains("the model file"), "{error}");
+        // Given the memory, the same file is a size mismatch of the parameters, as before.
+        let error = ModelFile::from_json(&padded)
+            .unwrap()
+            .to_flow()
+            .unwrap_err();
+        assert!(error.to_string().contains("param"), "{error}");
+        // The check holds no value tree: the count of a flat array is its length plus one.
+        assert_eq!(crate::io::json::check_unique("[1, 2, 3]").unwrap(), 4);
+        assert_eq!(
+            crate::io::json::check_unique("{\"a\": [{}, null]}").unwrap(),
+            4
+        );
+        let twice = crate::io::json::check_unique("{\"a\": [{\"b\": 1, \"b\": 2}]}").unwrap_err();
+        assert!(
+            twice.to_string().contains("field `a[0].b` is given twice"),
+            "{twice}"
+        );
     }
 
     #[test]

@@ -139,7 +139,13 @@ impl<F: TrainableField> DiscreteMlWorkspace<F> {
     }
 
     /// Makes `points` hold the field's time points at every stage time of the grid.
-    fn prepare_points(&mut self, field: &F) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Resource`] if the system refuses the memory of the points and their reverse-pass
+    /// sums (3 per step, [`TrainableField::time_point_bytes`] each), asked for before any is
+    /// built (as the RK4 tape's grid).
+    fn prepare_points(&mut self, field: &F) -> Result<()> {
         self.key_scratch.clear();
         field.time_point_key(&mut self.key_scratch);
         let same = self.points.len() == 3 * self.n_steps
@@ -150,14 +156,26 @@ impl<F: TrainableField> DiscreteMlWorkspace<F> {
                 .zip(&self.key_scratch)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
         if !same {
-            self.points.clear();
-            for k in 0..self.n_steps {
-                for t in grid_stage_times(k, self.n_steps, true) {
-                    self.points.push(field.time_point(t));
-                }
-            }
+            let need = self
+                .n_steps
+                .checked_mul(3)
+                .and_then(|n| n.checked_mul(field.time_point_bytes()));
+            let (points, n_steps) = (&mut self.points, self.n_steps);
+            crate::alloc::probed_build(
+                need,
+                "the exact-discrete training grid of time points (3 per RK4 step)",
+                || {
+                    points.clear();
+                    for k in 0..n_steps {
+                        for t in grid_stage_times(k, n_steps, true) {
+                            points.push(field.time_point(t));
+                        }
+                    }
+                },
+            )?;
             std::mem::swap(&mut self.key, &mut self.key_scratch);
         }
+        Ok(())
     }
 }
 
@@ -216,7 +234,8 @@ pub fn discrete_ml_sample<F: TrainableField>(
 
     let with_gradient = theta_bar.is_some();
     if with_gradient {
-        ws.prepare_points(field);
+        ws.prepare_points(field)?;
+        field.adjoint_reserve(&mut ws.adjoint, 3 * n_steps)?;
         field.adjoint_reset(&mut ws.adjoint, 3 * n_steps);
         // u_{−1} is the prior's gradient, so that s_0 = g_0 + ∇(−log ρ)(z), with
         // −log ρ(z) = |z − z̄|²/(2σ²) + const.

@@ -173,3 +173,48 @@ fn refused_adjoint_gradients_are_a_resource_error() {
     assert_refused(&error, "the adjoint gradients of 1000 configurations");
     assert!(gradient.iter().all(|v| v.is_nan()), "gradient untouched");
 }
+
+#[test]
+fn refused_training_grids_are_a_resource_error() {
+    // 20,000 RK4 steps: 60,000 time points of the kernel field (about 2 KB each with their
+    // reverse-pass sums) were built one small allocation at a time, and under `ulimit -v` one
+    // of them was refused and aborted the host (the sweep ran `eqf_flow_train` at 100,000).
+    let flow = Flow::new(4, 2, 3).unwrap();
+    let field = flow.field().as_kernel().unwrap();
+    let n_steps = 20_000;
+    let grid = 3 * n_steps * crate::field::TrainableField::time_point_bytes(field);
+    assert!(grid > 60_000 * 2_000, "{grid}");
+    let mut tape = crate::train::tape::Rk4Tape::new(8, n_steps).unwrap();
+    let mut x = dw4_data(1);
+    let before = x.clone();
+    let error =
+        refusing_above((grid - 1) as u128, || tape.integrate(field, &mut x, true)).unwrap_err();
+    assert_refused(&error, "the training grid of time points");
+    assert_eq!(x, before, "the state is untouched");
+    // The exact-discrete objective's grid, likewise.
+    let mut ws = crate::train::discrete_ml::DiscreteMlWorkspace::new(8, n_steps).unwrap();
+    let mut theta_bar = vec![0.0; field.params().len()];
+    let error = refusing_above((grid - 1) as u128, || {
+        crate::train::discrete_ml::discrete_ml_sample(
+            field,
+            flow.prior(),
+            &before,
+            &mut ws,
+            Some(&mut theta_bar),
+        )
+    })
+    .unwrap_err();
+    assert_refused(&error, "the exact-discrete training grid of time points");
+    // The reverse pass's sums per time point (the probe above asked for them with the grid;
+    // another thread's allocations may take the room in between): reserved fallibly.
+    let mut adjoint = crate::field::kernel::KernelAdjoint::default();
+    let sums = 3 * n_steps * field.mu_padded().len() * 8;
+    let error = refusing_above((sums - 1) as u128, || {
+        crate::field::TrainableField::adjoint_reserve(field, &mut adjoint, 3 * n_steps)
+    })
+    .unwrap_err();
+    assert_refused(
+        &error,
+        "the kernel field's reverse-pass sums per time point",
+    );
+}

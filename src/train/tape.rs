@@ -71,6 +71,9 @@ pub struct Rk4Tape<F: TrainableField> {
     probe: Vec<f64>,
 }
 
+/// The training grid of time points, in messages.
+const GRID: &str = "the training grid of time points (3 per RK4 step)";
+
 impl<F: TrainableField> Rk4Tape<F> {
     /// A tape for states of length `len` (N·D) and `n_steps` equal RK4 steps on [0, 1].
     ///
@@ -90,7 +93,7 @@ impl<F: TrainableField> Rk4Tape<F> {
             n_steps,
             recorded: false,
             ws: Workspace::new(len),
-            steps: vec![([0.0; 3], 0.0); n_steps],
+            steps: crate::alloc::filled(Some(n_steps), ([0.0; 3], 0.0), "the RK4 tape's steps")?,
             // 4·n_steps·N·D: up to 10⁵ steps of 3·10⁶ coordinates, so checked.
             states: crate::alloc::zeros(
                 n_steps.checked_mul(4).and_then(|m| m.checked_mul(len)),
@@ -102,9 +105,9 @@ impl<F: TrainableField> Rk4Tape<F> {
             k_bar: v(),
             vjp: None,
             adjoint: F::Adjoint::default(),
-            grid: Vec::with_capacity(3 * n_steps),
-            grid_times: Vec::with_capacity(3 * n_steps),
-            grid_index: Vec::with_capacity(3 * n_steps),
+            grid: crate::alloc::with_capacity(n_steps.checked_mul(3), GRID)?,
+            grid_times: crate::alloc::with_capacity(n_steps.checked_mul(3), GRID)?,
+            grid_index: crate::alloc::with_capacity(n_steps.checked_mul(3), GRID)?,
             grid_key: Vec::new(),
             key_scratch: Vec::new(),
             grid_forward: None,
@@ -179,7 +182,7 @@ impl<F: TrainableField> Rk4Tape<F> {
         let len = self.len;
         // The field's time points of the grid, cached across samples with the same parameters:
         // the forward pass then skips recomputing them at every field evaluation.
-        self.prepare_grid(field);
+        self.prepare_grid(field)?;
         let (grid, grid_index) = (&self.grid, &self.grid_index);
         let probe = self.probed().then_some(&self.probe[..]);
         let mut recorder = Recorder {
@@ -247,7 +250,8 @@ impl<F: TrainableField> Rk4Tape<F> {
         if theta_bar.len() != n_params {
             return Err(Error::size("RK4 tape theta_bar", n_params, theta_bar.len()));
         }
-        self.prepare_grid(field);
+        self.prepare_grid(field)?;
+        field.adjoint_reserve(&mut self.adjoint, self.grid.len())?;
         field.adjoint_reset(&mut self.adjoint, self.grid.len());
         let probed = self.probed();
         let scratch = self.vjp.get_or_insert_with(|| field.new_scratch());
@@ -380,7 +384,14 @@ impl<F: TrainableField> Rk4Tape<F> {
 
     /// Makes `grid` hold the field's time points at the stage times of the recorded steps,
     /// recomputing them only when the field's time-point key (or the direction) changed.
-    fn prepare_grid(&mut self, field: &F) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Resource`] if the system refuses the memory of the grid and its reverse-pass
+    /// sums (up to 3 time points per step, [`TrainableField::time_point_bytes`] each), asked
+    /// for before any is built: at 10⁵ steps that is ~0.4 GB per thread for the kernel field,
+    /// and a refusal among its many small allocations aborted the host.
+    fn prepare_grid(&mut self, field: &F) -> Result<()> {
         self.key_scratch.clear();
         field.time_point_key(&mut self.key_scratch);
         // Bitwise, so that a reused grid is exactly the one this field would give.
@@ -392,29 +403,38 @@ impl<F: TrainableField> Rk4Tape<F> {
                 .zip(&self.key_scratch)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
         if same {
-            return;
+            return Ok(());
         }
-        self.grid.clear();
-        self.grid_times.clear();
-        self.grid_index.clear();
-        for &(times, _) in &self.steps {
-            for ts in times {
-                let bits = ts.to_bits();
-                // Few distinct times (about 2n + 1): a linear search from the back finds the
-                // neighbouring step's shared grid point at once.
-                let i = match self.grid_times.iter().rposition(|&b| b == bits) {
-                    Some(i) => i,
-                    None => {
-                        self.grid_times.push(bits);
-                        self.grid.push(field.time_point(ts));
-                        self.grid.len() - 1
-                    }
-                };
-                self.grid_index.push(i);
+        let need = self
+            .n_steps
+            .checked_mul(3)
+            .and_then(|n| n.checked_mul(field.time_point_bytes()));
+        let (grid, grid_times, grid_index) =
+            (&mut self.grid, &mut self.grid_times, &mut self.grid_index);
+        crate::alloc::probed_build(need, GRID, || {
+            grid.clear();
+            grid_times.clear();
+            grid_index.clear();
+            for &(times, _) in &self.steps {
+                for ts in times {
+                    let bits = ts.to_bits();
+                    // Few distinct times (about 2n + 1): a linear search from the back finds
+                    // the neighbouring step's shared grid point at once.
+                    let i = match grid_times.iter().rposition(|&b| b == bits) {
+                        Some(i) => i,
+                        None => {
+                            grid_times.push(bits);
+                            grid.push(field.time_point(ts));
+                            grid.len() - 1
+                        }
+                    };
+                    grid_index.push(i);
+                }
             }
-        }
+        })?;
         std::mem::swap(&mut self.grid_key, &mut self.key_scratch);
         self.grid_forward = Some(self.forward);
+        Ok(())
     }
 }
 

@@ -741,6 +741,7 @@ pub(crate) fn load_model(path: &Path) -> Result<(Flow, model::ModelFile)> {
             | eqflow::Error::InvalidArgument { .. }
             | eqflow::Error::NonFinite { .. }
             | eqflow::Error::Io { .. }
+            | eqflow::Error::Resource { .. }
             | eqflow::Error::DimensionMismatch { .. } => e.in_context(&context),
             other => eqflow::Error::Format {
                 what: format!("{context}: {other}"),

@@ -245,6 +245,15 @@ impl TrainableField for CoordKernelField {
         CoordKernelField::time_point(self, t)
     }
 
+    /// `M(t)` (Q·K), its padded transpose (K·Q_pad) and the reverse pass's `M̄(t)` (Q·K).
+    fn time_point_bytes(&self) -> usize {
+        let (nq, k) = (self.config.n_features(), self.config.n_rbf);
+        let qp = nq.div_ceil(super::coordkernel_field::FOLD_LANES)
+            * super::coordkernel_field::FOLD_LANES;
+        std::mem::size_of::<CoordKernelTimePoint>()
+            + (2 * nq * k + qp * k) * std::mem::size_of::<f64>()
+    }
+
     /// Exact where no `M_qk(t)` is zero: the bound is `Σ_qk C_qk |M_qk(t)|` with `M(t) = V·τ(t)`,
     /// so `∂L(t)/∂V_qkr = C_qk sign(M_qk(t)) τ_r(t)`, taking the subgradient 0 at `M_qk = 0`.
     fn lipschitz_bounds_and_vjp(
@@ -288,6 +297,17 @@ impl TrainableField for CoordKernelField {
 
     fn velocity_at_into(&self, x: &[f64], point: &CoordKernelTimePoint, v: &mut [f64]) -> f64 {
         self.velocity_at(x, point, None, v, true)
+    }
+
+    fn adjoint_reserve(&self, adjoint: &mut Vec<f64>, n_times: usize) -> crate::Result<()> {
+        adjoint.clear();
+        crate::alloc::reserve(
+            adjoint,
+            n_times
+                .checked_mul(self.config.n_features())
+                .and_then(|n| n.checked_mul(self.config.n_rbf)),
+            "the coordkernel field's reverse-pass sums per time point",
+        )
     }
 
     fn adjoint_reset(&self, adjoint: &mut Vec<f64>, n_times: usize) {

@@ -209,6 +209,15 @@ impl TrainableField for KernelField {
         KernelField::time_point(self, t)
     }
 
+    /// One `TimePart` (the time slice and time-basis values) per pair type, and the reverse pass's `w_sums` (padded
+    /// kernels) and `c_sums` per pair type and time.
+    fn time_point_bytes(&self) -> usize {
+        let n_types = self.n_pair_types();
+        std::mem::size_of::<TimePoint>()
+            + n_types * std::mem::size_of::<super::vjp::TimePart>()
+            + n_types * (self.mu_padded().len() + 1) * std::mem::size_of::<f64>()
+    }
+
     /// See `src/field/kernel/bound.rs`: exact for the bound as computed, away from ties of its maxima.
     fn lipschitz_bounds_and_vjp(
         &self,
@@ -258,6 +267,21 @@ impl TrainableField for KernelField {
         } else {
             self.velocity_with_slices_into(x, point.slices(), v)
         }
+    }
+
+    fn adjoint_reserve(&self, adjoint: &mut KernelAdjoint, n_times: usize) -> Result<()> {
+        let n_types = self.n_pair_types();
+        let what = "the kernel field's reverse-pass sums per time point";
+        adjoint.w_sums.clear();
+        crate::alloc::reserve(
+            &mut adjoint.w_sums,
+            n_times
+                .checked_mul(n_types)
+                .and_then(|n| n.checked_mul(self.mu_padded().len())),
+            what,
+        )?;
+        adjoint.c_sums.clear();
+        crate::alloc::reserve(&mut adjoint.c_sums, n_times.checked_mul(n_types), what)
     }
 
     fn adjoint_reset(&self, adjoint: &mut KernelAdjoint, n_times: usize) {

@@ -183,6 +183,10 @@ impl TrainableField for KernelCoordField {
         (self.kernel.time_point(t), self.coord.time_point(t))
     }
 
+    fn time_point_bytes(&self) -> usize {
+        self.kernel.time_point_bytes() + self.coord.time_point_bytes()
+    }
+
     fn lipschitz_bounds_and_vjp(
         &self,
         times: &[f64],
@@ -224,6 +228,11 @@ impl TrainableField for KernelCoordField {
     fn velocity_at_into(&self, x: &[f64], point: &Self::TimePoint, v: &mut [f64]) -> f64 {
         let div = self.kernel.velocity_at_into(x, &point.0, v);
         div + add_second(v, |w| self.coord.velocity_at_into(x, &point.1, w))
+    }
+
+    fn adjoint_reserve(&self, adjoint: &mut Self::Adjoint, n_times: usize) -> Result<()> {
+        self.kernel.adjoint_reserve(&mut adjoint.0, n_times)?;
+        self.coord.adjoint_reserve(&mut adjoint.1, n_times)
     }
 
     fn adjoint_reset(&self, adjoint: &mut Self::Adjoint, n_times: usize) {
