@@ -1380,13 +1380,12 @@ void eqf_set_log_callback(eqf_log_fn callback, void *user);
  * @param path  NUL-terminated file path
  * @param out   on success receives the new flow, to be released with `eqf_flow_free`;
  *              untouched on failure
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot read); EQF_ERR_FORMAT (not UTF-8, or not a valid
- *         model file); EQF_ERR_INVALID_ARGUMENT, EQF_ERR_DIMENSION_MISMATCH or
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot read); EQF_ERR_FORMAT (not UTF-8,
+ *         or not a valid model file); EQF_ERR_INVALID_ARGUMENT, EQF_ERR_DIMENSION_MISMATCH or
  *         EQF_ERR_NON_FINITE (invalid contents); EQF_ERR_RESOURCE (a file over 1 GiB, or
  *         memory for reading or parsing it that the system refuses)
  */
-int32_t eqf_flow_load(const char *path,
-                      eqf_flow **out);
+int32_t eqf_flow_load(const char *path, eqf_flow **out);
 
 /**
  * Saves a flow to a model file (JSON; the parameters are written so that loading them back is

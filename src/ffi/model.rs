@@ -49,8 +49,8 @@ unsafe fn path_arg(path: *const c_char) -> Result<PathBuf> {
 /// @param path  NUL-terminated file path
 /// @param out   on success receives the new flow, to be released with `eqf_flow_free`;
 ///              untouched on failure
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot read); EQF_ERR_FORMAT (not UTF-8, or not a valid
-///         model file); EQF_ERR_INVALID_ARGUMENT, EQF_ERR_DIMENSION_MISMATCH or
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot read); EQF_ERR_FORMAT (not UTF-8,
+///         or not a valid model file); EQF_ERR_INVALID_ARGUMENT, EQF_ERR_DIMENSION_MISMATCH or
 ///         EQF_ERR_NON_FINITE (invalid contents); EQF_ERR_RESOURCE (a file over 1 GiB, or
 ///         memory for reading or parsing it that the system refuses)
 #[unsafe(no_mangle)]
