@@ -1088,7 +1088,8 @@ int32_t eqf_move_free(eqf_move *move);
  * @param out           on success receives the new flow, to be released with
  *                      `eqf_flow_free`; untouched on failure
  * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown method or mode,
- *         steps or tolerances out of range, exact-discrete with Dormand–Prince)
+ *         steps or tolerances out of range, exact-discrete with Dormand–Prince, or a field too
+ *         strong for so few steps, which `eqf_flow_load` would refuse too)
  */
 int32_t eqf_flow_with_integrator(const eqf_flow *flow,
                                  int32_t method,
@@ -1399,7 +1400,9 @@ int32_t eqf_flow_load(const char *path, eqf_flow **out);
  *
  * @param flow  the flow
  * @param path  NUL-terminated file path
- * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot write)
+ * @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot write); EQF_ERR_INVALID_ARGUMENT
+ *         (a flow `eqf_flow_load` would refuse, such as one trained past the limits it checks:
+ *         nothing is written)
  */
 int32_t eqf_flow_save(const eqf_flow *flow, const char *path);
 

@@ -98,7 +98,8 @@ pub(super) fn integrator(
 /// @param out           on success receives the new flow, to be released with
 ///                      `eqf_flow_free`; untouched on failure
 /// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_INVALID_ARGUMENT (unknown method or mode,
-///         steps or tolerances out of range, exact-discrete with Dormand–Prince)
+///         steps or tolerances out of range, exact-discrete with Dormand–Prince, or a field too
+///         strong for so few steps, which `eqf_flow_load` would refuse too)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_with_integrator(
     flow: *const eqf_flow,
@@ -115,6 +116,9 @@ pub unsafe extern "C" fn eqf_flow_with_integrator(
         let flow = unsafe { handle(flow, "flow") }?;
         check_not_null(out, "out")?;
         let integrator = integrator(method, n_steps, rtol, atol, density_mode)?;
+        // A field too strong for these steps is refused as the loader refuses it (it used to
+        // be accepted, and then the flow could not be saved).
+        crate::io::model::check_usable_with(flow.flow().field(), &integrator)?;
         let mut inner: Flow = flow.flow().clone();
         inner.set_integrator(integrator);
         // SAFETY: `out` is non-NULL (checked above) and valid for one write (this function's
@@ -189,6 +193,51 @@ mod tests {
     use super::*;
     use crate::ffi::flow::{eqf_flow_free, eqf_flow_new};
     use crate::ffi::{EQF_ERR_INVALID_ARGUMENT, EQF_OK};
+
+    /// A field too strong for the requested steps is refused as the loader refuses it: the
+    /// shipped DW-4 model at 1 RK4 step used to be accepted and then could not be saved.
+    #[test]
+    fn steps_too_few_for_the_field_are_refused_as_the_loader_refuses_them() {
+        let path = std::ffi::CString::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/dw4.json"))
+            .unwrap();
+        let mut flow = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated path and a pointer slot.
+        let status = unsafe { crate::ffi::model::eqf_flow_load(path.as_ptr(), &raw mut flow) };
+        assert_eq!(status, EQF_OK);
+        let mut other = std::ptr::dangling_mut::<eqf_flow>();
+        // SAFETY: a live flow and a pointer slot.
+        let status = unsafe {
+            eqf_flow_with_integrator(
+                flow,
+                EQF_METHOD_RK4,
+                1,
+                0.0,
+                0.0,
+                EQF_DENSITY_EXACT_DISCRETE,
+                &raw mut other,
+            )
+        };
+        assert_eq!(status, EQF_ERR_INVALID_ARGUMENT);
+        assert_eq!(other, std::ptr::dangling_mut::<eqf_flow>(), "out untouched");
+        // SAFETY: as above.
+        let status = unsafe {
+            eqf_flow_with_integrator(
+                flow,
+                EQF_METHOD_RK4,
+                20,
+                0.0,
+                0.0,
+                EQF_DENSITY_EXACT_DISCRETE,
+                &raw mut other,
+            )
+        };
+        assert_eq!(status, EQF_OK);
+        // SAFETY: both live, freed once.
+        unsafe {
+            assert_eq!(eqf_flow_free(other), EQF_OK);
+            assert_eq!(eqf_flow_free(flow), EQF_OK);
+        }
+    }
 
     #[test]
     fn a_new_flow_with_another_integrator_leaves_the_old_one_alone() {

@@ -107,7 +107,9 @@ fn log_if_uncertified(flow: &Flow, path: &Path) {
 ///
 /// @param flow  the flow
 /// @param path  NUL-terminated file path
-/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot write)
+/// @return EQF_OK; EQF_ERR_NULL_POINTER; EQF_ERR_IO (cannot write); EQF_ERR_INVALID_ARGUMENT
+///         (a flow `eqf_flow_load` would refuse, such as one trained past the limits it checks:
+///         nothing is written)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn eqf_flow_save(flow: *const eqf_flow, path: *const c_char) -> i32 {
     catch(|| {

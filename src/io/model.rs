@@ -287,12 +287,7 @@ impl ModelFile {
         // The integrator first: a step count out of range is named as such, not as the step
         // strength it would give (0 steps read as one).
         let integrator = self.integrator.to_integrator()?;
-        let h = match self.integrator {
-            IntegratorSpec::Rk4 { n_steps, .. } => 1.0 / n_steps.max(1) as f64,
-            // Dormand–Prince adapts its steps, but its output must not overflow either.
-            IntegratorSpec::Dopri5 { .. } => 1.0 / 20.0,
-        };
-        field.check_usable(h)?;
+        check_usable_with(&field, &integrator)?;
         let prior = Prior::new(layout, self.prior_sigma)?;
         let mut flow = Flow::from_parts(prior, field, integrator)?;
         flow.set_require_certificate(self.require_certificate);
@@ -355,6 +350,25 @@ impl ModelFile {
     pub fn write(&self, path: &Path) -> Result<()> {
         write_json(path, &self.to_json())
     }
+}
+
+/// Refuses a field too strong for the steps of `integrator` ([`crate::field::FieldFamily::check_usable`]
+/// at its step size): what the loader refuses, so that a flow given another integrator
+/// (`eqf_flow_with_integrator`) is one that could be saved and loaded back.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] naming the setting or parameter.
+pub(crate) fn check_usable_with(
+    field: &crate::field::Field,
+    integrator: &Integrator,
+) -> Result<()> {
+    let h = match integrator.method() {
+        Method::Rk4 { n_steps } => 1.0 / n_steps.max(1) as f64,
+        // Dormand–Prince adapts its steps, but its output must not overflow either.
+        Method::Dopri5(_) => 1.0 / 20.0,
+    };
+    field.check_usable(h)
 }
 
 /// Loads a flow and its description from a model file.
