@@ -215,6 +215,11 @@ int main(int argc, char **argv) {
                 "the certificate of a null flow: EQF_ERR_NULL_POINTER");
         require(status_of([&] { (void)moved.integrator(); }) == EQF_ERR_NULL_POINTER,
                 "the integrator of a null flow: EQF_ERR_NULL_POINTER");
+        // A count whose arrays no call accepts throws eqflow::Error before anything is
+        // allocated (it threw std::length_error, or wrapped around).
+        require(status_of([&] { (void)taken.sample(1, std::size_t(1) << 61); }) ==
+                    EQF_ERR_INVALID_ARGUMENT,
+                "2^61 samples: EQF_ERR_INVALID_ARGUMENT");
         eqflow::Move moved_move = std::move(move);
         require(status_of([&] { (void)move.solver_stats(); }) == EQF_ERR_NULL_POINTER,
                 "the solver stats of a null move: EQF_ERR_NULL_POINTER");

@@ -87,7 +87,7 @@ program fortran_model
     type(log_counts), target :: counts
     real(c_double), allocatable :: x(:, :, :), log_q(:), log_q_again(:), log_q_reloaded(:)
     real(c_double), allocatable :: x_strict(:, :, :), log_q_strict(:), step_bound(:)
-    real(c_double) :: state(D, N), U, worst, max_contraction, rtol, atol, bound
+    real(c_double) :: state(D, N), proposal(D, N), U, worst, max_contraction, rtol, atol, bound
     integer(c_int64_t) :: n_proposed, n_accepted
     integer(c_int32_t) :: status, method, density_mode
     integer :: i, n_samples, n_moves, n_steps, needed, unit, n_certified
@@ -250,11 +250,19 @@ program fortran_model
     call expect(status == EQF_ERR_NULL_POINTER, 'the integrator of no flow: EQF_ERR_NULL_POINTER')
     call empty_move%solver_stats(no_work, status)
     call expect(status == EQF_ERR_NULL_POINTER, 'the solver stats of no move: EQF_ERR_NULL_POINTER')
-    call expect(counts%debug == 4, 'every failure was logged')
+    ! Batch calls on no flow or move say so too (they said EQF_ERR_DIMENSION_MISMATCH, from the
+    ! wrapper's shape check against N = D = -1, with no message of their own).
+    call empty_flow%sample(7_c_int64_t, x, log_q, status)
+    call expect(status == EQF_ERR_NULL_POINTER, 'sampling no flow: EQF_ERR_NULL_POINTER')
+    call empty_flow%log_density(x, log_q_again, status)
+    call expect(status == EQF_ERR_NULL_POINTER, 'the density of no flow: EQF_ERR_NULL_POINTER')
+    call empty_move%propose(state, U, proposal, status)
+    call expect(status == EQF_ERR_NULL_POINTER, 'a proposal of no move: EQF_ERR_NULL_POINTER')
+    call expect(counts%debug == 7, 'every failure was logged')
     call eqflow_set_log_callback()
     call empty_flow%certificate(certified, status=status)
     call expect(status == EQF_ERR_NULL_POINTER, 'still EQF_ERR_NULL_POINTER')
-    call expect(counts%debug == 4, 'nothing is logged after the callback is removed')
+    call expect(counts%debug == 7, 'nothing is logged after the callback is removed')
 
     write (*, '(a, a, a, i0, a, es8.1)') 'eqflow ', eqflow_version(), ' from Fortran: RK4-', &
         n_steps, ' exact-discrete, log q agrees to ', worst

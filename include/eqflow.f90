@@ -1194,6 +1194,10 @@ contains
         integer, intent(in) :: n
         character(len=*), intent(in) :: what
         integer(c_int32_t), intent(out), optional :: status
+        ! A NULL handle goes through to the C call, whose EQF_ERR_NULL_POINTER and message say
+        ! so (its N and D, -1, would make every extent a mismatch).
+        batch_shape_ok = .true.
+        if (.not. c_associated(flow%ptr)) return
         batch_shape_ok = shape_ok(size(x, 1), eqf_flow_dim(flow%ptr), what//'(D,:,:)', status)
         if (batch_shape_ok) then
             batch_shape_ok = shape_ok(size(x, 2), eqf_flow_n_particles(flow%ptr), &
@@ -1441,15 +1445,20 @@ contains
         real(c_double), intent(inout), contiguous, target, optional :: gradient(:, :, :)
         integer(c_int32_t), intent(out), optional :: status
         type(c_ptr) :: gradient_ptr
-        if (.not. shape_ok(size(x, 1) * size(x, 2), this%n_coords, 'eval: x(D,N,:)', &
-            status)) return
-        if (.not. shape_ok(size(x, 3), size(U, kind=c_int64_t), 'eval: x(:,:,n)', status)) return
-        gradient_ptr = c_null_ptr
-        if (present(gradient)) then
-            if (.not. shape_ok(size(gradient), size(x, kind=c_int64_t), 'eval: gradient', &
+        ! Shapes are checked against a created energy; a NULL handle goes through to the C
+        ! call, whose EQF_ERR_NULL_POINTER and message say so.
+        if (c_associated(this%ptr)) then
+            if (.not. shape_ok(size(x, 1) * size(x, 2), this%n_coords, 'eval: x(D,N,:)', &
                 status)) return
-            gradient_ptr = c_loc(gradient)
+            if (.not. shape_ok(size(x, 3), size(U, kind=c_int64_t), 'eval: x(:,:,n)', &
+                status)) return
+            if (present(gradient)) then
+                if (.not. shape_ok(size(gradient), size(x, kind=c_int64_t), 'eval: gradient', &
+                    status)) return
+            end if
         end if
+        gradient_ptr = c_null_ptr
+        if (present(gradient)) gradient_ptr = c_loc(gradient)
         call finish(eqf_energy_eval(this%ptr, size(U, kind=c_int64_t), x, U, gradient_ptr), &
             status, 'eqf_energy_eval')
     end subroutine energy_eval
@@ -1643,8 +1652,13 @@ contains
         real(c_double), intent(in) :: U_current
         real(c_double), intent(inout), contiguous :: x_proposed(:, :)
         integer(c_int32_t), intent(out), optional :: status
-        if (.not. shape_ok(size(x_current), this%n_coords, 'propose: x_current', status)) return
-        if (.not. shape_ok(size(x_proposed), this%n_coords, 'propose: x_proposed', status)) return
+        ! As energy_eval: a NULL handle goes through to the C call's EQF_ERR_NULL_POINTER.
+        if (c_associated(this%ptr)) then
+            if (.not. shape_ok(size(x_current), this%n_coords, 'propose: x_current', status)) &
+                return
+            if (.not. shape_ok(size(x_proposed), this%n_coords, 'propose: x_proposed', &
+                status)) return
+        end if
         call finish(eqf_move_propose(this%ptr, x_current, U_current, x_proposed), status, &
             'eqf_move_propose')
     end subroutine move_propose
@@ -1674,7 +1688,9 @@ contains
         integer(c_int32_t), intent(out), optional :: status
         integer(c_int32_t) :: flag, code
         accepted = .false.
-        if (.not. shape_ok(size(x), this%n_coords, 'step: x', status)) return
+        if (c_associated(this%ptr)) then
+            if (.not. shape_ok(size(x), this%n_coords, 'step: x', status)) return
+        end if
         flag = 0
         code = eqf_move_step(this%ptr, x, U, c_funloc(energy), user, flag)
         accepted = flag /= 0

@@ -23,6 +23,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -62,6 +63,21 @@ inline void check(int32_t status) {
 }
 
 inline int64_t count(std::size_t n) { return static_cast<int64_t>(n); }
+
+/* n*per zeros for a result, or eqflow::Error instead of std::length_error or std::bad_alloc
+   (or a product that wraps around): more than EQF_MAX_ELEMENTS doubles is
+   EQF_ERR_INVALID_ARGUMENT, as the C calls say; memory the system refuses EQF_ERR_RESOURCE. */
+inline std::vector<double> doubles(std::size_t n, std::size_t per, const char *what) {
+    if (per != 0 && n > static_cast<std::size_t>(EQF_MAX_ELEMENTS) / per) {
+        throw Error(EQF_ERR_INVALID_ARGUMENT,
+                    std::string(what) + ": more than EQF_MAX_ELEMENTS doubles");
+    }
+    try {
+        return std::vector<double>(n * per);
+    } catch (const std::bad_alloc &) {
+        throw Error(EQF_ERR_RESOURCE, std::string(what) + ": the system refused the memory");
+    }
+}
 
 using LogCallable = std::function<void(int32_t, const char *)>;
 
@@ -414,7 +430,8 @@ public:
     /* n samples: (x of n*N*D doubles, log_q of n doubles). */
     std::pair<std::vector<double>, std::vector<double>> sample(uint64_t seed,
                                                                std::size_t n) const {
-        std::vector<double> x(n * size()), log_q(n);
+        std::vector<double> x = detail::doubles(n, size(), "sample: x");
+        std::vector<double> log_q = detail::doubles(n, 1, "sample: log_q");
         sample(seed, detail::count(n), x.data(), log_q.data());
         return {std::move(x), std::move(log_q)};
     }
