@@ -46,22 +46,8 @@ pub(crate) fn check_need(need_bytes: Option<u128>, what: &str) -> Result<()> {
 /// An empty vector with room for `len` items (`None`: a length whose computation overflowed),
 /// or [`Error::Resource`] instead of an abort.
 pub(crate) fn with_capacity<T>(len: Option<usize>, what: &str) -> Result<Vec<T>> {
-    let need = bytes_of::<T>(len);
-    check_need(need, what)?;
-    // Within the limit, so `len` is `Some`.
-    let len = len.unwrap_or(0);
     let mut v = Vec::new();
-    let refused = || {
-        Error::resource(
-            format!("{what} (the system refused the memory)"),
-            need.unwrap_or(u128::MAX),
-            MAX_ALLOCATION_BYTES,
-        )
-    };
-    if test_seam::system_refuses(need) {
-        return Err(refused());
-    }
-    v.try_reserve_exact(len).map_err(|_| refused())?;
+    reserve(&mut v, len, what)?;
     Ok(v)
 }
 
@@ -150,6 +136,7 @@ pub(crate) fn probed_build<T>(
 pub(crate) fn reserve<T>(v: &mut Vec<T>, len: Option<usize>, what: &str) -> Result<()> {
     let need = bytes_of::<T>(len);
     check_need(need, what)?;
+    // Within the limit, so `len` is `Some`.
     let additional = len.unwrap_or(0).saturating_sub(v.len());
     if test_seam::system_refuses(need) || v.try_reserve_exact(additional).is_err() {
         return Err(Error::resource(

@@ -156,13 +156,9 @@ impl<F: TrainableField> DiscreteMlWorkspace<F> {
                 .zip(&self.key_scratch)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
         if !same {
-            let need = self
-                .n_steps
-                .checked_mul(3)
-                .and_then(|n| n.checked_mul(field.time_point_bytes()));
             let (points, n_steps) = (&mut self.points, self.n_steps);
             crate::alloc::probed_build(
-                need,
+                super::tape::grid_bytes(field, n_steps),
                 "the exact-discrete training grid of time points (3 per RK4 step)",
                 || {
                     points.clear();

@@ -74,6 +74,16 @@ pub struct Rk4Tape<F: TrainableField> {
 /// The training grid of time points, in messages.
 const GRID: &str = "the training grid of time points (3 per RK4 step)";
 
+/// The bytes of a training grid of `n_steps` RK4 steps for `field`: 3 time points per step
+/// with their reverse-pass sums ([`TrainableField::time_point_bytes`]), at most; `None` when
+/// the product overflows. What the tape and the exact-discrete workspace ask the system for
+/// before building one.
+pub(crate) fn grid_bytes<F: TrainableField>(field: &F, n_steps: usize) -> Option<usize> {
+    n_steps
+        .checked_mul(3)
+        .and_then(|n| n.checked_mul(field.time_point_bytes()))
+}
+
 impl<F: TrainableField> Rk4Tape<F> {
     /// A tape for states of length `len` (N·D) and `n_steps` equal RK4 steps on [0, 1].
     ///
@@ -405,10 +415,7 @@ impl<F: TrainableField> Rk4Tape<F> {
         if same {
             return Ok(());
         }
-        let need = self
-            .n_steps
-            .checked_mul(3)
-            .and_then(|n| n.checked_mul(field.time_point_bytes()));
+        let need = grid_bytes(field, self.n_steps);
         let (grid, grid_times, grid_index) =
             (&mut self.grid, &mut self.grid_times, &mut self.grid_index);
         crate::alloc::probed_build(need, GRID, || {

@@ -209,8 +209,8 @@ impl TrainableField for KernelField {
         KernelField::time_point(self, t)
     }
 
-    /// One `TimePart` (the time slice and time-basis values) per pair type, and the reverse pass's `w_sums` (padded
-    /// kernels) and `c_sums` per pair type and time.
+    /// One `TimePart` (the time slice and time-basis values) per pair type, and the reverse
+    /// pass's `w_sums` (padded kernels) and `c_sums` per pair type and time.
     fn time_point_bytes(&self) -> usize {
         let n_types = self.n_pair_types();
         std::mem::size_of::<TimePoint>()
